@@ -1,0 +1,38 @@
+"""Imports of optional heavy dependencies with an install hint instead of a bare ImportError."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import BackendUnavailable
+
+# Which extra of setup.py provides each optional module.
+_EXTRA_FOR = {
+    "torch": "export",
+    "onnx": "export",
+    "onnxconverter_common": "export",
+    "safetensors": "export",
+    "onnxruntime": "",
+    "tensorrt": "gpu",
+    "cuda": "gpu",
+    "cuda.bindings": "gpu",
+    "tqdm": "",
+    "matplotlib": "plot",
+}
+
+
+def install_hint(module: str) -> str:
+    """The pip command that installs an optional module."""
+    extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
+    return f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
+
+
+def require(module: str, purpose: str = "") -> ModuleType:
+    """Import `module` or raise BackendUnavailable with the pip command that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        why = f" (needed for {purpose})" if purpose else ""
+        raise BackendUnavailable(
+            f"{module} is not installed{why}: {exc}. Install it with: {install_hint(module)}"
+        ) from None

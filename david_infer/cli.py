@@ -1,0 +1,55 @@
+"""The `david-infer` command line.
+
+Each subcommand lives in `david_infer/commands/<name>.py` and exposes `add_arguments(parser)` and
+`run(args) -> int`. Command modules import nothing heavy at module level, so `--help` and
+`--version` answer at once; heavy imports happen inside `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import DavidError
+
+# subcommand -> (module under david_infer.commands, one-line help)
+COMMANDS = {
+    "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="david-infer", description="Inference SDK for DAViD depth, normal and foreground models."
+    )
+    parser.add_argument("--version", action="version", version=f"david-infer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = importlib.import_module(f"david_infer.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=(command.__doc__ or help_text).strip())
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit status. Expected errors print one line, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DavidError as exc:
+        print(f"david-infer {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"david-infer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

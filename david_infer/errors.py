@@ -1,0 +1,26 @@
+"""Typed errors raised by david-infer; every message names the input or file at fault."""
+from __future__ import annotations
+
+
+class DavidError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(DavidError, ValueError):
+    """An image or argument passed in is not something the SDK can use."""
+
+
+class ModelError(DavidError):
+    """A model, manifest, engine or weights file is missing, corrupt or of the wrong contract."""
+
+
+class WeightsError(ModelError):
+    """A weights file does not fit the model (missing, unexpected or mis-shaped tensors)."""
+
+
+class BackendUnavailable(DavidError, RuntimeError):
+    """A backend, optional dependency or device cannot be used here."""
+
+
+class ExportError(DavidError):
+    """An export, verification or engine build could not be done as asked."""

@@ -1,0 +1,117 @@
+"""The JSON manifest written beside every exported model (`model.onnx` -> `model.json`).
+
+It holds everything a host needs to run the file without Python: tensor names, shapes (symbolic
+dims as strings), dtypes, the preprocessing contract, per-task postprocessing, provenance and the
+SHA-256 of the model file. `FORMAT` / `FORMAT_VERSION` identify the schema.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+from .errors import ModelError
+
+FORMAT = "david-infer-manifest"
+FORMAT_VERSION = 1
+
+PREPROCESSING_DOC = {
+    "channel_order": "BGR",
+    "value_range": [0.0, 1.0],
+    "dtype": "float32",
+    "tensor_layout": "NCHW",
+    "normalization": "inside the graph: (x - mean) / std with ImageNet statistics in BGR order",
+    "padding": "replicate edge pixels to a square, centred: pad = (long - short) // 2 before, the rest after",
+    "resize": "the padded square is resized (bilinear) to the model resolution, a multiple of the stride",
+    "vit_input": "image_384: the padded square resized bilinear (half-pixel centres) to vit_size x vit_size",
+}
+
+POSTPROCESSING_DOC = {
+    "depth": "relative depth, larger = farther (no activation); resize to the padded square, crop the "
+    "padding, resize to the image. Optional: negate (inverse) and min-max normalise to [0, 1].",
+    "normal": "surface normals xyz (no activation); resize, crop, then renormalise each pixel to unit length.",
+    "foreground": "soft mask (no activation); resize, crop, clip to [0, 1]; optional threshold.",
+}
+
+
+def manifest_path(model_path: Union[str, Path]) -> Path:
+    """The manifest path beside a model file: `x.onnx` -> `x.json`, `x.engine` -> `x.engine.json`."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".onnx":
+        return model_path.with_suffix(".json")
+    return model_path.with_name(model_path.name + ".json")
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask_mode(mode: int = 0o666) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
+    """An empty temporary file beside `final` with ordinary permissions, for an atomic rename."""
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix)
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    tmp = make_temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:
+    """Write a manifest as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read and minimally validate a manifest; ModelError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable JSON manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a david-infer manifest (missing \"format\": \"{FORMAT}\")")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: manifest format version {data.get('format_version')} is newer than this "
+            f"david-infer understands ({FORMAT_VERSION}); upgrade david-infer"
+        )
+    for key in ("inputs", "outputs", "tasks"):
+        if key not in data:
+            raise ModelError(f"{path}: manifest lacks the required key {key!r}")
+    return data
+
+
+def check_sha256(model_path: Union[str, Path], manifest: Dict[str, Any]) -> None:
+    """ModelError if the model file's SHA-256 differs from the one recorded in its manifest."""
+    expected = manifest.get("sha256")
+    if expected and sha256_file(model_path) != expected:
+        raise ModelError(
+            f"{model_path}: SHA-256 does not match its manifest ({manifest_path(model_path)}); "
+            "the file was modified or the manifest belongs to another file. Re-export the model."
+        )

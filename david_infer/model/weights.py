@@ -1,0 +1,60 @@
+"""Loading and saving DAViD weights as safetensors (never pickles)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Union
+
+from .._optional import require
+from ..errors import WeightsError
+
+
+def _describe(names: List[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # noqa: F821
+    """Load a safetensors checkpoint strictly into `model`.
+
+    Raises WeightsError naming the file and every missing key, unexpected key and shape mismatch.
+    """
+    require("torch", "loading weights")
+    safetensors_torch = require("safetensors.torch", "loading weights")
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state = safetensors_torch.load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected: Dict[str, "torch.Tensor"] = model.state_dict()  # noqa: F821
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_describe(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_describe(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_describe(mismatched)}")
+    if problems:
+        raise WeightsError(f"{path} does not fit this model: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def save_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # noqa: F821
+    """Write the model's state dict as safetensors, through a temporary name and an atomic rename."""
+    safetensors_torch = require("safetensors.torch", "saving weights")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    try:
+        safetensors_torch.save_file(state, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,39 @@
+"""The package stays light: importing it and asking the CLI for its version pull in no heavy module."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors")
+
+
+def _loaded_after(code: str) -> set:
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_import_pulls_in_no_heavy_module() -> None:
+    assert _loaded_after("import david_infer") == set()
+
+
+def test_cli_parser_pulls_in_no_heavy_module() -> None:
+    assert _loaded_after("from david_infer.cli import build_parser; build_parser()") == set()
+
+
+def test_cli_version() -> None:
+    import david_infer
+
+    out = subprocess.run([sys.executable, "-m", "david_infer", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"david-infer {david_infer.__version__}"
+
+
+def test_missing_dependency_gives_install_hint() -> None:
+    import pytest
+
+    from david_infer._optional import require
+    from david_infer.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match=r'pip install "david-infer\[gpu\]"'):
+        require("tensorrt", "engines")
