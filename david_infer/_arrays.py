@@ -5,7 +5,7 @@ Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -69,3 +69,14 @@ def unit_vectors(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """`v` scaled to unit length along the last axis; zero vectors stay zero."""
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
     return np.where(norm > eps, v / np.maximum(norm, eps), 0.0).astype(np.float32)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round and clip to uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def blend(front: Any, back: Any, alpha: np.ndarray) -> np.ndarray:
+    """`alpha * front + (1 - alpha) * back` as uint8; `front`/`back` images or RGB colours, alpha (H, W)."""
+    a = np.asarray(alpha, np.float32)[..., None]
+    return to_uint8(a * np.asarray(front, np.float32) + (1.0 - a) * np.asarray(back, np.float32))

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._arrays import as_alpha, as_image, as_map, as_normals, unit_vectors
+from ._arrays import as_alpha, as_image, as_map, as_normals, blend, to_uint8, unit_vectors
 from .errors import InputError
 from .manifest import make_temp_path
 
@@ -69,9 +69,7 @@ def relight(
     shade = shading(as_normals(normal, img.shape[:2]), light_dir, ambient)
     lit = img.astype(np.float32) * shade[..., None]
     alpha = as_alpha(foreground, img.shape[:2])
-    if alpha is not None:
-        lit = _blend(lit, img.astype(np.float32), alpha)
-    return _to_uint8(lit)
+    return to_uint8(lit) if alpha is None else blend(lit, img, alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,14 +92,14 @@ def replace_background(
     img = as_image(image)
     alpha = as_alpha(foreground, img.shape[:2])
     bg = _background(background, img, blur_radius)
-    return _to_uint8(_blend(img.astype(np.float32), bg, alpha))
+    return blend(img, bg, alpha)
 
 
 def cutout(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8 RGBA: the image with the soft mask as its alpha channel."""
     img = as_image(image)
     alpha = as_alpha(foreground, img.shape[:2])
-    return np.dstack([img, _to_uint8(alpha * 255.0)])
+    return np.dstack([img, to_uint8(alpha * 255.0)])
 
 
 def _background(background: Background, img: np.ndarray, blur_radius: float) -> np.ndarray:
@@ -224,15 +222,3 @@ def write_ply(path: Union[str, Path], points: np.ndarray, colors: Optional[np.nd
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _blend(front: np.ndarray, back: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha[..., None]
-    return a * front + (1.0 - a) * back
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
