@@ -249,6 +249,7 @@ def fetch(
     transfer keeps `dest.part` for the next call to resume. Returns the file's size in bytes.
     """
     dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     last: Optional[_Retryable] = None
     for attempt in range(retries + 1):
         if attempt:
@@ -326,12 +327,15 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
 def _copy_body(resp: Any, part: Path, mode: str, have: int, total: int, label: str, progress: bool) -> None:
     bar = _progress(total, have, label, progress)
     try:
-        with open(part, mode) as f:
+        f = open(part, mode)
+    except OSError as exc:
+        raise ModelError(f"cannot write {part}: {exc}") from None
+    try:
+        with f:
             while True:
-                try:
-                    block = resp.read(CHUNK)
+                try:  # read1: whatever has arrived, so a stall loses no received bytes
+                    block = resp.read1(CHUNK)
                 except (OSError, HTTPException) as exc:  # timeout or reset mid-body: keep what came
-                    f.flush()
                     raise _Retryable(f"transfer interrupted ({exc or type(exc).__name__})") from None
                 if not block:
                     break
@@ -339,6 +343,8 @@ def _copy_body(resp: Any, part: Path, mode: str, have: int, total: int, label: s
                 bar(len(block))
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:  # disk full, permissions: not worth a retry
+        raise ModelError(f"cannot write {part}: {exc}; free some space or set ${ENV_HOME} elsewhere") from None
     finally:
         bar(None)
 

@@ -34,6 +34,8 @@ class _Server(ThreadingHTTPServer):
         self.files: Dict[str, bytes] = {}
         self.honour_range = True
         self.cuts: List[int] = []  # per request, in order: send only this many body bytes, then close
+        self.stall_after: Optional[int] = None  # send this many body bytes, then hang until released
+        self.release = threading.Event()
         self.log: List[Dict[str, Optional[str]]] = []
 
     @property
@@ -76,6 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
         cut = srv.cuts.pop(0) if srv.cuts else None
         if cut is not None:
             body = body[:cut]
+        if srv.stall_after is not None:
+            self.wfile.write(body[:srv.stall_after])
+            self.wfile.flush()
+            srv.release.wait(10)
+            return
         try:
             for i in range(0, len(body), 65536):
                 self.wfile.write(body[i:i + 65536])
@@ -93,6 +100,7 @@ def server() -> Iterator[_Server]:
     try:
         yield srv
     finally:
+        srv.release.set()
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)
@@ -160,6 +168,16 @@ def test_interrupted_download_resumes_with_range(server: _Server, payload: bytes
     assert not zoo.part_path(dest).exists()
     assert server.log[1]["range"] == "bytes=100000-"
     assert server.log[1]["if_range"]  # the ETag of the first response guards the resume
+
+
+def test_stalled_transfer_times_out_and_keeps_the_part(server: _Server, payload: bytes, tmp_path: Path) -> None:
+    server.files["m.onnx"] = payload
+    server.stall_after = 40_000
+    dest = tmp_path / "sub" / "m.onnx"
+    with pytest.raises(ModelError, match=r"transfer interrupted \(timed out\)"):
+        zoo.fetch(server.base_url + "m.onnx", dest, expected_sizes=[SIZE], progress=False, timeout=0.3)
+    assert zoo.part_path(dest).read_bytes() == payload[:40_000] and not dest.exists()
+    server.release.set()
 
 
 def test_retry_resumes_within_one_call(server: _Server, payload: bytes, tmp_path: Path) -> None:
