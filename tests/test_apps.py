@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from david_infer import apps
@@ -200,3 +203,28 @@ def test_write_ply_rejects_bad_shapes(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="colors must be"):
         apps.write_ply(tmp_path / "a.ply", np.zeros((4, 3)), np.zeros((3, 3)))
     assert list(tmp_path.iterdir()) == []
+
+_finite = st.floats(-5, 5, allow_nan=False, width=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(normal=arrays(np.float32, (3, 4, 3), elements=_finite),
+       light=st.tuples(_finite, _finite, _finite).filter(lambda v: np.linalg.norm(v) > 1e-3),
+       ambient=st.floats(0, 1))
+def test_shading_stays_between_ambient_and_one(normal: np.ndarray, light: tuple, ambient: float) -> None:
+    shade = apps.shading(normal, light, ambient)
+    assert shade.shape == (3, 4)
+    assert np.all(shade >= ambient - 1e-6) and np.all(shade <= 1.0 + 1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(depth=arrays(np.float32, (4, 5), elements=st.floats(-100, 100, allow_nan=False, width=32)),
+       near=st.floats(0.1, 10), extent=st.floats(0, 10), fov=st.floats(1, 170))
+def test_point_cloud_z_inside_the_range(depth: np.ndarray, near: float, extent: float, fov: float) -> None:
+    img = np.zeros((4, 5, 3), np.uint8)
+    pts, _ = apps.point_cloud(img, depth, fov_deg=fov, depth_range=(near, near + extent))
+    assert len(pts) == 20 and np.all(np.isfinite(pts))
+    assert np.all(-pts[:, 2] >= near * (1 - 1e-5)) and np.all(-pts[:, 2] <= (near + extent) * (1 + 1e-5))
+    # every point lies on its pixel's ray: x / -z is the same for every row of a column
+    ratio = (pts[:, 0] / -pts[:, 2]).reshape(4, 5)
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[0], (4, 5)), rtol=1e-4, atol=1e-6)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -243,6 +244,16 @@ def test_unreachable_url_names_url_and_manual_path(home: Path, monkeypatch: pyte
     assert f"http://127.0.0.1:{port}/m/normal-model-vitl16_384.onnx" in msg
     assert f"save it as {dest}" in msg
     assert not dest.exists()
+
+
+def test_plain_progress_line_without_tqdm(
+    server: _Server, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
+    server.files["m.onnx"] = payload
+    zoo.fetch(server.base_url + "m.onnx", tmp_path / "m.onnx", expected_sizes=[SIZE], progress=True)
+    err = capsys.readouterr().err
+    assert "downloading m.onnx: 0.3 MB" in err and "m.onnx: 0.3 of 0.3 MB" in err
 
 
 def test_http_404_is_not_retried(server: _Server, home: Path) -> None:
