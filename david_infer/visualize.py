@@ -125,7 +125,8 @@ def overlay_mask(
     return blend(tint, img, alpha * m)
 
 
-def panel(prediction: Any, labels: bool = True, cmap: str = "viridis") -> np.ndarray:
+def panel(prediction: Any, labels: bool = True, cmap: str = "viridis",
+          inverse_depth: Optional[bool] = None) -> np.ndarray:
     """A side-by-side (H [+ label strip], n * W, 3) uint8 picture of a prediction.
 
     `prediction` is any object with the attributes `image` ((H, W, 3) uint8 RGB) and `depth`,
@@ -133,15 +134,20 @@ def panel(prediction: Any, labels: bool = True, cmap: str = "viridis") -> np.nda
     `david_infer.Prediction`. Tiles, left to right: the image, then each task present (depth and
     normals masked by the foreground when there is one; the foreground as a tint over the image).
     With `labels`, a strip of `label_height(W)` pixels above the tiles names each one; no margins.
+
+    Depth is drawn nearer-is-brighter. Which way the prediction's depth runs comes from
+    `inverse_depth`, else from an optional attribute `prediction.depth_inverse`, else it is taken
+    as inverse (larger = nearer), the runtime's default (`DavidRuntime(invert_depth=True)`).
     """
-    tiles = panel_tiles(prediction, cmap)
+    tiles = panel_tiles(prediction, cmap, inverse_depth)
     strip = np.concatenate([tile for _, tile in tiles], axis=1)
     if not labels:
         return strip
     return _add_labels(strip, [name for name, _ in tiles])
 
 
-def panel_tiles(prediction: Any, cmap: str = "viridis") -> List[Tuple[str, np.ndarray]]:
+def panel_tiles(prediction: Any, cmap: str = "viridis",
+                inverse_depth: Optional[bool] = None) -> List[Tuple[str, np.ndarray]]:
     """The (label, (H, W, 3) uint8 tile) pairs that `panel` lays side by side."""
     if getattr(prediction, "image", None) is None:
         raise InputError("panel: the prediction has no `image` (an (H, W, 3) uint8 RGB array)")
@@ -152,7 +158,10 @@ def panel_tiles(prediction: Any, cmap: str = "viridis") -> List[Tuple[str, np.nd
     tiles = [("image", image)]
     depth = getattr(prediction, "depth", None)
     if depth is not None:
-        tiles.append(("depth", colorize_depth(as_map(depth, "prediction.depth", shape), alpha, cmap)))
+        if inverse_depth is None:
+            inverse_depth = bool(getattr(prediction, "depth_inverse", True))
+        depth = as_map(depth, "prediction.depth", shape)
+        tiles.append(("depth", colorize_depth(depth, alpha, cmap, inverse=inverse_depth)))
     normal = getattr(prediction, "normal", None)
     if normal is not None:
         tiles.append(("normal", normals_to_rgb(as_normals(normal, shape, "prediction.normal"), alpha)))

@@ -124,7 +124,8 @@ def test_panel_all_tasks() -> None:
     strip = visualize.label_height(W)
     assert out.shape == (strip + H, 4 * W, 3) and out.dtype == np.uint8
     assert np.array_equal(out[strip:, :W], pred.image)
-    assert np.array_equal(out[strip:, W:2 * W], visualize.colorize_depth(pred.depth, pred.foreground))
+    # no `depth_inverse` attribute: the runtime's default, larger = nearer
+    assert np.array_equal(out[strip:, W:2 * W], visualize.colorize_depth(pred.depth, pred.foreground, inverse=True))
     assert np.array_equal(out[strip:, 2 * W:3 * W], visualize.normals_to_rgb(pred.normal, pred.foreground))
     assert np.array_equal(out[strip:, 3 * W:], visualize.overlay_mask(pred.image, pred.foreground))
     header = out[:strip]
@@ -140,6 +141,17 @@ def test_panel_only_tasks_present(present: tuple) -> None:
     out = visualize.panel(pred, labels=False)
     assert out.shape == (H, (1 + len(present)) * W, 3)
     assert [name for name, _ in visualize.panel_tiles(pred)] == ["image", *present]
+
+
+def test_panel_depth_direction() -> None:
+    ramp = np.broadcast_to(np.arange(W, dtype=np.float32), (H, W))
+    lut = visualize.colormap("viridis")
+    default = visualize.panel(_prediction(depth=ramp), labels=False)[:, W:]
+    assert np.array_equal(default[0, -1], lut[255])  # larger = nearer = brighter
+    raw = visualize.panel(_prediction(depth=ramp, depth_inverse=False), labels=False)[:, W:]
+    assert np.array_equal(raw[0, 0], lut[255])
+    forced = visualize.panel(_prediction(depth=ramp), labels=False, inverse_depth=False)[:, W:]
+    assert np.array_equal(forced, raw)
 
 
 def test_panel_rejects_mismatched_or_missing() -> None:
