@@ -1,0 +1,82 @@
+"""Checks that turn the arrays users pass to apps/visualize into one layout, or raise InputError.
+
+Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single-channel maps
+(H, W), (H, W, 1) or (1, H, W); normals (H, W, 3) or (3, H, W).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+
+def as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Float input is taken as [0, 1] and scaled; RGBA drops alpha."""
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name}: expected an (H, W, 3) RGB array, got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype == np.uint8:
+        return a
+    if np.issubdtype(a.dtype, np.floating):
+        return np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
+    raise InputError(f"{name}: expected uint8 (or float in [0, 1]) pixels, got {a.dtype}")
+
+
+def as_map(x: np.ndarray, name: str, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """(H, W) float32 from (H, W), (H, W, 1) or (1, H, W); checks the size against `shape`."""
+    a = np.asarray(x)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    elif a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise InputError(f"{name}: expected an (H, W) numeric map, got shape {np.shape(x)} {a.dtype}")
+    _check_size(a.shape, shape, name)
+    return a.astype(np.float32, copy=False)
+
+
+def as_normals(normal: np.ndarray, shape: Optional[Tuple[int, int]] = None, name: str = "normal") -> np.ndarray:
+    """(H, W, 3) float32 from (H, W, 3) or (3, H, W)."""
+    a = np.asarray(normal)
+    if a.ndim == 3 and a.shape[-1] != 3 and a.shape[0] == 3:
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim != 3 or a.shape[-1] != 3 or not np.issubdtype(a.dtype, np.number):
+        raise InputError(f"{name}: expected (H, W, 3) xyz normals, got shape {np.shape(normal)}")
+    _check_size(a.shape[:2], shape, name)
+    return a.astype(np.float32, copy=False)
+
+
+def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = "foreground") -> Optional[np.ndarray]:
+    """A soft mask as (H, W) float32 in [0, 1] (uint8 masks are divided by 255), or None."""
+    if mask is None:
+        return None
+    raw = np.asarray(mask)
+    a = as_map(raw, name, shape)
+    if raw.dtype == np.uint8:
+        a = a / 255.0
+    return np.clip(np.nan_to_num(a), 0.0, 1.0).astype(np.float32)
+
+
+def _check_size(got: Tuple[int, ...], want: Optional[Tuple[int, int]], name: str) -> None:
+    if want is not None and tuple(got[:2]) != tuple(want[:2]):
+        raise InputError(f"{name}: size {got[0]}x{got[1]} (HxW) differs from the image's {want[0]}x{want[1]}")
+
+
+def unit_vectors(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """`v` scaled to unit length along the last axis; zero vectors stay zero."""
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(norm > eps, v / np.maximum(norm, eps), 0.0).astype(np.float32)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round and clip to uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def blend(front: Any, back: Any, alpha: np.ndarray) -> np.ndarray:
+    """`alpha * front + (1 - alpha) * back` as uint8; `front`/`back` images or RGB colours, alpha (H, W)."""
+    a = np.asarray(alpha, np.float32)[..., None]
+    return to_uint8(a * np.asarray(front, np.float32) + (1.0 - a) * np.asarray(back, np.float32))

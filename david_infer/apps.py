@@ -1,0 +1,224 @@
+"""The paper's three uses of DAViD's outputs (supplementary B.5), in numpy (+ Pillow for resizing).
+
+- `relight`: Lambertian shading from the predicted normals with an ambient term.
+- `replace_background` / `cutout`: alpha compositing with the soft foreground mask.
+- `point_cloud` + `write_ply`: a 2.5D point cloud from relative depth, a chosen depth range and a
+  pinhole camera, written as binary PLY (plyfile, trimesh, Open3D, MeshLab read it).
+
+Camera convention, one for the whole package (normals and points): **x right, y up, z toward the
+camera** (the OpenGL camera frame). A surface facing the camera has the normal (0, 0, 1); the
+camera sits at the origin looking down -z, so points in front of it have negative z. Viewers that
+default to the same frame (MeshLab, Open3D, Blender's camera view) show the cloud upright and
+from the photo's side. `visualize.normals_to_rgb` maps x, y, z to red, green, blue: a camera-facing
+surface is light blue, surfaces turned right are pinker, surfaces turned up are greener.
+That DAViD's released models emit normals in exactly this frame is an assumption to check on a
+real photo (flip a component of `normal` here if they do not).
+
+Images are (H, W, 3) uint8 RGB; maps (H, W) (or (H, W, 1) / (1, H, W)); normals (H, W, 3).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._arrays import as_alpha, as_image, as_map, as_normals, blend, to_uint8, unit_vectors
+from .errors import InputError
+from .manifest import make_temp_path
+
+Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]  # noqa: F821
+
+
+# --------------------------------------------------------------------------------------------
+# Relighting
+
+
+def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2) -> np.ndarray:
+    """Lambertian shading (H, W) float32: `ambient + (1 - ambient) * max(0, n . l)`.
+
+    `normal` is renormalised per pixel (zero vectors get only the ambient term); `light_dir`
+    points from the surface toward the light, in the camera frame (x right, y up, z toward the
+    camera), and is normalised.
+    """
+    if not 0.0 <= ambient <= 1.0:
+        raise InputError(f"ambient must be in [0, 1], got {ambient}")
+    light = np.asarray(light_dir, dtype=np.float64).reshape(-1)
+    if light.shape != (3,) or not np.all(np.isfinite(light)) or np.linalg.norm(light) == 0:
+        raise InputError(f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}")
+    n = unit_vectors(np.nan_to_num(as_normals(normal)))
+    cos = np.maximum(0.0, n @ (light / np.linalg.norm(light)).astype(np.float32))
+    return (ambient + (1.0 - ambient) * cos).astype(np.float32)
+
+
+def relight(
+    image: np.ndarray,
+    normal: np.ndarray,
+    light_dir: Sequence[float],
+    ambient: float = 0.2,
+    foreground: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """The image re-lit from `light_dir`: each pixel times its Lambertian `shading`.
+
+    With a `foreground` mask only the person is re-lit; the background keeps its pixels (blended
+    by the soft mask). Returns (H, W, 3) uint8.
+    """
+    img = as_image(image)
+    shade = shading(as_normals(normal, img.shape[:2]), light_dir, ambient)
+    lit = img.astype(np.float32) * shade[..., None]
+    alpha = as_alpha(foreground, img.shape[:2])
+    return to_uint8(lit) if alpha is None else blend(lit, img, alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Background replacement
+
+
+def replace_background(
+    image: np.ndarray,
+    foreground: np.ndarray,
+    background: Background,
+    blur_radius: float = 15.0,
+) -> np.ndarray:
+    """Composite the person over a new background: `alpha * image + (1 - alpha) * background`.
+
+    `background` is an RGB colour (r, g, b) in 0..255, an image (any size; scaled to cover the
+    frame and centre-cropped, keeping its aspect ratio) or "blur" (the photo itself through a
+    Gaussian blur of `blur_radius` pixels). `foreground` is the soft mask (float in [0, 1] or
+    uint8). Returns (H, W, 3) uint8.
+    """
+    img = as_image(image)
+    alpha = as_alpha(foreground, img.shape[:2])
+    bg = _background(background, img, blur_radius)
+    return blend(img, bg, alpha)
+
+
+def cutout(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA: the image with the soft mask as its alpha channel."""
+    img = as_image(image)
+    alpha = as_alpha(foreground, img.shape[:2])
+    return np.dstack([img, to_uint8(alpha * 255.0)])
+
+
+def _background(background: Background, img: np.ndarray, blur_radius: float) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    h, w = img.shape[:2]
+    if isinstance(background, str):
+        if background != "blur":
+            raise InputError(f"background: expected an (r, g, b) colour, an image or 'blur', got {background!r}")
+        if blur_radius < 0:
+            raise InputError(f"blur_radius must be >= 0, got {blur_radius}")
+        return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(blur_radius)), dtype=np.float32)
+    if isinstance(background, Image.Image):
+        background = np.asarray(background.convert("RGB"))
+    bg = np.asarray(background)
+    if bg.ndim == 1:
+        if bg.shape != (3,) or not np.all((bg >= 0) & (bg <= 255)):
+            raise InputError(f"background colour: expected (r, g, b) in 0..255, got {background!r}")
+        return np.broadcast_to(bg.astype(np.float32), (h, w, 3))
+    return _cover(as_image(bg, "background"), w, h).astype(np.float32)
+
+
+def _cover(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """`img` scaled (bicubic) to cover w x h with its aspect ratio kept, then centre-cropped."""
+    from PIL import Image
+
+    ih, iw = img.shape[:2]
+    scale = max(w / iw, h / ih)
+    sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    left, top = (sw - w) // 2, (sh - h) // 2
+    resized = Image.fromarray(img).resize((sw, sh), Image.BICUBIC)
+    return np.asarray(resized.crop((left, top, left + w, top + h)))
+
+
+# --------------------------------------------------------------------------------------------
+# Point cloud
+
+
+def point_cloud(
+    image: np.ndarray,
+    depth: np.ndarray,
+    foreground: Optional[np.ndarray] = None,
+    fov_deg: float = 60.0,
+    depth_range: Tuple[float, float] = (1.0, 2.0),
+    mask_threshold: float = 0.5,
+    invert: bool = False,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """A coloured 2.5D point cloud from relative depth: (points (N, 3) float32, colors (N, 3) uint8).
+
+    DAViD's depth is relative (smaller = nearer). The kept pixels' depth is min-max normalised
+    into `depth_range` = (near, far), the distance along the optical axis in arbitrary units
+    (metres if you like): the nearest pixel lands at `near`, the farthest at `far`. `invert=True`
+    is for inverse depth (larger = nearer, e.g. after the official runtime's `is_inverse`).
+
+    Pixels kept: finite depth and, with a `foreground` mask, mask >= `mask_threshold`.
+    Back-projection through a pinhole camera with horizontal field of view `fov_deg`, principal
+    point at the image centre, square pixels: focal f = (W / 2) / tan(fov / 2) in pixels; pixel
+    (row, col) has its centre at u = col + 0.5, v = row + 0.5 and, at distance d,
+    x = (u - W/2) d / f, y = -(v - H/2) d / f, z = -d (x right, y up, z toward the camera).
+    """
+    img = as_image(image)
+    h, w = img.shape[:2]
+    d = as_map(depth, "depth", (h, w))
+    near, far = (float(v) for v in depth_range)
+    if not (0.0 < near <= far and math.isfinite(far)):
+        raise InputError(f"depth_range must be (near, far) with 0 < near <= far, got {depth_range!r}")
+    if not 0.0 < fov_deg < 180.0:
+        raise InputError(f"fov_deg must be in (0, 180), got {fov_deg}")
+    keep = np.isfinite(d)
+    alpha = as_alpha(foreground, (h, w))
+    if alpha is not None:
+        keep &= alpha >= mask_threshold
+    rows, cols = np.nonzero(keep)
+    if rows.size == 0:
+        raise InputError(f"point_cloud: no pixel has finite depth and a mask >= {mask_threshold}; nothing to project")
+    rel = d[rows, cols].astype(np.float64)
+    lo, hi = rel.min(), rel.max()
+    t = (rel - lo) / (hi - lo) if hi > lo else np.zeros_like(rel)
+    if invert:
+        t = 1.0 - t
+    dist = near + t * (far - near)
+    focal = (w / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
+    x = (cols + 0.5 - w / 2.0) * dist / focal
+    y = -(rows + 0.5 - h / 2.0) * dist / focal
+    points = np.stack([x, y, -dist], axis=1).astype(np.float32)
+    return points, img[rows, cols].copy()
+
+
+def write_ply(path: Union[str, Path], points: np.ndarray, colors: Optional[np.ndarray] = None) -> Path:
+    """Write a binary little-endian PLY (float x, y, z; uchar red, green, blue), atomically."""
+    path = Path(path)
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
+        raise InputError(f"{path}: points must be an (N, 3) array, got shape {pts.shape}")
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if colors is not None:
+        cols = np.asarray(colors)
+        if cols.shape != pts.shape:
+            raise InputError(f"{path}: colors must be (N, 3) like the points {pts.shape}, got {cols.shape}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(len(pts), dtype=fields)
+    for i, axis in enumerate("xyz"):
+        vertex[axis] = pts[:, i]
+    if colors is not None:
+        for i, channel in enumerate(("red", "green", "blue")):
+            vertex[channel] = np.clip(cols[:, i], 0, 255)
+    props = "".join(f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields)
+    header = f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward the camera)\n" \
+             f"element vertex {len(pts)}\n{props}end_header\n"
+    try:
+        tmp = make_temp_path(path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc}") from None
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(vertex.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
