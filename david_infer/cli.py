@@ -17,6 +17,7 @@ from .errors import DavidError
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
     "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
+    "build-engine": ("build_engine", "build a TensorRT engine (+ sidecar manifest) from an ONNX export"),
 }
 
 
