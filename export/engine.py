@@ -18,9 +18,8 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from david_infer._optional import require
 from david_infer.backends.tensorrt import _cuda
@@ -32,8 +31,7 @@ from david_infer.manifest import atomic_write_bytes, make_temp_path, manifest_pa
 DEFAULT_WORKSPACE_GB = 8.0
 
 
-@dataclass(frozen=True)
-class NetworkPlan:
+class NetworkPlan(NamedTuple):
     """How to create the network and configure precision for one graph on one TensorRT."""
 
     strongly_typed: bool

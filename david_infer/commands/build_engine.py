@@ -32,10 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from export.engine import DEFAULT_WORKSPACE_GB, build_engine
 
+    workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_GB
     sidecar = build_engine(
         args.onnx, args.output, min_hw=args.min_hw, opt_hw=args.opt_hw, max_hw=args.max_hw,
-        max_batch=args.max_batch, workspace_gb=args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_GB,
-         timing_cache=args.timing_cache,
+        max_batch=args.max_batch, workspace_gb=workspace, timing_cache=args.timing_cache,
         hardware_compat=args.hardware_compat or "none",
     )
     info = sidecar["tensorrt"]
