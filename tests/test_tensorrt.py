@@ -5,7 +5,6 @@ No test fakes a tensorrt module: without TensorRT the CLI and the runner must sa
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path

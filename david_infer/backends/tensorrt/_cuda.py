@@ -75,7 +75,12 @@ class Stream:
 
     @property
     def ptr(self) -> int:
-        return int(self.handle)
+        """The raw cudaStream_t address, as execute_async_v3 takes it."""
+        try:  # cuda-bindings >= 12.9.1 deprecates int(handle) in favour of this
+            from cuda.bindings.utils import get_cuda_native_handle
+        except ImportError:
+            return int(self.handle)
+        return int(get_cuda_native_handle(self.handle))
 
     def synchronize(self) -> None:
         call(runtime().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")

@@ -20,7 +20,7 @@ from ...errors import DavidError, InputError, ModelError
 from ..base import Runner
 from . import _cuda
 from .profiles import ShapeRange, check_input_shape
-from .sidecar import KIND, check_compatible, check_plan_sha256, profile_ranges, read_sidecar, validate_sidecar
+from .sidecar import check_compatible, check_plan_sha256, profile_ranges, read_sidecar, validate_sidecar
 from ...manifest import manifest_path
 
 
