@@ -323,6 +323,13 @@ def test_open_runner_without_tensorrt(manifests: Dict[str, Any], plan: Path) -> 
         open_runner(plan, None, "cuda", threads=2)
     with pytest.raises(ModelError, match="engine file not found"):
         open_runner(plan.with_name("absent.engine"), None, "cuda")
+    # DavidRuntime passes resolution and batch size: accepted, checked against the profile first.
+    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+        open_runner(plan, None, "cuda", resolution=512, max_batch=8)
+    with pytest.raises(InputError, match=r"m.engine was built for batches 1..8 and sizes 256x256..1024x1024; resolution 2048"):
+        open_runner(plan, None, "cuda", resolution=2048, max_batch=1)
+    with pytest.raises(InputError, match=r"batch size 16 is larger.*--max-batch"):
+        open_runner(plan, read_sidecar(plan), "cuda", resolution=512, max_batch=16)
 
 
 def test_cuda_python_without_gpu_says_so() -> None:

@@ -12,7 +12,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from ...errors import ModelError
+from ...errors import InputError, ModelError
 from ...manifest import manifest_path, read_manifest, sha256_file
 from .profiles import ShapeRange
 
@@ -97,6 +97,25 @@ def validate_sidecar(sidecar: Mapping[str, Any], path: Union[str, Path]) -> None
 def profile_ranges(sidecar: Mapping[str, Any]) -> Dict[str, ShapeRange]:
     """Input name -> ShapeRange recorded at build time."""
     return {name: ShapeRange.from_dict(r) for name, r in sidecar["tensorrt"]["profiles"].items()}
+
+
+def check_profile_covers(
+    sidecar: Mapping[str, Any], resolution: Optional[int], max_batch: Optional[int],
+    engine_path: Union[str, Path],
+) -> None:
+    """InputError unless the engine accepts `resolution` x `resolution` images in batches of up to
+    `max_batch` (either may be None: not checked)."""
+    validate_sidecar(sidecar, manifest_path(engine_path))
+    rng = profile_ranges(sidecar)[sidecar["inputs"][0]["name"]]
+    (b_lo, b_hi), (h_lo, h_hi), (w_lo, w_hi) = ((rng.min[i], rng.max[i]) for i in (0, -2, -1))
+    built = (f"{Path(engine_path).name} was built for batches {b_lo}..{b_hi} and sizes "
+             f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
+    if resolution is not None and not (h_lo <= int(resolution) <= h_hi and w_lo <= int(resolution) <= w_hi):
+        raise InputError(f"{built}; resolution {resolution} is outside. Use a resolution in that range or "
+                         "rebuild with david-infer build-engine --min/--max")
+    if max_batch is not None and int(max_batch) > b_hi:
+        raise InputError(f"{built}; batch size {max_batch} is larger. Use a batch size of at most {b_hi} or "
+                         "rebuild with david-infer build-engine --max-batch")
 
 
 def _cc(value: str) -> Tuple[int, int]:
