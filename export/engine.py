@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from david_infer._optional import require
-from david_infer.backends.tensorrt import _cuda
+from david_infer.backends.tensorrt import _cuda, _trt
 from david_infer.backends.tensorrt.profiles import DEFAULT_MAX_BATCH, ShapeRange, compute_profiles
 from david_infer.backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
-from david_infer.errors import ExportError, InputError, ModelError
+from david_infer.errors import BackendUnavailable, ExportError, InputError, ModelError
 from david_infer.manifest import atomic_write_bytes, make_temp_path, manifest_path, read_manifest, write_manifest
 
 DEFAULT_WORKSPACE_GB = 8.0
@@ -168,7 +167,7 @@ def build_engine(
     manifest = _check_paths(onnx_path, output, cache_path)
     profiles = compute_profiles(manifest, min_hw, opt_hw, max_hw, max_batch=max_batch)
 
-    trt = require("tensorrt", "building TensorRT engines")
+    trt = _trt.tensorrt("building TensorRT engines")
     gpu, cc = _cuda.device_info(device)
     _cuda.set_device(device)
     plan = plan_precision(
@@ -181,8 +180,10 @@ def build_engine(
     for note in notes:
         print(f"warning: {note}", file=log)
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = _trt.logger()
     builder = trt.Builder(logger)
+    if builder is None:  # the C++ factory returns null when CUDA cannot start
+        raise BackendUnavailable(f"TensorRT {trt.__version__} could not create a builder on {gpu} (see its message above)")
     network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed)
     _check_network_inputs(network, profiles, onnx_path)
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""

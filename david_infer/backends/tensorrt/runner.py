@@ -15,13 +15,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..._optional import require
 from ...errors import DavidError, InputError, ModelError
+from ...manifest import manifest_path
 from ..base import Runner
-from . import _cuda
+from . import _cuda, _trt
 from .profiles import ShapeRange, check_input_shape
 from .sidecar import check_compatible, check_plan_sha256, profile_ranges, read_sidecar, validate_sidecar
-from ...manifest import manifest_path
 
 
 def parse_device(device: str) -> int:
@@ -74,15 +73,14 @@ class TensorRTRunner(Runner):
         else:
             validate_sidecar(manifest, manifest_path(self.path))
         self.manifest = dict(manifest)
-        trt = require("tensorrt", "the TensorRT backend")
+        trt = _trt.tensorrt()
         gpu, cc = _cuda.device_info(index)
         check_compatible(self.manifest, trt.__version__, cc, self.path)
         check_plan_sha256(self.path, self.manifest)
         _cuda.set_device(index)
         self._inputs = [spec["name"] for spec in self.manifest["inputs"]]
         self._outputs = [spec["name"] for spec in self.manifest["outputs"]]
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(_trt.logger())
         # The runtime must outlive the engine, the engine its context: keep all three.
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
