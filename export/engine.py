@@ -119,7 +119,7 @@ def _check_network_inputs(network: Any, profiles: Mapping[str, ShapeRange], onnx
 
 def _config(
     trt: Any, builder: Any, plan: NetworkPlan, profiles: Mapping[str, ShapeRange], workspace_gb: float,
-    hardware_compat: str, cache_bytes: bytes,
+    hardware_compat: str,
 ) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -133,10 +133,20 @@ def _config(
     if config.add_optimization_profile(profile) < 0:
         raise ExportError("TensorRT rejected the optimization profile: " + ", ".join(
             f"{n} {r.min}..{r.max}" for n, r in profiles.items()))
-    # An empty blob makes an empty cache that the build fills in.
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
     return config
+
+
+def _attach_timing_cache(config: Any, cache_path: Optional[Path], log: Any) -> None:
+    """Load the timing cache file if there is one; a stale or foreign one is replaced, not fatal.
+
+    An empty blob makes an empty cache that the build fills in (and that is written back)."""
+    blob = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
+    cache = config.create_timing_cache(blob)
+    # set_timing_cache returns False when the cache was made by another TensorRT or device.
+    if cache is None or config.set_timing_cache(cache, ignore_mismatch=False) is False:
+        print(f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one",
+              file=log)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def build_engine(
@@ -186,8 +196,8 @@ def build_engine(
         raise BackendUnavailable(f"TensorRT {trt.__version__} could not create a builder on {gpu} (see its message above)")
     network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed)
     _check_network_inputs(network, profiles, onnx_path)
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-    config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat, cache_bytes)
+    config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat)
+    _attach_timing_cache(config, cache_path, log)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
