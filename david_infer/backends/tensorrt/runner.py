@@ -65,7 +65,7 @@ class TensorRTRunner(Runner):
         self._bindings: Dict[str, _Binding] = {}
         self._stream: Optional[_cuda.Stream] = None
         self._lock = threading.Lock()
-        index = parse_device(device)
+        self._device = index = parse_device(device)
         if not self.path.is_file():
             raise ModelError(f"engine file not found: {self.path}")
         if manifest is None:
@@ -185,6 +185,7 @@ class TensorRTRunner(Runner):
 
     def _run(self, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         ctx, stream = self._context, self._stream
+        _cuda.set_device(self._device)  # the current device is per host thread
         for name, arr in arrays.items():
             if not ctx.set_input_shape(name, arr.shape):
                 raise InputError(f"TensorRT refused shape {arr.shape} for input {name!r}")
