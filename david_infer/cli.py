@@ -18,6 +18,7 @@ from .errors import DavidError
 COMMANDS = {
     "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
     "download": ("download", "download released DAViD models into the cache"),
+    "build-engine": ("build_engine", "build a TensorRT engine (+ sidecar manifest) from an ONNX export"),
 }
 
 

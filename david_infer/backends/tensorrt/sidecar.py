@@ -1,0 +1,180 @@
+"""The sidecar manifest of a TensorRT plan (`x.engine` -> `x.engine.json`): writing and checking.
+
+The plan file itself is the plain serialized engine (trtexec and C++ read it as is); everything
+else lives here: the ONNX manifest's content (inputs, outputs, pre/post-processing) plus what the
+plan is tied to (TensorRT version, GPU compute capability, hardware compatibility), the profile
+ranges, the precision and the SHA-256 of the plan. Pure Python: no TensorRT, no torch.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from ...errors import InputError, ModelError
+from ...manifest import manifest_path, read_manifest, sha256_file
+from .profiles import ShapeRange
+
+KIND = "tensorrt"
+HARDWARE_COMPAT = ("none", "ampere+")
+# Ampere is compute capability 8.0; AMPERE_PLUS engines run on 8.x and newer.
+AMPERE_MAJOR = 8
+REBUILD = "rebuild it on this machine with: david-infer build-engine MODEL.onnx -o {engine}"
+
+
+def build_sidecar(
+    onnx_manifest: Mapping[str, Any],
+    plan_file: str,
+    plan_sha256: str,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    hardware_compat: str,
+    profiles: Mapping[str, ShapeRange],
+    precision: str,
+    build_seconds: float,
+    notes: Tuple[str, ...] = (),
+) -> Dict[str, Any]:
+    """The sidecar for a freshly built plan: the ONNX manifest plus the engine's facts."""
+    if hardware_compat not in HARDWARE_COMPAT:
+        raise ValueError(f"hardware_compat must be one of {HARDWARE_COMPAT}, not {hardware_compat!r}")
+    sidecar = copy.deepcopy(dict(onnx_manifest))
+    sidecar.update(
+        kind=KIND,
+        model_file=plan_file,
+        sha256=plan_sha256,
+        precision=precision,
+        source={
+            "kind": onnx_manifest.get("kind", "onnx"),
+            "model_file": onnx_manifest.get("model_file"),
+            "sha256": onnx_manifest.get("sha256"),
+            "precision": onnx_manifest.get("precision"),
+        },
+        tensorrt={
+            "version": str(trt_version),
+            "gpu": gpu_name,
+            "compute_capability": str(compute_capability),
+            "hardware_compat": hardware_compat,
+            "profiles": {name: rng.as_dict() for name, rng in profiles.items()},
+            "precision": precision,
+            "build_seconds": round(float(build_seconds), 3),
+            "built_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "notes": list(notes),
+        },
+    )
+    return sidecar
+
+
+def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
+    """Read and validate the sidecar of `engine_path`; ModelError naming the file otherwise."""
+    engine_path = Path(engine_path)
+    path = manifest_path(engine_path)
+    if not path.exists():
+        raise ModelError(
+            f"{engine_path}: its sidecar manifest {path.name} is missing; engines built by david-infer "
+            f"carry one. {REBUILD.format(engine=engine_path)}"
+        )
+    sidecar = read_manifest(path)
+    validate_sidecar(sidecar, path)
+    return sidecar
+
+
+def validate_sidecar(sidecar: Mapping[str, Any], path: Union[str, Path]) -> None:
+    """ModelError unless `sidecar` is a TensorRT sidecar with the keys the runner needs."""
+    if sidecar.get("kind") != KIND:
+        raise ModelError(f"{path}: manifest kind is {sidecar.get('kind')!r}, not a TensorRT engine sidecar")
+    info = sidecar.get("tensorrt")
+    missing = [k for k in ("version", "compute_capability", "hardware_compat", "profiles")
+               if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise ModelError(f"{path}: TensorRT sidecar lacks {', '.join(missing)}")
+    for name in [spec["name"] for spec in sidecar["inputs"]]:
+        if name not in info["profiles"]:
+            raise ModelError(f"{path}: TensorRT sidecar has no profile range for input {name!r}")
+
+
+def profile_ranges(sidecar: Mapping[str, Any]) -> Dict[str, ShapeRange]:
+    """Input name -> ShapeRange recorded at build time."""
+    return {name: ShapeRange.from_dict(r) for name, r in sidecar["tensorrt"]["profiles"].items()}
+
+
+def check_profile_covers(
+    sidecar: Mapping[str, Any], resolution: Optional[int], max_batch: Optional[int],
+    engine_path: Union[str, Path],
+) -> None:
+    """InputError unless the engine accepts `resolution` x `resolution` images in batches of up to
+    `max_batch` (either may be None: not checked)."""
+    validate_sidecar(sidecar, manifest_path(engine_path))
+    rng = profile_ranges(sidecar)[sidecar["inputs"][0]["name"]]
+    (b_lo, b_hi), (h_lo, h_hi), (w_lo, w_hi) = ((rng.min[i], rng.max[i]) for i in (0, -2, -1))
+    built = (f"{Path(engine_path).name} was built for batches {b_lo}..{b_hi} and sizes "
+             f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
+    if resolution is not None and not (h_lo <= int(resolution) <= h_hi and w_lo <= int(resolution) <= w_hi):
+        raise InputError(f"{built}; resolution {resolution} is outside. Use a resolution in that range or "
+                         "rebuild with david-infer build-engine --min/--max")
+    if max_batch is not None and int(max_batch) > b_hi:
+        raise InputError(f"{built}; batch size {max_batch} is larger. Use a batch size of at most {b_hi} or "
+                         "rebuild with david-infer build-engine --max-batch")
+
+
+def _cc(value: str) -> Tuple[int, int]:
+    try:
+        major, minor = str(value).split(".")
+        return int(major), int(minor)
+    except ValueError:
+        raise ModelError(f"compute capability {value!r} is not MAJOR.MINOR (e.g. 8.0)") from None
+
+
+def check_compatible(
+    sidecar: Mapping[str, Any],
+    trt_version: str,
+    compute_capability: str,
+    engine_path: Optional[Union[str, Path]] = None,
+) -> None:
+    """ModelError unless a plan with this sidecar can run under this TensorRT on this GPU.
+
+    A plan runs only under the TensorRT version that built it, and only on GPUs of the compute
+    capability it was built on, unless it was built hardware-compatible (Ampere and newer), in
+    which case any GPU of compute capability 8.0 or newer will do.
+    """
+    name = Path(engine_path) if engine_path else Path(str(sidecar.get("model_file", "the engine")))
+    info = sidecar["tensorrt"]
+    built_trt = str(info["version"])
+    built_gpu = info.get("gpu", "an unknown GPU")
+    built_cc = str(info["compute_capability"])
+    compat = info.get("hardware_compat", "none")
+    what = f"built with TensorRT {built_trt} on {built_gpu} (compute capability {built_cc}, hardware compat {compat})"
+    if built_trt.strip() != str(trt_version).strip():
+        raise ModelError(
+            f"{name}: engine {what}, but this machine has TensorRT {trt_version}; a plan runs only "
+            f"under the TensorRT version that built it. {REBUILD.format(engine=name)}"
+        )
+    here = _cc(compute_capability)
+    if compat == "ampere+":
+        if here[0] >= AMPERE_MAJOR:
+            return
+        raise ModelError(
+            f"{name}: engine {what}, but this GPU has compute capability {compute_capability}, older "
+            f"than Ampere (8.0). {REBUILD.format(engine=name)}"
+        )
+    if here != _cc(built_cc):
+        raise ModelError(
+            f"{name}: engine {what}, but this GPU has compute capability {compute_capability}. "
+            f"{REBUILD.format(engine=name)} (or build with --hardware-compat ampere+ for one engine "
+            "that runs on every Ampere-or-newer GPU)"
+        )
+
+
+def check_plan_sha256(engine_path: Union[str, Path], sidecar: Mapping[str, Any]) -> None:
+    """ModelError if the plan's SHA-256 differs from the one its sidecar recorded."""
+    expected = sidecar.get("sha256")
+    if not expected:
+        raise ModelError(f"{manifest_path(engine_path)}: sidecar lacks the plan's sha256")
+    actual = sha256_file(engine_path)
+    if actual != expected:
+        raise ModelError(
+            f"{engine_path}: SHA-256 {actual[:12]}... does not match its sidecar "
+            f"({manifest_path(engine_path).name}: {str(expected)[:12]}...); the plan was replaced or "
+            f"corrupted. {REBUILD.format(engine=engine_path)}"
+        )
