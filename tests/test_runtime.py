@@ -66,6 +66,13 @@ def released_dir(official_onnx: Path, exported_dir: Path) -> Path:
     return folder
 
 
+def official_padding(h: int, w: int) -> tuple:
+    """The official runtime's padding, written out: (side, top, bottom, left, right)."""
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return side, top, side - h - top, left, side - w - left
+
+
 def assert_same(a, b, atol: float = 1e-5) -> None:
     for task in TASKS:
         x, y = getattr(a, task), getattr(b, task)
@@ -168,9 +175,11 @@ def test_postprocess_equals_resize_square_then_crop() -> None:
     g = square_geometry(150, 97, 64)
     got = postprocess(outputs, g, PostOptions(invert_depth=False))
 
+    side, top, _, left, _ = official_padding(150, 97)
+
     def square_then_crop(plane: np.ndarray) -> np.ndarray:
-        full = np.asarray(Image.fromarray(plane).resize((g.side, g.side), Image.Resampling.BICUBIC))
-        return full[g.top:g.top + g.height, g.left:g.left + g.width]
+        full = np.asarray(Image.fromarray(plane).resize((side, side), Image.Resampling.BICUBIC))
+        return full[top:top + 150, left:left + 97]
 
     np.testing.assert_allclose(got["depth"], square_then_crop(outputs["depth"][0]), atol=1e-5)
     np.testing.assert_allclose(got["foreground"], np.clip(square_then_crop(outputs["foreground"][0]), 0, 1), atol=1e-5)
@@ -178,13 +187,14 @@ def test_postprocess_equals_resize_square_then_crop() -> None:
     np.testing.assert_allclose(got["normal"], n / np.linalg.norm(n, axis=-1, keepdims=True), atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(300, 500), (500, 300), (77, 33)])
+@pytest.mark.parametrize("shape", [(301, 500), (500, 300), (77, 34)])
 def test_antialias_preprocess_equals_padded_square(shape: tuple) -> None:
     """Resizing without building the padded square equals Pillow on the padded square (1 level)."""
     h, w = shape
     a = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
     g = square_geometry(h, w, 128)
-    square = np.pad(a, ((g.top, g.side - h - g.top), (g.left, g.side - w - g.left), (0, 0)), mode="edge")
+    _, top, bottom, left, right = official_padding(h, w)
+    square = np.pad(a, ((top, bottom), (left, right), (0, 0)), mode="edge")
     ref = np.asarray(Image.fromarray(square).resize((128, 128), Image.Resampling.BILINEAR, reducing_gap=3.0))
     img, k = reduce_long_axis(Image.fromarray(a), g, 128)
     got = np.asarray(square_resize(img, g, 128, k))
@@ -230,9 +240,8 @@ def test_official_preprocess_matches_the_official_steps(shape: tuple) -> None:
     rng = np.random.default_rng(2)
     small = rng.integers(0, 256, (h // 50 + 2, w // 50 + 2, 3), dtype=np.uint8)
     a = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))  # smooth-ish photo
-    g = square_geometry(h, w, 512)
-    ref = np.pad(a.astype(np.float64) / 255, ((g.top, g.side - h - g.top), (g.left, g.side - w - g.left), (0, 0)),
-                 mode="edge")
+    _, top, bottom, left, right = official_padding(h, w)
+    ref = np.pad(a.astype(np.float64) / 255, ((top, bottom), (left, right), (0, 0)), mode="edge")
     while ref.shape[0] > 1536 and ref.shape[1] > 1536:
         ref = _naive_pyr_down(ref)
     ref = _naive_linear(ref, 512)[..., ::-1].transpose(2, 0, 1)  # BGR CHW
