@@ -54,21 +54,9 @@ def _finisher(task: str, opts: PostOptions) -> Callable[[np.ndarray], None]:
                 np.greater(block, opts.foreground_threshold, out=block)
         return clip
 
-    def unit(block: np.ndarray) -> None:
-        # Strided per-component views keep numpy's inner loops long (an inner axis of 3 is slow).
+    def unit(block: np.ndarray) -> None:  # only for the crop path; resize_box normalises itself
         vectors = block.reshape(-1, 3)
-        x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
-        norm = x * x
-        tmp = y * y
-        norm += tmp
-        np.multiply(z, z, out=tmp)
-        norm += tmp
-        np.sqrt(norm, out=norm)
-        np.maximum(norm, _NORMAL_EPS, out=norm)
-        np.divide(1.0, norm, out=norm)
-        x *= norm
-        y *= norm
-        z *= norm
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1), _NORMAL_EPS)[:, None]
     return unit
 
 
@@ -90,7 +78,8 @@ def postprocess(outputs: Dict[str, np.ndarray], geometry: Geometry, opts: PostOp
             finish(out.reshape(out.shape[0], -1))
         else:
             size = (geometry.height, geometry.width)
-            out = resize_box(value, geometry.crop_box(), size, opts.interpolation, finish, pool)
+            unit = _NORMAL_EPS if task == "normal" else None
+            out = resize_box(value, geometry.crop_box(), size, opts.interpolation, finish, pool, unit_eps=unit)
         if task == "depth" and opts.normalize_depth:
             lo, hi = float(out.min()), float(out.max())
             out -= lo

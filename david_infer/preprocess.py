@@ -126,19 +126,29 @@ def _to_chw_bgr(planes: List[np.ndarray], order: str) -> np.ndarray:
     return np.ascontiguousarray(chw, dtype=np.float32)
 
 
+def _map(pool, fn, items: list) -> list:
+    return list(pool.map(fn, items)) if pool is not None and len(items) > 1 else [fn(i) for i in items]
+
+
 def antialias_prepare(decoded: Decoded, resolution: int, vit_size: Optional[int], pool=None) -> Prepared:
-    """Model inputs through the antialias pipeline; `pool` (an executor) parallelises the resizes."""
+    """Model inputs through the antialias pipeline; `pool` (an executor) parallelises the resizes.
+
+    The ViT copy is the model-resolution square shrunk to vit_size when the resolution is at least
+    that (one small resize instead of another pass over the full image); otherwise it is resized
+    from the image itself so it keeps the detail the low resolution would lose."""
     h, w = decoded.size
     geometry = square_geometry(h, w, resolution)
-    sizes = [resolution] + ([vit_size] if vit_size else [])
-    reduced = [reduce_long_axis(p, geometry, max(sizes)) for p in decoded.pil_planes()]
-    jobs = [(p, s) for s in sizes for p in reduced]
-    run = (lambda job: np.asarray(square_resize(job[0][0], geometry, job[1], job[0][1])))
-    results = list(pool.map(run, jobs)) if pool is not None and len(jobs) > 1 else [run(j) for j in jobs]
-    n = len(reduced)
-    image = _to_chw_bgr(results[:n], decoded.order)
-    image_384 = _to_chw_bgr(results[n:], decoded.order) if vit_size else None
-    return Prepared(image, image_384, geometry)
+    target = max(resolution, vit_size or 0)
+    planes = [reduce_long_axis(p, geometry, target) for p in decoded.pil_planes()]
+    squares = _map(pool, lambda job: square_resize(job[0], geometry, resolution, job[1]), planes)
+    image = _to_chw_bgr([np.asarray(s) for s in squares], decoded.order)
+    if not vit_size:
+        return Prepared(image, None, geometry)
+    if resolution >= vit_size:
+        vit = [s.resize((vit_size, vit_size), Image.Resampling.BILINEAR) for s in squares]
+    else:
+        vit = _map(pool, lambda job: square_resize(job[0], geometry, vit_size, job[1]), planes)
+    return Prepared(image, _to_chw_bgr([np.asarray(v) for v in vit], decoded.order), geometry)
 
 
 # ------------------------------------------------------------------------------ official pipeline

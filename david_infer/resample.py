@@ -64,20 +64,50 @@ def _bands(w: np.ndarray, rows: int) -> List[Tuple[int, int, int, int]]:
     return out
 
 
+def _matmul_blocks(wb: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
+    """out = wb @ a in column blocks small enough for OpenBLAS to stay on one thread."""
+    step = max(256, _BLAS_SINGLE_THREAD_MNK // max(1, wb.shape[0] * wb.shape[1]))
+    for c0 in range(0, a.shape[1], step):
+        np.matmul(wb, a[:, c0:c0 + step], out=out[:, c0:c0 + step])
+
+
 def banded_matmul(
     w: np.ndarray, a: np.ndarray, out: np.ndarray, bands: List[Tuple[int, int, int, int]],
     finish: Optional[Callable[[np.ndarray], None]] = None,
 ) -> None:
-    """out[o0:o1] = w[o0:o1, i0:i1] @ a[i0:i1] for each band, in single-thread-sized column
-    blocks; `finish(out[o0:o1])` runs on each band while it is still in cache."""
-    n = a.shape[1]
+    """out[o0:o1] = w[o0:o1, i0:i1] @ a[i0:i1] for each band; `finish(out[o0:o1])` runs on each
+    band while it is still in cache."""
     for o0, o1, i0, i1 in bands:
-        wb = w[o0:o1, i0:i1]
-        step = max(256, _BLAS_SINGLE_THREAD_MNK // max(1, (o1 - o0) * (i1 - i0)))
-        for c0 in range(0, n, step):
-            np.matmul(wb, a[i0:i1, c0:c0 + step], out=out[o0:o1, c0:c0 + step])
+        _matmul_blocks(w[o0:o1, i0:i1], a[i0:i1], out[o0:o1])
         if finish is not None:
             finish(out[o0:o1])
+
+
+def _unit_bands(w: np.ndarray, planes: np.ndarray, out: np.ndarray, bands: List[Tuple[int, int, int, int]],
+                eps: float) -> None:
+    """Three planar row blocks per band, normalised to unit length in cache, written interleaved
+    into out (H, W, 3). Planar maths keeps numpy's inner loops long and contiguous."""
+    width = planes.shape[2]
+    rows = max(o1 - o0 for o0, o1, _, _ in bands)
+    xyz = np.empty((3, rows, width), dtype=np.float32)
+    norm = np.empty((rows, width), dtype=np.float32)
+    tmp = np.empty((rows, width), dtype=np.float32)
+    for o0, o1, i0, i1 in bands:
+        r = o1 - o0
+        for c in range(3):
+            _matmul_blocks(w[o0:o1, i0:i1], planes[c, i0:i1], xyz[c, :r])
+        x, y, z, n, t = xyz[0, :r], xyz[1, :r], xyz[2, :r], norm[:r], tmp[:r]
+        np.multiply(x, x, out=n)
+        np.multiply(y, y, out=t)
+        n += t
+        np.multiply(z, z, out=t)
+        n += t
+        np.sqrt(n, out=n)
+        np.maximum(n, eps, out=n)
+        np.divide(1.0, n, out=n)
+        block = out[o0:o1]
+        for c in range(3):
+            np.multiply(xyz[c, :r], n, out=block[..., c])
 
 
 def _split(items: List, parts: int) -> List[List]:
@@ -88,11 +118,13 @@ def _split(items: List, parts: int) -> List[List]:
 def resize_box(
     x: np.ndarray, box: Tuple[float, float, float, float], size: Tuple[int, int], kernel: str = "bicubic",
     finish: Optional[Callable[[np.ndarray], None]] = None, pool=None, band_rows: int = 16,
+    unit_eps: Optional[float] = None,
 ) -> np.ndarray:
     """Resample the region `box` = (x0, y0, x1, y1) of `x` (C, R, R') to `size` = (H, W).
 
     Returns (H, W) for one channel, (H, W, C) interleaved otherwise. `finish(rows)` is applied
-    in place to each block of output rows, viewed as (rows, W * C)."""
+    in place to each block of output rows, viewed as (rows, W * C). With `unit_eps` (three
+    channels) every output vector is divided by max(its length, unit_eps) instead."""
     c, rh, rw = x.shape
     h, w = size
     wy = weights(rh, float(box[1]), float(box[3]), h, kernel)
@@ -104,14 +136,24 @@ def resize_box(
     src = np.ascontiguousarray(x[:, y0:y1, :].transpose(2, 0, 1).reshape(rw, c * (y1 - y0)))
     horiz = np.empty((w, c * (y1 - y0)), dtype=np.float32)
     banded_matmul(wx, src, horiz, xbands)
+    ybands = [(o0, o1, i0 - y0, i1 - y0) for o0, o1, i0, i1 in ybands]
+    wy_local = wy[:, y0:y1]
+    parts = _split(ybands, getattr(pool, "_max_workers", 1)) if pool is not None else [ybands]
+    if unit_eps is not None and c == 3:
+        planes = np.ascontiguousarray(horiz.reshape(w, c, y1 - y0).transpose(1, 2, 0))  # (C, rows, W)
+        out = np.empty((h, w, 3), dtype=np.float32)
+        _run_parts(pool, parts, lambda part: _unit_bands(wy_local, planes, out, part, unit_eps))
+        return out
     # Interleave: (rows, W * C), row-major, ready for contiguous row blocks.
     mid = np.ascontiguousarray(horiz.reshape(w, c, y1 - y0).transpose(2, 0, 1).reshape(y1 - y0, w * c))
-    ybands = [(o0, o1, i0 - y0, i1 - y0) for o0, o1, i0, i1 in ybands]
     out = np.empty((h, w * c), dtype=np.float32)
-    wy_local = wy[:, y0:y1]
-    if pool is not None and len(ybands) > 1:
-        parts = _split(ybands, getattr(pool, "_max_workers", 2))
-        list(pool.map(lambda part: banded_matmul(wy_local, mid, out, part, finish), parts))
-    else:
-        banded_matmul(wy_local, mid, out, ybands, finish)
+    _run_parts(pool, parts, lambda part: banded_matmul(wy_local, mid, out, part, finish))
     return out.reshape(h, w) if c == 1 else out.reshape(h, w, c)
+
+
+def _run_parts(pool, parts: List, fn: Callable) -> None:
+    if pool is not None and len(parts) > 1:
+        list(pool.map(fn, parts))
+    else:
+        for part in parts:
+            fn(part)
