@@ -16,10 +16,9 @@ RES = 64
 
 
 @pytest.fixture(scope="module")
-def rt(tiny_multitask_onnx: Path) -> DavidRuntime:
-    runtime = DavidRuntime(tiny_multitask_onnx, resolution=RES)
-    yield runtime
-    runtime.close()
+def rt(tiny_runtime: DavidRuntime) -> DavidRuntime:
+    assert tiny_runtime.resolution == RES
+    return tiny_runtime
 
 
 @pytest.fixture(scope="module")

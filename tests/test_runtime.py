@@ -34,10 +34,9 @@ def photo() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def rt(tiny_multitask_onnx: Path) -> DavidRuntime:
-    runtime = DavidRuntime(tiny_multitask_onnx, resolution=RES)
-    yield runtime
-    runtime.close()
+def rt(tiny_runtime: DavidRuntime) -> DavidRuntime:
+    assert tiny_runtime.resolution == RES
+    return tiny_runtime
 
 
 @pytest.fixture(scope="module")
