@@ -173,14 +173,18 @@ def _reflect101(v: np.ndarray, length: int) -> np.ndarray:
     return np.where(v >= length, 2 * (length - 1) - v, v)
 
 
-_PYR_TAPS = np.array([1, 4, 6, 4, 1])
+def _along(axis: int, ndim: int, index: slice) -> tuple:
+    key = [slice(None)] * ndim
+    key[axis] = index
+    return tuple(key)
 
 
 def _pyr_down_axis(a: np.ndarray, axis: int, ax: _VirtualAxis) -> Tuple[np.ndarray, _VirtualAxis]:
-    """One unnormalised pyrDown pass (weights sum to 16) along `axis` of a virtual axis.
+    """One unnormalised pyrDown pass ([1 4 6 4 1], weights sum to 16) along `axis`.
 
-    Output rows whose five taps all read the first (last) base row are that row times 16, so only
-    one of each is kept and the new virtual axis points at it.
+    Output rows whose five taps all read the first (last) base row equal that row times 16: one
+    of each is kept and the new virtual axis points at it. The rows in between are computed from
+    one gathered strip with strided slices (no per-tap gathers).
     """
     n = a.shape[axis]
     out_len = (ax.length + 1) // 2
@@ -190,31 +194,48 @@ def _pyr_down_axis(a: np.ndarray, axis: int, ax: _VirtualAxis) -> Tuple[np.ndarr
     tail = np.flatnonzero(~(taps == n - 1).all(axis=0))
     first = int(head[0]) if head.size else out_len
     last = int(tail[-1]) if tail.size else -1
-    rows = np.arange(first, last + 1)
-    index = []
-    if first > 0:
-        index.append(np.full((1, 5), 0))
-    if rows.size:
-        index.append(taps[:, rows].T)
-    if last < out_len - 1:
-        index.append(np.full((1, 5), n - 1))
-    index = np.concatenate(index)  # (m, 5) base rows feeding each kept output row
-    acc_dtype = np.uint16 if a.dtype in (np.uint8, np.uint16) else np.float32
-    out = None
-    for k, weight in enumerate(_PYR_TAPS):
-        term = np.take(a, index[:, k], axis=axis).astype(acc_dtype, copy=False)
-        term = term * acc_dtype(weight) if weight != 1 else term
-        out = term if out is None else np.add(out, term, out=out)
+    m = max(last - first + 1, 0)
+    lead, trail = int(first > 0), int(last < out_len - 1)
+    acc = np.uint16 if a.dtype == np.uint8 or a.dtype == np.uint16 else np.float32
+    shape = list(a.shape)
+    shape[axis] = lead + m + trail
+    out = np.empty(shape, dtype=acc)
+    if lead:
+        out[_along(axis, a.ndim, slice(0, 1))] = np.take(a, [0], axis=axis).astype(acc) * acc(16)
+    if trail:
+        out[_along(axis, a.ndim, slice(-1, None))] = np.take(a, [n - 1], axis=axis).astype(acc) * acc(16)
+    if m:
+        v = np.arange(2 * first - 2, 2 * last + 3)
+        strip = np.take(a, ax.base_index(_reflect101(v, ax.length), n), axis=axis).astype(acc, copy=False)
+
+        def tap(k: int) -> np.ndarray:
+            return strip[_along(axis, a.ndim, slice(k, k + 2 * m - 1, 2))]
+
+        core = out[_along(axis, a.ndim, slice(lead, lead + m))]
+        np.add(tap(0), tap(4), out=core)
+        tmp = np.add(tap(1), tap(3))
+        tmp *= acc(4)
+        core += tmp
+        np.multiply(tap(2), acc(6), out=tmp)
+        core += tmp
     return out, _VirtualAxis(max(first - 1, 0), out_len)
 
 
-def _pyr_down(a: np.ndarray, axes: List[_VirtualAxis]) -> Tuple[np.ndarray, List[_VirtualAxis]]:
-    """cv2.pyrDown on the virtual square: rows, then columns, one rounding at the end."""
+def _pyr_down(a: np.ndarray, axes: List[_VirtualAxis], channels_last: bool) -> Tuple[np.ndarray, List[_VirtualAxis]]:
+    """cv2.pyrDown on the virtual square: rows, then columns, one rounding at the end.
+
+    `a` is (H, W, C) when channels_last, else planar (C, H, W); the result is always planar, so
+    the column pass (and every later level) runs numpy loops along long rows, not along C = 3.
+    """
     was_uint8 = a.dtype == np.uint8
-    a, ax0 = _pyr_down_axis(a, 0, axes[0])
-    a, ax1 = _pyr_down_axis(a, 1, axes[1])
-    if was_uint8:
-        a = ((a.astype(np.uint32) + 128) >> 8).astype(np.uint8)
+    a, ax0 = _pyr_down_axis(a, 0 if channels_last else 1, axes[0])
+    if channels_last:
+        a = np.ascontiguousarray(a.transpose(2, 0, 1))
+    a, ax1 = _pyr_down_axis(a, 2, axes[1])
+    if was_uint8:  # 256 * 255 + 128 still fits in uint16
+        a += np.uint16(128)
+        a >>= np.uint16(8)
+        a = a.astype(np.uint8)
     else:
         a = a * np.float32(1.0 / 256.0)
     return a, [ax0, ax1]
@@ -235,9 +256,10 @@ def _linear_taps(ax: _VirtualAxis, n: int, size: int) -> Tuple[np.ndarray, np.nd
     return ax.base_index(sx, n), ax.base_index(i1, n), f
 
 
-def _linear_resize(a: np.ndarray, axes: List[_VirtualAxis], size: int) -> np.ndarray:
-    """Bilinear (OpenCV INTER_LINEAR) resize of the virtual square to size x size, float32."""
-    for axis, ax in enumerate(axes):
+def _linear_resize(a: np.ndarray, axes: List[_VirtualAxis], size: int, first_axis: int = 0) -> np.ndarray:
+    """Bilinear (OpenCV INTER_LINEAR) resize of the virtual square to size x size, float32; the
+    spatial axes of `a` are first_axis and first_axis + 1."""
+    for axis, ax in enumerate(axes, start=first_axis):
         i0, i1, f = _linear_taps(ax, a.shape[axis], size)
         shape = [1] * a.ndim
         shape[axis] = size
@@ -251,14 +273,19 @@ def _linear_resize(a: np.ndarray, axes: List[_VirtualAxis], size: int) -> np.nda
 def official_prepare(decoded: Decoded, resolution: int = 512) -> Prepared:
     """Model input for a released fixed-size file, following the official runtime's steps."""
     a = decoded.numpy()
+    channels_last = a.ndim == 3
+    if not channels_last:
+        a = a[None]  # gray: planar with one channel
     h, w = decoded.size
     geometry = square_geometry(h, w, resolution)
     axes = [_VirtualAxis(geometry.top, geometry.side), _VirtualAxis(geometry.left, geometry.side)]
     limit = OFFICIAL_PYRAMID_FACTOR * resolution
     while axes[0].length > limit and axes[1].length > limit:
-        a, axes = _pyr_down(a, axes)
+        a, axes = _pyr_down(a, axes, channels_last)
+        channels_last = False
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / np.float32(255.0)
-    resized = _linear_resize(a, axes, resolution)
-    image = _to_chw_bgr([resized], decoded.order)
+    resized = _linear_resize(a, axes, resolution, first_axis=0 if channels_last else 1)
+    planes = [resized[..., c] for c in range(3)] if channels_last else list(resized)
+    image = _to_chw_bgr(planes, decoded.order)
     return Prepared(image, None, geometry)
