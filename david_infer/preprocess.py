@@ -270,6 +270,14 @@ def _linear_resize(a: np.ndarray, axes: List[_VirtualAxis], size: int, first_axi
     return a
 
 
+def linear_resize_chw(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear (half-pixel, no antialiasing) resize of a (3, R, R) float32 image to size x size,
+    which is what a graph without a ViT input does inside (the official layout's 512 -> 384)."""
+    side = image.shape[-1]
+    out = _linear_resize(image, [_VirtualAxis(0, side), _VirtualAxis(0, side)], size, first_axis=1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def official_prepare(decoded: Decoded, resolution: int = 512) -> Prepared:
     """Model input for a released fixed-size file, following the official runtime's steps."""
     a = decoded.numpy()

@@ -24,7 +24,14 @@ from .manifest import check_sha256, manifest_path, read_manifest
 from .modelspec import ModelSpec, manifest_from_shapes, spec_from_manifest
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
-from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, official_prepare
+from .preprocess import (
+    PIPELINES,
+    Prepared,
+    antialias_prepare,
+    dynamic_resolution,
+    linear_resize_chw,
+    official_prepare,
+)
 
 #: backend name -> package implementing `open_runner(path, manifest, device, **options)`
 BACKENDS: Dict[str, str] = {
@@ -106,7 +113,7 @@ class DavidRuntime:
         threads: threads for pre/postprocessing (default: the CPU count, at most 4).
         verify: check the model file's SHA-256 against its manifest.
         backend_options: passed to the backend's open_runner (for onnxruntime: providers,
-            threads, cache_dir).
+            intra_op_threads, cache_dir).
     """
 
     def __init__(
@@ -242,7 +249,7 @@ class DavidRuntime:
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
             if self.spec.vit_input is not None:  # official steps feeding a dynamic graph
-                prepared.image_384 = _resize_chw(prepared.image, self.spec.vit_size)
+                prepared.image_384 = linear_resize_chw(prepared.image, self.spec.vit_size)
         else:
             vit = self.spec.vit_size if self.spec.vit_input is not None else None
             prepared = antialias_prepare(decoded, resolution, vit, self._pool)
@@ -304,14 +311,3 @@ class DavidRuntime:
         res = self.resolution or "image size"
         return (f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
                 f"resolution={res}, pipeline={self.pipeline!r})")
-
-
-def _resize_chw(image: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear (half-pixel, no antialiasing) resize of a (3, R, R) float32 image to size x size,
-    as the graph itself does when it is given no ViT input."""
-    from .preprocess import _linear_resize, _VirtualAxis
-
-    side = image.shape[-1]
-    hwc = image.transpose(1, 2, 0)
-    out = _linear_resize(hwc, [_VirtualAxis(0, side), _VirtualAxis(0, side)], size)
-    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)

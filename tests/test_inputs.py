@@ -85,6 +85,12 @@ def test_dtypes_of_the_same_photo_agree(rt: DavidRuntime, photo: np.ndarray) -> 
         assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max(), dtype
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7), (5, 1), (3, 2000)])
+def test_tiny_and_extreme_shapes(rt: DavidRuntime, shape: tuple) -> None:
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    check_prediction(rt.predict(image), *shape[:2])
+
+
 def test_gray_array_equals_gray_pil(rt: DavidRuntime, photo: np.ndarray) -> None:
     gray = photo.mean(axis=2).round().astype(np.uint8)
     a, b = rt.predict(gray), rt.predict(Image.fromarray(gray))

@@ -109,6 +109,14 @@ def test_predict_batch_equals_predict(rt: DavidRuntime, photo: np.ndarray) -> No
         assert_same(rt.predict(image), got, atol=1e-5)
 
 
+def test_predict_batch_edge_cases(rt: DavidRuntime, photo: np.ndarray) -> None:
+    assert rt.predict_batch([]) == []
+    from_generator = rt.predict_batch(image for image in [photo, photo[:100]])
+    assert [p.depth.shape for p in from_generator] == [photo.shape[:2], (100, photo.shape[1])]
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
+        rt.predict_batch([photo], batch_size=0)
+
+
 def test_predict_batch_at_image_resolution(tiny_multitask_onnx: Path, photo: np.ndarray) -> None:
     """resolution=None: each image runs at its own size rounded to 16; mixed sizes still work."""
     with DavidRuntime(tiny_multitask_onnx, resolution=None) as dyn:
@@ -350,3 +358,17 @@ def test_unknown_or_missing_backends(tiny_multitask_onnx: Path) -> None:
         DavidRuntime(tiny_multitask_onnx, backend="tensorrt")
     with pytest.raises(BackendUnavailable, match=r"unknown device 'tpu'"):
         DavidRuntime(tiny_multitask_onnx, device="tpu")
+
+
+def test_torch_backend_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    with pytest.raises(BackendUnavailable, match=r"torch sees no CUDA GPU"):
+        DavidRuntime(tiny_multitask_onnx, backend="torch", device="cuda")
+
+
+def test_torch_backend_refuses_released_files(released_dir: Path) -> None:
+    pytest.importorskip("torch")
+    with pytest.raises(ModelError, match=r"released files have no PyTorch weights"):
+        DavidRuntime(released_dir / "multi-task-model-vitl16_384.onnx", backend="torch")

@@ -42,7 +42,9 @@ def _provider_list(
                 f"{', '.join(sorted(available))}). Install the GPU build: {install_hint('tensorrt')}"
             )
         if name == "cuda":
-            chosen.append((ep, {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}))
+            # EXHAUSTIVE is ORT's own default; callers running many input sizes may prefer HEURISTIC.
+            cuda = {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+            chosen.append((ep, {**cuda, **dict(options.get("cuda_options") or {})}))
         else:
             chosen.append((ep, _tensorrt_options(path, manifest, device_id, options)))
     return chosen + [CPU_PROVIDER]
@@ -74,8 +76,9 @@ def open_runner(path: Path, manifest: Optional[dict], device: str = "cpu", **opt
     """An ONNX Runtime runner for `path`.
 
     options: providers (GPU providers in priority order, default ("cuda",) on a GPU; add "tensorrt"
-    for the TensorRT provider), threads (intra-op threads, default ONNX Runtime's), cache_dir,
-    resolution and max_batch (TensorRT provider profiles).
+    for the TensorRT provider), cuda_options (CUDA provider options overriding ours),
+    intra_op_threads (default ONNX Runtime's), cache_dir, resolution and max_batch (TensorRT
+    provider profiles).
     """
     ort = require("onnxruntime", "the ONNX Runtime backend")
     kind, device_id = parse_device(device)
@@ -88,8 +91,8 @@ def open_runner(path: Path, manifest: Optional[dict], device: str = "cpu", **opt
         providers = _provider_list(ort, path, manifest, device_id, wanted, options)
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
-    if options.get("threads"):
-        so.intra_op_num_threads = int(options["threads"])
+    if options.get("intra_op_threads"):
+        so.intra_op_num_threads = int(options["intra_op_threads"])
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own pybind exception types
