@@ -18,9 +18,10 @@ import numpy as np
 
 from .errors import InputError
 from .preprocess import Geometry
-from .resample import KERNELS, resize_box
+from .resample import KERNELS, cv2_weights, resize_box, resize_separable
 
-INTERPOLATIONS = tuple(KERNELS)
+#: "official" = OpenCV INTER_CUBIC on the full padded square, then crop (the official runtime).
+INTERPOLATIONS = tuple(KERNELS) + ("official",)
 _NORMAL_EPS = 1e-12
 
 
@@ -67,6 +68,16 @@ def _crop(plane: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.array(cropped[0] if plane.shape[0] == 1 else cropped.transpose(1, 2, 0), dtype=np.float32)
 
 
+def _resize(value: np.ndarray, geometry: Geometry, interpolation: str, finish, pool, unit) -> np.ndarray:
+    if interpolation == "official":
+        r, side = geometry.resolution, geometry.side
+        wy = cv2_weights(r, side, geometry.top, geometry.height)
+        wx = cv2_weights(r, side, geometry.left, geometry.width)
+        return resize_separable(value, wy, wx, finish, pool, unit_eps=unit)
+    size = (geometry.height, geometry.width)
+    return resize_box(value, geometry.crop_box(), size, interpolation, finish, pool, unit_eps=unit)
+
+
 def postprocess(outputs: Dict[str, np.ndarray], geometry: Geometry, opts: PostOptions, pool=None) -> Dict[str, np.ndarray]:
     """`outputs`: task -> (C, R, R) float32 for one image. Returns task -> map at the image size:
     depth (H, W), normal (H, W, 3), foreground (H, W)."""
@@ -77,9 +88,8 @@ def postprocess(outputs: Dict[str, np.ndarray], geometry: Geometry, opts: PostOp
             out = _crop(value, geometry)
             finish(out.reshape(out.shape[0], -1))
         else:
-            size = (geometry.height, geometry.width)
             unit = _NORMAL_EPS if task == "normal" else None
-            out = resize_box(value, geometry.crop_box(), size, opts.interpolation, finish, pool, unit_eps=unit)
+            out = _resize(value, geometry, opts.interpolation, finish, pool, unit)
         if task == "depth" and opts.normalize_depth:
             lo, hi = float(out.min()), float(out.max())
             out -= lo

@@ -1,9 +1,11 @@
 """Separable resampling of small model outputs up to large images, as banded matrix products.
 
-The weights reproduce Pillow's `Image.resize(size, filter, box=...)` (same kernels, support scaled
-when shrinking, weights renormalised at the borders), so results equal Pillow's to float32
-rounding, but the work is two matrix products per map instead of Pillow's double-precision loops,
-and channels stay interleaved (normals come out as (H, W, 3) directly).
+Two weight families: `weights` reproduces Pillow's `Image.resize(size, filter, box=...)` (same
+kernels, support scaled when shrinking, weights renormalised at the borders) and `cv2_weights`
+OpenCV's `cv2.resize(..., INTER_CUBIC)` (a = -0.75, four taps, replicated border), which the
+official runtime uses. Results equal those libraries' to float32 rounding, but the work is two
+matrix products per map instead of per-pixel loops, and channels stay interleaved (normals come
+out as (H, W, 3) directly).
 
 The products are cut into blocks small enough that OpenBLAS runs each on one thread (it spins up
 its own threads above ~2.6e5 multiply-adds, which only hurts on a busy machine); our own worker
@@ -48,6 +50,29 @@ def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str)
     w = fn((cols - centers[:, None] + 0.5) / filterscale)
     w[(cols < lo) | (cols >= hi)] = 0.0
     w /= w.sum(axis=1, keepdims=True)
+    w = w.astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+@lru_cache(maxsize=64)
+def cv2_weights(in_size: int, out_full: int, offset: int, count: int, a: float = -0.75) -> np.ndarray:
+    """(count, in_size) float32 weights of output pixels offset .. offset + count - 1 of
+    cv2.resize(src of in_size, out_full, INTER_CUBIC) along one axis: "resize to the full padded
+    square, then crop" without computing the cropped-off part."""
+    scale = in_size / out_full
+    fx = (np.arange(offset, offset + count) + 0.5) * scale - 0.5
+    sx = np.floor(fx)
+    x = fx - sx
+    # OpenCV's interpolateCubic coefficients for taps sx-1 .. sx+2.
+    w0 = ((a * (x + 1) - 5 * a) * (x + 1) + 8 * a) * (x + 1) - 4 * a
+    w1 = ((a + 2) * x - (a + 3)) * x * x + 1
+    w2 = ((a + 2) * (1 - x) - (a + 3)) * (1 - x) * (1 - x) + 1
+    taps = np.stack([w0, w1, w2, 1.0 - w0 - w1 - w2], axis=1)
+    w = np.zeros((count, in_size))
+    rows = np.arange(count)
+    for k in range(4):  # out-of-range taps read the edge pixel (BORDER_REPLICATE)
+        np.add.at(w, (rows, np.clip(sx.astype(np.int64) - 1 + k, 0, in_size - 1)), taps[:, k])
     w = w.astype(np.float32)
     w.setflags(write=False)
     return w
@@ -117,18 +142,28 @@ def _split(items: List, parts: int) -> List[List]:
 
 def resize_box(
     x: np.ndarray, box: Tuple[float, float, float, float], size: Tuple[int, int], kernel: str = "bicubic",
-    finish: Optional[Callable[[np.ndarray], None]] = None, pool=None, band_rows: int = 16,
-    unit_eps: Optional[float] = None,
+    finish: Optional[Callable[[np.ndarray], None]] = None, pool=None, unit_eps: Optional[float] = None,
 ) -> np.ndarray:
-    """Resample the region `box` = (x0, y0, x1, y1) of `x` (C, R, R') to `size` = (H, W).
+    """Resample the region `box` = (x0, y0, x1, y1) of `x` (C, R, R') to `size` = (H, W) with
+    Pillow's filter `kernel`. See `resize_separable` for the result and the other arguments."""
+    c, rh, rw = x.shape
+    h, w = size
+    wy = weights(rh, float(box[1]), float(box[3]), h, kernel)
+    wx = weights(rw, float(box[0]), float(box[2]), w, kernel)
+    return resize_separable(x, wy, wx, finish, pool, unit_eps)
+
+
+def resize_separable(
+    x: np.ndarray, wy: np.ndarray, wx: np.ndarray, finish: Optional[Callable[[np.ndarray], None]] = None,
+    pool=None, unit_eps: Optional[float] = None, band_rows: int = 16,
+) -> np.ndarray:
+    """out = wy @ x[c] @ wx.T for each channel of `x` (C, R, R'), as banded products.
 
     Returns (H, W) for one channel, (H, W, C) interleaved otherwise. `finish(rows)` is applied
     in place to each block of output rows, viewed as (rows, W * C). With `unit_eps` (three
     channels) every output vector is divided by max(its length, unit_eps) instead."""
     c, rh, rw = x.shape
-    h, w = size
-    wy = weights(rh, float(box[1]), float(box[3]), h, kernel)
-    wx = weights(rw, float(box[0]), float(box[2]), w, kernel)
+    h, w = wy.shape[0], wx.shape[0]
     ybands = _bands(wy, band_rows)
     y0, y1 = ybands[0][2], max(b[3] for b in ybands)
     xbands = _bands(wx, 64)

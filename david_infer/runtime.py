@@ -106,7 +106,9 @@ class DavidRuntime:
             runtime does; False returns the raw output, larger = farther.
         normalize_depth: min-max normalise depth to [0, 1] per image (after inversion).
         foreground_threshold: None for the soft mask, or t in [0, 1] for a 0/1 mask (> t).
-        interpolation: "bicubic" (as the official runtime) or "bilinear" for resizing outputs back.
+        interpolation: how outputs are resized back: "auto" ("official" with the official
+            pipeline, else "bicubic"), "official" (OpenCV INTER_CUBIC on the padded square, as the
+            official runtime), "bicubic" or "bilinear" (Pillow's antialiased filters).
         pipeline: "auto" ("official" for fixed-size files, else "antialias"), or either explicitly;
             see david_infer.preprocess.
         batch_size: default batch size of predict_batch.
@@ -127,7 +129,7 @@ class DavidRuntime:
         invert_depth: bool = True,
         normalize_depth: bool = False,
         foreground_threshold: Optional[float] = None,
-        interpolation: str = "bicubic",
+        interpolation: str = "auto",
         pipeline: str = "auto",
         batch_size: int = 4,
         threads: Optional[int] = None,
@@ -135,7 +137,8 @@ class DavidRuntime:
         **backend_options: Any,
     ) -> None:
         self.channel_order = check_channel_order(channel_order)
-        self.post_options = PostOptions(invert_depth, normalize_depth, foreground_threshold, interpolation)
+        post = (invert_depth, normalize_depth, foreground_threshold)
+        PostOptions(*post, interpolation if interpolation != "auto" else "bicubic")  # validate early
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.path = resolve_model_path(model)
@@ -158,6 +161,9 @@ class DavidRuntime:
         self.spec: ModelSpec = spec_from_manifest(self.path, manifest, released=released)
         self.resolution = self._check_resolution(resolution)
         self.pipeline = self._check_pipeline(pipeline)
+        if interpolation == "auto":
+            interpolation = "official" if self.pipeline == "official" else "bicubic"
+        self.post_options = PostOptions(*post, interpolation)
         self.batch_size = min(batch_size, self.spec.fixed_batch or batch_size)
         workers = threads if threads is not None else min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None

@@ -239,6 +239,61 @@ def _naive_linear(a: np.ndarray, size: int) -> np.ndarray:
     return a
 
 
+def _naive_cubic(a: np.ndarray, out_h: int, out_w: int, coef: float = -0.75) -> np.ndarray:
+    """cv2.resize INTER_CUBIC of a 2-D float array, written plainly (replicated border)."""
+    for axis, out_n in ((0, out_h), (1, out_w)):
+        n = a.shape[axis]
+        fx = (np.arange(out_n) + 0.5) * n / out_n - 0.5
+        sx = np.floor(fx).astype(int)
+        x = fx - sx
+        w = [((coef * (x + 1) - 5 * coef) * (x + 1) + 8 * coef) * (x + 1) - 4 * coef,
+             ((coef + 2) * x - (coef + 3)) * x * x + 1,
+             ((coef + 2) * (1 - x) - (coef + 3)) * (1 - x) * (1 - x) + 1]
+        w.append(1 - w[0] - w[1] - w[2])
+        shape = [1, 1]
+        shape[axis] = out_n
+        a = sum(np.take(a, np.clip(sx - 1 + k, 0, n - 1), axis=axis) * w[k].reshape(shape) for k in range(4))
+    return a
+
+
+def _official_reference(session, bgr01: np.ndarray) -> dict:
+    """The official runtime's steps, plainly: float pad, pyrDown while > 1536, bilinear to 512,
+    run, INTER_CUBIC back to the square, crop, negate depth, renormalise normals, clip mask."""
+    h, w = bgr01.shape[:2]
+    side, top, bottom, left, right = official_padding(h, w)
+    x = np.pad(bgr01, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    while x.shape[0] > 1536 and x.shape[1] > 1536:
+        x = _naive_pyr_down(x)
+    x = _naive_linear(x, 512).transpose(2, 0, 1)[None].astype(np.float32)
+    depth, normal, foreground = session.run(None, {session.get_inputs()[0].name: x})
+
+    def back(plane: np.ndarray) -> np.ndarray:
+        return _naive_cubic(plane.astype(np.float64), side, side)[top:top + h, left:left + w]
+
+    n = np.stack([back(c) for c in normal[0]], axis=-1)
+    return {"depth": -back(depth[0]), "normal": n / (np.linalg.norm(n, axis=-1, keepdims=True) + 1e-8),
+            "foreground": np.clip(back(foreground[0, 0]), 0, 1)}
+
+
+@pytest.mark.parametrize("size", [(1700, 1000), (300, 420)])
+def test_released_contract_agrees_with_the_official_runtime(official_onnx: Path, photo: np.ndarray, size: tuple) -> None:
+    """End to end against a plain re-implementation of the official runtime's steps."""
+    import onnxruntime
+
+    image = np.asarray(Image.fromarray(photo).resize(size[::-1], Image.Resampling.BICUBIC))
+    session = onnxruntime.InferenceSession(str(official_onnx), providers=["CPUExecutionProvider"])
+    ref = _official_reference(session, image[..., ::-1].astype(np.float64) / 255)
+    with DavidRuntime(official_onnx) as rt_official:
+        assert rt_official.post_options.interpolation == "official"
+        pred = rt_official.predict(image)
+    for task in TASKS:
+        got, want = getattr(pred, task), ref[task]
+        assert got.shape == want.shape
+        scale = max(np.abs(want).max(), 1e-6)
+        # Differences come only from 8-bit rounding in our pyramid step and float32 arithmetic.
+        assert np.abs(got - want).max() / scale < 1e-3, task
+
+
 @pytest.mark.parametrize("shape", [(1700, 1601), (900, 2000), (3100, 1700), (400, 300)])
 def test_official_preprocess_matches_the_official_steps(shape: tuple) -> None:
     """Float pad + pyrDown while both sides > 1536 + bilinear to 512, done naively on the full
