@@ -155,6 +155,19 @@ class DavidRuntime:
             self.path, manifest, device,
             **{"resolution": resolution, "max_batch": batch_size, **backend_options},
         )
+        try:
+            self._configure(manifest, released, resolution, pipeline, interpolation, post)
+        except BaseException:
+            self.runner.close()  # a refused configuration must not keep a session alive
+            raise
+        self.batch_size = min(batch_size, self.spec.fixed_batch or batch_size)
+        workers = threads if threads is not None else min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _configure(self, manifest: Optional[dict], released: bool, resolution: Optional[int], pipeline: str,
+                   interpolation: str, post: tuple) -> None:
         if manifest is None:
             manifest = self._recognise(self.runner)
         self.manifest = manifest
@@ -164,11 +177,6 @@ class DavidRuntime:
         if interpolation == "auto":
             interpolation = "official" if self.pipeline == "official" else "bicubic"
         self.post_options = PostOptions(*post, interpolation)
-        self.batch_size = min(batch_size, self.spec.fixed_batch or batch_size)
-        workers = threads if threads is not None else min(4, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None
-
-    # ------------------------------------------------------------------ construction helpers
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "DavidRuntime":
