@@ -35,27 +35,30 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
 KERNELS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a few sizes (video, one camera) stay cached; each 4K matrix is ~8 MB
 def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str) -> np.ndarray:
     """(out_size, in_size) float32 resampling matrix of source span [start, stop) (Pillow's
-    precompute_coeffs: centre = start + (i + 0.5) * scale, support widened when shrinking)."""
+    precompute_coeffs: centre = start + (i + 0.5) * scale, support widened when shrinking).
+    Only the taps inside each output's window are evaluated."""
     fn, support = KERNELS[kernel]
     scale = (stop - start) / out_size
     filterscale = max(scale, 1.0)
     reach = support * filterscale
     centers = start + (np.arange(out_size) + 0.5) * scale
-    lo = np.maximum(np.trunc(centers - reach + 0.5), 0)[:, None]
-    hi = np.minimum(np.trunc(centers + reach + 0.5), in_size)[:, None]
-    cols = np.arange(in_size)[None, :]
-    w = fn((cols - centers[:, None] + 0.5) / filterscale)
-    w[(cols < lo) | (cols >= hi)] = 0.0
+    lo = np.maximum(np.trunc(centers - reach + 0.5), 0).astype(np.int64)
+    hi = np.minimum(np.trunc(centers + reach + 0.5), in_size).astype(np.int64)
+    cols = lo[:, None] + np.arange(int((hi - lo).max()))[None, :]
+    valid = cols < hi[:, None]
+    w = np.where(valid, fn((cols - centers[:, None] + 0.5) / filterscale), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    w = w.astype(np.float32)
-    w.setflags(write=False)
-    return w
+    dense = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
+    dense[rows[valid], cols[valid]] = w[valid]
+    dense.setflags(write=False)
+    return dense
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def cv2_weights(in_size: int, out_full: int, offset: int, count: int, a: float = -0.75) -> np.ndarray:
     """(count, in_size) float32 weights of output pixels offset .. offset + count - 1 of
     cv2.resize(src of in_size, out_full, INTER_CUBIC) along one axis: "resize to the full padded
