@@ -18,3 +18,17 @@ __all__ = [
     "WeightsError",
     "__version__",
 ]
+
+# Heavy-ish parts load on first use so `import david_infer` stays numpy + Pillow only.
+_LAZY = {"DavidRuntime": "runtime", "Prediction": "prediction"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

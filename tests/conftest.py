@@ -41,3 +41,13 @@ def tiny_multitask_onnx(exported_dir: Path) -> Path:
     path = exported_dir / "tiny-multitask.onnx"
     export_onnx("tiny", "multitask", path, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime(tiny_multitask_onnx: Path):
+    """A DavidRuntime on the tiny multi-task export at resolution 64 (fast; shared, thread-safe)."""
+    from david_infer import DavidRuntime
+
+    runtime = DavidRuntime(tiny_multitask_onnx, resolution=64)
+    yield runtime
+    runtime.close()

@@ -1,0 +1,208 @@
+"""Turn whatever image a caller has into one validated form (`Decoded`), without copying 8-bit data.
+
+Accepted: a path (str or Path) to an image file; a `PIL.Image.Image` in any common mode (RGB, RGBA,
+L, LA, P, PA, 1, I;16, I, F, CMYK, YCbCr); a numpy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+of uint8, uint16 or float (float16/32/64 in [0, 1]). Files and PIL images get their EXIF
+orientation applied, as a photo viewer shows them. Alpha channels are ignored. Channel order
+applies to 3- and 4-channel arrays only: PIL images and files are RGB by definition.
+
+8-bit data stays 8-bit (and un-copied where possible) until it has been shrunk; 16-bit and float
+data becomes float32 in [0, 1].
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+CHANNEL_ORDERS = ("rgb", "bgr")
+_EXIF_ORIENTATION = 0x0112
+_FLOAT_TOLERANCE = 1e-3  # float inputs a hair outside [0, 1] (rounding) are clipped, not refused
+_GRAY_MODES = ("1", "L", "LA", "La")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+@dataclass
+class Decoded:
+    """One input image in a validated form.
+
+    `array` is (H, W) gray or (H, W, 3) colour in channel order `order`, uint8 or float32 in
+    [0, 1]; `pil`, when set, is an "RGB" or "L" image holding the same pixels (no copy made).
+    """
+
+    name: str
+    array: Optional[np.ndarray] = None
+    pil: Optional[Image.Image] = None
+    order: str = "rgb"
+    _display: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def size(self) -> tuple:
+        """(height, width)."""
+        if self.pil is not None:
+            return (self.pil.height, self.pil.width)
+        assert self.array is not None
+        return tuple(self.array.shape[:2])
+
+    @property
+    def is_gray(self) -> bool:
+        return (self.pil.mode == "L") if self.pil is not None else self.array.ndim == 2
+
+    @property
+    def is_uint8(self) -> bool:
+        return self.pil is not None or self.array.dtype == np.uint8
+
+    def numpy(self) -> np.ndarray:
+        """The pixels as an array, (H, W) or (H, W, 3) in `order`; uint8 or float32."""
+        if self.array is None:
+            self.array = np.asarray(self.pil)
+        return self.array
+
+    def pil_planes(self) -> List[Image.Image]:
+        """PIL images to resample: one "RGB"/"L" image for 8-bit data, one "F" image per channel
+        (in `order`) for float data."""
+        if self.pil is not None:
+            return [self.pil]
+        a = self.array
+        if a.dtype == np.uint8:
+            return [Image.fromarray(np.ascontiguousarray(a))]
+        if a.ndim == 2:
+            return [Image.fromarray(np.ascontiguousarray(a))]
+        return [Image.fromarray(np.ascontiguousarray(a[..., c])) for c in range(3)]
+
+    def display(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB for visualisation (a view of an 8-bit RGB input array, no copy)."""
+        if self._display is None:
+            a = self.numpy()
+            if a.dtype != np.uint8:
+                a = (a * 255.0 + 0.5).astype(np.uint8)
+            if a.ndim == 2:
+                a = np.repeat(a[..., None], 3, axis=2)
+            elif self.order == "bgr":
+                a = a[..., ::-1]
+            self._display = a
+        return self._display
+
+
+def check_channel_order(channel_order: str) -> str:
+    """Validate a channel_order argument; returns it lower-cased."""
+    order = str(channel_order).lower()
+    if order not in CHANNEL_ORDERS:
+        raise InputError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return order
+
+
+def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None) -> Decoded:
+    """Validate `image` and return it as a `Decoded`; InputError naming the input otherwise."""
+    if isinstance(image, (str, os.PathLike)):
+        return _from_pil(_open_file(Path(image)), name or str(image))
+    if isinstance(image, Image.Image):
+        return _from_pil(_apply_exif(image, name or "PIL image"), name or "PIL image")
+    if isinstance(image, np.ndarray):
+        return _from_array(image, check_channel_order(channel_order), name or "numpy array")
+    raise InputError(
+        f"{name or 'image'}: expected a file path, a PIL.Image.Image or a numpy array, "
+        f"got {type(image).__module__}.{type(image).__qualname__}"
+    )
+
+
+def _open_file(path: Path) -> Image.Image:
+    if not path.exists():
+        raise InputError(f"image file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; expected an image file (JPEG, PNG, TIFF, ...)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
+    return _apply_exif(img, str(path))
+
+
+def _apply_exif(img: Image.Image, name: str) -> Image.Image:
+    """Rotate/flip as the EXIF orientation tag says (no copy when there is nothing to do)."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block must not make a readable image unusable
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        try:
+            return ImageOps.exif_transpose(img)
+        except Exception as exc:
+            raise InputError(f"{name}: cannot apply its EXIF orientation ({exc})") from None
+    return img
+
+
+def _from_pil(img: Image.Image, name: str) -> Decoded:
+    if img.width == 0 or img.height == 0:
+        raise InputError(f"{name}: image has zero size ({img.width}x{img.height})")
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return Decoded(name, pil=img)
+    if mode in _SIXTEEN_BIT_MODES:
+        a = np.asarray(img)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{name}: {mode} image values must lie in 0..65535, got {lo}..{hi}")
+        return Decoded(name, array=(a.astype(np.float32) / np.float32(65535.0)))
+    if mode == "F":
+        return Decoded(name, array=_check_float(np.asarray(img, dtype=np.float32), name))
+    try:
+        return Decoded(name, pil=img.convert("L" if mode in _GRAY_MODES else "RGB"))
+    except Exception as exc:
+        raise InputError(f"{name}: cannot convert PIL mode {mode!r} to RGB ({exc})") from None
+
+
+def _from_array(a: np.ndarray, order: str, name: str) -> Decoded:
+    shape = a.shape
+    if a.ndim == 3 and shape[2] == 1:
+        a = a[..., 0]
+    elif a.ndim == 3 and shape[2] == 4:
+        a = a[..., :3]  # alpha ignored
+    elif a.ndim == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
+        raise InputError(
+            f"{name}: shape {shape} looks channels-first; expected (H, W), (H, W, 1), (H, W, 3) or "
+            f"(H, W, 4): use array.transpose(1, 2, 0)"
+        )
+    elif not (a.ndim == 2 or (a.ndim == 3 and shape[2] == 3)):
+        raise InputError(f"{name}: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name}: image has zero size (shape {shape})")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        a = a.astype(np.float32) / np.float32(65535.0)
+    elif a.dtype in (np.float16, np.float32, np.float64):
+        a = _check_float(a.astype(np.float32, copy=False), name)
+    else:
+        raise InputError(
+            f"{name}: unsupported dtype {a.dtype}; expected uint8, uint16, or float16/32/64 in [0, 1] "
+            f"(for example array.astype(np.uint8))"
+        )
+    return Decoded(name, array=a, order=order if a.ndim == 3 else "rgb")
+
+
+def _check_float(a: np.ndarray, name: str) -> np.ndarray:
+    """Refuse non-finite or out-of-range float pixels; clip rounding noise."""
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        raise InputError(f"{name}: {bad} of {a.size} values are NaN or infinite; expected finite floats in [0, 1]")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -_FLOAT_TOLERANCE or hi > 1.0 + _FLOAT_TOLERANCE:
+        hint = " (divide 0..255 data by 255)" if hi <= 255.0 + _FLOAT_TOLERANCE and lo >= 0 else ""
+        raise InputError(f"{name}: float values must lie in [0, 1], got {lo:g}..{hi:g}{hint}")
+    if lo < 0.0 or hi > 1.0:
+        a = np.clip(a, 0.0, 1.0)
+    return a
