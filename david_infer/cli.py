@@ -17,6 +17,7 @@ from .errors import DavidError
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
     "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
+    "verify": ("verify", "compare an exported ONNX file with the PyTorch model"),
 }
 
 
