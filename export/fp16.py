@@ -92,11 +92,37 @@ def _fixed_type(type_str: str) -> Optional[int]:
     return onnx.TensorProto.DataType.Value(aliases.get(name, name))
 
 
-def _elem_types_from_inference(model: Any) -> Dict[str, int]:
+def _numel(tensor: Any) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n
+
+
+def _light(model: Any) -> Any:
+    """The model without weight data (initializers become typed inputs): cheap to infer on.
+
+    ONNX shape inference copies the whole model; for Large that is 1.3 GB per call.
+    """
+    import onnx
+
+    graph = model.graph
+    # Small constants stay: shape inference reads their values (Resize sizes, Reshape shapes).
+    small = [i for i in graph.initializer if i.data_type not in _FLOATS or _numel(i) <= 64]
+    stubs = [onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+             for i in graph.initializer if i.data_type in _FLOATS and _numel(i) > 64]
+    light_graph = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + stubs,
+                                         list(graph.output), small, value_info=list(graph.value_info))
+    light = onnx.helper.make_model(light_graph, opset_imports=list(model.opset_import))
+    light.ir_version = model.ir_version
+    return light
+
+
+def _elem_types_from_inference(model: Any, strict: bool = False) -> Dict[str, int]:
     """Tensor name -> elem type from ONNX's own type inference (used for attribute-typed outputs)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    inferred = onnx.shape_inference.infer_shapes(_light(model), check_type=strict, strict_mode=strict)
     graph = inferred.graph
     types: Dict[str, int] = {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -289,17 +315,23 @@ class _Converter:
         graph.node.extend(self.nodes)
         del graph.initializer[:]
         graph.initializer.extend(inits)
-        del graph.value_info[:]  # stale FP32 annotations; recomputed by shape inference
-        return onnx.shape_inference.infer_shapes(self.model, check_type=True, strict_mode=True)
+        del graph.value_info[:]  # stale FP32 annotations
+        _elem_types_from_inference(self.model, strict=True)  # ONNX's own type check; raises on a mismatch
+        return self.model
 
 
-def convert_to_mixed_fp16(model: Any, keep_fp32: Iterable[str] = FP32_OPS) -> Any:
-    """A mixed-precision copy of an FP32 model (see the module docstring); inputs/outputs stay FP32."""
+def convert_to_mixed_fp16(model: Any, keep_fp32: Iterable[str] = FP32_OPS, inplace: bool = False) -> Any:
+    """A mixed-precision version of an FP32 model (see the module docstring); inputs/outputs stay FP32.
+
+    With inplace=True `model` itself is rewritten (saves a copy of the weights for large models).
+    """
     import onnx
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return _Converter(copy, keep_fp32).finish()
+    if not inplace:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    return _Converter(model, keep_fp32).finish()
 
 
 def _node_type(node: Any, types: Dict[str, int]) -> Optional[int]:

@@ -210,7 +210,7 @@ def _to_fp16(path: Path) -> Dict[str, Any]:
 
     from .fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report
 
-    model = convert_to_mixed_fp16(onnx.load(str(path)))
+    model = convert_to_mixed_fp16(onnx.load(str(path)), inplace=True)
     problems = check_strongly_typed(model)
     if problems:  # a bug of ours, never the user's: say what is wrong and stop
         raise ExportError(f"the FP16 graph is not strongly typed ({len(problems)} problems): {problems[0]}")
