@@ -168,6 +168,7 @@ def check_strongly_typed(model: Any) -> List[str]:
         label = f"{node.op_type} node {node.name or '(unnamed)'}"
         schema = _schema(node, opset)
         bound: Dict[str, int] = {}
+        first: Dict[str, str] = {}
         if schema is not None:
             params = _type_params(schema)
             for i, name in enumerate(node.input):
@@ -179,10 +180,11 @@ def check_strongly_typed(model: Any) -> List[str]:
                     problems.append(f"{label}: input {name} has no known type")
                     continue
                 previous = bound.setdefault(formal.type_str, t)
+                first.setdefault(formal.type_str, name)
                 if previous != t:
                     problems.append(
-                        f"{label}: inputs of type {formal.type_str} mix {_type_name(previous)} and "
-                        f"{_type_name(t)} (input {name}); insert a Cast"
+                        f"{label}: inputs of type {formal.type_str} mix {_type_name(previous)} "
+                        f"({first[formal.type_str]}) and {_type_name(t)} ({name}); insert a Cast"
                     )
         for j, out in enumerate(node.output):
             if out:
