@@ -61,12 +61,31 @@ def markdown(results: Dict[str, Any]) -> str:
         kept = ", ".join(d.get("kept_fp32_ops", [])) or "-"
         lines.append(f"| {key.rsplit(' ', 1)[0]} | {key.rsplit(' ', 1)[1]} | {e['export_s']:.0f} | "
                      f"{e['peak_rss_mb']:.0f} | {e['size_mb']:.1f} | {frac} | {kept} |")
-    lines += ["", "| model | precision | HxW | batch | output | rel. error vs PyTorch | max abs error | ORT s |",
+    lines += ["", summary(results), "",
+              "| model | precision | HxW | batch | output | rel. error vs PyTorch | max abs error | ORT s |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['model']} | {r['precision']} | {r['height']}x{r['width']} | {r['batch']} | "
                      f"{r['output']} | {r['rel_error']:.2e} | {r['max_abs_error']:.2e} | {r['ort_s']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def summary(results: Dict[str, Any]) -> str:
+    """Worst relative error over the outputs, one column per (resolution, batch) point."""
+    points: List[Tuple[int, int, int]] = []
+    worst: Dict[Tuple[str, str], Dict[Tuple[int, int, int], float]] = {}
+    for r in results["rows"]:
+        point = (r["height"], r["width"], r["batch"])
+        if point not in points:
+            points.append(point)
+        cell = worst.setdefault((r["model"], r["precision"]), {})
+        cell[point] = max(cell.get(point, 0.0), r["rel_error"])
+    header = "| model | precision | " + " | ".join(f"{h}x{w} b{b}" for h, w, b in points) + " |"
+    lines = [header, "|---|---|" + "---|" * len(points)]
+    for (model, precision), cell in worst.items():
+        values = " | ".join(f"{cell[p]:.1e}" if p in cell else "-" for p in points)
+        lines.append(f"| {model} | {precision} | {values} |")
+    return "\n".join(lines)
 
 
 def save(out: Path, results: Dict[str, Any]) -> None:
@@ -105,15 +124,21 @@ def check_model(variant: str, task: str, files: Dict[str, Path], points: List[Tu
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for the .onnx files and the results")
+    parser.add_argument("--out", help="folder for the .onnx files and the results")
     parser.add_argument("--models", default="base:depth,large:multitask", help="variant:task list")
     parser.add_argument("--precisions", default="fp32,fp16")
     parser.add_argument("--resolutions", default="256x256,512x512,384x640,1024x1024")
     parser.add_argument("--batches", default="1,3")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of an earlier run's JSON")
     args = parser.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
 
     from export.verify import parse_batches, parse_resolutions
 
+    if not args.out:
+        parser.error("--out is required (unless --render)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     resolutions, batches = parse_resolutions(args.resolutions), parse_batches(args.batches)

@@ -87,9 +87,7 @@ def _fixed_type(type_str: str) -> Optional[int]:
 
     if not type_str.startswith("tensor("):
         return None
-    name = type_str[len("tensor("):-1].upper()
-    aliases = {"FLOAT": "FLOAT", "DOUBLE": "DOUBLE"}
-    return onnx.TensorProto.DataType.Value(aliases.get(name, name))
+    return onnx.TensorProto.DataType.Value(type_str[len("tensor("):-1].upper())
 
 
 def _numel(tensor: Any) -> int:
@@ -261,7 +259,7 @@ class _Converter:
     def convert_node(self, node: Any) -> None:
         schema = _schema(node, self.opset)
         target = FLOAT if node.op_type in self.keep_fp32 else FLOAT16
-        if node.op_type == "Cast" and not (node.op_type in self.keep_fp32):
+        if node.op_type == "Cast" and target == FLOAT16:
             for a in node.attribute:
                 if a.name == "to" and a.i == FLOAT:
                     a.i = FLOAT16  # the leftover Cast(to=FLOAT) pitfall: follow the compute type
