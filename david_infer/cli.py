@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
     "download": ("download", "download released DAViD models into the cache"),
     "build-engine": ("build_engine", "build a TensorRT engine (+ sidecar manifest) from an ONNX export"),
+    "verify": ("verify", "compare an exported ONNX file with the PyTorch model"),
 }
 
 

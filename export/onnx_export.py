@@ -31,6 +31,7 @@ from david_infer.manifest import (
 from david_infer.config import TASK_CHANNELS, get_config, task_outputs
 
 LAYOUTS = ("dynamic", "official")
+PRECISIONS = ("fp32", "fp16")
 OFFICIAL_RESOLUTION = 512
 MIN_OPSET = 17
 
@@ -64,33 +65,65 @@ def _wrap(model: Any, layout: str) -> Any:
 def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
     cfg = get_config(variant)
     outputs = task_outputs(task)
+    image = {"dtype": "float32", "layout": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
     if layout == "dynamic":
         inputs = [
-            {"name": "image", "shape": ["batch", 3, "height", "width"], "dtype": "float32"},
-            {"name": "image_384", "shape": ["batch", 3, cfg.vit_size, cfg.vit_size], "dtype": "float32"},
+            {"name": "image", "shape": ["batch", 3, "height", "width"], **image,
+             "constraints": f"height and width are multiples of {cfg.stride}"},
+            {"name": "image_384", "shape": ["batch", 3, cfg.vit_size, cfg.vit_size], **image,
+             "constraints": "the same padded square as image, resized bilinear to the ViT size"},
         ]
         outs = [
-            {"name": n, "task": n, "shape": ["batch", TASK_CHANNELS[n], "height", "width"], "dtype": "float32"}
+            {"name": n, "task": n, "shape": ["batch", TASK_CHANNELS[n], "height", "width"], "dtype": "float32",
+             "layout": "NCHW"}
             for n in outputs
         ]
     else:
         r = OFFICIAL_RESOLUTION
-        inputs = [{"name": "image", "shape": [1, 3, r, r], "dtype": "float32"}]
+        inputs = [{"name": "image", "shape": [1, 3, r, r], **image}]
         outs = [
             {"name": n, "task": n, "shape": [1, r, r] if n == "depth" else [1, TASK_CHANNELS[n], r, r],
-             "dtype": "float32"}
+             "dtype": "float32", "layout": "NHW" if n == "depth" else "NCHW"}
             for n in outputs
         ]
     return inputs, outs
 
 
+def _producer_versions() -> Dict[str, str]:
+    """Versions of everything that shaped the file (onnxruntime only when installed)."""
+    import importlib
+
+    versions = {"david_infer": __version__}
+    for module in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[module] = importlib.import_module(module).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _precision_doc(precision: str, report: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    from .fp16 import FP32_OPS
+
+    if precision == "fp32":
+        return {"compute": "float32", "io_dtype": "float32"}
+    assert report is not None
+    return {
+        "compute": "mixed: Conv/ConvTranspose/MatMul/Gemm and elementwise ops in float16",
+        "io_dtype": "float32 (Casts at the graph boundaries)",
+        "kept_fp32_ops": sorted(report["fp32_ops"]),
+        "kept_fp32_rule": f"these op types always stay float32 behind explicit Casts: {', '.join(FP32_OPS)}",
+        "compute_ops": report["compute_ops"],
+        "compute_fp16_fraction": round(report["compute_fp16_fraction"], 4),
+        "strongly_typed": "every op's inputs share one float type (TensorRT 11 strongly typed parser)",
+    }
+
+
 def build_manifest(
     onnx_path: Path, sha256: str, variant: str, task: str, layout: str, precision: str, opset: int,
-    weights: Optional[str], seed: int,
+    weights: Optional[str], seed: int, fp16_report: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest for an exported file (see david_infer.manifest)."""
-    import onnx
-    import torch
 
     cfg = get_config(variant)
     inputs, outputs = _tensor_specs(variant, task, layout)
@@ -112,8 +145,10 @@ def build_manifest(
         "variant": variant,
         "task": task,
         "tasks": list(task_outputs(task)),
+        "output_order": [o["name"] for o in outputs],
         "layout": layout,
         "precision": precision,
+        "precision_detail": _precision_doc(precision, fp16_report),
         "opset": opset,
         "inputs": inputs,
         "outputs": outputs,
@@ -128,11 +163,7 @@ def build_manifest(
         },
         "postprocessing": {n: POSTPROCESSING_DOC[n] for n in task_outputs(task)},
         "weights": origin,
-        "producer": {
-            "david_infer": __version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-        },
+        "producer": _producer_versions(),
     }
 
 
@@ -149,7 +180,7 @@ def _quiet_torch_logs() -> Any:
         logger.setLevel(level)
 
 
-def _check_args(variant: str, task: str, layout: str, opset: int, output: Path) -> None:
+def _check_args(variant: str, task: str, layout: str, precision: str, opset: int, output: Path) -> None:
     try:
         get_config(variant)
         task_outputs(task)
@@ -157,14 +188,34 @@ def _check_args(variant: str, task: str, layout: str, opset: int, output: Path) 
         raise ExportError(str(exc)) from None
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} must end in .onnx (the manifest goes beside it as .json)")
     if not output.parent.is_dir():
         raise ExportError(f"output folder {output.parent} does not exist")
-    if not os.access(output.parent, os.W_OK):
-        raise ExportError(f"output folder {output.parent} is not writable")
+    if output.is_dir():
+        raise ExportError(f"output {output} is a folder; give a file name ending in .onnx")
+    try:  # a real probe: os.access says yes to root even on read-only file systems
+        make_temp_path(output, suffix=".probe").unlink()
+    except OSError as exc:
+        raise ExportError(f"output folder {output.parent} is not writable ({exc.strerror})") from None
+
+
+def _to_fp16(path: Path) -> Dict[str, Any]:
+    """Rewrite the FP32 graph at `path` as mixed FP16 in place; return its precision report."""
+    import onnx
+
+    from .fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report
+
+    model = convert_to_mixed_fp16(onnx.load(str(path)), inplace=True)
+    problems = check_strongly_typed(model)
+    if problems:  # a bug of ours, never the user's: say what is wrong and stop
+        raise ExportError(f"the FP16 graph is not strongly typed ({len(problems)} problems): {problems[0]}")
+    onnx.save(model, str(path))
+    return precision_report(model)
 
 
 def export_onnx(
@@ -176,17 +227,20 @@ def export_onnx(
     seed: int = 0,
     opset: int = 18,
     dummy_size: Tuple[int, int] = (64, 96),
+    precision: str = "fp32",
 ) -> Dict[str, Any]:
     """Export one model to `output` (.onnx) and write its manifest beside it; return the manifest.
 
-    Both files appear only when everything succeeded (temporary names, atomic renames).
+    precision "fp16" writes a mixed-precision graph (export/fp16.py): FP16 compute, FP32
+    normalisation/softmax/reductions and FP32 inputs and outputs. Both files appear only when
+    everything succeeded (temporary names, atomic renames).
     """
     torch = require("torch", "export")
     onnx = require("onnx", "export")
     from david_infer.model import build_model
 
     output = Path(output)
-    _check_args(variant, task, layout, opset, output)
+    _check_args(variant, task, layout, precision, opset, output)
     weights_str = str(weights) if weights is not None else None
     model = build_model(variant, task, weights=weights_str, seed=seed)
     wrapped = _wrap(model, layout)
@@ -204,7 +258,12 @@ def export_onnx(
         dynamic = None
         names_in = ["image"]
 
-    tmp = make_temp_path(output, suffix=".onnx.tmp")
+    try:
+        tmp = make_temp_path(output, suffix=".onnx.tmp")
+    except OSError as exc:
+        raise ExportError(f"cannot write to the output folder {output.parent}: {exc.strerror}") from None
+    final_manifest = manifest_path(output)
+    existed = final_manifest.exists()
     try:
         # The exporter prints progress and warns about optional torchvision ops; keep the CLI quiet.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_logs():
@@ -213,11 +272,17 @@ def export_onnx(
                 wrapped, args, str(tmp), input_names=names_in, output_names=names_out,
                 dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
             )
+        report = _to_fp16(tmp) if precision == "fp16" else None
         onnx.checker.check_model(str(tmp), full_check=True)
-        manifest = build_manifest(output, sha256_file(tmp), variant, task, layout, "fp32", opset, weights_str, seed)
-        write_manifest(manifest_path(output), manifest)
+        manifest = build_manifest(output, sha256_file(tmp), variant, task, layout, precision, opset, weights_str,
+                                  seed, report)
+        write_manifest(final_manifest, manifest)
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if not existed:  # a manifest without its model would describe nothing
+            final_manifest.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ExportError(f"could not write {output}: {exc}") from None
         raise
     return manifest

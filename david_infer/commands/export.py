@@ -10,11 +10,14 @@ from ..config import TASKS, variants
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", required=True, choices=variants(), help="model size")
-    p.add_argument("--task", required=True, choices=TASKS, help="which head(s)")
+    # Variant and task are checked by the exporter (one clear error line, not argparse's usage dump).
+    p.add_argument("--variant", required=True, help=f"model size: {', '.join(variants())}")
+    p.add_argument("--task", required=True, help=f"which head(s): {', '.join(TASKS)}")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     p.add_argument("--layout", default="dynamic", choices=("dynamic", "official"),
                    help="dynamic: any batch and resolution (default); official: the released 1x3x512x512 contract")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="fp32 (default) or fp16: mixed precision, LayerNorm/softmax/reductions and I/O in fp32")
     p.add_argument("--weights", help="a david-infer safetensors checkpoint (default: random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = export_onnx(
         args.variant, args.task, args.output, layout=args.layout, weights=args.weights,
-        seed=args.seed, opset=args.opset,
+        seed=args.seed, opset=args.opset, precision=args.precision,
     )
     print(f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
           f"{manifest['precision']}; weights: {manifest['weights']['description']})")

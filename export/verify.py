@@ -1,0 +1,256 @@
+"""Check an exported graph against the PyTorch model it came from.
+
+`verify_onnx(FILE.onnx)` reads the manifest beside the file, rebuilds the PyTorch model with the
+same weights (the manifest's random seed, or a safetensors file), runs both on the same random
+inputs at several resolutions and batch sizes, and reports per output the relative error
+||onnx - torch|| / ||torch|| and the largest absolute difference.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from david_infer._optional import require
+from david_infer.config import get_config
+from david_infer.errors import InputError, ModelError
+from david_infer.manifest import check_sha256, manifest_path, read_manifest, sha256_file
+
+DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
+DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
+DEFAULT_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2}
+OFFICIAL_POINT = ((512, 512), 1)
+
+
+@dataclass
+class Row:
+    """One output at one resolution and batch size."""
+
+    height: int
+    width: int
+    batch: int
+    output: str
+    rel_error: float
+    max_abs_error: float
+    ok: bool
+    # ||onnx - torch|| / ||torch - its per-image, per-channel mean||: stricter when the output is
+    # nearly constant (random weights make it so), reported but not judged.
+    rel_error_vs_variation: float = 0.0
+    onnx_seconds: float = 0.0
+
+
+@dataclass
+class VerifyReport:
+    """Every row, the tolerance it was judged by, and what was compared."""
+
+    model_file: str
+    variant: str
+    task: str
+    layout: str
+    precision: str
+    weights: str
+    tolerance: float
+    rows: List[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def worst(self) -> Optional[Row]:
+        return max(self.rows, key=lambda r: r.rel_error, default=None)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def parse_resolutions(text: str) -> List[Tuple[int, int]]:
+    """'256x256,384x640' -> [(256, 256), (384, 640)] (height x width); InputError otherwise."""
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise InputError(f"resolution {item!r} is not HEIGHTxWIDTH with positive integers (e.g. 384x640)")
+        out.append((int(parts[0]), int(parts[1])))
+    if not out:
+        raise InputError(f"no resolution in {text!r}; give e.g. 256x256,384x640")
+    return out
+
+
+def parse_batches(text: str) -> List[int]:
+    """'1,3' -> [1, 3]; InputError otherwise."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdigit() and int(t) > 0 for t in items):
+        raise InputError(f"batch sizes {text!r} must be positive integers separated by commas (e.g. 1,3)")
+    return [int(t) for t in items]
+
+
+def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
+    """(||got - expected|| / ||expected||, max |got - expected|, ||got - expected|| / ||expected - mean||).
+
+    The mean in the third is taken per image and channel over the pixels, so the third measures
+    the error against how much the output actually varies. Computed in float64.
+    """
+    import numpy as np
+
+    got64, exp64 = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got64.shape != exp64.shape:
+        raise ModelError(f"output shape {got64.shape} differs from PyTorch's {exp64.shape}")
+    diff = float(np.linalg.norm(got64 - exp64))
+    centered = exp64 - exp64.mean(axis=(-2, -1), keepdims=True)
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den > 0 else num
+
+    return (ratio(diff, float(np.linalg.norm(exp64))), float(np.abs(got64 - exp64).max(initial=0.0)),
+            ratio(diff, float(np.linalg.norm(centered))))
+
+
+def random_inputs(layout: str, batch: int, height: int, width: int, vit_size: int, seed: int = 0) -> Dict[str, Any]:
+    """The graph's inputs for one point: BGR in [0, 1], image_384 for the dynamic layout."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = {"image": rng.random((batch, 3, height, width), dtype=np.float32)}
+    if layout == "dynamic":
+        feeds["image_384"] = rng.random((batch, 3, vit_size, vit_size), dtype=np.float32)
+    return feeds
+
+
+def torch_outputs(model: Any, layout: str, feeds: Dict[str, Any]) -> Dict[str, Any]:
+    """The PyTorch model's outputs for `feeds`, in the layout's shapes, as numpy arrays."""
+    import torch
+
+    with torch.no_grad():
+        args = [torch.from_numpy(feeds["image"])]
+        if "image_384" in feeds:
+            args.append(torch.from_numpy(feeds["image_384"]))
+        out = model(*args)
+    if layout == "official":  # the released depth output has no channel axis
+        out = {k: (v.squeeze(1) if k == "depth" else v) for k, v in out.items()}
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def check_points(
+    variant: str, layout: str, resolutions: Optional[Sequence[Tuple[int, int]]] = None,
+    batches: Optional[Sequence[int]] = None,
+) -> List[Tuple[Tuple[int, int], int]]:
+    """The (resolution, batch) points to run (None: the defaults); InputError for sizes the graph cannot take."""
+    stride = get_config(variant).stride
+    if layout == "official":
+        if (resolutions and list(resolutions) != [OFFICIAL_POINT[0]]) or (batches and list(batches) != [1]):
+            raise InputError("an official-layout graph is fixed at 1x3x512x512: it can be verified only at "
+                             "512x512, batch 1 (leave out --resolutions and --batches)")
+        return [OFFICIAL_POINT]
+    resolutions = resolutions or DEFAULT_RESOLUTIONS
+    for h, w in resolutions:
+        if h % stride or w % stride:
+            raise InputError(f"resolution {h}x{w}: height and width must be multiples of {stride} (the stride); "
+                             f"try {max(stride, h // stride * stride)}x{max(stride, w // stride * stride)}")
+    return [((h, w), b) for (h, w) in resolutions for b in (batches or DEFAULT_BATCHES)]
+
+
+def _weights_for(manifest: Dict[str, Any], weights: Optional[Union[str, Path]], where: Path) -> Tuple[Optional[str], int, str]:
+    """(weights file or None, seed, description) that rebuild the exported model."""
+    origin = manifest.get("weights", {})
+    seed = int(origin.get("seed", 0))
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ModelError(f"weights file not found: {weights}")
+        if origin.get("sha256") and sha256_file(weights) != origin["sha256"]:
+            raise ModelError(f"{weights} is not the weights file {where} was exported from (SHA-256 differs)")
+        return str(weights), seed, f"file {weights}"
+    if origin.get("origin") == "random":
+        return None, seed, f"random, seed {seed}"
+    path = origin.get("path")
+    if not path or not Path(path).is_file():
+        raise ModelError(f"{where} was exported from the weights file {path!r}, which is not there; "
+                         "pass it with --weights")
+    return str(path), seed, f"file {path}"
+
+
+def open_session(path: Union[str, Path]) -> Any:
+    """An ONNX Runtime CPU session; ModelError naming the file when ORT cannot load it."""
+    ort = require("onnxruntime", "verifying an ONNX file")
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+
+
+def compare(
+    model: Any, sessions: Dict[str, Any], layout: str, points: Sequence[Tuple[Tuple[int, int], int]],
+    tolerances: Dict[str, float], seed: int = 0,
+) -> Dict[str, List[Row]]:
+    """Rows per session name: the PyTorch reference is computed once per point and shared."""
+    vit_size = model.cfg.vit_size
+    rows: Dict[str, List[Row]] = {name: [] for name in sessions}
+    for (h, w), b in points:
+        feeds = random_inputs(layout, b, h, w, vit_size, seed)
+        ref = torch_outputs(model, layout, feeds)
+        for name, session in sessions.items():
+            names = [o.name for o in session.get_outputs()]
+            start = time.perf_counter()
+            results = session.run(None, feeds)
+            seconds = time.perf_counter() - start
+            for out_name, got in zip(names, results):
+                rel, mx, vs_var = relative_errors(got, ref[out_name])
+                rows[name].append(Row(h, w, b, out_name, rel, mx, rel <= tolerances[name], vs_var, seconds))
+    return rows
+
+
+def verify_onnx(
+    path: Union[str, Path],
+    resolutions: Optional[Sequence[Tuple[int, int]]] = None,
+    batches: Optional[Sequence[int]] = None,
+    tolerance: Optional[float] = None,
+    weights: Optional[Union[str, Path]] = None,
+    seed: int = 0,
+) -> VerifyReport:
+    """Compare `path` (an exported .onnx with its manifest) with the PyTorch model; see the module doc."""
+    require("torch", "verifying against the PyTorch model")
+    from david_infer.model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}")
+    manifest = read_manifest(manifest_path(path))
+    check_sha256(path, manifest)
+    layout, precision = manifest.get("layout", "dynamic"), manifest.get("precision", "fp32")
+    points = check_points(manifest["variant"], layout, resolutions, batches)
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])
+    weights_file, model_seed, described = _weights_for(manifest, weights, path)
+    model = build_model(manifest["variant"], manifest["task"], weights=weights_file,
+                        seed=None if weights_file else model_seed)
+    session = open_session(path)
+    rows = compare(model, {"onnx": session}, layout, points, {"onnx": tolerance}, seed)["onnx"]
+    return VerifyReport(path.name, manifest["variant"], manifest["task"], layout, precision, described,
+                        tolerance, rows)
+
+
+def format_report(report: VerifyReport) -> str:
+    """A plain-text table of the report, one row per output and point, and a verdict line."""
+    lines = [
+        f"{report.model_file}: {report.variant}/{report.task}, {report.layout} layout, {report.precision}; "
+        f"weights {report.weights}; tolerance {report.tolerance:g} (relative)",
+        f"{'resolution':>11} {'batch':>5} {'output':<11} {'rel_error':>10} {'max_abs':>10} {'vs_variation':>12}",
+    ]
+    for r in report.rows:
+        lines.append(f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {r.rel_error:>10.3e} "
+                     f"{r.max_abs_error:>10.3e} {r.rel_error_vs_variation:>12.3e}{'' if r.ok else '  FAIL'}")
+    lines.append("rel_error = ||onnx - torch|| / ||torch|| (judged); vs_variation divides by ||torch - mean|| "
+                 "instead (informative: stricter when an output is nearly constant)")
+    worst = report.worst
+    if worst is not None:
+        verdict = "PASS" if report.passed else "FAIL"
+        lines.append(f"{verdict}: worst relative error {worst.rel_error:.3e} ({worst.output} at "
+                     f"{worst.height}x{worst.width}, batch {worst.batch}); tolerance {report.tolerance:g}")
+    return "\n".join(lines)
+
+
+__all__ = ["Row", "VerifyReport", "compare", "format_report", "parse_batches",
+           "parse_resolutions", "relative_errors", "verify_onnx"]
