@@ -120,8 +120,9 @@ def _open_file(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
     try:
-        img = Image.open(path)
-        img.load()
+        with Image.open(path) as opened:  # closes the file; the loaded pixels stay usable
+            opened.load()
+            img = opened
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
     except Image.DecompressionBombError as exc:
