@@ -6,8 +6,8 @@ Two pipelines, both equivalent to "pad the image to a square, then resample the 
   never built at full size: resampling is separable and edge padding commutes with resampling
   along the other axis, so we resample the long axis of the unpadded image, pad the (now small)
   short axis, and resample that. The result equals Pillow resizing the full padded square with
-  `reducing_gap=3` (a box reduction by an integer factor first, shared by the 512 and 384 copies)
-  up to 8-bit rounding between the passes (at most one grey level).
+  `reducing_gap=3` (a box reduction by an integer factor first) up to 8-bit rounding between the
+  passes (at most one grey level). The 384 ViT copy is shrunk from the model-resolution square.
 * `official` (the released fixed-512 files): the official runtime's steps. While both sides of the
   square exceed 3 x 512 it is halved by a Gaussian pyramid step (OpenCV `pyrDown`: 5-tap
   [1 4 6 4 1] / 16 kernel, reflect-101 border, even samples), then resized bilinear without
