@@ -77,7 +77,7 @@ class Decoded:
         return [Image.fromarray(np.ascontiguousarray(a[..., c])) for c in range(3)]
 
     def display(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB for visualisation (a view of an 8-bit RGB input array, no copy)."""
+        """(H, W, 3) uint8 RGB for visualisation, writable (a view of an 8-bit RGB input array)."""
         if self._display is None:
             a = self.numpy()
             if a.dtype != np.uint8:
@@ -86,6 +86,8 @@ class Decoded:
                 a = np.repeat(a[..., None], 3, axis=2)
             elif self.order == "bgr":
                 a = a[..., ::-1]
+            if not a.flags.writeable:  # arrays read out of PIL are read-only; callers draw on this one
+                a = a.copy()
             self._display = a
         return self._display
 
@@ -120,8 +122,9 @@ def _open_file(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
     try:
-        img = Image.open(path)
-        img.load()
+        with Image.open(path) as opened:  # closes the file; the loaded pixels stay usable
+            opened.load()
+            img = opened
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
     except Image.DecompressionBombError as exc:

@@ -6,8 +6,8 @@ Two pipelines, both equivalent to "pad the image to a square, then resample the 
   never built at full size: resampling is separable and edge padding commutes with resampling
   along the other axis, so we resample the long axis of the unpadded image, pad the (now small)
   short axis, and resample that. The result equals Pillow resizing the full padded square with
-  `reducing_gap=3` (a box reduction by an integer factor first, shared by the 512 and 384 copies)
-  up to 8-bit rounding between the passes (at most one grey level).
+  `reducing_gap=3` (a box reduction by an integer factor first) up to 8-bit rounding between the
+  passes (at most one grey level). The 384 ViT copy is shrunk from the model-resolution square.
 * `official` (the released fixed-512 files): the official runtime's steps. While both sides of the
   square exceed 3 x 512 it is halved by a Gaussian pyramid step (OpenCV `pyrDown`: 5-tap
   [1 4 6 4 1] / 16 kernel, reflect-101 border, even samples), then resized bilinear without
@@ -179,6 +179,17 @@ def _along(axis: int, ndim: int, index: slice) -> tuple:
     return tuple(key)
 
 
+def _gather(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """np.take(a, index, axis) as a concatenation of slices: `index` here is a long run of
+    consecutive indices with a few reflected or clipped ones at the ends, and copying slices is
+    much faster than an element-wise gather along the last axis."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    runs = np.split(index, breaks)
+    if len(runs) > 16:  # not the shape this is for
+        return np.take(a, index, axis=axis)
+    return np.concatenate([a[_along(axis, a.ndim, slice(int(r[0]), int(r[-1]) + 1))] for r in runs], axis=axis)
+
+
 def _pyr_down_axis(a: np.ndarray, axis: int, ax: _VirtualAxis) -> Tuple[np.ndarray, _VirtualAxis]:
     """One unnormalised pyrDown pass ([1 4 6 4 1], weights sum to 16) along `axis`.
 
@@ -206,7 +217,7 @@ def _pyr_down_axis(a: np.ndarray, axis: int, ax: _VirtualAxis) -> Tuple[np.ndarr
         out[_along(axis, a.ndim, slice(-1, None))] = np.take(a, [n - 1], axis=axis).astype(acc) * acc(16)
     if m:
         v = np.arange(2 * first - 2, 2 * last + 3)
-        strip = np.take(a, ax.base_index(_reflect101(v, ax.length), n), axis=axis).astype(acc, copy=False)
+        strip = _gather(a, ax.base_index(_reflect101(v, ax.length), n), axis).astype(acc, copy=False)
 
         def tap(k: int) -> np.ndarray:
             return strip[_along(axis, a.ndim, slice(k, k + 2 * m - 1, 2))]

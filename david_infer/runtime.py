@@ -115,7 +115,7 @@ class DavidRuntime:
         threads: threads for pre/postprocessing (default: the CPU count, at most 4).
         verify: check the model file's SHA-256 against its manifest.
         backend_options: passed to the backend's open_runner (for onnxruntime: providers,
-            intra_op_threads, cache_dir).
+            cuda_options, intra_op_threads, cache_dir).
     """
 
     def __init__(

@@ -35,6 +35,7 @@ def check_prediction(pred, h: int, w: int) -> None:
     assert pred.foreground.shape == (h, w) and pred.foreground.dtype == np.float32
     assert pred.foreground.min() >= 0.0 and pred.foreground.max() <= 1.0
     assert pred.image.shape == (h, w, 3) and pred.image.dtype == np.uint8
+    assert all(a.flags.writeable for a in (pred.image, pred.depth, pred.normal, pred.foreground))
 
 
 def _pil_forms(photo: np.ndarray) -> dict:

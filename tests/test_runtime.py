@@ -404,6 +404,9 @@ def test_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
         pytest.skip("this onnxruntime has the CUDA provider; the no-GPU path cannot be checked here")
     with pytest.raises(BackendUnavailable, match=r"CUDAExecutionProvider is not available.*david-infer\[gpu\]"):
         DavidRuntime(tiny_multitask_onnx, device="cuda")
+    if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendUnavailable, match=r"TensorrtExecutionProvider is not available"):
+            DavidRuntime(tiny_multitask_onnx, device="cuda:0", providers=("tensorrt", "cuda"))
 
 
 def test_unknown_or_missing_backends(tiny_multitask_onnx: Path) -> None:
