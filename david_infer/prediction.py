@@ -19,6 +19,8 @@ class Prediction:
                 the raw output, larger = farther. Optionally min-max normalised to [0, 1].
     normal:     (H, W, 3) float32 unit surface normals (x, y, z).
     foreground: (H, W) float32 soft mask in [0, 1] (0/1 when a threshold is set).
+    depth_inverse: True when `depth` is larger = nearer (the default), False for larger = farther;
+                visualisation and the point cloud read it.
 
     A task the model lacks is None.
     """
@@ -27,6 +29,7 @@ class Prediction:
     depth: Optional[np.ndarray] = None
     normal: Optional[np.ndarray] = None
     foreground: Optional[np.ndarray] = None
+    depth_inverse: bool = True
     _image: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -303,7 +303,7 @@ class DavidRuntime:
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
         maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
-        return Prediction(image=decoded.display, **maps)
+        return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
 
     # ---------------------------------------------------------------------------- lifetime
 

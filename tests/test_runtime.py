@@ -167,6 +167,7 @@ def test_depth_and_foreground_options(tiny_multitask_onnx: Path, rt: DavidRuntim
                       foreground_threshold=0.5, interpolation="bilinear") as other:
         pred = other.predict(photo)
     assert pred.depth.min() == 0.0 and pred.depth.max() == pytest.approx(1.0)
+    assert ref.depth_inverse is True and pred.depth_inverse is False  # visualisation reads this
     # Not inverted: the raw output, so normalised depth correlates negatively with the default one.
     assert np.corrcoef(pred.depth.ravel(), ref.depth.ravel())[0, 1] < -0.99
     assert set(np.unique(pred.foreground)) <= {0.0, 1.0}
