@@ -9,7 +9,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init_
 
 # torch is pinned because this project's machines install a local CPU wheel of exactly this
 # version; a bare "torch" would pull the newest CUDA build (several GB).
-EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4", "onnxconverter-common>=1.14"]
+EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 GPU = ["onnxruntime-gpu>=1.20", "tensorrt>=10.0", "cuda-python>=12.6.1"]
 DEV = EXPORT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
 

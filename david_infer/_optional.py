@@ -10,7 +10,6 @@ from .errors import BackendUnavailable
 _EXTRA_FOR = {
     "torch": "export",
     "onnx": "export",
-    "onnxconverter_common": "export",
     "safetensors": "export",
     "onnxruntime": "",
     "tensorrt": "gpu",
