@@ -21,7 +21,7 @@ import numpy as np
 from .errors import BackendUnavailable, InputError, ModelError
 from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
 from .manifest import check_sha256, manifest_path, read_manifest
-from .modelspec import ModelSpec, manifest_from_shapes, spec_from_manifest
+from .modelspec import ModelSpec, check_graph, manifest_from_shapes, spec_from_manifest
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
 from .preprocess import (
@@ -177,6 +177,7 @@ class DavidRuntime:
             manifest = self._recognise(self.runner)
         self.manifest = manifest
         self.spec: ModelSpec = spec_from_manifest(self.path, manifest, released=released)
+        self._check_graph()
         self.resolution = self._check_resolution(resolution)
         self.pipeline = self._check_pipeline(pipeline)
         if interpolation == "auto":
@@ -208,6 +209,14 @@ class DavidRuntime:
             raise ModelError(f"{self.path}: no manifest beside it ({manifest_path(self.path)}) and the "
                              f"{self.backend} backend cannot describe its inputs and outputs")
         return manifest_from_shapes(self.path, inputs, outputs)
+
+    def _check_graph(self) -> None:
+        """The runner's inputs/outputs against the manifest (names from the Runner interface;
+        shapes where the runner reports them)."""
+        names_in, names_out = list(self.runner.input_names), list(self.runner.output_names)
+        shapes_in = getattr(self.runner, "input_shapes", None) or {}
+        shapes_out = getattr(self.runner, "output_shapes", None) or {}
+        check_graph(self.spec, {n: shapes_in.get(n, ()) for n in names_in}, {n: shapes_out.get(n, ()) for n in names_out})
 
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
         fixed = self.spec.fixed_resolution
