@@ -22,6 +22,7 @@ Limits (each refusal is an InputError naming the input):
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -155,6 +156,8 @@ def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Imag
         raise InputError(f"{_short(path)}: cannot read the image file ({exc.strerror or exc})") from None
     if path.is_dir():
         raise InputError(f"{path} is a directory; expected an image file (JPEG, PNG, TIFF, ...)")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise InputError(f"{path} is not a regular file (a pipe, device or socket); expected an image file")
     if st.st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
     img = None

@@ -277,3 +277,17 @@ def test_errors_in_a_batch_name_the_input(rt: DavidRuntime, corpus: Dict[str, Pa
         rt.predict_batch([corpus["ok.png"], corpus["ok.jpg"], corpus["bomb_144mp.jpg"]])
     with pytest.raises(InputError, match=r"^images\[1\]: unsupported dtype complex128"):
         rt.predict_batch([corpus["ok.png"], np.zeros((8, 8), complex)])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs os.mkfifo")
+def test_pipes_and_devices_are_refused_without_blocking(rt: DavidRuntime, tmp_path: Path) -> None:
+    """Opening a FIFO nobody writes to would block forever; /dev/zero never ends."""
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"pipe\.jpg is not a regular file"):
+        rt.predict(fifo)
+    if Path("/dev/zero").exists():
+        with pytest.raises(InputError, match=r"^/dev/zero is not a regular file"):
+            rt.predict("/dev/zero")
