@@ -160,13 +160,12 @@ def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Imag
         raise InputError(f"{path} is not a regular file (a pipe, device or socket); expected an image file")
     if st.st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
-    img = None
     try:
-        img = Image.open(path)  # reads the header only
-        _check_pixels(img.width, img.height, max_pixels, str(path))
-        img.load()
-    except InputError:
-        img.close()
+        with Image.open(path) as opened:  # closes the file; the loaded pixels stay usable
+            _check_pixels(opened.width, opened.height, max_pixels, str(path))  # header only so far
+            opened.load()
+            img = opened
+    except InputError:  # ours (over the limit); InputError is a ValueError, so not caught below
         raise
     except PermissionError as exc:
         raise InputError(f"{path}: cannot read the image file ({exc.strerror or exc})") from None
@@ -178,8 +177,6 @@ def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Imag
             f"max_image_pixels is {max_pixels if max_pixels is None else format(max_pixels, ',')})"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if img is not None:
-            img.close()
         raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
     return _apply_exif(img, str(path))
 
