@@ -8,8 +8,11 @@ measured run: `--predictions` predictions spread over `--threads` threads, predi
 input i mod N. Every result is compared bit for bit with the reference of its input.
 
 Reported: throughput, errors, mismatches, and resident memory (VmRSS from /proc/self/status) at
-the start (after warm-up), the middle and the end of the measured run, with the growth after
-warm-up. Exit status 1 if there was any error or mismatch, or the growth reached --max-growth-mb.
+the start (after warm-up), the middle and the end of the measured run (and every 10% of it), with
+the growth after warm-up. Each sample is taken after glibc's malloc_trim(0), which returns freed
+heap memory to the OS: without it RSS swings by +-50 MB with whatever the eight threads' malloc
+arenas happen to keep cached, which says nothing about leaks (the untrimmed start and end are
+reported too). Exit status 1 if there was any error or mismatch, or the growth reached --max-growth-mb.
 
     python benchmarks/stress.py [--threads 8] [--predictions 2000] [--resolution 64] [--json out.json]
 """
@@ -25,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -37,8 +40,22 @@ from david_infer import DavidRuntime, Prediction  # noqa: E402
 MAPS = ("depth", "normal", "foreground")
 
 
-def rss_mb() -> float:
-    """Resident memory of this process in MB (VmRSS; Linux), NaN where /proc is missing."""
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so RSS shows live memory rather than what
+    the per-thread malloc arenas happen to keep cached; a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_mb(trim: bool = False) -> float:
+    """Resident memory of this process in MB (VmRSS; Linux), NaN where /proc is missing.
+    trim=True first returns freed heap memory to the OS (see _malloc_trim)."""
+    if trim:
+        _malloc_trim()
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -89,6 +106,8 @@ class Stress:
         self.first_error: Optional[str] = None
         self.midpoint: Optional[int] = None
         self.rss_middle = float("nan")
+        self.sample_every = 0
+        self.samples: List[Tuple[int, float]] = []  # (predictions done, RSS MB) during the run
 
     def one(self, i: int) -> None:
         k = i % len(self.inputs)
@@ -103,12 +122,17 @@ class Stress:
             self.done += 1
             self.errors += failed
             self.mismatches += (not ok and not failed)
-            if self.done == self.midpoint:
-                self.rss_middle = rss_mb()
+            done = self.done
+        if done == self.midpoint:
+            self.rss_middle = rss_mb(trim=True)
+        if self.sample_every and done % self.sample_every == 0:
+            value = self.rss_middle if done == self.midpoint else rss_mb(trim=True)
+            with self.lock:
+                self.samples.append((done, round(value, 1)))
 
-    def run(self, count: int, threads: int, midpoint: Optional[int] = None) -> float:
+    def run(self, count: int, threads: int, midpoint: Optional[int] = None, sample_every: int = 0) -> float:
         """Run `count` predictions on `threads` threads; returns the wall time in seconds."""
-        self.midpoint = midpoint
+        self.midpoint, self.sample_every = midpoint, sample_every
         start = time.perf_counter()
         with ThreadPoolExecutor(threads, thread_name_prefix="stress") as pool:
             list(pool.map(self.one, range(count)))
@@ -139,10 +163,11 @@ def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any
         warm = (stress.errors, stress.mismatches)
         stress.errors = stress.mismatches = stress.done = 0
         gc.collect()
-        rss_start = rss_mb()
-        wall = stress.run(args.predictions, args.threads, midpoint=args.predictions // 2)
+        rss_start_raw, rss_start = rss_mb(), rss_mb(trim=True)
+        wall = stress.run(args.predictions, args.threads, midpoint=args.predictions // 2,
+                          sample_every=max(1, args.predictions // 10))
         gc.collect()
-        rss_end = rss_mb()
+        rss_end_raw, rss_end = rss_mb(), rss_mb(trim=True)
     return {
         "model": str(model), "resolution": args.resolution, "threads": args.threads,
         "predictions": args.predictions, "warmup_predictions": args.warmup, "distinct_inputs": len(inputs),
@@ -153,6 +178,8 @@ def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any
         "rss_mb": {"before_load": round(rss_before, 1), "start": round(rss_start, 1),
                    "middle": round(stress.rss_middle, 1), "end": round(rss_end, 1)},
         "rss_growth_mb": round(rss_end - rss_start, 1), "max_growth_mb": args.max_growth_mb,
+        "rss_samples_mb": sorted(stress.samples),
+        "rss_untrimmed_mb": {"start": round(rss_start_raw, 1), "end": round(rss_end_raw, 1)},
         "cpu_count": os.cpu_count(),
     }
 
@@ -170,6 +197,8 @@ def print_table(r: Dict[str, Any]) -> None:
         ("RSS before load / start / middle / end", f"{rss['before_load']} / {rss['start']} / {rss['middle']} / "
                                                    f"{rss['end']} MB"),
         ("RSS growth after warm-up", f"{r['rss_growth_mb']} MB (limit {r['max_growth_mb']} MB)"),
+        ("RSS every 10% of the run", " ".join(f"{v:g}" for _, v in r["rss_samples_mb"]) + " MB"),
+        ("RSS untrimmed start / end", f"{r['rss_untrimmed_mb']['start']} / {r['rss_untrimmed_mb']['end']} MB"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -30,6 +30,7 @@ def test_threads_share_one_runtime(tiny_multitask_onnx: Path, tmp_path: Path) ->
     assert report["predictions"] == 40 and report["distinct_inputs"] >= 10
     rss = report["rss_mb"]
     assert all(rss[k] > 0 for k in ("start", "middle", "end"))  # /proc/self/status was read
+    assert [n for n, _ in report["rss_samples_mb"]] == list(range(4, 41, 4))  # every 10% of the run
 
 
 def test_stress_counts_mismatches_and_errors(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
