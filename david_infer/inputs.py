@@ -8,10 +8,21 @@ applies to 3- and 4-channel arrays only: PIL images and files are RGB by definit
 
 8-bit data stays 8-bit (and un-copied where possible) until it has been shrunk; 16-bit and float
 data becomes float32 in [0, 1].
+
+Limits (each refusal is an InputError naming the input):
+- Size: at most `MAX_IMAGE_PIXELS` (100 megapixels) per image by default, or the `max_pixels`
+  given to `decode` (`DavidRuntime(max_image_pixels=...)`; None = no limit of ours). Files are
+  checked from their header, before any pixel is decoded, so a small file declaring a huge image
+  (a decompression bomb) costs nothing. Pillow's own guard (`PIL.Image.MAX_IMAGE_PIXELS`,
+  refusing above twice its value, about 179 MP) also applies to files: raise it too to go beyond.
+- Float values: NaN and infinity are refused; values within 1e-3 of [0, 1] (rounding noise) are
+  clipped; anything further out is refused (scale 0..255 data by 1/255 first).
+- Arrays in non-native byte order (big-endian uint16/float) are accepted and converted.
 """
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -22,6 +33,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError
 
 CHANNEL_ORDERS = ("rgb", "bgr")
+#: Default largest image accepted (width x height), see the module docstring.
+MAX_IMAGE_PIXELS = 100_000_000
 _EXIF_ORIENTATION = 0x0112
 _FLOAT_TOLERANCE = 1e-3  # float inputs a hair outside [0, 1] (rounding) are clipped, not refused
 _GRAY_MODES = ("1", "L", "LA", "La")
@@ -100,13 +113,35 @@ def check_channel_order(channel_order: str) -> str:
     return order
 
 
-def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None) -> Decoded:
-    """Validate `image` and return it as a `Decoded`; InputError naming the input otherwise."""
+def check_max_pixels(max_pixels: Optional[int]) -> Optional[int]:
+    """Validate a max_image_pixels argument (a positive int, or None for no limit)."""
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise InputError(f"max_image_pixels must be a positive integer or None, got {max_pixels!r}")
+    return max_pixels
+
+
+def _check_pixels(width: int, height: int, max_pixels: Optional[int], name: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{max_pixels:,} (max_image_pixels); refused before decoding. Shrink the image or raise "
+            f"max_image_pixels if it is trusted"
+        )
+
+
+def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None,
+           max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Decoded:
+    """Validate `image` and return it as a `Decoded`; InputError naming the input otherwise.
+
+    Images larger than `max_pixels` (None: no limit) are refused; files before decoding."""
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open_file(Path(image)), name or str(image))
+        return _from_pil(_open_file(Path(image), max_pixels), name or str(image))
     if isinstance(image, Image.Image):
+        _check_pixels(image.width, image.height, max_pixels, name or "PIL image")
         return _from_pil(_apply_exif(image, name or "PIL image"), name or "PIL image")
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            _check_pixels(image.shape[1], image.shape[0], max_pixels, name or "numpy array")
         return _from_array(image, check_channel_order(channel_order), name or "numpy array")
     raise InputError(
         f"{name or 'image'}: expected a file path, a PIL.Image.Image or a numpy array, "
@@ -114,24 +149,43 @@ def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None) -
     )
 
 
-def _open_file(path: Path) -> Image.Image:
-    if not path.exists():
-        raise InputError(f"image file not found: {path}")
+def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Image.Image:
+    try:  # stat, not exists(): a name too long or unreadable folder must say so, not raise OSError
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        raise InputError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"{_short(path)}: cannot read the image file ({exc.strerror or exc})") from None
     if path.is_dir():
         raise InputError(f"{path} is a directory; expected an image file (JPEG, PNG, TIFF, ...)")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise InputError(f"{path} is not a regular file (a pipe, device or socket); expected an image file")
+    if st.st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
     try:
         with Image.open(path) as opened:  # closes the file; the loaded pixels stay usable
+            _check_pixels(opened.width, opened.height, max_pixels, str(path))  # header only so far
             opened.load()
             img = opened
+    except InputError:  # ours (over the limit); InputError is a ValueError, so not caught below
+        raise
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot read the image file ({exc.strerror or exc})") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: image too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"{path}: image too large to decode safely: {exc} (Pillow's PIL.Image.MAX_IMAGE_PIXELS guard; "
+            f"max_image_pixels is {max_pixels if max_pixels is None else format(max_pixels, ',')})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
     return _apply_exif(img, str(path))
+
+
+def _short(path: Path, limit: int = 200) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
 
 
 def _apply_exif(img: Image.Image, name: str) -> Image.Image:
@@ -183,12 +237,15 @@ def _from_array(a: np.ndarray, order: str, name: str) -> Decoded:
         raise InputError(f"{name}: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"{name}: image has zero size (shape {shape})")
+    if a.dtype.byteorder not in ("=", "|") and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))  # big-endian data (FITS, network order): same values
     if a.dtype == np.uint8:
         pass
     elif a.dtype == np.uint16:
         a = a.astype(np.float32) / np.float32(65535.0)
     elif a.dtype in (np.float16, np.float32, np.float64):
-        a = _check_float(a.astype(np.float32, copy=False), name)
+        # checked before the cast: a float64 beyond float32's range must not become "infinite"
+        a = _check_float(a, name).astype(np.float32, copy=False)
     else:
         raise InputError(
             f"{name}: unsupported dtype {a.dtype}; expected uint8, uint16, or float16/32/64 in [0, 1] "

@@ -92,11 +92,14 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"manifest not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable JSON manifest ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelError(f"{path}: not a readable JSON manifest ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path}: not a david-infer manifest (missing \"format\": \"{FORMAT}\")")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    version = data.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelError(f"{path}: manifest format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ModelError(
             f"{path}: manifest format version {data.get('format_version')} is newer than this "
             f"david-infer understands ({FORMAT_VERSION}); upgrade david-infer"

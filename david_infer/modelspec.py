@@ -51,8 +51,11 @@ def spec_from_manifest(path: Path, manifest: Mapping[str, Any], released: bool =
         image = inputs[0]
         vit = inputs[1]["name"] if len(inputs) > 1 else None
         shape = list(image["shape"])
-    except (KeyError, IndexError, TypeError) as exc:
+        names = [image["name"], vit, *outputs.values()]
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path}: manifest lacks input/output descriptions ({exc!r})") from None
+    if not all(isinstance(n, str) for n in names if n is not None):
+        raise ModelError(f"{path}: manifest input/output names must be strings, got {names}")
     if not tasks:
         raise ModelError(f"{path}: manifest lists no known task among outputs {list(outputs)}")
     fixed = _int_dims(shape[2:4])
@@ -67,10 +70,50 @@ def spec_from_manifest(path: Path, manifest: Mapping[str, Any], released: bool =
         outputs={t: outputs[t] for t in tasks},
         fixed_resolution=int(shape[2]) if fixed else None,
         fixed_batch=int(shape[0]) if isinstance(shape[0], int) else None,
-        stride=int(pre.get("stride") or DEFAULT_STRIDE),
-        vit_size=int(pre.get("vit_size") or DEFAULT_VIT_SIZE),
+        stride=_positive(path, pre, "stride", DEFAULT_STRIDE),
+        vit_size=_positive(path, pre, "vit_size", DEFAULT_VIT_SIZE),
         released=released,
     )
+
+
+def _positive(path: Path, pre: Any, key: str, default: int) -> int:
+    """A positive integer setting of the manifest's preprocessing block (`default` when absent)."""
+    value = pre.get(key) if isinstance(pre, Mapping) else None
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{path}: manifest preprocessing {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_graph(spec: ModelSpec, inputs: Mapping[str, Sequence[Any]], outputs: Mapping[str, Sequence[Any]]) -> None:
+    """ModelError unless the loaded graph has the inputs and outputs `spec` (its manifest) names,
+    with 3 image channels and each task's channel count wherever the graph states a number.
+
+    `inputs`/`outputs` map names to shapes (an unknown shape may be empty). Checked when the model
+    is loaded, so a manifest paired with the wrong file fails at once, not on the first image."""
+    wanted_in = [n for n in (spec.image_input, spec.vit_input) if n]
+    problems = []
+    missing = [n for n in wanted_in if n not in inputs]
+    if missing or len(inputs) != len(wanted_in):
+        problems.append(f"inputs {list(inputs)} (the manifest describes {wanted_in})")
+    absent = [n for n in spec.outputs.values() if n not in outputs]
+    if absent:
+        problems.append(f"outputs {list(outputs)} lack {absent}")
+    for name in wanted_in:
+        shape = tuple(inputs.get(name) or ())
+        if len(shape) not in (0, 4) or (len(shape) == 4 and isinstance(shape[1], int) and shape[1] != 3):
+            problems.append(f"input {name!r} has shape {shape}, expected (batch, 3, height, width)")
+    for task, name in spec.outputs.items():
+        shape = tuple(outputs.get(name) or ())
+        channels = TASK_CHANNELS[task]
+        ok_rank3 = len(shape) == 3 and channels == 1
+        bad_channels = len(shape) == 4 and isinstance(shape[1], int) and shape[1] != channels
+        if shape and not ok_rank3 and (len(shape) != 4 or bad_channels):
+            problems.append(f"{task} output {name!r} has shape {shape}, expected (batch, {channels}, height, width)")
+    if problems:
+        raise ModelError(f"{spec.path}: the graph does not match its manifest: " + "; ".join(problems)
+                         + ". The manifest belongs to another file, or the file was not exported by david-infer")
 
 
 def _task_from_shape(path: Path, name: str, shape: Tuple[Any, ...]) -> str:

@@ -65,7 +65,8 @@ def _crop(plane: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Model output (C, R, R) at the square's own size: crop the padding, channels last."""
     t, l, h, w = geometry.top, geometry.left, geometry.height, geometry.width
     cropped = plane[:, t:t + h, l:l + w]
-    return np.array(cropped[0] if plane.shape[0] == 1 else cropped.transpose(1, 2, 0), dtype=np.float32)
+    # order="C": the finishers work on reshaped views, which must not silently be copies
+    return np.array(cropped[0] if plane.shape[0] == 1 else cropped.transpose(1, 2, 0), dtype=np.float32, order="C")
 
 
 def _resize(value: np.ndarray, geometry: Geometry, interpolation: str, finish, pool, unit) -> np.ndarray:

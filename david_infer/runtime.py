@@ -19,9 +19,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import BackendUnavailable, InputError, ModelError
-from .inputs import Decoded, check_channel_order, decode
+from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
 from .manifest import check_sha256, manifest_path, read_manifest
-from .modelspec import ModelSpec, manifest_from_shapes, spec_from_manifest
+from .modelspec import ModelSpec, check_graph, manifest_from_shapes, spec_from_manifest
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
 from .preprocess import (
@@ -114,6 +114,9 @@ class DavidRuntime:
         batch_size: default batch size of predict_batch.
         threads: threads for pre/postprocessing (default: the CPU count, at most 4).
         verify: check the model file's SHA-256 against its manifest.
+        max_image_pixels: largest image accepted, width x height (default 100 megapixels,
+            david_infer.inputs.MAX_IMAGE_PIXELS; None = no limit of ours). Files are checked from
+            their header before decoding, so a decompression bomb is refused without allocating.
         backend_options: passed to the backend's open_runner (for onnxruntime: providers,
             cuda_options, intra_op_threads, cache_dir).
     """
@@ -134,9 +137,11 @@ class DavidRuntime:
         batch_size: int = 4,
         threads: Optional[int] = None,
         verify: bool = True,
+        max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
         **backend_options: Any,
     ) -> None:
         self.channel_order = check_channel_order(channel_order)
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         post = (invert_depth, normalize_depth, foreground_threshold)
         PostOptions(*post, interpolation if interpolation != "auto" else "bicubic")  # validate early
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -172,6 +177,7 @@ class DavidRuntime:
             manifest = self._recognise(self.runner)
         self.manifest = manifest
         self.spec: ModelSpec = spec_from_manifest(self.path, manifest, released=released)
+        self._check_graph()
         self.resolution = self._check_resolution(resolution)
         self.pipeline = self._check_pipeline(pipeline)
         if interpolation == "auto":
@@ -203,6 +209,14 @@ class DavidRuntime:
             raise ModelError(f"{self.path}: no manifest beside it ({manifest_path(self.path)}) and the "
                              f"{self.backend} backend cannot describe its inputs and outputs")
         return manifest_from_shapes(self.path, inputs, outputs)
+
+    def _check_graph(self) -> None:
+        """The runner's inputs/outputs against the manifest (names from the Runner interface;
+        shapes where the runner reports them)."""
+        names_in, names_out = list(self.runner.input_names), list(self.runner.output_names)
+        shapes_in = getattr(self.runner, "input_shapes", None) or {}
+        shapes_out = getattr(self.runner, "output_shapes", None) or {}
+        check_graph(self.spec, {n: shapes_in.get(n, ()) for n in names_in}, {n: shapes_out.get(n, ()) for n in names_out})
 
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
         fixed = self.spec.fixed_resolution
@@ -257,7 +271,7 @@ class DavidRuntime:
 
     def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Prepared]:
         """Decode and validate `image`, and make the model inputs for it."""
-        decoded = decode(image, self.channel_order, name)
+        decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         h, w = decoded.size
         resolution = self.resolution or dynamic_resolution(h, w, self.spec.stride)
         if self.pipeline == "official":

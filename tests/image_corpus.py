@@ -24,14 +24,54 @@ def _encoded(img: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
+def bad_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF block is garbage after a valid 'Exif' header."""
+    data = _encoded(_photo(), "JPEG", quality=90)
+    payload = b"Exif\x00\x00MM\x00\x2a\xff\xff\xff\xf0" + b"\x13" * 40
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + app1 + data[2:]
+
+
+def animated_gif() -> bytes:
+    frames = [_photo().convert("P"), _photo().transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("P")]
+    return _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid-looking PNG header declaring a huge image, with a tiny (truncated) body."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     body = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def honest_png_bomb(side: int = 12_000) -> bytes:
+    """A complete, valid side x side 8-bit gray PNG of zeros: about 0.4 MB on disk for 144 MB of
+    pixels at the default side (just under Pillow's own refusal threshold of ~179 MP)."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is patched to declare width x height."""
+    data = bytearray(_encoded(_photo(16, 16), "JPEG", quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def text_chunk_bomb() -> bytes:
+    """A valid small PNG carrying a zTXt chunk that inflates to 64 MB (Pillow caps text chunks)."""
+    png = _encoded(_photo(), "PNG")
+    text = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (64 << 20), 9))
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + text + png[iend:]
 
 
 def exif_rotated_jpeg(orientation: int = 6) -> bytes:
@@ -67,6 +107,14 @@ def write_corpus(folder: Path) -> Dict[str, Path]:
         "palette_transparent.png": _encoded(palette, "PNG", transparency=0),
         "exif_rotated.jpg": exif_rotated_jpeg(),
         "bomb.png": png_bomb(),
+        # over our 100 MP default, under Pillow's own refusal (~179 MP): our header check stops it
+        "bomb_144mp.png": png_bomb(12_000, 12_000),
+        "bomb_144mp.jpg": jpeg_declaring(12_000, 12_000),
+        "bomb_max.jpg": jpeg_declaring(65_535, 65_535),
+        "text_bomb.png": text_chunk_bomb(),
+        "bad_exif.jpg": bad_exif_jpeg(),
+        "gif_animated.gif": animated_gif(),
+        "tiff_float.tif": _encoded(Image.fromarray(np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)), "TIFF"),
     }
     paths = {}
     for name, data in cases.items():
