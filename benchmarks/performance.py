@@ -100,7 +100,8 @@ def measure_point(model: Path, backend: str, resolution: int, batch: int, runs: 
 
 def sweep(points: List[Tuple[str, int, int]], files: Dict[str, Path], args: argparse.Namespace, image: np.ndarray,
           save: Callable[[List[dict]], None]) -> List[dict]:
-    """Measure every (form, resolution, batch) point, saving after each."""
+    """Measure every (form, resolution, batch) point, saving after each. Callers order the points so
+    the forms of one resolution or batch run back to back: their ratio sees the same machine load."""
     records: List[dict] = []
     for form, resolution, batch in points:
         precision, backend = FORMS[form]
@@ -156,7 +157,7 @@ def plot(records: List[dict], key: str, value: Callable[[dict], float], ylabel: 
         return f"{path.name} not drawn: matplotlib is not installed (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for form in FORMS:
-        rows = [r for r in records if r["form"] == form]
+        rows = sorted((r for r in records if r["form"] == form), key=lambda r: r[key])
         if rows:
             ax.plot([r[key] for r in rows], [value(r) for r in rows], marker="o", label=TITLES[form])
     ax.set_xlabel(key.replace("_", " "))
@@ -277,12 +278,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     image = test_image()
 
     print("latency against resolution:", flush=True)
-    latency = sweep([(f, r, 1) for f in forms for r in resolutions], files, args, image,
+    latency = sweep([(f, r, 1) for r in resolutions for f in forms], files, args, image,
                     lambda recs: write_json("latency_vs_resolution.json",
                                             {**meta, "records": recs, "ratios": add_ratios(recs, "resolution")},
                                             args.out))
     print("throughput against batch size at 512:", flush=True)
-    throughput = sweep([(f, 512, b) for f in forms for b in batches], files, args, image,
+    throughput = sweep([(f, 512, b) for b in batches for f in forms], files, args, image,
                        lambda recs: write_json("throughput_vs_batch.json",
                                                {**meta, "records": recs, "ratios": add_ratios(recs, "batch")},
                                                args.out))

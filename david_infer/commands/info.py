@@ -136,12 +136,12 @@ def format_info(info: Dict[str, Any]) -> str:
         lines.append(f"manifest: {info['manifest_file']}")
         for key in ("variant", "task", "layout", "precision", "opset"):
             if m.get(key) is not None:
-                lines.append(f"  {key + ':':<10}{m[key]}")
-        lines.append(f"  {'tasks:':<10}{', '.join(m.get('tasks', []))}")
-        lines.append(f"  {'weights:':<10}{weights}")
+                lines.append(f"  {key + ':':<11}{m[key]}")
+        lines.append(f"  {'tasks:':<11}{', '.join(m.get('tasks', []))}")
+        lines.append(f"  {'weights:':<11}{weights}")
         if m.get("tensorrt"):
             trt = m["tensorrt"]
-            lines.append(f"  {'tensorrt:':<10}{trt.get('version')} on {trt.get('gpu')} (sm {trt.get('compute_capability')}), "
+            lines.append(f"  {'tensorrt:':<11}{trt.get('version')} on {trt.get('gpu')} (sm {trt.get('compute_capability')}), "
                          f"hardware compat {trt.get('hardware_compat')}")
     for title in ("inputs", "outputs"):
         lines.append(f"{title}:")

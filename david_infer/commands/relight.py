@@ -2,9 +2,10 @@
 
 Each pixel is multiplied by ambient + (1 - ambient) * max(0, n . l); with a model that also
 predicts the foreground, only the person is re-lit (blended by the soft mask). The light
-direction is in the camera frame: x right, y up, z toward the camera. --ambient 1 returns the photo.
+direction is in the camera frame: x right, y up, z toward the camera (write --light=-1,1,1 when
+the first number is negative). --ambient 1 returns the photo.
 
-    david-infer relight photo.jpg -m multitask-large -o lit.png --light -1,1,1 --ambient 0.3
+    david-infer relight photo.jpg -m multitask-large -o lit.png --light=-1,1,1 --ambient 0.3
 """
 from __future__ import annotations
 
