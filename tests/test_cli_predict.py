@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.outputs import inside, output_bases, path_hash, safe_base
+from david_infer.outputs import inside, output_bases, path_hash
 
 RES = "64"
 ALL = "depth,normal,foreground,vis,ply"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
-from ._common import add_runtime_arguments, open_runtime, require_tasks, split_list
+from ._common import add_runtime_arguments, open_runtime, split_list
 
 SAVE_KINDS = ("depth", "normal", "foreground", "vis", "ply")
 #: kind -> the file suffixes it writes after the base name
