@@ -110,3 +110,14 @@ def test_info_on_engine_reads_the_sidecar(tiny_multitask_onnx: Path, tmp_path: P
     manifest_path(plan).unlink()
     assert main(["info", str(plan)]) == 1
     assert "no sidecar manifest" in capsys.readouterr().err
+
+
+def test_model_names_resolve_through_the_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("DAVID_INFER_HOME", str(tmp_path / "home"))
+    assert main(["info", "depth-base"]) == 1  # info never downloads: it says how to get the file
+    err = capsys.readouterr().err
+    assert "david-infer download depth-base" in err and str(tmp_path / "home" / "models") in err
+    assert main(["bench", "-m", "depth-bsae", "--runs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "neither an existing file" in err and "multitask-large" in err

@@ -20,12 +20,12 @@ _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="an .onnx file, an .engine/.plan, or a released model's name")
+    p.add_argument("file", metavar="FILE", help="an .onnx file, an .engine/.plan, or a cached released model's name")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(resolve_model(args.file))
+    info = describe(resolve_model(args.file, download=False))  # never a 1 GB download to describe
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 1 if info["sha256_check"].startswith("MISMATCH") else 0
 
