@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import List
 
@@ -185,3 +186,14 @@ def test_bad_save_kind_is_one_line_error(tiny_multitask_onnx: Path, folder: Path
     assert predict(str(folder), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "o"), "--save", "dpth") == 1
     err = capsys.readouterr().err
     assert "unknown kind(s) dpth" in err and "Traceback" not in err
+
+
+def test_progress_bar_and_plain_fallback(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    base = [str(folder), "-m", str(tiny_multitask_onnx), "--save", "depth", "--resolution", RES]
+    assert main(["predict", *base, "-o", str(tmp_path / "a")]) == 0
+    assert "predict: 100%" in capsys.readouterr().err  # tqdm
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
+    assert main(["predict", *base, "-o", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] ok" in err and "[2/2] ok" in err
