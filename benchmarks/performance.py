@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from david_infer.benchmark import machine, synthetic_photo, time_runtime  # noqa: E402
+from david_infer.benchmark import machine, synthetic_photo, time_interleaved  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
@@ -87,32 +88,35 @@ def test_image() -> np.ndarray:
 # ------------------------------------------------------------------------------- measuring
 
 
-def measure_point(model: Path, backend: str, resolution: int, batch: int, runs: int, warmup: int,
-                  max_seconds: float, image: np.ndarray) -> Dict[str, Any]:
-    """One runtime, one (resolution, batch) point."""
+def measure_point(files: Dict[str, Path], forms: List[str], resolution: int, batch: int,
+                  args: argparse.Namespace, image: np.ndarray) -> Dict[str, dict]:
+    """One (resolution, batch) point for every form, the forms taking turns run by run."""
+    from contextlib import ExitStack
+
     from david_infer import DavidRuntime
 
-    with DavidRuntime(model, backend=backend, resolution=resolution, batch_size=batch) as runtime:
-        record = time_runtime(runtime, image, batch, runs, warmup, max_seconds)
+    with ExitStack() as stack:
+        runtimes = {form: stack.enter_context(DavidRuntime(files[FORMS[form][0]], backend=FORMS[form][1],
+                                                           resolution=resolution, batch_size=batch))
+                    for form in forms}
+        records = time_interleaved(runtimes, image, batch, args.runs, args.warmup, args.max_seconds)
     gc.collect()
-    return record
+    return records
 
 
-def sweep(points: List[Tuple[str, int, int]], files: Dict[str, Path], args: argparse.Namespace, image: np.ndarray,
-          save: Callable[[List[dict]], None]) -> List[dict]:
-    """Measure every (form, resolution, batch) point, saving after each. Callers order the points so
-    the forms of one resolution or batch run back to back: their ratio sees the same machine load."""
+def sweep(points: List[Tuple[int, int]], forms: List[str], files: Dict[str, Path], args: argparse.Namespace,
+          image: np.ndarray, save: Callable[[List[dict]], None]) -> List[dict]:
+    """Measure every (resolution, batch) point, saving after each."""
     records: List[dict] = []
-    for form, resolution, batch in points:
-        precision, backend = FORMS[form]
+    for resolution, batch in points:
         t = time.perf_counter()
-        record = measure_point(files[precision], backend, resolution, batch, args.runs, args.warmup,
-                               args.max_seconds, image)
-        record.update(form=form, resolution=resolution)
-        records.append(record)
-        print(f"  {form:<9} {resolution:>5} batch {batch}: median {record['latency']['median_ms']:8.1f} ms "
-              f"(model {record['stages']['model']['median_ms']:8.1f} ms), {record['images_per_s']:.2f} img/s, "
-              f"{record['runs_done']} runs, {time.perf_counter() - t:.0f} s", flush=True)
+        for form, record in measure_point(files, forms, resolution, batch, args, image).items():
+            record.update(form=form, resolution=resolution)
+            records.append(record)
+            print(f"  {form:<9} {resolution:>5} batch {batch}: median {record['latency']['median_ms']:8.1f} ms "
+                  f"(model {record['stages']['model']['median_ms']:8.1f} ms, CPU {record['cpu']['median_ms']:8.1f} ms), "
+                  f"{record['images_per_s']:.2f} img/s, {record['runs_done']} runs", flush=True)
+        print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
         save(records)
     return records
 
@@ -131,6 +135,7 @@ def add_ratios(records: List[dict], key: str) -> List[dict]:
                 entry[f"{form}/torch"] = r["latency"]["median_ms"] / torch_row["latency"]["median_ms"]
                 entry[f"{form}/torch model"] = (r["stages"]["model"]["median_ms"]
                                                 / torch_row["stages"]["model"]["median_ms"])
+                entry[f"{form}/torch cpu"] = r["cpu"]["median_ms"] / torch_row["cpu"]["median_ms"]
         out.append(entry)
     return out
 
@@ -186,42 +191,50 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs while measured), "
         f"ONNX Runtime {m['onnxruntime']}, PyTorch {m['torch']}, Python {m['python']}. Each point: "
-        f"{meta['warmup']} warm-up run(s), then the median of up to {meta['runs']} runs of the whole "
-        "`DavidRuntime` path (preprocess + model + postprocess) on scikit-image's 512x512 astronaut.",
+        f"{meta['warmup']} warm-up run(s) per form, then up to {meta['runs']} runs of the whole `DavidRuntime` "
+        "path (preprocess + model + postprocess) on scikit-image's 512x512 astronaut, the three forms taking "
+        "turns run by run (so load from other jobs falls on all of them alike); medians reported.",
         "",
         "**Size** (params and MACs at 512x512 against the model cards):",
         "",
         gmacs.table(sizes),
         "",
-        "**Latency against resolution** (batch 1, median ms; model = the backend call alone):",
+        "**Latency against resolution** (batch 1; wall ms, model call alone in brackets, and process CPU "
+        "ms, all threads; ratios ORT / PyTorch on wall and on CPU time):",
         "",
     ]
     forms = [f for f in FORMS if any(r["form"] == f for r in latency)]
-    head = "| resolution | " + " | ".join(f"{TITLES[f]} ms (model)" for f in forms) + " | ORT FP32 / torch | ORT FP16 / torch |"
-    lines += [head, "|---:|" + "---:|" * (len(forms) + 2)]
+    others = [f for f in forms if f != "torch"] if "torch" in forms else []
+    head = ("| resolution | " + " | ".join(f"{TITLES[f]}: wall (model) / CPU" for f in forms)
+            + "".join(f" | {TITLES[f].replace('ONNX Runtime', 'ORT')} / torch: wall, CPU" for f in others) + " |")
+    lines += [head, "|---:|" + "---:|" * (len(forms) + len(others))]
     ratios = {r["resolution"]: r for r in add_ratios(latency, "resolution")}
     for res in dict.fromkeys(r["resolution"] for r in latency):
         cells = []
         for form in forms:
             row = next((r for r in latency if r["form"] == form and r["resolution"] == res), None)
-            cells.append(f"{row['latency']['median_ms']:.0f} ({row['stages']['model']['median_ms']:.0f})" if row else "-")
+            cells.append(f"{row['latency']['median_ms']:.0f} ({row['stages']['model']['median_ms']:.0f}) / "
+                         f"{row['cpu']['median_ms']:.0f}" if row else "-")
         ratio = ratios.get(res, {})
-        lines.append(f"| {res} | " + " | ".join(cells) + " | "
-                     + " | ".join(f"{ratio[k]:.2f}" if k in ratio else "-" for k in ("ort-fp32/torch", "ort-fp16/torch"))
-                     + " |")
-    lines += ["", "**Throughput against batch size** (512x512, images/s):", "",
+        for form in others:
+            key = f"{form}/torch"
+            cells.append(f"{ratio[key]:.2f}, {ratio[key + ' cpu']:.2f}" if key in ratio else "-")
+        lines.append(f"| {res} | " + " | ".join(cells) + " |")
+    lines += ["", "**Throughput against batch size** (512x512, images/s on the wall clock; CPU seconds per image):", "",
               "| batch | " + " | ".join(TITLES[f] for f in forms) + " |", "|---:|" + "---:|" * len(forms)]
     for batch in dict.fromkeys(r["batch"] for r in throughput):
         cells = []
         for form in forms:
             row = next((r for r in throughput if r["form"] == form and r["batch"] == batch), None)
-            cells.append(f"{row['images_per_s']:.2f}" if row else "-")
+            cells.append(f"{row['images_per_s']:.2f} ({row['cpu']['median_ms'] / 1e3 / batch:.2f} s)" if row else "-")
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
     lines += ["", "![latency against resolution](benchmarks/results/latency_vs_resolution.png)",
               "![throughput against batch size](benchmarks/results/throughput_vs_batch.png)", ""]
     lines += [f"Note: {n}" for n in notes]
-    lines += ["Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. Timings on a shared 2-core machine "
-              "vary by 10-20 % from run to run; the JSON files beside the plots hold every percentile and the "
+    load = ", ".join(f"{v:.1f}" for v in meta.get("load_average", []))
+    lines += ["Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. This machine's cores are shared "
+              f"with other jobs (1-minute load average at the start and the end of the run: {load}), so wall "
+              "times carry noise; CPU time is the steadier figure. The JSON files beside the plots hold every percentile and the "
               "pre/model/post split. ONNX Runtime's CPU provider has no FP16 kernels for most ops and wraps them "
               "in casts (benchmarks/ort_fp16_kernels.py), so the FP16 graph is for GPUs and TensorRT, not for CPUs."]
     return "\n".join(lines).rstrip() + "\n"
@@ -269,7 +282,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     forms = [f for f in args.forms.split(",") if f]
     cache = args.cache or zoo.home() / "bench"
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "variant": args.variant, "task": args.task,
-            "runs": args.runs, "warmup": args.warmup, "machine": machine()}
+            "runs": args.runs, "warmup": args.warmup, "machine": machine(),
+            "load_average": [os.getloadavg()[0]]}
     print(f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores", flush=True)
 
     sizes = gmacs.measure([(512, 512)])
@@ -278,12 +292,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     image = test_image()
 
     print("latency against resolution:", flush=True)
-    latency = sweep([(f, r, 1) for r in resolutions for f in forms], files, args, image,
+    latency = sweep([(r, 1) for r in resolutions], forms, files, args, image,
                     lambda recs: write_json("latency_vs_resolution.json",
                                             {**meta, "records": recs, "ratios": add_ratios(recs, "resolution")},
                                             args.out))
     print("throughput against batch size at 512:", flush=True)
-    throughput = sweep([(f, 512, b) for b in batches for f in forms], files, args, image,
+    throughput = sweep([(512, b) for b in batches], forms, files, args, image,
                        lambda recs: write_json("throughput_vs_batch.json",
                                                {**meta, "records": recs, "ratios": add_ratios(recs, "batch")},
                                                args.out))
@@ -294,6 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plot(throughput, "batch", lambda r: r["images_per_s"], "images / s",
              f"DAViD {args.variant} {args.task} at 512x512", args.out / "throughput_vs_batch.png"),
     ) if n]
+    meta["load_average"] = [meta["load_average"][0], os.getloadavg()[0]]
     body = markdown(meta, sizes, latency, throughput, notes)
     from david_infer.manifest import atomic_write_bytes
 

@@ -9,7 +9,8 @@ images through the runtime's three public stages, each timed on its own clock:
 - postprocess: `runtime.postprocess` of every image (resize back, crop, normalise).
 
 Latency is the sum of the three per run; images/s = batch / median latency. Percentiles use
-numpy's linear interpolation, so p50 <= p90 <= p99 always holds.
+numpy's linear interpolation, so p50 <= p90 <= p99 always holds. The process CPU time of each run
+is recorded too: on a machine shared with other jobs it is inflated far less than wall time.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def stats(seconds: Sequence[float]) -> Dict[str, float]:
 
 
 def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
-    """Push one batch through preprocess -> infer -> postprocess; seconds spent in each stage."""
+    """Push one batch through preprocess -> infer -> postprocess; seconds spent in each stage, and
+    under "cpu" the process CPU time (all threads) the batch took."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     staged = [runtime.preprocess(image, name=f"bench[{i}]") for i, image in enumerate(images)]
     t1 = time.perf_counter()
@@ -48,7 +51,36 @@ def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
     for (decoded, prepared), out in zip(staged, outputs):
         runtime.postprocess(decoded, prepared, out)
     t3 = time.perf_counter()
-    return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2}
+    return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "cpu": time.process_time() - c0}
+
+
+class Recorder:
+    """Collects the splits of repeated runs of one batch size and summarises them."""
+
+    def __init__(self, batch: int, warmup: int) -> None:
+        self.batch, self.warmup = batch, warmup
+        self.per_stage: Dict[str, List[float]] = {s: [] for s in STAGES}
+        self.totals: List[float] = []
+        self.cpu: List[float] = []
+
+    def add(self, split: Dict[str, float]) -> None:
+        for stage in STAGES:
+            self.per_stage[stage].append(split[stage])
+        self.totals.append(sum(split[s] for s in STAGES))
+        self.cpu.append(split["cpu"])
+
+    def summary(self) -> Dict[str, Any]:
+        latency = stats(self.totals)
+        return {
+            "batch": self.batch,
+            "runs_done": len(self.totals),
+            "warmup": self.warmup,
+            "latency": latency,
+            "stages": {stage: stats(values) for stage, values in self.per_stage.items()},
+            "cpu": stats(self.cpu),  # process CPU seconds per batch: inflated less by other load
+            "images_per_s": self.batch / (latency["median_ms"] / 1e3),
+            "ms_per_image": latency["median_ms"] / self.batch,
+        }
 
 
 def time_runtime(
@@ -63,33 +95,36 @@ def time_runtime(
 
     `max_seconds` stops the timed runs early (after at least one) once that much time has passed,
     so a slow point on a slow machine cannot run for ever; `runs_done` says how many ran.
-    Returns latency stats per batch (ms), per stage, images/s and per-image latency.
+    Returns latency stats per batch (ms), per stage, CPU time, images/s and per-image latency.
     """
+    return time_interleaved({"_": runtime}, image, batch, runs, warmup, max_seconds)["_"]
+
+
+def time_interleaved(
+    runtimes: Dict[str, Any],
+    image: np.ndarray,
+    batch: int = 1,
+    runs: int = 10,
+    warmup: int = 2,
+    max_seconds: Optional[float] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Like `time_runtime` for several runtimes at once, taking turns run by run, so that load from
+    other processes that comes and goes falls on all of them alike (fairer ratios on a shared
+    machine). Returns name -> record."""
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     images = [image] * batch
-    for _ in range(warmup):
-        run_once(runtime, images)
-    per_stage: Dict[str, List[float]] = {s: [] for s in STAGES}
-    totals: List[float] = []
+    for runtime in runtimes.values():
+        for _ in range(warmup):
+            run_once(runtime, images)
+    recorders = {name: Recorder(batch, warmup) for name in runtimes}
     start = time.perf_counter()
     for _ in range(runs):
-        split = run_once(runtime, images)
-        for stage, seconds in split.items():
-            per_stage[stage].append(seconds)
-        totals.append(sum(split.values()))
+        for name, runtime in runtimes.items():
+            recorders[name].add(run_once(runtime, images))
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    latency = stats(totals)
-    return {
-        "batch": batch,
-        "runs_done": len(totals),
-        "warmup": warmup,
-        "latency": latency,
-        "stages": {stage: stats(values) for stage, values in per_stage.items()},
-        "images_per_s": batch / (latency["median_ms"] / 1e3),
-        "ms_per_image": latency["median_ms"] / batch,
-    }
+    return {name: rec.summary() for name, rec in recorders.items()}
 
 
 def machine() -> Dict[str, Any]:
