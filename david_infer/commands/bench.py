@@ -2,7 +2,8 @@
 
 Reports the median, p90 and p99 latency of one batch, images per second, and the split between
 preprocessing, the model call and postprocessing (the runtime's three stages, each timed on its
-own). With several backends, each one's median latency is also given as a ratio to the first
+own), and the process CPU time. With several backends, they take turns run by run (so load from
+other jobs falls on all alike) and each one's median latency is given as a ratio to the first
 backend's. The input is an in-memory picture (--image FILE, or a synthetic 1280x720 portrait), so
 file decoding is not timed.
 
@@ -33,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import machine, synthetic_photo, time_runtime
+    from contextlib import ExitStack
+
+    from ..benchmark import machine, synthetic_photo, time_interleaved
     from ..inputs import decode
     from ..runtime import DavidRuntime
 
@@ -47,13 +50,16 @@ def run(args: argparse.Namespace) -> int:
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
     print(_header())
-    for backend in backends:
-        for resolution in resolutions:
-            with DavidRuntime(path, backend=backend, device=args.device, resolution=resolution,
-                              batch_size=max(batches)) as runtime:
-                for batch in batches:
-                    record = time_runtime(runtime, image, batch, args.runs, args.warmup)
-                    record.update(backend=runtime.backend, resolution=resolution)
+    for resolution in resolutions:
+        with ExitStack() as stack:
+            runtimes = {}
+            for backend in backends:
+                runtime = stack.enter_context(DavidRuntime(path, backend=backend, device=args.device,
+                                                           resolution=resolution, batch_size=max(batches)))
+                runtimes[runtime.backend] = runtime
+            for batch in batches:
+                for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
+                    record.update(backend=name, resolution=resolution)
                     results.append(record)
                     print(_row(record), flush=True)
     ratios = ratio_table(results)
@@ -90,14 +96,14 @@ def ratio_table(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def _header() -> str:
     return (f"{'backend':<12} {'res':>5} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'img/s':>7} {'pre ms':>8} {'model ms':>9} {'post ms':>8}")
+            f"{'img/s':>7} {'pre ms':>8} {'model ms':>9} {'post ms':>8} {'CPU ms':>9}")
 
 
 def _row(r: Dict[str, Any]) -> str:
     lat, st = r["latency"], r["stages"]
     return (f"{r['backend']:<12} {r['resolution']:>5} {r['batch']:>5} {lat['median_ms']:>10.1f} {lat['p90_ms']:>9.1f} "
             f"{lat['p99_ms']:>9.1f} {r['images_per_s']:>7.2f} {st['preprocess']['median_ms']:>8.1f} "
-            f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f}")
+            f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f} {r['cpu']['median_ms']:>9.1f}")
 
 
 def _ratio_lines(ratios: List[Dict[str, Any]]) -> List[str]:
