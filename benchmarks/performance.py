@@ -234,7 +234,8 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
     load = ", ".join(f"{v:.1f}" for v in meta.get("load_average", []))
     lines += ["Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. This machine's cores are shared "
               f"with other jobs (1-minute load average at the start and the end of the run: {load}), so wall "
-              "times carry noise; CPU time is the steadier figure. The JSON files beside the plots hold every percentile and the "
+              "times carry noise; CPU time is inflated less by the load, but ONNX Runtime's worker threads "
+              "spin while they wait, which counts as CPU time, so its CPU figure overstates the work done. The JSON files beside the plots hold every percentile and the "
               "pre/model/post split. ONNX Runtime's CPU provider has no FP16 kernels for most ops and wraps them "
               "in casts (benchmarks/ort_fp16_kernels.py), so the FP16 graph is for GPUs and TensorRT, not for CPUs."]
     return "\n".join(lines).rstrip() + "\n"
@@ -274,7 +275,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="folder for the exported graphs")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    p.add_argument("--from-json", action="store_true",
+                   help="measure nothing: redraw the plots, performance.md and the README from the JSON in --out")
     args = p.parse_args(argv)
+    if args.from_json:
+        return report_from_json(args)
     resolutions = [int(v) for v in args.resolutions.split(",")]
     batches = [int(v) for v in args.batches.split(",")]
     if args.quick:
@@ -301,17 +306,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                        lambda recs: write_json("throughput_vs_batch.json",
                                                {**meta, "records": recs, "ratios": add_ratios(recs, "batch")},
                                                args.out))
-    notes = [n for n in (
-        plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",
-             f"DAViD {args.variant} {args.task}, batch 1, {meta['machine']['cpu']}",
-             args.out / "latency_vs_resolution.png", log_y=True),
-        plot(throughput, "batch", lambda r: r["images_per_s"], "images / s",
-             f"DAViD {args.variant} {args.task} at 512x512", args.out / "throughput_vs_batch.png"),
-    ) if n]
     meta["load_average"] = [meta["load_average"][0], os.getloadavg()[0]]
-    body = markdown(meta, sizes, latency, throughput, notes)
+    write_json("throughput_vs_batch.json", {**meta, "records": throughput, "ratios": add_ratios(throughput, "batch")},
+               args.out)
+    return report(meta, sizes, latency, throughput, args)
+
+
+def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
+           args: argparse.Namespace) -> int:
+    """Plots, performance.md and (unless --no-readme) the README section."""
     from david_infer.manifest import atomic_write_bytes
 
+    notes = [n for n in (
+        plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",
+             f"DAViD {meta['variant']} {meta['task']}, batch 1, {meta['machine']['cpu']}",
+             args.out / "latency_vs_resolution.png", log_y=True),
+        plot(throughput, "batch", lambda r: r["images_per_s"], "images / s",
+             f"DAViD {meta['variant']} {meta['task']} at 512x512", args.out / "throughput_vs_batch.png"),
+    ) if n]
+    body = markdown(meta, sizes, latency, throughput, notes)
     atomic_write_bytes(args.out / "performance.md", ("# Performance\n\n" + body).encode())
     if not args.no_readme:
         replace_section(README, body)
@@ -319,6 +332,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         print(f"results in {args.out} (README not touched)", flush=True)
     return 0
+
+
+def report_from_json(args: argparse.Namespace) -> int:
+    """`report` from the JSON files a full run left in --out."""
+    def load(name: str) -> Dict[str, Any]:
+        try:
+            return json.loads((args.out / name).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--from-json: cannot read {args.out / name} ({exc}); run a measurement first")
+
+    sizes, latency, throughput = (load(n) for n in ("params_macs.json", "latency_vs_resolution.json",
+                                                    "throughput_vs_batch.json"))
+    meta = {k: v for k, v in throughput.items() if k not in ("records", "ratios")}
+    return report(meta, sizes["records"], latency["records"], throughput["records"], args)
 
 
 if __name__ == "__main__":
