@@ -170,7 +170,12 @@ def plot(records: List[dict], key: str, value: Callable[[dict], float], ylabel: 
     ax.set_title(title, fontsize=10)
     ax.set_xticks(sorted({r[key] for r in records}))
     if log_y:
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -319,7 +324,7 @@ def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], through
 
     notes = [n for n in (
         plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",
-             f"DAViD {meta['variant']} {meta['task']}, batch 1, {meta['machine']['cpu']}",
+             f"DAViD {meta['variant']} {meta['task']}, batch 1, {meta['machine']['cpu'].split(' (')[0]}",
              args.out / "latency_vs_resolution.png", log_y=True),
         plot(throughput, "batch", lambda r: r["images_per_s"], "images / s",
              f"DAViD {meta['variant']} {meta['task']} at 512x512", args.out / "throughput_vs_batch.png"),
