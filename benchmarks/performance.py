@@ -274,7 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--resolutions", default="256,384,512,768,1024")
     p.add_argument("--batches", default="1,2,4")
     p.add_argument("--runs", type=int, default=3, help="timed runs per point (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per point (default 1)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up runs per point and form (default 2)")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a point's timed runs after this long")
     p.add_argument("--forms", default=",".join(FORMS), help=f"which of {', '.join(FORMS)}")
     p.add_argument("--cache", type=Path, default=None, help="folder for the exported graphs")
