@@ -20,6 +20,12 @@ COMMANDS = {
     "download": ("download", "download released DAViD models into the cache"),
     "build-engine": ("build_engine", "build a TensorRT engine (+ sidecar manifest) from an ONNX export"),
     "verify": ("verify", "compare an exported ONNX file with the PyTorch model"),
+    "predict": ("predict", "run a model on images, folders or globs and write depth/normal/mask files"),
+    "bench": ("bench", "time a model: latency percentiles, images/s, pre/model/post split, backend ratios"),
+    "info": ("info", "describe a model or engine file: manifest, inputs, outputs, size, SHA-256"),
+    "relight": ("relight", "relight a photo from its predicted normals"),
+    "background": ("background", "replace a photo's background using the predicted mask"),
+    "pointcloud": ("pointcloud", "write a photo's 2.5D point cloud (PLY) from its predicted depth"),
 }
 
 

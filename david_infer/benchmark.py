@@ -1,0 +1,156 @@
+"""Timing a `DavidRuntime`: warm-up, repeated runs, latency percentiles and the per-stage split.
+
+Used by `david-infer bench` and `benchmarks/performance.py`. One run is one batch of `batch`
+images through the runtime's three public stages, each timed on its own clock:
+
+- preprocess: `runtime.preprocess` of every image (validation, padding, resizing; the image is an
+  in-memory uint8 array, so file decoding is not included),
+- model: `runtime.infer` (the backend call),
+- postprocess: `runtime.postprocess` of every image (resize back, crop, normalise).
+
+Latency is the sum of the three per run; images/s = batch / median latency. Percentiles use
+numpy's linear interpolation, so p50 <= p90 <= p99 always holds. The process CPU time of each run
+is recorded too: on a machine shared with other jobs it is inflated far less than wall time.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+STAGES = ("preprocess", "model", "postprocess")
+
+
+def synthetic_photo(height: int = 1280, width: int = 720, seed: int = 0) -> np.ndarray:
+    """A deterministic (height, width, 3) uint8 RGB test picture: smooth gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0.5 * np.sin(x / 37.0 + y / 53.0)], axis=2)
+    noisy = base * 200.0 + rng.normal(0.0, 12.0, base.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def stats(seconds: Sequence[float]) -> Dict[str, float]:
+    """median / p90 / p99 / mean / min / max of a list of durations, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"median_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+
+
+def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
+    """Push one batch through preprocess -> infer -> postprocess; seconds spent in each stage, and
+    under "cpu" the process CPU time (all threads) the batch took."""
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    staged = [runtime.preprocess(image, name=f"bench[{i}]") for i, image in enumerate(images)]
+    t1 = time.perf_counter()
+    outputs = runtime.infer([prepared for _, prepared in staged])
+    t2 = time.perf_counter()
+    for (decoded, prepared), out in zip(staged, outputs):
+        runtime.postprocess(decoded, prepared, out)
+    t3 = time.perf_counter()
+    return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "cpu": time.process_time() - c0}
+
+
+class Recorder:
+    """Collects the splits of repeated runs of one batch size and summarises them."""
+
+    def __init__(self, batch: int, warmup: int) -> None:
+        self.batch, self.warmup = batch, warmup
+        self.per_stage: Dict[str, List[float]] = {s: [] for s in STAGES}
+        self.totals: List[float] = []
+        self.cpu: List[float] = []
+
+    def add(self, split: Dict[str, float]) -> None:
+        for stage in STAGES:
+            self.per_stage[stage].append(split[stage])
+        self.totals.append(sum(split[s] for s in STAGES))
+        self.cpu.append(split["cpu"])
+
+    def summary(self) -> Dict[str, Any]:
+        latency = stats(self.totals)
+        return {
+            "batch": self.batch,
+            "runs_done": len(self.totals),
+            "warmup": self.warmup,
+            "latency": latency,
+            "stages": {stage: stats(values) for stage, values in self.per_stage.items()},
+            "cpu": stats(self.cpu),  # process CPU seconds per batch: inflated less by other load
+            "images_per_s": self.batch / (latency["median_ms"] / 1e3),
+            "ms_per_image": latency["median_ms"] / self.batch,
+        }
+
+
+def time_runtime(
+    runtime: Any,
+    image: np.ndarray,
+    batch: int = 1,
+    runs: int = 10,
+    warmup: int = 2,
+    max_seconds: Optional[float] = None,
+) -> Dict[str, Any]:
+    """Time `runs` batches of `batch` copies of `image` after `warmup` untimed ones.
+
+    `max_seconds` stops the timed runs early (after at least one) once that much time has passed,
+    so a slow point on a slow machine cannot run for ever; `runs_done` says how many ran.
+    Returns latency stats per batch (ms), per stage, CPU time, images/s and per-image latency.
+    """
+    return time_interleaved({"_": runtime}, image, batch, runs, warmup, max_seconds)["_"]
+
+
+def time_interleaved(
+    runtimes: Dict[str, Any],
+    image: np.ndarray,
+    batch: int = 1,
+    runs: int = 10,
+    warmup: int = 2,
+    max_seconds: Optional[float] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Like `time_runtime` for several runtimes at once, taking turns run by run, so that load from
+    other processes that comes and goes falls on all of them alike (fairer ratios on a shared
+    machine). Returns name -> record."""
+    if batch < 1 or runs < 1 or warmup < 0:
+        raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
+    images = [image] * batch
+    for runtime in runtimes.values():
+        for _ in range(warmup):
+            run_once(runtime, images)
+    recorders = {name: Recorder(batch, warmup) for name in runtimes}
+    start = time.perf_counter()
+    for _ in range(runs):
+        for name, runtime in runtimes.items():
+            recorders[name].add(run_once(runtime, images))
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return {name: rec.summary() for name, rec in recorders.items()}
+
+
+def machine() -> Dict[str, Any]:
+    """The machine and library versions a measurement was taken on."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        if names:
+            cpu = names[0]
+        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+        cpu_flags = [f for f in wanted if f in flags]
+        if cpu_flags:
+            cpu += f" ({', '.join(cpu_flags)})"
+    except OSError:
+        pass
+    info: Dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(), "numpy": np.__version__}
+    for module in ("onnxruntime", "torch"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    return info

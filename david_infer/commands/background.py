@@ -1,0 +1,40 @@
+"""Replace the background behind a person using the predicted soft foreground mask.
+
+The new background is a colour (--color R,G,B), a picture (--image BG, scaled to cover the photo
+and centre-cropped) or the photo itself blurred (--blur RADIUS, in pixels).
+
+    david-infer background photo.jpg -m foreground-base -o out.png --blur 12
+"""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_app_arguments, parse_floats, predict_for_app, save_app_image
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_app_arguments(p, ".png")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--color", metavar="R,G,B", help="a plain colour, 0..255 each")
+    group.add_argument("--image", dest="background_image", metavar="BG", help="a background picture")
+    group.add_argument("--blur", type=float, metavar="R", help="the photo blurred with a Gaussian of radius R pixels")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..apps import replace_background
+    from ..errors import InputError
+    from ..inputs import decode
+
+    blur = 0.0
+    if args.color is not None:
+        background = parse_floats(args.color, 3, "--color")
+        if not all(0 <= c <= 255 for c in background):
+            raise InputError(f"--color: each channel must be in 0..255, got {args.color!r}")
+    elif args.background_image is not None:
+        background = decode(args.background_image).display()
+    else:
+        if args.blur < 0:
+            raise InputError(f"--blur must be >= 0, got {args.blur}")
+        background, blur = "blur", args.blur
+    pred = predict_for_app(args, ["foreground"], "background replacement")
+    return save_app_image(args, replace_background(pred.image, pred.foreground, background, blur))

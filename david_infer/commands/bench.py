@@ -1,0 +1,115 @@
+"""Time a model: warm-up runs, then repeated runs per backend, resolution and batch size.
+
+Reports the median, p90 and p99 latency of one batch, images per second, and the split between
+preprocessing, the model call and postprocessing (the runtime's three stages, each timed on its
+own), and the process CPU time. With several backends, they take turns run by run (so load from
+other jobs falls on all alike) and each one's median latency is given as a ratio to the first
+backend's. The input is an in-memory picture (--image FILE, or a synthetic 1280x720 portrait), so
+file decoding is not timed.
+
+    david-infer bench -m depth-base.onnx --backend onnxruntime,torch --resolution 256,512 --batch 1,4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List
+
+from ..errors import InputError
+from ._common import MODEL_HELP, resolve_model, split_list
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help=MODEL_HELP)
+    p.add_argument("--backend", action="append", metavar="NAMES",
+                   help="backend(s), comma-separated or repeated (default: auto, by file type)")
+    p.add_argument("--resolution", action="append", metavar="NS", help="model resolution(s) (default 512)")
+    p.add_argument("--batch", action="append", metavar="NS", help="batch size(s) (default 1)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per point (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--image", metavar="FILE", help="the picture to time (default: synthetic 1280x720)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from ..benchmark import machine, synthetic_photo, time_interleaved
+    from ..inputs import decode
+    from ..runtime import DavidRuntime
+
+    backends = split_list(args.backend) or ["auto"]
+    resolutions = split_list(args.resolution, int) or [512]
+    batches = split_list(args.batch, int) or [1]
+    if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
+        raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
+                         f"{args.warmup})")
+    path = resolve_model(args.model)
+    image = decode(args.image).display() if args.image else synthetic_photo()
+    results: List[Dict[str, Any]] = []
+    print(_header())
+    for resolution in resolutions:
+        with ExitStack() as stack:
+            runtimes = {}
+            for backend in backends:
+                runtime = stack.enter_context(DavidRuntime(path, backend=backend, device=args.device,
+                                                           resolution=resolution, batch_size=max(batches)))
+                runtimes[runtime.backend] = runtime
+            for batch in batches:
+                for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
+                    record.update(backend=name, resolution=resolution)
+                    results.append(record)
+                    print(_row(record), flush=True)
+    ratios = ratio_table(results)
+    for line in _ratio_lines(ratios):
+        print(line)
+    report = {"model": str(path), "device": args.device, "image_size": list(image.shape[:2]),
+              "runs": args.runs, "warmup": args.warmup, "machine": machine(), "results": results, "ratios": ratios}
+    if args.json:
+        from ..outputs import commit
+
+        data = (json.dumps(report, indent=2) + "\n").encode()
+        commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def ratio_table(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (resolution, batch): each backend's median latency (total and model) over the first backend's."""
+    table = []
+    points = dict.fromkeys((r["resolution"], r["batch"]) for r in results)
+    for resolution, batch in points:
+        rows = [r for r in results if (r["resolution"], r["batch"]) == (resolution, batch)]
+        if len(rows) < 2:
+            continue
+        base = rows[0]
+        table.append({
+            "resolution": resolution, "batch": batch, "baseline": base["backend"],
+            "latency_ratio": {r["backend"]: r["latency"]["median_ms"] / base["latency"]["median_ms"] for r in rows},
+            "model_ratio": {r["backend"]: r["stages"]["model"]["median_ms"] / base["stages"]["model"]["median_ms"]
+                            for r in rows},
+        })
+    return table
+
+
+def _header() -> str:
+    return (f"{'backend':<12} {'res':>5} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'img/s':>7} {'pre ms':>8} {'model ms':>9} {'post ms':>8} {'CPU ms':>9}")
+
+
+def _row(r: Dict[str, Any]) -> str:
+    lat, st = r["latency"], r["stages"]
+    return (f"{r['backend']:<12} {r['resolution']:>5} {r['batch']:>5} {lat['median_ms']:>10.1f} {lat['p90_ms']:>9.1f} "
+            f"{lat['p99_ms']:>9.1f} {r['images_per_s']:>7.2f} {st['preprocess']['median_ms']:>8.1f} "
+            f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f} {r['cpu']['median_ms']:>9.1f}")
+
+
+def _ratio_lines(ratios: List[Dict[str, Any]]) -> List[str]:
+    lines = []
+    for r in ratios:
+        parts = ", ".join(f"{b} {v:.2f}x (model {r['model_ratio'][b]:.2f}x)"
+                          for b, v in r["latency_ratio"].items() if b != r["baseline"])
+        lines.append(f"ratio to {r['baseline']} at {r['resolution']}, batch {r['batch']}: {parts}")
+    return lines

@@ -1,0 +1,151 @@
+"""Describe a model or engine file: manifest, inputs and outputs, size and checksum.
+
+For an .onnx file the inputs and outputs are read from the graph (with onnx when installed, else
+with an ONNX Runtime session); for a TensorRT engine from its sidecar (FILE.engine.json), so no
+GPU or TensorRT is needed. The file's SHA-256 is compared with the one in its manifest or
+sidecar (or, for a downloaded released model, the download record). Exit status 1 when they differ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import ModelError
+from ._common import resolve_model
+
+_ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+               11: "float64", 16: "bfloat16"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="an .onnx file, an .engine/.plan, or a cached released model's name")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(resolve_model(args.file, download=False))  # never a 1 GB download to describe
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 1 if info["sha256_check"].startswith("MISMATCH") else 0
+
+
+def describe(path: Path) -> Dict[str, Any]:
+    """A dict: file, kind, size_bytes, sha256, sha256_check, manifest (or None), inputs, outputs."""
+    from ..manifest import manifest_path, read_manifest, sha256_file
+
+    path = Path(path)
+    if path.is_dir():
+        from ..runtime import resolve_model_path
+
+        path = resolve_model_path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    kind = "tensorrt" if path.suffix in (".engine", ".plan") else "onnx"
+    mpath = manifest_path(path)
+    manifest = read_manifest(mpath) if mpath.exists() else None
+    if kind == "tensorrt":
+        if manifest is None:
+            raise ModelError(f"{path}: no sidecar manifest ({mpath}); a plan cannot be described without "
+                             f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`")
+        inputs, outputs = _tensors(manifest["inputs"]), _tensors(manifest["outputs"])
+    else:
+        inputs, outputs = onnx_io(path)
+    digest = sha256_file(path)
+    expected, source = _recorded_sha256(path, manifest)
+    if expected is None:
+        check = "no recorded SHA-256 to compare with"
+    elif expected == digest:
+        check = f"OK (matches the {source})"
+    else:
+        check = f"MISMATCH: the {source} records {expected}; the file was changed or belongs to another manifest"
+    return {"file": str(path), "kind": kind, "size_bytes": path.stat().st_size, "sha256": digest,
+            "sha256_check": check, "manifest_file": str(mpath) if manifest else None, "manifest": manifest,
+            "inputs": inputs, "outputs": outputs}
+
+
+def _recorded_sha256(path: Path, manifest: Optional[dict]) -> tuple:
+    if manifest is not None and manifest.get("sha256"):
+        return manifest["sha256"], f"manifest {manifest_name(path)}"
+    from .. import zoo
+
+    record = zoo.read_sidecar(path)
+    if record and record.get("sha256"):
+        return record["sha256"], f"download record {zoo.sidecar_path(path).name}"
+    return None, None
+
+
+def manifest_name(path: Path) -> str:
+    from ..manifest import manifest_path
+
+    return manifest_path(path).name
+
+
+def _tensors(entries: List[dict]) -> List[Dict[str, Any]]:
+    return [{"name": e["name"], "shape": list(e.get("shape", [])), "dtype": e.get("dtype", "?")} for e in entries]
+
+
+def onnx_io(path: Path) -> tuple:
+    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}]; symbolic dims are strings."""
+    try:
+        import onnx
+    except ImportError:
+        return _ort_io(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+
+    def entry(value: Any) -> Dict[str, Any]:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tensor.shape.dim]
+        return {"name": value.name, "shape": dims, "dtype": _ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type))}
+
+    initializers = {i.name for i in model.graph.initializer}
+    return ([entry(v) for v in model.graph.input if v.name not in initializers],
+            [entry(v) for v in model.graph.output])
+
+
+def _ort_io(path: Path) -> tuple:
+    from .._optional import require
+
+    ort = require("onnxruntime", "reading an ONNX file's inputs and outputs")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from None
+
+    def entry(v: Any) -> Dict[str, Any]:
+        dtype = v.type[len("tensor("):-1] if v.type.startswith("tensor(") else v.type
+        return {"name": v.name, "shape": [d if d is not None else "?" for d in v.shape],
+                "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype)}
+
+    return [entry(v) for v in session.get_inputs()], [entry(v) for v in session.get_outputs()]
+
+
+def format_info(info: Dict[str, Any]) -> str:
+    """The human-readable description `david-infer info` prints."""
+    lines = [f"file:     {info['file']}", f"kind:     {info['kind']}",
+             f"size:     {info['size_bytes']:,} bytes ({info['size_bytes'] / 1e6:.2f} MB)",
+             f"sha256:   {info['sha256']}", f"check:    {info['sha256_check']}"]
+    m = info["manifest"]
+    if m is None:
+        lines.append("manifest: none (a released file, or not a david-infer export)")
+    else:
+        weights = (m.get("weights") or {}).get("description", "?")
+        lines.append(f"manifest: {info['manifest_file']}")
+        for key in ("variant", "task", "layout", "precision", "opset"):
+            if m.get(key) is not None:
+                lines.append(f"  {key + ':':<11}{m[key]}")
+        lines.append(f"  {'tasks:':<11}{', '.join(m.get('tasks', []))}")
+        lines.append(f"  {'weights:':<11}{weights}")
+        if m.get("tensorrt"):
+            trt = m["tensorrt"]
+            lines.append(f"  {'tensorrt:':<11}{trt.get('version')} on {trt.get('gpu')} (sm {trt.get('compute_capability')}), "
+                         f"hardware compat {trt.get('hardware_compat')}")
+    for title in ("inputs", "outputs"):
+        lines.append(f"{title}:")
+        for t in info[title]:
+            shape = "x".join(str(d) for d in t["shape"])
+            lines.append(f"  {t['name']:<16} {shape:<28} {t['dtype']}")
+    return "\n".join(lines)

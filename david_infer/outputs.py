@@ -1,0 +1,148 @@
+"""Writing result files safely: names that stay inside the output folder, atomic writes, no clobbering.
+
+Naming rule (used by `david-infer predict`): each input gets one *base name* and its files are
+`OUTDIR/<base>.<kind>.<ext>` (for example `photo.depth.png`, `photo.ply`). The base is the input
+file's stem with every character other than letters, digits, `-`, `_` and `.` replaced by `_`,
+leading dots and spaces dropped (so no hidden files and never `.` or `..`), cut to 100 characters,
+`image` when nothing is left. Directory parts of the input (`../`, absolute paths) are never used,
+so no output can land outside OUTDIR. When two or more inputs of one run share a base
+(case-insensitively: `a/x.jpg`, `b/x.png`, `b/X.jpg`), each of them gets `-` and the first 8 hex
+digits of the SHA-256 of its absolute path appended (`x-1a2b3c4d`), which is stable from run to
+run and independent of the input order.
+
+Every file is written to a temporary name in OUTDIR and renamed into place, so a reader never sees
+a half-written file and an interrupted run leaves no partial output. Without `overwrite` an
+existing file is never replaced: the rename is done as a hard link, which fails when the name
+exists (even if another process created it a moment ago).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Sequence, Union
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import make_temp_path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_BASE = 100
+
+
+class OutputExists(InputError):
+    """An output file exists and overwriting was not allowed."""
+
+
+def safe_base(name: str) -> str:
+    """The file-name-safe base for an input's stem (see the module docstring)."""
+    base = _UNSAFE.sub("_", name).lstrip(". ")[:MAX_BASE].rstrip(". ")
+    return base or "image"
+
+
+def path_hash(path: Union[str, Path]) -> str:
+    """First 8 hex digits of the SHA-256 of the absolute form of `path`."""
+    absolute = os.path.abspath(os.fspath(path))
+    return hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def output_bases(inputs: Sequence[Union[str, Path]]) -> List[str]:
+    """One distinct safe base per input (same order); colliding bases get a path-hash suffix."""
+    bases = [safe_base(Path(p).stem if Path(p).suffix else Path(p).name) for p in inputs]
+    counts: Dict[str, int] = {}
+    for base in bases:
+        counts[base.lower()] = counts.get(base.lower(), 0) + 1
+    result = [f"{b}-{path_hash(p)}" if counts[b.lower()] > 1 else b for b, p in zip(bases, inputs)]
+    if len({r.lower() for r in result}) != len(result):  # two spellings of one path: number them too
+        seen: Dict[str, int] = {}
+        for i, r in enumerate(result):
+            n = seen.get(r.lower(), 0)
+            seen[r.lower()] = n + 1
+            if n:
+                result[i] = f"{r}-{n}"
+    return result
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refusing any name that would leave `folder` (defence in depth)."""
+    target = folder / name
+    if os.path.dirname(name) or name in ("", ".", "..") or target.resolve().parent != folder.resolve():
+        raise InputError(f"output name {name!r} would leave the output folder {folder}")
+    return target
+
+
+def check_free(paths: Iterable[Path], overwrite: bool) -> None:
+    """OutputExists naming the first path that exists, unless `overwrite`."""
+    if overwrite:
+        return
+    for path in paths:
+        if os.path.lexists(path):
+            raise OutputExists(f"{path} already exists; pass --overwrite to replace it "
+                               f"(or choose another output folder)")
+
+
+def commit(path: Union[str, Path], write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Write a file atomically: `write(tmp)` fills a temporary file beside `path`, which is then
+    renamed to `path`. Without `overwrite`, OutputExists if `path` exists (checked atomically)."""
+    path = Path(path)
+    if not overwrite:
+        check_free([path], overwrite)
+    try:
+        tmp = make_temp_path(path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc}") from None
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # atomic, and fails if `path` exists
+    except FileExistsError:
+        raise OutputExists(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        check_free([path], False)  # a file system without hard links: check, then rename
+        os.replace(tmp, path)
+
+
+def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
+    """Save an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG, atomically."""
+    from PIL import Image
+
+    a = np.ascontiguousarray(array)
+    if a.dtype == np.uint16 and a.ndim != 2:
+        raise InputError(f"{path}: 16-bit PNGs must be single-channel, got shape {a.shape}")
+    img = Image.fromarray(a)  # uint16 (H, W) -> mode I;16
+    return commit(path, lambda tmp: img.save(tmp, format="PNG"), overwrite)
+
+
+def save_npy(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
+    """Save an array as .npy (no pickles), atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+    return commit(path, write, overwrite)
+
+
+def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
+    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0)."""
+    d = np.asarray(depth, dtype=np.float64)
+    finite = np.isfinite(d)
+    if not finite.any():
+        return np.zeros(d.shape, np.uint16)
+    lo, hi = d[finite].min(), d[finite].max()
+    t = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    return np.rint(np.where(finite, t, 0.0) * 65535.0).astype(np.uint16)
