@@ -29,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import commit
 
     pred = predict_for_app(args, ["depth"], "a point cloud")
-    # the runtime's default depth is inverse (larger = nearer)
     points, colors = point_cloud(pred.image, pred.depth, pred.foreground, fov_deg=args.fov,
-                                 depth_range=(args.near, args.far), mask_threshold=args.mask_threshold, invert=True)
+                                 depth_range=(args.near, args.far), mask_threshold=args.mask_threshold,
+                                 invert=pred.depth_inverse)
     commit(Path(args.output), lambda tmp: write_ply(tmp, points, colors), args.overwrite)
     print(f"wrote {args.output} ({len(points)} points)")
     return 0
