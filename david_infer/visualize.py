@@ -132,7 +132,8 @@ def panel(prediction: Any, labels: bool = True, cmap: str = "viridis",
     `prediction` is any object with the attributes `image` ((H, W, 3) uint8 RGB) and `depth`,
     `normal`, `foreground` (each None when the model has no such task), like
     `david_infer.Prediction`. Tiles, left to right: the image, then each task present (depth and
-    normals masked by the foreground when there is one; the foreground as a tint over the image).
+    normals masked by the foreground when it keeps any pixel (>= 0.5); the foreground as a tint
+    over the image).
     With `labels`, a strip of `label_height(W)` pixels above the tiles names each one; no margins.
 
     Depth is drawn nearer-is-brighter. Which way the prediction's depth runs comes from
@@ -156,15 +157,18 @@ def panel_tiles(prediction: Any, cmap: str = "viridis",
     fg = getattr(prediction, "foreground", None)
     alpha = as_alpha(fg, shape, "prediction.foreground")
     tiles = [("image", image)]
+    # A mask that keeps no pixel (e.g. a random-weight model) would black out depth and normals:
+    # draw them unmasked then, so the panel still shows what the model predicted.
+    shade = alpha if alpha is not None and float(alpha.max()) >= 0.5 else None
     depth = getattr(prediction, "depth", None)
     if depth is not None:
         if inverse_depth is None:
             inverse_depth = bool(getattr(prediction, "depth_inverse", True))
         depth = as_map(depth, "prediction.depth", shape)
-        tiles.append(("depth", colorize_depth(depth, alpha, cmap, inverse=inverse_depth)))
+        tiles.append(("depth", colorize_depth(depth, shade, cmap, inverse=inverse_depth)))
     normal = getattr(prediction, "normal", None)
     if normal is not None:
-        tiles.append(("normal", normals_to_rgb(as_normals(normal, shape, "prediction.normal"), alpha)))
+        tiles.append(("normal", normals_to_rgb(as_normals(normal, shape, "prediction.normal"), shade)))
     if alpha is not None:
         tiles.append(("foreground", overlay_mask(image, alpha)))
     return tiles

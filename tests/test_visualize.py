@@ -159,3 +159,13 @@ def test_panel_rejects_mismatched_or_missing() -> None:
         visualize.panel(_prediction(depth=np.zeros((20, W), np.float32)))
     with pytest.raises(InputError, match="no `image`"):
         visualize.panel(SimpleNamespace(depth=np.zeros((H, W))))
+
+
+def test_panel_empty_mask_does_not_black_out_depth_and_normals() -> None:
+    outputs = _real_outputs()
+    empty = np.zeros((H, W), np.float32)  # a mask keeping no pixel, as a random-weight model gives
+    pred = _prediction(depth=outputs["depth"], normal=outputs["normal"], foreground=empty)
+    out = visualize.panel(pred, labels=False)
+    assert np.array_equal(out[:, W:2 * W], visualize.colorize_depth(pred.depth, None, inverse=True))
+    assert np.array_equal(out[:, 2 * W:3 * W], visualize.normals_to_rgb(pred.normal, None))
+    assert out[:, W:3 * W].std() > 10  # not a flat background
