@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -14,16 +14,19 @@ class Runner(abc.ABC):
 
     #: backend name as given to DavidRuntime(backend=...)
     name: str = ""
+    #: input and output names in graph order (a dict keyed by name also serves); set by subclasses
+    _inputs: Iterable[str] = ()
+    _outputs: Iterable[str] = ()
 
     @property
-    @abc.abstractmethod
     def input_names(self) -> Sequence[str]:
         """Names of the model inputs, in graph order."""
+        return list(self._inputs)
 
     @property
-    @abc.abstractmethod
     def output_names(self) -> Sequence[str]:
         """Names of the model outputs, in graph order."""
+        return list(self._outputs)
 
     @abc.abstractmethod
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -122,15 +122,8 @@ class OnnxRuntimeRunner(Runner):
         self.path = path
         self.input_shapes: Dict[str, Tuple[Any, ...]] = {i.name: _shape(i) for i in session.get_inputs()}
         self.output_shapes: Dict[str, Tuple[Any, ...]] = {o.name: _shape(o) for o in session.get_outputs()}
+        self._inputs = list(self.input_shapes)
         self._outputs = list(self.output_shapes)
-
-    @property
-    def input_names(self) -> Sequence[str]:
-        return list(self.input_shapes)
-
-    @property
-    def output_names(self) -> Sequence[str]:
-        return list(self._outputs)
 
     @property
     def providers(self) -> List[str]:

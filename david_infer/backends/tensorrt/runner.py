@@ -149,14 +149,6 @@ class TensorRTRunner(Runner):
     # -- Runner ---------------------------------------------------------------------------------
 
     @property
-    def input_names(self) -> Sequence[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> Sequence[str]:
-        return list(self._outputs)
-
-    @property
     def profile(self) -> Dict[str, ShapeRange]:
         """Input name -> (min, opt, max) shapes this engine accepts."""
         return dict(self._ranges)

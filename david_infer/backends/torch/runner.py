@@ -70,14 +70,6 @@ class TorchRunner(Runner):
         self._inputs = [i["name"] for i in manifest["inputs"]]
         self._outputs = {o["name"]: (o.get("task", o["name"]), len(o["shape"])) for o in manifest["outputs"]}
 
-    @property
-    def input_names(self) -> Sequence[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> Sequence[str]:
-        return list(self._outputs)
-
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import torch
 
