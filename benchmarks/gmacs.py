@@ -46,8 +46,8 @@ def _deviation(value: float, card: Optional[float]) -> str:
 
 
 def table(records: List[dict]) -> str:
-    head = (f"| variant | task | input | params (M) | card (M) | dev | GMACs | card GMACs | dev |\n"
-            f"|---|---|---|---:|---:|---:|---:|---:|---:|")
+    head = ("| variant | task | input | params (M) | card (M) | dev | GMACs | card GMACs | dev |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|")
     rows = [head]
     for r in records:
         card_p, card_m = MODEL_CARDS[(r["variant"], r["task"])] or (None, None)

@@ -6,7 +6,7 @@ runtime can offer choices from the registry without importing torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Tuple
 
 # Output channels per task; the multi-task model emits them in this order.

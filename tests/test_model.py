@@ -18,7 +18,6 @@ from david_infer.model import (  # noqa: E402
     check_input_shape,
     count_params_and_macs,
     get_config,
-    load_weights,
     save_weights,
 )
 

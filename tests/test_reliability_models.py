@@ -6,7 +6,6 @@ import ast
 import json
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
