@@ -64,17 +64,9 @@ def _export_job(variant: str, task: str, path: str, precision: str, threads: int
     from export import export_onnx
 
     torch.set_num_threads(threads)
-    kwargs: Dict[str, Any] = {}
-    note = ""
-    if precision == "fp16":
-        if "precision" in inspect.signature(export_onnx).parameters:
-            kwargs["precision"] = "fp16"
-        else:
-            note = "export_onnx has no precision option yet: the engine is built from the FP32 graph"
     start = time.perf_counter()
-    manifest = export_onnx(variant, task, path, seed=0, **kwargs)
-    return {"path": path, "precision": manifest.get("precision", "fp32"), "seconds": time.perf_counter() - start,
-            "note": note}
+    manifest = export_onnx(variant, task, path, seed=0, precision=precision)
+    return {"path": path, "precision": manifest["precision"], "seconds": time.perf_counter() - start, "note": ""}
 
 
 def _reused(path: Path) -> Dict[str, Any]:
