@@ -20,7 +20,6 @@ in DIR so a rerun builds faster.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import multiprocessing
 import os
