@@ -19,7 +19,6 @@ Images are (H, W, 3) uint8 RGB; maps (H, W) (or (H, W, 1) / (1, H, W)); normals 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from ._arrays import as_alpha, as_image, as_map, as_normals, blend, to_uint8, unit_vectors
 from .errors import InputError
-from .manifest import make_temp_path
+from .manifest import atomic_write
 
 Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -209,16 +208,13 @@ def write_ply(path: Union[str, Path], points: np.ndarray, colors: Optional[np.nd
     props = "".join(f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields)
     header = f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward the camera)\n" \
              f"element vertex {len(pts)}\n{props}end_header\n"
-    try:
-        tmp = make_temp_path(path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(header.encode("ascii"))
             f.write(vertex.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    try:
+        return atomic_write(path, write)
+    except OSError as exc:  # a missing or read-only folder, a full disk
+        raise InputError(f"cannot write {path}: {exc}") from None

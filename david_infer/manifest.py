@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Union
 
 from .errors import ModelError
 
@@ -69,15 +69,24 @@ def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
+def atomic_write(path: Union[str, Path], write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically.
+
+    On any failure the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = make_temp_path(path, suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    tmp = make_temp_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:

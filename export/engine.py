@@ -25,7 +25,7 @@ from david_infer.backends.tensorrt import _cuda, _trt
 from david_infer.backends.tensorrt.profiles import DEFAULT_MAX_BATCH, ShapeRange, compute_profiles
 from david_infer.backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
 from david_infer.errors import BackendUnavailable, ExportError, InputError, ModelError
-from david_infer.manifest import atomic_write_bytes, make_temp_path, manifest_path, read_manifest, write_manifest
+from david_infer.manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
 
 DEFAULT_WORKSPACE_GB = 8.0
 
@@ -220,12 +220,9 @@ def build_engine(
 
 def _write_plan(output: Path, data: memoryview, sidecar: Dict[str, Any]) -> None:
     """Plan through a temporary name, then the sidecar, then the rename: no half-written plan."""
-    tmp = make_temp_path(output, suffix=".engine.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         write_manifest(manifest_path(output), sidecar)
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(output, write, suffix=".engine.tmp")

@@ -6,6 +6,7 @@ from typing import Dict, List, Union
 
 from .._optional import require
 from ..errors import WeightsError
+from ..manifest import atomic_write
 
 
 def _describe(names: List[str], limit: int = 8) -> str:
@@ -50,11 +51,5 @@ def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # n
 def save_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # noqa: F821
     """Write the model's state dict as safetensors, through a temporary name and an atomic rename."""
     safetensors_torch = require("safetensors.torch", "saving weights")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    try:
-        safetensors_torch.save_file(state, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: safetensors_torch.save_file(state, str(tmp)))
