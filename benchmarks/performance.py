@@ -63,7 +63,7 @@ def exported(cache: Path, variant: str, task: str, precision: str) -> Path:
     if path.exists() and manifest_path(path).exists():
         try:
             m = read_manifest(manifest_path(path))
-            check_sha256(path, m)
+            check_sha256(path, m.get("sha256"))
             if (m.get("weights") or {}).get("seed") == 0 and m.get("precision") == precision:
                 return path
         except ModelError:

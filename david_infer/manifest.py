@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from .errors import ModelError
 
@@ -94,34 +94,31 @@ def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read and minimally validate a manifest; ModelError naming the file otherwise."""
+def read_json(path: Union[str, Path]) -> Any:
+    """The JSON document at `path`; ModelError naming the file if it is missing or unreadable."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"manifest not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelError(f"{path}: not a readable JSON manifest ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a david-infer manifest (missing \"format\": \"{FORMAT}\")")
-    version = data.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ModelError(f"{path}: manifest format_version must be an integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise ModelError(
-            f"{path}: manifest format version {data.get('format_version')} is newer than this "
-            f"david-infer understands ({FORMAT_VERSION}); upgrade david-infer"
-        )
-    for key in ("inputs", "outputs", "tasks"):
-        if key not in data:
-            raise ModelError(f"{path}: manifest lacks the required key {key!r}")
+
+
+def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
+    """A manifest file as a dict, validated by `david_infer.contract.ModelContract` (for tools that
+    rewrite manifests; the runtime works on the contract itself)."""
+    from .contract import ModelContract
+
+    path = Path(path)
+    data = read_json(path)
+    ModelContract.from_dict(path.with_suffix(".onnx") if path.suffix == ".json" else path, data)
     return data
 
 
-def check_sha256(model_path: Union[str, Path], manifest: Dict[str, Any]) -> None:
-    """ModelError if the model file's SHA-256 differs from the one recorded in its manifest."""
-    expected = manifest.get("sha256")
+def check_sha256(model_path: Union[str, Path], expected: Optional[str]) -> None:
+    """ModelError if the model file's SHA-256 differs from `expected` (the one its manifest
+    records; None = nothing recorded, nothing to check)."""
     if expected and sha256_file(model_path) != expected:
         raise ModelError(
             f"{model_path}: SHA-256 does not match its manifest ({manifest_path(model_path)}); "

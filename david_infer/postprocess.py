@@ -27,18 +27,30 @@ _NORMAL_EPS = 1e-12
 
 @dataclass(frozen=True)
 class PostOptions:
-    """Per-task output options (see DavidRuntime)."""
+    """Per-task output options.
+
+    invert_depth: True (default) negates the raw depth so larger = nearer, as the official
+        runtime does; False returns the raw output, larger = farther.
+    normalize_depth: min-max normalise depth to [0, 1] per image (after inversion).
+    foreground_threshold: None for the soft mask, or t in [0, 1] for a 0/1 mask (> t).
+    interpolation: how outputs are resized back: "auto" (the runtime picks "official" with the
+        official pipeline, else "bicubic"), "official" (OpenCV INTER_CUBIC on the padded square,
+        as the official runtime), "bicubic" or "bilinear" (Pillow's antialiased filters).
+    """
 
     invert_depth: bool = True
     normalize_depth: bool = False
     foreground_threshold: Optional[float] = None
-    interpolation: str = "bicubic"
+    interpolation: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
+        if self.interpolation not in INTERPOLATIONS + ("auto",):
             raise InputError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+                f"interpolation must be 'auto' or one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
+        for name in ("invert_depth", "normalize_depth"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         t = self.foreground_threshold
         if t is not None and not (isinstance(t, (int, float)) and 0.0 <= float(t) <= 1.0):
             raise InputError(f"foreground_threshold must be None or a number in [0, 1], got {t!r}")
@@ -70,6 +82,8 @@ def _crop(plane: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def _resize(value: np.ndarray, geometry: Geometry, interpolation: str, finish, pool, unit) -> np.ndarray:
+    if interpolation == "auto":  # a runtime resolves "auto" by its pipeline; alone it is bicubic
+        interpolation = "bicubic"
     if interpolation == "official":
         r, side = geometry.resolution, geometry.side
         wy = cv2_weights(r, side, geometry.top, geometry.height)

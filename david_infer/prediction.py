@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
+ImageSource = Union[np.ndarray, Callable[[], np.ndarray]]
 
-@dataclass
+
+@dataclass(init=False)
 class Prediction:
     """Per-pixel outputs aligned with the input image (H x W, EXIF orientation applied).
 
@@ -25,37 +27,39 @@ class Prediction:
     A task the model lacks is None.
     """
 
-    image: np.ndarray
+    image_source: ImageSource = field(repr=False, compare=False)
     depth: Optional[np.ndarray] = None
     normal: Optional[np.ndarray] = None
     foreground: Optional[np.ndarray] = None
     depth_inverse: bool = True
-    _image: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __init__(self, image: ImageSource, depth: Optional[np.ndarray] = None, normal: Optional[np.ndarray] = None,
+                 foreground: Optional[np.ndarray] = None, depth_inverse: bool = True) -> None:
+        self.image_source = image
+        self.depth, self.normal, self.foreground = depth, normal, foreground
+        self.depth_inverse = depth_inverse
 
     @property
-    def size(self) -> tuple:
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB input image (made on first access when given as a callable)."""
+        if callable(self.image_source):
+            self.image_source = self.image_source()
+        return self.image_source
+
+    @image.setter
+    def image(self, value: ImageSource) -> None:
+        self.image_source = value
+
+    @property
+    def size(self) -> Tuple[int, int]:
         """(height, width) of the input image and of every output."""
         for value in (self.depth, self.foreground, self.normal):
             if value is not None:
-                return tuple(value.shape[:2])
-        return tuple(self.image.shape[:2])
+                return (int(value.shape[0]), int(value.shape[1]))
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
 
     def visualize(self) -> np.ndarray:
         """An (h, w, 3) uint8 RGB panel of the image and every predicted map."""
         from . import visualize
 
         return visualize.panel(self)
-
-
-def _get_image(self: Prediction) -> np.ndarray:
-    if callable(self._image):
-        self._image = self._image()
-    return self._image
-
-
-def _set_image(self: Prediction, value: Union[np.ndarray, Callable[[], np.ndarray]]) -> None:
-    self._image = value
-
-
-# A property over the dataclass field: the generated __init__ assigns through the setter.
-Prediction.image = property(_get_image, _set_image, doc="(H, W, 3) uint8 RGB input image")  # type: ignore[assignment]

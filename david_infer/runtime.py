@@ -10,40 +10,33 @@ The model is our export (an .onnx with its .json manifest beside it), a released
 """
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import inspect
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .backends import get_backend, model_suffixes
+from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
+from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError
 from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
-from .manifest import check_sha256, manifest_path, read_manifest
-from .modelspec import ModelSpec, check_graph, manifest_from_shapes, spec_from_manifest
+from .manifest import check_sha256, manifest_path
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
-from .preprocess import (
-    PIPELINES,
-    Prepared,
-    antialias_prepare,
-    dynamic_resolution,
-    linear_resize_chw,
-    official_prepare,
-)
-
-#: backend name -> package implementing `open_runner(path, manifest, device, **options)`
-BACKENDS: Dict[str, str] = {
-    "onnxruntime": "david_infer.backends.onnxruntime",
-    "torch": "david_infer.backends.torch",
-    "tensorrt": "david_infer.backends.tensorrt",
-}
-_BACKEND_TITLES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch", "tensorrt": "TensorRT"}
-#: model file suffix -> backend chosen by backend="auto"
-AUTO_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, linear_resize_chw, official_prepare
 
 ModelLike = Union[str, "os.PathLike[str]"]
+#: what imap yields per input: the prediction, or the error that input met
+Outcome = Union[Prediction, Exception]
+_POST_FIELDS = tuple(f.name for f in dataclasses.fields(PostOptions))
+_END = object()
 
 
 def resolve_model_path(model: ModelLike) -> Path:
@@ -52,11 +45,12 @@ def resolve_model_path(model: ModelLike) -> Path:
         raise ModelError(f"model must be a path to a model file or folder, got {type(model).__name__}")
     path = Path(model)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix in AUTO_BACKEND and p.is_file())
+        suffixes = model_suffixes()
+        found = sorted(p for p in path.iterdir() if p.suffix in suffixes and p.is_file())
         if len(found) != 1:
             names = ", ".join(p.name for p in found) or "none"
             raise ModelError(
-                f"{path}: expected exactly one model file ({', '.join(AUTO_BACKEND)}) in this folder, "
+                f"{path}: expected exactly one model file ({', '.join(suffixes)}) in this folder, "
                 f"found {len(found)} ({names}); pass the file itself"
             )
         path = found[0]
@@ -67,25 +61,11 @@ def resolve_model_path(model: ModelLike) -> Path:
     return path
 
 
-def load_backend(name: str) -> Any:
-    """The backend package `name` (imported now), or BackendUnavailable."""
-    if name not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {name!r}; expected one of auto, {', '.join(BACKENDS)}")
-    module = BACKENDS[name]
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            raise BackendUnavailable(
-                f"the {_BACKEND_TITLES[name]} backend is not available in this david-infer install "
-                f"({module} is missing)"
-            ) from None
-        raise
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
 
 class DavidRuntime:
@@ -94,31 +74,31 @@ class DavidRuntime:
     Arguments:
         model: an .onnx file (ours with its manifest, or a released file), an .engine/.plan
             (TensorRT backend), or a folder holding exactly one of them.
-        backend: "auto" (onnxruntime for .onnx, tensorrt for .engine/.plan), "onnxruntime",
-            "torch" (the reference PyTorch model from our weights) or "tensorrt".
+        backend: "auto" (by file suffix: onnxruntime for .onnx, tensorrt for .engine/.plan), or a
+            registered backend name ("onnxruntime", "torch", "tensorrt", or your own: see
+            david_infer.backends).
         device: "cpu", "cuda" or "cuda:N". A GPU that cannot be used raises BackendUnavailable;
             nothing falls back to the CPU silently.
         resolution: side of the square the model runs at (a multiple of the model's stride, 16);
             None = the image's own padded size rounded to the stride. Fixed-size (released)
             files run at their size only.
         channel_order: "rgb" or "bgr" (OpenCV) for 3/4-channel numpy arrays.
-        invert_depth: True (default) negates the raw depth so larger = nearer, as the official
-            runtime does; False returns the raw output, larger = farther.
-        normalize_depth: min-max normalise depth to [0, 1] per image (after inversion).
-        foreground_threshold: None for the soft mask, or t in [0, 1] for a 0/1 mask (> t).
-        interpolation: how outputs are resized back: "auto" ("official" with the official
-            pipeline, else "bicubic"), "official" (OpenCV INTER_CUBIC on the padded square, as the
-            official runtime), "bicubic" or "bilinear" (Pillow's antialiased filters).
         pipeline: "auto" ("official" for fixed-size files, else "antialias"), or either explicitly;
             see david_infer.preprocess.
-        batch_size: default batch size of predict_batch.
+        post: a PostOptions (depth direction and normalisation, foreground threshold, output
+            interpolation). Its fields may also be given as keyword arguments (`invert_depth=False`).
+        batch_size: default batch size of predict_batch and imap.
         threads: threads for pre/postprocessing (default: the CPU count, at most 4).
         verify: check the model file's SHA-256 against its manifest.
         max_image_pixels: largest image accepted, width x height (default 100 megapixels,
             david_infer.inputs.MAX_IMAGE_PIXELS; None = no limit of ours). Files are checked from
             their header before decoding, so a decompression bomb is refused without allocating.
-        backend_options: passed to the backend's open_runner (for onnxruntime: providers,
-            cuda_options, intra_op_threads, cache_dir).
+        backend_options: the backend's typed options (e.g. for onnxruntime: providers,
+            cuda_options, intra_op_threads, cache_dir); also accepted as keyword arguments.
+            A name the backend does not know is an InputError listing the valid ones.
+
+    The model contract (`contract`), the device and the workload are validated before the
+    backend opens the model.
     """
 
     def __init__(
@@ -129,60 +109,52 @@ class DavidRuntime:
         resolution: Optional[int] = 512,
         channel_order: str = "rgb",
         *,
-        invert_depth: bool = True,
-        normalize_depth: bool = False,
-        foreground_threshold: Optional[float] = None,
-        interpolation: str = "auto",
         pipeline: str = "auto",
+        post: Optional[PostOptions] = None,
         batch_size: int = 4,
         threads: Optional[int] = None,
         verify: bool = True,
         max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
-        **backend_options: Any,
+        backend_options: Optional[Mapping[str, Any]] = None,
+        **options: Any,
     ) -> None:
+        self.runner: Optional[Runner] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
         self.channel_order = check_channel_order(channel_order)
         self.max_image_pixels = check_max_pixels(max_image_pixels)
-        post = (invert_depth, normalize_depth, foreground_threshold)
-        PostOptions(*post, interpolation if interpolation != "auto" else "bicubic")  # validate early
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _positive_int("batch_size", batch_size)
+        _positive_int("threads", threads, allow_none=True)
+        post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
+        if post is not None and post_kwargs:
+            raise InputError(f"give the postprocessing options either as post= or as keyword arguments "
+                             f"({', '.join(post_kwargs)}), not both")
+        post = post if post is not None else PostOptions(**post_kwargs)
+        if not isinstance(post, PostOptions):
+            raise InputError(f"post must be a david_infer.PostOptions, got {type(post).__name__}")
         self.path = resolve_model_path(model)
-        self.backend = AUTO_BACKEND.get(self.path.suffix) if backend == "auto" else backend
-        if self.backend is None:
-            raise ModelError(
-                f"{self.path}: cannot choose a backend for a {self.path.suffix or 'suffix-less'} file; "
-                f"expected {', '.join(AUTO_BACKEND)} or an explicit backend="
-            )
-        manifest = self._read_manifest(verify)
-        released = manifest is None
-        module = load_backend(self.backend)
-        self.runner = module.open_runner(
-            self.path, manifest, device,
-            **{"resolution": resolution, "max_batch": batch_size, **backend_options},
-        )
+        self.backend = self._choose_backend(backend)
+        backend_cls = get_backend(self.backend)
+        backend_opts = self._backend_options(backend_cls, backend_options, options)
+        loader: Backend = backend_cls(backend_opts)
+        self.device = loader.check_device(parse_device(device))
+        self.contract = self._load_contract(loader, verify)
+        self.resolution = self._check_resolution(resolution)
+        self.pipeline = self._check_pipeline(pipeline)
+        if post.interpolation == "auto":
+            post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
+        self.post_options = post
+        self.batch_size = min(batch_size, self.contract.fixed_batch or batch_size)
+        self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
-            self._configure(manifest, released, resolution, pipeline, interpolation, post)
+            self.contract.check_graph(self.runner.io)
         except BaseException:
-            self.runner.close()  # a refused configuration must not keep a session alive
+            self.runner.close()  # a refused model must not keep a session alive
             raise
-        self.batch_size = min(batch_size, self.spec.fixed_batch or batch_size)
         workers = threads if threads is not None else min(4, os.cpu_count() or 1)
+        self.threads = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None
 
     # ------------------------------------------------------------------ construction helpers
-
-    def _configure(self, manifest: Optional[dict], released: bool, resolution: Optional[int], pipeline: str,
-                   interpolation: str, post: tuple) -> None:
-        if manifest is None:
-            manifest = self._recognise(self.runner)
-        self.manifest = manifest
-        self.spec: ModelSpec = spec_from_manifest(self.path, manifest, released=released)
-        self._check_graph()
-        self.resolution = self._check_resolution(resolution)
-        self.pipeline = self._check_pipeline(pipeline)
-        if interpolation == "auto":
-            interpolation = "official" if self.pipeline == "official" else "bicubic"
-        self.post_options = PostOptions(*post, interpolation)
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "DavidRuntime":
@@ -193,33 +165,42 @@ class DavidRuntime:
             raise BackendUnavailable(f"the model zoo is not available in this install ({exc})") from None
         return cls(zoo.model_path(name), **kwargs)
 
-    def _read_manifest(self, verify: bool) -> Optional[dict]:
-        mpath = manifest_path(self.path)
-        if not mpath.exists():
-            return None
-        manifest = read_manifest(mpath)
-        if verify:
-            check_sha256(self.path, manifest)
-        return manifest
+    def _choose_backend(self, backend: str) -> str:
+        if backend != "auto":
+            return backend
+        chosen = model_suffixes().get(self.path.suffix)
+        if chosen is None:
+            raise ModelError(
+                f"{self.path}: cannot choose a backend for a {self.path.suffix or 'suffix-less'} file; "
+                f"expected {', '.join(model_suffixes())} or an explicit backend="
+            )
+        return chosen
 
-    def _recognise(self, runner: Any) -> dict:
-        """The in-memory manifest of a manifest-less (released) file, from the runner's shapes."""
-        inputs, outputs = getattr(runner, "input_shapes", None), getattr(runner, "output_shapes", None)
-        if inputs is None or outputs is None:
-            raise ModelError(f"{self.path}: no manifest beside it ({manifest_path(self.path)}) and the "
-                             f"{self.backend} backend cannot describe its inputs and outputs")
-        return manifest_from_shapes(self.path, inputs, outputs)
+    def _backend_options(self, backend_cls: type, given: Optional[Mapping[str, Any]],
+                         extra: Dict[str, Any]) -> BackendOptions:
+        """The backend's typed options from backend_options= and the leftover keyword arguments;
+        a name neither the runtime nor the backend knows is an InputError listing both."""
+        valid = [f.name for f in dataclasses.fields(backend_cls.Options)]
+        unknown = [k for k in extra if k not in valid]
+        if unknown:
+            own = [p for p in inspect.signature(DavidRuntime.__init__).parameters if p not in ("self", "options")]
+            raise InputError(unknown_option_message(f"DavidRuntime (backend {self.backend!r})", unknown,
+                                                    own + list(_POST_FIELDS) + valid))
+        merged = {**dict(given or {}), **extra}
+        return backend_cls.Options.parse(self.backend, merged)
 
-    def _check_graph(self) -> None:
-        """The runner's inputs/outputs against the manifest (names from the Runner interface;
-        shapes where the runner reports them)."""
-        names_in, names_out = list(self.runner.input_names), list(self.runner.output_names)
-        shapes_in = getattr(self.runner, "input_shapes", None) or {}
-        shapes_out = getattr(self.runner, "output_shapes", None) or {}
-        check_graph(self.spec, {n: shapes_in.get(n, ()) for n in names_in}, {n: shapes_out.get(n, ()) for n in names_out})
+    def _load_contract(self, loader: Backend, verify: bool) -> ModelContract:
+        """The contract from the manifest beside the file, or recognised from the graph of a
+        manifest-less (released) file."""
+        if manifest_path(self.path).exists():
+            contract = ModelContract.load(self.path)
+            if verify:
+                check_sha256(self.path, contract.sha256)
+            return contract
+        return ModelContract.recognise(self.path, loader.inspect(self.path))
 
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
-        fixed = self.spec.fixed_resolution
+        fixed = self.contract.fixed_resolution
         if fixed is not None:
             if resolution != fixed:
                 raise InputError(f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed}, "
@@ -227,14 +208,14 @@ class DavidRuntime:
             return fixed
         if resolution is None:
             return None
-        stride = self.spec.stride
-        if not isinstance(resolution, int) or resolution < stride or resolution % stride:
+        stride = self.contract.stride
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < stride or resolution % stride:
             raise InputError(f"resolution must be None or a positive multiple of {stride}, got {resolution!r}")
         return resolution
 
     def _check_pipeline(self, pipeline: str) -> str:
         if pipeline == "auto":
-            return "official" if self.spec.vit_input is None else "antialias"
+            return "official" if self.contract.vit_input is None else "antialias"
         if pipeline not in PIPELINES:
             raise InputError(f"pipeline must be 'auto' or one of {', '.join(PIPELINES)}, got {pipeline!r}")
         return pipeline
@@ -244,7 +225,12 @@ class DavidRuntime:
     @property
     def tasks(self) -> Tuple[str, ...]:
         """Tasks the model predicts, in output order."""
-        return self.spec.tasks
+        return self.contract.tasks
+
+    @property
+    def spec(self) -> ModelContract:
+        """The model contract (an alias of `contract`)."""
+        return self.contract
 
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
@@ -252,20 +238,47 @@ class DavidRuntime:
         outputs = self.infer([prepared])[0]
         return self.postprocess(decoded, prepared, outputs)
 
-    def predict_batch(self, images: Sequence[Any], batch_size: Optional[int] = None) -> List[Prediction]:
-        """Predict a sequence of images, `batch_size` at a time through the backend. Results equal
-        `predict` image by image. Images of different sizes batch together (all run at
-        `resolution`); with resolution=None only same-sized squares share a batch."""
-        size = self.batch_size if batch_size is None else batch_size
-        if not isinstance(size, int) or size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {size!r}")
-        size = min(size, self.spec.fixed_batch or size)
+    def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
+        """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
+        Results equal `predict` image by image; the first input that fails raises its error."""
         results: List[Prediction] = []
-        for chunk in _chunks(list(images), size):
-            staged = [self.preprocess(image, name=f"images[{len(results) + i}]") for i, image in enumerate(chunk)]
-            outputs = self.infer([p for _, p in staged])
-            results.extend(self.postprocess(d, p, o) for (d, p), o in zip(staged, outputs))
+        outcomes = self.imap(images, batch_size=batch_size)
+        try:
+            for _, outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                results.append(outcome)
+        finally:
+            outcomes.close()
         return results
+
+    def imap(
+        self,
+        inputs: Iterable[Any],
+        batch_size: Optional[int] = None,
+        prefetch: Optional[int] = None,
+        load: Optional[Callable[[Any], Any]] = None,
+    ) -> Iterator[Tuple[Any, Outcome]]:
+        """Predict a stream of inputs; yields `(input, Prediction or the Exception it met)` in input
+        order.
+
+        A reader thread decodes and preprocesses ahead into a queue of `prefetch` items (default
+        2 x batch_size), the calling thread runs the model on batches of `batch_size` (inputs
+        of different sizes batch together at a fixed `resolution`; with resolution=None only
+        same-sized squares share a batch), and postprocessing runs in worker threads. Memory
+        stays bounded by the queue and the batches in flight, whatever the number of inputs
+        (`inputs` may be a generator; it is read lazily). `load(input)` (run in the reader
+        thread) turns an input into what `predict` accepts; by default the input itself. An input
+        that fails (decode, model or postprocessing) yields its Exception (naming a path input by
+        its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
+        the reader.
+        """
+        size = self.batch_size if batch_size is None else batch_size
+        _positive_int("batch_size", size)
+        size = min(size, self.contract.fixed_batch or size)
+        depth = 2 * size if prefetch is None else prefetch
+        _positive_int("prefetch", depth)
+        return _BatchStream(self, iter(inputs), size, depth, load)
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
@@ -273,13 +286,13 @@ class DavidRuntime:
         """Decode and validate `image`, and make the model inputs for it."""
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         h, w = decoded.size
-        resolution = self.resolution or dynamic_resolution(h, w, self.spec.stride)
+        resolution = self.resolution or dynamic_resolution(h, w, self.contract.stride)
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
-            if self.spec.vit_input is not None:  # official steps feeding a dynamic graph
-                prepared.image_384 = linear_resize_chw(prepared.image, self.spec.vit_size)
+            if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
+                prepared.image_384 = linear_resize_chw(prepared.image, self.contract.vit_size)
         else:
-            vit = self.spec.vit_size if self.spec.vit_input is not None else None
+            vit = self.contract.vit_size if self.contract.vit_input is not None else None
             prepared = antialias_prepare(decoded, resolution, vit, self._pool)
         return decoded, prepared
 
@@ -297,22 +310,26 @@ class DavidRuntime:
         return results
 
     def _infer_same_size(self, prepared: Sequence[Prepared]) -> List[Dict[str, np.ndarray]]:
-        feeds = {self.spec.image_input: np.stack([p.image for p in prepared])}
-        if self.spec.vit_input is not None:
-            feeds[self.spec.vit_input] = np.stack([p.image_384 for p in prepared])
-        raw = self.runner.infer(feeds)
-        n, side = len(prepared), feeds[self.spec.image_input].shape[-1]
+        contract = self.contract
+        if self.runner is None:
+            raise ModelError(f"{self.path}: the runtime is closed")
+        feeds = {contract.image_input: np.stack([p.image for p in prepared])}
+        if contract.vit_input is not None:
+            feeds[contract.vit_input] = np.stack([p.image_384 for p in prepared])
+        raw = self.runner.run(feeds)
+        n, side = len(prepared), feeds[contract.image_input].shape[-1]
+        names = contract.output_names
         per_task = {}
-        for task in self.spec.tasks:
-            value = np.asarray(raw[self.spec.outputs[task]], dtype=np.float32)
+        for task in contract.tasks:
+            value = np.asarray(raw[names[task]], dtype=np.float32)
             if value.ndim == 3:
                 value = value[:, None]
             channels = 3 if task == "normal" else 1
             if value.shape != (n, channels, side, side):
-                raise ModelError(f"{self.path}: output {self.spec.outputs[task]!r} has shape {value.shape}, "
+                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, "
                                  f"expected {(n, channels, side, side)}")
             per_task[task] = value
-        return [{task: per_task[task][i] for task in self.spec.tasks} for i in range(n)]
+        return [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
 
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
@@ -328,6 +345,7 @@ class DavidRuntime:
             self._pool = None
         if self.runner is not None:
             self.runner.close()
+            self.runner = None
 
     def __enter__(self) -> "DavidRuntime":
         return self
@@ -339,3 +357,152 @@ class DavidRuntime:
         res = self.resolution or "image size"
         return (f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
                 f"resolution={res}, pipeline={self.pipeline!r})")
+
+
+class _Slot:
+    """One input's place in the output order: its prediction's future, or its error."""
+
+    __slots__ = ("item", "future", "error")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.future: Optional["Future[Prediction]"] = None
+        self.error: Optional[Exception] = None
+
+    @property
+    def settled(self) -> bool:
+        return self.error is not None or (self.future is not None and self.future.done())
+
+    def outcome(self) -> Tuple[Any, Outcome]:
+        if self.error is not None:
+            return self.item, self.error
+        assert self.future is not None
+        try:
+            return self.item, self.future.result()
+        except Exception as exc:  # postprocessing failed for this input only
+            return self.item, exc
+
+
+class _BatchStream(Iterator[Tuple[Any, Outcome]]):
+    """The one batching path (`DavidRuntime.imap`): reader thread -> bounded queue -> batches
+    through the model in the consumer's thread -> postprocessing futures -> in-order results."""
+
+    def __init__(self, rt: DavidRuntime, inputs: Iterator[Any], batch_size: int, prefetch: int,
+                 load: Optional[Callable[[Any], Any]]) -> None:
+        self._rt, self._batch_size = rt, batch_size
+        self._ready: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._slots: Deque[_Slot] = deque()
+        self._batch: List[Tuple[_Slot, Decoded, Prepared]] = []
+        self._post = ThreadPoolExecutor(max(1, min(2, rt.threads)), thread_name_prefix="david-imap-post")
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, args=(inputs, load), name="david-imap-reader", daemon=True)
+        self._reader.start()
+
+    # -- reader thread ---------------------------------------------------------------------
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, inputs: Iterator[Any], load: Optional[Callable[[Any], Any]]) -> None:
+        index = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = next(inputs)
+                except StopIteration:
+                    break
+                name = str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]"
+                try:
+                    staged: Any = self._rt.preprocess(load(item) if load else item, name=name)
+                except Exception as exc:  # one bad input must not stop the stream
+                    staged = exc
+                index += 1
+                if not self._put((item, staged)):
+                    return
+        except BaseException as exc:  # the input iterable itself failed: end the stream with it
+            self._put((_END, exc))
+            return
+        self._put((_END, None))
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def __iter__(self) -> "_BatchStream":
+        return self
+
+    def __next__(self) -> Tuple[Any, Outcome]:
+        while True:
+            if self._slots and self._slots[0].settled:
+                return self._slots.popleft().outcome()
+            if self._ended:
+                if self._batch:
+                    self._flush()
+                    continue
+                if not self._slots:
+                    self.close()
+                    raise StopIteration
+                self._slots[0].future.exception()  # type: ignore[union-attr]  # wait for the head
+                continue
+            if self._in_flight() >= 2 * self._batch_size and self._slots[0].future is not None:
+                self._slots[0].future.exception()  # bounded: wait for the head before reading more
+                continue
+            self._take(self._ready.get())
+
+    def _in_flight(self) -> int:
+        return sum(1 for s in self._slots if s.future is not None)
+
+    def _take(self, entry: Tuple[Any, Any]) -> None:
+        item, staged = entry
+        if item is _END:
+            self._ended = True
+            if staged is not None:
+                self.close()
+                raise staged
+            return
+        slot = _Slot(item)
+        self._slots.append(slot)
+        if isinstance(staged, Exception):
+            slot.error = staged
+            return
+        decoded, prepared = staged
+        if self._batch and self._batch[0][2].image.shape != prepared.image.shape:
+            self._flush()  # a different size (resolution=None) cannot share the batch
+        self._batch.append((slot, decoded, prepared))
+        if len(self._batch) >= self._batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            outputs = self._rt.infer([prepared for _, _, prepared in batch])
+        except Exception as exc:
+            for slot, _, _ in batch:
+                slot.error = exc
+            return
+        for (slot, decoded, prepared), out in zip(batch, outputs):
+            slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
+
+    def close(self) -> None:
+        """Stop the reader and the workers (idempotent); called at the end and on early exit."""
+        self._stop.set()
+        while True:  # unblock a reader waiting on a full queue
+            try:
+                self._ready.get_nowait()
+            except queue.Empty:
+                break
+        self._reader.join(timeout=5)
+        self._post.shutdown(wait=True, cancel_futures=True)
+        self._ended = True
+        self._slots.clear()
+        self._batch = []
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()

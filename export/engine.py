@@ -25,6 +25,7 @@ from david_infer.backends.tensorrt import _cuda, _trt
 from david_infer.backends.tensorrt.profiles import DEFAULT_MAX_BATCH, ShapeRange, compute_profiles
 from david_infer.backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
 from david_infer.errors import BackendUnavailable, ExportError, InputError, ModelError
+from david_infer.contract import ModelContract
 from david_infer.manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
 
 DEFAULT_WORKSPACE_GB = 8.0
@@ -175,13 +176,14 @@ def build_engine(
     if not workspace_gb > 0:
         raise InputError(f"--workspace {workspace_gb} GB must be positive")
     manifest = _check_paths(onnx_path, output, cache_path)
-    profiles = compute_profiles(manifest, min_hw, opt_hw, max_hw, max_batch=max_batch)
+    contract = ModelContract.from_dict(onnx_path, manifest)
+    profiles = compute_profiles(contract, min_hw, opt_hw, max_hw, max_batch=max_batch)
 
     trt = _trt.tensorrt("building TensorRT engines")
     gpu, cc = _cuda.device_info(device)
     _cuda.set_device(device)
     plan = plan_precision(
-        manifest.get("precision", "fp32"),
+        contract.precision,
         hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"),
         hasattr(trt.BuilderFlag, "FP16"),
         trt.__version__,

@@ -218,7 +218,7 @@ def verify_onnx(
     if not path.is_file():
         raise ModelError(f"ONNX file not found: {path}")
     manifest = read_manifest(manifest_path(path))
-    check_sha256(path, manifest)
+    check_sha256(path, manifest.get("sha256"))
     layout, precision = manifest.get("layout", "dynamic"), manifest.get("precision", "fp32")
     points = check_points(manifest["variant"], layout, resolutions, batches)
     if tolerance is None:

@@ -51,3 +51,14 @@ def tiny_runtime(tiny_multitask_onnx: Path):
     runtime = DavidRuntime(tiny_multitask_onnx, resolution=64)
     yield runtime
     runtime.close()
+
+
+@pytest.fixture(scope="session")
+def official_onnx(exported_dir: Path) -> Path:
+    """The tiny multi-task model (same seed as tiny_multitask_onnx) in the released files' layout."""
+    from export import export_onnx
+
+    path = exported_dir / "tiny-multitask-official.onnx"
+    if not path.exists():
+        export_onnx("tiny", "multitask", path, layout="official", seed=0)
+    return path

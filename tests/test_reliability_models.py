@@ -133,13 +133,13 @@ def _edit(manifest: Dict[str, Any], edit: str) -> Dict[str, Any]:
     ("version_null", r"m\.json: manifest format_version must be an integer, got None"),
     ("version_future", r"m\.json: manifest format version 99 is newer .*upgrade david-infer"),
     ("no_outputs", r"m\.json: manifest lacks the required key 'outputs'"),
-    ("inputs_number", r"m\.onnx: manifest lacks input/output descriptions"),
-    ("outputs_strings", r"m\.onnx: manifest lacks input/output descriptions"),
-    ("names_not_strings", r"m\.onnx: manifest input/output names must be strings"),
-    ("stride_zero", r"m\.onnx: manifest preprocessing 'stride' must be a positive integer, got 0"),
-    ("stride_text", r"m\.onnx: manifest preprocessing 'stride' must be a positive integer, got '16px'"),
-    ("vit_negative", r"m\.onnx: manifest preprocessing 'vit_size' must be a positive integer, got -384"),
-    ("unknown_tasks", r"m\.onnx: manifest lists no known task"),
+    ("inputs_number", r"m\.json: manifest 'inputs' must be a non-empty list of tensor descriptions"),
+    ("outputs_strings", r"m\.json: manifest outputs\[0\] needs a string \"name\", got 'depth'"),
+    ("names_not_strings", r"m\.json: manifest inputs\[0\] needs a string \"name\""),
+    ("stride_zero", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got 0"),
+    ("stride_text", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got '16px'"),
+    ("vit_negative", r"m\.json: manifest preprocessing 'vit_size' must be a positive integer, got -384"),
+    ("unknown_tasks", r"m\.json: manifest lists no known task"),
 ])
 def test_manifest_wrong_format(tiny_multitask_onnx: Path, tmp_path: Path, edit: str, match: str) -> None:
     path = _place(tmp_path, "m.onnx", tiny_multitask_onnx.read_bytes(), _edit(_manifest(tiny_multitask_onnx), edit))
@@ -252,6 +252,7 @@ def test_matching_dynamic_graph_control(tiny_multitask_onnx: Path, tmp_path: Pat
 def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
     """A file standing for a plan, with a genuine sidecar written by the sidecar module."""
     from david_infer.backends.tensorrt.profiles import compute_profiles
+    from david_infer.contract import ModelContract
     from david_infer.backends.tensorrt.sidecar import build_sidecar
     from david_infer.manifest import write_manifest
 
@@ -259,7 +260,7 @@ def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
     plan.write_bytes(b"serialized plan " * 64)
     manifest = _manifest(tiny_multitask_onnx)
     sidecar = build_sidecar(manifest, plan.name, sha256_file(plan), "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0",
-                            "none", compute_profiles(manifest), "fp32", 1.0)
+                            "none", compute_profiles(ModelContract.from_dict(plan, manifest)), "fp32", 1.0)
     write_manifest(manifest_path(plan), sidecar)
     return plan
 

@@ -40,17 +40,6 @@ def rt(tiny_runtime: DavidRuntime) -> DavidRuntime:
 
 
 @pytest.fixture(scope="module")
-def official_onnx(exported_dir: Path) -> Path:
-    """The tiny multi-task model (same seed as tiny_multitask_onnx) in the released files' layout."""
-    from export import export_onnx
-
-    path = exported_dir / "tiny-multitask-official.onnx"
-    if not path.exists():
-        export_onnx("tiny", "multitask", path, layout="official", seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
 def released_dir(official_onnx: Path, exported_dir: Path) -> Path:
     """Manifest-less copies named like the released files (multi-task and single-task depth)."""
     from export import export_onnx

@@ -28,8 +28,13 @@ from david_infer.backends.tensorrt.sidecar import (
     profile_ranges,
     read_sidecar,
 )
+from david_infer.contract import ModelContract
 from david_infer.errors import BackendUnavailable, InputError, ModelError
 from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+
+def _contract(manifest: Dict[str, Any]) -> ModelContract:
+    return ModelContract.from_dict(Path("m.onnx"), manifest)
+
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -62,14 +67,14 @@ def test_parse_hw_rejects(text: str) -> None:
 
 
 def test_profiles_default_dynamic(manifests: Dict[str, Any]) -> None:
-    profiles = compute_profiles(manifests["dynamic"])
+    profiles = compute_profiles(_contract(manifests["dynamic"]))
     assert list(profiles) == ["image", "image_384"]
     assert profiles["image"] == ShapeRange((1, 3, 256, 256), (1, 3, 512, 512), (8, 3, 1024, 1024))
     assert profiles["image_384"] == ShapeRange((1, 3, 384, 384), (1, 3, 384, 384), (8, 3, 384, 384))
 
 
 def test_profiles_from_resolutions_and_batch(manifests: Dict[str, Any]) -> None:
-    profiles = compute_profiles(manifests["dynamic"], "384x256", "512x768", "1024x1536", max_batch=4, opt_batch=2)
+    profiles = compute_profiles(_contract(manifests["dynamic"]), "384x256", "512x768", "1024x1536", max_batch=4, opt_batch=2)
     assert profiles["image"] == ShapeRange((1, 3, 384, 256), (2, 3, 512, 768), (4, 3, 1024, 1536))
     assert profiles["image_384"].max == (4, 3, 384, 384)
     assert profiles["image"].contains((3, 3, 400, 1024))
@@ -87,25 +92,27 @@ def test_profiles_from_resolutions_and_batch(manifests: Dict[str, Any]) -> None:
 ])
 def test_profile_errors(manifests: Dict[str, Any], kwargs: Dict[str, Any], match: str) -> None:
     with pytest.raises(InputError, match=match):
-        compute_profiles(manifests["dynamic"], **kwargs)
+        compute_profiles(_contract(manifests["dynamic"]), **kwargs)
 
 
 def test_profiles_of_static_official_graph(manifests: Dict[str, Any]) -> None:
-    profiles = compute_profiles(manifests["official"], max_batch=8)
+    profiles = compute_profiles(_contract(manifests["official"]), max_batch=8)
     assert profiles == {"image": ShapeRange((1, 3, 512, 512), (1, 3, 512, 512), (1, 3, 512, 512))}
-    assert compute_profiles(manifests["official"], "512", "512", "512")["image"].max == (1, 3, 512, 512)
+    assert compute_profiles(_contract(manifests["official"]), "512", "512", "512")["image"].max == (1, 3, 512, 512)
     with pytest.raises(InputError, match=r"fixed input size 512x512.*--max 1024"):
-        compute_profiles(manifests["official"], max_hw="1024")
+        compute_profiles(_contract(manifests["official"]), max_hw="1024")
 
 
-def test_profile_needs_stride(manifests: Dict[str, Any]) -> None:
-    broken = dict(manifests["dynamic"], preprocessing={})
+def test_profile_stride_from_the_contract(manifests: Dict[str, Any]) -> None:
     with pytest.raises(ModelError, match="stride"):
-        compute_profiles(broken)
+        _contract(dict(manifests["dynamic"], preprocessing={"stride": "16px"}))
+    coarse = _contract(dict(manifests["dynamic"], preprocessing={"stride": 32}))
+    with pytest.raises(InputError, match="multiples of 32"):
+        compute_profiles(coarse, "272")
 
 
 def test_ort_shape_strings(manifests: Dict[str, Any]) -> None:
-    profiles = compute_profiles(manifests["dynamic"], "256", "512x384", "1024", max_batch=8)
+    profiles = compute_profiles(_contract(manifests["dynamic"]), "256", "512x384", "1024", max_batch=8)
     assert ort_shape_string(profiles, "min") == "image:1x3x256x256,image_384:1x3x384x384"
     assert ort_shape_string(profiles, "opt") == "image:1x3x512x384,image_384:1x3x384x384"
     assert ort_shape_string(profiles, "max") == "image:8x3x1024x1024,image_384:8x3x384x384"
@@ -124,7 +131,7 @@ def test_check_input_shape_message() -> None:
 
 
 def test_tensorrt_provider_options(manifests: Dict[str, Any], tmp_path: Path) -> None:
-    opts = tensorrt_provider_options(manifests["dynamic"], tmp_path / "cache", resolution=512, max_batch=4)
+    opts = tensorrt_provider_options(_contract(manifests["dynamic"]), tmp_path / "cache", resolution=512, max_batch=4)
     assert opts["trt_profile_min_shapes"] == "image:1x3x512x512,image_384:1x3x384x384"
     assert opts["trt_profile_opt_shapes"] == "image:1x3x512x512,image_384:1x3x384x384"
     assert opts["trt_profile_max_shapes"] == "image:4x3x512x512,image_384:4x3x384x384"
@@ -139,18 +146,18 @@ def test_tensorrt_provider_options(manifests: Dict[str, Any], tmp_path: Path) ->
 
 def test_tensorrt_provider_options_fp16_graph(manifests: Dict[str, Any], tmp_path: Path) -> None:
     fp16 = dict(manifests["dynamic"], precision="fp16")
-    opts = tensorrt_provider_options(fp16, tmp_path, resolution=1024, max_batch=1)
+    opts = tensorrt_provider_options(_contract(fp16), tmp_path, resolution=1024, max_batch=1)
     assert opts["trt_fp16_enable"] is False  # the graph's own types rule (strongly typed)
     assert opts["trt_profile_max_shapes"] == "image:1x3x1024x1024,image_384:1x3x384x384"
 
 
 def test_tensorrt_provider_options_errors(manifests: Dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="multiples of 16"):
-        tensorrt_provider_options(manifests["dynamic"], tmp_path, resolution=500, max_batch=1)
+        tensorrt_provider_options(_contract(manifests["dynamic"]), tmp_path, resolution=500, max_batch=1)
     with pytest.raises(InputError, match="--max-batch"):
-        tensorrt_provider_options(manifests["dynamic"], tmp_path, resolution=512, max_batch=0)
+        tensorrt_provider_options(_contract(manifests["dynamic"]), tmp_path, resolution=512, max_batch=0)
     with pytest.raises(InputError, match="fixed input size 512x512"):
-        tensorrt_provider_options(manifests["official"], tmp_path, resolution=1024, max_batch=1)
+        tensorrt_provider_options(_contract(manifests["official"]), tmp_path, resolution=1024, max_batch=1)
 
 
 # -- engine precision plan ----------------------------------------------------------------------
@@ -176,7 +183,7 @@ def test_precision_plan_per_tensorrt_version() -> None:
 
 def _sidecar(manifest: Dict[str, Any], plan: Path, version: str = "10.9.0.34", cc: str = "8.0",
              compat: str = "none") -> Dict[str, Any]:
-    profiles = compute_profiles(manifest)
+    profiles = compute_profiles(_contract(manifest))
     sidecar = build_sidecar(manifest, plan.name, sha256_file(plan), version, "NVIDIA A100-SXM4-80GB", cc,
                             compat, profiles, "fp16", 12.5)
     write_manifest(manifest_path(plan), sidecar)
@@ -205,7 +212,7 @@ def test_sidecar_written_and_read(manifests: Dict[str, Any], plan: Path) -> None
     # The ONNX manifest's contract travels with the engine.
     for key in ("inputs", "outputs", "tasks", "preprocessing", "postprocessing", "weights", "variant"):
         assert side[key] == manifests["dynamic"][key]
-    assert profile_ranges(side) == compute_profiles(manifests["dynamic"])
+    assert profile_ranges(side) == compute_profiles(_contract(manifests["dynamic"]))
     check_compatible(side, "10.9.0.34", "8.0", plan)
     check_plan_sha256(plan, side)
 
@@ -319,7 +326,7 @@ def test_open_runner_without_tensorrt(manifests: Dict[str, Any], plan: Path) -> 
         open_runner(plan, None, "cuda")
     with pytest.raises(InputError, match='device must be "cuda"'):
         open_runner(plan, None, "cpu")
-    with pytest.raises(InputError, match="no options"):
+    with pytest.raises(InputError, match="tensorrt backend takes no option 'threads'; valid options: none"):
         open_runner(plan, None, "cuda", threads=2)
     with pytest.raises(ModelError, match="engine file not found"):
         open_runner(plan.with_name("absent.engine"), None, "cuda")

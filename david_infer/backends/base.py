@@ -1,36 +1,137 @@
-"""The interface every backend runner implements (after Polygraphy's loader/runner split)."""
+"""The whole interface a backend implements (after Polygraphy's loader/runner split).
+
+A backend is two classes:
+
+- a `Backend` (the loader): a name, the file suffixes it opens with `backend="auto"`, the device
+  kinds it runs on, its typed `Options`, and `open(contract, device, workload) -> Runner`. It may
+  also `inspect(path) -> GraphIO` so that a manifest-less (released) file can be recognised from
+  its graph;
+- a `Runner`: `io` (names, shapes with symbolic dims, dtypes), `run(feeds) -> dict` (the model
+  call alone, so timing it times the backend), `close()`.
+
+The runtime validates the model contract, the device and the workload (resolution, largest batch)
+before `open` is called, and hands the backend those typed objects, never a manifest dict.
+Register a backend with `david_infer.backends.register_backend` or the `david_infer.backends`
+entry-point group (see that package).
+"""
 from __future__ import annotations
 
 import abc
-from typing import Dict, Iterable, Mapping, Sequence
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
+from ..contract import GraphIO, ModelContract
+from ..errors import BackendUnavailable, InputError, ModelError
+
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+class DeviceError(InputError, BackendUnavailable):
+    """A device string that names no device, or a device this backend cannot run on."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A parsed device: kind "cpu" or "cuda", and the CUDA device index."""
+
+    kind: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def parse_device(device: Any) -> Device:
+    """"cpu" -> Device("cpu"); "cuda", "gpu", "cuda:N" -> Device("cuda", N); DeviceError otherwise."""
+    if isinstance(device, Device):
+        return device
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return Device("cpu")
+    if text in ("cuda", "gpu"):
+        return Device("cuda", 0)
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return Device("cuda", int(text[5:]))
+    raise DeviceError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the runtime will send, validated against the contract before a runner is opened:
+    `resolution` (the square side images run at; None = each image's own size, within the
+    contract's stride) and `max_batch` (the largest batch)."""
+
+    resolution: Optional[int]
+    max_batch: int
+
+
+OptionsT = TypeVar("OptionsT", bound="BackendOptions")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Base of each backend's typed options (a frozen dataclass; fields are the options).
+
+    `parse` turns keyword arguments into the dataclass; an unknown or misspelled name is an
+    InputError naming the valid ones, and subclasses check values in `__post_init__`."""
+
+    @classmethod
+    def parse(cls: Type[OptionsT], backend: str, options: Mapping[str, Any]) -> OptionsT:
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            raise InputError(unknown_option_message(f"the {backend} backend", unknown, valid))
+        return cls(**options)
+
+
+def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
+    """"what takes no option 'x' (did you mean 'y'?); valid: ..." for misspelled keyword arguments."""
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(valid), n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    listed = ", ".join(valid) or "none"
+    return f"{what} takes no option {', '.join(parts)}; valid options: {listed}"
+
+
+def positive_int(owner: str, name: str, value: Any) -> None:
+    """InputError unless `value` is None or a positive int (for options' __post_init__)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{owner}: {name} must be a positive integer or None, got {value!r}")
+
 
 class Runner(abc.ABC):
-    """Runs one loaded model. `infer` does the model call only (no pre/post-processing), so timing
-    it times the backend alone. Runners must be safe to call from several threads at once, or
-    serialise internally."""
+    """Runs one loaded model. `run` does the model call only (no pre/post-processing). Runners
+    must be safe to call from several threads at once, or serialise internally."""
 
     #: backend name as given to DavidRuntime(backend=...)
-    name: str = ""
-    #: input and output names in graph order (a dict keyed by name also serves); set by subclasses
-    _inputs: Iterable[str] = ()
-    _outputs: Iterable[str] = ()
+    name: ClassVar[str] = ""
 
     @property
-    def input_names(self) -> Sequence[str]:
-        """Names of the model inputs, in graph order."""
-        return list(self._inputs)
+    @abc.abstractmethod
+    def io(self) -> GraphIO:
+        """The loaded graph's inputs and outputs (names in graph order, shapes, dtypes)."""
 
     @property
-    def output_names(self) -> Sequence[str]:
-        """Names of the model outputs, in graph order."""
-        return list(self._outputs)
+    def input_names(self) -> Tuple[str, ...]:
+        return self.io.input_names
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        return self.io.output_names
 
     @abc.abstractmethod
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the model on float32 NCHW arrays keyed by input name; return outputs keyed by name."""
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Alias of `run` (the name of earlier releases)."""
+        return self.run(feeds)
 
     def close(self) -> None:
         """Release sessions, engines and device memory. Idempotent."""
@@ -40,3 +141,41 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Backend(abc.ABC):
+    """The loader side of a backend: turns a validated contract into a `Runner`."""
+
+    #: name as given to DavidRuntime(backend=...)
+    name: ClassVar[str] = ""
+    #: human-readable name for messages
+    title: ClassVar[str] = ""
+    #: model file suffixes `backend="auto"` opens with this backend
+    suffixes: ClassVar[Tuple[str, ...]] = ()
+    #: device kinds this backend runs on
+    devices: ClassVar[Tuple[str, ...]] = ("cpu",)
+    #: the typed options (a BackendOptions dataclass)
+    Options: ClassVar[Type[BackendOptions]] = BackendOptions
+
+    def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
+        opts = options or {}
+        self.options = opts if isinstance(opts, BackendOptions) else self.Options.parse(self.name, opts)
+
+    def check_device(self, device: Device) -> Device:
+        """DeviceError unless this backend runs on `device`'s kind."""
+        if device.kind not in self.devices:
+            spelled = " or ".join('"cpu"' if k == "cpu" else '"cuda" or "cuda:N"' for k in self.devices)
+            where = "an NVIDIA GPU" if self.devices == ("cuda",) else " or ".join(self.devices)
+            raise DeviceError(f"the {self.title or self.name} backend runs on {where}: device must be {spelled}, "
+                              f"not \"{device}\"")
+        return device
+
+    def inspect(self, path: Path) -> GraphIO:
+        """The graph's inputs and outputs, for recognising a manifest-less file. Backends that can
+        read a bare file override this."""
+        raise ModelError(f"{path}: no manifest beside it and the {self.title or self.name} backend cannot "
+                         "describe a bare file; export it with david-infer (which writes the manifest)")
+
+    @abc.abstractmethod
+    def open(self, contract: ModelContract, device: Device, workload: Workload) -> Runner:
+        """A runner for `contract.path` on `device`, ready for `workload`."""

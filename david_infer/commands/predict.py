@@ -14,17 +14,16 @@ outside OUTDIR. Inputs sharing a stem (a/x.jpg, b/x.png) each get -HASH appended
 the SHA-256 of the input's absolute path). Existing files are kept unless --overwrite. Files are
 written under a temporary name and renamed into place.
 
-Decoding runs ahead in a background thread and writing in another, so the model does not wait on
-the disk. Inputs that fail are listed at the end and the exit status is 1; the others are written.
+Decoding runs ahead in a background thread and postprocessing in worker threads
+(`DavidRuntime.imap`); this command writes the files as results come, in input order. Inputs that
+fail are listed at the end and the exit status is 1; the others are written.
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import os
-import queue
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -44,7 +43,6 @@ SAVE_FILES = {
 #: kind -> the model task it needs
 SAVE_NEEDS = {"depth": "depth", "normal": "normal", "foreground": "foreground", "ply": "depth"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
-_DONE = object()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -233,17 +231,6 @@ def _describe(exc: BaseException, name: str) -> str:
     return text[len(name) + 2:] if text.startswith(name + ": ") else text  # the summary names the input
 
 
-def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
-    """Put into a bounded queue, giving up when `stop` is set; False if it gave up."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def run_pipeline(
     runtime: Any,
     jobs: Sequence[Tuple[Path, str]],
@@ -254,91 +241,28 @@ def run_pipeline(
 ) -> Tuple[int, List[Tuple[str, str]]]:
     """Predict and write every (input, base) job; returns (how many succeeded, [(input, reason)]).
 
-    Thread layout: a reader decodes and preprocesses ahead of the model (bounded queue), the calling
-    thread runs `runtime.infer` on batches, a writer postprocesses and writes the files.
+    `runtime.imap` decodes ahead, batches and postprocesses; this loop only writes files.
     """
-    stop = threading.Event()
-    ready: "queue.Queue[Any]" = queue.Queue(maxsize=2 * batch_size + 1)
-    finished: "queue.Queue[Any]" = queue.Queue(maxsize=2 * batch_size + 1)
     failures: List[Tuple[str, str]] = []
-    succeeded = [0]
+    succeeded = 0
     bar = Progress(len(jobs), progress)
-
-    def read() -> None:
-        for index, (path, _) in enumerate(jobs):
-            if stop.is_set():
-                return
-            try:
-                item: Tuple[Any, ...] = (index, runtime.preprocess(load_input(path), name=str(path)), None)
-            except Exception as exc:  # one bad input must not stop the run
-                item = (index, None, exc)
-            if not _put(ready, item, stop):
-                return
-        _put(ready, _DONE, stop)
-
-    def write() -> None:
-        while True:
-            item = finished.get()
-            if item is _DONE:
-                return
-            index, staged, outputs, error = item
-            path, base = jobs[index]
-            if error is None and not stop.is_set():
+    outcomes = runtime.imap(jobs, batch_size=batch_size, load=lambda job: load_input(job[0]))
+    try:
+        for (path, base), outcome in outcomes:
+            error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
+            if error is None:
                 try:
-                    write_prediction(runtime.postprocess(staged[0], staged[1], outputs), outdir, base, opts)
-                    succeeded[0] += 1
+                    write_prediction(outcome, outdir, base, opts)
+                    succeeded += 1
                 except Exception as exc:
                     error = exc
             if error is not None:
                 failures.append((str(path), _describe(error, str(path))))
             bar.update(str(path), error is None)
-
-    reader = threading.Thread(target=read, name="david-predict-reader", daemon=True)
-    writer = threading.Thread(target=write, name="david-predict-writer", daemon=True)
-    reader.start()
-    writer.start()
-    try:
-        _infer_loop(runtime, ready, finished, batch_size, stop)
-    except BaseException:
-        stop.set()
-        raise
     finally:
-        finished.put(_DONE)
-        writer.join()
-        reader.join(timeout=5)
+        outcomes.close()
         bar.close()
-    return succeeded[0], failures
-
-
-def _infer_loop(runtime: Any, ready: "queue.Queue[Any]", finished: "queue.Queue[Any]", batch_size: int,
-                stop: threading.Event) -> None:
-    """Collect preprocessed inputs into batches, run the model, hand the outputs to the writer."""
-    batch: List[Tuple[int, Any]] = []
-
-    def flush() -> None:
-        try:
-            outputs = runtime.infer([staged[1] for _, staged in batch])
-        except Exception as exc:
-            for index, _ in batch:
-                finished.put((index, None, None, exc))
-        else:
-            for (index, staged), out in zip(batch, outputs):
-                finished.put((index, staged, out, None))
-        batch.clear()
-
-    while True:
-        item = ready.get()
-        if item is _DONE:
-            break
-        index, staged, error = item
-        if error is not None:
-            finished.put((index, None, None, error))
-            continue
-        batch.append((index, staged))
-        if len(batch) >= batch_size:
-            flush()
-    if batch and not stop.is_set():
-        flush()
+    return succeeded, failures
 
 
 # ---------------------------------------------------------------------------------- command

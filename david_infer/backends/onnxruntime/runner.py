@@ -1,4 +1,4 @@
-"""ONNX Runtime session loading and the runner."""
+"""ONNX Runtime session creation and the runner."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,34 +7,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..._optional import install_hint, require
+from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
-from ..base import Runner
+from ..base import Device, Runner, Workload
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU_PROVIDER = "CPUExecutionProvider"
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
-def parse_device(device: str) -> Tuple[str, int]:
-    """"cpu" -> ("cpu", 0); "cuda" / "cuda:N" -> ("cuda", N); anything else BackendUnavailable."""
-    text = str(device).strip().lower()
-    if text == "cpu":
-        return "cpu", 0
-    if text == "cuda" or text == "gpu":
-        return "cuda", 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return "cuda", int(text[5:])
-    raise BackendUnavailable(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
-
-
-def _provider_list(
-    ort: Any, path: Path, manifest: Optional[dict], device_id: int, providers: Sequence[str], options: dict
-) -> List[Any]:
+def _provider_list(ort: Any, path: Path, device: Device, providers: Sequence[str], options: Any,
+                   contract: Optional[ModelContract], workload: Optional[Workload]) -> List[Any]:
     """Explicitly configured GPU providers (in the order asked) followed by the CPU provider."""
     available = set(ort.get_available_providers())
     chosen: List[Any] = []
     for name in providers:
-        if name not in GPU_PROVIDERS:
-            raise BackendUnavailable(f"unknown provider {name!r}; expected one of {', '.join(GPU_PROVIDERS)}")
         ep = GPU_PROVIDERS[name]
         if ep not in available:
             raise BackendUnavailable(
@@ -43,58 +30,40 @@ def _provider_list(
             )
         if name == "cuda":
             # EXHAUSTIVE is ORT's own default; callers running many input sizes may prefer HEURISTIC.
-            cuda = {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}
-            chosen.append((ep, {**cuda, **dict(options.get("cuda_options") or {})}))
+            cuda = {"device_id": device.index, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+            chosen.append((ep, {**cuda, **dict(options.cuda_options or {})}))
         else:
-            chosen.append((ep, _tensorrt_options(path, manifest, device_id, options)))
+            chosen.append((ep, _tensorrt_options(path, device, options, contract, workload)))
     return chosen + [CPU_PROVIDER]
 
 
-def _tensorrt_options(path: Path, manifest: Optional[dict], device_id: int, options: dict) -> dict:
-    try:
-        from .trt_options import tensorrt_provider_options
-    except ImportError as exc:
-        raise BackendUnavailable(f"the TensorRT execution provider options are not available ({exc})") from None
-    if manifest is None:
-        manifest = inspect_manifest(path)
-    cache_dir = Path(options.get("cache_dir") or path.parent / ".trt_cache")
-    trt = tensorrt_provider_options(
-        manifest, cache_dir, int(options.get("resolution") or 512), int(options.get("max_batch") or 1)
-    )
-    return {"device_id": device_id, **trt}
+def _tensorrt_options(path: Path, device: Device, options: Any, contract: Optional[ModelContract],
+                      workload: Optional[Workload]) -> Dict[str, Any]:
+    from .trt_options import tensorrt_provider_options
+
+    if contract is None or workload is None:
+        raise BackendUnavailable(f"{path}: the TensorRT provider needs the model contract and workload")
+    cache_dir = Path(options.cache_dir or path.parent / ".trt_cache")
+    resolution = workload.resolution or contract.fixed_resolution or 512
+    trt = tensorrt_provider_options(contract, cache_dir, resolution, workload.max_batch)
+    return {"device_id": device.index, **trt}
 
 
-def inspect_manifest(path: Path) -> dict:
-    """Inputs/outputs of a manifest-less ONNX file, read with a CPU session (a released file)."""
-    from ...modelspec import manifest_from_shapes
-
-    runner = open_runner(path, None, "cpu")
-    return manifest_from_shapes(path, runner.input_shapes, runner.output_shapes)
-
-
-def open_runner(path: Path, manifest: Optional[dict], device: str = "cpu", **options: Any) -> "OnnxRuntimeRunner":
-    """An ONNX Runtime runner for `path`.
-
-    options: providers (GPU providers in priority order, default ("cuda",) on a GPU; add "tensorrt"
-    for the TensorRT provider), cuda_options (CUDA provider options overriding ours),
-    intra_op_threads (default ONNX Runtime's), cache_dir, resolution and max_batch (TensorRT
-    provider profiles).
-    """
+def create_session(path: Path, device: Device, providers: Sequence[str], options: Any,
+                   contract: Optional[ModelContract] = None, workload: Optional[Workload] = None) -> Any:
+    """An `onnxruntime.InferenceSession` for `path` on `device`; a GPU provider asked for but not
+    active is BackendUnavailable, never a silent CPU run."""
     ort = require("onnxruntime", "the ONNX Runtime backend")
-    kind, device_id = parse_device(device)
     path = Path(path)
-    if kind == "cpu":
-        providers: List[Any] = [CPU_PROVIDER]
-        wanted: Tuple[str, ...] = ()
-    else:
-        wanted = tuple(options.get("providers") or ("cuda",))
-        providers = _provider_list(ort, path, manifest, device_id, wanted, options)
+    wanted: Tuple[str, ...] = tuple(providers) if device.kind == "cuda" else ()
+    session_providers = (_provider_list(ort, path, device, wanted, options, contract, workload)
+                         if wanted else [CPU_PROVIDER])
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
-    if options.get("intra_op_threads"):
-        so.intra_op_num_threads = int(options["intra_op_threads"])
+    if options.intra_op_threads:
+        so.intra_op_num_threads = int(options.intra_op_threads)
     try:
-        session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=so, providers=session_providers)
     except Exception as exc:  # ORT raises its own pybind exception types
         raise ModelError(f"{path}: ONNX Runtime cannot load this model ({type(exc).__name__}: {exc})") from None
     active = session.get_providers()
@@ -105,11 +74,17 @@ def open_runner(path: Path, manifest: Optional[dict], device: str = "cpu", **opt
                 f"(CUDA/cuDNN libraries missing or no GPU visible?). Not falling back to CPU. "
                 f"Install: {install_hint('tensorrt')}"
             )
-    return OnnxRuntimeRunner(session, path)
+    return session
 
 
-def _shape(value_info: Any) -> Tuple[Any, ...]:
-    return tuple(d if isinstance(d, int) else str(d) for d in value_info.shape)
+def _spec(value_info: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else (str(d) if d is not None else None) for d in value_info.shape)
+    return TensorSpec(value_info.name, shape, _ORT_TYPES.get(value_info.type, str(value_info.type)))
+
+
+def session_io(session: Any) -> GraphIO:
+    """A session's inputs and outputs as GraphIO."""
+    return GraphIO(tuple(_spec(i) for i in session.get_inputs()), tuple(_spec(o) for o in session.get_outputs()))
 
 
 class OnnxRuntimeRunner(Runner):
@@ -120,25 +95,28 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, session: Any, path: Path) -> None:
         self._session = session
         self.path = path
-        self.input_shapes: Dict[str, Tuple[Any, ...]] = {i.name: _shape(i) for i in session.get_inputs()}
-        self.output_shapes: Dict[str, Tuple[Any, ...]] = {o.name: _shape(o) for o in session.get_outputs()}
-        self._inputs = list(self.input_shapes)
-        self._outputs = list(self.output_shapes)
+        self._io = session_io(session)
+
+    @property
+    def io(self) -> GraphIO:
+        return self._io
 
     @property
     def providers(self) -> List[str]:
         """Execution providers the session actually uses."""
         return list(self._session.get_providers())
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        if self._session is None:
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
             raise ModelError(f"{self.path}: runner is closed")
+        names = list(self._io.output_names)
         try:
-            values = self._session.run(self._outputs, dict(feeds))
+            values = session.run(names, dict(feeds))
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             raise ModelError(f"{self.path}: inference failed for inputs {shapes} ({exc})") from None
-        return dict(zip(self._outputs, values))
+        return dict(zip(names, values))
 
     def close(self) -> None:
         self._session = None

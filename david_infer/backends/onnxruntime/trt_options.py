@@ -7,15 +7,16 @@ these to `("TensorrtExecutionProvider", options)`. Option names are those of ONN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Union
 
+from ...contract import ModelContract
 from ..tensorrt.profiles import compute_profiles, ort_shape_string
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 
 
 def tensorrt_provider_options(
-    manifest: Mapping[str, Any],
+    contract: ModelContract,
     cache_dir: Union[str, Path],
     resolution: int,
     max_batch: int,
@@ -32,8 +33,8 @@ def tensorrt_provider_options(
     enabling the flag would let TensorRT drop its FP32 islands (LayerNorm, softmax) to FP16, and
     recent ONNX Runtime builds the network strongly typed only while the flag is off, so it is off.
     """
-    profiles = compute_profiles(manifest, resolution, resolution, resolution, max_batch=max_batch)
-    fp16_flag = manifest.get("precision", "fp32") != "fp16"
+    profiles = compute_profiles(contract, resolution, resolution, resolution, max_batch=max_batch)
+    fp16_flag = contract.precision != "fp16"
     cache_dir = Path(cache_dir)
     engines, timing = cache_dir / "engines", cache_dir / "timing"
     engines.mkdir(parents=True, exist_ok=True)

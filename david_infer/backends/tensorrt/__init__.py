@@ -1,43 +1,69 @@
 """TensorRT backend: plans built by `david-infer build-engine`, run natively through cuda-python.
 
-Importing this package imports neither tensorrt nor cuda-python; `open_runner` does.
+Importing this package imports neither tensorrt nor cuda-python; opening a runner does.
 `profiles` and `sidecar` are pure Python and usable (and tested) without a GPU.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
-from ...errors import InputError
-from ..base import Runner
+from ...contract import GraphIO, ModelContract
+from ...errors import ModelError
+from ...manifest import manifest_path
+from ..base import Backend, BackendOptions, Device, Runner, Workload, parse_device
 
-KNOWN_OPTIONS = ("resolution", "max_batch")
+
+@dataclass(frozen=True)
+class TensorRTOptions(BackendOptions):
+    """The TensorRT backend takes no options: what an engine runs is fixed when it is built
+    (`david-infer build-engine`); the runtime's resolution and batch size are checked against
+    the engine's profile."""
 
 
-def open_runner(path: Union[str, Path], manifest: Optional[dict] = None, device: str = "cuda", **options: Any) -> Runner:
-    """Load the TensorRT plan `path` (and its sidecar `path.json`, or `manifest` if given).
+class TensorRTBackend(Backend):
+    """Runs TensorRT plans (.engine/.plan) with their sidecar manifest, on an NVIDIA GPU."""
 
-    Options (both optional, checked against the engine's profile so a mismatch fails at once,
-    not on the first image): `resolution` (the square size images will be run at) and
-    `max_batch` (the largest batch that will be sent).
+    name = "tensorrt"
+    title = "TensorRT"
+    suffixes = (".engine", ".plan")
+    devices = ("cuda",)
+    Options = TensorRTOptions
 
-    Raises BackendUnavailable without TensorRT, cuda-python or a GPU; ModelError for a plan built
-    for another TensorRT version or GPU, or whose SHA-256 does not match its sidecar; InputError
-    for a device other than "cuda"/"cuda:N" or options the engine's profile does not cover.
-    """
-    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
-    if unknown:
-        raise InputError(f"the TensorRT backend takes no options {unknown} (it takes {', '.join(KNOWN_OPTIONS)})")
-    from ...errors import ModelError
-    from .runner import TensorRTRunner, parse_device
-    from .sidecar import check_profile_covers, read_sidecar
+    def inspect(self, path: Path) -> GraphIO:
+        """A plan is only usable with its sidecar: say how to get one."""
+        from .sidecar import read_sidecar
 
-    parse_device(device)
+        read_sidecar(path)  # raises, naming the missing sidecar and the rebuild command
+        return super().inspect(path)
+
+    def open(self, contract: ModelContract, device: Device, workload: Workload) -> Runner:
+        """Checks the sidecar and that the engine's profile covers `workload` (so a mismatch fails
+        at once, not on the first image), then loads the plan. BackendUnavailable without
+        TensorRT, cuda-python or a GPU; ModelError for a plan built for another TensorRT version or
+        GPU, or whose SHA-256 does not match its sidecar."""
+        from .runner import TensorRTRunner
+        from .sidecar import check_profile_covers, validate_sidecar
+
+        if not contract.path.is_file():
+            raise ModelError(f"engine file not found: {contract.path}")
+        validate_sidecar(contract.document, manifest_path(contract.path))
+        check_profile_covers(contract.document, workload.resolution, workload.max_batch, contract.path)
+        return TensorRTRunner(contract, self.check_device(device))
+
+
+def open_runner(path: Union[str, Path], sidecar: Optional[Mapping[str, Any]] = None, device: str = "cuda",
+                resolution: Optional[int] = None, max_batch: int = 1, **options: Any) -> Runner:
+    """A TensorRT runner for the plan `path` with its sidecar (read from `path.json` unless given),
+    for images of `resolution` in batches of up to `max_batch` (a convenience for tools and tests;
+    DavidRuntime goes through TensorRTBackend)."""
+    backend = TensorRTBackend(options)
+    dev = backend.check_device(parse_device(device))
     if not Path(path).is_file():
         raise ModelError(f"engine file not found: {path}")
-    sidecar = manifest if manifest is not None else read_sidecar(path)
-    check_profile_covers(sidecar, options.get("resolution"), options.get("max_batch"), path)
-    return TensorRTRunner(path, sidecar, device)
+    contract = ModelContract.load(path) if sidecar is None else ModelContract.from_dict(path, sidecar)
+    return backend.open(contract, dev, Workload(resolution, max_batch))
 
 
-__all__ = ["open_runner"]
+__all__ = ["TensorRTBackend", "TensorRTOptions", "open_runner"]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ...errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from ...contract import ModelContract
 
 Shape = Tuple[int, ...]
 HW = Tuple[int, int]
@@ -76,22 +79,15 @@ def _check_stride(hw: HW, stride: int, what: str) -> None:
         )
 
 
-def _stride(manifest: Mapping[str, Any]) -> int:
-    stride = (manifest.get("preprocessing") or {}).get("stride")
-    if not isinstance(stride, int) or stride <= 0:
-        raise ModelError("manifest lacks preprocessing.stride; re-export the model with david-infer export")
-    return stride
-
-
 def compute_profiles(
-    manifest: Mapping[str, Any],
+    contract: "ModelContract",
     min_hw: Union[str, int, Sequence[int], None] = None,
     opt_hw: Union[str, int, Sequence[int], None] = None,
     max_hw: Union[str, int, Sequence[int], None] = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     opt_batch: int = 1,
 ) -> Dict[str, ShapeRange]:
-    """(min, opt, max) shapes for every input of the manifest, in input order.
+    """(min, opt, max) shapes for every input of the model contract, in input order.
 
     Symbolic dimensions are filled in from the arguments: `batch` from 1 / `opt_batch` /
     `max_batch`, `height` and `width` from the three resolutions (defaults 256, 512 and 1024
@@ -105,7 +101,7 @@ def compute_profiles(
         raise InputError(f"--max-batch {max_batch!r} must be a positive integer")
     if not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
         raise InputError(f"optimal batch {opt_batch!r} must lie between 1 and --max-batch {max_batch}")
-    stride = _stride(manifest)
+    stride = contract.stride
     for hw, what in ((mn, "--min"), (op, "--opt"), (mx, "--max")):
         _check_stride(hw, stride, what)
     for axis, i in (("height", 0), ("width", 1)):
@@ -118,12 +114,9 @@ def compute_profiles(
         "height": (mn[0], op[0], mx[0]),
         "width": (mn[1], op[1], mx[1]),
     }
-    inputs = manifest.get("inputs")
-    if not inputs:
-        raise ModelError("manifest lists no inputs; re-export the model with david-infer export")
     profiles: Dict[str, ShapeRange] = {}
-    for spec in inputs:
-        name, dims = spec["name"], spec["shape"]
+    for spec in contract.inputs:
+        name, dims = spec.name, spec.shape
         per_level: list = [[], [], []]
         for dim in dims:
             if isinstance(dim, int):
@@ -135,15 +128,15 @@ def compute_profiles(
             for level in range(3):
                 per_level[level].append(triple[level])
         profiles[name] = ShapeRange(*(tuple(p) for p in per_level))
-    _check_static_graph(manifest, profiles, min_hw, opt_hw, max_hw)
+    _check_static_graph(contract, profiles, min_hw, opt_hw, max_hw)
     return profiles
 
 
 def _check_static_graph(
-    manifest: Mapping[str, Any], profiles: Mapping[str, ShapeRange], *asked: Optional[object]
+    contract: "ModelContract", profiles: Mapping[str, ShapeRange], *asked: Optional[object]
 ) -> None:
     """A graph without symbolic height/width (the "official" layout) accepts only its own size."""
-    dynamic_hw = any(d in ("height", "width") for spec in manifest["inputs"] for d in spec["shape"])
+    dynamic_hw = any(d in ("height", "width") for spec in contract.inputs for d in spec.shape)
     if dynamic_hw or all(a is None for a in asked):
         return
     fixed = next(iter(profiles.values())).min
@@ -151,7 +144,7 @@ def _check_static_graph(
         if value is not None and parse_hw(value, what) != tuple(fixed[-2:]):
             raise InputError(
                 f"this model has a fixed input size {fixed[-2]}x{fixed[-1]} (layout "
-                f"{manifest.get('layout')!r}); {what} {value} does not apply. Export with "
+                f"{contract.layout!r}); {what} {value} does not apply. Export with "
                 "--layout dynamic for other sizes"
             )
 

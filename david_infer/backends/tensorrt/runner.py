@@ -16,21 +16,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ...errors import DavidError, InputError, ModelError
-from ...manifest import manifest_path
-from ..base import Runner
+from ...contract import GraphIO, ModelContract
+from ..base import Device, Runner
 from . import _cuda, _trt
 from .profiles import ShapeRange, check_input_shape
-from .sidecar import check_compatible, check_plan_sha256, profile_ranges, read_sidecar, validate_sidecar
-
-
-def parse_device(device: str) -> int:
-    """"cuda" / "cuda:N" / "gpu" -> device index; InputError for anything else (e.g. "cpu")."""
-    text = str(device).strip().lower()
-    if text in ("cuda", "gpu"):
-        return 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return int(text[5:])
-    raise InputError(f'the TensorRT backend runs on an NVIDIA GPU: device must be "cuda" or "cuda:N", not {device!r}')
+from .sidecar import check_compatible, check_plan_sha256, profile_ranges
 
 
 def _dims(shape: Any) -> Tuple[int, ...]:
@@ -60,26 +50,21 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, path: Union[str, Path], manifest: Optional[Mapping[str, Any]] = None, device: str = "cuda") -> None:
-        self.path = Path(path)
+    def __init__(self, contract: ModelContract, device: Device) -> None:
+        self.path = contract.path
         self._bindings: Dict[str, _Binding] = {}
         self._stream: Optional[_cuda.Stream] = None
         self._lock = threading.Lock()
-        self._device = index = parse_device(device)
-        if not self.path.is_file():
-            raise ModelError(f"engine file not found: {self.path}")
-        if manifest is None:
-            manifest = read_sidecar(self.path)
-        else:
-            validate_sidecar(manifest, manifest_path(self.path))
-        self.manifest = dict(manifest)
+        self._device = index = device.index
+        self._io = GraphIO(contract.inputs, contract.outputs)
+        self._sidecar = contract.document  # the "tensorrt" block: version, GPU, profiles
         trt = _trt.tensorrt()
         gpu, cc = _cuda.device_info(index)
-        check_compatible(self.manifest, trt.__version__, cc, self.path)
-        check_plan_sha256(self.path, self.manifest)
+        check_compatible(self._sidecar, trt.__version__, cc, self.path)
+        check_plan_sha256(self.path, self._sidecar)
         _cuda.set_device(index)
-        self._inputs = [spec["name"] for spec in self.manifest["inputs"]]
-        self._outputs = [spec["name"] for spec in self.manifest["outputs"]]
+        self._inputs = list(self._io.input_names)
+        self._outputs = list(self._io.output_names)
         self._runtime = trt.Runtime(_trt.logger())
         # The runtime must outlive the engine, the engine its context: keep all three.
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -111,7 +96,7 @@ class TensorRTRunner(Runner):
                 f"{self.path}: engine tensors {sorted(names)} do not match its sidecar "
                 f"(inputs {self._inputs}, outputs {self._outputs}); rebuild the engine"
             )
-        recorded = profile_ranges(self.manifest)
+        recorded = profile_ranges(self._sidecar)
         ranges = {}
         for name in self._inputs:
             lo, opt, hi = (_dims(s) for s in engine.get_tensor_profile_shape(name, 0))
@@ -149,6 +134,10 @@ class TensorRTRunner(Runner):
     # -- Runner ---------------------------------------------------------------------------------
 
     @property
+    def io(self) -> GraphIO:
+        return self._io
+
+    @property
     def profile(self) -> Dict[str, ShapeRange]:
         """Input name -> (min, opt, max) shapes this engine accepts."""
         return dict(self._ranges)
@@ -167,7 +156,7 @@ class TensorRTRunner(Runner):
             arrays[name] = arr
         return arrays
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the engine on float NCHW arrays; returns float32 outputs keyed by name."""
         arrays = self._check_feeds(feeds)
         if self._stream is None:
