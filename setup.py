@@ -21,7 +21,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["david_infer", "david_infer.*", "export", "export.*"]),
+    # The export stage lives in the top-level export/ folder but installs as david_infer.export: a
+    # top-level package named `export` would collide with anything of that name on a user's path.
+    packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
+    package_dir={"david_infer.export": "export"},
     install_requires=["numpy>=1.23", "Pillow>=9.1", "onnxruntime>=1.17"],
     extras_require={
         "export": EXPORT,

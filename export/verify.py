@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from david_infer._optional import require
-from david_infer.config import get_config
-from david_infer.errors import InputError, ModelError
-from david_infer.manifest import check_sha256, manifest_path, read_manifest, sha256_file
+from .._optional import require
+from ..config import get_config
+from ..errors import InputError, ModelError
+from ..manifest import check_sha256, manifest_path, read_manifest, sha256_file
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
@@ -212,7 +212,7 @@ def verify_onnx(
 ) -> VerifyReport:
     """Compare `path` (an exported .onnx with its manifest) with the PyTorch model; see the module doc."""
     require("torch", "verifying against the PyTorch model")
-    from david_infer.model import build_model
+    from ..model import build_model
 
     path = Path(path)
     if not path.is_file():

@@ -36,7 +36,7 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multitask_onnx(exported_dir: Path) -> Path:
     """A dynamic-layout FP32 export of the tiny multi-task model (random weights, seed 0)."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     path = exported_dir / "tiny-multitask.onnx"
     export_onnx("tiny", "multitask", path, seed=0)

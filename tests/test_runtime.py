@@ -42,7 +42,7 @@ def rt(tiny_runtime: DavidRuntime) -> DavidRuntime:
 @pytest.fixture(scope="module")
 def official_onnx(exported_dir: Path) -> Path:
     """The tiny multi-task model (same seed as tiny_multitask_onnx) in the released files' layout."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     path = exported_dir / "tiny-multitask-official.onnx"
     if not path.exists():
@@ -53,7 +53,7 @@ def official_onnx(exported_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def released_dir(official_onnx: Path, exported_dir: Path) -> Path:
     """Manifest-less copies named like the released files (multi-task and single-task depth)."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     folder = exported_dir / "released"
     folder.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.verify import format_report, parse_batches, parse_resolutions, verify_onnx
+    from ..export.verify import format_report, parse_batches, parse_resolutions, verify_onnx
 
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
     batches = parse_batches(args.batches) if args.batches else None
