@@ -201,8 +201,9 @@ def test_cli_verify_rejects_bad_resolution(tiny_multitask_onnx: Path, capsys: py
     assert main(["verify", str(tiny_multitask_onnx), "--resolutions", "100x96"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "100x96" in err[0] and "multiples of 16" in err[0]
+    assert parse_resolutions("256, 384x640") == [(256, 256), (384, 640)]
     with pytest.raises(InputError, match="HEIGHTxWIDTH"):
-        parse_resolutions("256")
+        parse_resolutions("256x")
     with pytest.raises(InputError, match="official-layout"):
         check_points("tiny", "official", [(256, 256)], None)
 

@@ -14,13 +14,7 @@ import numpy as np
 import pytest
 
 from david_infer.backends.onnxruntime.trt_options import tensorrt_provider_options
-from david_infer.backends.tensorrt.profiles import (
-    ShapeRange,
-    check_input_shape,
-    compute_profiles,
-    ort_shape_string,
-    parse_hw,
-)
+from david_infer.backends.tensorrt.profiles import compute_profiles, ort_shape_string
 from david_infer.backends.tensorrt.sidecar import (
     build_sidecar,
     check_compatible,
@@ -30,6 +24,7 @@ from david_infer.backends.tensorrt.sidecar import (
 )
 from david_infer.errors import BackendUnavailable, InputError, ModelError
 from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+from david_infer.shapes import ShapeRange, check_input_shape, parse_hw
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 

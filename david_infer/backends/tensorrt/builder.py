@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ...errors import BackendUnavailable, ExportError, InputError, ModelError
 from ...manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
+from ...shapes import ShapeRange
 from . import _cuda, _trt
-from .profiles import DEFAULT_MAX_BATCH, ShapeRange, compute_profiles
+from .profiles import DEFAULT_MAX_BATCH, compute_profiles
 from .sidecar import HARDWARE_COMPAT, build_sidecar
 
 DEFAULT_WORKSPACE_GB = 8.0
