@@ -80,7 +80,8 @@ class ShapeRange:
         return cls(*(tuple(int(d) for d in data[k]) for k in ("min", "opt", "max")))
 
 
-def _dims(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
+    """(1, 3, 512, 768) -> "1x3x512x768"; (512, 768) -> "512x768" (the form parse_hw reads)."""
     return "x".join(str(int(d)) for d in shape)
 
 
@@ -98,14 +99,14 @@ def check_input_shape(
     built for).
     """
     if len(shape) != 4 or int(shape[1]) != 3:
-        raise InputError(f"input {name!r} has shape {_dims(shape)} ({tuple(shape)}); expected an image tensor "
-                         "of shape (B, 3, H, W)")
+        raise InputError(f"input {name!r} has shape {format_shape(shape)}; expected an image tensor of shape "
+                         "(B, 3, H, W)")
     if stride is not None:
         check_stride(shape[2:], stride, f"input {name!r}")
     if shape_range is None or shape_range.contains(shape):
         return
     raise InputError(
-        f"input {name!r} has shape {_dims(shape)}, outside the range {source} was built for "
-        f"({_dims(shape_range.min)} to {_dims(shape_range.max)}); resize to a size in that range or rebuild "
-        "the engine with david-infer build-engine --min/--max/--max-batch covering it"
+        f"input {name!r} has shape {format_shape(shape)}, outside the range {source} was built for "
+        f"({format_shape(shape_range.min)} to {format_shape(shape_range.max)}); resize to a size in that range "
+        "or rebuild the engine with david-infer build-engine --min/--max/--max-batch covering it"
     )

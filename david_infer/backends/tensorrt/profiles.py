@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ...errors import InputError, ModelError
-from ...shapes import HW, ShapeRange, check_stride, parse_hw
+from ...shapes import HW, ShapeRange, check_stride, format_shape, parse_hw
 
 DEFAULT_MIN: HW = (256, 256)
 DEFAULT_OPT: HW = (512, 512)
@@ -104,6 +104,6 @@ def ort_shape_string(profiles: Mapping[str, ShapeRange], level: str) -> str:
     if level not in ("min", "opt", "max"):
         raise ValueError(f"level must be min, opt or max, not {level!r}")
     return ",".join(
-        f"{name}:{'x'.join(str(d) for d in getattr(rng, level))}" for name, rng in profiles.items()
+        f"{name}:{format_shape(getattr(rng, level))}" for name, rng in profiles.items()
     )
 
