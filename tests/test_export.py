@@ -204,6 +204,8 @@ def test_cli_verify_rejects_bad_resolution(tiny_multitask_onnx: Path, capsys: py
     assert parse_resolutions("256, 384x640") == [(256, 256), (384, 640)]
     with pytest.raises(InputError, match="HEIGHTxWIDTH"):
         parse_resolutions("256x")
+    with pytest.raises(InputError, match="no resolution"):
+        parse_resolutions(" , ")
     with pytest.raises(InputError, match="official-layout"):
         check_points("tiny", "official", [(256, 256)], None)
 
