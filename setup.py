@@ -11,7 +11,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init_
 # version; a bare "torch" would pull the newest CUDA build (several GB).
 EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 GPU = ["onnxruntime-gpu>=1.20", "tensorrt>=10.0", "cuda-python>=12.6.1"]
-DEV = EXPORT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
+PLOT = ["matplotlib>=3.6"]
+DEV = EXPORT + PLOT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
 
 setup(
     name="david-infer",
@@ -21,13 +22,16 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["david_infer", "david_infer.*", "export", "export.*"]),
+    # The export stage lives in the top-level export/ folder but installs as david_infer.export: a
+    # top-level package named `export` would collide with anything of that name on a user's path.
+    packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
+    package_dir={"david_infer.export": "export"},
     install_requires=["numpy>=1.23", "Pillow>=9.1", "onnxruntime>=1.17"],
     extras_require={
         "export": EXPORT,
         "gpu": GPU,
         "dev": DEV,
-        "plot": ["matplotlib>=3.6"],
+        "plot": PLOT,
         "progress": ["tqdm>=4.60"],
     },
     entry_points={"console_scripts": ["david-infer=david_infer.cli:main"]},

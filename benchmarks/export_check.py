@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 _EXPORT_CHILD = """
 import json, resource, sys, time
-from export import export_onnx
+from david_infer.export import export_onnx
 variant, task, out, precision = sys.argv[1:5]
 t = time.perf_counter()
 m = export_onnx(variant, task, out, precision=precision, seed=0)
@@ -102,7 +102,7 @@ def check_model(variant: str, task: str, files: Dict[str, Path], points: List[Tu
                 results: Dict[str, Any], out: Path) -> None:
     """ORT vs PyTorch at every point for every precision of one model; saves after each point."""
     from david_infer.model import build_model
-    from export.verify import DEFAULT_TOLERANCE, compare, open_session
+    from david_infer.export.verify import DEFAULT_TOLERANCE, compare, open_session
 
     model = build_model(variant, task, seed=0)
     sessions = {p: open_session(f) for p, f in files.items()}
@@ -132,7 +132,7 @@ def main() -> int:
         print(markdown(json.loads(Path(args.render).read_text())))
         return 0
 
-    from export.verify import parse_batches, parse_resolutions
+    from david_infer.export.verify import parse_batches, parse_resolutions
 
     if not args.out:
         parser.error("--out is required (unless --render)")

@@ -60,7 +60,7 @@ def _export_job(variant: str, task: str, path: str, precision: str, threads: int
     """Runs in a fresh (spawned) process: one ONNX export."""
     import torch
 
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -141,7 +141,7 @@ def fps(runner: Any, batch: int, iters: int) -> Dict[str, float]:
 
 def check_model(name: str, exported: Dict[str, Dict[str, Any]], out: Path, iters: int) -> Dict[str, Any]:
     from david_infer.backends.tensorrt import open_runner
-    from export.engine import build_engine
+    from david_infer.backends.tensorrt.builder import build_engine
 
     fp32, fp16 = Path(exported["fp32"]["path"]), Path(exported["fp16"]["path"])
     t = time.perf_counter()

@@ -23,7 +23,7 @@ def fp32_fallbacks(path: str) -> Dict[str, Dict[str, int]]:
     import onnx
     import onnxruntime as ort
 
-    from export.fp16 import FLOAT, FLOAT16, _elem_types_from_inference, _node_type
+    from david_infer.export.fp16 import FLOAT, FLOAT16, _elem_types_from_inference, _node_type
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()

@@ -84,7 +84,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     rgb = photo_4k()
     rows = []

@@ -210,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else None
         if model is None:
-            from export import export_onnx
+            from david_infer.export import export_onnx
 
             model = Path(tmp, "tiny-multitask.onnx")
             export_onnx("tiny", "multitask", model, seed=0)

@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import TASK_CHANNELS, TASK_ORDER
 from .errors import ModelError
-from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_DOC, manifest_path, read_json
+from .jsonfile import read_json_object
+from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_DOC, manifest_path
 
 DEFAULT_STRIDE = 16
 DEFAULT_VIT_SIZE = 384
@@ -145,7 +146,7 @@ class ModelContract:
     def load(cls, model_path: Union[str, Path]) -> "ModelContract":
         """The contract from the manifest beside `model_path` (ModelError if absent or invalid)."""
         model_path = Path(model_path)
-        return cls.from_dict(model_path, read_json(manifest_path(model_path)))
+        return cls.from_dict(model_path, read_json_object(manifest_path(model_path), "JSON manifest", expect_object=False))
 
     @classmethod
     def from_dict(cls, model_path: Union[str, Path], data: Any, released: bool = False) -> "ModelContract":

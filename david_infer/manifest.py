@@ -94,24 +94,14 @@ def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: Union[str, Path]) -> Any:
-    """The JSON document at `path`; ModelError naming the file if it is missing or unreadable."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"manifest not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelError(f"{path}: not a readable JSON manifest ({type(exc).__name__}: {exc})") from None
-
-
 def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
     """A manifest file as a dict, validated by `david_infer.contract.ModelContract` (for tools that
     rewrite manifests; the runtime works on the contract itself)."""
     from .contract import ModelContract
+    from .jsonfile import read_json_object
 
     path = Path(path)
-    data = read_json(path)
+    data = read_json_object(path, "JSON manifest", expect_object=False)
     ModelContract.from_dict(path.with_suffix(".onnx") if path.suffix == ".json" else path, data)
     return data
 

@@ -15,16 +15,14 @@ After a download the file's SHA-256 is computed and kept in a small sidecar
 
 Cache folder: `$DAVID_INFER_HOME/models`, by default `~/.cache/david-infer/models`. The download
 URL's base can be changed with `$DAVID_INFER_BASE_URL` (a mirror, or a local server in tests).
-Only the standard library's urllib is used (no `requests`); tqdm draws the progress bar when it is
-installed.
+Only the standard library's urllib is used (no `requests`); progress is shown by
+`david_infer.progress` (a tqdm bar when tqdm is installed).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,11 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import __version__
 from .errors import ModelError
-from .manifest import atomic_write_bytes, sha256_file
+from .jsonfile import read_json_object, write_json
+from .manifest import sha256_file
+from .progress import BYTES, Progress
 
 BASE_URL = "https://facesyntheticspubwedata.z6.web.core.windows.net/iccv-2025/models/"
 ENV_HOME = "DAVID_INFER_HOME"
@@ -91,6 +91,20 @@ def get_model(name: str) -> ZooModel:
         return MODELS[name]
     except (KeyError, TypeError):
         raise ModelError(f"unknown model {name!r}; the released models are: {', '.join(MODELS)}") from None
+
+
+def resolve_model(model: Union[str, "os.PathLike[str]"], download: bool = True) -> Path:
+    """A model argument -> a path: an existing file or folder as it is, else a released model's
+    name (its cached file, downloaded first when missing and `download`).
+
+    ModelError when `model` is neither, naming the released models.
+    """
+    if os.path.exists(model):
+        return Path(model)
+    if isinstance(model, str) and model in MODELS:
+        return model_path(model, download=download)
+    raise ModelError(f"model {str(model)!r} is neither an existing file or folder nor a released model name "
+                     f"({', '.join(MODELS)})")
 
 
 def get_base_url() -> str:
@@ -203,12 +217,13 @@ def check_cached(model: ZooModel, path: Path, verify: bool = False) -> Dict[str,
 
 
 def read_sidecar(path: Path) -> Optional[Dict[str, Any]]:
-    """The download record of `path`, or None if there is none (or it is unreadable)."""
+    """The download record of `path`, or None if there is none (or it is unreadable: the file is
+    then checked like one placed by hand, and the record written anew)."""
     try:
-        data = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json_object(sidecar_path(path), "download record")
+    except ModelError:
         return None
-    return data if isinstance(data, dict) and "size" in data and "sha256" in data else None
+    return data if "size" in data and "sha256" in data else None
 
 
 def _write_sidecar(path: Path, name: str, url: str) -> Dict[str, Any]:
@@ -221,7 +236,7 @@ def _write_sidecar(path: Path, name: str, url: str) -> Dict[str, Any]:
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": "SHA-256 measured by david-infer after download; Microsoft publishes no checksums",
     }
-    atomic_write_bytes(sidecar_path(path), (json.dumps(record, indent=2) + "\n").encode())
+    write_json(sidecar_path(path), record)
     return record
 
 
@@ -325,13 +340,12 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
 
 
 def _copy_body(resp: Any, part: Path, mode: str, have: int, total: int, label: str, progress: bool) -> None:
-    bar = _progress(total, have, label, progress)
     try:
         f = open(part, mode)
     except OSError as exc:
         raise ModelError(f"cannot write {part}: {exc}") from None
     try:
-        with f:
+        with f, Progress(total, progress, desc=label, unit=BYTES, initial=have) as bar:
             while True:
                 try:  # read1: whatever has arrived, so a stall loses no received bytes
                     block = resp.read1(CHUNK)
@@ -340,13 +354,11 @@ def _copy_body(resp: Any, part: Path, mode: str, have: int, total: int, label: s
                 if not block:
                     break
                 f.write(block)
-                bar(len(block))
+                bar.advance(len(block))
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:  # disk full, permissions: not worth a retry
         raise ModelError(f"cannot write {part}: {exc}; free some space or set ${ENV_HOME} elsewhere") from None
-    finally:
-        bar(None)
 
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+)\s*")
@@ -382,44 +394,20 @@ def _part_meta_path(dest: Path) -> Path:
 
 
 def _read_part_meta(dest: Path) -> Dict[str, Any]:
+    """What the partial download belongs to ({} when unknown: the download then starts over)."""
     try:
-        data = json.loads(_part_meta_path(dest).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(_part_meta_path(dest), "partial-download record")
+    except ModelError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _write_part_meta(dest: Path, meta: Dict[str, Any]) -> None:
-    atomic_write_bytes(_part_meta_path(dest), json.dumps(meta).encode())
+    write_json(_part_meta_path(dest), meta)
 
 
 def _discard_part(dest: Path) -> None:
     part_path(dest).unlink(missing_ok=True)
     _part_meta_path(dest).unlink(missing_ok=True)
-
-
-def _progress(total: int, initial: int, label: str, enabled: bool) -> Callable[[Optional[int]], None]:
-    """A progress callback: bar(n) after n more bytes, bar(None) at the end."""
-    if not enabled:
-        return lambda n: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label)
-        return lambda n: bar.close() if n is None else bar.update(n)
-    done = [initial]
-    print(f"downloading {label}: {total / 1e6:.1f} MB" + (f", resuming at {initial / 1e6:.1f} MB" if initial else ""),
-          file=sys.stderr, flush=True)
-
-    def plain(n: Optional[int]) -> None:
-        if n is None:
-            print(f"{label}: {done[0] / 1e6:.1f} of {total / 1e6:.1f} MB", file=sys.stderr, flush=True)
-        else:
-            done[0] += n
-
-    return plain
 
 
 @contextlib.contextmanager

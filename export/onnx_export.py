@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from david_infer import __version__
-from david_infer._optional import require
-from david_infer.errors import ExportError
-from david_infer.manifest import (
+from .. import __version__
+from .._optional import require
+from ..errors import ExportError
+from ..manifest import (
     FORMAT,
     FORMAT_VERSION,
     POSTPROCESSING_DOC,
@@ -28,7 +28,7 @@ from david_infer.manifest import (
     sha256_file,
     write_manifest,
 )
-from david_infer.config import TASK_CHANNELS, get_config, task_outputs
+from ..config import TASK_CHANNELS, get_config, task_outputs
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -237,7 +237,7 @@ def export_onnx(
     """
     torch = require("torch", "export")
     onnx = require("onnx", "export")
-    from david_infer.model import build_model
+    from ..model import build_model
 
     output = Path(output)
     _check_args(variant, task, layout, precision, opset, output)

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from david_infer._optional import require
-from david_infer.config import get_config
-from david_infer.errors import InputError, ModelError
-from david_infer.manifest import check_sha256, manifest_path, read_manifest, sha256_file
+from .._optional import require
+from ..config import get_config
+from ..errors import InputError, ModelError
+from ..manifest import check_sha256, manifest_path, read_manifest, sha256_file
+from ..shapes import check_stride, parse_hw_list
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
@@ -68,16 +69,8 @@ class VerifyReport:
 
 
 def parse_resolutions(text: str) -> List[Tuple[int, int]]:
-    """'256x256,384x640' -> [(256, 256), (384, 640)] (height x width); InputError otherwise."""
-    out = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise InputError(f"resolution {item!r} is not HEIGHTxWIDTH with positive integers (e.g. 384x640)")
-        out.append((int(parts[0]), int(parts[1])))
-    if not out:
-        raise InputError(f"no resolution in {text!r}; give e.g. 256x256,384x640")
-    return out
+    """'256x256,384x640' -> [(256, 256), (384, 640)] (height x width; '512' is 512x512); InputError otherwise."""
+    return parse_hw_list(text, "resolution")
 
 
 def parse_batches(text: str) -> List[int]:
@@ -146,10 +139,8 @@ def check_points(
                              "512x512, batch 1 (leave out --resolutions and --batches)")
         return [OFFICIAL_POINT]
     resolutions = resolutions or DEFAULT_RESOLUTIONS
-    for h, w in resolutions:
-        if h % stride or w % stride:
-            raise InputError(f"resolution {h}x{w}: height and width must be multiples of {stride} (the stride); "
-                             f"try {max(stride, h // stride * stride)}x{max(stride, w // stride * stride)}")
+    for hw in resolutions:
+        check_stride(hw, stride, "resolution")
     return [((h, w), b) for (h, w) in resolutions for b in (batches or DEFAULT_BATCHES)]
 
 
@@ -212,7 +203,7 @@ def verify_onnx(
 ) -> VerifyReport:
     """Compare `path` (an exported .onnx with its manifest) with the PyTorch model; see the module doc."""
     require("torch", "verifying against the PyTorch model")
-    from david_infer.model import build_model
+    from ..model import build_model
 
     path = Path(path)
     if not path.is_file():

@@ -36,7 +36,7 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multitask_onnx(exported_dir: Path) -> Path:
     """A dynamic-layout FP32 export of the tiny multi-task model (random weights, seed 0)."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     path = exported_dir / "tiny-multitask.onnx"
     export_onnx("tiny", "multitask", path, seed=0)
@@ -56,7 +56,7 @@ def tiny_runtime(tiny_multitask_onnx: Path):
 @pytest.fixture(scope="session")
 def official_onnx(exported_dir: Path) -> Path:
     """The tiny multi-task model (same seed as tiny_multitask_onnx) in the released files' layout."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     path = exported_dir / "tiny-multitask-official.onnx"
     if not path.exists():

@@ -23,9 +23,9 @@ from david_infer.cli import main  # noqa: E402
 from david_infer.errors import InputError  # noqa: E402
 from david_infer.manifest import read_manifest  # noqa: E402
 from david_infer.model import build_model, save_weights  # noqa: E402
-from export import export_onnx  # noqa: E402
-from export.fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report  # noqa: E402
-from export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
+from david_infer.export import export_onnx  # noqa: E402
+from david_infer.export.fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report  # noqa: E402
+from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,8 +201,11 @@ def test_cli_verify_rejects_bad_resolution(tiny_multitask_onnx: Path, capsys: py
     assert main(["verify", str(tiny_multitask_onnx), "--resolutions", "100x96"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "100x96" in err[0] and "multiples of 16" in err[0]
+    assert parse_resolutions("256, 384x640") == [(256, 256), (384, 640)]
     with pytest.raises(InputError, match="HEIGHTxWIDTH"):
-        parse_resolutions("256")
+        parse_resolutions("256x")
+    with pytest.raises(InputError, match="no resolution"):
+        parse_resolutions(" , ")
     with pytest.raises(InputError, match="official-layout"):
         check_points("tiny", "official", [(256, 256)], None)
 

@@ -11,15 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from david_infer.errors import WeightsError  # noqa: E402
+from david_infer.errors import InputError, WeightsError  # noqa: E402
 from david_infer.model import (  # noqa: E402
     TASKS,
     build_model,
-    check_input_shape,
     count_params_and_macs,
     get_config,
     save_weights,
 )
+from david_infer.shapes import check_input_shape  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = {"depth": 1, "normal": 3, "foreground": 1}
@@ -87,12 +87,14 @@ def test_unknown_variant_and_task() -> None:
 
 
 def test_input_shape_check() -> None:
-    cfg = get_config("tiny")
-    check_input_shape(cfg, (1, 3, 64, 96))
-    with pytest.raises(ValueError, match="multiples of 16"):
-        check_input_shape(cfg, (1, 3, 65, 96))
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        check_input_shape(cfg, (1, 4, 64, 64))
+    stride = get_config("tiny").stride
+    check_input_shape("image", (1, 3, 64, 96), stride=stride)
+    with pytest.raises(InputError, match="'image' 65x96: .*multiples of 16.*try 64x96"):
+        check_input_shape("image", (1, 3, 65, 96), stride=stride)
+    with pytest.raises(InputError, match=r"\(B, 3, H, W\)"):
+        check_input_shape("image", (1, 4, 64, 64), stride=stride)
+    with pytest.raises(InputError, match="multiples of 16"):
+        count_params_and_macs("tiny", "depth", 100, 96)
 
 
 def test_weights_round_trip(tmp_path: Path) -> None:

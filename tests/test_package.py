@@ -37,3 +37,23 @@ def test_missing_dependency_gives_install_hint() -> None:
 
     with pytest.raises(BackendUnavailable, match=r'pip install "david-infer\[gpu\]"'):
         require("tensorrt", "engines")
+
+
+def test_export_stage_installs_inside_the_package(tmp_path) -> None:
+    """export/ is installed as david_infer.export, never as a top-level `export` that could shadow
+    (or be shadowed by) another package of that name. Run outside the repository, whose folder would
+    otherwise be on the path as the current directory."""
+    import os
+
+    probe = (
+        "import importlib.util, david_infer.export as e\n"
+        "from david_infer.backends.tensorrt.builder import build_engine\n"
+        "print(callable(e.export_onnx), callable(build_engine), importlib.util.find_spec('export'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "None"]
+    bare = subprocess.run([sys.executable, "-c", "import export"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert bare.returncode == 1 and "ModuleNotFoundError: No module named 'export'" in bare.stderr

@@ -336,7 +336,7 @@ def test_pickled_weights_are_refused_and_never_run(tiny_multitask_onnx: Path, tm
 
 
 def test_export_refuses_pickled_weights(tmp_path: Path) -> None:
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     marker = tmp_path / "PWNED"
     path = _pickles(tmp_path, marker)[1]

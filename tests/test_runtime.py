@@ -42,7 +42,7 @@ def rt(tiny_runtime: DavidRuntime) -> DavidRuntime:
 @pytest.fixture(scope="module")
 def released_dir(official_onnx: Path, exported_dir: Path) -> Path:
     """Manifest-less copies named like the released files (multi-task and single-task depth)."""
-    from export import export_onnx
+    from david_infer.export import export_onnx
 
     folder = exported_dir / "released"
     folder.mkdir(exist_ok=True)

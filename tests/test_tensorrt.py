@@ -14,13 +14,7 @@ import numpy as np
 import pytest
 
 from david_infer.backends.onnxruntime.trt_options import tensorrt_provider_options
-from david_infer.backends.tensorrt.profiles import (
-    ShapeRange,
-    check_input_shape,
-    compute_profiles,
-    ort_shape_string,
-    parse_hw,
-)
+from david_infer.backends.tensorrt.profiles import compute_profiles, ort_shape_string
 from david_infer.backends.tensorrt.sidecar import (
     build_sidecar,
     check_compatible,
@@ -31,6 +25,7 @@ from david_infer.backends.tensorrt.sidecar import (
 from david_infer.contract import ModelContract
 from david_infer.errors import BackendUnavailable, InputError, ModelError
 from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+from david_infer.shapes import ShapeRange, check_input_shape, parse_hw
 
 def _contract(manifest: Dict[str, Any]) -> ModelContract:
     return ModelContract.from_dict(Path("m.onnx"), manifest)
@@ -43,7 +38,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 def manifests() -> Dict[str, Dict[str, Any]]:
     """Real manifests from the exporter's own builder, dynamic and official layouts."""
     pytest.importorskip("torch")
-    from export.onnx_export import build_manifest
+    from david_infer.export.onnx_export import build_manifest
 
     return {
         layout: build_manifest(Path("m.onnx"), "0" * 64, "tiny", "multitask", layout, "fp32", 18, None, 0)
@@ -164,7 +159,7 @@ def test_tensorrt_provider_options_errors(manifests: Dict[str, Any], tmp_path: P
 
 
 def test_precision_plan_per_tensorrt_version() -> None:
-    from export.engine import plan_precision
+    from david_infer.backends.tensorrt.builder import plan_precision
 
     # TensorRT 10: FP16 graph strongly typed (no flags allowed); FP32 graph weakly typed + FP16 flag.
     assert plan_precision("fp16", True, True)[:3] == (True, False, "fp16")
@@ -361,7 +356,7 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
     pytest.importorskip("cuda.bindings.runtime")
     ort = pytest.importorskip("onnxruntime")
     from david_infer.backends.tensorrt import open_runner
-    from export.engine import build_engine
+    from david_infer.backends.tensorrt.builder import build_engine
 
     engine = tmp_path / "tiny.engine"
     cache = tmp_path / "timing.cache"

@@ -22,22 +22,33 @@ def _lightness(rgb: np.ndarray) -> np.ndarray:
 
 def test_viridis_lut_is_monotone_in_lightness() -> None:
     lut = visualize.colormap("viridis")
-    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8 and not lut.flags.writeable
     lightness = _lightness(lut)
     assert np.all(np.diff(lightness) > -0.1)  # non-decreasing up to uint8 rounding
     assert lightness[-1] - lightness[0] > 70
-    # matplotlib's viridis runs from (68, 1, 84) to (253, 231, 37); the fit is within a few levels
-    assert np.abs(lut[0].astype(int) - (68, 1, 84)).max() <= 4
-    assert np.abs(lut[-1].astype(int) - (253, 231, 37)).max() <= 5
+    # matplotlib's viridis runs from #440154 to #fde725
+    assert lut[0].tolist() == [68, 1, 84] and lut[-1].tolist() == [253, 231, 37]
+    assert len(np.unique(lut, axis=0)) >= 250  # a few neighbours meet after rounding to uint8
 
 
 def test_turbo_lut_is_distinct_and_runs_blue_to_red() -> None:
     lut = visualize.colormap("turbo").astype(int)
-    assert len(np.unique(lut, axis=0)) >= 250
-    assert np.all(lut[2:48, 2] > lut[2:48, 0])  # blue end (the fit is a little off at t = 0)
+    assert len(np.unique(lut, axis=0)) == 256
+    assert lut[0].tolist() == [48, 18, 59] and lut[-1].tolist() == [122, 4, 3]  # Turbo's ends
+    assert np.all(lut[:48, 2] > lut[:48, 0])  # blue end
     assert np.all(lut[-48:, 0] > lut[-48:, 2])  # red end
     with pytest.raises(InputError, match="unknown colour map 'jet'"):
         visualize.colormap("jet")
+
+
+@pytest.mark.parametrize("name", visualize.COLORMAPS)
+def test_tables_are_matplotlibs(name: str) -> None:
+    """The shipped tables are matplotlib's, each entry rounded to the nearest uint8 level."""
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    reference = np.asarray(colormaps[name](np.arange(256)), np.float64)[:, :3]
+    lut = visualize.colormap(name)
+    assert np.array_equal(lut, np.rint(reference * 255.0).astype(np.uint8))
+    assert np.abs(lut / 255.0 - reference).max() <= 0.5 / 255.0 + 1e-12
 
 
 def test_colorize_depth_nearer_is_brighter() -> None:

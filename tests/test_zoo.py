@@ -303,6 +303,24 @@ def test_file_placed_by_hand(home: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     dest.write_bytes(b"x" * 1000)
     assert zoo.model_path("depth-large", download=False) == dest
     assert zoo.read_sidecar(dest)["sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
+    zoo.sidecar_path(dest).write_text("{not json")  # a damaged record: checked as if placed by hand
+    assert zoo.read_sidecar(dest) is None
+    assert zoo.model_path("depth-large", download=False) == dest
+    assert zoo.read_sidecar(dest)["size"] == 1000  # and recorded anew
+
+
+def test_resolve_model_paths_names_and_neither(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert zoo.resolve_model(str(model)) == model and zoo.resolve_model(tmp_path) == tmp_path
+    with pytest.raises(ModelError, match=r"'depth-base' is not in the cache"):
+        zoo.resolve_model("depth-base", download=False)
+    _small_card(monkeypatch, "depth-base", 1000.0)
+    zoo.cached_path("depth-base").parent.mkdir(parents=True)
+    zoo.cached_path("depth-base").write_bytes(b"x" * 1000)
+    assert zoo.resolve_model("depth-base", download=False) == zoo.cached_path("depth-base")
+    with pytest.raises(ModelError, match=r"'nope\.onnx' is neither an existing file .*depth-base.*multitask-large"):
+        zoo.resolve_model("nope.onnx")
 
 
 def test_cli_download_and_list(

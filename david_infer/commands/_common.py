@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Tuple
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
+from ..zoo import resolve_model
 
 MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a folder holding one, "
               "or a released model's name (depth-base, multitask-large, ...; downloaded on first use)")
-
-
-def resolve_model(model: str, download: bool = True) -> Path:
-    """A model argument -> a path: an existing file or folder, else a zoo name (downloaded when
-    missing and `download`)."""
-    if os.path.exists(model):
-        return Path(model)
-    from .. import zoo
-
-    if model in zoo.list_models():
-        return zoo.model_path(model, download=download)
-    raise ModelError(f"model {model!r} is neither an existing file or folder nor a released model name "
-                     f"({', '.join(zoo.list_models())})")
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, resolution: bool = True) -> None:

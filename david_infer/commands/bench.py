@@ -17,7 +17,8 @@ import sys
 from typing import Any, Dict, List
 
 from ..errors import InputError
-from ._common import MODEL_HELP, resolve_model, split_list
+from ..zoo import resolve_model
+from ._common import MODEL_HELP, split_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 
 from ..backends.tensorrt.profiles import DEFAULT_MAX, DEFAULT_MAX_BATCH, DEFAULT_MIN, DEFAULT_OPT
-
-
-def _hw(hw: tuple) -> str:
-    return f"{hw[0]}x{hw[1]}"
+from ..shapes import format_shape
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("onnx", metavar="FILE.onnx", help="a david-infer ONNX export (its FILE.json manifest beside it)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.engine", help="the plan to write")
-    p.add_argument("--min", dest="min_hw", metavar="HxW", help=f"smallest input size (default {_hw(DEFAULT_MIN)})")
-    p.add_argument("--opt", dest="opt_hw", metavar="HxW", help=f"size to tune for (default {_hw(DEFAULT_OPT)})")
-    p.add_argument("--max", dest="max_hw", metavar="HxW", help=f"largest input size (default {_hw(DEFAULT_MAX)})")
+    p.add_argument("--min", dest="min_hw", metavar="HxW",
+                   help=f"smallest input size (default {format_shape(DEFAULT_MIN)})")
+    p.add_argument("--opt", dest="opt_hw", metavar="HxW",
+                   help=f"size to tune for (default {format_shape(DEFAULT_OPT)})")
+    p.add_argument("--max", dest="max_hw", metavar="HxW",
+                   help=f"largest input size (default {format_shape(DEFAULT_MAX)})")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                    help=f"largest batch (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--workspace", type=float, metavar="GB", help="builder workspace limit in GiB (default 8)")
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.engine import DEFAULT_WORKSPACE_GB, build_engine
+    from ..backends.tensorrt.builder import DEFAULT_WORKSPACE_GB, build_engine
 
     workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_GB
     sidecar = build_engine(

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export import export_onnx
+    from ..export import export_onnx
 
     manifest = export_onnx(
         args.variant, args.task, args.output, layout=args.layout, weights=args.weights,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
+from ..progress import Progress
 from ._common import add_runtime_arguments, open_runtime, split_list
 
 SAVE_KINDS = ("depth", "normal", "foreground", "vis", "ply")
@@ -198,32 +199,6 @@ def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
 
 
 # ---------------------------------------------------------------------------------- pipeline
-
-
-class Progress:
-    """tqdm when installed (and wanted), else one plain line per finished input on stderr."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.bar = total, 0, None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="img", desc="predict", file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, name: str, ok: bool) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled:
-            print(f"[{self.done}/{self.total}] {'ok' if ok else 'FAILED'} {name}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _describe(exc: BaseException, name: str) -> str:

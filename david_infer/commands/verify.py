@@ -14,7 +14,7 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="FILE.onnx", help="an exported .onnx with its manifest (FILE.json) beside it")
-    p.add_argument("--resolutions", help="HEIGHTxWIDTH list, multiples of the stride "
+    p.add_argument("--resolutions", help="HEIGHTxWIDTH list (N for NxN), multiples of the stride "
                    "(default 256x256,512x512,384x640,1024x1024)")
     p.add_argument("--batches", help="batch sizes (default 1,3)")
     p.add_argument("--tolerance", type=float, help="largest relative error allowed (default 1e-5 fp32, 1e-2 fp16)")
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.verify import format_report, parse_batches, parse_resolutions, verify_onnx
+    from ..export.verify import format_report, parse_batches, parse_resolutions, verify_onnx
 
     resolutions = parse_resolutions(args.resolutions) if args.resolutions else None
     batches = parse_batches(args.batches) if args.batches else None

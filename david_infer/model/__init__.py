@@ -15,7 +15,8 @@ require("torch", "the PyTorch model")
 
 import torch  # noqa: E402
 
-from .david import DavidModel, check_input_shape  # noqa: E402
+from ..shapes import check_input_shape  # noqa: E402
+from .david import DavidModel  # noqa: E402
 from .weights import load_weights, save_weights  # noqa: E402
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "DavidConfig",
     "DavidModel",
     "build_model",
-    "check_input_shape",
     "count_params_and_macs",
     "get_config",
     "load_weights",
@@ -61,7 +61,7 @@ def count_params_and_macs(variant: str, task: str, height: int, width: int) -> t
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = get_config(variant)
-    check_input_shape(cfg, (1, 3, height, width))
+    check_input_shape("image", (1, 3, height, width), stride=cfg.stride)
     with torch.device("meta"):
         model = DavidModel(cfg, task).eval()
         image = torch.empty(1, 3, height, width)

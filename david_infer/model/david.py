@@ -11,7 +11,7 @@ is a multiple of the stride works, square or not, and exports without frozen sha
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -195,11 +195,3 @@ class DavidModel(nn.Module):
         decoded = self.trunk(image, image_384)
         return {name: self.heads[name](decoded, image) for name in self.outputs}
 
-
-def check_input_shape(cfg: DavidConfig, shape: Sequence[int]) -> None:
-    """Raise ValueError unless `shape` is (B, 3, H, W) with H, W positive multiples of the stride."""
-    if len(shape) != 4 or shape[1] != 3:
-        raise ValueError(f"expected an image tensor of shape (B, 3, H, W), got {tuple(shape)}")
-    h, w = shape[2], shape[3]
-    if h <= 0 or w <= 0 or h % cfg.stride or w % cfg.stride:
-        raise ValueError(f"height and width must be positive multiples of {cfg.stride}, got {h}x{w}")

@@ -1,6 +1,7 @@
 """TensorRT backend: plans built by `david-infer build-engine`, run natively through cuda-python.
 
-Importing this package imports neither tensorrt nor cuda-python; opening a runner does.
+Importing this package imports neither tensorrt nor cuda-python; opening a runner and
+`builder.build_engine` (the plan builder behind `david-infer build-engine`) do.
 `profiles` and `sidecar` are pure Python and usable (and tested) without a GPU.
 """
 from __future__ import annotations

@@ -3,80 +3,23 @@
 A TensorRT engine built from a dynamic graph needs, for every input with a dynamic dimension, the
 smallest, the most common ("opt") and the largest shape it will be run at. Our manifests name the
 dynamic dimensions `batch`, `height` and `width`; `image_384` is fixed at the ViT size. The same
-ranges feed the engine builder (`export/engine.py`), the ONNX Runtime TensorRT provider options and
+ranges feed the engine builder (`builder.py`), the ONNX Runtime TensorRT provider options and
 the runner's per-call shape check.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Union
 
 from ...errors import InputError, ModelError
+from ...shapes import HW, ShapeRange, check_stride, format_shape, parse_hw
 
 if TYPE_CHECKING:
     from ...contract import ModelContract
-
-Shape = Tuple[int, ...]
-HW = Tuple[int, int]
 
 DEFAULT_MIN: HW = (256, 256)
 DEFAULT_OPT: HW = (512, 512)
 DEFAULT_MAX: HW = (1024, 1024)
 DEFAULT_MAX_BATCH = 8
-
-_HW_RE = re.compile(r"^\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*$")
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """The min / opt / max shapes of one input in an optimization profile."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    def contains(self, shape: Sequence[int]) -> bool:
-        """Whether `shape` has the right rank and lies inside [min, max] on every axis."""
-        return len(shape) == len(self.min) and all(
-            lo <= int(s) <= hi for s, lo, hi in zip(shape, self.min, self.max)
-        )
-
-    def as_dict(self) -> Dict[str, list]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ShapeRange":
-        return cls(*(tuple(int(d) for d in data[k]) for k in ("min", "opt", "max")))
-
-
-def parse_hw(text: Union[str, int, Sequence[int]], what: str = "resolution") -> HW:
-    """`"512"`, `"512x768"` (height x width), 512 or (512, 768) -> (height, width); InputError otherwise."""
-    if isinstance(text, int):
-        h = w = text
-    elif isinstance(text, (tuple, list)) and len(text) == 2:
-        h, w = (int(v) for v in text)
-    else:
-        m = _HW_RE.match(str(text))
-        if not m:
-            raise InputError(f"{what} {text!r} is not HEIGHTxWIDTH (e.g. 512x512) or a single size (e.g. 512)")
-        h = int(m.group(1))
-        w = int(m.group(2)) if m.group(2) else h
-    if h <= 0 or w <= 0:
-        raise InputError(f"{what} {h}x{w} must be positive")
-    return h, w
-
-
-def _check_stride(hw: HW, stride: int, what: str) -> None:
-    h, w = hw
-    if h % stride or w % stride:
-        def near(v: int) -> int:
-            return max(stride, round(v / stride) * stride)
-
-        raise InputError(
-            f"{what} {h}x{w}: height and width must be multiples of {stride} (the model halves the "
-            f"resolution {stride.bit_length() - 1} times); try {near(h)}x{near(w)}"
-        )
 
 
 def compute_profiles(
@@ -103,7 +46,7 @@ def compute_profiles(
         raise InputError(f"optimal batch {opt_batch!r} must lie between 1 and --max-batch {max_batch}")
     stride = contract.stride
     for hw, what in ((mn, "--min"), (op, "--opt"), (mx, "--max")):
-        _check_stride(hw, stride, what)
+        check_stride(hw, stride, what)
     for axis, i in (("height", 0), ("width", 1)):
         if not mn[i] <= op[i] <= mx[i]:
             raise InputError(
@@ -154,19 +97,6 @@ def ort_shape_string(profiles: Mapping[str, ShapeRange], level: str) -> str:
     if level not in ("min", "opt", "max"):
         raise ValueError(f"level must be min, opt or max, not {level!r}")
     return ",".join(
-        f"{name}:{'x'.join(str(d) for d in getattr(rng, level))}" for name, rng in profiles.items()
+        f"{name}:{format_shape(getattr(rng, level))}" for name, rng in profiles.items()
     )
 
-
-def check_input_shape(name: str, shape: Sequence[int], rng: ShapeRange, source: str = "the engine") -> None:
-    """InputError unless `shape` lies inside the profile range `rng` of input `name`."""
-    if rng.contains(shape):
-        return
-    got = "x".join(str(int(d)) for d in shape)
-    lo = "x".join(str(d) for d in rng.min)
-    hi = "x".join(str(d) for d in rng.max)
-    raise InputError(
-        f"input {name!r} has shape {got}, outside the range {source} was built for ({lo} to {hi}); "
-        "resize to a size in that range or rebuild the engine with david-infer build-engine "
-        "--min/--max/--max-batch covering it"
-    )

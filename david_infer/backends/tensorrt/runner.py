@@ -19,7 +19,7 @@ from ...errors import DavidError, InputError, ModelError
 from ...contract import GraphIO, ModelContract
 from ..base import Device, Runner
 from . import _cuda, _trt
-from .profiles import ShapeRange, check_input_shape
+from ...shapes import ShapeRange, check_input_shape
 from .sidecar import check_compatible, check_plan_sha256, profile_ranges
 
 

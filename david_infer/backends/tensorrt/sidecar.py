@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ...errors import InputError, ModelError
 from ...manifest import manifest_path, read_manifest, sha256_file
-from .profiles import ShapeRange
+from ...shapes import ShapeRange
 
 KIND = "tensorrt"
 HARDWARE_COMPAT = ("none", "ampere+")

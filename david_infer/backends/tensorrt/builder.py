@@ -1,4 +1,7 @@
-"""ONNX -> TensorRT plan (+ sidecar manifest), for TensorRT 10 and 11.
+"""ONNX -> TensorRT plan (+ sidecar manifest), for TensorRT 10 and 11 (`david-infer build-engine`).
+
+It lives beside the runner because both share the backend's private helpers (`_trt`, `_cuda`,
+`profiles`, `sidecar`); TensorRT and cuda-python are imported only inside `build_engine`.
 
 Precision, and why the network flags depend on it (TensorRT 11 is strongly typed only):
   * FP16 graph (FP16 in the ONNX file, LayerNorm/softmax kept FP32 behind Casts): the network is
@@ -21,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from david_infer.backends.tensorrt import _cuda, _trt
-from david_infer.backends.tensorrt.profiles import DEFAULT_MAX_BATCH, ShapeRange, compute_profiles
-from david_infer.backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
-from david_infer.errors import BackendUnavailable, ExportError, InputError, ModelError
-from david_infer.contract import ModelContract
-from david_infer.manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
+from ...errors import BackendUnavailable, ExportError, InputError, ModelError
+from ...contract import ModelContract
+from ...manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
+from ...shapes import ShapeRange
+from . import _cuda, _trt
+from .profiles import DEFAULT_MAX_BATCH, compute_profiles
+from .sidecar import HARDWARE_COMPAT, build_sidecar
 
 DEFAULT_WORKSPACE_GB = 8.0
 
