@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from david_infer.model import count_params_and_macs  # noqa: E402
 
-# BRIEF section 1: ONNX size / 4 and MACs at 512x512 from the model cards.
+# ONNX size / 4 and MACs at 512x512 from the released models' model cards.
 MODEL_CARDS: Dict[Tuple[str, str], Optional[Tuple[float, float]]] = {
     ("base", "depth"): (428.42e6 / 4, 172.4e9),
     ("base", "normal"): (428.42e6 / 4, 172.4e9),

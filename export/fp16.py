@@ -4,7 +4,7 @@ TensorRT 11 builds FP16 only from a graph that is already FP16 ("strongly typed"
 the type of its inputs, and an op whose inputs disagree is rejected). `convert_to_mixed_fp16`
 is a small pass of our own rather than onnxconverter-common's `convert_float_to_float16`, whose
 `keep_io_types=True` can feed an FP32 input straight into an FP16 Conv and which leaves existing
-`Cast(to=FLOAT)` nodes pointing at FP32 (BRIEF section 3). The pass:
+`Cast(to=FLOAT)` nodes pointing at FP32. The pass:
 
 - runs every op in FP16 except those in `FP32_OPS` (LayerNormalization, Softmax and the
   reductions, which overflow or lose too much in FP16), which stay FP32 behind explicit Casts;

@@ -138,7 +138,7 @@ def test_weights_not_safetensors(tmp_path: Path) -> None:
         build_model("tiny", "depth", weights=str(tmp_path / "absent.safetensors"))
 
 
-# BRIEF section 1: (params, MACs) of the released models at 512x512.
+# (params, MACs) of the released models at 512x512, from their model cards.
 MODEL_CARDS = {
     ("base", "depth"): (107.1e6, 172.4e9),
     ("base", "normal"): (107.1e6, 172.4e9),
