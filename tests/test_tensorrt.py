@@ -128,7 +128,7 @@ def test_check_input_shape_message() -> None:
 def test_tensorrt_provider_options(manifests: Dict[str, Any], tmp_path: Path) -> None:
     opts = tensorrt_provider_options(_contract(manifests["dynamic"]), tmp_path / "cache", resolution=512, max_batch=4)
     assert opts["trt_profile_min_shapes"] == "image:1x3x512x512,image_384:1x3x384x384"
-    assert opts["trt_profile_opt_shapes"] == "image:1x3x512x512,image_384:1x3x384x384"
+    assert opts["trt_profile_opt_shapes"] == "image:4x3x512x512,image_384:4x3x384x384"  # opt = the batch sent
     assert opts["trt_profile_max_shapes"] == "image:4x3x512x512,image_384:4x3x384x384"
     assert opts["trt_fp16_enable"] is True and opts["trt_layer_norm_fp32_fallback"] is True
     assert opts["trt_engine_cache_enable"] is True and opts["trt_timing_cache_enable"] is True
@@ -137,6 +137,16 @@ def test_tensorrt_provider_options(manifests: Dict[str, Any], tmp_path: Path) ->
     assert isinstance(opts["trt_max_workspace_size"], int) and opts["trt_max_workspace_size"] > 0
     # ONNX Runtime's option names: every key is one it parses.
     assert all(k.startswith("trt_") for k in opts)
+
+
+def test_tensorrt_provider_options_image_resolution_spans_a_range(manifests: Dict[str, Any], tmp_path: Path) -> None:
+    """resolution=None (each image at its own size) is not pinned to one size."""
+    opts = tensorrt_provider_options(_contract(manifests["dynamic"]), tmp_path, resolution=None, max_batch=2)
+    assert opts["trt_profile_min_shapes"] == "image:1x3x256x256,image_384:1x3x384x384"
+    assert opts["trt_profile_opt_shapes"] == "image:2x3x512x512,image_384:2x3x384x384"
+    assert opts["trt_profile_max_shapes"] == "image:2x3x1024x1024,image_384:2x3x384x384"
+    official = tensorrt_provider_options(_contract(manifests["official"]), tmp_path, resolution=None, max_batch=1)
+    assert official["trt_profile_max_shapes"] == "image:1x3x512x512"
 
 
 def test_tensorrt_provider_options_fp16_graph(manifests: Dict[str, Any], tmp_path: Path) -> None:

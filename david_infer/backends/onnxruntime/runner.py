@@ -44,8 +44,7 @@ def _tensorrt_options(path: Path, device: Device, options: Any, contract: Option
     if contract is None or workload is None:
         raise BackendUnavailable(f"{path}: the TensorRT provider needs the model contract and workload")
     cache_dir = Path(options.cache_dir or path.parent / ".trt_cache")
-    resolution = workload.resolution or contract.fixed_resolution or 512
-    trt = tensorrt_provider_options(contract, cache_dir, resolution, workload.max_batch)
+    trt = tensorrt_provider_options(contract, cache_dir, workload.resolution, workload.max_batch)
     return {"device_id": device.index, **trt}
 
 

@@ -7,7 +7,7 @@ these to `("TensorrtExecutionProvider", options)`. Option names are those of ONN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from ...contract import ModelContract
 from ..tensorrt.profiles import compute_profiles, ort_shape_string
@@ -18,22 +18,29 @@ DEFAULT_WORKSPACE_BYTES = 4 << 30
 def tensorrt_provider_options(
     contract: ModelContract,
     cache_dir: Union[str, Path],
-    resolution: int,
+    resolution: Optional[int],
     max_batch: int,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> Dict[str, Any]:
-    """TensorRT EP options for a model run at `resolution` x `resolution`, batches 1..`max_batch`.
+    """TensorRT EP options for a model run at `resolution` x `resolution`, batches 1..`max_batch`
+    (optimised for `max_batch`, the batch a batching runtime sends most).
 
     Engines and the timing cache go under `cache_dir` (created here), so the first session builds
     the engine (minutes for Large) and later ones load it. Profiles cover every input: `image` at
     (1..max_batch, 3, resolution, resolution), `image_384` at (1..max_batch, 3, 384, 384).
+    `resolution=None` (each image at its own size) spans the default range, 256..1024 with 512
+    as the optimum, instead of pinning one size.
 
     Precision: an FP32 graph gets `trt_fp16_enable` (TensorRT picks FP16 kernels) with the
     LayerNorm FP32 fallback against overflow. An FP16 graph already says which ops run in FP16;
     enabling the flag would let TensorRT drop its FP32 islands (LayerNorm, softmax) to FP16, and
     recent ONNX Runtime builds the network strongly typed only while the flag is off, so it is off.
     """
-    profiles = compute_profiles(contract, resolution, resolution, resolution, max_batch=max_batch)
+    if resolution is None and contract.fixed_resolution is None:
+        profiles = compute_profiles(contract, max_batch=max_batch, opt_batch=max_batch)
+    else:
+        side = resolution or contract.fixed_resolution
+        profiles = compute_profiles(contract, side, side, side, max_batch=max_batch, opt_batch=max_batch)
     fp16_flag = contract.precision != "fp16"
     cache_dir = Path(cache_dir)
     engines, timing = cache_dir / "engines", cache_dir / "timing"
