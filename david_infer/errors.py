@@ -24,3 +24,7 @@ class BackendUnavailable(DavidError, RuntimeError):
 
 class ExportError(DavidError):
     """An export, verification or engine build could not be done as asked."""
+
+
+class DavidWarning(UserWarning):
+    """Something works but deserves the user's attention (and says how to fix it)."""

@@ -421,3 +421,29 @@ def test_torch_backend_refuses_released_files(released_dir: Path) -> None:
     pytest.importorskip("torch")
     with pytest.raises(ModelError, match=r"released files have no PyTorch weights"):
         DavidRuntime(released_dir / "multi-task-model-vitl16_384.onnx", backend="torch")
+
+
+def test_node_placement_from_a_real_profile(tiny_multitask_onnx: Path) -> None:
+    """The placement check reads ONNX Runtime's own profile: on a CPU session every heavy node ran
+    on the CPU, which a session meant for the CUDA provider must refuse."""
+    from david_infer.backends.onnxruntime.placement import (
+        check_placement, dummy_feeds, heavy_ops_on_cpu, profiled_placement)
+    from david_infer.backends.onnxruntime.runner import session_io
+
+    import onnxruntime
+
+    so = onnxruntime.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tiny_multitask_onnx.parent / "placement")
+    session = onnxruntime.InferenceSession(str(tiny_multitask_onnx), sess_options=so,
+                                           providers=["CPUExecutionProvider"])
+    placement = profiled_placement(session, dummy_feeds(session_io(session).inputs, 64))
+    assert set(placement) == {"CPUExecutionProvider"}
+    heavy = dict(heavy_ops_on_cpu(placement))
+    assert heavy.get("Conv", 0) > 10 and heavy.get("MatMul", 0) + heavy.get("FusedMatMul", 0) > 0
+    with pytest.raises(BackendUnavailable, match=r"asked to run on CUDAExecutionProvider, but heavy nodes ran on "
+                                                 r"the CPU \(.*Conv x\d+"):
+        check_placement(placement, ["CUDAExecutionProvider"], tiny_multitask_onnx)
+    gpu_like = {"CUDAExecutionProvider": placement["CPUExecutionProvider"]}  # the same run, on the GPU
+    check_placement(gpu_like, ["CUDAExecutionProvider"], tiny_multitask_onnx)
+    assert not list(tiny_multitask_onnx.parent.glob("placement*.json"))  # the profile file is removed

@@ -389,3 +389,91 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
         with pytest.raises(InputError, match="outside the range"):
             runner.infer({"image": np.zeros((1, 3, 512, 512), np.float32),
                           "image_384": np.zeros((1, 3, 384, 384), np.float32)})
+
+
+# -- GPU-library failures and precision labels (the TensorRT calls faked, the logic around them real)
+
+
+class _FakeFlags:
+    FP16, TF32 = "FP16", "TF32"
+
+
+class _FakeConfig:
+    def __init__(self) -> None:
+        self.set, self.cleared = [], []
+
+    def set_memory_pool_limit(self, pool: Any, size: int) -> None:
+        pass
+
+    def set_flag(self, flag: str) -> None:
+        self.set.append(flag)
+
+    def clear_flag(self, flag: str) -> None:
+        self.cleared.append(flag)
+
+    def add_optimization_profile(self, profile: Any) -> int:
+        return 0
+
+
+class _FakeBuilder:
+    def create_builder_config(self) -> _FakeConfig:
+        return _FakeConfig()
+
+    def create_optimization_profile(self) -> Any:
+        class Profile:
+            def set_shape(self, *args: Any) -> None:
+                pass
+        return Profile()
+
+
+def _fake_trt(builder_factory: Any) -> Any:
+    import types
+
+    return types.SimpleNamespace(
+        __version__="10.9.0.34", BuilderFlag=_FakeFlags, Builder=builder_factory,
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
+        HardwareCompatibilityLevel=types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS"),
+    )
+
+
+def test_builder_null_factory_is_a_clear_error(tiny_multitask_onnx: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT's bindings raise a bare TypeError when the C++ factory returns null (CUDA could not
+    start): the builder says what could not be made, on which GPU, and what to check."""
+    from david_infer.backends.tensorrt import _cuda, _trt, builder
+
+    def null_builder(logger: Any) -> Any:
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(_trt, "tensorrt", lambda *a: _fake_trt(null_builder))
+    monkeypatch.setattr(_trt, "logger", lambda: object())
+    monkeypatch.setattr(_cuda, "device_info", lambda index: ("NVIDIA A100-SXM4-80GB", "8.0"))
+    monkeypatch.setattr(_cuda, "set_device", lambda index: None)
+    out = tmp_path / "m.engine"
+    with pytest.raises(BackendUnavailable, match=r"could not create a builder on NVIDIA A100-SXM4-80GB "
+                                                 r"\(pybind11.*nullptr\): CUDA could not start.*nvidia-smi"):
+        builder.build_engine(tiny_multitask_onnx, out, max_hw="512", max_batch=2)
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_cleared_unless_asked(manifests: Dict[str, Any], tf32: bool) -> None:
+    from david_infer.backends.tensorrt.builder import NetworkPlan, _config
+
+    profiles = compute_profiles(_contract(manifests["dynamic"]))
+    config = _config(_fake_trt(None), _FakeBuilder(), NetworkPlan(True, False, "fp32"), profiles, 1.0, "none", tf32)
+    assert (config.set, config.cleared) == ((["TF32"], []) if tf32 else ([], ["TF32"]))
+
+
+def test_engine_from_another_gpu_model_of_the_same_capability_warns(manifests: Dict[str, Any], plan: Path) -> None:
+    from david_infer.errors import DavidWarning
+
+    side = _sidecar(manifests["dynamic"], plan)  # built on an A100 (8.0)
+    with pytest.warns(DavidWarning, match=r"runs on NVIDIA A30, another GPU model.*tuned for NVIDIA A100.*build-engine"):
+        check_compatible(side, "10.9.0.34", "8.0", plan, gpu_name="NVIDIA A30")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_compatible(side, "10.9.0.34", "8.0", plan, gpu_name="NVIDIA A100-SXM4-80GB")

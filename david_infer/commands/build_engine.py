@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache to read (if present) and write back")
     p.add_argument("--hardware-compat", choices=("ampere+",), default=None,
                    help="build one engine for every Ampere-or-newer GPU (A100 -> H100)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 for FP32 maths (faster on Ampere+, 10-bit mantissas; off by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     sidecar = build_engine(
         args.onnx, args.output, min_hw=args.min_hw, opt_hw=args.opt_hw, max_hw=args.max_hw,
         max_batch=args.max_batch, workspace_gb=workspace, timing_cache=args.timing_cache,
-        hardware_compat=args.hardware_compat or "none",
+        hardware_compat=args.hardware_compat or "none", tf32=args.tf32,
     )
     info = sidecar["tensorrt"]
     print(f"wrote {args.output} (+ sidecar): {sidecar['variant']}/{sidecar['task']}, {info['precision']}, "

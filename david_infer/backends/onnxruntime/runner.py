@@ -1,6 +1,8 @@
 """ONNX Runtime session creation and the runner."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -10,6 +12,7 @@ from ..._optional import install_hint, require
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
 from ..base import Device, Runner, Workload
+from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -61,6 +64,9 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
     if options.intra_op_threads:
         so.intra_op_num_threads = int(options.intra_op_threads)
+    if wanted:  # one profiled warm-up shows which provider ran each node (placement.py)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"david-infer-placement-{os.getpid()}")
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=session_providers)
     except Exception as exc:  # ORT raises its own pybind exception types
@@ -73,6 +79,10 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
                 f"(CUDA/cuDNN libraries missing or no GPU visible?). Not falling back to CPU. "
                 f"Install: {install_hint('tensorrt')}"
             )
+    if wanted:
+        side = (workload.resolution if workload else None) or (contract.fixed_resolution if contract else None) or 512
+        placement = profiled_placement(session, dummy_feeds(session_io(session).inputs, side))
+        check_placement(placement, [GPU_PROVIDERS[n] for n in wanted], path)
     return session
 
 

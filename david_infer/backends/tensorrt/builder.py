@@ -97,9 +97,28 @@ def _check_paths(onnx_path: Path, output: Path, timing_cache: Optional[Path]) ->
     return manifest
 
 
-def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> Tuple[Any, Any]:
-    network = builder.create_network(network_flags(trt, strongly_typed))
-    parser = trt.OnnxParser(network, logger)
+def _create(trt: Any, gpu: str, what: str, factory: Any, *args: Any) -> Any:
+    """Call a TensorRT factory; its null result (a bare TypeError from the bindings, or None)
+    becomes a BackendUnavailable saying what could not be made and why that usually happens."""
+    try:
+        made = factory(*args)
+    except TypeError as exc:  # pybind11: "factory function returned nullptr" when CUDA cannot start
+        made, detail = None, f" ({exc})"
+    else:
+        detail = ""
+    if made is None:
+        raise BackendUnavailable(
+            f"TensorRT {trt.__version__} could not create {what} on {gpu}{detail}: CUDA could not start or the "
+            "GPU is out of memory (see TensorRT's message above). Check `nvidia-smi`, and that the driver "
+            "supports this TensorRT's CUDA version"
+        )
+    return made
+
+
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool, gpu: str = "the GPU"
+           ) -> Tuple[Any, Any]:
+    network = _create(trt, gpu, "a network", builder.create_network, network_flags(trt, strongly_typed))
+    parser = _create(trt, gpu, "an ONNX parser", trt.OnnxParser, network, logger)
     # parse_from_file (not parse(bytes)) so external weights resolve beside the file.
     ok = parser.parse_from_file(str(onnx_path))
     if not ok or parser.num_errors:
@@ -124,12 +143,19 @@ def _check_network_inputs(network: Any, profiles: Mapping[str, ShapeRange], onnx
 
 def _config(
     trt: Any, builder: Any, plan: NetworkPlan, profiles: Mapping[str, ShapeRange], workspace_gb: float,
-    hardware_compat: str,
+    hardware_compat: str, tf32: bool = False,
 ) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    # TensorRT allows TF32 for FP32 maths by default (10-bit mantissas): an "fp32" engine must
+    # not use it silently, so it is cleared unless asked for (--tf32), and the sidecar says which.
+    if hasattr(trt.BuilderFlag, "TF32"):
+        if tf32:
+            config.set_flag(trt.BuilderFlag.TF32)
+        else:
+            config.clear_flag(trt.BuilderFlag.TF32)
     if hardware_compat == "ampere+":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     profile = builder.create_optimization_profile()
@@ -166,12 +192,14 @@ def build_engine(
     hardware_compat: str = "none",
     device: int = 0,
     log: Any = sys.stderr,
+    tf32: bool = False,
 ) -> Dict[str, Any]:
     """Build `output` (plan) and `output.json` (sidecar) from a david-infer ONNX export.
 
     Arguments are checked before TensorRT is imported; BackendUnavailable (with the install
     hint) without TensorRT, cuda-python or a GPU; ExportError if TensorRT cannot parse or build.
-    Both files appear only on success. Returns the sidecar.
+    `tf32` allows TF32 for FP32 maths (TensorRT's default, off here; the sidecar's precision
+    then reads "fp32+tf32"). Both files appear only on success. Returns the sidecar.
     """
     onnx_path, output = Path(onnx_path), Path(output)
     cache_path = Path(timing_cache) if timing_cache else None
@@ -197,12 +225,10 @@ def build_engine(
         print(f"warning: {note}", file=log)
 
     logger = _trt.logger()
-    builder = trt.Builder(logger)
-    if builder is None:  # the C++ factory returns null when CUDA cannot start
-        raise BackendUnavailable(f"TensorRT {trt.__version__} could not create a builder on {gpu} (see its message above)")
-    network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed)
+    builder = _create(trt, gpu, "a builder", trt.Builder, logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed, gpu)
     _check_network_inputs(network, profiles, onnx_path)
-    config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat)
+    config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat, tf32)
     _attach_timing_cache(config, cache_path, log)
 
     start = time.perf_counter()
@@ -216,9 +242,10 @@ def build_engine(
     if cache_path:
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     data = memoryview(serialized)
+    precision = plan.precision + ("+tf32" if tf32 and plan.precision == "fp32" else "")
     sidecar = build_sidecar(
         manifest, output.name, hashlib.sha256(data).hexdigest(), trt.__version__, gpu, cc,
-        hardware_compat, profiles, plan.precision, seconds, tuple(notes),
+        hardware_compat, profiles, precision, seconds, tuple(notes),
     )
     _write_plan(output, data, sidecar)
     return sidecar

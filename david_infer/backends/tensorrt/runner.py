@@ -60,7 +60,7 @@ class TensorRTRunner(Runner):
         self._sidecar = contract.document  # the "tensorrt" block: version, GPU, profiles
         trt = _trt.tensorrt()
         gpu, cc = _cuda.device_info(index)
-        check_compatible(self._sidecar, trt.__version__, cc, self.path)
+        check_compatible(self._sidecar, trt.__version__, cc, self.path, gpu_name=gpu)
         check_plan_sha256(self.path, self._sidecar)
         _cuda.set_device(index)
         self._inputs = list(self._io.input_names)

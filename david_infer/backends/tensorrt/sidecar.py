@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from ...errors import InputError, ModelError
+from ...errors import DavidWarning, InputError, ModelError
 from ...manifest import manifest_path, read_manifest, sha256_file
 from ...shapes import ShapeRange
 
@@ -131,12 +132,15 @@ def check_compatible(
     trt_version: str,
     compute_capability: str,
     engine_path: Optional[Union[str, Path]] = None,
+    gpu_name: Optional[str] = None,
 ) -> None:
     """ModelError unless a plan with this sidecar can run under this TensorRT on this GPU.
 
     A plan runs only under the TensorRT version that built it, and only on GPUs of the compute
     capability it was built on, unless it was built hardware-compatible (Ampere and newer), in
-    which case any GPU of compute capability 8.0 or newer will do.
+    which case any GPU of compute capability 8.0 or newer will do. Another GPU model of the same
+    compute capability (an A30 running an A100's plan) loads, but its tactics were timed on the
+    other model: a DavidWarning says so and how to rebuild.
     """
     name = Path(engine_path) if engine_path else Path(str(sidecar.get("model_file", "the engine")))
     info = sidecar["tensorrt"]
@@ -164,6 +168,11 @@ def check_compatible(
             f"{REBUILD.format(engine=name)} (or build with --hardware-compat ampere+ for one engine "
             "that runs on every Ampere-or-newer GPU)"
         )
+    if gpu_name and info.get("gpu") and str(info["gpu"]).strip() != str(gpu_name).strip():
+        warnings.warn(
+            f"{name}: engine {what} runs on {gpu_name}, another GPU model of the same compute capability; "
+            f"it works, but its kernels were tuned for {built_gpu}. For full speed "
+            f"{REBUILD.format(engine=name)}", DavidWarning, stacklevel=3)
 
 
 def check_plan_sha256(engine_path: Union[str, Path], sidecar: Mapping[str, Any]) -> None:
