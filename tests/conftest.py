@@ -89,6 +89,16 @@ def tiny_multitask_onnx(exported_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_fp16_onnx(exported_dir: Path) -> Path:
+    """The mixed-precision FP16 export of the same tiny multi-task model (random weights, seed 0)."""
+    from export import export_onnx
+
+    path = exported_dir / "tiny-multitask-fp16.onnx"
+    export_onnx("tiny", "multitask", path, precision="fp16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_runtime(tiny_multitask_onnx: Path):
     """A DavidRuntime on the tiny multi-task export at resolution 64 (fast; shared, thread-safe)."""
     from david_infer import DavidRuntime
