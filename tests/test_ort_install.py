@@ -161,3 +161,16 @@ def test_matching_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     _dist_info(tmp_path, "tensorrt-cu13", "10.16.1.11", files=("tensorrt/__init__.py",))
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _ort.check_tensorrt(10, 13) == "10.16.1.11"
+
+
+def test_missing_onnxruntime_hint_names_the_cpu_extra() -> None:
+    from david_infer._optional import install_hint
+
+    assert install_hint("onnxruntime") == 'pip install "david-infer[cpu]"'
+    assert _ort.install_command("cuda", 12) == 'pip install "david-infer[gpu-cu12]"'
+
+
+def test_preload_is_harmless_on_a_cpu_build() -> None:
+    # The CPU build has no CUDA version: nothing to load, nothing printed, nothing raised.
+    assert _ort.build_cuda_major(ort) is None
+    assert _ort.preload_cuda_libraries(ort) == []
