@@ -47,12 +47,14 @@ sys.path.insert(0, str(ROOT))
 
 from david_infer.manifest import atomic_write  # noqa: E402
 
-MODELS = {"base": ("base", "multitask"), "large": ("large", "multitask")}
+MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
 PRECISIONS = ("fp32", "fp16")
 PROFILE = {"min_hw": "256", "opt_hw": "512", "max_hw": "1024", "max_batch": 8}
 PARITY_POINTS: List[Tuple[int, int, int]] = [(1, 512, 512), (8, 512, 512), (2, 720, 400)]  # batch, height, width
 BENCH_BATCHES = (1, 8)
+BENCH_SIZE = 512  # height and width of the timed inputs
 BACKENDS = ("tensorrt", "ort-cuda", "ort-tensorrt")
+CPU_BACKEND = "ort-cpu"  # the FP16 graph on ONNX Runtime's CPU provider: the same checks without a GPU
 DEFAULT_BUDGET_S = 450.0
 
 
@@ -179,7 +181,7 @@ def markdown(state: Dict[str, Any], title: str = "GPU check") -> str:
                     + (f" {p['error']}" if p.get("error") else ""))
     bench = [(n, r["result"]) for n, r in steps.items() if n.startswith("bench:") and r.get("result")]
     if bench:
-        lines += ["", "| bench (512x512) | batch | images/s | p50 ms | p90 ms | p99 ms | runs |",
+        lines += ["", "| bench | batch | images/s | p50 ms | p90 ms | p99 ms | runs |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, res in bench:
             for b in res["batches"]:
@@ -200,10 +202,17 @@ def latency_stats(seconds: Sequence[float], batch: int) -> Dict[str, float]:
             "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(ms.mean())}
 
 
-def time_calls(call: Callable[[], Any], warmup: int = 3, min_runs: int = 10, max_s: float = 8.0) -> List[float]:
+BENCH_MAX_S = 8.0  # timed seconds per figure (after at least BENCH_MIN_RUNS runs)
+BENCH_MIN_RUNS = 10
+
+
+def time_calls(call: Callable[[], Any], warmup: int = 3, min_runs: Optional[int] = None,
+               max_s: Optional[float] = None) -> List[float]:
     """Seconds per call after `warmup` calls: at least `min_runs`, then until `max_s` is spent."""
     for _ in range(warmup):
         call()
+    max_s = BENCH_MAX_S if max_s is None else max_s
+    min_runs = BENCH_MIN_RUNS if min_runs is None else min_runs
     times: List[float] = []
     spent = 0.0
     while len(times) < min_runs or (spent < max_s and len(times) < 1000):
@@ -303,10 +312,12 @@ def open_backend(backend: str, work: Path, model: str) -> Any:
         return open_runner(work / f"{model}-fp16.engine", None, "cuda")
     from david_infer.backends.onnxruntime import open_runner
 
+    if backend == CPU_BACKEND:
+        return open_runner(work / f"{model}-fp16.onnx", None, "cpu")
     if backend == "ort-cuda":
         return open_runner(work / f"{model}-fp32.onnx", None, "cuda", providers=("cuda",))
     return open_runner(work / f"{model}-fp16.onnx", None, "cuda", providers=("tensorrt", "cuda"),
-                       resolution=512, max_batch=max(BENCH_BATCHES), cache_dir=str(work / "ort-trt-cache"))
+                       resolution=BENCH_SIZE, max_batch=max(BENCH_BATCHES), cache_dir=str(work / "ort-trt-cache"))
 
 
 def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
@@ -333,9 +344,9 @@ def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
     batches = []
     with open_backend(backend, work, model) as runner:
         for b in BENCH_BATCHES:
-            feeds = feeds_for(b, 512, 512, seed=99)
+            feeds = feeds_for(b, BENCH_SIZE, BENCH_SIZE, seed=99)
             batches.append(latency_stats(time_calls(lambda: runner.infer(feeds)), b))
-    return {"what": "runner.infer: host to device, run, device to host", "batches": batches}
+    return {"what": f"runner.infer at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
 
 
 def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
@@ -343,21 +354,22 @@ def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
 
     path = work / (f"{model}-fp16.engine" if backend == "tensorrt" else
                    f"{model}-{'fp32' if backend == 'ort-cuda' else 'fp16'}.onnx")
+    device = "cpu" if backend == CPU_BACKEND else "cuda"
     options: Dict[str, Any] = {}
-    if backend.startswith("ort-"):
+    if backend in ("ort-cuda", "ort-tensorrt"):
         options["providers"] = ("cuda",) if backend == "ort-cuda" else ("tensorrt", "cuda")
         if backend == "ort-tensorrt":
             options["cache_dir"] = str(work / "ort-trt-cache")
     rng = np.random.default_rng(7)
     batches = []
     for b in BENCH_BATCHES:
-        images = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(b)]
-        runtime = DavidRuntime(path, device="cuda", resolution=512, batch_size=b, **options)
+        images = [rng.integers(0, 256, (BENCH_SIZE, BENCH_SIZE, 3), dtype=np.uint8) for _ in range(b)]
+        runtime = DavidRuntime(path, device=device, resolution=BENCH_SIZE, batch_size=b, **options)
         try:
-            batches.append(latency_stats(time_calls(lambda: runtime.predict_batch(images), min_runs=5), b))
+            batches.append(latency_stats(time_calls(lambda: runtime.predict_batch(images)), b))
         finally:
             runtime.close()
-    return {"what": "DavidRuntime.predict_batch on 512x512 uint8 RGB images, pre/postprocessing included",
+    return {"what": f"DavidRuntime.predict_batch on {BENCH_SIZE}x{BENCH_SIZE} uint8 RGB images, pre/postprocessing included",
             "batches": batches}
 
 
@@ -370,13 +382,14 @@ def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Seque
         check.run(f"engine:{model}", lambda m=model: step_engine(work, m), needs=["install", f"export:{model}-fp16"])
         check.run(f"reference:{model}", lambda m=model: step_reference(work, m), needs=[f"export:{model}-fp32"])
         for backend in backends:
-            needs = ["install", f"reference:{model}"] + ([f"engine:{model}"] if backend == "tensorrt" else
-                                                       [f"export:{model}-fp16"])
+            gpu = [] if backend == CPU_BACKEND else ["install"]
+            needs = gpu + [f"reference:{model}"] + ([f"engine:{model}"] if backend == "tensorrt" else
+                                                  [f"export:{model}-fp16"])
             check.run(f"parity:{model}:{backend}", lambda m=model, b=backend: step_parity(work, m, b), needs=needs)
     for model in models:
         for backend in backends:
-            needs = ["install"] + ([f"engine:{model}"] if backend == "tensorrt" else
-                                   [f"export:{model}-fp32", f"export:{model}-fp16"])
+            needs = ([] if backend == CPU_BACKEND else ["install"]) + (
+                [f"engine:{model}"] if backend == "tensorrt" else [f"export:{model}-fp32", f"export:{model}-fp16"])
             check.run(f"bench:{model}:{backend}:engine", lambda m=model, b=backend: step_bench_engine(work, m, b),
                       needs=needs)
             check.run(f"bench:{model}:{backend}:predict_batch",
@@ -388,14 +401,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"), help="gpu_check.json/.md here")
     parser.add_argument("--work", default=str(ROOT / "gpu_check_work"), help="ONNX files, engines, caches")
     parser.add_argument("--models", default="base,large", help=f"subset of {','.join(MODELS)}")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"subset of {','.join(BACKENDS)}")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"subset of {','.join(BACKENDS)}, or {CPU_BACKEND} (no GPU)")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="start no step after this many seconds")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (exports are still reused)")
     parser.add_argument("--retry-crashed", action="store_true", help="rerun a step that was running when a run died")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [m for m in models if m not in MODELS] + [b for b in backends if b not in BACKENDS]
+    bad = [m for m in models if m not in MODELS] + [b for b in backends if b not in BACKENDS + (CPU_BACKEND,)]
     if bad or not models:
         print(f"gpu_check: error: unknown {bad}; models: {', '.join(MODELS)}; backends: {', '.join(BACKENDS)}",
               file=sys.stderr)

@@ -168,3 +168,37 @@ def test_the_gpu_gate_fails_skips_under_david_infer_gpu(tmp_path: Path) -> None:
     strict = subprocess.run(base, cwd=ROOT, env={**env, "DAVID_INFER_GPU": "1"}, capture_output=True, text=True,
                             timeout=120)
     assert strict.returncode == 1 and "DAVID_INFER_GPU=1 but" in strict.stdout and "1 error" in strict.stdout
+
+
+def _tiny_work(tmp_path: Path, fp32: Path, fp16: Path) -> Path:
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for src, precision in ((fp32, "fp32"), (fp16, "fp16")):
+        shutil.copy(src, work / f"tiny-{precision}.onnx")
+        shutil.copy(src.with_suffix(".json"), work / f"tiny-{precision}.json")
+    return work
+
+
+def test_cpu_backend_runs_the_reference_parity_and_bench_steps(
+        tiny_multitask_onnx: Path, tiny_fp16_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same steps a GPU run takes, on ONNX Runtime's CPU provider and smaller sizes: exports
+    reused, the FP16 graph passes parity at every point, timings recorded."""
+    for name, value in (("BENCH_MAX_S", 0.0), ("BENCH_MIN_RUNS", 2), ("BENCH_SIZE", 64),
+                        ("PARITY_POINTS", [(1, 64, 64), (8, 64, 64), (2, 80, 48)])):
+        monkeypatch.setattr(gpu_check, name, value)
+    work = _tiny_work(tmp_path, tiny_multitask_onnx, tiny_fp16_onnx)
+    check = Checklist(tmp_path / "out")
+    gpu_check.run_all(check, work, ["tiny"], [gpu_check.CPU_BACKEND])
+    steps = _saved(tmp_path / "out")["steps"]
+    assert steps["export:tiny-fp32"]["result"]["note"] == "reused from an earlier run"
+    assert steps["engine:tiny"]["status"] == "skipped" and steps["install"]["status"] == "failed"
+    parity = steps["parity:tiny:ort-cpu"]["result"]
+    assert parity["passed"], parity["reasons"]
+    assert [(p["batch"], p["height"], p["width"]) for p in parity["points"]] == gpu_check.PARITY_POINTS
+    for mode in ("engine", "predict_batch"):
+        batches = steps[f"bench:tiny:ort-cpu:{mode}"]["result"]["batches"]
+        assert [b["batch"] for b in batches] == list(gpu_check.BENCH_BATCHES) and all(b["images_per_s"] > 0 for b in batches)
+    text = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| tiny:ort-cpu | b8 64x64 | yes |" in text and "| tiny:ort-cpu:predict_batch | 8 |" in text
