@@ -10,9 +10,21 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init_
 # torch is pinned because this project's machines install a local CPU wheel of exactly this
 # version; a bare "torch" would pull the newest CUDA build (several GB).
 EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
-GPU = ["onnxruntime-gpu>=1.20", "tensorrt>=10.0", "cuda-python>=12.6.1"]
+# ONNX Runtime comes in builds that write the same `onnxruntime/` folder, so exactly one of the
+# `cpu` and `gpu*` extras may be installed (the last one installed would silently win).
+CPU = ["onnxruntime>=1.21"]
 PLOT = ["matplotlib>=3.6"]
-DEV = EXPORT + PLOT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
+# One coherent set per CUDA major (README, "GPU install"; checked by benchmarks/gpu_deps.py):
+# onnxruntime-gpu's CUDA/cuDNN libraries come from the nvidia-* wheels its [cuda,cudnn] extras
+# pull; its TensorRT provider loads libnvinfer.so.10, so TensorRT stays on major 10, built for the
+# same CUDA major; cuda-python's major is the CUDA major.
+GPU = ["onnxruntime-gpu[cuda,cudnn]~=1.31.1", "tensorrt-cu13>=10.13.2,<11", "cuda-python>=13.0,<14"]
+GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "cuda-python>=12.9,<13"]
+# The test suite without an ONNX Runtime build: `test` + `gpu` on a GPU machine, `dev` (+ `cpu`)
+# elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
+TEST = EXPORT + PLOT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0",
+                 "cuda-python>=12.9"]
+DEV = TEST + CPU
 
 setup(
     name="david-infer",
@@ -26,10 +38,13 @@ setup(
     # top-level package named `export` would collide with anything of that name on a user's path.
     packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
     package_dir={"david_infer.export": "export"},
-    install_requires=["numpy>=1.23", "Pillow>=9.1", "onnxruntime>=1.17"],
+    install_requires=["numpy>=1.23", "Pillow>=9.1"],
     extras_require={
         "export": EXPORT,
+        "cpu": CPU,
         "gpu": GPU,
+        "gpu-cu12": GPU_CU12,
+        "test": TEST,
         "dev": DEV,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],

@@ -1,99 +1,229 @@
-"""GPU validation of the TensorRT path, one command on a machine with an NVIDIA GPU:
+"""GPU validation for a fresh machine with an NVIDIA GPU: one sequential, resumable script.
 
-    python benchmarks/gpu_check.py                      # tiny, Base depth, multi-task Large
-    python benchmarks/gpu_check.py --models tiny,base   # a subset; --out DIR, --iters N, --fresh
+    pip install torch==2.13.0 && pip install -e ".[test,gpu]"
+    python benchmarks/gpu_check.py                 # results in benchmarks/results/gpu/
+    python benchmarks/gpu_check.py                 # again: skips what finished, continues the rest
 
-For each model it exports FP32 (the reference) and FP16 ONNX (all in parallel processes, random
-weights, seed 0), builds a TensorRT engine from the FP16 graph (profile 512x512..1024x1024,
-batch 1..8, opt 512x512 batch 1, shared timing cache), checks the engine's outputs against ONNX
-Runtime FP32 on the CPU at 512x512, 1024x1024 and 512x768 (relative L2 error <= 1e-2 per
-output), and times the runner (host->device copy, execute_async_v3, device->host copy) at
-512x512, batch 1 and 8. Prints a table and writes DIR/gpu_check.json; exit status 1 if any
-check fails. Without a GPU, TensorRT or cuda-python it says so in one line and exits 1.
+Steps, in order (each one's result, or its error, is written to OUT/gpu_check.json and
+OUT/gpu_check.md before the next starts, so a timeout still leaves every finished result):
 
-Kept under 10 minutes on one H100 (a target, not yet measured) by: exporting all models at once
-in separate processes while the engines of the models already exported are built; CPU references
-at batch 1 only (multi-task Large at 1024x1024 is the slowest, a few seconds on 16 cores), cached
-in DIR by the FP32 file's SHA-256; exports reused from DIR unless --fresh; the timing cache kept
-in DIR so a rerun builds faster.
+1. install: which ONNX Runtime builds are installed, the driver / GPU / TensorRT checks of
+   david_infer._ort (the four GPU setup errors), versions, GPU name and compute capability;
+2. export: multi-task Base and Large, FP32 (the reference) and FP16 ONNX, random weights (seed 0),
+   each in a subprocess;
+3. engine: a TensorRT engine from each FP16 graph with a shared timing cache and one profile for
+   batch 1..8 and 256..1024 pixels a side (opt 512, batch 1);
+4. reference: ONNX Runtime FP32 on the CPU at 512x512 batch 1 and 8 and at 720x400 batch 2 (a
+   size no profile names), cached in WORK by the FP32 file's SHA-256;
+5. parity: the TensorRT engine, ONNX Runtime's CUDA provider (FP32 graph) and its TensorRT
+   provider (FP16 graph) against the reference, judged by david_infer.metrics (precision "fp16":
+   the CUDA provider computes in TF32 by default); a point that errors is recorded and the rest go on;
+6. bench: per backend at 512x512, batch 1 and 8, images/s and latency percentiles of the runner
+   alone (host to device, run, device to host) and of DavidRuntime.predict_batch end to end.
+
+A step that fails records its error and the script goes on; steps that need it are recorded as
+skipped. A rerun skips finished steps and retries failed ones; a step that was running when the
+previous run died (crash, timeout) is not retried without --retry-crashed. --budget S stops
+starting new steps after S seconds (default 450, so that a run fits in 8 minutes); rerun to go on.
+Exit status 0 when every step finished and every parity point passed, 1 otherwise, 3 when the
+budget stopped the run. Large files (ONNX, engines, caches) go to --work (default gpu_check_work/).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from david_infer.errors import DavidError  # noqa: E402
+from david_infer.manifest import atomic_write  # noqa: E402
 
-MODELS: Dict[str, Tuple[str, str]] = {"tiny": ("tiny", "multitask"), "base": ("base", "depth"),
-                                      "large": ("large", "multitask")}
-CHECK_SIZES: List[Tuple[int, int]] = [(512, 512), (1024, 1024), (512, 768)]
-FPS_BATCHES = (1, 8)
-PROFILE = {"min_hw": "512x512", "opt_hw": "512x512", "max_hw": "1024x1024", "max_batch": 8}
-TOLERANCE = 1e-2
-BUDGET_S = 600
-
-
-def preflight() -> str:
-    """One line about the GPU, or DavidError saying what is missing."""
-    from david_infer._optional import require
-    from david_infer.backends.tensorrt import _cuda
-
-    trt = require("tensorrt", "the GPU check")
-    require("torch", "exporting the models")
-    require("onnxruntime", "the CPU reference")
-    gpu, cc = _cuda.device_info(0)
-    return f"{gpu} (compute capability {cc}), TensorRT {trt.__version__}"
+MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
+PRECISIONS = ("fp32", "fp16")
+PROFILE = {"min_hw": "256", "opt_hw": "512", "max_hw": "1024", "max_batch": 8}
+PARITY_POINTS: List[Tuple[int, int, int]] = [(1, 512, 512), (8, 512, 512), (2, 720, 400)]  # batch, height, width
+BENCH_BATCHES = (1, 8)
+BENCH_SIZE = 512  # height and width of the timed inputs
+BACKENDS = ("tensorrt", "ort-cuda", "ort-tensorrt")
+CPU_BACKEND = "ort-cpu"  # the FP16 graph on ONNX Runtime's CPU provider: the same checks without a GPU
+DEFAULT_BUDGET_S = 450.0
 
 
-def _export_job(variant: str, task: str, path: str, precision: str, threads: int) -> Dict[str, Any]:
-    """Runs in a fresh (spawned) process: one ONNX export."""
-    import torch
-
-    from david_infer.export import export_onnx
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    manifest = export_onnx(variant, task, path, seed=0, precision=precision)
-    return {"path": path, "precision": manifest["precision"], "seconds": time.perf_counter() - start, "note": ""}
+# -- bookkeeping: no GPU needed, tested on CPU -----------------------------------------------------
 
 
-def _reused(path: Path) -> Dict[str, Any]:
-    manifest = json.loads(path.with_suffix(".json").read_text())
-    return {"path": str(path), "precision": manifest.get("precision", "fp32"), "seconds": 0.0,
-            "note": "reused from an earlier run"}
+class Checklist:
+    """Ordered steps whose state lives in OUT/gpu_check.json (and a Markdown view), saved after
+    every step. A step is a name and a function returning a JSON-able result."""
+
+    def __init__(self, out: Path, fresh: bool = False, retry_crashed: bool = False,
+                 budget_s: Optional[float] = None, clock: Callable[[], float] = time.perf_counter,
+                 title: str = "GPU check") -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.json_path, self.md_path = self.out / "gpu_check.json", self.out / "gpu_check.md"
+        self.retry_crashed, self.budget_s, self.clock, self.title = retry_crashed, budget_s, clock, title
+        self.start = clock()
+        self.stopped_by_budget = False
+        self.state: Dict[str, Any] = {"runs": [], "steps": {}}
+        if self.json_path.exists() and not fresh:
+            self.state = json.loads(self.json_path.read_text())
+            for rec in self.state["steps"].values():
+                if rec["status"] == "running":  # the previous run died inside it
+                    rec.update(status="crashed", error="the previous run stopped inside this step (crash or timeout)")
+        self.state["runs"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+        self.save()
+
+    @property
+    def steps(self) -> Dict[str, Dict[str, Any]]:
+        return self.state["steps"]
+
+    def status(self, name: str) -> str:
+        return self.steps.get(name, {}).get("status", "not run")
+
+    def result(self, name: str) -> Any:
+        return self.steps.get(name, {}).get("result")
+
+    def run(self, name: str, fn: Callable[[], Any], needs: Sequence[str] = ()) -> Any:
+        """Run `fn` as step `name` unless it finished before; its result, or None."""
+        rec = self.steps.get(name)
+        if rec and rec["status"] == "ok":
+            return rec["result"]
+        if rec and rec["status"] == "crashed" and not self.retry_crashed:
+            return None
+        missing = [n for n in needs if self.status(n) != "ok"]
+        if missing:
+            self._record(name, status="skipped", error=f"needs {missing[0]} ({self.status(missing[0])})")
+            return None
+        elapsed = self.clock() - self.start
+        if self.budget_s is not None and elapsed >= self.budget_s:
+            self.stopped_by_budget = True
+            self._record(name, status="deferred",
+                         error=f"not started: {elapsed:.0f} s of the {self.budget_s:.0f} s budget used; rerun to continue")
+            return None
+        self._record(name, status="running")
+        t = self.clock()
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - a failed step is a result; the script goes on
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._record(name, status="failed", seconds=round(self.clock() - t, 2),
+                         error=f"{type(exc).__name__}: {exc}", at=f"{Path(where.filename).name}:{where.lineno}")
+            print(f"[{name}] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return None
+        self._record(name, status="ok", seconds=round(self.clock() - t, 2), result=result)
+        print(f"[{name}] ok ({self.steps[name]['seconds']:.1f} s)", flush=True)
+        return result
+
+    def _record(self, name: str, **fields: Any) -> None:
+        self.steps[name] = fields
+        self.save()
+
+    def save(self) -> None:
+        self.state["elapsed_s_this_run"] = round(self.clock() - self.start, 1)
+        self.state["passed"] = self.passed
+        text = json.dumps(self.state, indent=2, default=_jsonable) + "\n"
+        atomic_write(self.json_path, lambda tmp: tmp.write_text(text))
+        md = markdown(self.state, self.title)
+        atomic_write(self.md_path, lambda tmp: tmp.write_text(md))
+
+    @property
+    def passed(self) -> bool:
+        """Every step finished and every parity result passed."""
+        steps = self.state["steps"]
+        return bool(steps) and all(r["status"] == "ok" for r in steps.values()) and all(
+            r["result"].get("passed", True) for r in steps.values() if isinstance(r.get("result"), dict))
 
 
-def check_all(names: List[str], out: Path, fresh: bool, iters: int) -> List[Dict[str, Any]]:
-    """Export every model's FP32 and FP16 ONNX in parallel processes; check each model as soon as
-    its two files are ready, so the engine builds overlap the slower exports."""
-    jobs = {(name, precision): out / f"{name}-{precision}.onnx" for name in names for precision in ("fp32", "fp16")}
-    todo = {key: path for key, path in jobs.items()
-            if fresh or not (path.exists() and path.with_suffix(".json").exists())}
-    threads = max(1, (os.cpu_count() or 2) // max(1, len(todo)))
-    ctx = multiprocessing.get_context("spawn")  # this process initialises CUDA; never fork it
-    records = []
-    with ProcessPoolExecutor(max_workers=max(1, len(todo)), mp_context=ctx) as pool:
-        if todo:
-            print(f"exporting {len(todo)} ONNX files in parallel ...", flush=True)
-        futures = {key: pool.submit(_export_job, *MODELS[key[0]], str(path), key[1], threads)
-                   for key, path in todo.items()}
-        for name in names:
-            exported = {p: futures[(name, p)].result() if (name, p) in futures else _reused(jobs[(name, p)])
-                        for p in ("fp32", "fp16")}
-            print(f"{name}: reference, engine build, checks, timing ...", flush=True)
-            records.append(check_model(name, exported, out, iters))
-    return records
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def markdown(state: Dict[str, Any], title: str = "GPU check") -> str:
+    """The steps, the parity points and the timings as Markdown tables."""
+    steps = state["steps"]
+    lines = [f"# {title}", "", f"Runs: {', '.join(r['started'] for r in state['runs'])}; "
+             f"overall: {'PASS' if state.get('passed') else 'not passed'}.", "",
+             "| step | status | seconds | note |", "|---|---|---:|---|"]
+    for name, rec in steps.items():
+        note = rec.get("error", "")
+        result = rec.get("result")
+        if isinstance(result, dict) and "passed" in result:
+            note = "passed" if result["passed"] else "FAILED: " + "; ".join(result.get("reasons", [])[:3])
+        lines.append(f"| {name} | {rec['status']} | {rec.get('seconds', '')} | {str(note).replace('|', '/')[:300]} |")
+    parity = [(n, r["result"]) for n, r in steps.items() if n.startswith("parity:") and r.get("result")]
+    if parity:
+        lines += ["", "| parity | point | passed | depth RMSE/spread | depth AbsRel | normal angle mean / p99 (deg) | "
+                  "foreground MAE / IoU | worst max abs / range |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for name, res in parity:
+            for p in res["points"]:
+                m = p.get("metrics", {})
+                d, nrm, f = m.get("depth", {}), m.get("normal", {}), m.get("foreground", {})
+                worst = max((o.get("max_abs_vs_range", 0.0) for o in m.values()), default=float("nan"))
+                lines.append(
+                    f"| {name[7:]} | b{p['batch']} {p['height']}x{p['width']} | {'yes' if p['passed'] else 'NO'} | "
+                    f"{_fmt(d.get('rmse_vs_spread'))} | {_fmt(d.get('abs_rel_aligned'))} | "
+                    f"{_fmt(nrm.get('angle_mean_deg'))} / {_fmt(nrm.get('angle_p99_deg'))} | "
+                    f"{_fmt(f.get('mae'))} / {_fmt(f.get('iou_05'))} | {_fmt(worst)} |"
+                    + (f" {p['error']}" if p.get("error") else ""))
+    bench = [(n, r["result"]) for n, r in steps.items() if n.startswith("bench:") and r.get("result")]
+    if bench:
+        lines += ["", "| bench | batch | images/s | p50 ms | p90 ms | p99 ms | runs |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, res in bench:
+            for b in res["batches"]:
+                lines.append(f"| {name[6:]} | {b['batch']} | {b['images_per_s']:.1f} | {b['p50_ms']:.2f} | "
+                             f"{b['p90_ms']:.2f} | {b['p99_ms']:.2f} | {b['runs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def latency_stats(seconds: Sequence[float], batch: int) -> Dict[str, float]:
+    """Images/s (from the median) and latency percentiles in milliseconds of timed runs."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    return {"batch": batch, "runs": int(ms.size), "images_per_s": batch / (p50 / 1e3),
+            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(ms.mean())}
+
+
+BENCH_MAX_S = 8.0  # timed seconds per figure (after at least BENCH_MIN_RUNS runs)
+BENCH_MIN_RUNS = 10
+
+
+def time_calls(call: Callable[[], Any], warmup: int = 3, min_runs: Optional[int] = None,
+               max_s: Optional[float] = None) -> List[float]:
+    """Seconds per call after `warmup` calls: at least `min_runs`, then until `max_s` is spent."""
+    for _ in range(warmup):
+        call()
+    max_s = BENCH_MAX_S if max_s is None else max_s
+    min_runs = BENCH_MIN_RUNS if min_runs is None else min_runs
+    times: List[float] = []
+    spent = 0.0
+    while len(times) < min_runs or (spent < max_s and len(times) < 1000):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+        spent += times[-1]
+    return times
+
+
+# -- the GPU steps ---------------------------------------------------------------------------------
 
 
 def feeds_for(batch: int, height: int, width: int, seed: int) -> Dict[str, np.ndarray]:
@@ -102,119 +232,201 @@ def feeds_for(batch: int, height: int, width: int, seed: int) -> Dict[str, np.nd
             "image_384": rng.random((batch, 3, 384, 384), dtype=np.float32)}
 
 
-def references(fp32_onnx: Path, out: Path) -> Dict[Tuple[int, int], Dict[str, np.ndarray]]:
-    """ONNX Runtime FP32 CPU outputs at CHECK_SIZES, batch 1, cached by the file's SHA-256."""
-    import onnxruntime as ort
+def step_install() -> Dict[str, Any]:
+    from importlib import metadata
 
-    from david_infer.manifest import sha256_file
+    from david_infer import _ort
+    from david_infer.backends.tensorrt import _cuda
 
-    cache = out / f"ref-{sha256_file(fp32_onnx)[:16]}.npz"
-    if cache.exists():
-        data = np.load(cache)
-        return {(h, w): {k.split("|")[1]: data[k] for k in data.files if k.startswith(f"{h}x{w}|")}
-                for h, w in CHECK_SIZES}
-    session = ort.InferenceSession(str(fp32_onnx), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    refs = {}
-    for i, (h, w) in enumerate(CHECK_SIZES):
-        refs[(h, w)] = dict(zip(names, session.run(None, feeds_for(1, h, w, seed=i))))
-    np.savez(cache, **{f"{h}x{w}|{n}": v for (h, w), outs in refs.items() for n, v in outs.items()})
-    return refs
-
-
-def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(got.astype(np.float64) - ref) / max(np.linalg.norm(ref.astype(np.float64)), 1e-12))
+    builds = _ort.check_builds("cuda")
+    ort = _ort.import_onnxruntime("cuda", "the GPU check")
+    found = _ort.check_gpu(ort, 0, tensorrt=True)
+    gpu, cc = _cuda.device_info(0)
+    versions = {}
+    for dist in ("onnxruntime-gpu", "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "cuda-python", "cuda-bindings",
+                 "nvidia-cuda-runtime", "nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "torch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"gpu": gpu, "compute_capability": cc, "builds": builds, "providers": ort.get_available_providers(),
+            "checks": found, "versions": versions}
 
 
-def fps(runner: Any, batch: int, iters: int) -> Dict[str, float]:
-    feeds = feeds_for(batch, 512, 512, seed=99)
-    for _ in range(5):
-        runner.infer(feeds)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        runner.infer(feeds)
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
-    return {"batch": batch, "ms_per_batch": 1e3 * median, "images_per_s": batch / median}
+def step_export(work: Path, model: str, precision: str) -> Dict[str, Any]:
+    """One export in a subprocess (torch stays out of this process; a crash stays in the child)."""
+    variant, task = MODELS[model]
+    path = work / f"{model}-{precision}.onnx"
+    if path.exists() and path.with_suffix(".json").exists():
+        return {"path": str(path), "seconds": 0.0, "note": "reused from an earlier run"}
+    code = ("import sys; from david_infer.export import export_onnx; "
+            "export_onnx(sys.argv[1], sys.argv[2], sys.argv[3], seed=0, precision=sys.argv[4])")
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, variant, task, str(path), precision], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    if done.returncode != 0:
+        raise RuntimeError(f"export failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+    return {"path": str(path), "seconds": round(time.perf_counter() - t, 1), "mb": round(path.stat().st_size / 1e6, 1)}
 
 
-def check_model(name: str, exported: Dict[str, Dict[str, Any]], out: Path, iters: int) -> Dict[str, Any]:
-    from david_infer.backends.tensorrt import open_runner
+def step_engine(work: Path, model: str) -> Dict[str, Any]:
     from david_infer.backends.tensorrt.builder import build_engine
 
-    fp32, fp16 = Path(exported["fp32"]["path"]), Path(exported["fp16"]["path"])
+    engine = work / f"{model}-fp16.engine"
     t = time.perf_counter()
-    refs = references(fp32, out)
-    ref_s = time.perf_counter() - t
-    engine = out / f"{name}.engine"
-    sidecar = build_engine(fp16, engine, timing_cache=out / "timing.cache", **PROFILE)
-    record: Dict[str, Any] = {
-        "model": name, "variant": MODELS[name][0], "task": MODELS[name][1],
-        "onnx_precision": exported["fp16"]["precision"], "engine_precision": sidecar["tensorrt"]["precision"],
-        "export_s": {p: round(e["seconds"], 1) for p, e in exported.items()},
-        "reference_s": round(ref_s, 1), "build_s": sidecar["tensorrt"]["build_seconds"],
-        "engine_mb": round(engine.stat().st_size / 1e6, 1),
-        "notes": [e["note"] for e in exported.values() if e["note"]] + sidecar["tensorrt"]["notes"],
-        "checks": [], "fps": [],
-    }
-    with open_runner(engine, None, "cuda") as runner:
-        for i, (h, w) in enumerate(CHECK_SIZES):
-            got = runner.infer(feeds_for(1, h, w, seed=i))
-            errs = {n: rel_err(got[n], refs[(h, w)][n]) for n in runner.output_names}
-            record["checks"].append({"height": h, "width": w, "rel_err": errs,
-                                     "passed": all(e <= TOLERANCE for e in errs.values())})
-        record["fps"] = [fps(runner, b, iters) for b in FPS_BATCHES]
-    record["passed"] = all(c["passed"] for c in record["checks"])
-    return record
+    side = build_engine(work / f"{model}-fp16.onnx", engine, timing_cache=work / "timing.cache", **PROFILE)
+    return {"path": str(engine), "seconds": round(time.perf_counter() - t, 1),
+            "engine_mb": round(engine.stat().st_size / 1e6, 1), "tensorrt": side.get("tensorrt", {})}
 
 
-def table(records: List[Dict[str, Any]]) -> str:
-    rows = ["| model | engine | build s | max rel err 512 / 1024 / 512x768 | FPS b1 | FPS b8 | ok |",
-            "|---|---|---:|---|---:|---:|---|"]
-    for r in records:
-        errs = " / ".join(f"{max(c['rel_err'].values()):.1e}" for c in r["checks"])
-        f = {x["batch"]: x["images_per_s"] for x in r["fps"]}
-        rows.append(f"| {r['model']} ({r['variant']} {r['task']}) | {r['engine_precision']} | {r['build_s']:.0f} | "
-                    f"{errs} | {f.get(1, 0):.1f} | {f.get(8, 0):.1f} | {'yes' if r['passed'] else 'NO'} |")
-    return "\n".join(rows)
+def reference_file(work: Path, model: str) -> Path:
+    from david_infer.manifest import sha256_file
+
+    return work / f"ref-{model}-{sha256_file(work / f'{model}-fp32.onnx')[:16]}.npz"
+
+
+def step_reference(work: Path, model: str) -> Dict[str, Any]:
+    import onnxruntime as ort
+
+    cache = reference_file(work, model)
+    if not cache.exists():
+        session = ort.InferenceSession(str(work / f"{model}-fp32.onnx"), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        arrays = {}
+        for i, (b, h, w) in enumerate(PARITY_POINTS):
+            for name, value in zip(names, session.run(None, feeds_for(b, h, w, seed=i))):
+                arrays[f"{b}x{h}x{w}|{name}"] = value
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        atomic_write(cache, write)
+    return {"path": str(cache), "points": [list(p) for p in PARITY_POINTS]}
+
+
+def open_backend(backend: str, work: Path, model: str) -> Any:
+    """The runner of `backend` for `model`, opened the way DavidRuntime opens it (contract, device
+    and workload checked first; the GPU library calls are the backends' own)."""
+    from david_infer import DavidRuntime
+
+    batch = max(BENCH_BATCHES)
+    if backend == "tensorrt":
+        rt = DavidRuntime(work / f"{model}-fp16.engine", device="cuda", resolution=None, batch_size=batch)
+    elif backend == CPU_BACKEND:
+        rt = DavidRuntime(work / f"{model}-fp16.onnx", resolution=None, batch_size=batch)
+    elif backend == "ort-cuda":
+        rt = DavidRuntime(work / f"{model}-fp32.onnx", device="cuda", resolution=None, batch_size=batch,
+                          providers=("cuda",))
+    else:
+        rt = DavidRuntime(work / f"{model}-fp16.onnx", device="cuda", resolution=None, batch_size=batch,
+                          providers=("tensorrt", "cuda"), cache_dir=str(work / "ort-trt-cache"))
+    return rt.runner
+
+
+def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
+    from david_infer.metrics import compare
+
+    refs = np.load(reference_file(work, model))
+    points = []
+    with open_backend(backend, work, model) as runner:
+        for i, (b, h, w) in enumerate(PARITY_POINTS):
+            ref = {k.split("|")[1]: refs[k] for k in refs.files if k.startswith(f"{b}x{h}x{w}|")}
+            try:
+                got = runner.infer(feeds_for(b, h, w, seed=i))
+                parity = compare(got, ref, precision="fp16")
+                points.append({"batch": b, "height": h, "width": w, "passed": parity.passed,
+                               "reasons": parity.reasons, "metrics": parity.metrics})
+            except Exception as exc:  # noqa: BLE001 - one point's error must not hide the others
+                points.append({"batch": b, "height": h, "width": w, "passed": False,
+                               "reasons": [f"{type(exc).__name__}: {exc}"], "error": f"{type(exc).__name__}: {exc}"})
+    reasons = [f"b{p['batch']} {p['height']}x{p['width']}: {r}" for p in points for r in p["reasons"]]
+    return {"passed": all(p["passed"] for p in points), "reasons": reasons, "points": points}
+
+
+def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
+    batches = []
+    with open_backend(backend, work, model) as runner:
+        for b in BENCH_BATCHES:
+            feeds = feeds_for(b, BENCH_SIZE, BENCH_SIZE, seed=99)
+            batches.append(latency_stats(time_calls(lambda: runner.infer(feeds)), b))
+    return {"what": f"runner.infer at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
+
+
+def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
+    from david_infer import DavidRuntime
+
+    path = work / (f"{model}-fp16.engine" if backend == "tensorrt" else
+                   f"{model}-{'fp32' if backend == 'ort-cuda' else 'fp16'}.onnx")
+    device = "cpu" if backend == CPU_BACKEND else "cuda"
+    options: Dict[str, Any] = {}
+    if backend in ("ort-cuda", "ort-tensorrt"):
+        options["providers"] = ("cuda",) if backend == "ort-cuda" else ("tensorrt", "cuda")
+        if backend == "ort-tensorrt":
+            options["cache_dir"] = str(work / "ort-trt-cache")
+    rng = np.random.default_rng(7)
+    batches = []
+    for b in BENCH_BATCHES:
+        images = [rng.integers(0, 256, (BENCH_SIZE, BENCH_SIZE, 3), dtype=np.uint8) for _ in range(b)]
+        runtime = DavidRuntime(path, device=device, resolution=BENCH_SIZE, batch_size=b, **options)
+        try:
+            batches.append(latency_stats(time_calls(lambda: runtime.predict_batch(images)), b))
+        finally:
+            runtime.close()
+    return {"what": f"DavidRuntime.predict_batch on {BENCH_SIZE}x{BENCH_SIZE} uint8 RGB images, pre/postprocessing included",
+            "batches": batches}
+
+
+def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Sequence[str]) -> None:
+    """Every step in order; the cheap, most telling ones first."""
+    check.run("install", step_install)
+    for model in models:
+        for precision in PRECISIONS:
+            check.run(f"export:{model}-{precision}", lambda m=model, p=precision: step_export(work, m, p))
+        check.run(f"engine:{model}", lambda m=model: step_engine(work, m), needs=["install", f"export:{model}-fp16"])
+        check.run(f"reference:{model}", lambda m=model: step_reference(work, m), needs=[f"export:{model}-fp32"])
+        for backend in backends:
+            gpu = [] if backend == CPU_BACKEND else ["install"]
+            needs = gpu + [f"reference:{model}"] + ([f"engine:{model}"] if backend == "tensorrt" else
+                                                  [f"export:{model}-fp16"])
+            check.run(f"parity:{model}:{backend}", lambda m=model, b=backend: step_parity(work, m, b), needs=needs)
+    for model in models:
+        for backend in backends:
+            needs = ([] if backend == CPU_BACKEND else ["install"]) + (
+                [f"engine:{model}"] if backend == "tensorrt" else [f"export:{model}-fp32", f"export:{model}-fp16"])
+            check.run(f"bench:{model}:{backend}:engine", lambda m=model, b=backend: step_bench_engine(work, m, b),
+                      needs=needs)
+            check.run(f"bench:{model}:{backend}:predict_batch",
+                      lambda m=model, b=backend: step_bench_predict(work, m, b), needs=needs)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="tiny,base,large", help="comma-separated subset of tiny,base,large")
-    parser.add_argument("--out", default="gpu_check_out", help="working folder (exports, engines, cache, JSON)")
-    parser.add_argument("--iters", type=int, default=30, help="timed runs per FPS figure (median reported)")
-    parser.add_argument("--fresh", action="store_true", help="re-export even if the ONNX files exist in --out")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"), help="gpu_check.json/.md here")
+    parser.add_argument("--work", default=str(ROOT / "gpu_check_work"), help="ONNX files, engines, caches")
+    parser.add_argument("--models", default="base,large", help=f"subset of {','.join(MODELS)}")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"subset of {','.join(BACKENDS)}, or {CPU_BACKEND} (no GPU)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="start no step after this many seconds")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results (exports are still reused)")
+    parser.add_argument("--retry-crashed", action="store_true", help="rerun a step that was running when a run died")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown or not names:
-        print(f"gpu_check: error: unknown models {unknown}; choose from {', '.join(MODELS)}", file=sys.stderr)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [m for m in models if m not in MODELS] + [b for b in backends if b not in BACKENDS + (CPU_BACKEND,)]
+    if bad or not models:
+        print(f"gpu_check: error: unknown {bad}; models: {', '.join(MODELS)}; backends: {', '.join(BACKENDS)}",
+              file=sys.stderr)
         return 2
-    try:
-        device = preflight()
-    except DavidError as exc:
-        print(f"gpu_check: error: {exc}", file=sys.stderr)
-        return 1
-    start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"gpu_check on {device}", flush=True)
-    try:
-        records = check_all(names, out, args.fresh, args.iters)
-    except DavidError as exc:
-        print(f"gpu_check: error: {exc}", file=sys.stderr)
-        return 1
-    total = time.perf_counter() - start
-    report = {"device": device, "tolerance": TOLERANCE, "profile": PROFILE, "total_s": round(total, 1),
-              "within_budget": total < BUDGET_S, "models": records}
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(table(records))
-    print(f"total {total:.0f} s ({'within' if total < BUDGET_S else 'OVER'} the {BUDGET_S} s budget); "
-          f"JSON in {out / 'gpu_check.json'}")
-    return 0 if all(r["passed"] for r in records) else 1
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")
+    check = Checklist(Path(args.out), fresh=args.fresh, retry_crashed=args.retry_crashed, budget_s=args.budget)
+    run_all(check, work, models, backends)
+    check.save()
+    print(f"results: {check.md_path} and {check.json_path}")
+    if check.stopped_by_budget:
+        return 3
+    return 0 if check.passed else 1
 
 
 if __name__ == "__main__":

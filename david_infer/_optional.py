@@ -11,7 +11,7 @@ _EXTRA_FOR = {
     "torch": "export",
     "onnx": "export",
     "safetensors": "export",
-    "onnxruntime": "",
+    "onnxruntime": "cpu",  # or gpu / gpu-cu12: see _ort.install_command
     "tensorrt": "gpu",
     "cuda": "gpu",
     "cuda.bindings": "gpu",

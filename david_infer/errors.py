@@ -27,4 +27,28 @@ class ExportError(DavidError):
 
 
 class DavidWarning(UserWarning):
-    """Something works but deserves the user's attention (and says how to fix it)."""
+    """Base class of the warnings this package issues (filter them with this category)."""
+
+
+class OnnxRuntimeConflictWarning(DavidWarning):
+    """More than one ONNX Runtime build is installed; they overwrite each other's files."""
+
+
+class GpuSetupError(BackendUnavailable):
+    """The GPU stack (driver, CUDA libraries, TensorRT) cannot run here; the message says how to fix it."""
+
+
+class NoGpuError(GpuSetupError):
+    """No NVIDIA driver, or the driver sees no GPU."""
+
+
+class DriverTooOldError(GpuSetupError):
+    """The NVIDIA driver is older than the CUDA runtime the installed packages are built for."""
+
+
+class TensorRTMissingError(GpuSetupError):
+    """The TensorRT provider or backend was asked for and TensorRT is not installed."""
+
+
+class TensorRTVersionError(GpuSetupError):
+    """The installed TensorRT major differs from the one the ONNX Runtime TensorRT provider loads."""

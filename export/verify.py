@@ -2,8 +2,12 @@
 
 `verify_onnx(FILE.onnx)` reads the manifest beside the file, rebuilds the PyTorch model with the
 same weights (the manifest's random seed, or a safetensors file), runs both on the same random
-inputs at several resolutions and batch sizes, and reports per output the relative error
-||onnx - torch|| / ||torch|| and the largest absolute difference.
+inputs at several resolutions and batch sizes, and judges every output with the per-task parity
+metrics of `david_infer.metrics` (depth error against the reference's spread and AbsRel after
+scale-and-shift alignment, normal angles, foreground MAE and IoU, max absolute error): an FP32 graph
+by `SAME_ARITHMETIC` (float rounding only), an FP16 graph by the default thresholds plus the
+reference's own FP16 rounding. The relative error ||onnx - torch|| / ||torch|| is still reported,
+and judged only when a `tolerance` is given.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from ..shapes import check_stride, parse_hw_list
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
-DEFAULT_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2}
 OFFICIAL_POINT = ((512, 512), 1)
 
 
@@ -39,6 +42,8 @@ class Row:
     # nearly constant (random weights make it so), reported but not judged.
     rel_error_vs_variation: float = 0.0
     onnx_seconds: float = 0.0
+    metrics: Dict[str, float] = field(default_factory=dict)  # david_infer.metrics for this output
+    reasons: List[str] = field(default_factory=list)  # why it failed; empty when ok
 
 
 @dataclass
@@ -51,7 +56,7 @@ class VerifyReport:
     layout: str
     precision: str
     weights: str
-    tolerance: float
+    tolerance: Optional[float]  # an extra bound on rel_error, None: the metrics alone judge
     rows: List[Row] = field(default_factory=list)
 
     @property
@@ -174,9 +179,14 @@ def open_session(path: Union[str, Path]) -> Any:
 
 def compare(
     model: Any, sessions: Dict[str, Any], layout: str, points: Sequence[Tuple[Tuple[int, int], int]],
-    tolerances: Dict[str, float], seed: int = 0,
+    precisions: Dict[str, str], seed: int = 0, tolerances: Optional[Dict[str, Optional[float]]] = None,
 ) -> Dict[str, List[Row]]:
-    """Rows per session name: the PyTorch reference is computed once per point and shared."""
+    """Rows per session name: the PyTorch reference is computed once per point and shared. Each
+    session is judged by the parity metrics for its graph's precision ("fp32" or "fp16"), and by
+    its entry in `tolerances` (an upper bound on the relative error) when one is given."""
+    from david_infer.metrics import SAME_ARITHMETIC, Thresholds
+    from david_infer.metrics import compare as parity
+
     vit_size = model.cfg.vit_size
     rows: Dict[str, List[Row]] = {name: [] for name in sessions}
     for (h, w), b in points:
@@ -187,9 +197,17 @@ def compare(
             start = time.perf_counter()
             results = session.run(None, feeds)
             seconds = time.perf_counter() - start
+            fp16 = precisions[name] == "fp16"
             for out_name, got in zip(names, results):
                 rel, mx, vs_var = relative_errors(got, ref[out_name])
-                rows[name].append(Row(h, w, b, out_name, rel, mx, rel <= tolerances[name], vs_var, seconds))
+                judged = parity({out_name: got}, {out_name: ref[out_name]}, Thresholds() if fp16 else SAME_ARITHMETIC,
+                                precision="fp16" if fp16 else "fp32")
+                reasons = list(judged.reasons)
+                limit = (tolerances or {}).get(name)
+                if limit is not None and not rel <= limit:
+                    reasons.append(f"{out_name}: relative error {rel:.3g} > tolerance {limit:g}")
+                rows[name].append(Row(h, w, b, out_name, rel, mx, not reasons, vs_var, seconds,
+                                      judged.metrics[out_name], reasons))
     return rows
 
 
@@ -212,34 +230,45 @@ def verify_onnx(
     check_sha256(path, manifest.get("sha256"))
     layout, precision = manifest.get("layout", "dynamic"), manifest.get("precision", "fp32")
     points = check_points(manifest["variant"], layout, resolutions, batches)
-    if tolerance is None:
-        tolerance = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])
     weights_file, model_seed, described = _weights_for(manifest, weights, path)
     model = build_model(manifest["variant"], manifest["task"], weights=weights_file,
                         seed=None if weights_file else model_seed)
     session = open_session(path)
-    rows = compare(model, {"onnx": session}, layout, points, {"onnx": tolerance}, seed)["onnx"]
+    rows = compare(model, {"onnx": session}, layout, points, {"onnx": precision}, seed, {"onnx": tolerance})["onnx"]
     return VerifyReport(path.name, manifest["variant"], manifest["task"], layout, precision, described,
                         tolerance, rows)
 
 
+def _key_metrics(row: Row) -> str:
+    m = row.metrics
+    if "angle_mean_deg" in m:
+        return f"angle {m['angle_mean_deg']:.2e} / p99 {m['angle_p99_deg']:.2e} deg"
+    if "iou_05" in m:
+        return f"mae {m['mae']:.2e}, mae/spread {m['mae_vs_spread']:.2e}, IoU {m['iou_05']:.4f}"
+    if "abs_rel_aligned" in m:
+        return f"rmse/spread {m['rmse_vs_spread']:.2e}, AbsRel {m['abs_rel_aligned']:.2e}"
+    return f"rmse/spread {m.get('rmse_vs_spread', float('nan')):.2e}"
+
+
 def format_report(report: VerifyReport) -> str:
-    """A plain-text table of the report, one row per output and point, and a verdict line."""
+    """A plain-text table of the report, one row per output and point, the reasons of each failure
+    and a verdict line."""
+    judged = "per-task metrics" + (f" and relative error <= {report.tolerance:g}" if report.tolerance is not None else "")
     lines = [
         f"{report.model_file}: {report.variant}/{report.task}, {report.layout} layout, {report.precision}; "
-        f"weights {report.weights}; tolerance {report.tolerance:g} (relative)",
-        f"{'resolution':>11} {'batch':>5} {'output':<11} {'rel_error':>10} {'max_abs':>10} {'vs_variation':>12}",
+        f"weights {report.weights}; judged by {judged}",
+        f"{'resolution':>11} {'batch':>5} {'output':<11} {'task metrics':<52} {'max_abs':>10} {'rel_error':>10}",
     ]
     for r in report.rows:
-        lines.append(f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {r.rel_error:>10.3e} "
-                     f"{r.max_abs_error:>10.3e} {r.rel_error_vs_variation:>12.3e}{'' if r.ok else '  FAIL'}")
-    lines.append("rel_error = ||onnx - torch|| / ||torch|| (judged); vs_variation divides by ||torch - mean|| "
-                 "instead (informative: stricter when an output is nearly constant)")
-    worst = report.worst
-    if worst is not None:
-        verdict = "PASS" if report.passed else "FAIL"
-        lines.append(f"{verdict}: worst relative error {worst.rel_error:.3e} ({worst.output} at "
-                     f"{worst.height}x{worst.width}, batch {worst.batch}); tolerance {report.tolerance:g}")
+        lines.append(f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {_key_metrics(r):<52} "
+                     f"{r.max_abs_error:>10.3e} {r.rel_error:>10.3e}{'' if r.ok else '  FAIL'}")
+        lines.extend(f"      {reason}" for reason in r.reasons)
+    lines.append("metrics: depth RMSE / the reference's spread and AbsRel after scale-and-shift alignment; normal "
+                 "angle (mean / 99th percentile); foreground MAE of the [0, 1] mask, raw MAE / spread, IoU at 0.5")
+    if report.rows:
+        failed = [r for r in report.rows if not r.ok]
+        lines.append(f"PASS: all {len(report.rows)} rows within the thresholds" if not failed else
+                     f"FAIL: {len(failed)} of {len(report.rows)} rows outside the thresholds (reasons above)")
     return "\n".join(lines)
 
 

@@ -1,31 +1,76 @@
 """Shared fixtures: tiny exported graphs are made once per session (each export takes ~10 s)."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """Skip GPU tests without a GPU and full-size tests unless DAVID_INFER_FULLSIZE=1."""
-    gpu_reason = _gpu_missing_reason()
-    for item in items:
-        if "gpu" in item.keywords and gpu_reason:
-            item.add_marker(pytest.mark.skip(reason=gpu_reason))
-        if "fullsize" in item.keywords and os.environ.get("DAVID_INFER_FULLSIZE") != "1":
-            item.add_marker(pytest.mark.skip(reason="full-size model: set DAVID_INFER_FULLSIZE=1 to run"))
+GPU_STRICT = os.environ.get("DAVID_INFER_GPU") == "1"
 
 
-def _gpu_missing_reason() -> str:
+def gpu_missing_reason() -> str:
+    """Why GPU tests cannot run here ("" when they can), asked of the NVIDIA driver itself through
+    cuda-python: a CPU-only torch wheel on a GPU machine must not hide the GPU."""
     try:
-        import torch
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        return f'cuda-python is not installed ({exc}); pip install "david-infer[gpu]"'
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess:
+        return f"no usable NVIDIA GPU: cudaGetDeviceCount failed with {getattr(err, 'name', err)}"
+    return "" if count else "no NVIDIA GPU: the driver reports 0 devices"
 
-        if torch.cuda.is_available():
-            return ""
-    except ImportError:
-        pass
-    return "needs an NVIDIA GPU with CUDA; none is visible on this machine"
+
+def gpu_skip(reason: str) -> None:
+    """Skip a GPU test, or fail it when DAVID_INFER_GPU=1 (a GPU machine must run every GPU test)."""
+    if GPU_STRICT:
+        pytest.fail(f"DAVID_INFER_GPU=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+class GpuGate:
+    """What a `gpu` test gets from the `requires_gpu` fixture."""
+
+    def need(self, module: str) -> Any:
+        """Import `module`; a missing or broken install skips (fails under DAVID_INFER_GPU=1)."""
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:  # a broken TensorRT install raises OSError from its loader too
+            gpu_skip(f"{module} cannot be imported ({type(exc).__name__}: {exc})")
+
+
+@pytest.fixture
+def requires_gpu() -> GpuGate:
+    """Gate for GPU tests: skips without a GPU (fails under DAVID_INFER_GPU=1); `.need(module)`
+    imports GPU packages under the same rule instead of pytest.importorskip."""
+    reason = gpu_missing_reason()
+    if reason:
+        gpu_skip(reason)
+    return GpuGate()
+
+
+_GPU_REASON: list = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A `gpu`-marked test (the marker, not any "gpu" in its path) skips without a GPU, and fails
+    under DAVID_INFER_GPU=1."""
+    if item.get_closest_marker("gpu") is not None:
+        if not _GPU_REASON:
+            _GPU_REASON.append(gpu_missing_reason())
+        if _GPU_REASON[0]:
+            gpu_skip(_GPU_REASON[0])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Skip full-size tests unless DAVID_INFER_FULLSIZE=1."""
+    for item in items:
+        if item.get_closest_marker("fullsize") is not None and os.environ.get("DAVID_INFER_FULLSIZE") != "1":
+            item.add_marker(pytest.mark.skip(reason="full-size model: set DAVID_INFER_FULLSIZE=1 to run"))
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +85,16 @@ def tiny_multitask_onnx(exported_dir: Path) -> Path:
 
     path = exported_dir / "tiny-multitask.onnx"
     export_onnx("tiny", "multitask", path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_onnx(exported_dir: Path) -> Path:
+    """The mixed-precision FP16 export of the same tiny multi-task model (random weights, seed 0)."""
+    from david_infer.export import export_onnx
+
+    path = exported_dir / "tiny-multitask-fp16.onnx"
+    export_onnx("tiny", "multitask", path, precision="fp16", seed=0)
     return path
 
 

@@ -30,13 +30,6 @@ from david_infer.export.verify import check_points, parse_resolutions, verify_on
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_fp16_onnx(exported_dir: Path) -> Path:
-    path = exported_dir / "tiny-multitask-fp16.onnx"
-    export_onnx("tiny", "multitask", path, precision="fp16", seed=0)
-    return path
-
-
 def _float_type_of_inputs(model: onnx.ModelProto) -> dict:
     """Node name -> elem type of its first input, from ONNX type inference."""
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -66,9 +59,11 @@ def test_fp16_graph_is_mixed_and_strongly_typed(tiny_fp16_onnx: Path, tiny_multi
     assert tiny_fp16_onnx.stat().st_size < 0.65 * tiny_multitask_onnx.stat().st_size
 
 
-def test_fp16_matches_fp32_torch_within_1e_2(tiny_fp16_onnx: Path) -> None:
+def test_fp16_matches_fp32_torch_by_the_task_metrics(tiny_fp16_onnx: Path) -> None:
     report = verify_onnx(tiny_fp16_onnx, resolutions=[(32, 32), (48, 80)], batches=[1, 3])
-    assert report.tolerance == 1e-2 and report.passed
+    assert report.tolerance is None and report.passed, [r.reasons for r in report.rows]
+    assert all(r.metrics["max_abs_vs_range"] < 0.1 for r in report.rows)
+    assert all(r.metrics["angle_mean_deg"] < 1.0 for r in report.rows if r.output == "normal")
     assert {r.output for r in report.rows} == {"depth", "normal", "foreground"}
     assert len(report.rows) == 2 * 2 * 3
     # FP16 rounding is visible (so the graph really is FP16) yet small.
@@ -145,7 +140,9 @@ def test_dynamic_graph_has_no_frozen_dummy_shape(tiny_multitask_onnx: Path) -> N
         dims = vi.type.tensor_type.shape.dim
         assert [bool(dims[i].dim_param) for i in (0, 2, 3)] == [True, True, True], vi.name
     report = verify_onnx(tiny_multitask_onnx, resolutions=[(32, 32), (48, 80), (80, 48)], batches=[1, 3])
-    assert report.tolerance == 1e-5 and report.passed and len(report.rows) == 18
+    assert report.tolerance is None and report.passed and len(report.rows) == 18
+    # An FP32 graph is held to float rounding: far inside even the strict thresholds.
+    assert all(r.metrics["max_abs_vs_range"] < 1e-4 for r in report.rows)
 
 
 def test_resize_uses_sizes_not_scales_and_opset(tiny_multitask_onnx: Path) -> None:

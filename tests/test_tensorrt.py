@@ -361,10 +361,10 @@ def test_cuda_python_without_gpu_says_so() -> None:
 
 
 @pytest.mark.gpu
-def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("cuda.bindings.runtime")
-    ort = pytest.importorskip("onnxruntime")
+def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp_path: Path, requires_gpu: Any) -> None:
+    requires_gpu.need("tensorrt")
+    requires_gpu.need("cuda.bindings.runtime")
+    ort = requires_gpu.need("onnxruntime")
     from david_infer.backends.tensorrt import open_runner
     from david_infer.backends.tensorrt.builder import build_engine
 

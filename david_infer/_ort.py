@@ -1,0 +1,273 @@
+"""Which ONNX Runtime build is installed, and whether the GPU stack under it can run.
+
+ONNX Runtime ships as several distributions (`onnxruntime`, `onnxruntime-gpu`, ...) that all write
+the same `onnxruntime/` folder; with two installed, the one installed last wins and the other's
+providers vanish without a word. This module says which builds are installed, refuses to go on
+with none, warns with two, loads the CUDA/cuDNN libraries of the pip `nvidia-*` wheels before a
+CUDA provider is created, and tells apart the four ways a GPU setup fails (no GPU, a driver too old
+for the CUDA runtime, no TensorRT, a TensorRT major the provider cannot load), each with its fix.
+
+Entry point for a backend: `import_onnxruntime(device)` before creating a session, then
+`check_gpu(ort, device_id, tensorrt=...)` before asking for the CUDA / TensorRT providers.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as metadata
+import importlib.util
+import io
+import logging
+import re
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List, Optional
+
+from ._optional import require
+from .errors import (
+    BackendUnavailable,
+    DriverTooOldError,
+    NoGpuError,
+    OnnxRuntimeConflictWarning,
+    TensorRTMissingError,
+    TensorRTVersionError,
+)
+
+log = logging.getLogger(__name__)
+
+CPU_BUILD, GPU_BUILD = "onnxruntime", "onnxruntime-gpu"
+# setup.py's extra per CUDA major of onnxruntime-gpu, and the TensorRT package built for it.
+GPU_EXTRA = {13: "gpu", 12: "gpu-cu12"}
+TENSORRT_PACKAGE = {13: "tensorrt-cu13", 12: "tensorrt-cu12"}
+# Oldest Linux driver for each CUDA major (NVIDIA's CUDA / TensorRT documentation).
+MIN_DRIVER = {12: "525.60.13", 13: "580"}
+
+_preloaded = False
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def install_command(device: str = "cpu", cuda_major: Optional[int] = None) -> str:
+    """The pip command that installs the right ONNX Runtime build for `device`."""
+    if device == "cpu":
+        return 'pip install "david-infer[cpu]"'
+    return f'pip install "david-infer[{GPU_EXTRA.get(cuda_major or 13, "gpu")}]"'
+
+
+def installed_builds(path: Optional[List[str]] = None) -> Dict[str, str]:
+    """{distribution name: version} of every installed distribution that provides `onnxruntime/`
+    (searched on `path`, default sys.path)."""
+    found: Dict[str, str] = {}
+    for dist in metadata.distributions(**({"path": path} if path is not None else {})):
+        name = _normalise(dist.metadata.get("Name") or "")
+        if not name.startswith("onnxruntime") or name in found:
+            continue
+        files = dist.files
+        # onnxruntime-extensions, onnxruntime-tools ... are add-ons, not builds: they lack the package.
+        if files is None or any(str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in files):
+            found[name] = dist.version
+    return found
+
+
+def active_build() -> Optional[str]:
+    """The distribution whose files `import onnxruntime` would load now (read without importing it)."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.origin:
+        return None
+    info = Path(spec.origin).parent / "capi" / "build_and_package_info.py"
+    match = re.search(r"package_name\s*=\s*['\"]([^'\"]+)", info.read_text()) if info.is_file() else None
+    return _normalise(match.group(1)) if match else None
+
+
+def check_builds(device: str = "cpu", path: Optional[List[str]] = None) -> Dict[str, str]:
+    """The installed builds (on `path`, default sys.path); BackendUnavailable naming the extra to
+    install when none fits `device` ("cpu" or "cuda..."), an OnnxRuntimeConflictWarning with the
+    repair when more than one is installed."""
+    builds = installed_builds(path)
+    if not builds:
+        raise BackendUnavailable(
+            f"ONNX Runtime is not installed. Install it with: {install_command('cpu')} "
+            f"(CPU) or {install_command('cuda')} (NVIDIA GPU; {install_command('cuda', 12)} for a "
+            f"driver older than {MIN_DRIVER[13]})"
+        )
+    if len(builds) > 1:
+        listed = ", ".join(f"{n} {v}" for n, v in sorted(builds.items()))
+        keep = GPU_BUILD if GPU_BUILD in builds else CPU_BUILD
+        extra = "gpu" if keep == GPU_BUILD else "cpu"
+        warnings.warn(
+            f"{len(builds)} ONNX Runtime builds are installed ({listed}); they share the onnxruntime/ "
+            f"folder and the files of {active_build() or 'the last one installed'} are the ones in use, so "
+            f"providers may be missing or broken. Repair: pip uninstall -y {' '.join(sorted(builds))} && "
+            f'pip install "david-infer[{extra}]"',
+            OnnxRuntimeConflictWarning,
+            stacklevel=2,
+        )
+    if device != "cpu" and GPU_BUILD not in builds:
+        raise BackendUnavailable(
+            f"device {device!r} needs onnxruntime-gpu, but only {', '.join(sorted(builds))} is installed. "
+            f"Repair: pip uninstall -y {' '.join(sorted(builds))} && {install_command('cuda')}"
+        )
+    return builds
+
+
+def import_onnxruntime(device: str = "cpu", purpose: str = "the ONNX Runtime backend") -> ModuleType:
+    """`check_builds(device)`, then `import onnxruntime`; for a GPU device the CUDA/cuDNN libraries
+    of the nvidia-* wheels are loaded first (`preload_cuda_libraries`)."""
+    check_builds(device)
+    ort = require("onnxruntime", purpose)
+    if device != "cpu":
+        preload_cuda_libraries(ort)
+    return ort
+
+
+def preload_cuda_libraries(ort: ModuleType) -> List[str]:
+    """Load CUDA and cuDNN from the pip nvidia-* packages (`onnxruntime.preload_dlls`, ONNX Runtime
+    1.21+) so that no system CUDA toolkit is needed. Once per process; returns ONNX Runtime's
+    messages about libraries it could not load (also logged), [] when all loaded."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return []
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # preload_dlls reports failures with print()
+        ort.preload_dlls(cuda=True, cudnn=True)
+    _preloaded = True
+    problems = [line for line in out.getvalue().splitlines() if line.strip()]
+    for line in problems:
+        log.warning("onnxruntime.preload_dlls: %s", line)
+    return problems
+
+
+def build_cuda_major(ort: ModuleType) -> Optional[int]:
+    """The CUDA major the installed onnxruntime-gpu was built for (None for a CPU build)."""
+    try:
+        from importlib import import_module
+
+        version = getattr(import_module(f"{ort.__name__}.capi.build_and_package_info"), "cuda_version", "")
+    except ImportError:
+        return None
+    return int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else None
+
+
+def provider_tensorrt_major(provider_library: Path) -> Optional[int]:
+    """The TensorRT major (N of libnvinfer.so.N / nvinfer_N.dll) that ONNX Runtime's TensorRT
+    provider library links against, read from the library's bytes; None when it names none."""
+    match = re.search(rb"(?:libnvinfer\.so\.|nvinfer_)(\d+)", Path(provider_library).read_bytes())
+    return int(match.group(1)) if match else None
+
+
+def tensorrt_provider_library(ort: ModuleType) -> Optional[Path]:
+    """The TensorRT provider's shared library inside the installed onnxruntime, if there is one."""
+    capi = Path(ort.__file__).parent / "capi"
+    found = sorted(capi.glob("libonnxruntime_providers_tensorrt.so")) + sorted(
+        capi.glob("onnxruntime_providers_tensorrt.dll"))
+    return found[0] if found else None
+
+
+def installed_tensorrt() -> Optional[str]:
+    """The installed TensorRT version (from the `tensorrt*` distributions' metadata), or None."""
+    for name in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _tensorrt_fix(cuda_major: int, trt_major: int) -> str:
+    package = TENSORRT_PACKAGE.get(cuda_major, TENSORRT_PACKAGE[13])
+    return f'pip install "{package}>={trt_major},<{trt_major + 1}"  (or {install_command("cuda", cuda_major)})'
+
+
+def check_tensorrt(required_major: int, cuda_major: int) -> str:
+    """The installed TensorRT version when its major is `required_major`; TensorRTMissingError or
+    TensorRTVersionError with the pip command that installs the right one."""
+    version = installed_tensorrt()
+    if version is None:
+        raise TensorRTMissingError(
+            f"the TensorRT provider needs TensorRT {required_major} (libnvinfer.so.{required_major}) and "
+            f"TensorRT is not installed. Install it with: {_tensorrt_fix(cuda_major, required_major)}"
+        )
+    major = int(version.split(".")[0])
+    if major != required_major:
+        raise TensorRTVersionError(
+            f"TensorRT {version} is installed, but this onnxruntime-gpu's TensorRT provider loads "
+            f"TensorRT {required_major} (libnvinfer.so.{required_major}). Repair: "
+            f"pip uninstall -y tensorrt {TENSORRT_PACKAGE.get(cuda_major, 'tensorrt-cu13')} && "
+            f"{_tensorrt_fix(cuda_major, required_major)}"
+        )
+    return version
+
+
+def _cuda_runtime() -> Any:
+    return require("cuda.bindings.runtime", "checking the NVIDIA driver and GPU")
+
+
+def check_cuda_device(cuda_major: int, device_id: int = 0, cudart: Any = None) -> int:
+    """The number of CUDA devices; NoGpuError (no driver, no device, `device_id` out of range) or
+    DriverTooOldError (the driver's CUDA version is below `cuda_major`), each with its fix.
+
+    `cudart` is cuda-python's runtime module (imported when None)."""
+    cudart = cudart or _cuda_runtime()
+    success = cudart.cudaError_t.cudaSuccess
+    err, driver = cudart.cudaDriverGetVersion()
+    driver = int(driver or 0) if err == success else 0
+    err, count = cudart.cudaGetDeviceCount()
+    count = int(count or 0) if err == success else 0
+    driver_major = driver // 1000
+    if driver == 0:
+        raise NoGpuError(
+            "no NVIDIA driver is installed (the CUDA driver reports no version), so no GPU is usable. "
+            "Install the NVIDIA driver (nvidia-smi must list the GPU), or use device=\"cpu\" with "
+            f"{install_command('cpu')}"
+        )
+    if err == cudart.cudaError_t.cudaErrorInsufficientDriver or driver_major < cuda_major:
+        older = cuda_major - 1
+        alternative = (f", or keep this driver and install the CUDA {older} build: pip uninstall -y "
+                       f"onnxruntime-gpu {TENSORRT_PACKAGE.get(cuda_major, '')} cuda-python && "
+                       f"{install_command('cuda', older)}") if older in GPU_EXTRA else ""
+        raise DriverTooOldError(
+            f"the NVIDIA driver supports CUDA up to {driver_major}.{driver % 1000 // 10}, older than the CUDA "
+            f"{cuda_major} runtime the installed GPU packages are built for (cudaErrorInsufficientDriver). "
+            f"Upgrade the driver to {MIN_DRIVER.get(cuda_major, 'a newer one')} or newer{alternative}"
+        )
+    if count == 0:
+        why = getattr(err, "name", str(err)) if err != success else "the driver lists no device"
+        raise NoGpuError(f"no NVIDIA GPU is visible ({why}); check nvidia-smi and CUDA_VISIBLE_DEVICES, "
+                         "or use device=\"cpu\"")
+    if not 0 <= device_id < count:
+        raise NoGpuError(f"CUDA device {device_id} does not exist; this machine has {count} (0..{count - 1})")
+    return count
+
+
+def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudart: Any = None) -> Dict[str, Any]:
+    """Everything a CUDA (and, with `tensorrt`, TensorRT) provider needs, checked in the order a user
+    would fix it: driver and device, then TensorRT. Returns what was found."""
+    cuda_major = build_cuda_major(ort)
+    if cuda_major is None:
+        raise BackendUnavailable(
+            f"the installed onnxruntime ({getattr(ort, '__version__', '?')}) is a CPU build. Repair: "
+            f"pip uninstall -y onnxruntime onnxruntime-gpu && {install_command('cuda')}"
+        )
+    found: Dict[str, Any] = {"cuda_major": cuda_major,
+                             "devices": check_cuda_device(cuda_major, device_id, cudart)}
+    if tensorrt:
+        library = tensorrt_provider_library(ort)
+        required = provider_tensorrt_major(library) if library else None
+        if required is None:
+            raise BackendUnavailable(f"this onnxruntime build ({ort.__version__}) has no TensorRT provider; "
+                                     f"use providers=(\"cuda\",) or {install_command('cuda', cuda_major)}")
+        found["tensorrt"] = check_tensorrt(required, cuda_major)
+        try:  # loads libnvinfer from the pip wheel, where the provider's dlopen then finds it
+            import tensorrt  # noqa: F401
+        except Exception as exc:  # a broken install raises OSError/ImportError from its loader
+            raise TensorRTMissingError(
+                f"TensorRT {found['tensorrt']} is installed but cannot be loaded ({type(exc).__name__}: {exc}). "
+                f"Reinstall: {_tensorrt_fix(cuda_major, required)}") from None
+    return found
+
+
+__all__ = ["active_build", "build_cuda_major", "check_builds", "check_cuda_device", "check_gpu",
+           "check_tensorrt", "import_onnxruntime", "install_command", "installed_builds", "installed_tensorrt",
+           "preload_cuda_libraries", "provider_tensorrt_major", "tensorrt_provider_library"]
