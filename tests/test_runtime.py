@@ -392,11 +392,13 @@ def test_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider; the no-GPU path cannot be checked here")
-    with pytest.raises(BackendUnavailable, match=r"CUDAExecutionProvider is not available.*david-infer\[gpu\]"):
+    # the CPU build is installed: said before any session is made, with the repair command
+    repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime && " \
+             r"pip install \"david-infer\[gpu\]\""
+    with pytest.raises(BackendUnavailable, match=repair):
         DavidRuntime(tiny_multitask_onnx, device="cuda")
-    if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(BackendUnavailable, match=r"TensorrtExecutionProvider is not available"):
-            DavidRuntime(tiny_multitask_onnx, device="cuda:0", providers=("tensorrt", "cuda"))
+    with pytest.raises(BackendUnavailable, match=repair):
+        DavidRuntime(tiny_multitask_onnx, device="cuda:0", providers=("tensorrt", "cuda"))
 
 
 def test_unknown_or_missing_backends(tiny_multitask_onnx: Path) -> None:

@@ -353,7 +353,10 @@ def test_cuda_python_without_gpu_says_so() -> None:
     err, count = cudart.cudaGetDeviceCount()
     if err == cudart.cudaError_t.cudaSuccess and count > 0:
         pytest.skip("a GPU is visible")
-    with pytest.raises(BackendUnavailable, match="no NVIDIA GPU is usable here"):
+    from david_infer.errors import NoGpuError
+
+    # this machine has no driver at all: said as such (not "driver too old", not a bare CUDA code)
+    with pytest.raises(NoGpuError, match=r"no NVIDIA driver is installed.*nvidia-smi"):
         _cuda.device_info(0)
 
 
@@ -367,6 +370,7 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
     ort = requires_gpu.need("onnxruntime")
     from david_infer.backends.tensorrt import open_runner
     from david_infer.backends.tensorrt.builder import build_engine
+    from david_infer.metrics import compare
 
     engine = tmp_path / "tiny.engine"
     cache = tmp_path / "timing.cache"
@@ -384,8 +388,9 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
             got = runner.infer(feeds)
             for name in runner.output_names:
                 assert got[name].shape == ref[name].shape and got[name].dtype == np.float32
-                rel = np.linalg.norm(got[name] - ref[name]) / np.linalg.norm(ref[name])
-                assert rel <= 1e-2, (name, shape, rel)
+            # per-task metrics a broken engine cannot pass (an FP32 graph; TensorRT 10 may pick FP16)
+            parity = compare(got, ref, where=f"{shape}: ", precision="fp16")
+            assert parity.passed, parity.reasons
         with pytest.raises(InputError, match="outside the range"):
             runner.infer({"image": np.zeros((1, 3, 512, 512), np.float32),
                           "image_384": np.zeros((1, 3, 384, 384), np.float32)})

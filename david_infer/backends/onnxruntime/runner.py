@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..._optional import install_hint, require
+from ..._optional import install_hint
+from ..._ort import check_gpu, import_onnxruntime
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
 from ..base import Device, Runner, Workload
@@ -55,9 +56,12 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
                    contract: Optional[ModelContract] = None, workload: Optional[Workload] = None) -> Any:
     """An `onnxruntime.InferenceSession` for `path` on `device`; a GPU provider asked for but not
     active is BackendUnavailable, never a silent CPU run."""
-    ort = require("onnxruntime", "the ONNX Runtime backend")
     path = Path(path)
     wanted: Tuple[str, ...] = tuple(providers) if device.kind == "cuda" else ()
+    # the one ONNX Runtime build (cpu/gpu extras), CUDA/cuDNN preloaded from the nvidia-* wheels
+    ort = import_onnxruntime(device.kind)
+    if wanted:  # driver, device and TensorRT each fail with their own error and fix
+        check_gpu(ort, device.index, tensorrt="tensorrt" in wanted)
     session_providers = (_provider_list(ort, path, device, wanted, options, contract, workload)
                          if wanted else [CPU_PROVIDER])
     so = ort.SessionOptions()

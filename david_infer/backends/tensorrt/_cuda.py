@@ -50,17 +50,14 @@ def error_text(err: Any) -> str:
 
 def device_info(device: int = 0) -> Tuple[str, str]:
     """(GPU name, "MAJOR.MINOR" compute capability) of `device`; BackendUnavailable without one."""
+    from ..._ort import check_cuda_device
+
     cudart = runtime()
-    result = cudart.cudaGetDeviceCount()
-    if result[0] != cudart.cudaError_t.cudaSuccess or result[1] == 0:
-        why = error_text(result[0]) if result[0] != cudart.cudaError_t.cudaSuccess else "no devices"
-        raise BackendUnavailable(
-            f"no NVIDIA GPU is usable here ({why}); TensorRT engines need an NVIDIA GPU with a working "
-            "driver. Use backend=\"onnxruntime\" on this machine"
-        )
-    count = result[1]
-    if not 0 <= device < count:
-        raise BackendUnavailable(f"CUDA device {device} does not exist; this machine has {count} (0..{count - 1})")
+    err, version = cudart.cudaRuntimeGetVersion()
+    # the CUDA runtime these bindings (and the matching TensorRT wheel) are built for
+    cuda_major = int(version) // 1000 if err == cudart.cudaError_t.cudaSuccess else 12
+    # no driver, a driver too old for this CUDA runtime, no device: each its own error and fix
+    check_cuda_device(cuda_major, device, cudart)
     prop = call(cudart.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
     name = prop.name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
     return name.strip(), f"{prop.major}.{prop.minor}"
