@@ -136,9 +136,9 @@ def resolve_extra(pip: List[str], extra: str, work: Path) -> Dict[str, Any]:
 
 
 def _why(failed: str, pip_output: str) -> str:
-    if "wheel_stub" in pip_output or "pypi.nvidia.com" in pip_output or "URLError" in pip_output:
-        return (f"{failed or 'a dependency'} is a stub that downloads the real wheel from NVIDIA's index "
-                "(pypi.nvidia.com), which this machine cannot reach")
+    if "wheel_stub" in pip_output or "URLError" in pip_output:
+        return (f"{failed or 'a dependency'} is a stub that downloads the real wheel from NVIDIA's own package "
+                "index, which this machine cannot reach")
     last = [line for line in pip_output.splitlines() if line.strip()][-1:] or ["?"]
     return f"pip failed on {failed or '?'}: {last[0].strip()}"
 
