@@ -14,6 +14,12 @@ EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 # `cpu` and `gpu*` extras may be installed (the last one installed would silently win).
 CPU = ["onnxruntime>=1.21"]
 PLOT = ["matplotlib>=3.6"]
+# MLServer 1.7.1's inference workers fail with uvloop>=0.22 (SeldonIO/MLServer#2286). `serve` and
+# `ray` install together (tests/test_serving.py runs pip check); the server needs a backend too
+# (`cpu` or `gpu`).
+SERVE = ["mlserver>=1.7.1,<1.8", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
+TRITON = ["tritonclient[grpc,http]>=2.50"]
+RAY = ["ray[data]>=2.40"]
 # One coherent set per CUDA major (README, "GPU install"; checked by benchmarks/gpu_deps.py):
 # onnxruntime-gpu's CUDA/cuDNN libraries come from the nvidia-* wheels its [cuda,cudnn] extras
 # pull; its TensorRT provider loads libnvinfer.so.10, so TensorRT stays on major 10, built for the
@@ -22,8 +28,8 @@ GPU = ["onnxruntime-gpu[cuda,cudnn]~=1.31.1", "tensorrt-cu13>=10.13.2,<11", "cud
 GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "cuda-python>=12.9,<13"]
 # The test suite without an ONNX Runtime build: `test` + `gpu` on a GPU machine, `dev` (+ `cpu`)
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
-TEST = EXPORT + PLOT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0",
-                 "cuda-python>=12.9"]
+TEST = EXPORT + PLOT + SERVE + RAY + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
+                                     "plyfile>=1.0", "cuda-python>=12.9"]
 DEV = TEST + CPU
 
 setup(
@@ -45,6 +51,9 @@ setup(
         "gpu": GPU,
         "gpu-cu12": GPU_CU12,
         "test": TEST,
+        "serve": SERVE,
+        "triton": TRITON,
+        "ray": RAY,
         "dev": DEV,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],

@@ -17,6 +17,8 @@ _EXTRA_FOR = {
     "cuda.bindings": "gpu",
     "tqdm": "",
     "matplotlib": "plot",
+    "tritonclient": "triton",
+    "mlserver": "serve",
 }
 
 

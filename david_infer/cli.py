@@ -26,6 +26,7 @@ COMMANDS = {
     "relight": ("relight", "relight a photo from its predicted normals"),
     "background": ("background", "replace a photo's background using the predicted mask"),
     "pointcloud": ("pointcloud", "write a photo's 2.5D point cloud (PLY) from its predicted depth"),
+    "serve": ("serve", "serve a model over HTTP/gRPC (KServe V2 / Triton protocol) with adaptive batching"),
 }
 
 

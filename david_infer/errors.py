@@ -52,3 +52,7 @@ class TensorRTMissingError(GpuSetupError):
 
 class TensorRTVersionError(GpuSetupError):
     """The installed TensorRT major differs from the one the ONNX Runtime TensorRT provider loads."""
+
+
+class ServerUnavailable(BackendUnavailable):
+    """A model server cannot be reached, went away mid-request, or did not answer within the timeout."""

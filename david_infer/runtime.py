@@ -5,7 +5,8 @@
     pred = rt.predict("photo.jpg")       # pred.depth (H, W), pred.normal (H, W, 3), pred.foreground (H, W)
 
 The model is our export (an .onnx with its .json manifest beside it), a released Microsoft file
-(recognised from its shapes), or a folder holding exactly one model file. Backends live in
+(recognised from its shapes), a folder holding exactly one model file, or the URL of a served
+model ("grpc://host:8081/david", the `triton` backend). Backends live in
 `david_infer/backends/<name>/`, imported only when used.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping
 
 import numpy as np
 
-from .backends import get_backend, model_suffixes
+from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError
@@ -73,7 +74,8 @@ class DavidRuntime:
 
     Arguments:
         model: an .onnx file (ours with its manifest, or a released file), an .engine/.plan
-            (TensorRT backend), or a folder holding exactly one of them.
+            (TensorRT backend), a folder holding exactly one of them, or a server URL
+            ("grpc://host:port/name", "http://...": the triton backend runs the model there).
         backend: "auto" (by file suffix: onnxruntime for .onnx, tensorrt for .engine/.plan), or a
             registered backend name ("onnxruntime", "torch", "tensorrt", or your own: see
             david_infer.backends).
@@ -131,11 +133,17 @@ class DavidRuntime:
         post = post if post is not None else PostOptions(**post_kwargs)
         if not isinstance(post, PostOptions):
             raise InputError(f"post must be a david_infer.PostOptions, got {type(post).__name__}")
-        self.path = resolve_model_path(model)
+        #: the model file, or the server URL of a remote backend
+        self.path: Union[Path, str] = model if url_scheme(model) else resolve_model_path(model)
         self.backend = self._choose_backend(backend)
         backend_cls = get_backend(self.backend)
         backend_opts = self._backend_options(backend_cls, backend_options, options)
         loader: Backend = backend_cls(backend_opts)
+        if bool(loader.schemes) != isinstance(self.path, str):
+            raise InputError(f"the {self.backend} backend takes a server URL (grpc://HOST:PORT/MODEL), not a file"
+                             if loader.schemes else
+                             f"{self.path} is a server URL; the {self.backend} backend opens model files (use "
+                             f"backend={next(iter(url_schemes().values()), 'triton')!r})")
         self.device = loader.check_device(parse_device(device))
         self.contract = self._load_contract(loader, verify)
         self.resolution = self._check_resolution(resolution)
@@ -168,6 +176,12 @@ class DavidRuntime:
     def _choose_backend(self, backend: str) -> str:
         if backend != "auto":
             return backend
+        if isinstance(self.path, str):
+            scheme = url_scheme(self.path)
+            if scheme not in url_schemes():
+                raise ModelError(f"{self.path}: no backend serves {scheme}:// URLs; expected "
+                                 f"{', '.join(s + '://' for s in url_schemes())}")
+            return url_schemes()[scheme]
         chosen = model_suffixes().get(self.path.suffix)
         if chosen is None:
             raise ModelError(
@@ -191,7 +205,9 @@ class DavidRuntime:
 
     def _load_contract(self, loader: Backend, verify: bool) -> ModelContract:
         """The contract from the manifest beside the file, or recognised from the graph of a
-        manifest-less (released) file."""
+        manifest-less (released) file; a remote backend's from the server."""
+        if isinstance(self.path, str):
+            return loader.remote_contract(self.path)
         if manifest_path(self.path).exists():
             contract = ModelContract.load(self.path)
             if verify:

@@ -1,9 +1,14 @@
 """Inference backends: one folder each, one interface (`base.Backend` + `base.Runner`).
 
 Built in: `onnxruntime` (.onnx, CPU or CUDA/TensorRT providers), `torch` (the reference PyTorch
-model from our weights or the manifest's seed) and `tensorrt` (.engine/.plan, NVIDIA GPUs). Each
+model from our weights or the manifest's seed), `tensorrt` (.engine/.plan, NVIDIA GPUs) and
+`triton` (a model on a KServe V2 / Triton server: grpc://, http:// URLs). Each
 folder's `__init__` defines the `Backend` subclass and its typed options; `runner.py` the
 `Runner`. Importing this package imports no backend and no heavy library.
+
+A backend for models behind a server lists URL `schemes` instead of file `suffixes` and implements
+`remote_contract(url) -> ModelContract`; the runtime passes such a "scheme://..." model string to
+it untouched (`backend="auto"` picks the backend by scheme) and skips the file checks.
 
 Adding a backend: subclass `base.Backend` (name, suffixes, devices, an `Options` dataclass,
 `open(contract, device, workload) -> Runner`) and either call `register_backend("name", cls)` or
@@ -15,7 +20,8 @@ declare it in your package's metadata:
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Type, Union
+import re
+from typing import Any, Dict, List, Optional, Type, Union
 
 from ..errors import BackendUnavailable
 
@@ -26,6 +32,7 @@ _REGISTRY: Dict[str, Union[str, type]] = {
     "onnxruntime": "david_infer.backends.onnxruntime:OnnxRuntimeBackend",
     "torch": "david_infer.backends.torch:TorchBackend",
     "tensorrt": "david_infer.backends.tensorrt:TensorRTBackend",
+    "triton": "david_infer.backends.triton:TritonBackend",
 }
 _entry_points_loaded = False
 
@@ -76,15 +83,33 @@ def get_backend(name: str) -> Type:
     return cls
 
 
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(model: Any) -> Optional[str]:
+    """The lower-case scheme of a "scheme://..." model string (a server URL), else None."""
+    match = _URL.match(model) if isinstance(model, str) else None
+    return match.group(1).lower() if match else None
+
+
+def url_schemes() -> Dict[str, str]:
+    """URL scheme -> the backend `backend="auto"` picks for it (first registered wins)."""
+    return _first_by(lambda cls: cls.schemes)
+
+
 def model_suffixes() -> Dict[str, str]:
     """Model file suffix -> the backend `backend="auto"` picks for it (first registered wins).
     Backend packages import no heavy library, so asking them is cheap."""
+    return _first_by(lambda cls: cls.suffixes)
+
+
+def _first_by(keys: Any) -> Dict[str, str]:
     found: Dict[str, str] = {}
     for name in backend_names():
         try:
-            suffixes = get_backend(name).suffixes
+            values = keys(get_backend(name))
         except BackendUnavailable:
             continue
-        for suffix in suffixes:
-            found.setdefault(suffix, name)
+        for value in values:
+            found.setdefault(value, name)
     return found

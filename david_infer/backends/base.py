@@ -9,6 +9,10 @@ A backend is two classes:
 - a `Runner`: `io` (names, shapes with symbolic dims, dtypes), `run(feeds) -> dict` (the model
   call alone, so timing it times the backend), `close()`.
 
+A backend that reaches its model over the network (e.g. `triton`) lists URL `schemes` instead of
+file suffixes: the runtime then hands it the URL untouched and asks `remote_contract(url)` for
+the contract (no file, manifest or SHA-256 checks on this side).
+
 The runtime validates the model contract, the device and the workload (resolution, largest batch)
 before `open` is called, and hands the backend those typed objects, never a manifest dict.
 Register a backend with `david_infer.backends.register_backend` or the `david_infer.backends`
@@ -154,6 +158,9 @@ class Backend(abc.ABC):
     suffixes: ClassVar[Tuple[str, ...]] = ()
     #: device kinds this backend runs on
     devices: ClassVar[Tuple[str, ...]] = ("cpu",)
+    #: URL schemes ("grpc", "http") of models this backend reaches over the network; such a
+    #: backend takes a URL, not a file, and describes the model with `remote_contract`
+    schemes: ClassVar[Tuple[str, ...]] = ()
     #: the typed options (a BackendOptions dataclass)
     Options: ClassVar[Type[BackendOptions]] = BackendOptions
 
@@ -175,6 +182,10 @@ class Backend(abc.ABC):
         read a bare file override this."""
         raise ModelError(f"{path}: no manifest beside it and the {self.title or self.name} backend cannot "
                          "describe a bare file; export it with david-infer (which writes the manifest)")
+
+    def remote_contract(self, url: str) -> ModelContract:
+        """The contract of the model at `url` (backends with `schemes` override this)."""
+        raise ModelError(f"{url}: the {self.title or self.name} backend opens model files, not server URLs")
 
     @abc.abstractmethod
     def open(self, contract: ModelContract, device: Device, workload: Workload) -> Runner:

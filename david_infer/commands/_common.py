@@ -9,13 +9,14 @@ from ..errors import InputError
 from ..zoo import resolve_model
 
 MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a folder holding one, "
-              "or a released model's name (depth-base, multitask-large, ...; downloaded on first use)")
+              "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
+              "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)")
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     """-m/--model, --backend, --device, --resolution, --channel-order."""
     p.add_argument("-m", "--model", required=True, help=MODEL_HELP)
-    p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, torch or tensorrt")
+    p.add_argument("--backend", default="auto", help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; a GPU that cannot be used "
                    "is an error, never a silent CPU fallback")
     if resolution:
@@ -38,9 +39,10 @@ def resolution_arg(text: str) -> Optional[int]:
 
 def open_runtime(args: argparse.Namespace, batch_size: int = 1, **kwargs: Any) -> Any:
     """A DavidRuntime from the parsed runtime arguments."""
+    from ..backends import url_scheme
     from ..runtime import DavidRuntime
 
-    path = resolve_model(args.model)
+    path = args.model if url_scheme(args.model) else resolve_model(args.model)  # a URL goes to the triton backend
     return DavidRuntime(path, backend=args.backend, device=args.device,
                         resolution=getattr(args, "resolution", 512), channel_order=args.channel_order,
                         batch_size=batch_size, **kwargs)

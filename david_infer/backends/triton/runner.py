@@ -1,0 +1,163 @@
+"""Talking to a KServe V2 / Triton server with `tritonclient`: the two protocols behind one small
+adapter, typed errors, timeouts, retries, and the runner.
+
+Every call carries the options' timeout (gRPC: `client_timeout`; HTTP: the client's connection and
+network timeouts). Errors the transport raises (refused, reset, timed out, UNAVAILABLE) become
+`ServerUnavailable` and are retried `retries` times with a doubling delay; errors the server
+answers with (unknown model, refused request) become `ModelError` at once.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from ..._optional import require
+from ...contract import GraphIO, TensorSpec
+from ...errors import ModelError, ServerUnavailable
+from ..base import Runner
+
+T = TypeVar("T")
+#: gRPC status codes and HTTP statuses that mean "the server is not there (now)"
+_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "502", "503",
+                "504"}
+_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64"}
+#: gRPC channel limit both ways (the library's default of 4 MiB is less than a batch of images)
+GRPC_MAX_MESSAGE = 1 << 30
+
+
+class Protocol:
+    """One server address over gRPC or HTTP: makes clients and runs calls with the timeout, the
+    retry policy and typed errors."""
+
+    def __init__(self, url: str, scheme: str, address: str, options: Any) -> None:
+        self.url, self.scheme, self.address, self.options = url, scheme, address, options
+        self.grpc = scheme == "grpc"
+        self.module = require("tritonclient.grpc" if self.grpc else "tritonclient.http", "the triton backend")
+        self.binary = self.grpc  # HTTP binary tensors only where the server lists the extension
+
+    def client(self) -> Any:
+        timeout = self.options.timeout
+        if self.grpc:
+            limits = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                      ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)]
+            return self.module.InferenceServerClient(self.address, channel_args=limits)
+        return self.module.InferenceServerClient(self.address, connection_timeout=timeout, network_timeout=timeout,
+                                                 ssl=self.scheme == "https")
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn()` under the retry policy; ServerUnavailable or ModelError naming `what` on failure."""
+        attempts = 1 + self.options.retries
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # gevent's Timeout is a BaseException
+                error = self._translate(what, exc)
+                if not isinstance(error, ServerUnavailable) or attempt == attempts - 1:
+                    raise error from None
+            time.sleep(self.options.retry_delay * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _translate(self, what: str, exc: BaseException) -> Exception:
+        from tritonclient.utils import InferenceServerException
+
+        timeout = self.options.timeout
+        if isinstance(exc, InferenceServerException):
+            status = str(exc.status() or "")
+            message = exc.message() or str(exc)
+            if status in _UNAVAILABLE:
+                return ServerUnavailable(f"{self.url}: {what} failed: the server did not answer within {timeout:g} s "
+                                         f"or is unreachable ({status}: {message})")
+            return ModelError(f"{self.url}: {what} failed: the server answered {status or 'an error'}: {message}")
+        return ServerUnavailable(f"{self.url}: {what} failed: the server is unreachable, went away or did not answer "
+                                 f"within {timeout:g} s ({type(exc).__name__}: {exc})")
+
+    def ask(self, client: Any, method: str, *args: Any) -> Any:
+        """A metadata-like call, answered as JSON-like dicts by both protocols."""
+        fn = getattr(client, method)
+        if self.grpc:
+            return self.call(method, lambda: fn(*args, as_json=True, client_timeout=self.options.timeout))
+        return self.call(method, lambda: fn(*args))
+
+    def infer(self, client: Any, model: str, version: str, feeds: Mapping[str, np.ndarray],
+              outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+        m = self.module
+        inputs = []
+        for name, value in feeds.items():
+            tensor = m.InferInput(name, list(value.shape), "FP32")
+            if self.grpc:
+                tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            else:
+                tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), binary_data=self.binary)
+            inputs.append(tensor)
+        if self.grpc:
+            wanted = [m.InferRequestedOutput(n) for n in outputs]
+            run = lambda: client.infer(model, inputs, model_version=version, outputs=wanted,  # noqa: E731
+                                       client_timeout=self.options.timeout)
+        else:
+            wanted = [m.InferRequestedOutput(n, binary_data=self.binary) for n in outputs]
+            run = lambda: client.infer(model, inputs, model_version=version, outputs=wanted)  # noqa: E731
+        result = self.call(f"inference on {model!r}", run)
+        values = {n: result.as_numpy(n) for n in outputs}
+        missing = [n for n, v in values.items() if v is None]
+        if missing:
+            raise ModelError(f"{self.url}: the server's answer lacks outputs {missing}")
+        return values
+
+
+def metadata_io(metadata: Mapping[str, Any]) -> GraphIO:
+    """V2 model metadata (JSON) -> GraphIO; -1 dims become symbolic (None)."""
+
+    def spec(item: Mapping[str, Any]) -> TensorSpec:
+        shape = tuple(None if int(d) < 0 else int(d) for d in item.get("shape", ()))
+        return TensorSpec(str(item["name"]), shape, _DTYPES.get(str(item.get("datatype")), str(item.get("datatype"))))
+
+    return GraphIO(tuple(spec(i) for i in metadata.get("inputs", ())),
+                   tuple(spec(o) for o in metadata.get("outputs", ())))
+
+
+class TritonRunner(Runner):
+    """Runs the model on the server. Safe from many threads: each thread gets its own client (the
+    HTTP client is not thread-safe; gRPC clients are cheap)."""
+
+    name = "triton"
+
+    def __init__(self, protocol: Protocol, model: str, version: str, io: GraphIO, outputs: List[str]) -> None:
+        self._protocol, self._model, self._version, self._io = protocol, model, version, io
+        self._outputs = outputs
+        self._local = threading.local()
+        self._clients: List[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def io(self) -> GraphIO:
+        return self._io
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._protocol.client()
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self._closed:
+            raise ModelError(f"{self._protocol.url}: runner is closed")
+        return self._protocol.infer(self._client(), self._model, self._version, feeds, self._outputs)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing a client of a dead server must not raise
+                pass

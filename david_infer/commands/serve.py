@@ -1,0 +1,52 @@
+"""Serve a model over the Open Inference Protocol (KServe V2: what Triton, KServe and MLServer speak),
+on HTTP and gRPC, with server-side adaptive batching, parallel workers, health/readiness
+(/v2/health/ready) and Prometheus metrics (/metrics on the metrics port). Runs until Ctrl-C.
+
+What is served is the network's own contract (the manifest's inputs and outputs, batch first);
+clients preprocess and postprocess: `DavidRuntime("grpc://HOST:GRPC_PORT/NAME", backend="triton")`
+or `david-infer predict -m grpc://HOST:GRPC_PORT/NAME ...`. Needs pip install "david-infer[serve]".
+"""
+from __future__ import annotations
+
+import argparse
+
+from ._common import resolve_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="the model file (.onnx with or without our manifest, "
+                   ".engine), a folder holding one, or a released model's name")
+    p.add_argument("--name", default="david", help="the served model name (default david)")
+    p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, torch or tensorrt")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--resolution", type=int, default=512, metavar="N",
+                   help="the image side the backend is prepared for (default 512; TensorRT profiles are checked "
+                        "against it); clients may send any size the model accepts")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all)")
+    p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
+    p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (default 8082)")
+    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help="adaptive batching: merge concurrent requests into batches of up to N images (default 8; "
+                        "1 = no batching)")
+    p.add_argument("--max-batch-time", type=float, default=0.01, metavar="SECONDS",
+                   help="adaptive batching: wait at most this long to fill a batch (default 0.01)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel inference worker processes, each with its own copy of the model (default 1; "
+                        "0 = run in the server process)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime import resolve_model_path
+    from ..serving import ServeConfig, serve
+
+    path = resolve_model_path(resolve_model(args.model))
+    config = ServeConfig(
+        model=str(path), name=args.name, backend=args.backend, device=args.device, resolution=args.resolution,
+        max_batch_size=args.max_batch_size, max_batch_time=args.max_batch_time, workers=args.workers,
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+    )
+    print(f"serving {path} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
+          f"{config.host}:{config.grpc_port}, metrics :{config.metrics_port}/metrics", flush=True)
+    serve(config)
+    return 0

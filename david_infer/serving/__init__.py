@@ -1,0 +1,152 @@
+"""`david-infer serve`: the raw network behind the Open Inference Protocol (KServe V2), via MLServer.
+
+What is served is the model's own contract (the manifest's inputs and outputs, batch first):
+clients preprocess and postprocess (the `triton` backend does it for `DavidRuntime`), so the
+server's CPU or GPU goes to the network alone.
+
+Why MLServer: it is a maintained V2 server library that gives, from one settings file and one
+`MLModel` subclass (`david_infer.serving.runtime.DavidModel`), HTTP and gRPC endpoints, health and
+readiness, Prometheus metrics, server-side adaptive batching (`max_batch_size`, `max_batch_time`)
+and parallel inference worker processes. KServe's Python ModelServer speaks the same protocol but
+leaves batching to a separate Kubernetes component; PyTriton pins numpy<2, which breaks Ray Data's
+pandas in the same environment. We write no HTTP or gRPC code of our own.
+
+The served model's metadata publishes the manifest as one entry of `versions`
+(`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
+it is the one metadata field that both the HTTP and the gRPC protocol carry (gRPC's model metadata
+has no `parameters`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .._optional import require
+from ..errors import InputError
+
+#: prefix of the `versions` entry carrying the manifest JSON
+MANIFEST_PREFIX = "david-infer-manifest:"
+#: the MLModel implementation MLServer loads (in each worker process)
+RUNTIME_CLASS = "david_infer.serving.runtime.DavidModel"
+#: largest gRPC message both ways (MLServer's default is gRPC's 4 MiB: a batch of four 512x512
+#: images with their 384x384 copies is more)
+GRPC_MAX_MESSAGE = 1 << 30
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `david-infer serve` serves and how.
+
+    model: the model file (absolute path is stored); name: the served model name; backend,
+    device, backend_options: as for DavidRuntime; resolution: the side the backend is prepared for
+    (a hint for TensorRT profiles; the server accepts any size the model accepts);
+    max_batch_size / max_batch_time: MLServer's adaptive batching (requests are merged along the
+    batch axis up to max_batch_size images, waiting at most max_batch_time seconds; 1 = off);
+    workers: parallel inference worker processes (0 = run in the server process); host and ports.
+    """
+
+    model: str
+    name: str = "david"
+    backend: str = "auto"
+    device: str = "cpu"
+    resolution: Optional[int] = 512
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    max_batch_size: int = 8
+    max_batch_time: float = 0.01
+    workers: int = 1
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    metrics_port: int = 8082
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "http_port", "grpc_port", "metrics_port"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"serve: {name} must be a positive integer, got {value!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise InputError(f"serve: workers must be 0 or more, got {self.workers!r}")
+        if not isinstance(self.max_batch_time, (int, float)) or not 0 <= self.max_batch_time <= 10:
+            raise InputError(f"serve: max_batch_time must be between 0 and 10 seconds, got {self.max_batch_time!r}")
+        if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
+            raise InputError(f"serve: the HTTP, gRPC and metrics ports must differ, got {self.http_port}, "
+                             f"{self.grpc_port}, {self.metrics_port}")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise InputError(f"serve: the model name may hold letters, digits, - _ . only, got {self.name!r}")
+
+
+def model_settings(config: ServeConfig) -> Dict[str, Any]:
+    """MLServer's model-settings.json for `config`."""
+    batching = config.max_batch_size > 1
+    return {
+        "name": config.name,
+        "implementation": RUNTIME_CLASS,
+        "max_batch_size": config.max_batch_size if batching else 0,
+        "max_batch_time": config.max_batch_time if batching else 0.0,
+        "parameters": {
+            "uri": str(Path(config.model).resolve()),
+            "extra": {
+                "backend": config.backend,
+                "device": config.device,
+                "resolution": config.resolution,
+                "max_batch": config.max_batch_size,
+                "backend_options": dict(config.backend_options),
+            },
+        },
+    }
+
+
+def server_settings(config: ServeConfig, folder: Path) -> Dict[str, Any]:
+    """MLServer's settings.json for `config` (working folders kept inside `folder`)."""
+    return {
+        "host": config.host,
+        "http_port": config.http_port,
+        "grpc_port": config.grpc_port,
+        "metrics_port": config.metrics_port,
+        "parallel_workers": config.workers,
+        "grpc_max_message_length": GRPC_MAX_MESSAGE,
+        "metrics_dir": str(folder / ".metrics"),
+        "environments_dir": str(folder / ".envs"),
+        "load_models_at_startup": True,
+        "debug": False,
+    }
+
+
+def write_server_folder(config: ServeConfig, folder: Path) -> Path:
+    """Write an MLServer folder (settings.json, NAME/model-settings.json) that `mlserver start
+    FOLDER` serves as `david-infer serve` would."""
+    folder = Path(folder)
+    (folder / config.name).mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(server_settings(config, folder), indent=2))
+    (folder / config.name / "model-settings.json").write_text(json.dumps(model_settings(config), indent=2))
+    return folder
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
+    open; a model that fails to load stops the server with its error in the log."""
+    if not Path(config.model).is_file():
+        raise InputError(f"serve: model file not found: {config.model}")
+    require("mlserver", "david-infer serve")
+    from mlserver import MLServer
+    from mlserver.cli.serve import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="david-serve-") as tmp:
+        folder = write_server_folder(config, Path(tmp))
+
+        async def main() -> None:
+            settings, models = await load_settings(str(folder))
+            server = MLServer(settings)  # needs the running loop (it installs signal handlers)
+            await server.start(models)
+
+        previous = os.getcwd()
+        os.chdir(folder)  # MLServer puts a few working files in the current folder
+        try:
+            asyncio.run(main())
+        finally:
+            os.chdir(previous)
