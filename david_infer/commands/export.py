@@ -1,19 +1,23 @@
 """Export a DAViD model to ONNX and write its manifest (FILE.json) beside it.
 
-Without --weights the weights are random (from --seed) and the manifest says so.
+Without --weights the weights are random (from --seed) and the manifest says so. With
+--triton-repo DIR the export (or, with --from, an existing .onnx/.engine) is also written as a
+Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan) and the
+manifest, for NVIDIA's tritonserver (`tritonserver --model-repository DIR`).
 """
 from __future__ import annotations
 
 import argparse
 
 from ..config import TASKS, variants
+from ..errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Variant and task are checked by the exporter (one clear error line, not argparse's usage dump).
-    p.add_argument("--variant", required=True, help=f"model size: {', '.join(variants())}")
-    p.add_argument("--task", required=True, help=f"which head(s): {', '.join(TASKS)}")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--variant", help=f"model size: {', '.join(variants())} (required unless --from)")
+    p.add_argument("--task", help=f"which head(s): {', '.join(TASKS)} (required unless --from)")
+    p.add_argument("-o", "--output", help="output .onnx path (required unless --from)")
     p.add_argument("--layout", default="dynamic", choices=("dynamic", "official"),
                    help="dynamic: any batch and resolution (default); official: the released 1x3x512x512 contract")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
@@ -21,9 +25,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a david-infer safetensors checkpoint (default: random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    triton = p.add_argument_group("Triton model repository")
+    triton.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository into DIR")
+    triton.add_argument("--from", dest="source", metavar="MODEL",
+                        help="write the repository for this existing .onnx/.engine/.plan instead of exporting")
+    triton.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the file stem)")
+    triton.add_argument("--triton-max-batch", type=int, metavar="N",
+                        help="Triton max_batch_size (default 8; 0 for a fixed-batch graph such as a released file)")
+    triton.add_argument("--triton-instance", choices=("cpu", "gpu"),
+                        help="instance group kind (default cpu for ONNX, gpu for a plan)")
+    triton.add_argument("--triton-instances", type=int, default=1, metavar="N", help="model instances (default 1)")
+    triton.add_argument("--overwrite", action="store_true", help="replace DIR/NAME if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source:
+        if not args.triton_repo:
+            raise InputError("--from MODEL writes a Triton repository: give --triton-repo DIR")
+        if args.variant or args.task or args.output:
+            raise InputError("--from MODEL uses an existing file: drop --variant, --task and --output")
+        return _write_repo(args, args.source)
+    missing = [flag for flag, value in (("--variant", args.variant), ("--task", args.task), ("-o", args.output))
+               if not value]
+    if missing:
+        raise InputError(f"export needs {', '.join(missing)} (or --from MODEL --triton-repo DIR)")
     from ..export import export_onnx
 
     manifest = export_onnx(
@@ -32,4 +57,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
           f"{manifest['precision']}; weights: {manifest['weights']['description']})")
+    return _write_repo(args, args.output) if args.triton_repo else 0
+
+
+def _write_repo(args: argparse.Namespace, model: str) -> int:
+    from ..export.triton_repo import write_triton_repo
+
+    folder = write_triton_repo(model, args.triton_repo, name=args.triton_name, max_batch_size=args.triton_max_batch,
+                               instance=args.triton_instance, instances=args.triton_instances,
+                               overwrite=args.overwrite)
+    print(f"wrote Triton model {folder.name!r} in {folder.parent} (tritonserver --model-repository {folder.parent})")
     return 0
