@@ -16,7 +16,8 @@ MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a fol
 def add_runtime_arguments(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     """-m/--model, --backend, --device, --resolution, --channel-order."""
     p.add_argument("-m", "--model", required=True, help=MODEL_HELP)
-    p.add_argument("--backend", default="auto", help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton")
+    p.add_argument("--backend", default="auto",
+                   help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; a GPU that cannot be used "
                    "is an error, never a silent CPU fallback")
     if resolution:

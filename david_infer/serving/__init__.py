@@ -6,8 +6,9 @@ server's CPU or GPU goes to the network alone.
 
 Why MLServer: it is a maintained V2 server library that gives, from one settings file and one
 `MLModel` subclass (`david_infer.serving.runtime.DavidModel`), HTTP and gRPC endpoints, health and
-readiness, Prometheus metrics, server-side adaptive batching (`max_batch_size`, `max_batch_time`)
-and parallel inference worker processes. KServe's Python ModelServer speaks the same protocol but
+readiness, Prometheus metrics and parallel inference worker processes. Concurrent requests are
+batched in our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive
+batcher merges tensors as Python lists, which costs more than the model: see `runtime`). KServe's Python ModelServer speaks the same protocol but
 leaves batching to a separate Kubernetes component; PyTriton pins numpy<2, which breaks Ray Data's
 pandas in the same environment. We write no HTTP or gRPC code of our own.
 
@@ -45,8 +46,9 @@ class ServeConfig:
     model: the model file (absolute path is stored); name: the served model name; backend,
     device, backend_options: as for DavidRuntime; resolution: the side the backend is prepared for
     (a hint for TensorRT profiles; the server accepts any size the model accepts);
-    max_batch_size / max_batch_time: MLServer's adaptive batching (requests are merged along the
-    batch axis up to max_batch_size images, waiting at most max_batch_time seconds; 1 = off);
+    max_batch_size / max_batch_time: adaptive batching (concurrent requests of one image size are
+    merged along the batch axis up to max_batch_size images, waiting at most max_batch_time
+    seconds for a batch to fill; 1 = off);
     workers: parallel inference worker processes (0 = run in the server process); host and ports.
     """
 
@@ -82,12 +84,10 @@ class ServeConfig:
 
 def model_settings(config: ServeConfig) -> Dict[str, Any]:
     """MLServer's model-settings.json for `config`."""
-    batching = config.max_batch_size > 1
     return {
         "name": config.name,
         "implementation": RUNTIME_CLASS,
-        "max_batch_size": config.max_batch_size if batching else 0,
-        "max_batch_time": config.max_batch_time if batching else 0.0,
+        "max_batch_size": 0,  # MLServer's batcher off: DavidModel batches with numpy (see runtime)
         "parameters": {
             "uri": str(Path(config.model).resolve()),
             "extra": {
@@ -95,6 +95,7 @@ def model_settings(config: ServeConfig) -> Dict[str, Any]:
                 "device": config.device,
                 "resolution": config.resolution,
                 "max_batch": config.max_batch_size,
+                "max_batch_time": config.max_batch_time,
                 "backend_options": dict(config.backend_options),
             },
         },

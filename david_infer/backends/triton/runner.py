@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -80,27 +81,22 @@ class Protocol:
         """A metadata-like call, answered as JSON-like dicts by both protocols."""
         fn = getattr(client, method)
         if self.grpc:
-            return self.call(method, lambda: fn(*args, as_json=True, client_timeout=self.options.timeout))
-        return self.call(method, lambda: fn(*args))
+            return self.call(method, partial(fn, *args, as_json=True, client_timeout=self.options.timeout))
+        return self.call(method, partial(fn, *args))
 
     def infer(self, client: Any, model: str, version: str, feeds: Mapping[str, np.ndarray],
               outputs: Sequence[str]) -> Dict[str, np.ndarray]:
         m = self.module
+        # gRPC always sends raw bytes; HTTP sends binary tensors only to servers that list the extension
+        binary = {} if self.grpc else {"binary_data": self.binary}
         inputs = []
         for name, value in feeds.items():
             tensor = m.InferInput(name, list(value.shape), "FP32")
-            if self.grpc:
-                tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-            else:
-                tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), binary_data=self.binary)
+            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), **binary)
             inputs.append(tensor)
-        if self.grpc:
-            wanted = [m.InferRequestedOutput(n) for n in outputs]
-            run = lambda: client.infer(model, inputs, model_version=version, outputs=wanted,  # noqa: E731
-                                       client_timeout=self.options.timeout)
-        else:
-            wanted = [m.InferRequestedOutput(n, binary_data=self.binary) for n in outputs]
-            run = lambda: client.infer(model, inputs, model_version=version, outputs=wanted)  # noqa: E731
+        wanted = [m.InferRequestedOutput(n, **binary) for n in outputs]
+        timeout = {"client_timeout": self.options.timeout} if self.grpc else {}  # HTTP: set on the client
+        run = partial(client.infer, model, inputs, model_version=version, outputs=wanted, **timeout)
         result = self.call(f"inference on {model!r}", run)
         values = {n: result.as_numpy(n) for n in outputs}
         missing = [n for n, v in values.items() if v is None]
