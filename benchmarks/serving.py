@@ -15,18 +15,21 @@ Same model, same images, same resolution, all on this machine's CPU:
   (pre/postprocessing in the client, the network on the server).
 
 Goal: served at 16 clients >= 90% of the best local batch throughput. Writes
-benchmarks/results/serving.{json,md}. Clients and server share the machine's cores.
+benchmarks/results/serving.{json,md}. Clients and server share the machine's cores; besides
+wall-clock numbers each row reports the CPU seconds spent per image (this process, plus the server's
+process group when served), which load from other jobs on the machine disturbs much less.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,8 +42,24 @@ from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid` (Linux /proc)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime(11) stime(12)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def clients_run(predict: Callable[[np.ndarray], Any], images: List[np.ndarray], clients: int,
-                per_client: int) -> Dict[str, float]:
+                per_client: int, server_pgid: Optional[int] = None) -> Dict[str, float]:
     """`clients` threads each calling `predict` `per_client` times; latency percentiles and images/s."""
     latencies: List[float] = []
     lock = threading.Lock()
@@ -62,25 +81,29 @@ def clients_run(predict: Callable[[np.ndarray], Any], images: List[np.ndarray], 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
+    cpu0 = time.process_time() + (group_cpu_seconds(server_pgid) if server_pgid else 0.0)
     barrier.wait()
     start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu = time.process_time() + (group_cpu_seconds(server_pgid) if server_pgid else 0.0) - cpu0
     if errors:
         raise errors[0]
     ms = np.asarray(latencies) * 1e3
     return {"clients": clients, "images": len(latencies), "images_per_s": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "cpu_s_per_image": cpu / max(len(latencies), 1)}
 
 
 def batch_run(runtime: DavidRuntime, images: List[np.ndarray], batch: int, count: int) -> Dict[str, float]:
     work = [images[i % len(images)] for i in range(count)]
     runtime.predict_batch(work[:batch], batch_size=batch)  # warm-up
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     runtime.predict_batch(work, batch_size=batch)
-    wall = time.perf_counter() - t0
-    return {"batch": batch, "images": count, "images_per_s": count / wall, "ms_per_image": 1e3 * wall / count}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"batch": batch, "images": count, "images_per_s": count / wall, "ms_per_image": 1e3 * wall / count,
+            "cpu_s_per_image": cpu / count}
 
 
 def main() -> int:
@@ -108,7 +131,8 @@ def main() -> int:
         results: Dict[str, Any] = {"model": Path(model).name, "resolution": args.resolution, "machine": machine(),
                                    "server": {"max_batch_size": args.max_batch_size,
                                               "max_batch_time": args.max_batch_time},
-                                   "local_batch": [], "local_clients": [], "served_clients": []}
+                                   "local_batch": [], "local_clients": [], "served_clients": [],
+                                   "load_average_before": os.getloadavg()[0]}
         with DavidRuntime(model, resolution=args.resolution) as local:
             for batch in (1, 4, 8, 16):
                 results["local_batch"].append(batch_run(local, images, batch, max(32, 2 * batch)))
@@ -124,10 +148,12 @@ def main() -> int:
                 with DavidRuntime(server.grpc_url, resolution=args.resolution, timeout=120) as remote:
                     for n in counts:
                         clients_run(remote.predict, images, n, 1)  # warm-up (and one client per thread)
-                        row = {"workers": workers, **clients_run(remote.predict, images, n, args.requests)}
+                        pgid = server.process.pid if server.process else None
+                        row = {"workers": workers, **clients_run(remote.predict, images, n, args.requests, pgid)}
                         results["served_clients"].append(row)
                         print("served", row, flush=True)
 
+    results["load_average_after"] = os.getloadavg()[0]
     best = max(r["images_per_s"] for r in results["local_batch"])
     served16 = max((r["images_per_s"] for r in results["served_clients"] if r["clients"] == 16), default=None)
     results["goal"] = {"best_local_batch_images_per_s": best, "served_16_images_per_s": served16,
@@ -142,17 +168,18 @@ def main() -> int:
 def table(results: Dict[str, Any], argv: str) -> str:
     lines = [f"`python benchmarks/serving.py {argv}`".replace(" `", "`"),
              "", f"Model {results['model']} at {results['resolution']}x{results['resolution']}, "
-             f"{results['machine']['cpu']}, {results['machine']['cores']} cores (clients and server share them).", "",
-             "| run | clients | images/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+             f"{results['machine']['cpu']}, {results['machine']['cores']} cores (clients and server share them; "
+             f"load average {results['load_average_before']:.1f} before, {results['load_average_after']:.1f} after).", "",
+             "| run | clients | images/s | p50 ms | p99 ms | CPU s / image |", "|---|---:|---:|---:|---:|---:|"]
     for r in results["local_batch"]:
         lines.append(f"| local predict_batch, batch {r['batch']} | 1 | {r['images_per_s']:.1f} | "
-                     f"{r['ms_per_image']:.1f} / image | |")
+                     f"{r['ms_per_image']:.1f} / image | | {r['cpu_s_per_image']:.3f} |")
     for r in results["local_clients"]:
         lines.append(f"| local runtime shared by the client threads | {r['clients']} | {r['images_per_s']:.1f} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
     for r in results["served_clients"]:
         lines.append(f"| served, gRPC, {r['workers']} worker process(es) | {r['clients']} | {r['images_per_s']:.1f} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
     goal = results["goal"]
     if goal["ratio"] is not None:
         lines += ["", f"Served at 16 clients (best worker count): {goal['served_16_images_per_s']:.1f} images/s = "

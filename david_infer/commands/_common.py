@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from ..errors import InputError
 from ..zoo import resolve_model
@@ -38,12 +38,19 @@ def resolution_arg(text: str) -> Optional[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or 'image', got {text!r}") from None
 
 
+def model_argument(model: str) -> Union[Path, str]:
+    """-m MODEL -> what DavidRuntime opens: a served model's URL as it is (the triton backend),
+    else a file, folder or released model's name resolved to a path."""
+    from ..backends import url_scheme
+
+    return model if url_scheme(model) else resolve_model(model)
+
+
 def open_runtime(args: argparse.Namespace, batch_size: int = 1, **kwargs: Any) -> Any:
     """A DavidRuntime from the parsed runtime arguments."""
-    from ..backends import url_scheme
     from ..runtime import DavidRuntime
 
-    path = args.model if url_scheme(args.model) else resolve_model(args.model)  # a URL goes to the triton backend
+    path = model_argument(args.model)
     return DavidRuntime(path, backend=args.backend, device=args.device,
                         resolution=getattr(args, "resolution", 512), channel_order=args.channel_order,
                         batch_size=batch_size, **kwargs)

@@ -17,8 +17,7 @@ import sys
 from typing import Any, Dict, List
 
 from ..errors import InputError
-from ..zoo import resolve_model
-from ._common import MODEL_HELP, split_list
+from ._common import MODEL_HELP, model_argument, split_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
                          f"{args.warmup})")
-    path = resolve_model(args.model)
+    path = model_argument(args.model)
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
     print(_header())

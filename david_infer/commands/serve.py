@@ -31,9 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "1 = no batching)")
     p.add_argument("--max-batch-time", type=float, default=0.01, metavar="SECONDS",
                    help="adaptive batching: wait at most this long to fill a batch (default 0.01)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel inference worker processes, each with its own copy of the model (default 1; "
-                        "0 = run in the server process)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="parallel inference worker processes, each with its own copy of the model (default 0: the "
+                        "model runs in the server process, which saves MLServer's copy of every request to a "
+                        "worker: about 40%% of the server's CPU per image on a small model)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,7 +49,8 @@ class ServeConfig:
     max_batch_size / max_batch_time: adaptive batching (concurrent requests of one image size are
     merged along the batch axis up to max_batch_size images, waiting at most max_batch_time
     seconds for a batch to fill; 1 = off);
-    workers: parallel inference worker processes (0 = run in the server process); host and ports.
+    workers: parallel inference worker processes (0, the default = run in the server process;
+    MLServer pickles every request to a worker, which costs CPU); host and ports.
     """
 
     model: str
@@ -60,7 +61,7 @@ class ServeConfig:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     max_batch_size: int = 8
     max_batch_time: float = 0.01
-    workers: int = 1
+    workers: int = 0
     host: str = "0.0.0.0"
     http_port: int = 8080
     grpc_port: int = 8081
