@@ -21,7 +21,6 @@ from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from mlserver import MLModel
-from mlserver import log as log_metric
 from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataTensor
@@ -32,6 +31,20 @@ from ..runtime import DavidRuntime
 from . import MANIFEST_PREFIX
 
 logger = logging.getLogger("david_infer.serving")
+_BATCH_SIZES: Dict[str, object] = {}
+
+
+def batch_size_histogram() -> object:
+    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
+    prometheus_client's multi-process mode in each worker before it loads the model, and with no
+    workers it exports prometheus_client's default registry, where this registers (MLServer's own
+    `mlserver.log` metrics reach the endpoint only from workers)."""
+    if "histogram" not in _BATCH_SIZES:
+        from prometheus_client import Histogram
+
+        _BATCH_SIZES["histogram"] = Histogram("david_batch_size", "images per model call (adaptive batching)",
+                                              labelnames=["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+    return _BATCH_SIZES["histogram"]
 _DATATYPES = {"float32": "FP32", "float16": "FP16"}
 
 
@@ -49,8 +62,9 @@ class _Batcher:
     waiting at most `max_wait` seconds for a batch to fill) through `run` on `executor`."""
 
     def __init__(self, run: Callable[[Feeds], Mapping[str, np.ndarray]], max_batch: int, max_wait: float,
-                 executor: ThreadPoolExecutor) -> None:
+                 executor: ThreadPoolExecutor, observe: Callable[[int], None]) -> None:
         self._run, self._max_batch, self._max_wait, self._executor = run, max_batch, max_wait, executor
+        self._observe = observe
         self._queue: "asyncio.Queue[Tuple[Feeds, asyncio.Future]]" = asyncio.Queue()
         self._held: Deque[Tuple[Feeds, asyncio.Future]] = deque()  # another size: next batch
         self._task: Optional[asyncio.Task] = None
@@ -109,7 +123,7 @@ class _Batcher:
                 if not future.done():
                     future.set_exception(error)
             return
-        log_metric(david_batch_size=size)
+        self._observe(size)
         logger.debug("ran a batch of %d images from %d requests", size, len(batch))
         start = 0
         for request_feeds, future in batch:
@@ -138,8 +152,9 @@ class DavidModel(MLModel):
         self._manifest = json.dumps(contract.as_dict(), separators=(",", ":"))
         # one model call at a time per worker: the backend's own threads use the cores
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
+        sizes = batch_size_histogram().labels(model=self.name)  # type: ignore[attr-defined]
         self._batcher = _Batcher(self._run, max(1, int(extra.get("max_batch") or 1)),
-                                 float(extra.get("max_batch_time") or 0.0), self._executor)
+                                 float(extra.get("max_batch_time") or 0.0), self._executor, sizes.observe)
         logger.info("serving %s (%s backend, %s) as %r", self._runtime.path, self._runtime.backend,
                     self._runtime.device, self.name)
         return True
