@@ -124,8 +124,37 @@ def test_unknown_model_and_unreachable_server_are_typed(server) -> None:
     port = free_ports(1)[0]
     t0 = time.monotonic()
     with pytest.raises(ServerUnavailable, match="unreachable"):
-        DavidRuntime(f"grpc://127.0.0.1:{port}/david", resolution=64, timeout=3, retries=2, retry_delay=0.1)
-    assert time.monotonic() - t0 < 15
+        DavidRuntime(f"grpc://127.0.0.1:{port}/david", resolution=64, timeout=3, retries=2, retry_delay=0.4)
+    assert 0.4 + 0.8 <= time.monotonic() - t0 < 15  # two retries, 0.4 s then 0.8 s apart
+
+
+def test_concurrent_requests_of_two_sizes_are_each_answered_right(server, tiny_multitask_onnx: Path) -> None:
+    """Requests of different image sizes arriving together run in separate batches, none mixed up."""
+    jobs = [(64 if i % 2 else 96, image) for i, image in enumerate(_images(12, seed=5))]
+    expected = {}
+    for resolution in (64, 96):
+        with DavidRuntime(tiny_multitask_onnx, resolution=resolution) as local:
+            expected.update({i: local.predict(im) for i, (r, im) in enumerate(jobs) if r == resolution})
+    results: dict = {}
+    with DavidRuntime(server.grpc_url, resolution=64) as at64, DavidRuntime(server.grpc_url, resolution=96) as at96:
+        start = threading.Barrier(len(jobs))
+
+        def client(i: int) -> None:
+            start.wait()
+            resolution, image = jobs[i]
+            try:
+                results[i] = (at64 if resolution == 64 else at96).predict(image)
+            except Exception as exc:  # recorded, asserted below
+                results[i] = exc
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    for i in range(len(jobs)):
+        assert not isinstance(results[i], Exception), results[i]
+        _assert_same(expected[i], results[i])
 
 
 def test_urls_and_files_go_to_the_right_backends(tiny_multitask_onnx: Path) -> None:
