@@ -16,6 +16,10 @@ The served model's metadata publishes the manifest as one entry of `versions`
 (`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
 it is the one metadata field that both the HTTP and the gRPC protocol carry (gRPC's model metadata
 has no `parameters`).
+
+The server runs in its own process: MLServer and tritonclient's gRPC module both register the
+protocol's `inference.*` protobuf messages, and one Python process cannot import both (clients,
+tests and benchmarks start it with `serving.process.ServerProcess`).
 """
 from __future__ import annotations
 
