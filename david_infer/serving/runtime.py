@@ -17,7 +17,7 @@ import json
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from mlserver import MLModel
@@ -31,10 +31,10 @@ from ..runtime import DavidRuntime
 from . import MANIFEST_PREFIX
 
 logger = logging.getLogger("david_infer.serving")
-_BATCH_SIZES: Dict[str, object] = {}
+_BATCH_SIZES: Dict[str, Any] = {}
 
 
-def batch_size_histogram() -> object:
+def batch_size_histogram() -> Any:
     """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
     prometheus_client's multi-process mode in each worker before it loads the model, and with no
     workers it exports prometheus_client's default registry, where this registers (MLServer's own
@@ -45,6 +45,8 @@ def batch_size_histogram() -> object:
         _BATCH_SIZES["histogram"] = Histogram("david_batch_size", "images per model call (adaptive batching)",
                                               labelnames=["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
     return _BATCH_SIZES["histogram"]
+
+
 _DATATYPES = {"float32": "FP32", "float16": "FP16"}
 
 
@@ -75,6 +77,11 @@ class _Batcher:
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((feeds, future))
         return await future
+
+    def close(self) -> None:
+        """Stop collecting batches; requests still waiting fail with the server's cancellation."""
+        if self._task is not None:
+            self._task.cancel()
 
     @staticmethod
     def _key(feeds: Feeds) -> tuple:
@@ -152,7 +159,7 @@ class DavidModel(MLModel):
         self._manifest = json.dumps(contract.as_dict(), separators=(",", ":"))
         # one model call at a time per worker: the backend's own threads use the cores
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
-        sizes = batch_size_histogram().labels(model=self.name)  # type: ignore[attr-defined]
+        sizes = batch_size_histogram().labels(model=self.name)
         self._batcher = _Batcher(self._run, max(1, int(extra.get("max_batch") or 1)),
                                  float(extra.get("max_batch_time") or 0.0), self._executor, sizes.observe)
         logger.info("serving %s (%s backend, %s) as %r", self._runtime.path, self._runtime.backend,
@@ -202,6 +209,7 @@ class DavidModel(MLModel):
         )
 
     async def unload(self) -> bool:
+        self._batcher.close()
         self._runtime.close()
         self._executor.shutdown(wait=False)
         return True
