@@ -56,3 +56,14 @@ class TensorRTVersionError(GpuSetupError):
 
 class ServerUnavailable(BackendUnavailable):
     """A model server cannot be reached, went away mid-request, or did not answer within the timeout."""
+
+
+class NonFiniteOutput(ModelError):
+    """A model output holds NaN or infinity (a broken export or engine, an FP16 overflow).
+
+    `task` is the output's task, `input` the input's name, `share` the fraction of the output's
+    values that are not finite."""
+
+    def __init__(self, message: str, task: str = "", input: str = "", share: float = 0.0) -> None:
+        super().__init__(message)
+        self.task, self.input, self.share = task, input, share
