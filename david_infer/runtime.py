@@ -61,6 +61,19 @@ def resolve_model_path(model: ModelLike) -> Path:
     return path
 
 
+def choose_backend(path: Path, backend: str = "auto") -> str:
+    """`backend`, or for "auto" the backend registered for the model file's suffix."""
+    if backend != "auto":
+        return backend
+    chosen = model_suffixes().get(path.suffix)
+    if chosen is None:
+        raise ModelError(
+            f"{path}: cannot choose a backend for a {path.suffix or 'suffix-less'} file; "
+            f"expected {', '.join(model_suffixes())} or an explicit backend="
+        )
+    return chosen
+
+
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -166,15 +179,7 @@ class DavidRuntime:
         return cls(zoo.model_path(name), **kwargs)
 
     def _choose_backend(self, backend: str) -> str:
-        if backend != "auto":
-            return backend
-        chosen = model_suffixes().get(self.path.suffix)
-        if chosen is None:
-            raise ModelError(
-                f"{self.path}: cannot choose a backend for a {self.path.suffix or 'suffix-less'} file; "
-                f"expected {', '.join(model_suffixes())} or an explicit backend="
-            )
-        return chosen
+        return choose_backend(self.path, backend)
 
     def _backend_options(self, backend_cls: type, given: Optional[Mapping[str, Any]],
                          extra: Dict[str, Any]) -> BackendOptions:

@@ -58,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fov", type=float, default=60.0, help="ply: horizontal field of view in degrees (default 60)")
     p.add_argument("--near", type=float, default=1.0, help="ply: distance of the nearest point (default 1)")
     p.add_argument("--far", type=float, default=2.0, help="ply: distance of the farthest point (default 2)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (extra 'ray'): ADDRESS is 'auto', HOST:PORT or ray://HOST:PORT; "
+                        "without it, the cluster `ray start` made on this machine, else a local one")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)")
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -104,14 +109,17 @@ def _folder_images(folder: Path, recursive: bool, exclude: Optional[Path]) -> Li
     return sorted(images, key=lambda p: str(p))
 
 
-def load_input(path: Path) -> Any:
-    """What the runtime gets for a file: the path itself, or the array inside a .npy."""
+def load_input(path: Path, data: Optional[bytes] = None) -> Any:
+    """What the runtime gets for a file: the path itself (or `data`, its contents when already
+    read), or the array inside a .npy."""
     if path.suffix.lower() != ".npy":
-        return path
+        return path if data is None else data
+    import io
+
     import numpy as np
 
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path if data is None else io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npy image array ({exc})") from None
 
@@ -273,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.ray is not None:
+        return _run_on_ray(args)
+    if args.workers is not None:
+        raise InputError("--workers applies to --ray runs only")
     outdir = Path(args.output)
     paths, problems = collect_inputs(args.inputs, args.recursive, exclude=outdir)
     if not paths and not problems:
@@ -300,6 +312,26 @@ def run(args: argparse.Namespace) -> int:
                 succeeded += done
                 failures.extend(failed)
     return _summary(succeeded, failures, outdir)
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    """The same job on a Ray cluster (david_infer.distributed), with the same summary."""
+    from ..distributed import predict_dataset
+    from ._common import resolve_model
+
+    address = args.ray or None
+    if address is not None and address not in ("auto", "local") and ":" not in address:
+        raise InputError(f"--ray: expected no address, 'auto', 'local', HOST:PORT or ray://HOST:PORT, got "
+                         f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    summary = predict_dataset(
+        args.inputs, resolve_model(args.model), args.output, save=split_list(args.save) or None,
+        overwrite=args.overwrite, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+        address=address, progress=not args.no_progress, fov=args.fov, near=args.near, far=args.far,
+        backend=args.backend, device=args.device, resolution=args.resolution, channel_order=args.channel_order,
+    )
+    return _summary(len(summary.written), summary.failed, summary.output)
 
 
 def _summary(succeeded: int, failures: List[Tuple[str, str]], outdir: Path) -> int:

@@ -1,0 +1,411 @@
+"""Batch prediction on a Ray cluster (Ray Data), writing what `david-infer predict` writes.
+
+    from david_infer.distributed import predict_dataset
+    summary = predict_dataset("photos/", "model.onnx", "out/", workers=4)
+    print(summary.written, summary.skipped, summary.failed)
+
+The inputs are read by Ray (`ray.data.read_binary_files`), `map_batches` runs `DavidPredictor`
+in a pool of actors (one `DavidRuntime` per actor, so the model is loaded once per actor), and
+each actor writes its inputs' files into the output folder with the names, file kinds and
+all-or-none writes of `david-infer predict`. A rerun skips every input whose set is complete.
+
+Faults are handled by Ray, configured here rather than written by hand: an actor whose process
+dies is restarted (`max_restarts`) and the task it was running is resubmitted (`max_task_retries`);
+inputs of that task already complete are found complete and not written again. A task that still
+fails after its retries drops only its inputs, which are listed as failed; a bad image fails only
+itself. Paths (inputs, model, output) must be visible at the same path on every node (a shared
+file system); inputs on other storage (S3, GCS, HDFS) can be given as a `ray.data.Dataset`.
+
+Importing this module does not import Ray; calling `predict_dataset` without Ray installed raises
+BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._optional import require
+from .errors import DavidError, InputError
+
+#: result columns of the predictor: the input's path, "written" | "skipped" | "failed", the reason
+RESULT_COLUMNS = ("path", "status", "reason")
+
+
+@dataclass
+class DistributedSummary:
+    """What a `predict_dataset` run did, input by input (inputs named as they were given)."""
+
+    output: Path
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every actor needs to know about the run (sent once, to each actor's constructor)."""
+
+    model: str
+    output: str
+    runtime_options: Mapping[str, Any]
+    write: Any  # commands.predict.WriteOptions
+    names: Optional[Mapping[str, str]]  # input path -> output base; None: from the path alone
+    batch_size: int
+
+
+class _Input(os.PathLike):
+    """An input file and its contents as read by Ray; named by its path in errors (`imap` names
+    path-like inputs by their path)."""
+
+    __slots__ = ("path", "data")
+
+    def __init__(self, path: str, data: Any) -> None:
+        self.path, self.data = path, data
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _load(item: _Input) -> Any:
+    """What the runtime decodes for an input: its bytes, its pixel array, or its path."""
+    from .commands.predict import load_input
+
+    if item.data is None:
+        return load_input(Path(item.path))
+    if isinstance(item.data, np.ndarray) and item.data.dtype != object:
+        return item.data  # pixels already decoded (e.g. ray.data.read_images)
+    return load_input(Path(item.path), bytes(item.data))
+
+
+class DavidPredictor:
+    """The Ray Data callable class: one `DavidRuntime` per actor, one call per batch of inputs.
+
+    A batch holds a `path` column and optionally `bytes` (the file's contents) or `image` (decoded
+    pixels); without either the actor reads the path itself. The batch runs through
+    `DavidRuntime.imap` (the one batching path); each input's files are written as soon as its
+    prediction is ready. Returns one row per input: RESULT_COLUMNS.
+    """
+
+    def __init__(self, job: _Job) -> None:
+        from .runtime import DavidRuntime
+
+        self.job = job
+        self.output = Path(job.output)
+        self.runtime = DavidRuntime(job.model, batch_size=job.batch_size, **job.runtime_options)
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        data = batch.get("bytes", batch.get("image"))
+        status: Dict[str, Tuple[str, str]] = {}
+        todo: List[_Input] = []
+        for i, path in enumerate(paths):
+            if not self.job.write.overwrite and _is_complete(self.output, self._name(path), self.job.write):
+                status[path] = ("skipped", "")  # done by an earlier run, or by this task's killed attempt
+            else:
+                todo.append(_Input(path, None if data is None else data[i]))
+        outcomes = self.runtime.imap(todo, batch_size=self.job.batch_size, load=_load)
+        try:
+            for item, outcome in outcomes:
+                status[item.path] = self._finish(item.path, outcome)
+        finally:
+            outcomes.close()
+        rows = [(p, *status[p]) for p in paths]
+        return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
+
+    def _name(self, path: str) -> str:
+        names = self.job.names
+        return names[path] if names is not None else _output_names([path], [path])[0]
+
+    def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
+        from .commands.predict import _describe
+
+        error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
+        if error is None:
+            try:
+                _write_outputs(outcome, self.output, self._name(path), self.job.write)
+                return "written", ""
+            except Exception as exc:  # one input's write failing must not stop the batch
+                error = exc
+        return "failed", _describe(error, path)
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.close()
+
+
+# ------------------------------------------------------------- writing: the predict command's rules
+
+
+def _output_names(paths: Sequence[Path], specs: Sequence[Any]) -> List[str]:
+    from .outputs import output_bases
+
+    return output_bases(paths)
+
+
+def _is_complete(outdir: Path, base: str, write: Any) -> bool:
+    from .commands.predict import planned_files
+
+    return all(p.exists() for p in planned_files(outdir, base, write.kinds))
+
+
+def _write_outputs(pred: Any, outdir: Path, base: str, write: Any) -> None:
+    from .commands.predict import write_prediction
+
+    write_prediction(pred, outdir, base, write)
+
+
+def _prepare_output(outdir: Path) -> Path:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
+    return outdir
+
+
+def _remove_stale_temporaries(outdir: Path, bases: Any, write: Any) -> None:
+    from .commands.predict import planned_files
+
+    for base in bases:
+        for final in planned_files(outdir, base, write.kinds):
+            for tmp in outdir.glob(f".{final.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def predict_dataset(
+    inputs: Any,
+    model: Union[str, "os.PathLike[str]"],
+    output: Union[str, "os.PathLike[str]"],
+    *,
+    save: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+    recursive: bool = False,
+    batch_size: int = 1,
+    workers: Optional[int] = None,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: Optional[float] = None,
+    task_size: int = 16,
+    max_restarts: int = 3,
+    max_task_retries: int = 3,
+    address: Optional[str] = None,
+    progress: bool = False,
+    fov: float = 60.0,
+    near: float = 1.0,
+    far: float = 2.0,
+    **runtime_options: Any,
+) -> DistributedSummary:
+    """Predict every input on a Ray cluster and write the files `david-infer predict` writes.
+
+    Arguments:
+        inputs: image files, folders of images, globs (a str/path or a list of them; listed on the
+            driver exactly as `david-infer predict` lists them), or a `ray.data.Dataset` with a
+            `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
+            include_paths=True)`, any file system Ray reaches) or `image` (decoded pixels).
+        model: the model file or folder (at the same path on every node).
+        output: the output folder (shared by every node); created if needed.
+        save, overwrite, recursive, fov, near, far: as the `predict` command's options.
+        batch_size: images per model call inside an actor.
+        workers: number of actors (default: the cluster's CPUs / cpus_per_worker, or its GPUs /
+            gpus_per_worker on a GPU device).
+        cpus_per_worker: CPUs reserved per actor; also the model's thread count per actor
+            (`threads` and, for ONNX Runtime, `intra_op_threads`) unless given.
+        gpus_per_worker: GPUs per actor (default 1 when `device` is a GPU, else 0).
+        task_size: inputs per Ray task: the unit an actor is given, and redone if it dies.
+        max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker
+            process dies (per actor and per task).
+        address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); None connects to the
+            cluster `ray start` made on this machine or starts a local one. Ignored when Ray is
+            already initialised in this process.
+        progress: show a progress bar (as `david-infer predict` does).
+        runtime_options: `DavidRuntime` arguments (backend, device, resolution, threads, ...).
+
+    Returns a DistributedSummary: inputs written, skipped (complete before this run) and failed
+    (with the reason). Options and the model are checked on the driver before any work starts.
+    """
+    from .commands.predict import Progress, WriteOptions, collect_inputs, parse_save
+
+    ray = require("ray", "batch prediction on a Ray cluster")
+    require("ray.data", "batch prediction on a Ray cluster")
+    for name, value in (("batch_size", batch_size), ("task_size", task_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    if not cpus_per_worker or cpus_per_worker < 0:
+        raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker!r}")
+    on_gpu = str(runtime_options.get("device", "cpu")).startswith("cuda")
+    gpus = (1 if on_gpu else 0) if gpus_per_worker is None else gpus_per_worker
+    options = _worker_runtime_options(model, runtime_options, cpus_per_worker)
+    tasks, invert_depth = _model_facts(model, options)
+    write = WriteOptions(parse_save(list(save) if save else None, tasks), overwrite, fov, (near, far), invert_depth)
+    outdir = _prepare_output(Path(output))
+
+    summary = DistributedSummary(outdir)
+    is_dataset = _is_dataset(inputs)
+    shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
+    names: Optional[Dict[str, str]] = None
+    if not is_dataset:
+        specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        paths, problems = collect_inputs([os.fspath(s) for s in specs], recursive, exclude=outdir)
+        summary.failed.extend(problems)
+        names = {}
+        for path, base in zip(paths, _output_names(paths, specs)):
+            key = os.path.abspath(path)
+            shown[key] = str(path)
+            if not overwrite and _is_complete(outdir, base, write):
+                summary.skipped.append(str(path))
+            else:
+                names[key] = base
+        if not names:
+            return summary
+
+    _connect(ray, address)
+    if workers is None:
+        resources = ray.cluster_resources()
+        workers = max(1, int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_worker))
+    job = _Job(str(model), str(outdir), options, write, names, batch_size)
+    if is_dataset:
+        dataset = inputs
+    else:
+        # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it
+        # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each, and
+        # at least one per actor; no more actors than blocks (each one loads the model)
+        blocks = min(len(names), max(-(-len(names) // task_size), workers))
+        workers = min(workers, blocks)
+        dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
+                                             override_num_blocks=blocks)
+    results = dataset.map_batches(
+        DavidPredictor,
+        fn_constructor_kwargs={"job": job},
+        batch_size=task_size,
+        batch_format="numpy",
+        concurrency=workers,
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus,
+        max_restarts=max_restarts,
+        max_task_retries=max_task_retries,
+    )
+    for key, value in _DATA_SETTINGS.items():
+        setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
+    pending = set(names) if names is not None else None
+    total = len(pending) if pending is not None else None
+    bar = Progress(total if total is not None else 0, progress)
+    try:
+        with _quiet_ray_data():
+            for row in _rows(results):
+                path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
+                label = shown.get(path, path)
+                if pending is not None:
+                    pending.discard(path)
+                    if status == "skipped":  # pending when the run began: written by an attempt of this run
+                        status = "written"
+                if status == "written":
+                    summary.written.append(label)
+                elif status == "skipped":
+                    summary.skipped.append(label)
+                else:
+                    summary.failed.append((label, reason))
+                bar.update(label, status != "failed")
+    finally:
+        bar.close()
+        if names is not None:
+            _remove_stale_temporaries(outdir, names.values(), write)
+    for path in sorted(pending or ()):
+        summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
+                               f"{max_task_retries} retries (see the Ray logs); run again to retry it"))
+    return summary
+
+
+def _rows(dataset: Any) -> Iterator[Dict[str, Any]]:
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["path"])):
+            yield {c: batch[c][i] for c in RESULT_COLUMNS}
+
+
+def _is_dataset(inputs: Any) -> bool:
+    try:
+        from ray.data import Dataset
+    except ImportError:
+        return False
+    return isinstance(inputs, Dataset)
+
+
+def _worker_runtime_options(model: Any, given: Mapping[str, Any], cpus: float) -> Dict[str, Any]:
+    """The runtime options for each actor: the model's threads follow the actor's CPUs unless
+    given; a GPU device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
+    from .backends import get_backend
+    from .runtime import choose_backend, resolve_model_path
+
+    options = dict(given)
+    threads = max(1, int(cpus))
+    options.setdefault("threads", threads)
+    backend = choose_backend(resolve_model_path(model), options.get("backend", "auto"))
+    fields = {f.name for f in dataclasses.fields(get_backend(backend).Options)}
+    if "intra_op_threads" in fields and "intra_op_threads" not in options and \
+            "intra_op_threads" not in dict(options.get("backend_options") or {}):
+        options["intra_op_threads"] = threads
+    if str(options.get("device", "cpu")).startswith("cuda:"):
+        options["device"] = "cuda"
+    return options
+
+
+def _model_facts(model: Any, options: Mapping[str, Any]) -> Tuple[Tuple[str, ...], bool]:
+    """Open the model once on the driver (on the CPU when its backend can) to refuse a bad model
+    or option before any work starts; returns its tasks and the depth direction."""
+    from .backends import get_backend
+    from .runtime import DavidRuntime, choose_backend, resolve_model_path
+
+    probe = dict(options)
+    backend = choose_backend(resolve_model_path(model), probe.get("backend", "auto"))
+    if "cpu" in get_backend(backend).devices:
+        probe["device"] = "cpu"
+    with DavidRuntime(model, **probe) as runtime:
+        return runtime.tasks, runtime.post_options.invert_depth
+
+
+def _connect(ray: Any, address: Optional[str]) -> None:
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}. Start one with "
+                         f"`ray start --head`, or pass no address to start a local one") from None
+
+
+# Our progress bar replaces Ray Data's and its per-run log lines; a task that fails after its
+# retries drops its block instead of aborting the run (its inputs are then listed as failed).
+_DATA_SETTINGS = {"enable_progress_bars": False, "print_on_execution_start": False,
+                  "enable_auto_log_stats": False, "max_errored_blocks": -1}
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+__all__ = ["DavidPredictor", "DistributedSummary", "predict_dataset", "RESULT_COLUMNS"]
