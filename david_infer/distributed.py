@@ -292,6 +292,7 @@ def predict_dataset(
         workers = min(workers, blocks)
         dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
                                              override_num_blocks=blocks)
+        task_size = -(-len(names) // blocks)  # a batch per block: Ray would bundle smaller blocks
     results = dataset.map_batches(
         DavidPredictor,
         fn_constructor_kwargs={"job": job},
