@@ -4,18 +4,20 @@
     summary = predict_dataset("photos/", "model.onnx", "out/", workers=4)
     print(summary.written, summary.skipped, summary.failed)
 
-The inputs are read by Ray (`ray.data.read_binary_files`), `map_batches` runs `DavidPredictor`
-in a pool of actors (one `DavidRuntime` per actor, so the model is loaded once per actor), and
-each actor writes its inputs' files into the output folder with the names, file kinds and
-all-or-none writes of `david-infer predict`. A rerun skips every input whose set is complete.
+The inputs are listed and named on the driver as `david-infer predict` does, read by Ray
+(`ray.data.read_binary_files`), and `map_batches` runs `DavidPredictor` in a pool of actors (one
+`DavidRuntime` per actor, so the model is loaded once per actor). Each actor writes its inputs'
+sets into the output folder with `david_infer.writer` (the names, files, all-or-none writes and
+completion records of `david-infer predict`), so a rerun, local or on Ray, skips what is complete.
 
 Faults are handled by Ray, configured here rather than written by hand: an actor whose process
 dies is restarted (`max_restarts`) and the task it was running is resubmitted (`max_task_retries`);
-inputs of that task already complete are found complete and not written again. A task that still
-fails after its retries drops only its inputs, which are listed as failed; a bad image fails only
-itself. Paths (inputs, model, output) must be visible at the same path on every node (a shared
-file system); inputs on other storage (S3, GCS, HDFS) can be given as a `ray.data.Dataset`.
+inputs of that task completed before the death are found complete and not written again, the
+unfinished one is redone and its stale temporaries removed. A task that still fails after its
+retries drops only its inputs, which are listed as failed; a bad image fails only itself.
 
+Paths (inputs, model, output) must be visible at the same path on every node (a shared file
+system); inputs on other storage (S3, GCS, HDFS) can be given as a `ray.data.Dataset`.
 Importing this module does not import Ray; calling `predict_dataset` without Ray installed raises
 BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 """
@@ -25,14 +27,15 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._optional import require
-from .errors import DavidError, InputError
+from .errors import InputError
 
 #: result columns of the predictor: the input's path, "written" | "skipped" | "failed", the reason
 RESULT_COLUMNS = ("path", "status", "reason")
@@ -44,8 +47,11 @@ class DistributedSummary:
 
     output: Path
     written: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)  # complete before this run
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    warnings: List[str] = field(default_factory=list)  # dangling links, second names of a file
+    dangling: int = 0
+    duplicates: int = 0
 
     @property
     def ok(self) -> bool:
@@ -60,9 +66,12 @@ class _Job:
     model: str
     output: str
     runtime_options: Mapping[str, Any]
-    write: Any  # commands.predict.WriteOptions
-    names: Optional[Mapping[str, str]]  # input path -> output base; None: from the path alone
+    kinds: Tuple[str, ...]
+    write: Any  # writer.WriteOptions
+    overwrite: bool
+    names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
     batch_size: int
+    started: float  # the run's start (time.time()): a completion record since then is this run's work
 
 
 class _Input(os.PathLike):
@@ -96,9 +105,13 @@ class DavidPredictor:
     """The Ray Data callable class: one `DavidRuntime` per actor, one call per batch of inputs.
 
     A batch holds a `path` column and optionally `bytes` (the file's contents) or `image` (decoded
-    pixels); without either the actor reads the path itself. The batch runs through
-    `DavidRuntime.imap` (the one batching path); each input's files are written as soon as its
-    prediction is ready. Returns one row per input: RESULT_COLUMNS.
+    pixels); without either the actor reads the path itself. An input whose set was completed since
+    the run started is not redone (an earlier attempt of this task wrote it before its actor died),
+    so nothing is written twice, even with overwrite. The rest are planned as `david-infer predict`
+    plans them (complete sets skipped, a mismatching record refused unless overwrite, stale
+    temporaries removed), run through `DavidRuntime.imap` (the one batching path) and written with
+    `writer.write_outputs` (all or none, completion record last). Returns one row per input, in
+    RESULT_COLUMNS.
     """
 
     def __init__(self, job: _Job) -> None:
@@ -109,16 +122,27 @@ class DavidPredictor:
         self.runtime = DavidRuntime(job.model, batch_size=job.batch_size, **job.runtime_options)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        from .commands.predict import Tally, _plan
+
+        job = self.job
         paths = [str(p) for p in batch["path"]]
         data = batch.get("bytes", batch.get("image"))
         status: Dict[str, Tuple[str, str]] = {}
-        todo: List[_Input] = []
-        for i, path in enumerate(paths):
-            if not self.job.write.overwrite and _is_complete(self.output, self._name(path), self.job.write):
-                status[path] = ("skipped", "")  # done by an earlier run, or by this task's killed attempt
+        jobs: List[Tuple[Path, str]] = []
+        for path in paths:
+            name = self._name(path)
+            if self._written_by_this_run(name):
+                status[path] = ("written", "")
             else:
-                todo.append(_Input(path, None if data is None else data[i]))
-        outcomes = self.runtime.imap(todo, batch_size=self.job.batch_size, load=_load)
+                jobs.append((Path(path), name))
+        tally = Tally()
+        todo = {str(path) for path, _ in _plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
+        status.update((path, ("failed", reason)) for path, reason in tally.failures)
+        for path, _ in jobs:
+            if str(path) not in todo:
+                status.setdefault(str(path), ("skipped", ""))
+        inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
+        outcomes = self.runtime.imap(inputs, batch_size=job.batch_size, load=_load)
         try:
             for item, outcome in outcomes:
                 status[item.path] = self._finish(item.path, outcome)
@@ -128,16 +152,29 @@ class DavidPredictor:
         return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
 
     def _name(self, path: str) -> str:
+        from .writer import output_name
+
         names = self.job.names
-        return names[path] if names is not None else _output_names([path], [path])[0]
+        return names[path] if names is not None else output_name(path)
+
+    def _written_by_this_run(self, name: str) -> bool:
+        from .writer import is_complete, record_path
+
+        job = self.job
+        try:
+            recorded = record_path(self.output, name).stat().st_mtime
+        except OSError:
+            return False
+        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write)
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .commands.predict import _describe
+        from .writer import write_outputs
 
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
             try:
-                _write_outputs(outcome, self.output, self._name(path), self.job.write)
+                write_outputs(outcome, self.output, self._name(path), self.job.kinds, self.job.write)
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
                 error = exc
@@ -147,44 +184,6 @@ class DavidPredictor:
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.close()
-
-
-# ------------------------------------------------------------- writing: the predict command's rules
-
-
-def _output_names(paths: Sequence[Path], specs: Sequence[Any]) -> List[str]:
-    from .outputs import output_bases
-
-    return output_bases(paths)
-
-
-def _is_complete(outdir: Path, base: str, write: Any) -> bool:
-    from .commands.predict import planned_files
-
-    return all(p.exists() for p in planned_files(outdir, base, write.kinds))
-
-
-def _write_outputs(pred: Any, outdir: Path, base: str, write: Any) -> None:
-    from .commands.predict import write_prediction
-
-    write_prediction(pred, outdir, base, write)
-
-
-def _prepare_output(outdir: Path) -> Path:
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
-    return outdir
-
-
-def _remove_stale_temporaries(outdir: Path, bases: Any, write: Any) -> None:
-    from .commands.predict import planned_files
-
-    for base in bases:
-        for final in planned_files(outdir, base, write.kinds):
-            for tmp in outdir.glob(f".{final.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -207,6 +206,7 @@ def predict_dataset(
     max_task_retries: int = 3,
     address: Optional[str] = None,
     progress: bool = False,
+    warn: Optional[Callable[[str], None]] = None,
     fov: float = 60.0,
     near: float = 1.0,
     far: float = 2.0,
@@ -215,84 +215,112 @@ def predict_dataset(
     """Predict every input on a Ray cluster and write the files `david-infer predict` writes.
 
     Arguments:
-        inputs: image files, folders of images, globs (a str/path or a list of them; listed on the
-            driver exactly as `david-infer predict` lists them), or a `ray.data.Dataset` with a
-            `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
-            include_paths=True)`, any file system Ray reaches) or `image` (decoded pixels).
+        inputs: image files, folders of images, globs (a str/path or a list of them; listed and
+            named on the driver exactly as `david-infer predict` does), or a `ray.data.Dataset`
+            with a `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
+            include_paths=True)`, from any file system Ray reaches) or `image` (decoded pixels);
+            a Dataset's inputs are named by `writer.output_name(path)` (the file's stem).
         model: the model file or folder (at the same path on every node).
         output: the output folder (shared by every node); created if needed.
         save, overwrite, recursive, fov, near, far: as the `predict` command's options.
         batch_size: images per model call inside an actor.
         workers: number of actors (default: the cluster's CPUs / cpus_per_worker, or its GPUs /
-            gpus_per_worker on a GPU device).
+            gpus_per_worker on a GPU device; never more than there are tasks).
         cpus_per_worker: CPUs reserved per actor; also the model's thread count per actor
             (`threads` and, for ONNX Runtime, `intra_op_threads`) unless given.
         gpus_per_worker: GPUs per actor (default 1 when `device` is a GPU, else 0).
-        task_size: inputs per Ray task: the unit an actor is given, and redone if it dies.
+        task_size: at most this many inputs per Ray task: the unit an actor is given, and redone
+            if its process dies.
         max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker
             process dies (per actor and per task).
         address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); None connects to the
             cluster `ray start` made on this machine or starts a local one. Ignored when Ray is
             already initialised in this process.
         progress: show a progress bar (as `david-infer predict` does).
+        warn: called with each warning (dangling links, second names of a file); they are also
+            in the summary.
         runtime_options: `DavidRuntime` arguments (backend, device, resolution, threads, ...).
 
     Returns a DistributedSummary: inputs written, skipped (complete before this run) and failed
-    (with the reason). Options and the model are checked on the driver before any work starts.
+    (with the reason). Options, the inputs, the output folder and the model are checked on the
+    driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
-    from .commands.predict import Progress, WriteOptions, collect_inputs, parse_save
+    from .commands.predict import (Progress, Tally, _model_record, _plan, check_save, collect_inputs,
+                                   name_inputs, parse_save, probe_output_folder)
+    from .writer import WriteOptions, check_ply_options, remove_temporaries
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")
-    for name, value in (("batch_size", batch_size), ("task_size", task_size)):
+    started = time.time()
+    for arg, value in (("batch_size", batch_size), ("task_size", task_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{arg} must be a positive integer, got {value!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InputError(f"workers must be a positive integer, got {workers!r}")
-    if not cpus_per_worker or cpus_per_worker < 0:
-        raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker!r}")
+    if isinstance(cpus_per_worker, bool) or not isinstance(cpus_per_worker, (int, float)) or cpus_per_worker <= 0:
+        raise InputError(f"cpus_per_worker must be a positive number, got {cpus_per_worker!r}")
+    check_ply_options(fov, near, far)
+    check_save(list(save) if save else None)
+    outdir = Path(output)
+    summary = DistributedSummary(outdir)
+
+    is_dataset = _is_dataset(inputs)
+    jobs: List[Tuple[Path, str]] = []
+    if not is_dataset:
+        specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        found = collect_inputs([os.fspath(s) for s in specs], recursive, exclude=outdir)
+        summary.warnings, summary.dangling, summary.duplicates = found.warnings, found.dangling, found.duplicates
+        for text in found.warnings:
+            if warn is not None:
+                warn(text)
+        if not found.inputs and not found.problems:
+            raise InputError("no inputs given" if not found.warnings else "no inputs left (see the warnings)")
+        jobs, clashes = name_inputs(found.inputs)
+        summary.failed.extend(found.problems + clashes)
+        if not jobs:
+            return summary
+    probe_output_folder(outdir)
+
     on_gpu = str(runtime_options.get("device", "cpu")).startswith("cuda")
     gpus = (1 if on_gpu else 0) if gpus_per_worker is None else gpus_per_worker
     options = _worker_runtime_options(model, runtime_options, cpus_per_worker)
-    tasks, invert_depth = _model_facts(model, options)
-    write = WriteOptions(parse_save(list(save) if save else None, tasks), overwrite, fov, (near, far), invert_depth)
-    outdir = _prepare_output(Path(output))
+    with _driver_runtime(model, options) as runtime:
+        kinds = tuple(parse_save(list(save) if save else None, runtime.tasks))
+        write = WriteOptions(fov, (near, far), runtime.post_options.invert_depth, extra=_model_record(runtime))
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
 
-    summary = DistributedSummary(outdir)
-    is_dataset = _is_dataset(inputs)
+    names: Optional[Dict[str, str]] = None  # absolute path -> output name
     shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
-    names: Optional[Dict[str, str]] = None
     if not is_dataset:
-        specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        paths, problems = collect_inputs([os.fspath(s) for s in specs], recursive, exclude=outdir)
-        summary.failed.extend(problems)
-        names = {}
-        for path, base in zip(paths, _output_names(paths, specs)):
-            key = os.path.abspath(path)
-            shown[key] = str(path)
-            if not overwrite and _is_complete(outdir, base, write):
-                summary.skipped.append(str(path))
-            else:
-                names[key] = base
+        tally = Tally()
+        todo = _plan(jobs, outdir, kinds, write, overwrite, tally)
+        summary.failed.extend(tally.failures)
+        left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
+        summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
+        names = {os.path.abspath(path): name for path, name in todo}
+        shown = {os.path.abspath(path): str(path) for path, _ in todo}
         if not names:
             return summary
 
     _connect(ray, address)
     if workers is None:
         resources = ray.cluster_resources()
-        workers = max(1, int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_worker))
-    job = _Job(str(model), str(outdir), options, write, names, batch_size)
-    if is_dataset:
+        workers = max(1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker))
+    if names is None:
         dataset = inputs
     else:
-        # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it
-        # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each, and
+        # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each and
         # at least one per actor; no more actors than blocks (each one loads the model)
         blocks = min(len(names), max(-(-len(names) // task_size), workers))
         workers = min(workers, blocks)
+        task_size = -(-len(names) // blocks)  # one batch per block: Ray would bundle smaller blocks
+        # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it
         dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
                                              override_num_blocks=blocks)
-        task_size = -(-len(names) // blocks)  # a batch per block: Ray would bundle smaller blocks
+    job = _Job(os.fspath(model), os.fspath(outdir), options, kinds, write, overwrite, names, batch_size, started)
     results = dataset.map_batches(
         DavidPredictor,
         fn_constructor_kwargs={"job": job},
@@ -306,18 +334,14 @@ def predict_dataset(
     )
     for key, value in _DATA_SETTINGS.items():
         setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
-    pending = set(names) if names is not None else None
-    total = len(pending) if pending is not None else None
-    bar = Progress(total if total is not None else 0, progress)
+    pending = set(names or ())
+    bar = Progress(len(pending), progress)
     try:
         with _quiet_ray_data():
             for row in _rows(results):
                 path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
+                pending.discard(path)
                 label = shown.get(path, path)
-                if pending is not None:
-                    pending.discard(path)
-                    if status == "skipped":  # pending when the run began: written by an attempt of this run
-                        status = "written"
                 if status == "written":
                     summary.written.append(label)
                 elif status == "skipped":
@@ -327,9 +351,9 @@ def predict_dataset(
                 bar.update(label, status != "failed")
     finally:
         bar.close()
-        if names is not None:
-            _remove_stale_temporaries(outdir, names.values(), write)
-    for path in sorted(pending or ()):
+        for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
+            remove_temporaries(outdir, name, kinds)
+    for path in sorted(pending):
         summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
                                f"{max_task_retries} retries (see the Ray logs); run again to retry it"))
     return summary
@@ -368,9 +392,9 @@ def _worker_runtime_options(model: Any, given: Mapping[str, Any], cpus: float) -
     return options
 
 
-def _model_facts(model: Any, options: Mapping[str, Any]) -> Tuple[Tuple[str, ...], bool]:
-    """Open the model once on the driver (on the CPU when its backend can) to refuse a bad model
-    or option before any work starts; returns its tasks and the depth direction."""
+def _driver_runtime(model: Any, options: Mapping[str, Any]) -> Any:
+    """The model opened once on the driver (on the CPU when its backend can, so a head node without
+    a GPU can check a GPU job) to refuse a bad model or option before any work starts."""
     from .backends import get_backend
     from .runtime import DavidRuntime, choose_backend, resolve_model_path
 
@@ -378,8 +402,7 @@ def _model_facts(model: Any, options: Mapping[str, Any]) -> Tuple[Tuple[str, ...
     backend = choose_backend(resolve_model_path(model), probe.get("backend", "auto"))
     if "cpu" in get_backend(backend).devices:
         probe["device"] = "cpu"
-    with DavidRuntime(model, **probe) as runtime:
-        return runtime.tasks, runtime.post_options.invert_depth
+    return DavidRuntime(model, **probe)
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:

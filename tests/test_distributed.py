@@ -78,8 +78,9 @@ def test_same_files_as_local_predict_and_rerun_skips(cluster: Path, inputs: Path
     assert [name for name, _ in summary.failed] == [str(inputs / "broken.png")]
     assert "not an image format Pillow can read" in summary.failed[0][1]
     expected = _contents(reference)
-    assert len(expected) == 7 * 7  # depth, normal (png + npy each), foreground, cutout, vis
-    assert _contents(out) == expected  # same names, byte for byte (.npy and .png)
+    # depth, normal (png + npy each), foreground, cutout, vis and the completion record
+    assert len(expected) == 7 * 8 and sum(name.endswith(".done.json") for name in expected) == 7
+    assert _contents(out) == expected  # same names, byte for byte (.npy, .png, records)
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = _run(inputs, tiny_multitask_onnx, out, workers=2)
@@ -108,7 +109,10 @@ def test_dataset_input_and_cli(cluster: Path, inputs: Path, reference: Path, tin
     dataset = ray.data.read_binary_files(images, include_paths=True)
     summary = _run(dataset, tiny_multitask_onnx, tmp_path / "ds", save=["depth"], workers=1)
     assert sorted(summary.written) == images and not summary.failed
-    assert _contents(tmp_path / "ds") == {k: v for k, v in _contents(reference).items() if ".depth." in k}
+    written = _contents(tmp_path / "ds")
+    assert {k: v for k, v in written.items() if ".depth." in k} == \
+        {k: v for k, v in _contents(reference).items() if ".depth." in k}
+    assert sorted(written) == sorted([f"{Path(p).stem}{s}" for p in images for s in (".depth.png", ".depth.npy", ".done.json")])
 
     out = tmp_path / "cli"
     argv = ["predict", str(inputs), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", str(RES),
@@ -117,7 +121,8 @@ def test_dataset_input_and_cli(cluster: Path, inputs: Path, reference: Path, tin
     captured = capsys.readouterr()
     assert f"7 of 8 input(s) written to {out}" in captured.out
     assert f"1 input(s) failed:\n  {inputs / 'broken.png'}: not an image format" in captured.err
-    assert _contents(out) == {k: v for k, v in _contents(reference).items() if ".normal." in k}
+    assert {k: v for k, v in _contents(out).items() if not k.endswith(".done.json")} == \
+        {k: v for k, v in _contents(reference).items() if ".normal." in k}
 
 
 def test_bad_ray_address_and_options(cluster: Path, inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path,
