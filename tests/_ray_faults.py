@@ -3,7 +3,8 @@ killed) inside its Nth model call while a marker file exists. The marker is remo
 that exits, so exactly one process dies however many workers reach their Nth call.
 
 Loaded into every Ray worker by the test cluster's `worker_process_setup_hook` ("_ray_faults.install");
-the marker path and N come from DAVID_TEST_DIE_MARKER and DAVID_TEST_DIE_AT.
+the marker path and N come from DAVID_TEST_DIE_MARKER and DAVID_TEST_DIE_AT. Every model call
+appends a line (the process id) to DAVID_TEST_CALL_LOG when set.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class DyingRunner(OnnxRuntimeRunner):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         DyingRunner.calls += 1
+        log = os.environ.get("DAVID_TEST_CALL_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
         marker = os.environ.get("DAVID_TEST_DIE_MARKER")
         if marker and DyingRunner.calls == int(os.environ.get("DAVID_TEST_DIE_AT", "0")):
             try:

@@ -24,11 +24,13 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """A local 2-CPU Ray cluster for this module; its workers load the dying test backend."""
-    marker = tmp_path_factory.mktemp("faults") / "die-once"
+    faults = tmp_path_factory.mktemp("faults")
+    marker = faults / "die-once"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"worker_process_setup_hook": "_ray_faults.install",
                           "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
-                                       "DAVID_TEST_DIE_MARKER": str(marker), "DAVID_TEST_DIE_AT": "3"}})
+                                       "DAVID_TEST_DIE_MARKER": str(marker), "DAVID_TEST_DIE_AT": "3",
+                                       "DAVID_TEST_CALL_LOG": str(faults / "calls.log")}})
     sys.path.insert(0, str(TESTS))
     import _ray_faults
 
@@ -99,6 +101,11 @@ def test_worker_killed_mid_task_is_replaced_and_nothing_lost(cluster: Path, inpu
     summary = _run(files, tiny_multitask_onnx, out, backend="dying-onnxruntime", workers=2, task_size=4,
                    max_restarts=2, max_task_retries=2)
     assert not cluster.exists(), "no worker died: the fault was not injected"
+    calls = (cluster.parent / "calls.log").read_text().split()
+    # 7 inputs plus what the dead process ran without writing: its 3rd call, and its 2nd when that
+    # input was not written yet. Its 1st input was written before the 3rd call (imap keeps at most
+    # 2 batches in flight), so redoing the task from scratch would make 10 calls.
+    assert 8 <= len(calls) <= 9 and len(set(calls)) == 3  # two actors and the dead one's replacement
     assert sorted(summary.written) == sorted(files) and summary.failed == [] and summary.skipped == []
     assert _contents(out) == _contents(reference)  # every input complete; no temporary file left
 
