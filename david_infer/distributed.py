@@ -27,7 +27,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -321,17 +324,20 @@ def predict_dataset(
         dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
                                              override_num_blocks=blocks)
     job = _Job(os.fspath(model), os.fspath(outdir), options, kinds, write, overwrite, names, batch_size, started)
-    results = dataset.map_batches(
-        DavidPredictor,
-        fn_constructor_kwargs={"job": job},
-        batch_size=task_size,
-        batch_format="numpy",
-        concurrency=workers,
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus,
-        max_restarts=max_restarts,
-        max_task_retries=max_task_retries,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing actor options this way but names no replacement for these
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        results = dataset.map_batches(
+            DavidPredictor,
+            fn_constructor_kwargs={"job": job},
+            batch_size=task_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus,
+            max_restarts=max_restarts,  # Ray's actor restarts after a worker process dies
+            max_task_retries=max_task_retries,  # and resubmission of the task it was running
+        )
     for key, value in _DATA_SETTINGS.items():
         setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
     pending = set(names or ())
@@ -406,13 +412,28 @@ def _driver_runtime(model: Any, options: Mapping[str, Any]) -> Any:
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
+    """Connect to (or start) the cluster. What Ray prints while starting goes to stderr only when
+    it fails; its C++ core logs below `fatal` are silenced unless RAY_BACKEND_LOG_LEVEL is set (it
+    logs every actor of a Ray Data pool with restarts as an error)."""
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except ConnectionError as exc:
-        raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}. Start one with "
-                         f"`ray start --head`, or pass no address to start a local one") from None
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    with tempfile.TemporaryFile() as chatter:
+        saved = os.dup(2)
+        os.dup2(chatter.fileno(), 2)  # file descriptor level: Ray's C++ core writes there directly
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except BaseException as exc:
+            os.dup2(saved, 2)
+            chatter.seek(0)
+            sys.stderr.write(chatter.read().decode(errors="replace"))
+            if isinstance(exc, ConnectionError):
+                raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}. Start one with "
+                                 f"`ray start --head`, or pass no address to start a local one") from None
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # Our progress bar replaces Ray Data's and its per-run log lines; a task that fails after its

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "ray", "pyarrow", "pandas")
 
 
 def _loaded_after(code: str) -> set:
@@ -15,6 +15,10 @@ def _loaded_after(code: str) -> set:
 
 def test_import_pulls_in_no_heavy_module() -> None:
     assert _loaded_after("import david_infer") == set()
+
+
+def test_distributed_module_pulls_in_no_heavy_module() -> None:
+    assert _loaded_after("import david_infer.distributed") == set()
 
 
 def test_cli_parser_pulls_in_no_heavy_module() -> None:
