@@ -117,7 +117,7 @@ def run_command(name: str, argv: List[str], out: Path, count: int) -> Dict[str, 
 def markdown(res: Dict[str, Any]) -> str:
     rows = {r["name"]: r for r in res["runs"]}
     lines = [f"{res['count']} inputs (480x360 JPEG), {res['variant']} multi-task (random weights) at "
-             f"{res['resolution']}, default outputs (maps + vis + record), on {res['machine']['cpus']} shared "
+             f"{res['resolution']}, default outputs (maps + vis + record), on {res['machine']['cores']} shared "
              f"CPU cores; load average during the runs {res['load_min']:.1f}..{res['load_max']:.1f}.", "",
              "| run | images/s (wall) | images/s (steady) | first result s | driver peak RSS MB | "
              "worker peak RSS MB |", "|---|---|---|---|---|---|"]
@@ -174,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ray.shutdown()
     loads = [r[k][0] for r in runs for k in ("load_before", "load_after")]
     res = {"variant": args.variant, "resolution": args.resolution, "count": args.count, "runs": runs,
-           "load_min": min(loads), "load_max": max(loads), "machine": machine(),
+           "load_min": min(loads), "load_max": max(loads), "machine": {**machine(), "ray": ray.__version__},
            "command": "python benchmarks/scale_out.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale_out.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -356,8 +356,8 @@ def predict_dataset(
                 bar.update(label, status != "failed")
     finally:
         bar.close()
-        for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-            remove_temporaries(outdir, name, kinds)
+    for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
+        remove_temporaries(outdir, name, kinds)
     for path in sorted(pending):
         summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
                                f"{max_task_retries} retries (see the Ray logs); run again to retry it"))

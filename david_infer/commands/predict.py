@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally(failures=found.problems + clashes, dangling=found.dangling, duplicates=found.duplicates)
     if jobs:
         probe_output_folder(outdir)
-        threads = thread_options(resolve_model(args.model), args.backend, args.threads)
+        threads = thread_options(resolve_model(args.model), args.backend, args.threads) if args.threads else {}
         with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size, **threads) as runtime:
             kinds = parse_save(args.save, runtime.tasks)
             opts = WriteOptions(args.fov, (args.near, args.far), runtime.post_options.invert_depth,
@@ -444,14 +444,14 @@ def _run_on_ray(args: argparse.Namespace) -> int:
                          f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
-    summary = predict_dataset(
-        args.inputs, resolve_model(args.model), args.output, save=check_save(args.save) or None,
-        overwrite=args.overwrite, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
-        cpus_per_worker=args.threads or 1,
-        address=address, progress=not args.no_progress, warn=lambda text: print(f"warning: {text}", file=sys.stderr),
-        fov=args.fov, near=args.near, far=args.far,
-        backend=args.backend, device=args.device, resolution=args.resolution, channel_order=args.channel_order,
-    )
+    with sigterm_as_interrupt():
+        summary = predict_dataset(
+            args.inputs, resolve_model(args.model), args.output, save=check_save(args.save) or None,
+            overwrite=args.overwrite, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+            cpus_per_worker=args.threads or 1, address=address, progress=not args.no_progress,
+            warn=lambda text: print(f"warning: {text}", file=sys.stderr), fov=args.fov, near=args.near, far=args.far,
+            backend=args.backend, device=args.device, resolution=args.resolution, channel_order=args.channel_order,
+        )
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
     return _summary(tally, summary.output)
 
