@@ -4,11 +4,14 @@ that exits, so exactly one process dies however many workers reach their Nth cal
 
 Loaded into every Ray worker by the test cluster's `worker_process_setup_hook` ("_ray_faults.install");
 the marker path and N come from DAVID_TEST_DIE_MARKER and DAVID_TEST_DIE_AT. Every model call
-appends a line (the process id) to DAVID_TEST_CALL_LOG when set.
+appends a line (the process id) to DAVID_TEST_CALL_LOG when set, and sleeps DAVID_TEST_SLOW_S
+seconds when set (so that a job lasts long enough to be killed in the middle).
 """
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -29,6 +32,7 @@ class DyingRunner(OnnxRuntimeRunner):
         if log:
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
+        time.sleep(float(os.environ.get("DAVID_TEST_SLOW_S", "0")))
         marker = os.environ.get("DAVID_TEST_DIE_MARKER")
         if marker and DyingRunner.calls == int(os.environ.get("DAVID_TEST_DIE_AT", "0")):
             try:
@@ -52,3 +56,11 @@ class DyingBackend(OnnxRuntimeBackend):
 def install() -> None:
     """Register the backend (the Ray worker setup hook)."""
     register_backend(NAME, DyingBackend)
+
+
+def runtime_env(marker: str, die_at: int, call_log: str, slow_s: float = 0.0) -> Dict[str, Any]:
+    """The Ray runtime_env that loads this backend into every worker, with its settings."""
+    return {"worker_process_setup_hook": "_ray_faults.install",
+            "env_vars": {"PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path]),
+                         "DAVID_TEST_DIE_MARKER": marker, "DAVID_TEST_DIE_AT": str(die_at),
+                         "DAVID_TEST_CALL_LOG": call_log, "DAVID_TEST_SLOW_S": str(slow_s)}}

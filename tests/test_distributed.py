@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,15 +28,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     """A local 2-CPU Ray cluster for this module; its workers load the dying test backend."""
     faults = tmp_path_factory.mktemp("faults")
     marker = faults / "die-once"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"worker_process_setup_hook": "_ray_faults.install",
-                          "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
-                                       "DAVID_TEST_DIE_MARKER": str(marker), "DAVID_TEST_DIE_AT": "3",
-                                       "DAVID_TEST_CALL_LOG": str(faults / "calls.log")}})
     sys.path.insert(0, str(TESTS))
     import _ray_faults
 
     _ray_faults.install()  # the driver opens the model once to check it
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env=_ray_faults.runtime_env(str(marker), 3, str(faults / "calls.log")))
     yield marker
     sys.path.remove(str(TESTS))
     ray.shutdown()
@@ -108,6 +107,61 @@ def test_worker_killed_mid_task_is_replaced_and_nothing_lost(cluster: Path, inpu
     assert 8 <= len(calls) <= 9
     assert sorted(summary.written) == sorted(files) and summary.failed == [] and summary.skipped == []
     assert _contents(out) == _contents(reference)  # every input complete; no temporary file left
+
+
+def _predictor_processes() -> List[int]:
+    """Live processes of our Ray actors (their process title names the predictor class)."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"DavidPredictor" in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+# a driver connecting to the test cluster with the slow test backend, then running the CLI
+_KILLED_DRIVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _ray_faults, ray
+_ray_faults.install()
+ray.init(address=sys.argv[2], log_to_driver=False, logging_level="ERROR",
+         runtime_env=_ray_faults.runtime_env("", 0, sys.argv[3], slow_s=1.0))
+from david_infer.cli import main
+sys.exit(main(["predict", *sys.argv[4:]]))
+"""
+
+
+def test_rerun_after_the_whole_job_was_killed(cluster: Path, inputs: Path, reference: Path,
+                                              tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    files = [str(p) for p in sorted(inputs.iterdir()) if p.name != "broken.png"]
+    argv = [sys.executable, "-c", _KILLED_DRIVER, str(TESTS), ray.get_runtime_context().gcs_address,
+            str(tmp_path / "calls.log"), *files, "-m", str(tiny_multitask_onnx), "-o", str(out),
+            "--resolution", str(RES), "--backend", "dying-onnxruntime", "--ray", "--workers", "2", "--no-progress"]
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.done.json")) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the job ended before it could be killed: {driver.stderr.read().decode()}"
+    finally:
+        driver.kill()  # SIGKILL: no cleanup in the driver; Ray ends the job's workers
+        driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _predictor_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)  # Ray ends the dead driver's actors shortly after
+    assert not _predictor_processes()
+    done_before = {p.name for p in out.glob("*.done.json")}
+    assert 1 <= len(done_before) < len(files)
+
+    summary = _run(files, tiny_multitask_onnx, out, workers=2)
+    assert len(summary.skipped) >= len(done_before) and not summary.failed
+    assert sorted(summary.written + summary.skipped) == sorted(files)
+    assert _contents(out) == _contents(reference)  # complete, identical, no temporary left
 
 
 def test_dataset_input_and_cli(cluster: Path, inputs: Path, reference: Path, tiny_multitask_onnx: Path,
