@@ -131,18 +131,20 @@ class DavidPredictor:
         data = batch.get("bytes", batch.get("image"))
         status: Dict[str, Tuple[str, str]] = {}
         jobs: List[Tuple[Path, str]] = []
+        given: Dict[str, str] = {}  # str(Path(path)) (what _plan reports) -> the path as in the batch
         for path in paths:
             name = self._name(path)
             if self._written_by_this_run(name):
                 status[path] = ("written", "")
             else:
                 jobs.append((Path(path), name))
+                given[str(Path(path))] = path
         tally = Tally()
-        todo = {str(path) for path, _ in _plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
-        status.update((path, ("failed", reason)) for path, reason in tally.failures)
-        for path, _ in jobs:
-            if str(path) not in todo:
-                status.setdefault(str(path), ("skipped", ""))
+        todo = {given[str(path)] for path, _ in _plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
+        status.update((given[path], ("failed", reason)) for path, reason in tally.failures)
+        for path in given.values():
+            if path not in todo:
+                status.setdefault(path, ("skipped", ""))
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
         outcomes = self.runtime.imap(inputs, batch_size=job.batch_size, load=_load)
         try:
