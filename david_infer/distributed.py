@@ -134,7 +134,7 @@ class DavidPredictor:
         given: Dict[str, str] = {}  # str(Path(path)) (what _plan reports) -> the path as in the batch
         for path in paths:
             name = self._name(path)
-            if self._written_by_this_run(name):
+            if self._written_by_this_run(path, name):
                 status[path] = ("written", "")
             else:
                 jobs.append((Path(path), name))
@@ -161,7 +161,7 @@ class DavidPredictor:
         names = self.job.names
         return names[path] if names is not None else output_name(path)
 
-    def _written_by_this_run(self, name: str) -> bool:
+    def _written_by_this_run(self, path: str, name: str) -> bool:
         from .writer import is_complete, record_path
 
         job = self.job
@@ -169,7 +169,8 @@ class DavidPredictor:
             recorded = record_path(self.output, name).stat().st_mtime
         except OSError:
             return False
-        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write)
+        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write,
+                                                       source=path if os.path.isfile(path) else None)
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .commands.predict import _describe
@@ -178,7 +179,8 @@ class DavidPredictor:
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
             try:
-                write_outputs(outcome, self.output, self._name(path), self.job.kinds, self.job.write)
+                write_outputs(outcome, self.output, self._name(path), self.job.kinds, self.job.write,
+                              source=path if os.path.isfile(path) else None)
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
                 error = exc

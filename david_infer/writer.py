@@ -14,11 +14,13 @@ prediction files into a folder and must survive being killed and rerun. Public A
 - `planned_files(outdir, name, kinds) -> [Path]`: the files of one input's set (record excluded).
 - `record_path(outdir, name) -> Path`: `OUTDIR/NAME.done.json`, the completion record.
 - `WriteOptions(fov, depth_range, depth_inverse, extra)`: what shapes the files; recorded.
-- `write_outputs(pred, outdir, name, kinds, options) -> [Path]`: writes the set all-or-none (below).
-- `status(outdir, name, kinds, options=None, verify=False) -> SetStatus`: DONE, MISSING (nothing
-  of the set exists), PARTIAL (files without a record: an interrupted write, to be redone) or
-  CHANGED (a record whose files or options differ: modified after writing; not ours to replace
-  without being told to). `is_complete(...)` is `status(...).state == DONE`.
+- `write_outputs(pred, outdir, name, kinds, options, source=None) -> [Path]`: writes the set
+  all-or-none (below); `source`, the input file, is recorded (its file name and size).
+- `status(outdir, name, kinds, options=None, verify=False, source=None) -> SetStatus`: DONE,
+  MISSING (nothing of the set exists), PARTIAL (files without a record: an interrupted write, to be
+  redone) or CHANGED (a record whose files, options or source differ: modified after writing, or
+  written for another input of the same name; not ours to replace without being told to).
+  `is_complete(...)` is `status(...).state == DONE`.
 - `remove_temporaries(outdir, name, kinds) -> [Path]`: deletes this set's stale temporaries.
 
 How a set is written (`write_outputs`): every file goes to a temporary file beside its final name,
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import enum
 import glob
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -175,7 +176,13 @@ def _steps(pred: Any, kinds: Sequence[str], opts: WriteOptions) -> List[Tuple[st
 
 
 def _alpha(foreground: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(foreground, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """The mask as 8-bit alpha, band by band (no full-size float temporaries)."""
+    from ._arrays import fill_by_rows
+
+    def band(rows: slice) -> np.ndarray:
+        return np.rint(np.clip(foreground[rows], 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+    return fill_by_rows(np.empty(foreground.shape, np.uint8), band)
 
 
 def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
@@ -185,13 +192,19 @@ def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
     mask = pred.foreground
     if mask is not None and not (mask >= 0.5).any():
         mask = None
-    points, colors = apps.point_cloud(pred.image, pred.depth, mask, fov_deg=opts.fov,
-                                      depth_range=opts.depth_range, invert=opts.depth_inverse)
-    apps.write_ply(path, points, colors)
+    apps.stream_point_cloud(path, pred.image, pred.depth, mask, fov_deg=opts.fov,
+                            depth_range=opts.depth_range, invert=opts.depth_inverse)
+
+
+def _source(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """What the record keeps of the input file: its name and size (compared), and its path."""
+    return {"file": os.path.basename(os.fspath(path)), "size": os.stat(path).st_size,
+            "path": os.path.abspath(os.fspath(path))}
 
 
 def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],
-                  options: Optional[WriteOptions] = None) -> List[Path]:
+                  options: Optional[WriteOptions] = None,
+                  source: Union[str, "os.PathLike[str]", None] = None) -> List[Path]:
     """Write `name`'s set for `pred` all-or-none, replacing an older or unfinished set, and the
     completion record last; returns the files written (record not included). See the module
     docstring for the sequence and what an interruption leaves."""
@@ -220,7 +233,8 @@ def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequenc
             os.replace(tmp, final)
             placed.append(final)
         doc = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "kinds": list(kinds),
-               "options": opts.as_record(), "files": files}
+               "options": opts.as_record(), "source": _source(source) if source is not None else None,
+               "files": files}
         data = (json.dumps(doc, indent=1) + "\n").encode()
         atomic_write(record, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
     except BaseException:
@@ -252,8 +266,9 @@ class SetStatus:
 
 
 def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-           verify: bool = False) -> SetStatus:
-    """Whether `name`'s set in `outdir` is complete for `kinds` (and `options`, when given)."""
+           verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None) -> SetStatus:
+    """Whether `name`'s set in `outdir` is complete for `kinds` (and `options` and the input file
+    `source`, when given: same file name and size as recorded)."""
     targets = planned_files(outdir, name, kinds)
     record = record_path(outdir, name)
     if not os.path.lexists(record):
@@ -274,6 +289,12 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
                                            f"not {','.join(kinds)}")
     if options is not None and recorded_options != options.as_record():
         return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
+    recorded_source = doc.get("source")
+    if source is not None and isinstance(recorded_source, dict):
+        here = _source(source)
+        if (recorded_source.get("file"), recorded_source.get("size")) != (here["file"], here["size"]):
+            return SetStatus(SetState.CHANGED, f"written for another input ({recorded_source.get('path')}, "
+                                               f"{recorded_source.get('size')} bytes)")
     for target in targets:
         entry = files.get(target.name)
         try:
@@ -288,9 +309,9 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
 
 
 def is_complete(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-                verify: bool = False) -> bool:
+                verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None) -> bool:
     """True when `name`'s set is present, recorded and consistent (see `status`)."""
-    return status(outdir, name, kinds, options, verify).state is SetState.DONE
+    return status(outdir, name, kinds, options, verify, source).state is SetState.DONE
 
 
 def remove_temporaries(outdir: Union[str, Path], name: str, kinds: Sequence[str]) -> List[Path]:
