@@ -57,6 +57,7 @@ setup(
         "dev": DEV,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],
+        "ray": RAY,
     },
     entry_points={"console_scripts": ["david-infer=david_infer.cli:main"]},
     classifiers=[

@@ -19,6 +19,7 @@ _EXTRA_FOR = {
     "matplotlib": "plot",
     "tritonclient": "triton",
     "mlserver": "serve",
+    "ray": "ray",
 }
 
 

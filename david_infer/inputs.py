@@ -1,6 +1,7 @@
 """Turn whatever image a caller has into one validated form (`Decoded`), without copying 8-bit data.
 
-Accepted: a path (str or Path) to an image file; a `PIL.Image.Image` in any common mode (RGB, RGBA,
+Accepted: a path (str or Path) to an image file; the bytes of an image file (as read from
+storage, decoded exactly as the file would be); a `PIL.Image.Image` in any common mode (RGB, RGBA,
 L, LA, P, PA, 1, I;16, I, F, CMYK, YCbCr); a numpy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
 of uint8, uint16 or float (float16/32/64 in [0, 1]). Files and PIL images get their EXIF
 orientation applied, as a photo viewer shows them. Alpha channels are ignored. Channel order
@@ -21,6 +22,7 @@ Limits (each refusal is an InputError naming the input):
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass, field
@@ -137,6 +139,11 @@ def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None,
     Images larger than `max_pixels` (None: no limit) are refused; files before decoding."""
     if isinstance(image, (str, os.PathLike)):
         return _from_pil(_open_file(Path(image), max_pixels), name or str(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        label = name or "image bytes"
+        if not len(image):
+            raise InputError(f"{label} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
+        return _from_pil(_open_image(io.BytesIO(image), label, max_pixels), label)
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, max_pixels, name or "PIL image")
         return _from_pil(_apply_exif(image, name or "PIL image"), name or "PIL image")
@@ -145,7 +152,7 @@ def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None,
             _check_pixels(image.shape[1], image.shape[0], max_pixels, name or "numpy array")
         return _from_array(image, check_channel_order(channel_order), name or "numpy array")
     raise InputError(
-        f"{name or 'image'}: expected a file path, a PIL.Image.Image or a numpy array, "
+        f"{name or 'image'}: expected a file path, image file bytes, a PIL.Image.Image or a numpy array, "
         f"got {type(image).__module__}.{type(image).__qualname__}"
     )
 
@@ -163,25 +170,30 @@ def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Imag
         raise InputError(f"{path} is not a regular file (a pipe, device or socket); expected an image file")
     if st.st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); expected an image file (JPEG, PNG, TIFF, ...)")
+    return _open_image(path, str(path), max_pixels)
+
+
+def _open_image(source: Any, name: str, max_pixels: Optional[int]) -> Image.Image:
+    """Decode an image file (a path or a binary file object) after checking its header's size."""
     try:
-        with Image.open(path) as opened:  # closes the file; the loaded pixels stay usable
-            _check_pixels(opened.width, opened.height, max_pixels, str(path))  # header only so far
+        with Image.open(source) as opened:  # closes the file; the loaded pixels stay usable
+            _check_pixels(opened.width, opened.height, max_pixels, name)  # header only so far
             opened.load()
             img = opened
     except InputError:  # ours (over the limit); InputError is a ValueError, so not caught below
         raise
     except PermissionError as exc:
-        raise InputError(f"{path}: cannot read the image file ({exc.strerror or exc})") from None
+        raise InputError(f"{name}: cannot read the image file ({exc.strerror or exc})") from None
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
+        raise InputError(f"{name}: not an image format Pillow can read (expected JPEG, PNG, TIFF, ...)") from None
     except Image.DecompressionBombError as exc:
         raise InputError(
-            f"{path}: image too large to decode safely: {exc} (Pillow's PIL.Image.MAX_IMAGE_PIXELS guard; "
+            f"{name}: image too large to decode safely: {exc} (Pillow's PIL.Image.MAX_IMAGE_PIXELS guard; "
             f"max_image_pixels is {max_pixels if max_pixels is None else format(max_pixels, ',')})"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
-    return _apply_exif(img, str(path))
+        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
+    return _apply_exif(img, name)
 
 
 def _short(path: Path, limit: int = 200) -> str:

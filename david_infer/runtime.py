@@ -62,6 +62,26 @@ def resolve_model_path(model: ModelLike) -> Path:
     return path
 
 
+def choose_backend(path: Union[Path, str], backend: str = "auto") -> str:
+    """`backend`, or for "auto" the backend registered for the model file's suffix (or, for a
+    server URL given as a string, for its scheme)."""
+    if backend != "auto":
+        return backend
+    if isinstance(path, str):
+        scheme = url_scheme(path)
+        if scheme not in url_schemes():
+            raise ModelError(f"{path}: no backend serves {scheme}:// URLs; expected "
+                             f"{', '.join(s + '://' for s in url_schemes())}")
+        return url_schemes()[scheme]
+    chosen = model_suffixes().get(path.suffix)
+    if chosen is None:
+        raise ModelError(
+            f"{path}: cannot choose a backend for a {path.suffix or 'suffix-less'} file; "
+            f"expected {', '.join(model_suffixes())} or an explicit backend="
+        )
+    return chosen
+
+
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -182,21 +202,7 @@ class DavidRuntime:
         return cls(zoo.model_path(name), **kwargs)
 
     def _choose_backend(self, backend: str) -> str:
-        if backend != "auto":
-            return backend
-        if isinstance(self.path, str):
-            scheme = url_scheme(self.path)
-            if scheme not in url_schemes():
-                raise ModelError(f"{self.path}: no backend serves {scheme}:// URLs; expected "
-                                 f"{', '.join(s + '://' for s in url_schemes())}")
-            return url_schemes()[scheme]
-        chosen = model_suffixes().get(self.path.suffix)
-        if chosen is None:
-            raise ModelError(
-                f"{self.path}: cannot choose a backend for a {self.path.suffix or 'suffix-less'} file; "
-                f"expected {', '.join(model_suffixes())} or an explicit backend="
-            )
-        return chosen
+        return choose_backend(self.path, backend)
 
     def _backend_options(self, backend_cls: type, given: Optional[Mapping[str, Any]],
                          extra: Dict[str, Any]) -> BackendOptions:

@@ -196,10 +196,22 @@ def test_wrong_shape(rt: DavidRuntime, shape: tuple) -> None:
         rt.predict(np.zeros(shape, np.uint8))
 
 
-@pytest.mark.parametrize("value", [None, 42, [[1, 2], [3, 4]], b"\x89PNG"])
+@pytest.mark.parametrize("value", [None, 42, [[1, 2], [3, 4]]])
 def test_wrong_type(rt: DavidRuntime, value: object) -> None:
-    with pytest.raises(InputError, match=r"expected a file path, a PIL\.Image\.Image or a numpy array, got"):
+    with pytest.raises(InputError, match=r"expected a file path, image file bytes, a PIL\.Image\.Image or a numpy array"):
         rt.predict(value)
+
+
+def test_file_bytes_decode_as_the_file(rt: DavidRuntime, photo: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "p.png"
+    Image.fromarray(photo).save(path)
+    from_path, from_bytes = rt.predict(path), rt.predict(path.read_bytes())
+    for task in rt.tasks:
+        np.testing.assert_array_equal(getattr(from_bytes, task), getattr(from_path, task))
+    with pytest.raises(InputError, match=r"image bytes: not an image format Pillow can read"):
+        rt.predict(b"\x89PNG")
+    with pytest.raises(InputError, match=r"image bytes is empty"):
+        rt.predict(b"")
 
 
 def test_bad_image_in_a_batch_is_named(rt: DavidRuntime, photo: np.ndarray) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "mlserver", "tritonclient", "grpc")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "mlserver", "tritonclient", "grpc", "ray",
+         "pyarrow", "pandas")
 
 
 def _loaded_after(code: str) -> set:
@@ -15,6 +16,10 @@ def _loaded_after(code: str) -> set:
 
 def test_import_pulls_in_no_heavy_module() -> None:
     assert _loaded_after("import david_infer") == set()
+
+
+def test_distributed_module_pulls_in_no_heavy_module() -> None:
+    assert _loaded_after("import david_infer.distributed") == set()
 
 
 def test_cli_parser_pulls_in_no_heavy_module() -> None:

@@ -48,7 +48,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import DavidError, InputError
 from ..progress import Progress
 from ..writer import SAVE_KINDS, SAVE_NEEDS, SetState, WriteOptions, check_ply_options
-from ._common import add_runtime_arguments, open_runtime, split_list
+from ._common import add_runtime_arguments, open_runtime, resolve_model, split_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
 
@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 60)")
     p.add_argument("--near", type=float, default=1.0, help="ply: distance of the nearest point, > 0 (default 1)")
     p.add_argument("--far", type=float, default=2.0, help="ply: distance of the farthest point, > near (default 2)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; with "
+                        "--ray, per worker (default: the backend's own; 1 per worker with --ray)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (extra 'ray'): ADDRESS is 'auto', HOST:PORT or ray://HOST:PORT; "
+                        "without it, the cluster `ray start` made on this machine, else a local one")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)")
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -183,14 +191,17 @@ def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Tuple[Path, s
     return jobs, clashes
 
 
-def load_input(path: Path) -> Any:
-    """What the runtime gets for a file: the path itself, or the array inside a .npy."""
+def load_input(path: Path, data: Optional[bytes] = None) -> Any:
+    """What the runtime gets for a file: the path itself (or `data`, its contents when already
+    read), or the array inside a .npy."""
     if path.suffix.lower() != ".npy":
-        return path
+        return path if data is None else data
+    import io
+
     import numpy as np
 
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path if data is None else io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npy image array ({exc})") from None
 
@@ -320,8 +331,14 @@ def run(args: argparse.Namespace) -> int:
     # everything that can be checked without the model, before loading it
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     check_ply_options(args.fov, args.near, args.far)
     check_save(args.save)
+    if args.ray is not None:
+        return _run_on_ray(args)
+    if args.workers is not None:
+        raise InputError("--workers applies to --ray runs only")
     outdir = Path(args.output)
     found = collect_inputs(args.inputs, args.recursive, exclude=outdir)
     for warning in found.warnings:
@@ -332,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally(failures=found.problems + clashes, dangling=found.dangling, duplicates=found.duplicates)
     if jobs:
         probe_output_folder(outdir)
-        with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size) as runtime:
+        threads = thread_options(resolve_model(args.model), args.backend, args.threads) if args.threads else {}
+        with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size, **threads) as runtime:
             kinds = parse_save(args.save, runtime.tasks)
             opts = WriteOptions(args.fov, (args.near, args.far), runtime.post_options.invert_depth,
                                 extra=_model_record(runtime))
@@ -347,6 +365,20 @@ def run(args: argparse.Namespace) -> int:
                 tally.written += done
                 tally.failures.extend(failed)
     return _summary(tally, outdir)
+
+
+def thread_options(model: Any, backend: str, threads: Optional[int]) -> Dict[str, int]:
+    """Runtime keyword arguments for `threads` threads: pre/postprocessing, and the model's own
+    count where the backend has one (ONNX Runtime's intra_op_threads). None: the defaults."""
+    if threads is None:
+        return {}
+    import dataclasses
+
+    from ..backends import get_backend
+    from ..runtime import choose_backend, resolve_model_path
+
+    fields = {f.name for f in dataclasses.fields(get_backend(choose_backend(resolve_model_path(model), backend)).Options)}
+    return {"threads": threads, **({"intra_op_threads": threads} if "intra_op_threads" in fields else {})}
 
 
 def _model_record(runtime: Any) -> Dict[str, Any]:
@@ -365,7 +397,8 @@ def _plan(jobs: Sequence[Tuple[Path, str]], outdir: Path, kinds: Sequence[str], 
     todo = []
     for path, name in jobs:
         try:
-            state = status(outdir, name, kinds, opts, source=path)
+            # an input on other storage (a Ray Dataset read from S3) has no local file to compare
+            state = status(outdir, name, kinds, opts, source=path if os.path.isfile(path) else None)
             if not overwrite and state.state is SetState.DONE:
                 tally.skipped += 1
                 continue
@@ -377,6 +410,28 @@ def _plan(jobs: Sequence[Tuple[Path, str]], outdir: Path, kinds: Sequence[str], 
         except DavidError as exc:
             tally.failures.append((str(path), str(exc)))
     return todo
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    """The same job on a Ray cluster (david_infer.distributed), with the same summary."""
+    from ..distributed import predict_dataset
+
+    address = args.ray or None
+    if address is not None and address not in ("auto", "local") and ":" not in address:
+        raise InputError(f"--ray: expected no address, 'auto', 'local', HOST:PORT or ray://HOST:PORT, got "
+                         f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    with sigterm_as_interrupt():
+        summary = predict_dataset(
+            args.inputs, resolve_model(args.model), args.output, save=check_save(args.save) or None,
+            overwrite=args.overwrite, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+            cpus_per_worker=args.threads or 1, address=address, progress=not args.no_progress,
+            warn=lambda text: print(f"warning: {text}", file=sys.stderr), fov=args.fov, near=args.near, far=args.far,
+            backend=args.backend, device=args.device, resolution=args.resolution, channel_order=args.channel_order,
+        )
+    tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
+    return _summary(tally, summary.output)
 
 
 def _summary(tally: Tally, outdir: Path) -> int:
