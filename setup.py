@@ -11,7 +11,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init_
 # version; a bare "torch" would pull the newest CUDA build (several GB).
 EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 GPU = ["onnxruntime-gpu>=1.20", "tensorrt>=10.0", "cuda-python>=12.6.1"]
-DEV = EXPORT + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
+VIDEO = ["av>=14"]  # PyAV: FFmpeg's libraries in the wheel (decoders, libx264, PNG-in-MOV)
+DEV = EXPORT + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60", "plyfile>=1.0"]
 
 setup(
     name="david-infer",
@@ -27,6 +28,7 @@ setup(
         "export": EXPORT,
         "gpu": GPU,
         "dev": DEV,
+        "video": VIDEO,
         "plot": ["matplotlib>=3.6"],
         "progress": ["tqdm>=4.60"],
     },

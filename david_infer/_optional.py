@@ -17,6 +17,7 @@ _EXTRA_FOR = {
     "cuda.bindings": "gpu",
     "tqdm": "",
     "matplotlib": "plot",
+    "av": "video",
 }
 
 

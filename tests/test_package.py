@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors")
+HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "av")
 
 
 def _loaded_after(code: str) -> set:
