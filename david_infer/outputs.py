@@ -117,24 +117,31 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
-    """Save an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG, atomically."""
+def write_png(path: Union[str, Path], array: np.ndarray) -> None:
+    """Write an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG to `path` (not atomic: the
+    caller renames it into place; see `commit` and `david_infer.writer`)."""
     from PIL import Image
 
     a = np.ascontiguousarray(array)
     if a.dtype == np.uint16 and a.ndim != 2:
         raise InputError(f"{path}: 16-bit PNGs must be single-channel, got shape {a.shape}")
-    img = Image.fromarray(a)  # uint16 (H, W) -> mode I;16
-    return commit(path, lambda tmp: img.save(tmp, format="PNG"), overwrite)
+    Image.fromarray(a).save(path, format="PNG")  # uint16 (H, W) -> mode I;16
+
+
+def write_npy(path: Union[str, Path], array: np.ndarray) -> None:
+    """Write an array as .npy (no pickles) to `path` (not atomic, like `write_png`)."""
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
+    """Save an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG, atomically."""
+    return commit(path, lambda tmp: write_png(tmp, array), overwrite)
 
 
 def save_npy(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
     """Save an array as .npy (no pickles), atomically."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-
-    return commit(path, write, overwrite)
+    return commit(path, lambda tmp: write_npy(tmp, array), overwrite)
 
 
 def depth_to_uint16(depth: np.ndarray) -> np.ndarray:

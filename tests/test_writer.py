@@ -1,0 +1,94 @@
+"""david_infer.writer: names from the input alone, all-or-none sets, completion records, stale temporaries."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from david_infer.errors import InputError
+from david_infer.prediction import Prediction
+from david_infer.writer import (
+    TEMP_SUFFIX, SetState, WriteOptions, is_complete, output_name, planned_files, record_path, remove_temporaries,
+    status, write_outputs,
+)
+
+KINDS = ["depth", "normal", "foreground", "vis", "ply"]
+
+
+def _prediction(h: int = 24, w: int = 32, seed: int = 0) -> Prediction:
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=(h, w, 3)).astype(np.float32)
+    normal /= np.linalg.norm(normal, axis=2, keepdims=True)
+    return Prediction(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                      depth=rng.random((h, w), dtype=np.float32), normal=normal,
+                      foreground=rng.random((h, w), dtype=np.float32))
+
+
+def test_output_name_is_a_function_of_the_input_and_its_root(tmp_path: Path) -> None:
+    assert output_name(tmp_path / "x.jpg") == "x"
+    assert output_name(tmp_path / "shots" / "a" / "x.jpg", tmp_path / "shots") == "a/x"
+    assert output_name(tmp_path / "shots" / "a b?.png", tmp_path / "shots") == "a_b_"
+    assert output_name("work/deep/../../in/.hidden.png", "in") == "hidden"
+    assert output_name(tmp_path / "elsewhere" / "y.png", tmp_path / "shots") == "y"  # not under root
+
+
+def test_names_never_leave_the_folder(tmp_path: Path) -> None:
+    for bad in ("../x", "a/../../x", "/etc/passwd", ".hidden", "a//b", ""):
+        with pytest.raises(InputError):
+            planned_files(tmp_path, bad, ["depth"])
+    assert planned_files(tmp_path, "a/x", ["vis"]) == [tmp_path / "a" / "x.vis.png"]
+
+
+def test_write_then_status_done_and_files_readable(tmp_path: Path) -> None:
+    pred = _prediction()
+    opts = WriteOptions(fov=50.0, extra={"model": "tiny"})
+    assert status(tmp_path, "sub/x", KINDS, opts).state is SetState.MISSING
+    written = write_outputs(pred, tmp_path, "sub/x", KINDS, opts)
+    assert written == planned_files(tmp_path, "sub/x", KINDS) and all(p.exists() for p in written)
+    np.testing.assert_array_equal(np.load(tmp_path / "sub" / "x.depth.npy"), pred.depth)
+    assert is_complete(tmp_path, "sub/x", KINDS, opts, verify=True)
+    assert record_path(tmp_path, "sub/x").exists()
+    assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]
+    # other options or kinds: not this set
+    assert status(tmp_path, "sub/x", KINDS, WriteOptions(fov=60.0, extra={"model": "tiny"})).state is SetState.CHANGED
+    assert status(tmp_path, "sub/x", ["depth"], opts).state is SetState.CHANGED
+    # a file changed after writing: caught by size, or by hash with verify
+    npy = tmp_path / "sub" / "x.depth.npy"
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0xFF
+    npy.write_bytes(bytes(data))
+    assert is_complete(tmp_path, "sub/x", KINDS, opts)
+    assert status(tmp_path, "sub/x", KINDS, opts, verify=True).state is SetState.CHANGED
+    npy.unlink()
+    assert "missing" in status(tmp_path, "sub/x", KINDS, opts).reason
+
+
+def test_files_without_record_are_partial_and_rewritten(tmp_path: Path) -> None:
+    (tmp_path / "x.depth.png").write_bytes(b"left by a killed run")
+    assert status(tmp_path, "x", ["depth"]).state is SetState.PARTIAL
+    write_outputs(_prediction(), tmp_path, "x", ["depth"])
+    assert is_complete(tmp_path, "x", ["depth"], verify=True)
+
+
+def test_a_failing_file_leaves_nothing_of_the_set(tmp_path: Path) -> None:
+    pred = _prediction()
+    write_outputs(pred, tmp_path, "x", ["depth", "vis"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    broken = _prediction(seed=1)
+    broken.normal = None  # the normal file cannot be made: the write fails midway
+    with pytest.raises(Exception):
+        write_outputs(broken, tmp_path, "x", ["depth", "normal", "vis"])
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # the old set untouched, no temporaries
+    assert is_complete(tmp_path, "x", ["depth", "vis"])
+
+
+def test_remove_temporaries_removes_only_this_sets(tmp_path: Path) -> None:
+    ours = [tmp_path / f".x.depth.png.abc123{TEMP_SUFFIX}", tmp_path / f".x.done.json.zz{TEMP_SUFFIX}"]
+    foreign = [tmp_path / f".y.depth.png.abc{TEMP_SUFFIX}", tmp_path / ".x.depth.png.abc.tmp", tmp_path / "x.depth.png"]
+    for p in ours + foreign:
+        p.write_bytes(b"")
+    assert sorted(remove_temporaries(tmp_path, "x", ["depth"])) == sorted(ours)
+    assert all(p.exists() for p in foreign) and not any(os.path.lexists(p) for p in ours)
