@@ -29,7 +29,6 @@ import numpy as np
 
 from ._optional import require
 from .errors import InputError
-from .manifest import make_temp_path
 
 #: file suffixes taken as video (lower case)
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
@@ -332,24 +331,14 @@ def _predict_video(runtime: Any, reader: Optional[FrameReader], source: Iterable
 # ------------------------------------------------------------------------------ encoding
 
 
-def publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Rename a finished temporary file into place (refusing to replace `path` unless `overwrite`)."""
-    from .outputs import _link_no_clobber
-
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_no_clobber(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+#: muxer of each output suffix (outputs are written to temporaries whose names FFmpeg cannot read)
+MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 
 
-def _temp_beside(path: Path) -> Path:
-    try:
-        return make_temp_path(path, suffix=".tmp" + path.suffix)  # FFmpeg picks the format by suffix
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+def _temporary(path: Path) -> Path:
+    from .writer import temporary_for
+
+    return temporary_for(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,8 +367,8 @@ class VideoWriter:
     `write(image, frame)` takes an upright (display orientation) image of the clip's output size
     and the source `Frame` it belongs to (for its timestamp); it is stored turned back to the
     source's orientation with the source's display rotation, so players show both alike.
-    `close()` finishes the file under its temporary name; `publish()` renames it into place;
-    `abort()` removes it.
+    The file is written to `tmp` (a temporary beside `path`, see david_infer.writer); `close()`
+    finishes it there, the caller puts it in place (`writer.commit_set`); `abort()` removes it.
     """
 
     def __init__(self, path: Path, info: VideoInfo, size: Tuple[int, int], encoding: Encoding = Encoding(),
@@ -389,10 +378,13 @@ class VideoWriter:
         self.height, self.width = size  # as stored
         self.encoding = encoding.for_size(*size)
         self.frames = 0
-        self.tmp = _temp_beside(self.path)
+        muxer = MUXERS.get(self.path.suffix.lower())
+        if muxer is None:
+            raise InputError(f"{self.path}: cannot write video as {self.path.suffix!r}; use one of {', '.join(MUXERS)}")
+        self.tmp = _temporary(self.path)
         self._audio: Optional[_AudioCopy] = None
         try:
-            self.container = av.open(str(self.tmp), "w")
+            self.container = av.open(str(self.tmp), "w", format=muxer)
         except av.error.FFmpegError as exc:
             self.tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write {self.path}: {exc}") from None
@@ -464,11 +456,6 @@ class VideoWriter:
                 self._audio.close()
             self.container.close()
 
-    def publish(self, overwrite: bool = False) -> Path:
-        self.close()
-        publish(self.tmp, self.path, overwrite)
-        return self.path
-
     def abort(self) -> None:
         """Close and delete the temporary file (idempotent)."""
         try:
@@ -522,7 +509,7 @@ class NpyStackWriter:
 
     def __init__(self, path: Path, shape: Tuple[int, ...], dtype: Any = np.float32) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
-        self.tmp = make_temp_path(self.path)
+        self.tmp = _temporary(self.path)
         self.count = 0
         self._file = open(self.tmp, "wb")
         self._file.write(self._header())
@@ -547,11 +534,6 @@ class NpyStackWriter:
             self._file.seek(0)
             self._file.write(self._header())
             self._file.close()
-
-    def publish(self, overwrite: bool = False) -> Path:
-        self.close()
-        publish(self.tmp, self.path, overwrite)
-        return self.path
 
     def abort(self) -> None:
         self._file.close()

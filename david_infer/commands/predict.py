@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
+from ..video import VIDEO_SUFFIXES, is_video_path
+from . import predict_video
 from ._common import add_runtime_arguments, open_runtime, split_list
 
 SAVE_KINDS = ("depth", "normal", "foreground", "vis", "ply")
@@ -43,14 +45,17 @@ SAVE_FILES = {
 #: kind -> the model task it needs
 SAVE_NEEDS = {"depth": "depth", "normal": "normal", "foreground": "foreground", "ply": "depth"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or globs ('shots/*.jpg')")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image or video files, folders of them, or globs ('shots/*.jpg')")
     add_runtime_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
-                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)} (default: the model's maps + vis)")
+                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)}; for videos also "
+                        f"{', '.join(predict_video.VIDEO_ONLY_KINDS)} (default: the model's maps + vis)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default 1)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder inputs")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
@@ -58,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fov", type=float, default=60.0, help="ply: horizontal field of view in degrees (default 60)")
     p.add_argument("--near", type=float, default=1.0, help="ply: distance of the nearest point (default 1)")
     p.add_argument("--far", type=float, default=2.0, help="ply: distance of the farthest point (default 2)")
+    predict_video.add_arguments(p)
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -74,7 +80,7 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False,
         if path.is_dir():
             images = _folder_images(path, recursive, exclude)
             if not images:
-                problems.append((spec, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+                problems.append((spec, f"folder holds no images or videos ({', '.join(sorted(INPUT_SUFFIXES))})"))
             found.extend(images)
         elif path.exists():
             found.append(path)
@@ -96,7 +102,7 @@ def _folder_images(folder: Path, recursive: bool, exclude: Optional[Path]) -> Li
     skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
     images = []
     for entry in entries:
-        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+        if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or not entry.is_file():
             continue
         if skip and os.path.realpath(entry).startswith(skip):
             continue  # our own outputs when OUTDIR lies inside an input folder
@@ -119,13 +125,15 @@ def load_input(path: Path) -> Any:
 # ---------------------------------------------------------------------------------- outputs
 
 
-def parse_save(values: Optional[List[str]], tasks: Sequence[str]) -> List[str]:
-    """The --save kinds, checked against the model's tasks (default: its maps + vis)."""
+def parse_save(values: Optional[List[str]], tasks: Sequence[str], video_kinds: Sequence[str] = ()) -> List[str]:
+    """The --save kinds, checked against the model's tasks (default: its maps + vis); `video_kinds`
+    are accepted too (checked by the video part)."""
     kinds = split_list(values) or [t for t in ("depth", "normal", "foreground") if t in tasks] + ["vis"]
-    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    unknown = [k for k in kinds if k not in SAVE_KINDS and k not in video_kinds]
     if unknown:
-        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(SAVE_KINDS)}")
-    for kind in kinds:
+        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join([*SAVE_KINDS, *video_kinds])}")
+    for kind in (k for k in kinds if k in SAVE_KINDS):
         if kind in SAVE_NEEDS and SAVE_NEEDS[kind] not in tasks:
             raise InputError(f"--save {kind} needs a model that predicts {SAVE_NEEDS[kind]}; this one predicts "
                              f"{', '.join(tasks)} only")
@@ -285,11 +293,18 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
         with open_runtime(args, batch_size=args.batch_size) as runtime:
-            kinds = parse_save(args.save, runtime.tasks)
+            named = list(zip(paths, output_bases(paths)))
+            clips = [(path, base) for path, base in named if is_video_path(path)]
+            kinds = parse_save(args.save, runtime.tasks, predict_video.VIDEO_ONLY_KINDS if clips else ())
+            if clips:  # video files: their own module (probed before any model call)
+                done, failed = predict_video.run_videos(runtime, clips, outdir, args, kinds)
+                succeeded += done
+                failures.extend(failed)
+            kinds = [k for k in kinds if k in SAVE_KINDS]
             opts = WriteOptions(kinds, args.overwrite, args.fov, (args.near, args.far),
                                 runtime.post_options.invert_depth)
             jobs: List[Tuple[Path, str]] = []
-            for path, base in zip(paths, output_bases(paths)):
+            for path, base in (job for job in named if not is_video_path(job[0])):
                 try:
                     check_free(planned_files(outdir, base, kinds), args.overwrite)
                     jobs.append((path, base))
