@@ -11,8 +11,9 @@
   batching path (`DavidRuntime.imap`): decoding runs ahead in its reader thread, memory is
   bounded whatever the clip's length.
 - `VideoWriter`: one output video with the source's frame timestamps (variable frame rate kept),
-  rate, display rotation, colour range/matrix tags and pixel aspect, written under a temporary
-  name and renamed into place by `publish`; optionally with the source's audio stream copied.
+  rate, display rotation, colour range/matrix tags and pixel aspect, written to a temporary beside
+  its final name (put in place with `david_infer.writer.commit_set`); optionally with the source's
+  audio stream copied.
 - `NpyStackWriter`: an (N, H, W[, C]) .npy stack written frame by frame (N known at the end).
 
 `av` is imported when a function here is called, never by `import david_infer`.
