@@ -15,6 +15,15 @@ arenas happen to keep cached, which says nothing about leaks (the untrimmed star
 reported too). Exit status 1 if there was any error or mismatch, or the growth reached --max-growth-mb.
 
     python benchmarks/stress.py [--threads 8] [--predictions 2000] [--resolution 64] [--json out.json]
+
+Kill and resume (`--kill-resume`): `david-infer predict` on `--images` small images (every --save
+kind) is run once cleanly into one folder, then into another folder `--kills` times, each run
+killed with SIGKILL at a random moment (uniform between 0.3 s and the clean run's wall time),
+then once more to the end. Checked: the final run exits 0; every input has a complete set
+(its completion record matches its files, SHA-256 included) byte for byte equal to the clean
+run's; no temporary file is left. Exit status 1 otherwise.
+
+    python benchmarks/stress.py --kill-resume [--images 40] [--kills 10] [--seed 0] [--json out.json]
 """
 from __future__ import annotations
 
@@ -22,6 +31,9 @@ import argparse
 import gc
 import json
 import os
+import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -148,7 +160,86 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--max-growth-mb", type=float, default=50.0)
     p.add_argument("--json", help="also write the JSON report to this file")
+    p.add_argument("--kill-resume", action="store_true", help="run the kill-and-resume check instead")
+    p.add_argument("--images", type=int, default=40, help="--kill-resume: inputs of the run")
+    p.add_argument("--kills", type=int, default=10, help="--kill-resume: runs killed with SIGKILL")
+    p.add_argument("--seed", type=int, default=0, help="--kill-resume: images and kill moments")
     return p.parse_args(argv)
+
+
+KILL_KINDS = "depth,normal,foreground,vis,ply"
+
+
+def _tree(folder: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """See the module docstring (--kill-resume)."""
+    from david_infer.writer import TEMP_SUFFIX, is_complete
+
+    rng = random.Random(args.seed)
+    images = folder / "in"
+    images.mkdir()
+    pixels = np.random.default_rng(args.seed)
+    for i in range(args.images):
+        h, w = 96 + 8 * (i % 9), 128 + 8 * (i % 7)
+        Image.fromarray(pixels.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"img{i:03d}.png")
+
+    def command(out: Path) -> List[str]:
+        return [sys.executable, "-m", "david_infer", "predict", str(images), "-m", str(model), "-o", str(out),
+                "--resolution", str(args.resolution), "--save", KILL_KINDS, "--no-progress"]
+
+    t0 = time.perf_counter()
+    clean = subprocess.run(command(folder / "clean"), capture_output=True, timeout=900)
+    clean_s = time.perf_counter() - t0
+    if clean.returncode != 0:
+        raise RuntimeError(f"the clean run failed: {clean.stderr.decode()[-2000:]}")
+    out = folder / "out"
+    names = [f"img{i:03d}" for i in range(args.images)]
+    kinds = KILL_KINDS.split(",")
+    kills = []
+    for _ in range(args.kills):
+        delay = rng.uniform(0.3, max(0.4, clean_s))
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+            finished = True
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            finished = False
+        done = sum(is_complete(out, n, kinds) for n in names) if out.exists() else 0
+        temporaries = len(list(out.rglob(f"*{TEMP_SUFFIX}"))) if out.exists() else 0
+        kills.append({"delay_s": round(delay, 2), "finished_before_kill": finished, "complete_after": done,
+                      "temporaries_after": temporaries})
+    final = subprocess.run(command(out), capture_output=True, timeout=900)
+    complete = sum(is_complete(out, n, kinds, verify=True) for n in names)
+    got, want = _tree(out), _tree(folder / "clean")
+    differing = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    left = sorted(str(p.relative_to(out)) for p in out.rglob(".*"))
+    return {
+        "model": str(model), "images": args.images, "kinds": kinds, "resolution": args.resolution,
+        "clean_run_s": round(clean_s, 2), "kills": kills,
+        "killed_mid_run": sum(not k["finished_before_kill"] for k in kills),
+        "final_rc": final.returncode, "final_summary": final.stdout.decode().strip(),
+        "complete_sets": complete, "files_differing_from_clean_run": differing,
+        "temporaries_left": left,
+        "ok": final.returncode == 0 and complete == args.images and not differing and not left,
+    }
+
+
+def print_kill_table(r: Dict[str, Any]) -> None:
+    print(f"{r['images']} images, --save {','.join(r['kinds'])}, resolution {r['resolution']}; "
+          f"clean run {r['clean_run_s']} s")
+    print("| kill | after | complete sets | temporaries left by the kill |")
+    print("|---:|---:|---:|---:|")
+    for i, k in enumerate(r["kills"], 1):
+        after = "finished first" if k["finished_before_kill"] else f"{k['delay_s']} s"
+        print(f"| {i} | {after} | {k['complete_after']} / {r['images']} | {k['temporaries_after']} |")
+    print(f"final run: exit {r['final_rc']} ({r['final_summary']}); complete sets {r['complete_sets']} / "
+          f"{r['images']}; files differing from the clean run: {len(r['files_differing_from_clean_run'])}; "
+          f"temporary files left: {len(r['temporaries_left'])}")
 
 
 def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
@@ -214,6 +305,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             model = Path(tmp, "tiny-multitask.onnx")
             export_onnx("tiny", "multitask", model, seed=0)
+        if args.kill_resume:
+            report = kill_resume(model, Path(tmp), args)
+            print_kill_table(report)
+            print(json.dumps(report, indent=2))
+            if args.json:
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            return 0 if report["ok"] else 1
         report = stress(model, Path(tmp), args)
     print_table(report)
     text = json.dumps(report, indent=2)

@@ -5,7 +5,7 @@ Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -69,6 +69,36 @@ def unit_vectors(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """`v` scaled to unit length along the last axis; zero vectors stay zero."""
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
     return np.where(norm > eps, v / np.maximum(norm, eps), 0.0).astype(np.float32)
+
+
+#: pixels per band of `row_bands`: bounds the temporaries of per-pixel work on big images
+BAND_PIXELS = 1 << 18
+
+
+def row_bands(height: int, width: int, band_pixels: int = BAND_PIXELS) -> Iterator[slice]:
+    """Slices of rows covering `height`, about `band_pixels` pixels each."""
+    step = max(1, band_pixels // max(1, width))
+    for top in range(0, height, step):
+        yield slice(top, min(height, top + step))
+
+
+def fill_by_rows(out: np.ndarray, make: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """`out[rows] = make(rows)` band by band: the result of a per-pixel computation without
+    full-size temporaries (only `out` is image-sized)."""
+    for rows in row_bands(out.shape[0], out.shape[1]):
+        out[rows] = make(rows)
+    return out
+
+
+def finite_range(values: np.ndarray) -> Optional[Tuple[float, float]]:
+    """(min, max) of the finite values, band by band; None when there is none."""
+    lo, hi = np.inf, -np.inf
+    for rows in row_bands(values.shape[0], int(np.prod(values.shape[1:]))):
+        band = values[rows]
+        finite = band[np.isfinite(band)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else None
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._arrays import as_alpha, as_image, as_map, as_normals, blend, to_uint8, unit_vectors
+from ._arrays import as_alpha, as_image, as_map, as_normals, blend, fill_by_rows, row_bands, to_uint8, unit_vectors
 from .errors import InputError
 from .manifest import atomic_write
 
@@ -97,8 +97,15 @@ def replace_background(
 def cutout(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8 RGBA: the image with the soft mask as its alpha channel."""
     img = as_image(image)
-    alpha = as_alpha(foreground, img.shape[:2])
-    return np.dstack([img, to_uint8(alpha * 255.0)])
+    h, w = img.shape[:2]
+    mask = np.asarray(foreground)
+    as_map(mask, "foreground", (h, w))  # checks the shape before any work
+
+    def band(rows: slice) -> np.ndarray:  # band by band: only the RGBA result is image-sized
+        alpha = as_alpha(mask[rows], (rows.stop - rows.start, w))
+        return np.dstack([img[rows], to_uint8(alpha * 255.0)])
+
+    return fill_by_rows(np.empty((h, w, 4), np.uint8), band)
 
 
 def _background(background: Background, img: np.ndarray, blur_radius: float) -> np.ndarray:
@@ -159,32 +166,79 @@ def point_cloud(
     (row, col) has its centre at u = col + 0.5, v = row + 0.5 and, at distance d,
     x = (u - W/2) d / f, y = -(v - H/2) d / f, z = -d (x right, y up, z toward the camera).
     """
-    img = as_image(image)
-    h, w = img.shape[:2]
-    d = as_map(depth, "depth", (h, w))
-    near, far = (float(v) for v in depth_range)
-    if not (0.0 < near <= far and math.isfinite(far)):
-        raise InputError(f"depth_range must be (near, far) with 0 < near <= far, got {depth_range!r}")
-    if not 0.0 < fov_deg < 180.0:
-        raise InputError(f"fov_deg must be in (0, 180), got {fov_deg}")
-    keep = np.isfinite(d)
-    alpha = as_alpha(foreground, (h, w))
-    if alpha is not None:
-        keep &= alpha >= mask_threshold
-    rows, cols = np.nonzero(keep)
-    if rows.size == 0:
-        raise InputError(f"point_cloud: no pixel has finite depth and a mask >= {mask_threshold}; nothing to project")
-    rel = d[rows, cols].astype(np.float64)
-    lo, hi = rel.min(), rel.max()
-    t = (rel - lo) / (hi - lo) if hi > lo else np.zeros_like(rel)
-    if invert:
-        t = 1.0 - t
-    dist = near + t * (far - near)
-    focal = (w / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
-    x = (cols + 0.5 - w / 2.0) * dist / focal
-    y = -(rows + 0.5 - h / 2.0) * dist / focal
-    points = np.stack([x, y, -dist], axis=1).astype(np.float32)
-    return points, img[rows, cols].copy()
+    cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
+    bands = list(cloud.bands())
+    return (np.concatenate([p for p, _ in bands]), np.concatenate([c for _, c in bands]))
+
+
+def stream_point_cloud(path: Union[str, Path], image: np.ndarray, depth: np.ndarray,
+                       foreground: Optional[np.ndarray] = None, fov_deg: float = 60.0,
+                       depth_range: Tuple[float, float] = (1.0, 2.0), mask_threshold: float = 0.5,
+                       invert: bool = False) -> int:
+    """Write `point_cloud(...)` as binary PLY (like `write_ply`) band of rows by band, so memory
+    stays a few megabytes above the inputs whatever the image size; returns the point count.
+    Writes `path` directly (not atomic: for a temporary file the caller renames)."""
+    cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
+    with open(path, "wb") as f:
+        f.write(_ply_header(cloud.count, colors=True))
+        for points, colors in cloud.bands():
+            f.write(_vertices(points, colors).tobytes())
+    return cloud.count
+
+
+_CLOUD_BAND = 1 << 16
+
+
+class _Cloud:
+    """The checked inputs of `point_cloud`, the kept pixels' count and depth range (one pass band
+    by band), and the points band by band."""
+
+    def __init__(self, image: np.ndarray, depth: np.ndarray, foreground: Optional[np.ndarray], fov_deg: float,
+                 depth_range: Tuple[float, float], mask_threshold: float, invert: bool) -> None:
+        self.img = as_image(image)
+        self.h, self.w = self.img.shape[:2]
+        self.depth = as_map(depth, "depth", (self.h, self.w))
+        near, far = (float(v) for v in depth_range)
+        if not (0.0 < near <= far and math.isfinite(far)):
+            raise InputError(f"depth_range must be (near, far) with 0 < near <= far, got {depth_range!r}")
+        if not 0.0 < fov_deg < 180.0:
+            raise InputError(f"fov_deg must be in (0, 180), got {fov_deg}")
+        self.near, self.far, self.invert, self.threshold = near, far, invert, mask_threshold
+        self.mask = None if foreground is None else np.asarray(foreground)
+        if self.mask is not None:
+            as_map(self.mask, "foreground", (self.h, self.w))  # checks the shape before any work
+        self.focal = (self.w / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
+        self.count, lo, hi = 0, np.inf, -np.inf
+        for rows in row_bands(self.h, self.w):
+            values = self.depth[rows][self._keep(rows)]
+            if values.size:
+                self.count += values.size
+                lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        if self.count == 0:
+            raise InputError(f"point_cloud: no pixel has finite depth and a mask >= {mask_threshold}; "
+                             f"nothing to project")
+        self.lo, self.hi = lo, hi
+
+    def _keep(self, rows: slice) -> np.ndarray:
+        keep = np.isfinite(self.depth[rows])
+        if self.mask is not None:
+            keep &= as_alpha(self.mask[rows], keep.shape) >= self.threshold
+        return keep
+
+    def bands(self):  # -> Iterator[Tuple[np.ndarray, np.ndarray]]
+        """(points (n, 3) float32, colors (n, 3) uint8) per band of rows, in row-major order."""
+        lo, hi, w, h = self.lo, self.hi, self.w, self.h
+        for rows in row_bands(h, w, _CLOUD_BAND):  # about 100 bytes of temporaries per pixel of a band
+            r, cols = np.nonzero(self._keep(rows))
+            rel = self.depth[rows][r, cols].astype(np.float64)
+            r = r + rows.start
+            t = (rel - lo) / (hi - lo) if hi > lo else np.zeros_like(rel)
+            if self.invert:
+                t = 1.0 - t
+            dist = self.near + t * (self.far - self.near)
+            x = (cols + 0.5 - w / 2.0) * dist / self.focal
+            y = -(r + 0.5 - h / 2.0) * dist / self.focal
+            yield np.stack([x, y, -dist], axis=1).astype(np.float32), self.img[r, cols]
 
 
 def write_ply(path: Union[str, Path], points: np.ndarray, colors: Optional[np.ndarray] = None) -> Path:
@@ -193,28 +247,38 @@ def write_ply(path: Union[str, Path], points: np.ndarray, colors: Optional[np.nd
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
         raise InputError(f"{path}: points must be an (N, 3) array, got shape {pts.shape}")
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    if colors is not None:
-        cols = np.asarray(colors)
-        if cols.shape != pts.shape:
-            raise InputError(f"{path}: colors must be (N, 3) like the points {pts.shape}, got {cols.shape}")
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    vertex = np.empty(len(pts), dtype=fields)
-    for i, axis in enumerate("xyz"):
-        vertex[axis] = pts[:, i]
-    if colors is not None:
-        for i, channel in enumerate(("red", "green", "blue")):
-            vertex[channel] = np.clip(cols[:, i], 0, 255)
-    props = "".join(f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields)
-    header = f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward the camera)\n" \
-             f"element vertex {len(pts)}\n{props}end_header\n"
+    if colors is not None and np.shape(colors) != pts.shape:
+        raise InputError(f"{path}: colors must be (N, 3) like the points {pts.shape}, got {np.shape(colors)}")
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(vertex.tobytes())
+            f.write(_ply_header(len(pts), colors is not None))
+            f.write(_vertices(pts, colors).tobytes())
 
     try:
         return atomic_write(path, write)
     except OSError as exc:  # a missing or read-only folder, a full disk
         raise InputError(f"cannot write {path}: {exc}") from None
+
+
+_XYZ = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+_RGB = [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+
+
+def _ply_header(count: int, colors: bool) -> bytes:
+    fields = _XYZ + (_RGB if colors else [])
+    props = "".join(f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields)
+    return (f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward "
+            f"the camera)\nelement vertex {count}\n{props}end_header\n").encode("ascii")
+
+
+def _vertices(points: np.ndarray, colors: Optional[np.ndarray]) -> np.ndarray:
+    """The PLY vertex records of `points` (N, 3) and `colors` (N, 3) or None."""
+    vertex = np.empty(len(points), dtype=_XYZ + (_RGB if colors is not None else []))
+    for i, axis in enumerate("xyz"):
+        vertex[axis] = points[:, i]
+    if colors is not None:
+        cols = np.asarray(colors)
+        for i, channel in enumerate(("red", "green", "blue")):
+            vertex[channel] = np.clip(cols[:, i], 0, 255)
+    return vertex

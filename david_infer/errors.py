@@ -24,3 +24,14 @@ class BackendUnavailable(DavidError, RuntimeError):
 
 class ExportError(DavidError):
     """An export, verification or engine build could not be done as asked."""
+
+
+class NonFiniteOutput(ModelError):
+    """A model output holds NaN or infinity (a broken export or engine, an FP16 overflow).
+
+    `task` is the output's task, `input` the input's name, `share` the fraction of the output's
+    values that are not finite."""
+
+    def __init__(self, message: str, task: str = "", input: str = "", share: float = 0.0) -> None:
+        super().__init__(message)
+        self.task, self.input, self.share = task, input, share

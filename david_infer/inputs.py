@@ -92,7 +92,8 @@ class Decoded:
     def display(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB for visualisation, writable (a view of an 8-bit RGB input array)."""
         if self._display is None:
-            a = self.numpy()
+            # from a PIL image: one writable copy, not a cached read-only one plus a copy of it
+            a = np.array(self.pil) if self.array is None and self.pil is not None else self.array
             if a.dtype != np.uint8:
                 a = (a * 255.0 + 0.5).astype(np.uint8)
             if a.ndim == 2:

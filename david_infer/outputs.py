@@ -145,11 +145,18 @@ def save_npy(path: Union[str, Path], array: np.ndarray, overwrite: bool = False)
 
 
 def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
-    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0)."""
-    d = np.asarray(depth, dtype=np.float64)
-    finite = np.isfinite(d)
-    if not finite.any():
+    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0). Works band
+    by band: the only image-sized array made is the result."""
+    from ._arrays import fill_by_rows, finite_range
+
+    d = np.asarray(depth)
+    span = finite_range(d)
+    if span is None or span[1] <= span[0]:
         return np.zeros(d.shape, np.uint16)
-    lo, hi = d[finite].min(), d[finite].max()
-    t = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
-    return np.rint(np.where(finite, t, 0.0) * 65535.0).astype(np.uint16)
+    lo, scale = span[0], 65535.0 / (span[1] - span[0])
+
+    def band(rows: slice) -> np.ndarray:
+        t = (d[rows].astype(np.float64) - lo) * scale  # float64 per band: exact at 16 bits
+        return np.rint(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.uint16)
+
+    return fill_by_rows(np.empty(d.shape, np.uint16), band)

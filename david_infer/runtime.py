@@ -25,7 +25,7 @@ import numpy as np
 from .backends import get_backend, model_suffixes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
-from .errors import BackendUnavailable, InputError, ModelError
+from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
 from .manifest import check_sha256, manifest_path
 from .postprocess import PostOptions, postprocess
@@ -93,6 +93,10 @@ class DavidRuntime:
         max_image_pixels: largest image accepted, width x height (default 100 megapixels,
             david_infer.inputs.MAX_IMAGE_PIXELS; None = no limit of ours). Files are checked from
             their header before decoding, so a decompression bomb is refused without allocating.
+        allow_nonfinite: pass NaN and infinity in the model's outputs through. By default every
+            output batch is checked (one sum per map) and an input whose output is not finite
+            raises NonFiniteOutput (a ModelError naming the task, the input and the share of bad
+            values); in `imap` that input yields the error and the others go on.
         backend_options: the backend's typed options (e.g. for onnxruntime: providers,
             cuda_options, intra_op_threads, cache_dir); also accepted as keyword arguments.
             A name the backend does not know is an InputError listing the valid ones.
@@ -115,6 +119,7 @@ class DavidRuntime:
         threads: Optional[int] = None,
         verify: bool = True,
         max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+        allow_nonfinite: bool = False,
         backend_options: Optional[Mapping[str, Any]] = None,
         **options: Any,
     ) -> None:
@@ -122,6 +127,9 @@ class DavidRuntime:
         self._pool: Optional[ThreadPoolExecutor] = None
         self.channel_order = check_channel_order(channel_order)
         self.max_image_pixels = check_max_pixels(max_image_pixels)
+        if not isinstance(allow_nonfinite, bool):
+            raise InputError(f"allow_nonfinite must be True or False, got {allow_nonfinite!r}")
+        self.allow_nonfinite = allow_nonfinite
         _positive_int("batch_size", batch_size)
         _positive_int("threads", threads, allow_none=True)
         post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
@@ -235,7 +243,7 @@ class DavidRuntime:
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
         decoded, prepared = self.preprocess(image)
-        outputs = self.infer([prepared])[0]
+        outputs = _raise_first(self._infer_outcomes([prepared], [decoded.name]))[0]
         return self.postprocess(decoded, prepared, outputs)
 
     def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
@@ -324,19 +332,25 @@ class DavidRuntime:
         return decoded, prepared
 
     def infer(self, prepared: Sequence[Prepared]) -> List[Dict[str, np.ndarray]]:
-        """Run the backend on prepared images (batched where sizes agree); per image task -> (C, R, R)."""
-        results: List[Dict[str, np.ndarray]] = []
+        """Run the backend on prepared images (batched where sizes agree); per image task -> (C, R, R).
+        NonFiniteOutput for the first image whose outputs are not finite (unless allow_nonfinite)."""
+        return _raise_first(self._infer_outcomes(prepared, [f"images[{i}]" for i in range(len(prepared))]))
+
+    def _infer_outcomes(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+        """`infer`, with a NonFiniteOutput in place of each image whose outputs are not finite."""
+        results: List[Union[Dict[str, np.ndarray], Exception]] = []
         start = 0
         while start < len(prepared):
             side = prepared[start].image.shape[-1]
             stop = start
             while stop < len(prepared) and prepared[stop].image.shape[-1] == side:
                 stop += 1
-            results.extend(self._infer_same_size(prepared[start:stop]))
+            results.extend(self._infer_same_size(prepared[start:stop], names[start:stop]))
             start = stop
         return results
 
-    def _infer_same_size(self, prepared: Sequence[Prepared]) -> List[Dict[str, np.ndarray]]:
+    def _infer_same_size(self, prepared: Sequence[Prepared],
+                         input_names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
         contract = self.contract
         if self.runner is None:
             raise ModelError(f"{self.path}: the runtime is closed")
@@ -356,7 +370,13 @@ class DavidRuntime:
                 raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, "
                                  f"expected {(n, channels, side, side)}")
             per_task[task] = value
-        return [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
+        outputs = [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
+        if self.allow_nonfinite:
+            return list(outputs)
+        # one float64 sum per map of the batch: finite iff every value is (float32 values cannot
+        # overflow a float64 sum); per-image counts only for a batch that fails
+        bad = [task for task, value in per_task.items() if not np.isfinite(value.sum(dtype=np.float64))]
+        return [_nonfinite(out, name, bad) for out, name in zip(outputs, input_names)] if bad else list(outputs)
 
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
@@ -384,6 +404,28 @@ class DavidRuntime:
         res = self.resolution or "image size"
         return (f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
                 f"resolution={res}, pipeline={self.pipeline!r})")
+
+
+def _nonfinite(outputs: Dict[str, np.ndarray], name: str,
+               tasks: Sequence[str]) -> Union[Dict[str, np.ndarray], NonFiniteOutput]:
+    """`outputs`, or a NonFiniteOutput for the first of `tasks` whose map is not finite."""
+    for task in tasks:
+        finite = np.isfinite(outputs[task])
+        if not finite.all():
+            share = 1.0 - float(finite.mean())
+            return NonFiniteOutput(
+                f"{name}: the model's {task} output is not finite (NaN or infinity) in {share:.1%} of its "
+                f"values; the model file or engine is broken (a bad export, an FP16 overflow). "
+                f"DavidRuntime(allow_nonfinite=True) passes such values through.",
+                task=task, input=name, share=share)
+    return outputs
+
+
+def _raise_first(outcomes: List[Union[Dict[str, np.ndarray], Exception]]) -> List[Dict[str, np.ndarray]]:
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
 
 
 class _Slot:
@@ -445,9 +487,11 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     item = next(inputs)
                 except StopIteration:
                     break
-                name = str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]"
                 try:
-                    staged: Any = self._rt.preprocess(load(item) if load else item, name=name)
+                    image = load(item) if load else item
+                    name = str(image) if isinstance(image, (str, os.PathLike)) else (
+                        str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
+                    staged: Any = self._rt.preprocess(image, name=name)
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
                 index += 1
@@ -507,13 +551,17 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         try:
-            outputs = self._rt.infer([prepared for _, _, prepared in batch])
+            outputs = self._rt._infer_outcomes([prepared for _, _, prepared in batch],
+                                               [decoded.name for _, decoded, _ in batch])
         except Exception as exc:
             for slot, _, _ in batch:
                 slot.error = exc
             return
         for (slot, decoded, prepared), out in zip(batch, outputs):
-            slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
+            if isinstance(out, Exception):
+                slot.error = out
+            else:
+                slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
 
     def close(self) -> None:
         """Stop the reader and the workers (idempotent); called at the end and on early exit."""

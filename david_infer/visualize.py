@@ -6,7 +6,9 @@
 - `normals_to_rgb`: (n + 1) / 2 * 255 with x -> red, y -> green, z -> blue, in the package's camera
   frame (x right, y up, z toward the camera; see `david_infer.apps`).
 - `overlay_mask`: the soft mask tinted over the photo.
-- `panel`: a labelled side-by-side picture of whatever a prediction holds.
+- `panel`: a labelled side-by-side picture of whatever a prediction holds, at most
+  `MAX_PANEL_SIDE` (2048) pixels on its longer side: bigger images are box-averaged down before
+  anything is drawn, so a 100-megapixel photo costs a panel of a few megapixels, not gigabytes.
 
 Colour maps are 256-entry tables computed from published polynomial fits: viridis (Matt Zucker's
 degree-6 fit of matplotlib's viridis, CC0) and turbo (Google's degree-5 fit by Anton Mikhailov and
@@ -19,7 +21,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._arrays import as_alpha, as_image, as_map, as_normals, blend
+from ._arrays import BAND_PIXELS, as_alpha, as_image, as_map, as_normals, blend, fill_by_rows
 from .errors import InputError
 
 # Polynomial coefficients, lowest power first; rows are powers, columns R, G, B (values in [0, 1]).
@@ -43,6 +45,8 @@ _TURBO = (
 _COEFFS = {"viridis": _VIRIDIS, "turbo": _TURBO}
 COLORMAPS: Tuple[str, ...] = tuple(_COEFFS)
 BACKGROUND = (0, 0, 0)
+#: the longest side of a `panel` (label strip included); None passed as max_side = no cap
+MAX_PANEL_SIDE = 2048
 MASK_COLOR = (0, 220, 90)
 
 
@@ -105,12 +109,14 @@ def normals_to_rgb(
     Components are clipped to [-1, 1], not renormalised. With a `mask` the picture fades to
     `background` outside it.
     """
-    n = np.clip(np.nan_to_num(as_normals(normal)), -1.0, 1.0)
-    rgb = (n + 1.0) * 0.5 * 255.0
-    alpha = as_alpha(mask, n.shape[:2], "mask")
-    if alpha is None:
-        return np.rint(rgb).astype(np.uint8)
-    return blend(rgb, background, alpha)
+    normals = as_normals(normal)
+    alpha = as_alpha(mask, normals.shape[:2], "mask")
+
+    def band(rows: slice) -> np.ndarray:  # band by band: no full-size float temporaries
+        rgb = (np.clip(np.nan_to_num(normals[rows]), -1.0, 1.0) + 1.0) * np.float32(0.5 * 255.0)
+        return np.rint(rgb).astype(np.uint8) if alpha is None else blend(rgb, background, alpha[rows])
+
+    return fill_by_rows(np.empty(normals.shape, np.uint8), band)
 
 
 def overlay_mask(
@@ -126,8 +132,8 @@ def overlay_mask(
 
 
 def panel(prediction: Any, labels: bool = True, cmap: str = "viridis",
-          inverse_depth: Optional[bool] = None) -> np.ndarray:
-    """A side-by-side (H [+ label strip], n * W, 3) uint8 picture of a prediction.
+          inverse_depth: Optional[bool] = None, max_side: Optional[int] = MAX_PANEL_SIDE) -> np.ndarray:
+    """A side-by-side (h [+ label strip], n * w, 3) uint8 picture of a prediction.
 
     `prediction` is any object with the attributes `image` ((H, W, 3) uint8 RGB) and `depth`,
     `normal`, `foreground` (each None when the model has no such task), like
@@ -139,7 +145,13 @@ def panel(prediction: Any, labels: bool = True, cmap: str = "viridis",
     Depth is drawn nearer-is-brighter. Which way the prediction's depth runs comes from
     `inverse_depth`, else from an optional attribute `prediction.depth_inverse`, else it is taken
     as inverse (larger = nearer), the runtime's default (`DavidRuntime(invert_depth=True)`).
+
+    Tiles are the image's size (h, w = H, W) unless the panel would be longer than `max_side`
+    pixels on a side (default MAX_PANEL_SIDE; None = no cap): then every map is box-averaged by the
+    smallest integer factor that fits, before any drawing.
     """
+    if max_side is not None:
+        prediction = _fit_panel(prediction, max_side, labels)
     tiles = panel_tiles(prediction, cmap, inverse_depth)
     strip = np.concatenate([tile for _, tile in tiles], axis=1)
     if not labels:
@@ -172,6 +184,58 @@ def panel_tiles(prediction: Any, cmap: str = "viridis",
     if alpha is not None:
         tiles.append(("foreground", overlay_mask(image, alpha)))
     return tiles
+
+
+class _Reduced:
+    """A prediction's maps box-averaged by an integer factor (what `panel` draws when capped)."""
+
+    def __init__(self, prediction: Any, factor: int) -> None:
+        self.image = box_reduce(as_image(prediction.image, "prediction.image"), factor)
+        for name in ("depth", "normal", "foreground"):
+            value = getattr(prediction, name, None)
+            setattr(self, name, None if value is None else box_reduce(np.asarray(value), factor))
+        self.depth_inverse = getattr(prediction, "depth_inverse", True)
+
+
+def _fit_panel(prediction: Any, max_side: int, labels: bool) -> Any:
+    """`prediction`, or its maps reduced so that the panel's longer side is at most `max_side`."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64:
+        raise InputError(f"max_side must be None or an integer >= 64, got {max_side!r}")
+    image = getattr(prediction, "image", None)
+    if image is None:
+        return prediction  # panel_tiles says what is missing
+    h, w = np.shape(image)[:2]
+    count = 1 + sum(getattr(prediction, n, None) is not None for n in ("depth", "normal"))
+    count += getattr(prediction, "foreground", None) is not None
+    factor = 1
+    while True:
+        th, tw = -(-h // factor), -(-w // factor)
+        if max(count * tw, th + (label_height(tw) if labels else 0)) <= max_side:
+            break
+        factor += 1
+    return prediction if factor == 1 else _Reduced(prediction, factor)
+
+
+def box_reduce(array: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W[, C]) -> (ceil(H / f), ceil(W / f)[, C]): the mean of each f x f block (edge blocks
+    smaller), band by band in float32; uint8 stays uint8 (rounded). NaN in a block gives NaN."""
+    a = np.asarray(array)
+    if factor == 1:
+        return a
+    h, w = a.shape[:2]
+    cols = np.arange(0, w, factor)
+    col_counts = np.diff(np.append(cols, w)).astype(np.float32)
+    out = np.empty((-(-h // factor), len(cols)) + a.shape[2:], np.float32)
+    step = factor * max(1, BAND_PIXELS // (factor * max(1, w)))  # input rows per band
+    for top in range(0, h, step):
+        band = a[top:top + step].astype(np.float32)
+        rows = np.arange(0, band.shape[0], factor)
+        sums = np.add.reduceat(np.add.reduceat(band, rows, axis=0), cols, axis=1)
+        counts = np.outer(np.diff(np.append(rows, band.shape[0])), col_counts)
+        out[top // factor: top // factor + len(rows)] = sums / counts.reshape(counts.shape + (1,) * (a.ndim - 2))
+    if a.dtype == np.uint8:
+        return np.rint(out).astype(np.uint8)
+    return out
 
 
 def label_height(width: int) -> int:

@@ -177,7 +177,13 @@ def _steps(pred: Any, kinds: Sequence[str], opts: WriteOptions) -> List[Tuple[st
 
 
 def _alpha(foreground: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(foreground, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """The mask as 8-bit alpha, band by band (no full-size float temporaries)."""
+    from ._arrays import fill_by_rows
+
+    def band(rows: slice) -> np.ndarray:
+        return np.rint(np.clip(foreground[rows], 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+    return fill_by_rows(np.empty(foreground.shape, np.uint8), band)
 
 
 def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
@@ -187,9 +193,8 @@ def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
     mask = pred.foreground
     if mask is not None and not (mask >= 0.5).any():
         mask = None
-    points, colors = apps.point_cloud(pred.image, pred.depth, mask, fov_deg=opts.fov,
-                                      depth_range=opts.depth_range, invert=opts.depth_inverse)
-    apps.write_ply(path, points, colors)
+    apps.stream_point_cloud(path, pred.image, pred.depth, mask, fov_deg=opts.fov,
+                            depth_range=opts.depth_range, invert=opts.depth_inverse)
 
 
 def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],

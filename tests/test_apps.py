@@ -228,3 +228,19 @@ def test_point_cloud_z_inside_the_range(depth: np.ndarray, near: float, extent: 
     # every point lies on its pixel's ray: x / -z is the same for every row of a column
     ratio = (pts[:, 0] / -pts[:, 2]).reshape(4, 5)
     np.testing.assert_allclose(ratio, np.broadcast_to(ratio[0], (4, 5)), rtol=1e-4, atol=1e-6)
+
+
+def test_streamed_point_cloud_equals_point_cloud_written(tmp_path) -> None:
+    """The band-by-band PLY (what `predict` writes) holds exactly the points of point_cloud."""
+    rng = np.random.default_rng(7)
+    h, w = 700, 500  # several bands
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    depth = rng.random((h, w)).astype(np.float32)
+    depth[::13, ::7] = np.nan
+    fg = rng.random((h, w)).astype(np.float32)
+    pts, cols = apps.point_cloud(img, depth, fg, fov_deg=50.0, depth_range=(1.5, 3.0), invert=True)
+    apps.write_ply(tmp_path / "whole.ply", pts, cols)
+    count = apps.stream_point_cloud(tmp_path / "streamed.ply", img, depth, fg, fov_deg=50.0,
+                                    depth_range=(1.5, 3.0), invert=True)
+    assert count == len(pts) > 0
+    assert (tmp_path / "streamed.ply").read_bytes() == (tmp_path / "whole.ply").read_bytes()

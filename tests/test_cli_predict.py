@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.outputs import inside, output_bases, path_hash
+from david_infer.outputs import inside
+from david_infer.writer import RECORD_SUFFIX, output_name
 
 RES = "64"
 ALL = "depth,normal,foreground,vis,ply"
@@ -39,7 +40,8 @@ def predict(*args: str) -> int:
 
 
 def _files(folder: Path) -> List[str]:
-    return sorted(p.name for p in folder.iterdir())
+    """The result files in `folder` (completion records left out)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(RECORD_SUFFIX))
 
 
 def test_folder_writes_every_requested_file(tiny_multitask_onnx: Path, tiny_runtime, folder: Path,
@@ -96,17 +98,17 @@ def test_failing_inputs_summarised_and_others_written(tiny_multitask_onnx: Path,
     assert _files(out) == ["astronaut.depth.npy", "astronaut.depth.png", "crop.depth.npy", "crop.depth.png"]
 
 
-def test_existing_output_needs_overwrite(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_changed_output_needs_overwrite(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     args = [str(folder / "crop.png"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth"]
     assert predict(*args) == 0
     target = out / "crop.depth.npy"
-    target.write_bytes(b"sentinel")
+    target.write_bytes(b"sentinel")  # changed after the run: not ours to replace unasked
     capsys.readouterr()
     assert predict(*args) == 1
     err = capsys.readouterr().err
-    assert str(out / "crop.depth.png") in err and "--overwrite" in err
+    assert str(target) in err and "completion record" in err and "--overwrite" in err
     assert target.read_bytes() == b"sentinel"
     assert predict(*args, "--overwrite") == 0
     assert np.load(target).shape == (200, 320)
@@ -129,11 +131,11 @@ def test_output_names_never_escape(tiny_multitask_onnx: Path, folder: Path, tmp_
 
 
 @pytest.mark.parametrize("name, base", [
-    ("../x.jpg", "x"), ("/abs/dir/y.png", "y"), ("..", "image"), ("../../.hidden.jpg", "hidden"),
+    ("../x.jpg", "x"), ("/abs/dir/y.png", "y"), ("...", "image"), ("../../.hidden.jpg", "hidden"),
     ("a b?*.jpg", "a_b__"), ("..\\..\\evil.png", "_.._evil"), ("con|sole.jpg", "con_sole"), ("ünï.png", "_n_"),
 ])
 def test_safe_base_names(name: str, base: str) -> None:
-    got = output_bases([name])[0]
+    got = output_name(name)
     assert got == base
     assert "/" not in got and "\\" not in got and not got.startswith(".")
 
@@ -144,23 +146,42 @@ def test_inside_refuses_escaping_names(tmp_path: Path) -> None:
     for bad in ("../x.png", "/etc/passwd", "..", "a/b.png", ""):
         with pytest.raises(InputError, match="would leave"):
             inside(tmp_path, bad)
-    assert inside(tmp_path, output_bases(["../x.png"])[0] + ".ply") == tmp_path / "x.ply"
+    assert inside(tmp_path, output_name("../x.png") + ".ply") == tmp_path / "x.ply"
 
 
-def test_duplicate_stems_get_distinct_stable_names(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path) -> None:
+def test_output_name_does_not_depend_on_the_other_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
     Image.open(folder / "crop.png").save(a / "x.png")
     Image.open(folder / "crop.png").convert("RGB").save(b / "x.jpg")
-    Image.open(folder / "crop.png").save(b / "X.png")  # differs only by case: still a collision
-    inputs = [a / "x.png", b / "x.jpg", b / "X.png"]
-    bases = output_bases(inputs)
-    assert bases == [f"x-{path_hash(inputs[0])}", f"x-{path_hash(inputs[1])}", f"X-{path_hash(inputs[2])}"]
-    assert output_bases(inputs[::-1]) == bases[::-1]  # independent of order
-    out = tmp_path / "out"
-    assert predict(str(a), str(b), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 0
-    assert _files(out) == sorted(f"{base}.depth.{ext}" for base in bases for ext in ("npy", "png"))
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    assert predict(str(a / "x.png"), "-m", str(tiny_multitask_onnx), "-o", str(alone), "--save", "depth") == 0
+    assert _files(alone) == ["x.depth.npy", "x.depth.png"]
+    capsys.readouterr()
+    # next to a clashing name: the first keeps the same name, the clash is a failure naming both
+    rc = predict(str(a / "x.png"), str(b / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(together),
+                 "--save", "depth")
+    assert rc == 1
+    assert _files(together) == ["x.depth.npy", "x.depth.png"]
+    np.testing.assert_array_equal(np.load(together / "x.depth.npy"), np.load(alone / "x.depth.npy"))
+    err = capsys.readouterr().err
+    assert f"{b / 'x.jpg'}: its output name 'x' is also that of {a / 'x.png'}" in err
+    # given as a folder tree with --recursive, subfolders keep the names apart
+    tree = tmp_path / "tree"
+    assert predict(str(tmp_path / "a"), str(tmp_path / "b"), "-m", str(tiny_multitask_onnx), "-o", str(tree),
+                   "--save", "depth") == 1  # two roots, one name: still a clash, never renamed
+    capsys.readouterr()
+    nested = tmp_path / "nested"
+    root = tmp_path / "root"
+    root.mkdir()
+    a.rename(root / "a")
+    b.rename(root / "b")
+    assert predict(str(root), "--recursive", "-m", str(tiny_multitask_onnx), "-o", str(nested), "--save",
+                   "depth") == 0
+    assert _files(nested / "a") == ["x.depth.npy", "x.depth.png"] and _files(nested / "b") == _files(nested / "a")
+    np.testing.assert_array_equal(np.load(nested / "a" / "x.depth.npy"), np.load(alone / "x.depth.npy"))
 
 
 def test_glob_and_recursive_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
@@ -174,8 +195,8 @@ def test_glob_and_recursive_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_
     args = [str(folder), "-m", str(tiny_multitask_onnx), "-o", str(out2), "--save", "foreground"]
     assert predict(*args) == 0
     assert "inner.foreground.png" not in _files(out2)
-    assert predict(*args, "--recursive", "--overwrite") == 0
-    assert "inner.foreground.png" in _files(out2) and "crop.foreground.foreground.png" not in _files(out2)
+    assert predict(*args, "--recursive") == 0  # the complete ones skipped, the new one written
+    assert "inner.foreground.png" in _files(out2 / "sub") and "crop.foreground.foreground.png" not in _files(out2)
     capsys.readouterr()
     assert predict(str(folder / "*.tiff"), "-m", str(tiny_multitask_onnx), "-o", str(out)) == 1
     assert "matched no file" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def test_cli_frames_max_side_and_rerun_skips_complete_clips(clips: dict, tiny_mu
     before = depth.stat().st_mtime_ns
     capsys.readouterr()
     assert predict(*args) == 0
-    assert "outputs complete, skipped" in capsys.readouterr().err
+    assert "1 skipped (already complete)" in capsys.readouterr().out
     assert depth.stat().st_mtime_ns == before
     # other options make another set: not silently replaced
     assert predict(*args[:-2], "--max-side", "20") == 1

@@ -169,3 +169,23 @@ def test_panel_empty_mask_does_not_black_out_depth_and_normals() -> None:
     assert np.array_equal(out[:, W:2 * W], visualize.colorize_depth(pred.depth, None, inverse=True))
     assert np.array_equal(out[:, 2 * W:3 * W], visualize.normals_to_rgb(pred.normal, None))
     assert out[:, W:3 * W].std() > 10  # not a flat background
+
+
+def test_panel_of_a_big_image_is_capped_and_box_averaged() -> None:
+    h, w = 1700, 1300  # 4 tiles: 5200 pixels wide uncapped
+    rng = np.random.default_rng(2)
+    normal = rng.normal(size=(h, w, 3)).astype(np.float32)
+    pred = SimpleNamespace(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                           depth=rng.random((h, w), dtype=np.float32), normal=normal,
+                           foreground=rng.random((h, w), dtype=np.float32))
+    out = visualize.panel(pred, labels=False)
+    assert max(out.shape[:2]) <= visualize.MAX_PANEL_SIDE
+    factor = 3  # the smallest that fits: 4 * ceil(1300 / 3) = 1736 <= 2048 < 4 * 650
+    tile_h, tile_w = -(-h // factor), -(-w // factor)
+    assert out.shape == (tile_h, 4 * tile_w, 3)
+    reduced = visualize.box_reduce(pred.image, factor)
+    np.testing.assert_array_equal(out[:, :tile_w], reduced)
+    block = pred.image[3:6, 3:6].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    assert np.abs(reduced[1, 1] - block).max() <= 0.5
+    assert max(visualize.panel(pred).shape[:2]) <= visualize.MAX_PANEL_SIDE  # with labels too
+    assert visualize.panel(pred, labels=False, max_side=None).shape[1] == 4 * w

@@ -153,10 +153,14 @@ class ClipOutputs:
 
     def __init__(self, info: Any, outdir: Path, name: str, opts: ClipOptions, tasks: Sequence[str]) -> None:
         from .. import video
-        from ..writer import planned_files, temporary_for
+        from ..writer import planned_files, record_path, temporary_for
 
         self.info, self.opts, self.tasks = info, opts, tuple(tasks)
         self.targets = dict(zip(opts.kinds, planned_files(outdir, name, opts.kinds, VIDEO_SAVE_FILES)))
+        try:  # names may hold subfolders (inputs found by --recursive)
+            record_path(outdir, name).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the folder {record_path(outdir, name).parent}: {exc}") from None
         self.size = info.output_size(opts.max_side)  # as stored
         turned = info.quarter_turns % 2
         self.display = self.size[::-1] if turned else self.size
@@ -353,8 +357,9 @@ def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOpt
 
 
 def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, args: argparse.Namespace,
-               kinds: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Tuple[int, List[Tuple[str, str]]]:
-    """Every clip of `jobs` ((path, name)); returns (how many written or already complete, failures)."""
+               kinds: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Tuple[int, int, List[Tuple[str, str]]]:
+    """Every clip of `jobs` ((path, name)); returns (how many written, how many skipped as already
+    complete, failures). `extra` (the model and runtime settings) goes into each completion record."""
     from .. import video, writer
 
     chosen = video_kinds(kinds, runtime.tasks)
@@ -368,12 +373,11 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
             ready.append((path, name, video.probe(path)))
         except DavidError as exc:
             failures.append((str(path), _without(str(exc), str(path))))
-    succeeded = 0
+    succeeded = skipped = 0
     for path, name, info in ready:
         state = writer.status(outdir, name, chosen, record_options, files=VIDEO_SAVE_FILES)
         if state.state is writer.SetState.DONE and not args.overwrite:
-            print(f"{path}: outputs complete, skipped", file=sys.stderr)
-            succeeded += 1
+            skipped += 1
             continue
         if state.state is writer.SetState.CHANGED and not args.overwrite:
             failures.append((str(path), f"its outputs exist ({state.reason}); pass --overwrite to replace them"))
@@ -392,7 +396,7 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
             failures.append((str(path), f"{_without(stopped, str(path))}; the {count} frames decoded were written"))
         else:
             succeeded += 1
-    return succeeded, failures
+    return succeeded, skipped, failures
 
 
 def _without(text: str, name: str) -> str:

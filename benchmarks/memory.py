@@ -1,0 +1,125 @@
+"""Peak resident memory of the default `david-infer predict` run against image size.
+
+For each size (default 1, 12, 50 and 100 megapixels, square) a PNG is made (a smooth gradient
+with a few shapes; content does not change the decoded size), then `david-infer predict IMAGE -m
+MODEL -o OUT --no-progress` runs in a fresh child process with the default options (every map the
+model has, plus vis; resolution 512) and its peak RSS is read from the kernel (`os.wait4`
+rusage, ru_maxrss). A 64x64 image gives the baseline: interpreter, libraries and the model.
+Reported per size: peak RSS, peak minus baseline, and that per input pixel (the goal: under 40
+bytes per pixel). Exit status 1 if a run failed or a size went over --max-bytes-per-pixel.
+
+    python benchmarks/memory.py [--megapixels 1 12 50 100] [--model M] [--json out.json]
+
+The model defaults to the tiny multi-task model (random weights), exported to a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_png(path: Path, side: int) -> None:
+    """A side x side RGB PNG: a gradient with a disc (row by row, so this process stays small)."""
+    y = np.arange(side, dtype=np.float32)[:, None]
+    x = np.arange(side, dtype=np.float32)[None, :]
+    image = np.empty((side, side, 3), np.uint8)
+    step = max(1, (64 << 20) // (side * 12))  # about 64 MB of float32 temporaries per block
+    for top in range(0, side, step):
+        yy = y[top:top + step]
+        disc = ((x - side / 2) ** 2 + (yy - side / 2) ** 2) < (side / 4) ** 2
+        image[top:top + step, :, 0] = (255 * x / side).astype(np.uint8)
+        image[top:top + step, :, 1] = (255 * yy / side).astype(np.uint8)
+        image[top:top + step, :, 2] = np.where(disc, 220, 40).astype(np.uint8)
+    Image.fromarray(image).save(path, compress_level=1)
+
+
+def peak_rss(command: List[str], timeout: float) -> Dict[str, Any]:
+    """Run `command`; its exit status, wall time and peak RSS in MB (from the kernel)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = start + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()  # type: ignore[union-attr]
+    return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
+            "peak_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out[-500:], "stderr": err[-2000:]}
+
+
+def measure(model: Path, folder: Path, megapixels: List[float], timeout: float) -> Dict[str, Any]:
+    cli = [sys.executable, "-m", "david_infer", "predict", "-m", str(model), "--no-progress"]
+    rows = []
+    for mp in [None] + megapixels:
+        side = 64 if mp is None else int(round(math.sqrt(mp * 1e6)))
+        image = folder / f"image-{side}.png"
+        make_png(image, side)
+        run = peak_rss(cli + [str(image), "-o", str(folder / f"out-{side}")], timeout)
+        image.unlink()
+        rows.append({"megapixels": round(side * side / 1e6, 2), "side": side, **run})
+        print(f"{side}x{side}: rc {run['rc']}, {run['wall_s']} s, peak {run['peak_mb']} MB", file=sys.stderr)
+    base = rows[0]["peak_mb"]
+    for row in rows:
+        row["above_baseline_mb"] = round(row["peak_mb"] - base, 1)
+        row["bytes_per_pixel"] = round((row["peak_mb"] - base) * 2**20 / (row["side"] ** 2), 1)
+    return {"model": str(model), "baseline_mb": base, "rows": rows, "cpu_count": os.cpu_count()}
+
+
+def print_table(report: Dict[str, Any]) -> None:
+    print(f"baseline (64x64 image): {report['baseline_mb']} MB")
+    print("| image | megapixels | wall | peak RSS | above baseline | per input pixel |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in report["rows"][1:]:
+        status = "" if row["rc"] == 0 else f" (exit {row['rc']})"
+        print(f"| {row['side']}x{row['side']} | {row['megapixels']} | {row['wall_s']} s | {row['peak_mb']} MB{status} "
+              f"| {row['above_baseline_mb']} MB | {row['bytes_per_pixel']} B |")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model file (default: the tiny multi-task model, exported now)")
+    p.add_argument("--megapixels", type=float, nargs="+", default=[1, 12, 50, 100])
+    p.add_argument("--max-bytes-per-pixel", type=float, default=40.0)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    p.add_argument("--json", help="also write the JSON report to this file")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else None
+        if model is None:
+            sys.path.insert(0, str(ROOT))
+            from export import export_onnx
+
+            model = Path(tmp, "tiny-multitask.onnx")
+            export_onnx("tiny", "multitask", model, seed=0)
+        report = measure(model, Path(tmp), args.megapixels, args.timeout)
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    failed = [r for r in report["rows"] if r["rc"] != 0 or r["bytes_per_pixel"] >= args.max_bytes_per_pixel]
+    for row in failed:
+        print(f"{row['side']}x{row['side']}: exit {row['rc']}, {row['bytes_per_pixel']} B/pixel\n{row['stderr']}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""`david-infer predict` runs that are interrupted, rerun, misconfigured or given odd inputs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from david_infer.cli import main
+from david_infer.writer import RECORD_SUFFIX, TEMP_SUFFIX, is_complete, planned_files
+
+RES = "64"
+KINDS = ["depth", "foreground", "vis"]
+
+
+def predict(*args: str) -> int:
+    return main(["predict", *args, "--resolution", RES, "--no-progress"])
+
+
+def _images(folder: Path, count: int, size: int = 48) -> List[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size + i, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _hidden(folder: Path) -> List[Path]:
+    return [p for p in folder.rglob(".*")]
+
+
+def test_rerun_skips_complete_and_redoes_unfinished(tiny_multitask_onnx: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    paths = _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ",".join(KINDS)]
+    assert predict(*args) == 0
+    reference = {p.name: p.read_bytes() for p in out.iterdir()}
+    # what a kill leaves: img01 without its record and one file, a stale temporary
+    (out / f"img01{RECORD_SUFFIX}").unlink()
+    (out / "img01.vis.png").unlink()
+    (out / "img01.depth.npy").write_bytes(b"half")
+    stale = out / f".img01.depth.png.k1ll3d{TEMP_SUFFIX}"
+    stale.write_bytes(b"partial")
+    capsys.readouterr()
+    assert predict(*args) == 0  # the old code: "already exists" failures, exit 1
+    summary = capsys.readouterr().out
+    assert "1 of 3 input(s) written" in summary and "2 skipped (already complete)" in summary
+    assert not stale.exists() and not _hidden(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+    assert all(is_complete(out, p.stem, KINDS, verify=True) for p in paths)
+    # --overwrite redoes everything
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    time.sleep(0.01)
+    assert predict(*args, "--overwrite") == 0
+    assert all(p.stat().st_mtime_ns > mtime for p, mtime in before.items())
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    paths = _images(tmp_path / "in", 24, size=160)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "david_infer", "predict", str(tmp_path / "in"), "-m", str(tiny_multitask_onnx),
+           "-o", str(out), "--resolution", RES, "--no-progress", "--save", "depth,normal,foreground,vis,ply"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started = _wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 2, timeout=60)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert started, "the run wrote nothing within 60 s"
+    kinds = ["depth", "normal", "foreground", "vis", "ply"]
+    complete = [p for p in paths if is_complete(out, p.stem, kinds, verify=True)]
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130, err.decode()
+        assert b"interrupted" in err
+        assert not _hidden(out)  # handled like Ctrl-C: no temporaries
+        for p in paths:  # every input has all of its files or none of them
+            present = [f.exists() for f in planned_files(out, p.stem, kinds)]
+            assert all(present) == (p in complete) and (any(present) == all(present)), p
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert 2 <= len(complete) < len(paths), "kill the run midway"
+    rc = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr.decode()
+    assert f"{len(paths) - len(complete)} of {len(paths)} input(s) written".encode() in rc.stdout
+    assert all(is_complete(out, p.stem, kinds, verify=True) for p in paths)
+    assert not _hidden(out)
+
+
+def test_impossible_options_fail_before_the_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = _images(tmp_path / "in", 1)[0]
+    out = tmp_path / "out"
+    missing_model = str(tmp_path / "no-such-model.onnx")  # loading it would fail: the option error comes first
+    for extra, message in ((["--fov", "500"], "--fov must be between 0 and 180"),
+                           (["--near", "3", "--far", "1"], "0 < near < far"),
+                           (["--near", "nan"], "0 < near < far"),
+                           (["--save", "depth,dpeth"], "unknown kind(s) dpeth")):
+        assert predict(str(image), "-m", missing_model, "-o", str(out), *extra) == 1
+        err = capsys.readouterr().err
+        assert message in err and "no-such-model" not in err
+    assert not out.exists()
+
+
+def test_unwritable_output_folder_fails_before_the_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = _images(tmp_path / "in", 1)[0]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    missing_model = str(tmp_path / "no-such-model.onnx")
+    for outdir in (blocker, blocker / "out"):
+        assert predict(str(image), "-m", missing_model, "-o", str(outdir)) == 1
+        err = capsys.readouterr().err
+        assert f"cannot use {outdir} as the output folder" in err and "not a folder" in err
+    if os.geteuid() != 0:  # root writes anywhere: a read-only folder stops only other users
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert predict(str(image), "-m", missing_model, "-o", str(locked / "out")) == 1
+        assert "cannot write in the output folder" in capsys.readouterr().err
+
+
+def test_rejected_model_creates_no_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = _images(tmp_path / "in", 1)[0]
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    out = tmp_path / "deep" / "out"
+    assert predict(str(image), "-m", str(bad), "-o", str(out)) == 1
+    assert "bad.onnx" in capsys.readouterr().err
+    assert not (tmp_path / "deep").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "in"]  # the probe file is gone too
+
+
+def test_dangling_links_and_duplicate_names_are_reported(tiny_multitask_onnx: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "in"
+    first, second = _images(folder, 2)
+    (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")
+    (folder / "alias.png").symlink_to(first)  # a second name for img00
+    out = tmp_path / "out"
+    rc = predict(str(folder), str(second), str(folder / "*.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out),
+                 "--save", "depth")
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert f"warning: {folder / 'gone.jpg'}: a symbolic link to a missing file" in captured.err
+    assert captured.err.count("a symbolic link to a missing file") == 2  # from the folder and from the glob
+    assert f"warning: {first}: the same file as {folder / 'alias.png'}; written once" in captured.err
+    assert f"warning: {second}: the same file as {second}; written once" in captured.err
+    assert "2 of 2 input(s) written" in captured.out
+    assert "2 dangling link(s) skipped, 2 duplicate name(s) of one file" in captured.out
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".npy") == ["alias.depth.npy", "img01.depth.npy"]
