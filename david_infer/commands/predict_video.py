@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import queue
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -336,6 +338,45 @@ class ClipOutputs:
         self._drop_spool()
 
 
+class _Background:
+    """Runs `work(*item)` in one thread behind a bounded queue, so rendering and encoding overlap
+    the model call (and decoding, in imap's reader thread). The first error is raised by the next
+    `put` or by `close`."""
+
+    _DONE = object()
+
+    def __init__(self, work: Any, depth: int) -> None:
+        self._work, self._error, self._cancelled = work, None, False
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
+        self._thread = threading.Thread(target=self._run, name="david-video-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is None and not self._cancelled:
+                try:
+                    self._work(*item)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def put(self, *item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the queued work (skipped when `cancel`), then raise its error if any."""
+        self._cancelled = self._cancelled or cancel
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+        if self._error is not None and not cancel:
+            raise self._error
+
+
 def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions,
                  record_options: Any) -> Tuple[int, Optional[str]]:
     """Predict and write one clip; returns (frames written, why decoding stopped early or None)."""
@@ -343,14 +384,17 @@ def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOpt
     from ..writer import commit_set
 
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
+    background = _Background(outputs.add, 2 * opts.batch_size)
     try:
         reader = FrameReader(info, opts.frames, opts.max_side)
         for frame, pred in predict_frames(runtime, reader, opts.batch_size):
-            outputs.add(frame, pred)
+            background.put(frame, pred)
+        background.close()
         staged = outputs.finish()
         stopped = reader.error
         commit_set(staged, outdir, name, opts.kinds, record_options, record=stopped is None)
     except BaseException:
+        background.close(cancel=True)
         outputs.abort()
         raise
     return len(outputs.meta), None if stopped is None else str(stopped)
