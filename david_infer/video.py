@@ -384,6 +384,8 @@ class VideoWriter:
             raise InputError(f"{self.path}: cannot write video as {self.path.suffix!r}; use one of {', '.join(MUXERS)}")
         self.tmp = _temporary(self.path)
         self._audio: Optional[_AudioCopy] = None
+        self._first: Optional[float] = None  # time of the first frame written, and the end of the last
+        self._end: Optional[float] = None
         try:
             self.container = av.open(str(self.tmp), "w", format=muxer)
         except av.error.FFmpegError as exc:
@@ -437,7 +439,10 @@ class VideoWriter:
         if frame.duration:
             vf.duration = frame.duration
         if self._audio is not None and frame.time is not None:
-            self._audio.copy_until(frame.time)
+            if self._first is None:
+                self._first = frame.time
+            self._audio.copy_until(frame.time, self._first)
+            self._end = frame.time + float(frame.duration * info.time_base)
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
         self.frames += 1
@@ -450,8 +455,8 @@ class VideoWriter:
         try:
             for packet in self.stream.encode():
                 self.container.mux(packet)
-            if self._audio is not None:
-                self._audio.copy_until(None)
+            if self._audio is not None:  # the audio of the frames written, not beyond
+                self._audio.copy_until(self._end, self._first)
         finally:
             if self._audio is not None:
                 self._audio.close()
@@ -483,18 +488,22 @@ class _AudioCopy:
         self._packets = self._input.demux(source)
         self._pending: Any = None
 
-    def copy_until(self, seconds: Optional[float]) -> None:
-        """Mux every audio packet that starts before `seconds` (None: all that are left)."""
+    def copy_until(self, seconds: Optional[float], start: Optional[float] = None) -> None:
+        """Mux every audio packet that starts before `seconds` (None: all that are left), dropping
+        those that end before `start` (the first video frame kept, with --frames)."""
         while True:
             packet = self._pending or next(self._packets, None)
             self._pending = None
             if packet is None:
                 return
-            if packet.dts is None:  # the demuxer's empty flush packet
+            if packet.dts is None or packet.pts is None:  # the demuxer's empty flush packet
                 continue
-            if seconds is not None and packet.pts is not None and float(packet.pts * packet.time_base) > seconds:
+            begins = float(packet.pts * packet.time_base)
+            if seconds is not None and begins > seconds:
                 self._pending = packet
                 return
+            if start is not None and begins + float((packet.duration or 0) * packet.time_base) <= start:
+                continue
             packet.stream = self._stream
             self._stream.container.mux(packet)
 

@@ -261,3 +261,23 @@ def test_missing_pyav_gives_the_install_hint() -> None:
     from david_infer._optional import install_hint
 
     assert install_hint("av") == 'pip install "david-infer[video]"'
+
+
+def test_cli_selected_frames_get_their_audio_and_blocked_names_fail_first(clips: dict, tiny_multitask_onnx: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    import av
+
+    out = tmp_path / "out"
+    (out / "portrait.depth.mp4").mkdir(parents=True)
+    args = (str(clips["portrait"]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth,vis",
+            "--frames", "3:9")
+    assert predict(*args) == 1
+    assert "a folder has that name" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["portrait.depth.mp4"]  # nothing else was started
+    (out / "portrait.depth.mp4").rmdir()
+    assert predict(*args) == 0
+    vis = out / "portrait.vis.mp4"
+    assert _times(vis) == pytest.approx([i * 0.04 for i in range(3, 9)], abs=1e-3)
+    with av.open(str(vis)) as c:
+        starts = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.pts is not None]
+    assert starts and starts[0] >= 0.12 - 0.07 and starts[-1] <= 0.36  # only around frames 3..8 (0.12-0.36 s)

@@ -411,21 +411,25 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
     record_options = opts.write_options(extra or {})
     check_encoders(chosen)
     failures: List[Tuple[str, str]] = []
-    ready = []
-    for path, name in jobs:  # probe every clip before the model sees a frame
+    todo = []
+    skipped = 0
+    for path, name in jobs:  # every clip probed and its outputs checked before the model sees a frame
         try:
-            ready.append((path, name, video.probe(path)))
+            info = video.probe(path)
+            state = writer.status(outdir, name, chosen, record_options, files=VIDEO_SAVE_FILES)
+            if state.state is writer.SetState.DONE and not args.overwrite:
+                skipped += 1
+                continue
+            if state.state is writer.SetState.CHANGED and not args.overwrite:
+                raise InputError(f"its outputs exist ({state.reason}); pass --overwrite to replace them")
+            blocked = [t for t in writer.planned_files(outdir, name, chosen, VIDEO_SAVE_FILES) if t.is_dir()]
+            if blocked:
+                raise InputError(f"cannot write {blocked[0]}: a folder has that name")
+            todo.append((path, name, info))
         except DavidError as exc:
             failures.append((str(path), _without(str(exc), str(path))))
-    succeeded = skipped = 0
-    for path, name, info in ready:
-        state = writer.status(outdir, name, chosen, record_options, files=VIDEO_SAVE_FILES)
-        if state.state is writer.SetState.DONE and not args.overwrite:
-            skipped += 1
-            continue
-        if state.state is writer.SetState.CHANGED and not args.overwrite:
-            failures.append((str(path), f"its outputs exist ({state.reason}); pass --overwrite to replace them"))
-            continue
+    succeeded = 0
+    for path, name, info in todo:
         writer.remove_temporaries(outdir, name, chosen, files=VIDEO_SAVE_FILES)
         start = time.perf_counter()
         try:
