@@ -18,8 +18,10 @@ reported too). Exit status 1 if there was any error or mismatch, or the growth r
 
 Kill and resume (`--kill-resume`): `david-infer predict` on `--images` small images (every --save
 kind) is run once cleanly into one folder, then into another folder `--kills` times, each run
-killed with SIGKILL at a random moment (uniform between 0.3 s and the clean run's wall time),
-then once more to the end. Checked: the final run exits 0; every input has a complete set
+killed with SIGKILL at a random moment while it works: once a random number of further inputs
+have their completion record (spread so the kills cover the whole job), plus a random delay of
+up to one input's time (so the kill falls anywhere in decoding, inference or writing), then once
+more to the end. Checked: the final run exits 0; every input has a complete set
 (its completion record matches its files, SHA-256 included) byte for byte equal to the clean
 run's; no temporary file is left. Exit status 1 otherwise.
 
@@ -176,7 +178,7 @@ def _tree(folder: Path) -> Dict[str, bytes]:
 
 def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """See the module docstring (--kill-resume)."""
-    from david_infer.writer import TEMP_SUFFIX, is_complete
+    from david_infer.writer import TEMP_SUFFIX, SetState, is_complete, status
 
     rng = random.Random(args.seed)
     images = folder / "in"
@@ -198,20 +200,30 @@ def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str
     out = folder / "out"
     names = [f"img{i:03d}" for i in range(args.images)]
     kinds = KILL_KINDS.split(",")
+    per_input = clean_s / args.images
     kills = []
-    for _ in range(args.kills):
-        delay = rng.uniform(0.3, max(0.4, clean_s))
+
+    def records() -> int:
+        return len(list(out.glob("*.done.json"))) if out.exists() else 0
+
+    for left in range(args.kills, 0, -1):
+        before = records()
+        target = min(args.images - 1, before + rng.randint(1, max(1, 2 * (args.images - before) // (left + 1))))
+        extra = rng.uniform(0.0, per_input)
+        start = time.perf_counter()
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=delay)
-            finished = True
-        except subprocess.TimeoutExpired:
+        while proc.poll() is None and records() < target and time.perf_counter() - start < 600:
+            time.sleep(0.01)
+        time.sleep(extra)
+        finished = proc.poll() is not None
+        if not finished:
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-            finished = False
-        done = sum(is_complete(out, n, kinds) for n in names) if out.exists() else 0
-        temporaries = len(list(out.rglob(f"*{TEMP_SUFFIX}"))) if out.exists() else 0
-        kills.append({"delay_s": round(delay, 2), "finished_before_kill": finished, "complete_after": done,
+        proc.wait(timeout=60)
+        done = sum(is_complete(out, n, kinds) for n in names)
+        temporaries = len(list(out.rglob(f"*{TEMP_SUFFIX}")))
+        partial = sum(status(out, n, kinds).state is SetState.PARTIAL for n in names)
+        kills.append({"after_s": round(time.perf_counter() - start, 2), "complete_before": before,
+                      "finished_before_kill": finished, "complete_after": done, "partial_sets_after": partial,
                       "temporaries_after": temporaries})
     final = subprocess.run(command(out), capture_output=True, timeout=900)
     complete = sum(is_complete(out, n, kinds, verify=True) for n in names)
@@ -232,11 +244,12 @@ def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str
 def print_kill_table(r: Dict[str, Any]) -> None:
     print(f"{r['images']} images, --save {','.join(r['kinds'])}, resolution {r['resolution']}; "
           f"clean run {r['clean_run_s']} s")
-    print("| kill | after | complete sets | temporaries left by the kill |")
-    print("|---:|---:|---:|---:|")
+    print("| kill | killed after | complete sets before / after | sets left half-written | temporary files left |")
+    print("|---:|---:|---:|---:|---:|")
     for i, k in enumerate(r["kills"], 1):
-        after = "finished first" if k["finished_before_kill"] else f"{k['delay_s']} s"
-        print(f"| {i} | {after} | {k['complete_after']} / {r['images']} | {k['temporaries_after']} |")
+        after = "finished first" if k["finished_before_kill"] else f"{k['after_s']} s"
+        print(f"| {i} | {after} | {k['complete_before']} / {k['complete_after']} | {k['partial_sets_after']} | "
+              f"{k['temporaries_after']} |")
     print(f"final run: exit {r['final_rc']} ({r['final_summary']}); complete sets {r['complete_sets']} / "
           f"{r['images']}; files differing from the clean run: {len(r['files_differing_from_clean_run'])}; "
           f"temporary files left: {len(r['temporaries_left'])}")

@@ -14,11 +14,13 @@ prediction files into a folder and must survive being killed and rerun. Public A
 - `planned_files(outdir, name, kinds) -> [Path]`: the files of one input's set (record excluded).
 - `record_path(outdir, name) -> Path`: `OUTDIR/NAME.done.json`, the completion record.
 - `WriteOptions(fov, depth_range, depth_inverse, extra)`: what shapes the files; recorded.
-- `write_outputs(pred, outdir, name, kinds, options) -> [Path]`: writes the set all-or-none (below).
-- `status(outdir, name, kinds, options=None, verify=False) -> SetStatus`: DONE, MISSING (nothing
-  of the set exists), PARTIAL (files without a record: an interrupted write, to be redone) or
-  CHANGED (a record whose files or options differ: modified after writing; not ours to replace
-  without being told to). `is_complete(...)` is `status(...).state == DONE`.
+- `write_outputs(pred, outdir, name, kinds, options, source=None) -> [Path]`: writes the set
+  all-or-none (below); `source`, the input file, is recorded (its file name and size).
+- `status(outdir, name, kinds, options=None, verify=False, source=None) -> SetStatus`: DONE,
+  MISSING (nothing of the set exists), PARTIAL (files without a record: an interrupted write, to be
+  redone) or CHANGED (a record whose files, options or source differ: modified after writing, or
+  written for another input of the same name; not ours to replace without being told to).
+  `is_complete(...)` is `status(...).state == DONE`.
 - `remove_temporaries(outdir, name, kinds) -> [Path]`: deletes this set's stale temporaries.
 
 How a set is written (`write_outputs`): every file goes to a temporary file beside its final name,
@@ -197,8 +199,15 @@ def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
                             depth_range=opts.depth_range, invert=opts.depth_inverse)
 
 
+def _source(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """What the record keeps of the input file: its name and size (compared), and its path."""
+    return {"file": os.path.basename(os.fspath(path)), "size": os.stat(path).st_size,
+            "path": os.path.abspath(os.fspath(path))}
+
+
 def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],
-                  options: Optional[WriteOptions] = None) -> List[Path]:
+                  options: Optional[WriteOptions] = None,
+                  source: Union[str, "os.PathLike[str]", None] = None) -> List[Path]:
     """Write `name`'s set for `pred` all-or-none, replacing an older or unfinished set, and the
     completion record last; returns the files written (record not included). See the module
     docstring for the sequence and what an interruption leaves."""
@@ -217,7 +226,7 @@ def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequenc
             tmp = temporary_for(final)
             staged.append((tmp, final))
             write(tmp)
-        commit_set(staged, outdir, name, kinds, opts)
+        commit_set(staged, outdir, name, kinds, opts, source=source)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -233,11 +242,13 @@ def temporary_for(final: Path) -> Path:
 
 
 def commit_set(staged: Sequence[Tuple[Path, Path]], outdir: Union[str, Path], name: str, kinds: Sequence[str],
-               options: Optional[WriteOptions] = None, record: bool = True) -> None:
+               options: Optional[WriteOptions] = None, record: bool = True,
+               source: Union[str, "os.PathLike[str]", None] = None) -> None:
     """Put a set written to temporaries (`temporary_for`) in place: remove the old record, rename
     each (temporary, final) pair, then write the completion record (unless `record` is False: a
     set that is knowingly incomplete, e.g. a truncated clip, stays unfinished for `status`). For
-    writers that produce their files over time (video) and so cannot use `write_outputs`."""
+    writers that produce their files over time (video) and so cannot use `write_outputs`. `source`:
+    the input file, recorded as by `write_outputs`."""
     opts = options or WriteOptions()
     record_file = record_path(outdir, name)
     placed: List[Path] = []
@@ -250,7 +261,8 @@ def commit_set(staged: Sequence[Tuple[Path, Path]], outdir: Union[str, Path], na
         if not record:
             return
         doc = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "kinds": list(kinds),
-               "options": opts.as_record(), "files": files}
+               "options": opts.as_record(), "source": _source(source) if source is not None else None,
+               "files": files}
         data = (json.dumps(doc, indent=1) + "\n").encode()
         atomic_write(record_file, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
     except BaseException:
@@ -278,8 +290,10 @@ class SetStatus:
 
 
 def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-           verify: bool = False, files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> SetStatus:
-    """Whether `name`'s set in `outdir` is complete for `kinds` (and `options`, when given)."""
+           verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None,
+           files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> SetStatus:
+    """Whether `name`'s set in `outdir` is complete for `kinds` (and `options` and the input file
+    `source`, when given: same file name and size as recorded). `files`: as for `planned_files`."""
     targets = planned_files(outdir, name, kinds, files)
     record = record_path(outdir, name)
     if not os.path.lexists(record):
@@ -300,6 +314,12 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
                                            f"not {','.join(kinds)}")
     if options is not None and recorded_options != options.as_record():
         return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
+    recorded_source = doc.get("source")
+    if source is not None and isinstance(recorded_source, dict):
+        here = _source(source)
+        if (recorded_source.get("file"), recorded_source.get("size")) != (here["file"], here["size"]):
+            return SetStatus(SetState.CHANGED, f"written for another input ({recorded_source.get('path')}, "
+                                               f"{recorded_source.get('size')} bytes)")
     for target in targets:
         entry = recorded.get(target.name)
         try:
@@ -314,9 +334,10 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
 
 
 def is_complete(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-                verify: bool = False, files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> bool:
+                verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None,
+                files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> bool:
     """True when `name`'s set is present, recorded and consistent (see `status`)."""
-    return status(outdir, name, kinds, options, verify, files).state is SetState.DONE
+    return status(outdir, name, kinds, options, verify, source, files).state is SetState.DONE
 
 
 def remove_temporaries(outdir: Union[str, Path], name: str, kinds: Sequence[str],

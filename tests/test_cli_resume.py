@@ -166,7 +166,23 @@ def test_dangling_links_and_duplicate_names_are_reported(tiny_multitask_onnx: Pa
     assert f"warning: {folder / 'gone.jpg'}: a symbolic link to a missing file" in captured.err
     assert captured.err.count("a symbolic link to a missing file") == 2  # from the folder and from the glob
     assert f"warning: {first}: the same file as {folder / 'alias.png'}; written once" in captured.err
-    assert f"warning: {second}: the same file as {second}; written once" in captured.err
+    assert f"warning: {second}: given more than once; written once" in captured.err
     assert "2 of 2 input(s) written" in captured.out
     assert "2 dangling link(s) skipped, 2 duplicate name(s) of one file" in captured.out
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".npy") == ["alias.depth.npy", "img01.depth.npy"]
+
+
+def test_a_set_written_for_another_input_is_not_taken_as_done(tiny_multitask_onnx: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    first = _images(tmp_path / "a", 1)[0]
+    other = _images(tmp_path / "b", 2)[1]
+    other = other.rename(tmp_path / "b" / first.name)  # same name, another image of another size
+    out = tmp_path / "out"
+    assert predict(str(first), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 0
+    reference = np.load(out / "img00.depth.npy")
+    capsys.readouterr()
+    assert predict(str(other), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 1
+    assert f"written for another input ({first}" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out / "img00.depth.npy"), reference)
+    assert predict(str(other), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth", "--overwrite") == 0
+    assert np.load(out / "img00.depth.npy").shape != reference.shape

@@ -102,7 +102,8 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, exclude: Optio
         real = os.path.realpath(path)
         if real in seen:
             found.duplicates += 1
-            found.warnings.append(f"{path}: the same file as {seen[real]}; written once")
+            same = "given more than once" if str(path) == str(seen[real]) else f"the same file as {seen[real]}"
+            found.warnings.append(f"{path}: {same}; written once")
             return
         seen[real] = path
         found.inputs.append((path, root))
@@ -300,7 +301,7 @@ def run_pipeline(
             error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
             if error is None:
                 try:
-                    write_outputs(outcome, outdir, name, kinds, opts)
+                    write_outputs(outcome, outdir, name, kinds, opts, source=path)
                     succeeded += 1
                 except Exception as exc:
                     error = exc
@@ -406,7 +407,7 @@ def _plan(jobs: Sequence[Tuple[Path, str]], outdir: Path, kinds: Sequence[str], 
     todo = []
     for path, name in jobs:
         try:
-            state = status(outdir, name, kinds, opts)
+            state = status(outdir, name, kinds, opts, source=path)
             if not overwrite and state.state is SetState.DONE:
                 tally.skipped += 1
                 continue

@@ -392,7 +392,7 @@ def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOpt
         background.close()
         staged = outputs.finish()
         stopped = reader.error
-        commit_set(staged, outdir, name, opts.kinds, record_options, record=stopped is None)
+        commit_set(staged, outdir, name, opts.kinds, record_options, record=stopped is None, source=info.path)
     except BaseException:
         background.close(cancel=True)
         outputs.abort()
@@ -416,7 +416,7 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
     for path, name in jobs:  # every clip probed and its outputs checked before the model sees a frame
         try:
             info = video.probe(path)
-            state = writer.status(outdir, name, chosen, record_options, files=VIDEO_SAVE_FILES)
+            state = writer.status(outdir, name, chosen, record_options, source=path, files=VIDEO_SAVE_FILES)
             if state.state is writer.SetState.DONE and not args.overwrite:
                 skipped += 1
                 continue
