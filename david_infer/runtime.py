@@ -293,7 +293,7 @@ class DavidRuntime:
         src: Any,
         *,
         batch_size: Optional[int] = None,
-        frames: Optional[str] = None,
+        frames: Any = None,
         max_side: Optional[int] = None,
         fps: Optional[float] = None,
         prefetch: Optional[int] = None,
@@ -302,7 +302,8 @@ class DavidRuntime:
 
         `src` is a video file (any format FFmpeg reads; needs `pip install "david-infer[video]"`)
         or any iterable of frames (numpy arrays or PIL images, numbered from 0, timestamps
-        `index / fps`, or None without `fps`). For files: `frames="START:END:STEP"` selects
+        `index / fps`, or None without `fps`). For files: `frames="START:END:STEP"` (or a
+        `david_infer.video.FrameSelection`) selects
         frames (indices count every frame of the file), `max_side` scales frames down so their
         longer side is at most that, the display rotation is applied (like EXIF for photos), and
         the timestamp is the frame's presentation time in seconds (variable frame rates kept).

@@ -281,3 +281,20 @@ def test_cli_selected_frames_get_their_audio_and_blocked_names_fail_first(clips:
     with av.open(str(vis)) as c:
         starts = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.pts is not None]
     assert starts and starts[0] >= 0.12 - 0.07 and starts[-1] <= 0.36  # only around frames 3..8 (0.12-0.36 s)
+
+
+def test_cli_running_range_colour_range_and_pixel_aspect(clips: dict, tiny_multitask_onnx: Path, tiny_runtime,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert predict(str(clips["full"]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth",
+                   "--depth-range", "running") == 0
+    got = video.probe(out / "full.depth.mp4")
+    assert got.color_range == 2 and got.sample_aspect_ratio == Fraction(4, 3)  # full range, 4:3 pixels kept
+    preds = [tiny_runtime.predict(f.image) for f in video.read_frames(clips["full"])]
+    gray = _decode(out / "full.depth.mp4", "gray")
+    for k in (0, 4, 9):  # frame k drawn with the range of frames 0..k
+        rng = video.DepthRange()
+        for p in preds[: k + 1]:
+            rng.update(p.depth)
+        want = video.to_gray8(rng.normalise(preds[k].depth, True)).astype(int)
+        assert np.abs(gray[k].astype(int) - want).mean() < 3
