@@ -406,10 +406,14 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
     complete, failures). `extra` (the model and runtime settings) goes into each completion record."""
     from .. import video, writer
 
-    chosen = video_kinds(kinds, runtime.tasks)
-    opts = ClipOptions.from_args(args, chosen, runtime.post_options.invert_depth)
+    opts = ClipOptions.from_args(args, kinds, runtime.post_options.invert_depth)  # bad options: the run fails
+    try:  # kinds or encoders that do not fit the clips: each clip fails, images still run
+        chosen = video_kinds(kinds, runtime.tasks)
+        check_encoders(chosen)
+    except DavidError as exc:
+        return 0, 0, [(str(path), str(exc)) for path, _ in jobs]
+    opts = dataclasses.replace(opts, kinds=tuple(chosen))
     record_options = opts.write_options(extra or {})
-    check_encoders(chosen)
     failures: List[Tuple[str, str]] = []
     todo = []
     skipped = 0
