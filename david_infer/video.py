@@ -577,17 +577,26 @@ class DepthRange:
         return (self.lo, self.hi if self.hi > self.lo else self.lo + 1.0)
 
     def normalise(self, depth: np.ndarray, inverse: bool) -> np.ndarray:
-        """Depth in [0, 1], nearer = 1 (`inverse`: the depth is larger = nearer)."""
+        """Depth (any float type) as float32 in [0, 1], nearer = 1 (`inverse`: the depth is larger =
+        nearer)."""
         lo, hi = self.span
-        t = (depth - lo) * (1.0 / (hi - lo))
+        t = np.subtract(depth, lo, dtype=np.float32)  # converts float16 (the spool) in the same pass
+        t *= np.float32(1.0 / (hi - lo))
         if not inverse:
-            t = 1.0 - t
+            np.subtract(np.float32(1.0), t, out=t)
         return np.clip(t, 0.0, 1.0, out=t)
 
 
 def to_gray8(values: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> (H, W) uint8."""
     return (values * 255.0 + 0.5).astype(np.uint8)
+
+
+def colorize(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    """[0, 1] float32 (finite, clipped: `DepthRange.normalise`) -> (H, W, 3) uint8 through the colour map."""
+    from .visualize import colormap
+
+    return colormap(cmap)[to_gray8(values)]
 
 
 def half(image: np.ndarray) -> np.ndarray:

@@ -260,14 +260,13 @@ class ClipOutputs:
 
         w, inverse = self.writers, self.opts.depth_inverse
         if "depth" in w:
-            w["depth"].write(video.to_gray8(self.range_all.normalise(depth.astype(np.float32), inverse)), frame)
+            w["depth"].write(video.to_gray8(self.range_all.normalise(depth, inverse)), frame)
         if canvas is not None:
             if depth is not None:
                 th, tw = self.tile
                 i = self.vis_tiles.index("depth")
                 r, c = divmod(i, 2)
-                t = self.range_person.normalise(video.half(depth).astype(np.float32), inverse)
-                tile = visualize.apply_colormap(t)
+                tile = video.colorize(self.range_person.normalise(video.half(depth), inverse))
                 if shade is not None:
                     tile = blend(tile, visualize.BACKGROUND, shade)
                 canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
