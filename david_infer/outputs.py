@@ -1,14 +1,9 @@
 """Writing result files safely: names that stay inside the output folder, atomic writes, no clobbering.
 
-Naming rule (used by `david-infer predict`): each input gets one *base name* and its files are
-`OUTDIR/<base>.<kind>.<ext>` (for example `photo.depth.png`, `photo.ply`). The base is the input
-file's stem with every character other than letters, digits, `-`, `_` and `.` replaced by `_`,
-leading dots and spaces dropped (so no hidden files and never `.` or `..`), cut to 100 characters,
-`image` when nothing is left. Directory parts of the input (`../`, absolute paths) are never used,
-so no output can land outside OUTDIR. When two or more inputs of one run share a base
-(case-insensitively: `a/x.jpg`, `b/x.png`, `b/X.jpg`), each of them gets `-` and the first 8 hex
-digits of the SHA-256 of its absolute path appended (`x-1a2b3c4d`), which is stable from run to
-run and independent of the input order.
+`safe_base` makes one part of an output name file-name safe: every character other than letters,
+digits, `-`, `_` and `.` replaced by `_`, leading dots and spaces dropped (so no hidden files and
+never `.` or `..`), cut to 100 characters, `image` when nothing is left. How `david-infer predict`
+names and writes each input's set of files is `david_infer.writer`.
 
 Every file is written to a temporary name in OUTDIR and renamed into place, so a reader never sees
 a half-written file and an interrupted run leaves no partial output. Without `overwrite` an
@@ -18,11 +13,10 @@ exists (even if another process created it a moment ago).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence, Union
+from typing import Callable, Iterable, Union
 
 import numpy as np
 
@@ -41,29 +35,6 @@ def safe_base(name: str) -> str:
     """The file-name-safe base for an input's stem (see the module docstring)."""
     base = _UNSAFE.sub("_", name).lstrip(". ")[:MAX_BASE].rstrip(". ")
     return base or "image"
-
-
-def path_hash(path: Union[str, Path]) -> str:
-    """First 8 hex digits of the SHA-256 of the absolute form of `path`."""
-    absolute = os.path.abspath(os.fspath(path))
-    return hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-
-
-def output_bases(inputs: Sequence[Union[str, Path]]) -> List[str]:
-    """One distinct safe base per input (same order); colliding bases get a path-hash suffix."""
-    bases = [safe_base(Path(p).stem if Path(p).suffix else Path(p).name) for p in inputs]
-    counts: Dict[str, int] = {}
-    for base in bases:
-        counts[base.lower()] = counts.get(base.lower(), 0) + 1
-    result = [f"{b}-{path_hash(p)}" if counts[b.lower()] > 1 else b for b, p in zip(bases, inputs)]
-    if len({r.lower() for r in result}) != len(result):  # two spellings of one path: number them too
-        seen: Dict[str, int] = {}
-        for i, r in enumerate(result):
-            n = seen.get(r.lower(), 0)
-            seen[r.lower()] = n + 1
-            if n:
-                result[i] = f"{r}-{n}"
-    return result
 
 
 def inside(folder: Path, name: str) -> Path:

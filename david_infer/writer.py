@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import enum
 import glob
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
