@@ -99,6 +99,14 @@ def test_no_video_stream_and_unreadable_files_are_refused(tmp_path: Path) -> Non
     junk.write_bytes(b"\x00not a video" * 50)
     with pytest.raises(InputError, match="not a readable video"):
         video.probe(junk)
+    # a valid container whose coded frames are zeros: the codec cannot decode them
+    data = bytearray(make_clip(tmp_path / "zeroed.mp4").read_bytes())
+    at = data.find(b"mdat")
+    size = int.from_bytes(data[at - 4:at], "big")
+    data[at + 4:at - 4 + size] = bytes(size - 8)
+    (tmp_path / "zeroed.mp4").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"cannot decode its video stream \(codec h264\)"):
+        video.probe(tmp_path / "zeroed.mp4")
 
 
 def test_truncated_clip_yields_what_was_decoded_then_names_the_frame(tmp_path: Path, tiny_runtime) -> None:
