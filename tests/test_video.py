@@ -233,7 +233,7 @@ def test_cli_refuses_bad_clips_before_any_model_call(tmp_path: Path, tiny_multit
     assert "writes nothing for video inputs" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_no_partial_outputs_and_rerun_completes(sig: int, tmp_path: Path,
                                                                        tiny_multitask_onnx: Path) -> None:
     clip = make_clip(tmp_path / "long.mp4", frames=300, size=(48, 64))
@@ -256,8 +256,8 @@ def test_interrupted_run_leaves_no_partial_outputs_and_rerun_completes(sig: int,
     assert proc.returncode != 0
     visible = [p.name for p in out.iterdir() if not p.name.startswith(".")]
     assert visible == []  # no half-written video under a final name
-    if sig == signal.SIGINT:
-        assert list(out.iterdir()) == []  # Ctrl-C also removed its temporaries
+    if sig != signal.SIGKILL:
+        assert list(out.iterdir()) == []  # Ctrl-C and SIGTERM also remove the temporaries
         return
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
