@@ -200,8 +200,11 @@ def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
 
 def _source(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     """What the record keeps of the input file: its name and size (compared), and its path."""
-    return {"file": os.path.basename(os.fspath(path)), "size": os.stat(path).st_size,
-            "path": os.path.abspath(os.fspath(path))}
+    try:
+        size: Optional[int] = os.stat(path).st_size
+    except OSError:  # gone meanwhile: recorded as unknown, never equal to a recorded size
+        size = None
+    return {"file": os.path.basename(os.fspath(path)), "size": size, "path": os.path.abspath(os.fspath(path))}
 
 
 def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],
