@@ -20,6 +20,7 @@ _EXTRA_FOR = {
     "tritonclient": "triton",
     "mlserver": "serve",
     "ray": "ray",
+    "av": "video",
 }
 
 

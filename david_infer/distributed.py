@@ -251,6 +251,7 @@ def predict_dataset(
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
+    from .video import is_video_path
     from .commands.predict import (Progress, Tally, _model_record, _plan, check_save, collect_inputs,
                                    name_inputs, parse_save, probe_output_folder)
     from .writer import WriteOptions, check_ply_options, remove_temporaries
@@ -283,6 +284,11 @@ def predict_dataset(
             raise InputError("no inputs given" if not found.warnings else "no inputs left (see the warnings)")
         jobs, clashes = name_inputs(found.inputs)
         summary.failed.extend(found.problems + clashes)
+        # clips are decoded frame by frame with PyAV on one machine (david-infer predict without --ray)
+        clips = [(path, "video files are predicted locally (david-infer predict without --ray); this run "
+                  "takes images only") for path, _ in jobs if is_video_path(path)]
+        summary.failed.extend((str(path), why) for path, why in clips)
+        jobs = [job for job in jobs if not is_video_path(job[0])]
         if not jobs:
             return summary
     probe_output_folder(outdir)

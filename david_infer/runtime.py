@@ -310,6 +310,34 @@ class DavidRuntime:
         _positive_int("prefetch", depth)
         return _BatchStream(self, iter(inputs), size, depth, load)
 
+    def predict_video(
+        self,
+        src: Any,
+        *,
+        batch_size: Optional[int] = None,
+        frames: Any = None,
+        max_side: Optional[int] = None,
+        fps: Optional[float] = None,
+        prefetch: Optional[int] = None,
+    ) -> Iterator[Tuple[int, Optional[float], Prediction]]:
+        """Predict every frame of a clip; yields `(frame_index, timestamp, Prediction)` in order.
+
+        `src` is a video file (any format FFmpeg reads; needs `pip install "david-infer[video]"`)
+        or any iterable of frames (numpy arrays or PIL images, numbered from 0, timestamps
+        `index / fps`, or None without `fps`). For files: `frames="START:END:STEP"` (or a
+        `david_infer.video.FrameSelection`) selects
+        frames (indices count every frame of the file), `max_side` scales frames down so their
+        longer side is at most that, the display rotation is applied (like EXIF for photos), and
+        the timestamp is the frame's presentation time in seconds (variable frame rates kept).
+        Frames go through `imap` (decoded ahead in its reader thread, batched, bounded memory).
+        A clip that stops decoding early yields what was decoded, then raises
+        `david_infer.video.VideoDecodeError` naming the frame where decoding stopped.
+        """
+        from . import video
+
+        return video.predict_video(self, src, batch_size=batch_size, frames=frames, max_side=max_side,
+                                   fps=fps, prefetch=prefetch)
+
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
     def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Prepared]:

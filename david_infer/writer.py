@@ -98,10 +98,12 @@ def _target(outdir: Path, name: str, suffix: str) -> Path:
     return target
 
 
-def planned_files(outdir: Union[str, Path], name: str, kinds: Sequence[str]) -> List[Path]:
-    """Every file `write_outputs` writes for `name` and `kinds` (the record not included)."""
-    _check_kinds(kinds)
-    return [_target(Path(outdir), name, suffix) for kind in kinds for suffix in SAVE_FILES[kind]]
+def planned_files(outdir: Union[str, Path], name: str, kinds: Sequence[str],
+                  files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> List[Path]:
+    """Every file `write_outputs` writes for `name` and `kinds` (the record not included).
+    `files` maps kinds to suffixes: SAVE_FILES for images, another table for other sets (video)."""
+    _check_kinds(kinds, files)
+    return [_target(Path(outdir), name, suffix) for kind in kinds for suffix in files[kind]]
 
 
 def record_path(outdir: Union[str, Path], name: str) -> Path:
@@ -109,10 +111,10 @@ def record_path(outdir: Union[str, Path], name: str) -> Path:
     return _target(Path(outdir), name, RECORD_SUFFIX)
 
 
-def _check_kinds(kinds: Sequence[str]) -> None:
-    unknown = [k for k in kinds if k not in SAVE_KINDS]
+def _check_kinds(kinds: Sequence[str], files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> None:
+    unknown = [k for k in kinds if k not in files]
     if unknown:
-        raise InputError(f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(SAVE_KINDS)}")
+        raise InputError(f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(files)}")
 
 
 # ---------------------------------------------------------------------------------- options
@@ -220,34 +222,55 @@ def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequenc
     except OSError as exc:
         raise InputError(f"cannot create the folder {record.parent}: {exc}") from None
     staged: List[Tuple[Path, Path]] = []  # (temporary, final)
-    placed: List[Path] = []
     try:
         for (suffix, write), final in zip(_steps(pred, kinds, opts), targets):
             assert final.name.endswith(suffix)
-            try:
-                tmp = make_temp_path(final, TEMP_SUFFIX)
-            except OSError as exc:
-                raise InputError(f"cannot write {final}: {exc}") from None
+            tmp = temporary_for(final)
             staged.append((tmp, final))
             write(tmp)
-        files = {final.name: {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)} for tmp, final in staged}
-        record.unlink(missing_ok=True)  # from here until the new record, the set counts as unfinished
-        for tmp, final in staged:
-            os.replace(tmp, final)
-            placed.append(final)
-        doc = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "kinds": list(kinds),
-               "options": opts.as_record(), "source": _source(source) if source is not None else None,
-               "files": files}
-        data = (json.dumps(doc, indent=1) + "\n").encode()
-        atomic_write(record, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
-    except BaseException:
-        for path in placed:  # all of the set or none of it
-            path.unlink(missing_ok=True)
-        raise
+        commit_set(staged, outdir, name, kinds, opts, source=source)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     return targets
+
+
+def temporary_for(final: Path) -> Path:
+    """A new empty temporary file beside `final`, named as `remove_temporaries` knows them."""
+    try:
+        return make_temp_path(final, TEMP_SUFFIX)
+    except OSError as exc:
+        raise InputError(f"cannot write {final}: {exc}") from None
+
+
+def commit_set(staged: Sequence[Tuple[Path, Path]], outdir: Union[str, Path], name: str, kinds: Sequence[str],
+               options: Optional[WriteOptions] = None, record: bool = True,
+               source: Union[str, "os.PathLike[str]", None] = None) -> None:
+    """Put a set written to temporaries (`temporary_for`) in place: remove the old record, rename
+    each (temporary, final) pair, then write the completion record (unless `record` is False: a
+    set that is knowingly incomplete, e.g. a truncated clip, stays unfinished for `status`). For
+    writers that produce their files over time (video) and so cannot use `write_outputs`. `source`:
+    the input file, recorded as by `write_outputs`."""
+    opts = options or WriteOptions()
+    record_file = record_path(outdir, name)
+    placed: List[Path] = []
+    try:
+        files = {final.name: {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)} for tmp, final in staged}
+        record_file.unlink(missing_ok=True)  # from here until the new record, the set counts as unfinished
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            placed.append(final)
+        if not record:
+            return
+        doc = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "kinds": list(kinds),
+               "options": opts.as_record(), "source": _source(source) if source is not None else None,
+               "files": files}
+        data = (json.dumps(doc, indent=1) + "\n").encode()
+        atomic_write(record_file, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
+    except BaseException:
+        for path in placed:  # all of the set or none of it
+            path.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------- status
@@ -269,10 +292,11 @@ class SetStatus:
 
 
 def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-           verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None) -> SetStatus:
+           verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None,
+           files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> SetStatus:
     """Whether `name`'s set in `outdir` is complete for `kinds` (and `options` and the input file
-    `source`, when given: same file name and size as recorded)."""
-    targets = planned_files(outdir, name, kinds)
+    `source`, when given: same file name and size as recorded). `files`: as for `planned_files`."""
+    targets = planned_files(outdir, name, kinds, files)
     record = record_path(outdir, name)
     if not os.path.lexists(record):
         present = [t for t in targets if os.path.lexists(t)]
@@ -281,9 +305,9 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
         return SetStatus(SetState.PARTIAL, f"{len(present)} of {len(targets)} files and no completion record")
     try:
         doc = json.loads(record.read_text(encoding="utf-8"))
-        files = doc["files"]
+        recorded = doc["files"]
         recorded_kinds, recorded_options = doc["kinds"], doc["options"]
-        if doc.get("format") != RECORD_FORMAT or not isinstance(files, dict):
+        if doc.get("format") != RECORD_FORMAT or not isinstance(recorded, dict):
             raise ValueError("not a completion record")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         return SetStatus(SetState.CHANGED, f"{record} is not a readable completion record ({exc})")
@@ -299,7 +323,7 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
             return SetStatus(SetState.CHANGED, f"written for another input ({recorded_source.get('path')}, "
                                                f"{recorded_source.get('size')} bytes)")
     for target in targets:
-        entry = files.get(target.name)
+        entry = recorded.get(target.name)
         try:
             size = target.stat().st_size
         except OSError:
@@ -312,17 +336,19 @@ def status(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: O
 
 
 def is_complete(outdir: Union[str, Path], name: str, kinds: Sequence[str], options: Optional[WriteOptions] = None,
-                verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None) -> bool:
+                verify: bool = False, source: Union[str, "os.PathLike[str]", None] = None,
+                files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> bool:
     """True when `name`'s set is present, recorded and consistent (see `status`)."""
-    return status(outdir, name, kinds, options, verify, source).state is SetState.DONE
+    return status(outdir, name, kinds, options, verify, source, files).state is SetState.DONE
 
 
-def remove_temporaries(outdir: Union[str, Path], name: str, kinds: Sequence[str]) -> List[Path]:
+def remove_temporaries(outdir: Union[str, Path], name: str, kinds: Sequence[str],
+                       files: Mapping[str, Tuple[str, ...]] = SAVE_FILES) -> List[Path]:
     """Delete the stale temporaries of `name`'s set (`.<file>.*.david-partial` beside each of its
     files and its record); returns what was removed. Call it only while no other process writes
     this set."""
     removed: List[Path] = []
-    for final in [*planned_files(outdir, name, kinds), record_path(outdir, name)]:
+    for final in [*planned_files(outdir, name, kinds, files), record_path(outdir, name)]:
         folder = final.parent
         if not folder.is_dir():
             continue

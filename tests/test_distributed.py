@@ -203,3 +203,18 @@ def test_missing_ray_names_the_extra(inputs: Path, tiny_multitask_onnx: Path, tm
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if not installed
     with pytest.raises(BackendUnavailable, match=r'pip install "david-infer\[ray\]"'):
         predict_dataset(inputs, tiny_multitask_onnx, tmp_path / "out")
+
+
+def test_video_inputs_are_refused_before_the_cluster(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    """Clips are decoded frame by frame on one machine: a --ray run lists them as failed with the
+    way to run them, before any cluster or model is touched."""
+    pytest.importorskip("av")
+    sys.path.insert(0, str(TESTS))
+    from video_clips import make_clip
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=3)
+    summary = _run([str(clip)], tiny_multitask_onnx, tmp_path / "out")
+    assert summary.written == [] and [name for name, _ in summary.failed] == [str(clip)]
+    assert "predicted locally (david-infer predict without --ray)" in summary.failed[0][1]
+    assert not (tmp_path / "out").exists()

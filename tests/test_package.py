@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "mlserver", "tritonclient", "grpc", "ray",
-         "pyarrow", "pandas")
+         "pyarrow", "pandas", "av")
 
 
 def _loaded_after(code: str) -> set:

@@ -7,7 +7,7 @@ Per input (name N, see below), with --save choosing among:
   vis         N.vis.png (the photo and every map side by side, labelled; at most 2048 pixels a side)
   ply         N.ply (binary point cloud from depth, coloured, cut by the mask when there is one)
 Default: every map the model predicts, plus vis. Each input also gets N.done.json, its completion
-record, written last.
+record, written last. Video files (VIDEO_SUFFIXES) get videos instead: see commands/predict_video.py.
 
 Output names depend on the input alone: N is the input's path relative to the INPUT argument that
 named it (a folder: that folder; a file: its own folder; a glob: the folder before the first
@@ -47,18 +47,23 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
 from ..progress import Progress
+from ..video import VIDEO_SUFFIXES, is_video_path
 from ..writer import SAVE_KINDS, SAVE_NEEDS, SetState, WriteOptions, check_ply_options
+from . import predict_video
 from ._common import add_runtime_arguments, open_runtime, resolve_model, split_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or globs ('shots/*.jpg')")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image or video files, folders of them, or globs ('shots/*.jpg')")
     add_runtime_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
-                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)} (default: the model's maps + vis)")
+                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)}; for videos also "
+                        f"{', '.join(predict_video.VIDEO_ONLY_KINDS)} (default: the model's maps + vis)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default 1)")
     p.add_argument("--recursive", action="store_true",
                    help="also take images from subfolders of folder inputs (their outputs keep the subfolders)")
@@ -77,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "without it, the cluster `ray start` made on this machine, else a local one")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)")
+    predict_video.add_arguments(p)
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -122,7 +128,7 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, exclude: Optio
             for link in broken:
                 dangling(link)
             if not images and not broken:
-                found.problems.append((spec, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+                found.problems.append((spec, f"folder holds no images or videos ({', '.join(sorted(INPUT_SUFFIXES))})"))
             for image in images:
                 add(image, path)
         elif path.exists():
@@ -161,7 +167,7 @@ def _folder_images(folder: Path, recursive: bool, exclude: Optional[Path]) -> Tu
     skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
     images, broken = [], []
     for entry in entries:
-        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES:
+        if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES:
             continue
         if skip and os.path.realpath(entry).startswith(skip):
             continue  # our own outputs when OUTDIR lies inside an input folder
@@ -212,9 +218,10 @@ def load_input(path: Path, data: Optional[bytes] = None) -> Any:
 def check_save(values: Optional[List[str]]) -> List[str]:
     """The --save kinds as given (empty = the default), refusing unknown ones; no model needed."""
     kinds = list(dict.fromkeys(split_list(values)))
-    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    known = (*SAVE_KINDS, *predict_video.VIDEO_ONLY_KINDS)
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(SAVE_KINDS)}")
+        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return kinds
 
 
@@ -358,7 +365,18 @@ def run(args: argparse.Namespace) -> int:
                 outdir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
-            todo = _plan(jobs, outdir, kinds, opts, args.overwrite, tally)
+            clips = [job for job in jobs if is_video_path(job[0])]
+            if clips:  # video files: commands/predict_video.py (each probed before any model call)
+                written, skipped, failed = predict_video.run_videos(runtime, clips, outdir, args, kinds,
+                                                                    dict(opts.extra))
+                tally.written += written
+                tally.skipped += skipped
+                tally.failures.extend(failed)
+            kinds = [k for k in kinds if k in SAVE_KINDS]
+            images = [job for job in jobs if not is_video_path(job[0])]
+            todo = _plan(images, outdir, kinds, opts, args.overwrite, tally) if kinds else []
+            if images and not kinds:
+                tally.failures.extend((str(path), "--save names no kind written for images") for path, _ in images)
             if todo:
                 done, failed = run_pipeline(runtime, todo, outdir, kinds, opts, args.batch_size,
                                             not args.no_progress)
@@ -374,10 +392,11 @@ def thread_options(model: Any, backend: str, threads: Optional[int]) -> Dict[str
         return {}
     import dataclasses
 
-    from ..backends import get_backend
+    from ..backends import get_backend, url_scheme
     from ..runtime import choose_backend, resolve_model_path
 
-    fields = {f.name for f in dataclasses.fields(get_backend(choose_backend(resolve_model_path(model), backend)).Options)}
+    target = model if url_scheme(model) else resolve_model_path(model)  # a server URL, or a file
+    fields = {f.name for f in dataclasses.fields(get_backend(choose_backend(target, backend)).Options)}
     return {"threads": threads, **({"intra_op_threads": threads} if "intra_op_threads" in fields else {})}
 
 
