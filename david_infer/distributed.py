@@ -23,7 +23,6 @@ BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from ._logging import quiet_logger
 from ._optional import require
 from .errors import InputError
 
@@ -352,7 +352,7 @@ def predict_dataset(
     pending = set(names or ())
     bar = Progress(len(pending), progress)
     try:
-        with _quiet_ray_data():
+        with quiet_logger("ray.data"):
             for row in _rows(results):
                 path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
                 pending.discard(path)
@@ -445,17 +445,6 @@ def _connect(ray: Any, address: Optional[str]) -> None:
 # retries drops its block instead of aborting the run (its inputs are then listed as failed).
 _DATA_SETTINGS = {"enable_progress_bars": False, "print_on_execution_start": False,
                   "enable_auto_log_stats": False, "max_errored_blocks": -1}
-
-
-@contextlib.contextmanager
-def _quiet_ray_data() -> Iterator[None]:
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 __all__ = ["DavidPredictor", "DistributedSummary", "predict_dataset", "RESULT_COLUMNS"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Mapping, Union
 
 from .errors import ModelError
 from .manifest import atomic_write_bytes

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .. import __version__
+from .._logging import quiet_logger
 from .._optional import require
 from ..errors import ExportError
 from ..manifest import (
@@ -167,19 +168,6 @@ def build_manifest(
     }
 
 
-@contextlib.contextmanager
-def _quiet_torch_logs() -> Any:
-    import logging
-
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _check_args(variant: str, task: str, layout: str, precision: str, opset: int, output: Path) -> None:
     try:
         get_config(variant)
@@ -266,7 +254,7 @@ def export_onnx(
     existed = final_manifest.exists()
     try:
         # The exporter prints progress and warns about optional torchvision ops; keep the CLI quiet.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_logs():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapped, args, str(tmp), input_names=names_in, output_names=names_out,

@@ -8,7 +8,7 @@ the runner's per-call shape check.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
 
 from ...errors import InputError, ModelError
 from ...shapes import HW, ShapeRange, check_stride, format_shape, parse_hw

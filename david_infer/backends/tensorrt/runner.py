@@ -10,8 +10,7 @@ NOT YET RUN ON A GPU: see the README's TensorRT section.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
