@@ -115,6 +115,7 @@ def main() -> int:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-batch-time", type=float, default=0.005)
     p.add_argument("--workers", default="0,1", help="server worker counts to run (default 0,1)")
+    p.add_argument("--name", default="serving", help="results file stem under benchmarks/results (default serving)")
     args = p.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     images = [synthetic_photo(360 + 16 * i, 240 + 8 * i, seed=i) for i in range(8)]
@@ -159,8 +160,8 @@ def main() -> int:
     results["goal"] = {"best_local_batch_images_per_s": best, "served_16_images_per_s": served16,
                        "ratio": served16 / best if served16 else None}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "serving.md").write_text(table(results, " ".join(sys.argv[1:])))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(table(results, " ".join(sys.argv[1:])))
     print(table(results, " ".join(sys.argv[1:])))
     return 0
 
