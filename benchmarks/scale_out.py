@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+# Ray's one-machine mode (set before ray is imported): node address 127.0.0.1, not the network
+# interface, so the benchmark's cluster and the CLI runs it starts stay on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+# Ray's one-machine mode: its node address is 127.0.0.1 instead of the machine's network interface,
+# so the local clusters of the tests (and their CLI subprocesses, which inherit this) stay on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 GPU_STRICT = os.environ.get("DAVID_INFER_GPU") == "1"
 

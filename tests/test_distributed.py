@@ -218,3 +218,8 @@ def test_video_inputs_are_refused_before_the_cluster(tiny_multitask_onnx: Path, 
     assert summary.written == [] and [name for name, _ in summary.failed] == [str(clip)]
     assert "predicted locally (david-infer predict without --ray)" in summary.failed[0][1]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_local_cluster_stays_on_loopback(cluster: Path) -> None:
+    """The test cluster talks over 127.0.0.1 only (tests/conftest.py sets Ray's one-machine mode)."""
+    assert {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]} == {"127.0.0.1"}
