@@ -173,19 +173,19 @@ def table(results: Dict[str, Any], argv: str) -> str:
              f"load average {results['load_average_before']:.1f} before, {results['load_average_after']:.1f} after).", "",
              "| run | clients | images/s | p50 ms | p99 ms | CPU s / image |", "|---|---:|---:|---:|---:|---:|"]
     for r in results["local_batch"]:
-        lines.append(f"| local predict_batch, batch {r['batch']} | 1 | {r['images_per_s']:.1f} | "
+        lines.append(f"| local predict_batch, batch {r['batch']} | 1 | {r['images_per_s']:.3g} | "
                      f"{r['ms_per_image']:.1f} / image | | {r['cpu_s_per_image']:.3f} |")
     for r in results["local_clients"]:
-        lines.append(f"| local runtime shared by the client threads | {r['clients']} | {r['images_per_s']:.1f} | "
+        lines.append(f"| local runtime shared by the client threads | {r['clients']} | {r['images_per_s']:.3g} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
     for r in results["served_clients"]:
-        lines.append(f"| served, gRPC, {r['workers']} worker process(es) | {r['clients']} | {r['images_per_s']:.1f} | "
+        lines.append(f"| served, gRPC, {r['workers']} worker process(es) | {r['clients']} | {r['images_per_s']:.3g} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
     goal = results["goal"]
     if goal["ratio"] is not None:
-        lines += ["", f"Served at 16 clients (best worker count): {goal['served_16_images_per_s']:.1f} images/s = "
+        lines += ["", f"Served at 16 clients (best worker count): {goal['served_16_images_per_s']:.3g} images/s = "
                   f"{100 * goal['ratio']:.0f}% of the best local batch throughput "
-                  f"({goal['best_local_batch_images_per_s']:.1f} images/s); goal 90%."]
+                  f"({goal['best_local_batch_images_per_s']:.3g} images/s); goal 90%."]
     return "\n".join(lines) + "\n"
 
 
