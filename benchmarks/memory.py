@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model = Path(args.model) if args.model else None
         if model is None:
             sys.path.insert(0, str(ROOT))
-            from export import export_onnx
+            from david_infer.export import export_onnx
 
             model = Path(tmp, "tiny-multitask.onnx")
             export_onnx("tiny", "multitask", model, seed=0)
