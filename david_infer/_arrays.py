@@ -72,7 +72,7 @@ def unit_vectors(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 
 
 #: pixels per band of `row_bands`: bounds the temporaries of per-pixel work on big images
-BAND_PIXELS = 1 << 18
+BAND_PIXELS = 1 << 16
 
 
 def row_bands(height: int, width: int, band_pixels: int = BAND_PIXELS) -> Iterator[slice]:

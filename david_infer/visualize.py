@@ -68,14 +68,19 @@ def colorize_depth(
     counted = finite & (alpha >= mask_threshold) if alpha is not None else finite
     if not counted.any():
         counted = finite
-    t = np.zeros(d.shape, np.float32)
-    if counted.any():
-        lo, hi = float(d[counted].min()), float(d[counted].max())
-        span = hi - lo if hi > lo else 1.0
-        t = (d - lo) / span if inverse else (hi - d) / span
-    rgb = apply_colormap(t, cmap).astype(np.float32)
-    weight = finite.astype(np.float32) * (alpha if alpha is not None else 1.0)
-    return blend(rgb, background, weight)
+    lo, hi = (float(d[counted].min()), float(d[counted].max())) if counted.any() else (0.0, 0.0)
+    span = hi - lo if hi > lo else 1.0
+
+    def band(rows: slice) -> np.ndarray:  # band by band: no full-size float temporaries
+        if not counted.any():
+            t = np.zeros(d[rows].shape, np.float32)
+        else:
+            t = (d[rows] - lo) / span if inverse else (hi - d[rows]) / span
+        rgb = apply_colormap(t, cmap).astype(np.float32)
+        weight = finite[rows].astype(np.float32) * (alpha[rows] if alpha is not None else 1.0)
+        return blend(rgb, background, weight)
+
+    return fill_by_rows(np.empty(d.shape + (3,), np.uint8), band)
 
 
 def normals_to_rgb(
@@ -104,8 +109,8 @@ def overlay_mask(
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
     img = as_image(image)
     m = as_alpha(mask, img.shape[:2], "mask")
-    tint = np.broadcast_to(np.asarray(color, np.float32), img.shape)
-    return blend(tint, img, alpha * m)
+    tint = np.asarray(color, np.float32)
+    return fill_by_rows(np.empty(img.shape, np.uint8), lambda rows: blend(tint, img[rows], alpha * m[rows]))
 
 
 def panel(prediction: Any, labels: bool = True, cmap: str = "viridis",
