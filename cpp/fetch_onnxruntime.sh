@@ -25,6 +25,7 @@ trap 'rm -rf "$state"' EXIT
 mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$dest"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" > "$state/sources.list"
 apt_private=(
+    -o "APT::Sandbox::User=$(id -un)"  # no drop to _apt, which cannot write the private folders
     -o "Dir::Etc::SourceList=$state/sources.list"
     -o "Dir::Etc::SourceParts=/dev/null"
     -o "Dir::State::Lists=$state/lists"

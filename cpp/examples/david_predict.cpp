@@ -42,8 +42,9 @@ struct Image {
 Image read_image(const std::string& path, std::int64_t max_pixels) {
   int width = 0, height = 0, channels = 0;
   if (!stbi_info(path.c_str(), &width, &height, &channels)) {
-    throw david::InputError(path + ": cannot read it as an image (" + stbi_failure_reason() +
-                            "); expected a PNG, JPEG, BMP, TGA, GIF or PNM file");
+    // stb_image reports the last format it tried, so its reason is a hint at most.
+    throw david::InputError(path + ": cannot read it as an image (stb_image: " + stbi_failure_reason() +
+                            "); expected a PNG, JPEG, BMP, TGA, GIF or PNM file of at most 2^30 bytes of pixels");
   }
   if (static_cast<std::int64_t>(width) * height > max_pixels) {
     throw david::InputError(path + ": " + std::to_string(width) + " x " + std::to_string(height) +

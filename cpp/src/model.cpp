@@ -140,7 +140,8 @@ void check_graph(Ort::Session& session, const GraphSpec& spec, const std::string
                      " inputs, its manifest one ('" + spec.input_name + "'); the manifest belongs to another file");
   }
   const std::string input_name = session.GetInputNameAllocated(0, allocator).get();
-  const auto input_info = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo();
+  const Ort::TypeInfo input_type = session.GetInputTypeInfo(0);  // owns what the view below reads
+  const auto input_info = input_type.GetTensorTypeAndShapeInfo();
   const auto input_shape = input_info.GetShape();
   if (input_name != spec.input_name || input_info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ||
       input_shape.size() != 4 || (input_shape[3] != 3 && input_shape[3] != -1)) {
@@ -158,8 +159,8 @@ void check_graph(Ort::Session& session, const GraphSpec& spec, const std::string
       throw ModelError(model_path + ": its manifest lists output '" + out.name +
                        "', which the graph does not have; the manifest belongs to another file");
     }
-    const auto type = session.GetOutputTypeInfo(found - graph_outputs.begin()).GetTensorTypeAndShapeInfo();
-    if (type.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    const Ort::TypeInfo type = session.GetOutputTypeInfo(found - graph_outputs.begin());
+    if (type.GetTensorTypeAndShapeInfo().GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       throw ModelError(model_path + ": output '" + out.name + "' is not float32");
     }
   }
