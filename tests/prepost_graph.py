@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 TASKS = ("depth", "normal", "foreground")
-OUTPUT_SHAPES = {"depth": ["N", "H", "W"], "normal": ["N", "H", "W", 3], "foreground": ["N", "H", "W"]}
+OUTPUT_SHAPES = {"depth": ["batch", "height", "width"], "normal": ["batch", "height", "width", 3],
+                 "foreground": ["batch", "height", "width"]}
 
 
 def build_graph(tasks: Sequence[str] = TASKS, input_name: str = "image"):
@@ -41,20 +42,24 @@ def build_graph(tasks: Sequence[str] = TASKS, input_name: str = "image"):
     outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, OUTPUT_SHAPES[t]) for t in tasks]
     graph = helper.make_graph(
         nodes, "prepost_stand_in",
-        [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["N", "H", "W", 3])], outputs, inits,
+        [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", "height", "width", 3])], outputs, inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
 def manifest(channel_order: str, tasks: Sequence[str] = TASKS, input_name: str = "image") -> dict:
-    """The manifest of `build_graph`'s graph (the pixels-to-maps schema)."""
+    """The manifest of `build_graph`'s graph (the schema of docs/prepost.md, the fields a host reads)."""
+    inputs = [{"name": input_name, "shape": ["batch", "height", "width", 3], "dtype": "uint8", "layout": "NHWC",
+               "channel_order": channel_order}]
     return {
         "format": "david-infer-manifest",
         "format_version": 1,
         "kind": "onnx",
+        "layout": "prepost",
         "tasks": list(tasks),
-        "inputs": [{"name": input_name, "dtype": "uint8", "shape": ["N", "H", "W", 3], "channel_order": channel_order}],
+        "inputs": inputs,
         "outputs": [{"name": t, "task": t, "dtype": "float32", "shape": OUTPUT_SHAPES[t]} for t in tasks],
+        "prepost": {"input": input_name, "layout": "NHWC", "dtype": "uint8", "channel_order": channel_order},
     }
 
 

@@ -65,7 +65,7 @@ def python_maps(model: Path, rgb: np.ndarray) -> dict[str, np.ndarray]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    order = json.loads(model.with_suffix(".json").read_text())["inputs"][0]["channel_order"]
+    order = json.loads(model.with_suffix(".json").read_text())["prepost"]["channel_order"]
     pixels = np.ascontiguousarray((rgb if order == "rgb" else rgb[..., ::-1])[None])
     names = [o.name for o in session.get_outputs()]
     return {name: value[0] for name, value in zip(names, session.run(None, {session.get_inputs()[0].name: pixels}))}
@@ -152,18 +152,18 @@ def test_bad_models_are_refused_with_the_file_and_the_fix(david_predict: Path, t
     manifest.write_text("{ not json")
     assert "not a JSON manifest" in host_error(run_host(david_predict, model, [image], out))
 
-    float_graph = prepost_graph.manifest("bgr")  # the manifest of a float NCHW graph, as plain exports write
-    float_graph["inputs"] = [{"name": "image", "dtype": "float32", "shape": ["N", 3, "H", "W"]}]
+    float_graph = prepost_graph.manifest("bgr")  # the manifest of a float NCHW network graph
+    float_graph["layout"] = "dynamic"
     manifest.write_text(json.dumps(float_graph))
     err = host_error(run_host(david_predict, model, [image], out))
-    assert "not the uint8 (N, H, W, 3) pixels of a pixels-to-maps graph" in err and "--prepost" in err
+    assert 'not a pixels-to-maps graph ("layout" is "dynamic", not "prepost")' in err and "--prepost" in err
 
     manifest.write_text(json.dumps(prepost_graph.manifest("sideways")))
     assert 'channel_order is "sideways", expected "bgr" or "rgb"' in host_error(
         run_host(david_predict, model, [image], out))
 
     other = prepost_graph.manifest("bgr")
-    other["inputs"][0]["name"] = "pixels"
+    other["prepost"]["input"] = "pixels"
     manifest.write_text(json.dumps(other))
     assert "the manifest belongs to another file" in host_error(run_host(david_predict, model, [image], out))
 
@@ -237,3 +237,11 @@ def test_an_onnxruntime_release_folder_is_found_by_its_root(tmp_path: Path) -> N
     assert f"ONNX Runtime: headers {release / 'include'}, library {wheel_library}" in configure.stdout
     link = tmp_path / "build" / "onnxruntime_lib" / "libonnxruntime.so.1"
     assert link.resolve() == wheel_library.resolve()
+
+
+def test_a_plain_export_is_refused_with_the_prepost_command(david_predict: Path, tiny_multitask_onnx: Path,
+                                                            tmp_path: Path) -> None:
+    (image,) = photos(tmp_path / "in")[:1]
+    err = host_error(run_host(david_predict, tiny_multitask_onnx, [image], tmp_path / "out"))
+    assert f"{tiny_multitask_onnx.with_suffix('.json')}: its graph is not a pixels-to-maps graph" in err
+    assert "david-infer export --prepost --from MODEL.onnx" in err

@@ -92,31 +92,33 @@ std::string text_field(const json& object, const char* key, const std::string& w
   return value.get<std::string>();
 }
 
-// The pixels-to-maps part of a manifest; anything else (a float NCHW graph's manifest) is refused
-// with the command that makes the right file.
+// The pixels-to-maps part of a manifest ("layout": "prepost" and its "prepost" section, see
+// docs/prepost.md); the manifest of a float NCHW network graph is refused with the command that
+// makes the right file.
 GraphSpec parse_manifest(const json& manifest, const std::string& path) {
   if (!manifest.is_object() || manifest.value("format", json()) != kManifestFormat) {
     throw ModelError(path + ": not a david-infer manifest (\"format\" is not \"" + kManifestFormat + "\")");
   }
-  const json& inputs = field(manifest, "inputs", path);
-  const std::string redo = "; export a pixels-to-maps graph with `david-infer export ... --prepost`";
-  if (!inputs.is_array() || inputs.size() != 1) {
-    throw ModelError(path + ": a pixels-to-maps graph has one input (uint8 image), this manifest lists " +
-                     std::to_string(inputs.is_array() ? inputs.size() : 0) + redo);
+  const json layout = manifest.value("layout", json());
+  if (layout != "prepost") {
+    throw ModelError(path + ": its graph is not a pixels-to-maps graph (\"layout\" is " + layout.dump() +
+                     ", not \"prepost\"); export one with `david-infer export ... --prepost`, or wrap this "
+                     "file with `david-infer export --prepost --from MODEL.onnx -o MODEL-prepost.onnx`");
   }
-  const json& input = inputs.at(0);
+  const std::string where = path + " (\"prepost\" section)";
+  const json& prepost = field(manifest, "prepost", path);
   GraphSpec spec;
-  spec.input_name = text_field(input, "name", path);
-  const std::string dtype = text_field(input, "dtype", path);
-  const json shape = input.value("shape", json());
-  if (dtype != "uint8" || !shape.is_array() || shape.size() != 4 || shape.at(3) != 3) {
-    throw ModelError(path + ": input '" + spec.input_name + "' is " + dtype + " " + shape.dump() +
-                     ", not the uint8 (N, H, W, 3) pixels of a pixels-to-maps graph" + redo);
+  spec.input_name = text_field(prepost, "input", where);
+  const std::string dtype = text_field(prepost, "dtype", where);
+  const std::string tensor_layout = text_field(prepost, "layout", where);
+  if (dtype != "uint8" || tensor_layout != "NHWC") {
+    throw ModelError(where + ": input '" + spec.input_name + "' is " + dtype + " " + tensor_layout +
+                     ", expected uint8 NHWC pixels");
   }
-  std::string order = text_field(input, "channel_order", path);
+  std::string order = text_field(prepost, "channel_order", where);
   std::transform(order.begin(), order.end(), order.begin(), [](unsigned char c) { return std::tolower(c); });
   if (order != "bgr" && order != "rgb") {
-    throw ModelError(path + ": input channel_order is \"" + order + "\", expected \"bgr\" or \"rgb\"");
+    throw ModelError(where + ": channel_order is \"" + order + "\", expected \"bgr\" or \"rgb\"");
   }
   spec.order = order == "rgb" ? ChannelOrder::RGB : ChannelOrder::BGR;
   for (const json& output : field(manifest, "outputs", path)) {

@@ -40,7 +40,7 @@ const char* to_string(ChannelOrder order);
 struct Maps {
   int height = 0;
   int width = 0;
-  std::vector<float> depth;       // (H, W): relative depth, larger = farther
+  std::vector<float> depth;       // (H, W): relative depth as exported (negated: larger = nearer)
   std::vector<float> normal;      // (H, W, 3): unit surface normals, x y z per pixel
   std::vector<float> foreground;  // (H, W): soft mask in [0, 1]
 };
