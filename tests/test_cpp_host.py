@@ -179,7 +179,10 @@ def test_bad_images_leave_nothing_and_the_good_ones_are_written(david_predict: P
     rgba = tmp_path / "corpus" / "rgba.png"
     Image.new("RGBA", (20, 10), (1, 2, 3, 4)).save(rgba)
     good = photos(tmp_path / "in")[0]
+    (tmp_path / "elsewhere").mkdir()
+    same_name = Path(shutil.copy(good, tmp_path / "elsewhere" / good.name))
     bad = {
+        same_name: f"its files would replace those of {good} (both are named {good.stem})",
         rgba: "has an alpha channel (4 channels), expected RGB or gray",
         corpus["text.jpg"]: "cannot read it as an image",
         corpus["empty.jpg"]: "cannot read it as an image",
@@ -188,7 +191,7 @@ def test_bad_images_leave_nothing_and_the_good_ones_are_written(david_predict: P
         corpus["bomb_144mp.png"]: "12000 x 12000 pixels is over the 100000000 pixel limit",
         corpus["bomb_144mp.jpg"]: "12000 x 12000 pixels is over the 100000000 pixel limit",
     }
-    result = run_host(david_predict, model, [*bad, good], tmp_path / "out")
+    result = run_host(david_predict, model, [good, *bad], tmp_path / "out")
     err = host_error(result)
     for path, message in bad.items():
         assert f"{path}: {message}" in err, (path.name, err)

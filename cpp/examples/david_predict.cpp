@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -217,12 +218,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   int failed = 0;
+  std::map<std::string, std::string> written;  // NAME -> the image whose files were written under it
   for (std::size_t i = 1; i < positional.size(); ++i) {
     const std::string& path = positional[i];
+    const std::string name = fs::path(path).stem().string();
     try {
+      const auto earlier = written.find(name);
+      if (earlier != written.end()) {
+        throw david::InputError(path + ": its files would replace those of " + earlier->second + " (both are named " +
+                                name + "); rename one or run it with another output folder");
+      }
       const Image image = read_image(path, options.max_pixels);
       const david::Maps maps = model->predict(image.rgb.data(), image.height, image.width, david::ChannelOrder::RGB);
-      write_maps(maps, outdir, fs::path(path).stem().string());
+      write_maps(maps, outdir, name);
+      written.emplace(name, path);
       std::cout << path << ": " << image.width << " x " << image.height << " -> " << outdir.string() << "\n";
     } catch (const david::Error& exc) {
       std::cerr << kProgram << ": error: " << exc.what() << "\n";
