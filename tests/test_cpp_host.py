@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import prepost_graph
 import pytest
-from image_corpus import _photo, write_corpus
+from image_corpus import _photo, real_photos, write_corpus
 from PIL import Image
 
 CPP = Path(__file__).resolve().parents[1] / "cpp"
@@ -102,6 +102,44 @@ def test_maps_match_python_onnxruntime(david_predict: Path, tmp_path: Path, chan
             np.testing.assert_allclose(got, expected[task], rtol=0, atol=1e-5, err_msg=f"{image.name} {task}")
             if rgb.std(axis=-1).max() > 0:  # a gray picture looks the same in either order
                 assert np.abs(got - swapped[task]).max() > 1e-3, f"{image.name} {task}: channel order ignored"
+
+
+@pytest.fixture(scope="module")
+def exported_prepost(tiny_multitask_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny multi-task export wrapped by `export --prepost` in either channel order (at 384, the
+    smallest resolution its ViT copy allows)."""
+    from david_infer.export.prepost import wrap_prepost
+
+    folder = tmp_path_factory.mktemp("prepost")
+    graphs = {}
+    for order in ("rgb", "bgr"):
+        graphs[order] = folder / f"tiny-multitask-prepost-{order}.onnx"
+        wrap_prepost(tiny_multitask_onnx, graphs[order], channel_order=order, resolution=384)
+    return graphs
+
+
+@pytest.mark.parametrize("channel_order, names", [
+    ("rgb", ("portrait", "landscape", "odd", "small", "square", "uhd")),
+    ("bgr", ("portrait", "small")),
+])
+def test_exported_graphs_match_python_onnxruntime(david_predict: Path, exported_prepost: dict[str, Path],
+                                                  tmp_path: Path, channel_order: str, names: Sequence[str]) -> None:
+    """The real pre/post graphs (resampling, the network, the finishing) on real photos, 101 x 77 to 4K."""
+    model = exported_prepost[channel_order]
+    pictures = real_photos()
+    images = []
+    for name in names:
+        Image.fromarray(pictures[name]).save(tmp_path / f"{name}.png")
+        images.append(tmp_path / f"{name}.png")
+    result = run_host(david_predict, model, images, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for name in names:
+        expected = python_maps(model, pictures[name])
+        for task in prepost_graph.TASKS:
+            got = np.load(tmp_path / "out" / f"{name}.{task}.npy", allow_pickle=False)
+            assert got.shape == expected[task].shape, (name, task)
+            np.testing.assert_allclose(got, expected[task], rtol=0, atol=1e-5, err_msg=f"{name} {task}")
+        assert expected["depth"].std() > 0 and np.allclose(np.linalg.norm(expected["normal"], axis=-1), 1, atol=1e-4)
 
 
 def test_png_previews_follow_the_maps(david_predict: Path, tmp_path: Path) -> None:
