@@ -1,22 +1,24 @@
 // david_predict: the maps of image files from a pixels-to-maps graph, written as .npy (float32,
 // full precision) and PNG (8-bit previews) beside each other.
 //
-//   david_predict MODEL.onnx IMAGE [IMAGE...] [-o OUTDIR] [--threads N]
+//   david_predict MODEL.onnx IMAGE [IMAGE...] [-o OUTDIR] [--threads N] [--timings]
 //
 // For each IMAGE it writes OUTDIR/NAME.{depth,normal,foreground}.{npy,png} for the tasks the model
 // has (NAME: the file name without its extension). An image's files appear all together or not at
 // all. Exit status: 0 all written, 1 some image or the model failed (one line each on stderr),
-// 2 bad arguments.
+// 2 bad arguments. --timings adds each image's decode, predict and write milliseconds to its line.
 #include <stb_image.h>
 #include <stb_image_write.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <string>
@@ -30,6 +32,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kProgram = "david_predict";
+constexpr const char* kUsage = "MODEL.onnx IMAGE [IMAGE...] [-o OUTDIR] [--threads N] [--timings]";
 constexpr const char* kPartial = ".david-partial";  // temporaries, renamed into place at the end
 
 struct Image {
@@ -172,9 +175,15 @@ void write_maps(const david::Maps& maps, const fs::path& outdir, const std::stri
   outputs.commit();
 }
 
+using Clock = std::chrono::steady_clock;
+
+double milliseconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
 int usage(const std::string& problem) {
   std::cerr << kProgram << ": error: " << problem << "\n"
-            << "usage: " << kProgram << " MODEL.onnx IMAGE [IMAGE...] [-o OUTDIR] [--threads N]\n";
+            << "usage: " << kProgram << " " << kUsage << "\n";
   return 2;
 }
 
@@ -184,6 +193,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> positional;
   fs::path outdir = ".";
   int threads = 0;
+  bool timings = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if ((arg == "-o" || arg == "--output" || arg == "--threads") && i + 1 >= argc) return usage(arg + " needs a value");
@@ -195,8 +205,10 @@ int main(int argc, char** argv) {
         return usage("--threads takes a whole number (0 = all cores), got '" + value + "'");
       }
       threads = std::stoi(value);
+    } else if (arg == "--timings") {
+      timings = true;
     } else if (arg == "-h" || arg == "--help") {
-      std::cout << "usage: " << kProgram << " MODEL.onnx IMAGE [IMAGE...] [-o OUTDIR] [--threads N]\n";
+      std::cout << "usage: " << kProgram << " " << kUsage << "\n";
       return 0;
     } else if (arg.size() > 1 && arg[0] == '-') {
       return usage("unknown option " + arg);
@@ -228,11 +240,19 @@ int main(int argc, char** argv) {
         throw david::InputError(path + ": its files would replace those of " + earlier->second + " (both are named " +
                                 name + "); rename one or run it with another output folder");
       }
+      const Clock::time_point start = Clock::now();
       const Image image = read_image(path, options.max_pixels);
+      const Clock::time_point decoded = Clock::now();
       const david::Maps maps = model->predict(image.rgb.data(), image.height, image.width, david::ChannelOrder::RGB);
+      const Clock::time_point predicted = Clock::now();
       write_maps(maps, outdir, name);
       written.emplace(name, path);
-      std::cout << path << ": " << image.width << " x " << image.height << " -> " << outdir.string() << "\n";
+      std::cout << path << ": " << image.width << " x " << image.height << " -> " << outdir.string();
+      if (timings) {
+        std::cout << std::fixed << std::setprecision(1) << " (decode " << milliseconds(start, decoded) << " ms, predict " << milliseconds(decoded, predicted)
+                  << " ms, write " << milliseconds(predicted, Clock::now()) << " ms)";
+      }
+      std::cout << "\n";
     } catch (const david::Error& exc) {
       std::cerr << kProgram << ": error: " << exc.what() << "\n";
       ++failed;
