@@ -7,7 +7,10 @@ Python `InferenceSession.run` --runs times, both with --threads intra-op threads
 median milliseconds of the model call (the C++ side's `predict`: channel handling, Run, copies
 out) and of the C++ side's decode and write steps.
 
-    python benchmarks/cpp_host.py [--runs 5] [--threads 1] [--model X.onnx] [--build DIR] [--json out.json]
+    python benchmarks/cpp_host.py [--runs 5] [--threads 1] [--model X.onnx] [--build DIR] [--no-docs]
+
+Results: benchmarks/results/cpp_host.json and .md, and the table in docs/benchmarks.md (unless
+--no-docs).
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prologue  # noqa: F401  (the checkout on sys.path)
 from PIL import Image
+from prologue import RESULTS, ROOT, replace_doc_section
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"512x512": (512, 512), "480x273": (480, 273), "2160x3840": (2160, 3840)}  # (H, W)
 TIMINGS = re.compile(r"\(decode ([\d.]+) ms, predict ([\d.]+) ms, write ([\d.]+) ms\)")
 
@@ -83,24 +87,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", type=Path, help="a pre/post graph (default: the tiny multi-task, wrapped)")
     parser.add_argument("--build", type=Path, help="an existing build folder of cpp/")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md as it is")
     args = parser.parse_args()
+    lines = ["| photo (H x W) | C++ predict ms | Python ORT run ms | C++ decode ms | C++ write ms |",
+             "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         exe = args.build / "david_predict" if args.build else build(work / "build")
         model = args.model or tiny_prepost(work)
-        rows: list[dict[str, Any]] = []
-        print("| photo (H x W) | C++ predict ms | Python ORT run ms | C++ decode ms | C++ write ms |")
-        print("|---|---|---|---|---|")
         for name, (h, w) in SIZES.items():
             (work / name).mkdir()
             row = {"photo": name, **measure(exe, model, photo(h, w), args.runs, args.threads, work / name)}
             rows.append(row)
-            print(f"| {name} | {row['cpp_predict_ms']:.1f} | {row['python_run_ms']:.1f} | "
-                  f"{row['cpp_decode_ms']:.1f} | {row['cpp_write_ms']:.1f} |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "threads": args.threads, "rows": rows}, indent=2))
-
+            lines.append(f"| {name} | {row['cpp_predict_ms']:.1f} | {row['python_run_ms']:.1f} | "
+                         f"{row['cpp_decode_ms']:.1f} | {row['cpp_write_ms']:.1f} |")
+            print(lines[-1], flush=True)
+    command = "python benchmarks/cpp_host.py " + " ".join(sys.argv[1:])
+    text = "\n".join([f"Medians of {args.runs} runs, {args.threads} intra-op thread(s), "
+                      f"{'the tiny multi-task model wrapped at 384' if not args.model else args.model.name}: "
+                      f"`{command.strip()}`", "", *lines])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cpp_host.json").write_text(json.dumps({"command": command, "runs": args.runs,
+                                                        "threads": args.threads, "rows": rows}, indent=1) + "\n")
+    (RESULTS / "cpp_host.md").write_text(text + "\n")
+    if not args.no_docs:
+        replace_doc_section("cpp-host", text, heading="## C++ host")
 
 if __name__ == "__main__":
     main()

@@ -272,7 +272,8 @@ def test_an_onnxruntime_release_folder_is_found_by_its_root(tmp_path: Path) -> N
     (release / "lib" / wheel_library.name).symlink_to(wheel_library)
     (release / "lib" / "libonnxruntime.so.1").symlink_to(wheel_library.name)
     (release / "lib" / "libonnxruntime.so").symlink_to("libonnxruntime.so.1")
-    configure = subprocess.run(["cmake", "-S", str(CPP), "-B", str(tmp_path / "build"), f"-DONNXRUNTIME_ROOT={release}"],
+    configure = subprocess.run(["cmake", "-S", str(CPP), "-B", str(tmp_path / "build"),
+                                f"-DONNXRUNTIME_ROOT={release}"],
                                check=False, capture_output=True, text=True, timeout=300)
     assert configure.returncode == 0, configure.stderr
     assert f"ONNX Runtime: headers {release / 'include'}, library {wheel_library}" in configure.stdout
