@@ -1,6 +1,5 @@
-// david::Model on the ONNX Runtime C++ API. The ONNX Runtime headers are included here only, so a
-// program using the library needs nlohmann-json and ONNX Runtime headers at build time of this
-// file alone.
+// david::Model on the ONNX Runtime C++ API. The ONNX Runtime and nlohmann-json headers are included
+// here only: a program using the library includes david/model.hpp and links the library.
 #define ORT_API_MANUAL_INIT  // checked initialisation: a runtime older than the headers is an error, not a crash
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
@@ -8,6 +7,7 @@
 #include "david/model.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <mutex>
