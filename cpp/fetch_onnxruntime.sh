@@ -22,7 +22,7 @@ fi
 
 state="$(mktemp -d)"
 trap 'rm -rf "$state"' EXIT
-mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$dest"
+mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/unpacked"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" > "$state/sources.list"
 apt_private=(
     -o "APT::Sandbox::User=$(id -un)"  # no drop to _apt, which cannot write the private folders
@@ -37,9 +37,17 @@ apt-get "${apt_private[@]}" -qq update >&2
 (cd "$state" && apt-get "${apt_private[@]}" -qq download libonnxruntime-dev >&2)
 deb="$(ls "$state"/libonnxruntime-dev_*.deb)"
 echo "fetched $(basename "$deb")" >&2
-dpkg-deb -x "$deb" "$dest"
-if [ ! -f "$include/onnxruntime_cxx_api.h" ]; then
-    echo "error: $deb has no onnxruntime_cxx_api.h under usr/include/onnxruntime" >&2
+dpkg-deb -x "$deb" "$state/unpacked"
+if [ ! -f "$state/unpacked/usr/include/onnxruntime/onnxruntime_cxx_api.h" ]; then
+    echo "error: $(basename "$deb") has no onnxruntime_cxx_api.h under usr/include/onnxruntime" >&2
     exit 1
 fi
+# Unpacked aside and moved in whole, so an interrupted run never leaves headers that look complete.
+if [ -e "$dest" ] && [ -n "$(ls -A "$dest")" ]; then
+    echo "error: $dest exists and holds other files; remove it or give another folder" >&2
+    exit 1
+fi
+mkdir -p "$(dirname "$dest")"
+rmdir "$dest" 2>/dev/null || true
+mv "$state/unpacked" "$dest"
 echo "$include"
