@@ -15,9 +15,10 @@ OUTPUT_SHAPES = {"depth": ["batch", "height", "width"], "normal": ["batch", "hei
                  "foreground": ["batch", "height", "width"]}
 
 
-def build_graph(tasks: Sequence[str] = TASKS, input_name: str = "image"):
-    """The onnx.ModelProto: x = float(image); depth = x . (0.5, 0.3, 0.2) / 255; normal = (x - 127.4)
-    normalised per pixel; foreground = sigmoid(x . (1, -1, 0.5) / 64)."""
+def build_graph(tasks: Sequence[str] = TASKS, input_name: str = "image", centre: float = 127.4):
+    """The onnx.ModelProto: x = float(image); depth = x . (0.5, 0.3, 0.2) / 255; normal = (x - centre)
+    normalised per pixel (a whole-number `centre` makes 0 / 0 = NaN where a pixel is that gray);
+    foreground = sigmoid(x . (1, -1, 0.5) / 64)."""
     from onnx import TensorProto, helper, numpy_helper
 
     def const(name: str, value: np.ndarray):
@@ -30,7 +31,7 @@ def build_graph(tasks: Sequence[str] = TASKS, input_name: str = "image"):
         nodes += [helper.make_node("MatMul", ["x", "depth_w"], ["depth_1"]),
                   helper.make_node("Squeeze", ["depth_1", "squeeze_axes"], ["depth"])]
     if "normal" in tasks:
-        inits += [const("centre", np.array(127.4, np.float32)), const("reduce_axes", np.array([3], np.int64))]
+        inits += [const("centre", np.array(centre, np.float32)), const("reduce_axes", np.array([3], np.int64))]
         nodes += [helper.make_node("Sub", ["x", "centre"], ["centred"]),
                   helper.make_node("ReduceL2", ["centred", "reduce_axes"], ["length"], keepdims=1),
                   helper.make_node("Div", ["centred", "length"], ["normal"])]
@@ -63,11 +64,12 @@ def manifest(channel_order: str, tasks: Sequence[str] = TASKS, input_name: str =
     }
 
 
-def write(folder: Path, channel_order: str = "bgr", tasks: Sequence[str] = TASKS, stem: str = "") -> Path:
+def write(folder: Path, channel_order: str = "bgr", tasks: Sequence[str] = TASKS, stem: str = "",
+          centre: float = 127.4) -> Path:
     """Write the graph and its manifest to FOLDER/STEM.onnx + .json; return the .onnx path."""
     import onnx
 
     path = folder / f"{stem or 'prepost-' + channel_order}.onnx"
-    onnx.save(build_graph(tasks), str(path))
+    onnx.save(build_graph(tasks, centre=centre), str(path))
     path.with_suffix(".json").write_text(json.dumps(manifest(channel_order, tasks), indent=2))
     return path

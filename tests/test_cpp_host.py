@@ -237,6 +237,15 @@ def test_bad_images_leave_nothing_and_the_good_ones_are_written(david_predict: P
         f"{good.stem}.{task}.{ext}" for task in prepost_graph.TASKS for ext in ("npy", "png"))
 
 
+def test_non_finite_maps_are_refused_not_written(david_predict: Path, tmp_path: Path) -> None:
+    model = prepost_graph.write(tmp_path, "bgr", centre=128.0)
+    gray = tmp_path / "gray128.png"
+    Image.new("RGB", (8, 6), (128, 128, 128)).save(gray)
+    err = host_error(run_host(david_predict, model, [gray], tmp_path / "out"))
+    assert f"output 'normal' has {8 * 6 * 3} NaN or infinite values" in err
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_gray_images_are_taken_as_three_equal_channels(david_predict: Path, tmp_path: Path) -> None:
     model = prepost_graph.write(tmp_path, "rgb")
     gray = tmp_path / "gray.png"
