@@ -35,11 +35,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._optional import require
-from ..contract import ModelContract
-from ..errors import ExportError, ModelError
-from ..manifest import make_temp_path, manifest_path, sha256_file, write_manifest
-from ..preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
+from david_infer._optional import require
+from david_infer.contract import ModelContract
+from david_infer.errors import ExportError, ModelError
+from david_infer.manifest import make_temp_path, manifest_path, sha256_file, write_manifest
+from david_infer.preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 PIPELINES = ("default", "official")
@@ -125,6 +125,10 @@ class _Builder:
 
     def where(self, cond: str, a: str, b: str) -> str:
         return self.op("Where", cond, a, b)
+
+    def round8(self, x: str) -> str:
+        """Round half up, as Pillow's 8-bit resampling does (ONNX Round rounds half to even)."""
+        return self.op("Floor", self.op("Add", x, self.f(0.5)))
 
 
 # ------------------------------------------------------------------------- weight families
@@ -366,17 +370,19 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     span = b.op("Div", b.to_float(sq.side), b.to_float(k))
     rows = _Axis(sq.h, sq.side, sq.top, r)
     cols = _Axis(sq.w, sq.side, sq.left, r)
-    y = b.op("Round", _banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k)))  # (N, R, W, 3)
+    # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
+    # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
+    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k)))  # (N, R, W, 3)
     yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    xy = b.op("Round", _banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k)))  # (N, Rx, Ry, 3)
+    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k)))  # (N, Rx, Ry, 3)
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
     small = _Axis(r, r, b.i(0), vit)
     spread = b.f(float(resolution))
-    across = b.op("Round", _banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
+    across = b.round8(_banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
     down = b.op("Transpose", across, perm=[0, 2, 1, 3])  # (N, Ry, 384x, 3)
-    both = b.op("Round", _banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
+    both = b.round8(_banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
     return xy, b.op("Transpose", both, perm=[0, 2, 1, 3])  # (N, 384x, 384y, 3)
 
 
@@ -447,7 +453,7 @@ def _default_opset(model: Any) -> int:
 def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     """The network graph and its contract; ModelError naming the file when it cannot be wrapped."""
     onnx = require("onnx", "export")
-    from ..backends.onnxruntime import OnnxRuntimeBackend
+    from david_infer.backends.onnxruntime import OnnxRuntimeBackend
 
     if source.suffix != ".onnx":
         raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not {source.suffix or 'a suffix-less file'}")
@@ -500,8 +506,8 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
     b = _Builder(helper, numpy_helper, opset)
     image = "image"
     batch = contract.fixed_batch or "batch"
-    sq = _square(b, image)
-    x = b.to_float(image)
+    x = b.to_float(image)  # first: TensorRT takes uint8 only at the boundary (even Shape reads float)
+    sq = _square(b, x)
     if pipeline == "official":
         xy, vit_xy = _pre_official(b, x, sq, resolution), ""
     else:
@@ -603,5 +609,45 @@ def tensorrt_ops_table() -> Dict[str, Any]:
     return json.loads(OPS_TABLE.read_text(encoding="utf-8"))
 
 
+def tensorrt_problems(model: Any) -> List[str]:
+    """What in `model` (a ModelProto) TensorRT 10's ONNX parser does not take, by the table
+    (`tensorrt10_ops.json`): operators it lacks, attributes outside its rules, inputs that must be
+    constants and are not, uint8 tensors read by anything but Cast, an opset outside 9..20.
+    Empty when the graph is portable."""
+    from onnx import TensorProto, helper, shape_inference
+
+    table = tensorrt_ops_table()
+    low, high = table["opsets"]
+    problems = []
+    opset = _default_opset(model)
+    if not low <= opset <= high:
+        problems.append(f"opset {opset} outside {low}..{high}")
+    inferred = shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for node in model.graph.node:
+        where = f"{node.op_type} node {node.name!r}"
+        if node.op_type not in table["operators"]:
+            problems.append(f"{where}: not an operator of TensorRT 10's ONNX parser")
+            continue
+        rules = table["rules"].get(node.op_type, {})
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for name, allowed in rules.items():
+            if name == "constant_inputs":
+                for index in allowed:
+                    if index < len(node.input) and node.input[index] and node.input[index] not in constants:
+                        problems.append(f"{where}: input {index} ({node.input[index]!r}) must be a constant")
+                continue
+            value = attrs.get(name)
+            value = value.decode() if isinstance(value, bytes) else value
+            if value is not None and value not in allowed:
+                problems.append(f"{where}: {name}={value!r} (TensorRT 10 takes {allowed})")
+        if node.op_type != "Cast" and any(types.get(i) == TensorProto.UINT8 for i in node.input):
+            problems.append(f"{where}: reads a uint8 tensor ({table['uint8']})")
+    return problems
+
+
 __all__ = ["CHANNEL_ORDERS", "PIPELINES", "build_prepost_model", "pyramid_kernels", "tensorrt_ops_table",
-           "wrap_prepost"]
+           "tensorrt_problems", "wrap_prepost"]
