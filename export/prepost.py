@@ -292,11 +292,13 @@ class _OpenCVPyramidLinear(_Family):
 
 
 def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, group: Optional[str] = None,
-            scale: float = 1.0) -> str:
+            scale: float = 1.0, trim: bool = False) -> str:
     """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
 
     group None: groups of _GROUP outputs (the last group sliced off past m); else the int64 scalar
-    group size, which must divide m. `scale` multiplies the (normalised) weights."""
+    group size, which must divide m. `scale` multiplies the (normalised) weights. `trim` (for a
+    family whose virtual indices only clamp): groups that read nothing but the padding are not
+    computed; they are the first or last pixel row, repeated."""
     m = geometry.m
     if group is None:
         g = b.i(_GROUP)
@@ -311,6 +313,14 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
     lo, hi = family.window(b, o)
     first = b.to_int(b.op("Floor", b.op("Slice", lo, b.i([0]), b.i([1]), b.i([1]))))  # (G, 1)
     last = b.to_int(b.op("Ceil", b.op("Slice", hi, b.i([-1]), b.i([_I64_MAX]), b.i([1]))))
+    if trim:  # keep the groups [lead, count - tail) whose windows reach the image
+        lead = b.reduce("ReduceSum", b.op("Cast", b.op("Less", last, geometry.offset), to=7), [0, 1], 0)
+        end = b.op("Sub", b.op("Add", geometry.offset, geometry.n), b.i(1))
+        tail = b.reduce("ReduceSum", b.op("Cast", b.op("Greater", first, end), to=7), [0, 1], 0)
+        keep_to = b.op("Unsqueeze", b.op("Sub", count, tail), b.i([0]))
+        keep_from = b.op("Unsqueeze", lead, b.i([0]))
+        o, first, last = (b.op("Slice", t, keep_from, keep_to, b.i([0])) for t in (o, first, last))
+        full_count, count = count, b.op("Sub", b.op("Sub", count, lead), tail)
     length = b.op("Add", b.reduce("ReduceMax", b.op("Sub", last, first), [0, 1], 0), b.i(1))
     v_int = b.op("Add", first, b.op("Unsqueeze", b.op("Range", b.i(0), length, b.i(1)), b.i([0])))  # (G, L)
     v = b.op("Unsqueeze", b.to_float(v_int), b.i([1]))  # (G, 1, L)
@@ -328,6 +338,14 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
     product = b.op("MatMul", w, flat)  # x[:axis] + (G, g, rest)
     total = b.op("Unsqueeze", b.op("Mul", count, g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
+    if trim:
+        edges = []
+        for groups, index in ((lead, b.i([0])), (tail, b.op("Unsqueeze", b.op("Sub", geometry.n, b.i(1)), b.i([0])))):
+            row = b.op("Gather", x, index, axis=axis)  # the edge pixel row, (.., 1, ..)
+            rows = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
+            edges.append(b.op("Expand", row, b.op("Concat", before, rows, after, axis=0)))
+        out = b.op("Concat", edges[0], out, edges[1], axis=axis)
+        count = full_count
     if group is None:
         out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", m, b.i([0])), b.i([axis]))
     return out
@@ -372,9 +390,9 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     cols = _Axis(sq.w, sq.side, sq.left, r)
     # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
     # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
-    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k)))  # (N, R, W, 3)
+    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k), trim=True))  # (N, R, W, 3)
     yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k)))  # (N, Rx, Ry, 3)
+    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k), trim=True))
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
@@ -430,14 +448,17 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
     xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, C, Rx, Ry)
     across = _banded(b, xt, 2, cols, across_family)  # (N, C, W, Ry)
     back = b.op("Transpose", across, perm=[0, 1, 3, 2])  # (N, C, Ry, W)
+    group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
+    if task == "normal":
+        full = _banded(b, back, 2, rows, down_family, group=group)  # (N, 3, H, W)
+        # planar: ONNX Runtime divides (N, 3, H, W) by (N, 1, H, W) much faster than channels-last
+        norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
+        return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+    # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
+    plane = b.op("Squeeze", back, b.i([1]))
     sign = -1.0 if task == "depth" else 1.0  # the runtime's default depth: negated, larger = nearer
-    full = _banded(b, back, 2, rows, down_family, group=_largest_divisor(b, sq.h), scale=sign)  # (N, C, H, W)
-    if task == "depth":
-        return b.op("Squeeze", full, b.i([1]), out=name)
-    if task == "foreground":
-        return b.op("Squeeze", b.op("Clip", full, b.f(0.0), b.f(1.0)), b.i([1]), out=name)
-    norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
-    return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+    full = _banded(b, plane, 1, rows, down_family, group=group, scale=sign)
+    return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name) if task == "foreground" else b.op("Identity", full, out=name)
 
 
 # ------------------------------------------------------------------------------- wrapping
