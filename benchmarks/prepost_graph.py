@@ -65,7 +65,8 @@ def stand_in_network(contract: Any) -> Any:
             channels = 1
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", channels, "r", "r"]))
     inits = [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-             helper.make_tensor("c0", TensorProto.INT64, [1], [0]), helper.make_tensor("c1", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("c0", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("c1", TensorProto.INT64, [1], [1]),
              helper.make_tensor("c_axis", TensorProto.INT64, [1], [1])]
     graph = helper.make_graph(nodes, "stand_in", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -81,7 +82,8 @@ def ort_session(model: Any, threads: int) -> Any:
 
 
 def row(label: str, size: tuple, wall_cpu: tuple) -> Dict[str, Any]:
-    return {"case": label, "image": f"{size[1]}x{size[0]}", "ms": round(wall_cpu[0], 1), "cpu_ms": round(wall_cpu[1], 1)}
+    return {"case": label, "image": f"{size[1]}x{size[0]}", "ms": round(wall_cpu[0], 1),
+            "cpu_ms": round(wall_cpu[1], 1)}
 
 
 def main(argv: List[str] = None) -> int:
@@ -109,7 +111,8 @@ def main(argv: List[str] = None) -> int:
                 image = photo(*size)
                 feeds = {"image": image[None]}
                 session.run(None, feeds)
-                rows.append(row("pre/post graph (ONNX Runtime)", size, median_ms(lambda: session.run(None, feeds), args.runs)))
+                timing = median_ms(lambda: session.run(None, feeds), args.runs)  # noqa: B023 (called at once)
+                rows.append(row("pre/post graph (ONNX Runtime)", size, timing))
                 decoded, prepared = rt.preprocess(image)
                 outputs = rt.infer([prepared])[0]
 

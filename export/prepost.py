@@ -38,7 +38,8 @@ import numpy as np
 from david_infer._optional import require
 from david_infer.contract import ModelContract
 from david_infer.errors import ExportError, ModelError
-from david_infer.manifest import make_temp_path, manifest_path, sha256_file, write_manifest
+from david_infer.export.onnx_export import write_with_manifest
+from david_infer.manifest import manifest_path, sha256_file
 from david_infer.preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -458,7 +459,9 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
     plane = b.op("Squeeze", back, b.i([1]))
     sign = -1.0 if task == "depth" else 1.0  # the runtime's default depth: negated, larger = nearer
     full = _banded(b, plane, 1, rows, down_family, group=group, scale=sign)
-    return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name) if task == "foreground" else b.op("Identity", full, out=name)
+    if task == "foreground":
+        return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name)
+    return b.op("Identity", full, out=name)
 
 
 # ------------------------------------------------------------------------------- wrapping
@@ -477,7 +480,8 @@ def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     from david_infer.backends.onnxruntime import OnnxRuntimeBackend
 
     if source.suffix != ".onnx":
-        raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not {source.suffix or 'a suffix-less file'}")
+        raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
+                         f"{source.suffix or 'a suffix-less file'}")
     if not source.is_file():
         raise ModelError(f"model file not found: {source}")
     try:
@@ -515,7 +519,8 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
     if fixed is not None:
         resolution = fixed
     vit = contract.vit_size if contract.vit_input is not None else None
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution % contract.stride or resolution < 16:
+    if (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < contract.stride
+            or resolution % contract.stride):
         raise ExportError(f"resolution must be a positive multiple of {contract.stride}, got {resolution!r}")
     if vit and resolution < vit:
         raise ExportError(f"resolution {resolution} is below the ViT size {vit}: the pre/post graph makes the ViT "
@@ -602,27 +607,12 @@ def wrap_prepost(source: Union[str, Path], output: Union[str, Path], channel_ord
         raise ExportError(f"output folder {output.parent} does not exist")
     network, contract = _load_source(source)
     model, section = build_prepost_model(network, contract, channel_order, resolution)
-    try:
-        tmp = make_temp_path(output, suffix=".onnx.tmp")
-    except OSError as exc:
-        raise ExportError(f"cannot write to the output folder {output.parent}: {exc.strerror}") from None
-    final_manifest = manifest_path(output)
-    existed = final_manifest.exists()
-    try:
+    def write(tmp: Path) -> Dict[str, Any]:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
-        manifest = _prepost_manifest(output, source, contract, section, sha256_file(tmp),
-                                     contract.fixed_batch or "batch")
-        write_manifest(final_manifest, manifest)
-        tmp.replace(output)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if not existed:
-            final_manifest.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"could not write {output}: {exc}") from None
-        raise
-    return manifest
+        return _prepost_manifest(output, source, contract, section, sha256_file(tmp), contract.fixed_batch or "batch")
+
+    return write_with_manifest(output, write)
 
 
 def tensorrt_ops_table() -> Dict[str, Any]:

@@ -191,7 +191,7 @@ def test_runtime_runs_the_graph_with_its_options(tiny_multitask_onnx: Path, prep
 
     image = photos["odd"]
     with DavidRuntime(prepost_onnx) as graph, DavidRuntime(tiny_multitask_onnx) as reference:
-        assert graph.pipeline == "antialias" and graph.resolution == 512 and graph.post_options.interpolation == "bicubic"
+        assert (graph.pipeline, graph.resolution, graph.post_options.interpolation) == ("antialias", 512, "bicubic")
         _check(_parity(reference.predict(image), _maps(graph.predict(image))), "odd")
         batch = graph.predict_batch([photos["portrait"], image, photos["small"], image], batch_size=4)
         for got, source in zip(batch, [photos["portrait"], image, photos["small"], image]):
@@ -245,7 +245,8 @@ def test_files_it_cannot_wrap(tmp_path: Path, prepost_onnx: Path) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(other))
     cases = [(garbage, ModelError, "not a readable ONNX file"), (other, ModelError, "expected a DAViD model"),
-             (prepost_onnx, ModelError, "already a pre/post graph"), (tmp_path / "absent.onnx", ModelError, "not found")]
+             (prepost_onnx, ModelError, "already a pre/post graph"),
+             (tmp_path / "absent.onnx", ModelError, "not found")]
     for source, error, message in cases:
         with pytest.raises(error, match=message):
             wrap_prepost(source, tmp_path / "out.onnx")
