@@ -282,3 +282,22 @@ def test_served_graph_takes_the_photo_bytes(prepost_onnx: Path, photos) -> None:
         assert remote.contract.layout == "prepost"
         got = remote.predict(image)
     assert np.allclose(got.depth, want.depth, atol=1e-6) and np.allclose(got.normal, want.normal, atol=1e-6)
+
+
+def test_cli_predict_runs_the_graph(prepost_onnx: Path, tiny_multitask_onnx: Path, tmp_path: Path, photos) -> None:
+    from PIL import Image
+
+    from david_infer import DavidRuntime
+    from david_infer.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photos["odd"]).save(folder / "rocket.png")
+    out = tmp_path / "out"
+    assert main(["predict", "-m", str(prepost_onnx), str(folder), "-o", str(out), "--save", "depth",
+                 "--no-progress"]) == 0
+    depth = np.load(out / "rocket.depth.npy")
+    with DavidRuntime(tiny_multitask_onnx) as reference:
+        want = reference.predict(photos["odd"]).depth
+    assert depth.shape == want.shape
+    assert float(np.sqrt(np.mean((depth - want) ** 2)) / (want.max() - want.min())) <= DEPTH_RMSE
