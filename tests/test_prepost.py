@@ -301,3 +301,15 @@ def test_cli_predict_runs_the_graph(prepost_onnx: Path, tiny_multitask_onnx: Pat
         want = reference.predict(photos["odd"]).depth
     assert depth.shape == want.shape
     assert float(np.sqrt(np.mean((depth - want) ** 2)) / (want.max() - want.min())) <= DEPTH_RMSE
+
+
+@pytest.mark.parametrize("size", [(1, 600), (600, 1), (17, 5), (2000, 31)])
+def test_extreme_shapes(size: tuple, tiny_multitask_onnx: Path, prepost_onnx: Path) -> None:
+    """One-pixel-thin and very elongated images: windows clamp at both ends of the padded square."""
+    from david_infer import DavidRuntime
+
+    image = (np.random.default_rng(1).random(size + (3,)) * 255).astype(np.uint8)
+    with DavidRuntime(tiny_multitask_onnx) as reference, DavidRuntime(prepost_onnx) as graph:
+        want, got = reference.predict(image), graph.predict(image)
+    assert got.depth.shape == size and got.normal.shape == size + (3,)
+    _check(_parity(want, _maps(got)), str(size))
