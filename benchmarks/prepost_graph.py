@@ -10,7 +10,9 @@
 Medians of wall-clock ms (and of process CPU ms, which a busy shared machine inflates less) at
 1280x720 and 3840x2160, for a real photo (scikit-image's coffee, upscaled).
 
-    python benchmarks/prepost_graph.py [--runs 9] [--base] [--json benchmarks/results/prepost_graph.json]
+    python benchmarks/prepost_graph.py [--runs 9] [--base]
+
+Writes benchmarks/results/prepost_graph.json and the table of docs/prepost.md ("Speed").
 """
 from __future__ import annotations
 
@@ -23,12 +25,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from prepost_4k import median_ms  # noqa: E402
+from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
 from david_infer import DavidRuntime  # noqa: E402
 
@@ -92,7 +92,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--ort-threads", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="DavidRuntime pre/post threads (default: its own)")
     parser.add_argument("--base", action="store_true", help="also time the Base network, model included")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=RESULTS / "prepost_graph.json")
     args = parser.parse_args(argv)
 
     from david_infer.contract import ModelContract
@@ -111,12 +111,12 @@ def main(argv: List[str] = None) -> int:
                 image = photo(*size)
                 feeds = {"image": image[None]}
                 session.run(None, feeds)
-                timing = median_ms(lambda: session.run(None, feeds), args.runs)  # noqa: B023 (called at once)
+                timing = median_ms(lambda feeds=feeds: session.run(None, feeds), args.runs)
                 rows.append(row("pre/post graph (ONNX Runtime)", size, timing))
                 decoded, prepared = rt.preprocess(image)
                 outputs = rt.infer([prepared])[0]
 
-                def numpy_path() -> None:
+                def numpy_path(image: np.ndarray = image, outputs: dict = outputs) -> None:
                     d, p = rt.preprocess(image)
                     rt.postprocess(d, p, outputs)
 
@@ -135,17 +135,18 @@ def main(argv: List[str] = None) -> int:
                     session.run(None, feeds)
                     runs = max(3, args.runs // 3)
                     rows.append(row("Base, pre/post graph (ONNX Runtime)", size,
-                                    median_ms(lambda: session.run(None, feeds), runs)))
+                                    median_ms(lambda feeds=feeds: session.run(None, feeds), runs)))
                     rt.predict(image)
-                    rows.append(row("Base, DavidRuntime.predict", size, median_ms(lambda: rt.predict(image), runs)))
+                    rows.append(row("Base, DavidRuntime.predict", size,
+                                    median_ms(lambda image=image: rt.predict(image), runs)))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
-          f"{os.cpu_count()} CPUs, load average {load:.1f} (a shared machine: compare within one run)")
-    print("| case | image | ms | cpu ms |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']} | {r['image']} | {r['ms']} | {r['cpu_ms']} |")
+    lines = [f"Per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
+             f"{os.cpu_count()} CPUs, load average {load:.1f} during the run (a shared machine: compare within "
+             "one run).", "", "| case | image | ms | cpu ms |", "|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['image']} | {r['ms']} | {r['cpu_ms']} |" for r in rows]
+    print("\n".join(lines))
+    replace_doc_section("prepost_graph", "\n".join(lines), page=ROOT / "docs" / "prepost.md", heading="## Speed")
     result = {"runs": args.runs, "ort_threads": args.ort_threads, "cpus": os.cpu_count(),
               "load_average": round(load, 2), "results": rows}
     if args.json:

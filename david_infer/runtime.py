@@ -23,10 +23,10 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping
 
 import numpy as np
 
+from . import prepost
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
-from . import prepost
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
 from .manifest import check_sha256, manifest_path

@@ -11,7 +11,6 @@ from typing import Dict
 
 import numpy as np
 import pytest
-
 from image_corpus import real_photos
 
 onnx = pytest.importorskip("onnx")
