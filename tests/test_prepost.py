@@ -312,3 +312,24 @@ def test_extreme_shapes(size: tuple, tiny_multitask_onnx: Path, prepost_onnx: Pa
         want, got = reference.predict(image), graph.predict(image)
     assert got.depth.shape == size and got.normal.shape == size + (3,)
     _check(_parity(want, _maps(got)), str(size))
+
+
+def test_wraps_a_released_style_file(tmp_path: Path) -> None:
+    """A manifest-less fixed-512 single-task file at opset 17 (depth without a channel axis), as
+    Microsoft releases them: recognised from its shapes, wrapped, portable, and matching the
+    runtime's official pipeline."""
+    from david_infer import DavidRuntime
+    from david_infer.export import export_onnx
+    from david_infer.export.prepost import tensorrt_problems, wrap_prepost
+
+    released = tmp_path / "depth-model-tiny.onnx"
+    export_onnx("tiny", "depth", released, layout="official", opset=17, seed=0)
+    released.with_suffix(".json").unlink()
+    graph = tmp_path / "depth-prepost.onnx"
+    manifest = wrap_prepost(released, graph)
+    assert manifest["prepost"]["pipeline"] == "official" and manifest["tasks"] == ["depth"]
+    assert manifest["weights"]["origin"] == "released"
+    assert tensorrt_problems(onnx.load(str(graph))) == []
+    image = (np.random.default_rng(0).random((300, 500, 3)) * 255).astype(np.uint8)
+    with DavidRuntime(released) as reference, DavidRuntime(graph) as wrapped:
+        _check(_parity(reference.predict(image), {"depth": wrapped.predict(image).depth}), "released")

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
     pp = p.add_argument_group("pre/post graph (docs/prepost.md)")
     pp.add_argument("--prepost", action="store_true",
-                    help="write one graph from the uint8 image to finished maps (with --from: wrap that .onnx)")
+                    help="write one graph from the uint8 image to finished maps (with --from: wrap that .onnx "
+                         "or released model name)")
     pp.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
                     help="channel order of the graph's image input (default rgb; bgr is what OpenCV decodes)")
     pp.add_argument("--prepost-resolution", type=int, default=512, metavar="N",
@@ -86,7 +87,9 @@ def _prepost(args: argparse.Namespace) -> int:
     if args.source:
         if args.variant or args.task:
             raise InputError("--prepost --from MODEL wraps an existing file: drop --variant and --task")
-        manifest = wrap_prepost(args.source, args.output, args.channel_order, args.prepost_resolution)
+        from ..zoo import resolve_model  # a released model's name (downloaded, cached) or a file
+
+        manifest = wrap_prepost(resolve_model(args.source), args.output, args.channel_order, args.prepost_resolution)
     else:
         if not (args.variant and args.task):
             raise InputError("export --prepost needs --variant and --task (or --from MODEL.onnx)")
