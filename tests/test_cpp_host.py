@@ -142,6 +142,30 @@ def test_exported_graphs_match_python_onnxruntime(david_predict: Path, exported_
         assert expected["depth"].std() > 0 and np.allclose(np.linalg.norm(expected["normal"], axis=-1), 1, atol=1e-4)
 
 
+def test_exported_graph_matches_david_runtime(david_predict: Path, exported_prepost: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    """The SDK's own runtime on the same pre/post graph and files: its maps with default options."""
+    from david_infer import DavidRuntime
+
+    pictures = real_photos()
+    images = []
+    for name in ("landscape", "small"):
+        Image.fromarray(pictures[name]).save(tmp_path / f"{name}.png")
+        images.append(tmp_path / f"{name}.png")
+    result = run_host(david_predict, exported_prepost["bgr"], images, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    runtime = DavidRuntime(exported_prepost["bgr"], resolution=384)  # the default 512 is refused for it
+    try:
+        for image in images:
+            prediction = runtime.predict(image)
+            for task in prepost_graph.TASKS:
+                got = np.load(tmp_path / "out" / f"{image.stem}.{task}.npy", allow_pickle=False)
+                np.testing.assert_allclose(got, getattr(prediction, task), rtol=0, atol=1e-5,
+                                           err_msg=f"{image.name} {task}")
+    finally:
+        runtime.close()
+
+
 def test_png_previews_follow_the_maps(david_predict: Path, tmp_path: Path) -> None:
     model = prepost_graph.write(tmp_path, "rgb")
     (image,) = [p for p in photos(tmp_path / "in") if p.stem == "astronaut"]
