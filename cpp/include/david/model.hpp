@@ -71,6 +71,7 @@ class Model {
 
   // The maps of one interleaved 8-bit image of `height` x `width` pixels in `order` (BGR by
   // default, OpenCV's order), rows packed without padding. Throws InputError for a bad size.
+  // Several threads may call predict on one Model at once (ONNX Runtime's Run is thread-safe).
   Maps predict(const std::uint8_t* pixels, int height, int width, ChannelOrder order = ChannelOrder::BGR) const;
   // The same for a buffer of `channels` per pixel: anything but 3 is refused with InputError.
   Maps predict(const std::uint8_t* pixels, int height, int width, int channels, ChannelOrder order) const;
