@@ -320,3 +320,26 @@ def test_a_plain_export_is_refused_with_the_prepost_command(david_predict: Path,
     err = host_error(run_host(david_predict, tiny_multitask_onnx, [image], tmp_path / "out"))
     assert f"{tiny_multitask_onnx.with_suffix('.json')}: its graph is not a pixels-to-maps graph" in err
     assert "david-infer export --prepost --from MODEL.onnx" in err
+
+
+def test_a_wrapped_released_layout_file_matches_david_runtime(david_predict: Path, official_onnx: Path,
+                                                              tmp_path: Path) -> None:
+    """A file in the released models' layout (fixed 1x3x512x512) wrapped: batch fixed to 1, the official
+    pipeline's pyramid and OpenCV-style resampling inside, BGR."""
+    from david_infer import DavidRuntime
+    from david_infer.export.prepost import wrap_prepost
+
+    model = tmp_path / "official-prepost.onnx"
+    assert wrap_prepost(official_onnx, model, channel_order="bgr")["prepost"]["pipeline"] == "official"
+    image = tmp_path / "odd.png"
+    Image.fromarray(real_photos()["odd"]).save(image)
+    result = run_host(david_predict, model, [image], tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    runtime = DavidRuntime(model)
+    try:
+        prediction = runtime.predict(image)
+    finally:
+        runtime.close()
+    for task in prepost_graph.TASKS:
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"odd.{task}.npy"), getattr(prediction, task),
+                                   rtol=0, atol=1e-5, err_msg=task)
