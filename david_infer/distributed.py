@@ -7,7 +7,7 @@
 The inputs are listed and named on the driver as `david-infer predict` does, read by Ray
 (`ray.data.read_binary_files`), and `map_batches` runs `DavidPredictor` in a pool of actors (one
 `DavidRuntime` per actor, so the model is loaded once per actor). Each actor writes its inputs'
-sets into the output folder with `david_infer.writer` (the names, files, all-or-none writes and
+sets into the output folder with `david_infer.outputs` (the names, files, all-or-none writes and
 completion records of `david-infer predict`), so a rerun, local or on Ray, skips what is complete.
 
 Faults are handled by Ray, configured here rather than written by hand: an actor whose process
@@ -31,7 +31,18 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 
@@ -69,7 +80,7 @@ class _Job:
     output: str
     runtime_options: Mapping[str, Any]
     kinds: Tuple[str, ...]
-    write: Any  # writer.WriteOptions
+    write: Any  # outputs.sets.WriteOptions
     overwrite: bool
     names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
     batch_size: int
@@ -112,7 +123,7 @@ class DavidPredictor:
     so nothing is written twice, even with overwrite. The rest are planned as `david-infer predict`
     plans them (complete sets skipped, a mismatching record refused unless overwrite, stale
     temporaries removed), run through `DavidRuntime.imap` (the one batching path) and written with
-    `writer.write_outputs` (all or none, completion record last). Returns one row per input, in
+    `outputs.images.write_outputs` (all or none, completion record last). Returns one row per input, in
     RESULT_COLUMNS.
     """
 
@@ -156,25 +167,26 @@ class DavidPredictor:
         return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
 
     def _name(self, path: str) -> str:
-        from .writer import output_name
+        from .outputs.sets import output_name
 
         names = self.job.names
         return names[path] if names is not None else output_name(path)
 
     def _written_by_this_run(self, path: str, name: str) -> bool:
-        from .writer import is_complete, record_path
+        from .outputs.images import IMAGE_KINDS
 
         job = self.job
+        image_set = IMAGE_KINDS.set(self.output, name, job.kinds)
         try:
-            recorded = record_path(self.output, name).stat().st_mtime
+            recorded = image_set.record.stat().st_mtime
         except OSError:
             return False
-        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write,
-                                                       source=path if os.path.isfile(path) else None)
+        return recorded >= job.started and image_set.is_complete(job.write,
+                                                                 source=path if os.path.isfile(path) else None)
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .commands.predict import _describe
-        from .writer import write_outputs
+        from .outputs.images import write_outputs
 
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
@@ -225,7 +237,7 @@ def predict_dataset(
             named on the driver exactly as `david-infer predict` does), or a `ray.data.Dataset`
             with a `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
             include_paths=True)`, from any file system Ray reaches) or `image` (decoded pixels);
-            a Dataset's inputs are named by `writer.output_name(path)` (the file's stem).
+            a Dataset's inputs are named by `outputs.sets.output_name(path)` (the file's stem).
         model: the model file or folder (at the same path on every node).
         output: the output folder (shared by every node); created if needed.
         save, overwrite, recursive, fov, near, far: as the `predict` command's options.
@@ -251,10 +263,20 @@ def predict_dataset(
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
+    from .commands.predict import (
+        Progress,
+        Tally,
+        _model_record,
+        _plan,
+        check_save,
+        collect_inputs,
+        name_inputs,
+        parse_save,
+        probe_output_folder,
+    )
+    from .outputs.images import IMAGE_KINDS
+    from .outputs.sets import WriteOptions, check_ply_options
     from .video import is_video_path
-    from .commands.predict import (Progress, Tally, _model_record, _plan, check_save, collect_inputs,
-                                   name_inputs, parse_save, probe_output_folder)
-    from .writer import WriteOptions, check_ply_options, remove_temporaries
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")
@@ -369,7 +391,7 @@ def predict_dataset(
     finally:
         bar.close()
     for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-        remove_temporaries(outdir, name, kinds)
+        IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
     for path in sorted(pending):
         summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
                                f"{max_task_retries} retries (see the Ray logs); run again to retry it"))

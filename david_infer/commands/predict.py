@@ -24,7 +24,7 @@ is skipped (reported as skipped; exit 0). An input with files but no record (an 
 is redone, replacing them, and the run first deletes the stale temporaries of its inputs'
 files (`.FILE.*.david-partial`). An input whose record does not match (other options, a file
 changed since) fails unless --overwrite, which redoes every input. Each input's files are written
-under temporary names and renamed into place, record last (see david_infer.writer): all or none.
+under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
 SIGTERM is handled like Ctrl-C: the input being written is removed, the exit status is 130.
 
 Options and the output folder (writable: a probe file is created and removed) are checked before
@@ -46,9 +46,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DavidError, InputError
+from ..outputs.images import IMAGE_KINDS
+from ..outputs.sets import SetState, WriteOptions, check_ply_options
 from ..progress import Progress
 from ..video import VIDEO_SUFFIXES, is_video_path
-from ..writer import SAVE_KINDS, SAVE_NEEDS, SetState, WriteOptions, check_ply_options
 from . import predict_video
 from ._common import add_runtime_arguments, open_runtime, resolve_model, split_list
 
@@ -62,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
-                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)}; for videos also "
+                   help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
                         f"{', '.join(predict_video.VIDEO_ONLY_KINDS)} (default: the model's maps + vis)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per model call (default 1)")
     p.add_argument("--recursive", action="store_true",
@@ -181,7 +182,7 @@ def _folder_images(folder: Path, recursive: bool, exclude: Optional[Path]) -> Tu
 def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Tuple[Path, str]], List[Tuple[str, str]]]:
     """(path, output name) per input, and a failure for each input whose name an earlier input of
     the run already has (compared case-insensitively, as some file systems do)."""
-    from ..writer import output_name
+    from ..outputs.sets import output_name
 
     jobs: List[Tuple[Path, str]] = []
     clashes: List[Tuple[str, str]] = []
@@ -218,7 +219,7 @@ def load_input(path: Path, data: Optional[bytes] = None) -> Any:
 def check_save(values: Optional[List[str]]) -> List[str]:
     """The --save kinds as given (empty = the default), refusing unknown ones; no model needed."""
     kinds = list(dict.fromkeys(split_list(values)))
-    known = (*SAVE_KINDS, *predict_video.VIDEO_ONLY_KINDS)
+    known = (*IMAGE_KINDS, *predict_video.VIDEO_ONLY_KINDS)
     unknown = [k for k in kinds if k not in known]
     if unknown:
         raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -228,10 +229,7 @@ def check_save(values: Optional[List[str]]) -> List[str]:
 def parse_save(values: Optional[List[str]], tasks: Sequence[str]) -> List[str]:
     """The --save kinds, checked against the model's tasks (default: its maps + vis)."""
     kinds = check_save(values) or [t for t in ("depth", "normal", "foreground") if t in tasks] + ["vis"]
-    for kind in kinds:
-        if kind in SAVE_NEEDS and SAVE_NEEDS[kind] not in tasks:
-            raise InputError(f"--save {kind} needs a model that predicts {SAVE_NEEDS[kind]}; this one predicts "
-                             f"{', '.join(tasks)} only")
+    IMAGE_KINDS.check([k for k in kinds if k in IMAGE_KINDS], tasks)
     return kinds
 
 
@@ -239,8 +237,8 @@ def probe_output_folder(outdir: Path) -> None:
     """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file
     is created and removed in OUTDIR, or in its nearest existing parent when OUTDIR is missing.
     Nothing is created for OUTDIR itself."""
-    from ..manifest import make_temp_path
-    from ..writer import TEMP_SUFFIX
+    from ..outputs.files import make_temp_path
+    from ..outputs.sets import TEMP_SUFFIX
 
     existing = Path(os.path.abspath(outdir))
     while not os.path.lexists(existing) and existing.parent != existing:
@@ -274,9 +272,9 @@ def run_pipeline(
     """Predict and write every (input, name) job; returns (how many succeeded, [(input, reason)]).
 
     `runtime.imap` decodes ahead, batches and postprocesses; this loop only writes each input's
-    set with `writer.write_outputs` (all or none, completion record last).
+    set with `outputs.images.write_outputs` (all or none, completion record last).
     """
-    from ..writer import write_outputs
+    from ..outputs.images import write_outputs
 
     failures: List[Tuple[str, str]] = []
     succeeded = 0
@@ -372,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
                 tally.written += written
                 tally.skipped += skipped
                 tally.failures.extend(failed)
-            kinds = [k for k in kinds if k in SAVE_KINDS]
+            kinds = [k for k in kinds if k in IMAGE_KINDS]
             images = [job for job in jobs if not is_video_path(job[0])]
             todo = _plan(images, outdir, kinds, opts, args.overwrite, tally) if kinds else []
             if images and not kinds:
@@ -411,20 +409,19 @@ def _plan(jobs: Sequence[Tuple[Path, str]], outdir: Path, kinds: Sequence[str], 
           overwrite: bool, tally: Tally) -> List[Tuple[Path, str]]:
     """The jobs to run: complete sets are skipped (unless overwrite), sets whose record does not
     match fail (unless overwrite); stale temporaries of the rest are removed."""
-    from ..writer import remove_temporaries, status
-
     todo = []
     for path, name in jobs:
         try:
+            image_set = IMAGE_KINDS.set(outdir, name, kinds)
             # an input on other storage (a Ray Dataset read from S3) has no local file to compare
-            state = status(outdir, name, kinds, opts, source=path if os.path.isfile(path) else None)
+            state = image_set.status(opts, source=path if os.path.isfile(path) else None)
             if not overwrite and state.state is SetState.DONE:
                 tally.skipped += 1
                 continue
             if not overwrite and state.state is SetState.CHANGED:
                 raise InputError(f"its outputs in {outdir} do not match its completion record: {state.reason}; "
                                  f"pass --overwrite to redo it (or choose another output folder)")
-            remove_temporaries(outdir, name, kinds)
+            image_set.remove_temporaries()
             todo.append((path, name))
         except DavidError as exc:
             tally.failures.append((str(path), str(exc)))

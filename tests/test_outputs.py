@@ -1,4 +1,4 @@
-"""david_infer.writer: names from the input alone, all-or-none sets, completion records, stale temporaries."""
+"""david_infer.outputs: names from the input alone, all-or-none sets, completion records, stale temporaries."""
 from __future__ import annotations
 
 import os
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from david_infer.errors import InputError
+from david_infer.outputs.images import IMAGE_KINDS, depth_to_uint16, write_outputs
+from david_infer.outputs.sets import TEMP_SUFFIX, SetState, WriteOptions, output_name
 from david_infer.prediction import Prediction
-from david_infer.writer import (
-    TEMP_SUFFIX, SetState, WriteOptions, is_complete, output_name, planned_files, record_path, remove_temporaries,
-    status, write_outputs,
-)
 
 KINDS = ["depth", "normal", "foreground", "vis", "ply"]
 
@@ -37,39 +35,40 @@ def test_output_name_is_a_function_of_the_input_and_its_root(tmp_path: Path) -> 
 def test_names_never_leave_the_folder(tmp_path: Path) -> None:
     for bad in ("../x", "a/../../x", "/etc/passwd", ".hidden", "a//b", ""):
         with pytest.raises(InputError):
-            planned_files(tmp_path, bad, ["depth"])
-    assert planned_files(tmp_path, "a/x", ["vis"]) == [tmp_path / "a" / "x.vis.png"]
+            IMAGE_KINDS.set(tmp_path, bad, ["depth"])
+    assert IMAGE_KINDS.set(tmp_path, "a/x", ["vis"]).files == [tmp_path / "a" / "x.vis.png"]
 
 
 def test_write_then_status_done_and_files_readable(tmp_path: Path) -> None:
     pred = _prediction()
     opts = WriteOptions(fov=50.0, extra={"model": "tiny"})
-    assert status(tmp_path, "sub/x", KINDS, opts).state is SetState.MISSING
+    sub_x = IMAGE_KINDS.set(tmp_path, "sub/x", KINDS)
+    assert sub_x.status(opts).state is SetState.MISSING
     written = write_outputs(pred, tmp_path, "sub/x", KINDS, opts)
-    assert written == planned_files(tmp_path, "sub/x", KINDS) and all(p.exists() for p in written)
+    assert written == sub_x.files and all(p.exists() for p in written)
     np.testing.assert_array_equal(np.load(tmp_path / "sub" / "x.depth.npy"), pred.depth)
-    assert is_complete(tmp_path, "sub/x", KINDS, opts, verify=True)
-    assert record_path(tmp_path, "sub/x").exists()
+    assert sub_x.is_complete(opts, verify=True)
+    assert sub_x.record == tmp_path / "sub" / "x.done.json" and sub_x.record.exists()
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]
     # other options or kinds: not this set
-    assert status(tmp_path, "sub/x", KINDS, WriteOptions(fov=60.0, extra={"model": "tiny"})).state is SetState.CHANGED
-    assert status(tmp_path, "sub/x", ["depth"], opts).state is SetState.CHANGED
+    assert sub_x.status(WriteOptions(fov=60.0, extra={"model": "tiny"})).state is SetState.CHANGED
+    assert IMAGE_KINDS.set(tmp_path, "sub/x", ["depth"]).status(opts).state is SetState.CHANGED
     # a file changed after writing: caught by size, or by hash with verify
     npy = tmp_path / "sub" / "x.depth.npy"
     data = bytearray(npy.read_bytes())
     data[-1] ^= 0xFF
     npy.write_bytes(bytes(data))
-    assert is_complete(tmp_path, "sub/x", KINDS, opts)
-    assert status(tmp_path, "sub/x", KINDS, opts, verify=True).state is SetState.CHANGED
+    assert sub_x.is_complete(opts)
+    assert sub_x.status(opts, verify=True).state is SetState.CHANGED
     npy.unlink()
-    assert "missing" in status(tmp_path, "sub/x", KINDS, opts).reason
+    assert "missing" in sub_x.status(opts).reason
 
 
 def test_files_without_record_are_partial_and_rewritten(tmp_path: Path) -> None:
     (tmp_path / "x.depth.png").write_bytes(b"left by a killed run")
-    assert status(tmp_path, "x", ["depth"]).state is SetState.PARTIAL
+    assert IMAGE_KINDS.set(tmp_path, "x", ["depth"]).status().state is SetState.PARTIAL
     write_outputs(_prediction(), tmp_path, "x", ["depth"])
-    assert is_complete(tmp_path, "x", ["depth"], verify=True)
+    assert IMAGE_KINDS.set(tmp_path, "x", ["depth"]).is_complete(verify=True)
 
 
 def test_a_failing_file_leaves_nothing_of_the_set(tmp_path: Path) -> None:
@@ -82,7 +81,7 @@ def test_a_failing_file_leaves_nothing_of_the_set(tmp_path: Path) -> None:
         write_outputs(broken, tmp_path, "x", ["depth", "normal", "vis"])
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # the old set untouched, no temporaries
-    assert is_complete(tmp_path, "x", ["depth", "vis"])
+    assert IMAGE_KINDS.set(tmp_path, "x", ["depth", "vis"]).is_complete()
 
 
 def test_remove_temporaries_removes_only_this_sets(tmp_path: Path) -> None:
@@ -90,7 +89,7 @@ def test_remove_temporaries_removes_only_this_sets(tmp_path: Path) -> None:
     foreign = [tmp_path / f".y.depth.png.abc{TEMP_SUFFIX}", tmp_path / ".x.depth.png.abc.tmp", tmp_path / "x.depth.png"]
     for p in ours + foreign:
         p.write_bytes(b"")
-    assert sorted(remove_temporaries(tmp_path, "x", ["depth"])) == sorted(ours)
+    assert sorted(IMAGE_KINDS.set(tmp_path, "x", ["depth"]).remove_temporaries()) == sorted(ours)
     assert all(p.exists() for p in foreign) and not any(os.path.lexists(p) for p in ours)
 
 
@@ -117,8 +116,6 @@ def test_writing_a_set_adds_little_memory_above_the_prediction(tmp_path: Path) -
 
 
 def test_depth_png_matches_the_float64_formula() -> None:
-    from david_infer.outputs import depth_to_uint16
-
     rng = np.random.default_rng(3)
     depth = (rng.random((700, 500)) * 7 - 3).astype(np.float32)
     depth[5, 5], depth[6, 6], depth[7, 7] = np.nan, np.inf, -np.inf
