@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from david_infer.commands.predict_video import VIDEO_ONLY_KINDS
 from david_infer.errors import InputError
+from david_infer.outputs.clips import VIDEO_KINDS
 from david_infer.outputs.images import IMAGE_KINDS, depth_to_uint16, write_outputs
 from david_infer.outputs.sets import TEMP_SUFFIX, SetState, WriteOptions, output_name
 from david_infer.prediction import Prediction
@@ -125,3 +127,74 @@ def test_depth_png_matches_the_float64_formula() -> None:
     expected = np.rint(np.where(finite, (d - lo) / (hi - lo), 0.0) * 65535.0).astype(np.uint16)
     np.testing.assert_array_equal(depth_to_uint16(depth), expected)
     assert not depth_to_uint16(np.full((3, 3), np.nan, np.float32)).any()
+
+
+# ------------------------------------------------------------------------------ kind tables
+
+
+def test_kinds_in_any_order_write_each_kinds_own_files(tmp_path: Path) -> None:
+    written = write_outputs(_prediction(), tmp_path, "x", ["vis", "depth"])
+    assert [p.name for p in written] == ["x.vis.png", "x.depth.png", "x.depth.npy"]
+    assert np.load(tmp_path / "x.depth.npy").shape == (24, 32)
+    assert IMAGE_KINDS.set(tmp_path, "x", ["vis", "depth"]).is_complete(verify=True)
+
+
+def test_each_suffix_belongs_to_one_kind_of_its_medium() -> None:
+    for table in (IMAGE_KINDS, VIDEO_KINDS):
+        suffixes = [s for kind in table.values() for s in kind.suffixes]
+        assert len(suffixes) == len(set(suffixes)) and all(s.startswith(".") for s in suffixes)
+    assert VIDEO_ONLY_KINDS == ("depth-npz", "cutout")
+    assert IMAGE_KINDS["ply"].needs == "depth" and IMAGE_KINDS["vis"].needs is None
+    assert VIDEO_KINDS["cutout"].encoder == "png" and VIDEO_KINDS["depth-npz"].encoder is None
+
+
+def test_kind_tables_refuse_unknown_kinds_and_missing_tasks(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"unknown output kind\(s\) cutout for images; choose from depth, normal"):
+        IMAGE_KINDS.set(tmp_path, "x", ["cutout"])
+    with pytest.raises(InputError, match="--save ply needs a model that predicts depth; this one predicts normal only"):
+        IMAGE_KINDS.check(["normal", "ply"], ["normal"])
+    VIDEO_KINDS.check(["vis"], ["normal"])  # vis draws whatever the model predicts
+
+
+# --------------------------------------------------------------------------- clip rendering
+
+
+def test_the_vis_video_draws_the_image_panels_tiles() -> None:
+    """One tile renderer: the vis video's picture of a frame is the image panel's tiles of the
+    half-size maps, the depth tile too when drawn with the range of those maps over the person."""
+    from david_infer import visualize
+    from david_infer.video import VisLayout
+    from david_infer.video.render import half
+
+    pred = _prediction(24, 30)
+    pred.foreground[:, :12] = 0.0  # a person on the right: depth and normals fade on the left
+    pred.foreground[:, 12:] = 1.0
+    layout = VisLayout(("depth", "normal", "foreground"), 24, 30)
+    canvas, shade, depth = layout.draw(pred)
+    small = Prediction(image=half(pred.image), depth=half(pred.depth), normal=half(pred.normal),
+                       foreground=half(pred.foreground))
+    person = depth[small.foreground >= 0.5]
+    canvas = layout.draw_depth(canvas, shade, depth, (float(person.min()), float(person.max())), inverse=True)
+    tiles = dict(visualize.panel_tiles(small, inverse_depth=True))
+    assert layout.names == list(tiles) == ["image", "depth", "normal", "foreground"]
+    th, tw = layout.tile
+    for i, name in enumerate(layout.names):
+        r, c = divmod(i, 2)
+        np.testing.assert_array_equal(canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw], tiles[name], err_msg=name)
+    assert not canvas[th:2 * th, :6].any()  # normals faded to black outside the person
+
+
+def test_the_two_pass_spool_gives_back_what_was_held(tmp_path: Path) -> None:
+    from david_infer.outputs.clips import _Spool
+
+    spool = _Spool(tmp_path / ".spool")
+    depth = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    canvas = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    spool.put((depth,))
+    spool.put((canvas, None, depth))
+    first, second = list(spool.replay(2))
+    assert first[0].dtype == np.float16 and np.allclose(first[0], depth, atol=1e-3)
+    np.testing.assert_array_equal(second[0], canvas)
+    assert second[1] is None and second[2].shape == (3, 4)
+    spool.remove()
+    assert not (tmp_path / ".spool").exists()
