@@ -1,29 +1,14 @@
-"""`david-infer predict` on video files: per clip NAME (see
-david_infer.outputs.sets.output_name), per --save kind (david_infer.outputs.clips.VIDEO_KINDS)
+"""`david-infer predict` on video files: the video options, and every clip of a run checked, then written.
 
-  depth       NAME.depth.mp4       grey depth, white = near, one range for the whole clip
-  normal      NAME.normal.mp4      normals as RGB, (n + 1) / 2 * 255
-  foreground  NAME.foreground.mp4  the soft matte, grey
-  vis         NAME.vis.mp4         the frame, depth (viridis, one range for the clip), normals and the
-                                   matte over the frame as half-size tiles, two per row; the source's
-                                   audio stream copied
-  depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 raw model depth, `time` (s),
-                                   `pts`, `frame_index` (N,)
-  cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte
-                                   as alpha
-(`ply` applies to images only.) Default: the model's maps + vis.
+Each clip NAME (`david_infer.outputs.sets.output_name`) gets one file per --save kind of
+`david_infer.outputs.clips.VIDEO_KINDS` (its docstring lists them; `ply` applies to images only,
+`depth-npz` and `cutout` to clips only). Default: the model's maps + vis.
 
 Every video keeps the source's frame timestamps (variable frame rates too), rate, duration, display
 rotation, colour range/matrix tags and pixel aspect; H.264 (libx264, 4:2:0; 4:4:4 for odd sizes).
 `--frames START:END:STEP` selects frames (timestamps stay the source's), `--max-side N` scales
-frames down first.
-
-Depth range: `--depth-range clip` (default) is two-pass: the first pass runs the model once per
-frame and spools what the depth and vis videos need to a temporary file beside them (float16 depth
-plus the vis picture: about 6 bytes per output pixel per frame), the second encodes them with the
-clip's range. `--depth-range running` is one pass without the spool: each frame uses the range of
-the frames so far, which only widens (early frames may use less of the scale). Raw data
-(depth-npz) is never normalised.
+frames down first. `--depth-range clip` (default) is two-pass, `running` one pass (see
+`david_infer.outputs.clips`).
 
 The clip's files are one set (david_infer.outputs.sets): written to hidden temporaries, renamed into
 place at the end with the completion record last, so Ctrl-C or a kill leaves the finished files

@@ -15,9 +15,11 @@ it needs, the FFmpeg encoder it needs, how its file is opened and how each frame
 
 A kind with `hold` is drawn with the clip's depth range (`ClipOptions.depth_range`): "clip" (the
 default) is two-pass: the first pass runs the model once per frame and spools what `hold` keeps
-of each frame to a temporary file beside the outputs (float maps as float16), the second draws
-them with the range of the whole clip. "running" is one pass: each frame uses the range of the
-frames so far, which only widens. Raw data (depth-npz) is never normalised.
+of each frame to a temporary file beside the outputs (float maps as float16: with depth and vis,
+about 6 bytes per output pixel per frame), the second draws them with the range of the whole
+clip. "running" is one pass without the spool: each frame uses the range of the frames so far,
+which only widens (early frames may use less of the scale). Raw data (depth-npz) is never
+normalised.
 
 `write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
 temporaries renamed into place at the end with the completion record last; a clip that stops
