@@ -157,7 +157,9 @@ def panel_tiles(prediction: Any, cmap: str = "viridis",
     image = as_image(prediction.image, "prediction.image")
     shape = image.shape[:2]
     alpha = as_alpha(getattr(prediction, "foreground", None), shape, "prediction.foreground")
-    maps = {"image": image, "foreground": alpha}
+    maps = {"image": image}
+    if alpha is not None:
+        maps["foreground"] = alpha
     depth = getattr(prediction, "depth", None)
     if depth is not None:
         if inverse_depth is None:
@@ -167,8 +169,7 @@ def panel_tiles(prediction: Any, cmap: str = "viridis",
     if normal is not None:
         maps["normal"] = as_normals(normal, shape, "prediction.normal")
     shade = tile_shade(alpha)
-    names = tile_names(name for name, value in maps.items() if value is not None)
-    return [(name, draw_tile(name, maps[name], image, shade, cmap, bool(inverse_depth))) for name in names]
+    return [(name, draw_tile(name, maps[name], image, shade, cmap, bool(inverse_depth))) for name in tile_names(maps)]
 
 
 def tile_names(tasks: Iterable[str]) -> List[str]:
@@ -202,6 +203,8 @@ def draw_tile(name: str, data: np.ndarray, image: Optional[np.ndarray] = None, s
     if name == "normal":
         return normals_to_rgb(data, shade)
     if name == "foreground":
+        if image is None:
+            raise InputError("draw_tile: the foreground tile is drawn over the image; pass `image`")
         return overlay_mask(image, data)
     raise InputError(f"unknown tile {name!r}; choose from {', '.join(TILES)}")
 

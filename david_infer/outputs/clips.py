@@ -211,7 +211,7 @@ def check_encoders(kinds: Sequence[str]) -> None:
     from .._optional import require
 
     av = require("av", "video files")
-    for name in sorted({VIDEO_KINDS[k].encoder for k in kinds} - {None}):
+    for name in sorted({encoder for encoder in (VIDEO_KINDS[k].encoder for k in kinds) if encoder is not None}):
         try:
             av.codec.Codec(name, "w")
         except Exception:
@@ -260,7 +260,7 @@ class ClipOutputs:
         self.set.make_folder()
         self.size = info.output_size(opts.max_side)  # as stored
         self.display = self.size[::-1] if info.quarter_turns % 2 else self.size
-        self.vis = VisLayout(self.tasks, *self.display)
+        self.vis: VisLayout = VisLayout(self.tasks, *self.display)
         self.range_all, self.range_person = DepthRange(), DepthRange()
         self.meta: List[Tuple[int, Optional[int], Optional[float], int]] = []  # index, pts, time, duration
         kinds = [VIDEO_KINDS[k] for k in opts.kinds]
@@ -331,7 +331,8 @@ class _Background:
     _DONE = object()
 
     def __init__(self, work: Any, depth: int) -> None:
-        self._work, self._error, self._cancelled = work, None, False
+        self._work, self._cancelled = work, False
+        self._error: Optional[BaseException] = None
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
         self._thread = threading.Thread(target=self._run, name="david-video-writer", daemon=True)
         self._thread.start()

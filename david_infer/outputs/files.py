@@ -20,7 +20,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+def atomic_write(path: Union[str, Path], write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically.
 
     On any failure the temporary file is removed and `path` is left as it was.

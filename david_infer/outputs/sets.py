@@ -152,11 +152,13 @@ class KindTable(Mapping[str, K], Generic[K]):
         if unknown:
             raise InputError(f"unknown output kind(s) {', '.join(unknown)} for {self.medium}; choose from "
                              f"{', '.join(self._kinds)}")
-        for kind in kinds if tasks is not None else ():
+        if tasks is None:
+            return
+        for kind in kinds:
             needs = self._kinds[kind].needs
-            if needs is not None and needs not in tasks:  # type: ignore[operator]
+            if needs is not None and needs not in tasks:
                 raise InputError(f"--save {kind} needs a model that predicts {needs}; this one predicts "
-                                 f"{', '.join(tasks)} only")  # type: ignore[arg-type]
+                                 f"{', '.join(tasks)} only")
 
     def set(self, outdir: Union[str, Path], name: str, kinds: Sequence[str]) -> "OutputSet":
         """The set of `name`'s files of `kinds` in `outdir`."""

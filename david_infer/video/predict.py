@@ -31,7 +31,8 @@ def predict_frames(runtime: Any, frames: Iterable[Frame], batch_size: Optional[i
 
 def predict_video(runtime: Any, src: Any, *, batch_size: Optional[int] = None,
                   frames: Union[None, str, FrameSelection] = None, max_side: Optional[int] = None,
-                  fps: Optional[float] = None, prefetch: Optional[int] = None) -> Iterator[Tuple[int, Optional[float], Any]]:
+                  fps: Optional[float] = None,
+                  prefetch: Optional[int] = None) -> Iterator[Tuple[int, Optional[float], Any]]:
     """See `DavidRuntime.predict_video`."""
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)

@@ -84,10 +84,11 @@ class VisLayout:
         image = half(pred.image)
         alpha = None if pred.foreground is None else np.clip(half(pred.foreground), 0.0, 1.0)
         shade = tile_shade(alpha)
-        maps = {"image": image, "normal": None if pred.normal is None else half(pred.normal), "foreground": alpha}
+        maps = {"image": image, "normal": pred.normal, "foreground": alpha}
         for name in self.names:
-            if name != "depth":
-                self._place(canvas, name, draw_tile(name, maps[name], image, shade))
+            data = maps.get(name)
+            if data is not None:  # depth: by `draw_depth`
+                self._place(canvas, name, draw_tile(name, half(data) if name == "normal" else data, image, shade))
         return canvas, shade, None if pred.depth is None else half(pred.depth)
 
     def draw_depth(self, canvas: np.ndarray, shade: Optional[np.ndarray], depth: Optional[np.ndarray],
