@@ -45,8 +45,10 @@ def colormap(name: str = "viridis") -> np.ndarray:
 
 def apply_colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
     """Map values in [0, 1] (clipped; NaN -> 0) to (..., 3) uint8 RGB."""
-    idx = np.rint(np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0.0, 1.0) * 255.0).astype(np.intp)
-    return colormap(name)[idx]
+    t = np.nan_to_num(np.asarray(values, np.float32))  # a copy: the steps below work in place
+    np.clip(t, 0.0, 1.0, out=t)
+    t *= np.float32(255.0)
+    return colormap(name)[np.rint(t, out=t).astype(np.uint8)]
 
 
 def colorize_depth(
@@ -78,13 +80,16 @@ def colorize_depth(
     else:
         (lo, hi), found = (float(span[0]), float(span[1])), True
     width = hi - lo if hi > lo else 1.0
+    opaque = alpha is None and bool(finite.all())  # nothing fades to the background: no blending
 
     def band(rows: slice) -> np.ndarray:  # band by band: no full-size float temporaries
         if not found:
             t = np.zeros(d[rows].shape, np.float32)
         else:
             t = (d[rows] - lo) / width if inverse else (hi - d[rows]) / width
-        rgb = apply_colormap(t, cmap).astype(np.float32)
+        rgb = apply_colormap(t, cmap)
+        if opaque:
+            return rgb
         weight = finite[rows].astype(np.float32) * (alpha[rows] if alpha is not None else 1.0)
         return blend(rgb, background, weight)
 
