@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import prologue  # noqa: F401  (the checkout on sys.path)
 import numpy as np
+import prologue  # noqa: F401  (the checkout on sys.path)
+from prologue import RESULTS, replace_doc_section
 
 from david_infer.benchmark import machine, synthetic_photo, time_interleaved
-from prologue import RESULTS, replace_doc_section
+
 #: form name -> (graph precision, backend)
 FORMS: Dict[str, Tuple[str, str]] = {
     "ort-fp32": ("fp32", "onnxruntime"),

@@ -79,7 +79,7 @@ def test_a_failing_file_leaves_nothing_of_the_set(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     broken = _prediction(seed=1)
     broken.normal = None  # the normal file cannot be made: the write fails midway
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="normal"):
         write_outputs(broken, tmp_path, "x", ["depth", "normal", "vis"])
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # the old set untouched, no temporaries

@@ -36,8 +36,9 @@ def predict_video(runtime: Any, src: Any, *, batch_size: Optional[int] = None,
     """See `DavidRuntime.predict_video`."""
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
-        reader: Optional[FrameReader] = read_frames(src, selection, max_side)
-        source: Iterable[Frame] = reader
+        file_reader = read_frames(src, selection, max_side)
+        reader: Optional[FrameReader] = file_reader
+        source: Iterable[Frame] = file_reader
     else:
         if frames is not None or max_side is not None:
             raise InputError("frames= and max_side= apply to video files; select and resize the frames "
