@@ -218,14 +218,6 @@ class SetStatus:
     reason: str = ""
 
 
-def temporary_for(final: Path) -> Path:
-    """A new empty temporary file beside `final`, named as `OutputSet.remove_temporaries` knows them."""
-    try:
-        return make_temp_path(final, TEMP_SUFFIX)
-    except OSError as exc:
-        raise InputError(f"cannot write {final}: {exc}") from None
-
-
 def _source(path: PathLike) -> Dict[str, Any]:
     """What the record keeps of the input file: its name and size (compared), and its path."""
     try:
@@ -258,8 +250,12 @@ class OutputSet:
             raise InputError(f"cannot create the folder {self.record.parent}: {exc}") from None
 
     def temporary(self, final: Path) -> Path:
-        """A new temporary file beside `final` (one of `files`) for `commit` to rename into place."""
-        return temporary_for(final)
+        """A new empty temporary file beside `final` (one of `files`) for `commit` to rename into place,
+        named as `remove_temporaries` knows them."""
+        try:
+            return make_temp_path(final, TEMP_SUFFIX)
+        except OSError as exc:
+            raise InputError(f"cannot write {final}: {exc}") from None
 
     def commit(self, staged: Sequence[Tuple[Path, Path]], options: Optional[WriteOptions] = None,
                record: bool = True, source: Optional[PathLike] = None) -> None:
