@@ -10,7 +10,8 @@ prediction files into a folder and must survive being killed and rerun. Public A
   name whatever else is in the run, so a job split across machines or resumed with another input
   list writes each input under one name. Two inputs of one run with one name are the caller's to
   report (see `predict`); names are never renamed to dodge a clash.
-- `SAVE_KINDS`, `SAVE_FILES` (kind -> file suffixes), `SAVE_NEEDS` (kind -> model task).
+- `SAVE_KINDS`, `SAVE_FILES` (kind -> file suffixes), `SAVE_NEEDS` (kind -> model task); for
+  video inputs `VIDEO_SAVE_FILES`, `VIDEO_ONLY_KINDS`, `VIDEO_NEEDS`.
 - `planned_files(outdir, name, kinds) -> [Path]`: the files of one input's set (record excluded).
 - `record_path(outdir, name) -> Path`: `OUTDIR/NAME.done.json`, the completion record.
 - `WriteOptions(fov, depth_range, depth_inverse, extra)`: what shapes the files; recorded.
@@ -62,6 +63,18 @@ SAVE_FILES: Dict[str, Tuple[str, ...]] = {
 }
 #: kind -> the model task it needs
 SAVE_NEEDS = {"depth": "depth", "normal": "normal", "foreground": "foreground", "ply": "depth"}
+#: the sets of video inputs (commands/predict_video.py): kind -> the files it writes after the clip's name
+VIDEO_SAVE_FILES: Dict[str, Tuple[str, ...]] = {
+    "depth": (".depth.mp4",),
+    "normal": (".normal.mp4",),
+    "foreground": (".foreground.mp4",),
+    "vis": (".vis.mp4",),
+    "depth-npz": (".depth.npz",),
+    "cutout": (".cutout.mov",),
+}
+VIDEO_ONLY_KINDS = ("depth-npz", "cutout")
+VIDEO_NEEDS = {"depth": "depth", "normal": "normal", "foreground": "foreground", "depth-npz": "depth",
+               "cutout": "foreground"}
 RECORD_SUFFIX = ".done.json"
 TEMP_SUFFIX = ".david-partial"
 RECORD_FORMAT = "david-infer-outputs"

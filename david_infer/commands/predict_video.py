@@ -47,19 +47,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DavidError, InputError
+from ..jobs import describe
+from ..writer import VIDEO_NEEDS, VIDEO_ONLY_KINDS, VIDEO_SAVE_FILES  # noqa: F401  (VIDEO_ONLY_KINDS: re-exported)
 
-#: kind -> the files it writes after the clip's name
-VIDEO_SAVE_FILES: Dict[str, Tuple[str, ...]] = {
-    "depth": (".depth.mp4",),
-    "normal": (".normal.mp4",),
-    "foreground": (".foreground.mp4",),
-    "vis": (".vis.mp4",),
-    "depth-npz": (".depth.npz",),
-    "cutout": (".cutout.mov",),
-}
-VIDEO_ONLY_KINDS = ("depth-npz", "cutout")
-VIDEO_NEEDS = {"depth": "depth", "normal": "normal", "foreground": "foreground", "depth-npz": "depth",
-               "cutout": "foreground"}
 DEPTH_RANGES = ("clip", "running")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -389,6 +379,8 @@ def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOpt
         for frame, pred in predict_frames(runtime, reader, opts.batch_size):
             background.put(frame, pred)
         background.close()
+        if not outputs.meta and reader.error is None:  # a clip whose stated frame count was unknown or wrong
+            raise InputError(f"{info.path}: --frames selects no frame of the clip; nothing was written")
         staged = outputs.finish()
         stopped = reader.error
         commit_set(staged, outdir, name, opts.kinds, record_options, record=stopped is None, source=info.path)
@@ -400,55 +392,53 @@ def process_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOpt
 
 
 def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, args: argparse.Namespace,
-               kinds: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Tuple[int, int, List[Tuple[str, str]]]:
-    """Every clip of `jobs` ((path, name)); returns (how many written, how many skipped as already
-    complete, failures). `extra` (the model and runtime settings) goes into each completion record."""
-    from .. import video, writer
+               kinds: Sequence[str], extra: Dict[str, Any], tally: Any) -> None:
+    """Every clip of `jobs` ((path, name)), each counted in `tally` (a jobs.Tally) as written,
+    skipped (already complete) or failed. Every clip is probed, its --frames checked against its
+    frame count and its set planned (david_infer.jobs.plan) before the model sees a frame. `extra`
+    (the model and runtime settings) goes into each completion record."""
+    from .. import video
+    from ..jobs import plan
 
     opts = ClipOptions.from_args(args, kinds, runtime.post_options.invert_depth)  # bad options: the run fails
     try:  # kinds or encoders that do not fit the clips: each clip fails, images still run
         chosen = video_kinds(kinds, runtime.tasks)
         check_encoders(chosen)
     except DavidError as exc:
-        return 0, 0, [(str(path), str(exc)) for path, _ in jobs]
+        tally.failures.extend((str(path), str(exc)) for path, _ in jobs)
+        return
     opts = dataclasses.replace(opts, kinds=tuple(chosen))
-    record_options = opts.write_options(extra or {})
-    failures: List[Tuple[str, str]] = []
-    todo = []
-    skipped = 0
-    for path, name in jobs:  # every clip probed and its outputs checked before the model sees a frame
+    record_options = opts.write_options(extra)
+    probed: Dict[Path, Any] = {}
+    for path, _ in jobs:
         try:
-            info = video.probe(path)
-            state = writer.status(outdir, name, chosen, record_options, source=path, files=VIDEO_SAVE_FILES)
-            if state.state is writer.SetState.DONE and not args.overwrite:
-                skipped += 1
-                continue
-            if state.state is writer.SetState.CHANGED and not args.overwrite:
-                raise InputError(f"its outputs exist ({state.reason}); pass --overwrite to replace them")
-            blocked = [t for t in writer.planned_files(outdir, name, chosen, VIDEO_SAVE_FILES) if t.is_dir()]
-            if blocked:
-                raise InputError(f"cannot write {blocked[0]}: a folder has that name")
-            todo.append((path, name, info))
+            probed[path] = check_frames(video.probe(path), opts.frames)
         except DavidError as exc:
-            failures.append((str(path), _without(str(exc), str(path))))
-    succeeded = 0
-    for path, name, info in todo:
-        writer.remove_temporaries(outdir, name, chosen, files=VIDEO_SAVE_FILES)
+            tally.fail(path, exc)
+    todo = plan([j for j in jobs if j[0] in probed], outdir, chosen, record_options, args.overwrite, tally,
+                files=VIDEO_SAVE_FILES)
+    for path, name in todo:
         start = time.perf_counter()
         try:
-            count, stopped = process_clip(runtime, info, outdir, name, opts, record_options)
+            count, stopped = process_clip(runtime, probed[path], outdir, name, opts, record_options)
         except DavidError as exc:
-            failures.append((str(path), _without(str(exc), str(path))))
+            tally.fail(path, exc)
             continue
         if not getattr(args, "no_progress", False):
             took = time.perf_counter() - start
             print(f"{path}: {count} frames in {took:.1f} s ({count / max(took, 1e-9):.1f} frames/s)", file=sys.stderr)
         if stopped is not None:
-            failures.append((str(path), f"{_without(stopped, str(path))}; the {count} frames decoded were written"))
+            tally.failures.append((str(path), f"{describe(stopped, str(path))}; the {count} frames decoded were "
+                                              f"written"))
         else:
-            succeeded += 1
-    return succeeded, skipped, failures
+            tally.written += 1
 
 
-def _without(text: str, name: str) -> str:
-    return text[len(name) + 2:] if text.startswith(name + ": ") else text
+def check_frames(info: Any, frames: Any) -> Any:
+    """`info` (a probed clip) when the --frames selection picks at least one of its frames, as far
+    as the container states its frame count; InputError naming the count otherwise."""
+    if info.frames and not frames.count(info.frames):
+        stop = "" if frames.stop is None else frames.stop
+        raise InputError(f"{info.path}: --frames {frames.start}:{stop}:{frames.step} selects no frame: the clip has "
+                         f"{info.frames} frames (0..{info.frames - 1})")
+    return info
