@@ -96,7 +96,10 @@ def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_
     complete = [p for p in paths if is_complete(out, p.stem, kinds, verify=True)]
     if sig == signal.SIGTERM:
         assert proc.returncode == 130, err.decode()
-        assert b"interrupted" in err
+        # says how far it got and that a rerun resumes (it said only "interrupted")
+        said = err.decode()
+        assert f"interrupted: {len(complete)} of {len(paths)} input(s) complete in {out}" in said, said
+        assert "run the same command again to resume" in said
         assert not _hidden(out)  # handled like Ctrl-C: no temporaries
         for p in paths:  # every input has all of its files or none of them
             present = [f.exists() for f in planned_files(out, p.stem, kinds)]
