@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from david_infer.manifest import atomic_write  # noqa: E402
+from david_infer.outputs.files import atomic_write  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
 PRECISIONS = ("fp32", "fp16")
@@ -280,7 +280,7 @@ def step_engine(work: Path, model: str) -> Dict[str, Any]:
 
 
 def reference_file(work: Path, model: str) -> Path:
-    from david_infer.manifest import sha256_file
+    from david_infer.outputs.files import sha256_file
 
     return work / f"ref-{model}-{sha256_file(work / f'{model}-fp32.onnx')[:16]}.npz"
 

@@ -55,9 +55,11 @@ TITLES = {"ort-fp32": "ONNX Runtime FP32", "ort-fp16": "ONNX Runtime FP16", "tor
 
 def exported(cache: Path, variant: str, task: str, precision: str) -> Path:
     """The cached export (seed 0, dynamic layout) of variant/task at `precision`, made if missing."""
-    from david_infer.errors import ModelError
-    from david_infer.manifest import check_sha256, manifest_path, read_manifest
     from export_check import export_in_subprocess
+
+    from david_infer.contract import read_manifest
+    from david_infer.errors import ModelError
+    from david_infer.manifest import check_sha256, manifest_path
 
     path = cache / f"{variant}-{task}-{precision}.onnx"
     if path.exists() and manifest_path(path).exists():
@@ -144,7 +146,7 @@ def add_ratios(records: List[dict], key: str) -> List[dict]:
 
 
 def write_json(name: str, payload: Any, out: Path) -> None:
-    from david_infer.manifest import atomic_write_bytes
+    from david_infer.outputs.files import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / name, (json.dumps(payload, indent=2) + "\n").encode())
@@ -250,7 +252,7 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
 
 def replace_section(readme: Path, body: str) -> None:
     """Put `body` between the markers in the README (a '## Performance' section is added if missing)."""
-    from david_infer.manifest import atomic_write_bytes
+    from david_infer.outputs.files import atomic_write_bytes
 
     text = readme.read_text(encoding="utf-8")
     block = f"{START}\n{body.rstrip()}\n{END}"
@@ -267,6 +269,7 @@ def replace_section(readme: Path, body: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     import gmacs
+
     from david_infer import zoo
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
            args: argparse.Namespace) -> int:
     """Plots, performance.md and (unless --no-readme) the README section."""
-    from david_infer.manifest import atomic_write_bytes
+    from david_infer.outputs.files import atomic_write_bytes
 
     notes = [n for n in (
         plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",

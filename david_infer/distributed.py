@@ -10,7 +10,7 @@ and how the run is spread a `DatasetOptions`; each field may also be given as a 
 the driver by `david_infer.jobs`, as `david-infer predict` does, read by Ray
 (`ray.data.read_binary_files`), and `map_batches` runs `DavidPredictor` in a pool of actors (one
 `DavidRuntime` per actor, so the model is loaded once per actor). Each actor writes its inputs'
-sets into the output folder with `david_infer.writer` (the names, files, all-or-none writes and
+sets into the output folder with `david_infer.outputs` (the names, files, all-or-none writes and
 completion records of `david-infer predict`), so a rerun, local or on Ray, skips what is complete.
 
 Faults are handled by Ray, configured here rather than written by hand: an actor whose process
@@ -42,8 +42,17 @@ import numpy as np
 from ._logging import quiet_logger
 from ._optional import require
 from .errors import InputError
-from .jobs import JobOptions, Tally, describe, gather_inputs, load_input, make_output_folder, parse_save, plan
-from .jobs import probe_output_folder
+from .jobs import (
+    JobOptions,
+    Tally,
+    describe,
+    gather_inputs,
+    load_input,
+    make_output_folder,
+    parse_save,
+    plan,
+    probe_output_folder,
+)
 from .options import RuntimeOptions, positive_int, resolved_model, with_threads
 from .progress import Progress
 
@@ -128,7 +137,7 @@ class _Job:
     runtime: RuntimeOptions
     output: str
     kinds: Tuple[str, ...]
-    write: Any  # writer.WriteOptions
+    write: Any  # outputs.sets.WriteOptions
     overwrite: bool
     names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
     started: float  # the run's start (time.time()): a completion record since then is this run's work
@@ -168,7 +177,7 @@ class DavidPredictor:
     so nothing is written twice, even with overwrite. The rest are planned as `david-infer predict`
     plans them (complete sets skipped, a mismatching record refused unless overwrite, stale
     temporaries removed), run through `DavidRuntime.imap` (the one batching path) and written with
-    `writer.write_outputs` (all or none, completion record last). Returns one row per input, in
+    `outputs.images.write_outputs` (all or none, completion record last). Returns one row per input, in
     RESULT_COLUMNS.
     """
 
@@ -210,24 +219,25 @@ class DavidPredictor:
         return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
 
     def _name(self, path: str) -> str:
-        from .writer import output_name
+        from .outputs.sets import output_name
 
         names = self.job.names
         return names[path] if names is not None else output_name(path)
 
     def _written_by_this_run(self, path: str, name: str) -> bool:
-        from .writer import is_complete, record_path
+        from .outputs.images import IMAGE_KINDS
 
         job = self.job
+        image_set = IMAGE_KINDS.set(self.output, name, job.kinds)
         try:
-            recorded = record_path(self.output, name).stat().st_mtime
+            recorded = image_set.record.stat().st_mtime
         except OSError:
             return False
-        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write,
-                                                       source=path if os.path.isfile(path) else None)
+        return recorded >= job.started and image_set.is_complete(job.write,
+                                                                 source=path if os.path.isfile(path) else None)
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
-        from .writer import write_outputs
+        from .outputs.images import write_outputs
 
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
@@ -262,7 +272,7 @@ def predict_dataset(
             named on the driver exactly as `david-infer predict` does), or a `ray.data.Dataset`
             with a `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
             include_paths=True)`, from any file system Ray reaches) or `image` (decoded pixels);
-            a Dataset's inputs are named by `writer.output_name(path)` (the file's stem).
+            a Dataset's inputs are named by `outputs.sets.output_name(path)` (the file's stem).
         model: the model file or folder (at the same path on every node) or a released model's
             name, or a `RuntimeOptions` (the model and how it runs: backend, device, resolution,
             batch_size, threads, ...), sent to each actor as it is.
@@ -277,8 +287,8 @@ def predict_dataset(
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
+    from .outputs.images import IMAGE_KINDS
     from .video import is_video_path
-    from .writer import remove_temporaries
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")
@@ -380,7 +390,7 @@ def predict_dataset(
     finally:
         bar.close()
     for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-        remove_temporaries(outdir, name, kinds)
+        IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
     for path in sorted(pending):
         summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
                                f"{options.max_task_retries} retries (see the Ray logs); run again to retry it"))

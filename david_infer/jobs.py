@@ -7,10 +7,10 @@ A run is planned in this order, every step before the model sees an input:
    is taken from. Files in the output folder that bear our output names (`x.depth.png`,
    `x.vis.mp4`, ...) are never inputs, so a run whose output folder is its input folder does not
    read what it wrote.
-2. `name_inputs`: each file's output name (`writer.output_name`, a function of the file alone);
+2. `name_inputs`: each file's output name (`outputs.sets.output_name`, a function of the file alone);
    two inputs of one run with one name fail, naming each other.
 3. `probe_output_folder`: the output folder can be written (checked without creating it).
-4. `plan`: against what the output folder holds (`writer.status`): a complete set is skipped, a
+4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
    set whose record does not match fails unless overwrite, anything else is (re)done after its
    stale temporaries are removed.
 
@@ -28,15 +28,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import DavidError, InputError
+from .outputs.clips import VIDEO_KINDS
+from .outputs.images import IMAGE_KINDS
+from .outputs.sets import RECORD_SUFFIX, KindTable, SetState, WriteOptions, check_ply_options
 from .video import VIDEO_SUFFIXES
-from .writer import (RECORD_SUFFIX, SAVE_FILES, SAVE_KINDS, SAVE_NEEDS, VIDEO_ONLY_KINDS, VIDEO_SAVE_FILES, SetState,
-                     WriteOptions, check_ply_options)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
 INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+#: the --save kinds that only clips have
+VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS)
 #: the endings of every file a run writes: a file in the output folder ending so is an output
-OUTPUT_ENDINGS = tuple(sorted({s for table in (SAVE_FILES, VIDEO_SAVE_FILES) for v in table.values() for s in v}
-                              | {RECORD_SUFFIX}))
+OUTPUT_ENDINGS = tuple(sorted({suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values()
+                               for suffix in kind.suffixes} | {RECORD_SUFFIX}))
 #: (input, output name) of one input of a run
 Job = Tuple[Path, str]
 
@@ -179,7 +182,7 @@ def _folder_inputs(folder: Path, recursive: bool, output: Optional[Path]) -> Tup
 def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tuple[str, str]]]:
     """(path, output name) per input, and a failure for each input whose name an earlier input of
     the run already has (compared case-insensitively, as some file systems do)."""
-    from .writer import output_name
+    from .outputs.sets import output_name
 
     jobs: List[Job] = []
     clashes: List[Tuple[str, str]] = []
@@ -232,7 +235,7 @@ def check_save(values: Optional[List[str]]) -> List[str]:
     from .options import split_list
 
     kinds = list(dict.fromkeys(split_list(values)))
-    known = (*SAVE_KINDS, *VIDEO_ONLY_KINDS)
+    known = (*IMAGE_KINDS, *VIDEO_ONLY_KINDS)
     unknown = [k for k in kinds if k not in known]
     if unknown:
         raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -242,10 +245,7 @@ def check_save(values: Optional[List[str]]) -> List[str]:
 def parse_save(values: Optional[Sequence[str]], tasks: Sequence[str]) -> List[str]:
     """The --save kinds, checked against the model's tasks (default: its maps + vis)."""
     kinds = check_save(list(values or [])) or [t for t in ("depth", "normal", "foreground") if t in tasks] + ["vis"]
-    for kind in kinds:
-        if kind in SAVE_NEEDS and SAVE_NEEDS[kind] not in tasks:
-            raise InputError(f"--save {kind} needs a model that predicts {SAVE_NEEDS[kind]}; this one predicts "
-                             f"{', '.join(tasks)} only")
+    IMAGE_KINDS.check([k for k in kinds if k in IMAGE_KINDS], tasks)
     return kinds
 
 
@@ -253,8 +253,8 @@ def probe_output_folder(outdir: Path) -> None:
     """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file
     is created and removed in OUTDIR, or in its nearest existing parent when OUTDIR is missing.
     Nothing is created for OUTDIR itself."""
-    from .manifest import make_temp_path
-    from .writer import TEMP_SUFFIX
+    from .outputs.files import make_temp_path
+    from .outputs.sets import TEMP_SUFFIX
 
     existing = Path(os.path.abspath(outdir))
     while not os.path.lexists(existing) and existing.parent != existing:
@@ -334,28 +334,27 @@ def describe(exc: Union[BaseException, str], name: str) -> str:
 
 
 def plan(jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], options: WriteOptions, overwrite: bool,
-         tally: Tally, files: Any = SAVE_FILES) -> List[Job]:
+         tally: Tally, table: KindTable[Any] = IMAGE_KINDS) -> List[Job]:
     """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
     unless `overwrite`; a set whose record does not match, or a file name taken by a folder, fails
-    (in `tally`); the stale temporaries of the rest are removed. `files`: the kind -> suffixes
-    table of the sets (writer.SAVE_FILES for images, writer.VIDEO_SAVE_FILES for clips)."""
-    from .writer import planned_files, remove_temporaries, status
-
+    (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds of the sets
+    (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
     todo = []
     for path, name in jobs:
         try:
+            output_set = table.set(outdir, name, kinds)
             # an input on other storage (a Ray Dataset read from S3) has no local file to compare
-            state = status(outdir, name, kinds, options, source=path if os.path.isfile(path) else None, files=files)
+            state = output_set.status(options, source=path if os.path.isfile(path) else None)
             if not overwrite and state.state is SetState.DONE:
                 tally.skipped += 1
                 continue
             if not overwrite and state.state is SetState.CHANGED:
                 raise InputError(f"its outputs in {outdir} do not match its completion record: {state.reason}; "
                                  f"pass --overwrite to redo it (or choose another output folder)")
-            blocked = [t for t in planned_files(outdir, name, kinds, files) if t.is_dir()]
+            blocked = [t for t in output_set.files if t.is_dir()]
             if blocked:
                 raise InputError(f"cannot write {blocked[0]}: a folder has that name")
-            remove_temporaries(outdir, name, kinds, files=files)
+            output_set.remove_temporaries()
             todo.append((path, name))
         except DavidError as exc:
             tally.fail(path, exc)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.outputs import inside
-from david_infer.writer import RECORD_SUFFIX, output_name
+from david_infer.outputs.files import inside
+from david_infer.outputs.sets import RECORD_SUFFIX, output_name
 
 RES = "64"
 ALL = "depth,normal,foreground,vis,ply"

@@ -22,10 +22,12 @@ from david_infer.backends.tensorrt.sidecar import (
     profile_ranges,
     read_sidecar,
 )
-from david_infer.contract import ModelContract
+from david_infer.contract import ModelContract, read_manifest
 from david_infer.errors import BackendUnavailable, InputError, ModelError
-from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+from david_infer.manifest import manifest_path, write_manifest
+from david_infer.outputs.files import sha256_file
 from david_infer.shapes import ShapeRange, check_input_shape, parse_hw
+
 
 def _contract(manifest: Dict[str, Any]) -> ModelContract:
     return ModelContract.from_dict(Path("m.onnx"), manifest)

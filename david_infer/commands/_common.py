@@ -50,7 +50,7 @@ def add_app_arguments(p: argparse.ArgumentParser, suffix: str) -> None:
 def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) -> Any:
     """Check OUT is free, run the model on IMAGE and return the Prediction (InputError if the model
     lacks a task `what` needs)."""
-    from ..outputs import check_free
+    from ..outputs.files import check_free
 
     check_free([Path(args.output)], args.overwrite)  # before spending time on the model
     with open_runtime(APP_RUNTIME.options(args)) as runtime:
@@ -62,7 +62,7 @@ def save_app_image(args: argparse.Namespace, image: Any) -> int:
     """Write an app's image result to args.output (PNG, JPEG, ... by its suffix), atomically."""
     from PIL import Image
 
-    from ..outputs import commit
+    from ..outputs.files import commit
 
     out = Path(args.output)
     fmt = Image.registered_extensions().get(out.suffix.lower())

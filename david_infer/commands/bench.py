@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": str(model), "device": args.device, "image_size": list(image.shape[:2]),
               "runs": args.runs, "warmup": args.warmup, "machine": machine(), "results": results, "ratios": ratios}
     if args.json:
-        from ..outputs import commit
+        from ..outputs.files import commit
 
         data = (json.dumps(report, indent=2) + "\n").encode()
         commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)

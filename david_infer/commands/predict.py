@@ -27,7 +27,7 @@ is skipped (reported as skipped; exit 0). An input with files but no record (an 
 is redone, replacing them, and the run first deletes the stale temporaries of its inputs'
 files (`.FILE.*.david-partial`). An input whose record does not match (other options, a file
 changed since) fails unless --overwrite, which redoes every input. Each input's files are written
-under temporary names and renamed into place, record last (see david_infer.writer): all or none.
+under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
 SIGTERM is handled like Ctrl-C: the input being written is removed, the run says how many inputs
 are complete and that rerunning the command resumes, and the exit status is 130. Planning and
 resuming are david_infer.jobs'.
@@ -48,12 +48,23 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
 from ..errors import InputError, Interrupted
-from ..jobs import Job, JobOptions, Tally, gather_inputs, load_input, make_output_folder, parse_save, plan
-from ..jobs import probe_output_folder
+from ..jobs import (
+    VIDEO_ONLY_KINDS,
+    Job,
+    JobOptions,
+    Tally,
+    gather_inputs,
+    load_input,
+    make_output_folder,
+    parse_save,
+    plan,
+    probe_output_folder,
+)
 from ..options import RuntimeArguments, positive_int_arg
+from ..outputs.images import IMAGE_KINDS
+from ..outputs.sets import WriteOptions
 from ..progress import Progress
 from ..video import is_video_path
-from ..writer import SAVE_KINDS, VIDEO_ONLY_KINDS, WriteOptions
 from . import predict_video
 from ._common import open_runtime
 
@@ -66,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     RUNTIME.add_to(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
-                   help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)}; for videos also "
+                   help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
                         f"{', '.join(VIDEO_ONLY_KINDS)} (default: the model's maps + vis)")
     p.add_argument("--recursive", action="store_true",
                    help="also take images from subfolders of folder inputs (their outputs keep the subfolders)")
@@ -107,9 +118,9 @@ def run_pipeline(runtime: Any, jobs: Sequence[Job], outdir: Path, kinds: Sequenc
     """Predict and write every (input, name) job, counting each in `tally` as it is written or fails.
 
     `runtime.imap` decodes ahead, batches (runtime.batch_size) and postprocesses; this loop only
-    writes each input's set with `writer.write_outputs` (all or none, completion record last).
+    writes each input's set with `outputs.images.write_outputs` (all or none, completion record last).
     """
-    from ..writer import write_outputs
+    from ..outputs.images import write_outputs
 
     bar = Progress(len(jobs), progress)
     outcomes = runtime.imap(jobs, load=lambda job: load_input(job[0]))
@@ -180,7 +191,7 @@ def _predict(runtime: Any, jobs: List[Job], outdir: Path, job: JobOptions, args:
     clips = [j for j in jobs if is_video_path(j[0])]
     if clips:  # video files: commands/predict_video.py (each probed before any model call)
         predict_video.run_videos(runtime, clips, outdir, args, kinds, dict(opts.extra), tally)
-    kinds = [k for k in kinds if k in SAVE_KINDS]
+    kinds = [k for k in kinds if k in IMAGE_KINDS]
     images = [j for j in jobs if not is_video_path(j[0])]
     if images and not kinds:
         tally.failures.extend((str(path), "--save names no kind written for images") for path, _ in images)
