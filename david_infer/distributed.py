@@ -53,7 +53,7 @@ from .jobs import (
     plan,
     probe_output_folder,
 )
-from .options import RuntimeOptions, positive_int, resolved_model, with_threads
+from .options import RuntimeOptions, positive_int, resolved_model
 from .progress import Progress
 
 #: result columns of the predictor: the input's path, "written" | "skipped" | "failed", the reason
@@ -425,8 +425,9 @@ def _runtime_options(model: Any, keywords: Dict[str, Any]) -> RuntimeOptions:
 def _worker_runtime_options(options: RuntimeOptions, cpus: float) -> RuntimeOptions:
     """The runtime options for each actor: the model's threads follow the actor's CPUs unless
     given; a GPU device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
-    if options.threads is None:
-        options = with_threads(options, max(1, int(cpus)))
+    from .runtime import with_threads
+
+    options = with_threads(options, options.threads if options.threads is not None else max(1, int(cpus)))
     return options.replace(device="cuda") if str(options.device).startswith("cuda:") else options
 
 

@@ -135,7 +135,8 @@ class RuntimeArguments:
 
     `add_to(parser)` adds -m/--model, --backend, --device, --resolution and, as the command asks,
     --channel-order, --batch-size and --threads, with RuntimeOptions' defaults; `options(args)`
-    returns the RuntimeOptions (the model as given: see `resolved_model`). With `many=True`
+    returns the RuntimeOptions (the model as given: see `resolved_model`; --threads also sizes the
+    backend's own threads when the model is opened, see `runtime.with_threads`). With `many=True`
     (bench), --backend and --resolution take comma-separated lists: `variants(args)` gives one
     RuntimeOptions per (resolution, backend).
     """
@@ -182,9 +183,9 @@ class RuntimeArguments:
         for name in ("channel_order", "batch_size"):
             if getattr(self, name):
                 given[name] = getattr(args, name)
-        options = RuntimeOptions(**{**given, **fields})
-        threads = getattr(args, "threads", None) if self.threads else None
-        return with_threads(options, threads) if threads is not None else options
+        if self.threads:
+            given["threads"] = args.threads
+        return RuntimeOptions(**{**given, **fields})
 
     def variants(self, args: argparse.Namespace, **fields: Any) -> List[RuntimeOptions]:
         """With many=True: one RuntimeOptions per resolution and backend, resolution-major."""
@@ -192,21 +193,6 @@ class RuntimeArguments:
         resolutions = split_list(args.resolution, int) or [DEFAULT_RESOLUTION]
         return [RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
                 for resolution in resolutions for backend in backends]
-
-
-def with_threads(options: RuntimeOptions, threads: int) -> RuntimeOptions:
-    """`options` running on `threads` threads: pre/postprocessing, and the model's own count where
-    its backend has one (ONNX Runtime's intra_op_threads) and it was not given."""
-    from .backends import get_backend, url_scheme
-    from .runtime import choose_backend, resolve_model_path
-
-    model = resolved_model(options.model)
-    target = model if url_scheme(model) else resolve_model_path(model)
-    backend = get_backend(choose_backend(target, options.backend))
-    own = dict(options.backend_options)
-    if "intra_op_threads" in {f.name for f in dataclasses.fields(backend.Options)}:
-        own.setdefault("intra_op_threads", threads)
-    return options.replace(threads=threads, backend_options=own)
 
 
 def resolved_model(model: Any) -> Any:

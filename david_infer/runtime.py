@@ -29,7 +29,7 @@ from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
-from .options import RuntimeOptions, positive_int
+from .options import RuntimeOptions, positive_int, resolved_model
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
 from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, linear_resize_chw, official_prepare
@@ -81,6 +81,19 @@ def choose_backend(path: Union[Path, str], backend: str = "auto") -> str:
             f"expected {', '.join(model_suffixes())} or an explicit backend="
         )
     return chosen
+
+
+def with_threads(options: RuntimeOptions, threads: int) -> RuntimeOptions:
+    """`options` running on `threads` threads: pre/postprocessing, and the model's own count where
+    its backend has one (ONNX Runtime's intra_op_threads) and it was not given (what the CLI's
+    --threads means; DavidRuntime's own `threads` sizes pre/postprocessing only)."""
+    model = resolved_model(options.model)
+    target = model if url_scheme(model) else resolve_model_path(model)
+    backend = get_backend(choose_backend(target, options.backend))
+    own = dict(options.backend_options)
+    if "intra_op_threads" in {f.name for f in dataclasses.fields(backend.Options)}:
+        own.setdefault("intra_op_threads", threads)
+    return options.replace(threads=threads, backend_options=own)
 
 
 class DavidRuntime:

@@ -14,10 +14,12 @@ APP_RUNTIME = RuntimeArguments(batch_size=False, threads=False)
 
 def open_runtime(options: RuntimeOptions) -> Any:
     """A DavidRuntime for `options`, its model resolved as -m takes it (a released model's name is
-    downloaded once; a served model's URL is used as it is)."""
-    from ..runtime import DavidRuntime
+    downloaded once; a served model's URL is used as it is); --threads also sizes the backend's own
+    threads (`runtime.with_threads`)."""
+    from ..runtime import DavidRuntime, with_threads
 
-    return DavidRuntime.from_options(options.replace(model=resolved_model(options.model)))
+    options = options.replace(model=resolved_model(options.model))
+    return DavidRuntime.from_options(with_threads(options, options.threads) if options.threads else options)
 
 
 def require_tasks(runtime: Any, needed: Iterable[str], what: str) -> None:
