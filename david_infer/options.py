@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, overload
 
 from .errors import InputError
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
@@ -30,6 +30,14 @@ DEFAULT_RESOLUTION = 512
 MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a folder holding one, "
               "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
               "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)")
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: Literal[False] = False, owner: str = "") -> int: ...
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: bool, owner: str = "") -> Optional[int]: ...
 
 
 def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str = "") -> Optional[int]:
@@ -125,7 +133,7 @@ def resolution_arg(text: str) -> Optional[int]:
 def positive_int_arg(text: str) -> int:
     """argparse type: a positive integer."""
     try:
-        return positive_int("value", int(text))  # type: ignore[return-value]
+        return positive_int("value", int(text))
     except (ValueError, InputError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
 
@@ -180,11 +188,9 @@ class RuntimeArguments:
         given: Dict[str, Any] = {"model": args.model, "device": args.device}
         if not self.many:
             given.update(backend=args.backend, resolution=args.resolution)
-        for name in ("channel_order", "batch_size"):
+        for name in ("channel_order", "batch_size", "threads"):  # the flags this group added
             if getattr(self, name):
                 given[name] = getattr(args, name)
-        if self.threads:
-            given["threads"] = args.threads
         return RuntimeOptions(**{**given, **fields})
 
     def variants(self, args: argparse.Namespace, **fields: Any) -> List[RuntimeOptions]:

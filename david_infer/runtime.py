@@ -260,7 +260,7 @@ class DavidRuntime:
 
     def _batch_size(self, batch_size: int) -> int:
         """A batch size as run: checked, and at most a fixed-batch graph's batch."""
-        size: int = positive_int("batch_size", batch_size)  # type: ignore[assignment]
+        size = positive_int("batch_size", batch_size)
         return min(size, self.contract.fixed_batch or size)
 
     def _check_pipeline(self, pipeline: str) -> str:
