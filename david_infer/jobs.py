@@ -86,11 +86,28 @@ class InputSet:
     duplicates: int = 0
 
 
+class OutputFilter:
+    """Tells a run's outputs in the folder `output` (None: no folder, nothing is an output): files
+    in it or below it named as a run names its outputs (OUTPUT_ENDINGS). Each folder is resolved
+    once (a rerun over thousands of inputs would otherwise resolve the output folder per file)."""
+
+    def __init__(self, output: Optional[Path]) -> None:
+        self.output = output
+        self._root = None if output is None else os.path.realpath(output) + os.sep
+        self._inside: Dict[Path, bool] = {}  # folder -> lies in the output folder
+
+    def __call__(self, path: Path) -> bool:
+        if self._root is None or not path.name.lower().endswith(OUTPUT_ENDINGS):
+            return False
+        folder = path.parent
+        if folder not in self._inside:
+            self._inside[folder] = (os.path.realpath(folder) + os.sep).startswith(self._root)
+        return self._inside[folder]
+
+
 def is_output(path: Path, output: Optional[Path]) -> bool:
-    """True for a file inside `output` named as a run names its outputs (OUTPUT_ENDINGS)."""
-    if output is None or not path.name.lower().endswith(OUTPUT_ENDINGS):
-        return False
-    return os.path.realpath(path).startswith(os.path.realpath(output) + os.sep)
+    """True for a file inside `output` named as a run names its outputs (see OutputFilter)."""
+    return OutputFilter(output)(path)
 
 
 def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Optional[Path] = None) -> InputSet:
@@ -100,6 +117,7 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
     inputs; files of folders and globs that are outputs in `output` (`is_output`) are left out."""
     found = InputSet()
     seen: Dict[str, Path] = {}
+    is_ours = OutputFilter(output)
 
     def add(path: Path, root: Path) -> None:
         real = os.path.realpath(path)
@@ -118,7 +136,7 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images, broken = _folder_inputs(path, recursive, output)
+            images, broken = _folder_inputs(path, recursive, is_ours)
             for link in broken:
                 dangling(link)
             if not images and not broken:
@@ -131,12 +149,12 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
             found.problems.append((spec, f"a symbolic link to a missing file ({os.readlink(path)})"))
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            files = [m for m in matches if m.is_file() and not is_output(m, output)]
+            files = [m for m in matches if m.is_file() and not is_ours(m)]
             for link in (m for m in matches if m.is_symlink() and not m.exists()):
                 dangling(link)
             if not matches:
                 found.problems.append((spec, "the pattern matched no file"))
-            elif not files and any(is_output(m, output) for m in matches):
+            elif not files and any(is_ours(m) for m in matches):
                 found.problems.append((spec, f"the pattern matched only the outputs of a run in the output folder "
                                              f"{output} (outputs are never inputs)"))
             root = _glob_root(spec)
@@ -165,12 +183,13 @@ def _glob_root(spec: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
-def _folder_inputs(folder: Path, recursive: bool, output: Optional[Path]) -> Tuple[List[Path], List[Path]]:
-    """(image and video files, dangling links with such a suffix) of a folder, each sorted by path."""
+def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path]]:
+    """(image and video files, dangling links with such a suffix) of a folder, each sorted by path;
+    the run's outputs (`is_ours`) left out."""
     entries = folder.rglob("*") if recursive else folder.iterdir()
     images, broken = [], []
     for entry in entries:
-        if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_output(entry, output):
+        if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_ours(entry):
             continue
         if entry.is_file():
             images.append(entry)
