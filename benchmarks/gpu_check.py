@@ -332,7 +332,7 @@ def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
         for i, (b, h, w) in enumerate(PARITY_POINTS):
             ref = {k.split("|")[1]: refs[k] for k in refs.files if k.startswith(f"{b}x{h}x{w}|")}
             try:
-                got = runner.infer(feeds_for(b, h, w, seed=i))
+                got = runner.run(feeds_for(b, h, w, seed=i))
                 parity = compare(got, ref, precision="fp16")
                 points.append({"batch": b, "height": h, "width": w, "passed": parity.passed,
                                "reasons": parity.reasons, "metrics": parity.metrics})
@@ -348,8 +348,8 @@ def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
     with open_backend(backend, work, model) as runner:
         for b in BENCH_BATCHES:
             feeds = feeds_for(b, BENCH_SIZE, BENCH_SIZE, seed=99)
-            batches.append(latency_stats(time_calls(lambda: runner.infer(feeds)), b))
-    return {"what": f"runner.infer at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
+            batches.append(latency_stats(time_calls(lambda: runner.run(feeds)), b))
+    return {"what": f"runner.run at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
 
 
 def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:

@@ -97,7 +97,10 @@ def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_
     complete = [p for p in paths if IMAGE_KINDS.set(out, p.stem, kinds).is_complete(verify=True)]
     if sig == signal.SIGTERM:
         assert proc.returncode == 130, err.decode()
-        assert b"interrupted" in err
+        # says how far it got and that a rerun resumes (it said only "interrupted")
+        said = err.decode()
+        assert f"interrupted: {len(complete)} of {len(paths)} input(s) complete in {out}" in said, said
+        assert "run the same command again to resume" in said
         assert not _hidden(out)  # handled like Ctrl-C: no temporaries
         for p in paths:  # every input has all of its files or none of them
             present = [f.exists() for f in IMAGE_KINDS.set(out, p.stem, kinds).files]

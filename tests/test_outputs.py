@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from david_infer.commands.predict_video import VIDEO_ONLY_KINDS
+from david_infer.jobs import VIDEO_ONLY_KINDS
 from david_infer.errors import InputError
 from david_infer.outputs.clips import VIDEO_KINDS
 from david_infer.outputs.images import IMAGE_KINDS, depth_to_uint16, write_outputs

@@ -24,15 +24,13 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..errors import DavidError, InputError
+from ..jobs import describe, plan
 from ..outputs.clips import DEPTH_RANGES, VIDEO_KINDS, ClipOptions, check_encoders, write_clip
-from ..outputs.images import IMAGE_KINDS
-from ..outputs.sets import SetState
 
 #: the --save kinds that only clips have
-VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS)
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -75,9 +73,11 @@ def clip_options(args: argparse.Namespace, kinds: Sequence[str], depth_inverse: 
 
 
 def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, args: argparse.Namespace,
-               kinds: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Tuple[int, int, List[Tuple[str, str]]]:
-    """Every clip of `jobs` ((path, name)); returns (how many written, how many skipped as already
-    complete, failures). `extra` (the model and runtime settings) goes into each completion record."""
+               kinds: Sequence[str], extra: Dict[str, Any], tally: Any) -> None:
+    """Every clip of `jobs` ((path, name)), each counted in `tally` (a jobs.Tally) as written,
+    skipped (already complete) or failed. Every clip is probed, its --frames checked against its
+    frame count and its set planned (david_infer.jobs.plan) before the model sees a frame. `extra`
+    (the model and runtime settings) goes into each completion record."""
     from ..video import probe
 
     opts = clip_options(args, kinds, runtime.post_options.invert_depth)  # bad options: the run fails
@@ -85,46 +85,40 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
         chosen = video_kinds(kinds, runtime.tasks)
         check_encoders(chosen)
     except DavidError as exc:
-        return 0, 0, [(str(path), str(exc)) for path, _ in jobs]
+        tally.failures.extend((str(path), str(exc)) for path, _ in jobs)
+        return
     opts = dataclasses.replace(opts, kinds=tuple(chosen))
-    record_options = opts.write_options(extra or {})
-    failures: List[Tuple[str, str]] = []
-    todo = []
-    skipped = 0
-    for path, name in jobs:  # every clip probed and its outputs checked before the model sees a frame
+    record_options = opts.write_options(extra)
+    probed: Dict[Path, Any] = {}
+    for path, _ in jobs:
         try:
-            info = probe(path)
-            clip_set = VIDEO_KINDS.set(outdir, name, chosen)
-            state = clip_set.status(record_options, source=path)
-            if state.state is SetState.DONE and not args.overwrite:
-                skipped += 1
-                continue
-            if state.state is SetState.CHANGED and not args.overwrite:
-                raise InputError(f"its outputs exist ({state.reason}); pass --overwrite to replace them")
-            blocked = [t for t in clip_set.files if t.is_dir()]
-            if blocked:
-                raise InputError(f"cannot write {blocked[0]}: a folder has that name")
-            todo.append((path, name, info, clip_set))
+            probed[path] = check_frames(probe(path), opts.frames)
         except DavidError as exc:
-            failures.append((str(path), _without(str(exc), str(path))))
-    succeeded = 0
-    for path, name, info, clip_set in todo:
-        clip_set.remove_temporaries()
+            tally.fail(path, exc)
+    todo = plan([j for j in jobs if j[0] in probed], outdir, chosen, record_options, args.overwrite, tally,
+                table=VIDEO_KINDS)
+    for path, name in todo:
         start = time.perf_counter()
         try:
-            count, stopped = write_clip(runtime, info, outdir, name, opts, record_options)
+            count, stopped = write_clip(runtime, probed[path], outdir, name, opts, record_options)
         except DavidError as exc:
-            failures.append((str(path), _without(str(exc), str(path))))
+            tally.fail(path, exc)
             continue
         if not getattr(args, "no_progress", False):
             took = time.perf_counter() - start
             print(f"{path}: {count} frames in {took:.1f} s ({count / max(took, 1e-9):.1f} frames/s)", file=sys.stderr)
         if stopped is not None:
-            failures.append((str(path), f"{_without(stopped, str(path))}; the {count} frames decoded were written"))
+            tally.failures.append((str(path), f"{describe(stopped, str(path))}; the {count} frames decoded were "
+                                              f"written"))
         else:
-            succeeded += 1
-    return succeeded, skipped, failures
+            tally.written += 1
 
 
-def _without(text: str, name: str) -> str:
-    return text[len(name) + 2:] if text.startswith(name + ": ") else text
+def check_frames(info: Any, frames: Any) -> Any:
+    """`info` (a probed clip) when the --frames selection picks at least one of its frames, as far
+    as the container states its frame count; InputError naming the count otherwise."""
+    if info.frames and not frames.count(info.frames):
+        stop = "" if frames.stop is None else frames.stop
+        raise InputError(f"{info.path}: --frames {frames.start}:{stop}:{frames.step} selects no frame: the clip has "
+                         f"{info.frames} frames (0..{info.frames - 1})")
+    return info

@@ -374,6 +374,8 @@ def write_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptio
         for frame, pred in predict_frames(runtime, reader, opts.batch_size):
             background.put(frame, pred)
         background.close()
+        if not outputs.meta and reader.error is None:  # a clip whose stated frame count was unknown or wrong
+            raise InputError(f"{info.path}: --frames selects no frame of the clip; nothing was written")
         staged = outputs.finish()
         stopped = reader.error
         outputs.set.commit(staged, record_options, record=stopped is None, source=info.path)
