@@ -48,7 +48,9 @@ def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2
     if light.shape != (3,) or not np.all(np.isfinite(light)) or np.linalg.norm(light) == 0:
         raise InputError(f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}")
     n = unit_vectors(np.nan_to_num(as_normals(normal)))
-    cos = np.maximum(0.0, n @ (light / np.linalg.norm(light)).astype(np.float32))
+    lx, ly, lz = (light / np.linalg.norm(light)).astype(np.float32)
+    # n . l as elementwise products, not a BLAS product, whose rounding varies with its threads
+    cos = np.maximum(0.0, n[..., 0] * lx + n[..., 1] * ly + n[..., 2] * lz)
     return (ambient + (1.0 - ambient) * cos).astype(np.float32)
 
 
