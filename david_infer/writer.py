@@ -188,13 +188,11 @@ def _alpha(foreground: np.ndarray) -> np.ndarray:
 
 
 def _write_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
-    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) is not applied."""
+    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) gives a cloud
+    without points and an EmptyMaskWarning, as in david_infer.apps."""
     from . import apps
 
-    mask = pred.foreground
-    if mask is not None and not (mask >= 0.5).any():
-        mask = None
-    apps.stream_point_cloud(path, pred.image, pred.depth, mask, fov_deg=opts.fov,
+    apps.stream_point_cloud(path, pred.image, pred.depth, pred.foreground, fov_deg=opts.fov,
                             depth_range=opts.depth_range, invert=opts.depth_inverse)
 
 

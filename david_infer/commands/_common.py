@@ -29,13 +29,20 @@ def add_runtime_arguments(p: argparse.ArgumentParser, resolution: bool = True) -
 
 
 def resolution_arg(text: str) -> Optional[int]:
-    """argparse type: an integer, or 'image' / 'native' for None (the image's own size)."""
+    """argparse type: a positive multiple of 16 (the models' stride), or 'image' / 'native' for None
+    (the image's own size); anything else is refused in command-line terms, with the nearest sizes."""
     if text.lower() in ("image", "native", "none"):
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'image', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16 (e.g. 512) or 'image', got {text!r}") from None
+    if value < 16 or value % 16:
+        lower, upper = max(16, value // 16 * 16), max(16, value // 16 * 16 + 16)
+        near = f"{lower}" if lower == upper or value < 16 else f"{lower} or {upper}"
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 16 (the model's stride): "
+                                         f"use {near}, or 'image' for the image's own size")
+    return value
 
 
 def model_argument(model: str) -> Union[Path, str]:
@@ -96,14 +103,46 @@ def add_app_arguments(p: argparse.ArgumentParser, suffix: str) -> None:
     add_runtime_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar=f"OUT{suffix}", help=f"the {suffix} file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(output_suffix=suffix)
+
+
+def image_format(out: Path) -> str:
+    """Pillow's format name for writing `out`, by its suffix; InputError for a suffix it cannot write."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(f"{out}: unknown image type {out.suffix or '(no suffix)'!r}; use .png or .jpg")
+    return fmt
+
+
+def check_app_output(args: argparse.Namespace) -> Path:
+    """OUT, checked before the model runs: a file name (of an image type we write, for image
+    outputs) in an existing folder we can write in (a probe file is made and removed), free
+    unless --overwrite. Errors name OUT as the user wrote it."""
+    from ..manifest import make_temp_path
+    from ..outputs import check_free
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; -o names the file to write (e.g. {out / ('out' + args.output_suffix)})")
+    if args.output_suffix != ".ply":
+        image_format(out)
+    folder = out.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {out}: its folder {folder} does not exist (create it first)")
+    try:
+        make_temp_path(out).unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc} (in the folder {folder})") from None
+    check_free([out], args.overwrite)
+    return out
 
 
 def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) -> Any:
-    """Check OUT is free, run the model on IMAGE and return the Prediction (InputError if the model
-    lacks a task `what` needs)."""
-    from ..outputs import check_free
-
-    check_free([Path(args.output)], args.overwrite)  # before spending time on the model
+    """Check OUT (`check_app_output`), run the model on IMAGE and return the Prediction (InputError
+    if the model lacks a task `what` needs)."""
+    check_app_output(args)  # before spending time on the model
     with open_runtime(args) as runtime:
         require_tasks(runtime, needed, what)
         return runtime.predict(args.image)
@@ -116,9 +155,7 @@ def save_app_image(args: argparse.Namespace, image: Any) -> int:
     from ..outputs import commit
 
     out = Path(args.output)
-    fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None:
-        raise InputError(f"{out}: unknown image type {out.suffix!r}; use .png or .jpg")
+    fmt = image_format(out)
     commit(out, lambda tmp: Image.fromarray(image).save(tmp, format=fmt), args.overwrite)
     print(f"wrote {out}")
     return 0
