@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
+    from ..backends import get_backend
     from ..benchmark import machine, synthetic_photo, time_interleaved
     from ..inputs import decode
     from ..runtime import DavidRuntime
@@ -46,17 +47,21 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
                          f"{args.warmup})")
+    for backend in backends:  # a misspelled backend is refused before any output, not after the header
+        if backend != "auto":
+            get_backend(backend)
     path = model_argument(args.model)
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
-    print(_header())
-    for resolution in resolutions:
+    for index, resolution in enumerate(resolutions):
         with ExitStack() as stack:
             runtimes = {}
             for backend in backends:
                 runtime = stack.enter_context(DavidRuntime(path, backend=backend, device=args.device,
                                                            resolution=resolution, batch_size=max(batches)))
                 runtimes[runtime.backend] = runtime
+            if index == 0:  # once every backend has opened: an error comes alone, without a table
+                print(_header())
             for batch in batches:
                 for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
                     record.update(backend=name, resolution=resolution)
