@@ -3,9 +3,9 @@
   depth       NAME.depth.mp4       grey depth, white = near, one range for the whole clip
   normal      NAME.normal.mp4      normals as RGB, (n + 1) / 2 * 255
   foreground  NAME.foreground.mp4  the soft matte, grey
-  vis         NAME.vis.mp4         the frame, depth (viridis, one range for the clip), normals and the
-                                   matte over the frame as half-size tiles, two per row; the source's
-                                   audio stream copied
+  vis         NAME.vis.mp4         half-size tiles, two per row: the frame, depth (viridis, one range
+                                   for the clip), normals, and the foreground as a tint over the frame;
+                                   the source's audio stream copied
   depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 raw model depth, `time` (s),
                                    `pts`, `frame_index` (N,)
   cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte
