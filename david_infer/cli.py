@@ -11,7 +11,7 @@ import difflib
 import importlib
 import sys
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import __version__
 from .errors import DavidError, DavidWarning, EmptyMaskWarning
@@ -44,8 +44,9 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.is_command = False
 
-    def parse_known_args(self, args: Optional[Sequence[str]] = None,
-                         namespace: Optional[argparse.Namespace] = None) -> Tuple[argparse.Namespace, List[str]]:
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; argparse passes both
+            self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None,
+    ) -> Tuple[argparse.Namespace, List[str]]:
         known, extras = super().parse_known_args(args, namespace)
         if extras and self.is_command:  # left to the top level, argparse would print the top-level usage
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
@@ -81,7 +82,7 @@ def _warning_printer(command: str) -> Callable[..., None]:
     line of ours), others as Python prints them."""
     default = warnings.showwarning
 
-    def show(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+    def show(message: Union[Warning, str], category: Type[Warning], filename: str, lineno: int, file: Any = None,
              line: Optional[str] = None) -> None:
         if issubclass(category, DavidWarning):
             print(f"david-infer {command}: warning: {message}", file=sys.stderr)

@@ -48,8 +48,9 @@ def test_torch_install_hint_works_anywhere() -> None:
     """From PyPI alone a Linux machine would get torch's CUDA build: the hint names PyTorch's CPU index."""
     from david_infer._optional import install_hint
 
-    assert install_hint("torch").startswith("pip install torch==2.13.0 --index-url "
-                                            "https://download.pytorch.org/whl/cpu && pip install \"david-infer[export]\"")
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    assert install_hint("torch").startswith(f'pip install torch==2.13.0 --index-url {cpu_index} && '
+                                            'pip install "david-infer[export]"')
 
 
 def test_export_stage_installs_inside_the_package(tmp_path) -> None:
