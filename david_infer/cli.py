@@ -14,7 +14,7 @@ import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import __version__
-from .errors import DavidError, DavidWarning, EmptyMaskWarning
+from .errors import DavidError, DavidWarning, EmptyMaskWarning, Interrupted
 
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
@@ -107,8 +107,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DavidError as exc:
         print(f"david-infer {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"david-infer {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # an Interrupted run says what is complete and how to resume
+        detail = f": {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"david-infer {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 
