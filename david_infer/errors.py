@@ -30,6 +30,11 @@ class DavidWarning(UserWarning):
     """Base class of the warnings this package issues (filter them with this category)."""
 
 
+class EmptyMaskWarning(DavidWarning):
+    """The foreground mask keeps no pixel (no person found): the output is written as the mask says
+    (the photo unchanged, the background alone, a cloud without points), which is degenerate."""
+
+
 class OnnxRuntimeConflictWarning(DavidWarning):
     """More than one ONNX Runtime build is installed; they overwrite each other's files."""
 

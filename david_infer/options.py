@@ -121,13 +121,20 @@ class RuntimeOptions:
 
 
 def resolution_arg(text: str) -> Optional[int]:
-    """argparse type: an integer, or 'image' / 'native' for None (the image's own size)."""
+    """argparse type: a positive multiple of 16 (the models' stride), or 'image' / 'native' for None
+    (the image's own size); anything else is refused in command-line terms, with the nearest sizes."""
     if text.lower() in ("image", "native", "none"):
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'image', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16 (e.g. 512) or 'image', got {text!r}") from None
+    if value < 16 or value % 16:
+        lower, upper = max(16, value // 16 * 16), max(16, value // 16 * 16 + 16)
+        near = f"{lower}" if lower == upper or value < 16 else f"{lower} or {upper}"
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 16 (the model's stride): "
+                                         f"use {near}, or 'image' for the image's own size")
+    return value
 
 
 def positive_int_arg(text: str) -> int:

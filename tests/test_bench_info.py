@@ -56,6 +56,13 @@ def test_bench_rejects_bad_numbers(tiny_multitask_onnx: Path, capsys: pytest.Cap
     assert "multiple of 16" in capsys.readouterr().err
 
 
+def test_bench_refuses_an_unknown_backend_before_the_table(tiny_multitask_onnx: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "-m", str(tiny_multitask_onnx), "--backend", "onnxruntime,onnxrt", "--runs", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "unknown backend 'onnxrt'; expected one of auto, onnxruntime" in err
+
+
 def test_info_prints_names_shapes_and_checksum(tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", str(tiny_multitask_onnx)]) == 0
     out = capsys.readouterr().out

@@ -47,14 +47,45 @@ def add_app_arguments(p: argparse.ArgumentParser, suffix: str) -> None:
     APP_RUNTIME.add_to(p)
     p.add_argument("-o", "--output", required=True, metavar=f"OUT{suffix}", help=f"the {suffix} file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(output_suffix=suffix)
+
+
+def image_format(out: Path) -> str:
+    """Pillow's format name for writing `out`, by its suffix; InputError for a suffix it cannot write."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(f"{out}: unknown image type {out.suffix or '(no suffix)'!r}; use .png or .jpg")
+    return fmt
+
+
+def check_app_output(args: argparse.Namespace) -> Path:
+    """OUT, checked before the model runs: a file name (of an image type we write, for image
+    outputs) in an existing folder we can write in (a probe file is made and removed), free
+    unless --overwrite. Errors name OUT as the user wrote it."""
+    from ..outputs.files import check_free, make_temp_path
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; -o names the file to write (e.g. {out / ('out' + args.output_suffix)})")
+    if args.output_suffix != ".ply":
+        image_format(out)
+    folder = out.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {out}: its folder {folder} does not exist (create it first)")
+    try:
+        make_temp_path(out).unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc} (in the folder {folder})") from None
+    check_free([out], args.overwrite)
+    return out
 
 
 def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) -> Any:
-    """Check OUT is free, run the model on IMAGE and return the Prediction (InputError if the model
-    lacks a task `what` needs)."""
-    from ..outputs.files import check_free
-
-    check_free([Path(args.output)], args.overwrite)  # before spending time on the model
+    """Check OUT (`check_app_output`), run the model on IMAGE and return the Prediction (InputError
+    if the model lacks a task `what` needs)."""
+    check_app_output(args)  # before spending time on the model
     with open_runtime(APP_RUNTIME.options(args)) as runtime:
         require_tasks(runtime, needed, what)
         return runtime.predict(args.image)
@@ -67,9 +98,7 @@ def save_app_image(args: argparse.Namespace, image: Any) -> int:
     from ..outputs.files import commit
 
     out = Path(args.output)
-    fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None:
-        raise InputError(f"{out}: unknown image type {out.suffix!r}; use .png or .jpg")
+    fmt = image_format(out)
     commit(out, lambda tmp: Image.fromarray(image).save(tmp, format=fmt), args.overwrite)
     print(f"wrote {out}")
     return 0

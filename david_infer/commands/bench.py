@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
     from itertools import groupby
 
+    from ..backends import get_backend
     from ..benchmark import machine, synthetic_photo, time_interleaved
     from ..inputs import decode
     from ..options import resolved_model
@@ -46,15 +47,20 @@ def run(args: argparse.Namespace) -> int:
                          f"{args.warmup})")
     model = resolved_model(args.model)
     variants = RUNTIME.variants(args, batch_size=max(batches))
+    for options in variants:  # a misspelled backend is refused before any output, not after the header
+        if options.backend != "auto":
+            get_backend(options.backend)
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
-    print(_header())
-    for resolution, same_resolution in groupby(variants, key=lambda options: options.resolution):
+    grouped = groupby(variants, key=lambda options: options.resolution)
+    for index, (resolution, same_resolution) in enumerate(grouped):
         with ExitStack() as stack:
             runtimes = {}
             for options in same_resolution:
                 runtime = stack.enter_context(open_runtime(options))
                 runtimes[runtime.backend] = runtime
+            if index == 0:  # once every backend has opened: an error comes alone, without a table
+                print(_header())
             for batch in batches:
                 for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
                     record.update(backend=name, resolution=resolution)

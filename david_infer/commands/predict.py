@@ -7,7 +7,9 @@ Per input (name N, see below), with --save choosing among:
   vis         N.vis.png (the photo and every map side by side, labelled; at most 2048 pixels a side)
   ply         N.ply (binary point cloud from depth, coloured, cut by the mask when there is one)
 Default: every map the model predicts, plus vis. Each input also gets N.done.json, its completion
-record, written last. Video files (VIDEO_SUFFIXES) get videos instead: see commands/predict_video.py.
+record, written last. Video files (.mp4, .mov, .mkv, .webm, .avi, ...) get videos instead
+(N.depth.mp4, N.normal.mp4, N.foreground.mp4, N.vis.mp4; --save also depth-npz, cutout; see the
+video options below).
 
 Output names depend on the input alone: N is the input's path relative to the INPUT argument that
 named it (a folder: that folder; a file: its own folder; a glob: the folder before the first

@@ -6,8 +6,9 @@ it needs, the FFmpeg encoder it needs, how its file is opened and how each frame
   depth       NAME.depth.mp4       grey depth, white = near, one range for the whole clip
   normal      NAME.normal.mp4      normals as RGB, (n + 1) / 2 * 255
   foreground  NAME.foreground.mp4  the soft matte, grey
-  vis         NAME.vis.mp4         the frame and its maps as half-size tiles, two per row
-                                   (`david_infer.video.render.VisLayout`); the source's audio copied
+  vis         NAME.vis.mp4         half-size tiles, two per row: the frame, depth, normals and the
+                                   foreground as a tint over the frame (`david_infer.video.render.VisLayout`);
+                                   the source's audio copied
   depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 raw model depth, `time` (s),
                                    `pts`, `frame_index` (N,)
   cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte

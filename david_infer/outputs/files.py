@@ -101,10 +101,13 @@ def commit(path: Union[str, Path], write: Callable[[Path], None], overwrite: boo
         check_free([path], overwrite)
     try:
         tmp = make_temp_path(path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+    except OSError as exc:  # strerror alone: the exception names the temporary file, not `path`
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as exc:  # a full disk, a quota, an encoder refusing the data
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -87,14 +87,12 @@ def _panel_png(path: Path, pred: Any, opts: WriteOptions) -> None:
 
 
 def _point_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
-    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) is not applied."""
+    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) gives a cloud
+    without points and an EmptyMaskWarning, as in david_infer.apps."""
     from ..apps import stream_point_cloud
 
-    mask = pred.foreground
-    if mask is not None and not (mask >= 0.5).any():
-        mask = None
-    stream_point_cloud(path, pred.image, pred.depth, mask, fov_deg=opts.fov, depth_range=opts.depth_range,
-                       invert=opts.depth_inverse)
+    stream_point_cloud(path, pred.image, pred.depth, pred.foreground, fov_deg=opts.fov,
+                       depth_range=opts.depth_range, invert=opts.depth_inverse)
 
 
 def _raw(task: str) -> WriteFile:

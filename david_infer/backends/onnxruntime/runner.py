@@ -60,7 +60,7 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
     path = Path(path)
     wanted: Tuple[str, ...] = tuple(providers) if device.kind == "cuda" else ()
     # the one ONNX Runtime build (cpu/gpu extras), CUDA/cuDNN preloaded from the nvidia-* wheels
-    ort = import_onnxruntime(device.kind)
+    ort = import_onnxruntime(device.kind, shown=device.shown)
     if wanted:  # driver, device and TensorRT each fail with their own error and fix
         check_gpu(ort, device.index, tensorrt="tensorrt" in wanted)
     session_providers = (_provider_list(ort, path, device, wanted, options, contract, workload)

@@ -44,7 +44,9 @@ def build_runner(contract: ModelContract, device: Device) -> "TorchRunner":
             "released files have no PyTorch weights: use backend='onnxruntime'"
         )
     if device.kind == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device} asked for the torch backend, but torch sees no CUDA GPU")
+        raise BackendUnavailable(f"device {device.shown!r} asked for the torch backend, but torch sees no "
+                                 f"CUDA GPU (a CPU build of torch, or no NVIDIA driver); drop --device "
+                                 f"{device.shown} to run on the CPU")
     weights = _weights_file(contract)
     try:
         model = build_model(contract.variant, contract.task, weights=weights, seed=contract.weights.seed)
