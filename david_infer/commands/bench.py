@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 
 from ..errors import InputError
 from ._common import MODEL_HELP, model_argument, split_list
+from ._torch import add_torch_arguments, torch_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--image", metavar="FILE", help="the picture to time (default: synthetic 1280x720)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_torch_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
                          f"{args.warmup})")
+    torch_opts = torch_options(args, backends)
     path = model_argument(args.model)
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             runtimes = {}
             for backend in backends:
                 runtime = stack.enter_context(DavidRuntime(path, backend=backend, device=args.device,
-                                                           resolution=resolution, batch_size=max(batches)))
+                                                           resolution=resolution, batch_size=max(batches),
+                                                           **(torch_opts if backend == "torch" else {})))
                 runtimes[runtime.backend] = runtime
             for batch in batches:
                 for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():

@@ -51,6 +51,7 @@ from ..video import VIDEO_SUFFIXES, is_video_path
 from ..writer import SAVE_KINDS, SAVE_NEEDS, SetState, WriteOptions, check_ply_options
 from . import predict_video
 from ._common import add_runtime_arguments, open_runtime, resolve_model, split_list
+from ._torch import add_torch_arguments, torch_options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
 INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
@@ -60,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders of them, or globs ('shots/*.jpg')")
     add_runtime_arguments(p)
+    add_torch_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
                    help=f"what to write, comma-separated: {', '.join(SAVE_KINDS)}; for videos also "
@@ -357,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
     if jobs:
         probe_output_folder(outdir)
         threads = thread_options(resolve_model(args.model), args.backend, args.threads) if args.threads else {}
+        threads.update(torch_options(args, [args.backend]))
         with sigterm_as_interrupt(), open_runtime(args, batch_size=args.batch_size, **threads) as runtime:
             kinds = parse_save(args.save, runtime.tasks)
             opts = WriteOptions(args.fov, (args.near, args.far), runtime.post_options.invert_depth,
