@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.postprocess import PostOptions  # noqa: E402
-from david_infer.backends.torch.prepost import box_weights  # noqa: E402
+from david_infer.backends.torch.prepost import TorchPrepost  # noqa: E402
 from david_infer.metrics import depth_metrics, foreground_metrics, normal_metrics  # noqa: E402
 
 RES = 64
@@ -90,8 +90,12 @@ def test_output_torch_keeps_tensors_and_batches_agree(tiny_multitask_onnx: Path,
             torch.testing.assert_close(getattr(many, task), getattr(one, task), atol=1e-5, rtol=0)
 
 
-def test_box_weights_are_pillows_reduce() -> None:
-    a = np.arange(7 * 11, dtype=np.uint8).reshape(7, 11) * 3
-    ours = box_weights(11, 3) @ a.T.astype(np.float64) / box_weights(11, 3).sum(axis=1, keepdims=True)
-    pillow = np.asarray(Image.fromarray(a).reduce((3, 1)), dtype=np.float64)
-    assert np.abs(ours.T - pillow).max() <= 0.5 + 1e-9  # Pillow rounds the mean
+def test_the_box_reduction_is_pillows_reduce(tiny_multitask_onnx: Path) -> None:
+    with DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="torch") as rt:
+        stages: TorchPrepost = rt.device_stages
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, 256, (7, 11), dtype=np.uint8)
+        for axis, factor in ((3, 3), (3, 4), (2, 2), (2, 3)):
+            got = stages._reduce(torch.from_numpy(a).double()[None, None], axis, factor, quantize=True)
+            pillow = np.asarray(Image.fromarray(a).reduce((factor, 1) if axis == 3 else (1, factor)))
+            np.testing.assert_array_equal(got[0, 0].numpy(), pillow)

@@ -37,16 +37,6 @@ PILLOW_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2 bits of fixed-poin
 _PYRAMID_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)  # OpenCV pyrDown's kernel, / 16 per axis
 
 
-def box_weights(in_size: int, factor: int) -> np.ndarray:
-    """(ceil(in / factor), in) 0/1 matrix of Pillow's `Image.reduce` along one axis: output i sums
-    inputs i * factor .. (i + 1) * factor - 1 (the last one those that remain)."""
-    out = -(-in_size // factor)
-    w = np.zeros((out, in_size))
-    for i in range(out):
-        w[i, i * factor:min((i + 1) * factor, in_size)] = 1.0
-    return w
-
-
 def fixed_point(coeffs: np.ndarray) -> np.ndarray:
     """Pillow's 8-bit coefficients: each weight rounded (away from zero) to a multiple of
     2^-PRECISION_BITS, kept as the integer numerator (exact in float64)."""
@@ -113,15 +103,21 @@ class TorchPrepost:
     def _reduce(self, x: Any, axis: int, factor: int, quantize: bool) -> Any:
         """Pillow's `Image.reduce` by `factor` along one axis (8-bit: its rounding, n // 2 then a
         2^24 fixed-point reciprocal of the block size n)."""
+        torch = self.torch
         n = x.shape[axis]
-        dtype = self.torch.float64 if quantize else self.torch.float32
-        total = self._along(x, axis, self._matrix(("box", n, factor), lambda: box_weights(n, factor), dtype))
-        counts = self._matrix(("count", n, factor), lambda: box_weights(n, factor).sum(axis=1), dtype)
+        blocks = -(-n // factor)
+        extra = blocks * factor - n  # the last block holds what remains: zeros fill it, counts divide
+        x = torch.nn.functional.pad(x, (0, extra) if axis == 3 else (0, 0, 0, extra))
+        shape = list(x.shape)
+        shape[axis:axis + 1] = [blocks, factor]
+        total = x.reshape(shape).sum(dim=axis + 1)
+        counts = torch.full((blocks,), float(factor), dtype=x.dtype, device=x.device)
+        counts[-1] = factor - extra
         counts = counts.view(-1, 1) if axis == 2 else counts.view(1, -1)
         if not quantize:
             return total / counts
-        reciprocal = self.torch.floor(float(1 << 24) / counts)
-        return ((total + self.torch.floor(counts / 2)) * reciprocal).div_(float(1 << 24)).floor_()
+        reciprocal = torch.floor(float(1 << 24) / counts)
+        return ((total + torch.floor(counts / 2)) * reciprocal).div_(float(1 << 24)).floor_()
 
     def _pillow_resize(self, x: Any, axis: int, size: int, span: float, quantize: bool,
                        gap: Optional[float]) -> Any:
@@ -283,4 +279,4 @@ def all_finite(value: Any) -> bool:
     return bool(value.sum(dtype=torch.float64).isfinite().item())
 
 
-__all__: List[str] = ["TorchPrepost", "all_finite", "box_weights", "to_numpy"]
+__all__: List[str] = ["TorchPrepost", "all_finite", "fixed_point", "to_numpy"]
