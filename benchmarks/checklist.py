@@ -36,7 +36,7 @@ def use_source_tree(root: Path = ROOT) -> None:
 
 use_source_tree()
 
-from david_infer.manifest import atomic_write  # noqa: E402
+from david_infer.outputs.files import atomic_write  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
 

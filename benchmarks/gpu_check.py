@@ -39,12 +39,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import RESULTS, ROOT  # noqa: E402
 
 from checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived here first)
-    BENCH_MAX_S, BENCH_MIN_RUNS, MODELS, ROOT, Checklist, latency_stats, markdown, step_export, time_calls,
+    BENCH_MAX_S, BENCH_MIN_RUNS, MODELS, Checklist, latency_stats, markdown, step_export, time_calls,
 )
-from david_infer.manifest import atomic_write  # noqa: E402
+from david_infer.outputs.files import atomic_write  # noqa: E402
 PRECISIONS = ("fp32", "fp16")
 PROFILE = {"min_hw": "256", "opt_hw": "512", "max_hw": "1024", "max_batch": 8}
 PARITY_POINTS: List[Tuple[int, int, int]] = [(1, 512, 512), (8, 512, 512), (2, 720, 400)]  # batch, height, width
@@ -96,7 +97,7 @@ def step_engine(work: Path, model: str) -> Dict[str, Any]:
 
 
 def reference_file(work: Path, model: str) -> Path:
-    from david_infer.manifest import sha256_file
+    from david_infer.outputs.files import sha256_file
 
     return work / f"ref-{model}-{sha256_file(work / f'{model}-fp32.onnx')[:16]}.npz"
 
@@ -148,7 +149,7 @@ def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
         for i, (b, h, w) in enumerate(PARITY_POINTS):
             ref = {k.split("|")[1]: refs[k] for k in refs.files if k.startswith(f"{b}x{h}x{w}|")}
             try:
-                got = runner.infer(feeds_for(b, h, w, seed=i))
+                got = runner.run(feeds_for(b, h, w, seed=i))
                 parity = compare(got, ref, precision="fp16")
                 points.append({"batch": b, "height": h, "width": w, "passed": parity.passed,
                                "reasons": parity.reasons, "metrics": parity.metrics})
@@ -164,8 +165,8 @@ def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
     with open_backend(backend, work, model) as runner:
         for b in BENCH_BATCHES:
             feeds = feeds_for(b, BENCH_SIZE, BENCH_SIZE, seed=99)
-            batches.append(latency_stats(time_calls(lambda: runner.infer(feeds)), b))
-    return {"what": f"runner.infer at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
+            batches.append(latency_stats(time_calls(lambda: runner.run(feeds)), b))
+    return {"what": f"runner.run at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
 
 
 def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
@@ -217,7 +218,7 @@ def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Seque
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"), help="gpu_check.json/.md here")
+    parser.add_argument("--out", default=str(RESULTS / "gpu"), help="gpu_check.json/.md here")
     parser.add_argument("--work", default=str(ROOT / "gpu_check_work"), help="ONNX files, engines, caches")
     parser.add_argument("--models", default="base,large", help=f"subset of {','.join(MODELS)}")
     parser.add_argument("--backends", default=",".join(BACKENDS),

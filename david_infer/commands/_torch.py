@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Iterable
+from typing import Any, Dict
 
 from ..errors import InputError
 
@@ -27,13 +27,20 @@ def add_torch_arguments(p: argparse.ArgumentParser) -> None:
                    help="plain (pageable) host copies instead of pinned buffers on CUDA")
 
 
-def torch_options(args: argparse.Namespace, backends: Iterable[str]) -> Dict[str, Any]:
-    """The TorchOptions keyword arguments given on the command line ({} when none); an InputError
-    when they are given but no backend in `backends` is torch."""
+def torch_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The TorchOptions keyword arguments given on the command line ({} when none)."""
     given = {name: getattr(args, name, None) for name in ("precision", "channels_last", "compile", "cuda_graphs",
                                                           "prepost", "pinned")}
-    given = {k: v for k, v in given.items() if v is not None}
-    if given and "torch" not in list(backends):
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def with_torch_options(options: Any, args: argparse.Namespace) -> Any:
+    """`options` (a RuntimeOptions) with the torch flags as backend options when its backend is
+    torch; an InputError when torch flags are given for another backend."""
+    given = torch_options(args)
+    if not given:
+        return options
+    if options.backend != "torch":
         flags = ", ".join("--" + ("no-pinned" if k == "pinned" else k.replace("_", "-")) for k in given)
         raise InputError(f"{flags} set options of the torch backend; add --backend torch")
-    return given
+    return options.replace(backend_options={**options.backend_options, **given})

@@ -14,7 +14,7 @@ import numpy as np
 from ..._optional import require
 from ...contract import GraphIO, ModelContract
 from ...errors import BackendUnavailable, InputError, ModelError
-from ...manifest import sha256_file
+from ...outputs.files import sha256_file
 from ..base import Device, Runner
 
 if TYPE_CHECKING:
