@@ -7,9 +7,11 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init__.py").read_text()).group(1)
 
-# torch is pinned because this project's machines install a local CPU wheel of exactly this
-# version; a bare "torch" would pull the newest CUDA build (several GB).
-EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
+# torch: any 2.x from 2.6 on, so a user's own (CUDA) build is kept. 2.6 is the oldest whose
+# torch.onnx.export takes dynamo=True with dynamic_shapes and external_data (export/onnx_export.py);
+# the torch backend's APIs (autocast on CPU and CUDA, torch.compile, CUDA graphs, antialiased
+# interpolate) are older. CI installs torch==2.13.0 (a local CPU wheel) first, so pip keeps it.
+EXPORT = ["torch>=2.6,<3", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 # ONNX Runtime comes in builds that write the same `onnxruntime/` folder, so exactly one of the
 # `cpu` and `gpu*` extras may be installed (the last one installed would silently win).
 CPU = ["onnxruntime>=1.21"]
@@ -61,7 +63,6 @@ setup(
         "video": VIDEO,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],
-        "ray": RAY,
     },
     entry_points={"console_scripts": ["david-infer=david_infer.cli:main"]},
     classifiers=[

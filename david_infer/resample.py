@@ -46,6 +46,13 @@ def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str)
     """(out_size, in_size) float32 resampling matrix of source span [start, stop) (Pillow's
     precompute_coeffs: centre = start + (i + 0.5) * scale, support widened when shrinking).
     Only the taps inside each output's window are evaluated."""
+    dense = pillow_coeffs(in_size, start, stop, out_size, kernel).astype(np.float32)
+    dense.setflags(write=False)
+    return dense
+
+
+def pillow_coeffs(in_size: int, start: float, stop: float, out_size: int, kernel: str) -> np.ndarray:
+    """`weights` in float64, as Pillow computes them before its 8-bit fixed-point rounding."""
     fn, support = KERNELS[kernel]
     scale = (stop - start) / out_size
     filterscale = max(scale, 1.0)
@@ -57,10 +64,9 @@ def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str)
     valid = cols < hi[:, None]
     w = np.where(valid, fn((cols - centers[:, None] + 0.5) / filterscale), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    dense = np.zeros((out_size, in_size), dtype=np.float32)
+    dense = np.zeros((out_size, in_size))
     rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
     dense[rows[valid], cols[valid]] = w[valid]
-    dense.setflags(write=False)
     return dense
 
 

@@ -156,6 +156,7 @@ class DavidRuntime:
         **options: Any,
     ) -> None:
         self.runner: Optional[Runner] = None
+        self.device_stages: Any = None  # torch pre/postprocessing on the runner's device, when it has them
         self._pool: Optional[ThreadPoolExecutor] = None
         post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
         if post is not None and post_kwargs:
@@ -199,6 +200,9 @@ class DavidRuntime:
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
+            # a runner that pads, resizes and finishes on its own device (torch) hands its stages
+            make_stages = getattr(self.runner, "device_prepost", None)
+            self.device_stages = make_stages() if make_stages is not None else None
         except BaseException:
             self.runner.close()  # a refused model must not keep a session alive
             raise
@@ -377,6 +381,9 @@ class DavidRuntime:
         if self._graph is not None:  # the graph does the rest
             max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
             return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
+        if self.device_stages is not None:
+            return decoded, self.device_stages.prepare(decoded, resolution, self.contract.vit_size if
+                                                       self.contract.vit_input is not None else None, self.pipeline)
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
             if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
@@ -409,6 +416,9 @@ class DavidRuntime:
         contract = self.contract
         if self.runner is None:
             raise ModelError(f"{self.path}: the runtime is closed")
+        if self.device_stages is not None:
+            per_task = self.device_stages.infer(prepared, contract.image_input, contract.vit_input, contract.tasks)
+            return self._checked(per_task, len(prepared), input_names)
         feeds = {contract.image_input: np.stack([p.image for p in prepared])}
         if contract.vit_input is not None:
             feeds[contract.vit_input] = np.stack([p.image_384 for p in prepared])
@@ -427,18 +437,29 @@ class DavidRuntime:
             if value.shape != expected:
                 raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, expected {expected}")
             per_task[task] = value
-        outputs = [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
+        return self._checked(per_task, n, input_names)
+
+    def _checked(self, per_task: Dict[str, Any], n: int,
+                 input_names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+        """Per-image outputs of a batch (task -> (N, C, R, R) arrays, or device tensors), with a
+        NonFiniteOutput in place of each image whose outputs are not finite (unless allowed)."""
+        outputs = [{task: value[i] for task, value in per_task.items()} for i in range(n)]
         if self.allow_nonfinite:
             return list(outputs)
         # one float64 sum per map of the batch: finite iff every value is (float32 values cannot
         # overflow a float64 sum); per-image counts only for a batch that fails
-        bad = [task for task, value in per_task.items() if not np.isfinite(value.sum(dtype=np.float64))]
-        return [_nonfinite(out, name, bad) for out, name in zip(outputs, input_names)] if bad else list(outputs)
+        bad = [task for task, value in per_task.items() if not _all_finite(value)]
+        if not bad:
+            return list(outputs)
+        host = [{task: _host(value) for task, value in out.items()} for out in outputs]
+        return [_nonfinite(out, name, bad) for out, name in zip(host, input_names)]
 
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
         if self._graph is not None:
             maps = prepost.finish(outputs, self.post_options)
+        elif self.device_stages is not None:
+            maps = self.device_stages.postprocess(outputs, prepared.geometry, self.post_options)
         else:
             maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
@@ -479,6 +500,19 @@ def _nonfinite(outputs: Dict[str, np.ndarray], name: str,
                 f"DavidRuntime(allow_nonfinite=True) passes such values through.",
                 task=task, input=name, share=share)
     return outputs
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return bool(np.isfinite(value.sum(dtype=np.float64)))
+    from .backends.torch.prepost import all_finite  # a torch tensor, checked on its device
+
+    return all_finite(value)
+
+
+def _host(value: Any) -> np.ndarray:
+    """A numpy view of an output (a torch tensor on any device is copied to the host)."""
+    return value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
 
 
 def _raise_first(outcomes: List[Union[Dict[str, np.ndarray], Exception]]) -> List[Dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 
 from ..errors import InputError
 from ..options import RuntimeArguments, split_list
+from ._torch import add_torch_arguments, with_torch_options
 
 RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--image", metavar="FILE", help="the picture to time (default: synthetic 1280x720)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_torch_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
                          f"{args.warmup})")
     model = resolved_model(args.model)
-    variants = RUNTIME.variants(args, batch_size=max(batches))
+    variants = [with_torch_options(options, args) for options in RUNTIME.variants(args, batch_size=max(batches))]
+    if not any(options.backend == "torch" for options in variants):
+        with_torch_options(variants[0], args)  # torch flags without --backend torch: an InputError
     for options in variants:  # a misspelled backend is refused before any output, not after the header
         if options.backend != "auto":
             get_backend(options.backend)

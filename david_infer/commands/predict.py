@@ -69,6 +69,7 @@ from ..progress import Progress
 from ..video import is_video_path
 from . import predict_video
 from ._common import open_runtime
+from ._torch import add_torch_arguments, with_torch_options
 
 RUNTIME = RuntimeArguments()
 
@@ -77,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files, folders of them, or globs ('shots/*.jpg')")
     RUNTIME.add_to(p)
+    add_torch_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
     p.add_argument("--save", action="append", metavar="KINDS",
                    help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if jobs:
         probe_output_folder(outdir)
         try:
-            with sigterm_as_interrupt(), open_runtime(RUNTIME.options(args)) as runtime:
+            with sigterm_as_interrupt(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
                 _predict(runtime, jobs, outdir, job, args, tally)
         except KeyboardInterrupt:
             raise Interrupted(tally.interrupted(outdir)) from None
@@ -213,6 +215,6 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
     options = DatasetOptions(job=job, workers=args.workers, cpus_per_worker=args.threads or 1, address=address,
                              progress=not args.no_progress, warn=warn)
     with sigterm_as_interrupt():
-        summary = predict_dataset(args.inputs, RUNTIME.options(args), args.output, options)
+        summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
     return tally.report(summary.output)
