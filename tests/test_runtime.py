@@ -392,9 +392,14 @@ def test_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider; the no-GPU path cannot be checked here")
-    # the CPU build is installed: said before any session is made, with the repair command
-    repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime && " \
-             r"pip install \"david-infer\[gpu\]\""
+    from david_infer._ort import nvidia_driver_present
+
+    # said before any session is made: without a driver the fix is the CPU; with one, the GPU build
+    if nvidia_driver_present():
+        repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime " \
+                 r"&& pip install \"david-infer\[gpu\]\""
+    else:
+        repair = r"no NVIDIA driver .*drop --device cuda"
     with pytest.raises(BackendUnavailable, match=repair):
         DavidRuntime(tiny_multitask_onnx, device="cuda")
     with pytest.raises(BackendUnavailable, match=repair):
