@@ -45,6 +45,8 @@ setup(
     # top-level package named `export` would collide with anything of that name on a user's path.
     packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
     package_dir={"david_infer.export": "export"},
+    # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run).
+    package_data={"david_infer": ["web_static/*", "web_static/*/*"]},
     install_requires=["numpy>=1.23", "Pillow>=9.1"],
     extras_require={
         "export": EXPORT,
