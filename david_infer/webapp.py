@@ -64,12 +64,13 @@ class PageModel:
     bytes: int
     sha256: str
     channel_order: str  # "rgb" or "bgr": the order of the last axis of `image`
+    depth_sign: int  # -1: larger depth = nearer (the runtime's default); 1: larger = farther
     tasks: Tuple[str, ...]
     precision: str
 
     def to_json(self) -> Dict[str, Any]:
-        return {"name": self.path.name, "bytes": self.bytes, "sha256": self.sha256,
-                "channel_order": self.channel_order, "tasks": list(self.tasks), "precision": self.precision}
+        return {"name": self.path.name, "bytes": self.bytes, "sha256": self.sha256, "channel_order": self.channel_order,
+                "depth_sign": self.depth_sign, "tasks": list(self.tasks), "precision": self.precision}
 
 
 def describe_model(path: Union[str, Path]) -> PageModel:
@@ -89,10 +90,19 @@ def describe_model(path: Union[str, Path]) -> PageModel:
         raise ModelError(f"{path}: no manifest beside it ({manifest_file.name}); the page needs the channel order "
                          "it records. Export the graph with david-infer export ... --prepost")
     manifest = read_json_object(manifest_file, "JSON manifest")
+    if manifest.get("layout") != "prepost":
+        raise ModelError(
+            f"{path}: its manifest says layout {manifest.get('layout')!r}; the page needs the pixels-to-maps graph "
+            "(layout 'prepost': uint8 photo in, maps at its size out). Export it with david-infer export ... --prepost"
+        )
+    prepost = manifest.get("prepost") if isinstance(manifest.get("prepost"), dict) else {}
     image = _image_input(manifest_file, manifest)
-    order = str(image.get("channel_order", manifest.get("channel_order", ""))).lower()
+    order = str(prepost.get("channel_order", image.get("channel_order", ""))).lower()
     if order not in ("rgb", "bgr"):
         raise ModelError(f"{manifest_file}: input 'image' has channel_order {order!r}; expected 'rgb' or 'bgr'")
+    depth_sign = prepost.get("depth_sign", -1)
+    if depth_sign not in (-1, 1):
+        raise ModelError(f"{manifest_file}: prepost.depth_sign is {depth_sign!r}; expected -1 or 1")
     tasks = tuple(t for t in TASKS if t in _output_names(manifest))
     if not tasks:
         raise ModelError(f"{manifest_file}: no output named {', '.join(TASKS)}; this is not a DAViD graph")
@@ -103,8 +113,8 @@ def describe_model(path: Union[str, Path]) -> PageModel:
     # The recorded hash is checked by the browser's cache key only; hashing a 1.3 GB file at every
     # start would delay the page by seconds, so an unrecorded one is computed once here.
     digest = recorded if isinstance(recorded, str) and recorded else sha256_file(path)
-    return PageModel(path=path, bytes=size, sha256=digest, channel_order=order, tasks=tasks,
-                     precision=str(manifest.get("precision", "fp32")))
+    return PageModel(path=path, bytes=size, sha256=digest, channel_order=order, depth_sign=depth_sign,
+                     tasks=tasks, precision=str(manifest.get("precision", "fp32")))
 
 
 def _image_input(manifest_file: Path, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -142,10 +152,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: "PageServer"
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+    def do_GET(self) -> None:
         self._respond(body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._respond(body=False)
 
     def _respond(self, body: bool) -> None:
@@ -181,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the standard library's name)
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 

@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const david = window.david = {
   phase: 'starting', backend: null, threads: 0, cached: null, error: null, result: null, photoName: null,
-  timings: { start: performance.now() }, light: [0, 0, 1], ambient: 0.2, runs: 0,
+  timings: { start: performance.now() }, light: [0, 0, 1], ambient: 0.2, runs: 0, errors: 0,
 };
 let model = null;
 let photo = null;   // ImageData of the photo at the size the model saw it
@@ -23,6 +23,7 @@ function setStatus(text, phase) {
 function showError(error) {
   const message = error instanceof PageError ? error.message : `Something went wrong: ${error?.message ?? error}`;
   david.error = message;
+  david.errors += 1;
   $('error').textContent = message;
   $('error').hidden = false;
   if (!model) setStatus('The model is not loaded.', 'failed');
@@ -111,7 +112,8 @@ async function process(blob, name) {
     draw('photo', photo);
     for (const [id, present] of [['depth', result.depth], ['normal', result.normal], ['foreground', result.foreground],
       ['relit', result.normal]]) $(id).closest('figure').hidden = !present;
-    if (result.depth) draw('depth', depthPicture(result.depth, result.foreground, photo.width, photo.height));
+    if (result.depth) draw('depth', depthPicture(result.depth, result.foreground, photo.width, photo.height,
+      david.model.depth_sign));
     if (result.normal) draw('normal', normalPicture(result.normal, photo.width, photo.height));
     if (result.foreground) draw('foreground', cutoutPicture(photo, result.foreground));
     drawRelit();

@@ -11,8 +11,9 @@ function personMask(foreground, count) {
   return kept >= count * 0.01 ? foreground : null;
 }
 
-/** Depth as grey levels, near bright, min-max normalised over the person (or the whole frame). */
-export function depthPicture(depth, foreground, width, height) {
+/** Depth as grey levels, near bright, min-max normalised over the person (or the whole frame).
+ * `depthSign` -1: larger values are nearer (the exported graphs' default); 1: larger are farther. */
+export function depthPicture(depth, foreground, width, height, depthSign = -1) {
   const count = width * height;
   const mask = personMask(foreground, count);
   let lo = Infinity, hi = -Infinity;
@@ -25,7 +26,7 @@ export function depthPicture(depth, foreground, width, height) {
   const scale = hi > lo ? 255 / (hi - lo) : 0;
   const out = new ImageData(width, height);
   for (let i = 0, j = 0; i < count; i++, j += 4) {
-    const grey = 255 - (depth[i] - lo) * scale;
+    const grey = depthSign < 0 ? (depth[i] - lo) * scale : 255 - (depth[i] - lo) * scale;
     const a = mask ? mask[i] : 1;
     for (let c = 0; c < 3; c++) out.data[j + c] = a * grey + (1 - a) * BACKGROUND[c];
     out.data[j + 3] = 255;

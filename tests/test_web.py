@@ -1,0 +1,330 @@
+"""`david-infer web`: the server (no browser) and the page in a real headless Chromium (Debian's
+`chromium` driven by Playwright), on a small pixels-to-maps graph served from 127.0.0.1.
+
+Browser tests skip when Chromium, Playwright or the built page are missing, and fail instead under
+CI=true (CI installs them all: .ci/run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from david_infer.errors import BackendUnavailable, InputError, ModelError
+from david_infer.web_driver import PageServerProcess, canvas_pixels, find_chromium, give_photo, open_page
+from david_infer.webapp import STATIC_DIR, describe_model, open_page_server
+
+CI = os.environ.get("CI") == "true"
+PHOTO_SIZE = (56, 40)  # width, height: not square, so a transposed map would show
+
+
+def missing(reason: str) -> None:
+    """Skip, or fail in CI, where everything the browser tests need is installed."""
+    if CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------------------------
+# The graph, the photo and the Python runtime's maps
+
+
+def write_prepost_graph(path: Path, channel_order: str = "bgr") -> Path:
+    """A small graph with the pixels-to-maps contract (uint8 (N, H, W, 3) in; depth (N, H, W),
+    unit normal (N, H, W, 3), foreground (N, H, W) in [0, 1] out) and its manifest."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["pixels", "c255"], ["unit"]),
+        helper.make_node("ReduceMean", ["unit", "last_axis"], ["depth"], keepdims=0),
+        helper.make_node("Sub", ["unit", "half"], ["centred"]),
+        helper.make_node("ReduceL2", ["centred", "last_axis"], ["length"], keepdims=1),
+        helper.make_node("Add", ["length", "eps"], ["safe_length"]),
+        helper.make_node("Div", ["centred", "safe_length"], ["normal"]),
+        helper.make_node("Mul", ["depth", "four"], ["logit"]),
+        helper.make_node("Sub", ["logit", "two"], ["shifted"]),
+        helper.make_node("Sigmoid", ["shifted"], ["foreground"]),
+    ]
+    constants = [helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+                 for name, value in (("c255", 255.0), ("half", 0.5), ("eps", 1e-6), ("four", 4.0), ("two", 2.0))]
+    constants.append(helper.make_tensor("last_axis", TensorProto.INT64, [1], [-1]))
+    dims = ["batch", "height", "width"]
+    graph = helper.make_graph(
+        nodes, "prepost-test", [helper.make_tensor_value_info("image", TensorProto.UINT8, [*dims, 3])],
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, dims),
+         helper.make_tensor_value_info("normal", TensorProto.FLOAT, [*dims, 3]),
+         helper.make_tensor_value_info("foreground", TensorProto.FLOAT, dims)], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    manifest = {
+        "format": "david-infer-manifest", "format_version": 1, "kind": "onnx", "layout": "prepost",
+        "task": "multitask", "tasks": ["depth", "normal", "foreground"], "precision": "fp32",
+        "inputs": [{"name": "image", "shape": [*dims, 3], "dtype": "uint8", "layout": "NHWC",
+                    "channel_order": channel_order}],
+        "outputs": [{"name": "depth", "task": "depth"}, {"name": "normal", "task": "normal"},
+                    {"name": "foreground", "task": "foreground"}],
+        "prepost": {"input": "image", "layout": "NHWC", "dtype": "uint8", "channel_order": channel_order,
+                    "depth_sign": -1},
+    }
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    return path
+
+
+def python_maps(graph: Path, photo: Path) -> Dict[str, np.ndarray]:
+    """The maps ONNX Runtime in Python gives for `photo` (decoded by Pillow) on `graph`."""
+    ort = pytest.importorskip("onnxruntime")
+    order = describe_model(graph).channel_order
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    pixels = rgb[..., ::-1] if order == "bgr" else rgb
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(names, {"image": np.ascontiguousarray(pixels)[None]})
+    return {name: value[0] for name, value in zip(names, outputs)}
+
+
+@pytest.fixture(scope="module")
+def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("web")
+
+
+@pytest.fixture(scope="module")
+def graph(web_dir: Path) -> Path:
+    return write_prepost_graph(web_dir / "prepost.onnx")
+
+
+@pytest.fixture(scope="module")
+def photo(web_dir: Path) -> Path:
+    """A PNG with structure in every channel (PNG: the browser decodes the same pixels as Pillow)."""
+    w, h = PHOTO_SIZE
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * 7 + y * 13) % 256], -1).astype(np.uint8)
+    path = web_dir / "photo.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The server, without a browser
+
+
+def test_describe_model_reads_the_manifest(graph: Path) -> None:
+    model = describe_model(graph)
+    assert model.channel_order == "bgr" and model.depth_sign == -1
+    assert model.tasks == ("depth", "normal", "foreground")
+    assert model.bytes == graph.stat().st_size and len(model.sha256) == 64
+
+
+def test_a_graph_without_prepost_is_refused_with_the_export_command(web_dir: Path, graph: Path) -> None:
+    plain = web_dir / "plain.onnx"
+    plain.write_bytes(graph.read_bytes())
+    manifest = json.loads(graph.with_suffix(".json").read_text())
+    manifest["layout"] = "dynamic"
+    plain.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"plain.onnx.*layout 'dynamic'.*--prepost"):
+        describe_model(plain)
+    plain.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match=r"no manifest beside it \(plain.json\).*--prepost"):
+        describe_model(plain)
+
+
+def test_the_command_refuses_a_missing_model_in_one_line(web_dir: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "david_infer", "web", "-m", str(web_dir / "absent.onnx"),
+                             "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"david-infer web: error: model file not found: {web_dir / 'absent.onnx'}"]
+
+
+def test_an_unbuilt_page_says_how_to_build_it(graph: Path, web_dir: Path) -> None:
+    with pytest.raises(BackendUnavailable, match=r"not built .*npm ci && npm run build"):
+        open_page_server(graph, static_root=web_dir / "no-page")
+
+
+def built_page() -> None:
+    if not (STATIC_DIR / "index.html").is_file():
+        missing(f"the page is not built ({STATIC_DIR}); run: (cd web && npm ci && npm run build)")
+
+
+@pytest.fixture(scope="module")
+def server(graph: Path) -> Iterator[PageServerProcess]:
+    built_page()
+    with PageServerProcess(graph) as running:
+        yield running
+
+
+def fetch(url: str) -> Any:
+    return urllib.request.urlopen(url, timeout=10)
+
+
+def test_the_server_listens_on_loopback_with_isolation_headers(server: PageServerProcess, graph: Path) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+    with fetch(server.url) as page:
+        assert b'<script type="module" src="app.js">' in page.read()
+        assert page.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert page.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert "connect-src 'self'" in page.headers["Content-Security-Policy"]
+    with fetch(server.url + "model.json") as described:
+        info = json.load(described)
+    assert info == {**describe_model(graph).to_json()}
+    with fetch(server.url + "model.onnx?sha256=" + info["sha256"]) as model:
+        assert model.read() == graph.read_bytes()
+    with fetch(server.url + "ort/ort-wasm-simd-threaded.wasm") as wasm:
+        assert wasm.headers["Content-Type"] == "application/wasm"
+    for outside in ("../setup.py", "/etc/passwd", "nothing.js"):
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            fetch(server.url + outside)
+
+
+# --------------------------------------------------------------------------------------------
+# The page in Chromium
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if find_chromium() is None:
+        missing("no Chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing('Playwright is not installed (pip install "david-infer[test]")')
+    from david_infer.web_driver import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    """A fresh browser profile (empty cache) that records every request the page makes."""
+    fresh = browser.new_context(accept_downloads=True)
+    fresh.requests = []
+    fresh.on("request", lambda request: fresh.requests.append(request.url))
+    yield fresh
+    fresh.close()
+
+
+@pytest.fixture
+def page(context: Any, server: PageServerProcess) -> Any:
+    return open_page(context.new_page(), server.url + "?backend=wasm&threads=2")
+
+
+def state(page: Any) -> Dict[str, Any]:
+    return page.evaluate("() => ({phase: david.phase, error: david.error, backend: david.backend, "
+                         "threads: david.threads, cached: david.cached, runs: david.runs})")
+
+
+def test_the_page_loads_the_model_with_wasm_and_two_threads(page: Any, context: Any,
+                                                           server: PageServerProcess) -> None:
+    assert state(page) == {"phase": "ready", "error": None, "backend": "wasm", "threads": 2, "cached": False,
+                           "runs": 0}
+    assert page.locator("#backend").inner_text() == "WebAssembly (SIMD, 2 threads)"
+    assert page.locator("#status").inner_text().startswith("Ready: prepost.onnx")
+    assert page.locator("#progress").is_hidden()
+    # Nothing from outside: the page, ONNX Runtime's files and the model came from the local server.
+    assert context.requests and all(url.startswith(server.url) for url in context.requests), context.requests
+    assert any("/ort/ort-wasm-simd-threaded.wasm" in url for url in context.requests)
+
+
+def test_a_photo_gives_the_python_runtimes_maps(page: Any, graph: Path, photo: Path) -> None:
+    maps = give_photo(page, photo)
+    expected = python_maps(graph, photo)
+    w, h = PHOTO_SIZE
+    assert maps["depth"].shape == (h, w) and maps["normal"].shape == (h, w, 3) and maps["foreground"].shape == (h, w)
+    for task in ("depth", "normal", "foreground"):
+        span = float(np.ptp(expected[task]))
+        assert span > 0.1, task  # the photo gives each map a real range to compare within
+        np.testing.assert_allclose(maps[task], expected[task], rtol=0, atol=1e-3 * span, err_msg=task)
+    assert state(page)["phase"] == "done" and page.locator("#maps").is_visible()
+    for canvas in ("photo", "depth", "normal", "foreground", "relit"):
+        assert canvas_pixels(page, canvas).shape == (h, w, 4), canvas
+    # The cut-out's alpha is the mask; the photo tile is the photo itself.
+    np.testing.assert_allclose(canvas_pixels(page, "foreground")[..., 3], expected["foreground"] * 255, atol=1)
+    np.testing.assert_array_equal(canvas_pixels(page, "photo")[..., :3], np.asarray(Image.open(photo)))
+
+
+def test_relighting_follows_the_slider_and_the_drag(page: Any, photo: Path) -> None:
+    give_photo(page, photo)
+    before = canvas_pixels(page, "relit")
+    page.locator("#ambient").fill("0.9")
+    brighter = canvas_pixels(page, "relit")
+    assert page.evaluate("() => david.ambient") == 0.9
+    assert int(brighter[..., :3].astype(int).sum()) > int(before[..., :3].astype(int).sum())
+    box = page.locator("#relit").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 4, box["y"] + box["height"] / 2 + 1)
+    page.mouse.up()
+    light = page.evaluate("() => david.light")
+    assert light[0] < -0.8 and abs(np.linalg.norm(light) - 1) < 1e-6  # light from the left edge
+    assert not np.array_equal(canvas_pixels(page, "relit"), brighter)
+
+
+def test_each_map_downloads_as_a_png(page: Any, photo: Path, web_dir: Path) -> None:
+    give_photo(page, photo)
+    for kind in ("depth", "normal", "foreground", "relit"):
+        with page.expect_download() as download:
+            page.locator(f'[data-download="{kind}"]').click()
+        saved = web_dir / download.value.suggested_filename
+        download.value.save_as(saved)
+        assert saved.name == f"photo-{kind}.png"
+        with Image.open(saved) as png:
+            assert png.format == "PNG" and png.size == PHOTO_SIZE
+            assert png.mode == "RGBA"
+            if kind == "foreground":
+                assert np.asarray(png)[..., 3].min() < 255  # the cut-out keeps its transparency
+
+
+def test_a_text_file_gives_the_pages_own_error(page: Any, photo: Path, web_dir: Path) -> None:
+    text = web_dir / "notes.txt"
+    text.write_text("not a photo\n")
+    with pytest.raises(InputError, match=r"notes.txt is not an image this browser can decode"):
+        give_photo(page, text)
+    assert page.locator("#error").is_visible()
+    assert "Give it a PNG, JPEG or WebP photo" in page.locator("#error").inner_text()
+    assert state(page)["phase"] == "ready" and page.locator("#maps").is_hidden()
+    give_photo(page, photo)  # the page goes on working, and clears the error
+    assert page.locator("#error").is_hidden() and state(page)["phase"] == "done"
+
+
+def test_the_model_is_cached_for_the_next_visit_and_photos_run_offline(page: Any, context: Any, photo: Path,
+                                                                      server: PageServerProcess) -> None:
+    assert state(page)["cached"] is False
+    context.requests.clear()
+    page.reload()
+    open_page(page, page.url)
+    assert state(page)["cached"] is True and "from the browser cache" in page.locator("#status").inner_text()
+    assert not any("/model.onnx" in url for url in context.requests)
+    context.set_offline(True)
+    maps = give_photo(page, photo)
+    assert maps["depth"].shape == PHOTO_SIZE[::-1]
+
+
+def test_a_browser_without_wasm_simd_is_told_so(context: Any, server: PageServerProcess) -> None:
+    # Chromium always has SIMD: the page's probe (WebAssembly.validate of a SIMD module) is made to fail.
+    context.add_init_script("WebAssembly.validate = () => false;")
+    page = open_page(context.new_page(), server.url)
+    assert state(page)["phase"] == "failed"
+    assert "lacks WebAssembly SIMD" in page.locator("#error").inner_text()
+    assert not any("/model.onnx" in url for url in context.requests)  # refused before the download
+
+
+def test_a_browser_with_too_little_memory_is_told_so(context: Any, server: PageServerProcess) -> None:
+    context.add_init_script("Object.defineProperty(Navigator.prototype, 'deviceMemory', {get: () => 0.125});")
+    page = open_page(context.new_page(), server.url)
+    assert state(page)["phase"] == "failed"
+    assert page.locator("#error").inner_text().startswith("Too little memory: the model needs about")
