@@ -44,9 +44,11 @@ THREADS = 2
 def export_tiny(folder: Path, resolution: int) -> Path:
     """The tiny multi-task model (random weights) exported as one pixels-to-maps graph."""
     from david_infer.export import export_onnx
+    from david_infer.export.prepost import wrap_prepost
 
-    path = folder / "tiny-prepost.onnx"
-    export_onnx("tiny", "multitask", path, seed=0, prepost=True, prepost_resolution=resolution)
+    network, path = folder / "tiny.onnx", folder / "tiny-prepost.onnx"
+    export_onnx("tiny", "multitask", network, seed=0)
+    wrap_prepost(network, path, resolution=resolution)
     return path
 
 
@@ -101,6 +103,11 @@ def python_times(model: Path, photo: Path, runs: int) -> Dict[str, Any]:
             "per_image_runs_ms": per_image, "onnxruntime": ort.__version__}
 
 
+def cell(value: Any) -> str:
+    """A table cell: milliseconds rounded, text as it is, None as a dash."""
+    return "-" if value is None else value if isinstance(value, str) else f"{value:.0f}"
+
+
 def table(result: Dict[str, Any]) -> str:
     b, p = result["browser"], result["python"]
     rows = [
@@ -111,7 +118,6 @@ def table(result: Dict[str, Any]) -> str:
         ("first run", b["first_run_ms"], p["first_run_ms"]),
         (f"per image (median of {len(b['per_image_runs_ms'])})", b["per_image_ms"], p["per_image_ms"]),
     ]
-    cell = (lambda v: "-" if v is None else v if isinstance(v, str) else f"{v:.0f}")
     lines = [f"| ms | browser (WASM, {b['threads']} threads) | Python (ONNX Runtime {p['onnxruntime']}, "
              f"{THREADS} threads) |", "|---|---:|---:|"]
     lines += [f"| {name} | {cell(bv)} | {cell(pv)} |" for name, bv, pv in rows]

@@ -3,8 +3,9 @@
 
 const BACKGROUND = [40, 40, 40];
 
-/** Pixels that count for the depth range: the person (mask >= 0.5) when the mask keeps at least 1%. */
-function personMask(foreground, count) {
+/** The mask when it keeps a person (>= 0.5 on at least 1% of the pixels), else null: a mask that keeps
+ * nothing (a random-weight model) would black out the depth and leave nothing to relight. */
+export function personMask(foreground, count) {
   if (!foreground) return null;
   let kept = 0;
   for (let i = 0; i < count; i++) kept += foreground[i] >= 0.5;
@@ -61,17 +62,18 @@ export function lightFromPoint(u, v) {
 }
 
 /** Lambertian relighting, as `david-infer relight`: each pixel times ambient + (1 - ambient) * max(0, n.l);
- * with a mask only the person is re-lit and the background keeps its pixels (blended by the mask). */
+ * with a mask that keeps a person only the person is re-lit, the background keeps its pixels (blended by the mask). */
 export function relitPicture(photo, normal, foreground, light, ambient) {
   const out = new ImageData(photo.width, photo.height);
   const [lx, ly, lz] = light;
   const src = photo.data, dst = out.data;
+  const mask = personMask(foreground, photo.width * photo.height);
   for (let i = 0, j = 0, k = 0; i < photo.width * photo.height; i++, j += 4, k += 3) {
     const nx = normal[k], ny = normal[k + 1], nz = normal[k + 2];
     const length = Math.hypot(nx, ny, nz);
     const cos = length > 0 ? Math.max(0, (nx * lx + ny * ly + nz * lz) / length) : 0;
     const shade = ambient + (1 - ambient) * cos;
-    const a = foreground ? foreground[i] : 1;
+    const a = mask ? mask[i] : 1;
     for (let c = 0; c < 3; c++) dst[j + c] = a * src[j + c] * shade + (1 - a) * src[j + c];
     dst[j + 3] = 255;
   }
