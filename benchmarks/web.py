@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,6 +41,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2
 
 
+def default_photo() -> np.ndarray:
+    """scikit-image's astronaut (a person, 512x512), or a synthetic 640x480 picture without scikit-image."""
+    try:
+        from skimage import data
+
+        return data.astronaut()
+    except ImportError:
+        return synthetic_photo(480, 640)
+
+
 def export_tiny(folder: Path, resolution: int) -> Path:
     """The tiny multi-task model (random weights) exported as one pixels-to-maps graph."""
     from david_infer.export import export_onnx
@@ -52,13 +62,22 @@ def export_tiny(folder: Path, resolution: int) -> Path:
     return path
 
 
-def browser_times(model: Path, photo: Path, runs: int) -> Dict[str, Any]:
+def drag_light(page: Any, u: float, v: float) -> None:
+    """Drag on the relit picture to the point (u, v) in [0, 1] from its top left (moves the light)."""
+    box = page.locator("#relit").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + u * box["width"], box["y"] + v * box["height"], steps=4)
+    page.mouse.up()
+
+
+def browser_times(model: Path, photo: Path, runs: int, screenshot: Optional[Path] = None) -> Dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     url_query = f"?backend=wasm&threads={THREADS}"
     with PageServerProcess(model) as server, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        context = browser.new_context()
+        context = browser.new_context(viewport={"width": 1400, "height": 640})
         visits = []
         for _ in ("empty cache", "model cached"):
             page = open_page(context.new_page(), server.url + url_query)
@@ -69,6 +88,9 @@ def browser_times(model: Path, photo: Path, runs: int) -> Dict[str, Any]:
             if len(visits) == 1:
                 per_image = page.evaluate("(n) => david.timeRuns(n)", runs)
                 version = page.evaluate("() => navigator.userAgent")
+                if screenshot:
+                    drag_light(page, 0.15, 0.25)
+                    page.screenshot(path=str(screenshot), full_page=True)
             page.close()
         browser.close()
     assert [v["cached"] for v in visits] == [False, True], visits
@@ -130,7 +152,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a pixels-to-maps graph (default: the tiny model exported here)")
     parser.add_argument("--resolution", type=int, default=512, help="resolution of the default graph (default 512)")
-    parser.add_argument("--photo", type=Path, help="the photo (default: a synthetic 640x480 PNG)")
+    parser.add_argument("--photo", type=Path, help="the photo (default: scikit-image's astronaut, 512x512, else a "
+                        "synthetic 640x480 PNG)")
+    parser.add_argument("--screenshot", type=Path, help="also save a screenshot of the page with its maps here")
     parser.add_argument("--runs", type=int, default=10, help="runs per image after the first (default 10)")
     parser.add_argument("--name", default="web", help="results file stem (default web)")
     args = parser.parse_args()
@@ -140,12 +164,13 @@ def main() -> None:
         photo = args.photo
         if photo is None:
             photo = folder / "photo.png"
-            Image.fromarray(synthetic_photo(480, 640)).save(photo)
+            Image.fromarray(default_photo()).save(photo)
         with Image.open(photo) as img:
             size = img.size
         result = {"model": model.name, "model_bytes": model.stat().st_size, "photo": photo.name,
                   "photo_size": list(size), "runs": args.runs,
-                  "browser": browser_times(model, photo, args.runs), "python": python_times(model, photo, args.runs),
+                  "browser": browser_times(model, photo, args.runs, args.screenshot),
+                  "python": python_times(model, photo, args.runs),
                   "machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
