@@ -164,7 +164,8 @@ def browser() -> Iterator[Any]:
     from david_infer.web_driver import launch_chromium
 
     with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
+        # A fake camera (a test pattern) that the page may open without asking.
+        chromium = launch_chromium(playwright, ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         yield chromium
         chromium.close()
 
@@ -252,6 +253,29 @@ def test_each_map_downloads_as_a_png(page: Any, photo: Path, web_dir: Path) -> N
                 assert np.asarray(png)[..., 3].min() < 255  # the cut-out keeps its transparency
 
 
+def test_a_dropped_photo_and_a_camera_photo_give_maps(page: Any, context: Any, photo: Path) -> None:
+    transfer = page.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
+        return transfer;
+    }""", list(photo.read_bytes()))
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("() => window.david.runs === 1 || window.david.errors > 0")
+    assert page.evaluate("() => [david.photoName, david.error, david.result.width]") == ["dropped.png", None,
+                                                                                         PHOTO_SIZE[0]]
+    context.grant_permissions(["camera"])
+    page.locator("#camera-button").click()
+    page.locator("#snap").wait_for(state="visible")
+    page.wait_for_function("() => document.getElementById('camera').videoWidth > 0")
+    page.locator("#snap").click()
+    page.wait_for_function("() => window.david.runs === 2 || window.david.errors > 0", timeout=120_000)
+    name, error, width, height = page.evaluate(
+        "() => [david.photoName, david.error, david.result.width, david.result.height]")
+    assert (name, error) == ("camera.png", None) and width > 0 and height > 0
+    assert canvas_pixels(page, "depth").shape == (height, width, 4)
+    assert page.locator("#camera").is_hidden()  # the camera is closed after the photo
+
+
 def test_a_text_file_gives_the_pages_own_error(page: Any, photo: Path, web_dir: Path) -> None:
     text = web_dir / "notes.txt"
     text.write_text("not a photo\n")
@@ -275,6 +299,21 @@ def test_the_model_is_cached_for_the_next_visit_and_photos_run_offline(page: Any
     context.set_offline(True)
     maps = give_photo(page, photo)
     assert maps["depth"].shape == PHOTO_SIZE[::-1]
+
+
+def test_an_fp16_graph_runs_in_the_page(context: Any, tiny_fp16_onnx: Path, web_dir: Path, photo: Path) -> None:
+    from david_infer.export.prepost import wrap_prepost
+
+    built_page()
+    graph16 = web_dir / "prepost-fp16.onnx"
+    wrap_prepost(tiny_fp16_onnx, graph16, resolution=384)
+    with PageServerProcess(graph16) as server16:
+        page = open_page(context.new_page(), server16.url + "?backend=wasm&threads=2")
+        assert page.locator("#status").inner_text().startswith("Ready: prepost-fp16.onnx (fp16")
+        maps = give_photo(page, photo)
+    expected = python_maps(graph16, photo)
+    for task, span in (("depth", float(np.ptp(expected["depth"]))), ("normal", 2.0), ("foreground", 1.0)):
+        np.testing.assert_allclose(maps[task], expected[task], rtol=0, atol=1e-3 * span, err_msg=task)
 
 
 def test_a_browser_without_wasm_simd_is_told_so(context: Any, server: PageServerProcess) -> None:
