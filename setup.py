@@ -46,8 +46,10 @@ setup(
     # top-level package named `export` would collide with anything of that name on a user's path.
     packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
     package_dir={"david_infer.export": "export"},
-    # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run).
-    package_data={"david_infer": ["web_static/*", "web_static/*/*"]},
+    # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run), and
+    # the operator table of TensorRT 10's ONNX parser, read by the pre/post graph check.
+    package_data={"david_infer": ["web_static/*", "web_static/*/*"],
+                  "david_infer.export": ["tensorrt10_ops.json"]},
     install_requires=["numpy>=1.23", "Pillow>=9.1"],
     extras_require={
         "export": EXPORT,

@@ -25,7 +25,8 @@ from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_
 
 DEFAULT_STRIDE = 16
 DEFAULT_VIT_SIZE = 384
-LAYOUTS = ("dynamic", "official")
+#: "prepost": one uint8 (N, H, W, 3) image in, finished maps out (david_infer.prepost)
+LAYOUTS = ("dynamic", "official", "prepost")
 #: a dimension: a size, or a symbolic name ("batch", "height") for a dynamic one
 Dim = Union[int, str]
 _TASK_HINTS = (("depth", "depth"), ("normal", "normal"), ("foreground", "foreground"), ("segment", "foreground"))
@@ -130,6 +131,11 @@ class ModelContract:
     def fixed_batch(self) -> Optional[int]:
         b = self.inputs[0].shape[0]
         return b if isinstance(b, int) else None
+
+    @property
+    def prepost(self) -> Optional[Mapping[str, Any]]:
+        """The manifest's `prepost` section of a pre/post graph (layout "prepost"), else None."""
+        return self.section("prepost") if self.layout == "prepost" else None
 
     def section(self, name: str) -> Mapping[str, Any]:
         """An untyped block of the manifest (empty if absent), read-only."""

@@ -26,6 +26,7 @@ import numpy as np
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
+from . import prepost
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
 from .manifest import check_sha256, manifest_path
@@ -174,8 +175,14 @@ class DavidRuntime:
                              f"backend={next(iter(url_schemes().values()), 'triton')!r})")
         self.device = loader.check_device(parse_device(device))
         self.contract = self._load_contract(loader, verify)
+        #: (resolution, pipeline, interpolation, channel order) of a pre/post graph, else None
+        self._graph = (prepost.graph_settings(self.contract.prepost, str(self.path))
+                       if self.contract.prepost is not None else None)
         self.resolution = self._check_resolution(resolution)
         self.pipeline = self._check_pipeline(pipeline)
+        if self._graph is not None and post.interpolation not in ("auto", self._graph[2]):
+            raise InputError(f"{self.path} resizes its outputs inside the graph ({self._graph[2]}); "
+                             f"interpolation must be 'auto', got {post.interpolation!r}")
         if post.interpolation == "auto":
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
@@ -230,6 +237,11 @@ class DavidRuntime:
         return ModelContract.recognise(self.path, loader.inspect(self.path))
 
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
+        if self._graph is not None:  # a pre/post graph runs at the resolution built into it
+            if resolution not in (None, self._graph[0]):
+                raise InputError(f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
+                                 f"resolution must be {self._graph[0]} or None, got {resolution!r}")
+            return self._graph[0]
         fixed = self.contract.fixed_resolution
         if fixed is not None:
             if resolution != fixed:
@@ -244,6 +256,11 @@ class DavidRuntime:
         return resolution
 
     def _check_pipeline(self, pipeline: str) -> str:
+        if self._graph is not None:
+            if pipeline not in ("auto", self._graph[1]):
+                raise InputError(f"{self.path} has the {self._graph[1]} pipeline inside its graph; pipeline must be "
+                                 f"'auto' or {self._graph[1]!r}, got {pipeline!r}")
+            return self._graph[1]
         if pipeline == "auto":
             return "official" if self.contract.vit_input is None else "antialias"
         if pipeline not in PIPELINES:
@@ -345,6 +362,9 @@ class DavidRuntime:
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         h, w = decoded.size
         resolution = self.resolution or dynamic_resolution(h, w, self.contract.stride)
+        if self._graph is not None:  # the graph does the rest
+            max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
+            return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
             if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
@@ -364,9 +384,9 @@ class DavidRuntime:
         results: List[Union[Dict[str, np.ndarray], Exception]] = []
         start = 0
         while start < len(prepared):
-            side = prepared[start].image.shape[-1]
+            shape = prepared[start].image.shape
             stop = start
-            while stop < len(prepared) and prepared[stop].image.shape[-1] == side:
+            while stop < len(prepared) and prepared[stop].image.shape == shape:
                 stop += 1
             results.extend(self._infer_same_size(prepared[start:stop], names[start:stop]))
             start = stop
@@ -386,12 +406,14 @@ class DavidRuntime:
         per_task = {}
         for task in contract.tasks:
             value = np.asarray(raw[names[task]], dtype=np.float32)
-            if value.ndim == 3:
-                value = value[:, None]
             channels = 3 if task == "normal" else 1
-            if value.shape != (n, channels, side, side):
-                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, "
-                                 f"expected {(n, channels, side, side)}")
+            if self._graph is not None:  # finished maps at the image's size
+                expected = prepost.expected_shape(task, n, prepared[0].image.shape[:2])
+            else:
+                value = value[:, None] if value.ndim == 3 else value
+                expected = (n, channels, side, side)
+            if value.shape != expected:
+                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, expected {expected}")
             per_task[task] = value
         outputs = [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
         if self.allow_nonfinite:
@@ -403,7 +425,10 @@ class DavidRuntime:
 
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
-        maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
+        if self._graph is not None:
+            maps = prepost.finish(outputs, self.post_options)
+        else:
+            maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
 
     # ---------------------------------------------------------------------------- lifetime

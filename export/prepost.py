@@ -35,11 +35,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._optional import require
-from ..contract import ModelContract
-from ..errors import ExportError, ModelError
-from ..manifest import make_temp_path, manifest_path, sha256_file, write_manifest
-from ..preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
+from david_infer._optional import require
+from david_infer.contract import ModelContract
+from david_infer.errors import ExportError, ModelError
+from david_infer.export.onnx_export import write_with_manifest
+from david_infer.manifest import manifest_path, sha256_file
+from david_infer.preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 PIPELINES = ("default", "official")
@@ -125,6 +126,10 @@ class _Builder:
 
     def where(self, cond: str, a: str, b: str) -> str:
         return self.op("Where", cond, a, b)
+
+    def round8(self, x: str) -> str:
+        """Round half up, as Pillow's 8-bit resampling does (ONNX Round rounds half to even)."""
+        return self.op("Floor", self.op("Add", x, self.f(0.5)))
 
 
 # ------------------------------------------------------------------------- weight families
@@ -288,11 +293,13 @@ class _OpenCVPyramidLinear(_Family):
 
 
 def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, group: Optional[str] = None,
-            scale: float = 1.0) -> str:
+            scale: float = 1.0, trim: bool = False) -> str:
     """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
 
     group None: groups of _GROUP outputs (the last group sliced off past m); else the int64 scalar
-    group size, which must divide m. `scale` multiplies the (normalised) weights."""
+    group size, which must divide m. `scale` multiplies the (normalised) weights. `trim` (for a
+    family whose virtual indices only clamp): groups that read nothing but the padding are not
+    computed; they are the first or last pixel row, repeated."""
     m = geometry.m
     if group is None:
         g = b.i(_GROUP)
@@ -307,6 +314,14 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
     lo, hi = family.window(b, o)
     first = b.to_int(b.op("Floor", b.op("Slice", lo, b.i([0]), b.i([1]), b.i([1]))))  # (G, 1)
     last = b.to_int(b.op("Ceil", b.op("Slice", hi, b.i([-1]), b.i([_I64_MAX]), b.i([1]))))
+    if trim:  # keep the groups [lead, count - tail) whose windows reach the image
+        lead = b.reduce("ReduceSum", b.op("Cast", b.op("Less", last, geometry.offset), to=7), [0, 1], 0)
+        end = b.op("Sub", b.op("Add", geometry.offset, geometry.n), b.i(1))
+        tail = b.reduce("ReduceSum", b.op("Cast", b.op("Greater", first, end), to=7), [0, 1], 0)
+        keep_to = b.op("Unsqueeze", b.op("Sub", count, tail), b.i([0]))
+        keep_from = b.op("Unsqueeze", lead, b.i([0]))
+        o, first, last = (b.op("Slice", t, keep_from, keep_to, b.i([0])) for t in (o, first, last))
+        full_count, count = count, b.op("Sub", b.op("Sub", count, lead), tail)
     length = b.op("Add", b.reduce("ReduceMax", b.op("Sub", last, first), [0, 1], 0), b.i(1))
     v_int = b.op("Add", first, b.op("Unsqueeze", b.op("Range", b.i(0), length, b.i(1)), b.i([0])))  # (G, L)
     v = b.op("Unsqueeze", b.to_float(v_int), b.i([1]))  # (G, 1, L)
@@ -324,6 +339,14 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
     product = b.op("MatMul", w, flat)  # x[:axis] + (G, g, rest)
     total = b.op("Unsqueeze", b.op("Mul", count, g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
+    if trim:
+        edges = []
+        for groups, index in ((lead, b.i([0])), (tail, b.op("Unsqueeze", b.op("Sub", geometry.n, b.i(1)), b.i([0])))):
+            row = b.op("Gather", x, index, axis=axis)  # the edge pixel row, (.., 1, ..)
+            rows = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
+            edges.append(b.op("Expand", row, b.op("Concat", before, rows, after, axis=0)))
+        out = b.op("Concat", edges[0], out, edges[1], axis=axis)
+        count = full_count
     if group is None:
         out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", m, b.i([0])), b.i([axis]))
     return out
@@ -366,17 +389,19 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     span = b.op("Div", b.to_float(sq.side), b.to_float(k))
     rows = _Axis(sq.h, sq.side, sq.top, r)
     cols = _Axis(sq.w, sq.side, sq.left, r)
-    y = b.op("Round", _banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k)))  # (N, R, W, 3)
+    # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
+    # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
+    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k), trim=True))  # (N, R, W, 3)
     yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    xy = b.op("Round", _banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k)))  # (N, Rx, Ry, 3)
+    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k), trim=True))
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
     small = _Axis(r, r, b.i(0), vit)
     spread = b.f(float(resolution))
-    across = b.op("Round", _banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
+    across = b.round8(_banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
     down = b.op("Transpose", across, perm=[0, 2, 1, 3])  # (N, Ry, 384x, 3)
-    both = b.op("Round", _banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
+    both = b.round8(_banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
     return xy, b.op("Transpose", both, perm=[0, 2, 1, 3])  # (N, 384x, 384y, 3)
 
 
@@ -424,14 +449,19 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
     xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, C, Rx, Ry)
     across = _banded(b, xt, 2, cols, across_family)  # (N, C, W, Ry)
     back = b.op("Transpose", across, perm=[0, 1, 3, 2])  # (N, C, Ry, W)
+    group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
+    if task == "normal":
+        full = _banded(b, back, 2, rows, down_family, group=group)  # (N, 3, H, W)
+        # planar: ONNX Runtime divides (N, 3, H, W) by (N, 1, H, W) much faster than channels-last
+        norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
+        return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+    # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
+    plane = b.op("Squeeze", back, b.i([1]))
     sign = -1.0 if task == "depth" else 1.0  # the runtime's default depth: negated, larger = nearer
-    full = _banded(b, back, 2, rows, down_family, group=_largest_divisor(b, sq.h), scale=sign)  # (N, C, H, W)
-    if task == "depth":
-        return b.op("Squeeze", full, b.i([1]), out=name)
+    full = _banded(b, plane, 1, rows, down_family, group=group, scale=sign)
     if task == "foreground":
-        return b.op("Squeeze", b.op("Clip", full, b.f(0.0), b.f(1.0)), b.i([1]), out=name)
-    norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
-    return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+        return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name)
+    return b.op("Identity", full, out=name)
 
 
 # ------------------------------------------------------------------------------- wrapping
@@ -447,10 +477,11 @@ def _default_opset(model: Any) -> int:
 def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     """The network graph and its contract; ModelError naming the file when it cannot be wrapped."""
     onnx = require("onnx", "export")
-    from ..backends.onnxruntime import OnnxRuntimeBackend
+    from david_infer.backends.onnxruntime import OnnxRuntimeBackend
 
     if source.suffix != ".onnx":
-        raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not {source.suffix or 'a suffix-less file'}")
+        raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
+                         f"{source.suffix or 'a suffix-less file'}")
     if not source.is_file():
         raise ModelError(f"model file not found: {source}")
     try:
@@ -488,7 +519,8 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
     if fixed is not None:
         resolution = fixed
     vit = contract.vit_size if contract.vit_input is not None else None
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution % contract.stride or resolution < 16:
+    if (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < contract.stride
+            or resolution % contract.stride):
         raise ExportError(f"resolution must be a positive multiple of {contract.stride}, got {resolution!r}")
     if vit and resolution < vit:
         raise ExportError(f"resolution {resolution} is below the ViT size {vit}: the pre/post graph makes the ViT "
@@ -500,8 +532,8 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
     b = _Builder(helper, numpy_helper, opset)
     image = "image"
     batch = contract.fixed_batch or "batch"
-    sq = _square(b, image)
-    x = b.to_float(image)
+    x = b.to_float(image)  # first: TensorRT takes uint8 only at the boundary (even Shape reads float)
+    sq = _square(b, x)
     if pipeline == "official":
         xy, vit_xy = _pre_official(b, x, sq, resolution), ""
     else:
@@ -575,27 +607,12 @@ def wrap_prepost(source: Union[str, Path], output: Union[str, Path], channel_ord
         raise ExportError(f"output folder {output.parent} does not exist")
     network, contract = _load_source(source)
     model, section = build_prepost_model(network, contract, channel_order, resolution)
-    try:
-        tmp = make_temp_path(output, suffix=".onnx.tmp")
-    except OSError as exc:
-        raise ExportError(f"cannot write to the output folder {output.parent}: {exc.strerror}") from None
-    final_manifest = manifest_path(output)
-    existed = final_manifest.exists()
-    try:
+    def write(tmp: Path) -> Dict[str, Any]:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
-        manifest = _prepost_manifest(output, source, contract, section, sha256_file(tmp),
-                                     contract.fixed_batch or "batch")
-        write_manifest(final_manifest, manifest)
-        tmp.replace(output)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if not existed:
-            final_manifest.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"could not write {output}: {exc}") from None
-        raise
-    return manifest
+        return _prepost_manifest(output, source, contract, section, sha256_file(tmp), contract.fixed_batch or "batch")
+
+    return write_with_manifest(output, write)
 
 
 def tensorrt_ops_table() -> Dict[str, Any]:
@@ -603,5 +620,45 @@ def tensorrt_ops_table() -> Dict[str, Any]:
     return json.loads(OPS_TABLE.read_text(encoding="utf-8"))
 
 
+def tensorrt_problems(model: Any) -> List[str]:
+    """What in `model` (a ModelProto) TensorRT 10's ONNX parser does not take, by the table
+    (`tensorrt10_ops.json`): operators it lacks, attributes outside its rules, inputs that must be
+    constants and are not, uint8 tensors read by anything but Cast, an opset outside 9..20.
+    Empty when the graph is portable."""
+    from onnx import TensorProto, helper, shape_inference
+
+    table = tensorrt_ops_table()
+    low, high = table["opsets"]
+    problems = []
+    opset = _default_opset(model)
+    if not low <= opset <= high:
+        problems.append(f"opset {opset} outside {low}..{high}")
+    inferred = shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for node in model.graph.node:
+        where = f"{node.op_type} node {node.name!r}"
+        if node.op_type not in table["operators"]:
+            problems.append(f"{where}: not an operator of TensorRT 10's ONNX parser")
+            continue
+        rules = table["rules"].get(node.op_type, {})
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for name, allowed in rules.items():
+            if name == "constant_inputs":
+                for index in allowed:
+                    if index < len(node.input) and node.input[index] and node.input[index] not in constants:
+                        problems.append(f"{where}: input {index} ({node.input[index]!r}) must be a constant")
+                continue
+            value = attrs.get(name)
+            value = value.decode() if isinstance(value, bytes) else value
+            if value is not None and value not in allowed:
+                problems.append(f"{where}: {name}={value!r} (TensorRT 10 takes {allowed})")
+        if node.op_type != "Cast" and any(types.get(i) == TensorProto.UINT8 for i in node.input):
+            problems.append(f"{where}: reads a uint8 tensor ({table['uint8']})")
+    return problems
+
+
 __all__ = ["CHANNEL_ORDERS", "PIPELINES", "build_prepost_model", "pyramid_kernels", "tensorrt_ops_table",
-           "wrap_prepost"]
+           "tensorrt_problems", "wrap_prepost"]

@@ -47,7 +47,7 @@ def batch_size_histogram() -> Any:
     return _BATCH_SIZES["histogram"]
 
 
-_DATATYPES = {"float32": "FP32", "float16": "FP16"}
+_DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
 
 
 def _metadata(spec: TensorSpec) -> MetadataTensor:
@@ -173,24 +173,26 @@ class DavidModel(MLModel):
         return response
 
     def _feeds(self, payload: InferenceRequest) -> Dict[str, np.ndarray]:
-        """The request's tensors as float32 arrays, checked against the contract (status 400)."""
+        """The request's tensors as arrays of the contract's dtypes (float32; uint8 for a pre/post
+        graph's image), checked against the contract (status 400)."""
         expected = {t.name: t for t in self._runtime.contract.inputs}
         given = [i.name for i in payload.inputs]
         if sorted(given) != sorted(expected):
             raise MLServerError(f"model {self.name!r} takes inputs {sorted(expected)}, got {given}")
         feeds = {}
         for item in payload.inputs:
-            if item.datatype != "FP32":
-                raise MLServerError(f"input {item.name!r} must be FP32, got {item.datatype}")
+            spec = expected[item.name]
+            datatype = _DATATYPES.get(spec.dtype, "FP32")
+            if item.datatype != datatype:
+                raise MLServerError(f"input {item.name!r} must be {datatype}, got {item.datatype}")
             try:
                 value = NumpyCodec.decode_input(item)
             except ValueError as exc:  # the data do not fill the shape
                 raise MLServerError(f"input {item.name!r}: data do not match shape {item.shape} ({exc})") from None
-            spec = expected[item.name]
             if value.ndim != 4 or any(isinstance(d, int) and d != s for d, s in zip(spec.shape[1:], value.shape[1:])):
                 raise MLServerError(f"input {item.name!r} has shape {list(value.shape)}, expected "
                                     f"{[d if isinstance(d, int) else -1 for d in spec.shape]}")
-            feeds[item.name] = np.ascontiguousarray(value, dtype=np.float32)
+            feeds[item.name] = np.ascontiguousarray(value, dtype=np.uint8 if datatype == "UINT8" else np.float32)
         return feeds
 
     def _run(self, feeds: Feeds) -> Mapping[str, np.ndarray]:

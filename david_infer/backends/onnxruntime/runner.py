@@ -17,7 +17,8 @@ from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU_PROVIDER = "CPUExecutionProvider"
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(uint8)": "uint8"}
 
 
 def _provider_list(ort: Any, path: Path, device: Device, providers: Sequence[str], options: Any,

@@ -24,7 +24,7 @@ T = TypeVar("T")
 #: gRPC status codes and HTTP statuses that mean "the server is not there (now)"
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "502", "503",
                 "504"}
-_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64"}
+_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 #: gRPC channel limit both ways (the library's default of 4 MiB is less than a batch of images)
 GRPC_MAX_MESSAGE = 1 << 30
 
@@ -91,8 +91,9 @@ class Protocol:
         binary = {} if self.grpc else {"binary_data": self.binary}
         inputs = []
         for name, value in feeds.items():
-            tensor = m.InferInput(name, list(value.shape), "FP32")
-            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), **binary)
+            raw = value.dtype == np.uint8  # a pre/post graph's image goes as its bytes
+            tensor = m.InferInput(name, list(value.shape), "UINT8" if raw else "FP32")
+            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.uint8 if raw else np.float32), **binary)
             inputs.append(tensor)
         wanted = [m.InferRequestedOutput(n, **binary) for n in outputs]
         timeout = {"client_timeout": self.options.timeout} if self.grpc else {}  # HTTP: set on the client
