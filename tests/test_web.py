@@ -39,15 +39,16 @@ def missing(reason: str) -> None:
 
 
 def python_maps(graph: Path, photo: Path) -> Dict[str, np.ndarray]:
-    """The maps ONNX Runtime in Python gives for `photo` (decoded by Pillow) on `graph`."""
-    ort = pytest.importorskip("onnxruntime")
-    order = describe_model(graph).channel_order
-    rgb = np.asarray(Image.open(photo).convert("RGB"))
-    pixels = rgb[..., ::-1] if order == "bgr" else rgb
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    outputs = session.run(names, {"image": np.ascontiguousarray(pixels)[None]})
-    return {name: value[0] for name, value in zip(names, outputs)}
+    """The maps the Python runtime (DavidRuntime on ONNX Runtime) gives for `photo` on `graph`."""
+    pytest.importorskip("onnxruntime")
+    from david_infer import DavidRuntime
+
+    runtime = DavidRuntime(graph, resolution=None)  # a pre/post graph runs at the resolution it was built for
+    try:
+        prediction = runtime.predict(photo)
+    finally:
+        runtime.close()
+    return {task: getattr(prediction, task) for task in ("depth", "normal", "foreground")}
 
 
 @pytest.fixture(scope="module")
