@@ -154,8 +154,18 @@ def test_the_server_listens_on_loopback_with_isolation_headers(server: PageServe
 # The page in Chromium
 
 
+def write_camera_video(path: Path) -> Path:
+    """A small Y4M clip (YUV 4:2:0, two frames) for Chromium's fake camera: a small photo runs fast."""
+    w, h = PHOTO_SIZE
+    y = np.tile(np.linspace(16, 235, w, dtype=np.uint8), (h, 1))
+    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
+    frame = b"FRAME\n" + y.tobytes() + chroma + chroma
+    path.write_bytes(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode() + frame * 2)
+    return path
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(web_dir: Path) -> Iterator[Any]:
     if find_chromium() is None:
         missing("no Chromium (apt-get install chromium)")
     try:
@@ -165,8 +175,10 @@ def browser() -> Iterator[Any]:
     from david_infer.web_driver import launch_chromium
 
     with sync_playwright() as playwright:
-        # A fake camera (a test pattern) that the page may open without asking.
-        chromium = launch_chromium(playwright, ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        # A fake camera (a small clip) that the page may open without asking.
+        camera = write_camera_video(web_dir / "camera.y4m")
+        chromium = launch_chromium(playwright, ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                                                f"--use-file-for-fake-video-capture={camera}"])
         yield chromium
         chromium.close()
 
@@ -272,7 +284,7 @@ def test_a_dropped_photo_and_a_camera_photo_give_maps(page: Any, context: Any, p
     page.wait_for_function("() => window.david.runs === 2 || window.david.errors > 0", timeout=120_000)
     name, error, width, height = page.evaluate(
         "() => [david.photoName, david.error, david.result.width, david.result.height]")
-    assert (name, error) == ("camera.png", None) and width > 0 and height > 0
+    assert (name, error, width, height) == ("camera.png", None, *PHOTO_SIZE)
     assert canvas_pixels(page, "depth").shape == (height, width, 4)
     assert page.locator("#camera").is_hidden()  # the camera is closed after the photo
 
