@@ -301,7 +301,7 @@ def test_a_text_file_gives_the_pages_own_error(page: Any, photo: Path, web_dir: 
     assert page.locator("#error").is_hidden() and state(page)["phase"] == "done"
 
 
-def test_the_model_is_cached_for_the_next_visit_and_photos_run_offline(page: Any, context: Any, photo: Path,
+def test_the_model_is_cached_for_the_next_visit_and_the_page_works_offline(page: Any, context: Any, photo: Path,
                                                                       server: PageServerProcess) -> None:
     assert state(page)["cached"] is False
     context.requests.clear()
@@ -312,6 +312,9 @@ def test_the_model_is_cached_for_the_next_visit_and_photos_run_offline(page: Any
     context.set_offline(True)
     maps = give_photo(page, photo)
     assert maps["depth"].shape == PHOTO_SIZE[::-1]
+    page.reload()  # offline: the page from its service worker, the model from the cache
+    open_page(page, page.url)
+    assert state(page)["phase"] == "ready" and state(page)["cached"] is True
 
 
 def test_an_fp16_graph_runs_in_the_page(context: Any, tiny_fp16_onnx: Path, web_dir: Path, photo: Path) -> None:

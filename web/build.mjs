@@ -27,6 +27,6 @@ await build({
   conditions: ['onnxruntime-web-use-extern-wasm'],
   logLevel: 'warning',
 });
-for (const name of ['index.html', 'style.css']) await copyFile(here(`src/${name}`), `${out}${name}`);
+for (const name of ['index.html', 'style.css', 'sw.js']) await copyFile(here(`src/${name}`), `${out}${name}`);
 for (const name of ORT_FILES) await copyFile(`${ortDist}${name}`, `${out}ort/${name}`);
 console.log(`built ${out}`);

@@ -205,4 +205,6 @@ david.timeRuns = async (n) => {
 };
 
 wire();
+// Offline next time: the service worker keeps the last good copy of the page and its files.
+navigator.serviceWorker?.register('sw.js').catch((error) => console.warn('no service worker:', error));
 handle(start());
