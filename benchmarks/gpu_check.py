@@ -45,7 +45,7 @@ import numpy as np
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from prologue import RESULTS, ROOT  # noqa: E402
 
-from david_infer.manifest import atomic_write  # noqa: E402
+from david_infer.outputs.files import atomic_write  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
 PRECISIONS = ("fp32", "fp16")
@@ -280,7 +280,7 @@ def step_engine(work: Path, model: str) -> Dict[str, Any]:
 
 
 def reference_file(work: Path, model: str) -> Path:
-    from david_infer.manifest import sha256_file
+    from david_infer.outputs.files import sha256_file
 
     return work / f"ref-{model}-{sha256_file(work / f'{model}-fp32.onnx')[:16]}.npz"
 
@@ -332,7 +332,7 @@ def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
         for i, (b, h, w) in enumerate(PARITY_POINTS):
             ref = {k.split("|")[1]: refs[k] for k in refs.files if k.startswith(f"{b}x{h}x{w}|")}
             try:
-                got = runner.infer(feeds_for(b, h, w, seed=i))
+                got = runner.run(feeds_for(b, h, w, seed=i))
                 parity = compare(got, ref, precision="fp16")
                 points.append({"batch": b, "height": h, "width": w, "passed": parity.passed,
                                "reasons": parity.reasons, "metrics": parity.metrics})
@@ -348,8 +348,8 @@ def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
     with open_backend(backend, work, model) as runner:
         for b in BENCH_BATCHES:
             feeds = feeds_for(b, BENCH_SIZE, BENCH_SIZE, seed=99)
-            batches.append(latency_stats(time_calls(lambda: runner.infer(feeds)), b))
-    return {"what": f"runner.infer at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
+            batches.append(latency_stats(time_calls(lambda: runner.run(feeds)), b))
+    return {"what": f"runner.run at {BENCH_SIZE}x{BENCH_SIZE}: host to device, run, device to host", "batches": batches}
 
 
 def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:

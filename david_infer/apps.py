@@ -26,7 +26,7 @@ import numpy as np
 
 from ._arrays import as_alpha, as_image, as_map, as_normals, blend, fill_by_rows, row_bands, to_uint8, unit_vectors
 from .errors import InputError
-from .manifest import atomic_write
+from .outputs.files import atomic_write
 
 Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]  # noqa: F821
 

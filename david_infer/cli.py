@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .errors import DavidError
+from .errors import DavidError, Interrupted
 
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
@@ -57,8 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DavidError as exc:
         print(f"david-infer {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"david-infer {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # an Interrupted run says what is complete and how to resume
+        detail = f": {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"david-infer {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

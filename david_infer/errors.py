@@ -67,3 +67,7 @@ class NonFiniteOutput(ModelError):
     def __init__(self, message: str, task: str = "", input: str = "", share: float = 0.0) -> None:
         super().__init__(message)
         self.task, self.input, self.share = task, input, share
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; the message says what is complete and how to resume."""

@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from . import __version__
 from .errors import ModelError
 from .jsonfile import read_json_object, write_json
-from .manifest import sha256_file
+from .outputs.files import sha256_file
 from .progress import BYTES, Progress
 
 BASE_URL = "https://facesyntheticspubwedata.z6.web.core.windows.net/iccv-2025/models/"

@@ -18,18 +18,17 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
+from ..config import TASK_CHANNELS, get_config, task_outputs
 from ..errors import ExportError
 from ..manifest import (
     FORMAT,
     FORMAT_VERSION,
     POSTPROCESSING_DOC,
     PREPROCESSING_DOC,
-    make_temp_path,
     manifest_path,
-    sha256_file,
     write_manifest,
 )
-from ..config import TASK_CHANNELS, get_config, task_outputs
+from ..outputs.files import make_temp_path, sha256_file
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")

@@ -18,8 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .._optional import require
 from ..config import get_config
+from ..contract import read_manifest
 from ..errors import InputError, ModelError
-from ..manifest import check_sha256, manifest_path, read_manifest, sha256_file
+from ..manifest import check_sha256, manifest_path
+from ..outputs.files import sha256_file
 from ..shapes import check_stride, parse_hw_list
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))

@@ -17,15 +17,19 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from david_infer.export import export_onnx  # noqa: E402
+from david_infer.export.fp16 import (  # noqa: E402
+    check_strongly_typed,
+    convert_to_mixed_fp16,
+    precision_report,
+)
+from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from david_infer.cli import main  # noqa: E402
+from david_infer.contract import read_manifest  # noqa: E402
 from david_infer.errors import InputError  # noqa: E402
-from david_infer.manifest import read_manifest  # noqa: E402
 from david_infer.model import build_model, save_weights  # noqa: E402
-from david_infer.export import export_onnx  # noqa: E402
-from david_infer.export.fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report  # noqa: E402
-from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -309,7 +309,7 @@ def test_official_export_runs_and_matches_dynamic(
     dynamic export of the same weights fed the same way."""
     big = np.asarray(Image.fromarray(photo).resize((1000, 1700)))  # > 3 x 512: one pyramid step
     with DavidRuntime(official_onnx) as off:
-        assert off.pipeline == "official" and off.resolution == 512 and off.spec.fixed_batch == 1
+        assert off.pipeline == "official" and off.resolution == 512 and off.contract.fixed_batch == 1
         pred = off.predict(big)
         assert pred.depth.shape == big.shape[:2] and pred.normal.shape == big.shape[:2] + (3,)
         batch = off.predict_batch([big, photo], batch_size=4)  # fixed batch 1: run one at a time
@@ -322,7 +322,7 @@ def test_released_files_are_recognised_without_manifest(released_dir: Path, offi
     multi = released_dir / "multi-task-model-vitl16_384.onnx"
     assert not multi.with_suffix(".json").exists()
     with DavidRuntime(multi) as rel, DavidRuntime(official_onnx) as ours:
-        assert rel.spec.released and rel.tasks == TASKS and rel.pipeline == "official"
+        assert rel.contract.released and rel.tasks == TASKS and rel.pipeline == "official"
         assert_same(rel.predict(photo), ours.predict(photo), atol=0)
     with DavidRuntime(released_dir / "depth-model-vitb16_384.onnx") as depth:
         assert depth.tasks == ("depth",)

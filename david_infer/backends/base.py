@@ -105,8 +105,9 @@ def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
 
 def positive_int(owner: str, name: str, value: Any) -> None:
     """InputError unless `value` is None or a positive int (for options' __post_init__)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"{owner}: {name} must be a positive integer or None, got {value!r}")
+    from ..options import positive_int as check
+
+    check(name, value, allow_none=True, owner=f"{owner}: ")
 
 
 class Runner(abc.ABC):
@@ -132,10 +133,6 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the model on float32 NCHW arrays keyed by input name; return outputs keyed by name."""
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Alias of `run` (the name of earlier releases)."""
-        return self.run(feeds)
 
     def close(self) -> None:
         """Release sessions, engines and device memory. Idempotent."""

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..apps import point_cloud, write_ply
-    from ..outputs import commit
+    from ..outputs.files import commit
 
     pred = predict_for_app(args, ["depth"], "a point cloud")
     points, colors = point_cloud(pred.image, pred.depth, pred.foreground, fov_deg=args.fov,

@@ -27,12 +27,13 @@ import asyncio
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict
 
 from .._optional import require
 from ..errors import InputError
+from ..options import RuntimeOptions, positive_int
 
 #: prefix of the `versions` entry carrying the manifest JSON
 MANIFEST_PREFIX = "david-infer-manifest:"
@@ -47,23 +48,18 @@ GRPC_MAX_MESSAGE = 1 << 30
 class ServeConfig:
     """What `david-infer serve` serves and how.
 
-    model: the model file (absolute path is stored); name: the served model name; backend,
-    device, backend_options: as for DavidRuntime; resolution: the side the backend is prepared for
-    (a hint for TensorRT profiles; the server accepts any size the model accepts);
-    max_batch_size / max_batch_time: adaptive batching (concurrent requests of one image size are
-    merged along the batch axis up to max_batch_size images, waiting at most max_batch_time
-    seconds for a batch to fill; 1 = off);
+    runtime: how the model is opened (david_infer.options.RuntimeOptions; its model file is
+    stored as an absolute path): its resolution is the side the backend is prepared for (a hint
+    for TensorRT profiles; the server accepts any size the model accepts) and its batch_size the
+    adaptive batching's largest batch (concurrent requests of one image size are merged along the
+    batch axis up to that many images, waiting at most max_batch_time seconds for a batch to
+    fill; 1 = off); name: the served model name;
     workers: parallel inference worker processes (0, the default = run in the server process;
     MLServer pickles every request to a worker, which costs CPU); host and ports.
     """
 
-    model: str
+    runtime: RuntimeOptions
     name: str = "david"
-    backend: str = "auto"
-    device: str = "cpu"
-    resolution: Optional[int] = 512
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
-    max_batch_size: int = 8
     max_batch_time: float = 0.01
     workers: int = 0
     host: str = "0.0.0.0"
@@ -72,10 +68,11 @@ class ServeConfig:
     metrics_port: int = 8082
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "http_port", "grpc_port", "metrics_port"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"serve: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.runtime, RuntimeOptions):
+            raise InputError(f"serve: runtime must be a david_infer.options.RuntimeOptions, got {self.runtime!r}")
+        object.__setattr__(self, "runtime", self.runtime.replace(model=str(Path(self.runtime.model).resolve())))
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            positive_int(name, getattr(self, name), owner="serve: ")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise InputError(f"serve: workers must be 0 or more, got {self.workers!r}")
         if not isinstance(self.max_batch_time, (int, float)) or not 0 <= self.max_batch_time <= 10:
@@ -94,15 +91,8 @@ def model_settings(config: ServeConfig) -> Dict[str, Any]:
         "implementation": RUNTIME_CLASS,
         "max_batch_size": 0,  # MLServer's batcher off: DavidModel batches with numpy (see runtime)
         "parameters": {
-            "uri": str(Path(config.model).resolve()),
-            "extra": {
-                "backend": config.backend,
-                "device": config.device,
-                "resolution": config.resolution,
-                "max_batch": config.max_batch_size,
-                "max_batch_time": config.max_batch_time,
-                "backend_options": dict(config.backend_options),
-            },
+            "uri": config.runtime.model,
+            "extra": {"runtime": config.runtime.as_record(), "max_batch_time": config.max_batch_time},
         },
     }
 
@@ -136,8 +126,8 @@ def write_server_folder(config: ServeConfig, folder: Path) -> Path:
 def serve(config: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
     open; a model that fails to load stops the server with its error in the log."""
-    if not Path(config.model).is_file():
-        raise InputError(f"serve: model file not found: {config.model}")
+    if not Path(config.runtime.model).is_file():
+        raise InputError(f"serve: model file not found: {config.runtime.model}")
     require("mlserver", "david-infer serve")
     from mlserver import MLServer
     from mlserver.cli.serve import load_settings

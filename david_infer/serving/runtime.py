@@ -27,6 +27,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 
 from .. import __version__
 from ..contract import TensorSpec
+from ..options import RuntimeOptions
 from ..runtime import DavidRuntime
 from . import MANIFEST_PREFIX
 
@@ -147,12 +148,8 @@ class DavidModel(MLModel):
     async def load(self) -> bool:
         params = self.settings.parameters
         extra = dict(params.extra or {}) if params is not None else {}
-        self._runtime = DavidRuntime(
-            params.uri if params is not None else "", backend=extra.get("backend", "auto"),
-            device=extra.get("device", "cpu"), resolution=extra.get("resolution", 512),
-            batch_size=int(extra.get("max_batch") or 1), threads=1,
-            backend_options=extra.get("backend_options") or None,
-        )
+        options = RuntimeOptions.from_record(extra["runtime"])  # as `david-infer serve` wrote it
+        self._runtime = DavidRuntime.from_options(options)
         contract = self._runtime.contract
         self.inputs = [_metadata(t) for t in contract.inputs]
         self.outputs = [_metadata(t) for t in contract.outputs]
@@ -160,8 +157,8 @@ class DavidModel(MLModel):
         # one model call at a time per worker: the backend's own threads use the cores
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
         sizes = batch_size_histogram().labels(model=self.name)
-        self._batcher = _Batcher(self._run, max(1, int(extra.get("max_batch") or 1)),
-                                 float(extra.get("max_batch_time") or 0.0), self._executor, sizes.observe)
+        self._batcher = _Batcher(self._run, options.batch_size, float(extra.get("max_batch_time") or 0.0),
+                                 self._executor, sizes.observe)
         logger.info("serving %s (%s backend, %s) as %r", self._runtime.path, self._runtime.backend,
                     self._runtime.device, self.name)
         return True

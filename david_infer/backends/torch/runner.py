@@ -9,7 +9,7 @@ import numpy as np
 from ..._optional import require
 from ...contract import GraphIO, ModelContract
 from ...errors import BackendUnavailable, ModelError
-from ...manifest import sha256_file
+from ...outputs.files import sha256_file
 from ..base import Device, Runner
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ...contract import GraphIO, ModelContract
+from ...contract import GraphIO, ModelContract, read_manifest
 from ...errors import InputError, ModelError
-from ...manifest import read_manifest
 from ..base import Backend, BackendOptions, Device, Runner, Workload
 
 #: key of the manifest in a Triton model config's `parameters`
