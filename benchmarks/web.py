@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
-
 import numpy as np  # noqa: E402
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image  # noqa: E402
+from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 from david_infer.web_driver import PageServerProcess, give_photo, launch_chromium, open_page  # noqa: E402
