@@ -32,7 +32,8 @@ GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "
 # The test suite without an ONNX Runtime build: `test` + `gpu` on a GPU machine, `dev` (+ `cpu`)
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
 TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
-                                     "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0"]
+                                     "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0",
+                                     "playwright>=1.45"]  # drives the system's Chromium (tests/test_web.py)
 DEV = TEST + CPU
 
 setup(
@@ -47,8 +48,10 @@ setup(
     # top-level package named `export` would collide with anything of that name on a user's path.
     packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
     package_dir={"david_infer.export": "export"},
-    # the operator table of TensorRT 10's ONNX parser, read by the pre/post graph check
-    package_data={"david_infer.export": ["tensorrt10_ops.json"]},
+    # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run), and
+    # the operator table of TensorRT 10's ONNX parser, read by the pre/post graph check.
+    package_data={"david_infer": ["web_static/*", "web_static/*/*"],
+                  "david_infer.export": ["tensorrt10_ops.json"]},
     install_requires=["numpy>=1.23", "Pillow>=9.1"],
     extras_require={
         "export": EXPORT,

@@ -29,6 +29,7 @@ COMMANDS = {
     "background": ("background", "replace a photo's background using the predicted mask"),
     "pointcloud": ("pointcloud", "write a photo's 2.5D point cloud (PLY) from its predicted depth"),
     "serve": ("serve", "serve a model over HTTP/gRPC (KServe V2 / Triton protocol) with adaptive batching"),
+    "web": ("web", "serve the browser page (127.0.0.1): photo in, depth/normals/cut-out and relighting out, all local"),
 }
 
 
