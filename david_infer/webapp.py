@@ -23,7 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import BackendUnavailable, ModelError
 from .jsonfile import read_json_object
-from .manifest import manifest_path, sha256_file
+from .manifest import manifest_path
+from .outputs.files import sha256_file
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
 HOST = "127.0.0.1"

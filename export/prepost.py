@@ -39,7 +39,8 @@ from david_infer._optional import require
 from david_infer.contract import ModelContract
 from david_infer.errors import ExportError, ModelError
 from david_infer.export.onnx_export import write_with_manifest
-from david_infer.manifest import manifest_path, sha256_file
+from david_infer.manifest import manifest_path
+from david_infer.outputs.files import sha256_file
 from david_infer.preprocess import OFFICIAL_PYRAMID_FACTOR, REDUCING_GAP
 
 CHANNEL_ORDERS = ("rgb", "bgr")
