@@ -12,6 +12,7 @@ out) and of the C++ side's decode and write steps.
 Results: benchmarks/results/cpp_host.json and .md, and the table in docs/benchmarks.md (unless
 --no-docs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ TIMINGS = re.compile(r"\(decode ([\d.]+) ms, predict ([\d.]+) ms, write ([\d.]+)
 
 
 def build(folder: Path) -> Path:
-    subprocess.run(["cmake", "-S", str(ROOT / "cpp"), "-B", str(folder), f"-DPython3_EXECUTABLE={sys.executable}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "-S", str(ROOT / "cpp"), "-B", str(folder), f"-DPython3_EXECUTABLE={sys.executable}"],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["cmake", "--build", str(folder), "-j", "2"], check=True, capture_output=True)
     return folder / "david_predict"
 
@@ -64,8 +68,12 @@ def measure(exe: Path, model: Path, rgb: np.ndarray, runs: int, threads: int, wo
         images.append(work / f"photo{i}.png")
         Image.fromarray(rgb).save(images[-1])
     (work / "out").mkdir(exist_ok=True)
-    done = subprocess.run([str(exe), str(model), *map(str, images), "-o", str(work / "out"), "--threads",
-                           str(threads), "--timings"], check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(exe), str(model), *map(str, images), "-o", str(work / "out"), "--threads", str(threads), "--timings"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     steps = np.array([[float(v) for v in TIMINGS.search(line).groups()] for line in done.stdout.splitlines()])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -77,8 +85,12 @@ def measure(exe: Path, model: Path, rgb: np.ndarray, runs: int, threads: int, wo
         session.run(None, feed)
         python_ms.append((time.perf_counter() - start) * 1000)
     decode, predict, write = (statistics.median(steps[:, i]) for i in range(3))
-    return {"cpp_decode_ms": decode, "cpp_predict_ms": predict, "cpp_write_ms": write,
-            "python_run_ms": statistics.median(python_ms)}
+    return {
+        "cpp_decode_ms": decode,
+        "cpp_predict_ms": predict,
+        "cpp_write_ms": write,
+        "python_run_ms": statistics.median(python_ms),
+    }
 
 
 def main() -> None:
@@ -89,8 +101,10 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help="an existing build folder of cpp/")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md as it is")
     args = parser.parse_args()
-    lines = ["| photo (H x W) | C++ predict ms | Python ORT run ms | C++ decode ms | C++ write ms |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| photo (H x W) | C++ predict ms | Python ORT run ms | C++ decode ms | C++ write ms |",
+        "|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,19 +115,29 @@ def main() -> None:
             (work / name).mkdir()
             row = {"photo": name, **measure(exe, model, photo(h, w), args.runs, args.threads, work / name)}
             rows.append(row)
-            lines.append(f"| {name} | {row['cpp_predict_ms']:.1f} | {row['python_run_ms']:.1f} | "
-                         f"{row['cpp_decode_ms']:.1f} | {row['cpp_write_ms']:.1f} |")
+            lines.append(
+                f"| {name} | {row['cpp_predict_ms']:.1f} | {row['python_run_ms']:.1f} | "
+                f"{row['cpp_decode_ms']:.1f} | {row['cpp_write_ms']:.1f} |"
+            )
             print(lines[-1], flush=True)
     command = "python benchmarks/cpp_host.py " + " ".join(sys.argv[1:])
-    text = "\n".join([f"Medians of {args.runs} runs, {args.threads} intra-op thread(s), "
-                      f"{'the tiny multi-task model wrapped at 384' if not args.model else args.model.name}: "
-                      f"`{command.strip()}`", "", *lines])
+    text = "\n".join(
+        [
+            f"Medians of {args.runs} runs, {args.threads} intra-op thread(s), "
+            f"{'the tiny multi-task model wrapped at 384' if not args.model else args.model.name}: "
+            f"`{command.strip()}`",
+            "",
+            *lines,
+        ]
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cpp_host.json").write_text(json.dumps({"command": command, "runs": args.runs,
-                                                        "threads": args.threads, "rows": rows}, indent=1) + "\n")
+    (RESULTS / "cpp_host.json").write_text(
+        json.dumps({"command": command, "runs": args.runs, "threads": args.threads, "rows": rows}, indent=1) + "\n"
+    )
     (RESULTS / "cpp_host.md").write_text(text + "\n")
     if not args.no_docs:
         replace_doc_section("cpp-host", text, heading="## C++ host")
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ after every point (JSON and a markdown table), so an interrupted run keeps what 
 
     python benchmarks/export_check.py --out /tmp/export_check
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ def export_in_subprocess(variant: str, task: str, out: Path, precision: str) -> 
     """Run one export in a fresh interpreter; its own time and peak RSS, plus the file's facts."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, variant, task, str(out), precision],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXPORT_CHILD, variant, task, str(out), precision],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"export of {variant}/{task} {precision} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -54,24 +60,38 @@ def export_in_subprocess(variant: str, task: str, out: Path, precision: str) -> 
 
 def markdown(results: Dict[str, Any]) -> str:
     """Two tables: the exports, and the errors per point."""
-    lines = ["| model | precision | export s | peak RSS MB | .onnx MB | Conv/MatMul/Gemm in FP16 | kept FP32 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | precision | export s | peak RSS MB | .onnx MB | Conv/MatMul/Gemm in FP16 | kept FP32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, e in results["exports"].items():
         d = e["precision_detail"]
         frac = f"{100 * d['compute_fp16_fraction']:.1f}%" if "compute_fp16_fraction" in d else "0% (fp32)"
         kept = ", ".join(d.get("kept_fp32_ops", [])) or "-"
-        lines.append(f"| {key.rsplit(' ', 1)[0]} | {key.rsplit(' ', 1)[1]} | {e['export_s']:.0f} | "
-                     f"{e['peak_rss_mb']:.0f} | {e['size_mb']:.1f} | {frac} | {kept} |")
-    lines += ["", "Worst relative error ||onnx - torch|| / ||torch|| over the outputs:", "", summary(results), "",
-              "Worst ||onnx - torch|| / ||torch - mean(torch)|| (error against the output's variation):", "",
-              summary(results, "rel_error_vs_variation"), "",
-              "| model | precision | HxW | batch | output | rel. error vs PyTorch | max abs error | "
-              "error vs output variation | ORT s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {key.rsplit(' ', 1)[0]} | {key.rsplit(' ', 1)[1]} | {e['export_s']:.0f} | "
+            f"{e['peak_rss_mb']:.0f} | {e['size_mb']:.1f} | {frac} | {kept} |"
+        )
+    lines += [
+        "",
+        "Worst relative error ||onnx - torch|| / ||torch|| over the outputs:",
+        "",
+        summary(results),
+        "",
+        "Worst ||onnx - torch|| / ||torch - mean(torch)|| (error against the output's variation):",
+        "",
+        summary(results, "rel_error_vs_variation"),
+        "",
+        "| model | precision | HxW | batch | output | rel. error vs PyTorch | max abs error | "
+        "error vs output variation | ORT s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
-        lines.append(f"| {r['model']} | {r['precision']} | {r['height']}x{r['width']} | {r['batch']} | "
-                     f"{r['output']} | {r['rel_error']:.2e} | {r['max_abs_error']:.2e} | "
-                     f"{r.get('rel_error_vs_variation', float('nan')):.2e} | {r['onnx_seconds']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['height']}x{r['width']} | {r['batch']} | "
+            f"{r['output']} | {r['rel_error']:.2e} | {r['max_abs_error']:.2e} | "
+            f"{r.get('rel_error_vs_variation', float('nan')):.2e} | {r['onnx_seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -98,11 +118,17 @@ def save(out: Path, results: Dict[str, Any]) -> None:
     (out / "export_check.md").write_text(markdown(results))
 
 
-def check_model(variant: str, task: str, files: Dict[str, Path], points: List[Tuple[Tuple[int, int], int]],
-                results: Dict[str, Any], out: Path) -> None:
+def check_model(
+    variant: str,
+    task: str,
+    files: Dict[str, Path],
+    points: List[Tuple[Tuple[int, int], int]],
+    results: Dict[str, Any],
+    out: Path,
+) -> None:
     """ORT vs PyTorch at every point for every precision of one model; saves after each point."""
-    from david_infer.model import build_model
     from david_infer.export.verify import compare, open_session
+    from david_infer.model import build_model
 
     model = build_model(variant, task, seed=0)
     sessions = {p: open_session(f) for p, f in files.items()}
@@ -143,7 +169,8 @@ def main() -> int:
     results: Dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "exports": {}, "rows": [],
+        "exports": {},
+        "rows": [],
     }
     for spec in args.models.split(","):
         variant, task = spec.split(":")

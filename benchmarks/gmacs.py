@@ -5,6 +5,7 @@ Counted on PyTorch's meta device (no weights allocated):
     python benchmarks/gmacs.py            # table at 512x512, 1024x1024 and 384x640, with deviations
     python benchmarks/gmacs.py --json     # JSON list: variant, task, height, width, params, macs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ def measure(resolutions: List[Tuple[int, int]]) -> List[dict]:
     for variant, task in sorted(MODEL_CARDS):
         for h, w in resolutions:
             params, macs = count_params_and_macs(variant, task, h, w)
-            records.append({"variant": variant, "task": task, "height": h, "width": w,
-                            "params": params, "macs": macs})
+            records.append({"variant": variant, "task": task, "height": h, "width": w, "params": params, "macs": macs})
     return records
 
 
@@ -45,8 +45,10 @@ def _deviation(value: float, card: Optional[float]) -> str:
 
 
 def table(records: List[dict]) -> str:
-    head = ("| variant | task | input | params (M) | card (M) | dev | GMACs | card GMACs | dev |\n"
-            "|---|---|---|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| variant | task | input | params (M) | card (M) | dev | GMACs | card GMACs | dev |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|"
+    )
     rows = [head]
     for r in records:
         card_p, card_m = MODEL_CARDS[(r["variant"], r["task"])] or (None, None)

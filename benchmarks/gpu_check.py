@@ -28,6 +28,7 @@ starting new steps after S seconds (default 450, so that a run fits in 8 minutes
 Exit status 0 when every step finished and every parity point passed, 1 otherwise, 3 when the
 budget stopped the run. Large files (ONNX, engines, caches) go to --work (default gpu_check_work/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived here first)
+    BENCH_MAX_S,
+    BENCH_MIN_RUNS,
+    MODELS,
+    Checklist,
+    latency_stats,
+    markdown,
+    step_export,
+    time_calls,
+)
 from prologue import RESULTS, ROOT  # noqa: E402
 
-from checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived here first)
-    BENCH_MAX_S, BENCH_MIN_RUNS, MODELS, Checklist, latency_stats, markdown, step_export, time_calls,
-)
 from david_infer.outputs.files import atomic_write  # noqa: E402
+
 PRECISIONS = ("fp32", "fp16")
 PROFILE = {"min_hw": "256", "opt_hw": "512", "max_hw": "1024", "max_batch": 8}
 PARITY_POINTS: List[Tuple[int, int, int]] = [(1, 512, 512), (8, 512, 512), (2, 720, 400)]  # batch, height, width
@@ -61,8 +69,10 @@ DEFAULT_BUDGET_S = 450.0
 
 def feeds_for(batch: int, height: int, width: int, seed: int) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"image": rng.random((batch, 3, height, width), dtype=np.float32),
-            "image_384": rng.random((batch, 3, 384, 384), dtype=np.float32)}
+    return {
+        "image": rng.random((batch, 3, height, width), dtype=np.float32),
+        "image_384": rng.random((batch, 3, 384, 384), dtype=np.float32),
+    }
 
 
 def step_install() -> Dict[str, Any]:
@@ -76,14 +86,31 @@ def step_install() -> Dict[str, Any]:
     found = _ort.check_gpu(ort, 0, tensorrt=True)
     gpu, cc = _cuda.device_info(0)
     versions = {}
-    for dist in ("onnxruntime-gpu", "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "cuda-python", "cuda-bindings",
-                 "nvidia-cuda-runtime", "nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "torch"):
+    for dist in (
+        "onnxruntime-gpu",
+        "tensorrt",
+        "tensorrt-cu13",
+        "tensorrt-cu12",
+        "cuda-python",
+        "cuda-bindings",
+        "nvidia-cuda-runtime",
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cudnn-cu13",
+        "nvidia-cudnn-cu12",
+        "torch",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    return {"gpu": gpu, "compute_capability": cc, "builds": builds, "providers": ort.get_available_providers(),
-            "checks": found, "versions": versions}
+    return {
+        "gpu": gpu,
+        "compute_capability": cc,
+        "builds": builds,
+        "providers": ort.get_available_providers(),
+        "checks": found,
+        "versions": versions,
+    }
 
 
 def step_engine(work: Path, model: str) -> Dict[str, Any]:
@@ -92,8 +119,12 @@ def step_engine(work: Path, model: str) -> Dict[str, Any]:
     engine = work / f"{model}-fp16.engine"
     t = time.perf_counter()
     side = build_engine(work / f"{model}-fp16.onnx", engine, timing_cache=work / "timing.cache", **PROFILE)
-    return {"path": str(engine), "seconds": round(time.perf_counter() - t, 1),
-            "engine_mb": round(engine.stat().st_size / 1e6, 1), "tensorrt": side.get("tensorrt", {})}
+    return {
+        "path": str(engine),
+        "seconds": round(time.perf_counter() - t, 1),
+        "engine_mb": round(engine.stat().st_size / 1e6, 1),
+        "tensorrt": side.get("tensorrt", {}),
+    }
 
 
 def reference_file(work: Path, model: str) -> Path:
@@ -113,6 +144,7 @@ def step_reference(work: Path, model: str) -> Dict[str, Any]:
         for i, (b, h, w) in enumerate(PARITY_POINTS):
             for name, value in zip(names, session.run(None, feeds_for(b, h, w, seed=i))):
                 arrays[f"{b}x{h}x{w}|{name}"] = value
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
@@ -132,11 +164,18 @@ def open_backend(backend: str, work: Path, model: str) -> Any:
     elif backend == CPU_BACKEND:
         rt = DavidRuntime(work / f"{model}-fp16.onnx", resolution=None, batch_size=batch)
     elif backend == "ort-cuda":
-        rt = DavidRuntime(work / f"{model}-fp32.onnx", device="cuda", resolution=None, batch_size=batch,
-                          providers=("cuda",))
+        rt = DavidRuntime(
+            work / f"{model}-fp32.onnx", device="cuda", resolution=None, batch_size=batch, providers=("cuda",)
+        )
     else:
-        rt = DavidRuntime(work / f"{model}-fp16.onnx", device="cuda", resolution=None, batch_size=batch,
-                          providers=("tensorrt", "cuda"), cache_dir=str(work / "ort-trt-cache"))
+        rt = DavidRuntime(
+            work / f"{model}-fp16.onnx",
+            device="cuda",
+            resolution=None,
+            batch_size=batch,
+            providers=("tensorrt", "cuda"),
+            cache_dir=str(work / "ort-trt-cache"),
+        )
     return rt.runner
 
 
@@ -151,11 +190,27 @@ def step_parity(work: Path, model: str, backend: str) -> Dict[str, Any]:
             try:
                 got = runner.run(feeds_for(b, h, w, seed=i))
                 parity = compare(got, ref, precision="fp16")
-                points.append({"batch": b, "height": h, "width": w, "passed": parity.passed,
-                               "reasons": parity.reasons, "metrics": parity.metrics})
+                points.append(
+                    {
+                        "batch": b,
+                        "height": h,
+                        "width": w,
+                        "passed": parity.passed,
+                        "reasons": parity.reasons,
+                        "metrics": parity.metrics,
+                    }
+                )
             except Exception as exc:  # noqa: BLE001 - one point's error must not hide the others
-                points.append({"batch": b, "height": h, "width": w, "passed": False,
-                               "reasons": [f"{type(exc).__name__}: {exc}"], "error": f"{type(exc).__name__}: {exc}"})
+                points.append(
+                    {
+                        "batch": b,
+                        "height": h,
+                        "width": w,
+                        "passed": False,
+                        "reasons": [f"{type(exc).__name__}: {exc}"],
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
     reasons = [f"b{p['batch']} {p['height']}x{p['width']}: {r}" for p in points for r in p["reasons"]]
     return {"passed": all(p["passed"] for p in points), "reasons": reasons, "points": points}
 
@@ -172,8 +227,11 @@ def step_bench_engine(work: Path, model: str, backend: str) -> Dict[str, Any]:
 def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
     from david_infer import DavidRuntime
 
-    path = work / (f"{model}-fp16.engine" if backend == "tensorrt" else
-                   f"{model}-{'fp32' if backend == 'ort-cuda' else 'fp16'}.onnx")
+    path = work / (
+        f"{model}-fp16.engine"
+        if backend == "tensorrt"
+        else f"{model}-{'fp32' if backend == 'ort-cuda' else 'fp16'}.onnx"
+    )
     device = "cpu" if backend == CPU_BACKEND else "cuda"
     options: Dict[str, Any] = {}
     if backend in ("ort-cuda", "ort-tensorrt"):
@@ -189,8 +247,10 @@ def step_bench_predict(work: Path, model: str, backend: str) -> Dict[str, Any]:
             batches.append(latency_stats(time_calls(lambda: runtime.predict_batch(images)), b))
         finally:
             runtime.close()
-    return {"what": f"DavidRuntime.predict_batch on {BENCH_SIZE}x{BENCH_SIZE} uint8 RGB images, pre/postprocessing included",
-            "batches": batches}
+    return {
+        "what": f"DavidRuntime.predict_batch on {BENCH_SIZE}x{BENCH_SIZE} uint8 RGB images, pre/postprocessing included",
+        "batches": batches,
+    }
 
 
 def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Sequence[str]) -> None:
@@ -203,17 +263,25 @@ def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Seque
         check.run(f"reference:{model}", lambda m=model: step_reference(work, m), needs=[f"export:{model}-fp32"])
         for backend in backends:
             gpu = [] if backend == CPU_BACKEND else ["install"]
-            needs = gpu + [f"reference:{model}"] + ([f"engine:{model}"] if backend == "tensorrt" else
-                                                  [f"export:{model}-fp16"])
+            needs = (
+                gpu
+                + [f"reference:{model}"]
+                + ([f"engine:{model}"] if backend == "tensorrt" else [f"export:{model}-fp16"])
+            )
             check.run(f"parity:{model}:{backend}", lambda m=model, b=backend: step_parity(work, m, b), needs=needs)
     for model in models:
         for backend in backends:
             needs = ([] if backend == CPU_BACKEND else ["install"]) + (
-                [f"engine:{model}"] if backend == "tensorrt" else [f"export:{model}-fp32", f"export:{model}-fp16"])
-            check.run(f"bench:{model}:{backend}:engine", lambda m=model, b=backend: step_bench_engine(work, m, b),
-                      needs=needs)
-            check.run(f"bench:{model}:{backend}:predict_batch",
-                      lambda m=model, b=backend: step_bench_predict(work, m, b), needs=needs)
+                [f"engine:{model}"] if backend == "tensorrt" else [f"export:{model}-fp32", f"export:{model}-fp16"]
+            )
+            check.run(
+                f"bench:{model}:{backend}:engine", lambda m=model, b=backend: step_bench_engine(work, m, b), needs=needs
+            )
+            check.run(
+                f"bench:{model}:{backend}:predict_batch",
+                lambda m=model, b=backend: step_bench_predict(work, m, b),
+                needs=needs,
+            )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -221,8 +289,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "gpu"), help="gpu_check.json/.md here")
     parser.add_argument("--work", default=str(ROOT / "gpu_check_work"), help="ONNX files, engines, caches")
     parser.add_argument("--models", default="base,large", help=f"subset of {','.join(MODELS)}")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help=f"subset of {','.join(BACKENDS)}, or {CPU_BACKEND} (no GPU)")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help=f"subset of {','.join(BACKENDS)}, or {CPU_BACKEND} (no GPU)"
+    )
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="start no step after this many seconds")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (exports are still reused)")
     parser.add_argument("--retry-crashed", action="store_true", help="rerun a step that was running when a run died")
@@ -231,8 +300,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [m for m in models if m not in MODELS] + [b for b in backends if b not in BACKENDS + (CPU_BACKEND,)]
     if bad or not models:
-        print(f"gpu_check: error: unknown {bad}; models: {', '.join(MODELS)}; backends: {', '.join(BACKENDS)}",
-              file=sys.stderr)
+        print(
+            f"gpu_check: error: unknown {bad}; models: {', '.join(MODELS)}; backends: {', '.join(BACKENDS)}",
+            file=sys.stderr,
+        )
         return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ what stayed unresolved and why. `--inspect-wheels` downloads the onnxruntime-gpu
 link against. Exit status 1 when a major disagrees with the table, 0 otherwise (unresolved
 packages are reported, not failed: they are expected behind a firewall).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ EXPECTED: Dict[str, Dict[str, Any]] = {
     "gpu": {"cuda": 13, "cudnn": 9, "tensorrt": 10, "driver": ">= 580"},
     "gpu-cu12": {"cuda": 12, "cudnn": 9, "tensorrt": 10, "driver": ">= 525.60.13"},
 }
-TRACKED = re.compile(r"^(onnxruntime-gpu|tensorrt.*|cuda-python|cuda-bindings|nvidia-cuda-runtime.*|"
-                     r"nvidia-cudnn.*|nvidia-cublas.*)$")
+TRACKED = re.compile(
+    r"^(onnxruntime-gpu|tensorrt.*|cuda-python|cuda-bindings|nvidia-cuda-runtime.*|"
+    r"nvidia-cudnn.*|nvidia-cublas.*)$"
+)
 
 
 def _norm(name: str) -> str:
@@ -53,22 +56,38 @@ def _major(version: str) -> int:
 
 def run_pip(pip: List[str], args: List[str], report: Path, timeout: float = 900) -> Tuple[bool, str]:
     """One `pip install --dry-run --ignore-installed --report` call; (succeeded, pip's output tail)."""
-    cmd = pip + ["install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps",
-                 "--disable-pip-version-check", "--report", str(report)] + args
+    cmd = (
+        pip
+        + [
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--use-feature=fast-deps",
+            "--disable-pip-version-check",
+            "--report",
+            str(report),
+        ]
+        + args
+    )
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return False, f"pip did not finish in {timeout:.0f} s"
-    text = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
-                     if not line.startswith("WARNING: Location"))
+    text = "\n".join(
+        line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("WARNING: Location")
+    )
     return done.returncode == 0 and report.is_file(), text
 
 
 def _installs(report: Path) -> Dict[str, Dict[str, Any]]:
     data = json.loads(report.read_text())
-    return {_norm(item["metadata"]["name"]): {"version": item["metadata"]["version"],
-                                              "requires_dist": item["metadata"].get("requires_dist") or []}
-            for item in data.get("install", [])}
+    return {
+        _norm(item["metadata"]["name"]): {
+            "version": item["metadata"]["version"],
+            "requires_dist": item["metadata"].get("requires_dist") or [],
+        }
+        for item in data.get("install", [])
+    }
 
 
 def failing_package(pip_output: str) -> str:
@@ -94,8 +113,13 @@ def resolve_extra(pip: List[str], extra: str, work: Path) -> Dict[str, Any]:
     requirements = extra_requirements(pip, extra, work)
     report = work / f"{extra}.json"
     ok, out = run_pip(pip, [f".[{extra}]"], report)
-    result: Dict[str, Any] = {"extra": extra, "requirements": requirements, "joint": ok,
-                              "packages": {}, "unresolved": []}
+    result: Dict[str, Any] = {
+        "extra": extra,
+        "requirements": requirements,
+        "joint": ok,
+        "packages": {},
+        "unresolved": [],
+    }
     if ok:
         result["packages"] = _installs(report)
         return result
@@ -138,8 +162,10 @@ def resolve_extra(pip: List[str], extra: str, work: Path) -> Dict[str, Any]:
 
 def _why(failed: str, pip_output: str) -> str:
     if "wheel_stub" in pip_output or "URLError" in pip_output:
-        return (f"{failed or 'a dependency'} is a stub that downloads the real wheel from NVIDIA's own package "
-                "index, which this machine cannot reach")
+        return (
+            f"{failed or 'a dependency'} is a stub that downloads the real wheel from NVIDIA's own package "
+            "index, which this machine cannot reach"
+        )
     last = [line for line in pip_output.splitlines() if line.strip()][-1:] or ["?"]
     return f"pip failed on {failed or '?'}: {last[0].strip()}"
 
@@ -174,8 +200,12 @@ def analyse(extra: str, resolved: Dict[str, Any], wheel_facts: Optional[Dict[str
             problems.append(f"{what}: {source} gives {value}, the table says {want}")
 
     ort = packages.get("onnxruntime-gpu")
-    agree("cuda", _ort_cuda_major(ort["requires_dist"]) if ort else None, expected["cuda"],
-          "onnxruntime-gpu's [cuda] extra")
+    agree(
+        "cuda",
+        _ort_cuda_major(ort["requires_dist"]) if ort else None,
+        expected["cuda"],
+        "onnxruntime-gpu's [cuda] extra",
+    )
     runtimes = [n for n in versions if n.startswith("nvidia-cuda-runtime")]
     for name in runtimes or ["nvidia-cuda-runtime"]:
         agree("cuda", _major(versions[name]) if name in versions else None, expected["cuda"], name)
@@ -192,26 +222,51 @@ def analyse(extra: str, resolved: Dict[str, Any], wheel_facts: Optional[Dict[str
     for name in ("cuda-python", "cuda-bindings"):
         agree("cuda", _major(versions[name]) if name in versions else None, expected["cuda"], name)
     if wheel_facts:
-        agree("tensorrt", wheel_facts.get("tensorrt_provider_links"), expected["tensorrt"],
-              "libnvinfer.so.N of onnxruntime-gpu's TensorRT provider")
+        agree(
+            "tensorrt",
+            wheel_facts.get("tensorrt_provider_links"),
+            expected["tensorrt"],
+            "libnvinfer.so.N of onnxruntime-gpu's TensorRT provider",
+        )
         agree("cuda", wheel_facts.get("cudart_links"), expected["cuda"], "libcudart.so.N of its CUDA provider")
         agree("cudnn", wheel_facts.get("cudnn_links"), expected["cudnn"], "libcudnn.so.N of its providers")
     # A missing TensorRT sub-package that could not be resolved is reported, not counted twice.
     unresolved = {_norm(re.split(r"[<>=~!; ]", u["package"])[0]) for u in resolved["unresolved"]}
-    return {"extra": extra, "expected": expected, "requirements": resolved["requirements"],
-            "resolved_jointly": resolved["joint"], "joint_error": resolved.get("joint_error", ""),
-            "resolved_together": resolved.get("resolved_together", []),
-            "versions": versions, "majors": found, "unresolved": resolved["unresolved"],
-            "unresolved_names": sorted(unresolved), "wheel": wheel_facts or {},
-            "problems": problems, "agree": not problems}
+    return {
+        "extra": extra,
+        "expected": expected,
+        "requirements": resolved["requirements"],
+        "resolved_jointly": resolved["joint"],
+        "joint_error": resolved.get("joint_error", ""),
+        "resolved_together": resolved.get("resolved_together", []),
+        "versions": versions,
+        "majors": found,
+        "unresolved": resolved["unresolved"],
+        "unresolved_names": sorted(unresolved),
+        "wheel": wheel_facts or {},
+        "problems": problems,
+        "agree": not problems,
+    }
 
 
 def inspect_ort_wheel(pip: List[str], version: str, work: Path) -> Dict[str, Any]:
     """Download onnxruntime-gpu==version (no deps) and read the sonames its providers link against."""
     dest = work / f"wheel-{version}"
-    done = subprocess.run(pip + ["download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                                 f"onnxruntime-gpu=={version}", "-d", str(dest)],
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        pip
+        + [
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"onnxruntime-gpu=={version}",
+            "-d",
+            str(dest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     wheels = sorted(dest.glob("onnxruntime_gpu-*.whl"))
     if done.returncode != 0 or not wheels:
         return {"error": f"pip download failed: {(done.stderr or done.stdout)[-500:]}"}
@@ -235,30 +290,42 @@ def inspect_ort_wheel(pip: List[str], version: str, work: Path) -> Dict[str, Any
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    lines = [f"# GPU extras resolved by pip ({report['date']})", "",
-             f"Command: `{report['command']}` ({report['pip']}, Python {report['python']}).", "",
-             "| extra | CUDA | cuDNN | TensorRT | onnxruntime-gpu | tensorrt | cuda-python | nvidia-cuda-runtime | "
-             "nvidia-cudnn | majors agree |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU extras resolved by pip ({report['date']})",
+        "",
+        f"Command: `{report['command']}` ({report['pip']}, Python {report['python']}).",
+        "",
+        "| extra | CUDA | cuDNN | TensorRT | onnxruntime-gpu | tensorrt | cuda-python | nvidia-cuda-runtime | "
+        "nvidia-cudnn | majors agree |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["extras"]:
         v = r["versions"]
 
         def pick(prefix: str) -> str:
             return ", ".join(f"{n} {ver}" for n, ver in v.items() if n.startswith(prefix)) or "-"
+
         e = r["expected"]
-        lines.append(f"| `[{r['extra']}]` | {e['cuda']} | {e['cudnn']} | {e['tensorrt']} | {pick('onnxruntime-gpu')} | "
-                     f"{pick('tensorrt')} | {pick('cuda-python')} | {pick('nvidia-cuda-runtime')} | "
-                     f"{pick('nvidia-cudnn')} | {'yes' if r['agree'] else 'NO'} |")
+        lines.append(
+            f"| `[{r['extra']}]` | {e['cuda']} | {e['cudnn']} | {e['tensorrt']} | {pick('onnxruntime-gpu')} | "
+            f"{pick('tensorrt')} | {pick('cuda-python')} | {pick('nvidia-cuda-runtime')} | "
+            f"{pick('nvidia-cudnn')} | {'yes' if r['agree'] else 'NO'} |"
+        )
     for r in report["extras"]:
         notes = [f"- `[{r['extra']}]`: requirements {', '.join(f'`{q}`' for q in r['requirements'])}."]
         if not r["resolved_jointly"]:
-            notes.append(f"  {r['joint_error']}; each requirement was then resolved on its own, and what "
-                         f"resolved was resolved together: {', '.join(f'`{q}`' for q in r['resolved_together'])}.")
+            notes.append(
+                f"  {r['joint_error']}; each requirement was then resolved on its own, and what "
+                f"resolved was resolved together: {', '.join(f'`{q}`' for q in r['resolved_together'])}."
+            )
         for u in r["unresolved"]:
             notes.append(f"  Unresolved: `{u['package']}` (needed by `{u['needed_by']}`): {u['why']}.")
         if r["wheel"]:
-            notes.append(f"  Wheel {r['wheel'].get('wheel', '?')}: CUDA {r['wheel'].get('cuda_version')}, TensorRT "
-                         f"provider links libnvinfer.so.{r['wheel'].get('tensorrt_provider_links')}, CUDA provider "
-                         f"links libcudart.so.{r['wheel'].get('cudart_links')}, libcudnn.so.{r['wheel'].get('cudnn_links')}.")
+            notes.append(
+                f"  Wheel {r['wheel'].get('wheel', '?')}: CUDA {r['wheel'].get('cuda_version')}, TensorRT "
+                f"provider links libnvinfer.so.{r['wheel'].get('tensorrt_provider_links')}, CUDA provider "
+                f"links libcudart.so.{r['wheel'].get('cudart_links')}, libcudnn.so.{r['wheel'].get('cudnn_links')}."
+            )
         for p in r["problems"]:
             notes.append(f"  DISAGREES: {p}")
         lines += [""] + notes
@@ -269,10 +336,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extras", default=",".join(EXPECTED), help="comma-separated GPU extras to resolve")
     parser.add_argument("--out", default=str(RESULTS), help="folder for gpu_deps.json/.md")
-    parser.add_argument("--pip", default=f"{shlex.quote(sys.executable)} -m pip",
-                        help="the pip to run (a newer pip reads metadata without downloading wheels)")
-    parser.add_argument("--inspect-wheels", action="store_true",
-                        help="download each resolved onnxruntime-gpu wheel and read its provider libraries")
+    parser.add_argument(
+        "--pip",
+        default=f"{shlex.quote(sys.executable)} -m pip",
+        help="the pip to run (a newer pip reads metadata without downloading wheels)",
+    )
+    parser.add_argument(
+        "--inspect-wheels",
+        action="store_true",
+        help="download each resolved onnxruntime-gpu wheel and read its provider libraries",
+    )
     args = parser.parse_args(argv)
     pip = shlex.split(args.pip)
     extras = [e.strip() for e in args.extras.split(",") if e.strip()]
@@ -290,10 +363,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             ort = resolved["packages"].get("onnxruntime-gpu")
             facts = inspect_ort_wheel(pip, ort["version"], work) if (args.inspect_wheels and ort) else None
             results.append(analyse(extra, resolved, facts))
-    command = " ".join(["python benchmarks/gpu_deps.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command,
-              "pip": pip_version, "python": sys.version.split()[0], "extras": results,
-              "agree": all(r["agree"] for r in results)}
+    command = " ".join(
+        ["python benchmarks/gpu_deps.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])]
+    )
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command,
+        "pip": pip_version,
+        "python": sys.version.split()[0],
+        "extras": results,
+        "agree": all(r["agree"] for r in results),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_deps.json").write_text(json.dumps(report, indent=2) + "\n")

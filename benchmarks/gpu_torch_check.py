@@ -24,6 +24,7 @@ and most telling first, each written to OUT/gpu_torch_check.json and .md before 
 within 8 minutes on an H200); rerun to continue. Exit 0 when every step finished and passed, 1
 otherwise, 3 when the budget stopped the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,11 +64,28 @@ class Profile:
     e2e_images: Dict[str, int] = field(default_factory=lambda: {"frames": 32, "photos": 8})
 
 
-GPU = Profile("cuda", ("base", "large"), ((1, 512, 512), (8, 512, 512), (2, 720, 400)), (512, 1024), (1, 8, 16),
-              (720, 1280), (3024, 4032))
+GPU = Profile(
+    "cuda",
+    ("base", "large"),
+    ((1, 512, 512), (8, 512, 512), (2, 720, 400)),
+    (512, 1024),
+    (1, 8, 16),
+    (720, 1280),
+    (3024, 4032),
+)
 # eager torch.compile on the CPU: dynamo traces, no code generation (inductor takes minutes on 2 cores)
-CPU = Profile("cpu", ("tiny",), ((1, 64, 64), (2, 64, 64), (2, 80, 48)), (64,), (1, 2), (72, 128), (302, 403),
-              compile_backend="eager", bench_max_s=0.3, e2e_images={"frames": 4, "photos": 2})
+CPU = Profile(
+    "cpu",
+    ("tiny",),
+    ((1, 64, 64), (2, 64, 64), (2, 80, 48)),
+    (64,),
+    (1, 2),
+    (72, 128),
+    (302, 403),
+    compile_backend="eager",
+    bench_max_s=0.3,
+    e2e_images={"frames": 4, "photos": 2},
+)
 
 
 def step_env(profile: Profile) -> Dict[str, Any]:
@@ -86,9 +104,14 @@ def step_env(profile: Profile) -> Dict[str, Any]:
         if not torch.cuda.is_available():
             raise RuntimeError("torch sees no CUDA GPU (a CPU-only torch build, or no driver); use --cpu")
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
-                   memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
-                   cudnn=torch.backends.cudnn.version(), driver=_driver_version())
+        env.update(
+            gpu=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+            cudnn=torch.backends.cudnn.version(),
+            driver=_driver_version(),
+        )
     return env
 
 
@@ -117,8 +140,11 @@ def step_reference(work: Path, model: str, profile: Profile) -> Dict[str, Any]:
     if not cache.exists():
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        arrays = {f"{i}|{name}": value for i, (b, h, w) in enumerate(profile.parity_points)
-                  for name, value in zip(names, session.run(None, feeds_for(b, h, w, seed=i)))}
+        arrays = {
+            f"{i}|{name}": value
+            for i, (b, h, w) in enumerate(profile.parity_points)
+            for name, value in zip(names, session.run(None, feeds_for(b, h, w, seed=i)))
+        }
         atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
     return {"path": str(cache), "points": [list(p) for p in profile.parity_points]}
 
@@ -128,8 +154,14 @@ def open_torch(work: Path, model: str, profile: Profile, batch: int = 16, **opti
 
     if options.get("compile", "off") != "off":
         options.setdefault("compile_backend", profile.compile_backend)
-    return DavidRuntime(work / f"{model}-fp32.onnx", backend="torch", device=profile.device, resolution=None,
-                        batch_size=batch, **options)
+    return DavidRuntime(
+        work / f"{model}-fp32.onnx",
+        backend="torch",
+        device=profile.device,
+        resolution=None,
+        batch_size=batch,
+        **options,
+    )
 
 
 def step_parity(work: Path, model: str, profile: Profile, precisions: Sequence[str], compile: str) -> Dict[str, Any]:
@@ -147,12 +179,29 @@ def step_parity(work: Path, model: str, profile: Profile, precisions: Sequence[s
                     # bf16's own rounding is 8x fp16's (3 fewer mantissa bits)
                     limits = Thresholds().scaled(16.0) if precision == "bf16" else None
                     parity = compare(got, ref, limits, where=where, precision="fp32" if precision == "fp32" else "fp16")
-                    points.append({"precision": precision, "batch": b, "height": h, "width": w,
-                                   "passed": parity.passed, "reasons": parity.reasons, "metrics": parity.metrics})
+                    points.append(
+                        {
+                            "precision": precision,
+                            "batch": b,
+                            "height": h,
+                            "width": w,
+                            "passed": parity.passed,
+                            "reasons": parity.reasons,
+                            "metrics": parity.metrics,
+                        }
+                    )
                     reasons += parity.reasons
                 except Exception as exc:  # noqa: BLE001 - one point's error must not hide the others
-                    points.append({"precision": precision, "batch": b, "height": h, "width": w, "passed": False,
-                                   "error": f"{type(exc).__name__}: {exc}"})
+                    points.append(
+                        {
+                            "precision": precision,
+                            "batch": b,
+                            "height": h,
+                            "width": w,
+                            "passed": False,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    )
                     reasons.append(f"{where}{type(exc).__name__}: {exc}")
             first = {str(k): round(v, 3) for k, v in rt.runner.first_call_seconds.items()}
             points[-1]["first_call_seconds"] = first
@@ -166,8 +215,15 @@ def _sync(profile: Profile) -> None:
         torch.cuda.synchronize()
 
 
-def step_bench(work: Path, model: str, profile: Profile, precisions: Sequence[str], compile: str,
-               sizes: Sequence[int], batches: Sequence[int]) -> Dict[str, Any]:
+def step_bench(
+    work: Path,
+    model: str,
+    profile: Profile,
+    precisions: Sequence[str],
+    compile: str,
+    sizes: Sequence[int],
+    batches: Sequence[int],
+) -> Dict[str, Any]:
     """Model-only: runner.run_tasks on device tensors (no host copies), per precision x size x batch."""
     import torch
 
@@ -184,16 +240,29 @@ def step_bench(work: Path, model: str, profile: Profile, precisions: Sequence[st
                     t = time.perf_counter()
                     runner.run_tasks(image, vit)  # the first call of the shape: compile / warm-up
                     first = time.perf_counter() - t
-                    row = latency_stats(time_calls(lambda: runner.run_tasks(image, vit), warmup=1, min_runs=3,
-                                                   max_s=profile.bench_max_s), b)
+                    row = latency_stats(
+                        time_calls(
+                            lambda: runner.run_tasks(image, vit), warmup=1, min_runs=3, max_s=profile.bench_max_s
+                        ),
+                        b,
+                    )
                     row.update(precision=precision, size=size, compile=compile, first_call_s=round(first, 3))
                     if profile.device == "cuda":
                         row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
                     rows.append(row)
-                    print(f"  {model} {precision} {compile} {size} b{b}: {row['images_per_s']:.1f} images/s", flush=True)
+                    print(
+                        f"  {model} {precision} {compile} {size} b{b}: {row['images_per_s']:.1f} images/s", flush=True
+                    )
     goal = GOALS["large_512_b16_images_per_s"]
-    hits = [r["images_per_s"] for r in rows if model == "large" and r["size"] == 512 and r["batch"] == 16
-            and r["precision"] in ("fp16", "bf16") and compile != "off"]
+    hits = [
+        r["images_per_s"]
+        for r in rows
+        if model == "large"
+        and r["size"] == 512
+        and r["batch"] == 16
+        and r["precision"] in ("fp16", "bf16")
+        and compile != "off"
+    ]
     result: Dict[str, Any] = {"what": "runner.run_tasks on device tensors (model only)", "batches": rows}
     if hits and profile.device == "cuda":
         result["goal"] = {"images_per_s_at_least": goal, "best": max(hits), "met": max(hits) >= goal}
@@ -231,13 +300,16 @@ def step_e2e(work: Path, model: str, profile: Profile, precision: str) -> Dict[s
                     side = rt.resolution
                     image = torch.rand(batch, 3, side, side, device=rt.runner.torch_device)
                     vit = torch.rand(batch, 3, 384, 384, device=rt.runner.torch_device)
-                    times = time_calls(lambda: rt.runner.run_tasks(image, vit), warmup=1, min_runs=3,
-                                       max_s=profile.bench_max_s)
+                    times = time_calls(
+                        lambda: rt.runner.run_tasks(image, vit), warmup=1, min_runs=3, max_s=profile.bench_max_s
+                    )
                     row["model_only_images_per_s"] = latency_stats(times, batch)["images_per_s"]
         row["torch_vs_model"] = row["torch_prepost_images_per_s"] / row["model_only_images_per_s"]
         result[kind] = row
-    result["goal"] = {"frames_vs_model_at_least": GOALS["e2e_frames_vs_model"],
-                      "met": result["frames"]["torch_vs_model"] >= GOALS["e2e_frames_vs_model"]}
+    result["goal"] = {
+        "frames_vs_model_at_least": GOALS["e2e_frames_vs_model"],
+        "met": result["frames"]["torch_vs_model"] >= GOALS["e2e_frames_vs_model"],
+    }
     return result
 
 
@@ -247,29 +319,43 @@ def run_all(check: Checklist, work: Path, profile: Profile) -> None:
     for model in profile.models:
         check.run(f"export:{model}", lambda m=model: step_export(work, m, "fp32"))
         check.run(f"reference:{model}", lambda m=model: step_reference(work, m, profile), needs=[f"export:{model}"])
-        check.run(f"parity:{model}:eager", lambda m=model: step_parity(work, m, profile, profile.precisions, "off"),
-                  needs=gpu + [f"reference:{model}"])
+        check.run(
+            f"parity:{model}:eager",
+            lambda m=model: step_parity(work, m, profile, profile.precisions, "off"),
+            needs=gpu + [f"reference:{model}"],
+        )
     big = profile.models[-1]
     sizes, batches = profile.bench_sizes[:1], profile.bench_batches[-1:]
     for precision in profile.compiled:
-        check.run(f"bench:{big}:compiled-{precision}:goal",
-                  lambda p=precision: step_bench(work, big, profile, [p], "default", sizes, batches),
-                  needs=gpu + [f"export:{big}"])
+        check.run(
+            f"bench:{big}:compiled-{precision}:goal",
+            lambda p=precision: step_bench(work, big, profile, [p], "default", sizes, batches),
+            needs=gpu + [f"export:{big}"],
+        )
     check.run(f"e2e:{big}", lambda: step_e2e(work, big, profile, profile.compiled[0]), needs=gpu + [f"export:{big}"])
-    check.run(f"parity:{big}:compiled", lambda: step_parity(work, big, profile, profile.compiled, "default"),
-              needs=gpu + [f"reference:{big}"])
+    check.run(
+        f"parity:{big}:compiled",
+        lambda: step_parity(work, big, profile, profile.compiled, "default"),
+        needs=gpu + [f"reference:{big}"],
+    )
     for model in reversed(profile.models):
         for compile in ("off", "default"):
-            check.run(f"bench:{model}:{'eager' if compile == 'off' else 'compiled'}",
-                      lambda m=model, c=compile: step_bench(work, m, profile, profile.precisions, c,
-                                                            profile.bench_sizes, profile.bench_batches),
-                      needs=gpu + [f"export:{model}"])
+            check.run(
+                f"bench:{model}:{'eager' if compile == 'off' else 'compiled'}",
+                lambda m=model, c=compile: step_bench(
+                    work, m, profile, profile.precisions, c, profile.bench_sizes, profile.bench_batches
+                ),
+                needs=gpu + [f"export:{model}"],
+            )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu-torch"),
-                        help="gpu_torch_check.json/.md and the work files (ONNX graphs, references) here")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "gpu-torch"),
+        help="gpu_torch_check.json/.md and the work files (ONNX graphs, references) here",
+    )
     parser.add_argument("--cpu", action="store_true", help="the same steps on the CPU with the tiny model")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="start no step after this many seconds")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (exports are still reused)")
@@ -279,8 +365,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    check = Checklist(out, fresh=args.fresh, retry_crashed=args.retry_crashed, budget_s=args.budget,
-                      title=f"torch backend check ({profile.device})", stem="gpu_torch_check")
+    check = Checklist(
+        out,
+        fresh=args.fresh,
+        retry_crashed=args.retry_crashed,
+        budget_s=args.budget,
+        title=f"torch backend check ({profile.device})",
+        stem="gpu_torch_check",
+    )
     run_all(check, work, profile)
     check.save()
     print(f"results: {check.md_path} and {check.json_path}")

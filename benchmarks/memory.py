@@ -14,6 +14,7 @@ bytes per pixel). Exit status 1 if a run failed or a size went over --max-bytes-
 
 The model defaults to the tiny multi-task model (random weights), exported to a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-from PIL import Image
-
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from PIL import Image
 from prologue import ROOT  # noqa: E402
 
 
@@ -41,30 +41,41 @@ def make_png(path: Path, side: int) -> None:
     image = np.empty((side, side, 3), np.uint8)
     step = max(1, (64 << 20) // (side * 12))  # about 64 MB of float32 temporaries per block
     for top in range(0, side, step):
-        yy = y[top:top + step]
+        yy = y[top : top + step]
         disc = ((x - side / 2) ** 2 + (yy - side / 2) ** 2) < (side / 4) ** 2
-        image[top:top + step, :, 0] = (255 * x / side).astype(np.uint8)
-        image[top:top + step, :, 1] = (255 * yy / side).astype(np.uint8)
-        image[top:top + step, :, 2] = np.where(disc, 220, 40).astype(np.uint8)
+        image[top : top + step, :, 0] = (255 * x / side).astype(np.uint8)
+        image[top : top + step, :, 1] = (255 * yy / side).astype(np.uint8)
+        image[top : top + step, :, 2] = np.where(disc, 220, 40).astype(np.uint8)
     Image.fromarray(image).save(path, compress_level=1)
 
 
-_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
+_WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+)
 
 
 def peak_rss(command: List[str], timeout: float) -> Dict[str, Any]:
     """Run `command` (from a small wrapper process); its exit status, wall time and peak RSS in MB."""
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], capture_output=True, cwd=ROOT,
-                              timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, *command], capture_output=True, cwd=ROOT, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        return {"rc": 124, "wall_s": round(time.perf_counter() - start, 1), "peak_mb": float("nan"),
-                "stderr": f"timed out after {timeout} s"}
+        return {
+            "rc": 124,
+            "wall_s": round(time.perf_counter() - start, 1),
+            "peak_mb": float("nan"),
+            "stderr": f"timed out after {timeout} s",
+        }
     maxrss_kb, rc = done.stdout.decode().split()[-2:]
-    return {"rc": int(rc), "wall_s": round(time.perf_counter() - start, 1), "peak_mb": round(int(maxrss_kb) / 1024, 1),
-            "stderr": done.stderr.decode()[-2000:]}
+    return {
+        "rc": int(rc),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_mb": round(int(maxrss_kb) / 1024, 1),
+        "stderr": done.stderr.decode()[-2000:],
+    }
 
 
 def measure(model: Path, folder: Path, megapixels: List[float], timeout: float) -> Dict[str, Any]:
@@ -91,8 +102,10 @@ def print_table(report: Dict[str, Any]) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for row in report["rows"][1:]:
         status = "" if row["rc"] == 0 else f" (exit {row['rc']})"
-        print(f"| {row['side']}x{row['side']} | {row['megapixels']} | {row['wall_s']} s | {row['peak_mb']} MB{status} "
-              f"| {row['above_baseline_mb']} MB | {row['bytes_per_pixel']} B |")
+        print(
+            f"| {row['side']}x{row['side']} | {row['megapixels']} | {row['wall_s']} s | {row['peak_mb']} MB{status} "
+            f"| {row['above_baseline_mb']} MB | {row['bytes_per_pixel']} B |"
+        )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -116,8 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     failed = [r for r in report["rows"] if r["rc"] != 0 or r["bytes_per_pixel"] >= args.max_bytes_per_pixel]
     for row in failed:
-        print(f"{row['side']}x{row['side']}: exit {row['rc']}, {row['bytes_per_pixel']} B/pixel\n{row['stderr']}",
-              file=sys.stderr)
+        print(
+            f"{row['side']}x{row['side']}: exit {row['rc']}, {row['bytes_per_pixel']} B/pixel\n{row['stderr']}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -7,6 +7,7 @@ file gives them FP16 ones.
 
     python benchmarks/ort_fp16_kernels.py FILE16.onnx
 """
+
 from __future__ import annotations
 
 import argparse

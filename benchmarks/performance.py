@@ -19,6 +19,7 @@ per figure (needs matplotlib: `pip install matplotlib`; skipped with a note with
 `benchmarks/results/performance.md`, and replaces the table in `docs/benchmarks.md` between
 `<!-- performance:start -->` and `<!-- performance:end -->`. Results are saved after every point.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,24 +86,34 @@ def test_image() -> np.ndarray:
 # ------------------------------------------------------------------------------- measuring
 
 
-def measure_point(files: Dict[str, Path], forms: List[str], resolution: int, batch: int,
-                  args: argparse.Namespace, image: np.ndarray) -> Dict[str, dict]:
+def measure_point(
+    files: Dict[str, Path], forms: List[str], resolution: int, batch: int, args: argparse.Namespace, image: np.ndarray
+) -> Dict[str, dict]:
     """One (resolution, batch) point for every form, the forms taking turns run by run."""
     from contextlib import ExitStack
 
     from david_infer import DavidRuntime
 
     with ExitStack() as stack:
-        runtimes = {form: stack.enter_context(DavidRuntime(files[FORMS[form][0]], backend=FORMS[form][1],
-                                                           resolution=resolution, batch_size=batch))
-                    for form in forms}
+        runtimes = {
+            form: stack.enter_context(
+                DavidRuntime(files[FORMS[form][0]], backend=FORMS[form][1], resolution=resolution, batch_size=batch)
+            )
+            for form in forms
+        }
         records = time_interleaved(runtimes, image, batch, args.runs, args.warmup, args.max_seconds)
     gc.collect()
     return records
 
 
-def sweep(points: List[Tuple[int, int]], forms: List[str], files: Dict[str, Path], args: argparse.Namespace,
-          image: np.ndarray, save: Callable[[List[dict]], None]) -> List[dict]:
+def sweep(
+    points: List[Tuple[int, int]],
+    forms: List[str],
+    files: Dict[str, Path],
+    args: argparse.Namespace,
+    image: np.ndarray,
+    save: Callable[[List[dict]], None],
+) -> List[dict]:
     """Measure every (resolution, batch) point, saving after each."""
     records: List[dict] = []
     for resolution, batch in points:
@@ -110,9 +121,12 @@ def sweep(points: List[Tuple[int, int]], forms: List[str], files: Dict[str, Path
         for form, record in measure_point(files, forms, resolution, batch, args, image).items():
             record.update(form=form, resolution=resolution)
             records.append(record)
-            print(f"  {form:<9} {resolution:>5} batch {batch}: median {record['latency']['median_ms']:8.1f} ms "
-                  f"(model {record['stages']['model']['median_ms']:8.1f} ms, CPU {record['cpu']['median_ms']:8.1f} ms), "
-                  f"{record['images_per_s']:.2f} img/s, {record['runs_done']} runs", flush=True)
+            print(
+                f"  {form:<9} {resolution:>5} batch {batch}: median {record['latency']['median_ms']:8.1f} ms "
+                f"(model {record['stages']['model']['median_ms']:8.1f} ms, CPU {record['cpu']['median_ms']:8.1f} ms), "
+                f"{record['images_per_s']:.2f} img/s, {record['runs_done']} runs",
+                flush=True,
+            )
         print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
         save(records)
     return records
@@ -130,8 +144,9 @@ def add_ratios(records: List[dict], key: str) -> List[dict]:
         for form, r in rows.items():
             if form != "torch":
                 entry[f"{form}/torch"] = r["latency"]["median_ms"] / torch_row["latency"]["median_ms"]
-                entry[f"{form}/torch model"] = (r["stages"]["model"]["median_ms"]
-                                                / torch_row["stages"]["model"]["median_ms"])
+                entry[f"{form}/torch model"] = (
+                    r["stages"]["model"]["median_ms"] / torch_row["stages"]["model"]["median_ms"]
+                )
                 entry[f"{form}/torch cpu"] = r["cpu"]["median_ms"] / torch_row["cpu"]["median_ms"]
         out.append(entry)
     return out
@@ -147,8 +162,15 @@ def write_json(name: str, payload: Any, out: Path) -> None:
     atomic_write_bytes(out / name, (json.dumps(payload, indent=2) + "\n").encode())
 
 
-def plot(records: List[dict], key: str, value: Callable[[dict], float], ylabel: str, title: str,
-         path: Path, log_y: bool = False) -> Optional[str]:
+def plot(
+    records: List[dict],
+    key: str,
+    value: Callable[[dict], float],
+    ylabel: str,
+    title: str,
+    path: Path,
+    log_y: bool = False,
+) -> Optional[str]:
     """A line per form; returns a note instead when matplotlib is missing."""
     try:
         import matplotlib
@@ -183,8 +205,9 @@ def plot(records: List[dict], key: str, value: Callable[[dict], float], ylabel: 
     return None
 
 
-def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
-             notes: List[str]) -> str:
+def markdown(
+    meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict], notes: List[str]
+) -> str:
     """The performance section (also the body of performance.md)."""
     import gmacs
 
@@ -209,39 +232,58 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
     ]
     forms = [f for f in FORMS if any(r["form"] == f for r in latency)]
     others = [f for f in forms if f != "torch"] if "torch" in forms else []
-    head = ("| resolution | " + " | ".join(f"{TITLES[f]}: wall (model) / CPU" for f in forms)
-            + "".join(f" | {TITLES[f].replace('ONNX Runtime', 'ORT')} / torch: wall, CPU" for f in others) + " |")
+    head = (
+        "| resolution | "
+        + " | ".join(f"{TITLES[f]}: wall (model) / CPU" for f in forms)
+        + "".join(f" | {TITLES[f].replace('ONNX Runtime', 'ORT')} / torch: wall, CPU" for f in others)
+        + " |"
+    )
     lines += [head, "|---:|" + "---:|" * (len(forms) + len(others))]
     ratios = {r["resolution"]: r for r in add_ratios(latency, "resolution")}
     for res in dict.fromkeys(r["resolution"] for r in latency):
         cells = []
         for form in forms:
             row = next((r for r in latency if r["form"] == form and r["resolution"] == res), None)
-            cells.append(f"{row['latency']['median_ms']:.0f} ({row['stages']['model']['median_ms']:.0f}) / "
-                         f"{row['cpu']['median_ms']:.0f}" if row else "-")
+            cells.append(
+                f"{row['latency']['median_ms']:.0f} ({row['stages']['model']['median_ms']:.0f}) / "
+                f"{row['cpu']['median_ms']:.0f}"
+                if row
+                else "-"
+            )
         ratio = ratios.get(res, {})
         for form in others:
             key = f"{form}/torch"
             cells.append(f"{ratio[key]:.2f}, {ratio[key + ' cpu']:.2f}" if key in ratio else "-")
         lines.append(f"| {res} | " + " | ".join(cells) + " |")
-    lines += ["", "**Throughput against batch size** (512x512, images/s on the wall clock; CPU seconds per image):", "",
-              "| batch | " + " | ".join(TITLES[f] for f in forms) + " |", "|---:|" + "---:|" * len(forms)]
+    lines += [
+        "",
+        "**Throughput against batch size** (512x512, images/s on the wall clock; CPU seconds per image):",
+        "",
+        "| batch | " + " | ".join(TITLES[f] for f in forms) + " |",
+        "|---:|" + "---:|" * len(forms),
+    ]
     for batch in dict.fromkeys(r["batch"] for r in throughput):
         cells = []
         for form in forms:
             row = next((r for r in throughput if r["form"] == form and r["batch"] == batch), None)
             cells.append(f"{row['images_per_s']:.2f} ({row['cpu']['median_ms'] / 1e3 / batch:.2f} s)" if row else "-")
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-    lines += ["", "![latency against resolution](../benchmarks/results/latency_vs_resolution.png)",
-              "![throughput against batch size](../benchmarks/results/throughput_vs_batch.png)", ""]
+    lines += [
+        "",
+        "![latency against resolution](../benchmarks/results/latency_vs_resolution.png)",
+        "![throughput against batch size](../benchmarks/results/throughput_vs_batch.png)",
+        "",
+    ]
     lines += [f"Note: {n}" for n in notes]
     load = ", ".join(f"{v:.1f}" for v in meta.get("load_average", []))
-    lines += ["Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. This machine's cores are shared "
-              f"with other jobs (1-minute load average at the start and the end of the run: {load}), so wall "
-              "times carry noise; CPU time is inflated less by the load, but ONNX Runtime's worker threads "
-              "spin while they wait, which counts as CPU time, so its CPU figure overstates the work done. The JSON files beside the plots hold every percentile and the "
-              "pre/model/post split. ONNX Runtime's CPU provider has no FP16 kernels for most ops and wraps them "
-              "in casts (benchmarks/ort_fp16_kernels.py), so the FP16 graph is for GPUs and TensorRT, not for CPUs."]
+    lines += [
+        "Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. This machine's cores are shared "
+        f"with other jobs (1-minute load average at the start and the end of the run: {load}), so wall "
+        "times carry noise; CPU time is inflated less by the load, but ONNX Runtime's worker threads "
+        "spin while they wait, which counts as CPU time, so its CPU figure overstates the work done. The JSON files beside the plots hold every percentile and the "
+        "pre/model/post split. ONNX Runtime's CPU provider has no FP16 kernels for most ops and wraps them "
+        "in casts (benchmarks/ort_fp16_kernels.py), so the FP16 graph is for GPUs and TensorRT, not for CPUs."
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -254,7 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from david_infer import zoo
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="256 and 512 only, batch 1 and 2, one run each; docs not touched")
+    p.add_argument(
+        "--quick", action="store_true", help="256 and 512 only, batch 1 and 2, one run each; docs not touched"
+    )
     p.add_argument("--variant", default="base", help="model variant (default base)")
     p.add_argument("--task", default="depth", help="model task (default depth)")
     p.add_argument("--resolutions", default="256,384,512,768,1024")
@@ -266,8 +310,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="folder for the exported graphs")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
-    p.add_argument("--from-json", action="store_true",
-                   help="measure nothing: redraw the plots, performance.md and the docs table from the JSON in --out")
+    p.add_argument(
+        "--from-json",
+        action="store_true",
+        help="measure nothing: redraw the plots, performance.md and the docs table from the JSON in --out",
+    )
     args = p.parse_args(argv)
     if args.from_json:
         return report_from_json(args)
@@ -277,9 +324,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         resolutions, batches, args.runs, args.no_docs = [256, 512], [1, 2], 1, True
     forms = [f for f in args.forms.split(",") if f]
     cache = args.cache or zoo.home() / "bench"
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "variant": args.variant, "task": args.task,
-            "runs": args.runs, "warmup": args.warmup, "machine": machine(),
-            "load_average": [os.getloadavg()[0]]}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "variant": args.variant,
+        "task": args.task,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "machine": machine(),
+        "load_average": [os.getloadavg()[0]],
+    }
     print(f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores", flush=True)
 
     sizes = gmacs.measure([(512, 512)])
@@ -288,33 +341,63 @@ def main(argv: Optional[List[str]] = None) -> int:
     image = test_image()
 
     print("latency against resolution:", flush=True)
-    latency = sweep([(r, 1) for r in resolutions], forms, files, args, image,
-                    lambda recs: write_json("latency_vs_resolution.json",
-                                            {**meta, "records": recs, "ratios": add_ratios(recs, "resolution")},
-                                            args.out))
+    latency = sweep(
+        [(r, 1) for r in resolutions],
+        forms,
+        files,
+        args,
+        image,
+        lambda recs: write_json(
+            "latency_vs_resolution.json", {**meta, "records": recs, "ratios": add_ratios(recs, "resolution")}, args.out
+        ),
+    )
     print("throughput against batch size at 512:", flush=True)
-    throughput = sweep([(512, b) for b in batches], forms, files, args, image,
-                       lambda recs: write_json("throughput_vs_batch.json",
-                                               {**meta, "records": recs, "ratios": add_ratios(recs, "batch")},
-                                               args.out))
+    throughput = sweep(
+        [(512, b) for b in batches],
+        forms,
+        files,
+        args,
+        image,
+        lambda recs: write_json(
+            "throughput_vs_batch.json", {**meta, "records": recs, "ratios": add_ratios(recs, "batch")}, args.out
+        ),
+    )
     meta["load_average"] = [meta["load_average"][0], os.getloadavg()[0]]
-    write_json("throughput_vs_batch.json", {**meta, "records": throughput, "ratios": add_ratios(throughput, "batch")},
-               args.out)
+    write_json(
+        "throughput_vs_batch.json", {**meta, "records": throughput, "ratios": add_ratios(throughput, "batch")}, args.out
+    )
     return report(meta, sizes, latency, throughput, args)
 
 
-def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
-           args: argparse.Namespace) -> int:
+def report(
+    meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict], args: argparse.Namespace
+) -> int:
     """Plots, performance.md and (unless --no-docs) the table in docs/benchmarks.md."""
     from david_infer.outputs.files import atomic_write_bytes
 
-    notes = [n for n in (
-        plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",
-             f"DAViD {meta['variant']} {meta['task']}, batch 1, {meta['machine']['cpu'].split(' (')[0]}",
-             args.out / "latency_vs_resolution.png", log_y=True),
-        plot(throughput, "batch", lambda r: r["images_per_s"], "images / s",
-             f"DAViD {meta['variant']} {meta['task']} at 512x512", args.out / "throughput_vs_batch.png"),
-    ) if n]
+    notes = [
+        n
+        for n in (
+            plot(
+                latency,
+                "resolution",
+                lambda r: r["latency"]["median_ms"],
+                "median latency, ms (log)",
+                f"DAViD {meta['variant']} {meta['task']}, batch 1, {meta['machine']['cpu'].split(' (')[0]}",
+                args.out / "latency_vs_resolution.png",
+                log_y=True,
+            ),
+            plot(
+                throughput,
+                "batch",
+                lambda r: r["images_per_s"],
+                "images / s",
+                f"DAViD {meta['variant']} {meta['task']} at 512x512",
+                args.out / "throughput_vs_batch.png",
+            ),
+        )
+        if n
+    ]
     body = markdown(meta, sizes, latency, throughput, notes)
     atomic_write_bytes(args.out / "performance.md", ("# Performance\n\n" + body).encode())
     if not args.no_docs:
@@ -327,14 +410,16 @@ def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], through
 
 def report_from_json(args: argparse.Namespace) -> int:
     """`report` from the JSON files a full run left in --out."""
+
     def load(name: str) -> Dict[str, Any]:
         try:
             return json.loads((args.out / name).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"--from-json: cannot read {args.out / name} ({exc}); run a measurement first")
+            raise SystemExit(f"--from-json: cannot read {args.out / name} ({exc}); run a measurement first") from None
 
-    sizes, latency, throughput = (load(n) for n in ("params_macs.json", "latency_vs_resolution.json",
-                                                    "throughput_vs_batch.json"))
+    sizes, latency, throughput = (
+        load(n) for n in ("params_macs.json", "latency_vs_resolution.json", "throughput_vs_batch.json")
+    )
     meta = {k: v for k, v in throughput.items() if k not in ("records", "ratios")}
     return report(meta, sizes["records"], latency["records"], throughput["records"], args)
 

@@ -8,6 +8,7 @@ from synthetic maps with `outputs.images.write_outputs`, as `predict` writes the
 
     python benchmarks/planning.py --inputs 2000 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import prologue  # noqa: F401  (the checkout on sys.path)
-from prologue import RESULTS
-
 import numpy as np
+import prologue  # noqa: F401  (the checkout on sys.path)
 from PIL import Image
+from prologue import RESULTS
 
 from david_infer.jobs import Tally, gather_inputs, plan
 from david_infer.outputs.files import atomic_write_bytes
@@ -36,8 +36,9 @@ def make_folder(folder: Path, count: int, options: WriteOptions) -> None:
     """`count` 32x32 photos, each with its complete set of KINDS."""
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    pred = Prediction(photo, depth=rng.random((32, 32), dtype=np.float32),
-                      foreground=rng.random((32, 32), dtype=np.float32))
+    pred = Prediction(
+        photo, depth=rng.random((32, 32), dtype=np.float32), foreground=rng.random((32, 32), dtype=np.float32)
+    )
     for i in range(count):
         path = folder / f"img{i:05d}.png"
         Image.fromarray(photo).save(path)
@@ -70,11 +71,19 @@ def main() -> int:
             assert count == args.inputs and not todo and tally.skipped == args.inputs and not tally.failures
             times.append(seconds)
     median = statistics.median(times)
-    result = {"inputs": args.inputs, "files_in_folder": files, "rounds": args.rounds, "kinds": KINDS,
-              "median_s": round(median, 4), "per_input_us": round(median / args.inputs * 1e6, 1),
-              "all_s": [round(t, 4) for t in times]}
-    print(f"{args.inputs} complete inputs ({files} files in the folder): planning a rerun took {median:.3f} s "
-          f"(median of {args.rounds}), {result['per_input_us']} us per input")
+    result = {
+        "inputs": args.inputs,
+        "files_in_folder": files,
+        "rounds": args.rounds,
+        "kinds": KINDS,
+        "median_s": round(median, 4),
+        "per_input_us": round(median / args.inputs * 1e6, 1),
+        "all_s": [round(t, 4) for t in times],
+    }
+    print(
+        f"{args.inputs} complete inputs ({files} files in the folder): planning a rerun took {median:.3f} s "
+        f"(median of {args.rounds}), {result['per_input_us']} us per input"
+    )
     atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
     return 0
 

@@ -8,6 +8,7 @@ gradient image when scikit-image is missing).
 
     python benchmarks/prepost_4k.py [--runs 15] [--resolution 512] [--threads N] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
-from PIL import Image
-
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from PIL import Image
 
 from david_infer import DavidRuntime  # noqa: E402
 
@@ -71,9 +71,14 @@ def measure(rt: DavidRuntime, image: Any, runs: int, cold: bool = False) -> Dict
     pre, pre_cpu, pre_best = median_ms(lambda: rt.preprocess(image), runs)
     model, _, _ = median_ms(lambda: rt.infer([prepared]), runs)
     post, post_cpu, post_best = median_ms(post_call, runs)
-    return {"preprocess_ms": round(pre, 1), "postprocess_ms": round(post, 1),
-            "pre_plus_post_ms": round(pre + post, 1), "pre_plus_post_cpu_ms": round(pre_cpu + post_cpu, 1),
-            "pre_plus_post_best_ms": round(pre_best + post_best, 1), "model_ms": round(model, 1)}
+    return {
+        "preprocess_ms": round(pre, 1),
+        "postprocess_ms": round(post, 1),
+        "pre_plus_post_ms": round(pre + post, 1),
+        "pre_plus_post_cpu_ms": round(pre_cpu + post_cpu, 1),
+        "pre_plus_post_best_ms": round(pre_best + post_best, 1),
+        "model_ms": round(model, 1),
+    }
 
 
 def main(argv: List[str] = None) -> int:
@@ -100,22 +105,38 @@ def main(argv: List[str] = None) -> int:
             ("official steps (512), numpy RGB", official, rgb, {}, False),
         ]
         for label, model, image, opts, cold in cases:
-            with DavidRuntime(model, resolution=args.resolution if model == dynamic else 512,
-                              threads=args.threads, **opts) as rt:
+            with DavidRuntime(
+                model, resolution=args.resolution if model == dynamic else 512, threads=args.threads, **opts
+            ) as rt:
                 rows.append({"case": label, **measure(rt, image, args.runs, cold)})
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"pre/postprocessing of a {WIDTH}x{HEIGHT} photo, tiny multi-task model, resolution "
-          f"{args.resolution}, median of {args.runs} runs, {os.cpu_count()} CPUs, load average {load:.1f} "
-          "(medians of wall-clock ms; cpu = process CPU time over all threads; best = fastest runs)")
-    header = ["case", "preprocess_ms", "postprocess_ms", "pre_plus_post_ms", "pre_plus_post_cpu_ms",
-              "pre_plus_post_best_ms", "model_ms"]
+    print(
+        f"pre/postprocessing of a {WIDTH}x{HEIGHT} photo, tiny multi-task model, resolution "
+        f"{args.resolution}, median of {args.runs} runs, {os.cpu_count()} CPUs, load average {load:.1f} "
+        "(medians of wall-clock ms; cpu = process CPU time over all threads; best = fastest runs)"
+    )
+    header = [
+        "case",
+        "preprocess_ms",
+        "postprocess_ms",
+        "pre_plus_post_ms",
+        "pre_plus_post_cpu_ms",
+        "pre_plus_post_best_ms",
+        "model_ms",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(row[k]) for k in header) + " |")
-    result = {"image": [HEIGHT, WIDTH], "resolution": args.resolution, "runs": args.runs,
-              "cpus": os.cpu_count(), "load_average": round(load, 2), "results": rows}
+    result = {
+        "image": [HEIGHT, WIDTH],
+        "resolution": args.resolution,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "load_average": round(load, 2),
+        "results": rows,
+    }
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,7 @@ Medians of wall-clock ms (and of process CPU ms, which a busy shared machine inf
 
 Writes benchmarks/results/prepost_graph.json and the table of docs/prepost.md ("Speed").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,12 @@ def stand_in_network(contract: Any) -> Any:
             nodes.append(helper.make_node("Slice", ["mixed", "c0", "c1", "c_axis"], [name]))
             channels = 1
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", channels, "r", "r"]))
-    inits = [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-             helper.make_tensor("c0", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("c1", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("c_axis", TensorProto.INT64, [1], [1])]
+    inits = [
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("c0", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("c1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("c_axis", TensorProto.INT64, [1], [1]),
+    ]
     graph = helper.make_graph(nodes, "stand_in", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
@@ -82,8 +85,12 @@ def ort_session(model: Any, threads: int) -> Any:
 
 
 def row(label: str, size: tuple, wall_cpu: tuple) -> Dict[str, Any]:
-    return {"case": label, "image": f"{size[1]}x{size[0]}", "ms": round(wall_cpu[0], 1),
-            "cpu_ms": round(wall_cpu[1], 1)}
+    return {
+        "case": label,
+        "image": f"{size[1]}x{size[0]}",
+        "ms": round(wall_cpu[0], 1),
+        "cpu_ms": round(wall_cpu[1], 1),
+    }
 
 
 def main(argv: List[str] = None) -> int:
@@ -134,21 +141,37 @@ def main(argv: List[str] = None) -> int:
                     feeds = {"image": image[None]}
                     session.run(None, feeds)
                     runs = max(3, args.runs // 3)
-                    rows.append(row("Base, pre/post graph (ONNX Runtime)", size,
-                                    median_ms(lambda feeds=feeds: session.run(None, feeds), runs)))
+                    rows.append(
+                        row(
+                            "Base, pre/post graph (ONNX Runtime)",
+                            size,
+                            median_ms(lambda feeds=feeds: session.run(None, feeds), runs),
+                        )
+                    )
                     rt.predict(image)
-                    rows.append(row("Base, DavidRuntime.predict", size,
-                                    median_ms(lambda image=image: rt.predict(image), runs)))
+                    rows.append(
+                        row("Base, DavidRuntime.predict", size, median_ms(lambda image=image: rt.predict(image), runs))
+                    )
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"Per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
-             f"{os.cpu_count()} CPUs, load average {load:.1f} during the run (a shared machine: compare within "
-             "one run).", "", "| case | image | ms | cpu ms |", "|---|---|---|---|"]
+    lines = [
+        f"Per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} during the run (a shared machine: compare within "
+        "one run).",
+        "",
+        "| case | image | ms | cpu ms |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['case']} | {r['image']} | {r['ms']} | {r['cpu_ms']} |" for r in rows]
     print("\n".join(lines))
     replace_doc_section("prepost_graph", "\n".join(lines), page=ROOT / "docs" / "prepost.md", heading="## Speed")
-    result = {"runs": args.runs, "ort_threads": args.ort_threads, "cpus": os.cpu_count(),
-              "load_average": round(load, 2), "results": rows}
+    result = {
+        "runs": args.runs,
+        "ort_threads": args.ort_threads,
+        "cpus": os.cpu_count(),
+        "load_average": round(load, 2),
+        "results": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -4,6 +4,7 @@ checkout, installed or not), where results go, and the writer of the generated t
     import prologue                      # first, before importing david_infer
     from prologue import RESULTS, replace_doc_section
 """
+
 from __future__ import annotations
 
 import sys

@@ -21,6 +21,7 @@ The machine's load average is recorded around each run: other processes sharing 
 every configuration, and the parallel one most. Writes `benchmarks/results/scale_out.{json,md}` and
 the table in docs/benchmarks.md between `<!-- scale-out:start -->` and `<!-- scale-out:end -->` (unless --no-docs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ from typing import Any, Dict, List, Optional
 # interface, so the benchmark's cluster and the CLI runs it starts stay on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
+
+from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 
 ACTOR_MARK = b"DavidPredictor"  # in the process title Ray gives the predictor's actors
 
@@ -84,9 +86,11 @@ class ActorMemory:
 
 
 # runs the command as its child and writes the child's peak RSS (kB) to argv[1]
-_PEAK_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
-                 "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
-                 "sys.exit(rc)")
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(rc)"
+)
 
 
 def run_command(name: str, argv: List[str], out: Path, count: int) -> Dict[str, Any]:
@@ -94,8 +98,9 @@ def run_command(name: str, argv: List[str], out: Path, count: int) -> Dict[str, 
     peak_file = out.parent / f"{out.name}.peak"
     with ActorMemory() as actors:
         start = time.time()
-        proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *argv],
-                              capture_output=True, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *argv], capture_output=True, cwd=ROOT
+        )
         wall = time.time() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr.decode()[-3000:]}")
@@ -104,31 +109,44 @@ def run_command(name: str, argv: List[str], out: Path, count: int) -> Dict[str, 
         raise SystemExit(f"{name}: {len(records)} of {count} inputs complete\n{proc.stdout.decode()}")
     steady = (count - 1) / (records[-1] - records[0]) if records[-1] > records[0] else float("nan")
     return {
-        "name": name, "command": " ".join(argv[2:]), "wall_s": wall, "images_per_s": count / wall,
-        "steady_images_per_s": steady, "first_result_s": records[0] - start,
+        "name": name,
+        "command": " ".join(argv[2:]),
+        "wall_s": wall,
+        "images_per_s": count / wall,
+        "steady_images_per_s": steady,
+        "first_result_s": records[0] - start,
         "driver_peak_rss_mb": int(peak_file.read_text()) / 1024,
         "worker_peak_rss_mb": [kb / 1024 for kb in sorted(actors.peak_kb.values())],
-        "load_before": load_before, "load_after": os.getloadavg(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
     }
 
 
 def markdown(res: Dict[str, Any]) -> str:
     rows = {r["name"]: r for r in res["runs"]}
-    lines = [f"{res['count']} inputs (480x360 JPEG), {res['variant']} multi-task (random weights) at "
-             f"{res['resolution']}, default outputs (maps + vis + record), on {res['machine']['cores']} shared "
-             f"CPU cores; load average during the runs {res['load_min']:.1f}..{res['load_max']:.1f}.", "",
-             "| run | images/s (wall) | images/s (steady) | first result s | driver peak RSS MB | "
-             "worker peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{res['count']} inputs (480x360 JPEG), {res['variant']} multi-task (random weights) at "
+        f"{res['resolution']}, default outputs (maps + vis + record), on {res['machine']['cores']} shared "
+        f"CPU cores; load average during the runs {res['load_min']:.1f}..{res['load_max']:.1f}.",
+        "",
+        "| run | images/s (wall) | images/s (steady) | first result s | driver peak RSS MB | worker peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["runs"]:
         workers = ", ".join(f"{mb:.0f}" for mb in r["worker_peak_rss_mb"]) or "-"
-        lines.append(f"| {r['name']} | {r['images_per_s']:.2f} | {r['steady_images_per_s']:.2f} | "
-                     f"{r['first_result_s']:.1f} | {r['driver_peak_rss_mb']:.0f} | {workers} |")
+        lines.append(
+            f"| {r['name']} | {r['images_per_s']:.2f} | {r['steady_images_per_s']:.2f} | "
+            f"{r['first_result_s']:.1f} | {r['driver_peak_rss_mb']:.0f} | {workers} |"
+        )
     one, two, local = rows.get("Ray, 1 worker"), rows.get("Ray, 2 workers"), rows.get("local CLI, --threads 1")
     if one and two and local:
-        lines += ["", f"Ray 1 worker / local CLI (1 thread): {one['images_per_s'] / local['images_per_s']:.0%} "
-                      f"(wall), {one['steady_images_per_s'] / local['steady_images_per_s']:.0%} (steady); "
-                      f"2 workers / 1 worker: {two['images_per_s'] / one['images_per_s']:.2f}x (wall), "
-                      f"{two['steady_images_per_s'] / one['steady_images_per_s']:.2f}x (steady)."]
+        lines += [
+            "",
+            f"Ray 1 worker / local CLI (1 thread): {one['images_per_s'] / local['images_per_s']:.0%} "
+            f"(wall), {one['steady_images_per_s'] / local['steady_images_per_s']:.0%} (steady); "
+            f"2 workers / 1 worker: {two['images_per_s'] / one['images_per_s']:.2f}x (wall), "
+            f"{two['steady_images_per_s'] / one['steady_images_per_s']:.2f}x (steady).",
+        ]
     lines += ["", f"Command: `{res['command']}`"]
     return "\n".join(lines)
 
@@ -143,7 +161,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
 
     import ray
-
     from performance import exported
 
     from david_infer.zoo import home
@@ -154,26 +171,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     make_inputs(inputs, args.count)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
-    cli = [sys.executable, "-m", "david_infer", "predict", str(inputs), "-m", str(model),
-           "--resolution", str(args.resolution), "--no-progress"]
-    configs = [("local CLI, default threads", []), ("local CLI, --threads 1", ["--threads", "1"]),
-               ("Ray, 1 worker", ["--ray", address, "--workers", "1"]),
-               ("Ray, 2 workers", ["--ray", address, "--workers", "2"])]
+    cli = [
+        sys.executable,
+        "-m",
+        "david_infer",
+        "predict",
+        str(inputs),
+        "-m",
+        str(model),
+        "--resolution",
+        str(args.resolution),
+        "--no-progress",
+    ]
+    configs = [
+        ("local CLI, default threads", []),
+        ("local CLI, --threads 1", ["--threads", "1"]),
+        ("Ray, 1 worker", ["--ray", address, "--workers", "1"]),
+        ("Ray, 2 workers", ["--ray", address, "--workers", "2"]),
+    ]
     runs = []
     try:
         for i, (name, extra) in enumerate(configs):
             out = work / f"out{i}"
             result = run_command(name, [*cli, "-o", str(out), *extra], out, args.count)
             runs.append(result)
-            print(f"{name}: {result['images_per_s']:.2f} images/s wall, {result['steady_images_per_s']:.2f} steady, "
-                  f"driver {result['driver_peak_rss_mb']:.0f} MB, workers {result['worker_peak_rss_mb']} MB, "
-                  f"load {result['load_before'][0]:.1f}->{result['load_after'][0]:.1f}", flush=True)
+            print(
+                f"{name}: {result['images_per_s']:.2f} images/s wall, {result['steady_images_per_s']:.2f} steady, "
+                f"driver {result['driver_peak_rss_mb']:.0f} MB, workers {result['worker_peak_rss_mb']} MB, "
+                f"load {result['load_before'][0]:.1f}->{result['load_after'][0]:.1f}",
+                flush=True,
+            )
     finally:
         ray.shutdown()
     loads = [r[k][0] for r in runs for k in ("load_before", "load_after")]
-    res = {"variant": args.variant, "resolution": args.resolution, "count": args.count, "runs": runs,
-           "load_min": min(loads), "load_max": max(loads), "machine": {**machine(), "ray": ray.__version__},
-           "command": "python benchmarks/scale_out.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    res = {
+        "variant": args.variant,
+        "resolution": args.resolution,
+        "count": args.count,
+        "runs": runs,
+        "load_min": min(loads),
+        "load_max": max(loads),
+        "machine": {**machine(), "ray": ray.__version__},
+        "command": "python benchmarks/scale_out.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale_out.json").write_text(json.dumps(res, indent=1) + "\n")
     text = markdown(res)

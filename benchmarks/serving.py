@@ -19,6 +19,7 @@ benchmarks/results/serving.{json,md}. Clients and server share the machine's cor
 wall-clock numbers each row reports the CPU seconds spent per image (this process, plus the server's
 process group when served), which load from other jobs on the machine disturbs much less.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np  # noqa: E402
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from prologue import ROOT  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
@@ -58,8 +58,13 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
-def clients_run(predict: Callable[[np.ndarray], Any], images: List[np.ndarray], clients: int,
-                per_client: int, server_pgid: Optional[int] = None) -> Dict[str, float]:
+def clients_run(
+    predict: Callable[[np.ndarray], Any],
+    images: List[np.ndarray],
+    clients: int,
+    per_client: int,
+    server_pgid: Optional[int] = None,
+) -> Dict[str, float]:
     """`clients` threads each calling `predict` `per_client` times; latency percentiles and images/s."""
     latencies: List[float] = []
     lock = threading.Lock()
@@ -91,9 +96,14 @@ def clients_run(predict: Callable[[np.ndarray], Any], images: List[np.ndarray], 
     if errors:
         raise errors[0]
     ms = np.asarray(latencies) * 1e3
-    return {"clients": clients, "images": len(latencies), "images_per_s": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "cpu_s_per_image": cpu / max(len(latencies), 1)}
+    return {
+        "clients": clients,
+        "images": len(latencies),
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "cpu_s_per_image": cpu / max(len(latencies), 1),
+    }
 
 
 def batch_run(runtime: DavidRuntime, images: List[np.ndarray], batch: int, count: int) -> Dict[str, float]:
@@ -102,8 +112,13 @@ def batch_run(runtime: DavidRuntime, images: List[np.ndarray], batch: int, count
     t0, cpu0 = time.perf_counter(), time.process_time()
     runtime.predict_batch(work, batch_size=batch)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"batch": batch, "images": count, "images_per_s": count / wall, "ms_per_image": 1e3 * wall / count,
-            "cpu_s_per_image": cpu / count}
+    return {
+        "batch": batch,
+        "images": count,
+        "images_per_s": count / wall,
+        "ms_per_image": 1e3 * wall / count,
+        "cpu_s_per_image": cpu / count,
+    }
 
 
 def main() -> int:
@@ -129,11 +144,16 @@ def main() -> int:
             export_onnx("tiny", "multitask", model, seed=0)
         from david_infer.serving.process import ServerProcess
 
-        results: Dict[str, Any] = {"model": Path(model).name, "resolution": args.resolution, "machine": machine(),
-                                   "server": {"max_batch_size": args.max_batch_size,
-                                              "max_batch_time": args.max_batch_time},
-                                   "local_batch": [], "local_clients": [], "served_clients": [],
-                                   "load_average_before": os.getloadavg()[0]}
+        results: Dict[str, Any] = {
+            "model": Path(model).name,
+            "resolution": args.resolution,
+            "machine": machine(),
+            "server": {"max_batch_size": args.max_batch_size, "max_batch_time": args.max_batch_time},
+            "local_batch": [],
+            "local_clients": [],
+            "served_clients": [],
+            "load_average_before": os.getloadavg()[0],
+        }
         with DavidRuntime(model, resolution=args.resolution) as local:
             for batch in (1, 4, 8, 16):
                 results["local_batch"].append(batch_run(local, images, batch, max(32, 2 * batch)))
@@ -143,8 +163,16 @@ def main() -> int:
                 results["local_clients"].append(clients_run(local.predict, images, n, args.requests))
                 print("local", results["local_clients"][-1], flush=True)
         for workers in [int(w) for w in args.workers.split(",")]:
-            server_args = ["--max-batch-size", str(args.max_batch_size), "--max-batch-time",
-                           str(args.max_batch_time), "--workers", str(workers), "--resolution", str(args.resolution)]
+            server_args = [
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--max-batch-time",
+                str(args.max_batch_time),
+                "--workers",
+                str(workers),
+                "--resolution",
+                str(args.resolution),
+            ]
             with ServerProcess(model, server_args) as server:
                 with DavidRuntime(server.grpc_url, resolution=args.resolution, timeout=120) as remote:
                     for n in counts:
@@ -157,8 +185,11 @@ def main() -> int:
     results["load_average_after"] = os.getloadavg()[0]
     best = max(r["images_per_s"] for r in results["local_batch"])
     served16 = max((r["images_per_s"] for r in results["served_clients"] if r["clients"] == 16), default=None)
-    results["goal"] = {"best_local_batch_images_per_s": best, "served_16_images_per_s": served16,
-                       "ratio": served16 / best if served16 else None}
+    results["goal"] = {
+        "best_local_batch_images_per_s": best,
+        "served_16_images_per_s": served16,
+        "ratio": served16 / best if served16 else None,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(table(results, " ".join(sys.argv[1:])))
@@ -167,25 +198,39 @@ def main() -> int:
 
 
 def table(results: Dict[str, Any], argv: str) -> str:
-    lines = [f"`python benchmarks/serving.py {argv}`".replace(" `", "`"),
-             "", f"Model {results['model']} at {results['resolution']}x{results['resolution']}, "
-             f"{results['machine']['cpu']}, {results['machine']['cores']} cores (clients and server share them; "
-             f"load average {results['load_average_before']:.1f} before, {results['load_average_after']:.1f} after).", "",
-             "| run | clients | images/s | p50 ms | p99 ms | CPU s / image |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`python benchmarks/serving.py {argv}`".replace(" `", "`"),
+        "",
+        f"Model {results['model']} at {results['resolution']}x{results['resolution']}, "
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores (clients and server share them; "
+        f"load average {results['load_average_before']:.1f} before, {results['load_average_after']:.1f} after).",
+        "",
+        "| run | clients | images/s | p50 ms | p99 ms | CPU s / image |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results["local_batch"]:
-        lines.append(f"| local predict_batch, batch {r['batch']} | 1 | {r['images_per_s']:.3g} | "
-                     f"{r['ms_per_image']:.1f} / image | | {r['cpu_s_per_image']:.3f} |")
+        lines.append(
+            f"| local predict_batch, batch {r['batch']} | 1 | {r['images_per_s']:.3g} | "
+            f"{r['ms_per_image']:.1f} / image | | {r['cpu_s_per_image']:.3f} |"
+        )
     for r in results["local_clients"]:
-        lines.append(f"| local runtime shared by the client threads | {r['clients']} | {r['images_per_s']:.3g} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
+        lines.append(
+            f"| local runtime shared by the client threads | {r['clients']} | {r['images_per_s']:.3g} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |"
+        )
     for r in results["served_clients"]:
-        lines.append(f"| served, gRPC, {r['workers']} worker process(es) | {r['clients']} | {r['images_per_s']:.3g} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |")
+        lines.append(
+            f"| served, gRPC, {r['workers']} worker process(es) | {r['clients']} | {r['images_per_s']:.3g} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_image']:.3f} |"
+        )
     goal = results["goal"]
     if goal["ratio"] is not None:
-        lines += ["", f"Served at 16 clients (best worker count): {goal['served_16_images_per_s']:.3g} images/s = "
-                  f"{100 * goal['ratio']:.0f}% of the best local batch throughput "
-                  f"({goal['best_local_batch_images_per_s']:.3g} images/s); goal 90%."]
+        lines += [
+            "",
+            f"Served at 16 clients (best worker count): {goal['served_16_images_per_s']:.3g} images/s = "
+            f"{100 * goal['ratio']:.0f}% of the best local batch throughput "
+            f"({goal['best_local_batch_images_per_s']:.3g} images/s); goal 90%.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ run's; no temporary file is left. Exit status 1 otherwise.
 
     python benchmarks/stress.py --kill-resume [--images 40] [--kills 10] [--seed 0] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
-
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from PIL import Image
 
 from david_infer import DavidRuntime, Prediction  # noqa: E402
 
@@ -90,16 +90,16 @@ def make_inputs(folder: Path, seed: int = 0) -> List[Any]:
     Image.fromarray(photo[:300, :200]).save(png)
     Image.fromarray(photo).save(jpg, quality=90)
     return [
-        photo,                                               # 480x640 uint8 RGB
-        photo[:, :360],                                      # portrait-ish crop (a view)
-        photo[::-1, ::-1],                                   # negative strides
-        photo.mean(axis=2).astype(np.uint8),                 # gray
-        (photo.astype(np.uint16) * 257)[:200, :500],         # 16-bit
-        (photo[:100, :100] / 255.0).astype(np.float32),      # float
-        rng.integers(0, 256, (1, 1, 3), dtype=np.uint8),     # 1x1
-        rng.integers(0, 256, (3, 700, 3), dtype=np.uint8),   # extreme aspect ratio
+        photo,  # 480x640 uint8 RGB
+        photo[:, :360],  # portrait-ish crop (a view)
+        photo[::-1, ::-1],  # negative strides
+        photo.mean(axis=2).astype(np.uint8),  # gray
+        (photo.astype(np.uint16) * 257)[:200, :500],  # 16-bit
+        (photo[:100, :100] / 255.0).astype(np.float32),  # float
+        rng.integers(0, 256, (1, 1, 3), dtype=np.uint8),  # 1x1
+        rng.integers(0, 256, (3, 700, 3), dtype=np.uint8),  # extreme aspect ratio
         rng.integers(0, 256, (1080, 720, 3), dtype=np.uint8),  # large
-        rng.integers(0, 256, (64, 64, 4), dtype=np.uint8),   # RGBA
+        rng.integers(0, 256, (64, 64, 4), dtype=np.uint8),  # RGBA
         png,
         jpg,
     ]
@@ -135,7 +135,7 @@ class Stress:
         with self.lock:
             self.done += 1
             self.errors += failed
-            self.mismatches += (not ok and not failed)
+            self.mismatches += not ok and not failed
             done = self.done
         if done == self.midpoint:
             self.rss_middle = rss_mb(trim=True)
@@ -190,8 +190,22 @@ def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str
         Image.fromarray(pixels.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"img{i:03d}.png")
 
     def command(out: Path) -> List[str]:
-        return [sys.executable, "-m", "david_infer", "predict", str(images), "-m", str(model), "-o", str(out),
-                "--resolution", str(args.resolution), "--save", KILL_KINDS, "--no-progress"]
+        return [
+            sys.executable,
+            "-m",
+            "david_infer",
+            "predict",
+            str(images),
+            "-m",
+            str(model),
+            "-o",
+            str(out),
+            "--resolution",
+            str(args.resolution),
+            "--save",
+            KILL_KINDS,
+            "--no-progress",
+        ]
 
     t0 = time.perf_counter()
     clean = subprocess.run(command(folder / "clean"), capture_output=True, timeout=900)
@@ -223,37 +237,56 @@ def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str
         done = sum(IMAGE_KINDS.set(out, n, kinds).is_complete() for n in names)
         temporaries = len(list(out.rglob(f"*{TEMP_SUFFIX}")))
         partial = sum(IMAGE_KINDS.set(out, n, kinds).status().state is SetState.PARTIAL for n in names)
-        kills.append({"after_s": round(time.perf_counter() - start, 2), "complete_before": before,
-                      "finished_before_kill": finished, "complete_after": done, "partial_sets_after": partial,
-                      "temporaries_after": temporaries})
+        kills.append(
+            {
+                "after_s": round(time.perf_counter() - start, 2),
+                "complete_before": before,
+                "finished_before_kill": finished,
+                "complete_after": done,
+                "partial_sets_after": partial,
+                "temporaries_after": temporaries,
+            }
+        )
     final = subprocess.run(command(out), capture_output=True, timeout=900)
     complete = sum(IMAGE_KINDS.set(out, n, kinds).is_complete(verify=True) for n in names)
     got, want = _tree(out), _tree(folder / "clean")
     differing = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     left = sorted(str(p.relative_to(out)) for p in out.rglob(".*"))
     return {
-        "model": str(model), "images": args.images, "kinds": kinds, "resolution": args.resolution,
-        "clean_run_s": round(clean_s, 2), "kills": kills,
+        "model": str(model),
+        "images": args.images,
+        "kinds": kinds,
+        "resolution": args.resolution,
+        "clean_run_s": round(clean_s, 2),
+        "kills": kills,
         "killed_mid_run": sum(not k["finished_before_kill"] for k in kills),
-        "final_rc": final.returncode, "final_summary": final.stdout.decode().strip(),
-        "complete_sets": complete, "files_differing_from_clean_run": differing,
+        "final_rc": final.returncode,
+        "final_summary": final.stdout.decode().strip(),
+        "complete_sets": complete,
+        "files_differing_from_clean_run": differing,
         "temporaries_left": left,
         "ok": final.returncode == 0 and complete == args.images and not differing and not left,
     }
 
 
 def print_kill_table(r: Dict[str, Any]) -> None:
-    print(f"{r['images']} images, --save {','.join(r['kinds'])}, resolution {r['resolution']}; "
-          f"clean run {r['clean_run_s']} s")
+    print(
+        f"{r['images']} images, --save {','.join(r['kinds'])}, resolution {r['resolution']}; "
+        f"clean run {r['clean_run_s']} s"
+    )
     print("| kill | killed after | complete sets before / after | sets left half-written | temporary files left |")
     print("|---:|---:|---:|---:|---:|")
     for i, k in enumerate(r["kills"], 1):
         after = "finished first" if k["finished_before_kill"] else f"{k['after_s']} s"
-        print(f"| {i} | {after} | {k['complete_before']} / {k['complete_after']} | {k['partial_sets_after']} | "
-              f"{k['temporaries_after']} |")
-    print(f"final run: exit {r['final_rc']} ({r['final_summary']}); complete sets {r['complete_sets']} / "
-          f"{r['images']}; files differing from the clean run: {len(r['files_differing_from_clean_run'])}; "
-          f"temporary files left: {len(r['temporaries_left'])}")
+        print(
+            f"| {i} | {after} | {k['complete_before']} / {k['complete_after']} | {k['partial_sets_after']} | "
+            f"{k['temporaries_after']} |"
+        )
+    print(
+        f"final run: exit {r['final_rc']} ({r['final_summary']}); complete sets {r['complete_sets']} / "
+        f"{r['images']}; files differing from the clean run: {len(r['files_differing_from_clean_run'])}; "
+        f"temporary files left: {len(r['temporaries_left'])}"
+    )
 
 
 def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
@@ -269,20 +302,32 @@ def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any
         stress.errors = stress.mismatches = stress.done = 0
         gc.collect()
         rss_start_raw, rss_start = rss_mb(), rss_mb(trim=True)
-        wall = stress.run(args.predictions, args.threads, midpoint=args.predictions // 2,
-                          sample_every=max(1, args.predictions // 10))
+        wall = stress.run(
+            args.predictions, args.threads, midpoint=args.predictions // 2, sample_every=max(1, args.predictions // 10)
+        )
         gc.collect()
         rss_end_raw, rss_end = rss_mb(), rss_mb(trim=True)
     return {
-        "model": str(model), "resolution": args.resolution, "threads": args.threads,
-        "predictions": args.predictions, "warmup_predictions": args.warmup, "distinct_inputs": len(inputs),
-        "wall_s": round(wall, 2), "throughput_per_s": round(args.predictions / wall, 1),
+        "model": str(model),
+        "resolution": args.resolution,
+        "threads": args.threads,
+        "predictions": args.predictions,
+        "warmup_predictions": args.warmup,
+        "distinct_inputs": len(inputs),
+        "wall_s": round(wall, 2),
+        "throughput_per_s": round(args.predictions / wall, 1),
         "single_thread_ms_per_input": round(single_s * 1000, 1),
-        "errors": stress.errors + warm[0], "mismatches": stress.mismatches + warm[1],
+        "errors": stress.errors + warm[0],
+        "mismatches": stress.mismatches + warm[1],
         "first_error": stress.first_error,
-        "rss_mb": {"before_load": round(rss_before, 1), "start": round(rss_start, 1),
-                   "middle": round(stress.rss_middle, 1), "end": round(rss_end, 1)},
-        "rss_growth_mb": round(rss_end - rss_start, 1), "max_growth_mb": args.max_growth_mb,
+        "rss_mb": {
+            "before_load": round(rss_before, 1),
+            "start": round(rss_start, 1),
+            "middle": round(stress.rss_middle, 1),
+            "end": round(rss_end, 1),
+        },
+        "rss_growth_mb": round(rss_end - rss_start, 1),
+        "max_growth_mb": args.max_growth_mb,
         "rss_samples_mb": sorted(stress.samples),
         "rss_untrimmed_mb": {"start": round(rss_start_raw, 1), "end": round(rss_end_raw, 1)},
         "cpu_count": os.cpu_count(),
@@ -292,15 +337,20 @@ def stress(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any
 def print_table(r: Dict[str, Any]) -> None:
     rss = r["rss_mb"]
     rows = [
-        ("threads x predictions", f"{r['threads']} x {r['predictions']} (+{r['warmup_predictions']} warm-up), "
-                                  f"{r['distinct_inputs']} distinct inputs, resolution {r['resolution']}"),
+        (
+            "threads x predictions",
+            f"{r['threads']} x {r['predictions']} (+{r['warmup_predictions']} warm-up), "
+            f"{r['distinct_inputs']} distinct inputs, resolution {r['resolution']}",
+        ),
         ("wall time", f"{r['wall_s']} s"),
         ("throughput", f"{r['throughput_per_s']} predictions/s"),
         ("single-thread reference", f"{r['single_thread_ms_per_input']} ms per input"),
         ("errors", str(r["errors"]) + (f" (first: {r['first_error']})" if r["first_error"] else "")),
         ("results != single-threaded", str(r["mismatches"])),
-        ("RSS before load / start / middle / end", f"{rss['before_load']} / {rss['start']} / {rss['middle']} / "
-                                                   f"{rss['end']} MB"),
+        (
+            "RSS before load / start / middle / end",
+            f"{rss['before_load']} / {rss['start']} / {rss['middle']} / {rss['end']} MB",
+        ),
         ("RSS growth after warm-up", f"{r['rss_growth_mb']} MB (limit {r['max_growth_mb']} MB)"),
         ("RSS every 10% of the run", " ".join(f"{v:g}" for _, v in r["rss_samples_mb"]) + " MB"),
         ("RSS untrimmed start / end", f"{r['rss_untrimmed_mb']['start']} / {r['rss_untrimmed_mb']['end']} MB"),

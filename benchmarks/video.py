@@ -21,6 +21,7 @@ For a synthesised 720p and 1080p clip (H.264, 30 frames/s, a moving figure over 
 
 Numbers depend on the machine's load; the load average is recorded with them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-
 import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
 from david_infer import DavidRuntime, video  # noqa: E402
@@ -90,7 +90,7 @@ def synthesise(path: Path, height: int, width: int, frames: int, rate: int = 30)
         for i in range(frames):
             img = base.copy()
             cx = (i * 13) % width
-            img[height // 5: 4 * height // 5, max(0, cx - width // 10): cx + width // 10] = (220, 190, 170)
+            img[height // 5 : 4 * height // 5, max(0, cx - width // 10) : cx + width // 10] = (220, 190, 170)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, rate)
             for packet in stream.encode(frame):
@@ -128,8 +128,13 @@ def run_clip(rt: DavidRuntime, clip: Path, opts: clips.ClipOptions, outdir: Path
     wall = time.perf_counter() - start
     rt.runner.run = timer._run  # type: ignore[method-assign]
     assert stopped is None, stopped
-    return {"frames": frames, "wall_s": wall, "model_s": timer.seconds, "fps": frames / wall,
-            "fps_excluding_model_time": frames / max(wall - timer.seconds, 1e-9)}
+    return {
+        "frames": frames,
+        "wall_s": wall,
+        "model_s": timer.seconds,
+        "fps": frames / wall,
+        "fps_excluding_model_time": frames / max(wall - timer.seconds, 1e-9),
+    }
 
 
 def stage_costs(rt: DavidRuntime, clip: Path, opts: clips.ClipOptions, outdir: Path, n: int = 8) -> Dict[str, float]:
@@ -146,7 +151,7 @@ def stage_costs(rt: DavidRuntime, clip: Path, opts: clips.ClipOptions, outdir: P
     t = time.perf_counter()
     outs = []
     for i in range(0, n, opts.batch_size):
-        outs += rt.infer([p for _, p in staged[i:i + opts.batch_size]])
+        outs += rt.infer([p for _, p in staged[i : i + opts.batch_size]])
     ms["model"] = (time.perf_counter() - t) * 1000 / n
     t = time.perf_counter()
     preds = [rt.postprocess(d, p, o) for (d, p), o in zip(staged, outs)]
@@ -171,7 +176,7 @@ def model_only(rt: DavidRuntime, clip: Path, n: int, batch: int) -> float:
     rt.infer(prepared[:batch])  # warm-up
     start = time.perf_counter()
     for i in range(0, n, batch):
-        rt.infer(prepared[i:i + batch])
+        rt.infer(prepared[i : i + batch])
     return n / (time.perf_counter() - start)
 
 
@@ -187,8 +192,18 @@ def peak_rss_self() -> float:
 
 def peak_rss_child(args: argparse.Namespace, clip: Path) -> float:
     """Peak RSS (MiB) of a child process running the pipeline over `clip`."""
-    cmd = [sys.executable, __file__, "--rss-child", str(clip), "--tiny", args.tiny, "--preset", args.preset,
-           "--workdir", args.workdir]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        str(clip),
+        "--tiny",
+        args.tiny,
+        "--preset",
+        args.preset,
+        "--workdir",
+        args.workdir,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -205,8 +220,11 @@ def main() -> None:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "david-video-bench"))
     p.add_argument("--json")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
-    p.add_argument("--echo-only", action="store_true",
-                   help="only (a) measured end to end with the zero-cost echo model (the tiny model's contract)")
+    p.add_argument(
+        "--echo-only",
+        action="store_true",
+        help="only (a) measured end to end with the zero-cost echo model (the tiny model's contract)",
+    )
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -219,8 +237,12 @@ def main() -> None:
         print(f"frames {frames}", file=sys.stderr)
         print(peak_rss_self())
         return
-    results: Dict[str, Any] = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "preset": args.preset,
-                               "batch": args.batch}
+    results: Dict[str, Any] = {
+        "load_average_start": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "preset": args.preset,
+        "batch": args.batch,
+    }
     opts = clip_options(args.preset, args.batch, kinds)
     register_backend("echo", EchoBackend)
     with DavidRuntime(args.tiny, backend="echo", resolution=512) as rt:
@@ -239,9 +261,12 @@ def main() -> None:
             clip = synthesise(work / f"clip{label}_{n}.mp4", h, w, n)
             stages = stage_costs(rt, clip, opts, out)
             own = sum(v for k, v in stages.items() if k not in ("model", "open files (per clip)"))
-            results[f"a_{label}"] = {**run_clip(rt, clip, opts, out), "stages_ms": stages,
-                                     "pipeline_cpu_ms_per_frame": round(own, 1),
-                                     "pipeline_fps_bound_2_cores": round(2000 / own, 1)}
+            results[f"a_{label}"] = {
+                **run_clip(rt, clip, opts, out),
+                "stages_ms": stages,
+                "pipeline_cpu_ms_per_frame": round(own, 1),
+                "pipeline_fps_bound_2_cores": round(2000 / own, 1),
+            }
             print(label, json.dumps(results[f"a_{label}"]), flush=True)
     if args.base:
         clip = synthesise(work / f"clip720p_{args.base_frames}.mp4", 720, 1280, args.base_frames)
@@ -251,9 +276,12 @@ def main() -> None:
                 only.append(model_only(rt, clip, args.base_frames, args.batch))
                 e2e.append(run_clip(rt, clip, opts, out))
         best_only, best = max(only), max(e2e, key=lambda r: r["fps"])
-        results["b_base_720p"] = {"model_only_fps": only, "end_to_end_fps": [r["fps"] for r in e2e],
-                                  "ratio_of_best": best["fps"] / best_only,
-                                  "model_share_of_end_to_end_wall": [r["model_s"] / r["wall_s"] for r in e2e]}
+        results["b_base_720p"] = {
+            "model_only_fps": only,
+            "end_to_end_fps": [r["fps"] for r in e2e],
+            "ratio_of_best": best["fps"] / best_only,
+            "model_share_of_end_to_end_wall": [r["model_s"] / r["wall_s"] for r in e2e],
+        }
         print("base", json.dumps(results["b_base_720p"]), flush=True)
     short = synthesise(work / "clip720p_30.mp4", 720, 1280, 30)
     long = synthesise(work / "clip720p_300.mp4", 720, 1280, 300)

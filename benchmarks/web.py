@@ -16,6 +16,7 @@ page forced to WebAssembly with 2 threads (`?backend=wasm&threads=2`). Python: a
 
 Writes benchmarks/results/web.json and the table into docs/browser.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,10 @@ def browser_times(model: Path, photo: Path, runs: int, screenshot: Optional[Path
         for _ in ("empty cache", "model cached"):
             page = open_page(context.new_page(), server.url + url_query)
             give_photo(page, photo)
-            timings = page.evaluate("() => ({...david.timings, cached: david.cached, first_run_ms: david.result.ms,"
-                                    " backend: david.backend, threads: david.threads})")
+            timings = page.evaluate(
+                "() => ({...david.timings, cached: david.cached, first_run_ms: david.result.ms,"
+                " backend: david.backend, threads: david.threads})"
+            )
             visits.append(timings)
             if len(visits) == 1:
                 per_image = page.evaluate("(n) => david.timeRuns(n)", runs)
@@ -95,10 +98,15 @@ def browser_times(model: Path, photo: Path, runs: int, screenshot: Optional[Path
         browser.close()
     assert [v["cached"] for v in visits] == [False, True], visits
     return {
-        "first_result_ms": visits[0]["firstResult"], "first_result_cached_ms": visits[1]["firstResult"],
-        "model_loaded_ms": visits[0]["loaded"], "model_loaded_cached_ms": visits[1]["loaded"],
-        "first_run_ms": visits[0]["first_run_ms"], "per_image_ms": statistics.median(per_image),
-        "per_image_runs_ms": per_image, "backend": visits[0]["backend"], "threads": visits[0]["threads"],
+        "first_result_ms": visits[0]["firstResult"],
+        "first_result_cached_ms": visits[1]["firstResult"],
+        "model_loaded_ms": visits[0]["loaded"],
+        "model_loaded_cached_ms": visits[1]["loaded"],
+        "first_run_ms": visits[0]["first_run_ms"],
+        "per_image_ms": statistics.median(per_image),
+        "per_image_runs_ms": per_image,
+        "backend": visits[0]["backend"],
+        "threads": visits[0]["threads"],
         "user_agent": version,
     }
 
@@ -120,9 +128,14 @@ def python_times(model: Path, photo: Path, runs: int) -> Dict[str, Any]:
         t0 = time.perf_counter()
         session.run(None, {"image": pixels})
         per_image.append((time.perf_counter() - t0) * 1e3)
-    return {"first_result_ms": (first - start) * 1e3, "model_loaded_ms": (loaded - start) * 1e3,
-            "first_run_ms": (first - loaded) * 1e3, "per_image_ms": statistics.median(per_image),
-            "per_image_runs_ms": per_image, "onnxruntime": ort.__version__}
+    return {
+        "first_result_ms": (first - start) * 1e3,
+        "model_loaded_ms": (loaded - start) * 1e3,
+        "first_run_ms": (first - loaded) * 1e3,
+        "per_image_ms": statistics.median(per_image),
+        "per_image_runs_ms": per_image,
+        "onnxruntime": ort.__version__,
+    }
 
 
 def cell(value: Any) -> str:
@@ -135,13 +148,19 @@ def table(result: Dict[str, Any]) -> str:
     rows = [
         ("time to first result (empty cache)", b["first_result_ms"], p["first_result_ms"]),
         ("time to first result (model cached)", b["first_result_cached_ms"], None),
-        ("model loaded (empty cache / cached)", f"{b['model_loaded_ms']:.0f} / {b['model_loaded_cached_ms']:.0f}",
-         p["model_loaded_ms"]),
+        (
+            "model loaded (empty cache / cached)",
+            f"{b['model_loaded_ms']:.0f} / {b['model_loaded_cached_ms']:.0f}",
+            p["model_loaded_ms"],
+        ),
         ("first run", b["first_run_ms"], p["first_run_ms"]),
         (f"per image (median of {len(b['per_image_runs_ms'])})", b["per_image_ms"], p["per_image_ms"]),
     ]
-    lines = [f"| ms | browser (WASM, {b['threads']} threads) | Python (ONNX Runtime {p['onnxruntime']}, "
-             f"{THREADS} threads) |", "|---|---:|---:|"]
+    lines = [
+        f"| ms | browser (WASM, {b['threads']} threads) | Python (ONNX Runtime {p['onnxruntime']}, "
+        f"{THREADS} threads) |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {name} | {cell(bv)} | {cell(pv)} |" for name, bv, pv in rows]
     ratio = b["per_image_ms"] / p["per_image_ms"]
     lines.append(f"\nPer image the browser takes {ratio:.2f}x the Python time.")
@@ -152,8 +171,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a pixels-to-maps graph (default: the tiny model exported here)")
     parser.add_argument("--resolution", type=int, default=512, help="resolution of the default graph (default 512)")
-    parser.add_argument("--photo", type=Path, help="the photo (default: scikit-image's astronaut, 512x512, else a "
-                        "synthetic 640x480 PNG)")
+    parser.add_argument(
+        "--photo",
+        type=Path,
+        help="the photo (default: scikit-image's astronaut, 512x512, else a synthetic 640x480 PNG)",
+    )
     parser.add_argument("--screenshot", type=Path, help="also save a screenshot of the page with its maps here")
     parser.add_argument("--runs", type=int, default=10, help="runs per image after the first (default 10)")
     parser.add_argument("--name", default="web", help="results file stem (default web)")
@@ -167,18 +189,29 @@ def main() -> None:
             Image.fromarray(default_photo()).save(photo)
         with Image.open(photo) as img:
             size = img.size
-        result = {"model": model.name, "model_bytes": model.stat().st_size, "photo": photo.name,
-                  "photo_size": list(size), "runs": args.runs,
-                  "browser": browser_times(model, photo, args.runs, args.screenshot),
-                  "python": python_times(model, photo, args.runs),
-                  "machine": machine()}
+        result = {
+            "model": model.name,
+            "model_bytes": model.stat().st_size,
+            "photo": photo.name,
+            "photo_size": list(size),
+            "runs": args.runs,
+            "browser": browser_times(model, photo, args.runs, args.screenshot),
+            "python": python_times(model, photo, args.runs),
+            "machine": machine(),
+        }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = (f"{result['model']} ({result['model_bytes'] / 1e6:.1f} MB), photo {size[0]}x{size[1]}, "
-            f"{result['machine']['cpu']}\n\n{table(result)}\n")
+    text = (
+        f"{result['model']} ({result['model_bytes'] / 1e6:.1f} MB), photo {size[0]}x{size[1]}, "
+        f"{result['machine']['cpu']}\n\n{table(result)}\n"
+    )
     command = " ".join(["python benchmarks/web.py", *sys.argv[1:]])
-    replace_doc_section(args.name, f"Generated by `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})."
-                        f"\n\n{text}", page=DOC, heading="## Benchmark")
+    replace_doc_section(
+        args.name,
+        f"Generated by `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).\n\n{text}",
+        page=DOC,
+        heading="## Benchmark",
+    )
     print(text)
 
 

@@ -3,6 +3,7 @@
 Importing this package pulls in numpy and Pillow only; torch, onnx, onnxruntime and tensorrt are
 imported where they are used.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single-channel maps
 (H, W), (H, W, 1) or (1, H, W); normals (H, W, 3) or (3, H, W).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Optional, Tuple

@@ -1,5 +1,6 @@
 """Quieting a library's logger for the span of one call (torch.onnx's export chatter, Ray Data's
 progress lines): the user sees our messages and the library's errors only."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Imports of optional heavy dependencies with an install hint instead of a bare ImportError."""
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,10 @@ def install_hint(module: str) -> str:
     extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
     command = f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
     if module.split(".")[0] == "torch":
-        return (f"{TORCH_CPU_INSTALL} && {command} (CPU; for a CUDA build of torch use the index of its CUDA "
-                f"version instead, e.g. https://download.pytorch.org/whl/cu130)")
+        return (
+            f"{TORCH_CPU_INSTALL} && {command} (CPU; for a CUDA build of torch use the index of its CUDA "
+            f"version instead, e.g. https://download.pytorch.org/whl/cu130)"
+        )
     return command
 
 

@@ -10,6 +10,7 @@ for the CUDA runtime, no TensorRT, a TensorRT major the provider cannot load), e
 Entry point for a backend: `import_onnxruntime(device)` before creating a session, then
 `check_gpu(ort, device_id, tensorrt=...)` before asking for the CUDA / TensorRT providers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,12 @@ def nvidia_driver_present(load: Callable[[str], Any] = ctypes.CDLL) -> bool:
     return False
 
 
-def check_builds(device: str = "cpu", path: Optional[List[str]] = None, shown: Optional[str] = None,
-                 load: Callable[[str], Any] = ctypes.CDLL) -> Dict[str, str]:
+def check_builds(
+    device: str = "cpu",
+    path: Optional[List[str]] = None,
+    shown: Optional[str] = None,
+    load: Callable[[str], Any] = ctypes.CDLL,
+) -> Dict[str, str]:
     """The installed builds (on `path`, default sys.path); BackendUnavailable naming the extra to
     install when none fits `device` ("cpu" or "cuda..."; `shown`: as the user wrote it), or
     NoGpuError when a GPU is asked for on a machine without the NVIDIA driver (the fix is the
@@ -128,7 +133,7 @@ def check_builds(device: str = "cpu", path: Optional[List[str]] = None, shown: O
             raise NoGpuError(
                 f"device {shown!r} asks for an NVIDIA GPU, but this machine has no NVIDIA driver (libcuda "
                 f"cannot be loaded), so no GPU is usable. Run on the CPU instead: drop --device {shown} (or "
-                f"pass device=\"cpu\"). On a machine with an NVIDIA GPU, install its driver first (nvidia-smi "
+                f'pass device="cpu"). On a machine with an NVIDIA GPU, install its driver first (nvidia-smi '
                 f"must list the GPU), then {install_command('cuda')}"
             )
         raise BackendUnavailable(
@@ -139,8 +144,9 @@ def check_builds(device: str = "cpu", path: Optional[List[str]] = None, shown: O
     return builds
 
 
-def import_onnxruntime(device: str = "cpu", purpose: str = "the ONNX Runtime backend",
-                       shown: Optional[str] = None) -> ModuleType:
+def import_onnxruntime(
+    device: str = "cpu", purpose: str = "the ONNX Runtime backend", shown: Optional[str] = None
+) -> ModuleType:
     """`check_builds(device)`, then `import onnxruntime`; for a GPU device the CUDA/cuDNN libraries
     of the nvidia-* wheels are loaded first (`preload_cuda_libraries`). `shown`: the device as the
     user wrote it, for messages."""
@@ -190,7 +196,8 @@ def tensorrt_provider_library(ort: ModuleType) -> Optional[Path]:
     """The TensorRT provider's shared library inside the installed onnxruntime, if there is one."""
     capi = Path(ort.__file__).parent / "capi"
     found = sorted(capi.glob("libonnxruntime_providers_tensorrt.so")) + sorted(
-        capi.glob("onnxruntime_providers_tensorrt.dll"))
+        capi.glob("onnxruntime_providers_tensorrt.dll")
+    )
     return found[0] if found else None
 
 
@@ -248,14 +255,20 @@ def check_cuda_device(cuda_major: int, device_id: int = 0, cudart: Any = None) -
     if driver == 0:
         raise NoGpuError(
             "no NVIDIA driver is installed (the CUDA driver reports no version), so no GPU is usable. "
-            "Install the NVIDIA driver (nvidia-smi must list the GPU), or use device=\"cpu\" with "
+            'Install the NVIDIA driver (nvidia-smi must list the GPU), or use device="cpu" with '
             f"{install_command('cpu')}"
         )
     if err == cudart.cudaError_t.cudaErrorInsufficientDriver or driver_major < cuda_major:
         older = cuda_major - 1
-        alternative = (f", or keep this driver and install the CUDA {older} build: pip uninstall -y "
-                       f"onnxruntime-gpu {TENSORRT_PACKAGE.get(cuda_major, '')} cuda-python && "
-                       f"{install_command('cuda', older)}") if older in GPU_EXTRA else ""
+        alternative = (
+            (
+                f", or keep this driver and install the CUDA {older} build: pip uninstall -y "
+                f"onnxruntime-gpu {TENSORRT_PACKAGE.get(cuda_major, '')} cuda-python && "
+                f"{install_command('cuda', older)}"
+            )
+            if older in GPU_EXTRA
+            else ""
+        )
         raise DriverTooOldError(
             f"the NVIDIA driver supports CUDA up to {driver_major}.{driver % 1000 // 10}, older than the CUDA "
             f"{cuda_major} runtime the installed GPU packages are built for (cudaErrorInsufficientDriver). "
@@ -263,8 +276,9 @@ def check_cuda_device(cuda_major: int, device_id: int = 0, cudart: Any = None) -
         )
     if count == 0:
         why = getattr(err, "name", str(err)) if err != success else "the driver lists no device"
-        raise NoGpuError(f"no NVIDIA GPU is visible ({why}); check nvidia-smi and CUDA_VISIBLE_DEVICES, "
-                         "or use device=\"cpu\"")
+        raise NoGpuError(
+            f'no NVIDIA GPU is visible ({why}); check nvidia-smi and CUDA_VISIBLE_DEVICES, or use device="cpu"'
+        )
     if not 0 <= device_id < count:
         raise NoGpuError(f"CUDA device {device_id} does not exist; this machine has {count} (0..{count - 1})")
     return count
@@ -279,24 +293,39 @@ def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudar
             f"the installed onnxruntime ({getattr(ort, '__version__', '?')}) is a CPU build. Repair: "
             f"pip uninstall -y onnxruntime onnxruntime-gpu && {install_command('cuda')}"
         )
-    found: Dict[str, Any] = {"cuda_major": cuda_major,
-                             "devices": check_cuda_device(cuda_major, device_id, cudart)}
+    found: Dict[str, Any] = {"cuda_major": cuda_major, "devices": check_cuda_device(cuda_major, device_id, cudart)}
     if tensorrt:
         library = tensorrt_provider_library(ort)
         required = provider_tensorrt_major(library) if library else None
         if required is None:
-            raise BackendUnavailable(f"this onnxruntime build ({ort.__version__}) has no TensorRT provider; "
-                                     f"use providers=(\"cuda\",) or {install_command('cuda', cuda_major)}")
+            raise BackendUnavailable(
+                f"this onnxruntime build ({ort.__version__}) has no TensorRT provider; "
+                f'use providers=("cuda",) or {install_command("cuda", cuda_major)}'
+            )
         found["tensorrt"] = check_tensorrt(required, cuda_major)
         try:  # loads libnvinfer from the pip wheel, where the provider's dlopen then finds it
             import tensorrt  # noqa: F401
         except Exception as exc:  # a broken install raises OSError/ImportError from its loader
             raise TensorRTMissingError(
                 f"TensorRT {found['tensorrt']} is installed but cannot be loaded ({type(exc).__name__}: {exc}). "
-                f"Reinstall: {_tensorrt_fix(cuda_major, required)}") from None
+                f"Reinstall: {_tensorrt_fix(cuda_major, required)}"
+            ) from None
     return found
 
 
-__all__ = ["active_build", "build_cuda_major", "check_builds", "check_cuda_device", "check_gpu",
-           "check_tensorrt", "import_onnxruntime", "install_command", "installed_builds", "installed_tensorrt",
-           "nvidia_driver_present", "preload_cuda_libraries", "provider_tensorrt_major", "tensorrt_provider_library"]
+__all__ = [
+    "active_build",
+    "build_cuda_major",
+    "check_builds",
+    "check_cuda_device",
+    "check_gpu",
+    "check_tensorrt",
+    "import_onnxruntime",
+    "install_command",
+    "installed_builds",
+    "installed_tensorrt",
+    "nvidia_driver_present",
+    "preload_cuda_libraries",
+    "provider_tensorrt_major",
+    "tensorrt_provider_library",
+]

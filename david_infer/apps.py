@@ -22,6 +22,7 @@ cloud has no points. Each of those is still written, with an `EmptyMaskWarning` 
 folder of photos is never stopped by one without a person and never gets a plausible but wrong
 output (such as the uncut cloud) instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2
         raise InputError(f"ambient must be in [0, 1], got {ambient}")
     light = np.asarray(light_dir, dtype=np.float64).reshape(-1)
     if light.shape != (3,) or not np.all(np.isfinite(light)) or np.linalg.norm(light) == 0:
-        raise InputError(f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}")
+        raise InputError(
+            f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}"
+        )
     n = unit_vectors(np.nan_to_num(as_normals(normal)))
     lx, ly, lz = (light / np.linalg.norm(light)).astype(np.float32)
     # n . l as elementwise products, not a BLAS product, whose rounding varies with its threads
@@ -87,8 +90,7 @@ def warn_if_empty(alpha: np.ndarray, outcome: str) -> bool:
     level (all below 0.5 / 255); `outcome` says what the output is then."""
     if float(alpha.max(initial=0.0)) >= 0.5 / 255.0:
         return False
-    warnings.warn(f"the foreground mask keeps no pixel (no person found), so {outcome}", EmptyMaskWarning,
-                  stacklevel=3)
+    warnings.warn(f"the foreground mask keeps no pixel (no person found), so {outcome}", EmptyMaskWarning, stacklevel=3)
     return True
 
 
@@ -193,10 +195,16 @@ def point_cloud(
     return (np.concatenate([p for p, _ in bands]), np.concatenate([c for _, c in bands]))
 
 
-def stream_point_cloud(path: Union[str, Path], image: np.ndarray, depth: np.ndarray,
-                       foreground: Optional[np.ndarray] = None, fov_deg: float = 60.0,
-                       depth_range: Tuple[float, float] = (1.0, 2.0), mask_threshold: float = 0.5,
-                       invert: bool = False) -> int:
+def stream_point_cloud(
+    path: Union[str, Path],
+    image: np.ndarray,
+    depth: np.ndarray,
+    foreground: Optional[np.ndarray] = None,
+    fov_deg: float = 60.0,
+    depth_range: Tuple[float, float] = (1.0, 2.0),
+    mask_threshold: float = 0.5,
+    invert: bool = False,
+) -> int:
     """Write `point_cloud(...)` as binary PLY (like `write_ply`) band of rows by band, so memory
     stays a few megabytes above the inputs whatever the image size; returns the point count.
     Writes `path` directly (not atomic: for a temporary file the caller renames)."""
@@ -215,8 +223,16 @@ class _Cloud:
     """The checked inputs of `point_cloud`, the kept pixels' count and depth range (one pass band
     by band), and the points band by band."""
 
-    def __init__(self, image: np.ndarray, depth: np.ndarray, foreground: Optional[np.ndarray], fov_deg: float,
-                 depth_range: Tuple[float, float], mask_threshold: float, invert: bool) -> None:
+    def __init__(
+        self,
+        image: np.ndarray,
+        depth: np.ndarray,
+        foreground: Optional[np.ndarray],
+        fov_deg: float,
+        depth_range: Tuple[float, float],
+        mask_threshold: float,
+        invert: bool,
+    ) -> None:
         self.img = as_image(image)
         self.h, self.w = self.img.shape[:2]
         self.depth = as_map(depth, "depth", (self.h, self.w))
@@ -239,9 +255,12 @@ class _Cloud:
         if self.count == 0 and self.mask is None:
             raise InputError("point_cloud: no pixel has finite depth; nothing to project")
         if self.count == 0:
-            warnings.warn(f"the foreground mask keeps no pixel with finite depth at mask >= {mask_threshold} (no "
-                          f"person found), so the point cloud has no points; a lower mask threshold keeps more",
-                          EmptyMaskWarning, stacklevel=3)
+            warnings.warn(
+                f"the foreground mask keeps no pixel with finite depth at mask >= {mask_threshold} (no "
+                f"person found), so the point cloud has no points; a lower mask threshold keeps more",
+                EmptyMaskWarning,
+                stacklevel=3,
+            )
         self.lo, self.hi = lo, hi
 
     def _keep(self, rows: slice) -> np.ndarray:
@@ -293,8 +312,10 @@ _RGB = [("red", "u1"), ("green", "u1"), ("blue", "u1")]
 def _ply_header(count: int, colors: bool) -> bytes:
     fields = _XYZ + (_RGB if colors else [])
     props = "".join(f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields)
-    return (f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward "
-            f"the camera)\nelement vertex {count}\n{props}end_header\n").encode("ascii")
+    return (
+        f"ply\nformat binary_little_endian 1.0\ncomment david-infer point cloud (x right, y up, z toward "
+        f"the camera)\nelement vertex {count}\n{props}end_header\n"
+    ).encode("ascii")
 
 
 def _vertices(points: np.ndarray, colors: Optional[np.ndarray]) -> np.ndarray:

@@ -12,6 +12,7 @@ Latency is the sum of the three per run; images/s = batch / median latency. Perc
 numpy's linear interpolation, so p50 <= p90 <= p99 always holds. The process CPU time of each run
 is recorded too: on a machine shared with other jobs it is inflated far less than wall time.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,14 @@ def stats(seconds: Sequence[float]) -> Dict[str, float]:
     """median / p90 / p99 / mean / min / max of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"median_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+    return {
+        "median_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
 
 
 def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
@@ -146,8 +153,13 @@ def machine() -> Dict[str, Any]:
             cpu += f" ({', '.join(cpu_flags)})"
     except OSError:
         pass
-    info: Dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "numpy": np.__version__}
+    info: Dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
     for module in ("onnxruntime", "torch"):
         try:
             info[module] = __import__(module).__version__

@@ -4,6 +4,7 @@ Each subcommand lives in `david_infer/commands/<name>.py` and exposes `add_argum
 `run(args) -> int`. Command modules import nothing heavy at module level, so `--help` and
 `--version` answer at once; heavy imports happen inside `run`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ class CommandParser(argparse.ArgumentParser):
         self.is_command = False
 
     def parse_known_args(  # type: ignore[override]  # typeshed's overloads; argparse passes both
-            self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None,
+        self,
+        args: Optional[Sequence[str]] = None,
+        namespace: Optional[argparse.Namespace] = None,
     ) -> Tuple[argparse.Namespace, List[str]]:
         known, extras = super().parse_known_args(args, namespace)
         if extras and self.is_command:  # left to the top level, argparse would print the top-level usage
@@ -83,8 +86,14 @@ def _warning_printer(command: str) -> Callable[..., None]:
     line of ours), others as Python prints them."""
     default = warnings.showwarning
 
-    def show(message: Union[Warning, str], category: Type[Warning], filename: str, lineno: int, file: Any = None,
-             line: Optional[str] = None) -> None:
+    def show(
+        message: Union[Warning, str],
+        category: Type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: Optional[str] = None,
+    ) -> None:
         if issubclass(category, DavidWarning):
             print(f"david-infer {command}: warning: {message}", file=sys.stderr)
         else:

@@ -4,6 +4,7 @@ Variants are small registered configs that list only what differs from the
 defaults (the timm way). This module imports nothing heavy, so the CLI and the
 runtime can offer choices from the registry without importing torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

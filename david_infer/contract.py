@@ -12,6 +12,7 @@ graph's inputs and outputs (one input 1x3x512x512; outputs depth (1,512,512), no
 (1,3,512,512), foreground (1,1,512,512); three outputs = multi-task, in the order depth, normal,
 foreground).
 """
+
 from __future__ import annotations
 
 import json
@@ -154,7 +155,9 @@ class ModelContract:
     def load(cls, model_path: Union[str, Path]) -> "ModelContract":
         """The contract from the manifest beside `model_path` (ModelError if absent or invalid)."""
         model_path = Path(model_path)
-        return cls.from_dict(model_path, read_json_object(manifest_path(model_path), "JSON manifest", expect_object=False))
+        return cls.from_dict(
+            model_path, read_json_object(manifest_path(model_path), "JSON manifest", expect_object=False)
+        )
 
     @classmethod
     def from_dict(cls, model_path: Union[str, Path], data: Any, released: bool = False) -> "ModelContract":
@@ -191,10 +194,15 @@ class ModelContract:
             rank3_ok = len(shape) == 3 and channels == 1
             bad_channels = len(shape) == 4 and isinstance(shape[1], int) and shape[1] != channels
             if shape and not rank3_ok and (len(shape) != 4 or bad_channels):
-                problems.append(f"{task} output {name!r} has shape {shape}, expected (batch, {channels}, height, width)")
+                problems.append(
+                    f"{task} output {name!r} has shape {shape}, expected (batch, {channels}, height, width)"
+                )
         if problems:
-            raise ModelError(f"{self.path}: the graph does not match its manifest: " + "; ".join(problems)
-                             + ". The manifest belongs to another file, or the file was not exported by david-infer")
+            raise ModelError(
+                f"{self.path}: the graph does not match its manifest: "
+                + "; ".join(problems)
+                + ". The manifest belongs to another file, or the file was not exported by david-infer"
+            )
 
 
 def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
@@ -212,15 +220,17 @@ def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
 def _parse(path: Path, data: Any, released: bool) -> ModelContract:
     where = str(path if released else manifest_path(path))
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-        raise ModelError(f"{where}: not a david-infer manifest (missing \"format\": \"{FORMAT}\")")
+        raise ModelError(f'{where}: not a david-infer manifest (missing "format": "{FORMAT}")')
     version = data.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise ModelError(f"{where}: manifest format_version must be an integer, got {version!r}")
     if version < 0:
         raise ModelError(f"{where}: manifest format_version {version} is not a version (0 or more)")
     if version > FORMAT_VERSION:
-        raise ModelError(f"{where}: manifest format version {version} is newer than this david-infer understands "
-                         f"({FORMAT_VERSION}); upgrade david-infer")
+        raise ModelError(
+            f"{where}: manifest format version {version} is newer than this david-infer understands "
+            f"({FORMAT_VERSION}); upgrade david-infer"
+        )
     for key in ("inputs", "outputs", "tasks"):
         if key not in data:
             raise ModelError(f"{where}: manifest lacks the required key {key!r}")
@@ -230,8 +240,9 @@ def _parse(path: Path, data: Any, released: bool) -> ModelContract:
         raise ModelError(f"{where}: manifest describes {len(inputs)} inputs; expected the image (and image_384)")
     tasks = tuple(t for t in TASK_ORDER if any(o.task == t for o in outputs))
     if not tasks:
-        raise ModelError(f"{where}: manifest lists no known task ({', '.join(TASK_ORDER)}) among outputs "
-                         f"{[o.name for o in outputs]}")
+        raise ModelError(
+            f"{where}: manifest lists no known task ({', '.join(TASK_ORDER)}) among outputs {[o.name for o in outputs]}"
+        )
     shape = inputs[0].shape
     if len(shape) != 4:
         raise ModelError(f"{where}: input {inputs[0].name!r} has shape {list(shape)}; expected 4 dims (N, 3, H, W)")
@@ -279,13 +290,20 @@ def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[T
     specs = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
-            raise ModelError(f"{where}: manifest {key}[{i}] needs a string \"name\", got {item!r}")
+            raise ModelError(f'{where}: manifest {key}[{i}] needs a string "name", got {item!r}')
         shape = item.get("shape")
-        if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)) or not all(
+        if (
+            not isinstance(shape, Sequence)
+            or isinstance(shape, (str, bytes))
+            or not all(
                 d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
-                for d in shape):
-            raise ModelError(f"{where}: manifest {key}[{i}] ({item['name']!r}) has shape {shape!r}; expected a "
-                             "list of positive sizes or dimension names")
+                for d in shape
+            )
+        ):
+            raise ModelError(
+                f"{where}: manifest {key}[{i}] ({item['name']!r}) has shape {shape!r}; expected a "
+                "list of positive sizes or dimension names"
+            )
         task = item.get("task", item["name"]) if outputs else None
         specs.append(TensorSpec(item["name"], tuple(shape), str(item.get("dtype", "float32")), task))
     return tuple(specs)
@@ -306,8 +324,13 @@ def _weights(where: str, block: Any) -> Weights:
     if not isinstance(block, Mapping):
         raise ModelError(f"{where}: manifest weights must be an object, got {block!r}")
     seed = block.get("seed")
-    return Weights(str(block.get("origin", "unknown")), seed if isinstance(seed, int) else None,
-                   block.get("path"), block.get("sha256"), str(block.get("description", "")))
+    return Weights(
+        str(block.get("origin", "unknown")),
+        seed if isinstance(seed, int) else None,
+        block.get("path"),
+        block.get("sha256"),
+        str(block.get("description", "")),
+    )
 
 
 # -------------------------------------------------------------------------- released files
@@ -328,12 +351,17 @@ def _task_from_shape(path: Path, name: str, shape: Tuple[Any, ...]) -> str:
 
 def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
     if len(io.inputs) != 1:
-        raise ModelError(f"{path}: no manifest and {len(io.inputs)} inputs {list(io.input_names)}; "
-                         f"{_RELEASED_EXPECTATION}")
+        raise ModelError(
+            f"{path}: no manifest and {len(io.inputs)} inputs {list(io.input_names)}; {_RELEASED_EXPECTATION}"
+        )
     image = io.inputs[0]
     shape = tuple(image.shape)
-    if (len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[:2] != (1, 3)
-            or shape[2] != shape[3]):
+    if (
+        len(shape) != 4
+        or not all(isinstance(d, int) and d > 0 for d in shape)
+        or shape[:2] != (1, 3)
+        or shape[2] != shape[3]
+    ):
         raise ModelError(f"{path}: no manifest and input {image.name!r} has shape {shape}; {_RELEASED_EXPECTATION}")
     size = int(shape[2])
     if len(io.outputs) == 3:
@@ -341,14 +369,17 @@ def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
     elif len(io.outputs) == 1:
         tasks = [_task_from_shape(path, io.outputs[0].name, tuple(io.outputs[0].shape))]
     else:
-        raise ModelError(f"{path}: no manifest and {len(io.outputs)} outputs {list(io.output_names)}; "
-                         f"{_RELEASED_EXPECTATION}")
+        raise ModelError(
+            f"{path}: no manifest and {len(io.outputs)} outputs {list(io.output_names)}; {_RELEASED_EXPECTATION}"
+        )
     for out, task in zip(io.outputs, tasks):
         c = TASK_CHANNELS[task]
         allowed = [(1, c, size, size)] + ([(1, size, size)] if c == 1 else [])
         if tuple(out.shape) not in allowed:
-            raise ModelError(f"{path}: output {out.name!r} has shape {tuple(out.shape)}; a released DAViD {task} "
-                             f"output is {' or '.join(str(a) for a in allowed)}")
+            raise ModelError(
+                f"{path}: output {out.name!r} has shape {tuple(out.shape)}; a released DAViD {task} "
+                f"output is {' or '.join(str(a) for a in allowed)}"
+            )
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -361,8 +392,13 @@ def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
         "precision": "fp32",
         "inputs": [{"name": image.name, "shape": list(shape), "dtype": "float32"}],
         "outputs": [{**o.as_dict(), "task": t} for o, t in zip(io.outputs, tasks)],
-        "preprocessing": {**PREPROCESSING_DOC, "stride": DEFAULT_STRIDE, "vit_size": DEFAULT_VIT_SIZE,
-                          "resolution": size, "default_resolution": size},
+        "preprocessing": {
+            **PREPROCESSING_DOC,
+            "stride": DEFAULT_STRIDE,
+            "vit_size": DEFAULT_VIT_SIZE,
+            "resolution": size,
+            "default_resolution": size,
+        },
         "postprocessing": {t: POSTPROCESSING_DOC[t] for t in tasks},
         "weights": {"origin": "released", "description": "recognised from its shapes (no manifest)"},
     }

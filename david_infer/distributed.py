@@ -24,6 +24,7 @@ system); inputs on other storage (S3, GCS, HDFS) can be given as a `ray.data.Dat
 Importing this module does not import Ray; calling `predict_dataset` without Ray installed raises
 BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -233,8 +234,9 @@ class DavidPredictor:
             recorded = image_set.record.stat().st_mtime
         except OSError:
             return False
-        return recorded >= job.started and image_set.is_complete(job.write,
-                                                                 source=path if os.path.isfile(path) else None)
+        return recorded >= job.started and image_set.is_complete(
+            job.write, source=path if os.path.isfile(path) else None
+        )
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .outputs.images import write_outputs
@@ -242,8 +244,14 @@ class DavidPredictor:
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
             try:
-                write_outputs(outcome, self.output, self._name(path), self.job.kinds, self.job.write,
-                              source=path if os.path.isfile(path) else None)
+                write_outputs(
+                    outcome,
+                    self.output,
+                    self._name(path),
+                    self.job.kinds,
+                    self.job.write,
+                    source=path if os.path.isfile(path) else None,
+                )
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
                 error = exc
@@ -303,13 +311,17 @@ def predict_dataset(
     jobs: List[Tuple[Path, str]] = []
     if not is_dataset:
         specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        jobs, found = gather_inputs([os.fspath(s) for s in specs], job.recursive, outdir,
-                                    options.warn or (lambda text: None))
+        jobs, found = gather_inputs(
+            [os.fspath(s) for s in specs], job.recursive, outdir, options.warn or (lambda text: None)
+        )
         summary.warnings, summary.dangling, summary.duplicates = found.warnings, found.dangling, found.duplicates
         summary.failed.extend(found.problems)
         # clips are decoded frame by frame with PyAV on one machine (david-infer predict without --ray)
-        clips = [(path, "video files are predicted locally (david-infer predict without --ray); this run "
-                  "takes images only") for path, _ in jobs if is_video_path(path)]
+        clips = [
+            (path, "video files are predicted locally (david-infer predict without --ray); this run takes images only")
+            for path, _ in jobs
+            if is_video_path(path)
+        ]
         summary.failed.extend((str(path), why) for path, why in clips)
         jobs = [j for j in jobs if not is_video_path(j[0])]
         if not jobs:
@@ -353,8 +365,9 @@ def predict_dataset(
         # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it;
         # one read task at a time, else Ray starts a worker process per block at once (measured:
         # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
-        dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
-                                             override_num_blocks=blocks, concurrency=1)
+        dataset = ray.data.read_binary_files(
+            sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
+        )
     actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options this way but names no replacement for these
@@ -392,8 +405,13 @@ def predict_dataset(
     for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
         IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
     for path in sorted(pending):
-        summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
-                               f"{options.max_task_retries} retries (see the Ray logs); run again to retry it"))
+        summary.failed.append(
+            (
+                shown.get(path, path),
+                "no result: the Ray task holding it failed after "
+                f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
+            )
+        )
     return summary
 
 
@@ -461,8 +479,10 @@ def _connect(ray: Any, address: Optional[str]) -> None:
             chatter.seek(0)
             sys.stderr.write(chatter.read().decode(errors="replace"))
             if isinstance(exc, ConnectionError):
-                raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}. Start one with "
-                                 f"`ray start --head`, or pass no address to start a local one") from None
+                raise InputError(
+                    f"cannot reach the Ray cluster at {address!r}: {exc}. Start one with "
+                    f"`ray start --head`, or pass no address to start a local one"
+                ) from None
             raise
         finally:
             os.dup2(saved, 2)
@@ -471,8 +491,12 @@ def _connect(ray: Any, address: Optional[str]) -> None:
 
 # Our progress bar replaces Ray Data's and its per-run log lines; a task that fails after its
 # retries drops its block instead of aborting the run (its inputs are then listed as failed).
-_DATA_SETTINGS = {"enable_progress_bars": False, "print_on_execution_start": False,
-                  "enable_auto_log_stats": False, "max_errored_blocks": -1}
+_DATA_SETTINGS = {
+    "enable_progress_bars": False,
+    "print_on_execution_start": False,
+    "enable_auto_log_stats": False,
+    "max_errored_blocks": -1,
+}
 
 
 __all__ = ["DatasetOptions", "DavidPredictor", "DistributedSummary", "predict_dataset", "RESULT_COLUMNS"]

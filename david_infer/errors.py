@@ -1,4 +1,5 @@
 """Typed errors raised by david-infer; every message names the input or file at fault."""
+
 from __future__ import annotations
 
 

@@ -21,6 +21,7 @@ Limits (each refusal is an InputError naming the input):
   clipped; anything further out is refused (scale 0..255 data by 1/255 first).
 - Arrays in non-native byte order (big-endian uint16/float) are accepted and converted.
 """
+
 from __future__ import annotations
 
 import io
@@ -135,8 +136,9 @@ def _check_pixels(width: int, height: int, max_pixels: Optional[int], name: str)
         )
 
 
-def decode(image: Any, channel_order: str = "rgb", name: Optional[str] = None,
-           max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Decoded:
+def decode(
+    image: Any, channel_order: str = "rgb", name: Optional[str] = None, max_pixels: Optional[int] = MAX_IMAGE_PIXELS
+) -> Decoded:
     """Validate `image` and return it as a `Decoded`; InputError naming the input otherwise.
 
     Images larger than `max_pixels` (None: no limit) are refused; files before decoding."""
@@ -213,7 +215,7 @@ def _open_image(source: Any, name: str, max_pixels: Optional[int]) -> Image.Imag
 
 def _short(path: Path, limit: int = 200) -> str:
     text = str(path)
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
 
 
 def _apply_exif(img: Image.Image, name: str) -> Image.Image:

@@ -18,6 +18,7 @@ A run is planned in this order, every step before the model sees an input:
 --recursive, the point cloud's --fov/--near/--far); `Tally` counts what happened and prints the
 summary (`report`), or on Ctrl-C what is complete and that a rerun resumes (`interrupted`).
 """
+
 from __future__ import annotations
 
 import glob
@@ -38,8 +39,12 @@ INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 #: the --save kinds that only clips have
 VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS)
 #: the endings of every file a run writes: a file in the output folder ending so is an output
-OUTPUT_ENDINGS = tuple(sorted({suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values()
-                               for suffix in kind.suffixes} | {RECORD_SUFFIX}))
+OUTPUT_ENDINGS = tuple(
+    sorted(
+        {suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values() for suffix in kind.suffixes}
+        | {RECORD_SUFFIX}
+    )
+)
 #: (input, output name) of one input of a run
 Job = Tuple[Path, str]
 
@@ -67,8 +72,9 @@ class JobOptions:
 
     def write_options(self, runtime: Any) -> WriteOptions:
         """What shapes the files with `runtime` (recorded in each completion record)."""
-        return WriteOptions(self.fov, (self.near, self.far), runtime.post_options.invert_depth,
-                            extra=model_record(runtime))
+        return WriteOptions(
+            self.fov, (self.near, self.far), runtime.post_options.invert_depth, extra=model_record(runtime)
+        )
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -155,8 +161,13 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
             if not matches:
                 found.problems.append((spec, "the pattern matched no file"))
             elif not files and any(is_ours(m) for m in matches):
-                found.problems.append((spec, f"the pattern matched only the outputs of a run in the output folder "
-                                             f"{output} (outputs are never inputs)"))
+                found.problems.append(
+                    (
+                        spec,
+                        f"the pattern matched only the outputs of a run in the output folder "
+                        f"{output} (outputs are never inputs)",
+                    )
+                )
             root = _glob_root(spec)
             for match in files:
                 add(match, root)
@@ -210,15 +221,21 @@ def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tu
         name = output_name(path, root)
         other = taken.setdefault(name.lower(), path)
         if other is not path:
-            clashes.append((str(path), f"its output name {name!r} is also that of {other}; rename one, or run "
-                                       f"them with separate output folders"))
+            clashes.append(
+                (
+                    str(path),
+                    f"its output name {name!r} is also that of {other}; rename one, or run "
+                    f"them with separate output folders",
+                )
+            )
         else:
             jobs.append((path, name))
     return jobs, clashes
 
 
-def gather_inputs(specs: Sequence[str], recursive: bool, output: Path,
-                  warn: Callable[[str], None]) -> Tuple[List[Job], InputSet]:
+def gather_inputs(
+    specs: Sequence[str], recursive: bool, output: Path, warn: Callable[[str], None]
+) -> Tuple[List[Job], InputSet]:
     """`collect_inputs` then `name_inputs`: the (input, name) jobs, and the InputSet whose problems
     now include the name clashes. Each warning goes to `warn`; InputError when nothing is left."""
     found = collect_inputs(specs, recursive, output)
@@ -298,8 +315,12 @@ def make_output_folder(outdir: Path) -> None:
 def model_record(runtime: Any) -> Dict[str, Any]:
     """What of the model and runtime shapes the files, for the completion record."""
     model = runtime.path.name if isinstance(runtime.path, Path) else str(runtime.path)  # a file, or a server URL
-    return {"model": model, "model_sha256": runtime.contract.sha256,
-            "resolution": runtime.resolution, "pipeline": runtime.pipeline}
+    return {
+        "model": model,
+        "model_sha256": runtime.contract.sha256,
+        "resolution": runtime.resolution,
+        "pipeline": runtime.pipeline,
+    }
 
 
 # ---------------------------------------------------------------------------------- planning
@@ -327,8 +348,14 @@ class Tally:
         line = f"{self.written} of {total} input(s) written to {outdir}"
         if self.skipped:
             line += f", {self.skipped} skipped (already complete)"
-        notes = [f"{n} {what}" for n, what in ((self.dangling, "dangling link(s) skipped"),
-                                              (self.duplicates, "duplicate name(s) of one file")) if n]
+        notes = [
+            f"{n} {what}"
+            for n, what in (
+                (self.dangling, "dangling link(s) skipped"),
+                (self.duplicates, "duplicate name(s) of one file"),
+            )
+            if n
+        ]
         if notes:
             line += f"; warnings: {', '.join(notes)}"
         print(line)
@@ -342,18 +369,27 @@ class Tally:
     def interrupted(self, outdir: Path) -> str:
         """What an interrupted run says: how many inputs are complete, and that a rerun resumes."""
         complete = self.written + self.skipped
-        return (f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
-                f"run the same command again to resume: complete inputs are skipped, the rest redone")
+        return (
+            f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
+            f"run the same command again to resume: complete inputs are skipped, the rest redone"
+        )
 
 
 def describe(exc: Union[BaseException, str], name: str) -> str:
     """An error (or its message) for the summary, which names the input: without a leading "NAME: "."""
     text = str(exc) if isinstance(exc, (DavidError, str)) else f"{type(exc).__name__}: {exc}"
-    return text[len(name) + 2:] if text.startswith(name + ": ") else text
+    return text[len(name) + 2 :] if text.startswith(name + ": ") else text
 
 
-def plan(jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], options: WriteOptions, overwrite: bool,
-         tally: Tally, table: KindTable[Any] = IMAGE_KINDS) -> List[Job]:
+def plan(
+    jobs: Sequence[Job],
+    outdir: Path,
+    kinds: Sequence[str],
+    options: WriteOptions,
+    overwrite: bool,
+    tally: Tally,
+    table: KindTable[Any] = IMAGE_KINDS,
+) -> List[Job]:
     """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
     unless `overwrite`; a set whose record does not match, or a file name taken by a folder, fails
     (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds of the sets
@@ -368,8 +404,10 @@ def plan(jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], options: Write
                 tally.skipped += 1
                 continue
             if not overwrite and state.state is SetState.CHANGED:
-                raise InputError(f"its outputs in {outdir} do not match its completion record: {state.reason}; "
-                                 f"pass --overwrite to redo it (or choose another output folder)")
+                raise InputError(
+                    f"its outputs in {outdir} do not match its completion record: {state.reason}; "
+                    f"pass --overwrite to redo it (or choose another output folder)"
+                )
             blocked = [t for t in output_set.files if t.is_dir()]
             if blocked:
                 raise InputError(f"cannot write {blocked[0]}: a folder has that name")

@@ -3,6 +3,7 @@
 One reader so every such file fails the same way: a ModelError naming the file and what it should
 have been, never a JSONDecodeError from deep inside the standard library.
 """
+
 from __future__ import annotations
 
 import json

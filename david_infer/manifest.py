@@ -8,6 +8,7 @@ This module is the file format alone (what `david_infer.contract` builds on): it
 contract. Reading a manifest goes through the contract, which validates it
 (`contract.read_manifest`, `ModelContract.load`).
 """
+
 from __future__ import annotations
 
 import json

@@ -16,6 +16,7 @@ metrics here measure each task the way its output is used:
 `compare(got, ref)` returns a `Parity` with every number and, when it fails, one reason per
 threshold crossed. numpy only.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -90,10 +91,15 @@ def _ratio(num: float, den: float) -> float:
 
 def _common(got: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
     diff = got - ref
-    rmse = float(np.sqrt(np.mean(diff ** 2)))
+    rmse = float(np.sqrt(np.mean(diff**2)))
     max_abs = float(np.abs(diff).max(initial=0.0))
-    return {"rmse": rmse, "spread": spread(ref), "rmse_vs_spread": _ratio(rmse, spread(ref)),
-            "max_abs": max_abs, "max_abs_vs_range": _ratio(max_abs, float(ref.max() - ref.min()) if ref.size else 0.0)}
+    return {
+        "rmse": rmse,
+        "spread": spread(ref),
+        "rmse_vs_spread": _ratio(rmse, spread(ref)),
+        "max_abs": max_abs,
+        "max_abs_vs_range": _ratio(max_abs, float(ref.max() - ref.min()) if ref.size else 0.0),
+    }
 
 
 def align_scale_shift(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -147,10 +153,16 @@ _METRICS = {"depth": depth_metrics, "normal": normal_metrics, "foreground": fore
 def _checks(task: str, t: Thresholds) -> List[Tuple[str, str, float]]:
     """(metric, "max" | "min", limit) per task."""
     checks = {
-        "depth": [("rmse_vs_spread", "max", t.depth_rmse_vs_spread), ("abs_rel_aligned", "max", t.depth_abs_rel_aligned)],
+        "depth": [
+            ("rmse_vs_spread", "max", t.depth_rmse_vs_spread),
+            ("abs_rel_aligned", "max", t.depth_abs_rel_aligned),
+        ],
         "normal": [("angle_mean_deg", "max", t.normal_mean_deg), ("angle_p99_deg", "max", t.normal_p99_deg)],
-        "foreground": [("mae", "max", t.foreground_mae), ("mae_vs_spread", "max", t.foreground_mae_vs_spread),
-                       ("iou_05", "min", t.foreground_iou)],
+        "foreground": [
+            ("mae", "max", t.foreground_mae),
+            ("mae_vs_spread", "max", t.foreground_mae_vs_spread),
+            ("iou_05", "min", t.foreground_iou),
+        ],
     }.get(task, [("rmse_vs_spread", "max", t.other_rmse_vs_spread)])
     return checks + [("max_abs_vs_range", "max", t.max_abs_vs_range)]
 
@@ -165,8 +177,13 @@ def output_metrics(name: str, got: Any, ref: Any) -> Dict[str, float]:
     return metric(got, ref)
 
 
-def compare(got: Mapping[str, Any], ref: Mapping[str, Any], thresholds: Optional[Thresholds] = None,
-            where: str = "", precision: str = "fp32") -> Parity:
+def compare(
+    got: Mapping[str, Any],
+    ref: Mapping[str, Any],
+    thresholds: Optional[Thresholds] = None,
+    where: str = "",
+    precision: str = "fp32",
+) -> Parity:
     """Judge every output of `ref` in `got`; reasons name the output, the metric, its value and the
     limit (prefixed by `where`, e.g. "512x512 batch 8: ").
 
@@ -193,7 +210,9 @@ def compare(got: Mapping[str, Any], ref: Mapping[str, Any], thresholds: Optional
         if precision == "fp16":
             r = np.asarray(ref[name])
             floor = output_metrics(name, r.astype(np.float16).astype(np.float64), r)
-            m.update({f"fp16_rounding_{k}": v for k, v in floor.items() if k in dict((c[0], 0) for c in _checks(name, t))})
+            m.update(
+                {f"fp16_rounding_{k}": v for k, v in floor.items() if k in dict((c[0], 0) for c in _checks(name, t))}
+            )
         applied = parity.limits.setdefault(name, {})
         for metric, kind, limit in _checks(name, t):
             value = m[metric]
@@ -204,10 +223,20 @@ def compare(got: Mapping[str, Any], ref: Mapping[str, Any], thresholds: Optional
                 continue
             allowed = applied[metric]
             if not value <= allowed:
-                extra = (f" + 2 x {floor[metric]:.3g} (the reference's own FP16 rounding)" if metric in floor else "")
+                extra = f" + 2 x {floor[metric]:.3g} (the reference's own FP16 rounding)" if metric in floor else ""
                 parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be <= {limit:g}{extra}")
     return parity
 
 
-__all__ = ["Parity", "SAME_ARITHMETIC", "Thresholds", "align_scale_shift", "compare", "depth_metrics", "foreground_metrics",
-           "normal_metrics", "output_metrics", "spread"]
+__all__ = [
+    "Parity",
+    "SAME_ARITHMETIC",
+    "Thresholds",
+    "align_scale_shift",
+    "compare",
+    "depth_metrics",
+    "foreground_metrics",
+    "normal_metrics",
+    "output_metrics",
+    "spread",
+]

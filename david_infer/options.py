@@ -13,6 +13,7 @@ argument-group pattern of Polygraphy: one object adds the flags and turns the pa
 into the options), and the options travel as they are to the Ray actors (pickled) and to the
 MLServer model (as the JSON of `as_record`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,11 @@ from .postprocess import PostOptions
 #: the square side a model runs at unless told otherwise (the released files' size)
 DEFAULT_RESOLUTION = 512
 
-MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a folder holding one, "
-              "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
-              "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)")
+MODEL_HELP = (
+    "a model file (.onnx with or without our manifest, .engine), a folder holding one, "
+    "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
+    "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)"
+)
 
 
 @overload
@@ -46,8 +49,7 @@ def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
+        raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
     return value
 
 
@@ -93,8 +95,10 @@ class RuntimeOptions:
         if not isinstance(self.post, PostOptions):
             raise InputError(f"post must be a david_infer.PostOptions, got {type(self.post).__name__}")
         if not isinstance(self.backend_options, Mapping):
-            raise InputError(f"backend_options must be a mapping of option names to values, got "
-                             f"{type(self.backend_options).__name__}")
+            raise InputError(
+                f"backend_options must be a mapping of option names to values, got "
+                f"{type(self.backend_options).__name__}"
+            )
         object.__setattr__(self, "backend_options", dict(self.backend_options))
 
     def replace(self, **changes: Any) -> "RuntimeOptions":
@@ -132,8 +136,10 @@ def resolution_arg(text: str) -> Optional[int]:
     if value < 16 or value % 16:
         lower, upper = max(16, value // 16 * 16), max(16, value // 16 * 16 + 16)
         near = f"{lower}" if lower == upper or value < 16 else f"{lower} or {upper}"
-        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 16 (the model's stride): "
-                                         f"use {near}, or 'image' for the image's own size")
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a positive multiple of 16 (the model's stride): "
+            f"use {near}, or 'image' for the image's own size"
+        )
     return value
 
 
@@ -156,39 +162,81 @@ class RuntimeArguments:
     RuntimeOptions per (resolution, backend).
     """
 
-    def __init__(self, *, channel_order: bool = True, batch_size: bool = True, threads: bool = True,
-                 many: bool = False, model_help: str = MODEL_HELP, resolution_help: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        *,
+        channel_order: bool = True,
+        batch_size: bool = True,
+        threads: bool = True,
+        many: bool = False,
+        model_help: str = MODEL_HELP,
+        resolution_help: Optional[str] = None,
+    ) -> None:
         self.channel_order, self.batch_size, self.threads, self.many = channel_order, batch_size, threads, many
         self.model_help = model_help
         self.resolution_help = resolution_help or (
             f"side of the square the model runs at, a multiple of 16 (default {DEFAULT_RESOLUTION}), or 'image' for "
-            f"the image's own size; released files run at {DEFAULT_RESOLUTION} only")
+            f"the image's own size; released files run at {DEFAULT_RESOLUTION} only"
+        )
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("model and runtime")
         g.add_argument("-m", "--model", required=True, help=self.model_help)
         if self.many:
-            g.add_argument("--backend", action="append", metavar="NAMES",
-                           help="backend(s), comma-separated or repeated (default: auto, by file type)")
-            g.add_argument("--resolution", action="append", metavar="NS",
-                           help=f"model resolution(s), comma-separated or repeated (default {DEFAULT_RESOLUTION})")
+            g.add_argument(
+                "--backend",
+                action="append",
+                metavar="NAMES",
+                help="backend(s), comma-separated or repeated (default: auto, by file type)",
+            )
+            g.add_argument(
+                "--resolution",
+                action="append",
+                metavar="NS",
+                help=f"model resolution(s), comma-separated or repeated (default {DEFAULT_RESOLUTION})",
+            )
         else:
-            g.add_argument("--backend", default=RuntimeOptions.backend,
-                           help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton")
-            g.add_argument("--resolution", type=resolution_arg, default=RuntimeOptions.resolution, metavar="N",
-                           help=self.resolution_help)
-        g.add_argument("--device", default=RuntimeOptions.device, help="cpu (default), cuda or cuda:N; a GPU that "
-                       "cannot be used is an error, never a silent CPU fallback")
+            g.add_argument(
+                "--backend",
+                default=RuntimeOptions.backend,
+                help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton",
+            )
+            g.add_argument(
+                "--resolution",
+                type=resolution_arg,
+                default=RuntimeOptions.resolution,
+                metavar="N",
+                help=self.resolution_help,
+            )
+        g.add_argument(
+            "--device",
+            default=RuntimeOptions.device,
+            help="cpu (default), cuda or cuda:N; a GPU that cannot be used is an error, never a silent CPU fallback",
+        )
         if self.channel_order:
-            g.add_argument("--channel-order", default=RuntimeOptions.channel_order, choices=("rgb", "bgr"),
-                           help="channel order of .npy array inputs (image files are always read as RGB)")
+            g.add_argument(
+                "--channel-order",
+                default=RuntimeOptions.channel_order,
+                choices=("rgb", "bgr"),
+                help="channel order of .npy array inputs (image files are always read as RGB)",
+            )
         if self.batch_size:
-            g.add_argument("--batch-size", type=positive_int_arg, default=RuntimeOptions.batch_size, metavar="N",
-                           help=f"images per model call (default {RuntimeOptions.batch_size})")
+            g.add_argument(
+                "--batch-size",
+                type=positive_int_arg,
+                default=RuntimeOptions.batch_size,
+                metavar="N",
+                help=f"images per model call (default {RuntimeOptions.batch_size})",
+            )
         if self.threads:
-            g.add_argument("--threads", type=positive_int_arg, default=None, metavar="N",
-                           help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; "
-                                "with --ray, per worker (default: the backend's own; 1 per worker with --ray)")
+            g.add_argument(
+                "--threads",
+                type=positive_int_arg,
+                default=None,
+                metavar="N",
+                help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; "
+                "with --ray, per worker (default: the backend's own; 1 per worker with --ray)",
+            )
 
     def options(self, args: argparse.Namespace, **fields: Any) -> RuntimeOptions:
         """The RuntimeOptions of the parsed flags (`fields` override or add, e.g. batch_size)."""
@@ -204,8 +252,11 @@ class RuntimeArguments:
         """With many=True: one RuntimeOptions per resolution and backend, resolution-major."""
         backends = split_list(args.backend) or [RuntimeOptions.backend]
         resolutions = split_list(args.resolution, int) or [DEFAULT_RESOLUTION]
-        return [RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
-                for resolution in resolutions for backend in backends]
+        return [
+            RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
+            for resolution in resolutions
+            for backend in backends
+        ]
 
 
 def resolved_model(model: Any) -> Any:

@@ -9,6 +9,7 @@ Then per task: depth optionally negated (`invert`: larger = nearer) and min-max 
 [0, 1]; normals renormalised to unit length after resizing; foreground clipped to [0, 1] and
 optionally thresholded to 0/1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,22 +62,25 @@ def _finisher(task: str, opts: PostOptions) -> Callable[[np.ndarray], None]:
     if task == "depth":
         return (lambda block: np.negative(block, out=block)) if opts.invert_depth else (lambda block: None)
     if task == "foreground":
+
         def clip(block: np.ndarray) -> None:
             np.clip(block, 0.0, 1.0, out=block)
             if opts.foreground_threshold is not None:
                 np.greater(block, opts.foreground_threshold, out=block)
+
         return clip
 
     def unit(block: np.ndarray) -> None:  # only for the crop path; resize_box normalises itself
         vectors = block.reshape(-1, 3)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1), _NORMAL_EPS)[:, None]
+
     return unit
 
 
 def _crop(plane: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Model output (C, R, R) at the square's own size: crop the padding, channels last."""
     t, l, h, w = geometry.top, geometry.left, geometry.height, geometry.width
-    cropped = plane[:, t:t + h, l:l + w]
+    cropped = plane[:, t : t + h, l : l + w]
     # order="C": the finishers work on reshaped views, which must not silently be copies
     return np.array(cropped[0] if plane.shape[0] == 1 else cropped.transpose(1, 2, 0), dtype=np.float32, order="C")
 
@@ -93,7 +97,9 @@ def _resize(value: np.ndarray, geometry: Geometry, interpolation: str, finish, p
     return resize_box(value, geometry.crop_box(), size, interpolation, finish, pool, unit_eps=unit)
 
 
-def postprocess(outputs: Dict[str, np.ndarray], geometry: Geometry, opts: PostOptions, pool=None) -> Dict[str, np.ndarray]:
+def postprocess(
+    outputs: Dict[str, np.ndarray], geometry: Geometry, opts: PostOptions, pool=None
+) -> Dict[str, np.ndarray]:
     """`outputs`: task -> (C, R, R) float32 for one image. Returns task -> map at the image size:
     depth (H, W), normal (H, W, 3), foreground (H, W)."""
     result: Dict[str, np.ndarray] = {}

@@ -1,4 +1,5 @@
 """The result of one `DavidRuntime.predict` call."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,8 +34,14 @@ class Prediction:
     foreground: Optional[np.ndarray] = None
     depth_inverse: bool = True
 
-    def __init__(self, image: ImageSource, depth: Optional[np.ndarray] = None, normal: Optional[np.ndarray] = None,
-                 foreground: Optional[np.ndarray] = None, depth_inverse: bool = True) -> None:
+    def __init__(
+        self,
+        image: ImageSource,
+        depth: Optional[np.ndarray] = None,
+        normal: Optional[np.ndarray] = None,
+        foreground: Optional[np.ndarray] = None,
+        depth_inverse: bool = True,
+    ) -> None:
         self.image_source = image
         self.depth, self.normal, self.foreground = depth, normal, foreground
         self.depth_inverse = depth_inverse

@@ -6,6 +6,7 @@ and returns depth (N, H, W) (negated: larger = nearer), normal (N, H, W, 3) and 
 manifest's `"layout": "prepost"` and uses these helpers instead of its own pre/postprocessing;
 only what the graph leaves open (depth direction and normalisation, the mask threshold) is done here.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -26,11 +27,18 @@ GRAPH_DEPTH_SIGN = -1
 def graph_settings(section: Mapping[str, Any], where: str) -> Tuple[int, str, str, str]:
     """(resolution, runtime pipeline, interpolation, channel order) of a manifest's `prepost` section."""
     resolution, pipeline, order = section.get("resolution"), section.get("pipeline"), section.get("channel_order")
-    if (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
-            or pipeline not in PIPELINES or order not in ("rgb", "bgr")):
-        raise ModelError(f"{where}: the manifest's prepost section needs an integer resolution, pipeline "
-                         f"'default' or 'official' and channel_order 'rgb' or 'bgr'; got {resolution!r}, "
-                         f"{pipeline!r}, {order!r}")
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or resolution < 1
+        or pipeline not in PIPELINES
+        or order not in ("rgb", "bgr")
+    ):
+        raise ModelError(
+            f"{where}: the manifest's prepost section needs an integer resolution, pipeline "
+            f"'default' or 'official' and channel_order 'rgb' or 'bgr'; got {resolution!r}, "
+            f"{pipeline!r}, {order!r}"
+        )
     return (resolution,) + PIPELINES[pipeline] + (order,)
 
 
@@ -40,8 +48,10 @@ def prepare(decoded: Decoded, resolution: int, channel_order: str, max_side: Opt
     a = decoded.numpy()
     h, w = decoded.size
     if max_side is not None and max(h, w) > max_side:
-        raise InputError(f"{decoded.name}: {w}x{h} has a side over {max_side}, the largest this pre/post graph "
-                         "resamples; use the network file with DavidRuntime's own preprocessing")
+        raise InputError(
+            f"{decoded.name}: {w}x{h} has a side over {max_side}, the largest this pre/post graph "
+            "resamples; use the network file with DavidRuntime's own preprocessing"
+        )
     if a.dtype != np.uint8:
         a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     if a.ndim == 2:

@@ -18,6 +18,7 @@ Two pipelines, both equivalent to "pad the image to a square, then resample the 
 
 8-bit images stay 8-bit until they are small; float32 appears only at the model resolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@
 
 tqdm is optional (the `progress` extra); a disabled Progress prints nothing.
 """
+
 from __future__ import annotations
 
 import sys

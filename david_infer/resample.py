@@ -16,6 +16,7 @@ elementwise float32 operations round each element alone, so the result is the sa
 the BLAS threads, `threads`, batch size or band split (see docs/determinism.md). Our own worker
 pool spreads the blocks.
 """
+
 from __future__ import annotations
 
 import threading
@@ -143,8 +144,8 @@ def band_product(wb: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
     wcols = np.ascontiguousarray(wb.T)[:, :, None]  # (K, R, 1): weight column k broadcast over N
     term = np.empty((rows, min(step, a.shape[1])), dtype=np.float32)
     for c0 in range(0, a.shape[1], step):
-        acc, src = out[:, c0:c0 + step], a[:, c0:c0 + step]
-        t = term[:, :acc.shape[1]]
+        acc, src = out[:, c0 : c0 + step], a[:, c0 : c0 + step]
+        t = term[:, : acc.shape[1]]
         np.multiply(wcols[0], src[0], out=acc)
         for i in range(1, k):
             np.multiply(wcols[i], src[i], out=t)
@@ -152,7 +153,10 @@ def band_product(wb: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
 
 
 def banded_matmul(
-    w: np.ndarray, a: np.ndarray, out: np.ndarray, bands: List[Tuple[int, int, int, int]],
+    w: np.ndarray,
+    a: np.ndarray,
+    out: np.ndarray,
+    bands: List[Tuple[int, int, int, int]],
     finish: Optional[Callable[[np.ndarray], None]] = None,
 ) -> None:
     """out[o0:o1] = w[o0:o1, i0:i1] @ a[i0:i1] for each band; `finish(out[o0:o1])` runs on each
@@ -163,8 +167,9 @@ def banded_matmul(
             finish(out[o0:o1])
 
 
-def _unit_bands(w: np.ndarray, planes: np.ndarray, out: np.ndarray, bands: List[Tuple[int, int, int, int]],
-                eps: float) -> None:
+def _unit_bands(
+    w: np.ndarray, planes: np.ndarray, out: np.ndarray, bands: List[Tuple[int, int, int, int]], eps: float
+) -> None:
     """Three planar row blocks per band, normalised to unit length in cache, written interleaved
     into out (H, W, 3). Planar maths keeps numpy's inner loops long and contiguous."""
     width = planes.shape[2]
@@ -192,12 +197,17 @@ def _unit_bands(w: np.ndarray, planes: np.ndarray, out: np.ndarray, bands: List[
 
 def _split(items: List, parts: int) -> List[List]:
     size = -(-len(items) // parts)
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def resize_box(
-    x: np.ndarray, box: Tuple[float, float, float, float], size: Tuple[int, int], kernel: str = "bicubic",
-    finish: Optional[Callable[[np.ndarray], None]] = None, pool=None, unit_eps: Optional[float] = None,
+    x: np.ndarray,
+    box: Tuple[float, float, float, float],
+    size: Tuple[int, int],
+    kernel: str = "bicubic",
+    finish: Optional[Callable[[np.ndarray], None]] = None,
+    pool=None,
+    unit_eps: Optional[float] = None,
 ) -> np.ndarray:
     """Resample the region `box` = (x0, y0, x1, y1) of `x` (C, R, R') to `size` = (H, W) with
     Pillow's filter `kernel`. See `resize_separable` for the result and the other arguments."""
@@ -209,8 +219,12 @@ def resize_box(
 
 
 def resize_separable(
-    x: np.ndarray, wy: np.ndarray, wx: np.ndarray, finish: Optional[Callable[[np.ndarray], None]] = None,
-    pool=None, unit_eps: Optional[float] = None,
+    x: np.ndarray,
+    wy: np.ndarray,
+    wx: np.ndarray,
+    finish: Optional[Callable[[np.ndarray], None]] = None,
+    pool=None,
+    unit_eps: Optional[float] = None,
 ) -> np.ndarray:
     """out = wy @ x[c] @ wx.T for each channel of `x` (C, R, R'), as banded products.
 

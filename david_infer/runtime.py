@@ -9,6 +9,7 @@ The model is our export (an .onnx with its .json manifest beside it), a released
 model ("grpc://host:8081/david", the `triton` backend). Backends live in
 `david_infer/backends/<name>/`, imported only when used.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,9 @@ def choose_backend(path: Union[Path, str], backend: str = "auto") -> str:
     if isinstance(path, str):
         scheme = url_scheme(path)
         if scheme not in url_schemes():
-            raise ModelError(f"{path}: no backend serves {scheme}:// URLs; expected "
-                             f"{', '.join(s + '://' for s in url_schemes())}")
+            raise ModelError(
+                f"{path}: no backend serves {scheme}:// URLs; expected {', '.join(s + '://' for s in url_schemes())}"
+            )
         return url_schemes()[scheme]
     chosen = model_suffixes().get(path.suffix)
     if chosen is None:
@@ -160,15 +162,27 @@ class DavidRuntime:
         self._pool: Optional[ThreadPoolExecutor] = None
         post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
         if post is not None and post_kwargs:
-            raise InputError(f"give the postprocessing options either as post= or as keyword arguments "
-                             f"({', '.join(post_kwargs)}), not both")
+            raise InputError(
+                f"give the postprocessing options either as post= or as keyword arguments "
+                f"({', '.join(post_kwargs)}), not both"
+            )
         self._kwargs_given = set(options)  # backend options given as keywords: named so in errors
         #: what this runtime was opened with
         self.options = RuntimeOptions(
-            model, backend, device, resolution, channel_order, batch_size=batch_size, threads=threads,
-            pipeline=pipeline, post=post if post is not None else PostOptions(**post_kwargs), verify=verify,
-            max_image_pixels=max_image_pixels, allow_nonfinite=allow_nonfinite,
-            backend_options={**dict(backend_options or {}), **options})
+            model,
+            backend,
+            device,
+            resolution,
+            channel_order,
+            batch_size=batch_size,
+            threads=threads,
+            pipeline=pipeline,
+            post=post if post is not None else PostOptions(**post_kwargs),
+            verify=verify,
+            max_image_pixels=max_image_pixels,
+            allow_nonfinite=allow_nonfinite,
+            backend_options={**dict(backend_options or {}), **options},
+        )
         self.channel_order = self.options.channel_order
         self.max_image_pixels = self.options.max_image_pixels
         self.allow_nonfinite = self.options.allow_nonfinite
@@ -179,20 +193,25 @@ class DavidRuntime:
         backend_cls = get_backend(self.backend)
         loader: Backend = backend_cls(self._backend_options(backend_cls, self.options.backend_options))
         if bool(loader.schemes) != isinstance(self.path, str):
-            raise InputError(f"the {self.backend} backend takes a server URL (grpc://HOST:PORT/MODEL), not a file"
-                             if loader.schemes else
-                             f"{self.path} is a server URL; the {self.backend} backend opens model files (use "
-                             f"backend={next(iter(url_schemes().values()), 'triton')!r})")
+            raise InputError(
+                f"the {self.backend} backend takes a server URL (grpc://HOST:PORT/MODEL), not a file"
+                if loader.schemes
+                else f"{self.path} is a server URL; the {self.backend} backend opens model files (use "
+                f"backend={next(iter(url_schemes().values()), 'triton')!r})"
+            )
         self.device = loader.check_device(parse_device(self.options.device))
         self.contract = self._load_contract(loader, self.options.verify)
         #: (resolution, pipeline, interpolation, channel order) of a pre/post graph, else None
-        self._graph = (prepost.graph_settings(self.contract.prepost, str(self.path))
-                       if self.contract.prepost is not None else None)
+        self._graph = (
+            prepost.graph_settings(self.contract.prepost, str(self.path)) if self.contract.prepost is not None else None
+        )
         self.resolution = self._check_resolution(self.options.resolution)
         self.pipeline = self._check_pipeline(self.options.pipeline)
         if self._graph is not None and post.interpolation not in ("auto", self._graph[2]):
-            raise InputError(f"{self.path} resizes its outputs inside the graph ({self._graph[2]}); "
-                             f"interpolation must be 'auto', got {post.interpolation!r}")
+            raise InputError(
+                f"{self.path} resizes its outputs inside the graph ({self._graph[2]}); "
+                f"interpolation must be 'auto', got {post.interpolation!r}"
+            )
         if post.interpolation == "auto":
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
@@ -239,8 +258,11 @@ class DavidRuntime:
         unknown = [k for k in given if k not in valid and k in self._kwargs_given]
         if unknown:
             own = [p for p in inspect.signature(DavidRuntime.__init__).parameters if p not in ("self", "options")]
-            raise InputError(unknown_option_message(f"DavidRuntime (backend {self.backend!r})", unknown,
-                                                    own + list(_POST_FIELDS) + valid))
+            raise InputError(
+                unknown_option_message(
+                    f"DavidRuntime (backend {self.backend!r})", unknown, own + list(_POST_FIELDS) + valid
+                )
+            )
         return backend_cls.Options.parse(self.backend, given)
 
     def _load_contract(self, loader: Backend, verify: bool) -> ModelContract:
@@ -258,19 +280,27 @@ class DavidRuntime:
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
         if self._graph is not None:  # a pre/post graph runs at the resolution built into it
             if resolution not in (None, self._graph[0]):
-                raise InputError(f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
-                                 f"resolution must be {self._graph[0]} or None, got {resolution!r}")
+                raise InputError(
+                    f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
+                    f"resolution must be {self._graph[0]} or None, got {resolution!r}"
+                )
             return self._graph[0]
         fixed = self.contract.fixed_resolution
         if fixed is not None:
             if resolution != fixed:
-                raise InputError(f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed}, "
-                                 f"got {resolution!r}")
+                raise InputError(
+                    f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed}, got {resolution!r}"
+                )
             return fixed
         if resolution is None:
             return None
         stride = self.contract.stride
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < stride or resolution % stride:
+        if (
+            isinstance(resolution, bool)
+            or not isinstance(resolution, int)
+            or resolution < stride
+            or resolution % stride
+        ):
             raise InputError(f"resolution must be None or a positive multiple of {stride}, got {resolution!r}")
         return resolution
 
@@ -282,8 +312,10 @@ class DavidRuntime:
     def _check_pipeline(self, pipeline: str) -> str:
         if self._graph is not None:
             if pipeline not in ("auto", self._graph[1]):
-                raise InputError(f"{self.path} has the {self._graph[1]} pipeline inside its graph; pipeline must be "
-                                 f"'auto' or {self._graph[1]!r}, got {pipeline!r}")
+                raise InputError(
+                    f"{self.path} has the {self._graph[1]} pipeline inside its graph; pipeline must be "
+                    f"'auto' or {self._graph[1]!r}, got {pipeline!r}"
+                )
             return self._graph[1]
         if pipeline == "auto":
             return "official" if self.contract.vit_input is None else "antialias"
@@ -368,8 +400,9 @@ class DavidRuntime:
         """
         from . import video
 
-        return video.predict_video(self, src, batch_size=batch_size, frames=frames, max_side=max_side,
-                                   fps=fps, prefetch=prefetch)
+        return video.predict_video(
+            self, src, batch_size=batch_size, frames=frames, max_side=max_side, fps=fps, prefetch=prefetch
+        )
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
@@ -382,8 +415,12 @@ class DavidRuntime:
             max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
             return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
         if self.device_stages is not None:
-            return decoded, self.device_stages.prepare(decoded, resolution, self.contract.vit_size if
-                                                       self.contract.vit_input is not None else None, self.pipeline)
+            return decoded, self.device_stages.prepare(
+                decoded,
+                resolution,
+                self.contract.vit_size if self.contract.vit_input is not None else None,
+                self.pipeline,
+            )
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
             if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
@@ -398,7 +435,9 @@ class DavidRuntime:
         NonFiniteOutput for the first image whose outputs are not finite (unless allow_nonfinite)."""
         return _raise_first(self._infer_outcomes(prepared, [f"images[{i}]" for i in range(len(prepared))]))
 
-    def _infer_outcomes(self, prepared: Sequence[Prepared], names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+    def _infer_outcomes(
+        self, prepared: Sequence[Prepared], names: Sequence[str]
+    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
         """`infer`, with a NonFiniteOutput in place of each image whose outputs are not finite."""
         results: List[Union[Dict[str, np.ndarray], Exception]] = []
         start = 0
@@ -411,8 +450,9 @@ class DavidRuntime:
             start = stop
         return results
 
-    def _infer_same_size(self, prepared: Sequence[Prepared],
-                         input_names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+    def _infer_same_size(
+        self, prepared: Sequence[Prepared], input_names: Sequence[str]
+    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
         contract = self.contract
         if self.runner is None:
             raise ModelError(f"{self.path}: the runtime is closed")
@@ -439,8 +479,9 @@ class DavidRuntime:
             per_task[task] = value
         return self._checked(per_task, n, input_names)
 
-    def _checked(self, per_task: Dict[str, Any], n: int,
-                 input_names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+    def _checked(
+        self, per_task: Dict[str, Any], n: int, input_names: Sequence[str]
+    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
         """Per-image outputs of a batch (task -> (N, C, R, R) arrays, or device tensors), with a
         NonFiniteOutput in place of each image whose outputs are not finite (unless allowed)."""
         outputs = [{task: value[i] for task, value in per_task.items()} for i in range(n)]
@@ -483,12 +524,15 @@ class DavidRuntime:
 
     def __repr__(self) -> str:
         res = self.resolution or "image size"
-        return (f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
-                f"resolution={res}, pipeline={self.pipeline!r})")
+        return (
+            f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
+            f"resolution={res}, pipeline={self.pipeline!r})"
+        )
 
 
-def _nonfinite(outputs: Dict[str, np.ndarray], name: str,
-               tasks: Sequence[str]) -> Union[Dict[str, np.ndarray], NonFiniteOutput]:
+def _nonfinite(
+    outputs: Dict[str, np.ndarray], name: str, tasks: Sequence[str]
+) -> Union[Dict[str, np.ndarray], NonFiniteOutput]:
     """`outputs`, or a NonFiniteOutput for the first of `tasks` whose map is not finite."""
     for task in tasks:
         finite = np.isfinite(outputs[task])
@@ -498,7 +542,10 @@ def _nonfinite(outputs: Dict[str, np.ndarray], name: str,
                 f"{name}: the model's {task} output is not finite (NaN or infinity) in {share:.1%} of its "
                 f"values; the model file or engine is broken (a bad export, an FP16 overflow). "
                 f"DavidRuntime(allow_nonfinite=True) passes such values through.",
-                task=task, input=name, share=share)
+                task=task,
+                input=name,
+                share=share,
+            )
     return outputs
 
 
@@ -550,8 +597,14 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     """The one batching path (`DavidRuntime.imap`): reader thread -> bounded queue -> batches
     through the model in the consumer's thread -> postprocessing futures -> in-order results."""
 
-    def __init__(self, rt: DavidRuntime, inputs: Iterator[Any], batch_size: int, prefetch: int,
-                 load: Optional[Callable[[Any], Any]]) -> None:
+    def __init__(
+        self,
+        rt: DavidRuntime,
+        inputs: Iterator[Any],
+        batch_size: int,
+        prefetch: int,
+        load: Optional[Callable[[Any], Any]],
+    ) -> None:
         self._rt, self._batch_size = rt, batch_size
         self._ready: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -583,8 +636,11 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     break
                 try:
                     image = load(item) if load else item
-                    name = str(image) if isinstance(image, (str, os.PathLike)) else (
-                        str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
+                    name = (
+                        str(image)
+                        if isinstance(image, (str, os.PathLike))
+                        else (str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
+                    )
                     staged: Any = self._rt.preprocess(image, name=name)
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
@@ -645,8 +701,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         try:
-            outputs = self._rt._infer_outcomes([prepared for _, _, prepared in batch],
-                                               [decoded.name for _, decoded, _ in batch])
+            outputs = self._rt._infer_outcomes(
+                [prepared for _, _, prepared in batch], [decoded.name for _, decoded, _ in batch]
+            )
         except Exception as exc:
             for slot, _, _ in batch:
                 slot.error = exc

@@ -3,6 +3,7 @@
 Pure Python (no numpy, no torch), so the PyTorch model, the export stage, the TensorRT engine
 builder and runner, and the command line all validate sizes the same way, with the same messages.
 """
+
 from __future__ import annotations
 
 import re
@@ -68,9 +69,7 @@ class ShapeRange:
 
     def contains(self, shape: Sequence[int]) -> bool:
         """Whether `shape` has the right rank and lies inside [min, max] on every axis."""
-        return len(shape) == len(self.min) and all(
-            lo <= int(s) <= hi for s, lo, hi in zip(shape, self.min, self.max)
-        )
+        return len(shape) == len(self.min) and all(lo <= int(s) <= hi for s, lo, hi in zip(shape, self.min, self.max))
 
     def as_dict(self) -> Dict[str, list]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -99,8 +98,9 @@ def check_input_shape(
     built for).
     """
     if len(shape) != 4 or int(shape[1]) != 3:
-        raise InputError(f"input {name!r} has shape {format_shape(shape)}; expected an image tensor of shape "
-                         "(B, 3, H, W)")
+        raise InputError(
+            f"input {name!r} has shape {format_shape(shape)}; expected an image tensor of shape (B, 3, H, W)"
+        )
     if stride is not None:
         check_stride(shape[2:], stride, f"input {name!r}")
     if shape_range is None or shape_range.contains(shape):

@@ -7,6 +7,7 @@ process, the system's Chromium driven by Playwright (`pip install playwright`; n
         page = open_page(browser.new_page(), server.url)
         maps = give_photo(page, "photo.png")
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,15 @@ from .serving.process import HOST, ServerProcess, free_ports
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # Headless, no sandbox (root in CI), and no traffic of Chromium's own: the page must work on loopback alone.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-default-apps", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+]
 PAGE_TIMEOUT_MS = 120_000
 
 
@@ -39,8 +47,11 @@ def launch_chromium(playwright: Any, args: Sequence[str] = ()) -> Any:
     """A headless Chromium (Playwright Browser) from the system's install."""
     path = find_chromium()
     if path is None:
-        raise BackendUnavailable("no Chromium found (looked for $CHROMIUM_PATH, " + ", ".join(CHROMIUM_NAMES)
-                                 + "); install it: apt-get install chromium")
+        raise BackendUnavailable(
+            "no Chromium found (looked for $CHROMIUM_PATH, "
+            + ", ".join(CHROMIUM_NAMES)
+            + "); install it: apt-get install chromium"
+        )
     return playwright.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *args])
 
 
@@ -49,8 +60,13 @@ class PageServerProcess(ServerProcess):
 
     command_name = "web"
 
-    def __init__(self, model: Union[str, Path], args: Sequence[str] = (), ready_timeout: float = 60.0,
-                 log: Optional[Union[str, Path]] = None) -> None:
+    def __init__(
+        self,
+        model: Union[str, Path],
+        args: Sequence[str] = (),
+        ready_timeout: float = 60.0,
+        log: Optional[Union[str, Path]] = None,
+    ) -> None:
         super().__init__(model, args=args, name="web", ready_timeout=ready_timeout, log=log)
         self.port = free_ports(1)[0]
 
@@ -68,8 +84,10 @@ class PageServerProcess(ServerProcess):
 def wait_phase(page: Any, phases: Sequence[str], timeout_ms: int = PAGE_TIMEOUT_MS) -> str:
     """Wait until the page's `david.phase` is one of `phases` (or it shows an error); return the phase."""
     page.wait_for_function(  # a function, not an expression: the page's CSP forbids eval
-        "(phases) => phases.includes(window.david?.phase) || !!window.david?.error", arg=list(phases),
-        timeout=timeout_ms)
+        "(phases) => phases.includes(window.david?.phase) || !!window.david?.error",
+        arg=list(phases),
+        timeout=timeout_ms,
+    )
     return str(page.evaluate("() => window.david.phase"))
 
 
@@ -87,8 +105,9 @@ def give_photo(page: Any, photo: Union[str, Path], timeout_ms: int = PAGE_TIMEOU
     InputError with the page's own message when the page refuses the file."""
     before = page.evaluate("() => [window.david.runs, window.david.errors]")
     page.set_input_files("#file", str(photo))
-    page.wait_for_function("([runs, errors]) => window.david.runs > runs || window.david.errors > errors",
-                           arg=before, timeout=timeout_ms)
+    page.wait_for_function(
+        "([runs, errors]) => window.david.runs > runs || window.david.errors > errors", arg=before, timeout=timeout_ms
+    )
     state = page.evaluate("""() => {
         const d = window.david, r = d.result;
         if (d.error || !r) return {error: d.error};
@@ -100,16 +119,21 @@ def give_photo(page: Any, photo: Union[str, Path], timeout_ms: int = PAGE_TIMEOU
         raise InputError(f"{photo}: the page refused it: {state['error']}")
     h, w = state["height"], state["width"]
     shapes = {"depth": (h, w), "normal": (h, w, 3), "foreground": (h, w)}
-    maps: Dict[str, Any] = {task: None if state[task] is None else np.asarray(state[task], np.float32).reshape(shape)
-                            for task, shape in shapes.items()}
+    maps: Dict[str, Any] = {
+        task: None if state[task] is None else np.asarray(state[task], np.float32).reshape(shape)
+        for task, shape in shapes.items()
+    }
     maps["ms"] = float(state["ms"])
     return maps
 
 
 def canvas_pixels(page: Any, canvas_id: str) -> np.ndarray:
     """(H, W, 4) uint8 pixels of a canvas on the page."""
-    data = page.evaluate("""(id) => {
+    data = page.evaluate(
+        """(id) => {
         const c = document.getElementById(id);
         return {w: c.width, h: c.height, px: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)};
-    }""", canvas_id)
+    }""",
+        canvas_id,
+    )
     return np.asarray(data["px"], np.uint8).reshape(data["h"], data["w"], 4)

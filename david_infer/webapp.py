@@ -9,6 +9,7 @@ tasks) and `/model.onnx`, and runs everything in the browser: no photo is sent a
 Every response carries cross-origin isolation headers (WebAssembly threads need SharedArrayBuffer)
 and a Content-Security-Policy that lets the page talk to this server alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,18 +34,20 @@ TASKS = ("depth", "normal", "foreground")
 BUILD_HINT = "build it from a source checkout with: (cd web && npm ci && npm run build), then reinstall"
 
 # The page loads only from this origin; ONNX Runtime Web compiles WebAssembly and starts module workers.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self' 'wasm-unsafe-eval'",
-    "worker-src 'self' blob:",
-    "connect-src 'self'",
-    "img-src 'self' blob: data:",
-    "media-src 'self' blob: mediastream:",
-    "style-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+        "img-src 'self' blob: data:",
+        "media-src 'self' blob: mediastream:",
+        "style-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ]
+)
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
@@ -52,9 +55,16 @@ ISOLATION_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
 }
-CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
-                 ".html": "text/html; charset=utf-8", ".css": "text/css", ".json": "application/json",
-                 ".png": "image/png", ".onnx": "application/octet-stream"}
+CONTENT_TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".onnx": "application/octet-stream",
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,15 @@ class PageModel:
     precision: str
 
     def to_json(self) -> Dict[str, Any]:
-        return {"name": self.path.name, "bytes": self.bytes, "sha256": self.sha256, "channel_order": self.channel_order,
-                "depth_sign": self.depth_sign, "tasks": list(self.tasks), "precision": self.precision}
+        return {
+            "name": self.path.name,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "channel_order": self.channel_order,
+            "depth_sign": self.depth_sign,
+            "tasks": list(self.tasks),
+            "precision": self.precision,
+        }
 
 
 def describe_model(path: Union[str, Path]) -> PageModel:
@@ -82,14 +99,17 @@ def describe_model(path: Union[str, Path]) -> PageModel:
     """
     path = Path(path)
     if path.suffix != ".onnx":
-        raise ModelError(f"{path}: the browser page runs ONNX graphs (.onnx); export one with "
-                         "david-infer export ... --prepost")
+        raise ModelError(
+            f"{path}: the browser page runs ONNX graphs (.onnx); export one with david-infer export ... --prepost"
+        )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     manifest_file = manifest_path(path)
     if not manifest_file.is_file():
-        raise ModelError(f"{path}: no manifest beside it ({manifest_file.name}); the page needs the channel order "
-                         "it records. Export the graph with david-infer export ... --prepost")
+        raise ModelError(
+            f"{path}: no manifest beside it ({manifest_file.name}); the page needs the channel order "
+            "it records. Export the graph with david-infer export ... --prepost"
+        )
     manifest = read_json_object(manifest_file, "JSON manifest")
     if manifest.get("layout") != "prepost":
         raise ModelError(
@@ -114,14 +134,24 @@ def describe_model(path: Union[str, Path]) -> PageModel:
     # The recorded hash is checked by the browser's cache key only; hashing a 1.3 GB file at every
     # start would delay the page by seconds, so an unrecorded one is computed once here.
     digest = recorded if isinstance(recorded, str) and recorded else sha256_file(path)
-    return PageModel(path=path, bytes=size, sha256=digest, channel_order=order, depth_sign=depth_sign,
-                     tasks=tasks, precision=str(manifest.get("precision", "fp32")))
+    return PageModel(
+        path=path,
+        bytes=size,
+        sha256=digest,
+        channel_order=order,
+        depth_sign=depth_sign,
+        tasks=tasks,
+        precision=str(manifest.get("precision", "fp32")),
+    )
 
 
 def _image_input(manifest_file: Path, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
     inputs = manifest.get("inputs")
-    image = next((i for i in inputs if isinstance(i, dict) and i.get("name") == "image"), None) \
-        if isinstance(inputs, list) else None
+    image = (
+        next((i for i in inputs if isinstance(i, dict) and i.get("name") == "image"), None)
+        if isinstance(inputs, list)
+        else None
+    )
     if image is None:
         raise ModelError(f"{manifest_file}: the manifest lists no input named 'image'")
     dtype, shape = image.get("dtype"), image.get("shape")
@@ -176,8 +206,11 @@ class _Handler(BaseHTTPRequestHandler):
             if body:
                 self.wfile.write(data)
             return
-        extra = {"ETag": f'"{model.sha256}"', "Cache-Control": "no-cache"} if path == model.path else \
-            {"Cache-Control": "no-cache"}
+        extra = (
+            {"ETag": f'"{model.sha256}"', "Cache-Control": "no-cache"}
+            if path == model.path
+            else {"Cache-Control": "no-cache"}
+        )
         self._send(HTTPStatus.OK, path.suffix, path.stat().st_size, extra)
         if body:
             with open(path, "rb") as f:
@@ -202,8 +235,7 @@ class PageServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, model: PageModel, port: int = 0, verbose: bool = False,
-                 static_root: Path = STATIC_DIR) -> None:
+    def __init__(self, model: PageModel, port: int = 0, verbose: bool = False, static_root: Path = STATIC_DIR) -> None:
         self.model, self.verbose = model, verbose
         self.files = static_files(static_root)
         try:
@@ -222,7 +254,8 @@ class PageServer(ThreadingHTTPServer):
         return thread
 
 
-def open_page_server(model: Union[str, Path], port: int = 0, verbose: bool = False,
-                     static_root: Optional[Path] = None) -> PageServer:
+def open_page_server(
+    model: Union[str, Path], port: int = 0, verbose: bool = False, static_root: Optional[Path] = None
+) -> PageServer:
     """A PageServer for `model` (checked first), not yet serving."""
     return PageServer(describe_model(model), port=port, verbose=verbose, static_root=static_root or STATIC_DIR)

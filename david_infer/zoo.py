@@ -18,6 +18,7 @@ URL's base can be changed with `$DAVID_INFER_BASE_URL` (a mirror, or a local ser
 Only the standard library's urllib is used (no `requests`); progress is shown by
 `david_infer.progress` (a tqdm bar when tqdm is installed).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,7 +78,9 @@ MODELS: Dict[str, ZooModel] = {
     for task in ("depth", "normal", "foreground")
     for variant in ("base", "large")
 }
-MODELS["multitask-large"] = ZooModel("multitask-large", "multi-task-model-vitl16_384.onnx", "large", "multitask", 1316.66)
+MODELS["multitask-large"] = ZooModel(
+    "multitask-large", "multi-task-model-vitl16_384.onnx", "large", "multitask", 1316.66
+)
 
 
 def list_models() -> List[str]:
@@ -103,8 +106,9 @@ def resolve_model(model: Union[str, "os.PathLike[str]"], download: bool = True) 
         return Path(model)
     if isinstance(model, str) and model in MODELS:
         return model_path(model, download=download)
-    raise ModelError(f"model {str(model)!r} is neither an existing file or folder nor a released model name "
-                     f"({', '.join(MODELS)})")
+    raise ModelError(
+        f"model {str(model)!r} is neither an existing file or folder nor a released model name ({', '.join(MODELS)})"
+    )
 
 
 def get_base_url() -> str:
@@ -171,15 +175,17 @@ def download(
     return _download(name, force=force, progress=progress, timeout=timeout, retries=retries)
 
 
-def _download(name: str, force: bool = False, progress: bool = True, timeout: float = DEFAULT_TIMEOUT,
-              retries: int = 2) -> Path:
+def _download(
+    name: str, force: bool = False, progress: bool = True, timeout: float = DEFAULT_TIMEOUT, retries: int = 2
+) -> Path:
     model = get_model(name)
     dest = cached_path(name)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelError(f"cannot create the model cache folder {dest.parent}: {exc}; set {ENV_HOME} "
-                         "to a writable folder") from None
+        raise ModelError(
+            f"cannot create the model cache folder {dest.parent}: {exc}; set {ENV_HOME} to a writable folder"
+        ) from None
     with _lock(dest):  # a second process waits here, then finds the finished file
         if force:
             for stale in (dest, sidecar_path(dest), part_path(dest), _part_meta_path(dest)):
@@ -191,9 +197,11 @@ def _download(name: str, force: bool = False, progress: bool = True, timeout: fl
         try:
             fetch(url, dest, expected_sizes=model.card_sizes(), progress=progress, timeout=timeout, retries=retries)
         except ModelError as exc:
-            raise ModelError(f"{exc}. To try the tools without the released file meanwhile, export a model of the "
-                             f"same shape with random weights (its maps mean nothing): david-infer export --variant "
-                             f"{model.variant} --task {model.task} -o {model.name}-random.onnx") from None
+            raise ModelError(
+                f"{exc}. To try the tools without the released file meanwhile, export a model of the "
+                f"same shape with random weights (its maps mean nothing): david-infer export --variant "
+                f"{model.variant} --task {model.task} -o {model.name}-random.onnx"
+            ) from None
         _write_sidecar(dest, name=name, url=url)
     return dest
 
@@ -213,11 +221,15 @@ def check_cached(model: ZooModel, path: Path, verify: bool = False) -> Dict[str,
             return _write_sidecar(path, name=model.name, url="(placed by hand)")
         return {"size": size}
     if size != record.get("size"):
-        raise ModelError(f"{path}: {size} bytes, but {record.get('size')} were downloaded "
-                         f"({sidecar_path(path).name}); the file is damaged: {redo}")
+        raise ModelError(
+            f"{path}: {size} bytes, but {record.get('size')} were downloaded "
+            f"({sidecar_path(path).name}); the file is damaged: {redo}"
+        )
     if verify and sha256_file(path) != record.get("sha256"):
-        raise ModelError(f"{path}: SHA-256 differs from the one recorded after download "
-                         f"({sidecar_path(path).name}); the file is damaged: {redo}")
+        raise ModelError(
+            f"{path}: SHA-256 differs from the one recorded after download "
+            f"({sidecar_path(path).name}); the file is damaged: {redo}"
+        )
     return record
 
 
@@ -279,16 +291,17 @@ def fetch(
         except _Retryable as exc:
             last = exc
     part = part_path(dest)
-    kept = f" The {part.stat().st_size} bytes received are kept in {part}; run the same command again " \
-           "to resume." if part.is_file() and part.stat().st_size else ""
+    kept = (
+        f" The {part.stat().st_size} bytes received are kept in {part}; run the same command again to resume."
+        if part.is_file() and part.stat().st_size
+        else ""
+    )
     raise ModelError(
-        f"download failed: {url}: {last}.{kept} Offline? Download that URL on another machine and "
-        f"save it as {dest}"
+        f"download failed: {url}: {last}.{kept} Offline? Download that URL on another machine and save it as {dest}"
     )
 
 
-def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float, progress: bool,
-                timeout: float) -> int:
+def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float, progress: bool, timeout: float) -> int:
     part = part_path(dest)
     have = part.stat().st_size if part.is_file() else 0
     meta = _read_part_meta(dest) if have else {}
@@ -310,8 +323,10 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
             return _fetch_once(url, dest, expected, tolerance, progress, timeout)
         if exc.code >= 500 or exc.code == 429:
             raise _Retryable(f"HTTP {exc.code} {exc.reason}") from None
-        raise ModelError(f"download failed: {url}: HTTP {exc.code} {exc.reason}. Check the URL "
-                         f"(${ENV_BASE_URL}={get_base_url()!r}), or save the file by hand as {dest}") from None
+        raise ModelError(
+            f"download failed: {url}: HTTP {exc.code} {exc.reason}. Check the URL "
+            f"(${ENV_BASE_URL}={get_base_url()!r}), or save the file by hand as {dest}"
+        ) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Retryable(f"cannot connect ({reason})") from None
@@ -323,8 +338,10 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
             _discard_part(dest)
             return _fetch_once(url, dest, expected, tolerance, progress, timeout)
         if total is None:
-            raise ModelError(f"download failed: {url}: the server sent no usable Content-Length / "
-                             f"Content-Range, so the download cannot be checked")
+            raise ModelError(
+                f"download failed: {url}: the server sent no usable Content-Length / "
+                f"Content-Range, so the download cannot be checked"
+            )
         if expected and not _size_plausible(total, expected, tolerance):
             _discard_part(dest)
             raise ModelError(

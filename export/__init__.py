@@ -4,9 +4,18 @@ and verification against PyTorch.
 The folder sits at the repository top but is installed as `david_infer.export` (see setup.py), so
 import it as that: `from david_infer.export import export_onnx`. TensorRT engines are built by the
 TensorRT backend (`david_infer.backends.tensorrt.builder`, `david-infer build-engine`)."""
+
 from .fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report
 from .onnx_export import LAYOUTS, PRECISIONS, export_onnx
 from .verify import format_report, verify_onnx
 
-__all__ = ["LAYOUTS", "PRECISIONS", "check_strongly_typed", "convert_to_mixed_fp16", "export_onnx",
-           "format_report", "precision_report", "verify_onnx"]
+__all__ = [
+    "LAYOUTS",
+    "PRECISIONS",
+    "check_strongly_typed",
+    "convert_to_mixed_fp16",
+    "export_onnx",
+    "format_report",
+    "precision_report",
+    "verify_onnx",
+]

@@ -17,6 +17,7 @@ is a small pass of our own rather than onnxconverter-common's `convert_float_to_
 op whose inputs of one type parameter disagree; an empty list is what a strongly typed parser
 needs.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -29,10 +30,22 @@ _FLOATS = (FLOAT, FLOAT16)
 # Stay FP32: normalisation, softmax and every reduction (sums of many FP16 terms overflow or
 # lose precision). A TensorRT 11 strongly typed engine runs them in FP32 because the graph says so.
 FP32_OPS: Tuple[str, ...] = (
-    "LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization",
-    "Softmax", "LogSoftmax",
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
-    "ReduceLogSumExp", "ReduceProd", "ReduceMax", "ReduceMin",
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "BatchNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceProd",
+    "ReduceMax",
+    "ReduceMin",
 )
 # The compute ops whose FP16 share the export reports (the "done when" metric).
 COMPUTE_OPS: Tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -87,7 +100,7 @@ def _fixed_type(type_str: str) -> Optional[int]:
 
     if not type_str.startswith("tensor("):
         return None
-    return onnx.TensorProto.DataType.Value(type_str[len("tensor("):-1].upper())
+    return onnx.TensorProto.DataType.Value(type_str[len("tensor(") : -1].upper())
 
 
 def _numel(tensor: Any) -> int:
@@ -107,10 +120,19 @@ def _light(model: Any) -> Any:
     graph = model.graph
     # Small constants stay: shape inference reads their values (Resize sizes, Reshape shapes).
     small = [i for i in graph.initializer if i.data_type not in _FLOATS or _numel(i) <= 64]
-    stubs = [onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
-             for i in graph.initializer if i.data_type in _FLOATS and _numel(i) > 64]
-    light_graph = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + stubs,
-                                         list(graph.output), small, value_info=list(graph.value_info))
+    stubs = [
+        onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+        for i in graph.initializer
+        if i.data_type in _FLOATS and _numel(i) > 64
+    ]
+    light_graph = onnx.helper.make_graph(
+        list(graph.node),
+        graph.name,
+        list(graph.input) + stubs,
+        list(graph.output),
+        small,
+        value_info=list(graph.value_info),
+    )
     light = onnx.helper.make_model(light_graph, opset_imports=list(model.opset_import))
     light.ir_version = model.ir_version
     return light
@@ -306,8 +328,9 @@ class _Converter:
                 for node in self.nodes:
                     node.output[:] = [inner if o == vi.name else o for o in node.output]
                     node.input[:] = [inner if i == vi.name else i for i in node.input]
-                self.nodes.append(onnx.helper.make_node("Cast", [inner], [vi.name], name=f"Cast_{vi.name}",
-                                                        to=declared))
+                self.nodes.append(
+                    onnx.helper.make_node("Cast", [inner], [vi.name], name=f"Cast_{vi.name}", to=declared)
+                )
         used = {n for node in self.nodes for n in node.input}
         inits = [i for i in graph.initializer if i.name in used]
         inits += [t for t in self.new_inits.values() if t.name in used]

@@ -6,6 +6,7 @@ Layouts:
   official the released files' contract: one input image (1, 3, 512, 512) BGR [0, 1]; outputs
            depth (1, 512, 512), normal (1, 3, 512, 512), foreground (1, 1, 512, 512).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,22 +69,40 @@ def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
     image = {"dtype": "float32", "layout": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
     if layout == "dynamic":
         inputs = [
-            {"name": "image", "shape": ["batch", 3, "height", "width"], **image,
-             "constraints": f"height and width are multiples of {cfg.stride}"},
-            {"name": "image_384", "shape": ["batch", 3, cfg.vit_size, cfg.vit_size], **image,
-             "constraints": "the same padded square as image, resized bilinear to the ViT size"},
+            {
+                "name": "image",
+                "shape": ["batch", 3, "height", "width"],
+                **image,
+                "constraints": f"height and width are multiples of {cfg.stride}",
+            },
+            {
+                "name": "image_384",
+                "shape": ["batch", 3, cfg.vit_size, cfg.vit_size],
+                **image,
+                "constraints": "the same padded square as image, resized bilinear to the ViT size",
+            },
         ]
         outs = [
-            {"name": n, "task": n, "shape": ["batch", TASK_CHANNELS[n], "height", "width"], "dtype": "float32",
-             "layout": "NCHW"}
+            {
+                "name": n,
+                "task": n,
+                "shape": ["batch", TASK_CHANNELS[n], "height", "width"],
+                "dtype": "float32",
+                "layout": "NCHW",
+            }
             for n in outputs
         ]
     else:
         r = OFFICIAL_RESOLUTION
         inputs = [{"name": "image", "shape": [1, 3, r, r], **image}]
         outs = [
-            {"name": n, "task": n, "shape": [1, r, r] if n == "depth" else [1, TASK_CHANNELS[n], r, r],
-             "dtype": "float32", "layout": "NHW" if n == "depth" else "NCHW"}
+            {
+                "name": n,
+                "task": n,
+                "shape": [1, r, r] if n == "depth" else [1, TASK_CHANNELS[n], r, r],
+                "dtype": "float32",
+                "layout": "NHW" if n == "depth" else "NCHW",
+            }
             for n in outputs
         ]
     return inputs, outs
@@ -120,8 +139,16 @@ def _precision_doc(precision: str, report: Optional[Dict[str, Any]]) -> Dict[str
 
 
 def build_manifest(
-    onnx_path: Path, sha256: str, variant: str, task: str, layout: str, precision: str, opset: int,
-    weights: Optional[str], seed: int, fp16_report: Optional[Dict[str, Any]] = None,
+    onnx_path: Path,
+    sha256: str,
+    variant: str,
+    task: str,
+    layout: str,
+    precision: str,
+    opset: int,
+    weights: Optional[str],
+    seed: int,
+    fp16_report: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest for an exported file (see david_infer.manifest)."""
 
@@ -134,8 +161,12 @@ def build_manifest(
             "description": f"RANDOM weights from seed {seed}: not a trained model; outputs are meaningless.",
         }
     else:
-        origin = {"origin": "file", "path": str(weights), "sha256": sha256_file(weights),
-                  "description": "weights loaded strictly from a david-infer safetensors checkpoint"}
+        origin = {
+            "origin": "file",
+            "path": str(weights),
+            "sha256": sha256_file(weights),
+            "description": "weights loaded strictly from a david-infer safetensors checkpoint",
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -250,13 +281,21 @@ def export_onnx(
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapped, args, str(tmp), input_names=names_in, output_names=names_out,
-                dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
+                wrapped,
+                args,
+                str(tmp),
+                input_names=names_in,
+                output_names=names_out,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
             )
         report = _to_fp16(tmp) if precision == "fp16" else None
         onnx.checker.check_model(str(tmp), full_check=True)
-        return build_manifest(output, sha256_file(tmp), variant, task, layout, precision, opset, weights_str,
-                              seed, report)
+        return build_manifest(
+            output, sha256_file(tmp), variant, task, layout, precision, opset, weights_str, seed, report
+        )
 
     return write_with_manifest(output, write)
 

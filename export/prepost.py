@@ -25,6 +25,7 @@ Where ...), so one graph serves every size:
   table row picked in the graph; reflect-101 at the square's border). Back: INTER_CUBIC to the
   padded square, then crop (`cv2_weights`).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,14 +63,14 @@ _I64_MAX = np.iinfo(np.int64).max
 def pyramid_kernels(levels: int = MAX_PYRAMID_LEVELS) -> np.ndarray:
     """(levels + 1, 2c + 1) float32: row l is the kernel of l pyrDown steps composed (row 0 is the
     identity), centred at c = 2 (2**levels - 1): z_l[p] = sum_u K_l[u] x[2**l p + u]."""
-    c = 2 * (2 ** levels - 1)
+    c = 2 * (2**levels - 1)
     table = np.zeros((levels + 1, 2 * c + 1))
     kernel = np.array([1.0])
     for level in range(levels + 1):
         half = len(kernel) // 2
-        table[level, c - half:c + half + 1] = kernel
-        spread = np.zeros(4 * 2 ** level + 1)  # the 5 taps at stride 2**level
-        spread[::2 ** level] = _PYR_KERNEL
+        table[level, c - half : c + half + 1] = kernel
+        spread = np.zeros(4 * 2**level + 1)  # the 5 taps at stride 2**level
+        spread[:: 2**level] = _PYR_KERNEL
         kernel = np.convolve(kernel, spread)
     return table.astype(np.float32)
 
@@ -107,8 +108,9 @@ class _Builder:
 
     def dim(self, x: str, axis: int) -> str:
         """x.shape[axis] as an int64 scalar."""
-        return self.op("Squeeze", self.op("Slice", self.op("Shape", x), self.i([axis]), self.i([axis + 1])),
-                       self.i([0]))
+        return self.op(
+            "Squeeze", self.op("Slice", self.op("Shape", x), self.i([axis]), self.i([axis + 1])), self.i([0])
+        )
 
     def to_float(self, x: str) -> str:
         return self.op("Cast", x, to=1)
@@ -175,8 +177,11 @@ def _keys(b: _Builder, x: str, a: float) -> str:
     ax2 = b.op("Mul", ax, ax)
     ax3 = b.op("Mul", ax2, ax)
     near = b.op("Add", b.op("Sub", b.op("Mul", b.f(a + 2.0), ax3), b.op("Mul", b.f(a + 3.0), ax2)), b.f(1.0))
-    far = b.op("Mul", b.f(a), b.op("Add", b.op("Sub", b.op("Sub", ax3, b.op("Mul", b.f(5.0), ax2)),
-                                                      b.op("Mul", b.f(-8.0), ax)), b.f(-4.0)))
+    far = b.op(
+        "Mul",
+        b.f(a),
+        b.op("Add", b.op("Sub", b.op("Sub", ax3, b.op("Mul", b.f(5.0), ax2)), b.op("Mul", b.f(-8.0), ax)), b.f(-4.0)),
+    )
     inside = b.where(b.op("Less", ax, b.f(1.0)), near, far)
     return b.where(b.op("Less", ax, b.f(2.0)), inside, b.f(0.0))
 
@@ -271,8 +276,10 @@ class _OpenCVPyramidLinear(_Family):
 
     def window(self, b: _Builder, o: str) -> Tuple[str, str]:
         s0, s1, _ = self._taps(b, o)
-        return (b.op("Sub", b.op("Mul", s0, self.step), self.reach),
-                b.op("Add", b.op("Mul", s1, self.step), self.reach))
+        return (
+            b.op("Sub", b.op("Mul", s0, self.step), self.reach),
+            b.op("Add", b.op("Mul", s1, self.step), self.reach),
+        )
 
     def _kernel_at(self, b: _Builder, u: str) -> str:
         inside = b.op("LessOrEqual", b.op("Abs", u), b.f(float(self.c)))
@@ -293,8 +300,16 @@ class _OpenCVPyramidLinear(_Family):
         return super().source(b, r, axis)
 
 
-def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, group: Optional[str] = None,
-            scale: float = 1.0, trim: bool = False) -> str:
+def _banded(
+    b: _Builder,
+    x: str,
+    axis: int,
+    geometry: _Axis,
+    family: _Family,
+    group: Optional[str] = None,
+    scale: float = 1.0,
+    trim: bool = False,
+) -> str:
     """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
 
     group None: groups of _GROUP outputs (the last group sliced off past m); else the int64 scalar
@@ -309,8 +324,9 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
         g = group
         count = b.op("Div", m, g)
     shape_gg = b.op("Concat", b.op("Unsqueeze", count, b.i([0])), b.op("Unsqueeze", g, b.i([0])), axis=0)
-    o_int = b.op("Min", b.op("Reshape", b.op("Range", b.i(0), b.op("Mul", count, g), b.i(1)), shape_gg),
-                 b.op("Sub", m, b.i(1)))  # (G, g); outputs past m repeat the last one
+    o_int = b.op(
+        "Min", b.op("Reshape", b.op("Range", b.i(0), b.op("Mul", count, g), b.i(1)), shape_gg), b.op("Sub", m, b.i(1))
+    )  # (G, g); outputs past m repeat the last one
     o = b.to_float(o_int)
     lo, hi = family.window(b, o)
     first = b.to_int(b.op("Floor", b.op("Slice", lo, b.i([0]), b.i([1]), b.i([1]))))  # (G, 1)
@@ -335,8 +351,13 @@ def _banded(b: _Builder, x: str, axis: int, geometry: _Axis, family: _Family, gr
     shape = b.op("Shape", x)
     before = b.op("Slice", shape, b.i([0]), b.i([axis]), b.i([0]))
     after = b.op("Slice", shape, b.i([axis + 1]), b.i([_I64_MAX]), b.i([0]))
-    flat = b.op("Reshape", gathered, b.op("Concat", before, b.op("Unsqueeze", count, b.i([0])),
-                                          b.op("Unsqueeze", length, b.i([0])), b.i([-1]), axis=0))
+    flat = b.op(
+        "Reshape",
+        gathered,
+        b.op(
+            "Concat", before, b.op("Unsqueeze", count, b.i([0])), b.op("Unsqueeze", length, b.i([0])), b.i([-1]), axis=0
+        ),
+    )
     product = b.op("MatMul", w, flat)  # x[:axis] + (G, g, rest)
     total = b.op("Unsqueeze", b.op("Mul", count, g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
@@ -443,10 +464,12 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
     else:  # Pillow bicubic from the crop box in model pixels: R of them, none virtual
         one, zero = b.i(1), b.i(0)
         cols, rows = _Axis(r, r, zero, sq.w), _Axis(r, r, zero, sq.h)
-        across_family = _Pillow(b, cols, "bicubic", b.op("Mul", b.to_float(sq.left), s),
-                                b.op("Mul", b.to_float(sq.w), s), one)
-        down_family = _Pillow(b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s),
-                              b.op("Mul", b.to_float(sq.h), s), one)
+        across_family = _Pillow(
+            b, cols, "bicubic", b.op("Mul", b.to_float(sq.left), s), b.op("Mul", b.to_float(sq.w), s), one
+        )
+        down_family = _Pillow(
+            b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
+        )
     xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, C, Rx, Ry)
     across = _banded(b, xt, 2, cols, across_family)  # (N, C, W, Ry)
     back = b.op("Transpose", across, perm=[0, 1, 3, 2])  # (N, C, Ry, W)
@@ -481,32 +504,40 @@ def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     from david_infer.backends.onnxruntime import OnnxRuntimeBackend
 
     if source.suffix != ".onnx":
-        raise ModelError(f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
-                         f"{source.suffix or 'a suffix-less file'}")
+        raise ModelError(
+            f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
+            f"{source.suffix or 'a suffix-less file'}"
+        )
     if not source.is_file():
         raise ModelError(f"model file not found: {source}")
     try:
         model = onnx.load(str(source))
     except Exception as exc:  # protobuf raises its own DecodeError types
-        raise ModelError(f"{source}: not a readable ONNX file ({type(exc).__name__}: {exc}); re-download or "
-                         "re-export it") from None
+        raise ModelError(
+            f"{source}: not a readable ONNX file ({type(exc).__name__}: {exc}); re-download or re-export it"
+        ) from None
     io = OnnxRuntimeBackend().inspect(source)
     contract = ModelContract.load(source) if manifest_path(source).exists() else ModelContract.recognise(source, io)
     contract.check_graph(io)
     if contract.layout == "prepost":
-        raise ModelError(f"{source}: already a pre/post graph (its manifest says layout \"prepost\"); wrap the "
-                         "network file it was made from")
+        raise ModelError(
+            f'{source}: already a pre/post graph (its manifest says layout "prepost"); wrap the '
+            "network file it was made from"
+        )
     if contract.precision != "fp32" and any(t.dtype != "float32" for t in contract.inputs):
         raise ModelError(f"{source}: inputs {[t.dtype for t in contract.inputs]}; the pre/post graph feeds float32")
     opset = _default_opset(model)
     if opset < MIN_OPSET:
-        raise ModelError(f"{source}: ONNX opset {opset}; wrapping needs opset {MIN_OPSET} or newer "
-                         "(re-export it, or convert it with onnx.version_converter)")
+        raise ModelError(
+            f"{source}: ONNX opset {opset}; wrapping needs opset {MIN_OPSET} or newer "
+            "(re-export it, or convert it with onnx.version_converter)"
+        )
     return model, contract
 
 
-def build_prepost_model(network: Any, contract: ModelContract, channel_order: str = "rgb",
-                        resolution: int = 512) -> Tuple[Any, Dict[str, Any]]:
+def build_prepost_model(
+    network: Any, contract: ModelContract, channel_order: str = "rgb", resolution: int = 512
+) -> Tuple[Any, Dict[str, Any]]:
     """The network ModelProto wrapped in pre/post (a new ModelProto) and the manifest's `prepost`
     section. `contract` describes the network; fixed-size (official layout) networks get the
     official pipeline and run at their own size."""
@@ -520,12 +551,18 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
     if fixed is not None:
         resolution = fixed
     vit = contract.vit_size if contract.vit_input is not None else None
-    if (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < contract.stride
-            or resolution % contract.stride):
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or resolution < contract.stride
+        or resolution % contract.stride
+    ):
         raise ExportError(f"resolution must be a positive multiple of {contract.stride}, got {resolution!r}")
     if vit and resolution < vit:
-        raise ExportError(f"resolution {resolution} is below the ViT size {vit}: the pre/post graph makes the ViT "
-                          f"copy from the model-resolution square; use {vit} or more")
+        raise ExportError(
+            f"resolution {resolution} is below the ViT size {vit}: the pre/post graph makes the ViT "
+            f"copy from the model-resolution square; use {vit} or more"
+        )
     opset = _default_opset(network)
     net = onnx.ModelProto()
     net.CopyFrom(network)
@@ -556,45 +593,94 @@ def build_prepost_model(network: Any, contract: ModelContract, channel_order: st
         shape = [batch, "height", "width"] + ([3] if task == "normal" else [])
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, shape))
     graph = helper.make_graph(
-        pre_nodes + list(net.graph.node) + b.nodes, "david_prepost",
+        pre_nodes + list(net.graph.node) + b.nodes,
+        "david_prepost",
         [helper.make_tensor_value_info(image, TensorProto.UINT8, [batch, "height", "width", 3])],
-        outputs, initializer=list(net.graph.initializer) + b.initializers)
-    model = helper.make_model(graph, opset_imports=list(network.opset_import), ir_version=network.ir_version,
-                              producer_name="david-infer prepost")
+        outputs,
+        initializer=list(net.graph.initializer) + b.initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=list(network.opset_import),
+        ir_version=network.ir_version,
+        producer_name="david-infer prepost",
+    )
     section = {
-        "input": image, "layout": "NHWC", "dtype": "uint8", "channel_order": channel_order, "pipeline": pipeline,
-        "resolution": resolution, "vit_size": vit, "resize": RESIZE[pipeline], "resize_back": RESIZE_BACK[pipeline],
-        "depth_sign": -1, "normal": "unit length", "foreground": "clipped to [0, 1]",
+        "input": image,
+        "layout": "NHWC",
+        "dtype": "uint8",
+        "channel_order": channel_order,
+        "pipeline": pipeline,
+        "resolution": resolution,
+        "vit_size": vit,
+        "resize": RESIZE[pipeline],
+        "resize_back": RESIZE_BACK[pipeline],
+        "depth_sign": -1,
+        "normal": "unit length",
+        "foreground": "clipped to [0, 1]",
         "tensorrt": f"onnx-tensorrt 10 operators only ({OPS_TABLE.name})",
     }
     if pipeline == "official":
-        section["max_side"] = OFFICIAL_PYRAMID_FACTOR * resolution * 2 ** MAX_PYRAMID_LEVELS
+        section["max_side"] = OFFICIAL_PYRAMID_FACTOR * resolution * 2**MAX_PYRAMID_LEVELS
     return model, section
 
 
-def _prepost_manifest(output: Path, source: Path, contract: ModelContract, section: Dict[str, Any],
-                      sha256: str, batch: Union[int, str]) -> Dict[str, Any]:
+def _prepost_manifest(
+    output: Path, source: Path, contract: ModelContract, section: Dict[str, Any], sha256: str, batch: Union[int, str]
+) -> Dict[str, Any]:
     doc = contract.as_dict()
     tasks = list(contract.tasks)
-    doc.update({
-        "model_file": output.name, "sha256": sha256, "layout": "prepost",
-        "task": tasks[0] if len(tasks) == 1 else "multitask", "tasks": tasks, "output_order": tasks,
-        "inputs": [{"name": "image", "shape": [batch, "height", "width", 3], "dtype": "uint8", "layout": "NHWC",
-                    "channel_order": section["channel_order"]}],
-        "outputs": [{"name": t, "task": t, "shape": [batch, "height", "width"] + ([3] if t == "normal" else []),
-                     "dtype": "float32", "layout": "NHWC" if t == "normal" else "NHW"} for t in tasks],
-        "preprocessing": {"inside_the_graph": f"{section['resize']} at {section['resolution']}",
-                          "stride": contract.stride, "vit_size": contract.vit_size,
-                          "resolution": section["resolution"], "default_resolution": section["resolution"]},
-        "postprocessing": {t: "inside the graph" for t in tasks},
-        "prepost": {**section, "source": {"file": source.name, "sha256": contract.sha256 or sha256_file(source),
-                                          "layout": contract.layout}},
-    })
+    doc.update(
+        {
+            "model_file": output.name,
+            "sha256": sha256,
+            "layout": "prepost",
+            "task": tasks[0] if len(tasks) == 1 else "multitask",
+            "tasks": tasks,
+            "output_order": tasks,
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [batch, "height", "width", 3],
+                    "dtype": "uint8",
+                    "layout": "NHWC",
+                    "channel_order": section["channel_order"],
+                }
+            ],
+            "outputs": [
+                {
+                    "name": t,
+                    "task": t,
+                    "shape": [batch, "height", "width"] + ([3] if t == "normal" else []),
+                    "dtype": "float32",
+                    "layout": "NHWC" if t == "normal" else "NHW",
+                }
+                for t in tasks
+            ],
+            "preprocessing": {
+                "inside_the_graph": f"{section['resize']} at {section['resolution']}",
+                "stride": contract.stride,
+                "vit_size": contract.vit_size,
+                "resolution": section["resolution"],
+                "default_resolution": section["resolution"],
+            },
+            "postprocessing": {t: "inside the graph" for t in tasks},
+            "prepost": {
+                **section,
+                "source": {
+                    "file": source.name,
+                    "sha256": contract.sha256 or sha256_file(source),
+                    "layout": contract.layout,
+                },
+            },
+        }
+    )
     return doc
 
 
-def wrap_prepost(source: Union[str, Path], output: Union[str, Path], channel_order: str = "rgb",
-                 resolution: int = 512) -> Dict[str, Any]:
+def wrap_prepost(
+    source: Union[str, Path], output: Union[str, Path], channel_order: str = "rgb", resolution: int = 512
+) -> Dict[str, Any]:
     """Write `output` (.onnx): the network file `source` (ours with its manifest, or a released
     file) wrapped in pre/post, with its manifest beside it; return the manifest. Both files appear
     only when everything succeeded."""
@@ -608,6 +694,7 @@ def wrap_prepost(source: Union[str, Path], output: Union[str, Path], channel_ord
         raise ExportError(f"output folder {output.parent} does not exist")
     network, contract = _load_source(source)
     model, section = build_prepost_model(network, contract, channel_order, resolution)
+
     def write(tmp: Path) -> Dict[str, Any]:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
@@ -635,8 +722,10 @@ def tensorrt_problems(model: Any) -> List[str]:
     if not low <= opset <= high:
         problems.append(f"opset {opset} outside {low}..{high}")
     inferred = shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     for node in model.graph.node:
@@ -661,5 +750,12 @@ def tensorrt_problems(model: Any) -> List[str]:
     return problems
 
 
-__all__ = ["CHANNEL_ORDERS", "PIPELINES", "build_prepost_model", "pyramid_kernels", "tensorrt_ops_table",
-           "tensorrt_problems", "wrap_prepost"]
+__all__ = [
+    "CHANNEL_ORDERS",
+    "PIPELINES",
+    "build_prepost_model",
+    "pyramid_kernels",
+    "tensorrt_ops_table",
+    "tensorrt_problems",
+    "wrap_prepost",
+]

@@ -14,6 +14,7 @@ Dims come from the graph itself (ONNX Runtime's view of the .onnx) or, for a pla
 manifest. The folder is written beside its final place and renamed into it, so a failure never
 leaves a half-written model folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ from david_infer.contract import GraphIO, ModelContract, TensorSpec
 from david_infer.errors import InputError, ModelError
 from david_infer.manifest import manifest_path, write_manifest
 
-PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan"),
-             ".plan": ("tensorrt_plan", "model.plan")}
+PLATFORMS = {
+    ".onnx": ("onnxruntime_onnx", "model.onnx"),
+    ".engine": ("tensorrt_plan", "model.plan"),
+    ".plan": ("tensorrt_plan", "model.plan"),
+}
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8"}
 
@@ -64,17 +68,33 @@ def _tensor(spec: TensorSpec, batched: bool) -> str:
     if dtype is None:
         raise ModelError(f"tensor {spec.name!r} has data type {spec.dtype}, which this export does not map to Triton")
     dims = [d if isinstance(d, int) else -1 for d in (spec.shape[1:] if batched else spec.shape)]
-    return f'  {{ name: {_quote(spec.name)} data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+    return f"  {{ name: {_quote(spec.name)} data_type: {dtype} dims: [ {', '.join(map(str, dims))} ] }}"
 
 
-def triton_config(name: str, platform: str, io: GraphIO, manifest: dict, max_batch_size: int, instance: str,
-                  instances: int, max_queue_delay_us: int) -> str:
+def triton_config(
+    name: str,
+    platform: str,
+    io: GraphIO,
+    manifest: dict,
+    max_batch_size: int,
+    instance: str,
+    instances: int,
+    max_queue_delay_us: int,
+) -> str:
     """The config.pbtxt text. With max_batch_size > 0 the dims leave out the batch dim (the graph's
     first dim must then be dynamic); 0 = the graph's full, fixed shapes and no batching."""
     batched = max_batch_size > 0
-    lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch_size}",
-             "input [", ",\n".join(_tensor(t, batched) for t in io.inputs), "]",
-             "output [", ",\n".join(_tensor(t, batched) for t in io.outputs), "]"]
+    lines = [
+        f"name: {_quote(name)}",
+        f"platform: {_quote(platform)}",
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        ",\n".join(_tensor(t, batched) for t in io.inputs),
+        "]",
+        "output [",
+        ",\n".join(_tensor(t, batched) for t in io.outputs),
+        "]",
+    ]
     if batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}")
     lines.append(f"instance_group [ {{ count: {instances} kind: {INSTANCE_KINDS[instance]} }} ]")
@@ -83,9 +103,16 @@ def triton_config(name: str, platform: str, io: GraphIO, manifest: dict, max_bat
     return "\n".join(lines) + "\n"
 
 
-def write_triton_repo(model: Union[str, Path], repo: Union[str, Path], name: Optional[str] = None,
-                      max_batch_size: Optional[int] = None, instance: Optional[str] = None, instances: int = 1,
-                      max_queue_delay_us: int = 100, overwrite: bool = False) -> Path:
+def write_triton_repo(
+    model: Union[str, Path],
+    repo: Union[str, Path],
+    name: Optional[str] = None,
+    max_batch_size: Optional[int] = None,
+    instance: Optional[str] = None,
+    instances: int = 1,
+    max_queue_delay_us: int = 100,
+    overwrite: bool = False,
+) -> Path:
     """Write REPO/NAME for `model` (an .onnx with or without our manifest, or an .engine/.plan with
     its sidecar) and return that folder.
 
@@ -111,16 +138,22 @@ def write_triton_repo(model: Union[str, Path], repo: Union[str, Path], name: Opt
     fixed = [t.name for t in io.inputs if isinstance(t.shape[0], int)]
     if max_batch_size is None:
         max_batch_size = 0 if fixed else min(8, largest or 8)
-    for label, value, low in (("max_batch_size", max_batch_size, 0), ("instances", instances, 1),
-                              ("max_queue_delay_us", max_queue_delay_us, 0)):
+    for label, value, low in (
+        ("max_batch_size", max_batch_size, 0),
+        ("instances", instances, 1),
+        ("max_queue_delay_us", max_queue_delay_us, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{label} must be an integer >= {low}, got {value!r}")
     if largest is not None and max_batch_size > largest:
-        raise InputError(f"{model}: the plan was built for batches up to {largest}; max_batch_size {max_batch_size} "
-                         "is more")
+        raise InputError(
+            f"{model}: the plan was built for batches up to {largest}; max_batch_size {max_batch_size} is more"
+        )
     if max_batch_size > 0 and fixed:
-        raise InputError(f"{model}: inputs {fixed} have a fixed batch dim ({io.inputs[0].shape}); Triton batching "
-                         "needs a dynamic one: export with --layout dynamic, or use max_batch_size 0")
+        raise InputError(
+            f"{model}: inputs {fixed} have a fixed batch dim ({io.inputs[0].shape}); Triton batching "
+            "needs a dynamic one: export with --layout dynamic, or use max_batch_size 0"
+        )
     repo = Path(repo)
     final = repo / name
     if final.exists() and not overwrite:
@@ -134,7 +167,8 @@ def write_triton_repo(model: Union[str, Path], repo: Union[str, Path], name: Opt
         write_manifest(staging / "manifest.json", manifest)
         (staging / "config.pbtxt").write_text(
             triton_config(name, platform, io, manifest, max_batch_size, instance, instances, max_queue_delay_us),
-            encoding="utf-8")
+            encoding="utf-8",
+        )
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo))
             os.replace(final, old / name)

@@ -9,6 +9,7 @@ by `SAME_ARITHMETIC` (float rounding only), an FP16 graph by the default thresho
 reference's own FP16 rounding. The relative error ||onnx - torch|| / ||torch|| is still reported,
 and judged only when a `tolerance` is given.
 """
+
 from __future__ import annotations
 
 import time
@@ -108,8 +109,11 @@ def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
     def ratio(num: float, den: float) -> float:
         return num / den if den > 0 else num
 
-    return (ratio(diff, float(np.linalg.norm(exp64))), float(np.abs(got64 - exp64).max(initial=0.0)),
-            ratio(diff, float(np.linalg.norm(centered))))
+    return (
+        ratio(diff, float(np.linalg.norm(exp64))),
+        float(np.abs(got64 - exp64).max(initial=0.0)),
+        ratio(diff, float(np.linalg.norm(centered))),
+    )
 
 
 def random_inputs(layout: str, batch: int, height: int, width: int, vit_size: int, seed: int = 0) -> Dict[str, Any]:
@@ -138,15 +142,19 @@ def torch_outputs(model: Any, layout: str, feeds: Dict[str, Any]) -> Dict[str, A
 
 
 def check_points(
-    variant: str, layout: str, resolutions: Optional[Sequence[Tuple[int, int]]] = None,
+    variant: str,
+    layout: str,
+    resolutions: Optional[Sequence[Tuple[int, int]]] = None,
     batches: Optional[Sequence[int]] = None,
 ) -> List[Tuple[Tuple[int, int], int]]:
     """The (resolution, batch) points to run (None: the defaults); InputError for sizes the graph cannot take."""
     stride = get_config(variant).stride
     if layout == "official":
         if (resolutions and list(resolutions) != [OFFICIAL_POINT[0]]) or (batches and list(batches) != [1]):
-            raise InputError("an official-layout graph is fixed at 1x3x512x512: it can be verified only at "
-                             "512x512, batch 1 (leave out --resolutions and --batches)")
+            raise InputError(
+                "an official-layout graph is fixed at 1x3x512x512: it can be verified only at "
+                "512x512, batch 1 (leave out --resolutions and --batches)"
+            )
         return [OFFICIAL_POINT]
     resolutions = resolutions or DEFAULT_RESOLUTIONS
     for hw in resolutions:
@@ -154,7 +162,9 @@ def check_points(
     return [((h, w), b) for (h, w) in resolutions for b in (batches or DEFAULT_BATCHES)]
 
 
-def _weights_for(manifest: Dict[str, Any], weights: Optional[Union[str, Path]], where: Path) -> Tuple[Optional[str], int, str]:
+def _weights_for(
+    manifest: Dict[str, Any], weights: Optional[Union[str, Path]], where: Path
+) -> Tuple[Optional[str], int, str]:
     """(weights file or None, seed, description) that rebuild the exported model."""
     origin = manifest.get("weights", {})
     seed = int(origin.get("seed", 0))
@@ -168,8 +178,9 @@ def _weights_for(manifest: Dict[str, Any], weights: Optional[Union[str, Path]], 
         return None, seed, f"random, seed {seed}"
     path = origin.get("path")
     if not path or not Path(path).is_file():
-        raise ModelError(f"{where} was exported from the weights file {path!r}, which is not there; "
-                         "pass it with --weights")
+        raise ModelError(
+            f"{where} was exported from the weights file {path!r}, which is not there; pass it with --weights"
+        )
     return str(path), seed, f"file {path}"
 
 
@@ -183,8 +194,13 @@ def open_session(path: Union[str, Path]) -> Any:
 
 
 def compare(
-    model: Any, sessions: Dict[str, Any], layout: str, points: Sequence[Tuple[Tuple[int, int], int]],
-    precisions: Dict[str, str], seed: int = 0, tolerances: Optional[Dict[str, Optional[float]]] = None,
+    model: Any,
+    sessions: Dict[str, Any],
+    layout: str,
+    points: Sequence[Tuple[Tuple[int, int], int]],
+    precisions: Dict[str, str],
+    seed: int = 0,
+    tolerances: Optional[Dict[str, Optional[float]]] = None,
 ) -> Dict[str, List[Row]]:
     """Rows per session name: the PyTorch reference is computed once per point and shared. Each
     session is judged by the parity metrics for its graph's precision ("fp32" or "fp16"), and by
@@ -205,14 +221,32 @@ def compare(
             fp16 = precisions[name] == "fp16"
             for out_name, got in zip(names, results):
                 rel, mx, vs_var = relative_errors(got, ref[out_name])
-                judged = parity({out_name: got}, {out_name: ref[out_name]}, Thresholds() if fp16 else SAME_ARITHMETIC,
-                                precision="fp16" if fp16 else "fp32")
+                judged = parity(
+                    {out_name: got},
+                    {out_name: ref[out_name]},
+                    Thresholds() if fp16 else SAME_ARITHMETIC,
+                    precision="fp16" if fp16 else "fp32",
+                )
                 reasons = list(judged.reasons)
                 limit = (tolerances or {}).get(name)
                 if limit is not None and not rel <= limit:
                     reasons.append(f"{out_name}: relative error {rel:.3g} > tolerance {limit:g}")
-                rows[name].append(Row(h, w, b, out_name, rel, mx, not reasons, vs_var, seconds,
-                                      judged.metrics[out_name], reasons, judged.limits.get(out_name, {})))
+                rows[name].append(
+                    Row(
+                        h,
+                        w,
+                        b,
+                        out_name,
+                        rel,
+                        mx,
+                        not reasons,
+                        vs_var,
+                        seconds,
+                        judged.metrics[out_name],
+                        reasons,
+                        judged.limits.get(out_name, {}),
+                    )
+                )
     return rows
 
 
@@ -236,12 +270,12 @@ def verify_onnx(
     layout, precision = manifest.get("layout", "dynamic"), manifest.get("precision", "fp32")
     points = check_points(manifest["variant"], layout, resolutions, batches)
     weights_file, model_seed, described = _weights_for(manifest, weights, path)
-    model = build_model(manifest["variant"], manifest["task"], weights=weights_file,
-                        seed=None if weights_file else model_seed)
+    model = build_model(
+        manifest["variant"], manifest["task"], weights=weights_file, seed=None if weights_file else model_seed
+    )
     session = open_session(path)
     rows = compare(model, {"onnx": session}, layout, points, {"onnx": precision}, seed, {"onnx": tolerance})["onnx"]
-    return VerifyReport(path.name, manifest["variant"], manifest["task"], layout, precision, described,
-                        tolerance, rows)
+    return VerifyReport(path.name, manifest["variant"], manifest["task"], layout, precision, described, tolerance, rows)
 
 
 def _key_metrics(row: Row) -> str:
@@ -258,27 +292,46 @@ def _key_metrics(row: Row) -> str:
 def format_report(report: VerifyReport) -> str:
     """A plain-text table of the report, one row per output and point, the reasons of each failure
     and a verdict line."""
-    judged = "per-task metrics" + (f" and relative error <= {report.tolerance:g}" if report.tolerance is not None else "")
+    judged = "per-task metrics" + (
+        f" and relative error <= {report.tolerance:g}" if report.tolerance is not None else ""
+    )
     lines = [
         f"{report.model_file}: {report.variant}/{report.task}, {report.layout} layout, {report.precision}; "
         f"weights {report.weights}; judged by {judged}",
         f"{'resolution':>11} {'batch':>5} {'output':<11} {'task metrics':<52} {'max_abs':>10} {'rel_error':>10}",
     ]
     for r in report.rows:
-        lines.append(f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {_key_metrics(r):<52} "
-                     f"{r.max_abs_error:>10.3e} {r.rel_error:>10.3e}{'' if r.ok else '  FAIL'}")
+        lines.append(
+            f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {_key_metrics(r):<52} "
+            f"{r.max_abs_error:>10.3e} {r.rel_error:>10.3e}{'' if r.ok else '  FAIL'}"
+        )
         if r.limits:
-            lines.append("      limits applied: " + ", ".join(
-                f"{k} {'>=' if k == 'iou_05' else '<='} {v:.3g}" for k, v in r.limits.items()))
+            lines.append(
+                "      limits applied: "
+                + ", ".join(f"{k} {'>=' if k == 'iou_05' else '<='} {v:.3g}" for k, v in r.limits.items())
+            )
         lines.extend(f"      {reason}" for reason in r.reasons)
-    lines.append("metrics: depth RMSE / the reference's spread and AbsRel after scale-and-shift alignment; normal "
-                 "angle (mean / 99th percentile); foreground MAE of the [0, 1] mask, raw MAE / spread, IoU at 0.5")
+    lines.append(
+        "metrics: depth RMSE / the reference's spread and AbsRel after scale-and-shift alignment; normal "
+        "angle (mean / 99th percentile); foreground MAE of the [0, 1] mask, raw MAE / spread, IoU at 0.5"
+    )
     if report.rows:
         failed = [r for r in report.rows if not r.ok]
-        lines.append(f"PASS: all {len(report.rows)} rows within the thresholds" if not failed else
-                     f"FAIL: {len(failed)} of {len(report.rows)} rows outside the thresholds (reasons above)")
+        lines.append(
+            f"PASS: all {len(report.rows)} rows within the thresholds"
+            if not failed
+            else f"FAIL: {len(failed)} of {len(report.rows)} rows outside the thresholds (reasons above)"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["Row", "VerifyReport", "compare", "format_report", "parse_batches",
-           "parse_resolutions", "relative_errors", "verify_onnx"]
+__all__ = [
+    "Row",
+    "VerifyReport",
+    "compare",
+    "format_report",
+    "parse_batches",
+    "parse_resolutions",
+    "relative_errors",
+    "verify_onnx",
+]

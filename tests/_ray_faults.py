@@ -7,6 +7,7 @@ the marker path and N come from DAVID_TEST_DIE_MARKER and DAVID_TEST_DIE_AT. Eve
 appends a line (the process id) to DAVID_TEST_CALL_LOG when set, and sleeps DAVID_TEST_SLOW_S
 seconds when set (so that a job lasts long enough to be killed in the middle).
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,13 @@ def install() -> None:
 
 def runtime_env(marker: str, die_at: int, call_log: str, slow_s: float = 0.0) -> Dict[str, Any]:
     """The Ray runtime_env that loads this backend into every worker, with its settings."""
-    return {"worker_process_setup_hook": "_ray_faults.install",
-            "env_vars": {"PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path]),
-                         "DAVID_TEST_DIE_MARKER": marker, "DAVID_TEST_DIE_AT": str(die_at),
-                         "DAVID_TEST_CALL_LOG": call_log, "DAVID_TEST_SLOW_S": str(slow_s)}}
+    return {
+        "worker_process_setup_hook": "_ray_faults.install",
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path]),
+            "DAVID_TEST_DIE_MARKER": marker,
+            "DAVID_TEST_DIE_AT": str(die_at),
+            "DAVID_TEST_CALL_LOG": call_log,
+            "DAVID_TEST_SLOW_S": str(slow_s),
+        },
+    }

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny exported graphs are made once per session (each export takes ~10 s)."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The applications' maths on constructed inputs: planes, known masks, depth ramps, PLY round trips."""
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ def test_relight_only_the_foreground() -> None:
     fg = np.zeros((H, W), np.float32)
     fg[:, : W // 2] = 1.0
     out = apps.relight(img, _plane((0, 0, 1)), (0, 0, -1), ambient=0.5, foreground=fg)
-    assert np.all(out[:, : W // 2] == 50) and np.all(out[:, W // 2:] == 100)
+    assert np.all(out[:, : W // 2] == 50) and np.all(out[:, W // 2 :] == 100)
 
 
 def test_relight_rejects_bad_input() -> None:
@@ -192,8 +193,13 @@ def test_write_ply_header_and_body_by_hand(tmp_path: Path) -> None:
     assert lines[:2] == ["ply", "format binary_little_endian 1.0"]
     assert "element vertex 2" in lines
     assert [l for l in lines if l.startswith("property")] == [
-        "property float x", "property float y", "property float z",
-        "property uchar red", "property uchar green", "property uchar blue"]
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+    ]
     rec = np.frombuffer(body, dtype=[("p", "<f4", 3), ("c", "u1", 3)])
     assert len(body) == 2 * 15
     np.testing.assert_array_equal(rec["p"], pts)
@@ -207,13 +213,16 @@ def test_write_ply_rejects_bad_shapes(tmp_path: Path) -> None:
         apps.write_ply(tmp_path / "a.ply", np.zeros((4, 3)), np.zeros((3, 3)))
     assert list(tmp_path.iterdir()) == []
 
+
 _finite = st.floats(-5, 5, allow_nan=False, width=32)
 
 
 @settings(max_examples=40, deadline=None)
-@given(normal=arrays(np.float32, (3, 4, 3), elements=_finite),
-       light=st.tuples(_finite, _finite, _finite).filter(lambda v: np.linalg.norm(v) > 1e-3),
-       ambient=st.floats(0, 1))
+@given(
+    normal=arrays(np.float32, (3, 4, 3), elements=_finite),
+    light=st.tuples(_finite, _finite, _finite).filter(lambda v: np.linalg.norm(v) > 1e-3),
+    ambient=st.floats(0, 1),
+)
 def test_shading_stays_between_ambient_and_one(normal: np.ndarray, light: tuple, ambient: float) -> None:
     shade = apps.shading(normal, light, ambient)
     assert shade.shape == (3, 4)
@@ -221,8 +230,12 @@ def test_shading_stays_between_ambient_and_one(normal: np.ndarray, light: tuple,
 
 
 @settings(max_examples=40, deadline=None)
-@given(depth=arrays(np.float32, (4, 5), elements=st.floats(-100, 100, allow_nan=False, width=32)),
-       near=st.floats(0.1, 10), extent=st.floats(0, 10), fov=st.floats(1, 170))
+@given(
+    depth=arrays(np.float32, (4, 5), elements=st.floats(-100, 100, allow_nan=False, width=32)),
+    near=st.floats(0.1, 10),
+    extent=st.floats(0, 10),
+    fov=st.floats(1, 170),
+)
 def test_point_cloud_z_inside_the_range(depth: np.ndarray, near: float, extent: float, fov: float) -> None:
     img = np.zeros((4, 5, 3), np.uint8)
     pts, _ = apps.point_cloud(img, depth, fov_deg=fov, depth_range=(near, near + extent))
@@ -243,7 +256,8 @@ def test_streamed_point_cloud_equals_point_cloud_written(tmp_path) -> None:
     fg = rng.random((h, w)).astype(np.float32)
     pts, cols = apps.point_cloud(img, depth, fg, fov_deg=50.0, depth_range=(1.5, 3.0), invert=True)
     apps.write_ply(tmp_path / "whole.ply", pts, cols)
-    count = apps.stream_point_cloud(tmp_path / "streamed.ply", img, depth, fg, fov_deg=50.0,
-                                    depth_range=(1.5, 3.0), invert=True)
+    count = apps.stream_point_cloud(
+        tmp_path / "streamed.ply", img, depth, fg, fov_deg=50.0, depth_range=(1.5, 3.0), invert=True
+    )
     assert count == len(pts) > 0
     assert (tmp_path / "streamed.ply").read_bytes() == (tmp_path / "whole.ply").read_bytes()

@@ -1,5 +1,6 @@
 """The runtime contract: the typed model contract, the backend interface and its registry, typed
 backend options, and the one batching path (`DavidRuntime.imap`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +47,17 @@ def test_contract_parsed_once_typed_and_frozen(tiny_multitask_onnx: Path) -> Non
 
 def test_contract_unknown_version_is_a_clear_error(tiny_multitask_onnx: Path) -> None:
     data = json.loads(manifest_path(tiny_multitask_onnx).read_text())
-    with pytest.raises(ModelError, match=r"m\.json: manifest format version 7 is newer than this david-infer "
-                                         r"understands \(1\); upgrade david-infer"):
+    with pytest.raises(
+        ModelError,
+        match=r"m\.json: manifest format version 7 is newer than this david-infer "
+        r"understands \(1\); upgrade david-infer",
+    ):
         ModelContract.from_dict(Path("m.onnx"), {**data, "format_version": 7})
 
 
-def test_runtime_validates_contract_and_resolution_before_opening(tiny_multitask_onnx: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_validates_contract_and_resolution_before_opening(
+    tiny_multitask_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A resolution the contract refuses fails before the backend opens anything."""
     opened = []
     backend = get_backend("onnxruntime")
@@ -78,8 +83,9 @@ def official_onnx_bare(official_onnx: Path, tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------------- devices
 
 
-@pytest.mark.parametrize("text, kind, index", [("cpu", "cpu", 0), ("CUDA", "cuda", 0), ("gpu", "cuda", 0),
-                                               ("cuda:3", "cuda", 3)])
+@pytest.mark.parametrize(
+    "text, kind, index", [("cpu", "cpu", 0), ("CUDA", "cuda", 0), ("gpu", "cuda", 0), ("cuda:3", "cuda", 3)]
+)
 def test_parse_device(text: str, kind: str, index: int) -> None:
     assert parse_device(text) == Device(kind, index)
 
@@ -135,10 +141,17 @@ def test_registered_backend_predicts(tmp_path: Path) -> None:
     register_backend("mean", _MeanBackend)
     model = tmp_path / "depth-mean.mean"
     model.write_bytes(b"no weights needed")
-    manifest_path(model).write_text(json.dumps({
-        "format": "david-infer-manifest", "format_version": 1, "tasks": ["depth"],
-        "inputs": [{"name": "image", "shape": ["batch", 3, "height", "width"]}],
-        "outputs": [{"name": "depth", "task": "depth", "shape": ["batch", 1, "height", "width"]}]}))
+    manifest_path(model).write_text(
+        json.dumps(
+            {
+                "format": "david-infer-manifest",
+                "format_version": 1,
+                "tasks": ["depth"],
+                "inputs": [{"name": "image", "shape": ["batch", 3, "height", "width"]}],
+                "outputs": [{"name": "depth", "task": "depth", "shape": ["batch", 1, "height", "width"]}],
+            }
+        )
+    )
     gray = np.full((32, 32), 200, np.uint8)
     with DavidRuntime(model, resolution=32, batch_size=2, scale=2.0, invert_depth=False) as rt:
         assert rt.backend == "mean" and rt.tasks == ("depth",)
@@ -165,32 +178,44 @@ def fake_engine(tmp_path: Path) -> Path:
     return engine
 
 
-@pytest.mark.parametrize("backend, valid", [("onnxruntime", "intra_op_threads"), ("torch", "precision"),
-                                            ("tensorrt", "none")])
-def test_unknown_backend_option_fails_on_every_backend(tiny_multitask_onnx: Path, fake_engine: Path,
-                                                       backend: str, valid: str) -> None:
+@pytest.mark.parametrize(
+    "backend, valid", [("onnxruntime", "intra_op_threads"), ("torch", "precision"), ("tensorrt", "none")]
+)
+def test_unknown_backend_option_fails_on_every_backend(
+    tiny_multitask_onnx: Path, fake_engine: Path, backend: str, valid: str
+) -> None:
     model = fake_engine if backend == "tensorrt" else tiny_multitask_onnx
     with pytest.raises(InputError, match=rf"takes no option 'intra_op_num_thread'.*{valid}"):
-        DavidRuntime(model, backend=backend, device="cuda" if backend == "tensorrt" else "cpu",
-                     backend_options={"intra_op_num_thread": 2})
+        DavidRuntime(
+            model,
+            backend=backend,
+            device="cuda" if backend == "tensorrt" else "cpu",
+            backend_options={"intra_op_num_thread": 2},
+        )
 
 
 def test_misspelled_runtime_arguments_name_the_valid_ones(tiny_multitask_onnx: Path) -> None:
-    with pytest.raises(InputError, match=r"'resolutoin' \(did you mean 'resolution'\?\), 'invert_dpeth' "
-                                         r"\(did you mean 'invert_depth'\?\)"):
+    with pytest.raises(
+        InputError,
+        match=r"'resolutoin' \(did you mean 'resolution'\?\), 'invert_dpeth' "
+        r"\(did you mean 'invert_depth'\?\)",
+    ):
         DavidRuntime(tiny_multitask_onnx, resolutoin=256, invert_dpeth=False)
     with pytest.raises(InputError, match=r"'intra_op_num_thread' \(did you mean 'intra_op_threads'\?\)"):
         DavidRuntime(tiny_multitask_onnx, intra_op_num_thread=2)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"threads": 0}, "threads must be a positive integer or None, got 0"),
-    ({"threads": -3}, "threads must be a positive integer or None, got -3"),
-    ({"intra_op_threads": "lots"}, "intra_op_threads must be a positive integer or None, got 'lots'"),
-    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-    ({"invert_depth": "no"}, "invert_depth must be True or False"),
-    ({"post": PostOptions(), "normalize_depth": True}, "either as post= or as keyword arguments"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"threads": 0}, "threads must be a positive integer or None, got 0"),
+        ({"threads": -3}, "threads must be a positive integer or None, got -3"),
+        ({"intra_op_threads": "lots"}, "intra_op_threads must be a positive integer or None, got 'lots'"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"invert_depth": "no"}, "invert_depth must be True or False"),
+        ({"post": PostOptions(), "normalize_depth": True}, "either as post= or as keyword arguments"),
+    ],
+)
 def test_invalid_arguments_are_typed_errors(tiny_multitask_onnx: Path, kwargs: Dict[str, Any], match: str) -> None:
     with pytest.raises(InputError, match=match):
         DavidRuntime(tiny_multitask_onnx, resolution=RES, **kwargs)
@@ -198,9 +223,12 @@ def test_invalid_arguments_are_typed_errors(tiny_multitask_onnx: Path, kwargs: D
 
 def test_post_options_object_equals_keywords(tiny_multitask_onnx: Path) -> None:
     image = _images(1)[0]
-    with DavidRuntime(tiny_multitask_onnx, resolution=RES, post=PostOptions(invert_depth=False,
-                                                                             normalize_depth=True)) as a, \
-            DavidRuntime(tiny_multitask_onnx, resolution=RES, invert_depth=False, normalize_depth=True) as b:
+    with (
+        DavidRuntime(
+            tiny_multitask_onnx, resolution=RES, post=PostOptions(invert_depth=False, normalize_depth=True)
+        ) as a,
+        DavidRuntime(tiny_multitask_onnx, resolution=RES, invert_depth=False, normalize_depth=True) as b,
+    ):
         assert a.post_options == b.post_options and a.post_options.interpolation == "bicubic"
         np.testing.assert_array_equal(a.predict(image).depth, b.predict(image).depth)
 

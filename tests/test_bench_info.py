@@ -1,4 +1,5 @@
 """`david-infer bench` (JSON report, sane numbers, backend ratios) and `david-infer info`."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,27 @@ from david_infer.outputs.files import sha256_file
 
 def test_bench_json_has_sane_numbers(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     report_file = tmp_path / "bench.json"
-    rc = main(["bench", "-m", str(tiny_multitask_onnx), "--backend", "onnxruntime", "--backend", "torch",
-               "--resolution", "64", "--batch", "1", "--runs", "4", "--warmup", "1", "--json", str(report_file)])
+    rc = main(
+        [
+            "bench",
+            "-m",
+            str(tiny_multitask_onnx),
+            "--backend",
+            "onnxruntime",
+            "--backend",
+            "torch",
+            "--resolution",
+            "64",
+            "--batch",
+            "1",
+            "--runs",
+            "4",
+            "--warmup",
+            "1",
+            "--json",
+            str(report_file),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "ratio to onnxruntime at 64, batch 1: torch" in out
@@ -41,11 +61,33 @@ def test_bench_json_has_sane_numbers(tiny_multitask_onnx: Path, tmp_path: Path, 
 
 def test_bench_batch_list(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
     report_file = tmp_path / "bench.json"
-    assert main(["bench", "-m", str(tiny_multitask_onnx), "--resolution", "64,128", "--batch", "1,3", "--runs", "2",
-                 "--warmup", "1", "--json", str(report_file)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "-m",
+                str(tiny_multitask_onnx),
+                "--resolution",
+                "64,128",
+                "--batch",
+                "1,3",
+                "--runs",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+                str(report_file),
+            ]
+        )
+        == 0
+    )
     results = json.loads(report_file.read_text())["results"]
     assert [(r["backend"], r["resolution"], r["batch"]) for r in results] == [
-        ("onnxruntime", 64, 1), ("onnxruntime", 64, 3), ("onnxruntime", 128, 1), ("onnxruntime", 128, 3)]
+        ("onnxruntime", 64, 1),
+        ("onnxruntime", 64, 3),
+        ("onnxruntime", 128, 1),
+        ("onnxruntime", 128, 3),
+    ]
     assert all(r["images_per_s"] > 0 and r["runs_done"] == 2 for r in results)
 
 
@@ -56,8 +98,9 @@ def test_bench_rejects_bad_numbers(tiny_multitask_onnx: Path, capsys: pytest.Cap
     assert "multiple of 16" in capsys.readouterr().err
 
 
-def test_bench_refuses_an_unknown_backend_before_the_table(tiny_multitask_onnx: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_bench_refuses_an_unknown_backend_before_the_table(
+    tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["bench", "-m", str(tiny_multitask_onnx), "--backend", "onnxruntime,onnxrt", "--runs", "1"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "unknown backend 'onnxrt'; expected one of auto, onnxruntime" in err
@@ -67,9 +110,14 @@ def test_info_prints_names_shapes_and_checksum(tiny_multitask_onnx: Path, capsys
     assert main(["info", str(tiny_multitask_onnx)]) == 0
     out = capsys.readouterr().out
     assert "check:    OK (matches the manifest tiny-multitask.json)" in out
-    for line in ("image            batchx3xheightxwidth", "image_384        batchx3x384x384",
-                 "depth            batchx1xheightxwidth", "normal           batchx3xheightxwidth",
-                 "foreground       batchx1xheightxwidth", "variant:   tiny"):
+    for line in (
+        "image            batchx3xheightxwidth",
+        "image_384        batchx3x384x384",
+        "depth            batchx1xheightxwidth",
+        "normal           batchx3xheightxwidth",
+        "foreground       batchx1xheightxwidth",
+        "variant:   tiny",
+    ):
         assert line in out
     assert main(["info", str(tiny_multitask_onnx), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -79,8 +127,9 @@ def test_info_prints_names_shapes_and_checksum(tiny_multitask_onnx: Path, capsys
     assert info["outputs"][1] == {"name": "normal", "shape": ["batch", 3, "height", "width"], "dtype": "float32"}
 
 
-def test_info_without_manifest_and_with_a_changed_file(tiny_multitask_onnx: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_info_without_manifest_and_with_a_changed_file(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     bare = tmp_path / "bare.onnx"
     shutil.copy(tiny_multitask_onnx, bare)  # no manifest beside it, as a released file
     assert main(["info", str(bare)]) == 0
@@ -102,15 +151,19 @@ def test_info_on_corrupt_onnx_names_the_file(tmp_path: Path, capsys: pytest.Capt
     assert str(bad) in err and "Traceback" not in err
 
 
-def test_info_on_engine_reads_the_sidecar(tiny_multitask_onnx: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_info_on_engine_reads_the_sidecar(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """An engine is described from its sidecar alone (no TensorRT here); the plan bytes are arbitrary."""
     plan = tmp_path / "model.engine"
     plan.write_bytes(b"plan bytes: not readable without TensorRT")
     sidecar = dict(read_manifest(manifest_path(tiny_multitask_onnx)))
-    sidecar.update(kind="tensorrt", model_file=plan.name, sha256=sha256_file(plan),
-                   tensorrt={"version": "10.9.0", "gpu": "NVIDIA A100", "compute_capability": "8.0",
-                             "hardware_compat": "none"})
+    sidecar.update(
+        kind="tensorrt",
+        model_file=plan.name,
+        sha256=sha256_file(plan),
+        tensorrt={"version": "10.9.0", "gpu": "NVIDIA A100", "compute_capability": "8.0", "hardware_compat": "none"},
+    )
     write_manifest(manifest_path(plan), sidecar)
     assert main(["info", str(plan)]) == 0
     out = capsys.readouterr().out
@@ -121,8 +174,9 @@ def test_info_on_engine_reads_the_sidecar(tiny_multitask_onnx: Path, tmp_path: P
     assert "no sidecar manifest" in capsys.readouterr().err
 
 
-def test_model_names_resolve_through_the_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_model_names_resolve_through_the_zoo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("DAVID_INFER_HOME", str(tmp_path / "home"))
     assert main(["info", "depth-base"]) == 1  # info never downloads: it says how to get the file
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
 """`david-infer relight / background / pointcloud` on the tiny model and a real photo."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,13 @@ def _single_task(multitask: Path, task: str, folder: Path) -> Path:
     path = folder / f"tiny-{task}.onnx"
     onnx.save(model, str(path))
     manifest = read_manifest(manifest_path(multitask))
-    manifest.update(task=task, tasks=[task], model_file=path.name, sha256=sha256_file(path),
-                    outputs=[o for o in manifest["outputs"] if o["task"] == task])
+    manifest.update(
+        task=task,
+        tasks=[task],
+        model_file=path.name,
+        sha256=sha256_file(path),
+        outputs=[o for o in manifest["outputs"] if o["task"] == task],
+    )
     write_manifest(manifest_path(path), manifest)
     return path
 
@@ -54,15 +60,17 @@ def app(command: str, photo: Path, model: Path, out: Path, *extra: str) -> int:
     return main([command, str(photo), "-m", str(model), "-o", str(out), "--resolution", "64", *extra])
 
 
-def test_relight_with_full_ambient_returns_the_photo(tiny_multitask_onnx: Path, photo_file: Path,
-                                                     tmp_path: Path) -> None:
+def test_relight_with_full_ambient_returns_the_photo(
+    tiny_multitask_onnx: Path, photo_file: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "lit.png"
     assert app("relight", photo_file, tiny_multitask_onnx, out, "--ambient", "1", "--light", "0,0,1") == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(photo_file)))
 
 
-def test_relight_matches_the_shading_formula(tiny_runtime, tiny_multitask_onnx: Path, normal_only_onnx: Path,
-                                             photo_file: Path, tmp_path: Path) -> None:
+def test_relight_matches_the_shading_formula(
+    tiny_runtime, tiny_multitask_onnx: Path, normal_only_onnx: Path, photo_file: Path, tmp_path: Path
+) -> None:
     img = np.asarray(Image.open(photo_file)).astype(np.float64)
     pred = tiny_runtime.predict(photo_file)
     n = pred.normal / np.linalg.norm(pred.normal, axis=2, keepdims=True)
@@ -78,8 +86,9 @@ def test_relight_matches_the_shading_formula(tiny_runtime, tiny_multitask_onnx: 
             assert np.abs(got - img).max() > 10  # the light did change the picture
 
 
-def test_background_colour_blends_by_the_mask(tiny_runtime, tiny_multitask_onnx: Path, photo_file: Path,
-                                              tmp_path: Path) -> None:
+def test_background_colour_blends_by_the_mask(
+    tiny_runtime, tiny_multitask_onnx: Path, photo_file: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "bg.png"
     assert app("background", photo_file, tiny_multitask_onnx, out, "--color", "0,0,255") == 0
     got = np.asarray(Image.open(out)).astype(np.float64)
@@ -98,13 +107,29 @@ def test_background_image_and_blur(tiny_multitask_onnx: Path, photo_file: Path, 
         assert Image.open(out).size == Image.open(photo_file).size
 
 
-def test_pointcloud_writes_a_readable_ply(tiny_runtime, tiny_multitask_onnx: Path, photo_file: Path,
-                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pointcloud_writes_a_readable_ply(
+    tiny_runtime, tiny_multitask_onnx: Path, photo_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from plyfile import PlyData
 
     out = tmp_path / "cloud.ply"
-    assert app("pointcloud", photo_file, tiny_multitask_onnx, out, "--fov", "50", "--near", "1.5", "--far", "2.5",
-               "--mask-threshold", "0") == 0
+    assert (
+        app(
+            "pointcloud",
+            photo_file,
+            tiny_multitask_onnx,
+            out,
+            "--fov",
+            "50",
+            "--near",
+            "1.5",
+            "--far",
+            "2.5",
+            "--mask-threshold",
+            "0",
+        )
+        == 0
+    )
     vertex = PlyData.read(str(out))["vertex"]
     h, w = Image.open(photo_file).size[::-1]
     assert vertex.count == h * w  # threshold 0 keeps every pixel
@@ -114,17 +139,29 @@ def test_pointcloud_writes_a_readable_ply(tiny_runtime, tiny_multitask_onnx: Pat
     points, colors = apps.point_cloud(pred.image, pred.depth, pred.foreground, 50.0, (1.5, 2.5), 0.0, invert=True)
     np.testing.assert_allclose(np.stack([vertex["x"], vertex["y"], z], axis=1), points, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(vertex["red"]), colors[:, 0])
-    assert main(["pointcloud", str(photo_file), "-m", str(tiny_multitask_onnx), "-o", str(out),
-                 "--resolution", "64"]) == 1
+    assert (
+        main(["pointcloud", str(photo_file), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", "64"]) == 1
+    )
     err = capsys.readouterr().err
     assert str(out) in err and "--overwrite" in err
 
 
-@pytest.mark.parametrize("command, extra, task", [
-    ("relight", (), "normal"), ("background", ("--blur", "3"), "foreground"),
-])
-def test_missing_task_is_a_clear_error(depth_only_onnx: Path, photo_file: Path, tmp_path: Path, command: str,
-                                       extra: tuple, task: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "command, extra, task",
+    [
+        ("relight", (), "normal"),
+        ("background", ("--blur", "3"), "foreground"),
+    ],
+)
+def test_missing_task_is_a_clear_error(
+    depth_only_onnx: Path,
+    photo_file: Path,
+    tmp_path: Path,
+    command: str,
+    extra: tuple,
+    task: str,
+    capsys: pytest.CaptureFixture,
+) -> None:
     out = tmp_path / "out.png"
     assert app(command, photo_file, depth_only_onnx, out, *extra) == 1
     err = capsys.readouterr().err
@@ -132,8 +169,9 @@ def test_missing_task_is_a_clear_error(depth_only_onnx: Path, photo_file: Path, 
     assert not out.exists()
 
 
-def test_pointcloud_on_a_depth_only_model_keeps_every_pixel(depth_only_onnx: Path, photo_file: Path,
-                                                            tmp_path: Path) -> None:
+def test_pointcloud_on_a_depth_only_model_keeps_every_pixel(
+    depth_only_onnx: Path, photo_file: Path, tmp_path: Path
+) -> None:
     from plyfile import PlyData
 
     out = tmp_path / "cloud.ply"

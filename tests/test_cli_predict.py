@@ -1,4 +1,5 @@
 """`david-infer predict` on the tiny model and a real photo: files, failures, overwriting, safe names."""
+
 from __future__ import annotations
 
 import os
@@ -44,11 +45,11 @@ def _files(folder: Path) -> List[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(RECORD_SUFFIX))
 
 
-def test_folder_writes_every_requested_file(tiny_multitask_onnx: Path, tiny_runtime, folder: Path,
-                                            tmp_path: Path) -> None:
+def test_folder_writes_every_requested_file(
+    tiny_multitask_onnx: Path, tiny_runtime, folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    assert predict(str(folder), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ALL,
-                   "--batch-size", "2") == 0
+    assert predict(str(folder), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ALL, "--batch-size", "2") == 0
     from plyfile import PlyData
 
     for name, size in (("astronaut", (512, 512)), ("crop", (200, 320))):
@@ -83,13 +84,15 @@ def test_folder_writes_every_requested_file(tiny_multitask_onnx: Path, tiny_runt
     assert not [n for n in _files(out) if n.startswith(".")], "temporary files left behind"
 
 
-def test_failing_inputs_summarised_and_others_written(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_failing_inputs_summarised_and_others_written(
+    tiny_multitask_onnx: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
     (folder / "empty.png").write_bytes(b"")
     out = tmp_path / "out"
-    rc = predict(str(folder), str(tmp_path / "missing.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out),
-                 "--save", "depth")
+    rc = predict(
+        str(folder), str(tmp_path / "missing.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth"
+    )
     assert rc == 1
     err = capsys.readouterr()
     assert "2 of 5 input(s) written" in err.out
@@ -100,8 +103,9 @@ def test_failing_inputs_summarised_and_others_written(tiny_multitask_onnx: Path,
     assert _files(out) == ["astronaut.depth.npy", "astronaut.depth.png", "crop.depth.npy", "crop.depth.png"]
 
 
-def test_changed_output_needs_overwrite(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_changed_output_needs_overwrite(
+    tiny_multitask_onnx: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     args = [str(folder / "crop.png"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth"]
     assert predict(*args) == 0
@@ -125,17 +129,34 @@ def test_output_names_never_escape(tiny_multitask_onnx: Path, folder: Path, tmp_
     odd = tmp_path / "..weird name?.png"
     Image.open(folder / "crop.png").save(odd)
     before = set(os.listdir(tmp_path)) | set(os.listdir(work))
-    rc = predict(str(work / "deep" / ".." / ".." / "in" / "crop.png"), str(odd.resolve()),
-                 "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth")
+    rc = predict(
+        str(work / "deep" / ".." / ".." / "in" / "crop.png"),
+        str(odd.resolve()),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--save",
+        "depth",
+    )
     assert rc == 0
     assert set(os.listdir(tmp_path)) | set(os.listdir(work)) == before | {"out"}
     assert _files(out) == ["crop.depth.npy", "crop.depth.png", "weird_name_.depth.npy", "weird_name_.depth.png"]
 
 
-@pytest.mark.parametrize("name, base", [
-    ("../x.jpg", "x"), ("/abs/dir/y.png", "y"), ("...", "image"), ("../../.hidden.jpg", "hidden"),
-    ("a b?*.jpg", "a_b__"), ("..\\..\\evil.png", "_.._evil"), ("con|sole.jpg", "con_sole"), ("ünï.png", "_n_"),
-])
+@pytest.mark.parametrize(
+    "name, base",
+    [
+        ("../x.jpg", "x"),
+        ("/abs/dir/y.png", "y"),
+        ("...", "image"),
+        ("../../.hidden.jpg", "hidden"),
+        ("a b?*.jpg", "a_b__"),
+        ("..\\..\\evil.png", "_.._evil"),
+        ("con|sole.jpg", "con_sole"),
+        ("ünï.png", "_n_"),
+    ],
+)
 def test_safe_base_names(name: str, base: str) -> None:
     got = output_name(name)
     assert got == base
@@ -151,8 +172,9 @@ def test_inside_refuses_escaping_names(tmp_path: Path) -> None:
     assert inside(tmp_path, output_name("../x.png") + ".ply") == tmp_path / "x.ply"
 
 
-def test_output_name_does_not_depend_on_the_other_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_output_name_does_not_depend_on_the_other_inputs(
+    tiny_multitask_onnx: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -163,8 +185,9 @@ def test_output_name_does_not_depend_on_the_other_inputs(tiny_multitask_onnx: Pa
     assert _files(alone) == ["x.depth.npy", "x.depth.png"]
     capsys.readouterr()
     # next to a clashing name: the first keeps the same name, the clash is a failure naming both
-    rc = predict(str(a / "x.png"), str(b / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(together),
-                 "--save", "depth")
+    rc = predict(
+        str(a / "x.png"), str(b / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(together), "--save", "depth"
+    )
     assert rc == 1
     assert _files(together) == ["x.depth.npy", "x.depth.png"]
     np.testing.assert_array_equal(np.load(together / "x.depth.npy"), np.load(alone / "x.depth.npy"))
@@ -172,22 +195,26 @@ def test_output_name_does_not_depend_on_the_other_inputs(tiny_multitask_onnx: Pa
     assert f"{b / 'x.jpg'}: its output name 'x' is also that of {a / 'x.png'}" in err
     # given as a folder tree with --recursive, subfolders keep the names apart
     tree = tmp_path / "tree"
-    assert predict(str(tmp_path / "a"), str(tmp_path / "b"), "-m", str(tiny_multitask_onnx), "-o", str(tree),
-                   "--save", "depth") == 1  # two roots, one name: still a clash, never renamed
+    assert (
+        predict(
+            str(tmp_path / "a"), str(tmp_path / "b"), "-m", str(tiny_multitask_onnx), "-o", str(tree), "--save", "depth"
+        )
+        == 1
+    )  # two roots, one name: still a clash, never renamed
     capsys.readouterr()
     nested = tmp_path / "nested"
     root = tmp_path / "root"
     root.mkdir()
     a.rename(root / "a")
     b.rename(root / "b")
-    assert predict(str(root), "--recursive", "-m", str(tiny_multitask_onnx), "-o", str(nested), "--save",
-                   "depth") == 0
+    assert predict(str(root), "--recursive", "-m", str(tiny_multitask_onnx), "-o", str(nested), "--save", "depth") == 0
     assert _files(nested / "a") == ["x.depth.npy", "x.depth.png"] and _files(nested / "b") == _files(nested / "a")
     np.testing.assert_array_equal(np.load(nested / "a" / "x.depth.npy"), np.load(alone / "x.depth.npy"))
 
 
-def test_glob_and_recursive_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture) -> None:
+def test_glob_and_recursive_inputs(
+    tiny_multitask_onnx: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     assert predict(str(folder / "*.png"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 0
     assert _files(out) == ["crop.depth.npy", "crop.depth.png"]
@@ -204,15 +231,21 @@ def test_glob_and_recursive_inputs(tiny_multitask_onnx: Path, folder: Path, tmp_
     assert "matched no file" in capsys.readouterr().err
 
 
-def test_bad_save_kind_is_one_line_error(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_bad_save_kind_is_one_line_error(
+    tiny_multitask_onnx: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert predict(str(folder), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "o"), "--save", "dpth") == 1
     err = capsys.readouterr().err
     assert "unknown kind(s) dpth" in err and "Traceback" not in err
 
 
-def test_progress_bar_and_plain_fallback(tiny_multitask_onnx: Path, folder: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_progress_bar_and_plain_fallback(
+    tiny_multitask_onnx: Path,
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     base = [str(folder), "-m", str(tiny_multitask_onnx), "--save", "depth", "--resolution", RES]
     assert main(["predict", *base, "-o", str(tmp_path / "a")]) == 0
     assert "predict: 100%" in capsys.readouterr().err  # tqdm
@@ -223,7 +256,8 @@ def test_progress_bar_and_plain_fallback(tiny_multitask_onnx: Path, folder: Path
 
 
 def test_outputs_are_never_inputs_when_the_output_folder_is_the_input_folder(
-        tiny_multitask_onnx: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny_multitask_onnx: Path, folder: Path, capsys: pytest.CaptureFixture
+) -> None:
     """`predict 'same/*' -o same/` twice read its own outputs (astronaut.depth.depth.png, ...), and
     `predict same/ -o same/` found no images at all: outputs are left out of collection instead."""
     model = ["-m", str(tiny_multitask_onnx), "-o", str(folder)]

@@ -1,4 +1,5 @@
 """`david-infer predict` runs that are interrupted, rerun, misconfigured or given odd inputs."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def _hidden(folder: Path) -> List[Path]:
     return [p for p in folder.rglob(".*")]
 
 
-def test_rerun_skips_complete_and_redoes_unfinished(tiny_multitask_onnx: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_rerun_skips_complete_and_redoes_unfinished(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     paths = _images(tmp_path / "in", 3)
     out = tmp_path / "out"
     args = [str(tmp_path / "in"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ",".join(KINDS)]
@@ -81,8 +83,22 @@ def _wait_for(predicate, timeout: float) -> bool:
 def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_onnx: Path, tmp_path: Path) -> None:
     paths = _images(tmp_path / "in", 24, size=160)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "david_infer", "predict", str(tmp_path / "in"), "-m", str(tiny_multitask_onnx),
-           "-o", str(out), "--resolution", RES, "--no-progress", "--save", "depth,normal,foreground,vis,ply"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "david_infer",
+        "predict",
+        str(tmp_path / "in"),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--resolution",
+        RES,
+        "--no-progress",
+        "--save",
+        "depth,normal,foreground,vis,ply",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         started = _wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 2, timeout=60)
@@ -119,10 +135,12 @@ def test_impossible_options_fail_before_the_model(tmp_path: Path, capsys: pytest
     image = _images(tmp_path / "in", 1)[0]
     out = tmp_path / "out"
     missing_model = str(tmp_path / "no-such-model.onnx")  # loading it would fail: the option error comes first
-    for extra, message in ((["--fov", "500"], "--fov must be between 0 and 180"),
-                           (["--near", "3", "--far", "1"], "0 < near < far"),
-                           (["--near", "nan"], "0 < near < far"),
-                           (["--save", "depth,dpeth"], "unknown kind(s) dpeth")):
+    for extra, message in (
+        (["--fov", "500"], "--fov must be between 0 and 180"),
+        (["--near", "3", "--far", "1"], "0 < near < far"),
+        (["--near", "nan"], "0 < near < far"),
+        (["--save", "depth,dpeth"], "unknown kind(s) dpeth"),
+    ):
         assert predict(str(image), "-m", missing_model, "-o", str(out), *extra) == 1
         err = capsys.readouterr().err
         assert message in err and "no-such-model" not in err
@@ -156,15 +174,25 @@ def test_rejected_model_creates_no_output_folder(tmp_path: Path, capsys: pytest.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "in"]  # the probe file is gone too
 
 
-def test_dangling_links_and_duplicate_names_are_reported(tiny_multitask_onnx: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_dangling_links_and_duplicate_names_are_reported(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "in"
     first, second = _images(folder, 2)
     (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")
     (folder / "alias.png").symlink_to(first)  # a second name for img00
     out = tmp_path / "out"
-    rc = predict(str(folder), str(second), str(folder / "*.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out),
-                 "--save", "depth")
+    rc = predict(
+        str(folder),
+        str(second),
+        str(folder / "*.jpg"),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--save",
+        "depth",
+    )
     assert rc == 0
     captured = capsys.readouterr()
     assert f"warning: {folder / 'gone.jpg'}: a symbolic link to a missing file" in captured.err
@@ -176,8 +204,9 @@ def test_dangling_links_and_duplicate_names_are_reported(tiny_multitask_onnx: Pa
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".npy") == ["alias.depth.npy", "img01.depth.npy"]
 
 
-def test_a_set_written_for_another_input_is_not_taken_as_done(tiny_multitask_onnx: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_a_set_written_for_another_input_is_not_taken_as_done(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     first = _images(tmp_path / "a", 1)[0]
     other = _images(tmp_path / "b", 2)[1]
     other = other.rename(tmp_path / "b" / first.name)  # same name, another image of another size

@@ -1,5 +1,6 @@
 """What a new user hits first on the command line: options, messages, output paths, empty masks,
 GPU devices without a GPU, huge photos. Real CLI runs (`david_infer.cli.main`) on the tiny model."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,7 @@ from david_infer.cli import main
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image_corpus import honest_png_bomb  # noqa: E402
 
-APPS = {"relight": ("lit.png", []), "background": ("bg.png", ["--color", "0,0,0"]),
-        "pointcloud": ("person.ply", [])}
+APPS = {"relight": ("lit.png", []), "background": ("bg.png", ["--color", "0,0,0"]), "pointcloud": ("person.ply", [])}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,9 @@ def _run(capsys: pytest.CaptureFixture, argv: list) -> tuple:
 
 
 @pytest.mark.parametrize("command", sorted(APPS))
-def test_app_output_is_checked_before_the_model_and_named_as_given(command: str, photo: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_app_output_is_checked_before_the_model_and_named_as_given(
+    command: str, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     name, extra = APPS[command]
     missing_model = tmp_path / "no-such-model.onnx"  # the output is refused before the model is looked at
     base = [command, photo, "-m", missing_model, *extra, "-o"]
@@ -59,7 +60,8 @@ def test_app_output_is_checked_before_the_model_and_named_as_given(command: str,
 
 
 def test_a_mask_that_keeps_nothing_is_written_as_it_says_with_a_warning(
-        photo: Path, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photo: Path, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # The tiny model's random weights predict no person at all: the case under test.
     assert float(tiny_runtime.predict(str(photo)).foreground.max()) < 0.5 / 255
     model = ["-m", tiny_multitask_onnx, "--resolution", "64"]
@@ -83,30 +85,36 @@ def test_a_mask_that_keeps_nothing_is_written_as_it_says_with_a_warning(
     assert b"element vertex 0\n" in (tmp_path / "set" / "photo.ply").read_bytes()
 
 
-def test_gpu_device_on_a_machine_without_a_driver(photo: Path, tiny_multitask_onnx: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_gpu_device_on_a_machine_without_a_driver(
+    photo: Path, tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     if nvidia_driver_present():
         pytest.skip("this machine has an NVIDIA driver")
-    code, _, err = _run(capsys, ["predict", photo, "-m", tiny_multitask_onnx, "--device", "gpu", "--no-progress",
-                                 "-o", tmp_path / "out"])
+    code, _, err = _run(
+        capsys,
+        ["predict", photo, "-m", tiny_multitask_onnx, "--device", "gpu", "--no-progress", "-o", tmp_path / "out"],
+    )
     assert code == 1
     assert "device 'gpu' asks for an NVIDIA GPU, but this machine has no NVIDIA driver" in err
     assert "drop --device gpu" in err and "'cuda" not in err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("typo, meant", [("--resoluton", "--resolution"), ("--sav", "--save"),
-                                         ("--batch-sise", "--batch-size")])
+@pytest.mark.parametrize(
+    "typo, meant", [("--resoluton", "--resolution"), ("--sav", "--save"), ("--batch-sise", "--batch-size")]
+)
 def test_misspelled_or_abbreviated_options_are_refused_by_the_subcommand(
-        typo: str, meant: str, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    typo: str, meant: str, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, _, err = _run(capsys, ["predict", photo, "-m", "x.onnx", "-o", tmp_path, typo, "1"])
     assert code == 2
     assert err.startswith("usage: david-infer predict ")  # the subcommand's usage, not the top level's
     assert f"unrecognized arguments: {typo} 1 (did you mean {meant}?)" in err
 
 
-def test_resolution_is_refused_in_command_line_terms(photo: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_resolution_is_refused_in_command_line_terms(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, _, err = _run(capsys, ["predict", photo, "-m", "x.onnx", "-o", tmp_path, "--resolution", "500"])
     assert code == 2 and "--resolution: 500 is not a positive multiple of 16" in err
     assert "use 496 or 512, or 'image'" in err and "None" not in err

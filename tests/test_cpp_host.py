@@ -5,6 +5,7 @@ line, and leave no files for an image it could not do.
 Needs cmake, a C++17 compiler, libstb-dev, nlohmann-json3-dev and ONNX Runtime headers
 (cpp/fetch_onnxruntime.sh); without them the tests skip with the reason, and fail under CI=true
 (.ci/run installs them)."""
+
 from __future__ import annotations
 
 import json
@@ -42,20 +43,29 @@ def david_predict(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = tmp_path_factory.mktemp("cpp-build")
     configure = subprocess.run(
         ["cmake", "-S", str(CPP), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
-        check=False, capture_output=True, text=True, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if configure.returncode:
         unavailable(f"cmake cannot configure cpp/ (run cpp/fetch_onnxruntime.sh?): {configure.stderr.strip()[-800:]}")
-    built = subprocess.run(["cmake", "--build", str(build), "-j", "2"],
-                           check=False, capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        ["cmake", "--build", str(build), "-j", "2"], check=False, capture_output=True, text=True, timeout=600
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     return build / "david_predict"
 
 
 def run_host(exe: Path, model: Path, images: Sequence[Path], outdir: Path) -> subprocess.CompletedProcess:
     outdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([str(exe), str(model), *map(str, images), "-o", str(outdir), "--threads", "1"],
-                          check=False, capture_output=True, text=True, timeout=600)  # 4K on a busy 2-core machine
+    return subprocess.run(
+        [str(exe), str(model), *map(str, images), "-o", str(outdir), "--threads", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # 4K on a busy 2-core machine
 
 
 def python_maps(model: Path, rgb: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,7 +108,8 @@ def test_maps_match_python_onnxruntime(david_predict: Path, tmp_path: Path, chan
         for task in prepost_graph.TASKS:
             got = np.load(tmp_path / "out" / f"{image.stem}.{task}.npy", allow_pickle=False)
             assert got.dtype == np.float32 and got.shape == expected[task].shape == rgb.shape[:2] + (
-                (3,) if task == "normal" else ()), (image.name, task, got.shape)
+                (3,) if task == "normal" else ()
+            ), (image.name, task, got.shape)
             np.testing.assert_allclose(got, expected[task], rtol=0, atol=1e-5, err_msg=f"{image.name} {task}")
             if rgb.std(axis=-1).max() > 0:  # a gray picture looks the same in either order
                 assert np.abs(got - swapped[task]).max() > 1e-3, f"{image.name} {task}: channel order ignored"
@@ -118,12 +129,16 @@ def exported_prepost(tiny_multitask_onnx: Path, tmp_path_factory: pytest.TempPat
     return graphs
 
 
-@pytest.mark.parametrize("channel_order, names", [
-    ("rgb", ("portrait", "landscape", "odd", "small", "square", "uhd")),
-    ("bgr", ("portrait", "small")),
-])
-def test_exported_graphs_match_python_onnxruntime(david_predict: Path, exported_prepost: dict[str, Path],
-                                                  tmp_path: Path, channel_order: str, names: Sequence[str]) -> None:
+@pytest.mark.parametrize(
+    "channel_order, names",
+    [
+        ("rgb", ("portrait", "landscape", "odd", "small", "square", "uhd")),
+        ("bgr", ("portrait", "small")),
+    ],
+)
+def test_exported_graphs_match_python_onnxruntime(
+    david_predict: Path, exported_prepost: dict[str, Path], tmp_path: Path, channel_order: str, names: Sequence[str]
+) -> None:
     """The real pre/post graphs (resampling, the network, the finishing) on real photos, 101 x 77 to 4K."""
     model = exported_prepost[channel_order]
     pictures = real_photos()
@@ -142,8 +157,9 @@ def test_exported_graphs_match_python_onnxruntime(david_predict: Path, exported_
         assert expected["depth"].std() > 0 and np.allclose(np.linalg.norm(expected["normal"], axis=-1), 1, atol=1e-4)
 
 
-def test_exported_graph_matches_david_runtime(david_predict: Path, exported_prepost: dict[str, Path],
-                                              tmp_path: Path) -> None:
+def test_exported_graph_matches_david_runtime(
+    david_predict: Path, exported_prepost: dict[str, Path], tmp_path: Path
+) -> None:
     """The SDK's own runtime on the same pre/post graph and files: its maps with default options."""
     from david_infer import DavidRuntime
 
@@ -160,8 +176,9 @@ def test_exported_graph_matches_david_runtime(david_predict: Path, exported_prep
             prediction = runtime.predict(image)
             for task in prepost_graph.TASKS:
                 got = np.load(tmp_path / "out" / f"{image.stem}.{task}.npy", allow_pickle=False)
-                np.testing.assert_allclose(got, getattr(prediction, task), rtol=0, atol=1e-5,
-                                           err_msg=f"{image.name} {task}")
+                np.testing.assert_allclose(
+                    got, getattr(prediction, task), rtol=0, atol=1e-5, err_msg=f"{image.name} {task}"
+                )
     finally:
         runtime.close()
 
@@ -188,8 +205,10 @@ def test_a_model_without_some_tasks_writes_only_its_maps(david_predict: Path, tm
     (image,) = photos(tmp_path / "in")[:1]
     result = run_host(david_predict, model, [image], tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{image.stem}.normal.npy",
-                                                                    f"{image.stem}.normal.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"{image.stem}.normal.npy",
+        f"{image.stem}.normal.png",
+    ]
 
 
 def host_error(result: subprocess.CompletedProcess) -> str:
@@ -222,7 +241,8 @@ def test_bad_models_are_refused_with_the_file_and_the_fix(david_predict: Path, t
 
     manifest.write_text(json.dumps(prepost_graph.manifest("sideways")))
     assert 'channel_order is "sideways", expected "bgr" or "rgb"' in host_error(
-        run_host(david_predict, model, [image], out))
+        run_host(david_predict, model, [image], out)
+    )
 
     other = prepost_graph.manifest("bgr")
     other["prepost"]["input"] = "pixels"
@@ -258,7 +278,8 @@ def test_bad_images_leave_nothing_and_the_good_ones_are_written(david_predict: P
     for path, message in bad.items():
         assert f"{path}: {message}" in err, (path.name, err)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        f"{good.stem}.{task}.{ext}" for task in prepost_graph.TASKS for ext in ("npy", "png"))
+        f"{good.stem}.{task}.{ext}" for task in prepost_graph.TASKS for ext in ("npy", "png")
+    )
 
 
 def test_non_finite_maps_are_refused_not_written(david_predict: Path, tmp_path: Path) -> None:
@@ -282,10 +303,12 @@ def test_gray_images_are_taken_as_three_equal_channels(david_predict: Path, tmp_
 
 def test_bad_arguments_exit_2(david_predict: Path, tmp_path: Path) -> None:
     model = prepost_graph.write(tmp_path, "bgr")
-    for argv, message in [([], "expected a model file and at least one image"),
-                          ([str(model), "x.png", "--threads", "many"], "--threads takes a whole number"),
-                          ([str(model), "x.png", "--frobnicate"], "unknown option --frobnicate"),
-                          ([str(model), "x.png", "-o", str(tmp_path / "nowhere")], "does not exist")]:
+    for argv, message in [
+        ([], "expected a model file and at least one image"),
+        ([str(model), "x.png", "--threads", "many"], "--threads takes a whole number"),
+        ([str(model), "x.png", "--frobnicate"], "unknown option --frobnicate"),
+        ([str(model), "x.png", "-o", str(tmp_path / "nowhere")], "does not exist"),
+    ]:
         result = subprocess.run([str(david_predict), *argv], check=False, capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
 
@@ -305,25 +328,31 @@ def test_an_onnxruntime_release_folder_is_found_by_its_root(tmp_path: Path) -> N
     (release / "lib" / wheel_library.name).symlink_to(wheel_library)
     (release / "lib" / "libonnxruntime.so.1").symlink_to(wheel_library.name)
     (release / "lib" / "libonnxruntime.so").symlink_to("libonnxruntime.so.1")
-    configure = subprocess.run(["cmake", "-S", str(CPP), "-B", str(tmp_path / "build"),
-                                f"-DONNXRUNTIME_ROOT={release}"],
-                               check=False, capture_output=True, text=True, timeout=300)
+    configure = subprocess.run(
+        ["cmake", "-S", str(CPP), "-B", str(tmp_path / "build"), f"-DONNXRUNTIME_ROOT={release}"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert configure.returncode == 0, configure.stderr
     assert f"ONNX Runtime: headers {release / 'include'}, library {wheel_library}" in configure.stdout
     link = tmp_path / "build" / "onnxruntime_lib" / "libonnxruntime.so.1"
     assert link.resolve() == wheel_library.resolve()
 
 
-def test_a_plain_export_is_refused_with_the_prepost_command(david_predict: Path, tiny_multitask_onnx: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_plain_export_is_refused_with_the_prepost_command(
+    david_predict: Path, tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
     (image,) = photos(tmp_path / "in")[:1]
     err = host_error(run_host(david_predict, tiny_multitask_onnx, [image], tmp_path / "out"))
     assert f"{tiny_multitask_onnx.with_suffix('.json')}: its graph is not a pixels-to-maps graph" in err
     assert "david-infer export --prepost --from MODEL.onnx" in err
 
 
-def test_a_wrapped_released_layout_file_matches_david_runtime(david_predict: Path, official_onnx: Path,
-                                                              tmp_path: Path) -> None:
+def test_a_wrapped_released_layout_file_matches_david_runtime(
+    david_predict: Path, official_onnx: Path, tmp_path: Path
+) -> None:
     """A file in the released models' layout (fixed 1x3x512x512) wrapped: batch fixed to 1, the official
     pipeline's pyramid and OpenCV-style resampling inside, BGR."""
     from david_infer import DavidRuntime
@@ -341,5 +370,6 @@ def test_a_wrapped_released_layout_file_matches_david_runtime(david_predict: Pat
     finally:
         runtime.close()
     for task in prepost_graph.TASKS:
-        np.testing.assert_allclose(np.load(tmp_path / "out" / f"odd.{task}.npy"), getattr(prediction, task),
-                                   rtol=0, atol=1e-5, err_msg=task)
+        np.testing.assert_allclose(
+            np.load(tmp_path / "out" / f"odd.{task}.npy"), getattr(prediction, task), rtol=0, atol=1e-5, err_msg=task
+        )

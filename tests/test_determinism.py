@@ -1,6 +1,7 @@
 """The runtime's own pre/postprocessing gives the same bits in any environment: BLAS thread
 settings (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, which a Ray worker sets to 1), `threads`, batch
 size. Each configuration runs in its own process, since a BLAS library reads those variables once."""
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,19 @@ print(json.dumps(out))
 
 
 def _maps(model: Path, files: list, blas_threads: int, threads: int, batch: int) -> Dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(blas_threads), "OPENBLAS_NUM_THREADS": str(blas_threads),
-           "MKL_NUM_THREADS": str(blas_threads)}
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, str(model), str(threads), str(batch), *map(str, files)],
-                          env=env, capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(blas_threads),
+        "OPENBLAS_NUM_THREADS": str(blas_threads),
+        "MKL_NUM_THREADS": str(blas_threads),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(model), str(threads), str(batch), *map(str, files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -49,8 +59,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list:
     return paths
 
 
-def test_maps_are_bit_identical_whatever_the_blas_threads_workers_and_batch(tiny_multitask_onnx: Path,
-                                                                           photos: list) -> None:
+def test_maps_are_bit_identical_whatever_the_blas_threads_workers_and_batch(
+    tiny_multitask_onnx: Path, photos: list
+) -> None:
     one = _maps(tiny_multitask_onnx, photos, blas_threads=1, threads=1, batch=1)
     assert len(one) == 3 * 3
     assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=1, batch=1) == one
@@ -70,7 +81,7 @@ def test_band_product_is_the_same_whatever_the_band_split() -> None:
     for rows in (1, 5, 16):
         split = np.empty_like(whole)
         for o0 in range(0, 41, rows):
-            band_product(w[o0:o0 + rows], a, split[o0:o0 + rows])
+            band_product(w[o0 : o0 + rows], a, split[o0 : o0 + rows])
         assert np.array_equal(split.view(np.uint32), whole.view(np.uint32))
     reference = w.astype(np.float64) @ a.astype(np.float64)
     assert np.abs(whole - reference).max() < 1e-5 * np.abs(a).max() * np.abs(w).sum(axis=1).max()

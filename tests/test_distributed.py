@@ -1,5 +1,6 @@
 """Batch prediction on a local Ray cluster (2 CPUs) with the tiny model: the same files as a local
 `david-infer predict`, a worker killed mid-task, reruns that skip, and the CLI's --ray."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     import _ray_faults
 
     _ray_faults.install()  # the driver opens the model once to check it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env=_ray_faults.runtime_env(str(marker), 3, str(faults / "calls.log")))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env=_ray_faults.runtime_env(str(marker), 3, str(faults / "calls.log")),
+    )
     yield marker
     sys.path.remove(str(TESTS))
     ray.shutdown()
@@ -57,8 +63,22 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(inputs: Path, tiny_multitask_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What a local `david-infer predict` writes for the inputs."""
     out = tmp_path_factory.mktemp("local")
-    assert main(["predict", str(inputs), "-m", str(tiny_multitask_onnx), "-o", str(out),
-                 "--resolution", str(RES), "--no-progress"]) == 1  # broken.png fails
+    assert (
+        main(
+            [
+                "predict",
+                str(inputs),
+                "-m",
+                str(tiny_multitask_onnx),
+                "-o",
+                str(out),
+                "--resolution",
+                str(RES),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )  # broken.png fails
     return out
 
 
@@ -70,8 +90,9 @@ def _run(inputs: object, model: Path, out: Path, **kwargs: object):
     return predict_dataset(inputs, model, out, resolution=RES, **kwargs)
 
 
-def test_same_files_as_local_predict_and_rerun_skips(cluster: Path, inputs: Path, reference: Path,
-                                                     tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+def test_same_files_as_local_predict_and_rerun_skips(
+    cluster: Path, inputs: Path, reference: Path, tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ray"
     summary = _run(inputs, tiny_multitask_onnx, out, workers=2, task_size=3, batch_size=2)
     images = sorted(str(p) for p in inputs.iterdir() if p.name != "broken.png")
@@ -90,15 +111,24 @@ def test_same_files_as_local_predict_and_rerun_skips(cluster: Path, inputs: Path
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
 
 
-def test_worker_killed_mid_task_is_replaced_and_nothing_lost(cluster: Path, inputs: Path, reference: Path,
-                                                             tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+def test_worker_killed_mid_task_is_replaced_and_nothing_lost(
+    cluster: Path, inputs: Path, reference: Path, tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
     cluster.write_text("die on the 3rd model call")  # the first worker to reach it exits, once
     out = tmp_path / "killed"
     files: List[str] = [str(p) for p in sorted(inputs.iterdir()) if p.name != "broken.png"]
     # one task of 4 inputs per worker call, one image per model call: the death comes after the
     # task's first two inputs were written, so its retry must find them complete
-    summary = _run(files, tiny_multitask_onnx, out, backend="dying-onnxruntime", workers=2, task_size=4,
-                   max_restarts=2, max_task_retries=2)
+    summary = _run(
+        files,
+        tiny_multitask_onnx,
+        out,
+        backend="dying-onnxruntime",
+        workers=2,
+        task_size=4,
+        max_restarts=2,
+        max_task_retries=2,
+    )
     assert not cluster.exists(), "no worker died: the fault was not injected"
     calls = (cluster.parent / "calls.log").read_text().split()
     # 7 inputs plus what the dead process ran without writing: its 3rd call, and its 2nd when that
@@ -135,13 +165,32 @@ sys.exit(main(["predict", *sys.argv[4:]]))
 """
 
 
-def test_rerun_after_the_whole_job_was_killed(cluster: Path, inputs: Path, reference: Path,
-                                              tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+def test_rerun_after_the_whole_job_was_killed(
+    cluster: Path, inputs: Path, reference: Path, tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     files = [str(p) for p in sorted(inputs.iterdir()) if p.name != "broken.png"]
-    argv = [sys.executable, "-c", _KILLED_DRIVER, str(TESTS), ray.get_runtime_context().gcs_address,
-            str(tmp_path / "calls.log"), *files, "-m", str(tiny_multitask_onnx), "-o", str(out),
-            "--resolution", str(RES), "--backend", "dying-onnxruntime", "--ray", "--workers", "2", "--no-progress"]
+    argv = [
+        sys.executable,
+        "-c",
+        _KILLED_DRIVER,
+        str(TESTS),
+        ray.get_runtime_context().gcs_address,
+        str(tmp_path / "calls.log"),
+        *files,
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--resolution",
+        str(RES),
+        "--backend",
+        "dying-onnxruntime",
+        "--ray",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -164,30 +213,55 @@ def test_rerun_after_the_whole_job_was_killed(cluster: Path, inputs: Path, refer
     assert _contents(out) == _contents(reference)  # complete, identical, no temporary left
 
 
-def test_dataset_input_and_cli(cluster: Path, inputs: Path, reference: Path, tiny_multitask_onnx: Path,
-                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_dataset_input_and_cli(
+    cluster: Path,
+    inputs: Path,
+    reference: Path,
+    tiny_multitask_onnx: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
     images = [str(p) for p in sorted(inputs.iterdir()) if p.name != "broken.png"]
     dataset = ray.data.read_binary_files(images, include_paths=True)
     summary = _run(dataset, tiny_multitask_onnx, tmp_path / "ds", save=["depth"], workers=1)
     assert sorted(summary.written) == images and not summary.failed
     written = _contents(tmp_path / "ds")
-    assert {k: v for k, v in written.items() if ".depth." in k} == \
-        {k: v for k, v in _contents(reference).items() if ".depth." in k}
-    assert sorted(written) == sorted([f"{Path(p).stem}{s}" for p in images for s in (".depth.png", ".depth.npy", ".done.json")])
+    assert {k: v for k, v in written.items() if ".depth." in k} == {
+        k: v for k, v in _contents(reference).items() if ".depth." in k
+    }
+    assert sorted(written) == sorted(
+        [f"{Path(p).stem}{s}" for p in images for s in (".depth.png", ".depth.npy", ".done.json")]
+    )
 
     out = tmp_path / "cli"
-    argv = ["predict", str(inputs), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", str(RES),
-            "--no-progress", "--save", "normal", "--ray", "--workers", "2"]
+    argv = [
+        "predict",
+        str(inputs),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--resolution",
+        str(RES),
+        "--no-progress",
+        "--save",
+        "normal",
+        "--ray",
+        "--workers",
+        "2",
+    ]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert f"7 of 8 input(s) written to {out}" in captured.out
     assert f"1 input(s) failed:\n  {inputs / 'broken.png'}: not an image format" in captured.err
-    assert {k: v for k, v in _contents(out).items() if not k.endswith(".done.json")} == \
-        {k: v for k, v in _contents(reference).items() if ".normal." in k}
+    assert {k: v for k, v in _contents(out).items() if not k.endswith(".done.json")} == {
+        k: v for k, v in _contents(reference).items() if ".normal." in k
+    }
 
 
-def test_bad_ray_address_and_options(cluster: Path, inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture) -> None:
+def test_bad_ray_address_and_options(
+    cluster: Path, inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     base = ["predict", str(inputs), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "x")]
     assert main([*base, "--ray", "photos"]) == 1
     assert "--ray: expected no address, 'auto', 'local', HOST:PORT" in capsys.readouterr().err
@@ -198,8 +272,9 @@ def test_bad_ray_address_and_options(cluster: Path, inputs: Path, tiny_multitask
     assert not (tmp_path / "x").exists()  # refused before any output or work
 
 
-def test_missing_ray_names_the_extra(inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_ray_names_the_extra(
+    inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if not installed
     with pytest.raises(BackendUnavailable, match=r'pip install "david-infer\[ray\]"'):
         predict_dataset(inputs, tiny_multitask_onnx, tmp_path / "out")

@@ -1,5 +1,6 @@
 """The README and docs/ as a reader meets them: every relative link and #anchor resolves, and every
 `david-infer ...` line in their code blocks parses with the CLI's own argument parser."""
+
 from __future__ import annotations
 
 import contextlib
@@ -120,15 +121,19 @@ def test_link_checker_finds_broken_links(tmp_path: Path) -> None:
 
 def test_cli_line_extraction(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text("```bash\npip install x && david-infer predict a \\\n    -m b -o c   # comment\n"
-                    "david-infer --version\n```\n")
+    page.write_text(
+        "```bash\npip install x && david-infer predict a \\\n    -m b -o c   # comment\ndavid-infer --version\n```\n"
+    )
     assert list(cli_lines(page)) == [(2, ["predict", "a", "-m", "b", "-o", "c"]), (4, ["--version"])]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page: Path) -> None:
-    bad = [f"{page.relative_to(ROOT)}:{line}: {target}: {problem}"
-           for line, target in links(page) if (problem := link_problem(page, target))]
+    bad = [
+        f"{page.relative_to(ROOT)}:{line}: {target}: {problem}"
+        for line, target in links(page)
+        if (problem := link_problem(page, target))
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -143,8 +148,10 @@ def test_every_command_line_parses(page: Path) -> None:
                 parser.parse_args(argv)
         except SystemExit as exc:
             if exc.code not in (0, None):  # --help and --version exit 0
-                bad.append(f"{page.relative_to(ROOT)}:{line}: david-infer {' '.join(argv)}: "
-                           f"{stderr.getvalue().strip().splitlines()[-1]}")
+                bad.append(
+                    f"{page.relative_to(ROOT)}:{line}: david-infer {' '.join(argv)}: "
+                    f"{stderr.getvalue().strip().splitlines()[-1]}"
+                )
     assert not bad, "\n".join(bad)
 
 

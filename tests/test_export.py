@@ -2,6 +2,7 @@
 
 Tiny variant only; two extra tiny exports (FP16 dynamic, FP16 official) on top of conftest's.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from david_infer.cli import main  # noqa: E402
+from david_infer.contract import read_manifest  # noqa: E402
+from david_infer.errors import InputError  # noqa: E402
 from david_infer.export import export_onnx  # noqa: E402
 from david_infer.export.fp16 import (  # noqa: E402
     check_strongly_typed,
@@ -24,11 +30,6 @@ from david_infer.export.fp16 import (  # noqa: E402
     precision_report,
 )
 from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from david_infer.cli import main  # noqa: E402
-from david_infer.contract import read_manifest  # noqa: E402
-from david_infer.errors import InputError  # noqa: E402
 from david_infer.model import build_model, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def _float_type_of_inputs(model: onnx.ModelProto) -> dict:
     """Node name -> elem type of its first input, from ONNX type inference."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+    }
     types.update({i.name: i.data_type for i in inferred.graph.initializer})
     return {n.name: (n.op_type, types.get(n.input[0])) for n in model.graph.node}
 
 
 # ---- FP16 ---------------------------------------------------------------------------------------
+
 
 def test_fp16_graph_is_mixed_and_strongly_typed(tiny_fp16_onnx: Path, tiny_multitask_onnx: Path) -> None:
     model = onnx.load(str(tiny_fp16_onnx))
@@ -57,8 +60,9 @@ def test_fp16_graph_is_mixed_and_strongly_typed(tiny_fp16_onnx: Path, tiny_multi
     for vi in list(model.graph.input) + list(model.graph.output):
         assert vi.type.tensor_type.elem_type == TensorProto.FLOAT, vi.name
     # Weights are half the bytes; the file (with its fixed graph overhead) well under two thirds.
-    weight_bytes = [sum(i.ByteSize() for i in onnx.load(str(p)).graph.initializer)
-                    for p in (tiny_multitask_onnx, tiny_fp16_onnx)]
+    weight_bytes = [
+        sum(i.ByteSize() for i in onnx.load(str(p)).graph.initializer) for p in (tiny_multitask_onnx, tiny_fp16_onnx)
+    ]
     assert 0.45 < weight_bytes[1] / weight_bytes[0] < 0.55
     assert tiny_fp16_onnx.stat().st_size < 0.65 * tiny_multitask_onnx.stat().st_size
 
@@ -98,16 +102,25 @@ def test_checker_catches_fp32_tensor_feeding_fp16_op(tiny_fp16_onnx: Path) -> No
 def _tiny_graph(first_cast_to: int) -> onnx.ModelProto:
     """x (fp32) -> Cast(to) -> MatMul(w) -> LayerNormalization -> Softmax -> Relu -> y (fp32)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.ones(8, np.float32), "scale"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "bias")]
-    nodes = [helper.make_node("Cast", ["x"], ["xc"], to=first_cast_to, name="cast"),
-             helper.make_node("MatMul", ["xc", "w"], ["mm"], name="mm"),
-             helper.make_node("LayerNormalization", ["mm", "scale", "bias"], ["ln"], axis=-1, name="ln"),
-             helper.make_node("Softmax", ["ln"], ["sm"], axis=-1, name="sm"),
-             helper.make_node("Relu", ["sm"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(8, np.float32), "scale"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xc"], to=first_cast_to, name="cast"),
+        helper.make_node("MatMul", ["xc", "w"], ["mm"], name="mm"),
+        helper.make_node("LayerNormalization", ["mm", "scale", "bias"], ["ln"], axis=-1, name="ln"),
+        helper.make_node("Softmax", ["ln"], ["sm"], axis=-1, name="sm"),
+        helper.make_node("Relu", ["sm"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -122,8 +135,10 @@ def test_converter_repairs_leftover_cast_and_keeps_norms_fp32() -> None:
     cast = next(n for n in mixed.graph.node if n.name == "cast")
     assert cast.attribute[0].i == TensorProto.FLOAT16  # was Cast(to=FLOAT): now follows the compute type
     x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
-    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-           for m in (fp32, mixed)]
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (fp32, mixed)
+    ]
     assert run[1].dtype == np.float32
     np.testing.assert_allclose(run[1], run[0], rtol=1e-2, atol=1e-3)
     # The original is untouched, and a hand-made FP32-into-FP16 MatMul is reported.
@@ -136,6 +151,7 @@ def test_converter_repairs_leftover_cast_and_keeps_norms_fp32() -> None:
 
 
 # ---- the dynamic FP32 graph ---------------------------------------------------------------------
+
 
 def test_dynamic_graph_has_no_frozen_dummy_shape(tiny_multitask_onnx: Path) -> None:
     """Exported with a (2, 3, 64, 96) dummy; runs at other sizes, non-square both ways, batch 1 and 3."""
@@ -183,6 +199,7 @@ def test_manifest_is_complete(tiny_multitask_onnx: Path) -> None:
 
 
 # ---- the CLI ------------------------------------------------------------------------------------
+
 
 def test_cli_verify_prints_errors_and_json(tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["verify", str(tiny_multitask_onnx), "--resolutions", "32x48", "--batches", "2"]) == 0
@@ -239,7 +256,9 @@ def test_cli_export_bad_arguments_leave_nothing(tmp_path: Path, capsys: pytest.C
         return lines[0]
 
     out = tmp_path / "x.onnx"
-    assert "unknown variant 'huge'" in one_error_line(["export", "--variant", "huge", "--task", "depth", "-o", str(out)])
+    assert "unknown variant 'huge'" in one_error_line(
+        ["export", "--variant", "huge", "--task", "depth", "-o", str(out)]
+    )
     assert "unknown task" in one_error_line(["export", "--variant", "tiny", "--task", "hair", "-o", str(out)])
     unwritable = Path("/sys/x.onnx") if os.geteuid() == 0 else tmp_path / "ro" / "x.onnx"
     if os.geteuid() != 0:
@@ -249,24 +268,48 @@ def test_cli_export_bad_arguments_leave_nothing(tmp_path: Path, capsys: pytest.C
     # Weights of the depth model do not fit the multi-task model (two heads missing).
     weights = tmp_path / "depth.safetensors"
     save_weights(build_model("tiny", "depth", seed=0), weights)
-    line = one_error_line(["export", "--variant", "tiny", "--task", "multitask", "--weights", str(weights),
-                           "-o", str(out)])
+    line = one_error_line(
+        ["export", "--variant", "tiny", "--task", "multitask", "--weights", str(weights), "-o", str(out)]
+    )
     assert "does not fit this model" in line and "missing key" in line and str(weights) in line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ro") == ["depth.safetensors"]
     assert not unwritable.exists()
 
 
 def test_cli_error_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "david_infer", "verify", str(tmp_path / "none.onnx")],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "david_infer", "verify", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"david-infer verify: error: ONNX file not found: {tmp_path / 'none.onnx'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"david-infer verify: error: ONNX file not found: {tmp_path / 'none.onnx'}"
+    ]
 
 
 def test_official_fp16_export_verifies_at_512(exported_dir: Path, capsys: pytest.CaptureFixture) -> None:
     path = exported_dir / "tiny-depth-official-fp16.onnx"
-    assert main(["export", "--variant", "tiny", "--task", "depth", "--layout", "official", "--precision", "fp16",
-                 "-o", str(path)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--variant",
+                "tiny",
+                "--task",
+                "depth",
+                "--layout",
+                "official",
+                "--precision",
+                "fp16",
+                "-o",
+                str(path),
+            ]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.shape, i.type) for i in session.get_inputs()] == [("image", [1, 3, 512, 512], "tensor(float)")]
     assert [(o.name, o.shape, o.type) for o in session.get_outputs()] == [("depth", [1, 512, 512], "tensor(float)")]

@@ -1,4 +1,5 @@
 """Dynamic and official ONNX export of the tiny model (the export issue extends these)."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from david_infer.export import export_onnx  # noqa: E402
-
 from david_infer.contract import read_manifest  # noqa: E402
 from david_infer.errors import ExportError  # noqa: E402
+from david_infer.export import export_onnx  # noqa: E402
 from david_infer.model import build_model  # noqa: E402
 from david_infer.outputs.files import sha256_file  # noqa: E402
 
@@ -51,7 +51,10 @@ def test_official_layout_has_released_shapes(exported_dir: Path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("image", [1, 3, 512, 512])]
     assert [(o.name, o.shape) for o in session.get_outputs()] == [
-        ("depth", [1, 512, 512]), ("normal", [1, 3, 512, 512]), ("foreground", [1, 1, 512, 512])]
+        ("depth", [1, 512, 512]),
+        ("normal", [1, 3, 512, 512]),
+        ("foreground", [1, 1, 512, 512]),
+    ]
     assert json.loads(path.with_suffix(".json").read_text())["layout"] == "official"
 
 

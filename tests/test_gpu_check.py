@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py without a GPU: its step / resume bookkeeping, its tables, and the GPU
 test gate of tests/conftest.py. The GPU steps themselves run only on a GPU machine."""
+
 from __future__ import annotations
 
 import json
@@ -69,6 +70,7 @@ def test_rerun_skips_finished_steps_and_retries_failed_ones(tmp_path: Path) -> N
             if fail:
                 raise ValueError(name)
             return {"name": name}
+
         return fn
 
     first = Checklist(tmp_path)
@@ -132,14 +134,32 @@ def test_latency_stats() -> None:
 
 def test_markdown_tables_from_real_parity_results(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    ref = {"depth": rng.random((1, 1, 8, 8)), "normal": rng.standard_normal((1, 3, 8, 8)),
-           "foreground": rng.random((1, 1, 8, 8))}
+    ref = {
+        "depth": rng.random((1, 1, 8, 8)),
+        "normal": rng.standard_normal((1, 3, 8, 8)),
+        "foreground": rng.random((1, 1, 8, 8)),
+    }
     good = compare(ref, ref, precision="fp16")
     bad = compare({k: v * 0.25 for k, v in ref.items()}, ref, precision="fp16")
     check = Checklist(tmp_path)
     for name, parity in (("parity:base:tensorrt", good), ("parity:base:ort-cuda", bad)):
-        check.run(name, lambda p=parity: {"passed": p.passed, "reasons": p.reasons, "points": [
-            {"batch": 1, "height": 8, "width": 8, "passed": p.passed, "reasons": p.reasons, "metrics": p.metrics}]})
+        check.run(
+            name,
+            lambda p=parity: {
+                "passed": p.passed,
+                "reasons": p.reasons,
+                "points": [
+                    {
+                        "batch": 1,
+                        "height": 8,
+                        "width": 8,
+                        "passed": p.passed,
+                        "reasons": p.reasons,
+                        "metrics": p.metrics,
+                    }
+                ],
+            },
+        )
     check.run("bench:base:tensorrt:engine", lambda: {"batches": [latency_stats([0.004] * 10, 1)]})
     text = (tmp_path / "gpu_check.md").read_text()
     assert "| base:tensorrt | b1 8x8 | yes |" in text and "| base:ort-cuda | b1 8x8 | NO |" in text
@@ -165,8 +185,9 @@ def test_the_gpu_gate_fails_skips_under_david_infer_gpu(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target]
     skipped = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert skipped.returncode == 0 and "1 skipped" in skipped.stdout
-    strict = subprocess.run(base, cwd=ROOT, env={**env, "DAVID_INFER_GPU": "1"}, capture_output=True, text=True,
-                            timeout=120)
+    strict = subprocess.run(
+        base, cwd=ROOT, env={**env, "DAVID_INFER_GPU": "1"}, capture_output=True, text=True, timeout=120
+    )
     assert strict.returncode == 1 and "DAVID_INFER_GPU=1 but" in strict.stdout and "1 error" in strict.stdout
 
 
@@ -182,11 +203,16 @@ def _tiny_work(tmp_path: Path, fp32: Path, fp16: Path) -> Path:
 
 
 def test_cpu_backend_runs_the_reference_parity_and_bench_steps(
-        tiny_multitask_onnx: Path, tiny_fp16_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_multitask_onnx: Path, tiny_fp16_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same steps a GPU run takes, on ONNX Runtime's CPU provider and smaller sizes: exports
     reused, the FP16 graph passes parity at every point, timings recorded."""
-    for name, value in (("BENCH_MAX_S", 0.0), ("BENCH_MIN_RUNS", 2), ("BENCH_SIZE", 64),
-                        ("PARITY_POINTS", [(1, 64, 64), (8, 64, 64), (2, 80, 48)])):
+    for name, value in (
+        ("BENCH_MAX_S", 0.0),
+        ("BENCH_MIN_RUNS", 2),
+        ("BENCH_SIZE", 64),
+        ("PARITY_POINTS", [(1, 64, 64), (8, 64, 64), (2, 80, 48)]),
+    ):
         monkeypatch.setattr(gpu_check, name, value)
     work = _tiny_work(tmp_path, tiny_multitask_onnx, tiny_fp16_onnx)
     check = Checklist(tmp_path / "out")
@@ -199,7 +225,9 @@ def test_cpu_backend_runs_the_reference_parity_and_bench_steps(
     assert [(p["batch"], p["height"], p["width"]) for p in parity["points"]] == gpu_check.PARITY_POINTS
     for mode in ("engine", "predict_batch"):
         batches = steps[f"bench:tiny:ort-cpu:{mode}"]["result"]["batches"]
-        assert [b["batch"] for b in batches] == list(gpu_check.BENCH_BATCHES) and all(b["images_per_s"] > 0 for b in batches)
+        assert [b["batch"] for b in batches] == list(gpu_check.BENCH_BATCHES) and all(
+            b["images_per_s"] > 0 for b in batches
+        )
     text = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| tiny:ort-cpu | b8 64x64 | yes |" in text and "| tiny:ort-cpu:predict_batch | 8 |" in text
 
@@ -213,9 +241,22 @@ def test_gpu_torch_check_runs_to_completion_on_the_cpu(tiny_multitask_onnx: Path
     for suffix in (".onnx", ".json"):  # the session's tiny export stands in for the script's own
         shutil.copy(tiny_multitask_onnx.with_suffix(suffix), work / f"tiny-fp32{suffix}")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_torch_check.py"), "--cpu", "--budget", "300",
-                           "--out", str(tmp_path / "out")], cwd=ROOT, env={**env, "PYTHONPATH": "."},
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_torch_check.py"),
+            "--cpu",
+            "--budget",
+            "300",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": "."},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     state = json.loads((tmp_path / "out" / "gpu_torch_check.json").read_text())
     assert state["passed"] and all(r["status"] == "ok" for r in state["steps"].values())

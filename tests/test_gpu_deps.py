@@ -2,6 +2,7 @@
 
 pip itself is not run here (tests stay on loopback); the committed report is what it produced.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,22 @@ ORT_CU13 = ['nvidia-cuda-runtime~=13.0; extra == "cuda"', 'nvidia-cudnn-cu13~=9.
 
 def _resolution(**versions: str) -> Dict[str, Any]:
     """What resolve_extra returns: pip report entries by normalised name."""
-    packages = {name.replace("_", "-"): {"version": v, "requires_dist": ORT_CU13 if name == "onnxruntime_gpu" else []}
-                for name, v in versions.items()}
+    packages = {
+        name.replace("_", "-"): {"version": v, "requires_dist": ORT_CU13 if name == "onnxruntime_gpu" else []}
+        for name, v in versions.items()
+    }
     return {"requirements": [], "joint": True, "packages": packages, "unresolved": []}
 
 
-GOOD = dict(onnxruntime_gpu="1.31.1", tensorrt_cu13="10.16.1.11", cuda_python="13.4.4", cuda_bindings="13.4.4",
-            nvidia_cuda_runtime="13.5.37", nvidia_cudnn_cu13="9.28.1.4", numpy="2.4.6")
+GOOD = dict(
+    onnxruntime_gpu="1.31.1",
+    tensorrt_cu13="10.16.1.11",
+    cuda_python="13.4.4",
+    cuda_bindings="13.4.4",
+    nvidia_cuda_runtime="13.5.37",
+    nvidia_cudnn_cu13="9.28.1.4",
+    numpy="2.4.6",
+)
 
 
 def test_coherent_set_agrees() -> None:
@@ -39,11 +49,14 @@ def test_coherent_set_agrees() -> None:
     assert "numpy" not in result["versions"] and result["versions"]["tensorrt-cu13"] == "10.16.1.11"
 
 
-@pytest.mark.parametrize("change, problem", [
-    ({"tensorrt_cu13": "11.4.0.106"}, "tensorrt: tensorrt-cu13 gives 11, the table says 10"),
-    ({"cuda_python": "12.9.10", "cuda_bindings": "12.9.10"}, "cuda: cuda-python gives 12, the table says 13"),
-    ({"nvidia_cudnn_cu13": "8.9.7"}, "cudnn: nvidia-cudnn-cu13 gives 8, the table says 9"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"tensorrt_cu13": "11.4.0.106"}, "tensorrt: tensorrt-cu13 gives 11, the table says 10"),
+        ({"cuda_python": "12.9.10", "cuda_bindings": "12.9.10"}, "cuda: cuda-python gives 12, the table says 13"),
+        ({"nvidia_cudnn_cu13": "8.9.7"}, "cudnn: nvidia-cudnn-cu13 gives 8, the table says 9"),
+    ],
+)
 def test_disagreeing_major_is_named(change: Dict[str, str], problem: str) -> None:
     result = gpu_deps.analyse("gpu", _resolution(**{**GOOD, **change}))
     assert not result["agree"] and problem in result["problems"]
@@ -67,13 +80,16 @@ def test_missing_package_is_a_problem() -> None:
 def test_wheel_facts_are_checked() -> None:
     facts = {"tensorrt_provider_links": 11, "cudart_links": 13, "cudnn_links": 9}
     result = gpu_deps.analyse("gpu", _resolution(**GOOD), facts)
-    assert result["problems"] == ["tensorrt: libnvinfer.so.N of onnxruntime-gpu's TensorRT provider gives 11, "
-                                  "the table says 10"]
+    assert result["problems"] == [
+        "tensorrt: libnvinfer.so.N of onnxruntime-gpu's TensorRT provider gives 11, the table says 10"
+    ]
 
 
 def test_failing_package_from_pip_output() -> None:
-    out = ("Collecting tensorrt-cu13<11\n  Downloading tensorrt_cu13-10.16.1.11.tar.gz\nCollecting "
-           "tensorrt_cu13_libs==10.16.1.11\n  Preparing metadata (pyproject.toml): finished with status 'error'\n")
+    out = (
+        "Collecting tensorrt-cu13<11\n  Downloading tensorrt_cu13-10.16.1.11.tar.gz\nCollecting "
+        "tensorrt_cu13_libs==10.16.1.11\n  Preparing metadata (pyproject.toml): finished with status 'error'\n"
+    )
     assert gpu_deps.failing_package(out) == "tensorrt_cu13_libs"
 
 
@@ -83,7 +99,11 @@ def test_docs_table_matches_the_script_and_the_errors() -> None:
         row = re.search(rf"^\| `{re.escape(extra)}` \|.*$", readme, re.M)
         assert row, f"docs/gpu.md has no row for [{extra}]"
         cells = [c.strip() for c in row.group(0).strip("|").split("|")]
-        assert cells[3:6] == [str(want["cuda"]), str(want["cudnn"]), f"{want['tensorrt']} (`libnvinfer.so.{want['tensorrt']}`)"]
+        assert cells[3:6] == [
+            str(want["cuda"]),
+            str(want["cudnn"]),
+            f"{want['tensorrt']} (`libnvinfer.so.{want['tensorrt']}`)",
+        ]
         assert cells[-1] == want["driver"]
         assert cells[6].startswith(f"`{_ort.TENSORRT_PACKAGE[want['cuda']]}>={want['tensorrt']}")
         assert _ort.GPU_EXTRA[want["cuda"]] == extra

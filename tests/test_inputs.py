@@ -1,4 +1,5 @@
 """Every accepted input form gives well-formed results; every bad input raises a typed, clear error."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -198,7 +199,9 @@ def test_wrong_shape(rt: DavidRuntime, shape: tuple) -> None:
 
 @pytest.mark.parametrize("value", [None, 42, [[1, 2], [3, 4]]])
 def test_wrong_type(rt: DavidRuntime, value: object) -> None:
-    with pytest.raises(InputError, match=r"expected a file path, image file bytes, a PIL\.Image\.Image or a numpy array"):
+    with pytest.raises(
+        InputError, match=r"expected a file path, image file bytes, a PIL\.Image\.Image or a numpy array"
+    ):
         rt.predict(value)
 
 

@@ -1,4 +1,5 @@
 """The job layer (collecting, naming and planning a run) and the one home of the runtime options."""
+
 from __future__ import annotations
 
 import inspect
@@ -87,29 +88,49 @@ def test_runtime_defaults_have_one_home() -> None:
     from david_infer.runtime import DavidRuntime
 
     params = inspect.signature(DavidRuntime.__init__).parameters
-    for name in ("backend", "device", "resolution", "channel_order", "batch_size", "threads", "pipeline", "verify",
-                 "max_image_pixels", "allow_nonfinite"):
+    for name in (
+        "backend",
+        "device",
+        "resolution",
+        "channel_order",
+        "batch_size",
+        "threads",
+        "pipeline",
+        "verify",
+        "max_image_pixels",
+        "allow_nonfinite",
+    ):
         assert params[name].default == getattr(RuntimeOptions, name), name
     assert RuntimeOptions("m.onnx").resolution == DEFAULT_RESOLUTION
     parser = build_parser()
-    for argv in (["predict", "x.jpg", "-o", "out"], ["serve"], ["relight", "x.jpg", "-o", "o.png"],
-                 ["pointcloud", "x.jpg", "-o", "o.ply"], ["background", "x.jpg", "-o", "o.png", "--blur", "2"]):
+    for argv in (
+        ["predict", "x.jpg", "-o", "out"],
+        ["serve"],
+        ["relight", "x.jpg", "-o", "o.png"],
+        ["pointcloud", "x.jpg", "-o", "o.ply"],
+        ["background", "x.jpg", "-o", "o.png", "--blur", "2"],
+    ):
         args = parser.parse_args([*argv, "-m", "m.onnx"])
         assert args.resolution == DEFAULT_RESOLUTION, argv
     from david_infer.commands.bench import RUNTIME
 
     bench = parser.parse_args(["bench", "-m", "m.onnx", "--backend", "onnxruntime,torch"])
-    assert [(o.resolution, o.backend) for o in RUNTIME.variants(bench)] == [(DEFAULT_RESOLUTION, "onnxruntime"),
-                                                                          (DEFAULT_RESOLUTION, "torch")]
+    assert [(o.resolution, o.backend) for o in RUNTIME.variants(bench)] == [
+        (DEFAULT_RESOLUTION, "onnxruntime"),
+        (DEFAULT_RESOLUTION, "torch"),
+    ]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("batch_size", 0, "batch_size must be a positive integer, got 0"),
-    ("threads", -2, "threads must be a positive integer or None, got -2"),
-    ("resolution", 0, "resolution must be a positive integer, got 0"),
-    ("channel_order", "rbg", "channel_order must be 'rgb' or 'bgr'"),
-    ("verify", "yes", "verify must be True or False"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("threads", -2, "threads must be a positive integer or None, got -2"),
+        ("resolution", 0, "resolution must be a positive integer, got 0"),
+        ("channel_order", "rbg", "channel_order must be 'rgb' or 'bgr'"),
+        ("verify", "yes", "verify must be True or False"),
+    ],
+)
 def test_bad_runtime_options_are_refused_by_name(field: str, value: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         RuntimeOptions("m.onnx", **{field: value})
@@ -121,8 +142,14 @@ def test_options_survive_json_and_open_the_runtime(tiny_multitask_onnx: Path) ->
     from david_infer.postprocess import PostOptions
     from david_infer.runtime import DavidRuntime
 
-    options = RuntimeOptions(str(tiny_multitask_onnx), resolution=64, batch_size=3, threads=1,
-                             post=PostOptions(invert_depth=False), backend_options={"intra_op_threads": 1})
+    options = RuntimeOptions(
+        str(tiny_multitask_onnx),
+        resolution=64,
+        batch_size=3,
+        threads=1,
+        post=PostOptions(invert_depth=False),
+        backend_options={"intra_op_threads": 1},
+    )
     assert RuntimeOptions.from_record(json.loads(json.dumps(options.as_record()))) == options
     with DavidRuntime.from_options(options) as rt:
         assert rt.options == options and rt.batch_size == 3 and rt.resolution == 64

@@ -1,6 +1,7 @@
 """The import contracts of `.importlinter` hold: the manifest below the contract, the output
 package's layers, video I/O apart from rendering, library code (the job layer, runtime
 options, Ray, serving) below the CLI and its commands, runtime options below the jobs."""
+
 from __future__ import annotations
 
 from pathlib import Path

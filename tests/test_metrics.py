@@ -4,6 +4,7 @@ The broken graphs are real ONNX graphs made from the tiny export: one decoder bl
 to zero in the initializers, or Mul/Add/RandomNormalLike nodes appended to every output. ONNX
 Runtime (CPU) runs them like any exported file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -114,14 +115,18 @@ def damage_outputs(path: Path, out: Path, keep: float, around_mean: bool, noise:
         const = {f"{raw}_keep": np.array(keep, np.float32), f"{raw}_axes": np.array([2, 3], np.int64)}
         nodes = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(v, n)) for n, v in const.items()]
         if around_mean:
-            nodes += [helper.make_node("ReduceMean", [raw, f"{raw}_axes"], [f"{raw}_mean"], keepdims=1),
-                      helper.make_node("Sub", [raw, f"{raw}_mean"], [f"{raw}_var"]),
-                      helper.make_node("Mul", [f"{raw}_var", f"{raw}_keep"], [f"{raw}_kept"]),
-                      helper.make_node("Add", [f"{raw}_kept", f"{raw}_mean"], [f"{raw}_signal"])]
+            nodes += [
+                helper.make_node("ReduceMean", [raw, f"{raw}_axes"], [f"{raw}_mean"], keepdims=1),
+                helper.make_node("Sub", [raw, f"{raw}_mean"], [f"{raw}_var"]),
+                helper.make_node("Mul", [f"{raw}_var", f"{raw}_keep"], [f"{raw}_kept"]),
+                helper.make_node("Add", [f"{raw}_kept", f"{raw}_mean"], [f"{raw}_signal"]),
+            ]
         else:
             nodes.append(helper.make_node("Mul", [raw, f"{raw}_keep"], [f"{raw}_signal"]))
-        nodes += [helper.make_node("RandomNormalLike", [f"{raw}_signal"], [f"{raw}_noise"], scale=noise, seed=1.0),
-                  helper.make_node("Add", [f"{raw}_signal", f"{raw}_noise"], [output.name])]
+        nodes += [
+            helper.make_node("RandomNormalLike", [f"{raw}_signal"], [f"{raw}_noise"], scale=noise, seed=1.0),
+            helper.make_node("Add", [f"{raw}_signal", f"{raw}_noise"], [output.name]),
+        ]
         graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
@@ -142,8 +147,10 @@ def references(tiny_multitask_onnx: Path) -> Dict[tuple, tuple]:
     rng = np.random.default_rng(0)
     out = {}
     for b, h, w in FEEDS:
-        feeds = {"image": rng.random((b, 3, h, w), dtype=np.float32),
-                 "image_384": rng.random((b, 3, 384, 384), dtype=np.float32)}
+        feeds = {
+            "image": rng.random((b, 3, h, w), dtype=np.float32),
+            "image_384": rng.random((b, 3, 384, 384), dtype=np.float32),
+        }
         out[(b, h, w)] = (feeds, _run(tiny_multitask_onnx, feeds))
     return out
 
@@ -167,8 +174,9 @@ def test_fp16_export_passes(tiny_fp16_onnx: Path, references: Dict[tuple, tuple]
     assert _judge(tiny_fp16_onnx, references) == []
 
 
-def test_zeroed_block_fails_where_relative_l2_passed(tiny_multitask_onnx: Path, tmp_path: Path,
-                                                     references: Dict[tuple, tuple]) -> None:
+def test_zeroed_block_fails_where_relative_l2_passed(
+    tiny_multitask_onnx: Path, tmp_path: Path, references: Dict[tuple, tuple]
+) -> None:
     broken = zero_block(tiny_multitask_onnx, "model.trunk.decoder.2.", tmp_path / "zeroed.onnx")
     # The old check (relative L2 <= 1e-2) let its depth and foreground through.
     assert _relative_l2(broken, references, "depth") < 1e-2 and _relative_l2(broken, references, "foreground") < 1e-2
@@ -178,10 +186,11 @@ def test_zeroed_block_fails_where_relative_l2_passed(tiny_multitask_onnx: Path, 
 
 
 @pytest.mark.parametrize("around_mean", [False, True], ids=["scaled", "quarter-of-the-signal"])
-def test_quarter_output_plus_noise_fails(tiny_multitask_onnx: Path, tmp_path: Path, references: Dict[tuple, tuple],
-                                         around_mean: bool) -> None:
+def test_quarter_output_plus_noise_fails(
+    tiny_multitask_onnx: Path, tmp_path: Path, references: Dict[tuple, tuple], around_mean: bool
+) -> None:
     broken = damage_outputs(tiny_multitask_onnx, tmp_path / "damaged.onnx", 0.25, around_mean, 1e-4)
     reasons = _judge(broken, references)
-    for (b, h, w) in FEEDS:
+    for b, h, w in FEEDS:
         assert any(r.startswith(f"{h}x{w} batch {b}: depth: rmse_vs_spread") for r in reasons)
         assert any(r.startswith(f"{h}x{w} batch {b}: foreground: mae_vs_spread") for r in reasons)

@@ -1,4 +1,5 @@
 """The PyTorch model: shapes, tasks, the image_384 contract, weights loading, size fidelity."""
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,14 @@ def test_input_shape_check() -> None:
 def test_forward_refuses_sizes_off_the_stride() -> None:
     """50 rows would be cut to 48 by the stride-2 convolutions and come out misaligned: refused."""
     model = build_model("tiny", "depth", seed=0)
-    with torch.no_grad(), pytest.raises(InputError, match=r"50x64: height and width must be positive multiples "
-                                                          r"of 16.*try 48x64"):
+    with (
+        torch.no_grad(),
+        pytest.raises(
+            InputError,
+            match=r"50x64: height and width must be positive multiples "
+            r"of 16.*try 48x64",
+        ),
+    ):
         model(torch.rand(1, 3, 50, 64))
     with torch.no_grad():
         assert model(torch.rand(1, 3, 48, 64))["depth"].shape == (1, 1, 48, 64)
@@ -176,7 +183,9 @@ def test_macs_grow_with_resolution_vit_cost_constant() -> None:
 def test_gmacs_json_records() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gmacs.py"), "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     records = json.loads(out)
     keys = {"variant", "task", "height", "width", "params", "macs"}

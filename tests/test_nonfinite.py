@@ -1,4 +1,5 @@
 """NaN/infinity in a model's outputs: a typed error per input, never a plausible-looking file."""
+
 from __future__ import annotations
 
 import json
@@ -26,18 +27,22 @@ def nan_onnx(tiny_multitask_onnx: Path, tmp_path_factory: pytest.TempPathFactory
     graph = model.graph
     producer = next(node for node in graph.node if "depth" in node.output)
     producer.output[list(producer.output).index("depth")] = "depth_raw"
-    graph.initializer.extend([
-        helper.make_tensor("nan_axes", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("nan_half", TensorProto.FLOAT, [], [0.5]),
-        helper.make_tensor("nan_zero", TensorProto.FLOAT, [], [0.0]),
-    ])
-    graph.node.extend([
-        helper.make_node("ReduceMean", ["image", "nan_axes"], ["nan_mean"], keepdims=1),
-        helper.make_node("Sub", ["nan_mean", "nan_half"], ["nan_shifted"]),
-        helper.make_node("Log", ["nan_shifted"], ["nan_log"]),  # NaN for dark pixels (log of < 0)
-        helper.make_node("Mul", ["nan_log", "nan_zero"], ["nan_term"]),  # 0 or NaN
-        helper.make_node("Add", ["depth_raw", "nan_term"], ["depth"]),
-    ])
+    graph.initializer.extend(
+        [
+            helper.make_tensor("nan_axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("nan_half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("nan_zero", TensorProto.FLOAT, [], [0.0]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMean", ["image", "nan_axes"], ["nan_mean"], keepdims=1),
+            helper.make_node("Sub", ["nan_mean", "nan_half"], ["nan_shifted"]),
+            helper.make_node("Log", ["nan_shifted"], ["nan_log"]),  # NaN for dark pixels (log of < 0)
+            helper.make_node("Mul", ["nan_log", "nan_zero"], ["nan_term"]),  # 0 or NaN
+            helper.make_node("Add", ["depth_raw", "nan_term"], ["depth"]),
+        ]
+    )
     onnx.checker.check_model(model)
     out = tmp_path_factory.mktemp("nan") / "tiny-nan.onnx"
     onnx.save(model, str(out))
@@ -77,15 +82,29 @@ def test_imap_fails_only_the_bad_input_of_a_batch(nan_onnx: Path) -> None:
         np.testing.assert_allclose(ok.depth, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_lists_the_input_as_failed_and_writes_none_of_its_files(nan_onnx: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_cli_lists_the_input_as_failed_and_writes_none_of_its_files(
+    nan_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(_image(0)).save(folder / "bright.png")
     Image.fromarray(_image(16)).save(folder / "dark.png")
     out = tmp_path / "out"
-    rc = main(["predict", str(folder), "-m", str(nan_onnx), "-o", str(out), "--resolution", "64", "--no-progress",
-               "--batch-size", "2"])
+    rc = main(
+        [
+            "predict",
+            str(folder),
+            "-m",
+            str(nan_onnx),
+            "-o",
+            str(out),
+            "--resolution",
+            "64",
+            "--no-progress",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert rc == 1
     captured = capsys.readouterr()
     assert "1 of 2 input(s) written" in captured.out

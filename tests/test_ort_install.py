@@ -4,6 +4,7 @@ Distribution detection reads real metadata: a second build is a real `*.dist-inf
 the search path. The GPU checks call the real cuda-python (no driver here: "no NVIDIA driver");
 the other answers of the driver are given by replacing only cuda-python's two query functions.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -73,9 +74,12 @@ def test_gpu_device_with_the_cpu_build_says_how_to_switch() -> None:
     def driver_loads(name: str) -> object:  # stands in for loading the NVIDIA driver's libcuda
         return object()
 
-    with pytest.raises(BackendUnavailable, match=r'is the CPU build \(onnxruntime\); the NVIDIA driver is present. '
-                                                 r'Repair: pip uninstall -y onnxruntime && '
-                                                 r'pip install "david-infer\[gpu\]" \(or drop --device gpu'):
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"is the CPU build \(onnxruntime\); the NVIDIA driver is present. "
+        r"Repair: pip uninstall -y onnxruntime && "
+        r'pip install "david-infer\[gpu\]" \(or drop --device gpu',
+    ):
         _ort.check_builds("cuda", shown="gpu", load=driver_loads)
     with pytest.raises(BackendUnavailable, match="is a CPU build"):
         _ort.check_gpu(ort)
@@ -84,11 +88,15 @@ def test_gpu_device_with_the_cpu_build_says_how_to_switch() -> None:
 
 def test_gpu_device_without_a_driver_says_to_drop_the_device() -> None:
     """No NVIDIA driver: onnxruntime-gpu would not help; the fix is the CPU (or a driver)."""
+
     def no_driver(name: str) -> object:
         raise OSError(f"{name}: cannot open shared object file")
 
-    with pytest.raises(NoGpuError, match=r"device 'gpu' asks for an NVIDIA GPU, but this machine has no NVIDIA "
-                                         r"driver.*drop --device gpu") as caught:
+    with pytest.raises(
+        NoGpuError,
+        match=r"device 'gpu' asks for an NVIDIA GPU, but this machine has no NVIDIA "
+        r"driver.*drop --device gpu",
+    ) as caught:
         _ort.check_builds("cuda", shown="gpu", load=no_driver)
     assert "cuda'" not in str(caught.value)
 
@@ -155,8 +163,11 @@ def test_provider_tensorrt_major(tmp_path: Path) -> None:
 
 def test_tensorrt_missing() -> None:
     assert _ort.installed_tensorrt() is None
-    with pytest.raises(TensorRTMissingError, match=r'TensorRT 10 \(libnvinfer.so.10\).*not installed.*'
-                                                   r'pip install "tensorrt-cu13>=10,<11"'):
+    with pytest.raises(
+        TensorRTMissingError,
+        match=r"TensorRT 10 \(libnvinfer.so.10\).*not installed.*"
+        r'pip install "tensorrt-cu13>=10,<11"',
+    ):
         _ort.check_tensorrt(10, 13)
 
 

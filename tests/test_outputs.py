@@ -1,4 +1,5 @@
 """david_infer.outputs: names from the input alone, all-or-none sets, completion records, stale temporaries."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from david_infer.jobs import VIDEO_ONLY_KINDS
 from david_infer.errors import InputError
+from david_infer.jobs import VIDEO_ONLY_KINDS
 from david_infer.outputs.clips import VIDEO_KINDS
 from david_infer.outputs.images import IMAGE_KINDS, depth_to_uint16, write_outputs
 from david_infer.outputs.sets import TEMP_SUFFIX, SetState, WriteOptions, output_name
@@ -21,9 +22,12 @@ def _prediction(h: int = 24, w: int = 32, seed: int = 0) -> Prediction:
     rng = np.random.default_rng(seed)
     normal = rng.normal(size=(h, w, 3)).astype(np.float32)
     normal /= np.linalg.norm(normal, axis=2, keepdims=True)
-    return Prediction(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-                      depth=rng.random((h, w), dtype=np.float32), normal=normal,
-                      foreground=rng.random((h, w), dtype=np.float32))
+    return Prediction(
+        image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        depth=rng.random((h, w), dtype=np.float32),
+        normal=normal,
+        foreground=rng.random((h, w), dtype=np.float32),
+    )
 
 
 def test_output_name_is_a_function_of_the_input_and_its_root(tmp_path: Path) -> None:
@@ -171,8 +175,9 @@ def test_the_vis_video_draws_the_image_panels_tiles() -> None:
     pred.foreground[:, 12:] = 1.0
     layout = VisLayout(("depth", "normal", "foreground"), 24, 30)
     canvas, shade, depth = layout.draw(pred)
-    small = Prediction(image=half(pred.image), depth=half(pred.depth), normal=half(pred.normal),
-                       foreground=half(pred.foreground))
+    small = Prediction(
+        image=half(pred.image), depth=half(pred.depth), normal=half(pred.normal), foreground=half(pred.foreground)
+    )
     person = depth[small.foreground >= 0.5]
     canvas = layout.draw_depth(canvas, shade, depth, (float(person.min()), float(person.max())), inverse=True)
     tiles = dict(visualize.panel_tiles(small, inverse_depth=True))
@@ -180,8 +185,8 @@ def test_the_vis_video_draws_the_image_panels_tiles() -> None:
     th, tw = layout.tile
     for i, name in enumerate(layout.names):
         r, c = divmod(i, 2)
-        np.testing.assert_array_equal(canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw], tiles[name], err_msg=name)
-    assert not canvas[th:2 * th, :6].any()  # normals faded to black outside the person
+        np.testing.assert_array_equal(canvas[r * th : (r + 1) * th, c * tw : (c + 1) * tw], tiles[name], err_msg=name)
+    assert not canvas[th : 2 * th, :6].any()  # normals faded to black outside the person
 
 
 def test_the_two_pass_spool_gives_back_what_was_held(tmp_path: Path) -> None:

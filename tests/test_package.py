@@ -1,11 +1,24 @@
 """The package stays light: importing it and asking the CLI for its version pull in no heavy module."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
-HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt", "safetensors", "mlserver", "tritonclient", "grpc", "ray",
-         "pyarrow", "pandas", "av")
+HEAVY = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "tensorrt",
+    "safetensors",
+    "mlserver",
+    "tritonclient",
+    "grpc",
+    "ray",
+    "pyarrow",
+    "pandas",
+    "av",
+)
 
 
 def _loaded_after(code: str) -> set:
@@ -49,8 +62,9 @@ def test_torch_install_hint_works_anywhere() -> None:
     from david_infer._optional import install_hint
 
     cpu_index = "https://download.pytorch.org/whl/cpu"
-    assert install_hint("torch").startswith(f'pip install torch==2.13.0 --index-url {cpu_index} && '
-                                            'pip install "david-infer[export]"')
+    assert install_hint("torch").startswith(
+        f'pip install torch==2.13.0 --index-url {cpu_index} && pip install "david-infer[export]"'
+    )
 
 
 def test_export_stage_installs_inside_the_package(tmp_path) -> None:
@@ -68,6 +82,7 @@ def test_export_stage_installs_inside_the_package(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "None"]
-    bare = subprocess.run([sys.executable, "-c", "import export"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)
+    bare = subprocess.run(
+        [sys.executable, "-c", "import export"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert bare.returncode == 1 and "ModuleNotFoundError: No module named 'export'" in bare.stderr

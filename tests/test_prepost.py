@@ -3,6 +3,7 @@
 Parity is measured against DavidRuntime on the network the graph wraps, on real photos of several
 sizes (image_corpus.real_photos); the bounds are the contract's (docs/prepost.md gives the
 measured values, which are 5-300x tighter)."""
+
 from __future__ import annotations
 
 import json
@@ -100,9 +101,11 @@ def test_manifest_and_graph_follow_the_contract(prepost_onnx: Path) -> None:
     assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim] == ["batch", "height", "width", 3]
     assert [o.name for o in graph.output] == ["depth", "normal", "foreground"]
-    assert [o["shape"] for o in manifest["outputs"]] == [["batch", "height", "width"],
-                                                          ["batch", "height", "width", 3],
-                                                          ["batch", "height", "width"]]
+    assert [o["shape"] for o in manifest["outputs"]] == [
+        ["batch", "height", "width"],
+        ["batch", "height", "width", 3],
+        ["batch", "height", "width"],
+    ]
 
 
 def test_every_node_is_one_tensorrt10_parses(prepost_onnx: Path, official_prepost_onnx: Path) -> None:
@@ -112,8 +115,9 @@ def test_every_node_is_one_tensorrt10_parses(prepost_onnx: Path, official_prepos
     for path in (prepost_onnx, official_prepost_onnx):
         model = onnx.load(str(path))
         assert tensorrt_problems(model) == [], path
-        assert not any(n.op_type == "Resize" and any(a.name == "antialias" and a.i for a in n.attribute)
-                       for n in model.graph.node)
+        assert not any(
+            n.op_type == "Resize" and any(a.name == "antialias" and a.i for a in n.attribute) for n in model.graph.node
+        )
 
 
 def test_the_check_finds_what_tensorrt_refuses() -> None:
@@ -129,10 +133,16 @@ def test_the_check_finds_what_tensorrt_refuses() -> None:
         helper.make_node("Shape", ["x"], ["axes"]),
         helper.make_node("Unique", ["z"], ["w"]),
     ]
-    graph = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info("u8", TensorProto.UINT8, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("sum", TensorProto.UINT8, None)],
-                              [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 0.5, 0.5])])
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info("u8", TensorProto.UINT8, [1, 3, 4, 4])],
+        [
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("sum", TensorProto.UINT8, None),
+        ],
+        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 0.5, 0.5])],
+    )
     problems = "\n".join(tensorrt_problems(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])))
     assert "Add node" in problems and "uint8" in problems
     assert "antialias=1" in problems
@@ -179,8 +189,8 @@ def test_pyramid_kernels_compose_pyrdown() -> None:
     k = np.array([1, 4, 6, 4, 1]) / 16.0
     twice = np.convolve(np.convolve(signal, k, "same")[::2], k, "same")[::2]  # two pyrDown steps
     c = (table.shape[1] - 1) // 2
-    row = table[2, c - 6:c + 7]
-    direct = np.array([row @ signal[4 * p - 6:4 * p + 7] for p in range(10, 90)])
+    row = table[2, c - 6 : c + 7]
+    direct = np.array([row @ signal[4 * p - 6 : 4 * p + 7] for p in range(10, 90)])
     assert np.allclose(direct, twice[10:90], atol=1e-6)
 
 
@@ -197,9 +207,12 @@ def test_runtime_runs_the_graph_with_its_options(tiny_multitask_onnx: Path, prep
             single = graph.predict(source)
             assert got.depth.shape == source.shape[:2]
             assert np.allclose(got.depth, single.depth, atol=1e-6)
-    with DavidRuntime(prepost_onnx, invert_depth=False, normalize_depth=True, foreground_threshold=0.5) as graph, \
-            DavidRuntime(tiny_multitask_onnx, invert_depth=False, normalize_depth=True,
-                         foreground_threshold=0.5) as reference:
+    with (
+        DavidRuntime(prepost_onnx, invert_depth=False, normalize_depth=True, foreground_threshold=0.5) as graph,
+        DavidRuntime(
+            tiny_multitask_onnx, invert_depth=False, normalize_depth=True, foreground_threshold=0.5
+        ) as reference,
+    ):
         got, want = graph.predict(image), reference.predict(image)
         assert got.depth.min() == 0.0 and got.depth.max() == pytest.approx(1.0)
         assert float(np.sqrt(np.mean((got.depth - want.depth) ** 2))) <= DEPTH_RMSE
@@ -239,13 +252,19 @@ def test_files_it_cannot_wrap(tmp_path: Path, prepost_onnx: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07 this is not protobuf \xff\xff")
     other = tmp_path / "other.onnx"
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(other))
-    cases = [(garbage, ModelError, "not a readable ONNX file"), (other, ModelError, "expected a DAViD model"),
-             (prepost_onnx, ModelError, "already a pre/post graph"),
-             (tmp_path / "absent.onnx", ModelError, "not found")]
+    cases = [
+        (garbage, ModelError, "not a readable ONNX file"),
+        (other, ModelError, "expected a DAViD model"),
+        (prepost_onnx, ModelError, "already a pre/post graph"),
+        (tmp_path / "absent.onnx", ModelError, "not found"),
+    ]
     for source, error, message in cases:
         with pytest.raises(error, match=message):
             wrap_prepost(source, tmp_path / "out.onnx")
@@ -293,8 +312,9 @@ def test_cli_predict_runs_the_graph(prepost_onnx: Path, tiny_multitask_onnx: Pat
     folder.mkdir()
     Image.fromarray(photos["odd"]).save(folder / "rocket.png")
     out = tmp_path / "out"
-    assert main(["predict", "-m", str(prepost_onnx), str(folder), "-o", str(out), "--save", "depth",
-                 "--no-progress"]) == 0
+    assert (
+        main(["predict", "-m", str(prepost_onnx), str(folder), "-o", str(out), "--save", "depth", "--no-progress"]) == 0
+    )
     depth = np.load(out / "rocket.depth.npy")
     with DavidRuntime(tiny_multitask_onnx) as reference:
         want = reference.predict(photos["odd"]).depth

@@ -1,4 +1,5 @@
 """The progress display (david_infer.progress) and the JSON-file helpers (david_infer.jsonfile)."""
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,7 @@ from david_infer.jsonfile import read_json_object, write_json
 from david_infer.progress import BYTES, Progress
 
 
-def test_items_without_tqdm_print_one_line_each(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_items_without_tqdm_print_one_line_each(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
     bar = Progress(3, True)
     bar.update("a.jpg", True)
@@ -22,14 +22,15 @@ def test_items_without_tqdm_print_one_line_each(monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().err.splitlines() == ["[1/3] ok a.jpg", "[2/3] FAILED b.jpg"]
 
 
-def test_bytes_without_tqdm_print_start_and_end(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_bytes_without_tqdm_print_start_and_end(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     with Progress(3_000_000, desc="m.onnx", unit=BYTES, initial=1_000_000) as bar:
         for _ in range(4):
             bar.advance(500_000)  # no line per block
     assert capsys.readouterr().err.splitlines() == [
-        "downloading m.onnx: 3.0 MB, resuming at 1.0 MB", "m.onnx: 3.0 of 3.0 MB"]
+        "downloading m.onnx: 3.0 MB, resuming at 1.0 MB",
+        "m.onnx: 3.0 of 3.0 MB",
+    ]
     assert bar.done == 3_000_000
 
 

@@ -5,6 +5,7 @@ inputs decode to [0, 1] or raise InputError; model inputs are (3, R, R) in [0, 1
 back at the image's size with unit normals and a mask in [0, 1]; the padding is removed exactly
 as "resize to the padded square, then crop" does.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -52,8 +53,13 @@ def _image(shape: Tuple[int, int], dtype: str, layout: str, seed: int, lo: float
 
 
 @SETTINGS
-@given(shape=shapes, dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
-       bounds=st.sampled_from([(0.0, 1.0), (0.0, 0.0), (1.0, 1.0), (0.4, 0.6)]))
+@given(
+    shape=shapes,
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**16),
+    bounds=st.sampled_from([(0.0, 1.0), (0.0, 0.0), (1.0, 1.0), (0.4, 0.6)]),
+)
 def test_decode_keeps_size_and_range(shape, dtype, layout, seed, bounds) -> None:
     a = _image(shape, dtype, layout, seed, *bounds)
     d = decode(a)
@@ -66,8 +72,10 @@ def test_decode_keeps_size_and_range(shape, dtype, layout, seed, bounds) -> None
 
 
 @SETTINGS
-@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=40),
-       dtype=st.sampled_from(["float32", "float64"]))
+@given(
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=40),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
 @example(values=[1.0005, -0.0005], dtype="float32")  # rounding noise: clipped
 @example(values=[1.002], dtype="float32")  # beyond the tolerance: refused
 @example(values=[float("nan")], dtype="float64")
@@ -89,8 +97,15 @@ def test_float_values_either_accepted_in_range_or_refused(values, dtype) -> None
 
 
 @SETTINGS
-@given(shape=shapes, dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
-       resolution=resolutions, vit=st.sampled_from([None, 32, 80]), official=st.booleans())
+@given(
+    shape=shapes,
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**16),
+    resolution=resolutions,
+    vit=st.sampled_from([None, 32, 80]),
+    official=st.booleans(),
+)
 def test_preprocess_shapes_and_range(shape, dtype, layout, seed, resolution, vit, official) -> None:
     d = decode(_image(shape, dtype, layout, seed), channel_order="bgr")
     p = official_prepare(d, resolution) if official else antialias_prepare(d, resolution, vit)
@@ -106,8 +121,13 @@ def test_preprocess_shapes_and_range(shape, dtype, layout, seed, resolution, vit
 
 
 @SETTINGS
-@given(shape=shapes, value=st.integers(0, 255), resolution=resolutions, official=st.booleans(),
-       order=st.sampled_from(["rgb", "bgr"]))
+@given(
+    shape=shapes,
+    value=st.integers(0, 255),
+    resolution=resolutions,
+    official=st.booleans(),
+    order=st.sampled_from(["rgb", "bgr"]),
+)
 def test_constant_image_gives_constant_input(shape, value, resolution, official, order) -> None:
     """Edge padding and resampling keep a flat colour flat: padding adds nothing of its own."""
     colour = np.array([value, (value * 7) % 256, 255 - value], np.uint8)
@@ -143,11 +163,26 @@ def _check_maps(maps: Dict[str, np.ndarray], shape: Tuple[int, int], threshold=N
 
 
 @SETTINGS
-@given(shape=shapes, resolution=resolutions, seed=st.integers(0, 2**16),
-       scale=st.sampled_from([1e-3, 1.0, 1e3]), interpolation=st.sampled_from(["bicubic", "bilinear", "official"]),
-       threshold=st.sampled_from([None, 0.0, 0.5, 1.0]), invert=st.booleans(), normalize=st.booleans())
-@example(shape=(48, 64), resolution=64, seed=0, scale=1.0, interpolation="bicubic", threshold=None,
-         invert=True, normalize=False)  # the model ran at the square's own size: the crop path
+@given(
+    shape=shapes,
+    resolution=resolutions,
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    interpolation=st.sampled_from(["bicubic", "bilinear", "official"]),
+    threshold=st.sampled_from([None, 0.0, 0.5, 1.0]),
+    invert=st.booleans(),
+    normalize=st.booleans(),
+)
+@example(
+    shape=(48, 64),
+    resolution=64,
+    seed=0,
+    scale=1.0,
+    interpolation="bicubic",
+    threshold=None,
+    invert=True,
+    normalize=False,
+)  # the model ran at the square's own size: the crop path
 def test_postprocess_properties(shape, resolution, seed, scale, interpolation, threshold, invert, normalize) -> None:
     outputs = _outputs(resolution, seed, scale)
     opts = PostOptions(invert, normalize, threshold, interpolation)
@@ -164,12 +199,16 @@ def _square_then_crop(plane: np.ndarray, shape: Tuple[int, int], resample: Image
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     full = np.asarray(Image.fromarray(plane).resize((side, side), resample))
-    return full[top:top + h, left:left + w]
+    return full[top : top + h, left : left + w]
 
 
 @SETTINGS
-@given(shape=shapes, resolution=resolutions, seed=st.integers(0, 2**16),
-       interpolation=st.sampled_from(["bicubic", "bilinear"]))
+@given(
+    shape=shapes,
+    resolution=resolutions,
+    seed=st.integers(0, 2**16),
+    interpolation=st.sampled_from(["bicubic", "bilinear"]),
+)
 def test_padding_removed_exactly(shape, resolution, seed, interpolation) -> None:
     """Each map equals the output resized to the padded square, then cropped (to float error)."""
     outputs = _outputs(resolution, seed, 1.0)
@@ -181,13 +220,15 @@ def test_padding_removed_exactly(shape, resolution, seed, interpolation) -> None
 
 
 @SETTINGS
-@given(h=st.integers(1, 96), w=st.integers(1, 96), inside=st.floats(-5, 5, width=32), outside=st.floats(-5, 5, width=32))
+@given(
+    h=st.integers(1, 96), w=st.integers(1, 96), inside=st.floats(-5, 5, width=32), outside=st.floats(-5, 5, width=32)
+)
 def test_region_constant_output_maps_back_exactly(h, w, inside, outside) -> None:
     """The model ran at the square's own size: a map that is `inside` on the image's part of the
     square and `outside` on the padding comes back as exactly `inside`, at the image's size."""
     g = square_geometry(h, w, max(h, w))
     plane = np.full((1, g.side, g.side), outside, np.float32)
-    plane[:, g.top:g.top + h, g.left:g.left + w] = inside
+    plane[:, g.top : g.top + h, g.left : g.left + w] = inside
     maps = postprocess({"depth": plane, "foreground": plane}, g, PostOptions(False, False, None, "bicubic"))
     np.testing.assert_array_equal(maps["depth"], np.full((h, w), inside, np.float32))
     np.testing.assert_array_equal(maps["foreground"], np.full((h, w), np.clip(inside, 0, 1), np.float32))

@@ -3,6 +3,7 @@
 Files come from tests/image_corpus.py (generated, nothing checked in); arrays are built here.
 Nothing may crash, hang, leak a numpy/PIL/ORT exception, or decode a decompression bomb.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
+from image_corpus import honest_png_bomb, write_corpus  # noqa: E402
+
 from david_infer import DavidRuntime, InputError  # noqa: E402
 from david_infer.inputs import MAX_IMAGE_PIXELS, decode  # noqa: E402
-
-from image_corpus import honest_png_bomb, write_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,8 +164,14 @@ def test_valid_bomb_is_refused_without_decoding(tiny_multitask_onnx: Path, tmp_p
         pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
     assert bomb.stat().st_size < 1_000_000
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(tiny_multitask_onnx), str(bomb)],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHILD, str(tiny_multitask_onnx), str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=str(REPO),
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["refused"].startswith(str(bomb))
@@ -204,15 +211,21 @@ def test_rounding_noise_is_clipped(rt: DavidRuntime) -> None:
     np.testing.assert_array_equal(rt.predict(noisy).depth, rt.predict(clean).depth)
 
 
-@pytest.mark.parametrize("value,match", [
-    (np.nan, r"1 of 6720 values are NaN or infinite"),
-    (np.inf, r"1 of 6720 values are NaN or infinite"),
-    (-np.inf, r"1 of 6720 values are NaN or infinite"),
-    (-0.5, r"float values must lie in \[0, 1\], got -0\.5\.\."),
-    (1.5, r"float values must lie in \[0, 1\], got 0\.\.1\.5"),
-    (255.0, r"float values must lie in \[0, 1\], got 0\.\.255 \(divide 0\.\.255 data by 255\)"),
-    (1e300, r"float values must lie in \[0, 1\], got 0\.\.1e\+300"),  # regression: was reported as 'infinite' after a float32 overflow
-])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        (np.nan, r"1 of 6720 values are NaN or infinite"),
+        (np.inf, r"1 of 6720 values are NaN or infinite"),
+        (-np.inf, r"1 of 6720 values are NaN or infinite"),
+        (-0.5, r"float values must lie in \[0, 1\], got -0\.5\.\."),
+        (1.5, r"float values must lie in \[0, 1\], got 0\.\.1\.5"),
+        (255.0, r"float values must lie in \[0, 1\], got 0\.\.255 \(divide 0\.\.255 data by 255\)"),
+        (
+            1e300,
+            r"float values must lie in \[0, 1\], got 0\.\.1e\+300",
+        ),  # regression: was reported as 'infinite' after a float32 overflow
+    ],
+)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.filterwarnings("error")  # e.g. numpy's overflow RuntimeWarning from a cast
 def test_bad_float_values_are_refused(rt: DavidRuntime, value: float, match: str, dtype: str) -> None:
@@ -225,8 +238,23 @@ def test_bad_float_values_are_refused(rt: DavidRuntime, value: float, match: str
         rt.predict(a.astype(dtype))
 
 
-@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.int32, np.int64, np.uint32, np.uint64, np.complex64,
-                                   np.complex128, object, np.longdouble, "datetime64[s]", "U3"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.bool_,
+        np.int8,
+        np.int32,
+        np.int64,
+        np.uint32,
+        np.uint64,
+        np.complex64,
+        np.complex128,
+        object,
+        np.longdouble,
+        "datetime64[s]",
+        "U3",
+    ],
+)
 def test_wrong_dtypes(rt: DavidRuntime, dtype: object) -> None:
     with pytest.raises(InputError, match=r"^numpy array: unsupported dtype .*expected uint8, uint16, or float"):
         rt.predict(np.zeros((16, 16, 3), dtype))

@@ -1,6 +1,7 @@
 """A small, fast run of benchmarks/stress.py: one runtime shared by threads, results equal to
 single-threaded ones, no errors. (The full run, 8 threads x 2000 predictions with memory figures,
 is `python benchmarks/stress.py`; its figures are in docs/benchmarks.md.)"""
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Broken, mismatched and hostile model, manifest, engine and weights files: each gives a clear
 ModelError (or WeightsError) naming the file; nothing executes a pickle."""
+
 from __future__ import annotations
 
 import ast
@@ -86,14 +87,17 @@ def test_manifest_of_another_file(tiny_multitask_onnx: Path, tmp_path: Path) -> 
 # ------------------------------------------------------------------------------ bad manifests
 
 
-@pytest.mark.parametrize("text, match", [
-    ("{not json", r"not a readable JSON manifest \(JSONDecodeError"),
-    ("", r"not a readable JSON manifest"),
-    ("[" * 100_000 + "]" * 100_000, r"not a readable JSON manifest \(RecursionError"),  # was a bare RecursionError
-    ("\xff\xfe{", r"not a readable JSON manifest"),
-    ("[1, 2]", r"not a david-infer manifest"),
-    ('{"format": "something-else"}', r"not a david-infer manifest"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", r"not a readable JSON manifest \(JSONDecodeError"),
+        ("", r"not a readable JSON manifest"),
+        ("[" * 100_000 + "]" * 100_000, r"not a readable JSON manifest \(RecursionError"),  # was a bare RecursionError
+        ("\xff\xfe{", r"not a readable JSON manifest"),
+        ("[1, 2]", r"not a david-infer manifest"),
+        ('{"format": "something-else"}', r"not a david-infer manifest"),
+    ],
+)
 def test_manifest_not_json_or_not_ours(tiny_multitask_onnx: Path, tmp_path: Path, text: str, match: str) -> None:
     path = _place(tmp_path, "m.onnx", tiny_multitask_onnx.read_bytes())
     manifest_path(path).write_bytes(text.encode("latin-1"))
@@ -129,19 +133,22 @@ def _edit(manifest: Dict[str, Any], edit: str) -> Dict[str, Any]:
     return m
 
 
-@pytest.mark.parametrize("edit, match", [
-    ("version_text", r"m\.json: manifest format_version must be an integer, got 'abc'"),
-    ("version_null", r"m\.json: manifest format_version must be an integer, got None"),
-    ("version_future", r"m\.json: manifest format version 99 is newer .*upgrade david-infer"),
-    ("no_outputs", r"m\.json: manifest lacks the required key 'outputs'"),
-    ("inputs_number", r"m\.json: manifest 'inputs' must be a non-empty list of tensor descriptions"),
-    ("outputs_strings", r"m\.json: manifest outputs\[0\] needs a string \"name\", got 'depth'"),
-    ("names_not_strings", r"m\.json: manifest inputs\[0\] needs a string \"name\""),
-    ("stride_zero", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got 0"),
-    ("stride_text", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got '16px'"),
-    ("vit_negative", r"m\.json: manifest preprocessing 'vit_size' must be a positive integer, got -384"),
-    ("unknown_tasks", r"m\.json: manifest lists no known task"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ("version_text", r"m\.json: manifest format_version must be an integer, got 'abc'"),
+        ("version_null", r"m\.json: manifest format_version must be an integer, got None"),
+        ("version_future", r"m\.json: manifest format version 99 is newer .*upgrade david-infer"),
+        ("no_outputs", r"m\.json: manifest lacks the required key 'outputs'"),
+        ("inputs_number", r"m\.json: manifest 'inputs' must be a non-empty list of tensor descriptions"),
+        ("outputs_strings", r"m\.json: manifest outputs\[0\] needs a string \"name\", got 'depth'"),
+        ("names_not_strings", r"m\.json: manifest inputs\[0\] needs a string \"name\""),
+        ("stride_zero", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got 0"),
+        ("stride_text", r"m\.json: manifest preprocessing 'stride' must be a positive integer, got '16px'"),
+        ("vit_negative", r"m\.json: manifest preprocessing 'vit_size' must be a positive integer, got -384"),
+        ("unknown_tasks", r"m\.json: manifest lists no known task"),
+    ],
+)
 def test_manifest_wrong_format(tiny_multitask_onnx: Path, tmp_path: Path, edit: str, match: str) -> None:
     path = _place(tmp_path, "m.onnx", tiny_multitask_onnx.read_bytes(), _edit(_manifest(tiny_multitask_onnx), edit))
     with pytest.raises(ModelError, match=match):
@@ -159,16 +166,19 @@ def _graph(inputs: Dict[str, Sequence[Any]], outputs: Dict[str, Sequence[Any]]) 
     inits = []
     for i, (name, shape) in enumerate(outputs.items()):
         channels = shape[1] if len(shape) == 4 else 1
-        inits += [helper.make_tensor(f"s{i}", TensorProto.INT64, [1], [0]),
-                  helper.make_tensor(f"e{i}", TensorProto.INT64, [1], [channels]),
-                  helper.make_tensor(f"a{i}", TensorProto.INT64, [1], [1])]
+        inits += [
+            helper.make_tensor(f"s{i}", TensorProto.INT64, [1], [0]),
+            helper.make_tensor(f"e{i}", TensorProto.INT64, [1], [channels]),
+            helper.make_tensor(f"a{i}", TensorProto.INT64, [1], [1]),
+        ]
         sliced = name if len(shape) == 4 else f"{name}_4d"
         nodes.append(helper.make_node("Slice", [first, f"s{i}", f"e{i}", f"a{i}"], [sliced]))
         if len(shape) == 3:
             inits.append(helper.make_tensor(f"q{i}", TensorProto.INT64, [1], [1]))
             nodes.append(helper.make_node("Squeeze", [sliced, f"q{i}"], [name]))
     graph = helper.make_graph(
-        nodes, "contract",
+        nodes,
+        "contract",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in outputs.items()],
         inits,
@@ -193,39 +203,68 @@ def test_contract_graph_control(tmp_path: Path) -> None:
     assert rt.tasks == ("depth", "normal", "foreground") and pred.depth.shape == (20, 30)
 
 
-@pytest.mark.parametrize("inputs, outputs, match", [
-    ({"a": (1, 3, R, R), "b": (1, 3, R, R)}, RELEASED_MULTI, r"no manifest and 2 inputs.*expected a DAViD model"),
-    (IN, {"depth": (1, R, R), "normal": (1, 3, R, R)}, r"no manifest and 2 outputs.*expected a DAViD model"),
-    (IN, dict(RELEASED_MULTI, extra=(1, 1, R, R)), r"no manifest and 4 outputs.*expected a DAViD model"),
-    ({"input": (1, 4, R, R)}, RELEASED_MULTI, r"input 'input' has shape \(1, 4, 512, 512\).*expected a DAViD"),
-    ({"input": (1, 1, R, R)}, {"depth": (1, R, R)}, r"input 'input' has shape \(1, 1, 512, 512\).*expected a DAViD"),
-    ({"input": (1, 3, R, 384)}, RELEASED_MULTI, r"input 'input' has shape \(1, 3, 512, 384\).*expected a DAViD"),
-    (IN, {"normal": (1, 2, R, R)},
-     r"output 'normal' has shape \(1, 2, 512, 512\); a released DAViD normal output is \(1, 3, 512, 512\)"),
-    (IN, {"depth": (1, 3, R, R), "normal": (1, 3, R, R), "foreground": (1, 1, R, R)},
-     r"output 'depth' has shape \(1, 3, 512, 512\); a released DAViD depth output is \(1, 1, 512, 512\)"),
-])
+@pytest.mark.parametrize(
+    "inputs, outputs, match",
+    [
+        ({"a": (1, 3, R, R), "b": (1, 3, R, R)}, RELEASED_MULTI, r"no manifest and 2 inputs.*expected a DAViD model"),
+        (IN, {"depth": (1, R, R), "normal": (1, 3, R, R)}, r"no manifest and 2 outputs.*expected a DAViD model"),
+        (IN, dict(RELEASED_MULTI, extra=(1, 1, R, R)), r"no manifest and 4 outputs.*expected a DAViD model"),
+        ({"input": (1, 4, R, R)}, RELEASED_MULTI, r"input 'input' has shape \(1, 4, 512, 512\).*expected a DAViD"),
+        (
+            {"input": (1, 1, R, R)},
+            {"depth": (1, R, R)},
+            r"input 'input' has shape \(1, 1, 512, 512\).*expected a DAViD",
+        ),
+        ({"input": (1, 3, R, 384)}, RELEASED_MULTI, r"input 'input' has shape \(1, 3, 512, 384\).*expected a DAViD"),
+        (
+            IN,
+            {"normal": (1, 2, R, R)},
+            r"output 'normal' has shape \(1, 2, 512, 512\); a released DAViD normal output is \(1, 3, 512, 512\)",
+        ),
+        (
+            IN,
+            {"depth": (1, 3, R, R), "normal": (1, 3, R, R), "foreground": (1, 1, R, R)},
+            r"output 'depth' has shape \(1, 3, 512, 512\); a released DAViD depth output is \(1, 1, 512, 512\)",
+        ),
+    ],
+)
 def test_released_style_graph_wrong_contract(tmp_path: Path, inputs: dict, outputs: dict, match: str) -> None:
     """Manifest-less files are recognised from their shapes; anything else is refused at load."""
     path = _place(tmp_path, "graph.onnx", _graph(inputs, outputs))
     _refused(path, match, resolution=R)
 
 
-def _dynamic_graph(normal_channels: int = 3, image_channels: int = 3, vit: bool = True,
-                   names: Sequence[str] = ("depth", "normal", "foreground")) -> bytes:
+def _dynamic_graph(
+    normal_channels: int = 3,
+    image_channels: int = 3,
+    vit: bool = True,
+    names: Sequence[str] = ("depth", "normal", "foreground"),
+) -> bytes:
     dims = ["batch", image_channels, "height", "width"]
     inputs = {"image": dims, **({"image_384": ["batch", 3, 384, 384]} if vit else {})}
-    shapes = [["batch", 1, "height", "width"], ["batch", normal_channels, "height", "width"],
-              ["batch", 1, "height", "width"]]
+    shapes = [
+        ["batch", 1, "height", "width"],
+        ["batch", normal_channels, "height", "width"],
+        ["batch", 1, "height", "width"],
+    ]
     return _graph(inputs, dict(zip(names, shapes)))
 
 
-@pytest.mark.parametrize("graph, match", [
-    (dict(normal_channels=2), r"normal output 'normal' has shape \('batch', 2, 'height', 'width'\), expected \(batch, 3"),
-    (dict(image_channels=4), r"input 'image' has shape \('batch', 4, 'height', 'width'\), expected \(batch, 3"),
-    (dict(vit=False), r"inputs \['image'\] \(the manifest describes \['image', 'image_384'\]\)"),
-    (dict(names=("depth", "normals", "fg")), r"outputs \['depth', 'normals', 'fg'\] lack \['normal', 'foreground'\]"),
-])
+@pytest.mark.parametrize(
+    "graph, match",
+    [
+        (
+            dict(normal_channels=2),
+            r"normal output 'normal' has shape \('batch', 2, 'height', 'width'\), expected \(batch, 3",
+        ),
+        (dict(image_channels=4), r"input 'image' has shape \('batch', 4, 'height', 'width'\), expected \(batch, 3"),
+        (dict(vit=False), r"inputs \['image'\] \(the manifest describes \['image', 'image_384'\]\)"),
+        (
+            dict(names=("depth", "normals", "fg")),
+            r"outputs \['depth', 'normals', 'fg'\] lack \['normal', 'foreground'\]",
+        ),
+    ],
+)
 def test_graph_not_matching_its_manifest(tiny_multitask_onnx: Path, tmp_path: Path, graph: dict, match: str) -> None:
     """Our manifest beside a graph of another contract: refused when loaded (it used to fail only on
     the first image, with an ORT feed error or a bare KeyError)."""
@@ -260,8 +299,18 @@ def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"serialized plan " * 64)
     manifest = _manifest(tiny_multitask_onnx)
-    sidecar = build_sidecar(manifest, plan.name, sha256_file(plan), "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0",
-                            "none", compute_profiles(ModelContract.from_dict(plan, manifest)), "fp32", 1.0)
+    sidecar = build_sidecar(
+        manifest,
+        plan.name,
+        sha256_file(plan),
+        "10.9.0.34",
+        "NVIDIA A100-SXM4-80GB",
+        "8.0",
+        "none",
+        compute_profiles(ModelContract.from_dict(plan, manifest)),
+        "fp32",
+        1.0,
+    )
     write_manifest(manifest_path(plan), sidecar)
     return plan
 
@@ -353,8 +402,11 @@ def _unsafe_loads(source: str) -> List[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-            found += [f"import {n}" for n in names if n and n.split(".")[0] in ("pickle", "cPickle", "dill",
-                                                                                 "cloudpickle", "joblib", "shelve")]
+            found += [
+                f"import {n}"
+                for n in names
+                if n and n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve")
+            ]
         if not isinstance(node, ast.Call):
             continue
         func = ast.unparse(node.func)
@@ -371,8 +423,10 @@ def _unsafe_loads(source: str) -> List[str]:
 
 def test_scanner_sees_unsafe_loads() -> None:
     """Control: the scanner flags what it must."""
-    bad = ("import torch, pickle\nimport numpy as np\ntorch.load('x')\ntorch.load('x', weights_only=False)\n"
-           "pickle.loads(b'')\nnp.load('a.npy', allow_pickle=True)\n")
+    bad = (
+        "import torch, pickle\nimport numpy as np\ntorch.load('x')\ntorch.load('x', weights_only=False)\n"
+        "pickle.loads(b'')\nnp.load('a.npy', allow_pickle=True)\n"
+    )
     assert len(_unsafe_loads(bad)) == 5
     assert _unsafe_loads("import torch\ntorch.load('x', weights_only=True)\n") == []
 

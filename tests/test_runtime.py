@@ -1,5 +1,6 @@
 """DavidRuntime: consistency across input forms, batching, threads and backends; the released
 files' contract; the official runtime's preprocessing; model-file errors."""
+
 from __future__ import annotations
 
 import json
@@ -152,8 +153,14 @@ def test_onnxruntime_and_torch_agree(tiny_multitask_onnx: Path, photo: np.ndarra
 
 def test_depth_and_foreground_options(tiny_multitask_onnx: Path, rt: DavidRuntime, photo: np.ndarray) -> None:
     ref = rt.predict(photo)
-    with DavidRuntime(tiny_multitask_onnx, resolution=RES, invert_depth=False, normalize_depth=True,
-                      foreground_threshold=0.5, interpolation="bilinear") as other:
+    with DavidRuntime(
+        tiny_multitask_onnx,
+        resolution=RES,
+        invert_depth=False,
+        normalize_depth=True,
+        foreground_threshold=0.5,
+        interpolation="bilinear",
+    ) as other:
         pred = other.predict(photo)
     assert pred.depth.min() == 0.0 and pred.depth.max() == pytest.approx(1.0)
     assert ref.depth_inverse is True and pred.depth_inverse is False  # visualisation reads this
@@ -166,9 +173,11 @@ def test_depth_and_foreground_options(tiny_multitask_onnx: Path, rt: DavidRuntim
 def test_postprocess_equals_resize_square_then_crop() -> None:
     """Resampling the crop box equals the official "resize to the padded square, crop" to 1e-5."""
     rng = np.random.default_rng(0)
-    outputs = {"depth": rng.standard_normal((1, 64, 64)).astype(np.float32),
-               "normal": rng.standard_normal((3, 64, 64)).astype(np.float32),
-               "foreground": rng.uniform(-0.2, 1.2, (1, 64, 64)).astype(np.float32)}
+    outputs = {
+        "depth": rng.standard_normal((1, 64, 64)).astype(np.float32),
+        "normal": rng.standard_normal((3, 64, 64)).astype(np.float32),
+        "foreground": rng.uniform(-0.2, 1.2, (1, 64, 64)).astype(np.float32),
+    }
     g = square_geometry(150, 97, 64)
     got = postprocess(outputs, g, PostOptions(invert_depth=False))
 
@@ -176,7 +185,7 @@ def test_postprocess_equals_resize_square_then_crop() -> None:
 
     def square_then_crop(plane: np.ndarray) -> np.ndarray:
         full = np.asarray(Image.fromarray(plane).resize((side, side), Image.Resampling.BICUBIC))
-        return full[top:top + 150, left:left + 97]
+        return full[top : top + 150, left : left + 97]
 
     np.testing.assert_allclose(got["depth"], square_then_crop(outputs["depth"][0]), atol=1e-5)
     np.testing.assert_allclose(got["foreground"], np.clip(square_then_crop(outputs["foreground"][0]), 0, 1), atol=1e-5)
@@ -236,9 +245,11 @@ def _naive_cubic(a: np.ndarray, out_h: int, out_w: int, coef: float = -0.75) -> 
         fx = (np.arange(out_n) + 0.5) * n / out_n - 0.5
         sx = np.floor(fx).astype(int)
         x = fx - sx
-        w = [((coef * (x + 1) - 5 * coef) * (x + 1) + 8 * coef) * (x + 1) - 4 * coef,
-             ((coef + 2) * x - (coef + 3)) * x * x + 1,
-             ((coef + 2) * (1 - x) - (coef + 3)) * (1 - x) * (1 - x) + 1]
+        w = [
+            ((coef * (x + 1) - 5 * coef) * (x + 1) + 8 * coef) * (x + 1) - 4 * coef,
+            ((coef + 2) * x - (coef + 3)) * x * x + 1,
+            ((coef + 2) * (1 - x) - (coef + 3)) * (1 - x) * (1 - x) + 1,
+        ]
         w.append(1 - w[0] - w[1] - w[2])
         shape = [1, 1]
         shape[axis] = out_n
@@ -258,15 +269,20 @@ def _official_reference(session, bgr01: np.ndarray) -> dict:
     depth, normal, foreground = session.run(None, {session.get_inputs()[0].name: x})
 
     def back(plane: np.ndarray) -> np.ndarray:
-        return _naive_cubic(plane.astype(np.float64), side, side)[top:top + h, left:left + w]
+        return _naive_cubic(plane.astype(np.float64), side, side)[top : top + h, left : left + w]
 
     n = np.stack([back(c) for c in normal[0]], axis=-1)
-    return {"depth": -back(depth[0]), "normal": n / (np.linalg.norm(n, axis=-1, keepdims=True) + 1e-8),
-            "foreground": np.clip(back(foreground[0, 0]), 0, 1)}
+    return {
+        "depth": -back(depth[0]),
+        "normal": n / (np.linalg.norm(n, axis=-1, keepdims=True) + 1e-8),
+        "foreground": np.clip(back(foreground[0, 0]), 0, 1),
+    }
 
 
 @pytest.mark.parametrize("size", [(1700, 1000), (300, 420)])
-def test_released_contract_agrees_with_the_official_runtime(official_onnx: Path, photo: np.ndarray, size: tuple) -> None:
+def test_released_contract_agrees_with_the_official_runtime(
+    official_onnx: Path, photo: np.ndarray, size: tuple
+) -> None:
     """End to end against a plain re-implementation of the official runtime's steps."""
     import onnxruntime
 
@@ -318,7 +334,9 @@ def test_official_export_runs_and_matches_dynamic(
         assert_same(pred, dyn.predict(big), atol=1e-4)
 
 
-def test_released_files_are_recognised_without_manifest(released_dir: Path, official_onnx: Path, photo: np.ndarray) -> None:
+def test_released_files_are_recognised_without_manifest(
+    released_dir: Path, official_onnx: Path, photo: np.ndarray
+) -> None:
     multi = released_dir / "multi-task-model-vitl16_384.onnx"
     assert not multi.with_suffix(".json").exists()
     with DavidRuntime(multi) as rel, DavidRuntime(official_onnx) as ours:
@@ -396,8 +414,10 @@ def test_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
 
     # said before any session is made: without a driver the fix is the CPU; with one, the GPU build
     if nvidia_driver_present():
-        repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime " \
-                 r"&& pip install \"david-infer\[gpu\]\""
+        repair = (
+            r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime "
+            r"&& pip install \"david-infer\[gpu\]\""
+        )
     else:
         repair = r"no NVIDIA driver .*drop --device cuda"
     with pytest.raises(BackendUnavailable, match=repair):
@@ -433,23 +453,31 @@ def test_torch_backend_refuses_released_files(released_dir: Path) -> None:
 def test_node_placement_from_a_real_profile(tiny_multitask_onnx: Path) -> None:
     """The placement check reads ONNX Runtime's own profile: on a CPU session every heavy node ran
     on the CPU, which a session meant for the CUDA provider must refuse."""
-    from david_infer.backends.onnxruntime.placement import (
-        check_placement, dummy_feeds, heavy_ops_on_cpu, profiled_placement)
-    from david_infer.backends.onnxruntime.runner import session_io
-
     import onnxruntime
+
+    from david_infer.backends.onnxruntime.placement import (
+        check_placement,
+        dummy_feeds,
+        heavy_ops_on_cpu,
+        profiled_placement,
+    )
+    from david_infer.backends.onnxruntime.runner import session_io
 
     so = onnxruntime.SessionOptions()
     so.enable_profiling = True
     so.profile_file_prefix = str(tiny_multitask_onnx.parent / "placement")
-    session = onnxruntime.InferenceSession(str(tiny_multitask_onnx), sess_options=so,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(tiny_multitask_onnx), sess_options=so, providers=["CPUExecutionProvider"]
+    )
     placement = profiled_placement(session, dummy_feeds(session_io(session).inputs, 64))
     assert set(placement) == {"CPUExecutionProvider"}
     heavy = dict(heavy_ops_on_cpu(placement))
     assert heavy.get("Conv", 0) > 10 and heavy.get("MatMul", 0) + heavy.get("FusedMatMul", 0) > 0
-    with pytest.raises(BackendUnavailable, match=r"asked to run on CUDAExecutionProvider, but heavy nodes ran on "
-                                                 r"the CPU \(.*Conv x\d+"):
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"asked to run on CUDAExecutionProvider, but heavy nodes ran on "
+        r"the CPU \(.*Conv x\d+",
+    ):
         check_placement(placement, ["CUDAExecutionProvider"], tiny_multitask_onnx)
     gpu_like = {"CUDAExecutionProvider": placement["CPUExecutionProvider"]}  # the same run, on the GPU
     check_placement(gpu_like, ["CUDAExecutionProvider"], tiny_multitask_onnx)

@@ -1,4 +1,5 @@
 """`david-infer serve` in a real subprocess on loopback ports, called through the triton backend."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,8 @@ from david_infer.errors import InputError, ModelError, ServerUnavailable
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("mlserver") is None or importlib.util.find_spec("tritonclient") is None,
-    reason='needs pip install "david-infer[serve]"')
+    reason='needs pip install "david-infer[serve]"',
+)
 
 TASKS = ("depth", "normal", "foreground")
 
@@ -67,8 +69,23 @@ def test_the_cli_predicts_through_the_server(server, tiny_runtime, tmp_path: Pat
 
     image = _images(1, seed=4)[0]
     Image.fromarray(image).save(tmp_path / "photo.png")
-    assert main(["predict", str(tmp_path / "photo.png"), "-m", server.grpc_url, "-o", str(tmp_path / "out"),
-                 "--resolution", "64", "--save", "depth,normal"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "photo.png"),
+                "-m",
+                server.grpc_url,
+                "-o",
+                str(tmp_path / "out"),
+                "--resolution",
+                "64",
+                "--save",
+                "depth,normal",
+            ]
+        )
+        == 0
+    )
     expected = tiny_runtime.predict(image)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "photo.depth.npy"), expected.depth, rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "photo.normal.npy"), expected.normal, rtol=0, atol=1e-6)
@@ -77,6 +94,7 @@ def test_the_cli_predicts_through_the_server(server, tiny_runtime, tmp_path: Pat
 def _batch_counts(metrics: str) -> tuple:
     def value(name: str) -> float:
         return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", metrics, re.M))
+
     return value("david_batch_size_sum"), value("david_batch_size_count")
 
 
@@ -212,8 +230,9 @@ def test_serve_and_ray_extras_install_together() -> None:
     check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     probe = "import pandas, numpy; print(json.dumps([numpy.__version__, pandas.__version__]))"
-    out = subprocess.run([sys.executable, "-c", "import json, mlserver; " + probe], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, mlserver; " + probe], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     numpy_version = json.loads(out.stdout.strip().splitlines()[-1])[0]
     assert int(numpy_version.split(".")[0]) >= 2  # the numpy<2 pin (PyTriton) is what this guards against

@@ -2,6 +2,7 @@
 
 No test fakes a tensorrt module: without TensorRT the CLI and the runner must say so plainly.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,8 +52,16 @@ def manifests() -> Dict[str, Dict[str, Any]]:
 # -- profiles ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, hw", [("512", (512, 512)), ("512x768", (512, 768)), (" 384 X 640 ", (384, 640)),
-                                      (256, (256, 256)), ((128, 64), (128, 64))])
+@pytest.mark.parametrize(
+    "text, hw",
+    [
+        ("512", (512, 512)),
+        ("512x768", (512, 768)),
+        (" 384 X 640 ", (384, 640)),
+        (256, (256, 256)),
+        ((128, 64), (128, 64)),
+    ],
+)
 def test_parse_hw(text: Any, hw: tuple) -> None:
     assert parse_hw(text) == hw
 
@@ -71,7 +80,9 @@ def test_profiles_default_dynamic(manifests: Dict[str, Any]) -> None:
 
 
 def test_profiles_from_resolutions_and_batch(manifests: Dict[str, Any]) -> None:
-    profiles = compute_profiles(_contract(manifests["dynamic"]), "384x256", "512x768", "1024x1536", max_batch=4, opt_batch=2)
+    profiles = compute_profiles(
+        _contract(manifests["dynamic"]), "384x256", "512x768", "1024x1536", max_batch=4, opt_batch=2
+    )
     assert profiles["image"] == ShapeRange((1, 3, 384, 256), (2, 3, 512, 768), (4, 3, 1024, 1536))
     assert profiles["image_384"].max == (4, 3, 384, 384)
     assert profiles["image"].contains((3, 3, 400, 1024))
@@ -79,14 +90,17 @@ def test_profiles_from_resolutions_and_batch(manifests: Dict[str, Any]) -> None:
     assert not profiles["image"].contains((1, 3, 512))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"min_hw": "250"}, r"--min 250x250: .*multiples of 16.*try 256x256"),
-    ({"max_hw": "1024x1000"}, r"--max 1024x1000: .*multiples of 16"),
-    ({"min_hw": "768", "opt_hw": "512"}, r"--min <= --opt <= --max; got 768 <= 512"),
-    ({"opt_hw": "512x2048"}, r"widths must satisfy"),
-    ({"max_batch": 0}, r"--max-batch 0"),
-    ({"max_batch": 2, "opt_batch": 3}, r"optimal batch 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_hw": "250"}, r"--min 250x250: .*multiples of 16.*try 256x256"),
+        ({"max_hw": "1024x1000"}, r"--max 1024x1000: .*multiples of 16"),
+        ({"min_hw": "768", "opt_hw": "512"}, r"--min <= --opt <= --max; got 768 <= 512"),
+        ({"opt_hw": "512x2048"}, r"widths must satisfy"),
+        ({"max_batch": 0}, r"--max-batch 0"),
+        ({"max_batch": 2, "opt_batch": 3}, r"optimal batch 3"),
+    ],
+)
 def test_profile_errors(manifests: Dict[str, Any], kwargs: Dict[str, Any], match: str) -> None:
     with pytest.raises(InputError, match=match):
         compute_profiles(_contract(manifests["dynamic"]), **kwargs)
@@ -118,7 +132,9 @@ def test_ort_shape_strings(manifests: Dict[str, Any]) -> None:
 def test_check_input_shape_message() -> None:
     rng = ShapeRange((1, 3, 256, 256), (1, 3, 512, 512), (8, 3, 1024, 1024))
     check_input_shape("image", (8, 3, 1024, 256), rng)
-    with pytest.raises(InputError, match=r"'image' has shape 1x3x2048x512, outside .*1x3x256x256 to 8x3x1024x1024.*build-engine"):
+    with pytest.raises(
+        InputError, match=r"'image' has shape 1x3x2048x512, outside .*1x3x256x256 to 8x3x1024x1024.*build-engine"
+    ):
         check_input_shape("image", (1, 3, 2048, 512), rng)
     with pytest.raises(InputError, match="1x3x512"):
         check_input_shape("image", (1, 3, 512), rng)
@@ -182,17 +198,21 @@ def test_precision_plan_per_tensorrt_version() -> None:
     assert (fp32.fp16_flag, fp32.precision) == (False, "fp32")
     assert "11.0.0" in fp32.warning and "FP32 engine" in fp32.warning
     for plan in (plan_precision(p, s, f) for p in ("fp16", "fp32") for s in (True, False) for f in (True, False)):
-        assert not (plan.strongly_typed and plan.fp16_flag), "precision flags are not allowed on a strongly typed network"
+        assert not (plan.strongly_typed and plan.fp16_flag), (
+            "precision flags are not allowed on a strongly typed network"
+        )
 
 
 # -- sidecar ------------------------------------------------------------------------------------
 
 
-def _sidecar(manifest: Dict[str, Any], plan: Path, version: str = "10.9.0.34", cc: str = "8.0",
-             compat: str = "none") -> Dict[str, Any]:
+def _sidecar(
+    manifest: Dict[str, Any], plan: Path, version: str = "10.9.0.34", cc: str = "8.0", compat: str = "none"
+) -> Dict[str, Any]:
     profiles = compute_profiles(_contract(manifest))
-    sidecar = build_sidecar(manifest, plan.name, sha256_file(plan), version, "NVIDIA A100-SXM4-80GB", cc,
-                            compat, profiles, "fp16", 12.5)
+    sidecar = build_sidecar(
+        manifest, plan.name, sha256_file(plan), version, "NVIDIA A100-SXM4-80GB", cc, compat, profiles, "fp16", 12.5
+    )
     write_manifest(manifest_path(plan), sidecar)
     return sidecar
 
@@ -274,20 +294,36 @@ def test_sidecar_missing_or_wrong_kind(manifests: Dict[str, Any], plan: Path) ->
 
 
 def test_importing_backend_imports_no_tensorrt() -> None:
-    code = ("import sys, david_infer.backends.tensorrt, david_infer.backends.tensorrt.runner, "
-            "david_infer.backends.onnxruntime.trt_options, david_infer.commands.build_engine\n"
-            "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, david_infer.backends.tensorrt, david_infer.backends.tensorrt.runner, "
+        "david_infer.backends.onnxruntime.trt_options, david_infer.commands.build_engine\n"
+        "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here; this checks the message without it")
-def test_build_engine_cli_without_tensorrt(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_build_engine_cli_without_tensorrt(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from david_infer.cli import main
 
     out = tmp_path / "tiny.engine"
-    rc = main(["build-engine", str(tiny_multitask_onnx), "-o", str(out), "--max", "512", "--max-batch", "2",
-               "--timing-cache", str(tmp_path / "timing.cache")])
+    rc = main(
+        [
+            "build-engine",
+            str(tiny_multitask_onnx),
+            "-o",
+            str(out),
+            "--max",
+            "512",
+            "--max-batch",
+            "2",
+            "--timing-cache",
+            str(tmp_path / "timing.cache"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("david-infer build-engine: error: tensorrt is not installed")
@@ -296,14 +332,18 @@ def test_build_engine_cli_without_tensorrt(tiny_multitask_onnx: Path, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--min", "250"], "multiples of 16"),
-    (["--max", "512", "--opt", "768"], "--min <= --opt <= --max"),
-    (["--max-batch", "0"], "--max-batch 0"),
-    (["--workspace", "0"], "--workspace 0"),
-])
-def test_build_engine_cli_argument_errors(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                          args: list, match: str) -> None:
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--min", "250"], "multiples of 16"),
+        (["--max", "512", "--opt", "768"], "--min <= --opt <= --max"),
+        (["--max-batch", "0"], "--max-batch 0"),
+        (["--workspace", "0"], "--workspace 0"),
+    ],
+)
+def test_build_engine_cli_argument_errors(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list, match: str
+) -> None:
     from david_infer.cli import main
 
     out = tmp_path / "tiny.engine"
@@ -313,7 +353,9 @@ def test_build_engine_cli_argument_errors(tiny_multitask_onnx: Path, tmp_path: P
     assert not out.exists() and not manifest_path(out).exists()
 
 
-def test_build_engine_cli_needs_manifest(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_build_engine_cli_needs_manifest(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from david_infer.cli import main
 
     lone = tmp_path / "lone.onnx"
@@ -340,7 +382,9 @@ def test_open_runner_without_tensorrt(manifests: Dict[str, Any], plan: Path) -> 
     # DavidRuntime passes resolution and batch size: accepted, checked against the profile first.
     with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
         open_runner(plan, None, "cuda", resolution=512, max_batch=8)
-    with pytest.raises(InputError, match=r"m.engine was built for batches 1..8 and sizes 256x256..1024x1024; resolution 2048"):
+    with pytest.raises(
+        InputError, match=r"m.engine was built for batches 1..8 and sizes 256x256..1024x1024; resolution 2048"
+    ):
         open_runner(plan, None, "cuda", resolution=2048, max_batch=1)
     with pytest.raises(InputError, match=r"batch size 16 is larger.*--max-batch"):
         open_runner(plan, read_sidecar(plan), "cuda", resolution=512, max_batch=16)
@@ -376,16 +420,19 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
 
     engine = tmp_path / "tiny.engine"
     cache = tmp_path / "timing.cache"
-    side = build_engine(tiny_multitask_onnx, engine, "64", "128", "256x192", max_batch=2, workspace_gb=1,
-                        timing_cache=cache)
+    side = build_engine(
+        tiny_multitask_onnx, engine, "64", "128", "256x192", max_batch=2, workspace_gb=1, timing_cache=cache
+    )
     assert engine.is_file() and cache.is_file() and read_manifest(manifest_path(engine))["sha256"] == side["sha256"]
     session = ort.InferenceSession(str(tiny_multitask_onnx), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     with open_runner(engine, None, "cuda") as runner:
         assert list(runner.output_names) == ["depth", "normal", "foreground"]
         for shape in [(1, 3, 128, 128), (2, 3, 256, 192), (1, 3, 64, 160)]:
-            feeds = {"image": rng.random(shape, dtype=np.float32),
-                     "image_384": rng.random((shape[0], 3, 384, 384), dtype=np.float32)}
+            feeds = {
+                "image": rng.random(shape, dtype=np.float32),
+                "image_384": rng.random((shape[0], 3, 384, 384), dtype=np.float32),
+            }
             ref = dict(zip(runner.output_names, session.run(None, feeds)))
             got = runner.run(feeds)
             for name in runner.output_names:
@@ -394,8 +441,9 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
             parity = compare(got, ref, where=f"{shape}: ", precision="fp16")
             assert parity.passed, parity.reasons
         with pytest.raises(InputError, match="outside the range"):
-            runner.run({"image": np.zeros((1, 3, 512, 512), np.float32),
-                        "image_384": np.zeros((1, 3, 384, 384), np.float32)})
+            runner.run(
+                {"image": np.zeros((1, 3, 512, 512), np.float32), "image_384": np.zeros((1, 3, 384, 384), np.float32)}
+            )
 
 
 # -- GPU-library failures and precision labels (the TensorRT calls faked, the logic around them real)
@@ -430,6 +478,7 @@ class _FakeBuilder:
         class Profile:
             def set_shape(self, *args: Any) -> None:
                 pass
+
         return Profile()
 
 
@@ -437,15 +486,18 @@ def _fake_trt(builder_factory: Any) -> Any:
     import types
 
     return types.SimpleNamespace(
-        __version__="10.9.0.34", BuilderFlag=_FakeFlags, Builder=builder_factory,
+        __version__="10.9.0.34",
+        BuilderFlag=_FakeFlags,
+        Builder=builder_factory,
         MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
         NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
         HardwareCompatibilityLevel=types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS"),
     )
 
 
-def test_builder_null_factory_is_a_clear_error(tiny_multitask_onnx: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builder_null_factory_is_a_clear_error(
+    tiny_multitask_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """TensorRT's bindings raise a bare TypeError when the C++ factory returns null (CUDA could not
     start): the builder says what could not be made, on which GPU, and what to check."""
     from david_infer.backends.tensorrt import _cuda, _trt, builder
@@ -458,8 +510,11 @@ def test_builder_null_factory_is_a_clear_error(tiny_multitask_onnx: Path, tmp_pa
     monkeypatch.setattr(_cuda, "device_info", lambda index: ("NVIDIA A100-SXM4-80GB", "8.0"))
     monkeypatch.setattr(_cuda, "set_device", lambda index: None)
     out = tmp_path / "m.engine"
-    with pytest.raises(BackendUnavailable, match=r"could not create a builder on NVIDIA A100-SXM4-80GB "
-                                                 r"\(pybind11.*nullptr\): CUDA could not start.*nvidia-smi"):
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"could not create a builder on NVIDIA A100-SXM4-80GB "
+        r"\(pybind11.*nullptr\): CUDA could not start.*nvidia-smi",
+    ):
         builder.build_engine(tiny_multitask_onnx, out, max_hw="512", max_batch=2)
     assert not out.exists() and not manifest_path(out).exists()
 
@@ -477,7 +532,9 @@ def test_engine_from_another_gpu_model_of_the_same_capability_warns(manifests: D
     from david_infer.errors import DavidWarning
 
     side = _sidecar(manifests["dynamic"], plan)  # built on an A100 (8.0)
-    with pytest.warns(DavidWarning, match=r"runs on NVIDIA A30, another GPU model.*tuned for NVIDIA A100.*build-engine"):
+    with pytest.warns(
+        DavidWarning, match=r"runs on NVIDIA A30, another GPU model.*tuned for NVIDIA A100.*build-engine"
+    ):
         check_compatible(side, "10.9.0.34", "8.0", plan, gpu_name="NVIDIA A30")
     import warnings
 

@@ -1,5 +1,6 @@
 """The torch backend's options (precision, channels_last, compile, CUDA graphs, pinned copies) on
 the tiny model against its FP32 eager reference, their typed refusals, and the CLI flags."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,10 @@ BF16 = Thresholds().scaled(16.0)
 
 def _feeds(batch: int = 2, side: int = RES) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
-    return {"image": rng.random((batch, 3, side, side), dtype=np.float32),
-            "image_384": rng.random((batch, 3, 384, 384), dtype=np.float32)}
+    return {
+        "image": rng.random((batch, 3, side, side), dtype=np.float32),
+        "image_384": rng.random((batch, 3, 384, 384), dtype=np.float32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,9 @@ def _run(model: Path, **options: object) -> Dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_reduced_precision_stays_close_to_fp32(tiny_multitask_onnx: Path, reference: Dict[str, np.ndarray],
-                                               precision: str) -> None:
+def test_reduced_precision_stays_close_to_fp32(
+    tiny_multitask_onnx: Path, reference: Dict[str, np.ndarray], precision: str
+) -> None:
     got = _run(tiny_multitask_onnx, precision=precision)
     assert all(v.dtype == np.float32 for v in got.values())
     parity = compare(got, reference, BF16 if precision == "bf16" else None, precision="fp16")
@@ -56,11 +60,18 @@ def test_channels_last_is_the_same_arithmetic(tiny_multitask_onnx: Path, referen
     assert parity.passed, parity.reasons
 
 
-def test_compile_runs_once_per_shape_and_records_the_first_call(tiny_multitask_onnx: Path,
-                                                                reference: Dict[str, np.ndarray]) -> None:
+def test_compile_runs_once_per_shape_and_records_the_first_call(
+    tiny_multitask_onnx: Path, reference: Dict[str, np.ndarray]
+) -> None:
     # the "eager" torch.compile backend traces with dynamo without generating code (fast here)
-    with DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, compile="default",
-                      compile_backend="eager", channels_last=True) as rt:
+    with DavidRuntime(
+        tiny_multitask_onnx,
+        backend="torch",
+        resolution=RES,
+        compile="default",
+        compile_backend="eager",
+        channels_last=True,
+    ) as rt:
         runner = rt.runner
         got = runner.run(_feeds())
         assert compare(got, reference, SAME_ARITHMETIC).passed
@@ -75,25 +86,31 @@ def test_an_unknown_compile_backend_is_refused_when_opened(tiny_multitask_onnx: 
         DavidRuntime(tiny_multitask_onnx, backend="torch", compile="default", compile_backend="no-such-backend")
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"cuda_graphs": True}, r"cuda_graphs=True needs device='cuda'"),
-    ({"pinned": True}, r"pinned=True needs device='cuda'"),
-    ({"compile": "reduce-overhead"}, r"compile='reduce-overhead' needs device='cuda'"),
-    ({"output": "torch"}, r"needs prepost='torch' explicitly"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"cuda_graphs": True}, r"cuda_graphs=True needs device='cuda'"),
+        ({"pinned": True}, r"pinned=True needs device='cuda'"),
+        ({"compile": "reduce-overhead"}, r"compile='reduce-overhead' needs device='cuda'"),
+        ({"output": "torch"}, r"needs prepost='torch' explicitly"),
+    ],
+)
 def test_cuda_only_options_are_refused_on_the_cpu(tiny_multitask_onnx: Path, options: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         DavidRuntime(tiny_multitask_onnx, backend="torch", **options)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"precision": "fp8"}, r"precision must be one of 'fp32', 'fp16', 'bf16', got 'fp8'"),
-    ({"compile": "fastest"}, r"compile must be one of"),
-    ({"cuda_graphs": True, "compile": "reduce-overhead"}, r"already replays CUDA graphs"),
-    ({"output": "torch", "prepost": "numpy"}, r"needs prepost='torch'"),
-    ({"channels_last": "yes"}, r"channels_last must be True or False"),
-    ({"prepost": "gpu"}, r"prepost must be one of"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"precision": "fp8"}, r"precision must be one of 'fp32', 'fp16', 'bf16', got 'fp8'"),
+        ({"compile": "fastest"}, r"compile must be one of"),
+        ({"cuda_graphs": True, "compile": "reduce-overhead"}, r"already replays CUDA graphs"),
+        ({"output": "torch", "prepost": "numpy"}, r"needs prepost='torch'"),
+        ({"channels_last": "yes"}, r"channels_last must be True or False"),
+        ({"prepost": "gpu"}, r"prepost must be one of"),
+    ],
+)
 def test_impossible_combinations_are_typed_errors(options: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         TorchOptions(**options)
@@ -114,25 +131,60 @@ def test_compile_true_means_the_default_mode() -> None:
 
 def test_cli_passes_the_torch_flags(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    code = main(["bench", "-m", str(tiny_multitask_onnx), "--backend", "torch", "--resolution", str(RES),
-                 "--runs", "1", "--warmup", "0", "--precision", "bf16", "--channels-last", "--prepost", "torch",
-                 "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "-m",
+            str(tiny_multitask_onnx),
+            "--backend",
+            "torch",
+            "--resolution",
+            str(RES),
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--precision",
+            "bf16",
+            "--channels-last",
+            "--prepost",
+            "torch",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0 and out.exists()
     with pytest.raises(SystemExit):
         main(["bench", "-m", str(tiny_multitask_onnx), "--precision", "fp64"])
 
 
 def test_cli_refuses_torch_flags_without_the_torch_backend(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
-    code = main(["predict", str(tiny_multitask_onnx), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "o"),
-                 "--precision", "fp16", "--resolution", str(RES), "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(tiny_multitask_onnx),
+            "-m",
+            str(tiny_multitask_onnx),
+            "-o",
+            str(tmp_path / "o"),
+            "--precision",
+            "fp16",
+            "--resolution",
+            str(RES),
+            "--no-progress",
+        ]
+    )
     assert code != 0
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", [{"cuda_graphs": True}, {"precision": "fp16", "channels_last": True},
-                                     {"precision": "bf16", "cuda_graphs": True}])
-def test_cuda_options_match_the_cpu_reference(tiny_multitask_onnx: Path, reference: Dict[str, np.ndarray],
-                                              options: dict) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{"cuda_graphs": True}, {"precision": "fp16", "channels_last": True}, {"precision": "bf16", "cuda_graphs": True}],
+)
+def test_cuda_options_match_the_cpu_reference(
+    tiny_multitask_onnx: Path, reference: Dict[str, np.ndarray], options: dict
+) -> None:
     with DavidRuntime(tiny_multitask_onnx, backend="torch", device="cuda", resolution=RES, **options) as rt:
         first = rt.runner.run(_feeds())
         again = rt.runner.run(_feeds())  # a CUDA graph replay gives the captured call's values

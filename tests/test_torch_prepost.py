@@ -1,5 +1,6 @@
 """Pre/postprocessing as torch ops (TorchOptions.prepost="torch", run here on the CPU) against the
 numpy path on real photos of several sizes and aspect ratios, both pipelines; output="torch"."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,9 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from david_infer import DavidRuntime  # noqa: E402
-from david_infer.postprocess import PostOptions  # noqa: E402
 from david_infer.backends.torch.prepost import TorchPrepost  # noqa: E402
 from david_infer.metrics import depth_metrics, foreground_metrics, normal_metrics  # noqa: E402
+from david_infer.postprocess import PostOptions  # noqa: E402
 
 RES = 64
 
@@ -25,10 +26,15 @@ def photos() -> Dict[str, np.ndarray]:
 
     photo = data.astronaut()
     wide = np.asarray(Image.fromarray(photo[60:420]).resize((2450, 1225), Image.Resampling.BICUBIC))
-    return {"square 512x512": photo, "landscape 200x320": photo[40:240, 100:420],
-            "portrait 512x180": photo[:, 150:330], "gray 301x257": np.asarray(Image.fromarray(photo).convert("L"))[:301, :257],
-            # long side past 3 x 384 x 2: the box reduction of the long axis, then a fractional box
-            "wide 1225x2450": wide, "odd 1225x2449": wide[:, :2449]}
+    return {
+        "square 512x512": photo,
+        "landscape 200x320": photo[40:240, 100:420],
+        "portrait 512x180": photo[:, 150:330],
+        "gray 301x257": np.asarray(Image.fromarray(photo).convert("L"))[:301, :257],
+        # long side past 3 x 384 x 2: the box reduction of the long axis, then a fractional box
+        "wide 1225x2450": wide,
+        "odd 1225x2449": wide[:, :2449],
+    }
 
 
 def _within_limits(got, ref) -> None:
@@ -39,11 +45,14 @@ def _within_limits(got, ref) -> None:
 
 
 @pytest.mark.parametrize("pipeline", ["antialias", "official"])
-def test_torch_prepost_agrees_with_numpy(tiny_multitask_onnx: Path, photos: Dict[str, np.ndarray],
-                                         pipeline: str) -> None:
+def test_torch_prepost_agrees_with_numpy(
+    tiny_multitask_onnx: Path, photos: Dict[str, np.ndarray], pipeline: str
+) -> None:
     kw = dict(backend="torch", resolution=RES, pipeline=pipeline)
-    with DavidRuntime(tiny_multitask_onnx, prepost="numpy", **kw) as cpu, \
-            DavidRuntime(tiny_multitask_onnx, prepost="torch", **kw) as dev:
+    with (
+        DavidRuntime(tiny_multitask_onnx, prepost="numpy", **kw) as cpu,
+        DavidRuntime(tiny_multitask_onnx, prepost="torch", **kw) as dev,
+    ):
         assert cpu.device_stages is None and dev.device_stages is not None
         for name, image in photos.items():
             _, prepared = dev.preprocess(image)
@@ -56,21 +65,29 @@ def test_torch_prepost_agrees_with_numpy(tiny_multitask_onnx: Path, photos: Dict
             _within_limits(got, ref)
 
 
-def test_the_official_layout_and_the_image_size(official_onnx: Path, tiny_multitask_onnx: Path,
-                                                photos: Dict[str, np.ndarray]) -> None:
+def test_the_official_layout_and_the_image_size(
+    official_onnx: Path, tiny_multitask_onnx: Path, photos: Dict[str, np.ndarray]
+) -> None:
     for model, res in ((official_onnx, 512), (tiny_multitask_onnx, None)):
-        with DavidRuntime(model, backend="torch", resolution=res, prepost="numpy") as cpu, \
-                DavidRuntime(model, backend="torch", resolution=res, prepost="torch") as dev:
+        with (
+            DavidRuntime(model, backend="torch", resolution=res, prepost="numpy") as cpu,
+            DavidRuntime(model, backend="torch", resolution=res, prepost="torch") as dev,
+        ):
             for name in ("landscape 200x320", "portrait 512x180"):
                 _within_limits(dev.predict(photos[name]), cpu.predict(photos[name]))
 
 
 def test_post_options_on_the_device(tiny_multitask_onnx: Path, photos: Dict[str, np.ndarray]) -> None:
     image = photos["landscape 200x320"]
-    for post in (PostOptions(invert_depth=False, normalize_depth=True, foreground_threshold=0.5),
-                 PostOptions(interpolation="bilinear"), PostOptions(interpolation="official")):
-        with DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="numpy", post=post) as cpu, \
-                DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="torch", post=post) as dev:
+    for post in (
+        PostOptions(invert_depth=False, normalize_depth=True, foreground_threshold=0.5),
+        PostOptions(interpolation="bilinear"),
+        PostOptions(interpolation="official"),
+    ):
+        with (
+            DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="numpy", post=post) as cpu,
+            DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="torch", post=post) as dev,
+        ):
             got, ref = dev.predict(image), cpu.predict(image)
             np.testing.assert_allclose(got.depth, ref.depth, atol=1e-5)
             np.testing.assert_allclose(got.normal, ref.normal, atol=1e-4)
@@ -79,8 +96,9 @@ def test_post_options_on_the_device(tiny_multitask_onnx: Path, photos: Dict[str,
 
 def test_output_torch_keeps_tensors_and_batches_agree(tiny_multitask_onnx: Path, photos: Dict[str, np.ndarray]) -> None:
     images = [photos["landscape 200x320"], photos["square 512x512"], photos["portrait 512x180"]]
-    with DavidRuntime(tiny_multitask_onnx, backend="torch", resolution=RES, prepost="torch", output="torch",
-                      batch_size=2) as rt:
+    with DavidRuntime(
+        tiny_multitask_onnx, backend="torch", resolution=RES, prepost="torch", output="torch", batch_size=2
+    ) as rt:
         batch = rt.predict_batch(images)
         single = [rt.predict(image) for image in images]
     for one, many, image in zip(single, batch, images):

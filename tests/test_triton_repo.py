@@ -1,4 +1,5 @@
 """`david-infer export --triton-repo`: the config Triton would read, checked against the ONNX file itself."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from david_infer.export.triton_repo import write_triton_repo
 
 from david_infer.errors import InputError, ModelError
+from david_infer.export.triton_repo import write_triton_repo
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason='needs pip install "david-infer[triton]"')
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2", reason='needs pip install "david-infer[triton]"'
+)
 
 
 def _parse(folder: Path):
@@ -87,11 +89,22 @@ def test_a_plan_gets_tensorrt_plan_on_gpu(tiny_multitask_onnx: Path, tmp_path: P
 
     plan = tmp_path / "tiny.engine"
     plan.write_bytes(b"plan bytes: the repository copies them as they are")
-    ranges = {"image": ShapeRange((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 128, 128)),
-              "image_384": ShapeRange((1, 3, 384, 384), (2, 3, 384, 384), (4, 3, 384, 384))}
-    sidecar = build_sidecar(read_manifest(tiny_multitask_onnx.with_suffix(".json")), plan.name,
-                            hashlib.sha256(plan.read_bytes()).hexdigest(), "10.9", "test", "8.9", "none", ranges,
-                            "fp16", 1.0)
+    ranges = {
+        "image": ShapeRange((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 128, 128)),
+        "image_384": ShapeRange((1, 3, 384, 384), (2, 3, 384, 384), (4, 3, 384, 384)),
+    }
+    sidecar = build_sidecar(
+        read_manifest(tiny_multitask_onnx.with_suffix(".json")),
+        plan.name,
+        hashlib.sha256(plan.read_bytes()).hexdigest(),
+        "10.9",
+        "test",
+        "8.9",
+        "none",
+        ranges,
+        "fp16",
+        1.0,
+    )
     write_manifest(Path(str(plan) + ".json"), sidecar)
     folder = write_triton_repo(plan, tmp_path / "repo", name="david")
     config = _parse(folder)
@@ -121,8 +134,22 @@ def test_refusals_leave_nothing_half_written(tiny_multitask_onnx: Path, tmp_path
 def test_cli_writes_a_repository_for_an_existing_file(tiny_multitask_onnx: Path, tmp_path: Path, capsys) -> None:
     from david_infer.cli import main
 
-    assert main(["export", "--from", str(tiny_multitask_onnx), "--triton-repo", str(tmp_path), "--triton-name",
-                 "d", "--triton-max-batch", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--from",
+                str(tiny_multitask_onnx),
+                "--triton-repo",
+                str(tmp_path),
+                "--triton-name",
+                "d",
+                "--triton-max-batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert _parse(tmp_path / "d").max_batch_size == 2
     assert main(["export", "--from", str(tiny_multitask_onnx)]) == 1
     assert "--triton-repo" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Video in, video out: real clips synthesised with PyAV, decoded and encoded by PyAV, the tiny model."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,11 @@ import pytest
 
 pytest.importorskip("av")
 
+from video_clips import make_clip, pattern  # noqa: E402
+
 from david_infer import video  # noqa: E402
 from david_infer.cli import main  # noqa: E402
 from david_infer.errors import InputError  # noqa: E402
-from video_clips import make_clip, pattern  # noqa: E402
 
 RES = "64"
 VFR_PTS = [0, 40, 80, 200, 240, 400, 410, 420, 600, 640]
@@ -102,8 +104,8 @@ def test_no_video_stream_and_unreadable_files_are_refused(tmp_path: Path) -> Non
     # a valid container whose coded frames are zeros: the codec cannot decode them
     data = bytearray(make_clip(tmp_path / "zeroed.mp4").read_bytes())
     at = data.find(b"mdat")
-    size = int.from_bytes(data[at - 4:at], "big")
-    data[at + 4:at - 4 + size] = bytes(size - 8)
+    size = int.from_bytes(data[at - 4 : at], "big")
+    data[at + 4 : at - 4 + size] = bytes(size - 8)
     (tmp_path / "zeroed.mp4").write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"cannot decode its video stream \(codec h264\)"):
         video.probe(tmp_path / "zeroed.mp4")
@@ -144,8 +146,9 @@ def test_predict_video_on_an_iterable_of_arrays(tiny_runtime) -> None:
 # ------------------------------------------------------------------------------ CLI
 
 
-def test_cli_writes_every_kind_with_the_source_timing(clips: dict, tiny_multitask_onnx: Path, tiny_runtime,
-                                                      tmp_path: Path) -> None:
+def test_cli_writes_every_kind_with_the_source_timing(
+    clips: dict, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     src = tmp_path / "in"
     src.mkdir()
@@ -161,8 +164,10 @@ def test_cli_writes_every_kind_with_the_source_timing(clips: dict, tiny_multitas
             assert _times(out / (name + suffix)) == pytest.approx(_times(clips[key]), abs=1e-3), suffix
             assert got.duration == pytest.approx(source.duration, abs=1e-3), suffix
             assert (got.audio_codec is not None) == (suffix == ".vis.mp4" and source.audio_codec is not None)
-        assert (video.probe(out / f"{name}.depth.mp4").width, video.probe(out / f"{name}.depth.mp4").height) == \
-            (source.width, source.height)
+        assert (video.probe(out / f"{name}.depth.mp4").width, video.probe(out / f"{name}.depth.mp4").height) == (
+            source.width,
+            source.height,
+        )
         assert (out / f"{name}.done.json").is_file()
         # lossless outputs are exactly `predict` on the decoded frame
         stack = np.load(out / f"{name}.depth.npz")
@@ -188,11 +193,23 @@ def test_cli_writes_every_kind_with_the_source_timing(clips: dict, tiny_multitas
             assert np.abs(gray[k].astype(int) - want).mean() < 3
 
 
-def test_cli_frames_max_side_and_rerun_skips_complete_clips(clips: dict, tiny_multitask_onnx: Path,
-                                                            tmp_path: Path, capsys) -> None:
+def test_cli_frames_max_side_and_rerun_skips_complete_clips(
+    clips: dict, tiny_multitask_onnx: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "out"
-    args = (str(clips["vfr"]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth,vis",
-            "--frames", "1::2", "--max-side", "32")
+    args = (
+        str(clips["vfr"]),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--save",
+        "depth,vis",
+        "--frames",
+        "1::2",
+        "--max-side",
+        "32",
+    )
     assert predict(*args) == 0
     depth = out / "vfr.depth.mp4"
     info = video.probe(depth)
@@ -208,8 +225,9 @@ def test_cli_frames_max_side_and_rerun_skips_complete_clips(clips: dict, tiny_mu
 
 
 @pytest.mark.parametrize("clip", ["odd", "vfr"])  # a frame count in the container (mp4), and none (mkv)
-def test_cli_frames_past_the_end_fail_and_write_nothing(clip: str, clips: dict, tiny_multitask_onnx: Path,
-                                                        tmp_path: Path, capsys) -> None:
+def test_cli_frames_past_the_end_fail_and_write_nothing(
+    clip: str, clips: dict, tiny_multitask_onnx: Path, tmp_path: Path, capsys
+) -> None:
     """`--frames 500:600` on a shorter clip reported "1 of 1 written" and left 0-byte videos PyAV
     cannot open plus a completion record; now the clip fails, naming why, and nothing is written."""
     out = tmp_path / "out"
@@ -222,8 +240,9 @@ def test_cli_frames_past_the_end_fail_and_write_nothing(clip: str, clips: dict, 
     assert list(out.iterdir()) == []  # no video, no record, no temporary
 
 
-def test_cli_truncated_clip_writes_what_was_decoded_and_exits_1(tmp_path: Path, tiny_multitask_onnx: Path,
-                                                                capsys) -> None:
+def test_cli_truncated_clip_writes_what_was_decoded_and_exits_1(
+    tmp_path: Path, tiny_multitask_onnx: Path, capsys
+) -> None:
     whole = make_clip(tmp_path / "whole.mp4", frames=20, faststart=True)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
@@ -249,12 +268,27 @@ def test_cli_refuses_bad_clips_before_any_model_call(tmp_path: Path, tiny_multit
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_leaves_no_partial_outputs_and_rerun_completes(sig: int, tmp_path: Path,
-                                                                       tiny_multitask_onnx: Path) -> None:
+def test_interrupted_run_leaves_no_partial_outputs_and_rerun_completes(
+    sig: int, tmp_path: Path, tiny_multitask_onnx: Path
+) -> None:
     clip = make_clip(tmp_path / "long.mp4", frames=300, size=(48, 64))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "david_infer", "predict", str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out),
-           "--resolution", RES, "--no-progress", "--save", "depth,vis"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "david_infer",
+        "predict",
+        str(clip),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--resolution",
+        RES,
+        "--no-progress",
+        "--save",
+        "depth,vis",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -286,14 +320,24 @@ def test_missing_pyav_gives_the_install_hint() -> None:
     assert install_hint("av") == 'pip install "david-infer[video]"'
 
 
-def test_cli_selected_frames_get_their_audio_and_blocked_names_fail_first(clips: dict, tiny_multitask_onnx: Path,
-                                                                          tmp_path: Path, capsys) -> None:
+def test_cli_selected_frames_get_their_audio_and_blocked_names_fail_first(
+    clips: dict, tiny_multitask_onnx: Path, tmp_path: Path, capsys
+) -> None:
     import av
 
     out = tmp_path / "out"
     (out / "portrait.depth.mp4").mkdir(parents=True)
-    args = (str(clips["portrait"]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth,vis",
-            "--frames", "3:9")
+    args = (
+        str(clips["portrait"]),
+        "-m",
+        str(tiny_multitask_onnx),
+        "-o",
+        str(out),
+        "--save",
+        "depth,vis",
+        "--frames",
+        "3:9",
+    )
     assert predict(*args) == 1
     assert "a folder has that name" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["portrait.depth.mp4"]  # nothing else was started
@@ -306,11 +350,24 @@ def test_cli_selected_frames_get_their_audio_and_blocked_names_fail_first(clips:
     assert starts and starts[0] >= 0.12 - 0.07 and starts[-1] <= 0.36  # only around frames 3..8 (0.12-0.36 s)
 
 
-def test_cli_running_range_colour_range_and_pixel_aspect(clips: dict, tiny_multitask_onnx: Path, tiny_runtime,
-                                                         tmp_path: Path) -> None:
+def test_cli_running_range_colour_range_and_pixel_aspect(
+    clips: dict, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    assert predict(str(clips["full"]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth",
-                   "--depth-range", "running") == 0
+    assert (
+        predict(
+            str(clips["full"]),
+            "-m",
+            str(tiny_multitask_onnx),
+            "-o",
+            str(out),
+            "--save",
+            "depth",
+            "--depth-range",
+            "running",
+        )
+        == 0
+    )
     got = video.probe(out / "full.depth.mp4")
     assert got.color_range == 2 and got.sample_aspect_ratio == Fraction(4, 3)  # full range, 4:3 pixels kept
     preds = [tiny_runtime.predict(f.image) for f in video.read_frames(clips["full"])]

@@ -1,4 +1,5 @@
 """Visualisation: colour maps, depth and normal pictures, mask overlays and the labelled panel."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -83,8 +84,14 @@ def test_normals_of_known_vectors() -> None:
     rgb = visualize.normals_to_rgb(n)
     assert rgb.dtype == np.uint8
     # x right -> red, y up -> green, z toward the camera -> blue; 127.5 rounds to 128
-    assert rgb[0].tolist() == [[128, 128, 255], [255, 128, 128], [0, 128, 128],
-                               [128, 255, 128], [128, 0, 128], [128, 128, 0]]
+    assert rgb[0].tolist() == [
+        [128, 128, 255],
+        [255, 128, 128],
+        [0, 128, 128],
+        [128, 255, 128],
+        [128, 0, 128],
+        [128, 128, 0],
+    ]
     chw = visualize.normals_to_rgb(np.moveaxis(n, -1, 0))
     assert np.array_equal(chw, rgb)
 
@@ -95,7 +102,7 @@ def test_normals_masked() -> None:
     mask = np.zeros((H, W), np.uint8)
     mask[:, : W // 2] = 255
     rgb = visualize.normals_to_rgb(n, mask, background=(10, 20, 30))
-    assert np.all(rgb[:, : W // 2] == (128, 128, 255)) and np.all(rgb[:, W // 2:] == (10, 20, 30))
+    assert np.all(rgb[:, : W // 2] == (128, 128, 255)) and np.all(rgb[:, W // 2 :] == (10, 20, 30))
 
 
 def test_overlay_mask_per_pixel() -> None:
@@ -114,8 +121,12 @@ def test_overlay_mask_per_pixel() -> None:
 def _prediction(**tasks: object) -> SimpleNamespace:
     """A stand-in with real arrays, through the documented duck-typed interface of `panel`."""
     rng = np.random.default_rng(0)
-    fields = {"image": rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "depth": None, "normal": None,
-              "foreground": None}
+    fields = {
+        "image": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+        "depth": None,
+        "normal": None,
+        "foreground": None,
+    }
     fields.update(tasks)
     return SimpleNamespace(**fields)
 
@@ -136,12 +147,12 @@ def test_panel_all_tasks() -> None:
     assert out.shape == (strip + H, 4 * W, 3) and out.dtype == np.uint8
     assert np.array_equal(out[strip:, :W], pred.image)
     # no `depth_inverse` attribute: the runtime's default, larger = nearer
-    assert np.array_equal(out[strip:, W:2 * W], visualize.colorize_depth(pred.depth, pred.foreground, inverse=True))
-    assert np.array_equal(out[strip:, 2 * W:3 * W], visualize.normals_to_rgb(pred.normal, pred.foreground))
-    assert np.array_equal(out[strip:, 3 * W:], visualize.overlay_mask(pred.image, pred.foreground))
+    assert np.array_equal(out[strip:, W : 2 * W], visualize.colorize_depth(pred.depth, pred.foreground, inverse=True))
+    assert np.array_equal(out[strip:, 2 * W : 3 * W], visualize.normals_to_rgb(pred.normal, pred.foreground))
+    assert np.array_equal(out[strip:, 3 * W :], visualize.overlay_mask(pred.image, pred.foreground))
     header = out[:strip]
     for i in range(4):  # each tile has a label drawn (light text on the dark strip)
-        assert header[:, i * W:(i + 1) * W].max() > 150
+        assert header[:, i * W : (i + 1) * W].max() > 150
     assert [name for name, _ in visualize.panel_tiles(pred)] == ["image", "depth", "normal", "foreground"]
 
 
@@ -177,18 +188,21 @@ def test_panel_empty_mask_does_not_black_out_depth_and_normals() -> None:
     empty = np.zeros((H, W), np.float32)  # a mask keeping no pixel, as a random-weight model gives
     pred = _prediction(depth=outputs["depth"], normal=outputs["normal"], foreground=empty)
     out = visualize.panel(pred, labels=False)
-    assert np.array_equal(out[:, W:2 * W], visualize.colorize_depth(pred.depth, None, inverse=True))
-    assert np.array_equal(out[:, 2 * W:3 * W], visualize.normals_to_rgb(pred.normal, None))
-    assert out[:, W:3 * W].std() > 10  # not a flat background
+    assert np.array_equal(out[:, W : 2 * W], visualize.colorize_depth(pred.depth, None, inverse=True))
+    assert np.array_equal(out[:, 2 * W : 3 * W], visualize.normals_to_rgb(pred.normal, None))
+    assert out[:, W : 3 * W].std() > 10  # not a flat background
 
 
 def test_panel_of_a_big_image_is_capped_and_box_averaged() -> None:
     h, w = 1700, 1300  # 4 tiles: 5200 pixels wide uncapped
     rng = np.random.default_rng(2)
     normal = rng.normal(size=(h, w, 3)).astype(np.float32)
-    pred = SimpleNamespace(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-                           depth=rng.random((h, w), dtype=np.float32), normal=normal,
-                           foreground=rng.random((h, w), dtype=np.float32))
+    pred = SimpleNamespace(
+        image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        depth=rng.random((h, w), dtype=np.float32),
+        normal=normal,
+        foreground=rng.random((h, w), dtype=np.float32),
+    )
     out = visualize.panel(pred, labels=False)
     assert max(out.shape[:2]) <= visualize.MAX_PANEL_SIDE
     factor = 3  # the smallest that fits: 4 * ceil(1300 / 3) = 1736 <= 2048 < 4 * 650

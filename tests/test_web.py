@@ -4,6 +4,7 @@
 Browser tests skip when Chromium, Playwright or the built page are missing, and fail instead under
 CI=true (CI installs them all: .ci/run).
 """
+
 from __future__ import annotations
 
 import json
@@ -103,11 +104,16 @@ def test_a_graph_without_prepost_is_refused_with_the_export_command(web_dir: Pat
 
 
 def test_the_command_refuses_a_missing_model_in_one_line(web_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "david_infer", "web", "-m", str(web_dir / "absent.onnx"),
-                             "--port", "0"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "david_infer", "web", "-m", str(web_dir / "absent.onnx"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"david-infer web: error: model file not found: {web_dir / 'absent.onnx'}"]
+        f"david-infer web: error: model file not found: {web_dir / 'absent.onnx'}"
+    ]
 
 
 def test_an_unbuilt_page_says_how_to_build_it(graph: Path, web_dir: Path) -> None:
@@ -177,8 +183,14 @@ def browser(web_dir: Path) -> Iterator[Any]:
     with sync_playwright() as playwright:
         # A fake camera (a small clip) that the page may open without asking.
         camera = write_camera_video(web_dir / "camera.y4m")
-        chromium = launch_chromium(playwright, ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                                                f"--use-file-for-fake-video-capture={camera}"])
+        chromium = launch_chromium(
+            playwright,
+            [
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={camera}",
+            ],
+        )
         yield chromium
         chromium.close()
 
@@ -199,14 +211,14 @@ def page(context: Any, server: PageServerProcess) -> Any:
 
 
 def state(page: Any) -> Dict[str, Any]:
-    return page.evaluate("() => ({phase: david.phase, error: david.error, backend: david.backend, "
-                         "threads: david.threads, cached: david.cached, runs: david.runs})")
+    return page.evaluate(
+        "() => ({phase: david.phase, error: david.error, backend: david.backend, "
+        "threads: david.threads, cached: david.cached, runs: david.runs})"
+    )
 
 
-def test_the_page_loads_the_model_with_wasm_and_two_threads(page: Any, context: Any,
-                                                           server: PageServerProcess) -> None:
-    assert state(page) == {"phase": "ready", "error": None, "backend": "wasm", "threads": 2, "cached": False,
-                           "runs": 0}
+def test_the_page_loads_the_model_with_wasm_and_two_threads(page: Any, context: Any, server: PageServerProcess) -> None:
+    assert state(page) == {"phase": "ready", "error": None, "backend": "wasm", "threads": 2, "cached": False, "runs": 0}
     assert page.locator("#backend").inner_text() == "WebAssembly (SIMD, 2 threads)"
     assert page.locator("#status").inner_text().startswith("Ready: prepost.onnx (fp32")
     assert page.locator("#progress").is_hidden()
@@ -267,15 +279,21 @@ def test_each_map_downloads_as_a_png(page: Any, photo: Path, web_dir: Path) -> N
 
 
 def test_a_dropped_photo_and_a_camera_photo_give_maps(page: Any, context: Any, photo: Path) -> None:
-    transfer = page.evaluate_handle("""(bytes) => {
+    transfer = page.evaluate_handle(
+        """(bytes) => {
         const transfer = new DataTransfer();
         transfer.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
         return transfer;
-    }""", list(photo.read_bytes()))
+    }""",
+        list(photo.read_bytes()),
+    )
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     page.wait_for_function("() => window.david.runs === 1 || window.david.errors > 0")
-    assert page.evaluate("() => [david.photoName, david.error, david.result.width]") == ["dropped.png", None,
-                                                                                         PHOTO_SIZE[0]]
+    assert page.evaluate("() => [david.photoName, david.error, david.result.width]") == [
+        "dropped.png",
+        None,
+        PHOTO_SIZE[0],
+    ]
     context.grant_permissions(["camera"])
     page.locator("#camera-button").click()
     page.locator("#snap").wait_for(state="visible")
@@ -283,7 +301,8 @@ def test_a_dropped_photo_and_a_camera_photo_give_maps(page: Any, context: Any, p
     page.locator("#snap").click()
     page.wait_for_function("() => window.david.runs === 2 || window.david.errors > 0", timeout=120_000)
     name, error, width, height = page.evaluate(
-        "() => [david.photoName, david.error, david.result.width, david.result.height]")
+        "() => [david.photoName, david.error, david.result.width, david.result.height]"
+    )
     assert (name, error, width, height) == ("camera.png", None, *PHOTO_SIZE)
     assert canvas_pixels(page, "depth").shape == (height, width, 4)
     assert page.locator("#camera").is_hidden()  # the camera is closed after the photo
@@ -301,8 +320,9 @@ def test_a_text_file_gives_the_pages_own_error(page: Any, photo: Path, web_dir: 
     assert page.locator("#error").is_hidden() and state(page)["phase"] == "done"
 
 
-def test_the_model_is_cached_for_the_next_visit_and_the_page_works_offline(page: Any, context: Any, photo: Path,
-                                                                      server: PageServerProcess) -> None:
+def test_the_model_is_cached_for_the_next_visit_and_the_page_works_offline(
+    page: Any, context: Any, photo: Path, server: PageServerProcess
+) -> None:
     assert state(page)["cached"] is False
     context.requests.clear()
     page.reload()

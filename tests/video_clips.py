@@ -1,4 +1,5 @@
 """Short clips synthesised with PyAV for the video tests (real files, real codecs)."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -11,17 +12,29 @@ import numpy as np
 def pattern(index: int, height: int, width: int) -> np.ndarray:
     """A frame with a bright figure moving across a gradient (differs from frame to frame)."""
     y, x = np.mgrid[0:height, 0:width]
-    img = np.stack([(x * 255 // max(1, width - 1)), (y * 255 // max(1, height - 1)),
-                    np.full_like(x, (index * 37) % 256)], axis=-1).astype(np.uint8)
+    img = np.stack(
+        [(x * 255 // max(1, width - 1)), (y * 255 // max(1, height - 1)), np.full_like(x, (index * 37) % 256)], axis=-1
+    ).astype(np.uint8)
     cx = (index * 5) % width
-    img[height // 4: 3 * height // 4, max(0, cx - width // 8): cx + width // 8] = (230, 200, 180)
+    img[height // 4 : 3 * height // 4, max(0, cx - width // 8) : cx + width // 8] = (230, 200, 180)
     return img
 
 
-def make_clip(path: Path, frames: int = 12, size: Sequence[int] = (48, 64), rate: int = 25,
-              rotation: int = 0, pts: Optional[Sequence[int]] = None, time_base: Optional[Fraction] = None,
-              audio: bool = False, codec: str = "libx264", pix_fmt: str = "yuv420p",
-              color_range: int = 0, sar: Optional[Fraction] = None, faststart: bool = False) -> Path:
+def make_clip(
+    path: Path,
+    frames: int = 12,
+    size: Sequence[int] = (48, 64),
+    rate: int = 25,
+    rotation: int = 0,
+    pts: Optional[Sequence[int]] = None,
+    time_base: Optional[Fraction] = None,
+    audio: bool = False,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    color_range: int = 0,
+    sar: Optional[Fraction] = None,
+    faststart: bool = False,
+) -> Path:
     """Write a clip of `frames` frames of `size` (height, width) as stored; `pts` (in `time_base`)
     gives a variable frame rate; `rotation` is the display rotation (degrees counter-clockwise)."""
     import av
@@ -65,7 +78,7 @@ def make_clip(path: Path, frames: int = 12, size: Sequence[int] = (48, 64), rate
             t = np.arange(total) / 16000.0
             samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
             for start in range(0, total, 1024):
-                chunk = samples[None, start:start + 1024]
+                chunk = samples[None, start : start + 1024]
                 af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
                 af.sample_rate = 16000
                 af.pts = start

@@ -7,6 +7,7 @@
 Each float entry c in [0, 1] becomes round(255 c), the nearest of the 256 levels a uint8 picture
 can show. The package itself never imports matplotlib.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,15 @@ def render() -> str:
         "matplotlib's float entries c in [0, 1] rounded to round(255 c). Sources:",
     ]
     lines += [f"  {name}: {src}" for name, src in SOURCES.items()]
-    lines += ["", "Do not edit by hand; rerun the script.", '"""', "from __future__ import annotations", "",
-              "from typing import Dict", ""]
+    lines += [
+        "",
+        "Do not edit by hand; rerun the script.",
+        '"""',
+        "from __future__ import annotations",
+        "",
+        "from typing import Dict",
+        "",
+    ]
     # One line per table (256 x "rrggbb"): a data line, not 32 lines of code that look alike.
     lines.append("TABLES: Dict[str, str] = {")
     for name in SOURCES:
@@ -56,7 +64,7 @@ def render() -> str:
 
 
 def _tables(module_text: str) -> str:
-    return module_text[module_text.index("TABLES:"):]
+    return module_text[module_text.index("TABLES:") :]
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ declare it in your package's metadata:
     [project.entry-points."david_infer.backends"]
     mybackend = "my_package.my_module:MyBackend"
 """
+
 from __future__ import annotations
 
 import importlib
@@ -75,8 +76,9 @@ def get_backend(name: str) -> Type:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise BackendUnavailable(f"the {name} backend is not available in this install ({module_name} is "
-                                     "missing)") from None
+            raise BackendUnavailable(
+                f"the {name} backend is not available in this install ({module_name} is missing)"
+            ) from None
         raise
     cls = getattr(module, attr)
     _REGISTRY[name] = cls

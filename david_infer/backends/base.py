@@ -18,6 +18,7 @@ before `open` is called, and hands the backend those typed objects, never a mani
 Register a backend with `david_infer.backends.register_backend` or the `david_infer.backends`
 entry-point group (see that package).
 """
+
 from __future__ import annotations
 
 import abc
@@ -57,7 +58,7 @@ class Device:
 
 
 def parse_device(device: Any) -> Device:
-    """"cpu" -> Device("cpu"); "cuda", "gpu", "cuda:N" -> Device("cuda", N); DeviceError otherwise."""
+    """ "cpu" -> Device("cpu"); "cuda", "gpu", "cuda:N" -> Device("cuda", N); DeviceError otherwise."""
     if isinstance(device, Device):
         return device
     given = str(device).strip()
@@ -101,7 +102,7 @@ class BackendOptions:
 
 
 def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
-    """"what takes no option 'x' (did you mean 'y'?); valid: ..." for misspelled keyword arguments."""
+    """ "what takes no option 'x' (did you mean 'y'?); valid: ..." for misspelled keyword arguments."""
     parts = []
     for name in unknown:
         close = difflib.get_close_matches(name, list(valid), n=1)
@@ -141,7 +142,7 @@ class Runner(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the model on float32 NCHW arrays keyed by input name; return outputs keyed by name."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: a runner may hold nothing to release)
         """Release sessions, engines and device memory. Idempotent."""
 
     def __enter__(self) -> "Runner":
@@ -177,15 +178,18 @@ class Backend(abc.ABC):
         if device.kind not in self.devices:
             spelled = " or ".join('"cpu"' if k == "cpu" else '"cuda" or "cuda:N"' for k in self.devices)
             where = "an NVIDIA GPU" if self.devices == ("cuda",) else " or ".join(self.devices)
-            raise DeviceError(f"the {self.title or self.name} backend runs on {where}: device must be {spelled}, "
-                              f"not \"{device.shown}\"")
+            raise DeviceError(
+                f'the {self.title or self.name} backend runs on {where}: device must be {spelled}, not "{device.shown}"'
+            )
         return device
 
     def inspect(self, path: Path) -> GraphIO:
         """The graph's inputs and outputs, for recognising a manifest-less file. Backends that can
         read a bare file override this."""
-        raise ModelError(f"{path}: no manifest beside it and the {self.title or self.name} backend cannot "
-                         "describe a bare file; export it with david-infer (which writes the manifest)")
+        raise ModelError(
+            f"{path}: no manifest beside it and the {self.title or self.name} backend cannot "
+            "describe a bare file; export it with david-infer (which writes the manifest)"
+        )
 
     def remote_contract(self, url: str) -> ModelContract:
         """The contract of the model at `url` (backends with `schemes` override this)."""

@@ -1,4 +1,5 @@
 """Arguments and helpers shared by the commands that run a model (predict, bench, apps)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def require_tasks(runtime: Any, needed: Iterable[str], what: str) -> None:
     """InputError when the model lacks a task that `what` needs."""
     missing = [t for t in needed if t not in runtime.tasks]
     if missing:
-        raise InputError(f"{what} needs a model that predicts {' and '.join(missing)}; {runtime.path} predicts "
-                         f"{', '.join(runtime.tasks)} only (try a multi-task model, e.g. multitask-large)")
+        raise InputError(
+            f"{what} needs a model that predicts {' and '.join(missing)}; {runtime.path} predicts "
+            f"{', '.join(runtime.tasks)} only (try a multi-task model, e.g. multitask-large)"
+        )
 
 
 def parse_floats(text: str, count: int, name: str) -> Tuple[float, ...]:

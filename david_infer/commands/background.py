@@ -6,6 +6,7 @@ pixel (no person found) gives the background alone, with a warning.
 
     david-infer background photo.jpg -m foreground-base -o out.png --blur 12
 """
+
 from __future__ import annotations
 
 import argparse

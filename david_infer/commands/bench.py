@@ -9,6 +9,7 @@ file decoding is not timed.
 
     david-infer bench -m depth-base.onnx --backend onnxruntime,torch --resolution 256,512 --batch 1,4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     batches = split_list(args.batch, int) or [1]
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
-        raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
-                         f"{args.warmup})")
+        raise InputError(
+            f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, {args.warmup})"
+        )
     model = resolved_model(args.model)
     variants = [with_torch_options(options, args) for options in RUNTIME.variants(args, batch_size=max(batches))]
     if not any(options.backend == "torch" for options in variants):
@@ -73,8 +75,16 @@ def run(args: argparse.Namespace) -> int:
     ratios = ratio_table(results)
     for line in _ratio_lines(ratios):
         print(line)
-    report = {"model": str(model), "device": args.device, "image_size": list(image.shape[:2]),
-              "runs": args.runs, "warmup": args.warmup, "machine": machine(), "results": results, "ratios": ratios}
+    report = {
+        "model": str(model),
+        "device": args.device,
+        "image_size": list(image.shape[:2]),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "machine": machine(),
+        "results": results,
+        "ratios": ratios,
+    }
     if args.json:
         from ..outputs.files import commit
 
@@ -93,31 +103,43 @@ def ratio_table(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if len(rows) < 2:
             continue
         base = rows[0]
-        table.append({
-            "resolution": resolution, "batch": batch, "baseline": base["backend"],
-            "latency_ratio": {r["backend"]: r["latency"]["median_ms"] / base["latency"]["median_ms"] for r in rows},
-            "model_ratio": {r["backend"]: r["stages"]["model"]["median_ms"] / base["stages"]["model"]["median_ms"]
-                            for r in rows},
-        })
+        table.append(
+            {
+                "resolution": resolution,
+                "batch": batch,
+                "baseline": base["backend"],
+                "latency_ratio": {r["backend"]: r["latency"]["median_ms"] / base["latency"]["median_ms"] for r in rows},
+                "model_ratio": {
+                    r["backend"]: r["stages"]["model"]["median_ms"] / base["stages"]["model"]["median_ms"] for r in rows
+                },
+            }
+        )
     return table
 
 
 def _header() -> str:
-    return (f"{'backend':<12} {'res':>5} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'img/s':>7} {'pre ms':>8} {'model ms':>9} {'post ms':>8} {'CPU ms':>9}")
+    return (
+        f"{'backend':<12} {'res':>5} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>7} {'pre ms':>8} {'model ms':>9} {'post ms':>8} {'CPU ms':>9}"
+    )
 
 
 def _row(r: Dict[str, Any]) -> str:
     lat, st = r["latency"], r["stages"]
-    return (f"{r['backend']:<12} {r['resolution']:>5} {r['batch']:>5} {lat['median_ms']:>10.1f} {lat['p90_ms']:>9.1f} "
-            f"{lat['p99_ms']:>9.1f} {r['images_per_s']:>7.2f} {st['preprocess']['median_ms']:>8.1f} "
-            f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f} {r['cpu']['median_ms']:>9.1f}")
+    return (
+        f"{r['backend']:<12} {r['resolution']:>5} {r['batch']:>5} {lat['median_ms']:>10.1f} {lat['p90_ms']:>9.1f} "
+        f"{lat['p99_ms']:>9.1f} {r['images_per_s']:>7.2f} {st['preprocess']['median_ms']:>8.1f} "
+        f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f} {r['cpu']['median_ms']:>9.1f}"
+    )
 
 
 def _ratio_lines(ratios: List[Dict[str, Any]]) -> List[str]:
     lines = []
     for r in ratios:
-        parts = ", ".join(f"{b} {v:.2f}x (model {r['model_ratio'][b]:.2f}x)"
-                          for b, v in r["latency_ratio"].items() if b != r["baseline"])
+        parts = ", ".join(
+            f"{b} {v:.2f}x (model {r['model_ratio'][b]:.2f}x)"
+            for b, v in r["latency_ratio"].items()
+            if b != r["baseline"]
+        )
         lines.append(f"ratio to {r['baseline']} at {r['resolution']}, batch {r['batch']}: {parts}")
     return lines

@@ -4,6 +4,7 @@ An interrupted download resumes where it stopped when run again. Each file's siz
 against the server and the model card (Microsoft publishes no checksums); its SHA-256 is recorded
 beside it and checked again when the file is already cached.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="download again even if cached (discards a partial file)")
     p.add_argument("--list", action="store_true", help="list the models, their size and whether they are cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                   help=f"seconds without data before a connection counts as failed (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds without data before a connection counts as failed (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

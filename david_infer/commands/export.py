@@ -9,6 +9,7 @@ With --prepost the file written is one graph from pixels to maps: uint8 (N, H, W
 finished depth / normal / foreground at the image's size out (docs/prepost.md). `--prepost --from
 FILE.onnx -o OUT.onnx` wraps an existing network file (ours or a released one) without PyTorch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,31 +23,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", help=f"model size: {', '.join(variants())} (required unless --from)")
     p.add_argument("--task", help=f"which head(s): {', '.join(TASKS)} (required unless --from)")
     p.add_argument("-o", "--output", help="output .onnx path (required unless --from)")
-    p.add_argument("--layout", default="dynamic", choices=("dynamic", "official"),
-                   help="dynamic: any batch and resolution (default); official: the released 1x3x512x512 contract")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
-                   help="fp32 (default) or fp16: mixed precision, LayerNorm/softmax/reductions and I/O in fp32")
+    p.add_argument(
+        "--layout",
+        default="dynamic",
+        choices=("dynamic", "official"),
+        help="dynamic: any batch and resolution (default); official: the released 1x3x512x512 contract",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16"),
+        help="fp32 (default) or fp16: mixed precision, LayerNorm/softmax/reductions and I/O in fp32",
+    )
     p.add_argument("--weights", help="a david-infer safetensors checkpoint (default: random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
     pp = p.add_argument_group("pre/post graph (docs/prepost.md)")
-    pp.add_argument("--prepost", action="store_true",
-                    help="write one graph from the uint8 image to finished maps (with --from: wrap that .onnx "
-                         "or released model name)")
-    pp.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
-                    help="channel order of the graph's image input (default rgb; bgr is what OpenCV decodes)")
-    pp.add_argument("--prepost-resolution", type=int, default=512, metavar="N",
-                    help="resolution the network runs at inside the graph (default 512; fixed-size files: theirs)")
+    pp.add_argument(
+        "--prepost",
+        action="store_true",
+        help="write one graph from the uint8 image to finished maps (with --from: wrap that .onnx "
+        "or released model name)",
+    )
+    pp.add_argument(
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        default="rgb",
+        help="channel order of the graph's image input (default rgb; bgr is what OpenCV decodes)",
+    )
+    pp.add_argument(
+        "--prepost-resolution",
+        type=int,
+        default=512,
+        metavar="N",
+        help="resolution the network runs at inside the graph (default 512; fixed-size files: theirs)",
+    )
     triton = p.add_argument_group("Triton model repository")
     triton.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository into DIR")
-    triton.add_argument("--from", dest="source", metavar="MODEL",
-                        help="write the repository for this existing .onnx/.engine/.plan instead of exporting "
-                             "(with --prepost: the .onnx to wrap)")
+    triton.add_argument(
+        "--from",
+        dest="source",
+        metavar="MODEL",
+        help="write the repository for this existing .onnx/.engine/.plan instead of exporting "
+        "(with --prepost: the .onnx to wrap)",
+    )
     triton.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the file stem)")
-    triton.add_argument("--triton-max-batch", type=int, metavar="N",
-                        help="Triton max_batch_size (default 8; 0 for a fixed-batch graph such as a released file)")
-    triton.add_argument("--triton-instance", choices=("cpu", "gpu"),
-                        help="instance group kind (default cpu for ONNX, gpu for a plan)")
+    triton.add_argument(
+        "--triton-max-batch",
+        type=int,
+        metavar="N",
+        help="Triton max_batch_size (default 8; 0 for a fixed-batch graph such as a released file)",
+    )
+    triton.add_argument(
+        "--triton-instance", choices=("cpu", "gpu"), help="instance group kind (default cpu for ONNX, gpu for a plan)"
+    )
     triton.add_argument("--triton-instances", type=int, default=1, metavar="N", help="model instances (default 1)")
     triton.add_argument("--overwrite", action="store_true", help="replace DIR/NAME if it exists")
 
@@ -60,18 +90,27 @@ def run(args: argparse.Namespace) -> int:
         if args.variant or args.task or args.output:
             raise InputError("--from MODEL uses an existing file: drop --variant, --task and --output")
         return _write_repo(args, args.source)
-    missing = [flag for flag, value in (("--variant", args.variant), ("--task", args.task), ("-o", args.output))
-               if not value]
+    missing = [
+        flag for flag, value in (("--variant", args.variant), ("--task", args.task), ("-o", args.output)) if not value
+    ]
     if missing:
         raise InputError(f"export needs {', '.join(missing)} (or --from MODEL --triton-repo DIR)")
     from ..export import export_onnx
 
     manifest = export_onnx(
-        args.variant, args.task, args.output, layout=args.layout, weights=args.weights,
-        seed=args.seed, opset=args.opset, precision=args.precision,
+        args.variant,
+        args.task,
+        args.output,
+        layout=args.layout,
+        weights=args.weights,
+        seed=args.seed,
+        opset=args.opset,
+        precision=args.precision,
     )
-    print(f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
-          f"{manifest['precision']}; weights: {manifest['weights']['description']})")
+    print(
+        f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
+        f"{manifest['precision']}; weights: {manifest['weights']['description']})"
+    )
     return _write_repo(args, args.output) if args.triton_repo else 0
 
 
@@ -97,20 +136,36 @@ def _prepost(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix=".david-prepost-", dir=Path(args.output).parent or ".") as tmp:
             network = Path(tmp) / "network.onnx"
-            export_onnx(args.variant, args.task, network, layout=args.layout, weights=args.weights, seed=args.seed,
-                        opset=args.opset, precision=args.precision)
+            export_onnx(
+                args.variant,
+                args.task,
+                network,
+                layout=args.layout,
+                weights=args.weights,
+                seed=args.seed,
+                opset=args.opset,
+                precision=args.precision,
+            )
             manifest = wrap_prepost(network, args.output, args.channel_order, args.prepost_resolution)
     section = manifest["prepost"]
-    print(f"wrote {args.output} (pre/post graph: uint8 {section['channel_order']} image in, "
-          f"{', '.join(manifest['tasks'])} out; {section['pipeline']} pipeline at {section['resolution']})")
+    print(
+        f"wrote {args.output} (pre/post graph: uint8 {section['channel_order']} image in, "
+        f"{', '.join(manifest['tasks'])} out; {section['pipeline']} pipeline at {section['resolution']})"
+    )
     return _write_repo(args, args.output) if args.triton_repo else 0
 
 
 def _write_repo(args: argparse.Namespace, model: str) -> int:
     from ..export.triton_repo import write_triton_repo
 
-    folder = write_triton_repo(model, args.triton_repo, name=args.triton_name, max_batch_size=args.triton_max_batch,
-                               instance=args.triton_instance, instances=args.triton_instances,
-                               overwrite=args.overwrite)
+    folder = write_triton_repo(
+        model,
+        args.triton_repo,
+        name=args.triton_name,
+        max_batch_size=args.triton_max_batch,
+        instance=args.triton_instance,
+        instances=args.triton_instances,
+        overwrite=args.overwrite,
+    )
     print(f"wrote Triton model {folder.name!r} in {folder.parent} (tritonserver --model-repository {folder.parent})")
     return 0

@@ -5,6 +5,7 @@ with an ONNX Runtime session); for a TensorRT engine from its sidecar (FILE.engi
 GPU or TensorRT is needed. The file's SHA-256 is compared with the one in its manifest or
 sidecar (or, for a downloaded released model, the download record). Exit status 1 when they differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,18 @@ from typing import Any, Dict, List, Optional
 from ..errors import ModelError
 from ..zoo import resolve_model
 
-_ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-               11: "float64", 16: "bfloat16"}
+_ONNX_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +59,10 @@ def describe(path: Path) -> Dict[str, Any]:
     manifest = read_manifest(mpath) if mpath.exists() else None
     if kind == "tensorrt":
         if manifest is None:
-            raise ModelError(f"{path}: no sidecar manifest ({mpath}); a plan cannot be described without "
-                             f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`")
+            raise ModelError(
+                f"{path}: no sidecar manifest ({mpath}); a plan cannot be described without "
+                f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`"
+            )
         inputs, outputs = _tensors(manifest["inputs"]), _tensors(manifest["outputs"])
     else:
         inputs, outputs = onnx_io(path)
@@ -61,9 +74,17 @@ def describe(path: Path) -> Dict[str, Any]:
         check = f"OK (matches the {source})"
     else:
         check = f"MISMATCH: the {source} records {expected}; the file was changed or belongs to another manifest"
-    return {"file": str(path), "kind": kind, "size_bytes": path.stat().st_size, "sha256": digest,
-            "sha256_check": check, "manifest_file": str(mpath) if manifest else None, "manifest": manifest,
-            "inputs": inputs, "outputs": outputs}
+    return {
+        "file": str(path),
+        "kind": kind,
+        "size_bytes": path.stat().st_size,
+        "sha256": digest,
+        "sha256_check": check,
+        "manifest_file": str(mpath) if manifest else None,
+        "manifest": manifest,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
 
 
 def _recorded_sha256(path: Path, manifest: Optional[dict]) -> tuple:
@@ -104,8 +125,7 @@ def onnx_io(path: Path) -> tuple:
         return {"name": value.name, "shape": dims, "dtype": _ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type))}
 
     initializers = {i.name for i in model.graph.initializer}
-    return ([entry(v) for v in model.graph.input if v.name not in initializers],
-            [entry(v) for v in model.graph.output])
+    return ([entry(v) for v in model.graph.input if v.name not in initializers], [entry(v) for v in model.graph.output])
 
 
 def _ort_io(path: Path) -> tuple:
@@ -118,18 +138,25 @@ def _ort_io(path: Path) -> tuple:
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from None
 
     def entry(v: Any) -> Dict[str, Any]:
-        dtype = v.type[len("tensor("):-1] if v.type.startswith("tensor(") else v.type
-        return {"name": v.name, "shape": [d if d is not None else "?" for d in v.shape],
-                "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype)}
+        dtype = v.type[len("tensor(") : -1] if v.type.startswith("tensor(") else v.type
+        return {
+            "name": v.name,
+            "shape": [d if d is not None else "?" for d in v.shape],
+            "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype),
+        }
 
     return [entry(v) for v in session.get_inputs()], [entry(v) for v in session.get_outputs()]
 
 
 def format_info(info: Dict[str, Any]) -> str:
     """The human-readable description `david-infer info` prints."""
-    lines = [f"file:     {info['file']}", f"kind:     {info['kind']}",
-             f"size:     {info['size_bytes']:,} bytes ({info['size_bytes'] / 1e6:.2f} MB)",
-             f"sha256:   {info['sha256']}", f"check:    {info['sha256_check']}"]
+    lines = [
+        f"file:     {info['file']}",
+        f"kind:     {info['kind']}",
+        f"size:     {info['size_bytes']:,} bytes ({info['size_bytes'] / 1e6:.2f} MB)",
+        f"sha256:   {info['sha256']}",
+        f"check:    {info['sha256_check']}",
+    ]
     m = info["manifest"]
     if m is None:
         lines.append("manifest: none (a released file, or not a david-infer export)")
@@ -143,8 +170,10 @@ def format_info(info: Dict[str, Any]) -> str:
         lines.append(f"  {'weights:':<11}{weights}")
         if m.get("tensorrt"):
             trt = m["tensorrt"]
-            lines.append(f"  {'tensorrt:':<11}{trt.get('version')} on {trt.get('gpu')} (sm {trt.get('compute_capability')}), "
-                         f"hardware compat {trt.get('hardware_compat')}")
+            lines.append(
+                f"  {'tensorrt:':<11}{trt.get('version')} on {trt.get('gpu')} (sm {trt.get('compute_capability')}), "
+                f"hardware compat {trt.get('hardware_compat')}"
+            )
     for title in ("inputs", "outputs"):
         lines.append(f"{title}:")
         for t in info[title]:

@@ -8,6 +8,7 @@ Frame: x right, y up, z toward the camera (the camera looks down -z).
 
     david-infer pointcloud photo.jpg -m multitask-large -o person.ply --fov 50 --near 1.5 --far 2.2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs.files import commit
 
     pred = predict_for_app(args, ["depth"], "a point cloud")
-    points, colors = point_cloud(pred.image, pred.depth, pred.foreground, fov_deg=args.fov,
-                                 depth_range=(args.near, args.far), mask_threshold=args.mask_threshold,
-                                 invert=pred.depth_inverse)
+    points, colors = point_cloud(
+        pred.image,
+        pred.depth,
+        pred.foreground,
+        fov_deg=args.fov,
+        depth_range=(args.near, args.far),
+        mask_threshold=args.mask_threshold,
+        invert=pred.depth_inverse,
+    )
     commit(Path(args.output), lambda tmp: write_ply(tmp, points, colors), args.overwrite)
     print(f"wrote {args.output} ({len(points)} points)")
     return 0

@@ -40,6 +40,7 @@ a background thread and postprocessing in worker threads (`DavidRuntime.imap`); 
 writes the files as results come, in input order. Inputs that fail are listed at the end and the
 exit status is 1; the others are written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,30 +76,58 @@ RUNTIME = RuntimeArguments()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image or video files, folders of them, or globs ('shots/*.jpg')")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image or video files, folders of them, or globs ('shots/*.jpg')"
+    )
     RUNTIME.add_to(p)
     add_torch_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results (created if needed)")
-    p.add_argument("--save", action="append", metavar="KINDS",
-                   help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
-                        f"{', '.join(VIDEO_ONLY_KINDS)} (default: the model's maps + vis)")
-    p.add_argument("--recursive", action="store_true",
-                   help="also take images from subfolders of folder inputs (their outputs keep the subfolders)")
-    p.add_argument("--overwrite", action="store_true", help="redo every input, replacing its files (default: "
-                   "inputs already complete in OUTDIR are skipped)")
+    p.add_argument(
+        "--save",
+        action="append",
+        metavar="KINDS",
+        help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
+        f"{', '.join(VIDEO_ONLY_KINDS)} (default: the model's maps + vis)",
+    )
+    p.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also take images from subfolders of folder inputs (their outputs keep the subfolders)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every input, replacing its files (default: inputs already complete in OUTDIR are skipped)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--fov", type=float, default=JobOptions.fov, help="ply: horizontal field of view in degrees, "
-                   "0..180 (default 60)")
-    p.add_argument("--near", type=float, default=JobOptions.near, help="ply: distance of the nearest point, > 0 "
-                   "(default 1)")
-    p.add_argument("--far", type=float, default=JobOptions.far, help="ply: distance of the farthest point, > near "
-                   "(default 2)")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster (extra 'ray'): ADDRESS is 'auto', HOST:PORT or ray://HOST:PORT; "
-                        "without it, the cluster `ray start` made on this machine, else a local one")
-    p.add_argument("--workers", type=positive_int_arg, default=None, metavar="N",
-                   help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)")
+    p.add_argument(
+        "--fov",
+        type=float,
+        default=JobOptions.fov,
+        help="ply: horizontal field of view in degrees, 0..180 (default 60)",
+    )
+    p.add_argument(
+        "--near", type=float, default=JobOptions.near, help="ply: distance of the nearest point, > 0 (default 1)"
+    )
+    p.add_argument(
+        "--far", type=float, default=JobOptions.far, help="ply: distance of the farthest point, > near (default 2)"
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (extra 'ray'): ADDRESS is 'auto', HOST:PORT or ray://HOST:PORT; "
+        "without it, the cluster `ray start` made on this machine, else a local one",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int_arg,
+        default=None,
+        metavar="N",
+        help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)",
+    )
     predict_video.add_arguments(p)
 
 
@@ -117,8 +146,15 @@ def job_options(args: argparse.Namespace) -> JobOptions:
 # ---------------------------------------------------------------------------------- pipeline
 
 
-def run_pipeline(runtime: Any, jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], opts: WriteOptions,
-                 tally: Tally, progress: bool = True) -> None:
+def run_pipeline(
+    runtime: Any,
+    jobs: Sequence[Job],
+    outdir: Path,
+    kinds: Sequence[str],
+    opts: WriteOptions,
+    tally: Tally,
+    progress: bool = True,
+) -> None:
     """Predict and write every (input, name) job, counting each in `tally` as it is written or fails.
 
     `runtime.imap` decodes ahead, batches (runtime.batch_size) and postprocesses; this loop only
@@ -187,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
     return tally.report(outdir)
 
 
-def _predict(runtime: Any, jobs: List[Job], outdir: Path, job: JobOptions, args: argparse.Namespace,
-             tally: Tally) -> None:
+def _predict(
+    runtime: Any, jobs: List[Job], outdir: Path, job: JobOptions, args: argparse.Namespace, tally: Tally
+) -> None:
     kinds = parse_save(job.save, runtime.tasks)
     opts = job.write_options(runtime)
     make_output_folder(outdir)
@@ -210,10 +247,18 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
 
     address = args.ray or None
     if address is not None and address not in ("auto", "local") and ":" not in address:
-        raise InputError(f"--ray: expected no address, 'auto', 'local', HOST:PORT or ray://HOST:PORT, got "
-                         f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)")
-    options = DatasetOptions(job=job, workers=args.workers, cpus_per_worker=args.threads or 1, address=address,
-                             progress=not args.no_progress, warn=warn)
+        raise InputError(
+            f"--ray: expected no address, 'auto', 'local', HOST:PORT or ray://HOST:PORT, got "
+            f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)"
+        )
+    options = DatasetOptions(
+        job=job,
+        workers=args.workers,
+        cpus_per_worker=args.threads or 1,
+        address=address,
+        progress=not args.no_progress,
+        warn=warn,
+    )
     with sigterm_as_interrupt():
         summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)

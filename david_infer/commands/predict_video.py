@@ -17,6 +17,7 @@ decoding early (truncated, corrupt) gets the frames decoded so far, in closed, p
 without a completion record; the error names the frame where decoding stopped and the exit status
 is 1. Clips are probed (video stream, decoder) and the encoders checked before any model call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,25 +38,42 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The video options of `predict`."""
     g = p.add_argument_group("video inputs")
-    g.add_argument("--frames", metavar="START:END:STEP", help="only these frames of each clip (indices of the "
-                   "source's frames, END excluded; e.g. 100:200, ::2)")
+    g.add_argument(
+        "--frames",
+        metavar="START:END:STEP",
+        help="only these frames of each clip (indices of the source's frames, END excluded; e.g. 100:200, ::2)",
+    )
     g.add_argument("--max-side", type=int, metavar="N", help="scale frames down so their longer side is at most N")
-    g.add_argument("--depth-range", choices=DEPTH_RANGES, default="clip",
-                   help="clip (default): one range over the whole clip, two passes; running: one pass, the "
-                        "range of the frames so far")
-    g.add_argument("--video-preset", choices=X264_PRESETS, default="ultrafast",
-                   help="libx264 speed/size trade-off of the output videos (default ultrafast: the "
-                        "cheapest to encode, larger files; veryfast ~2x slower, ~half the size)")
-    g.add_argument("--video-crf", type=int, default=18, metavar="Q",
-                   help="libx264 quality, 0 (lossless) .. 51 (worst), default 18 (visually lossless)")
+    g.add_argument(
+        "--depth-range",
+        choices=DEPTH_RANGES,
+        default="clip",
+        help="clip (default): one range over the whole clip, two passes; running: one pass, the "
+        "range of the frames so far",
+    )
+    g.add_argument(
+        "--video-preset",
+        choices=X264_PRESETS,
+        default="ultrafast",
+        help="libx264 speed/size trade-off of the output videos (default ultrafast: the "
+        "cheapest to encode, larger files; veryfast ~2x slower, ~half the size)",
+    )
+    g.add_argument(
+        "--video-crf",
+        type=int,
+        default=18,
+        metavar="Q",
+        help="libx264 quality, 0 (lossless) .. 51 (worst), default 18 (visually lossless)",
+    )
 
 
 def video_kinds(kinds: Sequence[str], tasks: Sequence[str]) -> List[str]:
     """The --save kinds that apply to clips, checked against the model's tasks."""
     chosen = [k for k in kinds if k in VIDEO_KINDS]
     if not chosen:
-        raise InputError(f"--save {','.join(kinds)} writes nothing for video inputs; choose from "
-                         f"{', '.join(VIDEO_KINDS)}")
+        raise InputError(
+            f"--save {','.join(kinds)} writes nothing for video inputs; choose from {', '.join(VIDEO_KINDS)}"
+        )
     VIDEO_KINDS.check(chosen, tasks)
     return chosen
 
@@ -68,12 +86,28 @@ def clip_options(args: argparse.Namespace, kinds: Sequence[str], depth_inverse: 
         raise InputError(f"--max-side must be >= 2, got {args.max_side}")
     if not 0 <= args.video_crf <= 51:
         raise InputError(f"--video-crf must be between 0 and 51, got {args.video_crf}")
-    return ClipOptions(tuple(kinds), FrameSelection.parse(args.frames), args.max_side, args.depth_range,
-                       args.video_preset, args.video_crf, args.batch_size, args.overwrite, depth_inverse)
+    return ClipOptions(
+        tuple(kinds),
+        FrameSelection.parse(args.frames),
+        args.max_side,
+        args.depth_range,
+        args.video_preset,
+        args.video_crf,
+        args.batch_size,
+        args.overwrite,
+        depth_inverse,
+    )
 
 
-def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, args: argparse.Namespace,
-               kinds: Sequence[str], extra: Dict[str, Any], tally: Any) -> None:
+def run_videos(
+    runtime: Any,
+    jobs: Sequence[Tuple[Path, str]],
+    outdir: Path,
+    args: argparse.Namespace,
+    kinds: Sequence[str],
+    extra: Dict[str, Any],
+    tally: Any,
+) -> None:
     """Every clip of `jobs` ((path, name)), each counted in `tally` (a jobs.Tally) as written,
     skipped (already complete) or failed. Every clip is probed, its --frames checked against its
     frame count and its set planned (david_infer.jobs.plan) before the model sees a frame. `extra`
@@ -95,8 +129,9 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
             probed[path] = check_frames(probe(path), opts.frames)
         except DavidError as exc:
             tally.fail(path, exc)
-    todo = plan([j for j in jobs if j[0] in probed], outdir, chosen, record_options, args.overwrite, tally,
-                table=VIDEO_KINDS)
+    todo = plan(
+        [j for j in jobs if j[0] in probed], outdir, chosen, record_options, args.overwrite, tally, table=VIDEO_KINDS
+    )
     for path, name in todo:
         start = time.perf_counter()
         try:
@@ -108,8 +143,9 @@ def run_videos(runtime: Any, jobs: Sequence[Tuple[Path, str]], outdir: Path, arg
             took = time.perf_counter() - start
             print(f"{path}: {count} frames in {took:.1f} s ({count / max(took, 1e-9):.1f} frames/s)", file=sys.stderr)
         if stopped is not None:
-            tally.failures.append((str(path), f"{describe(stopped, str(path))}; the {count} frames decoded were "
-                                              f"written"))
+            tally.failures.append(
+                (str(path), f"{describe(stopped, str(path))}; the {count} frames decoded were written")
+            )
         else:
             tally.written += 1
 
@@ -119,6 +155,8 @@ def check_frames(info: Any, frames: Any) -> Any:
     as the container states its frame count; InputError naming the count otherwise."""
     if info.frames and not frames.count(info.frames):
         stop = "" if frames.stop is None else frames.stop
-        raise InputError(f"{info.path}: --frames {frames.start}:{stop}:{frames.step} selects no frame: the clip has "
-                         f"{info.frames} frames (0..{info.frames - 1})")
+        raise InputError(
+            f"{info.path}: --frames {frames.start}:{stop}:{frames.step} selects no frame: the clip has "
+            f"{info.frames} frames (0..{info.frames - 1})"
+        )
     return info

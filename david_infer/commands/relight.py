@@ -8,6 +8,7 @@ x right, y up, z toward the camera (write --light=-1,1,1 when the first number i
 
     david-infer relight photo.jpg -m multitask-large -o lit.png --light=-1,1,1 --ambient 0.3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ from ._common import add_app_arguments, parse_floats, predict_for_app, save_app_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_app_arguments(p, ".png")
-    p.add_argument("--light", default="1,1,1", metavar="X,Y,Z",
-                   help="direction toward the light (x right, y up, z toward the camera; default 1,1,1)")
+    p.add_argument(
+        "--light",
+        default="1,1,1",
+        metavar="X,Y,Z",
+        help="direction toward the light (x right, y up, z toward the camera; default 1,1,1)",
+    )
     p.add_argument("--ambient", type=float, default=0.2, metavar="A", help="ambient term in [0, 1] (default 0.2)")
 
 

@@ -6,6 +6,7 @@ What is served is the network's own contract (the manifest's inputs and outputs,
 clients preprocess and postprocess: `DavidRuntime("grpc://HOST:GRPC_PORT/NAME", backend="triton")`
 or `david-infer predict -m grpc://HOST:GRPC_PORT/NAME ...`. Needs pip install "david-infer[serve]".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,14 @@ from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg
 
 #: the server runs the network alone: no channel order (clients preprocess), its batch is --max-batch-size
 RUNTIME = RuntimeArguments(
-    channel_order=False, batch_size=False, threads=False,
+    channel_order=False,
+    batch_size=False,
+    threads=False,
     model_help="the model file (.onnx with or without our manifest, .engine), a folder holding one, or a released "
-               "model's name",
+    "model's name",
     resolution_help=f"the image side the backend is prepared for (default {DEFAULT_RESOLUTION}; TensorRT profiles are "
-                    f"checked against it); clients may send any size the model accepts")
+    f"checked against it); clients may send any size the model accepts",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,15 +32,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
     p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (default 8082)")
-    p.add_argument("--max-batch-size", type=positive_int_arg, default=8, metavar="N",
-                   help="adaptive batching: merge concurrent requests into batches of up to N images (default 8; "
-                        "1 = no batching)")
-    p.add_argument("--max-batch-time", type=float, default=0.01, metavar="SECONDS",
-                   help="adaptive batching: wait at most this long to fill a batch (default 0.01)")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="parallel inference worker processes, each with its own copy of the model (default 0: the "
-                        "model runs in the server process, which saves MLServer's copy of every request to a "
-                        "worker: about 40%% of the server's CPU per image on a small model)")
+    p.add_argument(
+        "--max-batch-size",
+        type=positive_int_arg,
+        default=8,
+        metavar="N",
+        help="adaptive batching: merge concurrent requests into batches of up to N images (default 8; 1 = no batching)",
+    )
+    p.add_argument(
+        "--max-batch-time",
+        type=float,
+        default=0.01,
+        metavar="SECONDS",
+        help="adaptive batching: wait at most this long to fill a batch (default 0.01)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="parallel inference worker processes, each with its own copy of the model (default 0: the "
+        "model runs in the server process, which saves MLServer's copy of every request to a "
+        "worker: about 40%% of the server's CPU per image on a small model)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +66,19 @@ def run(args: argparse.Namespace) -> int:
     # one model call at a time per worker, on one pre/postprocessing thread: the backend's own threads use the cores
     runtime = RUNTIME.options(args, model=str(path), batch_size=args.max_batch_size, threads=1)
     config = ServeConfig(
-        runtime, name=args.name, max_batch_time=args.max_batch_time, workers=args.workers,
-        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        runtime,
+        name=args.name,
+        max_batch_time=args.max_batch_time,
+        workers=args.workers,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
     )
-    print(f"serving {path} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
-          f"{config.host}:{config.grpc_port}, metrics :{config.metrics_port}/metrics", flush=True)
+    print(
+        f"serving {path} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
+        f"{config.host}:{config.grpc_port}, metrics :{config.metrics_port}/metrics",
+        flush=True,
+    )
     serve(config)
     return 0

@@ -1,9 +1,10 @@
 """The DAViD architecture in PyTorch (needs the `export` extra: pip install "david-infer[export]").
 
-    from david_infer.model import build_model
-    model = build_model("base", "depth")        # random weights
-    out = model(image)                           # {"depth": (B, 1, H, W)}
+from david_infer.model import build_model
+model = build_model("base", "depth")        # random weights
+out = model(image)                           # {"depth": (B, 1, H, W)}
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -33,9 +34,7 @@ __all__ = [
 ]
 
 
-def build_model(
-    variant: str, task: str, weights: Optional[str] = None, seed: Optional[int] = None
-) -> DavidModel:
+def build_model(variant: str, task: str, weights: Optional[str] = None, seed: Optional[int] = None) -> DavidModel:
     """Build a DAViD model in eval mode.
 
     variant: "base", "large" or "tiny" (tests); task: "depth", "normal", "foreground" or

@@ -9,6 +9,7 @@ section 3.2 and Fig. 5. Decoder block l implements equation (2):
 Every interpolation takes its target size from the other operand's tensor, so any input size that
 is a multiple of the stride works, square or not, and exports without frozen shapes.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -199,4 +200,3 @@ class DavidModel(nn.Module):
             check_input_shape("image", tuple(image.shape), source="the model", stride=self.cfg.stride)
         decoded = self.trunk(image, image_384)
         return {name: self.heads[name](decoded, image) for name in self.outputs}
-

@@ -1,4 +1,5 @@
 """A plain ViT encoder (timm layout) that returns the hooked layers' tokens directly."""
+
 from __future__ import annotations
 
 from typing import List, Sequence

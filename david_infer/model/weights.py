@@ -1,4 +1,5 @@
 """Loading and saving DAViD weights as safetensors (never pickles)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -26,6 +26,7 @@ normalised.
 temporaries renamed into place at the end with the completion record last; a clip that stops
 decoding early gets the frames decoded so far, in closed, playable files, without a record.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,9 +86,17 @@ class ClipOptions:
     def write_options(self, extra: Dict[str, Any]) -> WriteOptions:
         """What the completion record holds (a rerun with other options redoes the clip)."""
         f = self.frames
-        return WriteOptions(depth_inverse=self.depth_inverse, extra={
-            **extra, "frames": [f.start, f.stop, f.step], "max_side": self.max_side,
-            "depth_range": self.depth_range, "preset": self.preset, "crf": self.crf})
+        return WriteOptions(
+            depth_inverse=self.depth_inverse,
+            extra={
+                **extra,
+                "frames": [f.start, f.stop, f.step],
+                "max_side": self.max_side,
+                "depth_range": self.depth_range,
+                "preset": self.preset,
+                "crf": self.crf,
+            },
+        )
 
     def encoding(self, input_format: str = "rgb24") -> Encoding:
         return Encoding("libx264", "yuv420p", (("preset", self.preset), ("crf", str(self.crf))), input_format)
@@ -133,6 +142,7 @@ class VideoKind:
 
 def _video(input_format: str) -> Callable[["ClipOutputs", Path, Path], FrameSink]:
     """open: a libx264 video of the frame's size, fed `input_format` pictures."""
+
     def open_video(clip: "ClipOutputs", path: Path, tmp: Path) -> FrameSink:
         return VideoWriter(path, tmp, clip.info, clip.size, clip.opts.encoding(input_format))
 
@@ -159,8 +169,9 @@ class _DepthStack:
 
     def write(self, depth: np.ndarray, frame: Any) -> None:
         self._stack.write(depth)
-        self._frames.append((frame.index, -1 if frame.pts is None else frame.pts,
-                             np.nan if frame.time is None else frame.time))
+        self._frames.append(
+            (frame.index, -1 if frame.pts is None else frame.pts, np.nan if frame.time is None else frame.time)
+        )
 
     def close(self) -> None:
         self._stack.close()
@@ -191,20 +202,42 @@ def _cutout(clip: "ClipOutputs", pred: Any) -> np.ndarray:
     return cutout(pred.image, pred.foreground)
 
 
-VIDEO_KINDS: KindTable[VideoKind] = KindTable("video inputs", [
-    VideoKind("depth", ".depth.mp4", "depth", "libx264", _video("gray"),
-              draw=lambda clip, depth: to_gray8(clip.range_all.normalise(depth, clip.opts.depth_inverse)),
-              hold=lambda clip, pred: (pred.depth,)),
-    VideoKind("normal", ".normal.mp4", "normal", "libx264", _video("rgb24"), draw=_normals),
-    VideoKind("foreground", ".foreground.mp4", "foreground", "libx264", _video("gray"),
-              draw=lambda clip, pred: to_gray8(np.clip(pred.foreground, 0.0, 1.0))),
-    VideoKind("vis", ".vis.mp4", None, "libx264", _vis_video,
-              draw=lambda clip, canvas, shade, depth: clip.vis.draw_depth(
-                  canvas, shade, depth, clip.range_person.span, clip.opts.depth_inverse),
-              hold=lambda clip, pred: clip.vis.draw(pred)),
-    VideoKind("depth-npz", ".depth.npz", "depth", None, _DepthStack, draw=lambda clip, pred: pred.depth),
-    VideoKind("cutout", ".cutout.mov", "foreground", "png", _matte_video, draw=_cutout),
-])
+VIDEO_KINDS: KindTable[VideoKind] = KindTable(
+    "video inputs",
+    [
+        VideoKind(
+            "depth",
+            ".depth.mp4",
+            "depth",
+            "libx264",
+            _video("gray"),
+            draw=lambda clip, depth: to_gray8(clip.range_all.normalise(depth, clip.opts.depth_inverse)),
+            hold=lambda clip, pred: (pred.depth,),
+        ),
+        VideoKind("normal", ".normal.mp4", "normal", "libx264", _video("rgb24"), draw=_normals),
+        VideoKind(
+            "foreground",
+            ".foreground.mp4",
+            "foreground",
+            "libx264",
+            _video("gray"),
+            draw=lambda clip, pred: to_gray8(np.clip(pred.foreground, 0.0, 1.0)),
+        ),
+        VideoKind(
+            "vis",
+            ".vis.mp4",
+            None,
+            "libx264",
+            _vis_video,
+            draw=lambda clip, canvas, shade, depth: clip.vis.draw_depth(
+                canvas, shade, depth, clip.range_person.span, clip.opts.depth_inverse
+            ),
+            hold=lambda clip, pred: clip.vis.draw(pred),
+        ),
+        VideoKind("depth-npz", ".depth.npz", "depth", None, _DepthStack, draw=lambda clip, pred: pred.depth),
+        VideoKind("cutout", ".cutout.mov", "foreground", "png", _matte_video, draw=_cutout),
+    ],
+)
 
 
 def check_encoders(kinds: Sequence[str]) -> None:
@@ -216,8 +249,10 @@ def check_encoders(kinds: Sequence[str]) -> None:
         try:
             av.codec.Codec(name, "w")
         except Exception:
-            raise InputError(f"this PyAV's FFmpeg has no {name} encoder, needed for the video outputs; "
-                             f"install the PyAV wheel from PyPI (pip install \"david-infer[video]\")") from None
+            raise InputError(
+                f"this PyAV's FFmpeg has no {name} encoder, needed for the video outputs; "
+                f'install the PyAV wheel from PyPI (pip install "david-infer[video]")'
+            ) from None
 
 
 class _Spool:
@@ -364,8 +399,9 @@ class _Background:
             raise self._error
 
 
-def write_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions,
-               record_options: WriteOptions) -> Tuple[int, Optional[str]]:
+def write_clip(
+    runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions, record_options: WriteOptions
+) -> Tuple[int, Optional[str]]:
     """Predict and write one clip's set; returns (frames written, why decoding stopped early or None).
     `record_options` (`ClipOptions.write_options`) go into the completion record."""
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)

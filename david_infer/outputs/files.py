@@ -13,6 +13,7 @@ sees a half-written file and an interrupted write leaves nothing behind.
   sets of `david_infer.outputs.sets` hand them).
 - `sha256_file`: a file's SHA-256, read in chunks.
 """
+
 from __future__ import annotations
 
 import errno
@@ -89,8 +90,9 @@ def check_free(paths: Iterable[Path], overwrite: bool) -> None:
         return
     for path in paths:
         if os.path.lexists(path):
-            raise OutputExists(f"{path} already exists; pass --overwrite to replace it "
-                               f"(or choose another output folder)")
+            raise OutputExists(
+                f"{path} already exists; pass --overwrite to replace it (or choose another output folder)"
+            )
 
 
 def commit(path: Union[str, Path], write: Callable[[Path], None], overwrite: bool = False) -> Path:

@@ -11,6 +11,7 @@ after the input's name with the function that writes it from the `Prediction`:
 
 Full-size maps are written band by band (no full-size float temporaries).
 """
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,15 @@ def _point_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
     without points and an EmptyMaskWarning, as in david_infer.apps."""
     from ..apps import stream_point_cloud
 
-    stream_point_cloud(path, pred.image, pred.depth, pred.foreground, fov_deg=opts.fov,
-                       depth_range=opts.depth_range, invert=opts.depth_inverse)
+    stream_point_cloud(
+        path,
+        pred.image,
+        pred.depth,
+        pred.foreground,
+        fov_deg=opts.fov,
+        depth_range=opts.depth_range,
+        invert=opts.depth_inverse,
+    )
 
 
 def _raw(task: str) -> WriteFile:
@@ -100,21 +108,40 @@ def _raw(task: str) -> WriteFile:
     return lambda path, pred, opts: write_npy(path, getattr(pred, task).astype(np.float32, copy=False))
 
 
-IMAGE_KINDS: KindTable[ImageKind] = KindTable("images", [
-    ImageKind("depth", "depth", ((".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
-                                 (".depth.npy", _raw("depth")))),
-    ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
-    ImageKind("foreground", "foreground", ((".foreground.png", lambda path, pred, opts:
-                                            write_png(path, _alpha(pred.foreground))),
-                                           (".cutout.png", _cutout_png))),
-    ImageKind("vis", None, ((".vis.png", _panel_png),)),
-    ImageKind("ply", "depth", ((".ply", _point_cloud),)),
-])
+IMAGE_KINDS: KindTable[ImageKind] = KindTable(
+    "images",
+    [
+        ImageKind(
+            "depth",
+            "depth",
+            (
+                (".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
+                (".depth.npy", _raw("depth")),
+            ),
+        ),
+        ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
+        ImageKind(
+            "foreground",
+            "foreground",
+            (
+                (".foreground.png", lambda path, pred, opts: write_png(path, _alpha(pred.foreground))),
+                (".cutout.png", _cutout_png),
+            ),
+        ),
+        ImageKind("vis", None, ((".vis.png", _panel_png),)),
+        ImageKind("ply", "depth", ((".ply", _point_cloud),)),
+    ],
+)
 
 
-def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],
-                  options: Optional[WriteOptions] = None,
-                  source: Union[str, "os.PathLike[str]", None] = None) -> List[Path]:
+def write_outputs(
+    pred: Any,
+    outdir: Union[str, Path],
+    name: str,
+    kinds: Sequence[str],
+    options: Optional[WriteOptions] = None,
+    source: Union[str, "os.PathLike[str]", None] = None,
+) -> List[Path]:
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
     or unfinished set, and the completion record last; returns the files written (record not
     included). `source`, the input file, is recorded. See `david_infer.outputs.sets`."""

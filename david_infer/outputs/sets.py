@@ -33,6 +33,7 @@ modified after writing, or written for another input of the same name; not ours 
 without being told to). It checks the record's kinds, options and file sizes (cheap);
 `verify=True` also re-hashes every file.
 """
+
 from __future__ import annotations
 
 import enum
@@ -101,8 +102,9 @@ def _target(outdir: Path, name: str, suffix: str) -> Path:
     """OUTDIR/NAME+suffix, refusing any name that would leave OUTDIR or be hidden."""
     parts = name.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
-        raise InputError(f"output name {name!r} is not a plain relative name (parts may not be empty, "
-                         f"hidden, '.' or '..')")
+        raise InputError(
+            f"output name {name!r} is not a plain relative name (parts may not be empty, hidden, '.' or '..')"
+        )
     target = Path(outdir, *parts[:-1], parts[-1] + suffix)
     root = os.path.realpath(outdir)
     if not os.path.realpath(target).startswith(root + os.sep):
@@ -150,15 +152,17 @@ class KindTable(Mapping[str, K], Generic[K]):
         needs a task the model lacks."""
         unknown = [k for k in kinds if k not in self._kinds]
         if unknown:
-            raise InputError(f"unknown output kind(s) {', '.join(unknown)} for {self.medium}; choose from "
-                             f"{', '.join(self._kinds)}")
+            raise InputError(
+                f"unknown output kind(s) {', '.join(unknown)} for {self.medium}; choose from {', '.join(self._kinds)}"
+            )
         if tasks is None:
             return
         for kind in kinds:
             needs = self._kinds[kind].needs
             if needs is not None and needs not in tasks:
-                raise InputError(f"--save {kind} needs a model that predicts {needs}; this one predicts "
-                                 f"{', '.join(tasks)} only")
+                raise InputError(
+                    f"--save {kind} needs a model that predicts {needs}; this one predicts {', '.join(tasks)} only"
+                )
 
     def set(self, outdir: Union[str, Path], name: str, kinds: Sequence[str]) -> "OutputSet":
         """The set of `name`'s files of `kinds` in `outdir`."""
@@ -188,8 +192,16 @@ class WriteOptions:
 
     def as_record(self) -> Dict[str, Any]:
         """The options as JSON values (what the record stores)."""
-        return json.loads(json.dumps({"fov": float(self.fov), "depth_range": [float(v) for v in self.depth_range],
-                                      "depth_inverse": bool(self.depth_inverse), "extra": dict(self.extra)}))
+        return json.loads(
+            json.dumps(
+                {
+                    "fov": float(self.fov),
+                    "depth_range": [float(v) for v in self.depth_range],
+                    "depth_inverse": bool(self.depth_inverse),
+                    "extra": dict(self.extra),
+                }
+            )
+        )
 
 
 def check_ply_options(fov: float, near: float, far: float) -> None:
@@ -237,8 +249,7 @@ class OutputSet:
         table.check(kinds)
         self.outdir, self.name, self.kinds, self.table = outdir, name, kinds, table
         #: kind -> its files, in the table's suffix order
-        self.by_kind: Dict[str, List[Path]] = {k: [_target(outdir, name, s) for s in table[k].suffixes]
-                                               for k in kinds}
+        self.by_kind: Dict[str, List[Path]] = {k: [_target(outdir, name, s) for s in table[k].suffixes] for k in kinds}
         self.files: List[Path] = [path for paths in self.by_kind.values() for path in paths]
         self.record: Path = _target(outdir, name, RECORD_SUFFIX)
 
@@ -257,8 +268,13 @@ class OutputSet:
         except OSError as exc:
             raise InputError(f"cannot write {final}: {exc}") from None
 
-    def commit(self, staged: Sequence[Tuple[Path, Path]], options: Optional[WriteOptions] = None,
-               record: bool = True, source: Optional[PathLike] = None) -> None:
+    def commit(
+        self,
+        staged: Sequence[Tuple[Path, Path]],
+        options: Optional[WriteOptions] = None,
+        record: bool = True,
+        source: Optional[PathLike] = None,
+    ) -> None:
         """Put a set written to temporaries in place: remove the old record, rename each (temporary,
         final) pair, then write the completion record (unless `record` is False: a set that is
         knowingly incomplete, e.g. a truncated clip, stays unfinished for `status`). `source`: the
@@ -273,9 +289,15 @@ class OutputSet:
                 placed.append(final)
             if not record:
                 return
-            doc = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "name": self.name, "kinds": list(self.kinds),
-                   "options": opts.as_record(), "source": _source(source) if source is not None else None,
-                   "files": files}
+            doc = {
+                "format": RECORD_FORMAT,
+                "version": RECORD_VERSION,
+                "name": self.name,
+                "kinds": list(self.kinds),
+                "options": opts.as_record(),
+                "source": _source(source) if source is not None else None,
+                "files": files,
+            }
             data = (json.dumps(doc, indent=1) + "\n").encode()
             atomic_write(self.record, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
         except BaseException:
@@ -283,8 +305,9 @@ class OutputSet:
                 path.unlink(missing_ok=True)
             raise
 
-    def status(self, options: Optional[WriteOptions] = None, verify: bool = False,
-               source: Optional[PathLike] = None) -> SetStatus:
+    def status(
+        self, options: Optional[WriteOptions] = None, verify: bool = False, source: Optional[PathLike] = None
+    ) -> SetStatus:
         """Whether the set is complete for its kinds (and `options` and the input file `source`,
         when given: same file name and size as recorded). See the module docstring."""
         if not os.path.lexists(self.record):
@@ -301,16 +324,19 @@ class OutputSet:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             return SetStatus(SetState.CHANGED, f"{self.record} is not a readable completion record ({exc})")
         if list(recorded_kinds) != list(self.kinds):
-            return SetStatus(SetState.CHANGED, f"written with --save {','.join(recorded_kinds)}, "
-                                               f"not {','.join(self.kinds)}")
+            return SetStatus(
+                SetState.CHANGED, f"written with --save {','.join(recorded_kinds)}, not {','.join(self.kinds)}"
+            )
         if options is not None and recorded_options != options.as_record():
             return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
         recorded_source = doc.get("source")
         if source is not None and isinstance(recorded_source, dict):
             here = _source(source)
             if (recorded_source.get("file"), recorded_source.get("size")) != (here["file"], here["size"]):
-                return SetStatus(SetState.CHANGED, f"written for another input ({recorded_source.get('path')}, "
-                                                   f"{recorded_source.get('size')} bytes)")
+                return SetStatus(
+                    SetState.CHANGED,
+                    f"written for another input ({recorded_source.get('path')}, {recorded_source.get('size')} bytes)",
+                )
         for target in self.files:
             entry = recorded.get(target.name)
             try:
@@ -323,8 +349,9 @@ class OutputSet:
                 return SetStatus(SetState.CHANGED, f"{target} differs from its completion record (SHA-256)")
         return SetStatus(SetState.DONE)
 
-    def is_complete(self, options: Optional[WriteOptions] = None, verify: bool = False,
-                    source: Optional[PathLike] = None) -> bool:
+    def is_complete(
+        self, options: Optional[WriteOptions] = None, verify: bool = False, source: Optional[PathLike] = None
+    ) -> bool:
         """True when the set is present, recorded and consistent (see `status`)."""
         return self.status(options, verify, source).state is SetState.DONE
 

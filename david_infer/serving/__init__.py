@@ -21,6 +21,7 @@ The server runs in its own process: MLServer and tritonclient's gRPC module both
 protocol's `inference.*` protobuf messages, and one Python process cannot import both (clients,
 tests and benchmarks start it with `serving.process.ServerProcess`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -78,8 +79,10 @@ class ServeConfig:
         if not isinstance(self.max_batch_time, (int, float)) or not 0 <= self.max_batch_time <= 10:
             raise InputError(f"serve: max_batch_time must be between 0 and 10 seconds, got {self.max_batch_time!r}")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
-            raise InputError(f"serve: the HTTP, gRPC and metrics ports must differ, got {self.http_port}, "
-                             f"{self.grpc_port}, {self.metrics_port}")
+            raise InputError(
+                f"serve: the HTTP, gRPC and metrics ports must differ, got {self.http_port}, "
+                f"{self.grpc_port}, {self.metrics_port}"
+            )
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise InputError(f"serve: the model name may hold letters, digits, - _ . only, got {self.name!r}")
 

@@ -6,6 +6,7 @@
 The child runs in its own process group so that `stop()` and `kill()` reach MLServer's worker
 processes too.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,14 @@ class ServerProcess:
     `args` are further `david-infer serve` arguments (e.g. ["--max-batch-size", "16"]); the log
     goes to `log` (default: a temporary file, see `log_path`)."""
 
-    def __init__(self, model: Union[str, Path], args: Sequence[str] = (), name: str = "david",
-                 ready_timeout: float = 120.0, log: Optional[Union[str, Path]] = None) -> None:
+    def __init__(
+        self,
+        model: Union[str, Path],
+        args: Sequence[str] = (),
+        name: str = "david",
+        ready_timeout: float = 120.0,
+        log: Optional[Union[str, Path]] = None,
+    ) -> None:
         self.model, self.args, self.name, self.ready_timeout = str(model), list(args), name, ready_timeout
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="david-serve-", suffix=".log")[1])
@@ -64,9 +71,25 @@ class ServerProcess:
 
     def command(self) -> List[str]:
         """The child's command line."""
-        return [sys.executable, "-m", "david_infer", "serve", "-m", self.model, "--name", self.name,
-                "--host", HOST, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                "--metrics-port", str(self.metrics_port), *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "david_infer",
+            "serve",
+            "-m",
+            self.model,
+            "--name",
+            self.name,
+            "--host",
+            HOST,
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *self.args,
+        ]
 
     def ready_url(self) -> str:
         """The URL that answers 200 once the server is ready."""
@@ -74,8 +97,9 @@ class ServerProcess:
 
     def start(self) -> "ServerProcess":
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         what = f"david-infer {self.command_name}"
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ then validated again by pydantic): 16 requests of one 128x128 image with its 384
 semantics (up to `max_batch_size` images, waiting at most `max_batch_time` for more) and costs one
 np.concatenate; requests that arrive while a batch runs form the next one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,12 @@ def batch_size_histogram() -> Any:
     if "histogram" not in _BATCH_SIZES:
         from prometheus_client import Histogram
 
-        _BATCH_SIZES["histogram"] = Histogram("david_batch_size", "images per model call (adaptive batching)",
-                                              labelnames=["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        _BATCH_SIZES["histogram"] = Histogram(
+            "david_batch_size",
+            "images per model call (adaptive batching)",
+            labelnames=["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
     return _BATCH_SIZES["histogram"]
 
 
@@ -64,8 +69,14 @@ class _Batcher:
     """Runs concurrent requests' feeds as one batch (same image size, up to `max_batch` images,
     waiting at most `max_wait` seconds for a batch to fill) through `run` on `executor`."""
 
-    def __init__(self, run: Callable[[Feeds], Mapping[str, np.ndarray]], max_batch: int, max_wait: float,
-                 executor: ThreadPoolExecutor, observe: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        run: Callable[[Feeds], Mapping[str, np.ndarray]],
+        max_batch: int,
+        max_wait: float,
+        executor: ThreadPoolExecutor,
+        observe: Callable[[int], None],
+    ) -> None:
         self._run, self._max_batch, self._max_wait, self._executor = run, max_batch, max_wait, executor
         self._observe = observe
         self._queue: "asyncio.Queue[Tuple[Feeds, asyncio.Future]]" = asyncio.Queue()
@@ -121,8 +132,11 @@ class _Batcher:
             await self._run_batch(batch, size)
 
     async def _run_batch(self, batch: List[Tuple[Feeds, asyncio.Future]], size: int) -> None:
-        feeds = ({name: np.concatenate([f[name] for f, _ in batch]) for name in batch[0][0]}
-                 if len(batch) > 1 else batch[0][0])
+        feeds = (
+            {name: np.concatenate([f[name] for f, _ in batch]) for name in batch[0][0]}
+            if len(batch) > 1
+            else batch[0][0]
+        )
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
         except Exception as exc:  # the backend's typed error, passed on with its message
@@ -137,7 +151,7 @@ class _Batcher:
         for request_feeds, future in batch:
             n = len(next(iter(request_feeds.values())))
             if not future.done():
-                future.set_result({name: value[start:start + n] for name, value in outputs.items()})
+                future.set_result({name: value[start : start + n] for name, value in outputs.items()})
             start += n
 
 
@@ -157,10 +171,16 @@ class DavidModel(MLModel):
         # one model call at a time per worker: the backend's own threads use the cores
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
         sizes = batch_size_histogram().labels(model=self.name)
-        self._batcher = _Batcher(self._run, options.batch_size, float(extra.get("max_batch_time") or 0.0),
-                                 self._executor, sizes.observe)
-        logger.info("serving %s (%s backend, %s) as %r", self._runtime.path, self._runtime.backend,
-                    self._runtime.device, self.name)
+        self._batcher = _Batcher(
+            self._run, options.batch_size, float(extra.get("max_batch_time") or 0.0), self._executor, sizes.observe
+        )
+        logger.info(
+            "serving %s (%s backend, %s) as %r",
+            self._runtime.path,
+            self._runtime.backend,
+            self._runtime.device,
+            self.name,
+        )
         return True
 
     async def metadata(self) -> MetadataModelResponse:
@@ -187,8 +207,10 @@ class DavidModel(MLModel):
             except ValueError as exc:  # the data do not fill the shape
                 raise MLServerError(f"input {item.name!r}: data do not match shape {item.shape} ({exc})") from None
             if value.ndim != 4 or any(isinstance(d, int) and d != s for d, s in zip(spec.shape[1:], value.shape[1:])):
-                raise MLServerError(f"input {item.name!r} has shape {list(value.shape)}, expected "
-                                    f"{[d if isinstance(d, int) else -1 for d in spec.shape]}")
+                raise MLServerError(
+                    f"input {item.name!r} has shape {list(value.shape)}, expected "
+                    f"{[d if isinstance(d, int) else -1 for d in spec.shape]}"
+                )
             feeds[item.name] = np.ascontiguousarray(value, dtype=np.uint8 if datatype == "UINT8" else np.float32)
         return feeds
 
@@ -203,7 +225,9 @@ class DavidModel(MLModel):
         wanted: Optional[List[str]] = [o.name for o in payload.outputs] if payload.outputs else None
         names = wanted or list(self._runtime.contract.output_names.values())
         return InferenceResponse(
-            model_name=self.name, model_version=self.version, id=payload.id,
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
             outputs=[NumpyCodec.encode_output(name, np.asarray(outputs[name])) for name in names],
         )
 

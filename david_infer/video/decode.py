@@ -5,6 +5,7 @@ clip's display rotation). A clip that stops early (truncated or corrupt) ends th
 leaves the reason in `FrameReader.error` (`VideoDecodeError`, naming the frame where decoding
 stopped).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,10 @@ class FrameSelection:
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.step < 1 or (self.stop is not None and self.stop < self.start):
-            raise InputError(f"frame selection must have 0 <= START <= END and STEP >= 1, got "
-                             f"{self.start}:{'' if self.stop is None else self.stop}:{self.step}")
+            raise InputError(
+                f"frame selection must have 0 <= START <= END and STEP >= 1, got "
+                f"{self.start}:{'' if self.stop is None else self.stop}:{self.step}"
+            )
 
     @classmethod
     def parse(cls, text: Optional[str]) -> "FrameSelection":
@@ -86,8 +89,13 @@ class FrameReader(Iterable[Frame]):
     """Iterates a clip's selected frames once. Decoding that stops early ends the iteration
     quietly and sets `error`, so whatever was decoded can still be used."""
 
-    def __init__(self, info: VideoInfo, selection: FrameSelection = FrameSelection(),
-                 max_side: Optional[int] = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        info: VideoInfo,
+        selection: FrameSelection = FrameSelection(),
+        max_side: Optional[int] = None,
+        threads: int = 0,
+    ) -> None:
         self.info, self.selection, self.max_side, self.threads = info, selection, max_side, threads
         self.error: Optional[VideoDecodeError] = None
         self.decoded = 0  # frames decoded from the source, selected or not
@@ -110,14 +118,21 @@ class FrameReader(Iterable[Frame]):
                     end = float(frame.time) + float((frame.duration or 0) * info.time_base)
                 if self.selection.wants(index):
                     rgb = frame.reformat(
-                        width=out_w, height=out_h, format="rgb24",
+                        width=out_w,
+                        height=out_h,
+                        format="rgb24",
                         interpolation="AREA" if scaled else None,
                         src_color_range=frame.color_range or None,
                     ).to_ndarray()
                     if info.quarter_turns:
                         rgb = np.ascontiguousarray(np.rot90(rgb, info.quarter_turns))
-                    yield Frame(index, frame.pts, None if frame.time is None else float(frame.time),
-                                int(frame.duration or 0), rgb)
+                    yield Frame(
+                        index,
+                        frame.pts,
+                        None if frame.time is None else float(frame.time),
+                        int(frame.duration or 0),
+                        rgb,
+                    )
                 index += 1
                 self.decoded = index
             if self.error is None:
@@ -138,8 +153,10 @@ class FrameReader(Iterable[Frame]):
             if info.duration is None or end is None or end >= info.duration - 2 * interval:
                 return None
             said = f"{index} frames, at {end:.3f} s of its {info.duration:.3f} s"
-        return VideoDecodeError(f"{info.path}: the video stream ended after {said} (truncated file?); "
-                                f"decoding stopped at frame {index}", index)
+        return VideoDecodeError(
+            f"{info.path}: the video stream ended after {said} (truncated file?); decoding stopped at frame {index}",
+            index,
+        )
 
     def _decoded(self, container: Any, stream: Any) -> Iterator[Any]:
         av = load_av()
@@ -152,16 +169,17 @@ class FrameReader(Iterable[Frame]):
                 return
             except av.error.FFmpegError as exc:
                 self.error = VideoDecodeError(
-                    f"{self.info.path}: decoding stopped at frame {self.decoded}: {exc}", self.decoded)
+                    f"{self.info.path}: decoding stopped at frame {self.decoded}: {exc}", self.decoded
+                )
                 return
             yield from frames
 
 
-def read_frames(path: Union[PathLike, VideoInfo], selection: Optional[FrameSelection] = None,
-                max_side: Optional[int] = None) -> FrameReader:
+def read_frames(
+    path: Union[PathLike, VideoInfo], selection: Optional[FrameSelection] = None, max_side: Optional[int] = None
+) -> FrameReader:
     """The clip's selected frames, upright, each at most `max_side` pixels on its longer side."""
     info = path if isinstance(path, VideoInfo) else probe(path)
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2):
         raise InputError(f"max_side must be an integer >= 2 or None, got {max_side!r}")
     return FrameReader(info, selection or FrameSelection(), max_side)
-

@@ -6,6 +6,7 @@
   with the source's audio stream copied.
 - `NpyStackWriter`: an (N, H, W[, C]) .npy stack written frame by frame (N known at the end).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,16 @@ class VideoWriter:
     `abort()` removes it.
     """
 
-    def __init__(self, path: Path, tmp: Path, info: VideoInfo, size: Tuple[int, int],
-                 encoding: Encoding = Encoding(), audio: bool = False, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tmp: Path,
+        info: VideoInfo,
+        size: Tuple[int, int],
+        encoding: Encoding = Encoding(),
+        audio: bool = False,
+        threads: int = 0,
+    ) -> None:
         av = load_av()
         self.path, self.tmp, self.info = Path(path), Path(tmp), info
         self.height, self.width = size  # as stored
@@ -113,9 +122,11 @@ class VideoWriter:
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format=self.encoding.input_format)
         if self.encoding.pix_fmt != self.encoding.input_format:
             yuv = self.encoding.pix_fmt.startswith("yuv")
-            vf = vf.reformat(format=self.encoding.pix_fmt,
-                             dst_colorspace=info.colorspace if yuv and info.colorspace != 2 else None,
-                             dst_color_range=info.color_range or None if yuv else None)
+            vf = vf.reformat(
+                format=self.encoding.pix_fmt,
+                dst_colorspace=info.colorspace if yuv and info.colorspace != 2 else None,
+                dst_color_range=info.color_range or None if yuv else None,
+            )
         vf.pts = frame.pts if frame.pts is not None else self.frames
         vf.time_base = info.time_base
         if frame.duration:
@@ -206,8 +217,11 @@ class NpyStackWriter:
         self._file.write(self._header())
 
     def _header(self) -> bytes:
-        fields = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.count, *self.shape)}
+        fields = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.count, *self.shape),
+        }
         text = repr(fields).encode("latin1")
         prefix = b"\x93NUMPY\x01\x00"
         pad = self.HEADER - len(prefix) - 2 - len(text) - 1
@@ -229,4 +243,3 @@ class NpyStackWriter:
     def abort(self) -> None:
         self._file.close()
         self.tmp.unlink(missing_ok=True)
-

@@ -1,5 +1,6 @@
 """Predictions of a clip's frames through the one batching path (`DavidRuntime.imap`): decoding
 runs ahead in its reader thread, memory is bounded whatever the clip's length."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ def _array_frames(frames: Iterable[Any], fps: Optional[float]) -> Iterator[Frame
         yield Frame(index, None, index / fps if fps else None, 0, image)
 
 
-def predict_frames(runtime: Any, frames: Iterable[Frame], batch_size: Optional[int] = None,
-                   prefetch: Optional[int] = None) -> Iterator[Tuple[Frame, Any]]:
+def predict_frames(
+    runtime: Any, frames: Iterable[Frame], batch_size: Optional[int] = None, prefetch: Optional[int] = None
+) -> Iterator[Tuple[Frame, Any]]:
     """(Frame, Prediction) in order through `runtime.imap`; the first frame that fails raises."""
     outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=lambda f: f.image)
     try:
@@ -29,10 +31,16 @@ def predict_frames(runtime: Any, frames: Iterable[Frame], batch_size: Optional[i
         outcomes.close()
 
 
-def predict_video(runtime: Any, src: Any, *, batch_size: Optional[int] = None,
-                  frames: Union[None, str, FrameSelection] = None, max_side: Optional[int] = None,
-                  fps: Optional[float] = None,
-                  prefetch: Optional[int] = None) -> Iterator[Tuple[int, Optional[float], Any]]:
+def predict_video(
+    runtime: Any,
+    src: Any,
+    *,
+    batch_size: Optional[int] = None,
+    frames: Union[None, str, FrameSelection] = None,
+    max_side: Optional[int] = None,
+    fps: Optional[float] = None,
+    prefetch: Optional[int] = None,
+) -> Iterator[Tuple[int, Optional[float], Any]]:
     """See `DavidRuntime.predict_video`."""
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
@@ -41,16 +49,21 @@ def predict_video(runtime: Any, src: Any, *, batch_size: Optional[int] = None,
         source: Iterable[Frame] = file_reader
     else:
         if frames is not None or max_side is not None:
-            raise InputError("frames= and max_side= apply to video files; select and resize the frames "
-                             "of an iterable yourself")
+            raise InputError(
+                "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
+            )
         reader, source = None, _array_frames(src, fps)
     return _predict_video(runtime, reader, source, batch_size, prefetch)
 
 
-def _predict_video(runtime: Any, reader: Optional[FrameReader], source: Iterable[Frame],
-                   batch_size: Optional[int], prefetch: Optional[int]) -> Iterator[Tuple[int, Optional[float], Any]]:
+def _predict_video(
+    runtime: Any,
+    reader: Optional[FrameReader],
+    source: Iterable[Frame],
+    batch_size: Optional[int],
+    prefetch: Optional[int],
+) -> Iterator[Tuple[int, Optional[float], Any]]:
     for frame, pred in predict_frames(runtime, source, batch_size, prefetch):
         yield frame.index, frame.time, pred
     if reader is not None and reader.error is not None:
         raise reader.error
-

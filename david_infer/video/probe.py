@@ -3,6 +3,7 @@
 A file with no video stream or a codec this FFmpeg cannot decode is an InputError naming the file.
 `av` (PyAV, `pip install "david-infer[video]"`) is imported when a function here is called.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,26 @@ from .._optional import require
 from ..errors import InputError
 
 #: file suffixes taken as video (lower case)
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
-                            ".mts", ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m"})
+VIDEO_SUFFIXES = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".ogv",
+        ".y4m",
+    }
+)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -106,15 +125,22 @@ def probe(path: PathLike) -> VideoInfo:
         audio = container.streams.audio
         sar = stream.sample_aspect_ratio
         return VideoInfo(
-            path=path, codec=codec, width=first.width, height=first.height, frames=int(stream.frames or 0),
+            path=path,
+            codec=codec,
+            width=first.width,
+            height=first.height,
+            frames=int(stream.frames or 0),
             rate=Fraction(stream.average_rate) if stream.average_rate else None,
             time_base=Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000),
-            duration=duration, rotation=int(round(first.rotation or 0)),
-            color_range=int(first.color_range or 0), colorspace=int(first.colorspace or 2),
-            color_primaries=int(first.color_primaries or 2), color_trc=int(first.color_trc or 2),
+            duration=duration,
+            rotation=int(round(first.rotation or 0)),
+            color_range=int(first.color_range or 0),
+            colorspace=int(first.colorspace or 2),
+            color_primaries=int(first.color_primaries or 2),
+            color_trc=int(first.color_trc or 2),
             sample_aspect_ratio=Fraction(sar) if sar else None,
-            audio_codec=audio[0].codec_context.name if audio else None, pix_fmt=first.format.name,
+            audio_codec=audio[0].codec_context.name if audio else None,
+            pix_fmt=first.format.name,
         )
     finally:
         container.close()
-

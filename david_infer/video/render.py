@@ -7,6 +7,7 @@
   (the image panel's own tiles) at half the frame's size, two per row; the depth tile is drawn
   apart (`draw_depth`), once the clip's depth range is known.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Tuple
@@ -74,7 +75,7 @@ class VisLayout:
     def _place(self, canvas: np.ndarray, name: str, tile: np.ndarray) -> None:
         row, column = divmod(self.names.index(name), 2)
         th, tw = self.tile
-        canvas[row * th:(row + 1) * th, column * tw:(column + 1) * tw] = tile
+        canvas[row * th : (row + 1) * th, column * tw : (column + 1) * tw] = tile
 
     def draw(self, pred: Any) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         """(canvas, shade, depth): the picture of one frame's prediction without its depth tile,
@@ -91,8 +92,14 @@ class VisLayout:
                 self._place(canvas, name, draw_tile(name, half(data) if name == "normal" else data, image, shade))
         return canvas, shade, None if pred.depth is None else half(pred.depth)
 
-    def draw_depth(self, canvas: np.ndarray, shade: Optional[np.ndarray], depth: Optional[np.ndarray],
-                   span: Tuple[float, float], inverse: bool) -> np.ndarray:
+    def draw_depth(
+        self,
+        canvas: np.ndarray,
+        shade: Optional[np.ndarray],
+        depth: Optional[np.ndarray],
+        span: Tuple[float, float],
+        inverse: bool,
+    ) -> np.ndarray:
         """`canvas` with its depth tile drawn within `span` (the clip's range over the person)."""
         if depth is not None:
             self._place(canvas, "depth", draw_tile("depth", depth, shade=shade, inverse=inverse, depth_span=span))

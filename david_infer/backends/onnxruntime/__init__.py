@@ -1,5 +1,6 @@
 """ONNX Runtime backend: CPU by default; CUDA (and TensorRT) execution providers when asked, checked
 after the session is made so a GPU request never runs silently on the CPU."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ class OnnxRuntimeOptions(BackendOptions):
         providers = (self.providers,) if isinstance(self.providers, str) else tuple(self.providers or ())
         unknown = [p for p in providers if p not in GPU_PROVIDERS]
         if unknown:
-            raise InputError(f"onnxruntime backend: unknown provider(s) {unknown}; expected some of "
-                             f"{', '.join(GPU_PROVIDERS)}")
+            raise InputError(
+                f"onnxruntime backend: unknown provider(s) {unknown}; expected some of {', '.join(GPU_PROVIDERS)}"
+            )
         object.__setattr__(self, "providers", providers)
         if self.cuda_options is not None and not isinstance(self.cuda_options, Mapping):
             raise InputError(f"onnxruntime backend: cuda_options must be a dict, got {self.cuda_options!r}")

@@ -6,6 +6,7 @@ per node execution, the provider that ran it (`args.provider` of each "Node" eve
 warm-up run at session creation shows where the heavy nodes (convolutions, matrix products)
 went, and a GPU session whose heavy nodes fell back to the CPU is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,17 @@ import numpy as np
 from ...errors import BackendUnavailable
 
 #: op types that carry the model's compute; any of them on the CPU defeats a GPU session
-HEAVY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "Attention",
-             "MultiHeadAttention", "FusedGemm")
+HEAVY_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "FusedConv",
+    "FusedMatMul",
+    "Attention",
+    "MultiHeadAttention",
+    "FusedGemm",
+)
 CPU_PROVIDER = "CPUExecutionProvider"
 
 

@@ -1,4 +1,5 @@
 """ONNX Runtime session creation and the runner."""
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,23 @@ from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU_PROVIDER = "CPUExecutionProvider"
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-              "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+}
 
 
-def _provider_list(ort: Any, path: Path, device: Device, providers: Sequence[str], options: Any,
-                   contract: Optional[ModelContract], workload: Optional[Workload]) -> List[Any]:
+def _provider_list(
+    ort: Any,
+    path: Path,
+    device: Device,
+    providers: Sequence[str],
+    options: Any,
+    contract: Optional[ModelContract],
+    workload: Optional[Workload],
+) -> List[Any]:
     """Explicitly configured GPU providers (in the order asked) followed by the CPU provider."""
     available = set(ort.get_available_providers())
     chosen: List[Any] = []
@@ -42,8 +54,9 @@ def _provider_list(ort: Any, path: Path, device: Device, providers: Sequence[str
     return chosen + [CPU_PROVIDER]
 
 
-def _tensorrt_options(path: Path, device: Device, options: Any, contract: Optional[ModelContract],
-                      workload: Optional[Workload]) -> Dict[str, Any]:
+def _tensorrt_options(
+    path: Path, device: Device, options: Any, contract: Optional[ModelContract], workload: Optional[Workload]
+) -> Dict[str, Any]:
     from .trt_options import tensorrt_provider_options
 
     if contract is None or workload is None:
@@ -53,8 +66,14 @@ def _tensorrt_options(path: Path, device: Device, options: Any, contract: Option
     return {"device_id": device.index, **trt}
 
 
-def create_session(path: Path, device: Device, providers: Sequence[str], options: Any,
-                   contract: Optional[ModelContract] = None, workload: Optional[Workload] = None) -> Any:
+def create_session(
+    path: Path,
+    device: Device,
+    providers: Sequence[str],
+    options: Any,
+    contract: Optional[ModelContract] = None,
+    workload: Optional[Workload] = None,
+) -> Any:
     """An `onnxruntime.InferenceSession` for `path` on `device`; a GPU provider asked for but not
     active is BackendUnavailable, never a silent CPU run."""
     path = Path(path)
@@ -63,8 +82,9 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
     ort = import_onnxruntime(device.kind, shown=device.shown)
     if wanted:  # driver, device and TensorRT each fail with their own error and fix
         check_gpu(ort, device.index, tensorrt="tensorrt" in wanted)
-    session_providers = (_provider_list(ort, path, device, wanted, options, contract, workload)
-                         if wanted else [CPU_PROVIDER])
+    session_providers = (
+        _provider_list(ort, path, device, wanted, options, contract, workload) if wanted else [CPU_PROVIDER]
+    )
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
     if options.intra_op_threads:

@@ -4,6 +4,7 @@
 these to `("TensorrtExecutionProvider", options)`. Option names are those of ONNX Runtime's
 `tensorrt_execution_provider_info.cc`; booleans are Python bools, as its docs ask.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

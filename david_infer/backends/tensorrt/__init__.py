@@ -4,6 +4,7 @@ Importing this package imports neither tensorrt nor cuda-python; opening a runne
 `builder.build_engine` (the plan builder behind `david-infer build-engine`) do.
 `profiles` and `sidecar` are pure Python and usable (and tested) without a GPU.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,14 @@ class TensorRTBackend(Backend):
         return TensorRTRunner(contract, self.check_device(device))
 
 
-def open_runner(path: Union[str, Path], sidecar: Optional[Mapping[str, Any]] = None, device: str = "cuda",
-                resolution: Optional[int] = None, max_batch: int = 1, **options: Any) -> Runner:
+def open_runner(
+    path: Union[str, Path],
+    sidecar: Optional[Mapping[str, Any]] = None,
+    device: str = "cuda",
+    resolution: Optional[int] = None,
+    max_batch: int = 1,
+    **options: Any,
+) -> Runner:
     """A TensorRT runner for the plan `path` with its sidecar (read from `path.json` unless given),
     for images of `resolution` in batches of up to `max_batch` (a convenience for tools and tests;
     DavidRuntime goes through TensorRTBackend)."""

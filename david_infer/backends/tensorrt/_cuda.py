@@ -4,6 +4,7 @@
 Every call returns `(err, *results)`; `call` checks `err` and raises BackendUnavailable with
 CUDA's own description. No torch, no pycuda.
 """
+
 from __future__ import annotations
 
 import ctypes

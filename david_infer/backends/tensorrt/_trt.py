@@ -3,6 +3,7 @@
 TensorRT keeps a single process-wide logger: a Builder or Runtime created with a different one
 logs a warning and the first one stays in use, so the builder and the runner share this one.
 """
+
 from __future__ import annotations
 
 import threading

@@ -15,6 +15,7 @@ The plan file is the plain serialized engine; everything else goes to `FILE.engi
 
 NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,9 @@ class NetworkPlan(NamedTuple):
     warning: Optional[str] = None
 
 
-def plan_precision(graph_precision: str, has_strongly_typed: bool, has_fp16_flag: bool, trt_version: str = "") -> NetworkPlan:
+def plan_precision(
+    graph_precision: str, has_strongly_typed: bool, has_fp16_flag: bool, trt_version: str = ""
+) -> NetworkPlan:
     """Choose network flags and builder flags for a graph of `graph_precision` ("fp16" / "fp32").
 
     `has_strongly_typed`: NetworkDefinitionCreationFlag.STRONGLY_TYPED exists (TensorRT >= 10).
@@ -61,7 +64,9 @@ def plan_precision(graph_precision: str, has_strongly_typed: bool, has_fp16_flag
     if has_fp16_flag:
         return NetworkPlan(False, True, "fp16")
     return NetworkPlan(
-        has_strongly_typed, False, "fp32",
+        has_strongly_typed,
+        False,
+        "fp32",
         f"TensorRT {trt_version} has no FP16 builder flag (strongly typed only): this FP32 graph "
         "builds an FP32 engine. For FP16, export the model with FP16 precision first.",
     )
@@ -85,7 +90,9 @@ def _check_paths(onnx_path: Path, output: Path, timing_cache: Optional[Path]) ->
         )
     manifest = read_manifest(mpath)
     if output.suffix in (".onnx", ".json"):
-        raise InputError(f"output {output} must not end in {output.suffix}; use e.g. {output.with_suffix('.engine').name}")
+        raise InputError(
+            f"output {output} must not end in {output.suffix}; use e.g. {output.with_suffix('.engine').name}"
+        )
     if output.resolve() == onnx_path.resolve():
         raise InputError("the output must differ from the ONNX file")
     for folder, what in ((output.parent, "output"), (timing_cache.parent if timing_cache else None, "timing cache")):
@@ -116,8 +123,9 @@ def _create(trt: Any, gpu: str, what: str, factory: Any, *args: Any) -> Any:
     return made
 
 
-def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool, gpu: str = "the GPU"
-           ) -> Tuple[Any, Any]:
+def _parse(
+    trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool, gpu: str = "the GPU"
+) -> Tuple[Any, Any]:
     network = _create(trt, gpu, "a network", builder.create_network, network_flags(trt, strongly_typed))
     parser = _create(trt, gpu, "an ONNX parser", trt.OnnxParser, network, logger)
     # parse_from_file (not parse(bytes)) so external weights resolve beside the file.
@@ -136,15 +144,24 @@ def _check_network_inputs(network: Any, profiles: Mapping[str, ShapeRange], onnx
         rng = profiles.get(tensor.name)
         if rng is None:
             if any(d < 0 for d in dims):
-                raise ExportError(f"{onnx_path}: dynamic input {tensor.name!r} is not in the manifest; re-export the model")
+                raise ExportError(
+                    f"{onnx_path}: dynamic input {tensor.name!r} is not in the manifest; re-export the model"
+                )
             continue
         if len(dims) != len(rng.min) or any(d >= 0 and d != lo for d, lo in zip(dims, rng.min)):
-            raise ExportError(f"{onnx_path}: input {tensor.name!r} has shape {dims} in the graph, which does not fit the manifest's profile {rng.min}..{rng.max}")
+            raise ExportError(
+                f"{onnx_path}: input {tensor.name!r} has shape {dims} in the graph, which does not fit the manifest's profile {rng.min}..{rng.max}"
+            )
 
 
 def _config(
-    trt: Any, builder: Any, plan: NetworkPlan, profiles: Mapping[str, ShapeRange], workspace_gb: float,
-    hardware_compat: str, tf32: bool = False,
+    trt: Any,
+    builder: Any,
+    plan: NetworkPlan,
+    profiles: Mapping[str, ShapeRange],
+    workspace_gb: float,
+    hardware_compat: str,
+    tf32: bool = False,
 ) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -163,8 +180,10 @@ def _config(
     for name, rng in profiles.items():
         profile.set_shape(name, rng.min, rng.opt, rng.max)
     if config.add_optimization_profile(profile) < 0:
-        raise ExportError("TensorRT rejected the optimization profile: " + ", ".join(
-            f"{n} {r.min}..{r.max}" for n, r in profiles.items()))
+        raise ExportError(
+            "TensorRT rejected the optimization profile: "
+            + ", ".join(f"{n} {r.min}..{r.max}" for n, r in profiles.items())
+        )
     return config
 
 
@@ -176,8 +195,9 @@ def _attach_timing_cache(config: Any, cache_path: Optional[Path], log: Any) -> N
     cache = config.create_timing_cache(blob)
     # set_timing_cache returns False when the cache was made by another TensorRT or device.
     if cache is None or config.set_timing_cache(cache, ignore_mismatch=False) is False:
-        print(f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one",
-              file=log)
+        print(
+            f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one", file=log
+        )
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
@@ -245,8 +265,17 @@ def build_engine(
     data = memoryview(serialized)
     precision = plan.precision + ("+tf32" if tf32 and plan.precision == "fp32" else "")
     sidecar = build_sidecar(
-        manifest, output.name, hashlib.sha256(data).hexdigest(), trt.__version__, gpu, cc,
-        hardware_compat, profiles, precision, seconds, tuple(notes),
+        manifest,
+        output.name,
+        hashlib.sha256(data).hexdigest(),
+        trt.__version__,
+        gpu,
+        cc,
+        hardware_compat,
+        profiles,
+        precision,
+        seconds,
+        tuple(notes),
     )
     _write_plan(output, data, sidecar)
     return sidecar
@@ -254,6 +283,7 @@ def build_engine(
 
 def _write_plan(output: Path, data: memoryview, sidecar: Dict[str, Any]) -> None:
     """Plan through a temporary name, then the sidecar, then the rename: no half-written plan."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -6,6 +6,7 @@ dynamic dimensions `batch`, `height` and `width`; `image_384` is fixed at the Vi
 ranges feed the engine builder (`builder.py`), the ONNX Runtime TensorRT provider options and
 the runner's per-call shape check.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
@@ -49,9 +50,7 @@ def compute_profiles(
         check_stride(hw, stride, what)
     for axis, i in (("height", 0), ("width", 1)):
         if not mn[i] <= op[i] <= mx[i]:
-            raise InputError(
-                f"{axis}s must satisfy --min <= --opt <= --max; got {mn[i]} <= {op[i]} <= {mx[i]}"
-            )
+            raise InputError(f"{axis}s must satisfy --min <= --opt <= --max; got {mn[i]} <= {op[i]} <= {mx[i]}")
     values = {
         "batch": (1, opt_batch, max_batch),
         "height": (mn[0], op[0], mx[0]),
@@ -96,7 +95,4 @@ def ort_shape_string(profiles: Mapping[str, ShapeRange], level: str) -> str:
     """ONNX Runtime's TensorRT profile syntax: "image:1x3x512x512,image_384:1x3x384x384"."""
     if level not in ("min", "opt", "max"):
         raise ValueError(f"level must be min, opt or max, not {level!r}")
-    return ",".join(
-        f"{name}:{format_shape(getattr(rng, level))}" for name, rng in profiles.items()
-    )
-
+    return ",".join(f"{name}:{format_shape(getattr(rng, level))}" for name, rng in profiles.items())

@@ -7,6 +7,7 @@ and synchronises. Calls are serialised by a lock (one execution context).
 
 NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,11 +15,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ...errors import DavidError, InputError, ModelError
 from ...contract import GraphIO, ModelContract
+from ...errors import DavidError, InputError, ModelError
+from ...shapes import ShapeRange, check_input_shape
 from ..base import Device, Runner
 from . import _cuda, _trt
-from ...shapes import ShapeRange, check_input_shape
 from .sidecar import check_compatible, check_plan_sha256, profile_ranges
 
 
@@ -101,7 +102,9 @@ class TensorRTRunner(Runner):
             lo, opt, hi = (_dims(s) for s in engine.get_tensor_profile_shape(name, 0))
             ranges[name] = ShapeRange(lo, opt, hi)
             if ranges[name] != recorded.get(name):
-                raise ModelError(f"{self.path}: profile of {name!r} in the plan differs from its sidecar; rebuild the engine")
+                raise ModelError(
+                    f"{self.path}: profile of {name!r} in the plan differs from its sidecar; rebuild the engine"
+                )
         return ranges
 
     def _np_dtype(self, trt: Any, name: str) -> np.dtype:
@@ -188,8 +191,10 @@ class TensorRTRunner(Runner):
             shapes.append((name, shape))
         stream.synchronize()
         # Copy out of the pinned staging buffers: the next call overwrites them.
-        return {name: self._bindings[name].host.view(shape, self._bindings[name].dtype).astype(np.float32)
-                for name, shape in shapes}
+        return {
+            name: self._bindings[name].host.view(shape, self._bindings[name].dtype).astype(np.float32)
+            for name, shape in shapes
+        }
 
     def close(self) -> None:
         """Free device and pinned memory, the stream, the context and the engine. Idempotent."""

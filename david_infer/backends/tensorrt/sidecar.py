@@ -5,6 +5,7 @@ else lives here: the ONNX manifest's content (inputs, outputs, pre/post-processi
 plan is tied to (TensorRT version, GPU compute capability, hardware compatibility), the profile
 ranges, the precision and the SHA-256 of the plan. Pure Python: no TensorRT, no torch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,11 @@ def validate_sidecar(sidecar: Mapping[str, Any], path: Union[str, Path]) -> None
     if sidecar.get("kind") != KIND:
         raise ModelError(f"{path}: manifest kind is {sidecar.get('kind')!r}, not a TensorRT engine sidecar")
     info = sidecar.get("tensorrt")
-    missing = [k for k in ("version", "compute_capability", "hardware_compat", "profiles")
-               if not isinstance(info, dict) or k not in info]
+    missing = [
+        k
+        for k in ("version", "compute_capability", "hardware_compat", "profiles")
+        if not isinstance(info, dict) or k not in info
+    ]
     if missing:
         raise ModelError(f"{path}: TensorRT sidecar lacks {', '.join(missing)}")
     for name in [spec["name"] for spec in sidecar["inputs"]]:
@@ -103,7 +107,9 @@ def profile_ranges(sidecar: Mapping[str, Any]) -> Dict[str, ShapeRange]:
 
 
 def check_profile_covers(
-    sidecar: Mapping[str, Any], resolution: Optional[int], max_batch: Optional[int],
+    sidecar: Mapping[str, Any],
+    resolution: Optional[int],
+    max_batch: Optional[int],
     engine_path: Union[str, Path],
 ) -> None:
     """InputError unless the engine accepts `resolution` x `resolution` images in batches of up to
@@ -111,14 +117,17 @@ def check_profile_covers(
     validate_sidecar(sidecar, manifest_path(engine_path))
     rng = profile_ranges(sidecar)[sidecar["inputs"][0]["name"]]
     (b_lo, b_hi), (h_lo, h_hi), (w_lo, w_hi) = ((rng.min[i], rng.max[i]) for i in (0, -2, -1))
-    built = (f"{Path(engine_path).name} was built for batches {b_lo}..{b_hi} and sizes "
-             f"{h_lo}x{w_lo}..{h_hi}x{w_hi}")
+    built = f"{Path(engine_path).name} was built for batches {b_lo}..{b_hi} and sizes {h_lo}x{w_lo}..{h_hi}x{w_hi}"
     if resolution is not None and not (h_lo <= int(resolution) <= h_hi and w_lo <= int(resolution) <= w_hi):
-        raise InputError(f"{built}; resolution {resolution} is outside. Use a resolution in that range or "
-                         "rebuild with david-infer build-engine --min/--max")
+        raise InputError(
+            f"{built}; resolution {resolution} is outside. Use a resolution in that range or "
+            "rebuild with david-infer build-engine --min/--max"
+        )
     if max_batch is not None and int(max_batch) > b_hi:
-        raise InputError(f"{built}; batch size {max_batch} is larger. Use a batch size of at most {b_hi} or "
-                         "rebuild with david-infer build-engine --max-batch")
+        raise InputError(
+            f"{built}; batch size {max_batch} is larger. Use a batch size of at most {b_hi} or "
+            "rebuild with david-infer build-engine --max-batch"
+        )
 
 
 def _cc(value: str) -> Tuple[int, int]:
@@ -174,7 +183,10 @@ def check_compatible(
         warnings.warn(
             f"{name}: engine {what} runs on {gpu_name}, another GPU model of the same compute capability; "
             f"it works, but its kernels were tuned for {built_gpu}. For full speed "
-            f"{REBUILD.format(engine=name)}", DavidWarning, stacklevel=3)
+            f"{REBUILD.format(engine=name)}",
+            DavidWarning,
+            stacklevel=3,
+        )
 
 
 def check_plan_sha256(engine_path: Union[str, Path], sidecar: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ On a GPU it is a fast path of its own: reduced precision, channels-last, torch.c
 graphs, pinned host buffers on a dedicated stream, and pre/postprocessing as torch ops on the
 device (`prepost`), with predictions that may stay on the device (`output="torch"`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,28 +81,43 @@ class TorchOptions(BackendOptions):
         if self.pinned is not None and not isinstance(self.pinned, bool):
             raise InputError(f"torch backend: pinned must be True, False or None (auto), got {self.pinned!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
-            raise InputError(f"torch backend: compile_backend must be a torch.compile backend name, "
-                             f"got {self.compile_backend!r}")
+            raise InputError(
+                f"torch backend: compile_backend must be a torch.compile backend name, got {self.compile_backend!r}"
+            )
         if self.cuda_graphs and self.compile == "reduce-overhead":
-            raise InputError("torch backend: compile='reduce-overhead' already replays CUDA graphs of its own; "
-                             "drop cuda_graphs=True or pick another compile mode")
+            raise InputError(
+                "torch backend: compile='reduce-overhead' already replays CUDA graphs of its own; "
+                "drop cuda_graphs=True or pick another compile mode"
+            )
         if self.output == "torch" and self.prepost == "numpy":
-            raise InputError("torch backend: output='torch' keeps the maps on the device, which needs "
-                             "prepost='torch' (or 'auto' on CUDA), not 'numpy'")
+            raise InputError(
+                "torch backend: output='torch' keeps the maps on the device, which needs "
+                "prepost='torch' (or 'auto' on CUDA), not 'numpy'"
+            )
 
     def check_device(self, device: Device) -> None:
         """InputError for options the device kind cannot honour (CUDA-only ones on the CPU)."""
         if device.kind == "cuda":
             return
-        cuda_only = [name for name, on in (("cuda_graphs=True", self.cuda_graphs), ("pinned=True", self.pinned),
-                                           ("compile='reduce-overhead'", self.compile == "reduce-overhead"))
-                     if on]
+        cuda_only = [
+            name
+            for name, on in (
+                ("cuda_graphs=True", self.cuda_graphs),
+                ("pinned=True", self.pinned),
+                ("compile='reduce-overhead'", self.compile == "reduce-overhead"),
+            )
+            if on
+        ]
         if cuda_only:
-            raise InputError(f"torch backend: {', '.join(cuda_only)} needs device='cuda' (CUDA graphs and pinned "
-                             f"host buffers are CUDA features); the device is {device}")
+            raise InputError(
+                f"torch backend: {', '.join(cuda_only)} needs device='cuda' (CUDA graphs and pinned "
+                f"host buffers are CUDA features); the device is {device}"
+            )
         if self.output == "torch" and self.prepost == "auto":
-            raise InputError("torch backend: output='torch' on the CPU needs prepost='torch' explicitly "
-                             "(prepost='auto' is numpy on the CPU)")
+            raise InputError(
+                "torch backend: output='torch' on the CPU needs prepost='torch' explicitly "
+                "(prepost='auto' is numpy on the CPU)"
+            )
 
     def device_prepost(self, device: Device) -> bool:
         """Whether pre/postprocessing runs as torch ops on `device`."""
@@ -118,9 +134,11 @@ class TorchBackend(Backend):
     Options = TorchOptions
 
     def inspect(self, path: Path) -> GraphIO:
-        raise ModelError(f"{path}: no manifest beside it; the torch backend needs a david-infer manifest naming "
-                         "the variant and task, and released files have no PyTorch weights: use "
-                         "backend='onnxruntime'")
+        raise ModelError(
+            f"{path}: no manifest beside it; the torch backend needs a david-infer manifest naming "
+            "the variant and task, and released files have no PyTorch weights: use "
+            "backend='onnxruntime'"
+        )
 
     def open(self, contract: ModelContract, device: Device, workload: Workload) -> TorchRunner:
         options = self.options

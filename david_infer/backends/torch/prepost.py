@@ -16,6 +16,7 @@ results agree with the numpy path (tests/test_torch_prepost.py bounds the differ
   implements with Pillow's kernels) or, for "official", OpenCV's cubic (a = -0.75,
   F.interpolate(antialias=False)) to the padded square, then the crop.
 """
+
 from __future__ import annotations
 
 import threading
@@ -68,7 +69,8 @@ class TorchPrepost:
                 if len(self._weights) > 64:  # a long run over many sizes: keep memory bounded
                     self._weights.clear()
                 w = self._weights[key] = self.torch.from_numpy(np.asarray(make(), dtype=np.float64)).to(
-                    self.device, dtype)
+                    self.device, dtype
+                )
             return w
 
     def _upload(self, decoded: Decoded) -> Tuple[Any, bool]:
@@ -93,7 +95,10 @@ class TorchPrepost:
     def _resample(self, x: Any, axis: int, n: int, span: float, size: int, quantize: bool) -> Any:
         """Pillow's bilinear resampling of [0, span) along one axis to `size`. 8-bit data (float64
         integers 0..255) as Pillow computes it: fixed-point weights, exact integer sums, rounding."""
-        coeffs = (lambda: pillow_coeffs(n, 0.0, span, size, "bilinear"))
+
+        def coeffs() -> Any:
+            return pillow_coeffs(n, 0.0, span, size, "bilinear")
+
         if not quantize:
             return self._along(x, axis, self._matrix(("bilinear", n, span, size), coeffs, self.torch.float32))
         w = self._matrix(("bilinear8", n, span, size), lambda: fixed_point(coeffs()), self.torch.float64)
@@ -109,7 +114,7 @@ class TorchPrepost:
         extra = blocks * factor - n  # the last block holds what remains: zeros fill it, counts divide
         x = torch.nn.functional.pad(x, (0, extra) if axis == 3 else (0, 0, 0, extra))
         shape = list(x.shape)
-        shape[axis:axis + 1] = [blocks, factor]
+        shape[axis : axis + 1] = [blocks, factor]
         total = x.reshape(shape).sum(dim=axis + 1)
         counts = torch.full((blocks,), float(factor), dtype=x.dtype, device=x.device)
         counts[-1] = factor - extra
@@ -119,8 +124,7 @@ class TorchPrepost:
         reciprocal = torch.floor(float(1 << 24) / counts)
         return ((total + torch.floor(counts / 2)) * reciprocal).div_(float(1 << 24)).floor_()
 
-    def _pillow_resize(self, x: Any, axis: int, size: int, span: float, quantize: bool,
-                       gap: Optional[float]) -> Any:
+    def _pillow_resize(self, x: Any, axis: int, size: int, span: float, quantize: bool, gap: Optional[float]) -> Any:
         """Pillow's `resize` along one axis to `size`, of the source span [0, span) (span <= length),
         with Pillow's `reducing_gap` box reduction first when `gap` is given."""
         n = x.shape[axis]
@@ -180,8 +184,9 @@ class TorchPrepost:
             return Prepared(image, None, geometry)
         if resolution >= vit_size:
             n = square.shape[-1]  # Pillow's order: the horizontal pass, then the vertical one
-            vit = self._resample(self._resample(square, 3, n, float(n), vit_size, quantize), 2, n, float(n), vit_size,
-                                 quantize)
+            vit = self._resample(
+                self._resample(square, 3, n, float(n), vit_size, quantize), 2, n, float(n), vit_size, quantize
+            )
         else:
             vit = self._square(x, geometry, vit_size, target, quantize)
         return Prepared(image, self._to_bgr(vit, decoded.order, quantize), geometry)
@@ -190,8 +195,9 @@ class TorchPrepost:
         torch = self.torch
         side = geometry.side
         top, left = geometry.top, geometry.left
-        x = torch.nn.functional.pad(x, (left, side - geometry.width - left, top, side - geometry.height - top),
-                                    mode="replicate")
+        x = torch.nn.functional.pad(
+            x, (left, side - geometry.width - left, top, side - geometry.height - top), mode="replicate"
+        )
         limit = OFFICIAL_PYRAMID_FACTOR * resolution
         while x.shape[-2] > limit and x.shape[-1] > limit:
             x = self._pyr_down(x, quantize)
@@ -213,8 +219,9 @@ class TorchPrepost:
 
     # -- the model -----------------------------------------------------------------------------
 
-    def infer(self, prepared: Sequence[Prepared], image_input: str, vit_input: Optional[str],
-              tasks: Sequence[str]) -> Dict[str, Any]:
+    def infer(
+        self, prepared: Sequence[Prepared], image_input: str, vit_input: Optional[str], tasks: Sequence[str]
+    ) -> Dict[str, Any]:
         """task -> (N, C, R, R) float32 tensors on the device for same-sized prepared images."""
         torch = self.torch
         image = torch.stack([p.image for p in prepared])
@@ -239,7 +246,7 @@ class TorchPrepost:
                 mode = "bilinear" if opts.interpolation == "bilinear" else "bicubic"
                 official = opts.interpolation == "official"
                 x = self._interpolate(x, (geometry.side, geometry.side), mode, antialias=not official)
-            x = x[0, :, t:t + h, l:l + w]
+            x = x[0, :, t : t + h, l : l + w]
             if task == "depth":
                 x = -x if opts.invert_depth else x
                 if opts.normalize_depth:
@@ -267,7 +274,7 @@ def to_numpy(maps: Dict[str, Any]) -> Dict[str, np.ndarray]:
     out, start = {}, 0
     for n in names:
         size = maps[n].numel()
-        out[n] = flat[start:start + size].reshape(tuple(maps[n].shape))
+        out[n] = flat[start : start + size].reshape(tuple(maps[n].shape))
         start += size
     return out
 

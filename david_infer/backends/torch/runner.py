@@ -1,5 +1,6 @@
 """The reference PyTorch model behind the Runner interface, shaped like the contract's graph, with
 the GPU options of TorchOptions (precision, channels-last, compile, CUDA graphs, pinned copies)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,9 @@ def check_precision(torch: Any, device: Device, precision: str) -> None:
     if device.kind == "cuda":
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             name = torch.cuda.get_device_name(device.index)
-            raise BackendUnavailable(f"torch backend: {name} ({device}) has no bf16 support; use precision='fp16' "
-                                     "or 'fp32'")
+            raise BackendUnavailable(
+                f"torch backend: {name} ({device}) has no bf16 support; use precision='fp16' or 'fp32'"
+            )
         return
     try:  # the CPU kernels of a type depend on the torch build: try the two op kinds the model needs
         with torch.autocast("cpu", dtype=dtype):
@@ -68,8 +70,10 @@ def check_precision(torch: Any, device: Device, precision: str) -> None:
             torch.nn.functional.conv2d(x, torch.ones(2, 2, 3, 3)).sum().item()
             torch.nn.functional.linear(x.flatten(1), torch.ones(3, 32)).sum().item()
     except (RuntimeError, NotImplementedError) as exc:
-        raise BackendUnavailable(f"torch backend: this torch build ({torch.__version__}) cannot compute in "
-                                 f"{precision} on the CPU ({exc}); use precision='fp32' or a GPU") from None
+        raise BackendUnavailable(
+            f"torch backend: this torch build ({torch.__version__}) cannot compute in "
+            f"{precision} on the CPU ({exc}); use precision='fp32' or a GPU"
+        ) from None
 
 
 def build_runner(contract: ModelContract, device: Device, options: "TorchOptions") -> "TorchRunner":
@@ -85,12 +89,16 @@ def build_runner(contract: ModelContract, device: Device, options: "TorchOptions
         )
     if device.kind == "cuda":
         if not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device.shown!r} asked for the torch backend, but torch sees no "
-                                     f"CUDA GPU (a CPU build of torch, or no NVIDIA driver); drop --device "
-                                     f"{device.shown} to run on the CPU")
+            raise BackendUnavailable(
+                f"device {device.shown!r} asked for the torch backend, but torch sees no "
+                f"CUDA GPU (a CPU build of torch, or no NVIDIA driver); drop --device "
+                f"{device.shown} to run on the CPU"
+            )
         if device.index >= torch.cuda.device_count():
-            raise BackendUnavailable(f"device {device.shown!r} asked for the torch backend, but torch sees "
-                                     f"{torch.cuda.device_count()} CUDA GPU(s)")
+            raise BackendUnavailable(
+                f"device {device.shown!r} asked for the torch backend, but torch sees "
+                f"{torch.cuda.device_count()} CUDA GPU(s)"
+            )
     check_precision(torch, device, options.precision)
     weights = _weights_file(contract)
     try:
@@ -142,8 +150,9 @@ class TorchRunner(Runner):
     def _eager_forward(self, image: Any, image_384: Optional[Any]) -> Dict[str, Any]:
         import torch
 
-        autocast = (torch.autocast(self.device.kind, dtype=self._dtype) if self._dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.kind, dtype=self._dtype) if self._dtype is not None else contextlib.nullcontext()
+        )
         with autocast:
             out = self._model(image, image_384)
         return {task: value.float() for task, value in out.items()}
@@ -161,8 +170,9 @@ class TorchRunner(Runner):
         try:
             return torch.compile(self._eager_forward, mode=mode, backend=opts.compile_backend, dynamic=False)
         except Exception as exc:  # an unknown backend is refused here, not on the first call
-            raise InputError(f"torch backend: torch.compile(mode={opts.compile!r}, backend={opts.compile_backend!r}) "
-                             f"failed: {exc}") from None
+            raise InputError(
+                f"torch backend: torch.compile(mode={opts.compile!r}, backend={opts.compile_backend!r}) failed: {exc}"
+            ) from None
 
     # -- Runner interface ----------------------------------------------------------------------
 
@@ -275,8 +285,13 @@ class TorchRunner(Runner):
             if self._stream is not None:
                 self._stream.synchronize()
             seconds = self.first_call_seconds[key] = time.perf_counter() - t
-            log.info("torch backend: first call for shape %s took %.2f s (compile %s, cuda_graphs %s)", key, seconds,
-                     self.options.compile, self.options.cuda_graphs)
+            log.info(
+                "torch backend: first call for shape %s took %.2f s (compile %s, cuda_graphs %s)",
+                key,
+                seconds,
+                self.options.compile,
+                self.options.cuda_graphs,
+            )
         return out
 
     def _replay(self, key: ShapeKey, image: Any, image_384: Optional[Any]) -> Dict[str, Any]:

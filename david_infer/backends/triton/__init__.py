@@ -12,6 +12,7 @@ served model's metadata (names, dims, data types) before the first request.
 
 Importing this package imports no tritonclient; opening a runner does.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,15 +50,19 @@ class TritonOptions(BackendOptions):
     def __post_init__(self) -> None:
         for name in ("timeout", "retry_delay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-                    name == "timeout" and value == 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+                or (name == "timeout" and value == 0)
+            ):
                 raise InputError(f"triton backend: {name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"triton backend: retries must be 0 or more, got {self.retries!r}")
 
 
 def parse_url(url: str) -> Tuple[str, str, str, str]:
-    """"grpc://host:port/name[/version]" -> (scheme, "host:port", name or "", version or "")."""
+    """ "grpc://host:port/name[/version]" -> (scheme, "host:port", name or "", version or "")."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.hostname:
@@ -79,7 +84,7 @@ def _published_manifest(metadata: Mapping[str, Any]) -> Optional[Dict[str, Any]]
 
     for entry in metadata.get("versions") or ():
         if isinstance(entry, str) and entry.startswith(MANIFEST_PREFIX):
-            return json.loads(entry[len(MANIFEST_PREFIX):])
+            return json.loads(entry[len(MANIFEST_PREFIX) :])
     return None
 
 
@@ -103,13 +108,19 @@ def check_served(url: str, contract: ModelContract, io: GraphIO) -> None:
         for spec in want:
             got = served[spec.name]
             same_dims = len(got.shape) == len(spec.shape) and all(
-                not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(spec.shape, got.shape))
+                not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(spec.shape, got.shape)
+            )
             if not same_dims or got.dtype != spec.dtype:
-                problems.append(f"{kind} {spec.name!r} is {got.dtype} {list(got.shape)} (the manifest says "
-                                f"{spec.dtype} {list(spec.shape)})")
+                problems.append(
+                    f"{kind} {spec.name!r} is {got.dtype} {list(got.shape)} (the manifest says "
+                    f"{spec.dtype} {list(spec.shape)})"
+                )
     if problems:
-        raise ModelError(f"{url}: the served model does not match its manifest: " + "; ".join(problems)
-                         + ". The server serves another model, or the manifest belongs to another file")
+        raise ModelError(
+            f"{url}: the served model does not match its manifest: "
+            + "; ".join(problems)
+            + ". The server serves another model, or the manifest belongs to another file"
+        )
 
 
 class TritonBackend(Backend):
@@ -160,12 +171,15 @@ class TritonBackend(Backend):
         # MLServer spells the state "State.READY", Triton "READY"
         names = sorted({e["name"] for e in entries if str(e.get("state", "READY")).upper().endswith("READY")})
         if len(names) != 1:
-            raise ModelError(f"{url}: the server serves {len(names)} ready models ({', '.join(names) or 'none'}); "
-                             "name one in the URL: SCHEME://HOST:PORT/MODEL")
+            raise ModelError(
+                f"{url}: the server serves {len(names)} ready models ({', '.join(names) or 'none'}); "
+                "name one in the URL: SCHEME://HOST:PORT/MODEL"
+            )
         return names[0]
 
-    def _manifest(self, protocol: Any, client: Any, url: str, model: str, version: str,
-                  metadata: Mapping[str, Any]) -> Dict[str, Any]:
+    def _manifest(
+        self, protocol: Any, client: Any, url: str, model: str, version: str, metadata: Mapping[str, Any]
+    ) -> Dict[str, Any]:
         if self.options.manifest:
             return read_manifest(self.options.manifest)
         manifest = _published_manifest(metadata)
@@ -175,9 +189,11 @@ class TritonBackend(Backend):
             except ModelError:  # servers without the model-config extension (MLServer) answer an error
                 manifest = None
         if manifest is None:
-            raise ModelError(f"{url}: the served model {model!r} publishes no david-infer manifest (neither in its "
-                             f"metadata nor in its config's parameters[{CONFIG_MANIFEST_KEY!r}]); serve it with "
-                             "david-infer serve, or pass manifest=PATH to its .json manifest")
+            raise ModelError(
+                f"{url}: the served model {model!r} publishes no david-infer manifest (neither in its "
+                f"metadata nor in its config's parameters[{CONFIG_MANIFEST_KEY!r}]); serve it with "
+                "david-infer serve, or pass manifest=PATH to its .json manifest"
+            )
         return manifest
 
     def open(self, contract: ModelContract, device: Device, workload: Workload) -> Runner:

@@ -6,6 +6,7 @@ network timeouts). Errors the transport raises (refused, reset, timed out, UNAVA
 `ServerUnavailable` and are retried `retries` times with a doubling delay; errors the server
 answers with (unknown model, refused request) become `ModelError` at once.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,8 +23,7 @@ from ..base import Runner
 
 T = TypeVar("T")
 #: gRPC status codes and HTTP statuses that mean "the server is not there (now)"
-_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "502", "503",
-                "504"}
+_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "502", "503", "504"}
 _DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 #: gRPC channel limit both ways (the library's default of 4 MiB is less than a batch of images)
 GRPC_MAX_MESSAGE = 1 << 30
@@ -42,11 +42,14 @@ class Protocol:
     def client(self) -> Any:
         timeout = self.options.timeout
         if self.grpc:
-            limits = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-                      ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)]
+            limits = [
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+            ]
             return self.module.InferenceServerClient(self.address, channel_args=limits)
-        return self.module.InferenceServerClient(self.address, connection_timeout=timeout, network_timeout=timeout,
-                                                 ssl=self.scheme == "https")
+        return self.module.InferenceServerClient(
+            self.address, connection_timeout=timeout, network_timeout=timeout, ssl=self.scheme == "https"
+        )
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn()` under the retry policy; ServerUnavailable or ModelError naming `what` on failure."""
@@ -60,7 +63,7 @@ class Protocol:
                 error = self._translate(what, exc)
                 if not isinstance(error, ServerUnavailable) or attempt == attempts - 1:
                     raise error from None
-            time.sleep(self.options.retry_delay * 2 ** attempt)
+            time.sleep(self.options.retry_delay * 2**attempt)
         raise AssertionError("unreachable")
 
     def _translate(self, what: str, exc: BaseException) -> Exception:
@@ -71,11 +74,15 @@ class Protocol:
             status = str(exc.status() or "")
             message = exc.message() or str(exc)
             if status in _UNAVAILABLE:
-                return ServerUnavailable(f"{self.url}: {what} failed: the server did not answer within {timeout:g} s "
-                                         f"or is unreachable ({status}: {message})")
+                return ServerUnavailable(
+                    f"{self.url}: {what} failed: the server did not answer within {timeout:g} s "
+                    f"or is unreachable ({status}: {message})"
+                )
             return ModelError(f"{self.url}: {what} failed: the server answered {status or 'an error'}: {message}")
-        return ServerUnavailable(f"{self.url}: {what} failed: the server is unreachable, went away or did not answer "
-                                 f"within {timeout:g} s ({type(exc).__name__}: {exc})")
+        return ServerUnavailable(
+            f"{self.url}: {what} failed: the server is unreachable, went away or did not answer "
+            f"within {timeout:g} s ({type(exc).__name__}: {exc})"
+        )
 
     def ask(self, client: Any, method: str, *args: Any) -> Any:
         """A metadata-like call, answered as JSON-like dicts by both protocols."""
@@ -84,8 +91,9 @@ class Protocol:
             return self.call(method, partial(fn, *args, as_json=True, client_timeout=self.options.timeout))
         return self.call(method, partial(fn, *args))
 
-    def infer(self, client: Any, model: str, version: str, feeds: Mapping[str, np.ndarray],
-              outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+    def infer(
+        self, client: Any, model: str, version: str, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> Dict[str, np.ndarray]:
         m = self.module
         # gRPC always sends raw bytes; HTTP sends binary tensors only to servers that list the extension
         binary = {} if self.grpc else {"binary_data": self.binary}
@@ -113,8 +121,9 @@ def metadata_io(metadata: Mapping[str, Any]) -> GraphIO:
         shape = tuple(None if int(d) < 0 else int(d) for d in item.get("shape", ()))
         return TensorSpec(str(item["name"]), shape, _DTYPES.get(str(item.get("datatype")), str(item.get("datatype"))))
 
-    return GraphIO(tuple(spec(i) for i in metadata.get("inputs", ())),
-                   tuple(spec(o) for o in metadata.get("outputs", ())))
+    return GraphIO(
+        tuple(spec(i) for i in metadata.get("inputs", ())), tuple(spec(o) for o in metadata.get("outputs", ()))
+    )
 
 
 class TritonRunner(Runner):
