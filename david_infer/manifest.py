@@ -17,6 +17,9 @@ from .errors import ModelError
 
 FORMAT = "david-infer-manifest"
 FORMAT_VERSION = 1
+#: prefix of the entry of a served model's V2 metadata `versions` that carries its manifest JSON
+#: (`david-infer serve` publishes it, the triton backend reads it)
+SERVED_MANIFEST_PREFIX = "david-infer-manifest:"
 
 PREPROCESSING_DOC = {
     "channel_order": "BGR",

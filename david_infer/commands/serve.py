@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..serving import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_BYTES, read_token
 from ._common import resolve_model
 
 
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=512, metavar="N",
                    help="the image side the backend is prepared for (default 512; TensorRT profiles are checked "
                         "against it); clients may send any size the model accepts")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 = all interfaces, with a warning: put an authenticating proxy in front)")
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
     p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (default 8082)")
@@ -37,6 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "worker: about 40%% of the server's CPU per image on a small model)")
 
 
+    p.add_argument("--model-control", action="store_true",
+                   help="allow the repository API's model load/unload calls (HTTP and gRPC); off by default")
+    p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="N",
+                   help=f"largest request (HTTP body, gRPC message), refused before it is decoded (default "
+                   f"{MAX_REQUEST_BYTES})")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"most image pixels per request, all its images together (default {MAX_PIXELS})")
+    p.add_argument("--max-images", type=int, default=MAX_IMAGES, metavar="N",
+                   help=f"most images per request (default {MAX_IMAGES})")
+    p.add_argument("--token-file", metavar="PATH", help="a file holding a shared token (16+ characters): every call "
+                   "but health then needs 'Authorization: Bearer TOKEN' (clients: token= / --token-file)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..runtime import resolve_model_path
     from ..serving import ServeConfig, serve
@@ -46,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         model=str(path), name=args.name, backend=args.backend, device=args.device, resolution=args.resolution,
         max_batch_size=args.max_batch_size, max_batch_time=args.max_batch_time, workers=args.workers,
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        model_control=args.model_control, max_request_bytes=args.max_request_bytes, max_pixels=args.max_pixels,
+        max_images=args.max_images, token=read_token(args.token_file),
     )
-    print(f"serving {path} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
-          f"{config.host}:{config.grpc_port}, metrics :{config.metrics_port}/metrics", flush=True)
     serve(config)
     return 0

@@ -71,7 +71,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerUnavailable(f"david-infer serve exited with status {self.process.returncode}:\n"
                                         f"{self.log_tail()}")
-            if self._get(f"http://{HOST}:{self.http_port}/v2/models/{self.name}/ready") is not None:
+            if self._get(f"http://{HOST}:{self.http_port}/v2/health/ready") is not None:  # needs no token
                 return self
             time.sleep(0.25)
         self.stop()
