@@ -529,3 +529,15 @@ def test_busy_port_is_one_line(tiny_multitask_onnx: Path) -> None:
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert str(http_port) in lines[0] and "in use" in lines[0] and "--http-port" in lines[0]
+
+
+def test_ctrl_c_on_a_healthy_server_is_one_line(tiny_multitask_onnx: Path) -> None:
+    from david_infer.serving.process import ServerProcess
+
+    with ServerProcess(tiny_multitask_onnx) as healthy:
+        healthy.process.send_signal(signal.SIGINT)
+        status = healthy.process.wait(timeout=30)
+        log = healthy.log_tail(100_000)
+    assert status == 0, log
+    assert "stopping (SIGINT)" in log
+    assert "Traceback" not in log and "CancelledError" not in log, log

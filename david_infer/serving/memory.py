@@ -21,13 +21,17 @@ _STATE: Dict[str, Any] = {}
 
 
 class CapLogLines(logging.Filter):
-    """Cuts each record's message and traceback to MAX_LOG_LINE characters, and drops the traceback
-    of a refused request (MLServer logs one for every error it answers, 4xx included: a client
-    could fill the log with them)."""
+    """Cuts each record's message and traceback to MAX_LOG_LINE characters, drops the traceback of
+    a refused request (MLServer logs one for every error it answers, 4xx included: a client could
+    fill the log with them) and the records of tasks cancelled at shutdown (Ctrl-C is no error)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
         error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        # a task cancelled as the server stops (Starlette hands uvicorn its traceback as a message)
+        if isinstance(error, asyncio.CancelledError) or (message.startswith("Traceback")
+                                                        and message.rstrip().endswith("CancelledError")):
+            return False
         if error is not None and getattr(error, "status_code", 500) < 500:
             record.exc_info, record.exc_text = None, None
         if record.exc_info and not record.exc_text:
@@ -67,12 +71,16 @@ def malloc_trim() -> bool:
 
 
 def start_memory_trimmer() -> None:
-    """Call malloc_trim every TRIM_INTERVAL seconds on the running event loop (once per process)."""
+    """Call malloc_trim (and cap_log_lines, for handlers made since) every TRIM_INTERVAL seconds on
+    the running event loop (once per process)."""
     if _STATE.get("trimmer") is not None and not _STATE["trimmer"].done():
         return
 
     async def trim_forever() -> None:
-        while malloc_trim():
+        while True:
+            cap_log_lines()  # uvicorn makes its handlers when its servers start
+            if not malloc_trim():
+                return
             await asyncio.sleep(TRIM_INTERVAL)
 
     _STATE["trimmer"] = asyncio.get_running_loop().create_task(trim_forever())
