@@ -118,8 +118,9 @@ def main() -> int:
     lines = [f"`python benchmarks/serving_memory.py {' '.join(sys.argv[1:])}`".replace(" `", "`"), "",
              "| transport | images x side | payload MB | peak RSS over baseline MB | x payload | RSS 3 s later MB |",
              "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['transport']} | {r['images']} x {r['side']} | {r['payload_mb']:.1f} | {r['peak_over_base_mb']:.1f} "
-              f"| {r['peak_x_payload']:.1f} | {r['settled_over_base_mb']:.1f} |" for r in rows]
+    lines += [f"| {r['transport']} | {r['images']} x {r['side']} | {r['payload_mb']:.1f} | "
+              f"{r['peak_over_base_mb']:.1f} | {r['peak_x_payload']:.1f} | {r['settled_over_base_mb']:.1f} |"
+              for r in rows]
     (RESULTS / "serving_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -498,12 +498,14 @@ def test_malformed_manifest_metadata_is_a_model_error() -> None:
 
 
 def test_nonfinite_output_message_is_typed() -> None:
-    from david_infer.backends.triton.runner import Protocol
-    from david_infer.backends.triton import TritonOptions
     from tritonclient.utils import InferenceServerException
 
+    from david_infer.backends.triton import TritonOptions
+    from david_infer.backends.triton.runner import Protocol
+
     protocol = Protocol("grpc://127.0.0.1:1/david", "grpc", "127.0.0.1:1", TritonOptions())
-    served = InferenceServerException("NonFiniteOutput: the model's output 'depth' is not finite", "StatusCode.INTERNAL")
+    served = InferenceServerException("NonFiniteOutput: the model's output 'depth' is not finite",
+                                      "StatusCode.INTERNAL")
     assert isinstance(protocol._translate("inference", served), NonFiniteOutput)
     died = InferenceServerException("Worker process stopped unexpectedly with exit code -9.", "StatusCode.INTERNAL")
     assert isinstance(protocol._translate("inference", died), ServerUnavailable)

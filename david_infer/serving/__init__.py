@@ -10,7 +10,8 @@ readiness, Prometheus metrics and parallel inference worker processes. Concurren
 batched in our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive
 batcher merges tensors as Python lists, which costs more than the model: see `mlserver_model`).
 KServe's Python ModelServer speaks the same protocol but leaves batching to a separate Kubernetes
-component; PyTriton pins numpy<2, which breaks Ray Data's pandas in the same environment. We write no HTTP or gRPC code of our own.
+component; PyTriton pins numpy<2, which breaks Ray Data's pandas in the same environment. We write
+no HTTP or gRPC code of our own.
 
 The served model's metadata publishes the manifest as one entry of `versions`
 (`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
@@ -43,9 +44,10 @@ from ..errors import InputError
 
 #: the MLModel implementation MLServer loads (in each worker process)
 MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
-#: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: a
-#: 64 MiB gRPC request costs about 2-3x its size on the way to the model (raw tensors are read in
-#: place), an HTTP JSON one 23-34x (see benchmarks/serving_memory.py); 4 Mpx is four 1024x1024 images
+#: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: the
+#: server's peak is 6-15x a request's size, the model's working memory included (gRPC raw tensors
+#: are read in place; HTTP JSON 6-12x its body; benchmarks/serving_memory.py); 4 Mpx is four
+#: 1024x1024 images
 MAX_REQUEST_BYTES = 64 << 20
 MAX_PIXELS = 1 << 22
 MAX_IMAGES = 64

@@ -23,8 +23,14 @@ import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
-from mlserver.types import (InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataTensor,
-                            ResponseOutput, TensorData)
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    MetadataTensor,
+    ResponseOutput,
+    TensorData,
+)
 
 from .. import __version__
 from ..contract import TensorSpec

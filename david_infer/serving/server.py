@@ -7,7 +7,7 @@ What it adds to MLServer, each through a hook the libraries offer (no protocol c
   Content-Length (a body without one, 411), a gRPC message over it RESOURCE_EXHAUSTED by gRPC itself
   (its receive limit); images and pixels per request are checked from the shapes (`DavidModel`);
 - gRPC raw tensors read as numpy views of the message's buffers (`raw_views`): MLServer unpacks
-  them into Python lists (40x the payload in memory) and fails with Python internals on a buffer
+  them into Python lists (about 40x the payload in memory) and fails with Python internals on a buffer
   of the wrong size; replies go back the same way;
 - model control (the repository's load/unload over HTTP and gRPC) refused (403 / PERMISSION_DENIED)
   unless `model_control`; an optional shared token (`Authorization: Bearer TOKEN`, HTTP header or
@@ -149,7 +149,7 @@ class HttpGuard:
             elif not length.isdigit() or int(length) > self.config.max_request_bytes:
                 refusal = (413, f"the request body is {length} bytes; this server takes at most "
                                 f"{self.config.max_request_bytes} (--max-request-bytes); send fewer or smaller "
-                                "images per request, or use gRPC, whose raw tensors are 2-3x smaller than JSON")
+                                "images per request, or use gRPC, whose raw tensors are about 2.5x smaller than JSON")
         if refusal is None and path == "/v2/repository/index" and headers.get("content-length") == "0":
             return await self.app(*_empty_index_request(scope), send)
         if refusal is None:

@@ -65,7 +65,8 @@ class Protocol:
             return fn()
         import gevent
 
-        with gevent.Timeout(self.options.timeout, TimeoutError(f"no complete answer within {self.options.timeout:g} s")):
+        late = TimeoutError(f"no complete answer within {self.options.timeout:g} s")
+        with gevent.Timeout(self.options.timeout, late):
             return fn()
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
