@@ -22,8 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import ROOT  # noqa: E402
 
 _EXPORT_CHILD = """
 import json, resource, sys, time

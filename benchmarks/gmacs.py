@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
 from david_infer.model import count_params_and_macs  # noqa: E402
 

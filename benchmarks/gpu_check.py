@@ -42,8 +42,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import RESULTS, ROOT  # noqa: E402
 
 from david_infer.manifest import atomic_write  # noqa: E402
 
@@ -401,7 +401,7 @@ def run_all(check: Checklist, work: Path, models: Sequence[str], backends: Seque
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"), help="gpu_check.json/.md here")
+    parser.add_argument("--out", default=str(RESULTS / "gpu"), help="gpu_check.json/.md here")
     parser.add_argument("--work", default=str(ROOT / "gpu_check_work"), help="ONNX files, engines, caches")
     parser.add_argument("--models", default="base,large", help=f"subset of {','.join(MODELS)}")
     parser.add_argument("--backends", default=",".join(BACKENDS),

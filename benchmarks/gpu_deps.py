@@ -1,5 +1,5 @@
 """Resolve every GPU extra of setup.py with pip, without installing, and check that the CUDA,
-cuDNN and TensorRT majors of what pip would install agree with the README's table.
+cuDNN and TensorRT majors of what pip would install agree with the table in docs/gpu.md.
 
     python benchmarks/gpu_deps.py                       # gpu and gpu-cu12; report in benchmarks/results/
     python benchmarks/gpu_deps.py --inspect-wheels      # also read libnvinfer.so.N from onnxruntime-gpu
@@ -29,9 +29,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import RESULTS, ROOT  # noqa: E402
 
-# The README's table: what each GPU extra must resolve to. cuda: the CUDA major onnxruntime-gpu is
+# The table in docs/gpu.md: what each GPU extra must resolve to. cuda: the CUDA major onnxruntime-gpu is
 # built for; cudnn: the cuDNN major; tensorrt: the TensorRT major its TensorRT provider loads
 # (libnvinfer.so.N), which the tensorrt package must have too; driver: NVIDIA's minimum.
 EXPECTED: Dict[str, Dict[str, Any]] = {
@@ -267,7 +268,7 @@ def markdown(report: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extras", default=",".join(EXPECTED), help="comma-separated GPU extras to resolve")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for gpu_deps.json/.md")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for gpu_deps.json/.md")
     parser.add_argument("--pip", default=f"{shlex.quote(sys.executable)} -m pip",
                         help="the pip to run (a newer pip reads metadata without downloading wheels)")
     parser.add_argument("--inspect-wheels", action="store_true",

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import ROOT  # noqa: E402
 
 
 def make_png(path: Path, side: int) -> None:
@@ -105,7 +106,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else None
         if model is None:
-            sys.path.insert(0, str(ROOT))
             from david_infer.export import export_onnx
 
             model = Path(tmp, "tiny-multitask.onnx")

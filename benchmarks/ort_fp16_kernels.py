@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
 
 def fp32_fallbacks(path: str) -> Dict[str, Dict[str, int]]:

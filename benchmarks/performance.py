@@ -1,7 +1,7 @@
-"""Regenerate the README's performance section: size, latency against resolution, throughput against batch.
+"""Regenerate the performance tables of docs/benchmarks.md: size, latency against resolution, throughput against batch.
 
     python benchmarks/performance.py            # full run (Base depth; ~30 min on 2 busy cores)
-    python benchmarks/performance.py --quick    # fewer points and runs; does not touch the README
+    python benchmarks/performance.py --quick    # fewer points and runs; does not touch the docs
 
 What it measures, all on this machine's CPU:
 
@@ -16,8 +16,8 @@ What it measures, all on this machine's CPU:
 
 Writes `benchmarks/results/{params_macs,latency_vs_resolution,throughput_vs_batch}.json`, a PNG plot
 per figure (needs matplotlib: `pip install matplotlib`; skipped with a note without it),
-`benchmarks/results/performance.md`, and replaces the README between `<!-- performance:start -->`
-and `<!-- performance:end -->`. Results are saved after every point.
+`benchmarks/results/performance.md`, and replaces the table in `docs/benchmarks.md` between
+`<!-- performance:start -->` and `<!-- performance:end -->`. Results are saved after every point.
 """
 from __future__ import annotations
 
@@ -30,17 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import prologue  # noqa: F401  (the checkout on sys.path)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from david_infer.benchmark import machine, synthetic_photo, time_interleaved  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
-START, END = "<!-- performance:start -->", "<!-- performance:end -->"
+from david_infer.benchmark import machine, synthetic_photo, time_interleaved
+from prologue import RESULTS, replace_doc_section
 #: form name -> (graph precision, backend)
 FORMS: Dict[str, Tuple[str, str]] = {
     "ort-fp32": ("fp32", "onnxruntime"),
@@ -235,8 +229,8 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
             row = next((r for r in throughput if r["form"] == form and r["batch"] == batch), None)
             cells.append(f"{row['images_per_s']:.2f} ({row['cpu']['median_ms'] / 1e3 / batch:.2f} s)" if row else "-")
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-    lines += ["", "![latency against resolution](benchmarks/results/latency_vs_resolution.png)",
-              "![throughput against batch size](benchmarks/results/throughput_vs_batch.png)", ""]
+    lines += ["", "![latency against resolution](../benchmarks/results/latency_vs_resolution.png)",
+              "![throughput against batch size](../benchmarks/results/throughput_vs_batch.png)", ""]
     lines += [f"Note: {n}" for n in notes]
     load = ", ".join(f"{v:.1f}" for v in meta.get("load_average", []))
     lines += ["Ratios below 1 mean ONNX Runtime is faster than PyTorch eager. This machine's cores are shared "
@@ -248,20 +242,6 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_section(readme: Path, body: str) -> None:
-    """Put `body` between the markers in the README (a '## Performance' section is added if missing)."""
-    from david_infer.manifest import atomic_write_bytes
-
-    text = readme.read_text(encoding="utf-8")
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## Performance\n\n{block}\n"
-    atomic_write_bytes(readme, text.encode("utf-8"))
-
-
 # ------------------------------------------------------------------------------- main
 
 
@@ -270,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from david_infer import zoo
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="256 and 512 only, batch 1 and 2, one run each; no README")
+    p.add_argument("--quick", action="store_true", help="256 and 512 only, batch 1 and 2, one run each; docs not touched")
     p.add_argument("--variant", default="base", help="model variant (default base)")
     p.add_argument("--task", default="depth", help="model task (default depth)")
     p.add_argument("--resolutions", default="256,384,512,768,1024")
@@ -281,16 +261,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--forms", default=",".join(FORMS), help=f"which of {', '.join(FORMS)}")
     p.add_argument("--cache", type=Path, default=None, help="folder for the exported graphs")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--from-json", action="store_true",
-                   help="measure nothing: redraw the plots, performance.md and the README from the JSON in --out")
+                   help="measure nothing: redraw the plots, performance.md and the docs table from the JSON in --out")
     args = p.parse_args(argv)
     if args.from_json:
         return report_from_json(args)
     resolutions = [int(v) for v in args.resolutions.split(",")]
     batches = [int(v) for v in args.batches.split(",")]
     if args.quick:
-        resolutions, batches, args.runs, args.no_readme = [256, 512], [1, 2], 1, True
+        resolutions, batches, args.runs, args.no_docs = [256, 512], [1, 2], 1, True
     forms = [f for f in args.forms.split(",") if f]
     cache = args.cache or zoo.home() / "bench"
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "variant": args.variant, "task": args.task,
@@ -321,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
            args: argparse.Namespace) -> int:
-    """Plots, performance.md and (unless --no-readme) the README section."""
+    """Plots, performance.md and (unless --no-docs) the table in docs/benchmarks.md."""
     from david_infer.manifest import atomic_write_bytes
 
     notes = [n for n in (
@@ -333,11 +313,11 @@ def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], through
     ) if n]
     body = markdown(meta, sizes, latency, throughput, notes)
     atomic_write_bytes(args.out / "performance.md", ("# Performance\n\n" + body).encode())
-    if not args.no_readme:
-        replace_section(README, body)
-        print(f"README section updated; results in {args.out}", flush=True)
+    if not args.no_docs:
+        replace_doc_section("performance", body, heading="## Performance")
+        print(f"docs/benchmarks.md updated; results in {args.out}", flush=True)
     else:
-        print(f"results in {args.out} (README not touched)", flush=True)
+        print(f"results in {args.out} (docs not touched)", flush=True)
     return 0
 
 

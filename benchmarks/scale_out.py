@@ -19,7 +19,7 @@ without the fixed start-up cost); the driver's peak RSS (`os.wait4` of the comma
 the workers' peak RSS (VmHWM of each Ray actor process, read from /proc while the command runs).
 The machine's load average is recorded around each run: other processes sharing the cores slow
 every configuration, and the parallel one most. Writes `benchmarks/results/scale_out.{json,md}` and
-the README between `<!-- scale-out:start -->` and `<!-- scale-out:end -->` (unless --no-readme).
+the table in docs/benchmarks.md between `<!-- scale-out:start -->` and `<!-- scale-out:end -->` (unless --no-docs).
 """
 from __future__ import annotations
 
@@ -37,15 +37,10 @@ from typing import Any, Dict, List, Optional
 # Ray's one-machine mode (set before ray is imported): node address 127.0.0.1, not the network
 # interface, so the benchmark's cluster and the CLI runs it starts stay on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
+from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
-START, END = "<!-- scale-out:start -->", "<!-- scale-out:end -->"
 ACTOR_MARK = b"DavidPredictor"  # in the process title Ray gives the predictor's actors
 
 
@@ -144,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--count", type=int, default=64, help="number of inputs (default 64)")
     p.add_argument("--cache", type=Path, default=None, help="export cache (default $DAVID_INFER_HOME/bench)")
-    p.add_argument("--no-readme", action="store_true", help="do not update the README")
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = p.parse_args(argv)
 
     import ray
@@ -184,11 +179,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = markdown(res)
     (RESULTS / "scale_out.md").write_text(text + "\n")
     print(text)
-    if not args.no_readme:
-        readme = README.read_text()
-        if START in readme and END in readme:
-            head, rest = readme.split(START, 1)
-            README.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    if not args.no_docs:
+        replace_doc_section("scale-out", text, heading="## Scale out (Ray)")
     return 0
 
 

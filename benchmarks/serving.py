@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
+from prologue import ROOT  # noqa: E402
 
 import numpy as np  # noqa: E402
 

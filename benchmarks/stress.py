@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
 from david_infer import DavidRuntime, Prediction  # noqa: E402
 

@@ -37,7 +37,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
 from david_infer import DavidRuntime, video  # noqa: E402
 from david_infer.backends import register_backend  # noqa: E402

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_deps.py: the majors check on pip reports, and the README table it guards.
+"""benchmarks/gpu_deps.py: the majors check on pip reports, and the table in docs/gpu.md it guards.
 
 pip itself is not run here (tests stay on loopback); the committed report is what it produced.
 """
@@ -77,11 +77,11 @@ def test_failing_package_from_pip_output() -> None:
     assert gpu_deps.failing_package(out) == "tensorrt_cu13_libs"
 
 
-def test_readme_table_matches_the_script_and_the_errors() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_docs_table_matches_the_script_and_the_errors() -> None:
+    readme = (ROOT / "docs" / "gpu.md").read_text()
     for extra, want in gpu_deps.EXPECTED.items():
         row = re.search(rf"^\| `{re.escape(extra)}` \|.*$", readme, re.M)
-        assert row, f"README has no row for [{extra}]"
+        assert row, f"docs/gpu.md has no row for [{extra}]"
         cells = [c.strip() for c in row.group(0).strip("|").split("|")]
         assert cells[3:6] == [str(want["cuda"]), str(want["cudnn"]), f"{want['tensorrt']} (`libnvinfer.so.{want['tensorrt']}`)"]
         assert cells[-1] == want["driver"]

@@ -57,7 +57,7 @@ def check_placement(placement: Mapping[str, Counter], wanted: Sequence[str], pat
         + (f"heavy nodes ran on the CPU ({detail})" if fallen else "no node ran on the GPU")
         + f" [{ran}]. The GPU provider cannot take these nodes (an op or dtype it lacks, or CUDA/cuDNN "
         "libraries missing); not running on the CPU silently. Check `david-infer info` and the install "
-        "table in the README"
+        "table in docs/gpu.md"
     )
 
 

@@ -13,7 +13,7 @@ Precision, and why the network flags depend on it (TensorRT 11 is strongly typed
     with FP16 for an FP16 engine.
 The plan file is the plain serialized engine; everything else goes to `FILE.engine.json`.
 
-NOT YET RUN ON A GPU: see the README's TensorRT section.
+NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
 """
 from __future__ import annotations
 

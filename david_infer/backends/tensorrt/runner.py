@@ -5,7 +5,7 @@ pinned host buffers are allocated once, for the profile's maximum shapes, and re
 sets the input shapes, copies in on the runner's own non-blocking stream, enqueues, copies out
 and synchronises. Calls are serialised by a lock (one execution context).
 
-NOT YET RUN ON A GPU: see the README's TensorRT section.
+NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
 """
 from __future__ import annotations
 

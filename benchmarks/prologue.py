@@ -1,0 +1,37 @@
+"""What every benchmark script starts with: the checkout on `sys.path` (the scripts run from a plain
+checkout, installed or not), where results go, and the writer of the generated tables in the docs.
+
+    import prologue                      # first, before importing david_infer
+    from prologue import RESULTS, replace_doc_section
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+BENCHMARK_DOCS = ROOT / "docs" / "benchmarks.md"
+
+for _path in (str(ROOT), str(BENCHMARKS)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
+def replace_doc_section(name: str, body: str, page: Path = BENCHMARK_DOCS, heading: str = "") -> None:
+    """Put `body` between `<!-- NAME:start -->` and `<!-- NAME:end -->` in a docs page, atomically.
+
+    A page without the markers gets them appended under `heading` (e.g. "## Performance"), so a
+    benchmark never silently drops its table."""
+    from david_infer.manifest import atomic_write_bytes
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = page.read_text(encoding="utf-8") if page.exists() else ""
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
+    atomic_write_bytes(page, text.encode("utf-8"))
