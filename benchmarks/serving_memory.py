@@ -21,14 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prologue  # noqa: F401  (the checkout on sys.path)
+from prologue import RESULTS
 
 import numpy as np  # noqa: E402
 
 from david_infer.benchmark import machine  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def rss_kib(pid: int, field: str) -> int:
