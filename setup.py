@@ -7,9 +7,11 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init__.py").read_text()).group(1)
 
-# torch is pinned because this project's machines install a local CPU wheel of exactly this
-# version; a bare "torch" would pull the newest CUDA build (several GB).
-EXPORT = ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
+# torch: any 2.x from 2.6 on, so a user's own (CUDA) build is kept. 2.6 is the oldest whose
+# torch.onnx.export takes dynamo=True with dynamic_shapes and external_data (export/onnx_export.py);
+# the torch backend's APIs (autocast on CPU and CUDA, torch.compile, CUDA graphs, antialiased
+# interpolate) are older. CI installs torch==2.13.0 (a local CPU wheel) first, so pip keeps it.
+EXPORT = ["torch>=2.6,<3", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 # ONNX Runtime comes in builds that write the same `onnxruntime/` folder, so exactly one of the
 # `cpu` and `gpu*` extras may be installed (the last one installed would silently win).
 CPU = ["onnxruntime>=1.21"]
@@ -30,7 +32,8 @@ GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "
 # The test suite without an ONNX Runtime build: `test` + `gpu` on a GPU machine, `dev` (+ `cpu`)
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
 TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
-                                     "plyfile>=1.0", "cuda-python>=12.9"]
+                                     "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0",
+                                     "playwright>=1.45"]  # drives the system's Chromium (tests/test_web.py)
 DEV = TEST + CPU
 
 setup(
@@ -45,6 +48,10 @@ setup(
     # top-level package named `export` would collide with anything of that name on a user's path.
     packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
     package_dir={"david_infer.export": "export"},
+    # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run), and
+    # the operator table of TensorRT 10's ONNX parser, read by the pre/post graph check.
+    package_data={"david_infer": ["web_static/*", "web_static/*/*"],
+                  "david_infer.export": ["tensorrt10_ops.json"]},
     install_requires=["numpy>=1.23", "Pillow>=9.1"],
     extras_require={
         "export": EXPORT,
@@ -59,7 +66,6 @@ setup(
         "video": VIDEO,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],
-        "ray": RAY,
     },
     entry_points={"console_scripts": ["david-infer=david_infer.cli:main"]},
     classifiers=[

@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import prologue  # noqa: F401  (the checkout on sys.path)
 import numpy as np
+import prologue  # noqa: F401  (the checkout on sys.path)
+from prologue import RESULTS, replace_doc_section
 
 from david_infer.benchmark import machine, synthetic_photo, time_interleaved
-from prologue import RESULTS, replace_doc_section
+
 #: form name -> (graph precision, backend)
 FORMS: Dict[str, Tuple[str, str]] = {
     "ort-fp32": ("fp32", "onnxruntime"),
@@ -49,9 +50,11 @@ TITLES = {"ort-fp32": "ONNX Runtime FP32", "ort-fp16": "ONNX Runtime FP16", "tor
 
 def exported(cache: Path, variant: str, task: str, precision: str) -> Path:
     """The cached export (seed 0, dynamic layout) of variant/task at `precision`, made if missing."""
-    from david_infer.errors import ModelError
-    from david_infer.manifest import check_sha256, manifest_path, read_manifest
     from export_check import export_in_subprocess
+
+    from david_infer.contract import read_manifest
+    from david_infer.errors import ModelError
+    from david_infer.manifest import check_sha256, manifest_path
 
     path = cache / f"{variant}-{task}-{precision}.onnx"
     if path.exists() and manifest_path(path).exists():
@@ -138,7 +141,7 @@ def add_ratios(records: List[dict], key: str) -> List[dict]:
 
 
 def write_json(name: str, payload: Any, out: Path) -> None:
-    from david_infer.manifest import atomic_write_bytes
+    from david_infer.outputs.files import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / name, (json.dumps(payload, indent=2) + "\n").encode())
@@ -247,6 +250,7 @@ def markdown(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throu
 
 def main(argv: Optional[List[str]] = None) -> int:
     import gmacs
+
     from david_infer import zoo
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def report(meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict],
            args: argparse.Namespace) -> int:
     """Plots, performance.md and (unless --no-docs) the table in docs/benchmarks.md."""
-    from david_infer.manifest import atomic_write_bytes
+    from david_infer.outputs.files import atomic_write_bytes
 
     notes = [n for n in (
         plot(latency, "resolution", lambda r: r["latency"]["median_ms"], "median latency, ms (log)",

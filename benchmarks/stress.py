@@ -178,7 +178,8 @@ def _tree(folder: Path) -> Dict[str, bytes]:
 
 def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """See the module docstring (--kill-resume)."""
-    from david_infer.writer import TEMP_SUFFIX, SetState, is_complete, status
+    from david_infer.outputs.images import IMAGE_KINDS
+    from david_infer.outputs.sets import TEMP_SUFFIX, SetState
 
     rng = random.Random(args.seed)
     images = folder / "in"
@@ -219,14 +220,14 @@ def kill_resume(model: Path, folder: Path, args: argparse.Namespace) -> Dict[str
         if not finished:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        done = sum(is_complete(out, n, kinds) for n in names)
+        done = sum(IMAGE_KINDS.set(out, n, kinds).is_complete() for n in names)
         temporaries = len(list(out.rglob(f"*{TEMP_SUFFIX}")))
-        partial = sum(status(out, n, kinds).state is SetState.PARTIAL for n in names)
+        partial = sum(IMAGE_KINDS.set(out, n, kinds).status().state is SetState.PARTIAL for n in names)
         kills.append({"after_s": round(time.perf_counter() - start, 2), "complete_before": before,
                       "finished_before_kill": finished, "complete_after": done, "partial_sets_after": partial,
                       "temporaries_after": temporaries})
     final = subprocess.run(command(out), capture_output=True, timeout=900)
-    complete = sum(is_complete(out, n, kinds, verify=True) for n in names)
+    complete = sum(IMAGE_KINDS.set(out, n, kinds).is_complete(verify=True) for n in names)
     got, want = _tree(out), _tree(folder / "clean")
     differing = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     left = sorted(str(p.relative_to(out)) for p in out.rglob(".*"))

@@ -5,7 +5,7 @@ For a synthesised 720p and 1080p clip (H.264, 30 frames/s, a moving figure over 
 (a) the pipeline's own frames/s measured end to end with a zero-cost "echo" model (each output a
     cheap function of the image, so real content is rendered and encoded), then
     the pipeline's own cost, as `david-infer predict CLIP --save depth,vis` runs it
-    (commands/predict_video.process_clip: two-pass clip range, libx264 --video-preset), with the
+    (outputs/clips.write_clip: two-pass clip range, libx264 --video-preset), with the
     tiny depth model at 512: the measured frames/s (model included) and the time inside the model
     call (the runner, timed around it); per-frame costs of each stage measured one at a time on
     one thread (decode, preprocess, model, postprocess, render+encode), and from them the
@@ -43,7 +43,7 @@ from david_infer import DavidRuntime, video  # noqa: E402
 from david_infer.backends import register_backend  # noqa: E402
 from david_infer.backends.base import Backend, Device, Runner, Workload  # noqa: E402
 from david_infer.contract import GraphIO, ModelContract  # noqa: E402
-from david_infer.commands import predict_video as pv  # noqa: E402
+from david_infer.outputs import clips  # noqa: E402
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 
@@ -115,16 +115,16 @@ class ModelTimer:
             self.seconds += time.perf_counter() - start
 
 
-def clip_options(preset: str, batch: int, kinds: List[str]) -> pv.ClipOptions:
-    return pv.ClipOptions(tuple(kinds), video.FrameSelection(), None, "clip", preset, 18, batch, True, True)
+def clip_options(preset: str, batch: int, kinds: List[str]) -> clips.ClipOptions:
+    return clips.ClipOptions(tuple(kinds), video.FrameSelection(), None, "clip", preset, 18, batch, True, True)
 
 
-def run_clip(rt: DavidRuntime, clip: Path, opts: pv.ClipOptions, outdir: Path) -> Dict[str, float]:
-    """process_clip as the CLI runs it; wall time, model time, frames."""
+def run_clip(rt: DavidRuntime, clip: Path, opts: clips.ClipOptions, outdir: Path) -> Dict[str, float]:
+    """write_clip as the CLI runs it; wall time, model time, frames."""
     timer = ModelTimer(rt)
     info = video.probe(clip)
     start = time.perf_counter()
-    frames, stopped = pv.process_clip(rt, info, outdir, clip.stem, opts, opts.write_options({}))
+    frames, stopped = clips.write_clip(rt, info, outdir, clip.stem, opts, opts.write_options({}))
     wall = time.perf_counter() - start
     rt.runner.run = timer._run  # type: ignore[method-assign]
     assert stopped is None, stopped
@@ -132,7 +132,7 @@ def run_clip(rt: DavidRuntime, clip: Path, opts: pv.ClipOptions, outdir: Path) -
             "fps_excluding_model_time": frames / max(wall - timer.seconds, 1e-9)}
 
 
-def stage_costs(rt: DavidRuntime, clip: Path, opts: pv.ClipOptions, outdir: Path, n: int = 8) -> Dict[str, float]:
+def stage_costs(rt: DavidRuntime, clip: Path, opts: clips.ClipOptions, outdir: Path, n: int = 8) -> Dict[str, float]:
     """Milliseconds per frame of each stage, one at a time, on one thread (render+encode over the
     whole clip, the first `n` predictions repeated; opening and finishing the files apart)."""
     info = video.probe(clip)
@@ -152,7 +152,7 @@ def stage_costs(rt: DavidRuntime, clip: Path, opts: pv.ClipOptions, outdir: Path
     preds = [rt.postprocess(d, p, o) for (d, p), o in zip(staged, outs)]
     ms["postprocess"] = (time.perf_counter() - t) * 1000 / n
     t = time.perf_counter()
-    outputs = pv.ClipOutputs(info, outdir, "stages", opts, rt.tasks)
+    outputs = clips.ClipOutputs(info, outdir, "stages", opts, rt.tasks)
     ms["open files (per clip)"] = (time.perf_counter() - t) * 1000
     try:
         t = time.perf_counter()

@@ -24,10 +24,18 @@ _EXTRA_FOR = {
 }
 
 
+# torch first from PyTorch's own CPU index: from PyPI a Linux machine gets the CUDA build (several GB).
+TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
 def install_hint(module: str) -> str:
     """The pip command that installs an optional module."""
     extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
-    return f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
+    command = f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
+    if module.split(".")[0] == "torch":
+        return (f"{TORCH_CPU_INSTALL} && {command} (CPU; for a CUDA build of torch use the index of its CUDA "
+                f"version instead, e.g. https://download.pytorch.org/whl/cu130)")
+    return command
 
 
 def require(module: str, purpose: str = "") -> ModuleType:

@@ -13,15 +13,17 @@ Entry point for a backend: `import_onnxruntime(device)` before creating a sessio
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.metadata as metadata
 import importlib.util
 import io
 import logging
 import re
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ._optional import require
 from .errors import (
@@ -81,10 +83,27 @@ def active_build() -> Optional[str]:
     return _normalise(match.group(1)) if match else None
 
 
-def check_builds(device: str = "cpu", path: Optional[List[str]] = None) -> Dict[str, str]:
+def nvidia_driver_present(load: Callable[[str], Any] = ctypes.CDLL) -> bool:
+    """Whether the NVIDIA driver's CUDA library (libcuda.so.1 / nvcuda.dll, installed with the
+    driver, never by pip) can be loaded: without it no GPU package can help. `load` loads a
+    shared library by name (ctypes.CDLL)."""
+    for name in ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so"):
+        try:
+            load(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def check_builds(device: str = "cpu", path: Optional[List[str]] = None, shown: Optional[str] = None,
+                 load: Callable[[str], Any] = ctypes.CDLL) -> Dict[str, str]:
     """The installed builds (on `path`, default sys.path); BackendUnavailable naming the extra to
-    install when none fits `device` ("cpu" or "cuda..."), an OnnxRuntimeConflictWarning with the
-    repair when more than one is installed."""
+    install when none fits `device` ("cpu" or "cuda..."; `shown`: as the user wrote it), or
+    NoGpuError when a GPU is asked for on a machine without the NVIDIA driver (the fix is the
+    CPU, not onnxruntime-gpu); an OnnxRuntimeConflictWarning with the repair when more than one is
+    installed. `load` is how the driver's library is looked for (`nvidia_driver_present`)."""
+    shown = shown or device
     builds = installed_builds(path)
     if not builds:
         raise BackendUnavailable(
@@ -105,17 +124,27 @@ def check_builds(device: str = "cpu", path: Optional[List[str]] = None) -> Dict[
             stacklevel=2,
         )
     if device != "cpu" and GPU_BUILD not in builds:
+        if not nvidia_driver_present(load):
+            raise NoGpuError(
+                f"device {shown!r} asks for an NVIDIA GPU, but this machine has no NVIDIA driver (libcuda "
+                f"cannot be loaded), so no GPU is usable. Run on the CPU instead: drop --device {shown} (or "
+                f"pass device=\"cpu\"). On a machine with an NVIDIA GPU, install its driver first (nvidia-smi "
+                f"must list the GPU), then {install_command('cuda')}"
+            )
         raise BackendUnavailable(
-            f"device {device!r} needs onnxruntime-gpu, but only {', '.join(sorted(builds))} is installed. "
-            f"Repair: pip uninstall -y {' '.join(sorted(builds))} && {install_command('cuda')}"
+            f"device {shown!r} needs onnxruntime-gpu, but the installed ONNX Runtime is the CPU build "
+            f"({', '.join(sorted(builds))}); the NVIDIA driver is present. Repair: pip uninstall -y "
+            f"{' '.join(sorted(builds))} && {install_command('cuda')} (or drop --device {shown} to run on the CPU)"
         )
     return builds
 
 
-def import_onnxruntime(device: str = "cpu", purpose: str = "the ONNX Runtime backend") -> ModuleType:
+def import_onnxruntime(device: str = "cpu", purpose: str = "the ONNX Runtime backend",
+                       shown: Optional[str] = None) -> ModuleType:
     """`check_builds(device)`, then `import onnxruntime`; for a GPU device the CUDA/cuDNN libraries
-    of the nvidia-* wheels are loaded first (`preload_cuda_libraries`)."""
-    check_builds(device)
+    of the nvidia-* wheels are loaded first (`preload_cuda_libraries`). `shown`: the device as the
+    user wrote it, for messages."""
+    check_builds(device, shown=shown)
     ort = require("onnxruntime", purpose)
     if device != "cpu":
         preload_cuda_libraries(ort)
@@ -270,4 +299,4 @@ def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudar
 
 __all__ = ["active_build", "build_cuda_major", "check_builds", "check_cuda_device", "check_gpu",
            "check_tensorrt", "import_onnxruntime", "install_command", "installed_builds", "installed_tensorrt",
-           "preload_cuda_libraries", "provider_tensorrt_major", "tensorrt_provider_library"]
+           "nvidia_driver_present", "preload_cuda_libraries", "provider_tensorrt_major", "tensorrt_provider_library"]

@@ -15,18 +15,25 @@ That DAViD's released models emit normals in exactly this frame is an assumption
 real photo (flip a component of `normal` here if they do not).
 
 Images are (H, W, 3) uint8 RGB; maps (H, W) (or (H, W, 1) / (1, H, W)); normals (H, W, 3).
+
+A foreground mask is applied as predicted, also when it keeps no pixel (no person found): the
+re-lit photo is then the photo unchanged, the new background is the background alone, the point
+cloud has no points. Each of those is still written, with an `EmptyMaskWarning` saying so, so a
+folder of photos is never stopped by one without a person and never gets a plausible but wrong
+output (such as the uncut cloud) instead.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._arrays import as_alpha, as_image, as_map, as_normals, blend, fill_by_rows, row_bands, to_uint8, unit_vectors
-from .errors import InputError
-from .manifest import atomic_write
+from .errors import EmptyMaskWarning, InputError
+from .outputs.files import atomic_write
 
 Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -48,7 +55,9 @@ def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2
     if light.shape != (3,) or not np.all(np.isfinite(light)) or np.linalg.norm(light) == 0:
         raise InputError(f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}")
     n = unit_vectors(np.nan_to_num(as_normals(normal)))
-    cos = np.maximum(0.0, n @ (light / np.linalg.norm(light)).astype(np.float32))
+    lx, ly, lz = (light / np.linalg.norm(light)).astype(np.float32)
+    # n . l as elementwise products, not a BLAS product, whose rounding varies with its threads
+    cos = np.maximum(0.0, n[..., 0] * lx + n[..., 1] * ly + n[..., 2] * lz)
     return (ambient + (1.0 - ambient) * cos).astype(np.float32)
 
 
@@ -68,7 +77,19 @@ def relight(
     shade = shading(as_normals(normal, img.shape[:2]), light_dir, ambient)
     lit = img.astype(np.float32) * shade[..., None]
     alpha = as_alpha(foreground, img.shape[:2])
+    if alpha is not None:
+        warn_if_empty(alpha, "the re-lit photo is the photo unchanged")
     return to_uint8(lit) if alpha is None else blend(lit, img, alpha)
+
+
+def warn_if_empty(alpha: np.ndarray, outcome: str) -> bool:
+    """EmptyMaskWarning (and True) when the soft mask `alpha` in [0, 1] changes no pixel by a grey
+    level (all below 0.5 / 255); `outcome` says what the output is then."""
+    if float(alpha.max(initial=0.0)) >= 0.5 / 255.0:
+        return False
+    warnings.warn(f"the foreground mask keeps no pixel (no person found), so {outcome}", EmptyMaskWarning,
+                  stacklevel=3)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +112,7 @@ def replace_background(
     img = as_image(image)
     alpha = as_alpha(foreground, img.shape[:2])
     bg = _background(background, img, blur_radius)
+    warn_if_empty(alpha, "the result is the new background alone")
     return blend(img, bg, alpha)
 
 
@@ -167,7 +189,7 @@ def point_cloud(
     x = (u - W/2) d / f, y = -(v - H/2) d / f, z = -d (x right, y up, z toward the camera).
     """
     cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
-    bands = list(cloud.bands())
+    bands = list(cloud.bands()) or [(np.empty((0, 3), np.float32), np.empty((0, 3), np.uint8))]
     return (np.concatenate([p for p, _ in bands]), np.concatenate([c for _, c in bands]))
 
 
@@ -214,9 +236,12 @@ class _Cloud:
             if values.size:
                 self.count += values.size
                 lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        if self.count == 0 and self.mask is None:
+            raise InputError("point_cloud: no pixel has finite depth; nothing to project")
         if self.count == 0:
-            raise InputError(f"point_cloud: no pixel has finite depth and a mask >= {mask_threshold}; "
-                             f"nothing to project")
+            warnings.warn(f"the foreground mask keeps no pixel with finite depth at mask >= {mask_threshold} (no "
+                          f"person found), so the point cloud has no points; a lower mask threshold keeps more",
+                          EmptyMaskWarning, stacklevel=3)
         self.lo, self.hi = lo, hi
 
     def _keep(self, rows: slice) -> np.ndarray:

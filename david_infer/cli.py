@@ -7,12 +7,14 @@ Each subcommand lives in `david_infer/commands/<name>.py` and exposes `add_argum
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
-from typing import List, Optional
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import __version__
-from .errors import DavidError
+from .errors import DavidError, DavidWarning, EmptyMaskWarning, Interrupted
 
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
@@ -27,11 +29,42 @@ COMMANDS = {
     "background": ("background", "replace a photo's background using the predicted mask"),
     "pointcloud": ("pointcloud", "write a photo's 2.5D point cloud (PLY) from its predicted depth"),
     "serve": ("serve", "serve a model over HTTP/gRPC (KServe V2 / Triton protocol) with adaptive batching"),
+    "web": ("web", "serve the browser page (127.0.0.1): photo in, depth/normals/cut-out and relighting out, all local"),
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of `david-infer` and of each subcommand (argparse makes the subcommands' of the
+    same class): no abbreviated options (`--sav` is not taken for `--save`), descriptions printed
+    as written (their example blocks stay blocks), and an unknown option of a subcommand answered
+    with that subcommand's usage and the closest option ("did you mean --resolution?")."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.is_command = False
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; argparse passes both
+            self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None,
+    ) -> Tuple[argparse.Namespace, List[str]]:
+        known, extras = super().parse_known_args(args, namespace)
+        if extras and self.is_command:  # left to the top level, argparse would print the top-level usage
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        return known, extras
+
+    def _suggestion(self, extras: Sequence[str]) -> str:
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="david-infer", description="Inference SDK for DAViD depth, normal and foreground models."
     )
     parser.add_argument("--version", action="version", version=f"david-infer {__version__}")
@@ -39,9 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         command = importlib.import_module(f"david_infer.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=(command.__doc__ or help_text).strip())
+        p.is_command = True
         command.add_arguments(p)
         p.set_defaults(_run=command.run)
     return parser
+
+
+def _warning_printer(command: str) -> Callable[..., None]:
+    """warnings.showwarning for a command: our own warnings as one line like the errors (no source
+    line of ours), others as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message: Union[Warning, str], category: Type[Warning], filename: str, lineno: int, file: Any = None,
+             line: Optional[str] = None) -> None:
+        if issubclass(category, DavidWarning):
+            print(f"david-infer {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -52,12 +101,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EmptyMaskWarning)  # one per input, not one per run
+            warnings.showwarning = _warning_printer(args.command)
+            return int(args._run(args) or 0)
     except DavidError as exc:
         print(f"david-infer {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"david-infer {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # an Interrupted run says what is complete and how to resume
+        detail = f": {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"david-infer {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,9 @@
 """The typed model contract: what the runtime and every backend know about one model file.
 
 A manifest (ours, `david_infer.manifest`) or a released file's shapes are parsed and validated
-**once** into a frozen `ModelContract`; from then on nothing reads the JSON by string keys.
+**once** into a frozen `ModelContract`; from then on nothing reads the JSON by string keys. The
+contract is the one reader of manifests (`read_manifest`, for tools that rewrite them, validates
+through it too); `manifest.py` below it is the file format alone and does not import it.
 Plain frozen dataclasses are enough here: the schema is small, and a validation library would be a
 dependency of the light runtime for a dozen fields.
 
@@ -25,7 +27,8 @@ from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_
 
 DEFAULT_STRIDE = 16
 DEFAULT_VIT_SIZE = 384
-LAYOUTS = ("dynamic", "official")
+#: "prepost": one uint8 (N, H, W, 3) image in, finished maps out (david_infer.prepost)
+LAYOUTS = ("dynamic", "official", "prepost")
 #: a dimension: a size, or a symbolic name ("batch", "height") for a dynamic one
 Dim = Union[int, str]
 _TASK_HINTS = (("depth", "depth"), ("normal", "normal"), ("foreground", "foreground"), ("segment", "foreground"))
@@ -131,6 +134,11 @@ class ModelContract:
         b = self.inputs[0].shape[0]
         return b if isinstance(b, int) else None
 
+    @property
+    def prepost(self) -> Optional[Mapping[str, Any]]:
+        """The manifest's `prepost` section of a pre/post graph (layout "prepost"), else None."""
+        return self.section("prepost") if self.layout == "prepost" else None
+
     def section(self, name: str) -> Mapping[str, Any]:
         """An untyped block of the manifest (empty if absent), read-only."""
         value = self.document.get(name)
@@ -187,6 +195,15 @@ class ModelContract:
         if problems:
             raise ModelError(f"{self.path}: the graph does not match its manifest: " + "; ".join(problems)
                              + ". The manifest belongs to another file, or the file was not exported by david-infer")
+
+
+def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
+    """A manifest file as a dict, validated by `ModelContract` (for tools that rewrite manifests;
+    the runtime works on the contract itself)."""
+    path = Path(path)
+    data = read_json_object(path, "JSON manifest", expect_object=False)
+    ModelContract.from_dict(path.with_suffix(".onnx") if path.suffix == ".json" else path, data)
+    return data
 
 
 # ------------------------------------------------------------------------------------ parsing

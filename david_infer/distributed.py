@@ -1,13 +1,16 @@
 """Batch prediction on a Ray cluster (Ray Data), writing what `david-infer predict` writes.
 
-    from david_infer.distributed import predict_dataset
-    summary = predict_dataset("photos/", "model.onnx", "out/", workers=4)
+    from david_infer.distributed import DatasetOptions, predict_dataset
+    summary = predict_dataset("photos/", "model.onnx", "out/", DatasetOptions(workers=4))
     print(summary.written, summary.skipped, summary.failed)
 
-The inputs are listed and named on the driver as `david-infer predict` does, read by Ray
+How the model runs is a `david_infer.options.RuntimeOptions` (given as `model`), what is written
+and how the run is spread a `DatasetOptions`; each field may also be given as a keyword
+(`predict_dataset(..., workers=4, resolution=384)`). The inputs are listed, named and planned on
+the driver by `david_infer.jobs`, as `david-infer predict` does, read by Ray
 (`ray.data.read_binary_files`), and `map_batches` runs `DavidPredictor` in a pool of actors (one
 `DavidRuntime` per actor, so the model is loaded once per actor). Each actor writes its inputs'
-sets into the output folder with `david_infer.writer` (the names, files, all-or-none writes and
+sets into the output folder with `david_infer.outputs` (the names, files, all-or-none writes and
 completion records of `david-infer predict`), so a rerun, local or on Ray, skips what is complete.
 
 Faults are handled by Ray, configured here rather than written by hand: an actor whose process
@@ -23,6 +26,7 @@ BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -31,13 +35,26 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from ._logging import quiet_logger
 from ._optional import require
 from .errors import InputError
+from .jobs import (
+    JobOptions,
+    Tally,
+    describe,
+    gather_inputs,
+    load_input,
+    make_output_folder,
+    parse_save,
+    plan,
+    probe_output_folder,
+)
+from .options import RuntimeOptions, positive_int, resolved_model
+from .progress import Progress
 
 #: result columns of the predictor: the input's path, "written" | "skipped" | "failed", the reason
 RESULT_COLUMNS = ("path", "status", "reason")
@@ -62,17 +79,67 @@ class DistributedSummary:
 
 
 @dataclass(frozen=True)
+class DatasetOptions:
+    """How `predict_dataset` runs, beside the model's RuntimeOptions.
+
+    job: what is written and how the output folder's contents are treated (save, overwrite,
+        recursive, fov, near, far: as the `predict` command's options).
+    workers: number of actors (default: the cluster's CPUs / cpus_per_worker, or its GPUs /
+        gpus_per_worker on a GPU device; never more than there are tasks).
+    cpus_per_worker: CPUs reserved per actor; also the model's thread count per actor
+        (`threads` and, for ONNX Runtime, `intra_op_threads`) unless the RuntimeOptions give one.
+    gpus_per_worker: GPUs per actor (default 1 when the device is a GPU, else 0).
+    task_size: at most this many inputs per Ray task: the unit an actor is given, and redone
+        if its process dies.
+    max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker
+        process dies (per actor and per task).
+    address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); None connects to the
+        cluster `ray start` made on this machine or starts a local one. Ignored when Ray is
+        already initialised in this process.
+    progress: show a progress bar (as `david-infer predict` does).
+    warn: called with each warning (dangling links, second names of a file); they are also in
+        the summary.
+    """
+
+    job: JobOptions = field(default_factory=JobOptions)
+    workers: Optional[int] = None
+    cpus_per_worker: float = 1
+    gpus_per_worker: Optional[float] = None
+    task_size: int = 16
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    address: Optional[str] = None
+    progress: bool = False
+    warn: Optional[Callable[[str], None]] = None
+
+    def __post_init__(self) -> None:
+        positive_int("task_size", self.task_size)
+        positive_int("workers", self.workers, allow_none=True)
+        cpus = self.cpus_per_worker
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
+            raise InputError(f"cpus_per_worker must be a positive number, got {cpus!r}")
+
+    def with_keywords(self, keywords: Dict[str, Any]) -> "DatasetOptions":
+        """A copy with the keywords that name its fields or JobOptions' (taken out of `keywords`)."""
+        own = {k: keywords.pop(k) for k in list(keywords) if k in _fields(DatasetOptions)}
+        job = {k: keywords.pop(k) for k in list(keywords) if k in _fields(JobOptions)}
+        return dataclasses.replace(self, **own, job=dataclasses.replace(own.get("job", self.job), **job))
+
+
+def _fields(cls: type) -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
 class _Job:
     """What every actor needs to know about the run (sent once, to each actor's constructor)."""
 
-    model: str
+    runtime: RuntimeOptions
     output: str
-    runtime_options: Mapping[str, Any]
     kinds: Tuple[str, ...]
-    write: Any  # writer.WriteOptions
+    write: Any  # outputs.sets.WriteOptions
     overwrite: bool
     names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
-    batch_size: int
     started: float  # the run's start (time.time()): a completion record since then is this run's work
 
 
@@ -94,8 +161,6 @@ class _Input(os.PathLike):
 
 def _load(item: _Input) -> Any:
     """What the runtime decodes for an input: its bytes, its pixel array, or its path."""
-    from .commands.predict import load_input
-
     if item.data is None:
         return load_input(Path(item.path))
     if isinstance(item.data, np.ndarray) and item.data.dtype != object:
@@ -112,7 +177,7 @@ class DavidPredictor:
     so nothing is written twice, even with overwrite. The rest are planned as `david-infer predict`
     plans them (complete sets skipped, a mismatching record refused unless overwrite, stale
     temporaries removed), run through `DavidRuntime.imap` (the one batching path) and written with
-    `writer.write_outputs` (all or none, completion record last). Returns one row per input, in
+    `outputs.images.write_outputs` (all or none, completion record last). Returns one row per input, in
     RESULT_COLUMNS.
     """
 
@@ -121,11 +186,9 @@ class DavidPredictor:
 
         self.job = job
         self.output = Path(job.output)
-        self.runtime = DavidRuntime(job.model, batch_size=job.batch_size, **job.runtime_options)
+        self.runtime = DavidRuntime.from_options(job.runtime)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        from .commands.predict import Tally, _plan
-
         job = self.job
         paths = [str(p) for p in batch["path"]]
         data = batch.get("bytes", batch.get("image"))
@@ -140,13 +203,13 @@ class DavidPredictor:
                 jobs.append((Path(path), name))
                 given[str(Path(path))] = path
         tally = Tally()
-        todo = {given[str(path)] for path, _ in _plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
+        todo = {given[str(path)] for path, _ in plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
         status.update((given[path], ("failed", reason)) for path, reason in tally.failures)
         for path in given.values():
             if path not in todo:
                 status.setdefault(path, ("skipped", ""))
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
-        outcomes = self.runtime.imap(inputs, batch_size=job.batch_size, load=_load)
+        outcomes = self.runtime.imap(inputs, load=_load)
         try:
             for item, outcome in outcomes:
                 status[item.path] = self._finish(item.path, outcome)
@@ -156,25 +219,25 @@ class DavidPredictor:
         return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
 
     def _name(self, path: str) -> str:
-        from .writer import output_name
+        from .outputs.sets import output_name
 
         names = self.job.names
         return names[path] if names is not None else output_name(path)
 
     def _written_by_this_run(self, path: str, name: str) -> bool:
-        from .writer import is_complete, record_path
+        from .outputs.images import IMAGE_KINDS
 
         job = self.job
+        image_set = IMAGE_KINDS.set(self.output, name, job.kinds)
         try:
-            recorded = record_path(self.output, name).stat().st_mtime
+            recorded = image_set.record.stat().st_mtime
         except OSError:
             return False
-        return recorded >= job.started and is_complete(self.output, name, job.kinds, job.write,
-                                                       source=path if os.path.isfile(path) else None)
+        return recorded >= job.started and image_set.is_complete(job.write,
+                                                                 source=path if os.path.isfile(path) else None)
 
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
-        from .commands.predict import _describe
-        from .writer import write_outputs
+        from .outputs.images import write_outputs
 
         error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
         if error is None:
@@ -184,7 +247,7 @@ class DavidPredictor:
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
                 error = exc
-        return "failed", _describe(error, path)
+        return "failed", describe(error, path)
 
     def __del__(self) -> None:
         runtime = getattr(self, "runtime", None)
@@ -197,26 +260,10 @@ class DavidPredictor:
 
 def predict_dataset(
     inputs: Any,
-    model: Union[str, "os.PathLike[str]"],
+    model: Union[str, "os.PathLike[str]", RuntimeOptions],
     output: Union[str, "os.PathLike[str]"],
-    *,
-    save: Optional[Sequence[str]] = None,
-    overwrite: bool = False,
-    recursive: bool = False,
-    batch_size: int = 1,
-    workers: Optional[int] = None,
-    cpus_per_worker: float = 1,
-    gpus_per_worker: Optional[float] = None,
-    task_size: int = 16,
-    max_restarts: int = 3,
-    max_task_retries: int = 3,
-    address: Optional[str] = None,
-    progress: bool = False,
-    warn: Optional[Callable[[str], None]] = None,
-    fov: float = 60.0,
-    near: float = 1.0,
-    far: float = 2.0,
-    **runtime_options: Any,
+    options: Optional[DatasetOptions] = None,
+    **keywords: Any,
 ) -> DistributedSummary:
     """Predict every input on a Ray cluster and write the files `david-infer predict` writes.
 
@@ -225,49 +272,30 @@ def predict_dataset(
             named on the driver exactly as `david-infer predict` does), or a `ray.data.Dataset`
             with a `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
             include_paths=True)`, from any file system Ray reaches) or `image` (decoded pixels);
-            a Dataset's inputs are named by `writer.output_name(path)` (the file's stem).
-        model: the model file or folder (at the same path on every node).
+            a Dataset's inputs are named by `outputs.sets.output_name(path)` (the file's stem).
+        model: the model file or folder (at the same path on every node) or a released model's
+            name, or a `RuntimeOptions` (the model and how it runs: backend, device, resolution,
+            batch_size, threads, ...), sent to each actor as it is.
         output: the output folder (shared by every node); created if needed.
-        save, overwrite, recursive, fov, near, far: as the `predict` command's options.
-        batch_size: images per model call inside an actor.
-        workers: number of actors (default: the cluster's CPUs / cpus_per_worker, or its GPUs /
-            gpus_per_worker on a GPU device; never more than there are tasks).
-        cpus_per_worker: CPUs reserved per actor; also the model's thread count per actor
-            (`threads` and, for ONNX Runtime, `intra_op_threads`) unless given.
-        gpus_per_worker: GPUs per actor (default 1 when `device` is a GPU, else 0).
-        task_size: at most this many inputs per Ray task: the unit an actor is given, and redone
-            if its process dies.
-        max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker
-            process dies (per actor and per task).
-        address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); None connects to the
-            cluster `ray start` made on this machine or starts a local one. Ignored when Ray is
-            already initialised in this process.
-        progress: show a progress bar (as `david-infer predict` does).
-        warn: called with each warning (dangling links, second names of a file); they are also
-            in the summary.
-        runtime_options: `DavidRuntime` arguments (backend, device, resolution, threads, ...).
+        options: a DatasetOptions (what is written, how many workers, Ray's retries, ...).
+        keywords: a convenience: fields of DatasetOptions, of its JobOptions (save, overwrite,
+            recursive, fov, near, far) or of RuntimeOptions (backend, device, resolution, ...) by
+            name, replacing those of `options` and `model`; other names are backend options
+            (as `DavidRuntime` takes them).
 
     Returns a DistributedSummary: inputs written, skipped (complete before this run) and failed
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
+    from .outputs.images import IMAGE_KINDS
     from .video import is_video_path
-    from .commands.predict import (Progress, Tally, _model_record, _plan, check_save, collect_inputs,
-                                   name_inputs, parse_save, probe_output_folder)
-    from .writer import WriteOptions, check_ply_options, remove_temporaries
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")
     started = time.time()
-    for arg, value in (("batch_size", batch_size), ("task_size", task_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{arg} must be a positive integer, got {value!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise InputError(f"workers must be a positive integer, got {workers!r}")
-    if isinstance(cpus_per_worker, bool) or not isinstance(cpus_per_worker, (int, float)) or cpus_per_worker <= 0:
-        raise InputError(f"cpus_per_worker must be a positive number, got {cpus_per_worker!r}")
-    check_ply_options(fov, near, far)
-    check_save(list(save) if save else None)
+    options = (options or DatasetOptions()).with_keywords(keywords)
+    runtime = _runtime_options(model, keywords)
+    job = options.job
     outdir = Path(output)
     summary = DistributedSummary(outdir)
 
@@ -275,40 +303,32 @@ def predict_dataset(
     jobs: List[Tuple[Path, str]] = []
     if not is_dataset:
         specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        found = collect_inputs([os.fspath(s) for s in specs], recursive, exclude=outdir)
+        jobs, found = gather_inputs([os.fspath(s) for s in specs], job.recursive, outdir,
+                                    options.warn or (lambda text: None))
         summary.warnings, summary.dangling, summary.duplicates = found.warnings, found.dangling, found.duplicates
-        for text in found.warnings:
-            if warn is not None:
-                warn(text)
-        if not found.inputs and not found.problems:
-            raise InputError("no inputs given" if not found.warnings else "no inputs left (see the warnings)")
-        jobs, clashes = name_inputs(found.inputs)
-        summary.failed.extend(found.problems + clashes)
+        summary.failed.extend(found.problems)
         # clips are decoded frame by frame with PyAV on one machine (david-infer predict without --ray)
         clips = [(path, "video files are predicted locally (david-infer predict without --ray); this run "
                   "takes images only") for path, _ in jobs if is_video_path(path)]
         summary.failed.extend((str(path), why) for path, why in clips)
-        jobs = [job for job in jobs if not is_video_path(job[0])]
+        jobs = [j for j in jobs if not is_video_path(j[0])]
         if not jobs:
             return summary
     probe_output_folder(outdir)
 
-    on_gpu = str(runtime_options.get("device", "cpu")).startswith("cuda")
-    gpus = (1 if on_gpu else 0) if gpus_per_worker is None else gpus_per_worker
-    options = _worker_runtime_options(model, runtime_options, cpus_per_worker)
-    with _driver_runtime(model, options) as runtime:
-        kinds = tuple(parse_save(list(save) if save else None, runtime.tasks))
-        write = WriteOptions(fov, (near, far), runtime.post_options.invert_depth, extra=_model_record(runtime))
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
+    on_gpu = str(runtime.device).startswith("cuda")
+    gpus = (1 if on_gpu else 0) if options.gpus_per_worker is None else options.gpus_per_worker
+    runtime = _worker_runtime_options(runtime, options.cpus_per_worker)
+    with _driver_runtime(runtime) as driver:
+        kinds = tuple(parse_save(job.save, driver.tasks))
+        write = job.write_options(driver)
+    make_output_folder(outdir)
 
     names: Optional[Dict[str, str]] = None  # absolute path -> output name
     shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
     if not is_dataset:
         tally = Tally()
-        todo = _plan(jobs, outdir, kinds, write, overwrite, tally)
+        todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
         summary.failed.extend(tally.failures)
         left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
         summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
@@ -317,7 +337,8 @@ def predict_dataset(
         if not names:
             return summary
 
-    _connect(ray, address)
+    _connect(ray, options.address)
+    workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
     if workers is None:
         resources = ray.cluster_resources()
         workers = max(1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker))
@@ -334,25 +355,25 @@ def predict_dataset(
         # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
         dataset = ray.data.read_binary_files(sorted(names), include_paths=True, num_cpus=0,
                                              override_num_blocks=blocks, concurrency=1)
-    job = _Job(os.fspath(model), os.fspath(outdir), options, kinds, write, overwrite, names, batch_size, started)
+    actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options this way but names no replacement for these
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         results = dataset.map_batches(
             DavidPredictor,
-            fn_constructor_kwargs={"job": job},
+            fn_constructor_kwargs={"job": actor_job},
             batch_size=task_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_per_worker,
             num_gpus=gpus,
-            max_restarts=max_restarts,  # Ray's actor restarts after a worker process dies
-            max_task_retries=max_task_retries,  # and resubmission of the task it was running
+            max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
+            max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
         )
     for key, value in _DATA_SETTINGS.items():
         setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
     pending = set(names or ())
-    bar = Progress(len(pending), progress)
+    bar = Progress(len(pending), options.progress)
     try:
         with quiet_logger("ray.data"):
             for row in _rows(results):
@@ -369,10 +390,10 @@ def predict_dataset(
     finally:
         bar.close()
     for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-        remove_temporaries(outdir, name, kinds)
+        IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
     for path in sorted(pending):
         summary.failed.append((shown.get(path, path), "no result: the Ray task holding it failed after "
-                               f"{max_task_retries} retries (see the Ray logs); run again to retry it"))
+                               f"{options.max_task_retries} retries (see the Ray logs); run again to retry it"))
     return summary
 
 
@@ -390,32 +411,37 @@ def _is_dataset(inputs: Any) -> bool:
     return isinstance(inputs, Dataset)
 
 
-def _worker_runtime_options(model: Any, given: Mapping[str, Any], cpus: float) -> Dict[str, Any]:
+def _runtime_options(model: Any, keywords: Dict[str, Any]) -> RuntimeOptions:
+    """The RuntimeOptions of `model` (a RuntimeOptions, or the model alone) with the keywords left
+    over from DatasetOptions: RuntimeOptions' fields, else backend options; the model resolved."""
+    runtime = model if isinstance(model, RuntimeOptions) else RuntimeOptions(model)
+    own = {k: keywords.pop(k) for k in list(keywords) if k in _fields(RuntimeOptions)}
+    if keywords:
+        own["backend_options"] = {**own.get("backend_options", runtime.backend_options), **keywords}
+    resolved = resolved_model(runtime.model)
+    return runtime.replace(**own, model=resolved if isinstance(resolved, str) else os.fspath(resolved))
+
+
+def _worker_runtime_options(options: RuntimeOptions, cpus: float) -> RuntimeOptions:
     """The runtime options for each actor: the model's threads follow the actor's CPUs unless
     given; a GPU device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
-    from .commands.predict import thread_options
+    from .runtime import with_threads
 
-    options = dict(given)
-    own = dict(options.get("backend_options") or {})
-    for key, value in thread_options(model, options.get("backend", "auto"), max(1, int(cpus))).items():
-        if key not in options and key not in own:
-            options[key] = value
-    if str(options.get("device", "cpu")).startswith("cuda:"):
-        options["device"] = "cuda"
-    return options
+    options = with_threads(options, options.threads if options.threads is not None else max(1, int(cpus)))
+    return options.replace(device="cuda") if str(options.device).startswith("cuda:") else options
 
 
-def _driver_runtime(model: Any, options: Mapping[str, Any]) -> Any:
+def _driver_runtime(options: RuntimeOptions) -> Any:
     """The model opened once on the driver (on the CPU when its backend can, so a head node without
     a GPU can check a GPU job) to refuse a bad model or option before any work starts."""
-    from .backends import get_backend
+    from .backends import get_backend, url_scheme
     from .runtime import DavidRuntime, choose_backend, resolve_model_path
 
-    probe = dict(options)
-    backend = choose_backend(resolve_model_path(model), probe.get("backend", "auto"))
+    model = options.model
+    backend = choose_backend(model if url_scheme(model) else resolve_model_path(model), options.backend)
     if "cpu" in get_backend(backend).devices:
-        probe["device"] = "cpu"
-    return DavidRuntime(model, **probe)
+        options = options.replace(device="cpu")
+    return DavidRuntime.from_options(options)
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
@@ -449,4 +475,4 @@ _DATA_SETTINGS = {"enable_progress_bars": False, "print_on_execution_start": Fal
                   "enable_auto_log_stats": False, "max_errored_blocks": -1}
 
 
-__all__ = ["DavidPredictor", "DistributedSummary", "predict_dataset", "RESULT_COLUMNS"]
+__all__ = ["DatasetOptions", "DavidPredictor", "DistributedSummary", "predict_dataset", "RESULT_COLUMNS"]

@@ -30,6 +30,11 @@ class DavidWarning(UserWarning):
     """Base class of the warnings this package issues (filter them with this category)."""
 
 
+class EmptyMaskWarning(DavidWarning):
+    """The foreground mask keeps no pixel (no person found): the output is written as the mask says
+    (the photo unchanged, the background alone, a cloud without points), which is degenerate."""
+
+
 class OnnxRuntimeConflictWarning(DavidWarning):
     """More than one ONNX Runtime build is installed; they overwrite each other's files."""
 
@@ -67,3 +72,7 @@ class NonFiniteOutput(ModelError):
     def __init__(self, message: str, task: str = "", input: str = "", share: float = 0.0) -> None:
         super().__init__(message)
         self.task, self.input, self.share = task, input, share
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; the message says what is complete and how to resume."""

@@ -15,7 +15,8 @@ Limits (each refusal is an InputError naming the input):
   given to `decode` (`DavidRuntime(max_image_pixels=...)`; None = no limit of ours). Files are
   checked from their header, before any pixel is decoded, so a small file declaring a huge image
   (a decompression bomb) costs nothing. Pillow's own guard (`PIL.Image.MAX_IMAGE_PIXELS`,
-  refusing above twice its value, about 179 MP) also applies to files: raise it too to go beyond.
+  refusing above twice its value, about 179 MP) also applies to files: raise it too to go beyond;
+  its warning between its value and twice it is not shown (our limit is the one that governs).
 - Float values: NaN and infinity are refused; values within 1e-3 of [0, 1] (rounding noise) are
   clipped; anything further out is refused (scale 0..255 data by 1/255 first).
 - Arrays in non-native byte order (big-endian uint16/float) are accepted and converted.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -173,10 +176,22 @@ def _open_file(path: Path, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Imag
     return _open_image(path, str(path), max_pixels)
 
 
+_WARNING_FILTERS = threading.Lock()
+
+
+def _open_quietly(source: Any) -> Image.Image:
+    """Image.open without Pillow's DecompressionBombWarning (above ~89 MP): our own limit, checked
+    next from the header, governs, so a 100 MP photo within it decodes without Pillow's raw
+    warning. The lock keeps our threads from interleaving their changes to the warning filters."""
+    with _WARNING_FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def _open_image(source: Any, name: str, max_pixels: Optional[int]) -> Image.Image:
     """Decode an image file (a path or a binary file object) after checking its header's size."""
     try:
-        with Image.open(source) as opened:  # closes the file; the loaded pixels stay usable
+        with _open_quietly(source) as opened:  # closes the file; the loaded pixels stay usable
             _check_pixels(opened.width, opened.height, max_pixels, name)  # header only so far
             opened.load()
             img = opened

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from .errors import ModelError
-from .manifest import atomic_write_bytes
+from .outputs.files import atomic_write_bytes
 
 
 def read_json_object(path: Union[str, Path], what: str = "JSON file", expect_object: bool = True) -> Any:

@@ -3,17 +3,19 @@
 It holds everything a host needs to run the file without Python: tensor names, shapes (symbolic
 dims as strings), dtypes, the preprocessing contract, per-task postprocessing, provenance and the
 SHA-256 of the model file. `FORMAT` / `FORMAT_VERSION` identify the schema.
+
+This module is the file format alone (what `david_infer.contract` builds on): it knows no
+contract. Reading a manifest goes through the contract, which validates it
+(`contract.read_manifest`, `ModelContract.load`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from .errors import ModelError
+from .outputs.files import atomic_write_bytes, sha256_file
 
 FORMAT = "david-infer-manifest"
 FORMAT_VERSION = 1
@@ -48,65 +50,9 @@ def manifest_path(model_path: Union[str, Path]) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _umask_mode(mode: int = 0o666) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
-    """An empty temporary file beside `final` with ordinary permissions, for an atomic rename."""
-    final = Path(final)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix)
-    os.close(fd)
-    os.chmod(tmp, _umask_mode())
-    return Path(tmp)
-
-
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically.
-
-    On any failure the temporary file is removed and `path` is left as it was.
-    """
-    path = Path(path)
-    tmp = make_temp_path(path, suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:
     """Write a manifest as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
-    """A manifest file as a dict, validated by `david_infer.contract.ModelContract` (for tools that
-    rewrite manifests; the runtime works on the contract itself)."""
-    from .contract import ModelContract
-    from .jsonfile import read_json_object
-
-    path = Path(path)
-    data = read_json_object(path, "JSON manifest", expect_object=False)
-    ModelContract.from_dict(path.with_suffix(".onnx") if path.suffix == ".json" else path, data)
-    return data
 
 
 def check_sha256(model_path: Union[str, Path], expected: Optional[str]) -> None:

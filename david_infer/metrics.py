@@ -56,6 +56,8 @@ class Parity:
 
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     reasons: List[str] = field(default_factory=list)
+    # output -> metric -> the limit applied ("<=" for errors, ">=" for IoU), FP16 allowance included
+    limits: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -192,13 +194,15 @@ def compare(got: Mapping[str, Any], ref: Mapping[str, Any], thresholds: Optional
             r = np.asarray(ref[name])
             floor = output_metrics(name, r.astype(np.float16).astype(np.float64), r)
             m.update({f"fp16_rounding_{k}": v for k, v in floor.items() if k in dict((c[0], 0) for c in _checks(name, t))})
+        applied = parity.limits.setdefault(name, {})
         for metric, kind, limit in _checks(name, t):
             value = m[metric]
+            applied[metric] = limit if kind == "min" else limit + 2 * floor.get(metric, 0.0)
             if kind == "min":
                 if not value >= limit:  # NaN fails
                     parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be >= {limit:g}")
                 continue
-            allowed = limit + 2 * floor.get(metric, 0.0)
+            allowed = applied[metric]
             if not value <= allowed:
                 extra = (f" + 2 x {floor[metric]:.3g} (the reference's own FP16 rounding)" if metric in floor else "")
                 parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be <= {limit:g}{extra}")

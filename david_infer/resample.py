@@ -7,18 +7,24 @@ official runtime uses. Results equal those libraries' to float32 rounding, but t
 matrix products per map instead of per-pixel loops, and channels stay interleaved (normals come
 out as (H, W, 3) directly).
 
-The products are cut into blocks small enough that OpenBLAS runs each on one thread (it spins up
-its own threads above ~2.6e5 multiply-adds, which only hurts on a busy machine); our own worker
-pool spreads the blocks instead.
+The products are not BLAS calls: a BLAS library picks its blocking and kernels by its thread
+count (OpenBLAS goes multi-threaded above ~2.6e5 multiply-adds), which changes the rounding, so
+the same image would give maps differing by an ulp under another OMP_NUM_THREADS (a Ray worker
+has 1). Each output row is instead the sum of its source rows in ascending order, one
+elementwise multiply and add per source row over a block of output rows (`band_product`):
+elementwise float32 operations round each element alone, so the result is the same bits whatever
+the BLAS threads, `threads`, batch size or band split (see docs/determinism.md). Our own worker
+pool spreads the blocks.
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-_BLAS_SINGLE_THREAD_MNK = 262144  # OpenBLAS: products below 65536 * 4 multiply-adds run on one thread
+_BLOCK_FLOATS = 1 << 16  # elements of one output block (256 KB): the running sums stay in L2 cache
 
 
 def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -40,6 +46,13 @@ def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str)
     """(out_size, in_size) float32 resampling matrix of source span [start, stop) (Pillow's
     precompute_coeffs: centre = start + (i + 0.5) * scale, support widened when shrinking).
     Only the taps inside each output's window are evaluated."""
+    dense = pillow_coeffs(in_size, start, stop, out_size, kernel).astype(np.float32)
+    dense.setflags(write=False)
+    return dense
+
+
+def pillow_coeffs(in_size: int, start: float, stop: float, out_size: int, kernel: str) -> np.ndarray:
+    """`weights` in float64, as Pillow computes them before its 8-bit fixed-point rounding."""
     fn, support = KERNELS[kernel]
     scale = (stop - start) / out_size
     filterscale = max(scale, 1.0)
@@ -51,10 +64,9 @@ def weights(in_size: int, start: float, stop: float, out_size: int, kernel: str)
     valid = cols < hi[:, None]
     w = np.where(valid, fn((cols - centers[:, None] + 0.5) / filterscale), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    dense = np.zeros((out_size, in_size), dtype=np.float32)
+    dense = np.zeros((out_size, in_size))
     rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
     dense[rows[valid], cols[valid]] = w[valid]
-    dense.setflags(write=False)
     return dense
 
 
@@ -81,22 +93,62 @@ def cv2_weights(in_size: int, out_full: int, offset: int, count: int, a: float =
     return w
 
 
-def _bands(w: np.ndarray, rows: int) -> List[Tuple[int, int, int, int]]:
-    """(o0, o1, i0, i1): output rows o0:o1 read only input rows i0:i1."""
-    out = []
+_BAND_LOCK = threading.Lock()
+_BAND_CACHE: Dict[Tuple[int, int], Tuple[np.ndarray, List[Tuple[int, int, int, int]]]] = {}
+
+
+def _cached_bands(w: np.ndarray, most: int) -> List[Tuple[int, int, int, int]]:
+    """`_bands(w, most)`, remembered for the last few weight matrices (the entry holds `w`, so its
+    id cannot name another array meanwhile)."""
+    key = (id(w), most)
+    with _BAND_LOCK:
+        hit = _BAND_CACHE.get(key)
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    bands = _bands(w, most)
+    with _BAND_LOCK:
+        if len(_BAND_CACHE) >= 64:
+            del _BAND_CACHE[next(iter(_BAND_CACHE))]
+        _BAND_CACHE[key] = (w, bands)
+    return bands
+
+
+def _bands(w: np.ndarray, most: int) -> List[Tuple[int, int, int, int]]:
+    """(o0, o1, i0, i1): output rows o0:o1 read only input rows i0:i1. A band grows (up to `most`
+    rows) while it reads at most half again as many input rows as one row has taps, so few of
+    the products `band_product` computes are with zero weights."""
     nonzero = w != 0
-    for o0 in range(0, w.shape[0], rows):
-        o1 = min(o0 + rows, w.shape[0])
-        cols = np.flatnonzero(nonzero[o0:o1].any(axis=0))
-        out.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
+    lo = nonzero.argmax(axis=1)
+    hi = w.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+    span = max(1, int(1.5 * (hi - lo).max()))
+    out = []
+    o0 = 0
+    while o0 < w.shape[0]:
+        o1, i0, i1 = o0 + 1, int(lo[o0]), int(hi[o0])
+        while o1 < min(o0 + most, w.shape[0]) and max(i1, hi[o1]) - min(i0, lo[o1]) <= span:
+            i0, i1 = min(i0, int(lo[o1])), max(i1, int(hi[o1]))
+            o1 += 1
+        out.append((o0, o1, i0, i1))
+        o0 = o1
     return out
 
 
-def _matmul_blocks(wb: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
-    """out = wb @ a in column blocks small enough for OpenBLAS to stay on one thread."""
-    step = max(256, _BLAS_SINGLE_THREAD_MNK // max(1, wb.shape[0] * wb.shape[1]))
+def band_product(wb: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
+    """out = wb @ a, (R, K) @ (K, N) -> (R, N) float32, summed in a fixed order: source row k = 0,
+    1, ... added to every output row (an elementwise multiply and add), in column blocks that stay
+    in cache. Zero weights add exact zeros, so each output row is the ascending sum of its own
+    nonzero terms whatever the band it is computed in."""
+    rows, k = wb.shape
+    step = max(256, _BLOCK_FLOATS // max(1, rows))
+    wcols = np.ascontiguousarray(wb.T)[:, :, None]  # (K, R, 1): weight column k broadcast over N
+    term = np.empty((rows, min(step, a.shape[1])), dtype=np.float32)
     for c0 in range(0, a.shape[1], step):
-        np.matmul(wb, a[:, c0:c0 + step], out=out[:, c0:c0 + step])
+        acc, src = out[:, c0:c0 + step], a[:, c0:c0 + step]
+        t = term[:, :acc.shape[1]]
+        np.multiply(wcols[0], src[0], out=acc)
+        for i in range(1, k):
+            np.multiply(wcols[i], src[i], out=t)
+            acc += t
 
 
 def banded_matmul(
@@ -106,7 +158,7 @@ def banded_matmul(
     """out[o0:o1] = w[o0:o1, i0:i1] @ a[i0:i1] for each band; `finish(out[o0:o1])` runs on each
     band while it is still in cache."""
     for o0, o1, i0, i1 in bands:
-        _matmul_blocks(w[o0:o1, i0:i1], a[i0:i1], out[o0:o1])
+        band_product(w[o0:o1, i0:i1], a[i0:i1], out[o0:o1])
         if finish is not None:
             finish(out[o0:o1])
 
@@ -123,7 +175,7 @@ def _unit_bands(w: np.ndarray, planes: np.ndarray, out: np.ndarray, bands: List[
     for o0, o1, i0, i1 in bands:
         r = o1 - o0
         for c in range(3):
-            _matmul_blocks(w[o0:o1, i0:i1], planes[c, i0:i1], xyz[c, :r])
+            band_product(w[o0:o1, i0:i1], planes[c, i0:i1], xyz[c, :r])
         x, y, z, n, t = xyz[0, :r], xyz[1, :r], xyz[2, :r], norm[:r], tmp[:r]
         np.multiply(x, x, out=n)
         np.multiply(y, y, out=t)
@@ -158,7 +210,7 @@ def resize_box(
 
 def resize_separable(
     x: np.ndarray, wy: np.ndarray, wx: np.ndarray, finish: Optional[Callable[[np.ndarray], None]] = None,
-    pool=None, unit_eps: Optional[float] = None, band_rows: int = 16,
+    pool=None, unit_eps: Optional[float] = None,
 ) -> np.ndarray:
     """out = wy @ x[c] @ wx.T for each channel of `x` (C, R, R'), as banded products.
 
@@ -167,9 +219,9 @@ def resize_separable(
     channels) every output vector is divided by max(its length, unit_eps) instead."""
     c, rh, rw = x.shape
     h, w = wy.shape[0], wx.shape[0]
-    ybands = _bands(wy, band_rows)
+    ybands = _cached_bands(wy, 16)
     y0, y1 = ybands[0][2], max(b[3] for b in ybands)
-    xbands = _bands(wx, 64)
+    xbands = _cached_bands(wx, 64)
     # Horizontal pass on the few source rows needed: (W, C * rows) = wx @ (R', C * rows).
     src = np.ascontiguousarray(x[:, y0:y1, :].transpose(2, 0, 1).reshape(rw, c * (y1 - y0)))
     horiz = np.empty((w, c * (y1 - y0)), dtype=np.float32)

@@ -23,12 +23,14 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping
 
 import numpy as np
 
+from . import prepost
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
-from .inputs import MAX_IMAGE_PIXELS, Decoded, check_channel_order, check_max_pixels, decode
+from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
+from .options import RuntimeOptions, positive_int, resolved_model
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
 from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, linear_resize_chw, official_prepare
@@ -82,11 +84,17 @@ def choose_backend(path: Union[Path, str], backend: str = "auto") -> str:
     return chosen
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+def with_threads(options: RuntimeOptions, threads: int) -> RuntimeOptions:
+    """`options` running on `threads` threads: pre/postprocessing, and the model's own count where
+    its backend has one (ONNX Runtime's intra_op_threads) and it was not given (what the CLI's
+    --threads means; DavidRuntime's own `threads` sizes pre/postprocessing only)."""
+    model = resolved_model(options.model)
+    target = model if url_scheme(model) else resolve_model_path(model)
+    backend = get_backend(choose_backend(target, options.backend))
+    own = dict(options.backend_options)
+    if "intra_op_threads" in {f.name for f in dataclasses.fields(backend.Options)}:
+        own.setdefault("intra_op_threads", threads)
+    return options.replace(threads=threads, backend_options=own)
 
 
 class DavidRuntime:
@@ -109,7 +117,7 @@ class DavidRuntime:
             see david_infer.preprocess.
         post: a PostOptions (depth direction and normalisation, foreground threshold, output
             interpolation). Its fields may also be given as keyword arguments (`invert_depth=False`).
-        batch_size: default batch size of predict_batch and imap.
+        batch_size: default batch size of predict_batch and imap (default 1).
         threads: threads for pre/postprocessing (default: the CPU count, at most 4).
         verify: check the model file's SHA-256 against its manifest.
         max_image_pixels: largest image accepted, width x height (default 100 megapixels,
@@ -123,74 +131,94 @@ class DavidRuntime:
             cuda_options, intra_op_threads, cache_dir); also accepted as keyword arguments.
             A name the backend does not know is an InputError listing the valid ones.
 
-    The model contract (`contract`), the device and the workload are validated before the
-    backend opens the model.
+    All of these are the fields of one `david_infer.options.RuntimeOptions` (which holds their
+    defaults and checks them); `DavidRuntime.from_options(options)` opens one from such an object,
+    and `runtime.options` is the object a runtime was opened with. The model contract
+    (`contract`), the device and the workload are validated before the backend opens the model.
     """
 
     def __init__(
         self,
         model: ModelLike,
-        backend: str = "auto",
-        device: str = "cpu",
-        resolution: Optional[int] = 512,
-        channel_order: str = "rgb",
+        backend: str = RuntimeOptions.backend,
+        device: str = RuntimeOptions.device,
+        resolution: Optional[int] = RuntimeOptions.resolution,
+        channel_order: str = RuntimeOptions.channel_order,
         *,
-        pipeline: str = "auto",
+        pipeline: str = RuntimeOptions.pipeline,
         post: Optional[PostOptions] = None,
-        batch_size: int = 4,
-        threads: Optional[int] = None,
-        verify: bool = True,
-        max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
-        allow_nonfinite: bool = False,
+        batch_size: int = RuntimeOptions.batch_size,
+        threads: Optional[int] = RuntimeOptions.threads,
+        verify: bool = RuntimeOptions.verify,
+        max_image_pixels: Optional[int] = RuntimeOptions.max_image_pixels,
+        allow_nonfinite: bool = RuntimeOptions.allow_nonfinite,
         backend_options: Optional[Mapping[str, Any]] = None,
         **options: Any,
     ) -> None:
         self.runner: Optional[Runner] = None
+        self.device_stages: Any = None  # torch pre/postprocessing on the runner's device, when it has them
         self._pool: Optional[ThreadPoolExecutor] = None
-        self.channel_order = check_channel_order(channel_order)
-        self.max_image_pixels = check_max_pixels(max_image_pixels)
-        if not isinstance(allow_nonfinite, bool):
-            raise InputError(f"allow_nonfinite must be True or False, got {allow_nonfinite!r}")
-        self.allow_nonfinite = allow_nonfinite
-        _positive_int("batch_size", batch_size)
-        _positive_int("threads", threads, allow_none=True)
         post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
         if post is not None and post_kwargs:
             raise InputError(f"give the postprocessing options either as post= or as keyword arguments "
                              f"({', '.join(post_kwargs)}), not both")
-        post = post if post is not None else PostOptions(**post_kwargs)
-        if not isinstance(post, PostOptions):
-            raise InputError(f"post must be a david_infer.PostOptions, got {type(post).__name__}")
+        self._kwargs_given = set(options)  # backend options given as keywords: named so in errors
+        #: what this runtime was opened with
+        self.options = RuntimeOptions(
+            model, backend, device, resolution, channel_order, batch_size=batch_size, threads=threads,
+            pipeline=pipeline, post=post if post is not None else PostOptions(**post_kwargs), verify=verify,
+            max_image_pixels=max_image_pixels, allow_nonfinite=allow_nonfinite,
+            backend_options={**dict(backend_options or {}), **options})
+        self.channel_order = self.options.channel_order
+        self.max_image_pixels = self.options.max_image_pixels
+        self.allow_nonfinite = self.options.allow_nonfinite
+        post = self.options.post
         #: the model file, or the server URL of a remote backend
         self.path: Union[Path, str] = model if url_scheme(model) else resolve_model_path(model)
-        self.backend = self._choose_backend(backend)
+        self.backend = self._choose_backend(self.options.backend)
         backend_cls = get_backend(self.backend)
-        backend_opts = self._backend_options(backend_cls, backend_options, options)
-        loader: Backend = backend_cls(backend_opts)
+        loader: Backend = backend_cls(self._backend_options(backend_cls, self.options.backend_options))
         if bool(loader.schemes) != isinstance(self.path, str):
             raise InputError(f"the {self.backend} backend takes a server URL (grpc://HOST:PORT/MODEL), not a file"
                              if loader.schemes else
                              f"{self.path} is a server URL; the {self.backend} backend opens model files (use "
                              f"backend={next(iter(url_schemes().values()), 'triton')!r})")
-        self.device = loader.check_device(parse_device(device))
-        self.contract = self._load_contract(loader, verify)
-        self.resolution = self._check_resolution(resolution)
-        self.pipeline = self._check_pipeline(pipeline)
+        self.device = loader.check_device(parse_device(self.options.device))
+        self.contract = self._load_contract(loader, self.options.verify)
+        #: (resolution, pipeline, interpolation, channel order) of a pre/post graph, else None
+        self._graph = (prepost.graph_settings(self.contract.prepost, str(self.path))
+                       if self.contract.prepost is not None else None)
+        self.resolution = self._check_resolution(self.options.resolution)
+        self.pipeline = self._check_pipeline(self.options.pipeline)
+        if self._graph is not None and post.interpolation not in ("auto", self._graph[2]):
+            raise InputError(f"{self.path} resizes its outputs inside the graph ({self._graph[2]}); "
+                             f"interpolation must be 'auto', got {post.interpolation!r}")
         if post.interpolation == "auto":
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
-        self.batch_size = min(batch_size, self.contract.fixed_batch or batch_size)
+        self.batch_size = self._batch_size(self.options.batch_size)
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
+            # a runner that pads, resizes and finishes on its own device (torch) hands its stages
+            make_stages = getattr(self.runner, "device_prepost", None)
+            self.device_stages = make_stages() if make_stages is not None else None
         except BaseException:
             self.runner.close()  # a refused model must not keep a session alive
             raise
-        workers = threads if threads is not None else min(4, os.cpu_count() or 1)
+        workers = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
         self.threads = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None
 
     # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_options(cls, options: RuntimeOptions) -> "DavidRuntime":
+        """A runtime opened with `options` (a david_infer.options.RuntimeOptions)."""
+        if not isinstance(options, RuntimeOptions):
+            raise InputError(f"expected a david_infer.options.RuntimeOptions, got {type(options).__name__}")
+        fields = options.as_kwargs()
+        return cls(fields.pop("model"), **fields)
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "DavidRuntime":
@@ -204,18 +232,16 @@ class DavidRuntime:
     def _choose_backend(self, backend: str) -> str:
         return choose_backend(self.path, backend)
 
-    def _backend_options(self, backend_cls: type, given: Optional[Mapping[str, Any]],
-                         extra: Dict[str, Any]) -> BackendOptions:
-        """The backend's typed options from backend_options= and the leftover keyword arguments;
-        a name neither the runtime nor the backend knows is an InputError listing both."""
+    def _backend_options(self, backend_cls: type, given: Mapping[str, Any]) -> BackendOptions:
+        """The backend's typed options; a name given as a keyword argument that neither the runtime
+        nor the backend knows is an InputError listing both (backend_options= names: the backend's)."""
         valid = [f.name for f in dataclasses.fields(backend_cls.Options)]
-        unknown = [k for k in extra if k not in valid]
+        unknown = [k for k in given if k not in valid and k in self._kwargs_given]
         if unknown:
             own = [p for p in inspect.signature(DavidRuntime.__init__).parameters if p not in ("self", "options")]
             raise InputError(unknown_option_message(f"DavidRuntime (backend {self.backend!r})", unknown,
                                                     own + list(_POST_FIELDS) + valid))
-        merged = {**dict(given or {}), **extra}
-        return backend_cls.Options.parse(self.backend, merged)
+        return backend_cls.Options.parse(self.backend, given)
 
     def _load_contract(self, loader: Backend, verify: bool) -> ModelContract:
         """The contract from the manifest beside the file, or recognised from the graph of a
@@ -230,6 +256,11 @@ class DavidRuntime:
         return ModelContract.recognise(self.path, loader.inspect(self.path))
 
     def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
+        if self._graph is not None:  # a pre/post graph runs at the resolution built into it
+            if resolution not in (None, self._graph[0]):
+                raise InputError(f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
+                                 f"resolution must be {self._graph[0]} or None, got {resolution!r}")
+            return self._graph[0]
         fixed = self.contract.fixed_resolution
         if fixed is not None:
             if resolution != fixed:
@@ -243,7 +274,17 @@ class DavidRuntime:
             raise InputError(f"resolution must be None or a positive multiple of {stride}, got {resolution!r}")
         return resolution
 
+    def _batch_size(self, batch_size: int) -> int:
+        """A batch size as run: checked, and at most a fixed-batch graph's batch."""
+        size = positive_int("batch_size", batch_size)
+        return min(size, self.contract.fixed_batch or size)
+
     def _check_pipeline(self, pipeline: str) -> str:
+        if self._graph is not None:
+            if pipeline not in ("auto", self._graph[1]):
+                raise InputError(f"{self.path} has the {self._graph[1]} pipeline inside its graph; pipeline must be "
+                                 f"'auto' or {self._graph[1]!r}, got {pipeline!r}")
+            return self._graph[1]
         if pipeline == "auto":
             return "official" if self.contract.vit_input is None else "antialias"
         if pipeline not in PIPELINES:
@@ -256,11 +297,6 @@ class DavidRuntime:
     def tasks(self) -> Tuple[str, ...]:
         """Tasks the model predicts, in output order."""
         return self.contract.tasks
-
-    @property
-    def spec(self) -> ModelContract:
-        """The model contract (an alias of `contract`)."""
-        return self.contract
 
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
@@ -303,11 +339,8 @@ class DavidRuntime:
         its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
         the reader.
         """
-        size = self.batch_size if batch_size is None else batch_size
-        _positive_int("batch_size", size)
-        size = min(size, self.contract.fixed_batch or size)
-        depth = 2 * size if prefetch is None else prefetch
-        _positive_int("prefetch", depth)
+        size = self.batch_size if batch_size is None else self._batch_size(batch_size)
+        depth = 2 * size if prefetch is None else positive_int("prefetch", prefetch)
         return _BatchStream(self, iter(inputs), size, depth, load)
 
     def predict_video(
@@ -345,6 +378,12 @@ class DavidRuntime:
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         h, w = decoded.size
         resolution = self.resolution or dynamic_resolution(h, w, self.contract.stride)
+        if self._graph is not None:  # the graph does the rest
+            max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
+            return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
+        if self.device_stages is not None:
+            return decoded, self.device_stages.prepare(decoded, resolution, self.contract.vit_size if
+                                                       self.contract.vit_input is not None else None, self.pipeline)
         if self.pipeline == "official":
             prepared = official_prepare(decoded, resolution)
             if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
@@ -364,9 +403,9 @@ class DavidRuntime:
         results: List[Union[Dict[str, np.ndarray], Exception]] = []
         start = 0
         while start < len(prepared):
-            side = prepared[start].image.shape[-1]
+            shape = prepared[start].image.shape
             stop = start
-            while stop < len(prepared) and prepared[stop].image.shape[-1] == side:
+            while stop < len(prepared) and prepared[stop].image.shape == shape:
                 stop += 1
             results.extend(self._infer_same_size(prepared[start:stop], names[start:stop]))
             start = stop
@@ -377,6 +416,9 @@ class DavidRuntime:
         contract = self.contract
         if self.runner is None:
             raise ModelError(f"{self.path}: the runtime is closed")
+        if self.device_stages is not None:
+            per_task = self.device_stages.infer(prepared, contract.image_input, contract.vit_input, contract.tasks)
+            return self._checked(per_task, len(prepared), input_names)
         feeds = {contract.image_input: np.stack([p.image for p in prepared])}
         if contract.vit_input is not None:
             feeds[contract.vit_input] = np.stack([p.image_384 for p in prepared])
@@ -386,24 +428,40 @@ class DavidRuntime:
         per_task = {}
         for task in contract.tasks:
             value = np.asarray(raw[names[task]], dtype=np.float32)
-            if value.ndim == 3:
-                value = value[:, None]
             channels = 3 if task == "normal" else 1
-            if value.shape != (n, channels, side, side):
-                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, "
-                                 f"expected {(n, channels, side, side)}")
+            if self._graph is not None:  # finished maps at the image's size
+                expected = prepost.expected_shape(task, n, prepared[0].image.shape[:2])
+            else:
+                value = value[:, None] if value.ndim == 3 else value
+                expected = (n, channels, side, side)
+            if value.shape != expected:
+                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, expected {expected}")
             per_task[task] = value
-        outputs = [{task: per_task[task][i] for task in contract.tasks} for i in range(n)]
+        return self._checked(per_task, n, input_names)
+
+    def _checked(self, per_task: Dict[str, Any], n: int,
+                 input_names: Sequence[str]) -> List[Union[Dict[str, np.ndarray], Exception]]:
+        """Per-image outputs of a batch (task -> (N, C, R, R) arrays, or device tensors), with a
+        NonFiniteOutput in place of each image whose outputs are not finite (unless allowed)."""
+        outputs = [{task: value[i] for task, value in per_task.items()} for i in range(n)]
         if self.allow_nonfinite:
             return list(outputs)
         # one float64 sum per map of the batch: finite iff every value is (float32 values cannot
         # overflow a float64 sum); per-image counts only for a batch that fails
-        bad = [task for task, value in per_task.items() if not np.isfinite(value.sum(dtype=np.float64))]
-        return [_nonfinite(out, name, bad) for out, name in zip(outputs, input_names)] if bad else list(outputs)
+        bad = [task for task, value in per_task.items() if not _all_finite(value)]
+        if not bad:
+            return list(outputs)
+        host = [{task: _host(value) for task, value in out.items()} for out in outputs]
+        return [_nonfinite(out, name, bad) for out, name in zip(host, input_names)]
 
     def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
-        maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
+        if self._graph is not None:
+            maps = prepost.finish(outputs, self.post_options)
+        elif self.device_stages is not None:
+            maps = self.device_stages.postprocess(outputs, prepared.geometry, self.post_options)
+        else:
+            maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
 
     # ---------------------------------------------------------------------------- lifetime
@@ -442,6 +500,19 @@ def _nonfinite(outputs: Dict[str, np.ndarray], name: str,
                 f"DavidRuntime(allow_nonfinite=True) passes such values through.",
                 task=task, input=name, share=share)
     return outputs
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return bool(np.isfinite(value.sum(dtype=np.float64)))
+    from .backends.torch.prepost import all_finite  # a torch tensor, checked on its device
+
+    return all_finite(value)
+
+
+def _host(value: Any) -> np.ndarray:
+    """A numpy view of an output (a torch tensor on any device is copied to the host)."""
+    return value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
 
 
 def _raise_first(outcomes: List[Union[Dict[str, np.ndarray], Exception]]) -> List[Dict[str, np.ndarray]]:

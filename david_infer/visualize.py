@@ -17,7 +17,7 @@ tools/make_colormaps.py); matplotlib itself is not needed.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +30,8 @@ BACKGROUND = (0, 0, 0)
 #: the longest side of a `panel` (label strip included); None passed as max_side = no cap
 MAX_PANEL_SIDE = 2048
 MASK_COLOR = (0, 220, 90)
+#: the tiles of a picture of a prediction, in order: the image, then each map the model predicts
+TILES = ("image", "depth", "normal", "foreground")
 
 
 @lru_cache(maxsize=None)
@@ -43,8 +45,10 @@ def colormap(name: str = "viridis") -> np.ndarray:
 
 def apply_colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
     """Map values in [0, 1] (clipped; NaN -> 0) to (..., 3) uint8 RGB."""
-    idx = np.rint(np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0.0, 1.0) * 255.0).astype(np.intp)
-    return colormap(name)[idx]
+    t = np.nan_to_num(np.asarray(values, np.float32))  # a copy: the steps below work in place
+    np.clip(t, 0.0, 1.0, out=t)
+    t *= np.float32(255.0)
+    return colormap(name)[np.rint(t, out=t).astype(np.uint8)]
 
 
 def colorize_depth(
@@ -54,29 +58,38 @@ def colorize_depth(
     background: Sequence[int] = BACKGROUND,
     inverse: bool = False,
     mask_threshold: float = 0.5,
+    span: Optional[Tuple[float, float]] = None,
 ) -> np.ndarray:
     """Relative depth as (H, W, 3) uint8 RGB: nearer is brighter (the top of the colour map).
 
     Depth is min-max normalised over the pixels that count: finite, and with a `mask` (soft
     foreground, float in [0, 1] or uint8) those >= `mask_threshold`, so the person spans the
-    whole map. Outside the mask the picture fades to `background` with the soft mask; non-finite
-    depth is `background`. `inverse=True` for inverse depth (larger = nearer).
+    whole map; `span` = (lo, hi) gives the range instead (a clip's, so frames do not flicker;
+    depth outside it is clipped). Outside the mask the picture fades to `background` with the soft
+    mask; non-finite depth is `background`. `inverse=True` for inverse depth (larger = nearer).
     """
     d = as_map(depth, "depth")
     alpha = as_alpha(mask, d.shape, "mask")
     finite = np.isfinite(d)
-    counted = finite & (alpha >= mask_threshold) if alpha is not None else finite
-    if not counted.any():
-        counted = finite
-    lo, hi = (float(d[counted].min()), float(d[counted].max())) if counted.any() else (0.0, 0.0)
-    span = hi - lo if hi > lo else 1.0
+    if span is None:
+        counted = finite & (alpha >= mask_threshold) if alpha is not None else finite
+        if not counted.any():
+            counted = finite
+        found = bool(counted.any())
+        lo, hi = (float(d[counted].min()), float(d[counted].max())) if found else (0.0, 0.0)
+    else:
+        (lo, hi), found = (float(span[0]), float(span[1])), True
+    width = hi - lo if hi > lo else 1.0
+    opaque = alpha is None and bool(finite.all())  # nothing fades to the background: no blending
 
     def band(rows: slice) -> np.ndarray:  # band by band: no full-size float temporaries
-        if not counted.any():
+        if not found:
             t = np.zeros(d[rows].shape, np.float32)
         else:
-            t = (d[rows] - lo) / span if inverse else (hi - d[rows]) / span
-        rgb = apply_colormap(t, cmap).astype(np.float32)
+            t = (d[rows] - lo) / width if inverse else (hi - d[rows]) / width
+        rgb = apply_colormap(t, cmap)
+        if opaque:
+            return rgb
         weight = finite[rows].astype(np.float32) * (alpha[rows] if alpha is not None else 1.0)
         return blend(rgb, background, weight)
 
@@ -148,24 +161,57 @@ def panel_tiles(prediction: Any, cmap: str = "viridis",
         raise InputError("panel: the prediction has no `image` (an (H, W, 3) uint8 RGB array)")
     image = as_image(prediction.image, "prediction.image")
     shape = image.shape[:2]
-    fg = getattr(prediction, "foreground", None)
-    alpha = as_alpha(fg, shape, "prediction.foreground")
-    tiles = [("image", image)]
-    # A mask that keeps no pixel (e.g. a random-weight model) would black out depth and normals:
-    # draw them unmasked then, so the panel still shows what the model predicted.
-    shade = alpha if alpha is not None and float(alpha.max()) >= 0.5 else None
+    alpha = as_alpha(getattr(prediction, "foreground", None), shape, "prediction.foreground")
+    maps = {"image": image}
+    if alpha is not None:
+        maps["foreground"] = alpha
     depth = getattr(prediction, "depth", None)
     if depth is not None:
         if inverse_depth is None:
             inverse_depth = bool(getattr(prediction, "depth_inverse", True))
-        depth = as_map(depth, "prediction.depth", shape)
-        tiles.append(("depth", colorize_depth(depth, shade, cmap, inverse=inverse_depth)))
+        maps["depth"] = as_map(depth, "prediction.depth", shape)
     normal = getattr(prediction, "normal", None)
     if normal is not None:
-        tiles.append(("normal", normals_to_rgb(as_normals(normal, shape, "prediction.normal"), shade)))
-    if alpha is not None:
-        tiles.append(("foreground", overlay_mask(image, alpha)))
-    return tiles
+        maps["normal"] = as_normals(normal, shape, "prediction.normal")
+    shade = tile_shade(alpha)
+    return [(name, draw_tile(name, maps[name], image, shade, cmap, bool(inverse_depth))) for name in tile_names(maps)]
+
+
+def tile_names(tasks: Iterable[str]) -> List[str]:
+    """The tiles of a picture of a model's outputs: the image, then each of `tasks` in TILES order."""
+    present = set(tasks)
+    return ["image"] + [name for name in TILES[1:] if name in present]
+
+
+def tile_shade(alpha: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The mask the depth and normal tiles fade outside: the soft foreground when it keeps any
+    pixel (>= 0.5), else None. A mask that keeps nothing (e.g. a random-weight model's) would black
+    them out: they are drawn unmasked then, so the picture still shows what the model predicted."""
+    return alpha if alpha is not None and float(alpha.max()) >= 0.5 else None
+
+
+def draw_tile(name: str, data: np.ndarray, image: Optional[np.ndarray] = None, shade: Optional[np.ndarray] = None,
+              cmap: str = "viridis", inverse: bool = True,
+              depth_span: Optional[Tuple[float, float]] = None) -> np.ndarray:
+    """One (H, W, 3) uint8 tile of a picture of a prediction (the image panel and the vis video):
+    `data` is the map the tile shows, `image` the photo (for the foreground tint), `shade` the
+    mask depth and normals fade outside (`tile_shade`).
+
+    image: `data` itself. depth: `colorize_depth`, nearer brighter (`inverse`: the depth is
+    larger = nearer), normalised over the shaded pixels or within `depth_span`. normal:
+    `normals_to_rgb`. foreground: the soft mask `data` tinted over `image`.
+    """
+    if name == "image":
+        return data
+    if name == "depth":
+        return colorize_depth(data, shade, cmap, inverse=inverse, span=depth_span)
+    if name == "normal":
+        return normals_to_rgb(data, shade)
+    if name == "foreground":
+        if image is None:
+            raise InputError("draw_tile: the foreground tile is drawn over the image; pass `image`")
+        return overlay_mask(image, data)
+    raise InputError(f"unknown tile {name!r}; choose from {', '.join(TILES)}")
 
 
 class _Reduced:

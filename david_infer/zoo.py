@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from . import __version__
 from .errors import ModelError
 from .jsonfile import read_json_object, write_json
-from .manifest import sha256_file
+from .outputs.files import sha256_file
 from .progress import BYTES, Progress
 
 BASE_URL = "https://facesyntheticspubwedata.z6.web.core.windows.net/iccv-2025/models/"
@@ -188,7 +188,12 @@ def _download(name: str, force: bool = False, progress: bool = True, timeout: fl
             check_cached(model, dest, verify=False)
             return dest
         url = model.url()
-        fetch(url, dest, expected_sizes=model.card_sizes(), progress=progress, timeout=timeout, retries=retries)
+        try:
+            fetch(url, dest, expected_sizes=model.card_sizes(), progress=progress, timeout=timeout, retries=retries)
+        except ModelError as exc:
+            raise ModelError(f"{exc}. To try the tools without the released file meanwhile, export a model of the "
+                             f"same shape with random weights (its maps mean nothing): david-infer export --variant "
+                             f"{model.variant} --task {model.task} -o {model.name}-random.onnx") from None
         _write_sidecar(dest, name=name, url=url)
     return dest
 
@@ -418,9 +423,21 @@ def _lock(dest: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; concurrent downloads are the user's risk
         yield
         return
-    with open(dest.with_name(dest.name + ".lock"), "a") as f:
+    lock = dest.with_name(dest.name + ".lock")
+    for _ in range(1000):  # bounded: each retry means another process removed the lock meanwhile
+        f = open(lock, "a")
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            if os.path.samestat(os.stat(lock), os.fstat(f.fileno())):
+                break  # we hold the lock file that is in place
+        except FileNotFoundError:
+            pass
+        f.close()  # removed by its holder while we waited: lock the new one
+    else:
+        raise ModelError(f"cannot lock {lock}: it keeps being replaced; is another download looping?")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held, so no file is left behind (waiters retry)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()

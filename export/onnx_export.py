@@ -13,23 +13,22 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
+from ..config import TASK_CHANNELS, get_config, task_outputs
 from ..errors import ExportError
 from ..manifest import (
     FORMAT,
     FORMAT_VERSION,
     POSTPROCESSING_DOC,
     PREPROCESSING_DOC,
-    make_temp_path,
     manifest_path,
-    sha256_file,
     write_manifest,
 )
-from ..config import TASK_CHANNELS, get_config, task_outputs
+from ..outputs.files import make_temp_path, sha256_file
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -246,13 +245,7 @@ def export_onnx(
         dynamic = None
         names_in = ["image"]
 
-    try:
-        tmp = make_temp_path(output, suffix=".onnx.tmp")
-    except OSError as exc:
-        raise ExportError(f"cannot write to the output folder {output.parent}: {exc.strerror}") from None
-    final_manifest = manifest_path(output)
-    existed = final_manifest.exists()
-    try:
+    def write(tmp: Path) -> Dict[str, Any]:
         # The exporter prints progress and warns about optional torchvision ops; keep the CLI quiet.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
@@ -262,8 +255,24 @@ def export_onnx(
             )
         report = _to_fp16(tmp) if precision == "fp16" else None
         onnx.checker.check_model(str(tmp), full_check=True)
-        manifest = build_manifest(output, sha256_file(tmp), variant, task, layout, precision, opset, weights_str,
-                                  seed, report)
+        return build_manifest(output, sha256_file(tmp), variant, task, layout, precision, opset, weights_str,
+                              seed, report)
+
+    return write_with_manifest(output, write)
+
+
+def write_with_manifest(output: Path, write: Callable[[Path], Dict[str, Any]]) -> Dict[str, Any]:
+    """`write(tmp)` writes the model to a temporary file beside `output` and returns its manifest;
+    then the manifest and the model take their final names. On any failure neither is left behind
+    (a manifest that existed before stays)."""
+    try:
+        tmp = make_temp_path(output, suffix=".onnx.tmp")
+    except OSError as exc:
+        raise ExportError(f"cannot write to the output folder {output.parent}: {exc.strerror}") from None
+    final_manifest = manifest_path(output)
+    existed = final_manifest.exists()
+    try:
+        manifest = write(tmp)
         write_manifest(final_manifest, manifest)
         os.replace(tmp, output)
     except BaseException as exc:

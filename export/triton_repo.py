@@ -7,6 +7,9 @@
     REPO/NAME/1/model.onnx|.plan    the model file, copied
     REPO/NAME/manifest.json         the manifest, for people
 
+A pre/post graph (`export --prepost`) goes in like any ONNX file: its uint8 image input becomes a
+TYPE_UINT8 input, so clients send the photo's bytes and get finished maps back.
+
 Dims come from the graph itself (ONNX Runtime's view of the .onnx) or, for a plan, from its sidecar
 manifest. The folder is written beside its final place and renamed into it, so a failure never
 leaves a half-written model folder.
@@ -20,28 +23,30 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-from ..backends.triton import CONFIG_MANIFEST_KEY
-from ..contract import GraphIO, ModelContract, TensorSpec
-from ..errors import InputError, ModelError
-from ..manifest import manifest_path, write_manifest
+# Absolute imports: this folder is installed as david_infer.export (setup.py's package_dir), so a
+# relative "..backends" would resolve only through that mapping and hide what this module needs.
+from david_infer.backends.triton import CONFIG_MANIFEST_KEY
+from david_infer.contract import GraphIO, ModelContract, TensorSpec
+from david_infer.errors import InputError, ModelError
+from david_infer.manifest import manifest_path, write_manifest
 
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan"),
              ".plan": ("tensorrt_plan", "model.plan")}
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64"}
+_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8"}
 
 
 def _contract_and_io(model: Path) -> Tuple[ModelContract, GraphIO, Optional[int]]:
     """The contract, the graph's inputs/outputs, and the largest batch the file accepts (None = any)."""
     if model.suffix == ".onnx":
-        from ..backends.onnxruntime import OnnxRuntimeBackend
+        from david_infer.backends.onnxruntime import OnnxRuntimeBackend
 
         io = OnnxRuntimeBackend().inspect(model)
         has_manifest = manifest_path(model).exists()
         contract = ModelContract.load(model) if has_manifest else ModelContract.recognise(model, io)
         contract.check_graph(io)
         return contract, io, None
-    from ..backends.tensorrt.sidecar import profile_ranges, read_sidecar
+    from david_infer.backends.tensorrt.sidecar import profile_ranges, read_sidecar
 
     sidecar = read_sidecar(model)  # a plan is described by its sidecar
     contract = ModelContract.from_dict(model, sidecar)

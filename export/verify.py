@@ -18,8 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .._optional import require
 from ..config import get_config
+from ..contract import read_manifest
 from ..errors import InputError, ModelError
-from ..manifest import check_sha256, manifest_path, read_manifest, sha256_file
+from ..manifest import check_sha256, manifest_path
+from ..outputs.files import sha256_file
 from ..shapes import check_stride, parse_hw_list
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
@@ -44,6 +46,9 @@ class Row:
     onnx_seconds: float = 0.0
     metrics: Dict[str, float] = field(default_factory=dict)  # david_infer.metrics for this output
     reasons: List[str] = field(default_factory=list)  # why it failed; empty when ok
+    # metric -> the limit it was judged by (iou_05: a minimum; the others maxima, raised for an FP16
+    # graph by the reference's own FP16 rounding), so a PASS can be read against the numbers
+    limits: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,7 +212,7 @@ def compare(
                 if limit is not None and not rel <= limit:
                     reasons.append(f"{out_name}: relative error {rel:.3g} > tolerance {limit:g}")
                 rows[name].append(Row(h, w, b, out_name, rel, mx, not reasons, vs_var, seconds,
-                                      judged.metrics[out_name], reasons))
+                                      judged.metrics[out_name], reasons, judged.limits.get(out_name, {})))
     return rows
 
 
@@ -262,6 +267,9 @@ def format_report(report: VerifyReport) -> str:
     for r in report.rows:
         lines.append(f"{r.height:>5}x{r.width:<5} {r.batch:>5} {r.output:<11} {_key_metrics(r):<52} "
                      f"{r.max_abs_error:>10.3e} {r.rel_error:>10.3e}{'' if r.ok else '  FAIL'}")
+        if r.limits:
+            lines.append("      limits applied: " + ", ".join(
+                f"{k} {'>=' if k == 'iou_05' else '<='} {v:.3g}" for k, v in r.limits.items()))
         lines.extend(f"      {reason}" for reason in r.reasons)
     lines.append("metrics: depth RMSE / the reference's spread and AbsRel after scale-and-shift alignment; normal "
                  "angle (mean / 99th percentile); foreground MAE of the [0, 1] mask, raw MAE / spread, IoU at 0.5")

@@ -122,3 +122,21 @@ def write_corpus(folder: Path) -> Dict[str, Path]:
         path.write_bytes(data)
         paths[name] = path
     return paths
+
+
+def real_photos() -> Dict[str, np.ndarray]:
+    """Real photographs (scikit-image's public-domain samples) in awkward sizes, (H, W, 3) uint8 RGB:
+    portrait, landscape, odd sides, smaller than the model resolution, exactly 512 square, and a
+    4K (3840 x 2160) photo made by upscaling one of them."""
+    from skimage import data
+
+    coffee, astronaut, rocket = data.coffee(), data.astronaut(), data.rocket()
+    uhd = np.asarray(Image.fromarray(coffee).resize((3840, 2160), Image.Resampling.LANCZOS))
+    return {
+        "portrait": astronaut[16:496, 120:393],  # 480 x 273
+        "landscape": coffee,  # 400 x 600
+        "odd": rocket[:427, :637],  # 427 x 637
+        "small": astronaut[200:301, 150:227],  # 101 x 77: below the resolution (the maps are shrunk)
+        "square": astronaut,  # 512 x 512: the model runs at the image's own size
+        "uhd": uhd,
+    }

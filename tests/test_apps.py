@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from david_infer import apps
-from david_infer.errors import InputError
+from david_infer.errors import EmptyMaskWarning, InputError
 
 H, W = 6, 8
 
@@ -158,8 +158,11 @@ def test_point_cloud_invert_and_mask() -> None:
     grid = pts.reshape(H, 4, 3)
     np.testing.assert_allclose(grid[:, 3, 2], -2.0)
     np.testing.assert_allclose(grid[:, 0, 2], -4.0)
-    with pytest.raises(InputError, match="no pixel"):
-        apps.point_cloud(img, _ramp(), foreground=np.zeros((H, W)))
+    with pytest.warns(EmptyMaskWarning, match="keeps no pixel .* the point cloud has no points"):
+        pts, cols = apps.point_cloud(img, _ramp(), foreground=np.zeros((H, W)))
+    assert pts.shape == (0, 3) and cols.shape == (0, 3)
+    with pytest.raises(InputError, match="no pixel has finite depth"):
+        apps.point_cloud(img, np.full((H, W), np.nan))
 
 
 def test_point_cloud_constant_depth_sits_at_near() -> None:

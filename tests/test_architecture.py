@@ -165,7 +165,7 @@ def fake_engine(tmp_path: Path) -> Path:
     return engine
 
 
-@pytest.mark.parametrize("backend, valid", [("onnxruntime", "intra_op_threads"), ("torch", "none"),
+@pytest.mark.parametrize("backend, valid", [("onnxruntime", "intra_op_threads"), ("torch", "precision"),
                                             ("tensorrt", "none")])
 def test_unknown_backend_option_fails_on_every_backend(tiny_multitask_onnx: Path, fake_engine: Path,
                                                        backend: str, valid: str) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from david_infer.cli import main
-from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+from david_infer.contract import read_manifest
+from david_infer.manifest import manifest_path, write_manifest
+from david_infer.outputs.files import sha256_file
 
 
 def test_bench_json_has_sane_numbers(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -52,6 +54,13 @@ def test_bench_rejects_bad_numbers(tiny_multitask_onnx: Path, capsys: pytest.Cap
     assert "--runs" in capsys.readouterr().err
     assert main(["bench", "-m", str(tiny_multitask_onnx), "--resolution", "60", "--runs", "1"]) == 1
     assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_backend_before_the_table(tiny_multitask_onnx: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "-m", str(tiny_multitask_onnx), "--backend", "onnxruntime,onnxrt", "--runs", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "unknown backend 'onnxrt'; expected one of auto, onnxruntime" in err
 
 
 def test_info_prints_names_shapes_and_checksum(tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.outputs import inside
-from david_infer.writer import RECORD_SUFFIX, output_name
+from david_infer.outputs.files import inside
+from david_infer.outputs.sets import RECORD_SUFFIX, output_name
 
 RES = "64"
 ALL = "depth,normal,foreground,vis,ply"
@@ -76,7 +76,9 @@ def test_folder_writes_every_requested_file(tiny_multitask_onnx: Path, tiny_runt
         assert vis.width == 4 * size[1] and vis.height > size[0]
         ply = PlyData.read(str(out / f"{name}.ply"))
         vertex = ply["vertex"]
-        assert vertex.count > 0 and {"x", "y", "z", "red", "green", "blue"} <= set(vertex.data.dtype.names)
+        # cut by the mask as predicted: the tiny model's random mask keeps the pixels >= 0.5, here none
+        kept = int((expected.foreground >= 0.5).sum())
+        assert vertex.count == kept and {"x", "y", "z", "red", "green", "blue"} <= set(vertex.data.dtype.names)
         assert np.all(vertex["z"] <= -1.0 + 1e-5) and np.all(vertex["z"] >= -2.0 - 1e-5)
     assert not [n for n in _files(out) if n.startswith(".")], "temporary files left behind"
 
@@ -218,3 +220,27 @@ def test_progress_bar_and_plain_fallback(tiny_multitask_onnx: Path, folder: Path
     assert main(["predict", *base, "-o", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "[1/2] ok" in err and "[2/2] ok" in err
+
+
+def test_outputs_are_never_inputs_when_the_output_folder_is_the_input_folder(
+        tiny_multitask_onnx: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """`predict 'same/*' -o same/` twice read its own outputs (astronaut.depth.depth.png, ...), and
+    `predict same/ -o same/` found no images at all: outputs are left out of collection instead."""
+    model = ["-m", str(tiny_multitask_onnx), "-o", str(folder)]
+    assert predict(str(folder / "*"), *model) == 0
+    written = _files(folder)
+    assert "astronaut.depth.png" in written and "crop.vis.png" in written
+    capsys.readouterr()
+    for given in (str(folder / "*"), str(folder)):  # the glob, then the folder itself
+        assert predict(given, *model) == 0
+        out = capsys.readouterr().out
+        assert "0 of 2 input(s) written" in out and "2 skipped (already complete)" in out, (given, out)
+    assert _files(folder) == written  # nothing like astronaut.depth.depth.png
+    # a folder holding nothing but outputs says so, naming it as the output folder
+    for source in ("astronaut.jpg", "crop.png"):
+        (folder / source).unlink()
+    assert predict(str(folder), *model) == 1
+    err = capsys.readouterr().err
+    assert "holds no images or videos" in err and "it is also the output folder" in err
+    assert predict(str(folder / "*"), *model) == 1
+    assert "matched only the outputs of a run in the output folder" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.writer import RECORD_SUFFIX, TEMP_SUFFIX, is_complete, planned_files
+from david_infer.outputs.images import IMAGE_KINDS
+from david_infer.outputs.sets import RECORD_SUFFIX, TEMP_SUFFIX
 
 RES = "64"
 KINDS = ["depth", "foreground", "vis"]
@@ -58,7 +59,7 @@ def test_rerun_skips_complete_and_redoes_unfinished(tiny_multitask_onnx: Path, t
     assert "1 of 3 input(s) written" in summary and "2 skipped (already complete)" in summary
     assert not stale.exists() and not _hidden(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
-    assert all(is_complete(out, p.stem, KINDS, verify=True) for p in paths)
+    assert all(IMAGE_KINDS.set(out, p.stem, KINDS).is_complete(verify=True) for p in paths)
     # --overwrite redoes everything
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     time.sleep(0.01)
@@ -93,13 +94,16 @@ def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_
             proc.wait(timeout=10)
     assert started, "the run wrote nothing within 60 s"
     kinds = ["depth", "normal", "foreground", "vis", "ply"]
-    complete = [p for p in paths if is_complete(out, p.stem, kinds, verify=True)]
+    complete = [p for p in paths if IMAGE_KINDS.set(out, p.stem, kinds).is_complete(verify=True)]
     if sig == signal.SIGTERM:
         assert proc.returncode == 130, err.decode()
-        assert b"interrupted" in err
+        # says how far it got and that a rerun resumes (it said only "interrupted")
+        said = err.decode()
+        assert f"interrupted: {len(complete)} of {len(paths)} input(s) complete in {out}" in said, said
+        assert "run the same command again to resume" in said
         assert not _hidden(out)  # handled like Ctrl-C: no temporaries
         for p in paths:  # every input has all of its files or none of them
-            present = [f.exists() for f in planned_files(out, p.stem, kinds)]
+            present = [f.exists() for f in IMAGE_KINDS.set(out, p.stem, kinds).files]
             assert all(present) == (p in complete) and (any(present) == all(present)), p
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -107,7 +111,7 @@ def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_
     rc = subprocess.run(cmd, capture_output=True, timeout=120)
     assert rc.returncode == 0, rc.stderr.decode()
     assert f"{len(paths) - len(complete)} of {len(paths)} input(s) written".encode() in rc.stdout
-    assert all(is_complete(out, p.stem, kinds, verify=True) for p in paths)
+    assert all(IMAGE_KINDS.set(out, p.stem, kinds).is_complete(verify=True) for p in paths)
     assert not _hidden(out)
 
 

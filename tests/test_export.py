@@ -17,15 +17,19 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from david_infer.export import export_onnx  # noqa: E402
+from david_infer.export.fp16 import (  # noqa: E402
+    check_strongly_typed,
+    convert_to_mixed_fp16,
+    precision_report,
+)
+from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from david_infer.cli import main  # noqa: E402
+from david_infer.contract import read_manifest  # noqa: E402
 from david_infer.errors import InputError  # noqa: E402
-from david_infer.manifest import read_manifest  # noqa: E402
 from david_infer.model import build_model, save_weights  # noqa: E402
-from david_infer.export import export_onnx  # noqa: E402
-from david_infer.export.fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report  # noqa: E402
-from david_infer.export.verify import check_points, parse_resolutions, verify_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,6 +196,26 @@ def test_cli_verify_prints_errors_and_json(tiny_multitask_onnx: Path, capsys: py
 def test_cli_verify_fails_past_tolerance(tiny_fp16_onnx: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["verify", str(tiny_fp16_onnx), "--resolutions", "32x32", "--batches", "1", "--tolerance", "1e-7"])
     assert rc == 1 and "FAIL" in capsys.readouterr().out
+
+
+def test_cli_verify_shows_the_limits_it_applied(tiny_fp16_onnx: Path, capsys: pytest.CaptureFixture) -> None:
+    """An FP16 graph is judged by raised limits (the reference's own FP16 rounding): every row shows
+    the limit it was judged by, in the text and in --json, and each value is within its limit."""
+    from david_infer.metrics import Thresholds
+
+    assert main(["verify", str(tiny_fp16_onnx), "--resolutions", "32x32", "--batches", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("limits applied: ") == 3 and "iou_05 >= 0.99" in text
+    assert main(["verify", str(tiny_fp16_onnx), "--resolutions", "32x32", "--batches", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    depth = next(r for r in rows if r["output"] == "depth")
+    base = Thresholds().depth_rmse_vs_spread
+    raised = depth["limits"]["rmse_vs_spread"]
+    assert raised == pytest.approx(base + 2 * depth["metrics"]["fp16_rounding_rmse_vs_spread"])
+    for row in rows:
+        for metric, limit in row["limits"].items():
+            value = row["metrics"][metric]
+            assert value >= limit if metric == "iou_05" else value <= limit
 
 
 def test_cli_verify_rejects_bad_resolution(tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture) -> None:

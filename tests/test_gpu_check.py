@@ -202,3 +202,25 @@ def test_cpu_backend_runs_the_reference_parity_and_bench_steps(
         assert [b["batch"] for b in batches] == list(gpu_check.BENCH_BATCHES) and all(b["images_per_s"] > 0 for b in batches)
     text = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| tiny:ort-cpu | b8 64x64 | yes |" in text and "| tiny:ort-cpu:predict_batch | 8 |" in text
+
+
+def test_gpu_torch_check_runs_to_completion_on_the_cpu(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    """benchmarks/gpu_torch_check.py --cpu from a plain checkout (PYTHONPATH=. only), every step."""
+    import shutil
+
+    work = tmp_path / "out" / "work"
+    work.mkdir(parents=True)
+    for suffix in (".onnx", ".json"):  # the session's tiny export stands in for the script's own
+        shutil.copy(tiny_multitask_onnx.with_suffix(suffix), work / f"tiny-fp32{suffix}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_torch_check.py"), "--cpu", "--budget", "300",
+                           "--out", str(tmp_path / "out")], cwd=ROOT, env={**env, "PYTHONPATH": "."},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((tmp_path / "out" / "gpu_torch_check.json").read_text())
+    assert state["passed"] and all(r["status"] == "ok" for r in state["steps"].values())
+    parity = state["steps"]["parity:tiny:eager"]["result"]
+    assert {p["precision"] for p in parity["points"]} == {"fp32", "fp16", "bf16"}
+    e2e = state["steps"]["e2e:tiny"]["result"]
+    assert e2e["frames"]["torch_prepost_images_per_s"] > 0 and e2e["photos"]["model_only_images_per_s"] > 0
+    assert "| parity:tiny:eager | ok |" in (tmp_path / "out" / "gpu_torch_check.md").read_text()

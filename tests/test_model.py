@@ -97,6 +97,16 @@ def test_input_shape_check() -> None:
         count_params_and_macs("tiny", "depth", 100, 96)
 
 
+def test_forward_refuses_sizes_off_the_stride() -> None:
+    """50 rows would be cut to 48 by the stride-2 convolutions and come out misaligned: refused."""
+    model = build_model("tiny", "depth", seed=0)
+    with torch.no_grad(), pytest.raises(InputError, match=r"50x64: height and width must be positive multiples "
+                                                          r"of 16.*try 48x64"):
+        model(torch.rand(1, 3, 50, 64))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 48, 64))["depth"].shape == (1, 1, 48, 64)
+
+
 def test_weights_round_trip(tmp_path: Path) -> None:
     source = build_model("tiny", "multitask", seed=4)
     path = tmp_path / "w.safetensors"

@@ -70,12 +70,27 @@ def test_single_build_gives_no_warning() -> None:
 
 
 def test_gpu_device_with_the_cpu_build_says_how_to_switch() -> None:
-    with pytest.raises(BackendUnavailable, match=r'only onnxruntime is installed.*pip uninstall -y onnxruntime && '
-                                                 r'pip install "david-infer\[gpu\]"'):
-        _ort.import_onnxruntime("cuda")
+    def driver_loads(name: str) -> object:  # stands in for loading the NVIDIA driver's libcuda
+        return object()
+
+    with pytest.raises(BackendUnavailable, match=r'is the CPU build \(onnxruntime\); the NVIDIA driver is present. '
+                                                 r'Repair: pip uninstall -y onnxruntime && '
+                                                 r'pip install "david-infer\[gpu\]" \(or drop --device gpu'):
+        _ort.check_builds("cuda", shown="gpu", load=driver_loads)
     with pytest.raises(BackendUnavailable, match="is a CPU build"):
         _ort.check_gpu(ort)
     assert _ort.import_onnxruntime("cpu") is ort
+
+
+def test_gpu_device_without_a_driver_says_to_drop_the_device() -> None:
+    """No NVIDIA driver: onnxruntime-gpu would not help; the fix is the CPU (or a driver)."""
+    def no_driver(name: str) -> object:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    with pytest.raises(NoGpuError, match=r"device 'gpu' asks for an NVIDIA GPU, but this machine has no NVIDIA "
+                                         r"driver.*drop --device gpu") as caught:
+        _ort.check_builds("cuda", shown="gpu", load=no_driver)
+    assert "cuda'" not in str(caught.value)
 
 
 # -- the driver and the device (cuda-python) -----------------------------------------------------

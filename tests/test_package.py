@@ -44,6 +44,15 @@ def test_missing_dependency_gives_install_hint() -> None:
         require("tensorrt", "engines")
 
 
+def test_torch_install_hint_works_anywhere() -> None:
+    """From PyPI alone a Linux machine would get torch's CUDA build: the hint names PyTorch's CPU index."""
+    from david_infer._optional import install_hint
+
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    assert install_hint("torch").startswith(f'pip install torch==2.13.0 --index-url {cpu_index} && '
+                                            'pip install "david-infer[export]"')
+
+
 def test_export_stage_installs_inside_the_package(tmp_path) -> None:
     """export/ is installed as david_infer.export, never as a top-level `export` that could shadow
     (or be shadowed by) another package of that name. Run outside the repository, whose folder would

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.errors import ModelError, WeightsError  # noqa: E402
-from david_infer.manifest import manifest_path, sha256_file  # noqa: E402
+from david_infer.manifest import manifest_path  # noqa: E402
+from david_infer.outputs.files import sha256_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = np.zeros((20, 30, 3), np.uint8)
@@ -252,8 +253,8 @@ def test_matching_dynamic_graph_control(tiny_multitask_onnx: Path, tmp_path: Pat
 def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
     """A file standing for a plan, with a genuine sidecar written by the sidecar module."""
     from david_infer.backends.tensorrt.profiles import compute_profiles
-    from david_infer.contract import ModelContract
     from david_infer.backends.tensorrt.sidecar import build_sidecar
+    from david_infer.contract import ModelContract
     from david_infer.manifest import write_manifest
 
     plan = tmp_path / "m.engine"

@@ -309,7 +309,7 @@ def test_official_export_runs_and_matches_dynamic(
     dynamic export of the same weights fed the same way."""
     big = np.asarray(Image.fromarray(photo).resize((1000, 1700)))  # > 3 x 512: one pyramid step
     with DavidRuntime(official_onnx) as off:
-        assert off.pipeline == "official" and off.resolution == 512 and off.spec.fixed_batch == 1
+        assert off.pipeline == "official" and off.resolution == 512 and off.contract.fixed_batch == 1
         pred = off.predict(big)
         assert pred.depth.shape == big.shape[:2] and pred.normal.shape == big.shape[:2] + (3,)
         batch = off.predict_batch([big, photo], batch_size=4)  # fixed batch 1: run one at a time
@@ -322,7 +322,7 @@ def test_released_files_are_recognised_without_manifest(released_dir: Path, offi
     multi = released_dir / "multi-task-model-vitl16_384.onnx"
     assert not multi.with_suffix(".json").exists()
     with DavidRuntime(multi) as rel, DavidRuntime(official_onnx) as ours:
-        assert rel.spec.released and rel.tasks == TASKS and rel.pipeline == "official"
+        assert rel.contract.released and rel.tasks == TASKS and rel.pipeline == "official"
         assert_same(rel.predict(photo), ours.predict(photo), atol=0)
     with DavidRuntime(released_dir / "depth-model-vitb16_384.onnx") as depth:
         assert depth.tasks == ("depth",)
@@ -392,9 +392,14 @@ def test_cuda_without_gpu_fails_loudly(tiny_multitask_onnx: Path) -> None:
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider; the no-GPU path cannot be checked here")
-    # the CPU build is installed: said before any session is made, with the repair command
-    repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime && " \
-             r"pip install \"david-infer\[gpu\]\""
+    from david_infer._ort import nvidia_driver_present
+
+    # said before any session is made: without a driver the fix is the CPU; with one, the GPU build
+    if nvidia_driver_present():
+        repair = r"needs onnxruntime-gpu, but only onnxruntime is installed\. Repair: pip uninstall -y onnxruntime " \
+                 r"&& pip install \"david-infer\[gpu\]\""
+    else:
+        repair = r"no NVIDIA driver .*drop --device cuda"
     with pytest.raises(BackendUnavailable, match=repair):
         DavidRuntime(tiny_multitask_onnx, device="cuda")
     with pytest.raises(BackendUnavailable, match=repair):

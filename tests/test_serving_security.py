@@ -195,11 +195,12 @@ def test_victims_get_their_own_answers_while_a_hostile_client_sends_malformed_re
 
 
 def test_default_binding_is_loopback_and_a_public_host_warns(tiny_multitask_onnx: Path) -> None:
+    from david_infer.options import RuntimeOptions
     from david_infer.serving import ServeConfig
 
-    assert ServeConfig(model=str(tiny_multitask_onnx)).host == "127.0.0.1"
-    assert ServeConfig(model=str(tiny_multitask_onnx)).loopback
-    assert not ServeConfig(model=str(tiny_multitask_onnx), host="0.0.0.0").loopback
+    assert ServeConfig(RuntimeOptions(model=str(tiny_multitask_onnx))).host == "127.0.0.1"
+    assert ServeConfig(RuntimeOptions(model=str(tiny_multitask_onnx))).loopback
+    assert not ServeConfig(RuntimeOptions(model=str(tiny_multitask_onnx)), host="0.0.0.0").loopback
     from david_infer.serving.process import ServerProcess
 
     with ServerProcess(tiny_multitask_onnx, ["--host", "0.0.0.0"]) as public:

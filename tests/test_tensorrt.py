@@ -22,10 +22,12 @@ from david_infer.backends.tensorrt.sidecar import (
     profile_ranges,
     read_sidecar,
 )
-from david_infer.contract import ModelContract
+from david_infer.contract import ModelContract, read_manifest
 from david_infer.errors import BackendUnavailable, InputError, ModelError
-from david_infer.manifest import manifest_path, read_manifest, sha256_file, write_manifest
+from david_infer.manifest import manifest_path, write_manifest
+from david_infer.outputs.files import sha256_file
 from david_infer.shapes import ShapeRange, check_input_shape, parse_hw
+
 
 def _contract(manifest: Dict[str, Any]) -> ModelContract:
     return ModelContract.from_dict(Path("m.onnx"), manifest)
@@ -385,15 +387,15 @@ def test_engine_build_and_run_matches_onnxruntime(tiny_multitask_onnx: Path, tmp
             feeds = {"image": rng.random(shape, dtype=np.float32),
                      "image_384": rng.random((shape[0], 3, 384, 384), dtype=np.float32)}
             ref = dict(zip(runner.output_names, session.run(None, feeds)))
-            got = runner.infer(feeds)
+            got = runner.run(feeds)
             for name in runner.output_names:
                 assert got[name].shape == ref[name].shape and got[name].dtype == np.float32
             # per-task metrics a broken engine cannot pass (an FP32 graph; TensorRT 10 may pick FP16)
             parity = compare(got, ref, where=f"{shape}: ", precision="fp16")
             assert parity.passed, parity.reasons
         with pytest.raises(InputError, match="outside the range"):
-            runner.infer({"image": np.zeros((1, 3, 512, 512), np.float32),
-                          "image_384": np.zeros((1, 3, 384, 384), np.float32)})
+            runner.run({"image": np.zeros((1, 3, 512, 512), np.float32),
+                        "image_384": np.zeros((1, 3, 384, 384), np.float32)})
 
 
 # -- GPU-library failures and precision labels (the TensorRT calls faked, the logic around them real)

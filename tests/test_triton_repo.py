@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from david_infer.export.triton_repo import write_triton_repo
 
 from david_infer.errors import InputError, ModelError
-from david_infer.export.triton_repo import write_triton_repo
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason='needs pip install "david-infer[triton]"')
@@ -81,7 +81,8 @@ def test_released_layout_has_fixed_dims_and_no_batching(official_onnx: Path, tmp
 
 def test_a_plan_gets_tensorrt_plan_on_gpu(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
     from david_infer.backends.tensorrt.sidecar import build_sidecar
-    from david_infer.manifest import read_manifest, write_manifest
+    from david_infer.contract import read_manifest
+    from david_infer.manifest import write_manifest
     from david_infer.shapes import ShapeRange
 
     plan = tmp_path / "tiny.engine"

@@ -207,6 +207,21 @@ def test_cli_frames_max_side_and_rerun_skips_complete_clips(clips: dict, tiny_mu
     assert predict(*args[:-2], "--max-side", "20") == 1
 
 
+@pytest.mark.parametrize("clip", ["odd", "vfr"])  # a frame count in the container (mp4), and none (mkv)
+def test_cli_frames_past_the_end_fail_and_write_nothing(clip: str, clips: dict, tiny_multitask_onnx: Path,
+                                                        tmp_path: Path, capsys) -> None:
+    """`--frames 500:600` on a shorter clip reported "1 of 1 written" and left 0-byte videos PyAV
+    cannot open plus a completion record; now the clip fails, naming why, and nothing is written."""
+    out = tmp_path / "out"
+    assert predict(str(clips[clip]), "-m", str(tiny_multitask_onnx), "-o", str(out), "--frames", "500:600") == 1
+    captured = capsys.readouterr()
+    assert "0 of 1 input(s) written" in captured.out
+    assert f"{clips[clip]}: --frames" in captured.err and "selects no frame" in captured.err
+    if video.probe(clips[clip]).frames:
+        assert f"the clip has {video.probe(clips[clip]).frames} frames" in captured.err
+    assert list(out.iterdir()) == []  # no video, no record, no temporary
+
+
 def test_cli_truncated_clip_writes_what_was_decoded_and_exits_1(tmp_path: Path, tiny_multitask_onnx: Path,
                                                                 capsys) -> None:
     whole = make_clip(tmp_path / "whole.mp4", frames=20, faststart=True)

@@ -243,7 +243,9 @@ def test_unreachable_url_names_url_and_manual_path(home: Path, monkeypatch: pyte
     msg = str(info.value)
     assert f"http://127.0.0.1:{port}/m/normal-model-vitl16_384.onnx" in msg
     assert f"save it as {dest}" in msg
+    assert "david-infer export --variant large --task normal -o normal-large-random.onnx" in msg
     assert not dest.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # no .lock (nor anything else) left behind
 
 
 def test_plain_progress_line_without_tqdm(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
@@ -45,22 +45,29 @@ class Device:
 
     kind: str
     index: int = 0
+    given: str = field(default="", compare=False, repr=False)  # as the user wrote it ("gpu"), for messages
 
     def __str__(self) -> str:
         return self.kind if self.kind == "cpu" else f"cuda:{self.index}"
+
+    @property
+    def shown(self) -> str:
+        """The device as the user wrote it, else its canonical name."""
+        return self.given or str(self)
 
 
 def parse_device(device: Any) -> Device:
     """"cpu" -> Device("cpu"); "cuda", "gpu", "cuda:N" -> Device("cuda", N); DeviceError otherwise."""
     if isinstance(device, Device):
         return device
-    text = str(device).strip().lower()
+    given = str(device).strip()
+    text = given.lower()
     if text == "cpu":
-        return Device("cpu")
+        return Device("cpu", 0, given)
     if text in ("cuda", "gpu"):
-        return Device("cuda", 0)
+        return Device("cuda", 0, given)
     if text.startswith("cuda:") and text[5:].isdigit():
-        return Device("cuda", int(text[5:]))
+        return Device("cuda", int(text[5:]), given)
     raise DeviceError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
 
 
@@ -105,8 +112,9 @@ def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
 
 def positive_int(owner: str, name: str, value: Any) -> None:
     """InputError unless `value` is None or a positive int (for options' __post_init__)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"{owner}: {name} must be a positive integer or None, got {value!r}")
+    from ..options import positive_int as check
+
+    check(name, value, allow_none=True, owner=f"{owner}: ")
 
 
 class Runner(abc.ABC):
@@ -132,10 +140,6 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the model on float32 NCHW arrays keyed by input name; return outputs keyed by name."""
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Alias of `run` (the name of earlier releases)."""
-        return self.run(feeds)
 
     def close(self) -> None:
         """Release sessions, engines and device memory. Idempotent."""
@@ -174,7 +178,7 @@ class Backend(abc.ABC):
             spelled = " or ".join('"cpu"' if k == "cpu" else '"cuda" or "cuda:N"' for k in self.devices)
             where = "an NVIDIA GPU" if self.devices == ("cuda",) else " or ".join(self.devices)
             raise DeviceError(f"the {self.title or self.name} backend runs on {where}: device must be {spelled}, "
-                              f"not \"{device}\"")
+                              f"not \"{device.shown}\"")
         return device
 
     def inspect(self, path: Path) -> GraphIO:

@@ -1,7 +1,8 @@
 """Replace the background behind a person using the predicted soft foreground mask.
 
 The new background is a colour (--color R,G,B), a picture (--image BG, scaled to cover the photo
-and centre-cropped) or the photo itself blurred (--blur RADIUS, in pixels).
+and centre-cropped) or the photo itself blurred (--blur RADIUS, in pixels). A mask that keeps no
+pixel (no person found) gives the background alone, with a warning.
 
     david-infer background photo.jpg -m foreground-base -o out.png --blur 12
 """

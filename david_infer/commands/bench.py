@@ -17,46 +17,54 @@ import sys
 from typing import Any, Dict, List
 
 from ..errors import InputError
-from ._common import MODEL_HELP, model_argument, split_list
+from ..options import RuntimeArguments, split_list
+from ._torch import add_torch_arguments, with_torch_options
+
+RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help=MODEL_HELP)
-    p.add_argument("--backend", action="append", metavar="NAMES",
-                   help="backend(s), comma-separated or repeated (default: auto, by file type)")
-    p.add_argument("--resolution", action="append", metavar="NS", help="model resolution(s) (default 512)")
+    RUNTIME.add_to(p)
     p.add_argument("--batch", action="append", metavar="NS", help="batch size(s) (default 1)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per point (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--image", metavar="FILE", help="the picture to time (default: synthetic 1280x720)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_torch_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
+    from itertools import groupby
 
+    from ..backends import get_backend
     from ..benchmark import machine, synthetic_photo, time_interleaved
     from ..inputs import decode
-    from ..runtime import DavidRuntime
+    from ..options import resolved_model
+    from ._common import open_runtime
 
-    backends = split_list(args.backend) or ["auto"]
-    resolutions = split_list(args.resolution, int) or [512]
     batches = split_list(args.batch, int) or [1]
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, "
                          f"{args.warmup})")
-    path = model_argument(args.model)
+    model = resolved_model(args.model)
+    variants = [with_torch_options(options, args) for options in RUNTIME.variants(args, batch_size=max(batches))]
+    if not any(options.backend == "torch" for options in variants):
+        with_torch_options(variants[0], args)  # torch flags without --backend torch: an InputError
+    for options in variants:  # a misspelled backend is refused before any output, not after the header
+        if options.backend != "auto":
+            get_backend(options.backend)
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
-    print(_header())
-    for resolution in resolutions:
+    grouped = groupby(variants, key=lambda options: options.resolution)
+    for index, (resolution, same_resolution) in enumerate(grouped):
         with ExitStack() as stack:
             runtimes = {}
-            for backend in backends:
-                runtime = stack.enter_context(DavidRuntime(path, backend=backend, device=args.device,
-                                                           resolution=resolution, batch_size=max(batches)))
+            for options in same_resolution:
+                runtime = stack.enter_context(open_runtime(options))
                 runtimes[runtime.backend] = runtime
+            if index == 0:  # once every backend has opened: an error comes alone, without a table
+                print(_header())
             for batch in batches:
                 for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
                     record.update(backend=name, resolution=resolution)
@@ -65,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     ratios = ratio_table(results)
     for line in _ratio_lines(ratios):
         print(line)
-    report = {"model": str(path), "device": args.device, "image_size": list(image.shape[:2]),
+    report = {"model": str(model), "device": args.device, "image_size": list(image.shape[:2]),
               "runs": args.runs, "warmup": args.warmup, "machine": machine(), "results": results, "ratios": ratios}
     if args.json:
-        from ..outputs import commit
+        from ..outputs.files import commit
 
         data = (json.dumps(report, indent=2) + "\n").encode()
         commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)

@@ -4,6 +4,10 @@ Without --weights the weights are random (from --seed) and the manifest says so.
 --triton-repo DIR the export (or, with --from, an existing .onnx/.engine) is also written as a
 Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan) and the
 manifest, for NVIDIA's tritonserver (`tritonserver --model-repository DIR`).
+
+With --prepost the file written is one graph from pixels to maps: uint8 (N, H, W, 3) image in,
+finished depth / normal / foreground at the image's size out (docs/prepost.md). `--prepost --from
+FILE.onnx -o OUT.onnx` wraps an existing network file (ours or a released one) without PyTorch.
 """
 from __future__ import annotations
 
@@ -25,10 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a david-infer safetensors checkpoint (default: random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    pp = p.add_argument_group("pre/post graph (docs/prepost.md)")
+    pp.add_argument("--prepost", action="store_true",
+                    help="write one graph from the uint8 image to finished maps (with --from: wrap that .onnx "
+                         "or released model name)")
+    pp.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
+                    help="channel order of the graph's image input (default rgb; bgr is what OpenCV decodes)")
+    pp.add_argument("--prepost-resolution", type=int, default=512, metavar="N",
+                    help="resolution the network runs at inside the graph (default 512; fixed-size files: theirs)")
     triton = p.add_argument_group("Triton model repository")
     triton.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository into DIR")
     triton.add_argument("--from", dest="source", metavar="MODEL",
-                        help="write the repository for this existing .onnx/.engine/.plan instead of exporting")
+                        help="write the repository for this existing .onnx/.engine/.plan instead of exporting "
+                             "(with --prepost: the .onnx to wrap)")
     triton.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the file stem)")
     triton.add_argument("--triton-max-batch", type=int, metavar="N",
                         help="Triton max_batch_size (default 8; 0 for a fixed-batch graph such as a released file)")
@@ -39,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prepost:
+        return _prepost(args)
     if args.source:
         if not args.triton_repo:
             raise InputError("--from MODEL writes a Triton repository: give --triton-repo DIR")
@@ -57,6 +72,37 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
           f"{manifest['precision']}; weights: {manifest['weights']['description']})")
+    return _write_repo(args, args.output) if args.triton_repo else 0
+
+
+def _prepost(args: argparse.Namespace) -> int:
+    """--prepost: export the network (or take --from) and wrap it; --triton-repo then takes the wrapped file."""
+    import tempfile
+    from pathlib import Path
+
+    if not args.output:
+        raise InputError("--prepost needs -o OUT.onnx, the pre/post graph to write")
+    from ..export.prepost import wrap_prepost
+
+    if args.source:
+        if args.variant or args.task:
+            raise InputError("--prepost --from MODEL wraps an existing file: drop --variant and --task")
+        from ..zoo import resolve_model  # a released model's name (downloaded, cached) or a file
+
+        manifest = wrap_prepost(resolve_model(args.source), args.output, args.channel_order, args.prepost_resolution)
+    else:
+        if not (args.variant and args.task):
+            raise InputError("export --prepost needs --variant and --task (or --from MODEL.onnx)")
+        from ..export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix=".david-prepost-", dir=Path(args.output).parent or ".") as tmp:
+            network = Path(tmp) / "network.onnx"
+            export_onnx(args.variant, args.task, network, layout=args.layout, weights=args.weights, seed=args.seed,
+                        opset=args.opset, precision=args.precision)
+            manifest = wrap_prepost(network, args.output, args.channel_order, args.prepost_resolution)
+    section = manifest["prepost"]
+    print(f"wrote {args.output} (pre/post graph: uint8 {section['channel_order']} image in, "
+          f"{', '.join(manifest['tasks'])} out; {section['pipeline']} pipeline at {section['resolution']})")
     return _write_repo(args, args.output) if args.triton_repo else 0
 
 

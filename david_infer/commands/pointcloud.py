@@ -2,7 +2,8 @@
 
 The relative depth of the kept pixels is stretched between --near and --far (distance along the
 optical axis) and back-projected through a pinhole camera with horizontal field of view --fov.
-With a model that also predicts the foreground, only the person is kept (mask >= --mask-threshold).
+With a model that also predicts the foreground, only the person is kept (mask >= --mask-threshold);
+a mask that keeps no pixel (no person found) gives a cloud without points, with a warning.
 Frame: x right, y up, z toward the camera (the camera looks down -z).
 
     david-infer pointcloud photo.jpg -m multitask-large -o person.ply --fov 50 --near 1.5 --far 2.2
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..apps import point_cloud, write_ply
-    from ..outputs import commit
+    from ..outputs.files import commit
 
     pred = predict_for_app(args, ["depth"], "a point cloud")
     points, colors = point_cloud(pred.image, pred.depth, pred.foreground, fov_deg=args.fov,

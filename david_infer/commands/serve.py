@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import argparse
 
+from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg
 from ..serving import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_BYTES, read_token
-from ._common import resolve_model
+
+#: the server runs the network alone: no channel order (clients preprocess), its batch is --max-batch-size
+RUNTIME = RuntimeArguments(
+    channel_order=False, batch_size=False, threads=False,
+    model_help="the model file (.onnx with or without our manifest, .engine), a folder holding one, or a released "
+               "model's name",
+    resolution_help=f"the image side the backend is prepared for (default {DEFAULT_RESOLUTION}; TensorRT profiles are "
+                    f"checked against it); clients may send any size the model accepts")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="the model file (.onnx with or without our manifest, "
-                   ".engine), a folder holding one, or a released model's name")
+    RUNTIME.add_to(p)
     p.add_argument("--name", default="david", help="the served model name (default david)")
-    p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, torch or tensorrt")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--resolution", type=int, default=512, metavar="N",
-                   help="the image side the backend is prepared for (default 512; TensorRT profiles are checked "
-                        "against it); clients may send any size the model accepts")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                    "0.0.0.0 = all interfaces, with a warning: put an authenticating proxy in front)")
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
     p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (default 8082)")
-    p.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+    p.add_argument("--max-batch-size", type=positive_int_arg, default=8, metavar="N",
                    help="adaptive batching: merge concurrent requests into batches of up to N images (default 8; "
                         "1 = no batching)")
     p.add_argument("--max-batch-time", type=float, default=0.01, metavar="SECONDS",
@@ -37,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parallel inference worker processes, each with its own copy of the model (default 0: the "
                         "model runs in the server process, which saves MLServer's copy of every request to a "
                         "worker: about 40%% of the server's CPU per image on a small model)")
-
-
     p.add_argument("--model-control", action="store_true",
                    help="allow the repository API's model load/unload calls (HTTP and gRPC); off by default")
     p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="N",
@@ -53,13 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..options import resolved_model
     from ..runtime import resolve_model_path
     from ..serving import ServeConfig, serve
 
-    path = resolve_model_path(resolve_model(args.model))
+    path = resolve_model_path(resolved_model(args.model))
+    # one model call at a time per worker, on one pre/postprocessing thread: the backend's own threads use the cores
+    runtime = RUNTIME.options(args, model=str(path), batch_size=args.max_batch_size, threads=1)
     config = ServeConfig(
-        model=str(path), name=args.name, backend=args.backend, device=args.device, resolution=args.resolution,
-        max_batch_size=args.max_batch_size, max_batch_time=args.max_batch_time, workers=args.workers,
+        runtime, name=args.name, max_batch_time=args.max_batch_time, workers=args.workers,
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         model_control=args.model_control, max_request_bytes=args.max_request_bytes, max_pixels=args.max_pixels,
         max_images=args.max_images, token=read_token(args.token_file),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TASK_CHANNELS, DavidConfig, task_outputs
+from ..shapes import check_input_shape
 from .vit import VisionTransformer
 
 
@@ -192,6 +193,10 @@ class DavidModel(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, image_384: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            # eager calls only: an export's shapes are symbolic. Other sizes would be cut silently by
+            # the stride-2 convolutions and come out misaligned, so they are refused (InputError).
+            check_input_shape("image", tuple(image.shape), source="the model", stride=self.cfg.stride)
         decoded = self.trunk(image, image_384)
         return {name: self.heads[name](decoded, image) for name in self.outputs}
 

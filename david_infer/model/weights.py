@@ -6,7 +6,7 @@ from typing import Dict, List, Union
 
 from .._optional import require
 from ..errors import WeightsError
-from ..manifest import atomic_write
+from ..outputs.files import atomic_write
 
 
 def _describe(names: List[str], limit: int = 8) -> str:

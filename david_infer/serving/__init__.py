@@ -41,6 +41,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .._optional import require
 from ..errors import InputError
+from ..options import RuntimeOptions, positive_int
 
 #: the MLModel implementation MLServer loads (in each worker process)
 MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
@@ -57,12 +58,12 @@ MAX_IMAGES = 64
 class ServeConfig:
     """What `david-infer serve` serves and how.
 
-    model: the model file (absolute path is stored); name: the served model name; backend,
-    device, backend_options: as for DavidRuntime; resolution: the side the backend is prepared for
-    (a hint for TensorRT profiles; the server accepts any size the model accepts);
-    max_batch_size / max_batch_time: adaptive batching (concurrent requests of one image size are
-    merged along the batch axis up to max_batch_size images, waiting at most max_batch_time
-    seconds for a batch to fill; 1 = off);
+    runtime: how the model is opened (david_infer.options.RuntimeOptions; its model file is
+    stored as an absolute path): its resolution is the side the backend is prepared for (a hint
+    for TensorRT profiles; the server accepts any size the model accepts) and its batch_size the
+    adaptive batching's largest batch (concurrent requests of one image size are merged along the
+    batch axis up to that many images, waiting at most max_batch_time seconds for a batch to
+    fill; 1 = off); name: the served model name;
     workers: parallel inference worker processes (0, the default = run in the server process;
     MLServer pickles every request to a worker, which costs CPU); host (default 127.0.0.1, this
     machine only) and ports; model_control: allow the repository's load/unload calls (off);
@@ -72,13 +73,8 @@ class ServeConfig:
     but health needs `Authorization: Bearer TOKEN` (HTTP header or gRPC metadata).
     """
 
-    model: str
+    runtime: RuntimeOptions
     name: str = "david"
-    backend: str = "auto"
-    device: str = "cpu"
-    resolution: Optional[int] = 512
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
-    max_batch_size: int = 8
     max_batch_time: float = 0.01
     workers: int = 0
     host: str = "127.0.0.1"
@@ -92,11 +88,11 @@ class ServeConfig:
     token: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "http_port", "grpc_port", "metrics_port", "max_request_bytes", "max_pixels",
-                     "max_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"serve: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.runtime, RuntimeOptions):
+            raise InputError(f"serve: runtime must be a david_infer.options.RuntimeOptions, got {self.runtime!r}")
+        object.__setattr__(self, "runtime", self.runtime.replace(model=str(Path(self.runtime.model).resolve())))
+        for name in ("http_port", "grpc_port", "metrics_port", "max_request_bytes", "max_pixels", "max_images"):
+            positive_int(name, getattr(self, name), owner="serve: ")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise InputError(f"serve: workers must be 0 or more, got {self.workers!r}")
         if not isinstance(self.max_batch_time, (int, float)) or not 0 <= self.max_batch_time <= 10:
@@ -141,17 +137,9 @@ def model_settings(config: ServeConfig) -> Dict[str, Any]:
         "implementation": MODEL_CLASS,
         "max_batch_size": 0,  # MLServer's batcher off: DavidModel batches with numpy (see runtime)
         "parameters": {
-            "uri": str(Path(config.model).resolve()),
-            "extra": {
-                "backend": config.backend,
-                "device": config.device,
-                "resolution": config.resolution,
-                "max_batch": config.max_batch_size,
-                "max_batch_time": config.max_batch_time,
-                "backend_options": dict(config.backend_options),
-                "max_pixels": config.max_pixels,
-                "max_images": config.max_images,
-            },
+            "uri": config.runtime.model,
+            "extra": {"runtime": config.runtime.as_record(), "max_batch_time": config.max_batch_time,
+                      "max_pixels": config.max_pixels, "max_images": config.max_images},
         },
     }
 
@@ -204,12 +192,12 @@ def serve(config: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
     open; a model that fails to load stops the server with its error in the log. A dead inference
     worker ends the process with status `server.EXIT_WORKER_DIED`."""
-    if not Path(config.model).is_file():
-        raise InputError(f"serve: model file not found: {config.model}")
+    if not Path(config.runtime.model).is_file():
+        raise InputError(f"serve: model file not found: {config.runtime.model}")
     require("mlserver", "david-infer serve")
     check_ports(config.host, [("http", config.http_port), ("grpc", config.grpc_port),
                               ("metrics", config.metrics_port)])
-    print(f"serving {config.model} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
+    print(f"serving {config.runtime.model} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
           f"{config.host}:{config.grpc_port}, metrics {config.host}:{config.metrics_port}/metrics", flush=True)
     if not config.loopback:
         print(f"warning: listening on {config.host}, reachable from other machines"

@@ -35,6 +35,7 @@ from mlserver.types import (
 from .. import __version__
 from ..contract import TensorSpec
 from ..manifest import SERVED_MANIFEST_PREFIX
+from ..options import RuntimeOptions
 from ..runtime import DavidRuntime
 from .memory import cap_log_lines, start_memory_trimmer
 
@@ -58,7 +59,7 @@ def batch_size_histogram() -> Any:
     return _BATCH_SIZES["histogram"]
 
 
-_DATATYPES = {"float32": "FP32", "float16": "FP16"}
+_DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
 
 
 def _metadata(spec: TensorSpec) -> MetadataTensor:
@@ -196,12 +197,8 @@ class DavidModel(MLModel):
         params = self.settings.parameters
         extra = dict(params.extra or {}) if params is not None else {}
         cap_log_lines()  # in a worker process too: no log line of ours or MLServer's carries a request
-        self._runtime = DavidRuntime(
-            params.uri if params is not None else "", backend=extra.get("backend", "auto"),
-            device=extra.get("device", "cpu"), resolution=extra.get("resolution", 512),
-            batch_size=int(extra.get("max_batch") or 1), threads=1,
-            backend_options=extra.get("backend_options") or None,
-        )
+        options = RuntimeOptions.from_record(extra["runtime"])  # as `david-infer serve` wrote it
+        self._runtime = DavidRuntime.from_options(options)
         contract = self._runtime.contract
         self._inputs = {t.name: t for t in contract.inputs}
         self._outputs = {t.name: t for t in contract.outputs}
@@ -214,9 +211,8 @@ class DavidModel(MLModel):
         # one model call at a time per worker: the backend's own threads use the cores
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
         sizes = batch_size_histogram().labels(model=self.name)
-        self._batcher = _Batcher(self._run, max(1, int(extra.get("max_batch") or 1)),
-                                 float(extra.get("max_batch_time") or 0.0), self._executor, sizes.observe,
-                                 self._checked_outputs)
+        self._batcher = _Batcher(self._run, options.batch_size, float(extra.get("max_batch_time") or 0.0),
+                                 self._executor, sizes.observe, self._checked_outputs)
         start_memory_trimmer()
         logger.info("serving %s (%s backend, %s) as %r", self._runtime.path, self._runtime.backend,
                     self._runtime.device, self.name)
@@ -229,8 +225,8 @@ class DavidModel(MLModel):
         return response
 
     def validate(self, payload: InferenceRequest) -> Tuple[Feeds, int]:
-        """The request's tensors as float32 arrays and its image count, checked against the
-        contract and the limits; MLServerError 400 / 413 naming the input and what was expected."""
+        """The request's tensors as arrays of the contract's dtypes (float32; uint8 for a pre/post
+        graph's image) and its image count, checked against the contract and the limits; MLServerError 400 / 413 naming the input and what was expected."""
         expected = sorted(self._inputs)
         given = [i.name for i in payload.inputs]
         if sorted(given) != expected:
@@ -238,14 +234,16 @@ class DavidModel(MLModel):
         rows: Dict[str, int] = {}
         for item in payload.inputs:  # shapes and types first: nothing is decoded for a request refused here
             spec = self._inputs[item.name]
-            if item.datatype != "FP32":
-                raise MLServerError(f"input {item.name!r} must be FP32, got {item.datatype}")
+            datatype = _DATATYPES.get(spec.dtype, "FP32")
+            if item.datatype != datatype:
+                raise MLServerError(f"input {item.name!r} must be {datatype}, got {item.datatype}")
             shape = list(item.shape)
             want = [d if isinstance(d, int) else -1 for d in spec.shape]
             if len(shape) != len(want) or any(
                     not isinstance(d, int) or d < 1 or (w != -1 and d != w) for d, w in zip(shape, want)):
                 raise MLServerError(f"input {item.name!r} has shape {shape}, expected {want} (-1: any size >= 1)")
-            if item.name == self._runtime.contract.image_input and any(
+            # a pre/post graph's uint8 photo (N, H, W, 3) takes any size: the graph pads it itself
+            if item.name == self._runtime.contract.image_input and datatype != "UINT8" and any(
                     w == -1 and d % self._stride for d, w in zip(shape[2:], want[2:])):
                 raise MLServerError(f"input {item.name!r} has shape {shape}: its height and width must be "
                                     f"multiples of {self._stride}")
@@ -258,11 +256,13 @@ class DavidModel(MLModel):
             raise MLServerError(f"a request may hold at most {self._max_images} images (--max-images), got "
                                 f"{images}; send fewer per request", status_code=413)
         image = next(i for i in payload.inputs if i.name == self._runtime.contract.image_input)
-        pixels = images * image.shape[2] * image.shape[3]
+        height, width = (image.shape[1], image.shape[2]) if image.datatype == "UINT8" else image.shape[2:4]
+        pixels = images * height * width
         if pixels > self._max_pixels:
             raise MLServerError(f"a request may hold at most {self._max_pixels} pixels (--max-pixels), got "
-                                f"{images} x {image.shape[2]}x{image.shape[3]} = {pixels}", status_code=413)
-        return {item.name: _decode(item) for item in payload.inputs}, images
+                                f"{images} x {height}x{width} = {pixels}", status_code=413)
+        return {item.name: _decode(item, np.uint8 if _DATATYPES.get(self._inputs[item.name].dtype) == "UINT8"
+                                   else np.float32) for item in payload.inputs}, images
 
     def _run(self, feeds: Feeds) -> Mapping[str, np.ndarray]:
         runner = self._runtime.runner
@@ -309,23 +309,29 @@ class DavidModel(MLModel):
         return True
 
 
-def _decode(item: Any) -> np.ndarray:
-    """A request input's data as a float32 array of its shape (a view of a gRPC raw buffer, checked
-    for size when it was read), refused unless it fills the shape with finite numbers."""
+def _decode(item: Any, dtype: Any = np.float32) -> np.ndarray:
+    """A request input's data as an array of `dtype` (float32, or uint8 for a pre/post graph's
+    image) and of its shape (a view of a gRPC raw buffer, checked for size when it was read),
+    refused unless it fills the shape with finite numbers (uint8: integers 0-255)."""
     data = getattr(item.data, "root", item.data)
     shape = tuple(item.shape)
     if isinstance(data, np.ndarray):
         value = data.reshape(shape)
     else:
         try:
-            value = np.asarray(data, dtype=np.float32)
+            value = np.asarray(data, dtype=np.float64 if dtype == np.uint8 else np.float32)
         except (TypeError, ValueError):
             raise MLServerError(f"input {item.name!r}: the data are not a flat or nested list of numbers") from None
+        if dtype == np.uint8:
+            if value.size and (not np.all(np.isfinite(value)) or value.min() < 0 or value.max() > 255
+                               or not np.all(value == np.round(value))):
+                raise MLServerError(f"input {item.name!r} is UINT8: its values must be integers 0-255")
+            value = value.astype(np.uint8)
         if value.size != int(np.prod(shape)):
             raise MLServerError(f"input {item.name!r}: {value.size} values do not fill the shape {list(shape)} "
                                 f"({int(np.prod(shape))} values)")
         value = value.reshape(shape)
-    if not np.isfinite(value.sum(dtype=np.float64)):
+    if dtype != np.uint8 and not np.isfinite(value.sum(dtype=np.float64)):
         raise MLServerError(f"input {item.name!r} holds NaN or infinity; images are finite values in [0, 1]")
     return value
 

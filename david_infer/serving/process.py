@@ -60,22 +60,32 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://{HOST}:{self.http_port}/{self.name}"
 
+    command_name = "serve"
+
+    def command(self) -> List[str]:
+        """The child's command line."""
+        return [sys.executable, "-m", "david_infer", "serve", "-m", self.model, "--name", self.name,
+                "--host", HOST, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                "--metrics-port", str(self.metrics_port), *self.args]
+
+    def ready_url(self) -> str:
+        """The URL that answers 200 once the server is ready (it needs no token)."""
+        return f"http://{HOST}:{self.http_port}/v2/health/ready"
+
     def start(self) -> "ServerProcess":
-        command = [sys.executable, "-m", "david_infer", "serve", "-m", self.model, "--name", self.name,
-                   "--host", HOST, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                   "--metrics-port", str(self.metrics_port), *self.args]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        what = f"david-infer {self.command_name}"
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerUnavailable(f"david-infer serve exited with status {self.process.returncode}:\n"
-                                        f"{self.log_tail()}")
-            if self._get(f"http://{HOST}:{self.http_port}/v2/health/ready") is not None:  # needs no token
+                raise ServerUnavailable(f"{what} exited with status {self.process.returncode}:\n{self.log_tail()}")
+            if self._get(self.ready_url()) is not None:
                 return self
             time.sleep(0.25)
         self.stop()
-        raise ServerUnavailable(f"david-infer serve was not ready within {self.ready_timeout:g} s:\n{self.log_tail()}")
+        raise ServerUnavailable(f"{what} was not ready within {self.ready_timeout:g} s:\n{self.log_tail()}")
 
     @staticmethod
     def _get(url: str) -> Optional[str]:

@@ -66,7 +66,7 @@ def dummy_feeds(inputs: Iterable[Any], side: int) -> Dict[str, np.ndarray]:
     feeds = {}
     for spec in inputs:
         dims = [d if isinstance(d, int) else (1 if i == 0 else side) for i, d in enumerate(spec.shape)]
-        feeds[spec.name] = np.zeros(dims, np.float16 if spec.dtype == "float16" else np.float32)
+        feeds[spec.name] = np.zeros(dims, spec.dtype if spec.dtype in ("float16", "uint8") else np.float32)
     return feeds
 
 

@@ -17,7 +17,8 @@ from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 CPU_PROVIDER = "CPUExecutionProvider"
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(uint8)": "uint8"}
 
 
 def _provider_list(ort: Any, path: Path, device: Device, providers: Sequence[str], options: Any,
@@ -59,7 +60,7 @@ def create_session(path: Path, device: Device, providers: Sequence[str], options
     path = Path(path)
     wanted: Tuple[str, ...] = tuple(providers) if device.kind == "cuda" else ()
     # the one ONNX Runtime build (cpu/gpu extras), CUDA/cuDNN preloaded from the nvidia-* wheels
-    ort = import_onnxruntime(device.kind)
+    ort = import_onnxruntime(device.kind, shown=device.shown)
     if wanted:  # driver, device and TensorRT each fail with their own error and fix
         check_gpu(ort, device.index, tensorrt="tensorrt" in wanted)
     session_providers = (_provider_list(ort, path, device, wanted, options, contract, workload)

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
+from ...contract import ModelContract, read_manifest
 from ...errors import BackendUnavailable, ExportError, InputError, ModelError
-from ...contract import ModelContract
-from ...manifest import atomic_write, atomic_write_bytes, manifest_path, read_manifest, write_manifest
+from ...manifest import manifest_path, write_manifest
+from ...outputs.files import atomic_write, atomic_write_bytes
 from ...shapes import ShapeRange
 from . import _cuda, _trt
 from .profiles import DEFAULT_MAX_BATCH, compute_profiles

@@ -13,8 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from ...contract import read_manifest
 from ...errors import DavidWarning, InputError, ModelError
-from ...manifest import manifest_path, read_manifest, sha256_file
+from ...manifest import manifest_path
+from ...outputs.files import sha256_file
 from ...shapes import ShapeRange
 
 KIND = "tensorrt"

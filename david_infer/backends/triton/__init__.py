@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ...contract import GraphIO, ModelContract
+from ...contract import GraphIO, ModelContract, read_manifest
 from ...errors import InputError, ModelError
-from ...manifest import SERVED_MANIFEST_PREFIX, read_manifest
+from ...manifest import SERVED_MANIFEST_PREFIX
 from ..base import Backend, BackendOptions, Device, Runner, Workload
 
 #: key of the manifest in a Triton model config's `parameters`

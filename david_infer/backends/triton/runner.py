@@ -31,7 +31,7 @@ _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "Statu
 _WORKER_DIED = "Worker process stopped unexpectedly"
 #: what gRPC says when it reached an HTTP/1 server (a gRPC URL with the HTTP port)
 _NOT_GRPC = ("Trying to connect an http1.x server", "Expected SETTINGS frame as the first frame")
-_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64"}
+_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 #: gRPC channel limit both ways (the library's default of 4 MiB is less than a batch of images)
 GRPC_MAX_MESSAGE = 1 << 30
 
@@ -121,8 +121,9 @@ class Protocol:
         binary = {} if self.grpc else {"binary_data": self.binary}
         inputs = []
         for name, value in feeds.items():
-            tensor = m.InferInput(name, list(value.shape), "FP32")
-            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), **binary)
+            raw = value.dtype == np.uint8  # a pre/post graph's image goes as its bytes
+            tensor = m.InferInput(name, list(value.shape), "UINT8" if raw else "FP32")
+            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.uint8 if raw else np.float32), **binary)
             inputs.append(tensor)
         wanted = [m.InferRequestedOutput(n, **binary) for n in outputs]
         timeout = {"client_timeout": self.options.timeout} if self.grpc else {}  # HTTP: set on the client

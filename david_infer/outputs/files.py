@@ -1,40 +1,78 @@
-"""Writing result files safely: names that stay inside the output folder, atomic writes, no clobbering.
+"""Single files written safely: atomic writes, no clobbering, names that stay in their folder, hashes.
 
-`safe_base` makes one part of an output name file-name safe: every character other than letters,
-digits, `-`, `_` and `.` replaced by `_`, leading dots and spaces dropped (so no hidden files and
-never `.` or `..`), cut to 100 characters, `image` when nothing is left. How `david-infer predict`
-names and writes each input's set of files is `david_infer.writer`.
+Every file is written to a temporary name beside its final one (`make_temp_path`: hidden, in the
+same folder, so the rename cannot cross file systems) and renamed into place, so a reader never
+sees a half-written file and an interrupted write leaves nothing behind.
 
-Every file is written to a temporary name in OUTDIR and renamed into place, so a reader never sees
-a half-written file and an interrupted run leaves no partial output. Without `overwrite` an
-existing file is never replaced: the rename is done as a hard link, which fails when the name
-exists (even if another process created it a moment ago).
+- `atomic_write(path, write)` / `atomic_write_bytes(path, data)`: replace `path` atomically (model
+  manifests, engines, JSON records, benchmark results).
+- `commit(path, write, overwrite)`: the same, but without `overwrite` an existing file is never
+  replaced: the rename is done as a hard link, which fails when the name exists (even if another
+  process created it a moment ago). `save_png` / `save_npy` are `commit` for one array.
+- `write_png` / `write_npy`: fill a file that is not yet in place (what `commit` and the output
+  sets of `david_infer.outputs.sets` hand them).
+- `sha256_file`: a file's SHA-256, read in chunks.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import re
+import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import numpy as np
 
-from .errors import InputError
-from .manifest import make_temp_path
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-MAX_BASE = 100
+from ..errors import InputError
 
 
 class OutputExists(InputError):
     """An output file exists and overwriting was not allowed."""
 
 
-def safe_base(name: str) -> str:
-    """The file-name-safe base for an input's stem (see the module docstring)."""
-    base = _UNSAFE.sub("_", name).lstrip(". ")[:MAX_BASE].rstrip(". ")
-    return base or "image"
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask_mode(mode: int = 0o666) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
+    """An empty temporary file beside `final` with ordinary permissions, for an atomic rename."""
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix)
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    return Path(tmp)
+
+
+def atomic_write(path: Union[str, Path], write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically.
+
+    On any failure the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = make_temp_path(path, suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -63,10 +101,13 @@ def commit(path: Union[str, Path], write: Callable[[Path], None], overwrite: boo
         check_free([path], overwrite)
     try:
         tmp = make_temp_path(path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+    except OSError as exc:  # strerror alone: the exception names the temporary file, not `path`
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as exc:  # a full disk, a quota, an encoder refusing the data
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -90,7 +131,7 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
 
 def write_png(path: Union[str, Path], array: np.ndarray) -> None:
     """Write an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG to `path` (not atomic: the
-    caller renames it into place; see `commit` and `david_infer.writer`)."""
+    caller renames it into place; see `commit` and `david_infer.outputs.sets`)."""
     from PIL import Image
 
     a = np.ascontiguousarray(array)
@@ -113,21 +154,3 @@ def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False)
 def save_npy(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
     """Save an array as .npy (no pickles), atomically."""
     return commit(path, lambda tmp: write_npy(tmp, array), overwrite)
-
-
-def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
-    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0). Works band
-    by band: the only image-sized array made is the result."""
-    from ._arrays import fill_by_rows, finite_range
-
-    d = np.asarray(depth)
-    span = finite_range(d)
-    if span is None or span[1] <= span[0]:
-        return np.zeros(d.shape, np.uint16)
-    lo, scale = span[0], 65535.0 / (span[1] - span[0])
-
-    def band(rows: slice) -> np.ndarray:
-        t = (d[rows].astype(np.float64) - lo) * scale  # float64 per band: exact at 16 bits
-        return np.rint(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.uint16)
-
-    return fill_by_rows(np.empty(d.shape, np.uint16), band)

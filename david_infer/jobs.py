@@ -1,0 +1,380 @@
+"""The job layer: what a batch run does around the model, shared by `david-infer predict` (images
+and clips) and `predict_dataset` (Ray).
+
+A run is planned in this order, every step before the model sees an input:
+
+1. `collect_inputs`: INPUT arguments (files, folders, globs) -> files, each with the root its name
+   is taken from. Files in the output folder that bear our output names (`x.depth.png`,
+   `x.vis.mp4`, ...) are never inputs, so a run whose output folder is its input folder does not
+   read what it wrote.
+2. `name_inputs`: each file's output name (`outputs.sets.output_name`, a function of the file alone);
+   two inputs of one run with one name fail, naming each other.
+3. `probe_output_folder`: the output folder can be written (checked without creating it).
+4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
+   set whose record does not match fails unless overwrite, anything else is (re)done after its
+   stale temporaries are removed.
+
+`JobOptions` holds what a run writes and how it treats what is there (--save, --overwrite,
+--recursive, the point cloud's --fov/--near/--far); `Tally` counts what happened and prints the
+summary (`report`), or on Ctrl-C what is complete and that a rerun resumes (`interrupted`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import DavidError, InputError
+from .outputs.clips import VIDEO_KINDS
+from .outputs.images import IMAGE_KINDS
+from .outputs.sets import RECORD_SUFFIX, KindTable, SetState, WriteOptions, check_ply_options
+from .video import VIDEO_SUFFIXES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+#: the --save kinds that only clips have
+VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS)
+#: the endings of every file a run writes: a file in the output folder ending so is an output
+OUTPUT_ENDINGS = tuple(sorted({suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values()
+                               for suffix in kind.suffixes} | {RECORD_SUFFIX}))
+#: (input, output name) of one input of a run
+Job = Tuple[Path, str]
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a run writes and how it treats the output folder's contents.
+
+    save: the --save kinds (empty: the model's maps + vis); overwrite: redo every input, replacing
+    its files; recursive: also take images from subfolders of folder inputs; fov, near, far: the
+    point cloud's field of view and depth range (ply).
+    """
+
+    save: Tuple[str, ...] = ()
+    overwrite: bool = False
+    recursive: bool = False
+    fov: float = 60.0
+    near: float = 1.0
+    far: float = 2.0
+
+    def __post_init__(self) -> None:
+        given = [self.save] if isinstance(self.save, str) else list(self.save or ())
+        object.__setattr__(self, "save", tuple(check_save(given)))
+        check_ply_options(self.fov, self.near, self.far)
+
+    def write_options(self, runtime: Any) -> WriteOptions:
+        """What shapes the files with `runtime` (recorded in each completion record)."""
+        return WriteOptions(self.fov, (self.near, self.far), runtime.post_options.invert_depth,
+                            extra=model_record(runtime))
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputSet:
+    """What the INPUT arguments name: (file, root) pairs in order, one per distinct file; the
+    arguments that named nothing (with the reason); and warnings about what was left out."""
+
+    inputs: List[Tuple[Path, Path]] = field(default_factory=list)
+    problems: List[Tuple[str, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    dangling: int = 0
+    duplicates: int = 0
+
+
+class OutputFilter:
+    """Tells a run's outputs in the folder `output` (None: no folder, nothing is an output): files
+    in it or below it named as a run names its outputs (OUTPUT_ENDINGS). Each folder is resolved
+    once (a rerun over thousands of inputs would otherwise resolve the output folder per file)."""
+
+    def __init__(self, output: Optional[Path]) -> None:
+        self.output = output
+        self._root = None if output is None else os.path.realpath(output) + os.sep
+        self._inside: Dict[Path, bool] = {}  # folder -> lies in the output folder
+
+    def __call__(self, path: Path) -> bool:
+        if self._root is None or not path.name.lower().endswith(OUTPUT_ENDINGS):
+            return False
+        folder = path.parent
+        if folder not in self._inside:
+            self._inside[folder] = (os.path.realpath(folder) + os.sep).startswith(self._root)
+        return self._inside[folder]
+
+
+def is_output(path: Path, output: Optional[Path]) -> bool:
+    """True for a file inside `output` named as a run names its outputs (see OutputFilter)."""
+    return OutputFilter(output)(path)
+
+
+def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Optional[Path] = None) -> InputSet:
+    """Expand files, folders and globs into image and video files, each with the root its output
+    name is taken relative to (each folder's files sorted by name). Dangling links found in
+    folders and globs, and second names for a file already taken, are warnings (counted), not
+    inputs; files of folders and globs that are outputs in `output` (`is_output`) are left out."""
+    found = InputSet()
+    seen: Dict[str, Path] = {}
+    is_ours = OutputFilter(output)
+
+    def add(path: Path, root: Path) -> None:
+        real = os.path.realpath(path)
+        if real in seen:
+            found.duplicates += 1
+            same = "given more than once" if str(path) == str(seen[real]) else f"the same file as {seen[real]}"
+            found.warnings.append(f"{path}: {same}; written once")
+            return
+        seen[real] = path
+        found.inputs.append((path, root))
+
+    def dangling(path: Path) -> None:
+        found.dangling += 1
+        found.warnings.append(f"{path}: a symbolic link to a missing file ({os.readlink(path)}); skipped")
+
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            images, broken = _folder_inputs(path, recursive, is_ours)
+            for link in broken:
+                dangling(link)
+            if not images and not broken:
+                found.problems.append((spec, _empty_folder(path, output)))
+            for image in images:
+                add(image, path)
+        elif path.exists():
+            add(path, path.parent)
+        elif path.is_symlink():
+            found.problems.append((spec, f"a symbolic link to a missing file ({os.readlink(path)})"))
+        elif glob.has_magic(spec):
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            files = [m for m in matches if m.is_file() and not is_ours(m)]
+            for link in (m for m in matches if m.is_symlink() and not m.exists()):
+                dangling(link)
+            if not matches:
+                found.problems.append((spec, "the pattern matched no file"))
+            elif not files and any(is_ours(m) for m in matches):
+                found.problems.append((spec, f"the pattern matched only the outputs of a run in the output folder "
+                                             f"{output} (outputs are never inputs)"))
+            root = _glob_root(spec)
+            for match in files:
+                add(match, root)
+        else:
+            found.problems.append((spec, "no such file or folder"))
+    return found
+
+
+def _empty_folder(folder: Path, output: Optional[Path]) -> str:
+    text = f"folder holds no images or videos ({', '.join(sorted(INPUT_SUFFIXES))})"
+    if output is not None and os.path.realpath(folder) == os.path.realpath(output):
+        text += " other than the outputs of a run (it is also the output folder; outputs are never inputs)"
+    return text
+
+
+def _glob_root(spec: str) -> Path:
+    """The folder part of a glob before its first wildcard ('shots/**/*.jpg' -> 'shots')."""
+    parts = Path(spec).parts
+    plain = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        plain.append(part)
+    return Path(*plain) if plain else Path(".")
+
+
+def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path]]:
+    """(image and video files, dangling links with such a suffix) of a folder, each sorted by path;
+    the run's outputs (`is_ours`) left out."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    images, broken = [], []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_ours(entry):
+            continue
+        if entry.is_file():
+            images.append(entry)
+        elif entry.is_symlink() and not entry.exists():
+            broken.append(entry)
+    return sorted(images, key=str), sorted(broken, key=str)
+
+
+def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tuple[str, str]]]:
+    """(path, output name) per input, and a failure for each input whose name an earlier input of
+    the run already has (compared case-insensitively, as some file systems do)."""
+    from .outputs.sets import output_name
+
+    jobs: List[Job] = []
+    clashes: List[Tuple[str, str]] = []
+    taken: Dict[str, Path] = {}
+    for path, root in inputs:
+        name = output_name(path, root)
+        other = taken.setdefault(name.lower(), path)
+        if other is not path:
+            clashes.append((str(path), f"its output name {name!r} is also that of {other}; rename one, or run "
+                                       f"them with separate output folders"))
+        else:
+            jobs.append((path, name))
+    return jobs, clashes
+
+
+def gather_inputs(specs: Sequence[str], recursive: bool, output: Path,
+                  warn: Callable[[str], None]) -> Tuple[List[Job], InputSet]:
+    """`collect_inputs` then `name_inputs`: the (input, name) jobs, and the InputSet whose problems
+    now include the name clashes. Each warning goes to `warn`; InputError when nothing is left."""
+    found = collect_inputs(specs, recursive, output)
+    for text in found.warnings:
+        warn(text)
+    if not found.inputs and not found.problems:
+        raise InputError("no inputs given" if not found.warnings else "no inputs left (see the warnings)")
+    jobs, clashes = name_inputs(found.inputs)
+    found.problems.extend(clashes)
+    return jobs, found
+
+
+def load_input(path: Path, data: Optional[bytes] = None) -> Any:
+    """What the runtime gets for a file: the path itself (or `data`, its contents when already
+    read), or the array inside a .npy."""
+    if path.suffix.lower() != ".npy":
+        return path if data is None else data
+    import io
+
+    import numpy as np
+
+    try:
+        return np.load(path if data is None else io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy image array ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+def check_save(values: Optional[List[str]]) -> List[str]:
+    """The --save kinds as given (empty = the default), refusing unknown ones; no model needed."""
+    from .options import split_list
+
+    kinds = list(dict.fromkeys(split_list(values)))
+    known = (*IMAGE_KINDS, *VIDEO_ONLY_KINDS)
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return kinds
+
+
+def parse_save(values: Optional[Sequence[str]], tasks: Sequence[str]) -> List[str]:
+    """The --save kinds, checked against the model's tasks (default: its maps + vis)."""
+    kinds = check_save(list(values or [])) or [t for t in ("depth", "normal", "foreground") if t in tasks] + ["vis"]
+    IMAGE_KINDS.check([k for k in kinds if k in IMAGE_KINDS], tasks)
+    return kinds
+
+
+def probe_output_folder(outdir: Path) -> None:
+    """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file
+    is created and removed in OUTDIR, or in its nearest existing parent when OUTDIR is missing.
+    Nothing is created for OUTDIR itself."""
+    from .outputs.files import make_temp_path
+    from .outputs.sets import TEMP_SUFFIX
+
+    existing = Path(os.path.abspath(outdir))
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot use {outdir} as the output folder: {existing} exists and is not a folder")
+    try:
+        make_temp_path(existing / "write-probe", TEMP_SUFFIX).unlink()
+    except OSError as exc:
+        where = "" if existing == Path(os.path.abspath(outdir)) else f" (its nearest existing parent {existing})"
+        raise InputError(f"cannot write in the output folder {outdir}{where}: {exc.strerror or exc}") from None
+
+
+def make_output_folder(outdir: Path) -> None:
+    """Create OUTDIR (once the model is accepted); InputError naming it when that fails."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir}: {exc}") from None
+
+
+def model_record(runtime: Any) -> Dict[str, Any]:
+    """What of the model and runtime shapes the files, for the completion record."""
+    model = runtime.path.name if isinstance(runtime.path, Path) else str(runtime.path)  # a file, or a server URL
+    return {"model": model, "model_sha256": runtime.contract.sha256,
+            "resolution": runtime.resolution, "pipeline": runtime.pipeline}
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Tally:
+    """A run's counts and failures (input, reason), for the summary; `total` is set once the
+    inputs are known, and `written` grows as each input's set is committed."""
+
+    written: int = 0
+    skipped: int = 0
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    dangling: int = 0
+    duplicates: int = 0
+    total: int = 0
+
+    def fail(self, path: Any, error: BaseException) -> None:
+        """Record that `path` failed with `error` (its message without the leading input name)."""
+        self.failures.append((str(path), describe(error, str(path))))
+
+    def report(self, outdir: Path) -> int:
+        """Print the summary (stdout; failures on stderr); returns the exit status."""
+        total = self.written + self.skipped + len(self.failures)
+        line = f"{self.written} of {total} input(s) written to {outdir}"
+        if self.skipped:
+            line += f", {self.skipped} skipped (already complete)"
+        notes = [f"{n} {what}" for n, what in ((self.dangling, "dangling link(s) skipped"),
+                                              (self.duplicates, "duplicate name(s) of one file")) if n]
+        if notes:
+            line += f"; warnings: {', '.join(notes)}"
+        print(line)
+        if not self.failures:
+            return 0
+        print(f"{len(self.failures)} input(s) failed:", file=sys.stderr)
+        for name, reason in self.failures:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+
+    def interrupted(self, outdir: Path) -> str:
+        """What an interrupted run says: how many inputs are complete, and that a rerun resumes."""
+        complete = self.written + self.skipped
+        return (f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
+                f"run the same command again to resume: complete inputs are skipped, the rest redone")
+
+
+def describe(exc: Union[BaseException, str], name: str) -> str:
+    """An error (or its message) for the summary, which names the input: without a leading "NAME: "."""
+    text = str(exc) if isinstance(exc, (DavidError, str)) else f"{type(exc).__name__}: {exc}"
+    return text[len(name) + 2:] if text.startswith(name + ": ") else text
+
+
+def plan(jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], options: WriteOptions, overwrite: bool,
+         tally: Tally, table: KindTable[Any] = IMAGE_KINDS) -> List[Job]:
+    """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
+    unless `overwrite`; a set whose record does not match, or a file name taken by a folder, fails
+    (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds of the sets
+    (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
+    todo = []
+    for path, name in jobs:
+        try:
+            output_set = table.set(outdir, name, kinds)
+            # an input on other storage (a Ray Dataset read from S3) has no local file to compare
+            state = output_set.status(options, source=path if os.path.isfile(path) else None)
+            if not overwrite and state.state is SetState.DONE:
+                tally.skipped += 1
+                continue
+            if not overwrite and state.state is SetState.CHANGED:
+                raise InputError(f"its outputs in {outdir} do not match its completion record: {state.reason}; "
+                                 f"pass --overwrite to redo it (or choose another output folder)")
+            blocked = [t for t in output_set.files if t.is_dir()]
+            if blocked:
+                raise InputError(f"cannot write {blocked[0]}: a folder has that name")
+            output_set.remove_temporaries()
+            todo.append((path, name))
+        except DavidError as exc:
+            tally.fail(path, exc)
+    return todo

@@ -1,0 +1,232 @@
+"""How a model is run: one frozen `RuntimeOptions`, and the one argparse group that builds it.
+
+    from david_infer import DavidRuntime
+    from david_infer.options import RuntimeOptions
+    options = RuntimeOptions("model.onnx", resolution=384, batch_size=4)
+    with DavidRuntime.from_options(options) as rt:
+        ...
+
+`RuntimeOptions` holds every default of a runtime (`DavidRuntime`'s keywords default to its
+fields) and checks each value once, when it is made. The commands that run a model (predict,
+bench, serve, relight, background, pointcloud) declare its flags with `RuntimeArguments` (the
+argument-group pattern of Polygraphy: one object adds the flags and turns the parsed namespace
+into the options), and the options travel as they are to the Ray actors (pickled) and to the
+MLServer model (as the JSON of `as_record`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, overload
+
+from .errors import InputError
+from .inputs import MAX_IMAGE_PIXELS, check_channel_order
+from .postprocess import PostOptions
+
+#: the square side a model runs at unless told otherwise (the released files' size)
+DEFAULT_RESOLUTION = 512
+
+MODEL_HELP = ("a model file (.onnx with or without our manifest, .engine), a folder holding one, "
+              "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
+              "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)")
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: Literal[False] = False, owner: str = "") -> int: ...
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: bool, owner: str = "") -> Optional[int]: ...
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str = "") -> Optional[int]:
+    """`value` when it is a positive int (or None with `allow_none`), else an InputError that names
+    `name` (prefixed by `owner`, e.g. "serve: ") and the value given. The package's one such check."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Everything `DavidRuntime` needs to open and run a model; see `DavidRuntime` for each field.
+
+    model: a model file or folder, or a served model's URL (a released model's name is resolved
+        by the commands, see `david_infer.zoo.resolve_model`).
+    backend, device: "auto" (by file type or URL) / a backend name; "cpu", "cuda", "cuda:N".
+    resolution: the square side the model runs at (DEFAULT_RESOLUTION), None for each image's size.
+    channel_order: "rgb" or "bgr" for 3/4-channel arrays.
+    batch_size: images per model call (the default of `imap`/`predict_batch`).
+    threads: pre/postprocessing threads (None: the CPU count, at most 4).
+    pipeline, post, verify, max_image_pixels, allow_nonfinite: as `DavidRuntime`'s keywords.
+    backend_options: the backend's own options by name (checked when the backend is chosen).
+    """
+
+    model: Any
+    backend: str = "auto"
+    device: str = "cpu"
+    resolution: Optional[int] = DEFAULT_RESOLUTION
+    channel_order: str = "rgb"
+    batch_size: int = 1
+    threads: Optional[int] = None
+    pipeline: str = "auto"
+    post: PostOptions = field(default_factory=PostOptions)
+    verify: bool = True
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS
+    allow_nonfinite: bool = False
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_order", check_channel_order(self.channel_order))
+        positive_int("batch_size", self.batch_size)
+        positive_int("threads", self.threads, allow_none=True)
+        positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
+        if self.resolution is not None:
+            positive_int("resolution", self.resolution)  # the stride is the contract's, checked on open
+        for name in ("verify", "allow_nonfinite"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.post, PostOptions):
+            raise InputError(f"post must be a david_infer.PostOptions, got {type(self.post).__name__}")
+        if not isinstance(self.backend_options, Mapping):
+            raise InputError(f"backend_options must be a mapping of option names to values, got "
+                             f"{type(self.backend_options).__name__}")
+        object.__setattr__(self, "backend_options", dict(self.backend_options))
+
+    def replace(self, **changes: Any) -> "RuntimeOptions":
+        """A copy with `changes` (checked like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """The fields by name, values as they are (what `DavidRuntime(**...)` takes)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def as_record(self) -> Dict[str, Any]:
+        """The options as JSON values (`post` as its fields); `from_record` reads them back."""
+        record = self.as_kwargs()
+        record["model"] = str(self.model)
+        record["post"] = dataclasses.asdict(self.post)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "RuntimeOptions":
+        """The options `as_record` wrote."""
+        values = dict(record)
+        values["post"] = PostOptions(**values.get("post", {}))
+        return cls(**values)
+
+
+def resolution_arg(text: str) -> Optional[int]:
+    """argparse type: a positive multiple of 16 (the models' stride), or 'image' / 'native' for None
+    (the image's own size); anything else is refused in command-line terms, with the nearest sizes."""
+    if text.lower() in ("image", "native", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16 (e.g. 512) or 'image', got {text!r}") from None
+    if value < 16 or value % 16:
+        lower, upper = max(16, value // 16 * 16), max(16, value // 16 * 16 + 16)
+        near = f"{lower}" if lower == upper or value < 16 else f"{lower} or {upper}"
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 16 (the model's stride): "
+                                         f"use {near}, or 'image' for the image's own size")
+    return value
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        return positive_int("value", int(text))
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+
+
+class RuntimeArguments:
+    """The runtime flags shared by every command that runs a model, and the options they make.
+
+    `add_to(parser)` adds -m/--model, --backend, --device, --resolution and, as the command asks,
+    --channel-order, --batch-size and --threads, with RuntimeOptions' defaults; `options(args)`
+    returns the RuntimeOptions (the model as given: see `resolved_model`; --threads also sizes the
+    backend's own threads when the model is opened, see `runtime.with_threads`). With `many=True`
+    (bench), --backend and --resolution take comma-separated lists: `variants(args)` gives one
+    RuntimeOptions per (resolution, backend).
+    """
+
+    def __init__(self, *, channel_order: bool = True, batch_size: bool = True, threads: bool = True,
+                 many: bool = False, model_help: str = MODEL_HELP, resolution_help: Optional[str] = None) -> None:
+        self.channel_order, self.batch_size, self.threads, self.many = channel_order, batch_size, threads, many
+        self.model_help = model_help
+        self.resolution_help = resolution_help or (
+            f"side of the square the model runs at, a multiple of 16 (default {DEFAULT_RESOLUTION}), or 'image' for "
+            f"the image's own size; released files run at {DEFAULT_RESOLUTION} only")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("model and runtime")
+        g.add_argument("-m", "--model", required=True, help=self.model_help)
+        if self.many:
+            g.add_argument("--backend", action="append", metavar="NAMES",
+                           help="backend(s), comma-separated or repeated (default: auto, by file type)")
+            g.add_argument("--resolution", action="append", metavar="NS",
+                           help=f"model resolution(s), comma-separated or repeated (default {DEFAULT_RESOLUTION})")
+        else:
+            g.add_argument("--backend", default=RuntimeOptions.backend,
+                           help="auto (by file type or URL), onnxruntime, torch, tensorrt or triton")
+            g.add_argument("--resolution", type=resolution_arg, default=RuntimeOptions.resolution, metavar="N",
+                           help=self.resolution_help)
+        g.add_argument("--device", default=RuntimeOptions.device, help="cpu (default), cuda or cuda:N; a GPU that "
+                       "cannot be used is an error, never a silent CPU fallback")
+        if self.channel_order:
+            g.add_argument("--channel-order", default=RuntimeOptions.channel_order, choices=("rgb", "bgr"),
+                           help="channel order of .npy array inputs (image files are always read as RGB)")
+        if self.batch_size:
+            g.add_argument("--batch-size", type=positive_int_arg, default=RuntimeOptions.batch_size, metavar="N",
+                           help=f"images per model call (default {RuntimeOptions.batch_size})")
+        if self.threads:
+            g.add_argument("--threads", type=positive_int_arg, default=None, metavar="N",
+                           help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; "
+                                "with --ray, per worker (default: the backend's own; 1 per worker with --ray)")
+
+    def options(self, args: argparse.Namespace, **fields: Any) -> RuntimeOptions:
+        """The RuntimeOptions of the parsed flags (`fields` override or add, e.g. batch_size)."""
+        given: Dict[str, Any] = {"model": args.model, "device": args.device}
+        if not self.many:
+            given.update(backend=args.backend, resolution=args.resolution)
+        for name in ("channel_order", "batch_size", "threads"):  # the flags this group added
+            if getattr(self, name):
+                given[name] = getattr(args, name)
+        return RuntimeOptions(**{**given, **fields})
+
+    def variants(self, args: argparse.Namespace, **fields: Any) -> List[RuntimeOptions]:
+        """With many=True: one RuntimeOptions per resolution and backend, resolution-major."""
+        backends = split_list(args.backend) or [RuntimeOptions.backend]
+        resolutions = split_list(args.resolution, int) or [DEFAULT_RESOLUTION]
+        return [RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
+                for resolution in resolutions for backend in backends]
+
+
+def resolved_model(model: Any) -> Any:
+    """A -m MODEL value -> what DavidRuntime opens: a served model's URL as it is, else a file,
+    folder or released model's name resolved to a path (downloading a released model once)."""
+    from .backends import url_scheme
+    from .zoo import resolve_model
+
+    return model if isinstance(model, str) and url_scheme(model) else resolve_model(model)
+
+
+def split_list(values: Optional[Sequence[str]], kind: type = str) -> List[Any]:
+    """['a,b', 'c'] -> ['a', 'b', 'c'] converted with `kind`; lists may be given either way."""
+    out: List[Any] = []
+    for value in values or []:
+        for item in str(value).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                out.append(kind(item))
+            except ValueError:
+                raise InputError(f"expected {kind.__name__} values, got {item!r}") from None
+    return out

@@ -1,0 +1,387 @@
+"""The output kinds of a clip (`VIDEO_KINDS`) and one clip's set, written frame by frame.
+
+Each kind is one row: its name (`--save`), its file suffix after the clip's name, the model task
+it needs, the FFmpeg encoder it needs, how its file is opened and how each frame is drawn:
+
+  depth       NAME.depth.mp4       grey depth, white = near, one range for the whole clip
+  normal      NAME.normal.mp4      normals as RGB, (n + 1) / 2 * 255
+  foreground  NAME.foreground.mp4  the soft matte, grey
+  vis         NAME.vis.mp4         half-size tiles, two per row: the frame, depth, normals and the
+                                   foreground as a tint over the frame (`david_infer.video.render.VisLayout`);
+                                   the source's audio copied
+  depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 raw model depth, `time` (s),
+                                   `pts`, `frame_index` (N,)
+  cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte
+                                   as alpha
+
+A kind with `hold` is drawn with the clip's depth range (`ClipOptions.depth_range`): "clip" (the
+default) is two-pass: the first pass runs the model once per frame and spools what `hold` keeps
+of each frame to a temporary file beside the outputs (float maps as float16: with depth and vis,
+about 6 bytes per output pixel per frame), the second draws them with the range of the whole
+clip. "running" is one pass without the spool: each frame uses the range of the frames so far,
+which only widens (early frames may use less of the scale). Raw data (depth-npz) is never
+normalised.
+
+`write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
+temporaries renamed into place at the end with the completion record last; a clip that stops
+decoding early gets the frames decoded so far, in closed, playable files, without a record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import queue
+import threading
+import zipfile
+from pathlib import Path
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
+
+import numpy as np
+
+from ..errors import InputError
+from ..video import (
+    ALPHA_ENCODING,
+    DepthRange,
+    Encoding,
+    Frame,
+    FrameReader,
+    NpyStackWriter,
+    VideoWriter,
+    VisLayout,
+    predict_frames,
+    to_gray8,
+)
+from .sets import KindTable, WriteOptions
+
+DEPTH_RANGES = ("clip", "running")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """How a clip's set is written: its kinds, which frames (`video.FrameSelection`), the longest
+    side frames are scaled to, the depth range ("clip": two-pass, or "running"), libx264's preset
+    and crf, frames per model call, and whether the runtime's depth is inverse (larger = nearer)."""
+
+    kinds: Tuple[str, ...]
+    frames: Any  # video.FrameSelection
+    max_side: Optional[int] = None
+    depth_range: str = "clip"
+    preset: str = "ultrafast"
+    crf: int = 18
+    batch_size: int = 1
+    overwrite: bool = False
+    depth_inverse: bool = True
+
+    def write_options(self, extra: Dict[str, Any]) -> WriteOptions:
+        """What the completion record holds (a rerun with other options redoes the clip)."""
+        f = self.frames
+        return WriteOptions(depth_inverse=self.depth_inverse, extra={
+            **extra, "frames": [f.start, f.stop, f.step], "max_side": self.max_side,
+            "depth_range": self.depth_range, "preset": self.preset, "crf": self.crf})
+
+    def encoding(self, input_format: str = "rgb24") -> Encoding:
+        return Encoding("libx264", "yuv420p", (("preset", self.preset), ("crf", str(self.crf))), input_format)
+
+
+class FrameSink(Protocol):
+    """What a kind's `open` returns: `write(picture, frame)` per frame, `close()` (the file is then
+    complete under `tmp`), `abort()` (removes it); `path` is its final name."""
+
+    path: Path
+    tmp: Path
+
+    def write(self, picture: np.ndarray, frame: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoKind:
+    """One `--save` kind of a clip (see the module docstring).
+
+    open(clip, path, tmp): its `FrameSink`, writing to the temporary `tmp` (final name `path`).
+    draw(clip, *held): the frame's picture, from `hold(clip, pred)`, or from `(pred,)` without
+    `hold`. A kind with `hold` needs the clip's depth range (`clip.range_all`, `clip.range_person`),
+    known only after the last frame in two-pass mode: `hold` keeps what `draw` needs (arrays or
+    None), and is all that is kept of a frame until then.
+    """
+
+    name: str
+    suffix: str
+    needs: Optional[str]
+    encoder: Optional[str]
+    open: Callable[["ClipOutputs", Path, Path], FrameSink]
+    draw: Callable[..., np.ndarray]
+    hold: Optional[Callable[["ClipOutputs", Any], Tuple[Optional[np.ndarray], ...]]] = None
+
+    @property
+    def suffixes(self) -> Tuple[str, ...]:
+        return (self.suffix,)
+
+
+def _video(input_format: str) -> Callable[["ClipOutputs", Path, Path], FrameSink]:
+    """open: a libx264 video of the frame's size, fed `input_format` pictures."""
+    def open_video(clip: "ClipOutputs", path: Path, tmp: Path) -> FrameSink:
+        return VideoWriter(path, tmp, clip.info, clip.size, clip.opts.encoding(input_format))
+
+    return open_video
+
+
+def _vis_video(clip: "ClipOutputs", path: Path, tmp: Path) -> FrameSink:
+    shape = clip.vis.shape[::-1] if clip.info.quarter_turns % 2 else clip.vis.shape  # as stored
+    return VideoWriter(path, tmp, clip.info, shape, clip.opts.encoding(), audio=True)
+
+
+def _matte_video(clip: "ClipOutputs", path: Path, tmp: Path) -> FrameSink:
+    return VideoWriter(path, tmp, clip.info, clip.size, ALPHA_ENCODING)
+
+
+class _DepthStack:
+    """NAME.depth.npz: the raw depth of every frame, spooled as a .npy stack frame by frame, put
+    with the frames' times in a stored (uncompressed: streamed) .npz by `close`."""
+
+    def __init__(self, clip: "ClipOutputs", path: Path, tmp: Path) -> None:
+        self.path, self.tmp = path, tmp
+        self._stack = NpyStackWriter(path, clip.set.temporary(path), clip.display)
+        self._frames: List[Tuple[int, int, float]] = []  # index, pts (-1: none), time (NaN: none)
+
+    def write(self, depth: np.ndarray, frame: Any) -> None:
+        self._stack.write(depth)
+        self._frames.append((frame.index, -1 if frame.pts is None else frame.pts,
+                             np.nan if frame.time is None else frame.time))
+
+    def close(self) -> None:
+        self._stack.close()
+        meta = np.asarray([f[:2] for f in self._frames], np.int64).reshape(-1, 2)
+        times = np.asarray([f[2] for f in self._frames], np.float64)
+        with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            z.write(self._stack.tmp, "depth.npy")
+            for key, value in (("time", times), ("pts", meta[:, 1]), ("frame_index", meta[:, 0])):
+                buf = io.BytesIO()
+                np.save(buf, value, allow_pickle=False)
+                z.writestr(key + ".npy", buf.getvalue())
+        self._stack.abort()  # its data is in the .npz now
+
+    def abort(self) -> None:
+        self._stack.abort()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _normals(clip: "ClipOutputs", pred: Any) -> np.ndarray:
+    from ..visualize import normals_to_rgb
+
+    return normals_to_rgb(pred.normal)
+
+
+def _cutout(clip: "ClipOutputs", pred: Any) -> np.ndarray:
+    from ..apps import cutout
+
+    return cutout(pred.image, pred.foreground)
+
+
+VIDEO_KINDS: KindTable[VideoKind] = KindTable("video inputs", [
+    VideoKind("depth", ".depth.mp4", "depth", "libx264", _video("gray"),
+              draw=lambda clip, depth: to_gray8(clip.range_all.normalise(depth, clip.opts.depth_inverse)),
+              hold=lambda clip, pred: (pred.depth,)),
+    VideoKind("normal", ".normal.mp4", "normal", "libx264", _video("rgb24"), draw=_normals),
+    VideoKind("foreground", ".foreground.mp4", "foreground", "libx264", _video("gray"),
+              draw=lambda clip, pred: to_gray8(np.clip(pred.foreground, 0.0, 1.0))),
+    VideoKind("vis", ".vis.mp4", None, "libx264", _vis_video,
+              draw=lambda clip, canvas, shade, depth: clip.vis.draw_depth(
+                  canvas, shade, depth, clip.range_person.span, clip.opts.depth_inverse),
+              hold=lambda clip, pred: clip.vis.draw(pred)),
+    VideoKind("depth-npz", ".depth.npz", "depth", None, _DepthStack, draw=lambda clip, pred: pred.depth),
+    VideoKind("cutout", ".cutout.mov", "foreground", "png", _matte_video, draw=_cutout),
+])
+
+
+def check_encoders(kinds: Sequence[str]) -> None:
+    """InputError when this PyAV's FFmpeg lacks an encoder the kinds need (before any model call)."""
+    from .._optional import require
+
+    av = require("av", "video files")
+    for name in sorted({encoder for encoder in (VIDEO_KINDS[k].encoder for k in kinds) if encoder is not None}):
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:
+            raise InputError(f"this PyAV's FFmpeg has no {name} encoder, needed for the video outputs; "
+                             f"install the PyAV wheel from PyPI (pip install \"david-infer[video]\")") from None
+
+
+class _Spool:
+    """What the ranged kinds hold of each frame until the clip's range is known, one .npy record
+    after another in a temporary file: float arrays as float16 (half the bytes; the 8-bit pictures
+    drawn from them show no difference), None as an empty array."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = open(path, "wb")
+
+    def put(self, held: Sequence[Optional[np.ndarray]]) -> None:
+        np.lib.format.write_array(self._file, np.asarray(len(held)), allow_pickle=False)
+        for array in held:
+            a = np.empty(0, np.uint8) if array is None else np.asarray(array)
+            if np.issubdtype(a.dtype, np.floating):
+                a = a.astype(np.float16)
+            np.lib.format.write_array(self._file, np.ascontiguousarray(a), allow_pickle=False)
+
+    def replay(self, records: int) -> Iterator[Tuple[Optional[np.ndarray], ...]]:
+        """The first `records` things put, in order."""
+        self._file.close()
+        with open(self.path, "rb") as f:
+            for _ in range(records):
+                count = int(np.lib.format.read_array(f, allow_pickle=False))
+                arrays = [np.lib.format.read_array(f, allow_pickle=False) for _ in range(count)]
+                yield tuple(None if a.size == 0 else a for a in arrays)
+
+    def remove(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ClipOutputs:
+    """The output files of one clip (an `OutputSet` of `VIDEO_KINDS`), fed frame by frame (`add`),
+    finished by `finish` (the (temporary, final) pairs to commit) or removed by `abort`."""
+
+    def __init__(self, info: Any, outdir: Path, name: str, opts: ClipOptions, tasks: Sequence[str]) -> None:
+        self.info, self.opts, self.tasks = info, opts, tuple(tasks)
+        self.set = VIDEO_KINDS.set(outdir, name, opts.kinds)
+        self.set.make_folder()
+        self.size = info.output_size(opts.max_side)  # as stored
+        self.display = self.size[::-1] if info.quarter_turns % 2 else self.size
+        self.vis: VisLayout = VisLayout(self.tasks, *self.display)
+        self.range_all, self.range_person = DepthRange(), DepthRange()
+        self.meta: List[Tuple[int, Optional[int], Optional[float], int]] = []  # index, pts, time, duration
+        kinds = [VIDEO_KINDS[k] for k in opts.kinds]
+        two_pass = opts.depth_range == "clip" and "depth" in self.tasks
+        #: the kinds drawn in the second pass, with the clip's range
+        self.late = [k for k in kinds if k.hold is not None] if two_pass else []
+        self._late_names = {k.name for k in self.late}
+        self.sinks: Dict[str, FrameSink] = {}
+        self.spool: Optional[_Spool] = None
+        try:
+            for kind in kinds:
+                final = self.set.by_kind[kind.name][0]
+                self.sinks[kind.name] = kind.open(self, final, self.set.temporary(final))
+            if self.late:
+                self.spool = _Spool(self.set.temporary(self.set.by_kind[self.late[0].name][0]))
+        except BaseException:
+            self.abort()
+            raise
+
+    def add(self, frame: Any, pred: Any) -> None:
+        """Write (or spool) everything of one predicted frame."""
+        self.meta.append((frame.index, frame.pts, frame.time, frame.duration))
+        if pred.depth is not None:
+            self.range_all.update(pred.depth)
+            self.range_person.update(pred.depth, None if pred.foreground is None else pred.foreground >= 0.5)
+        for name, sink in self.sinks.items():
+            kind = VIDEO_KINDS[name]
+            held = kind.hold(self, pred) if kind.hold is not None else (pred,)
+            if kind.name in self._late_names:
+                self.spool.put(held)  # type: ignore[union-attr]
+            else:
+                sink.write(kind.draw(self, *held), frame)
+
+    def _second_pass(self) -> None:
+        held = self.spool.replay(len(self.meta) * len(self.late))  # type: ignore[union-attr]
+        for index, pts, t, duration in self.meta:
+            frame = Frame(index, pts, t, duration, None)  # type: ignore[arg-type]  # timestamps only
+            for kind in self.late:
+                self.sinks[kind.name].write(kind.draw(self, *next(held)), frame)
+
+    def finish(self) -> List[Tuple[Path, Path]]:
+        """Close every file (second pass first when two-pass); returns (temporary, final) pairs."""
+        if self.late:
+            self._second_pass()
+        staged = []
+        for sink in self.sinks.values():
+            sink.close()
+            staged.append((sink.tmp, sink.path))
+        self._drop_spool()
+        return staged
+
+    def _drop_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.remove()
+
+    def abort(self) -> None:
+        """Remove every temporary (on failure or interruption)."""
+        for sink in self.sinks.values():
+            sink.abort()
+        self._drop_spool()
+
+
+class _Background:
+    """Runs `work(*item)` in one thread behind a bounded queue, so rendering and encoding overlap
+    the model call (and decoding, in imap's reader thread). The first error is raised by the next
+    `put` or by `close`."""
+
+    _DONE = object()
+
+    def __init__(self, work: Any, depth: int) -> None:
+        self._work, self._cancelled = work, False
+        self._error: Optional[BaseException] = None
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
+        self._thread = threading.Thread(target=self._run, name="david-video-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is None and not self._cancelled:
+                try:
+                    self._work(*item)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def put(self, *item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the queued work (skipped when `cancel`), then raise its error if any."""
+        self._cancelled = self._cancelled or cancel
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+        if self._error is not None and not cancel:
+            raise self._error
+
+
+def write_clip(runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions,
+               record_options: WriteOptions) -> Tuple[int, Optional[str]]:
+    """Predict and write one clip's set; returns (frames written, why decoding stopped early or None).
+    `record_options` (`ClipOptions.write_options`) go into the completion record."""
+    outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
+    background = _Background(outputs.add, 2 * opts.batch_size)
+    try:
+        reader = FrameReader(info, opts.frames, opts.max_side)
+        for frame, pred in predict_frames(runtime, reader, opts.batch_size):
+            background.put(frame, pred)
+        background.close()
+        if not outputs.meta and reader.error is None:  # a clip whose stated frame count was unknown or wrong
+            raise InputError(f"{info.path}: --frames selects no frame of the clip; nothing was written")
+        staged = outputs.finish()
+        stopped = reader.error
+        outputs.set.commit(staged, record_options, record=stopped is None, source=info.path)
+    except BaseException:
+        background.close(cancel=True)
+        outputs.abort()
+        raise
+    return len(outputs.meta), None if stopped is None else str(stopped)

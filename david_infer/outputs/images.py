@@ -1,0 +1,135 @@
+"""The output kinds of an image (`IMAGE_KINDS`) and `write_outputs`, which writes one image's set.
+
+Each kind is one row: its name (`--save`), the model task it needs, and its files, each a suffix
+after the input's name with the function that writes it from the `Prediction`:
+
+  depth       NAME.depth.png (16-bit, min-max), NAME.depth.npy (float32, raw)
+  normal      NAME.normal.png ((n + 1) / 2 * 255), NAME.normal.npy (float32)
+  foreground  NAME.foreground.png (8-bit matte), NAME.cutout.png (RGBA: the image, matte as alpha)
+  vis         NAME.vis.png (the labelled panel of `david_infer.visualize.panel`)
+  ply         NAME.ply (the point cloud, cut by the matte)
+
+Full-size maps are written band by band (no full-size float temporaries).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .files import write_npy, write_png
+from .sets import KindTable, WriteOptions
+
+#: write(temporary path, prediction, options): fills one file of a set
+WriteFile = Callable[[Path, Any, WriteOptions], None]
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    """One `--save` kind of an image: its files as (suffix, write) pairs, and the task it needs."""
+
+    name: str
+    needs: Optional[str]
+    files: Tuple[Tuple[str, WriteFile], ...]
+
+    @property
+    def suffixes(self) -> Tuple[str, ...]:
+        return tuple(suffix for suffix, _ in self.files)
+
+
+def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
+    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0). Works band
+    by band: the only image-sized array made is the result."""
+    from .._arrays import fill_by_rows, finite_range
+
+    d = np.asarray(depth)
+    span = finite_range(d)
+    if span is None or span[1] <= span[0]:
+        return np.zeros(d.shape, np.uint16)
+    lo, scale = span[0], 65535.0 / (span[1] - span[0])
+
+    def band(rows: slice) -> np.ndarray:
+        t = (d[rows].astype(np.float64) - lo) * scale  # float64 per band: exact at 16 bits
+        return np.rint(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.uint16)
+
+    return fill_by_rows(np.empty(d.shape, np.uint16), band)
+
+
+def _alpha(foreground: np.ndarray) -> np.ndarray:
+    """The mask as 8-bit alpha, band by band (no full-size float temporaries)."""
+    from .._arrays import fill_by_rows
+
+    def band(rows: slice) -> np.ndarray:
+        return np.rint(np.clip(foreground[rows], 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+    return fill_by_rows(np.empty(foreground.shape, np.uint8), band)
+
+
+def _normals_png(path: Path, pred: Any, opts: WriteOptions) -> None:
+    from ..visualize import normals_to_rgb
+
+    write_png(path, normals_to_rgb(pred.normal))
+
+
+def _cutout_png(path: Path, pred: Any, opts: WriteOptions) -> None:
+    from ..apps import cutout
+
+    write_png(path, cutout(pred.image, pred.foreground))
+
+
+def _panel_png(path: Path, pred: Any, opts: WriteOptions) -> None:
+    from ..visualize import panel
+
+    write_png(path, panel(pred, inverse_depth=opts.depth_inverse))
+
+
+def _point_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
+    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) gives a cloud
+    without points and an EmptyMaskWarning, as in david_infer.apps."""
+    from ..apps import stream_point_cloud
+
+    stream_point_cloud(path, pred.image, pred.depth, pred.foreground, fov_deg=opts.fov,
+                       depth_range=opts.depth_range, invert=opts.depth_inverse)
+
+
+def _raw(task: str) -> WriteFile:
+    """The task's map as float32 .npy."""
+    return lambda path, pred, opts: write_npy(path, getattr(pred, task).astype(np.float32, copy=False))
+
+
+IMAGE_KINDS: KindTable[ImageKind] = KindTable("images", [
+    ImageKind("depth", "depth", ((".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
+                                 (".depth.npy", _raw("depth")))),
+    ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
+    ImageKind("foreground", "foreground", ((".foreground.png", lambda path, pred, opts:
+                                            write_png(path, _alpha(pred.foreground))),
+                                           (".cutout.png", _cutout_png))),
+    ImageKind("vis", None, ((".vis.png", _panel_png),)),
+    ImageKind("ply", "depth", ((".ply", _point_cloud),)),
+])
+
+
+def write_outputs(pred: Any, outdir: Union[str, Path], name: str, kinds: Sequence[str],
+                  options: Optional[WriteOptions] = None,
+                  source: Union[str, "os.PathLike[str]", None] = None) -> List[Path]:
+    """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
+    or unfinished set, and the completion record last; returns the files written (record not
+    included). `source`, the input file, is recorded. See `david_infer.outputs.sets`."""
+    opts = options or WriteOptions()
+    out = IMAGE_KINDS.set(outdir, name, kinds)
+    out.make_folder()
+    staged: List[Tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        for kind in out.kinds:
+            for (_, write), final in zip(IMAGE_KINDS[kind].files, out.by_kind[kind]):
+                tmp = out.temporary(final)
+                staged.append((tmp, final))
+                write(tmp, pred, opts)
+        out.commit(staged, opts, source=source)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return out.files

@@ -1,0 +1,16 @@
+"""Video in, video out on PyAV (FFmpeg's libraries; `pip install "david-infer[video]"`).
+
+I/O: `probe` (what a clip holds, `VideoInfo`), `decode` (frame selection, `read_frames`),
+`encode` (`VideoWriter`, `NpyStackWriter`); `predict` runs frames through `DavidRuntime.imap`;
+`render` draws what the output videos show. `av` is imported when a function is called, never
+by `import david_infer`.
+"""
+from .decode import Frame, FrameReader, FrameSelection, VideoDecodeError, read_frames
+from .encode import ALPHA_ENCODING, MUXERS, Encoding, NpyStackWriter, VideoWriter
+from .predict import predict_frames, predict_video
+from .probe import VIDEO_SUFFIXES, VideoInfo, is_video_path, probe
+from .render import DepthRange, VisLayout, to_gray8
+
+__all__ = ["ALPHA_ENCODING", "MUXERS", "VIDEO_SUFFIXES", "DepthRange", "Encoding", "Frame", "FrameReader",
+           "FrameSelection", "NpyStackWriter", "VideoDecodeError", "VideoInfo", "VideoWriter", "VisLayout",
+           "is_video_path", "predict_frames", "predict_video", "probe", "read_frames", "to_gray8"]

@@ -1,0 +1,56 @@
+"""Predictions of a clip's frames through the one batching path (`DavidRuntime.imap`): decoding
+runs ahead in its reader thread, memory is bounded whatever the clip's length."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator, Optional, Tuple, Union
+
+from ..errors import InputError
+from .decode import Frame, FrameReader, FrameSelection, read_frames
+
+
+def _array_frames(frames: Iterable[Any], fps: Optional[float]) -> Iterator[Frame]:
+    """Frames given as numpy arrays or PIL images, numbered from 0 (timestamps from `fps`)."""
+    for index, image in enumerate(frames):
+        yield Frame(index, None, index / fps if fps else None, 0, image)
+
+
+def predict_frames(runtime: Any, frames: Iterable[Frame], batch_size: Optional[int] = None,
+                   prefetch: Optional[int] = None) -> Iterator[Tuple[Frame, Any]]:
+    """(Frame, Prediction) in order through `runtime.imap`; the first frame that fails raises."""
+    outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=lambda f: f.image)
+    try:
+        for frame, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+            frame.image = outcome.image  # decoded once: the Prediction's own copy
+            yield frame, outcome
+    finally:
+        outcomes.close()
+
+
+def predict_video(runtime: Any, src: Any, *, batch_size: Optional[int] = None,
+                  frames: Union[None, str, FrameSelection] = None, max_side: Optional[int] = None,
+                  fps: Optional[float] = None,
+                  prefetch: Optional[int] = None) -> Iterator[Tuple[int, Optional[float], Any]]:
+    """See `DavidRuntime.predict_video`."""
+    if isinstance(src, (str, os.PathLike)):
+        selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
+        file_reader = read_frames(src, selection, max_side)
+        reader: Optional[FrameReader] = file_reader
+        source: Iterable[Frame] = file_reader
+    else:
+        if frames is not None or max_side is not None:
+            raise InputError("frames= and max_side= apply to video files; select and resize the frames "
+                             "of an iterable yourself")
+        reader, source = None, _array_frames(src, fps)
+    return _predict_video(runtime, reader, source, batch_size, prefetch)
+
+
+def _predict_video(runtime: Any, reader: Optional[FrameReader], source: Iterable[Frame],
+                   batch_size: Optional[int], prefetch: Optional[int]) -> Iterator[Tuple[int, Optional[float], Any]]:
+    for frame, pred in predict_frames(runtime, source, batch_size, prefetch):
+        yield frame.index, frame.time, pred
+    if reader is not None and reader.error is not None:
+        raise reader.error
+

@@ -1,0 +1,228 @@
+"""The browser page's local server (`david-infer web`): the built page, ONNX Runtime Web's files and
+one pixels-to-maps graph, on 127.0.0.1 only.
+
+The graph is the one `david-infer export --prepost` writes: input `image` uint8 (N, H, W, 3) in the
+channel order its manifest names, outputs `depth`, `normal`, `foreground` at the input's size. The
+page fetches `/model.json` (what this module says about the graph: size, SHA-256, channel order,
+tasks) and `/model.onnx`, and runs everything in the browser: no photo is sent anywhere.
+
+Every response carries cross-origin isolation headers (WebAssembly threads need SharedArrayBuffer)
+and a Content-Security-Policy that lets the page talk to this server alone.
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import shutil
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from .errors import BackendUnavailable, ModelError
+from .jsonfile import read_json_object
+from .manifest import manifest_path
+from .outputs.files import sha256_file
+
+STATIC_DIR = Path(__file__).resolve().parent / "web_static"
+HOST = "127.0.0.1"
+TASKS = ("depth", "normal", "foreground")
+
+BUILD_HINT = "build it from a source checkout with: (cd web && npm ci && npm run build), then reinstall"
+
+# The page loads only from this origin; ONNX Runtime Web compiles WebAssembly and starts module workers.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'wasm-unsafe-eval'",
+    "worker-src 'self' blob:",
+    "connect-src 'self'",
+    "img-src 'self' blob: data:",
+    "media-src 'self' blob: mediastream:",
+    "style-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+])
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+}
+CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
+                 ".html": "text/html; charset=utf-8", ".css": "text/css", ".json": "application/json",
+                 ".png": "image/png", ".onnx": "application/octet-stream"}
+
+
+@dataclass(frozen=True)
+class PageModel:
+    """What the page is told about the graph it runs (served as /model.json)."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    channel_order: str  # "rgb" or "bgr": the order of the last axis of `image`
+    depth_sign: int  # -1: larger depth = nearer (the runtime's default); 1: larger = farther
+    tasks: Tuple[str, ...]
+    precision: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.path.name, "bytes": self.bytes, "sha256": self.sha256, "channel_order": self.channel_order,
+                "depth_sign": self.depth_sign, "tasks": list(self.tasks), "precision": self.precision}
+
+
+def describe_model(path: Union[str, Path]) -> PageModel:
+    """The page's view of a pixels-to-maps graph, from the manifest beside it.
+
+    ModelError when the file or its manifest is missing, or the manifest describes another kind of
+    graph (float NCHW input: an export without --prepost), saying how to make the right one.
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ModelError(f"{path}: the browser page runs ONNX graphs (.onnx); export one with "
+                         "david-infer export ... --prepost")
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    manifest_file = manifest_path(path)
+    if not manifest_file.is_file():
+        raise ModelError(f"{path}: no manifest beside it ({manifest_file.name}); the page needs the channel order "
+                         "it records. Export the graph with david-infer export ... --prepost")
+    manifest = read_json_object(manifest_file, "JSON manifest")
+    if manifest.get("layout") != "prepost":
+        raise ModelError(
+            f"{path}: its manifest says layout {manifest.get('layout')!r}; the page needs the pixels-to-maps graph "
+            "(layout 'prepost': uint8 photo in, maps at its size out). Export it with david-infer export ... --prepost"
+        )
+    prepost = manifest.get("prepost") if isinstance(manifest.get("prepost"), dict) else {}
+    image = _image_input(manifest_file, manifest)
+    order = str(prepost.get("channel_order", image.get("channel_order", ""))).lower()
+    if order not in ("rgb", "bgr"):
+        raise ModelError(f"{manifest_file}: input 'image' has channel_order {order!r}; expected 'rgb' or 'bgr'")
+    depth_sign = prepost.get("depth_sign", -1)
+    if depth_sign not in (-1, 1):
+        raise ModelError(f"{manifest_file}: prepost.depth_sign is {depth_sign!r}; expected -1 or 1")
+    tasks = tuple(t for t in TASKS if t in _output_names(manifest))
+    if not tasks:
+        raise ModelError(f"{manifest_file}: no output named {', '.join(TASKS)}; this is not a DAViD graph")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path}: model file is empty (0 bytes); re-export it")
+    recorded = manifest.get("sha256")
+    # The recorded hash is checked by the browser's cache key only; hashing a 1.3 GB file at every
+    # start would delay the page by seconds, so an unrecorded one is computed once here.
+    digest = recorded if isinstance(recorded, str) and recorded else sha256_file(path)
+    return PageModel(path=path, bytes=size, sha256=digest, channel_order=order, depth_sign=depth_sign,
+                     tasks=tasks, precision=str(manifest.get("precision", "fp32")))
+
+
+def _image_input(manifest_file: Path, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+    inputs = manifest.get("inputs")
+    image = next((i for i in inputs if isinstance(i, dict) and i.get("name") == "image"), None) \
+        if isinstance(inputs, list) else None
+    if image is None:
+        raise ModelError(f"{manifest_file}: the manifest lists no input named 'image'")
+    dtype, shape = image.get("dtype"), image.get("shape")
+    if dtype != "uint8" or not isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3:
+        raise ModelError(
+            f"{manifest_file}: input 'image' is {dtype} {shape}; the page needs the pixels-to-maps graph "
+            "(uint8, (N, H, W, 3)). Export it with david-infer export ... --prepost"
+        )
+    return image
+
+
+def _output_names(manifest: Mapping[str, Any]) -> Tuple[str, ...]:
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list):
+        return ()
+    return tuple(str(o.get("name")) for o in outputs if isinstance(o, dict))
+
+
+def static_files(root: Path = STATIC_DIR) -> Dict[str, Path]:
+    """URL path -> file for the built page; BackendUnavailable when it was never built."""
+    if not (root / "index.html").is_file():
+        raise BackendUnavailable(f"the browser page is not built ({root / 'index.html'} is missing); {BUILD_HINT}")
+    return {"/" + p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET/HEAD of the page's files, /model.json and /model.onnx; anything else is 404/405."""
+
+    server: "PageServer"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def _respond(self, body: bool) -> None:
+        route = self.path.split("?", 1)[0].split("#", 1)[0]
+        route = "/index.html" if route == "/" else route
+        model = self.server.model
+        if route == "/model.json":
+            data = json.dumps(model.to_json()).encode()
+            self._send(HTTPStatus.OK, ".json", len(data), {"Cache-Control": "no-cache"})
+            if body:
+                self.wfile.write(data)
+            return
+        path = model.path if route == "/model.onnx" else self.server.files.get(route)
+        if path is None:
+            data = f"not found: {route}\n".encode()
+            self._send(HTTPStatus.NOT_FOUND, ".txt", len(data), {})
+            if body:
+                self.wfile.write(data)
+            return
+        extra = {"ETag": f'"{model.sha256}"', "Cache-Control": "no-cache"} if path == model.path else \
+            {"Cache-Control": "no-cache"}
+        self._send(HTTPStatus.OK, path.suffix, path.stat().st_size, extra)
+        if body:
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
+
+    def _send(self, status: HTTPStatus, suffix: str, length: int, extra: Mapping[str, str]) -> None:
+        self.send_response(status)
+        content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type("x" + suffix)[0] or "text/plain"
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in {**ISOLATION_HEADERS, **extra}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class PageServer(ThreadingHTTPServer):
+    """The page's HTTP server on 127.0.0.1 (port 0 = any free port; `url` says which)."""
+
+    daemon_threads = True
+
+    def __init__(self, model: PageModel, port: int = 0, verbose: bool = False,
+                 static_root: Path = STATIC_DIR) -> None:
+        self.model, self.verbose = model, verbose
+        self.files = static_files(static_root)
+        try:
+            super().__init__((HOST, port), _Handler)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot listen on {HOST}:{port} ({exc}); choose another --port") from None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}/"
+
+    def start(self) -> threading.Thread:
+        """Serve in a daemon thread (for scripts); `shutdown()` stops it."""
+        thread = threading.Thread(target=self.serve_forever, name="david-web", daemon=True)
+        thread.start()
+        return thread
+
+
+def open_page_server(model: Union[str, Path], port: int = 0, verbose: bool = False,
+                     static_root: Optional[Path] = None) -> PageServer:
+    """A PageServer for `model` (checked first), not yet serving."""
+    return PageServer(describe_model(model), port=port, verbose=verbose, static_root=static_root or STATIC_DIR)

@@ -1,0 +1,76 @@
+"""The runtime's own pre/postprocessing gives the same bits in any environment: BLAS thread
+settings (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, which a Ray worker sets to 1), `threads`, batch
+size. Each configuration runs in its own process, since a BLAS library reads those variables once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A small photo at a large model resolution: the maps are shrunk from 1024 to 40x30, products big
+# enough that a BLAS library would run them on several threads (where its rounding changes).
+_SCRIPT = """
+import hashlib, json, sys
+from david_infer import DavidRuntime
+model, threads, batch, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+out = {}
+with DavidRuntime(model, resolution=1024, threads=threads, intra_op_threads=1) as runtime:
+    for name, pred in runtime.imap(files, batch_size=batch):
+        for task in ("depth", "normal", "foreground"):
+            out[name + ":" + task] = hashlib.sha256(getattr(pred, task).tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def _maps(model: Path, files: list, blas_threads: int, threads: int, batch: int) -> Dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(blas_threads), "OPENBLAS_NUM_THREADS": str(blas_threads),
+           "MKL_NUM_THREADS": str(blas_threads)}
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, str(model), str(threads), str(batch), *map(str, files)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (h, w) in enumerate([(40, 30), (24, 70), (64, 40)]):
+        paths.append(folder / f"p{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_maps_are_bit_identical_whatever_the_blas_threads_workers_and_batch(tiny_multitask_onnx: Path,
+                                                                           photos: list) -> None:
+    one = _maps(tiny_multitask_onnx, photos, blas_threads=1, threads=1, batch=1)
+    assert len(one) == 3 * 3
+    assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=1, batch=1) == one
+    assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=3, batch=3) == one
+
+
+def test_band_product_is_the_same_whatever_the_band_split() -> None:
+    """Each output row is the ascending sum of its own nonzero terms, so computing it inside a
+    band of 1, 5 or 16 rows gives the same bits (the pool splits bands differently per `threads`)."""
+    from david_infer.resample import band_product, weights
+
+    rng = np.random.default_rng(0)
+    w = weights(300, 0.0, 300.0, 41, "bicubic")  # shrinking: ~30 taps per row
+    a = rng.standard_normal((300, 257)).astype(np.float32)
+    whole = np.empty((41, 257), np.float32)
+    band_product(w, a, whole)
+    for rows in (1, 5, 16):
+        split = np.empty_like(whole)
+        for o0 in range(0, 41, rows):
+            band_product(w[o0:o0 + rows], a, split[o0:o0 + rows])
+        assert np.array_equal(split.view(np.uint32), whole.view(np.uint32))
+    reference = w.astype(np.float64) @ a.astype(np.float64)
+    assert np.abs(whole - reference).max() < 1e-5 * np.abs(a).max() * np.abs(w).sum(axis=1).max()
