@@ -20,6 +20,9 @@ from .outputs.files import atomic_write_bytes, sha256_file
 
 FORMAT = "david-infer-manifest"
 FORMAT_VERSION = 1
+#: prefix of the entry of a served model's V2 metadata `versions` that carries its manifest JSON
+#: (`david-infer serve` publishes it, the triton backend reads it)
+SERVED_MANIFEST_PREFIX = "david-infer-manifest:"
 
 PREPROCESSING_DOC = {
     "channel_order": "BGR",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg
+from ..serving import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_BYTES, read_token
 
 #: the server runs the network alone: no channel order (clients preprocess), its batch is --max-batch-size
 RUNTIME = RuntimeArguments(
@@ -28,7 +29,12 @@ RUNTIME = RuntimeArguments(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     RUNTIME.add_to(p)
     p.add_argument("--name", default="david", help="the served model name (default david)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, all)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; "
+        "0.0.0.0 = all interfaces, with a warning: put an authenticating proxy in front)",
+    )
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
     p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (default 8082)")
@@ -55,6 +61,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model runs in the server process, which saves MLServer's copy of every request to a "
         "worker: about 40%% of the server's CPU per image on a small model)",
     )
+    p.add_argument(
+        "--model-control",
+        action="store_true",
+        help="allow the repository API's model load/unload calls (HTTP and gRPC); off by default",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"largest request (HTTP body, gRPC message), refused before it is decoded (default {MAX_REQUEST_BYTES})",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"most image pixels per request, all its images together (default {MAX_PIXELS})",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_IMAGES,
+        metavar="N",
+        help=f"most images per request (default {MAX_IMAGES})",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding a shared token (16+ characters): every call "
+        "but health then needs 'Authorization: Bearer TOKEN' (clients: token= / --token-file)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
-    )
-    print(
-        f"serving {path} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
-        f"{config.host}:{config.grpc_port}, metrics :{config.metrics_port}/metrics",
-        flush=True,
+        model_control=args.model_control,
+        max_request_bytes=args.max_request_bytes,
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        token=read_token(args.token_file),
     )
     serve(config)
     return 0

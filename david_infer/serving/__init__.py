@@ -5,12 +5,13 @@ clients preprocess and postprocess (the `triton` backend does it for `DavidRunti
 server's CPU or GPU goes to the network alone.
 
 Why MLServer: it is a maintained V2 server library that gives, from one settings file and one
-`MLModel` subclass (`david_infer.serving.runtime.DavidModel`), HTTP and gRPC endpoints, health and
+`MLModel` subclass (`david_infer.serving.mlserver_model.DavidModel`), HTTP and gRPC endpoints, health and
 readiness, Prometheus metrics and parallel inference worker processes. Concurrent requests are
 batched in our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive
-batcher merges tensors as Python lists, which costs more than the model: see `runtime`). KServe's Python ModelServer speaks the same protocol but
-leaves batching to a separate Kubernetes component; PyTriton pins numpy<2, which breaks Ray Data's
-pandas in the same environment. We write no HTTP or gRPC code of our own.
+batcher merges tensors as Python lists, which costs more than the model: see `mlserver_model`).
+KServe's Python ModelServer speaks the same protocol but leaves batching to a separate Kubernetes
+component; PyTriton pins numpy<2, which breaks Ray Data's pandas in the same environment. We write
+no HTTP or gRPC code of our own.
 
 The served model's metadata publishes the manifest as one entry of `versions`
 (`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
@@ -20,29 +21,38 @@ has no `parameters`).
 The server runs in its own process: MLServer and tritonclient's gRPC module both register the
 protocol's `inference.*` protobuf messages, and one Python process cannot import both (clients,
 tests and benchmarks start it with `serving.process.ServerProcess`).
+
+Safe to expose: it listens on 127.0.0.1 unless told otherwise, refuses model control (load/unload)
+unless asked for, bounds every request before decoding it, never logs a request, and stops when an
+inference worker dies (see `serving.server` and docs/serving-security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
+import socket
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .._optional import require
 from ..errors import InputError
 from ..options import RuntimeOptions, positive_int
 
-#: prefix of the `versions` entry carrying the manifest JSON
-MANIFEST_PREFIX = "david-infer-manifest:"
 #: the MLModel implementation MLServer loads (in each worker process)
-RUNTIME_CLASS = "david_infer.serving.runtime.DavidModel"
-#: largest gRPC message both ways (MLServer's default is gRPC's 4 MiB: a batch of four 512x512
-#: images with their 384x384 copies is more)
-GRPC_MAX_MESSAGE = 1 << 30
+MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
+#: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: the
+#: server's peak is 6-15x a request's size, the model's working memory included (gRPC raw tensors
+#: are read in place; HTTP JSON 6-12x its body; benchmarks/serving_memory.py); 4 Mpx is four
+#: 1024x1024 images
+MAX_REQUEST_BYTES = 64 << 20
+MAX_PIXELS = 1 << 22
+MAX_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -56,23 +66,33 @@ class ServeConfig:
     batch axis up to that many images, waiting at most max_batch_time seconds for a batch to
     fill; 1 = off); name: the served model name;
     workers: parallel inference worker processes (0, the default = run in the server process;
-    MLServer pickles every request to a worker, which costs CPU); host and ports.
+    MLServer pickles every request to a worker, which costs CPU); host (default 127.0.0.1, this
+    machine only) and ports; model_control: allow the repository's load/unload calls (off);
+    max_request_bytes: the largest request body / gRPC message, refused (413 / RESOURCE_EXHAUSTED)
+    before it is decoded; max_pixels, max_images: the most image pixels (all images of a request
+    together) and images per request, refused from the declared shapes; token: if set, every call
+    but health needs `Authorization: Bearer TOKEN` (HTTP header or gRPC metadata).
     """
 
     runtime: RuntimeOptions
     name: str = "david"
     max_batch_time: float = 0.01
     workers: int = 0
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8081
     metrics_port: int = 8082
+    model_control: bool = False
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_pixels: int = MAX_PIXELS
+    max_images: int = MAX_IMAGES
+    token: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.runtime, RuntimeOptions):
             raise InputError(f"serve: runtime must be a david_infer.options.RuntimeOptions, got {self.runtime!r}")
         object.__setattr__(self, "runtime", self.runtime.replace(model=str(Path(self.runtime.model).resolve())))
-        for name in ("http_port", "grpc_port", "metrics_port"):
+        for name in ("http_port", "grpc_port", "metrics_port", "max_request_bytes", "max_pixels", "max_images"):
             positive_int(name, getattr(self, name), owner="serve: ")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise InputError(f"serve: workers must be 0 or more, got {self.workers!r}")
@@ -85,17 +105,48 @@ class ServeConfig:
             )
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise InputError(f"serve: the model name may hold letters, digits, - _ . only, got {self.name!r}")
+        if self.token is not None and (len(self.token) < 16 or not self.token.isprintable() or " " in self.token):
+            raise InputError("serve: the token must be at least 16 printable characters without spaces")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server listens on this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def read_token(path: Optional[str]) -> Optional[str]:
+    """The shared token in file `path` (surrounding whitespace dropped), None for no path. A file,
+    not an argument: command lines are visible to every user of the machine."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the token file {path}: {exc}") from None
+    if not token:
+        raise InputError(f"the token file {path} is empty")
+    return token
 
 
 def model_settings(config: ServeConfig) -> Dict[str, Any]:
     """MLServer's model-settings.json for `config`."""
     return {
         "name": config.name,
-        "implementation": RUNTIME_CLASS,
+        "implementation": MODEL_CLASS,
         "max_batch_size": 0,  # MLServer's batcher off: DavidModel batches with numpy (see runtime)
         "parameters": {
             "uri": config.runtime.model,
-            "extra": {"runtime": config.runtime.as_record(), "max_batch_time": config.max_batch_time},
+            "extra": {
+                "runtime": config.runtime.as_record(),
+                "max_batch_time": config.max_batch_time,
+                "max_pixels": config.max_pixels,
+                "max_images": config.max_images,
+            },
         },
     }
 
@@ -108,7 +159,7 @@ def server_settings(config: ServeConfig, folder: Path) -> Dict[str, Any]:
         "grpc_port": config.grpc_port,
         "metrics_port": config.metrics_port,
         "parallel_workers": config.workers,
-        "grpc_max_message_length": GRPC_MAX_MESSAGE,
+        "grpc_max_message_length": config.max_request_bytes,  # serving.server sets the gRPC limits itself
         "metrics_dir": str(folder / ".metrics"),
         "environments_dir": str(folder / ".envs"),
         "load_models_at_startup": True,
@@ -126,26 +177,70 @@ def write_server_folder(config: ServeConfig, folder: Path) -> Path:
     return folder
 
 
+def check_ports(host: str, ports: Sequence[Tuple[str, int]]) -> None:
+    """InputError naming the first of `ports` ((what, port)) that `host` cannot listen on now: one
+    clear line instead of MLServer's tracebacks from three servers."""
+    for what, port in ports:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as exc:
+            raise InputError(
+                f"serve: cannot listen on {host!r}: {exc.strerror}; pass --host an address of "
+                "this machine (127.0.0.1, 0.0.0.0)"
+            ) from None
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise InputError(
+                    f"serve: cannot listen on {host}:{port} for {what} ({exc.strerror}); another "
+                    f"program uses it: stop it, or choose another port with --{what}-port"
+                ) from None
+
+
 def serve(config: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
-    open; a model that fails to load stops the server with its error in the log."""
+    open; a model that fails to load stops the server with its error in the log. A dead inference
+    worker ends the process with status `server.EXIT_WORKER_DIED`."""
     if not Path(config.runtime.model).is_file():
         raise InputError(f"serve: model file not found: {config.runtime.model}")
     require("mlserver", "david-infer serve")
-    from mlserver import MLServer
+    check_ports(config.host, [("http", config.http_port), ("grpc", config.grpc_port), ("metrics", config.metrics_port)])
+    print(
+        f"serving {config.runtime.model} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
+        f"{config.host}:{config.grpc_port}, metrics {config.host}:{config.metrics_port}/metrics",
+        flush=True,
+    )
+    if not config.loopback:
+        print(
+            f"warning: listening on {config.host}, reachable from other machines"
+            + (
+                " without authentication: put it behind an authenticating proxy or pass --token-file"
+                if config.token is None
+                else ""
+            )
+            + " (see docs/serving-security.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     from mlserver.cli.serve import load_settings
+
+    from .server import DavidServer
 
     with tempfile.TemporaryDirectory(prefix="david-serve-") as tmp:
         folder = write_server_folder(config, Path(tmp))
 
         async def main() -> None:
             settings, models = await load_settings(str(folder))
-            server = MLServer(settings)  # needs the running loop (it installs signal handlers)
+            server = DavidServer(settings, config, folder)  # needs the running loop (it installs signal handlers)
             await server.start(models)
 
         previous = os.getcwd()
         os.chdir(folder)  # MLServer puts a few working files in the current folder
         try:
             asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):  # stopped by a signal: said so already
+            pass
         finally:
             os.chdir(previous)

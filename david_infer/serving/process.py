@@ -92,8 +92,8 @@ class ServerProcess:
         ]
 
     def ready_url(self) -> str:
-        """The URL that answers 200 once the server is ready."""
-        return f"http://{HOST}:{self.http_port}/v2/models/{self.name}/ready"
+        """The URL that answers 200 once the server is ready (it needs no token)."""
+        return f"http://{HOST}:{self.http_port}/v2/health/ready"
 
     def start(self) -> "ServerProcess":
         with open(self.log_path, "wb") as log:

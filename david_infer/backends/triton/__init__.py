@@ -16,13 +16,14 @@ Importing this package imports no tritonclient; opening a runner does.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ...contract import GraphIO, ModelContract, read_manifest
 from ...errors import InputError, ModelError
+from ...manifest import SERVED_MANIFEST_PREFIX
 from ..base import Backend, BackendOptions, Device, Runner, Workload
 
 #: key of the manifest in a Triton model config's `parameters`
@@ -40,12 +41,15 @@ class TritonOptions(BackendOptions):
         (default 0: no retries); errors the server answers with are never retried.
     retry_delay: seconds before the first retry, doubled for each next one (default 0.5).
     manifest: a manifest file to use instead of the one the server publishes.
+    token: the shared token of a server started with `--token-file` (sent on every call as
+        `Authorization: Bearer TOKEN`; default: none).
     """
 
     timeout: float = 30.0
     retries: int = 0
     retry_delay: float = 0.5
     manifest: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("timeout", "retry_delay"):
@@ -59,6 +63,8 @@ class TritonOptions(BackendOptions):
                 raise InputError(f"triton backend: {name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"triton backend: retries must be 0 or more, got {self.retries!r}")
+        if self.token is not None and (not isinstance(self.token, str) or not self.token.isprintable()):
+            raise InputError("triton backend: token must be a string of printable characters")
 
 
 def parse_url(url: str) -> Tuple[str, str, str, str]:
@@ -80,11 +86,9 @@ def parse_url(url: str) -> Tuple[str, str, str, str]:
 
 def _published_manifest(metadata: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The manifest `david-infer serve` publishes in the metadata's `versions`, if any."""
-    from ...serving import MANIFEST_PREFIX
-
     for entry in metadata.get("versions") or ():
-        if isinstance(entry, str) and entry.startswith(MANIFEST_PREFIX):
-            return json.loads(entry[len(MANIFEST_PREFIX) :])
+        if isinstance(entry, str) and entry.startswith(SERVED_MANIFEST_PREFIX):
+            return _json_object(entry[len(SERVED_MANIFEST_PREFIX) :], "the model metadata's versions")
     return None
 
 
@@ -93,7 +97,18 @@ def _config_manifest(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     config = config.get("config", config)  # gRPC wraps the config in {"config": ...}
     value = (config.get("parameters") or {}).get(CONFIG_MANIFEST_KEY) or {}
     text = value.get("string_value") or value.get("stringValue")
-    return json.loads(text) if text else None
+    return _json_object(text, f"the model config's parameters[{CONFIG_MANIFEST_KEY!r}]") if text else None
+
+
+def _json_object(text: str, where: str) -> Dict[str, Any]:
+    """A published manifest's JSON object; ModelError (the caller adds the URL) if it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ModelError(f"the manifest in {where} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"the manifest in {where} is not a JSON object")
+    return value
 
 
 def check_served(url: str, contract: ModelContract, io: GraphIO) -> None:
@@ -150,7 +165,11 @@ class TritonBackend(Backend):
                 protocol.binary = "binary_tensor_data" in (server.get("extensions") or ())
             model = model or self._only_model(protocol, client, url)
             metadata = protocol.ask(client, "get_model_metadata", model, version)
+            if not isinstance(metadata, Mapping):
+                raise ModelError(f"{url}: the server's model metadata is not a JSON object")
             manifest = self._manifest(protocol, client, url, model, version, metadata)
+        except ModelError as exc:
+            raise ModelError(str(exc) if str(exc).startswith(url) else f"{url}: {exc}") from None
         finally:
             client.close()
         try:
@@ -165,11 +184,16 @@ class TritonBackend(Backend):
     def _only_model(self, protocol: Any, client: Any, url: str) -> str:
         try:
             index = protocol.ask(client, "get_model_repository_index")
-        except ModelError as exc:  # MLServer's HTTP index wants a body tritonclient does not send
+        except ModelError as exc:  # a server without the repository extension
             raise ModelError(f"{exc}; name the model in the URL: SCHEME://HOST:PORT/MODEL") from None
         entries = index.get("models", []) if isinstance(index, Mapping) else index
+        if not isinstance(entries, list) or not all(isinstance(e, Mapping) and "name" in e for e in entries):
+            raise ModelError(
+                f"{url}: the server's model index is not a list of models; name the model in the URL: "
+                "SCHEME://HOST:PORT/MODEL"
+            )
         # MLServer spells the state "State.READY", Triton "READY"
-        names = sorted({e["name"] for e in entries if str(e.get("state", "READY")).upper().endswith("READY")})
+        names = sorted({str(e["name"]) for e in entries if str(e.get("state", "READY")).upper().endswith("READY")})
         if len(names) != 1:
             raise ModelError(
                 f"{url}: the server serves {len(names)} ready models ({', '.join(names) or 'none'}); "

@@ -1,10 +1,13 @@
 """Talking to a KServe V2 / Triton server with `tritonclient`: the two protocols behind one small
 adapter, typed errors, timeouts, retries, and the runner.
 
-Every call carries the options' timeout (gRPC: `client_timeout`; HTTP: the client's connection and
-network timeouts). Errors the transport raises (refused, reset, timed out, UNAVAILABLE) become
-`ServerUnavailable` and are retried `retries` times with a doubling delay; errors the server
-answers with (unknown model, refused request) become `ModelError` at once.
+Every call carries the options' timeout as a deadline for the whole call (gRPC: `client_timeout`;
+HTTP: a gevent Timeout around the call, since the client's network timeout restarts with every byte
+and a server trickling one byte a second would hold a call forever). Errors the transport raises
+(refused, reset, timed out, UNAVAILABLE) and a server whose inference worker died mid-request
+become `ServerUnavailable` and are retried `retries` times with a doubling delay; errors the
+server answers with (unknown model, refused request) become `ModelError` at once, a non-finite
+output `NonFiniteOutput`, and a gRPC URL pointed at an HTTP port (or the reverse) an `InputError`.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import numpy as np
 
 from ..._optional import require
 from ...contract import GraphIO, TensorSpec
-from ...errors import ModelError, ServerUnavailable
+from ...errors import InputError, ModelError, NonFiniteOutput, ServerUnavailable
 from ..base import Runner
 
 T = TypeVar("T")
 #: gRPC status codes and HTTP statuses that mean "the server is not there (now)"
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "502", "503", "504"}
+#: what the server says when an inference worker died under a request (MLServer's WorkerStop)
+_WORKER_DIED = "Worker process stopped unexpectedly"
+#: what gRPC says when it reached an HTTP/1 server (a gRPC URL with the HTTP port)
+_NOT_GRPC = ("Trying to connect an http1.x server", "Expected SETTINGS frame as the first frame")
 _DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 #: gRPC channel limit both ways (the library's default of 4 MiB is less than a batch of images)
 GRPC_MAX_MESSAGE = 1 << 30
@@ -51,12 +58,26 @@ class Protocol:
             self.address, connection_timeout=timeout, network_timeout=timeout, ssl=self.scheme == "https"
         )
 
+    @property
+    def headers(self) -> Dict[str, str]:
+        """Headers sent with every call (the token, if any)."""
+        return {"authorization": f"Bearer {self.options.token}"} if self.options.token else {}
+
+    def _within_deadline(self, fn: Callable[[], T]) -> T:
+        if self.grpc:  # each gRPC call carries its own deadline (client_timeout)
+            return fn()
+        import gevent
+
+        late = TimeoutError(f"no complete answer within {self.options.timeout:g} s")
+        with gevent.Timeout(self.options.timeout, late):
+            return fn()
+
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn()` under the retry policy; ServerUnavailable or ModelError naming `what` on failure."""
         attempts = 1 + self.options.retries
         for attempt in range(attempts):
             try:
-                return fn()
+                return self._within_deadline(fn)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # gevent's Timeout is a BaseException
@@ -73,6 +94,18 @@ class Protocol:
         if isinstance(exc, InferenceServerException):
             status = str(exc.status() or "")
             message = exc.message() or str(exc)
+            if self.grpc and any(marker in message for marker in _NOT_GRPC):
+                return InputError(
+                    f"{self.url}: {what} failed: the address answers, but not with gRPC ({message}); "
+                    "is this the server's HTTP port? Use http://HOST:HTTP_PORT or grpc://HOST:GRPC_PORT"
+                )
+            if _WORKER_DIED in message:
+                return ServerUnavailable(
+                    f"{self.url}: {what} failed: the server's inference worker died under the "
+                    f"request ({status}: {message})"
+                )
+            if "NonFiniteOutput" in message:
+                return NonFiniteOutput(f"{self.url}: {what}: {message}")
             if status in _UNAVAILABLE:
                 return ServerUnavailable(
                     f"{self.url}: {what} failed: the server did not answer within {timeout:g} s "
@@ -88,8 +121,10 @@ class Protocol:
         """A metadata-like call, answered as JSON-like dicts by both protocols."""
         fn = getattr(client, method)
         if self.grpc:
-            return self.call(method, partial(fn, *args, as_json=True, client_timeout=self.options.timeout))
-        return self.call(method, partial(fn, *args))
+            return self.call(
+                method, partial(fn, *args, headers=self.headers, as_json=True, client_timeout=self.options.timeout)
+            )
+        return self.call(method, partial(fn, *args, headers=self.headers))
 
     def infer(
         self, client: Any, model: str, version: str, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
@@ -105,7 +140,9 @@ class Protocol:
             inputs.append(tensor)
         wanted = [m.InferRequestedOutput(n, **binary) for n in outputs]
         timeout = {"client_timeout": self.options.timeout} if self.grpc else {}  # HTTP: set on the client
-        run = partial(client.infer, model, inputs, model_version=version, outputs=wanted, **timeout)
+        run = partial(
+            client.infer, model, inputs, model_version=version, outputs=wanted, headers=self.headers, **timeout
+        )
         result = self.call(f"inference on {model!r}", run)
         values = {n: result.as_numpy(n) for n in outputs}
         missing = [n for n, v in values.items() if v is None]
