@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, overload
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .checks import positive_int
 from .errors import InputError
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
 from .postprocess import PostOptions
@@ -33,24 +34,6 @@ MODEL_HELP = (
     "a released model's name (depth-base, multitask-large, ...; downloaded on first use), or a "
     "served model's URL (grpc://HOST:PORT/NAME, http://...; see david-infer serve)"
 )
-
-
-@overload
-def positive_int(name: str, value: Any, *, allow_none: Literal[False] = False, owner: str = "") -> int: ...
-
-
-@overload
-def positive_int(name: str, value: Any, *, allow_none: bool, owner: str = "") -> Optional[int]: ...
-
-
-def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str = "") -> Optional[int]:
-    """`value` when it is a positive int (or None with `allow_none`), else an InputError that names
-    `name` (prefixed by `owner`, e.g. "serve: ") and the value given. The package's one such check."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

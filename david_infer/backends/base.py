@@ -111,13 +111,6 @@ def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
     return f"{what} takes no option {', '.join(parts)}; valid options: {listed}"
 
 
-def positive_int(owner: str, name: str, value: Any) -> None:
-    """InputError unless `value` is None or a positive int (for options' __post_init__)."""
-    from ..options import positive_int as check
-
-    check(name, value, allow_none=True, owner=f"{owner}: ")
-
-
 class Runner(abc.ABC):
     """Runs one loaded model. `run` does the model call only (no pre/post-processing). Runners
     must be safe to call from several threads at once, or serialise internally."""

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
+from ...checks import positive_int
 from ...contract import GraphIO, ModelContract
 from ...errors import InputError
-from ..base import Backend, BackendOptions, Device, Workload, positive_int
+from ..base import Backend, BackendOptions, Device, Workload
 from .runner import GPU_PROVIDERS, OnnxRuntimeRunner, create_session, session_io
 
 
@@ -40,7 +41,7 @@ class OnnxRuntimeOptions(BackendOptions):
         object.__setattr__(self, "providers", providers)
         if self.cuda_options is not None and not isinstance(self.cuda_options, Mapping):
             raise InputError(f"onnxruntime backend: cuda_options must be a dict, got {self.cuda_options!r}")
-        positive_int("onnxruntime backend", "intra_op_threads", self.intra_op_threads)
+        positive_int("intra_op_threads", self.intra_op_threads, allow_none=True, owner="onnxruntime backend: ")
 
 
 class OnnxRuntimeBackend(Backend):
