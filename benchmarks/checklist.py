@@ -133,6 +133,15 @@ class Checklist:
         md = markdown(self.state, self.title)
         atomic_write(self.md_path, lambda tmp: tmp.write_text(md))
 
+    def finish(self) -> int:
+        """Save the results, say where they are, and return the exit status: 0 passed, 1 not,
+        3 stopped by the time budget (rerun to go on)."""
+        self.save()
+        print(f"results: {self.md_path} and {self.json_path}")
+        if self.stopped_by_budget:
+            return 3
+        return 0 if self.passed else 1
+
     @property
     def passed(self) -> bool:
         """Every step finished and every parity result passed."""

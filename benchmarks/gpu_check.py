@@ -310,11 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")
     check = Checklist(Path(args.out), fresh=args.fresh, retry_crashed=args.retry_crashed, budget_s=args.budget)
     run_all(check, work, models, backends)
-    check.save()
-    print(f"results: {check.md_path} and {check.json_path}")
-    if check.stopped_by_budget:
-        return 3
-    return 0 if check.passed else 1
+    return check.finish()
 
 
 if __name__ == "__main__":

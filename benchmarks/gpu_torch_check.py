@@ -374,11 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         stem="gpu_torch_check",
     )
     run_all(check, work, profile)
-    check.save()
-    print(f"results: {check.md_path} and {check.json_path}")
-    if check.stopped_by_budget:
-        return 3
-    return 0 if check.passed else 1
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ FILE.onnx -o OUT.onnx` wraps an existing network file (ours or a released one) w
 from __future__ import annotations
 
 import argparse
+from typing import Any, Dict
 
 from ..config import TASKS, variants
 from ..errors import InputError
@@ -95,23 +96,28 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise InputError(f"export needs {', '.join(missing)} (or --from MODEL --triton-repo DIR)")
+    manifest = _export_network(args, args.output)
+    print(
+        f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
+        f"{manifest['precision']}; weights: {manifest['weights']['description']})"
+    )
+    return _write_repo(args, args.output) if args.triton_repo else 0
+
+
+def _export_network(args: argparse.Namespace, output: Any) -> Dict[str, Any]:
+    """The network export the flags ask for (--variant, --task, --layout, ...), to `output`; its manifest."""
     from ..export import export_onnx
 
-    manifest = export_onnx(
+    return export_onnx(
         args.variant,
         args.task,
-        args.output,
+        output,
         layout=args.layout,
         weights=args.weights,
         seed=args.seed,
         opset=args.opset,
         precision=args.precision,
     )
-    print(
-        f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
-        f"{manifest['precision']}; weights: {manifest['weights']['description']})"
-    )
-    return _write_repo(args, args.output) if args.triton_repo else 0
 
 
 def _prepost(args: argparse.Namespace) -> int:
@@ -132,20 +138,9 @@ def _prepost(args: argparse.Namespace) -> int:
     else:
         if not (args.variant and args.task):
             raise InputError("export --prepost needs --variant and --task (or --from MODEL.onnx)")
-        from ..export import export_onnx
-
         with tempfile.TemporaryDirectory(prefix=".david-prepost-", dir=Path(args.output).parent or ".") as tmp:
             network = Path(tmp) / "network.onnx"
-            export_onnx(
-                args.variant,
-                args.task,
-                network,
-                layout=args.layout,
-                weights=args.weights,
-                seed=args.seed,
-                opset=args.opset,
-                precision=args.precision,
-            )
+            _export_network(args, network)
             manifest = wrap_prepost(network, args.output, args.channel_order, args.prepost_resolution)
     section = manifest["prepost"]
     print(
