@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .checks import positive_int
 from .errors import InputError
@@ -28,6 +28,9 @@ from .postprocess import PostOptions
 
 #: the square side a model runs at unless told otherwise (the released files' size)
 DEFAULT_RESOLUTION = 512
+#: the default resolution: a model's own where it has one (a pre/post graph, a fixed-size file),
+#: else DEFAULT_RESOLUTION
+AUTO_RESOLUTION = "auto"
 
 MODEL_HELP = (
     "a model file (.onnx with or without our manifest, .engine), a folder holding one, "
@@ -43,7 +46,8 @@ class RuntimeOptions:
     model: a model file or folder, or a served model's URL (a released model's name is resolved
         by the commands, see `david_infer.zoo.resolve_model`).
     backend, device: "auto" (by file type or URL) / a backend name; "cpu", "cuda", "cuda:N".
-    resolution: the square side the model runs at (DEFAULT_RESOLUTION), None for each image's size.
+    resolution: the square side the model runs at; "auto" (AUTO_RESOLUTION, the default): the
+        model's own where it has one, else DEFAULT_RESOLUTION; None for each image's size.
     channel_order: "rgb" or "bgr" for 3/4-channel arrays.
     batch_size: images per model call (the default of `imap`/`predict_batch`).
     threads: pre/postprocessing threads (None: the CPU count, at most 4).
@@ -54,7 +58,7 @@ class RuntimeOptions:
     model: Any
     backend: str = "auto"
     device: str = "cpu"
-    resolution: Optional[int] = DEFAULT_RESOLUTION
+    resolution: Union[int, str, None] = AUTO_RESOLUTION
     channel_order: str = "rgb"
     batch_size: int = 1
     threads: Optional[int] = None
@@ -70,7 +74,12 @@ class RuntimeOptions:
         positive_int("batch_size", self.batch_size)
         positive_int("threads", self.threads, allow_none=True)
         positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
-        if self.resolution is not None:
+        if isinstance(self.resolution, str):
+            if self.resolution != AUTO_RESOLUTION:
+                raise InputError(
+                    f"resolution must be a positive integer, None or {AUTO_RESOLUTION!r}, got {self.resolution!r}"
+                )
+        elif self.resolution is not None:
             positive_int("resolution", self.resolution)  # the stride is the contract's, checked on open
         for name in ("verify", "allow_nonfinite"):
             if not isinstance(getattr(self, name), bool):
@@ -107,11 +116,14 @@ class RuntimeOptions:
         return cls(**values)
 
 
-def resolution_arg(text: str) -> Optional[int]:
-    """argparse type: a positive multiple of 16 (the models' stride), or 'image' / 'native' for None
-    (the image's own size); anything else is refused in command-line terms, with the nearest sizes."""
+def resolution_arg(text: str) -> Union[int, str, None]:
+    """argparse type: a positive multiple of 16 (the models' stride), 'auto' (the model's own, else
+    DEFAULT_RESOLUTION), or 'image' / 'native' for None (the image's own size); anything else is
+    refused in command-line terms, with the nearest sizes."""
     if text.lower() in ("image", "native", "none"):
         return None
+    if text.lower() == AUTO_RESOLUTION:
+        return AUTO_RESOLUTION
     try:
         value = int(text)
     except ValueError:
@@ -158,8 +170,9 @@ class RuntimeArguments:
         self.channel_order, self.batch_size, self.threads, self.many = channel_order, batch_size, threads, many
         self.model_help = model_help
         self.resolution_help = resolution_help or (
-            f"side of the square the model runs at, a multiple of 16 (default {DEFAULT_RESOLUTION}), or 'image' for "
-            f"the image's own size; released files run at {DEFAULT_RESOLUTION} only"
+            f"side of the square the model runs at, a multiple of 16, or 'image' for the image's own size "
+            f"(default auto: {DEFAULT_RESOLUTION}, or the model's own for a pre/post graph or a fixed-size file such "
+            "as the released ones)"
         )
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
@@ -176,7 +189,7 @@ class RuntimeArguments:
                 "--resolution",
                 action="append",
                 metavar="NS",
-                help=f"model resolution(s), comma-separated or repeated (default {DEFAULT_RESOLUTION})",
+                help=f"model resolution(s), comma-separated or repeated (default: the model's own, else {DEFAULT_RESOLUTION})",
             )
         else:
             g.add_argument(
@@ -234,7 +247,7 @@ class RuntimeArguments:
     def variants(self, args: argparse.Namespace, **fields: Any) -> List[RuntimeOptions]:
         """With many=True: one RuntimeOptions per resolution and backend, resolution-major."""
         backends = split_list(args.backend) or [RuntimeOptions.backend]
-        resolutions = split_list(args.resolution, int) or [DEFAULT_RESOLUTION]
+        resolutions: List[Union[int, str]] = split_list(args.resolution, int) or [AUTO_RESOLUTION]
         return [
             RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
             for resolution in resolutions

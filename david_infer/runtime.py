@@ -31,7 +31,7 @@ from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
-from .options import RuntimeOptions, positive_int, resolved_model
+from .options import AUTO_RESOLUTION, DEFAULT_RESOLUTION, RuntimeOptions, positive_int, resolved_model
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
 from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, linear_resize_chw, official_prepare
@@ -112,8 +112,9 @@ class DavidRuntime:
         device: "cpu", "cuda" or "cuda:N". A GPU that cannot be used raises BackendUnavailable;
             nothing falls back to the CPU silently.
         resolution: side of the square the model runs at (a multiple of the model's stride, 16);
-            None = the image's own padded size rounded to the stride. Fixed-size (released)
-            files run at their size only.
+            None = the image's own padded size rounded to the stride; "auto" (the default) = 512,
+            or the model's own for a pre/post graph or a fixed-size (released) file, which run at
+            their size only.
         channel_order: "rgb" or "bgr" (OpenCV) for 3/4-channel numpy arrays.
         pipeline: "auto" ("official" for fixed-size files, else "antialias"), or either explicitly;
             see david_infer.preprocess.
@@ -144,7 +145,7 @@ class DavidRuntime:
         model: ModelLike,
         backend: str = RuntimeOptions.backend,
         device: str = RuntimeOptions.device,
-        resolution: Optional[int] = RuntimeOptions.resolution,
+        resolution: Union[int, str, None] = RuntimeOptions.resolution,
         channel_order: str = RuntimeOptions.channel_order,
         *,
         pipeline: str = RuntimeOptions.pipeline,
@@ -277,21 +278,24 @@ class DavidRuntime:
             return contract
         return ModelContract.recognise(self.path, loader.inspect(self.path))
 
-    def _check_resolution(self, resolution: Optional[int]) -> Optional[int]:
+    def _check_resolution(self, resolution: Union[int, str, None]) -> Optional[int]:
         if self._graph is not None:  # a pre/post graph runs at the resolution built into it
-            if resolution not in (None, self._graph[0]):
+            if resolution not in (AUTO_RESOLUTION, None, self._graph[0]):
                 raise InputError(
                     f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
-                    f"resolution must be {self._graph[0]} or None, got {resolution!r}"
+                    f"resolution must be {self._graph[0]}, 'auto' or None, got {resolution!r}"
                 )
             return self._graph[0]
         fixed = self.contract.fixed_resolution
         if fixed is not None:
-            if resolution != fixed:
+            if resolution not in (AUTO_RESOLUTION, fixed):
                 raise InputError(
-                    f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed}, got {resolution!r}"
+                    f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed} or 'auto', "
+                    f"got {resolution!r}"
                 )
             return fixed
+        if resolution == AUTO_RESOLUTION:
+            return DEFAULT_RESOLUTION
         if resolution is None:
             return None
         stride = self.contract.stride

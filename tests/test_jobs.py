@@ -12,7 +12,7 @@ from PIL import Image
 from david_infer.cli import build_parser
 from david_infer.errors import InputError
 from david_infer.jobs import OUTPUT_ENDINGS, Tally, collect_inputs, gather_inputs, plan
-from david_infer.options import DEFAULT_RESOLUTION, RuntimeOptions
+from david_infer.options import AUTO_RESOLUTION, RuntimeOptions
 from david_infer.outputs.sets import TEMP_SUFFIX, WriteOptions
 
 
@@ -84,7 +84,7 @@ def test_interrupted_says_what_is_complete_and_how_to_resume() -> None:
 
 def test_runtime_defaults_have_one_home() -> None:
     """DavidRuntime's keywords default to RuntimeOptions' fields; every command's --resolution to
-    DEFAULT_RESOLUTION."""
+    AUTO_RESOLUTION (DEFAULT_RESOLUTION unless the model has its own)."""
     from david_infer.runtime import DavidRuntime
 
     params = inspect.signature(DavidRuntime.__init__).parameters
@@ -101,7 +101,7 @@ def test_runtime_defaults_have_one_home() -> None:
         "allow_nonfinite",
     ):
         assert params[name].default == getattr(RuntimeOptions, name), name
-    assert RuntimeOptions("m.onnx").resolution == DEFAULT_RESOLUTION
+    assert RuntimeOptions("m.onnx").resolution == AUTO_RESOLUTION  # DEFAULT_RESOLUTION unless the model has its own
     parser = build_parser()
     for argv in (
         ["predict", "x.jpg", "-o", "out"],
@@ -111,13 +111,13 @@ def test_runtime_defaults_have_one_home() -> None:
         ["background", "x.jpg", "-o", "o.png", "--blur", "2"],
     ):
         args = parser.parse_args([*argv, "-m", "m.onnx"])
-        assert args.resolution == DEFAULT_RESOLUTION, argv
+        assert args.resolution == AUTO_RESOLUTION, argv
     from david_infer.commands.bench import RUNTIME
 
     bench = parser.parse_args(["bench", "-m", "m.onnx", "--backend", "onnxruntime,torch"])
     assert [(o.resolution, o.backend) for o in RUNTIME.variants(bench)] == [
-        (DEFAULT_RESOLUTION, "onnxruntime"),
-        (DEFAULT_RESOLUTION, "torch"),
+        (AUTO_RESOLUTION, "onnxruntime"),
+        (AUTO_RESOLUTION, "torch"),
     ]
 
 
@@ -127,6 +127,7 @@ def test_runtime_defaults_have_one_home() -> None:
         ("batch_size", 0, "batch_size must be a positive integer, got 0"),
         ("threads", -2, "threads must be a positive integer or None, got -2"),
         ("resolution", 0, "resolution must be a positive integer, got 0"),
+        ("resolution", "big", "resolution must be a positive integer, None or 'auto', got 'big'"),
         ("channel_order", "rbg", "channel_order must be 'rgb' or 'bgr'"),
         ("verify", "yes", "verify must be True or False"),
     ],

@@ -353,3 +353,27 @@ def test_wraps_a_released_style_file(tmp_path: Path) -> None:
     image = (np.random.default_rng(0).random((300, 500, 3)) * 255).astype(np.uint8)
     with DavidRuntime(released) as reference, DavidRuntime(graph) as wrapped:
         _check(_parity(reference.predict(image), {"depth": wrapped.predict(image).depth}), "released")
+
+
+def test_a_graph_runs_at_its_own_resolution_by_default(tiny_multitask_onnx: Path, tmp_path: Path, photos) -> None:
+    """resolution="auto" (the default of DavidRuntime and the CLI) takes the graph's; another is refused."""
+    from PIL import Image
+
+    from david_infer import DavidRuntime
+    from david_infer.cli import main
+    from david_infer.errors import InputError
+    from david_infer.export.prepost import wrap_prepost
+
+    graph = tmp_path / "tiny-prepost-384.onnx"
+    wrap_prepost(tiny_multitask_onnx, graph, resolution=384)
+    image = photos["portrait"]
+    with DavidRuntime(graph) as rt, DavidRuntime(tiny_multitask_onnx, resolution=384) as reference:
+        assert rt.resolution == 384
+        _check(_parity(reference.predict(image), _maps(rt.predict(image))), "portrait at 384")
+    assert DavidRuntime(graph, resolution=None).resolution == 384
+    with pytest.raises(InputError, match="built for resolution 384; resolution must be 384, 'auto' or None, got 512"):
+        DavidRuntime(graph, resolution=512)
+    Image.fromarray(image).save(tmp_path / "p.png")
+    argv = ["predict", str(tmp_path / "p.png"), "-m", str(graph), "-o", str(tmp_path / "out"), "--save", "depth"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert np.load(tmp_path / "out" / "p.depth.npy").shape == image.shape[:2]

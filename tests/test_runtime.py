@@ -351,7 +351,7 @@ def test_released_files_are_recognised_without_manifest(
 
 
 def test_fixed_size_file_refuses_other_resolutions(official_onnx: Path) -> None:
-    with pytest.raises(InputError, match=r"fixed 512x512 input; resolution must be 512, got 256"):
+    with pytest.raises(InputError, match=r"fixed 512x512 input; resolution must be 512 or 'auto', got 256"):
         DavidRuntime(official_onnx, resolution=256)
 
 

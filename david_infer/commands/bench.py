@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     image = decode(args.image).display() if args.image else synthetic_photo()
     results: List[Dict[str, Any]] = []
     grouped = groupby(variants, key=lambda options: options.resolution)
-    for index, (resolution, same_resolution) in enumerate(grouped):
+    for index, (_, same_resolution) in enumerate(grouped):
         with ExitStack() as stack:
             runtimes = {}
             for options in same_resolution:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 print(_header())
             for batch in batches:
                 for name, record in time_interleaved(runtimes, image, batch, args.runs, args.warmup).items():
-                    record.update(backend=name, resolution=resolution)
+                    record.update(backend=name, resolution=runtimes[name].resolution)  # "auto" resolved
                     results.append(record)
                     print(_row(record), flush=True)
     ratios = ratio_table(results)

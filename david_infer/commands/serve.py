@@ -21,8 +21,8 @@ RUNTIME = RuntimeArguments(
     threads=False,
     model_help="the model file (.onnx with or without our manifest, .engine), a folder holding one, or a released "
     "model's name",
-    resolution_help=f"the image side the backend is prepared for (default {DEFAULT_RESOLUTION}; TensorRT profiles are "
-    f"checked against it); clients may send any size the model accepts",
+    resolution_help=f"the image side the backend is prepared for (default auto: {DEFAULT_RESOLUTION}, or a fixed-size "
+    "file's own; TensorRT profiles are checked against it); clients may send any size the model accepts",
 )
 
 
