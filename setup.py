@@ -33,7 +33,7 @@ GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
 TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
                                      "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0",
-                                     "playwright>=1.45", "ruff==0.17.6"]  # playwright: drives the system's Chromium (tests/test_web.py); ruff: pinned, its format changes between releases
+                                     "playwright>=1.45", "ruff==0.17.6", "mypy==2.4.1"]  # playwright: drives the system's Chromium (tests/test_web.py); ruff: pinned, its format changes between releases; mypy: pinned, its checks change between releases
 DEV = TEST + CPU
 
 setup(

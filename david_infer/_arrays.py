@@ -6,7 +6,7 @@ Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple, overload
 
 import numpy as np
 
@@ -50,6 +50,12 @@ def as_normals(normal: np.ndarray, shape: Optional[Tuple[int, int]] = None, name
     return a.astype(np.float32, copy=False)
 
 
+@overload
+def as_alpha(mask: np.ndarray, shape: Tuple[int, int], name: str = ...) -> np.ndarray: ...
+@overload
+def as_alpha(mask: None, shape: Tuple[int, int], name: str = ...) -> None: ...
+@overload
+def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = ...) -> Optional[np.ndarray]: ...
 def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = "foreground") -> Optional[np.ndarray]:
     """A soft mask as (H, W) float32 in [0, 1] (uint8 masks are divided by 255), or None."""
     if mask is None:

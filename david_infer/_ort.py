@@ -63,8 +63,10 @@ def installed_builds(path: Optional[List[str]] = None) -> Dict[str, str]:
     """{distribution name: version} of every installed distribution that provides `onnxruntime/`
     (searched on `path`, default sys.path)."""
     found: Dict[str, str] = {}
-    for dist in metadata.distributions(**({"path": path} if path is not None else {})):
-        name = _normalise(dist.metadata.get("Name") or "")
+    dists = metadata.distributions(path=path) if path is not None else metadata.distributions()
+    for dist in dists:
+        meta = dist.metadata  # (`get` is in its typed protocol from Python 3.12 only)
+        name = _normalise((meta["Name"] or "") if "Name" in meta else "")
         if not name.startswith("onnxruntime") or name in found:
             continue
         files = dist.files
@@ -194,6 +196,8 @@ def provider_tensorrt_major(provider_library: Path) -> Optional[int]:
 
 def tensorrt_provider_library(ort: ModuleType) -> Optional[Path]:
     """The TensorRT provider's shared library inside the installed onnxruntime, if there is one."""
+    if ort.__file__ is None:  # a namespace package (a broken install): no library files to find
+        return None
     capi = Path(ort.__file__).parent / "capi"
     found = sorted(capi.glob("libonnxruntime_providers_tensorrt.so")) + sorted(
         capi.glob("onnxruntime_providers_tensorrt.dll")
@@ -304,7 +308,7 @@ def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudar
             )
         found["tensorrt"] = check_tensorrt(required, cuda_major)
         try:  # loads libnvinfer from the pip wheel, where the provider's dlopen then finds it
-            import tensorrt  # noqa: F401
+            importlib.import_module("tensorrt")
         except Exception as exc:  # a broken install raises OSError/ImportError from its loader
             raise TensorRTMissingError(
                 f"TensorRT {found['tensorrt']} is installed but cannot be loaded ({type(exc).__name__}: {exc}). "

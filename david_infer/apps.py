@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,7 +36,10 @@ from ._arrays import as_alpha, as_image, as_map, as_normals, blend, fill_by_rows
 from .errors import EmptyMaskWarning, InputError
 from .outputs.files import atomic_write
 
-Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]  # noqa: F821
+if TYPE_CHECKING:
+    import PIL.Image
+
+Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def _cover(img: np.ndarray, w: int, h: int) -> np.ndarray:
     scale = max(w / iw, h / ih)
     sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
     left, top = (sw - w) // 2, (sh - h) // 2
-    resized = Image.fromarray(img).resize((sw, sh), Image.BICUBIC)
+    resized = Image.fromarray(img).resize((sw, sh), Image.Resampling.BICUBIC)
     return np.asarray(resized.crop((left, top, left + w, top + h)))
 
 

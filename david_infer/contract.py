@@ -356,14 +356,10 @@ def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
         )
     image = io.inputs[0]
     shape = tuple(image.shape)
-    if (
-        len(shape) != 4
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-        or shape[:2] != (1, 3)
-        or shape[2] != shape[3]
-    ):
+    dims = tuple(d for d in shape if isinstance(d, int) and d > 0)  # the fixed sizes
+    if len(shape) != 4 or len(dims) != 4 or dims[:2] != (1, 3) or dims[2] != dims[3]:
         raise ModelError(f"{path}: no manifest and input {image.name!r} has shape {shape}; {_RELEASED_EXPECTATION}")
-    size = int(shape[2])
+    size = int(dims[2])
     if len(io.outputs) == 3:
         tasks = list(TASK_ORDER)
     elif len(io.outputs) == 1:

@@ -66,16 +66,21 @@ class Decoded:
         """(height, width)."""
         if self.pil is not None:
             return (self.pil.height, self.pil.width)
-        assert self.array is not None
-        return tuple(self.array.shape[:2])
+        return tuple(self._array().shape[:2])
 
     @property
     def is_gray(self) -> bool:
-        return (self.pil.mode == "L") if self.pil is not None else self.array.ndim == 2
+        return (self.pil.mode == "L") if self.pil is not None else self._array().ndim == 2
 
     @property
     def is_uint8(self) -> bool:
-        return self.pil is not None or self.array.dtype == np.uint8
+        return self.pil is not None or self._array().dtype == np.uint8
+
+    def _array(self) -> np.ndarray:
+        """`array`, where `pil` is None: a Decoded always holds one of the two."""
+        if self.array is None:
+            raise ValueError(f"{self.name}: a Decoded holds neither an array nor a PIL image")
+        return self.array
 
     def numpy(self) -> np.ndarray:
         """The pixels as an array, (H, W) or (H, W, 3) in `order`; uint8 or float32."""
@@ -88,7 +93,7 @@ class Decoded:
         (in `order`) for float data."""
         if self.pil is not None:
             return [self.pil]
-        a = self.array
+        a = self._array()
         if a.dtype == np.uint8:
             return [Image.fromarray(np.ascontiguousarray(a))]
         if a.ndim == 2:
@@ -99,7 +104,7 @@ class Decoded:
         """(H, W, 3) uint8 RGB for visualisation, writable (a view of an 8-bit RGB input array)."""
         if self._display is None:
             # from a PIL image: one writable copy, not a cached read-only one plus a copy of it
-            a = np.array(self.pil) if self.array is None and self.pil is not None else self.array
+            a = np.array(self.pil) if self.array is None and self.pil is not None else self._array()
             if a.dtype != np.uint8:
                 a = (a * 255.0 + 0.5).astype(np.uint8)
             if a.ndim == 2:

@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -189,7 +189,9 @@ class DavidRuntime:
         self.allow_nonfinite = self.options.allow_nonfinite
         post = self.options.post
         #: the model file, or the server URL of a remote backend
-        self.path: Union[Path, str] = model if url_scheme(model) else resolve_model_path(model)
+        self.path: Union[Path, str] = (
+            model if isinstance(model, str) and url_scheme(model) else resolve_model_path(model)
+        )
         self.backend = self._choose_backend(self.options.backend)
         backend_cls = get_backend(self.backend)
         loader: Backend = backend_cls(self._backend_options(backend_cls, self.options.backend_options))
@@ -252,7 +254,7 @@ class DavidRuntime:
     def _choose_backend(self, backend: str) -> str:
         return choose_backend(self.path, backend)
 
-    def _backend_options(self, backend_cls: type, given: Mapping[str, Any]) -> BackendOptions:
+    def _backend_options(self, backend_cls: Type[Backend], given: Mapping[str, Any]) -> BackendOptions:
         """The backend's typed options; a name given as a keyword argument that neither the runtime
         nor the backend knows is an InputError listing both (backend_options= names: the backend's)."""
         valid = [f.name for f in dataclasses.fields(backend_cls.Options)]
@@ -360,7 +362,7 @@ class DavidRuntime:
         batch_size: Optional[int] = None,
         prefetch: Optional[int] = None,
         load: Optional[Callable[[Any], Any]] = None,
-    ) -> Iterator[Tuple[Any, Outcome]]:
+    ) -> _BatchStream:
         """Predict a stream of inputs; yields `(input, Prediction or the Exception it met)` in input
         order.
 
@@ -465,7 +467,10 @@ class DavidRuntime:
             return self._checked(per_task, len(prepared), input_names)
         feeds = {contract.image_input: np.stack([p.image for p in prepared])}
         if contract.vit_input is not None:
-            feeds[contract.vit_input] = np.stack([p.image_384 for p in prepared])
+            vit = [p.image_384 for p in prepared if p.image_384 is not None]
+            if len(vit) != len(prepared):  # preprocess makes the ViT copy for every such model
+                raise ModelError(f"{self.path}: the model takes {contract.vit_input!r}, but an input has no ViT copy")
+            feeds[contract.vit_input] = np.stack(vit)
         raw = self.runner.run(feeds)
         n, side = len(prepared), feeds[contract.image_input].shape[-1]
         names = contract.output_names

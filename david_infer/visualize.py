@@ -84,6 +84,7 @@ def colorize_depth(
     opaque = alpha is None and bool(finite.all())  # nothing fades to the background: no blending
 
     def band(rows: slice) -> np.ndarray:  # band by band: no full-size float temporaries
+        t: np.ndarray
         if not found:
             t = np.zeros(d[rows].shape, np.float32)
         else:

@@ -164,7 +164,7 @@ class Backend(abc.ABC):
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
         opts = options or {}
-        self.options = opts if isinstance(opts, BackendOptions) else self.Options.parse(self.name, opts)
+        self.options: BackendOptions = opts if isinstance(opts, BackendOptions) else self.Options.parse(self.name, opts)
 
     def check_device(self, device: Device) -> Device:
         """DeviceError unless this backend runs on `device`'s kind."""

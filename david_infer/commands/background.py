@@ -23,15 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps import replace_background
+    from ..apps import Background, replace_background
     from ..errors import InputError
     from ..inputs import decode
 
     blur = 0.0
+    background: Background
     if args.color is not None:
-        background = parse_floats(args.color, 3, "--color")
-        if not all(0 <= c <= 255 for c in background):
+        color = parse_floats(args.color, 3, "--color")
+        if not all(0 <= c <= 255 for c in color):
             raise InputError(f"--color: each channel must be in 0..255, got {args.color!r}")
+        background = color
     elif args.background_image is not None:
         background = decode(args.background_image).display()
     else:

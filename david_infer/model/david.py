@@ -126,6 +126,9 @@ class Head(nn.Module):
 class DavidTrunk(nn.Module):
     """Everything shared between tasks: normalisation, ViT, reassemble, resizer and decoder."""
 
+    mean: torch.Tensor  # buffers (register_buffer), typed for the checker
+    std: torch.Tensor
+
     def __init__(self, cfg: DavidConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -190,7 +193,7 @@ class DavidModel(nn.Module):
         self.outputs = task_outputs(task)
         self.trunk = DavidTrunk(cfg)
         self.heads = nn.ModuleDict(
-            (name, Head(cfg.features, cfg.head_hidden, TASK_CHANNELS[name])) for name in self.outputs
+            {name: Head(cfg.features, cfg.head_hidden, TASK_CHANNELS[name]) for name in self.outputs}
         )
 
     def forward(self, image: torch.Tensor, image_384: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import TYPE_CHECKING, Dict, List, Union
 
 from .._optional import require
 from ..errors import WeightsError
 from ..outputs.files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _describe(names: List[str], limit: int = 8) -> str:
@@ -15,7 +18,7 @@ def _describe(names: List[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # noqa: F821
+def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:
     """Load a safetensors checkpoint strictly into `model`.
 
     Raises WeightsError naming the file and every missing key, unexpected key and shape mismatch.
@@ -29,7 +32,7 @@ def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # n
         state = safetensors_torch.load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-    expected: Dict[str, "torch.Tensor"] = model.state_dict()  # noqa: F821
+    expected: Dict[str, "torch.Tensor"] = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -49,7 +52,7 @@ def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # n
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def save_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:  # noqa: F821
+def save_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:
     """Write the model's state dict as safetensors, through a temporary name and an atomic rename."""
     safetensors_torch = require("safetensors.torch", "saving weights")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -95,7 +95,7 @@ def check_free(paths: Iterable[Path], overwrite: bool) -> None:
             )
 
 
-def commit(path: Union[str, Path], write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def commit(path: Union[str, Path], write: Callable[[Path], object], overwrite: bool = False) -> Path:
     """Write a file atomically: `write(tmp)` fills a temporary file beside `path`, which is then
     renamed to `path`. Without `overwrite`, OutputExists if `path` exists (checked atomically)."""
     path = Path(path)

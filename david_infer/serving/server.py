@@ -291,7 +291,7 @@ class DavidServer(MLServer):
         self._grpc_server = GuardedGRPCServer(
             self._settings, self._data_plane, self._model_repository_handlers, config=self._config
         )
-        self._data_plane.ready = self._ready  # type: ignore[method-assign]
+        self._data_plane.ready = self._ready
 
     async def _ready(self) -> bool:
         """Ready while the served model is loaded and ready (MLServer: all of none is ready)."""

@@ -52,6 +52,7 @@ class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
     devices = ("cpu", "cuda")
     Options = OnnxRuntimeOptions
+    options: OnnxRuntimeOptions  # what `Backend.__init__` makes of the options given
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(options)

@@ -32,6 +32,7 @@ class TensorRTBackend(Backend):
     suffixes = (".engine", ".plan")
     devices = ("cuda",)
     Options = TensorRTOptions
+    options: TensorRTOptions  # what `Backend.__init__` makes of the options given
 
     def inspect(self, path: Path) -> GraphIO:
         """A plan is only usable with its sidecar: say how to get one."""

@@ -116,7 +116,7 @@ class PinnedBuffer:
         if count * dtype.itemsize > self.nbytes:
             raise ValueError(f"{shape} {dtype} does not fit in {self.nbytes} pinned bytes")
         raw = (ctypes.c_byte * max(count * dtype.itemsize, 1)).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        return np.frombuffer(memoryview(raw), dtype=dtype, count=count).reshape(shape)
 
     def close(self) -> None:
         if self.ptr:

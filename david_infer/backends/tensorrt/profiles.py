@@ -9,7 +9,7 @@ the runner's per-call shape check.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Union
 
 from ...errors import InputError, ModelError
 from ...shapes import HW, ShapeRange, check_stride, format_shape, parse_hw
@@ -75,7 +75,7 @@ def compute_profiles(
 
 
 def _check_static_graph(
-    contract: "ModelContract", profiles: Mapping[str, ShapeRange], *asked: Optional[object]
+    contract: "ModelContract", profiles: Mapping[str, ShapeRange], *asked: Union[str, int, Sequence[int], None]
 ) -> None:
     """A graph without symbolic height/width (the "official" layout) accepts only its own size."""
     dynamic_hw = any(d in ("height", "width") for spec in contract.inputs for d in spec.shape)

@@ -161,13 +161,14 @@ class TensorRTRunner(Runner):
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run the engine on float NCHW arrays; returns float32 outputs keyed by name."""
         arrays = self._check_feeds(feeds)
-        if self._stream is None:
-            raise DavidError(f"{self.path.name}: runner is closed")
-        with self._lock:
-            return self._run(arrays)
+        with self._lock:  # checked under the lock: `close` clears the stream under it
+            stream = self._stream
+            if stream is None:
+                raise DavidError(f"{self.path.name}: runner is closed")
+            return self._run(arrays, stream)
 
-    def _run(self, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        ctx, stream = self._context, self._stream
+    def _run(self, arrays: Mapping[str, np.ndarray], stream: _cuda.Stream) -> Dict[str, np.ndarray]:
+        ctx = self._context
         _cuda.set_device(self._device)  # the current device is per host thread
         for name, arr in arrays.items():
             if not ctx.set_input_shape(name, arr.shape):

@@ -88,12 +88,9 @@ def validate_sidecar(sidecar: Mapping[str, Any], path: Union[str, Path]) -> None
     """ModelError unless `sidecar` is a TensorRT sidecar with the keys the runner needs."""
     if sidecar.get("kind") != KIND:
         raise ModelError(f"{path}: manifest kind is {sidecar.get('kind')!r}, not a TensorRT engine sidecar")
-    info = sidecar.get("tensorrt")
-    missing = [
-        k
-        for k in ("version", "compute_capability", "hardware_compat", "profiles")
-        if not isinstance(info, dict) or k not in info
-    ]
+    found = sidecar.get("tensorrt")
+    info: Mapping[str, Any] = found if isinstance(found, dict) else {}
+    missing = [k for k in ("version", "compute_capability", "hardware_compat", "profiles") if k not in info]
     if missing:
         raise ModelError(f"{path}: TensorRT sidecar lacks {', '.join(missing)}")
     for name in [spec["name"] for spec in sidecar["inputs"]]:

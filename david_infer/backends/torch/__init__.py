@@ -132,6 +132,7 @@ class TorchBackend(Backend):
     suffixes = ()  # never chosen by backend="auto": it runs a manifest's model, not a file
     devices = ("cpu", "cuda")
     Options = TorchOptions
+    options: TorchOptions  # what `Backend.__init__` makes of the options given
 
     def inspect(self, path: Path) -> GraphIO:
         raise ModelError(

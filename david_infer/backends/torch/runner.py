@@ -191,6 +191,8 @@ class TorchRunner(Runner):
             out = self._run_locked(tensors[0], tensors[1] if len(tensors) > 1 else None)
             result = {}
             for spec in self._io.outputs:
+                if spec.task is None:  # a contract's outputs always carry their task
+                    raise ModelError(f"torch backend: output {spec.name!r} carries no task")
                 value = out[spec.task]
                 if len(spec.shape) == 3:  # the released depth layout has no channel axis
                     value = value[:, 0]
@@ -298,14 +300,17 @@ class TorchRunner(Runner):
         """The forward replayed from the CUDA graph captured for this shape (captured on first use)."""
         import torch
 
+        stream = self._stream
+        if stream is None:  # `TorchOptions.check_device` refuses cuda_graphs off CUDA
+            raise InputError("torch backend: cuda_graphs=True needs device='cuda'")
         entry = self._graphs.get(key)
         if entry is None:
             static = tuple(t.clone() for t in (image, image_384) if t is not None)
             for _ in range(GRAPH_WARMUP_CALLS):
                 self._forward(*static, *([None] * (2 - len(static))))
-            self._stream.synchronize()
+            stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
+            with torch.cuda.graph(graph, stream=stream):
                 outputs = self._forward(*static, *([None] * (2 - len(static))))
             entry = self._graphs[key] = (graph, static, outputs)
         graph, static, outputs = entry

@@ -146,6 +146,7 @@ class TritonBackend(Backend):
     schemes = ("grpc", "http", "https")
     devices = ("cpu",)  # the client's side: pre/postprocessing; the server picks its own device
     Options = TritonOptions
+    options: TritonOptions  # what `Backend.__init__` makes of the options given
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(options)
