@@ -52,7 +52,7 @@ OPS_TABLE = Path(__file__).with_name("tensorrt10_ops.json")
 #: pyramid levels the official pipeline can take: squares up to 3 x 512 x 2**10 (1.57 M pixels a side)
 MAX_PYRAMID_LEVELS = 10
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum with axes as inputs
-_GROUP = 16  # outputs per band (resolutions are multiples of 16, so pre-resizes need no slicing)
+_GROUP = 16  # outputs per band (resolutions are multiples of 16: the pre-resizes need no slicing)
 _DIVISORS = 64  # the last (full-size) pass uses the largest divisor of its size up to this
 _NORMAL_EPS = 1e-12
 _PYR_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -307,15 +307,16 @@ def _banded(
     geometry: _Axis,
     family: _Family,
     group: Optional[str] = None,
-    scale: float = 1.0,
     trim: bool = False,
+    whole_groups: bool = False,
 ) -> str:
     """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
 
-    group None: groups of _GROUP outputs (the last group sliced off past m); else the int64 scalar
-    group size, which must divide m. `scale` multiplies the (normalised) weights. `trim` (for a
-    family whose virtual indices only clamp): groups that read nothing but the padding are not
-    computed; they are the first or last pixel row, repeated."""
+    group None: groups of _GROUP outputs (the last group sliced off past m, unless `whole_groups`
+    says m is a constant multiple of _GROUP: slicing copies the whole result); else the int64
+    scalar group size, which must divide m. `trim` (for a family whose virtual indices only
+    clamp): groups that read nothing but the padding are not computed; they are the first or last
+    pixel row, repeated."""
     m = geometry.m
     if group is None:
         g = b.i(_GROUP)
@@ -345,8 +346,6 @@ def _banded(
     w = family.weight(b, b.op("Unsqueeze", o, b.i([2])), v)  # (G, g, L)
     if family.normalise:
         w = b.op("Div", w, b.reduce("ReduceSum", w, [2], 1))
-    if scale != 1.0:
-        w = b.op("Mul", w, b.f(scale))
     gathered = b.op("Gather", x, family.source(b, v_int, geometry), axis=axis)  # x[:axis] + (G, L) + x[axis+1:]
     shape = b.op("Shape", x)
     before = b.op("Slice", shape, b.i([0]), b.i([axis]), b.i([0]))
@@ -364,12 +363,12 @@ def _banded(
     if trim:
         edges = []
         for groups, index in ((lead, b.i([0])), (tail, b.op("Unsqueeze", b.op("Sub", geometry.n, b.i(1)), b.i([0])))):
-            row = b.op("Gather", x, index, axis=axis)  # the edge pixel row, (.., 1, ..)
-            rows = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
-            edges.append(b.op("Expand", row, b.op("Concat", before, rows, after, axis=0)))
+            # the edge pixel row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
+            edges.append(b.op("Gather", x, b.op("Expand", index, repeat), axis=axis))
         out = b.op("Concat", edges[0], out, edges[1], axis=axis)
         count = full_count
-    if group is None:
+    if group is None and not whole_groups:
         out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", m, b.i([0])), b.i([axis]))
     return out
 
@@ -403,8 +402,14 @@ def _square(b: _Builder, image: str) -> _Square:
     return _Square(h, w, side, top, left)
 
 
+def _rows_to_columns(b: _Builder, rows_resampled: str) -> str:
+    """(N, R, W, 3) -> (N, W, 3, R), so the columns can be resampled along axis 1 next: a plain 2-D
+    transpose of (R, W x 3), several times faster in ONNX Runtime than moving the 3 channels along."""
+    return b.op("Transpose", rows_resampled, perm=[0, 2, 3, 1])
+
+
 def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Optional[int]) -> Tuple[str, str]:
-    """(N, H, W, 3) float 0..255 -> (N, R, R, 3) with axes (x, y) swapped, and the ViT copy or ''."""
+    """(N, H, W, 3) float 0..255 -> (N, Rx, 3, Ry) and the ViT copy (N, 384y, 384x, 3), or ''."""
     r = b.i(resolution)
     target = max(resolution, vit_size or 0)
     k = b.op("Max", b.op("Div", sq.side, b.i(int(REDUCING_GAP * target))), b.i(1))
@@ -413,22 +418,25 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     cols = _Axis(sq.w, sq.side, sq.left, r)
     # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
     # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
-    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k), trim=True))  # (N, R, W, 3)
-    yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k), trim=True))
+    whole = resolution % _GROUP == 0
+    down = _Pillow(b, rows, "bilinear", b.f(0.0), span, k)
+    y = b.round8(_banded(b, x, 1, rows, down, trim=True, whole_groups=whole))  # (N, R, W, 3)
+    across = _Pillow(b, cols, "bilinear", b.f(0.0), span, k)
+    xy = b.round8(_banded(b, _rows_to_columns(b, y), 1, cols, across, trim=True, whole_groups=whole))  # (N, Rx, 3, Ry)
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
     small = _Axis(r, r, b.i(0), vit)
     spread = b.f(float(resolution))
-    across = b.round8(_banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
-    down = b.op("Transpose", across, perm=[0, 2, 1, 3])  # (N, Ry, 384x, 3)
-    both = b.round8(_banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
-    return xy, b.op("Transpose", both, perm=[0, 2, 1, 3])  # (N, 384x, 384y, 3)
+    vit_family = _Pillow(b, small, "bilinear", b.f(0.0), spread, one)
+    vit_whole = vit_size % _GROUP == 0
+    vit_across = b.round8(_banded(b, xy, 1, small, vit_family, whole_groups=vit_whole))  # (N, 384x, 3, Ry)
+    down_next = b.op("Transpose", vit_across, perm=[0, 3, 1, 2])  # (N, Ry, 384x, 3): a 2-D transpose
+    return xy, b.round8(_banded(b, down_next, 1, small, vit_family, whole_groups=vit_whole))  # (N, 384y, 384x, 3)
 
 
 def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
-    """(N, H, W, 3) float 0..255 -> (N, R, R, 3), axes (x, y): pyramid levels, then INTER_LINEAR."""
+    """(N, H, W, 3) float 0..255 -> (N, Rx, 3, Ry): pyramid levels, then INTER_LINEAR."""
     limit = b.i(OFFICIAL_PYRAMID_FACTOR * resolution)
     length, levels = sq.side, b.i(0)
     for _ in range(MAX_PYRAMID_LEVELS):  # levels = how many halvings while the side exceeds the limit
@@ -438,14 +446,19 @@ def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
     r = b.i(resolution)
     rows = _Axis(sq.h, sq.side, sq.top, r)
     cols = _Axis(sq.w, sq.side, sq.left, r)
-    y = _banded(b, x, 1, rows, _OpenCVPyramidLinear(b, rows, levels, length))
-    yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    return _banded(b, yt, 1, cols, _OpenCVPyramidLinear(b, cols, levels, length))
+    whole = resolution % _GROUP == 0
+    y = _banded(b, x, 1, rows, _OpenCVPyramidLinear(b, rows, levels, length), whole_groups=whole)
+    return _banded(b, _rows_to_columns(b, y), 1, cols, _OpenCVPyramidLinear(b, cols, levels, length), whole_groups=whole)
 
 
-def _network_input(b: _Builder, xy: str, channel_order: str, name: str) -> str:
-    """(N, X, Y, 3) 0..255 in `channel_order` -> (N, 3, Y, X) BGR in [0, 1]."""
-    chw = b.op("Transpose", xy, perm=[0, 3, 2, 1])
+#: Transpose perms to the network's (N, 3, Y, X) from the pre-resize's (N, X, 3, Y) and the ViT
+#: copy's (N, Y, X, 3)
+_FROM_XCY, _FROM_YXC = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _network_input(b: _Builder, resized: str, perm: List[int], channel_order: str, name: str) -> str:
+    """The resized square (0..255 in `channel_order`, axes as `perm` says) -> (N, 3, Y, X) BGR in [0, 1]."""
+    chw = b.op("Transpose", resized, perm=perm)
     if channel_order == "rgb":
         chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
     return b.op("Mul", chw, b.f(1.0 / 255.0), out=name)
@@ -470,22 +483,34 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
         down_family = _Pillow(
             b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
         )
-    xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, C, Rx, Ry)
-    across = _banded(b, xt, 2, cols, across_family)  # (N, C, W, Ry)
-    back = b.op("Transpose", across, perm=[0, 1, 3, 2])  # (N, C, Ry, W)
     group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
     if task == "normal":
-        full = _banded(b, back, 2, rows, down_family, group=group)  # (N, 3, H, W)
-        # planar: ONNX Runtime divides (N, 3, H, W) by (N, 1, H, W) much faster than channels-last
-        norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
-        return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+        # channels last while small, so the full-size pass writes the output's (N, H, W, 3) itself
+        # (a full-size transpose costs more than the whole pass); both transposes are 2-D ones
+        xcy = b.op("Transpose", value, perm=[0, 3, 1, 2])  # (N, Rx, 3, Ry)
+        across = _banded(b, xcy, 1, cols, across_family)  # (N, W, 3, Ry)
+        ywc = b.op("Transpose", across, perm=[0, 3, 1, 2])  # (N, Ry, W, 3)
+        return _unit_length(b, _banded(b, ywc, 1, rows, down_family, group=group), name)
+    xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, 1, Rx, Ry)
+    across = _banded(b, xt, 2, cols, across_family)  # (N, 1, W, Ry)
     # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
-    plane = b.op("Squeeze", back, b.i([1]))
-    sign = -1.0 if task == "depth" else 1.0  # the runtime's default depth: negated, larger = nearer
-    full = _banded(b, plane, 1, rows, down_family, group=group, scale=sign)
+    plane = b.op("Squeeze", b.op("Transpose", across, perm=[0, 1, 3, 2]), b.i([1]))  # (N, Ry, W)
+    full = _banded(b, plane, 1, rows, down_family, group=group)
     if task == "foreground":
         return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name)
-    return b.op("Identity", full, out=name)
+    # the runtime's default depth: negated, larger = nearer; a node that writes the output (the
+    # band product's Reshape into a graph output would be one more copy)
+    return b.op("Neg", full, out=name)
+
+
+def _unit_length(b: _Builder, normal: str, name: str) -> str:
+    """(N, H, W, 3) divided by max(length, 1e-12) per pixel. The sum of squares and its spreading
+    over the 3 channels are MatMuls with ones: ONNX Runtime reduces over, and broadcasts along, a
+    last axis of 3 several times slower than it runs an elementwise op or a MatMul."""
+    squares = b.op("MatMul", b.op("Mul", normal, normal), b.const(np.ones((3, 1)), np.float32))  # (N, H, W, 1)
+    length = b.op("Clip", b.op("Sqrt", squares), b.f(_NORMAL_EPS))  # max(., eps): Max broadcasts slowly
+    spread = b.op("MatMul", length, b.const(np.ones((1, 3)), np.float32))  # (N, H, W, 3)
+    return b.op("Div", normal, spread, out=name)
 
 
 # ------------------------------------------------------------------------------- wrapping
@@ -578,9 +603,9 @@ def build_prepost_model(
         xy, vit_xy = _pre_default(b, x, sq, resolution, vit)
     pre_nodes = list(b.nodes)
     b.nodes = []
-    _network_input(b, xy, channel_order, "net/" + contract.image_input)
+    _network_input(b, xy, _FROM_XCY, channel_order, "net/" + contract.image_input)
     if vit_xy:
-        _network_input(b, vit_xy, channel_order, "net/" + str(contract.vit_input))
+        _network_input(b, vit_xy, _FROM_YXC, channel_order, "net/" + str(contract.vit_input))
     pre_nodes += b.nodes
     b.nodes = []
     outputs = []
