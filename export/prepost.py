@@ -448,7 +448,9 @@ def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
     cols = _Axis(sq.w, sq.side, sq.left, r)
     whole = resolution % _GROUP == 0
     y = _banded(b, x, 1, rows, _OpenCVPyramidLinear(b, rows, levels, length), whole_groups=whole)
-    return _banded(b, _rows_to_columns(b, y), 1, cols, _OpenCVPyramidLinear(b, cols, levels, length), whole_groups=whole)
+    return _banded(
+        b, _rows_to_columns(b, y), 1, cols, _OpenCVPyramidLinear(b, cols, levels, length), whole_groups=whole
+    )
 
 
 #: Transpose perms to the network's (N, 3, Y, X) from the pre-resize's (N, X, 3, Y) and the ViT
