@@ -300,17 +300,33 @@ class _OpenCVPyramidLinear(_Family):
         return super().source(b, r, axis)
 
 
-def _banded(
+@dataclass
+class _Band:
+    """The banded product of one resampling, built once and applied to any tensor (the tasks'
+    maps share one): `count` groups of `g` outputs, each reading `length` input indices `source`
+    (int64 (G, L)) with weights `w` (float32 (G, g, L)); with trim, `lead` and `tail` groups
+    (before and after the kept ones) that read only the padding."""
+
+    geometry: _Axis
+    g: str
+    count: str
+    length: str
+    source: str
+    w: str
+    sliced: bool
+    lead: Optional[str] = None
+    tail: Optional[str] = None
+
+
+def _band(
     b: _Builder,
-    x: str,
-    axis: int,
     geometry: _Axis,
     family: _Family,
     group: Optional[str] = None,
     trim: bool = False,
     whole_groups: bool = False,
-) -> str:
-    """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
+) -> _Band:
+    """The band of resampling an axis by `family`, to geometry.m outputs.
 
     group None: groups of _GROUP outputs (the last group sliced off past m, unless `whole_groups`
     says m is a constant multiple of _GROUP: slicing copies the whole result); else the int64
@@ -332,6 +348,7 @@ def _banded(
     lo, hi = family.window(b, o)
     first = b.to_int(b.op("Floor", b.op("Slice", lo, b.i([0]), b.i([1]), b.i([1]))))  # (G, 1)
     last = b.to_int(b.op("Ceil", b.op("Slice", hi, b.i([-1]), b.i([_I64_MAX]), b.i([1]))))
+    lead = tail = None
     if trim:  # keep the groups [lead, count - tail) whose windows reach the image
         lead = b.reduce("ReduceSum", b.op("Cast", b.op("Less", last, geometry.offset), to=7), [0, 1], 0)
         end = b.op("Sub", b.op("Add", geometry.offset, geometry.n), b.i(1))
@@ -339,38 +356,52 @@ def _banded(
         keep_to = b.op("Unsqueeze", b.op("Sub", count, tail), b.i([0]))
         keep_from = b.op("Unsqueeze", lead, b.i([0]))
         o, first, last = (b.op("Slice", t, keep_from, keep_to, b.i([0])) for t in (o, first, last))
-        full_count, count = count, b.op("Sub", b.op("Sub", count, lead), tail)
+        count = b.op("Sub", b.op("Sub", count, lead), tail)
     length = b.op("Add", b.reduce("ReduceMax", b.op("Sub", last, first), [0, 1], 0), b.i(1))
     v_int = b.op("Add", first, b.op("Unsqueeze", b.op("Range", b.i(0), length, b.i(1)), b.i([0])))  # (G, L)
     v = b.op("Unsqueeze", b.to_float(v_int), b.i([1]))  # (G, 1, L)
     w = family.weight(b, b.op("Unsqueeze", o, b.i([2])), v)  # (G, g, L)
     if family.normalise:
         w = b.op("Div", w, b.reduce("ReduceSum", w, [2], 1))
-    gathered = b.op("Gather", x, family.source(b, v_int, geometry), axis=axis)  # x[:axis] + (G, L) + x[axis+1:]
+    source = family.source(b, v_int, geometry)
+    return _Band(geometry, g, count, length, source, w, group is None and not whole_groups, lead, tail)
+
+
+def _apply_band(b: _Builder, x: str, axis: int, band: _Band) -> str:
+    """Resample `x` along `axis` (not its last) by `band`; the result has band.geometry.m entries there."""
+    gathered = b.op("Gather", x, band.source, axis=axis)  # x[:axis] + (G, L) + x[axis+1:]
     shape = b.op("Shape", x)
     before = b.op("Slice", shape, b.i([0]), b.i([axis]), b.i([0]))
     after = b.op("Slice", shape, b.i([axis + 1]), b.i([_I64_MAX]), b.i([0]))
-    flat = b.op(
-        "Reshape",
-        gathered,
-        b.op(
-            "Concat", before, b.op("Unsqueeze", count, b.i([0])), b.op("Unsqueeze", length, b.i([0])), b.i([-1]), axis=0
-        ),
-    )
-    product = b.op("MatMul", w, flat)  # x[:axis] + (G, g, rest)
-    total = b.op("Unsqueeze", b.op("Mul", count, g), b.i([0]))
+    count, length = (b.op("Unsqueeze", t, b.i([0])) for t in (band.count, band.length))
+    flat = b.op("Reshape", gathered, b.op("Concat", before, count, length, b.i([-1]), axis=0))
+    product = b.op("MatMul", band.w, flat)  # x[:axis] + (G, g, rest)
+    total = b.op("Unsqueeze", b.op("Mul", band.count, band.g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
-    if trim:
+    if band.lead is not None and band.tail is not None:
         edges = []
-        for groups, index in ((lead, b.i([0])), (tail, b.op("Unsqueeze", b.op("Sub", geometry.n, b.i(1)), b.i([0])))):
+        last_row = b.op("Unsqueeze", b.op("Sub", band.geometry.n, b.i(1)), b.i([0]))
+        for groups, index in ((band.lead, b.i([0])), (band.tail, last_row)):
             # the edge pixel row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
-            repeat = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, band.g), b.i([0]))
             edges.append(b.op("Gather", x, b.op("Expand", index, repeat), axis=axis))
         out = b.op("Concat", edges[0], out, edges[1], axis=axis)
-        count = full_count
-    if group is None and not whole_groups:
-        out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", m, b.i([0])), b.i([axis]))
+    if band.sliced:
+        out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", band.geometry.m, b.i([0])), b.i([axis]))
     return out
+
+
+def _banded(
+    b: _Builder,
+    x: str,
+    axis: int,
+    geometry: _Axis,
+    family: _Family,
+    trim: bool = False,
+    whole_groups: bool = False,
+) -> str:
+    """`x` resampled along `axis` by a band used once (`_band` says what the options mean)."""
+    return _apply_band(b, x, axis, _band(b, geometry, family, trim=trim, whole_groups=whole_groups))
 
 
 def _largest_divisor(b: _Builder, m: str) -> str:
@@ -429,10 +460,10 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     small = _Axis(r, r, b.i(0), vit)
     spread = b.f(float(resolution))
     vit_family = _Pillow(b, small, "bilinear", b.f(0.0), spread, one)
-    vit_whole = vit_size % _GROUP == 0
-    vit_across = b.round8(_banded(b, xy, 1, small, vit_family, whole_groups=vit_whole))  # (N, 384x, 3, Ry)
+    vit_band = _band(b, small, vit_family, whole_groups=vit_size % _GROUP == 0)  # both axes alike
+    vit_across = b.round8(_apply_band(b, xy, 1, vit_band))  # (N, 384x, 3, Ry)
     down_next = b.op("Transpose", vit_across, perm=[0, 3, 1, 2])  # (N, Ry, 384x, 3): a 2-D transpose
-    return xy, b.round8(_banded(b, down_next, 1, small, vit_family, whole_groups=vit_whole))  # (N, 384y, 384x, 3)
+    return xy, b.round8(_apply_band(b, down_next, 1, vit_band))  # (N, 384y, 384x, 3)
 
 
 def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
@@ -466,8 +497,9 @@ def _network_input(b: _Builder, resized: str, perm: List[int], channel_order: st
     return b.op("Mul", chw, b.f(1.0 / 255.0), out=name)
 
 
-def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, task: str, name: str) -> str:
-    """Network output (N, C, R, R) -> the task's map at the image's size, finished."""
+def _post_bands(b: _Builder, sq: _Square, resolution: int, pipeline: str) -> Tuple[_Band, _Band]:
+    """The resize back from the network's R x R to the image, as the bands across (x: R -> W) and
+    down (y: R -> H), which every task's map shares."""
     r = b.i(resolution)
     rf, sidef = b.f(float(resolution)), b.to_float(sq.side)
     s = b.op("Div", rf, sidef)
@@ -486,18 +518,24 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
             b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
         )
     group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
+    return _band(b, cols, across_family), _band(b, rows, down_family, group=group)
+
+
+def _post(b: _Builder, value: str, bands: Tuple[_Band, _Band], task: str, name: str) -> str:
+    """Network output (N, C, R, R) -> the task's map at the image's size, finished."""
+    across_band, down_band = bands
     if task == "normal":
         # channels last while small, so the full-size pass writes the output's (N, H, W, 3) itself
         # (a full-size transpose costs more than the whole pass); both transposes are 2-D ones
         xcy = b.op("Transpose", value, perm=[0, 3, 1, 2])  # (N, Rx, 3, Ry)
-        across = _banded(b, xcy, 1, cols, across_family)  # (N, W, 3, Ry)
+        across = _apply_band(b, xcy, 1, across_band)  # (N, W, 3, Ry)
         ywc = b.op("Transpose", across, perm=[0, 3, 1, 2])  # (N, Ry, W, 3)
-        return _unit_length(b, _banded(b, ywc, 1, rows, down_family, group=group), name)
+        return _unit_length(b, _apply_band(b, ywc, 1, down_band), name)
     xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, 1, Rx, Ry)
-    across = _banded(b, xt, 2, cols, across_family)  # (N, 1, W, Ry)
+    across = _apply_band(b, xt, 2, across_band)  # (N, 1, W, Ry)
     # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
     plane = b.op("Squeeze", b.op("Transpose", across, perm=[0, 1, 3, 2]), b.i([1]))  # (N, Ry, W)
-    full = _banded(b, plane, 1, rows, down_family, group=group)
+    full = _apply_band(b, plane, 1, down_band)
     if task == "foreground":
         return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name)
     # the runtime's default depth: negated, larger = nearer; a node that writes the output (the
@@ -611,12 +649,13 @@ def build_prepost_model(
     pre_nodes += b.nodes
     b.nodes = []
     outputs = []
+    bands = _post_bands(b, sq, resolution, pipeline)
     for task, out_name in contract.output_names.items():
         value = "net/" + out_name
         spec = next(t for t in contract.outputs if t.name == out_name)
         if len(spec.shape) == 3:  # the released depth output has no channel axis
             value = b.op("Unsqueeze", value, b.i([1]))
-        _post(b, value, sq, resolution, pipeline, task, task)
+        _post(b, value, bands, task, task)
         shape = [batch, "height", "width"] + ([3] if task == "normal" else [])
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, shape))
     graph = helper.make_graph(
