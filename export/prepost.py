@@ -325,18 +325,19 @@ def _band(
     group: Optional[str] = None,
     trim: bool = False,
     whole_groups: bool = False,
+    size: int = _GROUP,
 ) -> _Band:
     """The band of resampling an axis by `family`, to geometry.m outputs.
 
-    group None: groups of _GROUP outputs (the last group sliced off past m, unless `whole_groups`
-    says m is a constant multiple of _GROUP: slicing copies the whole result); else the int64
+    group None: groups of `size` outputs (the last group sliced off past m, unless `whole_groups`
+    says m is a constant multiple of `size`: slicing copies the whole result); else the int64
     scalar group size, which must divide m. `trim` (for a family whose virtual indices only
     clamp): groups that read nothing but the padding are not computed; they are the first or last
     pixel row, repeated."""
     m = geometry.m
     if group is None:
-        g = b.i(_GROUP)
-        count = b.op("Div", b.op("Add", m, b.i(_GROUP - 1)), g)
+        g = b.i(size)
+        count = b.op("Div", b.op("Add", m, b.i(size - 1)), g)
     else:
         g = group
         count = b.op("Div", m, g)
@@ -433,10 +434,42 @@ def _square(b: _Builder, image: str) -> _Square:
     return _Square(h, w, side, top, left)
 
 
-def _rows_to_columns(b: _Builder, rows_resampled: str) -> str:
-    """(N, R, W, 3) -> (N, W, 3, R), so the columns can be resampled along axis 1 next: a plain 2-D
-    transpose of (R, W x 3), several times faster in ONNX Runtime than moving the 3 channels along."""
-    return b.op("Transpose", rows_resampled, perm=[0, 2, 3, 1])
+def _resize_square(b: _Builder, x: str, down: _Band, across: _Band, pillow_rounding: bool) -> str:
+    """(N, H, W, 3) -> (N, Rx, 3, Ry): the rows resampled by `down`, then the columns by `across`.
+
+    The full-size pass is (gathered rows)^T x (weights)^T per group, so its result comes as
+    (N, G, W x 3, g), each group's outputs last: ONNX Runtime runs that product (a MatMul with
+    transA) about twice as fast as weights x rows, which repacks every gathered row, and the
+    columns pass then needs only the blocks of g moved, (N, W, 3, G x g). Groups of the padding
+    alone (trim) are the edge rows: resampled across on their own and repeated at the end, where
+    the square is small. `pillow_rounding`: to 8 bits after each pass, as Pillow."""
+    finish = b.round8 if pillow_rounding else (lambda t: t)
+    gathered = b.op("Gather", x, down.source, axis=1)  # (N, G, L, W, 3)
+    shape = b.op("Shape", x)
+    n, w = (b.op("Slice", shape, b.i([i]), b.i([i + 1]), b.i([0])) for i in (0, 2))
+    count, length = (b.op("Unsqueeze", t, b.i([0])) for t in (down.count, down.length))
+    flat = b.op("Reshape", gathered, b.op("Concat", n, count, length, b.i([-1]), axis=0))  # (N, G, L, W x 3)
+    rows_last = b.op("Transpose", flat, perm=[0, 1, 3, 2])  # (N, G, W x 3, L), fused into the MatMul
+    product = finish(b.op("MatMul", rows_last, b.op("Transpose", down.w, perm=[0, 2, 1])))  # (N, G, W x 3, g)
+    by_column = b.op("Transpose", product, perm=[0, 2, 1, 3])  # (N, W x 3, G, g)
+    kept = b.op("Reshape", by_column, b.op("Concat", n, w, b.i([3, -1]), axis=0))  # (N, W, 3, G x g)
+    xy = finish(_apply_band(b, kept, 1, across))  # (N, Rx, 3, G x g)
+    if down.lead is not None and down.tail is not None:
+        parts = []
+        last_row = b.op("Unsqueeze", b.op("Sub", down.geometry.n, b.i(1)), b.i([0]))
+        for groups, index in ((down.lead, b.i([0])), (down.tail, last_row)):
+            row = b.op("Transpose", b.op("Gather", x, index, axis=1), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
+            row = finish(_apply_band(b, row, 1, across))  # (N, Rx, 3, 1)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, down.g), b.i([0]))
+            parts.append(b.op("Gather", row, b.op("Expand", b.i([0]), repeat), axis=3))
+        xy = b.op("Concat", parts[0], xy, parts[1], axis=3)
+    if down.sliced:
+        xy = b.op("Slice", xy, b.i([0]), b.op("Unsqueeze", down.geometry.m, b.i([0])), b.i([3]))
+    return xy
+
+
+#: outputs per group of the full-size pass (measured: 8 beats 16 and 32 with transA)
+_FIRST_GROUP = 8
 
 
 def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Optional[int]) -> Tuple[str, str]:
@@ -449,11 +482,11 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     cols = _Axis(sq.w, sq.side, sq.left, r)
     # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
     # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
-    whole = resolution % _GROUP == 0
     down = _Pillow(b, rows, "bilinear", b.f(0.0), span, k)
-    y = b.round8(_banded(b, x, 1, rows, down, trim=True, whole_groups=whole))  # (N, R, W, 3)
+    down_band = _band(b, rows, down, trim=True, whole_groups=resolution % _FIRST_GROUP == 0, size=_FIRST_GROUP)
     across = _Pillow(b, cols, "bilinear", b.f(0.0), span, k)
-    xy = b.round8(_banded(b, _rows_to_columns(b, y), 1, cols, across, trim=True, whole_groups=whole))  # (N, Rx, 3, Ry)
+    across_band = _band(b, cols, across, trim=True, whole_groups=resolution % _GROUP == 0)
+    xy = _resize_square(b, x, down_band, across_band, pillow_rounding=True)  # (N, Rx, 3, Ry)
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
@@ -477,11 +510,11 @@ def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
     r = b.i(resolution)
     rows = _Axis(sq.h, sq.side, sq.top, r)
     cols = _Axis(sq.w, sq.side, sq.left, r)
-    whole = resolution % _GROUP == 0
-    y = _banded(b, x, 1, rows, _OpenCVPyramidLinear(b, rows, levels, length), whole_groups=whole)
-    return _banded(
-        b, _rows_to_columns(b, y), 1, cols, _OpenCVPyramidLinear(b, cols, levels, length), whole_groups=whole
-    )
+    down = _OpenCVPyramidLinear(b, rows, levels, length)
+    down_band = _band(b, rows, down, whole_groups=resolution % _FIRST_GROUP == 0, size=_FIRST_GROUP)
+    across = _OpenCVPyramidLinear(b, cols, levels, length)
+    across_band = _band(b, cols, across, whole_groups=resolution % _GROUP == 0)
+    return _resize_square(b, x, down_band, across_band, pillow_rounding=False)
 
 
 #: Transpose perms to the network's (N, 3, Y, X) from the pre-resize's (N, X, 3, Y) and the ViT
