@@ -157,7 +157,8 @@ def main(argv: List[str] = None) -> int:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"Per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
+        f"Per image, median of {args.runs} runs{' (Base: fewer)' if args.base else ''}, ONNX Runtime CPU with "
+        f"{args.ort_threads} threads, "
         f"{os.cpu_count()} CPUs, load average {load:.1f} during the run (a shared machine: compare within "
         "one run).",
         "",
