@@ -2,8 +2,8 @@
 
 1. The pre/post part alone: the graph is built around a stand-in network (two elementwise ops
    with the real network's inputs and outputs, so every pre/post node runs and the network costs
-   nothing) and run by ONNX Runtime on the CPU with `--ort-threads` (default 2) threads; against
-   it, DavidRuntime's `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
+   nothing) and run by ONNX Runtime on the CPU with `--ort-threads` (default 2) threads, in a
+   session made as DavidRuntime makes it (its session options); against it, DavidRuntime's `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
 2. With `--base`: model-inclusive time of both on the Base multi-task network (random weights):
    the pre/post graph run by ONNX Runtime against `DavidRuntime.predict` on the network file.
 
@@ -75,13 +75,13 @@ def stand_in_network(contract: Any) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def ort_session(model: Any, threads: int) -> Any:
-    import onnxruntime as ort
+def ort_session(path: Path, threads: int) -> Any:
+    """The session DavidRuntime would make for `path` on the CPU (its session options)."""
+    from david_infer.backends.base import Device
+    from david_infer.backends.onnxruntime import OnnxRuntimeOptions
+    from david_infer.backends.onnxruntime.runner import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    return create_session(path, Device("cpu"), (), OnnxRuntimeOptions(intra_op_threads=threads))
 
 
 def row(label: str, size: tuple, wall_cpu: tuple) -> Dict[str, Any]:
@@ -112,7 +112,9 @@ def main(argv: List[str] = None) -> int:
         export_onnx("tiny", "multitask", tiny, seed=0)
         contract = ModelContract.load(tiny)
         graph, _ = build_prepost_model(stand_in_network(contract), contract)
-        session = ort_session(graph, args.ort_threads)
+        graph_path = Path(tmp, "stand-in-prepost.onnx")
+        graph_path.write_bytes(graph.SerializeToString())
+        session = ort_session(graph_path, args.ort_threads)
         with DavidRuntime(tiny, threads=args.threads) as rt:
             for size in SIZES:
                 image = photo(*size)
@@ -134,7 +136,7 @@ def main(argv: List[str] = None) -> int:
             export_onnx("base", "multitask", base, seed=0)
             base_graph = Path(tmp, "base-prepost.onnx")
             wrap_prepost(base, base_graph)
-            session = ort_session(str(base_graph), args.ort_threads)
+            session = ort_session(base_graph, args.ort_threads)
             with DavidRuntime(base, threads=args.threads, intra_op_threads=args.ort_threads) as rt:
                 for size in SIZES:
                     image = photo(*size)
@@ -155,7 +157,8 @@ def main(argv: List[str] = None) -> int:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"Per image, median of {args.runs} runs (Base: fewer), ONNX Runtime CPU with {args.ort_threads} threads, "
+        f"Per image, median of {args.runs} runs{' (Base: fewer)' if args.base else ''}, ONNX Runtime CPU with "
+        f"{args.ort_threads} threads, "
         f"{os.cpu_count()} CPUs, load average {load:.1f} during the run (a shared machine: compare within "
         "one run).",
         "",

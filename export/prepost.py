@@ -52,7 +52,7 @@ OPS_TABLE = Path(__file__).with_name("tensorrt10_ops.json")
 #: pyramid levels the official pipeline can take: squares up to 3 x 512 x 2**10 (1.57 M pixels a side)
 MAX_PYRAMID_LEVELS = 10
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum with axes as inputs
-_GROUP = 16  # outputs per band (resolutions are multiples of 16, so pre-resizes need no slicing)
+_GROUP = 16  # outputs per band (resolutions are multiples of 16: the pre-resizes need no slicing)
 _DIVISORS = 64  # the last (full-size) pass uses the largest divisor of its size up to this
 _NORMAL_EPS = 1e-12
 _PYR_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -300,26 +300,44 @@ class _OpenCVPyramidLinear(_Family):
         return super().source(b, r, axis)
 
 
-def _banded(
+@dataclass
+class _Band:
+    """The banded product of one resampling, built once and applied to any tensor (the tasks'
+    maps share one): `count` groups of `g` outputs, each reading `length` input indices `source`
+    (int64 (G, L)) with weights `w` (float32 (G, g, L)); with trim, `lead` and `tail` groups
+    (before and after the kept ones) that read only the padding."""
+
+    geometry: _Axis
+    g: str
+    count: str
+    length: str
+    source: str
+    w: str
+    sliced: bool
+    lead: Optional[str] = None
+    tail: Optional[str] = None
+
+
+def _band(
     b: _Builder,
-    x: str,
-    axis: int,
     geometry: _Axis,
     family: _Family,
     group: Optional[str] = None,
-    scale: float = 1.0,
     trim: bool = False,
-) -> str:
-    """Resample `x` along `axis` (not its last) by `family`; the result has geometry.m entries there.
+    whole_groups: bool = False,
+    size: int = _GROUP,
+) -> _Band:
+    """The band of resampling an axis by `family`, to geometry.m outputs.
 
-    group None: groups of _GROUP outputs (the last group sliced off past m); else the int64 scalar
-    group size, which must divide m. `scale` multiplies the (normalised) weights. `trim` (for a
-    family whose virtual indices only clamp): groups that read nothing but the padding are not
-    computed; they are the first or last pixel row, repeated."""
+    group None: groups of `size` outputs (the last group sliced off past m, unless `whole_groups`
+    says m is a constant multiple of `size`: slicing copies the whole result); else the int64
+    scalar group size, which must divide m. `trim` (for a family whose virtual indices only
+    clamp): groups that read nothing but the padding are not computed; they are the first or last
+    pixel row, repeated."""
     m = geometry.m
     if group is None:
-        g = b.i(_GROUP)
-        count = b.op("Div", b.op("Add", m, b.i(_GROUP - 1)), g)
+        g = b.i(size)
+        count = b.op("Div", b.op("Add", m, b.i(size - 1)), g)
     else:
         g = group
         count = b.op("Div", m, g)
@@ -331,6 +349,7 @@ def _banded(
     lo, hi = family.window(b, o)
     first = b.to_int(b.op("Floor", b.op("Slice", lo, b.i([0]), b.i([1]), b.i([1]))))  # (G, 1)
     last = b.to_int(b.op("Ceil", b.op("Slice", hi, b.i([-1]), b.i([_I64_MAX]), b.i([1]))))
+    lead = tail = None
     if trim:  # keep the groups [lead, count - tail) whose windows reach the image
         lead = b.reduce("ReduceSum", b.op("Cast", b.op("Less", last, geometry.offset), to=7), [0, 1], 0)
         end = b.op("Sub", b.op("Add", geometry.offset, geometry.n), b.i(1))
@@ -338,40 +357,52 @@ def _banded(
         keep_to = b.op("Unsqueeze", b.op("Sub", count, tail), b.i([0]))
         keep_from = b.op("Unsqueeze", lead, b.i([0]))
         o, first, last = (b.op("Slice", t, keep_from, keep_to, b.i([0])) for t in (o, first, last))
-        full_count, count = count, b.op("Sub", b.op("Sub", count, lead), tail)
+        count = b.op("Sub", b.op("Sub", count, lead), tail)
     length = b.op("Add", b.reduce("ReduceMax", b.op("Sub", last, first), [0, 1], 0), b.i(1))
     v_int = b.op("Add", first, b.op("Unsqueeze", b.op("Range", b.i(0), length, b.i(1)), b.i([0])))  # (G, L)
     v = b.op("Unsqueeze", b.to_float(v_int), b.i([1]))  # (G, 1, L)
     w = family.weight(b, b.op("Unsqueeze", o, b.i([2])), v)  # (G, g, L)
     if family.normalise:
         w = b.op("Div", w, b.reduce("ReduceSum", w, [2], 1))
-    if scale != 1.0:
-        w = b.op("Mul", w, b.f(scale))
-    gathered = b.op("Gather", x, family.source(b, v_int, geometry), axis=axis)  # x[:axis] + (G, L) + x[axis+1:]
+    source = family.source(b, v_int, geometry)
+    return _Band(geometry, g, count, length, source, w, group is None and not whole_groups, lead, tail)
+
+
+def _apply_band(b: _Builder, x: str, axis: int, band: _Band) -> str:
+    """Resample `x` along `axis` (not its last) by `band`; the result has band.geometry.m entries there."""
+    gathered = b.op("Gather", x, band.source, axis=axis)  # x[:axis] + (G, L) + x[axis+1:]
     shape = b.op("Shape", x)
     before = b.op("Slice", shape, b.i([0]), b.i([axis]), b.i([0]))
     after = b.op("Slice", shape, b.i([axis + 1]), b.i([_I64_MAX]), b.i([0]))
-    flat = b.op(
-        "Reshape",
-        gathered,
-        b.op(
-            "Concat", before, b.op("Unsqueeze", count, b.i([0])), b.op("Unsqueeze", length, b.i([0])), b.i([-1]), axis=0
-        ),
-    )
-    product = b.op("MatMul", w, flat)  # x[:axis] + (G, g, rest)
-    total = b.op("Unsqueeze", b.op("Mul", count, g), b.i([0]))
+    count, length = (b.op("Unsqueeze", t, b.i([0])) for t in (band.count, band.length))
+    flat = b.op("Reshape", gathered, b.op("Concat", before, count, length, b.i([-1]), axis=0))
+    product = b.op("MatMul", band.w, flat)  # x[:axis] + (G, g, rest)
+    total = b.op("Unsqueeze", b.op("Mul", band.count, band.g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
-    if trim:
+    if band.lead is not None and band.tail is not None:
         edges = []
-        for groups, index in ((lead, b.i([0])), (tail, b.op("Unsqueeze", b.op("Sub", geometry.n, b.i(1)), b.i([0])))):
-            row = b.op("Gather", x, index, axis=axis)  # the edge pixel row, (.., 1, ..)
-            rows = b.op("Unsqueeze", b.op("Mul", groups, g), b.i([0]))
-            edges.append(b.op("Expand", row, b.op("Concat", before, rows, after, axis=0)))
+        last_row = b.op("Unsqueeze", b.op("Sub", band.geometry.n, b.i(1)), b.i([0]))
+        for groups, index in ((band.lead, b.i([0])), (band.tail, last_row)):
+            # the edge pixel row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, band.g), b.i([0]))
+            edges.append(b.op("Gather", x, b.op("Expand", index, repeat), axis=axis))
         out = b.op("Concat", edges[0], out, edges[1], axis=axis)
-        count = full_count
-    if group is None:
-        out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", m, b.i([0])), b.i([axis]))
+    if band.sliced:
+        out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", band.geometry.m, b.i([0])), b.i([axis]))
     return out
+
+
+def _banded(
+    b: _Builder,
+    x: str,
+    axis: int,
+    geometry: _Axis,
+    family: _Family,
+    trim: bool = False,
+    whole_groups: bool = False,
+) -> str:
+    """`x` resampled along `axis` by a band used once (`_band` says what the options mean)."""
+    return _apply_band(b, x, axis, _band(b, geometry, family, trim=trim, whole_groups=whole_groups))
 
 
 def _largest_divisor(b: _Builder, m: str) -> str:
@@ -403,8 +434,46 @@ def _square(b: _Builder, image: str) -> _Square:
     return _Square(h, w, side, top, left)
 
 
+def _resize_square(b: _Builder, x: str, down: _Band, across: _Band, pillow_rounding: bool) -> str:
+    """(N, H, W, 3) -> (N, Rx, 3, Ry): the rows resampled by `down`, then the columns by `across`.
+
+    The full-size pass is (gathered rows)^T x (weights)^T per group, so its result comes as
+    (N, G, W x 3, g), each group's outputs last: ONNX Runtime runs that product (a MatMul with
+    transA) about twice as fast as weights x rows, which repacks every gathered row, and the
+    columns pass then needs only the blocks of g moved, (N, W, 3, G x g). Groups of the padding
+    alone (trim) are the edge rows: resampled across on their own and repeated at the end, where
+    the square is small. `pillow_rounding`: to 8 bits after each pass, as Pillow."""
+    finish = b.round8 if pillow_rounding else (lambda t: t)
+    gathered = b.op("Gather", x, down.source, axis=1)  # (N, G, L, W, 3)
+    shape = b.op("Shape", x)
+    n, w = (b.op("Slice", shape, b.i([i]), b.i([i + 1]), b.i([0])) for i in (0, 2))
+    count, length = (b.op("Unsqueeze", t, b.i([0])) for t in (down.count, down.length))
+    flat = b.op("Reshape", gathered, b.op("Concat", n, count, length, b.i([-1]), axis=0))  # (N, G, L, W x 3)
+    rows_last = b.op("Transpose", flat, perm=[0, 1, 3, 2])  # (N, G, W x 3, L), fused into the MatMul
+    product = finish(b.op("MatMul", rows_last, b.op("Transpose", down.w, perm=[0, 2, 1])))  # (N, G, W x 3, g)
+    by_column = b.op("Transpose", product, perm=[0, 2, 1, 3])  # (N, W x 3, G, g)
+    kept = b.op("Reshape", by_column, b.op("Concat", n, w, b.i([3, -1]), axis=0))  # (N, W, 3, G x g)
+    xy = finish(_apply_band(b, kept, 1, across))  # (N, Rx, 3, G x g)
+    if down.lead is not None and down.tail is not None:
+        parts = []
+        last_row = b.op("Unsqueeze", b.op("Sub", down.geometry.n, b.i(1)), b.i([0]))
+        for groups, index in ((down.lead, b.i([0])), (down.tail, last_row)):
+            row = b.op("Transpose", b.op("Gather", x, index, axis=1), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
+            row = finish(_apply_band(b, row, 1, across))  # (N, Rx, 3, 1)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, down.g), b.i([0]))
+            parts.append(b.op("Gather", row, b.op("Expand", b.i([0]), repeat), axis=3))
+        xy = b.op("Concat", parts[0], xy, parts[1], axis=3)
+    if down.sliced:
+        xy = b.op("Slice", xy, b.i([0]), b.op("Unsqueeze", down.geometry.m, b.i([0])), b.i([3]))
+    return xy
+
+
+#: outputs per group of the full-size pass (measured: 8 beats 16 and 32 with transA)
+_FIRST_GROUP = 8
+
+
 def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Optional[int]) -> Tuple[str, str]:
-    """(N, H, W, 3) float 0..255 -> (N, R, R, 3) with axes (x, y) swapped, and the ViT copy or ''."""
+    """(N, H, W, 3) float 0..255 -> (N, Rx, 3, Ry) and the ViT copy (N, 384y, 384x, 3), or ''."""
     r = b.i(resolution)
     target = max(resolution, vit_size or 0)
     k = b.op("Max", b.op("Div", sq.side, b.i(int(REDUCING_GAP * target))), b.i(1))
@@ -413,22 +482,25 @@ def _pre_default(b: _Builder, x: str, sq: _Square, resolution: int, vit_size: Op
     cols = _Axis(sq.w, sq.side, sq.left, r)
     # Rows first whatever the orientation, rounded to 8 bits after each pass as Pillow does; the
     # runtime goes along the long axis first, so landscapes differ by the rounding between passes.
-    y = b.round8(_banded(b, x, 1, rows, _Pillow(b, rows, "bilinear", b.f(0.0), span, k), trim=True))  # (N, R, W, 3)
-    yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    xy = b.round8(_banded(b, yt, 1, cols, _Pillow(b, cols, "bilinear", b.f(0.0), span, k), trim=True))
+    down = _Pillow(b, rows, "bilinear", b.f(0.0), span, k)
+    down_band = _band(b, rows, down, trim=True, whole_groups=resolution % _FIRST_GROUP == 0, size=_FIRST_GROUP)
+    across = _Pillow(b, cols, "bilinear", b.f(0.0), span, k)
+    across_band = _band(b, cols, across, trim=True, whole_groups=resolution % _GROUP == 0)
+    xy = _resize_square(b, x, down_band, across_band, pillow_rounding=True)  # (N, Rx, 3, Ry)
     if not vit_size:
         return xy, ""
     one, vit = b.i(1), b.i(vit_size)
     small = _Axis(r, r, b.i(0), vit)
     spread = b.f(float(resolution))
-    across = b.round8(_banded(b, xy, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
-    down = b.op("Transpose", across, perm=[0, 2, 1, 3])  # (N, Ry, 384x, 3)
-    both = b.round8(_banded(b, down, 1, small, _Pillow(b, small, "bilinear", b.f(0.0), spread, one)))
-    return xy, b.op("Transpose", both, perm=[0, 2, 1, 3])  # (N, 384x, 384y, 3)
+    vit_family = _Pillow(b, small, "bilinear", b.f(0.0), spread, one)
+    vit_band = _band(b, small, vit_family, whole_groups=vit_size % _GROUP == 0)  # both axes alike
+    vit_across = b.round8(_apply_band(b, xy, 1, vit_band))  # (N, 384x, 3, Ry)
+    down_next = b.op("Transpose", vit_across, perm=[0, 3, 1, 2])  # (N, Ry, 384x, 3): a 2-D transpose
+    return xy, b.round8(_apply_band(b, down_next, 1, vit_band))  # (N, 384y, 384x, 3)
 
 
 def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
-    """(N, H, W, 3) float 0..255 -> (N, R, R, 3), axes (x, y): pyramid levels, then INTER_LINEAR."""
+    """(N, H, W, 3) float 0..255 -> (N, Rx, 3, Ry): pyramid levels, then INTER_LINEAR."""
     limit = b.i(OFFICIAL_PYRAMID_FACTOR * resolution)
     length, levels = sq.side, b.i(0)
     for _ in range(MAX_PYRAMID_LEVELS):  # levels = how many halvings while the side exceeds the limit
@@ -438,21 +510,29 @@ def _pre_official(b: _Builder, x: str, sq: _Square, resolution: int) -> str:
     r = b.i(resolution)
     rows = _Axis(sq.h, sq.side, sq.top, r)
     cols = _Axis(sq.w, sq.side, sq.left, r)
-    y = _banded(b, x, 1, rows, _OpenCVPyramidLinear(b, rows, levels, length))
-    yt = b.op("Transpose", y, perm=[0, 2, 1, 3])
-    return _banded(b, yt, 1, cols, _OpenCVPyramidLinear(b, cols, levels, length))
+    down = _OpenCVPyramidLinear(b, rows, levels, length)
+    down_band = _band(b, rows, down, whole_groups=resolution % _FIRST_GROUP == 0, size=_FIRST_GROUP)
+    across = _OpenCVPyramidLinear(b, cols, levels, length)
+    across_band = _band(b, cols, across, whole_groups=resolution % _GROUP == 0)
+    return _resize_square(b, x, down_band, across_band, pillow_rounding=False)
 
 
-def _network_input(b: _Builder, xy: str, channel_order: str, name: str) -> str:
-    """(N, X, Y, 3) 0..255 in `channel_order` -> (N, 3, Y, X) BGR in [0, 1]."""
-    chw = b.op("Transpose", xy, perm=[0, 3, 2, 1])
+#: Transpose perms to the network's (N, 3, Y, X) from the pre-resize's (N, X, 3, Y) and the ViT
+#: copy's (N, Y, X, 3)
+_FROM_XCY, _FROM_YXC = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _network_input(b: _Builder, resized: str, perm: List[int], channel_order: str, name: str) -> str:
+    """The resized square (0..255 in `channel_order`, axes as `perm` says) -> (N, 3, Y, X) BGR in [0, 1]."""
+    chw = b.op("Transpose", resized, perm=perm)
     if channel_order == "rgb":
         chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
     return b.op("Mul", chw, b.f(1.0 / 255.0), out=name)
 
 
-def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, task: str, name: str) -> str:
-    """Network output (N, C, R, R) -> the task's map at the image's size, finished."""
+def _post_bands(b: _Builder, sq: _Square, resolution: int, pipeline: str) -> Tuple[_Band, _Band]:
+    """The resize back from the network's R x R to the image, as the bands across (x: R -> W) and
+    down (y: R -> H), which every task's map shares."""
     r = b.i(resolution)
     rf, sidef = b.f(float(resolution)), b.to_float(sq.side)
     s = b.op("Div", rf, sidef)
@@ -470,22 +550,40 @@ def _post(b: _Builder, value: str, sq: _Square, resolution: int, pipeline: str, 
         down_family = _Pillow(
             b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
         )
-    xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, C, Rx, Ry)
-    across = _banded(b, xt, 2, cols, across_family)  # (N, C, W, Ry)
-    back = b.op("Transpose", across, perm=[0, 1, 3, 2])  # (N, C, Ry, W)
     group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
+    return _band(b, cols, across_family), _band(b, rows, down_family, group=group)
+
+
+def _post(b: _Builder, value: str, bands: Tuple[_Band, _Band], task: str, name: str) -> str:
+    """Network output (N, C, R, R) -> the task's map at the image's size, finished."""
+    across_band, down_band = bands
     if task == "normal":
-        full = _banded(b, back, 2, rows, down_family, group=group)  # (N, 3, H, W)
-        # planar: ONNX Runtime divides (N, 3, H, W) by (N, 1, H, W) much faster than channels-last
-        norm = b.op("Max", b.op("Sqrt", b.reduce("ReduceSumSquare", full, [1], 1)), b.f(_NORMAL_EPS))
-        return b.op("Transpose", b.op("Div", full, norm), perm=[0, 2, 3, 1], out=name)
+        # channels last while small, so the full-size pass writes the output's (N, H, W, 3) itself
+        # (a full-size transpose costs more than the whole pass); both transposes are 2-D ones
+        xcy = b.op("Transpose", value, perm=[0, 3, 1, 2])  # (N, Rx, 3, Ry)
+        across = _apply_band(b, xcy, 1, across_band)  # (N, W, 3, Ry)
+        ywc = b.op("Transpose", across, perm=[0, 3, 1, 2])  # (N, Ry, W, 3)
+        return _unit_length(b, _apply_band(b, ywc, 1, down_band), name)
+    xt = b.op("Transpose", value, perm=[0, 1, 3, 2])  # (N, 1, Rx, Ry)
+    across = _apply_band(b, xt, 2, across_band)  # (N, 1, W, Ry)
     # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
-    plane = b.op("Squeeze", back, b.i([1]))
-    sign = -1.0 if task == "depth" else 1.0  # the runtime's default depth: negated, larger = nearer
-    full = _banded(b, plane, 1, rows, down_family, group=group, scale=sign)
+    plane = b.op("Squeeze", b.op("Transpose", across, perm=[0, 1, 3, 2]), b.i([1]))  # (N, Ry, W)
+    full = _apply_band(b, plane, 1, down_band)
     if task == "foreground":
         return b.op("Clip", full, b.f(0.0), b.f(1.0), out=name)
-    return b.op("Identity", full, out=name)
+    # the runtime's default depth: negated, larger = nearer; a node that writes the output (the
+    # band product's Reshape into a graph output would be one more copy)
+    return b.op("Neg", full, out=name)
+
+
+def _unit_length(b: _Builder, normal: str, name: str) -> str:
+    """(N, H, W, 3) divided by max(length, 1e-12) per pixel. The sum of squares and its spreading
+    over the 3 channels are MatMuls with ones: ONNX Runtime reduces over, and broadcasts along, a
+    last axis of 3 several times slower than it runs an elementwise op or a MatMul."""
+    squares = b.op("MatMul", b.op("Mul", normal, normal), b.const(np.ones((3, 1)), np.float32))  # (N, H, W, 1)
+    length = b.op("Clip", b.op("Sqrt", squares), b.f(_NORMAL_EPS))  # max(., eps): Max broadcasts slowly
+    spread = b.op("MatMul", length, b.const(np.ones((1, 3)), np.float32))  # (N, H, W, 3)
+    return b.op("Div", normal, spread, out=name)
 
 
 # ------------------------------------------------------------------------------- wrapping
@@ -578,18 +676,19 @@ def build_prepost_model(
         xy, vit_xy = _pre_default(b, x, sq, resolution, vit)
     pre_nodes = list(b.nodes)
     b.nodes = []
-    _network_input(b, xy, channel_order, "net/" + contract.image_input)
+    _network_input(b, xy, _FROM_XCY, channel_order, "net/" + contract.image_input)
     if vit_xy:
-        _network_input(b, vit_xy, channel_order, "net/" + str(contract.vit_input))
+        _network_input(b, vit_xy, _FROM_YXC, channel_order, "net/" + str(contract.vit_input))
     pre_nodes += b.nodes
     b.nodes = []
     outputs = []
+    bands = _post_bands(b, sq, resolution, pipeline)
     for task, out_name in contract.output_names.items():
         value = "net/" + out_name
         spec = next(t for t in contract.outputs if t.name == out_name)
         if len(spec.shape) == 3:  # the released depth output has no channel axis
             value = b.op("Unsqueeze", value, b.i([1]))
-        _post(b, value, sq, resolution, pipeline, task, task)
+        _post(b, value, bands, task, task)
         shape = [batch, "height", "width"] + ([3] if task == "normal" else [])
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, shape))
     graph = helper.make_graph(
