@@ -3,7 +3,8 @@
 1. The pre/post part alone: the graph is built around a stand-in network (two elementwise ops
    with the real network's inputs and outputs, so every pre/post node runs and the network costs
    nothing) and run by ONNX Runtime on the CPU with `--ort-threads` (default 2) threads, in a
-   session made as DavidRuntime makes it (its session options); against it, DavidRuntime's `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
+   session made as DavidRuntime makes it (its session options); against it, DavidRuntime's
+   `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
 2. With `--base`: model-inclusive time of both on the Base multi-task network (random weights):
    the pre/post graph run by ONNX Runtime against `DavidRuntime.predict` on the network file.
 

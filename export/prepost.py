@@ -392,19 +392,6 @@ def _apply_band(b: _Builder, x: str, axis: int, band: _Band) -> str:
     return out
 
 
-def _banded(
-    b: _Builder,
-    x: str,
-    axis: int,
-    geometry: _Axis,
-    family: _Family,
-    trim: bool = False,
-    whole_groups: bool = False,
-) -> str:
-    """`x` resampled along `axis` by a band used once (`_band` says what the options mean)."""
-    return _apply_band(b, x, axis, _band(b, geometry, family, trim=trim, whole_groups=whole_groups))
-
-
 def _largest_divisor(b: _Builder, m: str) -> str:
     """The largest d <= _DIVISORS dividing m (int64 scalar)."""
     candidates = b.i(np.arange(1, _DIVISORS + 1))
