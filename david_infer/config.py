@@ -19,6 +19,10 @@ TASKS: Tuple[str, ...] = TASK_ORDER + ("multitask",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: the square side a model runs at unless told otherwise: the released files' fixed size (every
+#: layer reads it from here; `options.AUTO_RESOLUTION` is the runtime's default that resolves to it)
+DEFAULT_RESOLUTION = 512
+
 
 @dataclass(frozen=True)
 class DavidConfig:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .checks import positive_int
+from .config import DEFAULT_RESOLUTION
 from .errors import InputError
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
 from .postprocess import PostOptions
 
-#: the square side a model runs at unless told otherwise (the released files' size)
-DEFAULT_RESOLUTION = 512
 #: the default resolution: a model's own where it has one (a pre/post graph, a fixed-size file),
 #: else DEFAULT_RESOLUTION
 AUTO_RESOLUTION = "auto"

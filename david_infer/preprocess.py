@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from .config import DEFAULT_RESOLUTION
 from .inputs import Decoded
 
 PIPELINES = ("antialias", "official")
@@ -290,7 +291,7 @@ def linear_resize_chw(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def official_prepare(decoded: Decoded, resolution: int = 512) -> Prepared:
+def official_prepare(decoded: Decoded, resolution: int = DEFAULT_RESOLUTION) -> Prepared:
     """Model input for a released fixed-size file, following the official runtime's steps."""
     a = decoded.numpy()
     channels_last = a.ndim == 3

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
-from ..config import TASK_CHANNELS, get_config, task_outputs
+from ..config import DEFAULT_RESOLUTION, TASK_CHANNELS, get_config, task_outputs
 from ..errors import ExportError
 from ..manifest import (
     FORMAT,
@@ -33,7 +33,7 @@ from ..outputs.files import make_temp_path, sha256_file
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
-OFFICIAL_RESOLUTION = 512
+OFFICIAL_RESOLUTION = DEFAULT_RESOLUTION  # the released files' fixed size
 MIN_OPSET = 17
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .._optional import require
-from ..config import get_config
+from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import read_manifest
 from ..errors import InputError, ModelError
 from ..manifest import check_sha256, manifest_path
@@ -27,7 +27,7 @@ from ..shapes import check_stride, parse_hw_list
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
-OFFICIAL_POINT = ((512, 512), 1)
+OFFICIAL_POINT = ((DEFAULT_RESOLUTION, DEFAULT_RESOLUTION), 1)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..._optional import install_hint
 from ..._ort import check_gpu, import_onnxruntime
+from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
 from ..base import Device, Runner, Workload
@@ -105,7 +106,11 @@ def create_session(
                 f"Install: {install_hint('tensorrt')}"
             )
     if wanted:
-        side = (workload.resolution if workload else None) or (contract.fixed_resolution if contract else None) or 512
+        side = (
+            (workload.resolution if workload else None)
+            or (contract.fixed_resolution if contract else None)
+            or DEFAULT_RESOLUTION
+        )
         placement = profiled_placement(session, dummy_feeds(session_io(session).inputs, side))
         check_placement(placement, [GPU_PROVIDERS[n] for n in wanted], path)
     return session

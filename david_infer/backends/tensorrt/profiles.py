@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Union
 
+from ...config import DEFAULT_RESOLUTION
 from ...errors import InputError, ModelError
 from ...shapes import HW, ShapeRange, check_stride, format_shape, parse_hw
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ...contract import ModelContract
 
 DEFAULT_MIN: HW = (256, 256)
-DEFAULT_OPT: HW = (512, 512)
+DEFAULT_OPT: HW = (DEFAULT_RESOLUTION, DEFAULT_RESOLUTION)
 DEFAULT_MAX: HW = (1024, 1024)
 DEFAULT_MAX_BATCH = 8
 
