@@ -7,13 +7,14 @@
    `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
 2. With `--base`: model-inclusive time of both on the Base multi-task network (random weights):
    the pre/post graph run by ONNX Runtime against `DavidRuntime.predict` on the network file.
+3. With `--profile`: where the graph's time goes at 3840x2160, by stage (`profile`).
 
 Medians of wall-clock ms (and of process CPU ms, which a busy shared machine inflates less) at
 1280x720 and 3840x2160, for a real photo (scikit-image's coffee, upscaled).
 
-    python benchmarks/prepost_graph.py [--runs 9] [--base]
+    python benchmarks/prepost_graph.py [--runs 9] [--base] [--profile]
 
-Writes benchmarks/results/prepost_graph.json and the table of docs/prepost.md ("Speed").
+Writes benchmarks/results/prepost_graph.json and the tables of docs/prepost.md ("Speed").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +37,8 @@ from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
 
 SIZES = ((720, 1280), (2160, 3840))
+PAGE, HEADING = ROOT / "docs" / "prepost.md", "## Speed (measured)"  # where the tables go
+OUTPUTS = {"depth", "normal", "foreground"}
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -58,18 +62,19 @@ def stand_in_network(contract: Any) -> Any:
     else:
         nodes.append(helper.make_node("Identity", [contract.image_input], ["mixed"]))
     outputs = []
-    for task, name in contract.output_names.items():
+    for channel, (task, name) in enumerate(contract.output_names.items()):
         if task == "normal":
             nodes.append(helper.make_node("Sub", ["mixed", "half"], [name]))
             channels = 3
-        else:
-            nodes.append(helper.make_node("Slice", ["mixed", "c0", "c1", "c_axis"], [name]))
+        else:  # a channel of its own: maps made alike would be computed once (ONNX Runtime's CSE)
+            nodes.append(
+                helper.make_node("Slice", ["mixed", f"c{channel % 3}", f"c{channel % 3 + 1}", "c_axis"], [name])
+            )
             channels = 1
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", channels, "r", "r"]))
     inits = [
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-        helper.make_tensor("c0", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("c1", TensorProto.INT64, [1], [1]),
+        *(helper.make_tensor(f"c{i}", TensorProto.INT64, [1], [i]) for i in range(4)),
         helper.make_tensor("c_axis", TensorProto.INT64, [1], [1]),
     ]
     graph = helper.make_graph(nodes, "stand_in", inputs, outputs, inits)
@@ -83,6 +88,59 @@ def ort_session(path: Path, threads: int) -> Any:
     from david_infer.backends.onnxruntime.runner import create_session
 
     return create_session(path, Device("cpu"), (), OnnxRuntimeOptions(intra_op_threads=threads))
+
+
+def profile(graph: Any, graph_path: Path, image: np.ndarray, runs: int, threads: int) -> List[Dict[str, Any]]:
+    """Where the graph's time goes for `image`: ONNX Runtime's kernel time of every node (median
+    over `runs` profiled runs, a session with DavidRuntime's CPU options plus profiling), summed by
+    the stage the node's name gives (`pp/<stage>/...`, export/prepost.py) and by the size of what
+    each node reads and writes: the image's size, one axis at the image's size (the passes between
+    the two axes), or small (model size, weights, indices); the nodes that write the graph's
+    outputs in a row of their own. Rows: stage, part, ms, MB moved (inputs + outputs), nodes."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.profile_file_prefix = str(graph_path.with_suffix(""))
+    session = ort.InferenceSession(str(graph_path), sess_options=so, providers=["CPUExecutionProvider"])
+    feeds = {"image": image[None]}
+    session.run(None, feeds)  # warm-up, left out below
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    times: Dict[str, List[float]] = {}
+    moved: Dict[str, float] = {}
+    dims: Dict[str, set] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = event["name"][: -len("_kernel_time")]
+            times.setdefault(node, []).append(event["dur"] / 1000.0)
+            args = event["args"]
+            moved[node] = int(args.get("activation_size", 0)) + int(args.get("output_size", 0))
+            shapes = args.get("input_type_shape", []) + args.get("output_type_shape", [])
+            dims[node] = {d for shape in shapes for dims_ in shape.values() for d in dims_}
+    writers = {n.name: "writes the outputs" for n in graph.graph.node if set(n.output) & OUTPUTS}
+    full = image.shape[0] * image.shape[1] * 4  # bytes of one float map at the image's size
+    sides = {image.shape[0], image.shape[1], 3 * image.shape[1]}  # an axis at the image's size
+    groups: Dict[tuple, List[float]] = {}
+    for node, durations in times.items():
+        # ONNX Runtime names the nodes it adds (layout Transposes) without the builder's prefix
+        stage = node.split("/")[1] if node.startswith("pp/") else "stand-in network, ONNX Runtime's own"
+        if stage == "post":
+            stage = "/".join(node.split("/")[1:3])
+        part = writers.get(node) or (
+            "image size" if moved[node] >= full else "one axis at image size" if dims[node] & sides else "small"
+        )
+        entry = groups.setdefault((stage, part), [0.0, 0.0, 0])
+        entry[0] += statistics.median(durations[-runs:])
+        entry[1] += moved[node] / 1e6
+        entry[2] += 1
+    return [
+        {"stage": stage, "part": part, "ms": round(ms, 1), "mb": round(mb), "nodes": count}
+        for (stage, part), (ms, mb, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])
+    ]
 
 
 def row(label: str, size: tuple, wall_cpu: tuple) -> Dict[str, Any]:
@@ -100,6 +158,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--ort-threads", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="DavidRuntime pre/post threads (default: its own)")
     parser.add_argument("--base", action="store_true", help="also time the Base network, model included")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile the graph at 3840x2160: kernel time by stage"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "prepost_graph.json")
     args = parser.parse_args(argv)
 
@@ -107,7 +168,8 @@ def main(argv: List[str] = None) -> int:
     from david_infer.export import export_onnx
     from david_infer.export.prepost import build_prepost_model, wrap_prepost
 
-    rows = []
+    rows: List[Dict[str, Any]] = []
+    stages: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp, "tiny.onnx")
         export_onnx("tiny", "multitask", tiny, seed=0)
@@ -132,6 +194,8 @@ def main(argv: List[str] = None) -> int:
 
                 numpy_path()
                 rows.append(row("DavidRuntime preprocess + postprocess", size, median_ms(numpy_path, args.runs)))
+        if args.profile:
+            stages = profile(graph, graph_path, photo(*SIZES[-1]), args.runs, args.ort_threads)
         if args.base:
             base = Path(tmp, "base.onnx")
             export_onnx("base", "multitask", base, seed=0)
@@ -168,13 +232,26 @@ def main(argv: List[str] = None) -> int:
     ]
     lines += [f"| {r['case']} | {r['image']} | {r['ms']} | {r['cpu_ms']} |" for r in rows]
     print("\n".join(lines))
-    replace_doc_section("prepost_graph", "\n".join(lines), page=ROOT / "docs" / "prepost.md", heading="## Speed")
+    replace_doc_section("prepost_graph", "\n".join(lines), page=PAGE, heading=HEADING)
+    if stages:
+        total = sum(r["ms"] for r in stages)
+        table = [
+            f"Kernel time of one {SIZES[-1][1]}x{SIZES[-1][0]} image by stage, median of {args.runs} profiled runs "
+            f"(ONNX Runtime's own per-node times, {args.ort_threads} threads): {total:.1f} ms in all.",
+            "",
+            "| stage | part | ms | MB moved | nodes |",
+            "|---|---|---|---|---|",
+        ]
+        table += [f"| {r['stage']} | {r['part']} | {r['ms']} | {r['mb']} | {r['nodes']} |" for r in stages]
+        print("\n" + "\n".join(table))
+        replace_doc_section("prepost_profile", "\n".join(table), page=PAGE, heading=HEADING)
     result = {
         "runs": args.runs,
         "ort_threads": args.ort_threads,
         "cpus": os.cpu_count(),
         "load_average": round(load, 2),
         "results": rows,
+        "profile_4k": stages,
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

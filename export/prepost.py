@@ -29,7 +29,7 @@ Where ...), so one graph serves every size:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -83,6 +83,11 @@ class _Builder:
         self.nodes: List[Any] = []
         self.initializers: List[Any] = []
         self._count = 0
+
+    def stage(self, stage: str) -> None:
+        """Name the nodes that follow `pp/<stage>/...`: a profile (benchmarks/prepost_graph.py
+        --profile) or a graph viewer then shows which part of the pipeline each node belongs to."""
+        self.prefix = f"pp/{stage}/"
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -517,7 +522,18 @@ def _network_input(b: _Builder, resized: str, perm: List[int], channel_order: st
     return b.op("Mul", chw, b.f(1.0 / 255.0), out=name)
 
 
-def _post_bands(b: _Builder, sq: _Square, resolution: int, pipeline: str) -> Tuple[_Band, _Band]:
+@dataclass
+class _PostBands:
+    """The resize back's bands, which every task's map shares, and the model rows [first, last)
+    that the down band reads (int64 (1,) tensors)."""
+
+    across: _Band
+    down: _Band
+    first: str
+    last: str
+
+
+def _post_bands(b: _Builder, sq: _Square, resolution: int, pipeline: str) -> _PostBands:
     """The resize back from the network's R x R to the image, as the bands across (x: R -> W) and
     down (y: R -> H), which every task's map shares."""
     r = b.i(resolution)
@@ -538,12 +554,19 @@ def _post_bands(b: _Builder, sq: _Square, resolution: int, pipeline: str) -> Tup
             b, rows, "bicubic", b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
         )
     group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
-    return _band(b, cols, across_family), _band(b, rows, down_family, group=group)
+    down = _band(b, rows, down_family, group=group)
+    # only the model rows the image's rows read are resampled across (a 16:9 photo: 296 of 512),
+    # so the map is cut to them first and the down band reads the cut rows
+    first = b.op("Unsqueeze", b.reduce("ReduceMin", down.source, [0, 1], 0), b.i([0]))
+    last = b.op("Unsqueeze", b.op("Add", b.reduce("ReduceMax", down.source, [0, 1], 0), b.i(1)), b.i([0]))
+    down = replace(down, source=b.op("Sub", down.source, first))
+    return _PostBands(_band(b, cols, across_family), down, first, last)
 
 
-def _post(b: _Builder, value: str, bands: Tuple[_Band, _Band], task: str, name: str) -> str:
+def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str) -> str:
     """Network output (N, C, R, R) -> the task's map at the image's size, finished."""
-    across_band, down_band = bands
+    across_band, down_band = bands.across, bands.down
+    value = b.op("Slice", value, bands.first, bands.last, b.i([2]))  # (N, C, rows read, R)
     if task == "normal":
         # channels last while small, so the full-size pass writes the output's (N, H, W, 3) itself
         # (a full-size transpose costs more than the whole pass); both transposes are 2-D ones
@@ -655,7 +678,9 @@ def build_prepost_model(
     b = _Builder(helper, numpy_helper, opset)
     image = "image"
     batch = contract.fixed_batch or "batch"
+    b.stage("cast")
     x = b.to_float(image)  # first: TensorRT takes uint8 only at the boundary (even Shape reads float)
+    b.stage("pre")
     sq = _square(b, x)
     if pipeline == "official":
         xy, vit_xy = _pre_official(b, x, sq, resolution), ""
@@ -663,14 +688,17 @@ def build_prepost_model(
         xy, vit_xy = _pre_default(b, x, sq, resolution, vit)
     pre_nodes = list(b.nodes)
     b.nodes = []
+    b.stage("input")
     _network_input(b, xy, _FROM_XCY, channel_order, "net/" + contract.image_input)
     if vit_xy:
         _network_input(b, vit_xy, _FROM_YXC, channel_order, "net/" + str(contract.vit_input))
     pre_nodes += b.nodes
     b.nodes = []
     outputs = []
+    b.stage("post/bands")
     bands = _post_bands(b, sq, resolution, pipeline)
     for task, out_name in contract.output_names.items():
+        b.stage(f"post/{task}")
         value = "net/" + out_name
         spec = next(t for t in contract.outputs if t.name == out_name)
         if len(spec.shape) == 3:  # the released depth output has no channel axis

@@ -377,3 +377,39 @@ def test_a_graph_runs_at_its_own_resolution_by_default(tiny_multitask_onnx: Path
     argv = ["predict", str(tmp_path / "p.png"), "-m", str(graph), "-o", str(tmp_path / "out"), "--save", "depth"]
     assert main([*argv, "--no-progress"]) == 0
     assert np.load(tmp_path / "out" / "p.depth.npy").shape == image.shape[:2]
+
+
+def test_nodes_are_named_by_stage_and_the_profile_sums_them(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    """Every node the builder makes is `pp/<stage>/...`, and benchmarks/prepost_graph.py --profile
+    sums ONNX Runtime's kernel times by those stages: the photo's Cast and each output's writer
+    in rows of their own."""
+    import importlib.util
+    import sys
+
+    from david_infer.contract import ModelContract
+    from david_infer.export.prepost import build_prepost_model
+
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(benchmarks))  # its `import prologue`, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location("benchmark_prepost_graph", benchmarks / "prepost_graph.py")
+        assert spec is not None and spec.loader is not None
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(benchmarks))
+    contract = ModelContract.load(tiny_multitask_onnx)
+    network = bench.stand_in_network(contract)
+    graph, _ = build_prepost_model(network, contract)
+    stages = {"cast", "pre", "input", "post/bands", "post/depth", "post/normal", "post/foreground"}
+    staged = [n for n in graph.graph.node if n.name.startswith("pp/") and n.name.rsplit("/", 1)[0][3:] in stages]
+    assert len(staged) == len(graph.graph.node) - len(network.graph.node)  # all but the network's
+    path = tmp_path / "stand-in.onnx"
+    path.write_bytes(graph.SerializeToString())
+    rows = bench.profile(graph, path, bench.photo(90, 160), runs=2, threads=1)
+    found = {(r["stage"], r["part"]): r["nodes"] for r in rows}
+    assert found[("cast", "image size")] == 1
+    for task in ("depth", "normal", "foreground"):
+        assert found[(f"post/{task}", "writes the outputs")] == 1
+    assert {r["stage"] for r in rows} >= stages - {"post/bands"}
+    assert all(r["ms"] >= 0 and r["nodes"] > 0 for r in rows)
