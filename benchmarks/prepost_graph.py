@@ -35,10 +35,10 @@ from prepost_4k import median_ms  # noqa: E402
 from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
 from david_infer import DavidRuntime  # noqa: E402
+from david_infer.config import TASK_ORDER  # noqa: E402  (a pre/post graph's outputs are named by task)
 
 SIZES = ((720, 1280), (2160, 3840))
 PAGE, HEADING = ROOT / "docs" / "prepost.md", "## Speed (measured)"  # where the tables go
-OUTPUTS = {"depth", "normal", "foreground"}
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -121,7 +121,7 @@ def profile(graph: Any, graph_path: Path, image: np.ndarray, runs: int, threads:
             moved[node] = int(args.get("activation_size", 0)) + int(args.get("output_size", 0))
             shapes = args.get("input_type_shape", []) + args.get("output_type_shape", [])
             dims[node] = {d for shape in shapes for dims_ in shape.values() for d in dims_}
-    writers = {n.name: "writes the outputs" for n in graph.graph.node if set(n.output) & OUTPUTS}
+    writers = {n.name: "writes the outputs" for n in graph.graph.node if set(n.output) & set(TASK_ORDER)}
     full = image.shape[0] * image.shape[1] * 4  # bytes of one float map at the image's size
     sides = {image.shape[0], image.shape[1], 3 * image.shape[1]}  # an axis at the image's size
     groups: Dict[tuple, List[float]] = {}
