@@ -8,7 +8,7 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "david_infer" / "__init__.py").read_text()).group(1)
 
 # torch: any 2.x from 2.6 on, so a user's own (CUDA) build is kept. 2.6 is the oldest whose
-# torch.onnx.export takes dynamo=True with dynamic_shapes and external_data (export/onnx_export.py);
+# torch.onnx.export takes dynamo=True with dynamic_shapes and external_data (david_infer/export/onnx_export.py);
 # the torch backend's APIs (autocast on CPU and CUDA, torch.compile, CUDA graphs, antialiased
 # interpolate) are older. CI installs torch==2.13.0 (a local CPU wheel) first, so pip keeps it.
 EXPORT = ["torch>=2.6,<3", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
@@ -17,7 +17,7 @@ EXPORT = ["torch>=2.6,<3", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 CPU = ["onnxruntime>=1.21"]
 PLOT = ["matplotlib>=3.6"]
 # MLServer 1.7.1's inference workers fail with uvloop>=0.22 (SeldonIO/MLServer#2286). `serve` and
-# `ray` install together (tests/test_serving.py runs pip check); the server needs a backend too
+# `ray` install together (tests/integration/serving/test_serving.py runs pip check); the server needs a backend too
 # (`cpu` or `gpu`).
 SERVE = ["mlserver>=1.7.1,<1.8", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
 TRITON = ["tritonclient[grpc,http]>=2.50"]
@@ -33,7 +33,7 @@ GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
 TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
                                      "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0",
-                                     "playwright>=1.45", "ruff==0.17.6", "mypy==2.4.1"]  # playwright: drives the system's Chromium (tests/test_web.py); ruff: pinned, its format changes between releases; mypy: pinned, its checks change between releases
+                                     "playwright>=1.45", "ruff==0.17.6", "mypy==2.4.1"]  # playwright: drives the system's Chromium (tests/integration/web/test_web.py); ruff: pinned, its format changes between releases; mypy: pinned, its checks change between releases
 DEV = TEST + CPU
 
 setup(
@@ -44,10 +44,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    # The export stage lives in the top-level export/ folder but installs as david_infer.export: a
-    # top-level package named `export` would collide with anything of that name on a user's path.
-    packages=find_packages(include=["david_infer", "david_infer.*"]) + ["david_infer.export"],
-    package_dir={"david_infer.export": "export"},
+    packages=find_packages(include=["david_infer", "david_infer.*"]),
     # The browser page (`david-infer web`), built by `npm ci && npm run build` in web/ (see .ci/run), and
     # the operator table of TensorRT 10's ONNX parser, read by the pre/post graph check.
     package_data={"david_infer": ["web_static/*", "web_static/*/*"],

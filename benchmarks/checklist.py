@@ -5,7 +5,6 @@ No GPU needed; tested on the CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,25 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def use_source_tree(root: Path = ROOT) -> None:
-    """Make `root`'s packages importable as setup.py installs them, without an install: the
-    checkout on sys.path, and its top-level export/ folder as `david_infer.export` (setup.py's
-    package_dir), unless an installed david_infer already provides it."""
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    if "david_infer.export" in sys.modules or importlib.util.find_spec("david_infer.export") is not None:
-        return
-    spec = importlib.util.spec_from_file_location(
-        "david_infer.export", root / "export" / "__init__.py", submodule_search_locations=[str(root / "export")]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["david_infer.export"] = module
-    spec.loader.exec_module(module)
-
-
-use_source_tree()
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from david_infer.outputs.files import atomic_write  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}

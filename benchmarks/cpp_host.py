@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import prologue  # noqa: F401  (the checkout on sys.path)
 from PIL import Image
-from prologue import RESULTS, ROOT, replace_doc_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS, ROOT, replace_doc_section
 
 SIZES = {"512x512": (512, 512), "480x273": (480, 273), "2160x3840": (2160, 3840)}  # (H, W)
 TIMINGS = re.compile(r"\(decode ([\d.]+) ms, predict ([\d.]+) ms, write ([\d.]+) ms\)")

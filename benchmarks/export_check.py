@@ -23,8 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from prologue import ROOT  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import ROOT  # noqa: E402
 
 _EXPORT_CHILD = """
 import json, resource, sys, time

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from david_infer.model import count_params_and_macs  # noqa: E402
 
 # ONNX size / 4 and MACs at 512x512 from the released models' model cards.

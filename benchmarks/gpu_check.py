@@ -8,7 +8,7 @@ Steps, in order (each one's result, or its error, is written to OUT/gpu_check.js
 OUT/gpu_check.md before the next starts, so a timeout still leaves every finished result):
 
 1. install: which ONNX Runtime builds are installed, the driver / GPU / TensorRT checks of
-   david_infer._ort (the four GPU setup errors), versions, GPU name and compute capability;
+   david_infer.backends.onnxruntime.install (the four GPU setup errors), versions, GPU name and compute capability;
 2. export: multi-task Base and Large, FP32 (the reference) and FP16 ONNX, random weights (seed 0),
    each in a subprocess;
 3. engine: a TensorRT engine from each FP16 graph with a shared timing cache and one profile for
@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived here first)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived here first)
     BENCH_MAX_S,
     BENCH_MIN_RUNS,
     MODELS,
@@ -50,8 +51,7 @@ from checklist import (  # noqa: E402,F401  (re-exported: the bookkeeping lived 
     step_export,
     time_calls,
 )
-from prologue import RESULTS, ROOT  # noqa: E402
-
+from benchmarks.prologue import RESULTS, ROOT  # noqa: E402
 from david_infer.outputs.files import atomic_write  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16")
@@ -78,7 +78,7 @@ def feeds_for(batch: int, height: int, width: int, seed: int) -> Dict[str, np.nd
 def step_install() -> Dict[str, Any]:
     from importlib import metadata
 
-    from david_infer import _ort
+    from david_infer.backends.onnxruntime import install as _ort
     from david_infer.backends.tensorrt import _cuda
 
     builds = _ort.check_builds("cuda")
@@ -114,7 +114,7 @@ def step_install() -> Dict[str, Any]:
 
 
 def step_engine(work: Path, model: str) -> Dict[str, Any]:
-    from david_infer.backends.tensorrt.builder import build_engine
+    from david_infer.export.tensorrt import build_engine
 
     engine = work / f"{model}-fp16.engine"
     t = time.perf_counter()

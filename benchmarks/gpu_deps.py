@@ -30,8 +30,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from prologue import RESULTS, ROOT  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS, ROOT  # noqa: E402
 
 # The table in docs/gpu.md: what each GPU extra must resolve to. cuda: the CUDA major onnxruntime-gpu is
 # built for; cudnn: the cuDNN major; tensorrt: the TensorRT major its TensorRT provider loads

@@ -39,8 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checklist import ROOT, Checklist, latency_stats, step_export, time_calls  # noqa: E402
-from gpu_check import feeds_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.checklist import ROOT, Checklist, latency_stats, step_export, time_calls  # noqa: E402
+from benchmarks.gpu_check import feeds_for  # noqa: E402
 
 DEFAULT_BUDGET_S = 330.0
 GOALS = {"large_512_b16_images_per_s": 400.0, "e2e_frames_vs_model": 0.8}

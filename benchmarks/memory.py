@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image
-from prologue import ROOT  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import ROOT  # noqa: E402
 
 
 def make_png(path: Path, side: int) -> None:

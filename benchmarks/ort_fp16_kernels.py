@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict
 
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 
 
 def fp32_fallbacks(path: str) -> Dict[str, Dict[str, int]]:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import prologue  # noqa: F401  (the checkout on sys.path)
-from prologue import RESULTS, replace_doc_section
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS, replace_doc_section
 from david_infer.benchmark import machine, synthetic_photo, time_interleaved
 
 #: form name -> (graph precision, backend)

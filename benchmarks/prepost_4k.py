@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from david_infer import DavidRuntime  # noqa: E402
 
 WIDTH, HEIGHT = 3840, 2160

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image
-from prepost_4k import median_ms  # noqa: E402
-from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prepost_4k import median_ms  # noqa: E402
+from benchmarks.prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.config import TASK_ORDER  # noqa: E402  (a pre/post graph's outputs are named by task)
 
@@ -93,7 +93,7 @@ def ort_session(path: Path, threads: int) -> Any:
 def profile(graph: Any, graph_path: Path, image: np.ndarray, runs: int, threads: int) -> List[Dict[str, Any]]:
     """Where the graph's time goes for `image`: ONNX Runtime's kernel time of every node (median
     over `runs` profiled runs, a session with DavidRuntime's CPU options plus profiling), summed by
-    the stage the node's name gives (`pp/<stage>/...`, export/prepost.py) and by the size of what
+    the stage the node's name gives (`pp/<stage>/...`, david_infer/export/prepost.py) and by the size of what
     each node reads and writes: the image's size, one axis at the image's size (the passes between
     the two axes), or small (model size, weights, indices); the nodes that write the graph's
     outputs in a row of their own. Rows: stage, part, ms, MB moved (inputs + outputs), nodes."""

@@ -1,23 +1,18 @@
-"""What every benchmark script starts with: the checkout on `sys.path` (the scripts run from a plain
-checkout, installed or not), where results go, and the writer of the generated tables in the docs.
+"""What the benchmark scripts share: where results go, and the writer of the generated tables in the
+docs. (Each script puts the checkout's root first on sys.path itself, so that it runs from a plain
+checkout, installed or not: `python benchmarks/NAME.py`.)
 
-    import prologue                      # first, before importing david_infer
-    from prologue import RESULTS, replace_doc_section
+    from benchmarks.prologue import RESULTS, replace_doc_section
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 BENCHMARK_DOCS = ROOT / "docs" / "benchmarks.md"
-
-for _path in (str(ROOT), str(BENCHMARKS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 
 def replace_doc_section(name: str, body: str, page: Path = BENCHMARK_DOCS, heading: str = "") -> None:

@@ -38,9 +38,8 @@ from typing import Any, Dict, List, Optional
 # Ray's one-machine mode (set before ray is imported): node address 127.0.0.1, not the network
 # interface, so the benchmark's cluster and the CLI runs it starts stay on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 
 ACTOR_MARK = b"DavidPredictor"  # in the process title Ray gives the predictor's actors

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np  # noqa: E402
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
-from prologue import ROOT  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import ROOT  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 
@@ -142,7 +142,7 @@ def main() -> int:
 
             model = str(Path(tmp) / "tiny-multitask.onnx")
             export_onnx("tiny", "multitask", model, seed=0)
-        from david_infer.serving.process import ServerProcess
+        from tests.support.server_process import ServerProcess
 
         results: Dict[str, Any] = {
             "model": Path(model).name,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np  # noqa: E402
-import prologue  # noqa: F401  (the checkout on sys.path)
-from prologue import RESULTS
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS
 from david_infer.benchmark import machine  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--transports", default="grpc,http")
     args = p.parse_args()
-    from david_infer.serving.process import ServerProcess
+    from tests.support.server_process import ServerProcess
 
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from david_infer import DavidRuntime, Prediction  # noqa: E402
 
 MAPS = ("depth", "normal", "foreground")

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from david_infer import DavidRuntime, video  # noqa: E402
 from david_infer.backends import register_backend  # noqa: E402
 from david_infer.backends.base import Backend, Device, Runner, Workload  # noqa: E402

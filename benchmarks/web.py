@@ -30,13 +30,13 @@ from typing import Any, Dict, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
-import prologue  # noqa: E402,F401  (the checkout on sys.path)
 from PIL import Image  # noqa: E402
-from prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
-from david_infer.web_driver import PageServerProcess, give_photo, launch_chromium, open_page  # noqa: E402
 from david_infer.webapp import describe_model  # noqa: E402
+from tests.support.web_driver import PageServerProcess, give_photo, launch_chromium, open_page  # noqa: E402
 
 THREADS = 2
 DOC = ROOT / "docs" / "browser.md"

@@ -12,7 +12,7 @@ _EXTRA_FOR = {
     "torch": "export",
     "onnx": "export",
     "safetensors": "export",
-    "onnxruntime": "cpu",  # or gpu / gpu-cu12: see _ort.install_command
+    "onnxruntime": "cpu",  # or gpu / gpu-cu12: see backends.gpu.install_command
     "tensorrt": "gpu",
     "cuda": "gpu",
     "cuda.bindings": "gpu",

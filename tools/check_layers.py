@@ -1,10 +1,8 @@
-"""Check the import contracts of `.importlinter` over the package as it is installed.
+"""Check the import contracts of `.importlinter` over the package, and that every module is placed.
 
-import-linter reads a package from its folder, and `export/` is installed as `david_infer.export`
-(setup.py's package_dir), so the folder alone hides it: this copies david_infer/ with export/ at
-david_infer/export into a temporary folder and runs lint-imports there. It also fails when a
-module of the package is named by no layer of the `stack` contract, so a new module has to be
-placed. Exit status 0 when every contract is kept.
+Runs lint-imports on david_infer/ (with the checkout first on the path, so a worktree checks its own
+files, not an installed copy) and fails when a module of the package is named by no layer of the
+`stack` contract, so a new module has to be placed. Exit status 0 when every contract is kept.
 
     python tools/check_layers.py
 """
@@ -14,24 +12,14 @@ from __future__ import annotations
 import configparser
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Set
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / ".importlinter"
-SKIP = shutil.ignore_patterns("__pycache__", "web_static", "*.pyc")
-
-
-def installed_tree(into: Path) -> Path:
-    """david_infer/ with export/ inside it, as pip installs them, under `into`."""
-    package = into / "david_infer"
-    shutil.copytree(REPO / "david_infer", package, ignore=SKIP)
-    shutil.copytree(REPO / "export", package / "export", ignore=SKIP)
-    return package
+PACKAGE = REPO / "david_infer"
 
 
 def stack_layers() -> Set[str]:
@@ -42,7 +30,7 @@ def stack_layers() -> Set[str]:
     return {name.strip() for line in layers.splitlines() for name in re.split(r"[|:]", line) if name.strip()}
 
 
-def unplaced(package: Path) -> List[str]:
+def unplaced(package: Path = PACKAGE) -> List[str]:
     """Modules of the package that no layer of `stack` names (a layer covers its submodules)."""
     placed = stack_layers()
     missing = []
@@ -58,21 +46,19 @@ def unplaced(package: Path) -> List[str]:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="david-layers-") as tmp:
-        package = installed_tree(Path(tmp))
-        missing = unplaced(package)
-        env = dict(os.environ, PYTHONPATH=tmp)  # the copy wins over the editable install
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
-                str(CONFIG),
-                "--no-cache",
-            ],
-            cwd=tmp,
-            env=env,
-        )
+    missing = unplaced()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+            str(CONFIG),
+            "--no-cache",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     if missing:
         print(f"modules no layer of the stack contract in {CONFIG.name} places: {', '.join(missing)}")
         return 1

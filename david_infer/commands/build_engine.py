@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends.tensorrt.builder import DEFAULT_WORKSPACE_GB, build_engine
+    from ..export.tensorrt import DEFAULT_WORKSPACE_GB, build_engine
 
     workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_GB
     sidecar = build_engine(

@@ -51,7 +51,7 @@ def error_text(err: Any) -> str:
 
 def device_info(device: int = 0) -> Tuple[str, str]:
     """(GPU name, "MAJOR.MINOR" compute capability) of `device`; BackendUnavailable without one."""
-    from ..._ort import check_cuda_device
+    from ..gpu import check_cuda_device
 
     cudart = runtime()
     err, version = cudart.cudaRuntimeGetVersion()

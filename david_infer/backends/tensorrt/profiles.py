@@ -3,7 +3,7 @@
 A TensorRT engine built from a dynamic graph needs, for every input with a dynamic dimension, the
 smallest, the most common ("opt") and the largest shape it will be run at. Our manifests name the
 dynamic dimensions `batch`, `height` and `width`; `image_384` is fixed at the ViT size. The same
-ranges feed the engine builder (`builder.py`), the ONNX Runtime TensorRT provider options and
+ranges feed the engine builder (`david_infer.export.tensorrt`), the ONNX Runtime TensorRT provider options and
 the runner's per-call shape check.
 """
 

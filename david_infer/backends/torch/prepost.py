@@ -3,7 +3,7 @@
 The decoded image goes to the device once; padding, resizing, the 384 ViT copy, the model, the
 resize back, the crop and the per-task finishing run there; the finished maps come back once (or
 stay there with `output="torch"`). The steps are those of david_infer.preprocess/postprocess, so
-results agree with the numpy path (tests/test_torch_prepost.py bounds the difference):
+results agree with the numpy path (tests/backends/test_torch_prepost.py bounds the difference):
 
 - antialias pipeline: Pillow's resampling reproduced, including its details: the reducing-gap box
   reduction of the long axis, the fractional source box that follows it, and 8-bit rounding
