@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the
 from benchmarks.prepost_4k import median_ms  # noqa: E402
 from benchmarks.prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
-from david_infer.config import TASK_ORDER  # noqa: E402  (a pre/post graph's outputs are named by task)
+from david_infer.tasks import TASK_ORDER  # noqa: E402  (a pre/post graph's outputs are named by task)
 
 SIZES = ((720, 1280), (2160, 3840))
 PAGE, HEADING = ROOT / "docs" / "prepost.md", "## Speed (measured)"  # where the tables go

@@ -10,11 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Tuple
 
-# Output channels per task; the multi-task model emits them in this order.
-TASK_CHANNELS: Dict[str, int] = {"depth": 1, "normal": 3, "foreground": 1}
-TASK_ORDER: Tuple[str, ...] = ("depth", "normal", "foreground")
-TASKS: Tuple[str, ...] = TASK_ORDER + ("multitask",)
-
 # ImageNet statistics in RGB order; the model flips BGR input to RGB first.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,12 +111,3 @@ def get_config(variant: str) -> DavidConfig:
     if variant not in _REGISTRY:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(_REGISTRY)}")
     return _REGISTRY[variant]()
-
-
-def task_outputs(task: str) -> Tuple[str, ...]:
-    """Output names a model of this task produces, in output order."""
-    if task == "multitask":
-        return TASK_ORDER
-    if task not in TASK_CHANNELS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return (task,)

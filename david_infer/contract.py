@@ -21,15 +21,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .config import TASK_CHANNELS, TASK_ORDER
 from .errors import ModelError
 from .jsonfile import read_json_object
 from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_DOC, manifest_path
+from .tasks import TASK_ORDER, TASKS
 
 DEFAULT_STRIDE = 16
 DEFAULT_VIT_SIZE = 384
-#: "prepost": one uint8 (N, H, W, 3) image in, finished maps out (david_infer.prepost)
+#: "prepost": one uint8 (N, H, W, 3) image in, finished maps out (a pre/post graph)
 LAYOUTS = ("dynamic", "official", "prepost")
+#: a pre/post graph's resize to the model, by the name its manifest gives ("default": before 0.2)
+_GRAPH_PIPELINES = {"antialias": "antialias", "default": "antialias", "official": "official"}
 #: a dimension: a size, or a symbolic name ("batch", "height") for a dynamic one
 Dim = Union[int, str]
 _TASK_HINTS = (("depth", "depth"), ("normal", "normal"), ("foreground", "foreground"), ("segment", "foreground"))
@@ -86,6 +88,19 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class GraphSection:
+    """What a pre/post graph (layout "prepost") does inside: the resolution its network runs at, its
+    pipeline (david_infer.resample), how it resizes back ("bicubic" or "official"), the channel
+    order of the photo it takes, and the largest photo side it resamples (None: any)."""
+
+    resolution: int
+    pipeline: str
+    interpolation: str
+    channel_order: str
+    max_side: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """The contract of one model file, validated. Build it with `load`, `from_dict` or
     `recognise`; `as_dict()` gives the manifest JSON back."""
@@ -105,6 +120,8 @@ class ModelContract:
     sha256: Optional[str] = None
     weights: Weights = Weights("released")
     released: bool = False  # True for a manifest-less (released) file
+    #: a pre/post graph's section (layout "prepost"), else None
+    graph: Optional[GraphSection] = None
     #: the manifest as read, for blocks this class does not type (e.g. a TensorRT sidecar's
     #: "tensorrt" block, read by that backend alone)
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -136,9 +153,18 @@ class ModelContract:
         return b if isinstance(b, int) else None
 
     @property
-    def prepost(self) -> Optional[Mapping[str, Any]]:
-        """The manifest's `prepost` section of a pre/post graph (layout "prepost"), else None."""
-        return self.section("prepost") if self.layout == "prepost" else None
+    def built_resolution(self) -> Optional[int]:
+        """The one resolution the file runs at: a fixed-size input's side, or a pre/post graph's;
+        None for a dynamic network."""
+        return self.graph.resolution if self.graph is not None else self.fixed_resolution
+
+    @property
+    def built_pipeline(self) -> Optional[str]:
+        """The pipeline the file needs: a pre/post graph's own, "official" for a fixed-size
+        (released) file; None for a dynamic network, which runs either."""
+        if self.graph is not None:
+            return self.graph.pipeline
+        return "official" if self.vit_input is None else None
 
     def section(self, name: str) -> Mapping[str, Any]:
         """An untyped block of the manifest (empty if absent), read-only."""
@@ -190,7 +216,7 @@ class ModelContract:
                 problems.append(f"input {name!r} has shape {shape}, expected (batch, 3, height, width)")
         for task, name in self.output_names.items():
             shape = tuple(outputs.get(name) or ())
-            channels = TASK_CHANNELS[task]
+            channels = TASKS[task].channels
             rank3_ok = len(shape) == 3 and channels == 1
             bad_channels = len(shape) == 4 and isinstance(shape[1], int) and shape[1] != channels
             if shape and not rank3_ok and (len(shape) != 4 or bad_channels):
@@ -255,6 +281,7 @@ def _parse(path: Path, data: Any, released: bool) -> ModelContract:
     pre = data.get("preprocessing") or {}
     if not isinstance(pre, Mapping):
         raise ModelError(f"{where}: manifest preprocessing must be an object, got {type(pre).__name__}")
+    graph = _graph_section(where, data.get("prepost")) if layout == "prepost" else None
     return ModelContract(
         path=path,
         format_version=version,
@@ -271,8 +298,33 @@ def _parse(path: Path, data: Any, released: bool) -> ModelContract:
         sha256=data.get("sha256") if isinstance(data.get("sha256"), str) else None,
         weights=_weights(where, data.get("weights")),
         released=released,
+        graph=graph,
         document=MappingProxyType(dict(data)),
     )
+
+
+def _graph_section(where: str, section: Any) -> GraphSection:
+    """The typed `prepost` section of a pre/post graph's manifest."""
+    section = section if isinstance(section, Mapping) else {}
+    resolution, order = section.get("resolution"), section.get("channel_order")
+    pipeline = _GRAPH_PIPELINES.get(str(section.get("pipeline")))
+    max_side = section.get("max_side")
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or resolution < 1
+        or pipeline is None
+        or order not in ("rgb", "bgr")
+        or not (max_side is None or (isinstance(max_side, int) and max_side > 0))
+    ):
+        raise ModelError(
+            f"{where}: the manifest's prepost section needs an integer resolution, pipeline "
+            f"'antialias' or 'official', channel_order 'rgb' or 'bgr' (and max_side an integer); got "
+            f"{resolution!r}, {section.get('pipeline')!r}, {order!r}, {max_side!r}. Re-export the graph "
+            "with david-infer export --prepost"
+        )
+    interpolation = "official" if pipeline == "official" else "bicubic"
+    return GraphSection(resolution, pipeline, interpolation, order, max_side)
 
 
 def _text(where: str, data: Mapping[str, Any], key: str, default: str) -> str:
@@ -369,7 +421,7 @@ def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
             f"{path}: no manifest and {len(io.outputs)} outputs {list(io.output_names)}; {_RELEASED_EXPECTATION}"
         )
     for out, task in zip(io.outputs, tasks):
-        c = TASK_CHANNELS[task]
+        c = TASKS[task].channels
         allowed = [(1, c, size, size)] + ([(1, size, size)] if c == 1 else [])
         if tuple(out.shape) not in allowed:
             raise ModelError(

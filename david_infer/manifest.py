@@ -28,7 +28,7 @@ PREPROCESSING_DOC = {
     "channel_order": "BGR",
     "value_range": [0.0, 1.0],
     "dtype": "float32",
-    "tensor_layout": "NCHW",
+    "axes": "NCHW",
     "normalization": "inside the graph: (x - mean) / std with ImageNet statistics in BGR order",
     "padding": "replicate edge pixels to a square, centred: pad = (long - short) // 2 before, the rest after",
     "resize": "the padded square is resized (bilinear) to the model resolution, a multiple of the stride",

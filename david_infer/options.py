@@ -25,7 +25,7 @@ from .checks import positive_int
 from .config import DEFAULT_RESOLUTION
 from .errors import InputError
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
-from .postprocess import PostOptions
+from .stages import STAGE_KINDS, PostOptions
 
 #: the default resolution: a model's own where it has one (a pre/post graph, a fixed-size file),
 #: else DEFAULT_RESOLUTION
@@ -50,7 +50,7 @@ class RuntimeOptions:
     channel_order: "rgb" or "bgr" for 3/4-channel arrays.
     batch_size: images per model call (the default of `imap`/`predict_batch`).
     threads: pre/postprocessing threads (None: the CPU count, at most 4).
-    pipeline, post, verify, max_image_pixels, allow_nonfinite: as `DavidRuntime`'s keywords.
+    pipeline, stages, post, verify, max_image_pixels, allow_nonfinite: as `DavidRuntime`'s keywords.
     backend_options: the backend's own options by name (checked when the backend is chosen).
     """
 
@@ -62,6 +62,7 @@ class RuntimeOptions:
     batch_size: int = 1
     threads: Optional[int] = None
     pipeline: str = "auto"
+    stages: str = "auto"
     post: PostOptions = field(default_factory=PostOptions)
     verify: bool = True
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS
@@ -80,6 +81,8 @@ class RuntimeOptions:
                 )
         elif self.resolution is not None:
             positive_int("resolution", self.resolution)  # the stride is the contract's, checked on open
+        if self.stages not in STAGE_KINDS:
+            raise InputError(f"stages must be one of {', '.join(STAGE_KINDS)}, got {self.stages!r}")
         for name in ("verify", "allow_nonfinite"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -148,8 +151,8 @@ def positive_int_arg(text: str) -> int:
 class RuntimeArguments:
     """The runtime flags shared by every command that runs a model, and the options they make.
 
-    `add_to(parser)` adds -m/--model, --backend, --device, --resolution and, as the command asks,
-    --channel-order, --batch-size and --threads, with RuntimeOptions' defaults; `options(args)`
+    `add_to(parser)` adds -m/--model, --backend, --device, --resolution, --stages and, as the
+    command asks, --channel-order, --batch-size and --threads, with RuntimeOptions' defaults; `options(args)`
     returns the RuntimeOptions (the model as given: see `resolved_model`; --threads also sizes the
     backend's own threads when the model is opened, see `runtime.with_threads`). With `many=True`
     (bench), --backend and --resolution take comma-separated lists: `variants(args)` gives one
@@ -208,6 +211,13 @@ class RuntimeArguments:
             default=RuntimeOptions.device,
             help="cpu (default), cuda or cuda:N; a GPU that cannot be used is an error, never a silent CPU fallback",
         )
+        g.add_argument(
+            "--stages",
+            default=RuntimeOptions.stages,
+            choices=STAGE_KINDS,
+            help="where the pre/postprocessing runs: graph (ONNX graphs on ONNX Runtime), torch (on the torch "
+            "backend's device), reference (numpy); default auto: the torch backend's own, else graph",
+        )
         if self.channel_order:
             g.add_argument(
                 "--channel-order",
@@ -235,7 +245,7 @@ class RuntimeArguments:
 
     def options(self, args: argparse.Namespace, **fields: Any) -> RuntimeOptions:
         """The RuntimeOptions of the parsed flags (`fields` override or add, e.g. batch_size)."""
-        given: Dict[str, Any] = {"model": args.model, "device": args.device}
+        given: Dict[str, Any] = {"model": args.model, "device": args.device, "stages": args.stages}
         if not self.many:
             given.update(backend=args.backend, resolution=args.resolution)
         for name in ("channel_order", "batch_size", "threads"):  # the flags this group added
@@ -248,7 +258,9 @@ class RuntimeArguments:
         backends = split_list(args.backend) or [RuntimeOptions.backend]
         resolutions: List[Union[int, str]] = split_list(args.resolution, int) or [AUTO_RESOLUTION]
         return [
-            RuntimeOptions(args.model, backend=backend, device=args.device, resolution=resolution, **fields)
+            RuntimeOptions(
+                args.model, backend=backend, device=args.device, resolution=resolution, stages=args.stages, **fields
+            )
             for resolution in resolutions
             for backend in backends
         ]

@@ -20,21 +20,18 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-import numpy as np
-
-from . import prepost
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
-from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
+from .errors import BackendUnavailable, InputError, ModelError
 from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
 from .options import AUTO_RESOLUTION, DEFAULT_RESOLUTION, RuntimeOptions, positive_int, resolved_model
-from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
-from .preprocess import PIPELINES, Prepared, antialias_prepare, dynamic_resolution, linear_resize_chw, official_prepare
+from .resample import PIPELINES
+from .stages import ModelOutputs, PostOptions, Staged, StageOptions, Stages, choose_stages
 
 ModelLike = Union[str, "os.PathLike[str]"]
 #: what imap yields per input: the prediction, or the error that input met
@@ -117,7 +114,10 @@ class DavidRuntime:
             their size only.
         channel_order: "rgb" or "bgr" (OpenCV) for 3/4-channel numpy arrays.
         pipeline: "auto" ("official" for fixed-size files, else "antialias"), or either explicitly;
-            see david_infer.preprocess.
+            see david_infer.resample.
+        stages: where the pre/postprocessing runs: "auto" (the torch backend's own on its device,
+            else "graph" where onnx and ONNX Runtime are installed, else "reference"), "graph"
+            (ONNX graphs on ONNX Runtime), "torch", or "reference" (numpy); see david_infer.stages.
         post: a PostOptions (depth direction and normalisation, foreground threshold, output
             interpolation). Its fields may also be given as keyword arguments (`invert_depth=False`).
         batch_size: default batch size of predict_batch and imap (default 1).
@@ -149,6 +149,7 @@ class DavidRuntime:
         channel_order: str = RuntimeOptions.channel_order,
         *,
         pipeline: str = RuntimeOptions.pipeline,
+        stages: str = RuntimeOptions.stages,
         post: Optional[PostOptions] = None,
         batch_size: int = RuntimeOptions.batch_size,
         threads: Optional[int] = RuntimeOptions.threads,
@@ -159,8 +160,7 @@ class DavidRuntime:
         **options: Any,
     ) -> None:
         self.runner: Optional[Runner] = None
-        self.device_stages: Any = None  # torch pre/postprocessing on the runner's device, when it has them
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self.stages: Optional[Stages] = None
         post_kwargs = {k: options.pop(k) for k in list(options) if k in _POST_FIELDS}
         if post is not None and post_kwargs:
             raise InputError(
@@ -178,6 +178,7 @@ class DavidRuntime:
             batch_size=batch_size,
             threads=threads,
             pipeline=pipeline,
+            stages=stages,
             post=post if post is not None else PostOptions(**post_kwargs),
             verify=verify,
             max_image_pixels=max_image_pixels,
@@ -204,33 +205,31 @@ class DavidRuntime:
             )
         self.device = loader.check_device(parse_device(self.options.device))
         self.contract = self._load_contract(loader, self.options.verify)
-        #: (resolution, pipeline, interpolation, channel order) of a pre/post graph, else None
-        self._graph = (
-            prepost.graph_settings(self.contract.prepost, str(self.path)) if self.contract.prepost is not None else None
-        )
         self.resolution = self._check_resolution(self.options.resolution)
         self.pipeline = self._check_pipeline(self.options.pipeline)
-        if self._graph is not None and post.interpolation not in ("auto", self._graph[2]):
+        built = self.contract.graph
+        if built is not None and post.interpolation not in ("auto", built.interpolation):
             raise InputError(
-                f"{self.path} resizes its outputs inside the graph ({self._graph[2]}); "
+                f"{self.path} resizes its outputs inside the graph ({built.interpolation}); "
                 f"interpolation must be 'auto', got {post.interpolation!r}"
             )
         if post.interpolation == "auto":
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
         self.batch_size = self._batch_size(self.options.batch_size)
+        workers = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
+        self.threads = workers
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
-            # a runner that pads, resizes and finishes on its own device (torch) hands its stages
-            make_stages = getattr(self.runner, "device_prepost", None)
-            self.device_stages = make_stages() if make_stages is not None else None
+            settings = StageOptions(
+                self.resolution, self.pipeline, post, workers, str(self.device), self.allow_nonfinite
+            )
+            #: the pre/postprocessing, chosen once (david_infer.stages)
+            self.stages = choose_stages(self.options.stages, self.runner, self.contract, settings)
         except BaseException:
             self.runner.close()  # a refused model must not keep a session alive
             raise
-        workers = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
-        self.threads = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="david-prepost") if workers > 1 else None
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -281,21 +280,14 @@ class DavidRuntime:
         return ModelContract.recognise(self.path, loader.inspect(self.path))
 
     def _check_resolution(self, resolution: Union[int, str, None]) -> Optional[int]:
-        if self._graph is not None:  # a pre/post graph runs at the resolution built into it
-            if resolution not in (AUTO_RESOLUTION, None, self._graph[0]):
-                raise InputError(
-                    f"{self.path} is a pre/post graph built for resolution {self._graph[0]}; "
-                    f"resolution must be {self._graph[0]}, 'auto' or None, got {resolution!r}"
-                )
-            return self._graph[0]
-        fixed = self.contract.fixed_resolution
-        if fixed is not None:
-            if resolution not in (AUTO_RESOLUTION, fixed):
-                raise InputError(
-                    f"{self.path} has a fixed {fixed}x{fixed} input; resolution must be {fixed} or 'auto', "
-                    f"got {resolution!r}"
-                )
-            return fixed
+        built = self.contract.built_resolution
+        if built is not None:  # a pre/post graph or a fixed-size file runs at its own size only
+            what = "a pre/post graph built for resolution" if self.contract.graph else "a fixed input of"
+            allowed = (AUTO_RESOLUTION, None, built) if self.contract.graph else (AUTO_RESOLUTION, built)
+            if resolution not in allowed:
+                spelled = f"{built}, 'auto' or None" if self.contract.graph else f"{built} or 'auto'"
+                raise InputError(f"{self.path} has {what} {built}; resolution must be {spelled}, got {resolution!r}")
+            return built
         if resolution == AUTO_RESOLUTION:
             return DEFAULT_RESOLUTION
         if resolution is None:
@@ -316,17 +308,16 @@ class DavidRuntime:
         return min(size, self.contract.fixed_batch or size)
 
     def _check_pipeline(self, pipeline: str) -> str:
-        if self._graph is not None:
-            if pipeline not in ("auto", self._graph[1]):
-                raise InputError(
-                    f"{self.path} has the {self._graph[1]} pipeline inside its graph; pipeline must be "
-                    f"'auto' or {self._graph[1]!r}, got {pipeline!r}"
-                )
-            return self._graph[1]
-        if pipeline == "auto":
-            return "official" if self.contract.vit_input is None else "antialias"
-        if pipeline not in PIPELINES:
+        if pipeline != "auto" and pipeline not in PIPELINES:
             raise InputError(f"pipeline must be 'auto' or one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        built = self.contract.built_pipeline
+        if self.contract.graph is not None and pipeline not in ("auto", built):
+            raise InputError(
+                f"{self.path} has the {built} pipeline inside its graph; pipeline must be 'auto' or {built!r}, "
+                f"got {pipeline!r}"
+            )
+        if pipeline == "auto":
+            return built or "antialias"
         return pipeline
 
     # ------------------------------------------------------------------------------ public API
@@ -338,9 +329,9 @@ class DavidRuntime:
 
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
-        decoded, prepared = self.preprocess(image)
-        outputs = _raise_first(self._infer_outcomes([prepared], [decoded.name]))[0]
-        return self.postprocess(decoded, prepared, outputs)
+        decoded, staged = self.preprocess(image)
+        outputs = _raise_first(self._infer_outcomes([staged]))[0]
+        return self.postprocess(decoded, staged, outputs)
 
     def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
         """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
@@ -412,115 +403,47 @@ class DavidRuntime:
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
-    def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Prepared]:
-        """Decode and validate `image`, and make the model inputs for it."""
+    def _stages(self) -> Stages:
+        stages = self.stages
+        if stages is None:
+            raise ModelError(f"{self.path}: the runtime is closed")
+        return stages
+
+    def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Staged]:
+        """Decode and validate `image`, and make the model's feeds for it."""
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
-        h, w = decoded.size
-        resolution = self.resolution or dynamic_resolution(h, w, self.contract.stride)
-        if self._graph is not None:  # the graph does the rest
-            max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
-            return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
-        if self.device_stages is not None:
-            return decoded, self.device_stages.prepare(
-                decoded,
-                resolution,
-                self.contract.vit_size if self.contract.vit_input is not None else None,
-                self.pipeline,
-            )
-        if self.pipeline == "official":
-            prepared = official_prepare(decoded, resolution)
-            if self.contract.vit_input is not None:  # official steps feeding a dynamic graph
-                prepared.image_384 = linear_resize_chw(prepared.image, self.contract.vit_size)
-        else:
-            vit = self.contract.vit_size if self.contract.vit_input is not None else None
-            prepared = antialias_prepare(decoded, resolution, vit, self._pool)
-        return decoded, prepared
+        return decoded, self._stages().prepare(decoded)
 
-    def infer(self, prepared: Sequence[Prepared]) -> List[Dict[str, np.ndarray]]:
-        """Run the backend on prepared images (batched where sizes agree); per image task -> (C, R, R).
-        NonFiniteOutput for the first image whose outputs are not finite (unless allow_nonfinite)."""
-        return _raise_first(self._infer_outcomes(prepared, [f"images[{i}]" for i in range(len(prepared))]))
+    def infer(self, staged: Sequence[Staged]) -> List[ModelOutputs]:
+        """Run the model on prepared images (batched where they may share a call). NonFiniteOutput
+        for the first image whose outputs are not finite (unless allow_nonfinite)."""
+        return _raise_first(self._infer_outcomes(staged))
 
-    def _infer_outcomes(
-        self, prepared: Sequence[Prepared], names: Sequence[str]
-    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
+    def _infer_outcomes(self, staged: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
         """`infer`, with a NonFiniteOutput in place of each image whose outputs are not finite."""
-        results: List[Union[Dict[str, np.ndarray], Exception]] = []
+        stages = self._stages()
+        results: List[Union[ModelOutputs, Exception]] = []
         start = 0
-        while start < len(prepared):
-            shape = prepared[start].image.shape
+        while start < len(staged):
             stop = start
-            while stop < len(prepared) and prepared[stop].image.shape == shape:
+            while stop < len(staged) and staged[stop].batch_key == staged[start].batch_key:
                 stop += 1
-            results.extend(self._infer_same_size(prepared[start:stop], names[start:stop]))
+            results.extend(stages.infer(staged[start:stop]))
             start = stop
         return results
 
-    def _infer_same_size(
-        self, prepared: Sequence[Prepared], input_names: Sequence[str]
-    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
-        contract = self.contract
-        if self.runner is None:
-            raise ModelError(f"{self.path}: the runtime is closed")
-        if self.device_stages is not None:
-            per_task = self.device_stages.infer(prepared, contract.image_input, contract.vit_input, contract.tasks)
-            return self._checked(per_task, len(prepared), input_names)
-        feeds = {contract.image_input: np.stack([p.image for p in prepared])}
-        if contract.vit_input is not None:
-            vit = [p.image_384 for p in prepared if p.image_384 is not None]
-            if len(vit) != len(prepared):  # preprocess makes the ViT copy for every such model
-                raise ModelError(f"{self.path}: the model takes {contract.vit_input!r}, but an input has no ViT copy")
-            feeds[contract.vit_input] = np.stack(vit)
-        raw = self.runner.run(feeds)
-        n, side = len(prepared), feeds[contract.image_input].shape[-1]
-        names = contract.output_names
-        per_task = {}
-        for task in contract.tasks:
-            value = np.asarray(raw[names[task]], dtype=np.float32)
-            channels = 3 if task == "normal" else 1
-            if self._graph is not None:  # finished maps at the image's size
-                expected = prepost.expected_shape(task, n, prepared[0].image.shape[:2])
-            else:
-                value = value[:, None] if value.ndim == 3 else value
-                expected = (n, channels, side, side)
-            if value.shape != expected:
-                raise ModelError(f"{self.path}: output {names[task]!r} has shape {value.shape}, expected {expected}")
-            per_task[task] = value
-        return self._checked(per_task, n, input_names)
-
-    def _checked(
-        self, per_task: Dict[str, Any], n: int, input_names: Sequence[str]
-    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
-        """Per-image outputs of a batch (task -> (N, C, R, R) arrays, or device tensors), with a
-        NonFiniteOutput in place of each image whose outputs are not finite (unless allowed)."""
-        outputs = [{task: value[i] for task, value in per_task.items()} for i in range(n)]
-        if self.allow_nonfinite:
-            return list(outputs)
-        # one float64 sum per map of the batch: finite iff every value is (float32 values cannot
-        # overflow a float64 sum); per-image counts only for a batch that fails
-        bad = [task for task, value in per_task.items() if not _all_finite(value)]
-        if not bad:
-            return list(outputs)
-        host = [{task: _host(value) for task, value in out.items()} for out in outputs]
-        return [_nonfinite(out, name, bad) for out, name in zip(host, input_names)]
-
-    def postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
+    def postprocess(self, decoded: Decoded, staged: Staged, outputs: ModelOutputs) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
-        if self._graph is not None:
-            maps = prepost.finish(outputs, self.post_options)
-        elif self.device_stages is not None:
-            maps = self.device_stages.postprocess(outputs, prepared.geometry, self.post_options)
-        else:
-            maps = postprocess(outputs, prepared.geometry, self.post_options, self._pool)
+        maps = self._stages().finish(staged, outputs)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
 
     # ---------------------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Release the backend and the worker threads. Idempotent."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Release the stages and the backend. Idempotent."""
+        if self.stages is not None:
+            self.stages.close()
+            self.stages = None
         if self.runner is not None:
             self.runner.close()
             self.runner = None
@@ -533,45 +456,14 @@ class DavidRuntime:
 
     def __repr__(self) -> str:
         res = self.resolution or "image size"
+        stages = self.stages.kind if self.stages is not None else "closed"
         return (
             f"DavidRuntime({str(self.path)!r}, backend={self.backend!r}, tasks={list(self.tasks)}, "
-            f"resolution={res}, pipeline={self.pipeline!r})"
+            f"resolution={res}, pipeline={self.pipeline!r}, stages={stages!r})"
         )
 
 
-def _nonfinite(
-    outputs: Dict[str, np.ndarray], name: str, tasks: Sequence[str]
-) -> Union[Dict[str, np.ndarray], NonFiniteOutput]:
-    """`outputs`, or a NonFiniteOutput for the first of `tasks` whose map is not finite."""
-    for task in tasks:
-        finite = np.isfinite(outputs[task])
-        if not finite.all():
-            share = 1.0 - float(finite.mean())
-            return NonFiniteOutput(
-                f"{name}: the model's {task} output is not finite (NaN or infinity) in {share:.1%} of its "
-                f"values; the model file or engine is broken (a bad export, an FP16 overflow). "
-                f"DavidRuntime(allow_nonfinite=True) passes such values through.",
-                task=task,
-                input=name,
-                share=share,
-            )
-    return outputs
-
-
-def _all_finite(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return bool(np.isfinite(value.sum(dtype=np.float64)))
-    from .backends.torch.prepost import all_finite  # a torch tensor, checked on its device
-
-    return all_finite(value)
-
-
-def _host(value: Any) -> np.ndarray:
-    """A numpy view of an output (a torch tensor on any device is copied to the host)."""
-    return value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
-
-
-def _raise_first(outcomes: List[Union[Dict[str, np.ndarray], Exception]]) -> List[Dict[str, np.ndarray]]:
+def _raise_first(outcomes: List[Union[ModelOutputs, Exception]]) -> List[ModelOutputs]:
     for outcome in outcomes:
         if isinstance(outcome, Exception):
             raise outcome
@@ -618,7 +510,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
         self._ready: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._slots: Deque[_Slot] = deque()
-        self._batch: List[Tuple[_Slot, Decoded, Prepared]] = []
+        self._batch: List[Tuple[_Slot, Decoded, Staged]] = []
         self._post = ThreadPoolExecutor(max(1, min(2, rt.threads)), thread_name_prefix="david-imap-post")
         self._ended = False
         self._reader = threading.Thread(target=self._read, args=(inputs, load), name="david-imap-reader", daemon=True)
@@ -701,7 +593,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
             slot.error = staged
             return
         decoded, prepared = staged
-        if self._batch and self._batch[0][2].image.shape != prepared.image.shape:
+        if self._batch and self._batch[0][2].batch_key != prepared.batch_key:
             self._flush()  # a different size (resolution=None) cannot share the batch
         self._batch.append((slot, decoded, prepared))
         if len(self._batch) >= self._batch_size:
@@ -710,9 +602,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         try:
-            outputs = self._rt._infer_outcomes(
-                [prepared for _, _, prepared in batch], [decoded.name for _, decoded, _ in batch]
-            )
+            outputs = self._rt._infer_outcomes([prepared for _, _, prepared in batch])
         except Exception as exc:
             for slot, _, _ in batch:
                 slot.error = exc

@@ -26,10 +26,10 @@ from .errors import BackendUnavailable, ModelError
 from .jsonfile import read_json_object
 from .manifest import manifest_path
 from .outputs.files import sha256_file
+from .tasks import TASK_ORDER
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
 HOST = "127.0.0.1"
-TASKS = ("depth", "normal", "foreground")
 
 BUILD_HINT = "build it from a source checkout with: (cd web && npm ci && npm run build), then reinstall"
 
@@ -124,9 +124,9 @@ def describe_model(path: Union[str, Path]) -> PageModel:
     depth_sign = prepost.get("depth_sign", -1)
     if depth_sign not in (-1, 1):
         raise ModelError(f"{manifest_file}: prepost.depth_sign is {depth_sign!r}; expected -1 or 1")
-    tasks = tuple(t for t in TASKS if t in _output_names(manifest))
+    tasks = tuple(t for t in TASK_ORDER if t in _output_names(manifest))
     if not tasks:
-        raise ModelError(f"{manifest_file}: no output named {', '.join(TASKS)}; this is not a DAViD graph")
+        raise ModelError(f"{manifest_file}: no output named {', '.join(TASK_ORDER)}; this is not a DAViD graph")
     size = path.stat().st_size
     if size == 0:
         raise ModelError(f"{path}: model file is empty (0 bytes); re-export it")

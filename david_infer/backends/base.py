@@ -92,9 +92,15 @@ class BackendOptions:
     `parse` turns keyword arguments into the dataclass; an unknown or misspelled name is an
     InputError naming the valid ones, and subclasses check values in `__post_init__`."""
 
+    #: options a backend had in an earlier release -> what to use now
+    moved: ClassVar[Dict[str, str]] = {}
+
     @classmethod
     def parse(cls: Type[OptionsT], backend: str, options: Mapping[str, Any]) -> OptionsT:
         valid = [f.name for f in dataclasses.fields(cls)]
+        for name in options:
+            if name in cls.moved:
+                raise InputError(f"the {backend} backend's option {name!r} is gone: {cls.moved[name]}")
         unknown = [k for k in options if k not in valid]
         if unknown:
             raise InputError(unknown_option_message(f"the {backend} backend", unknown, valid))
@@ -133,7 +139,16 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run the model on float32 NCHW arrays keyed by input name; return outputs keyed by name."""
+        """Run the model on numpy arrays keyed by input name, each of the dtype and layout `io`
+        declares (float32 (N, 3, H, W) for a network; uint8 (N, H, W, 3) for a pre/post graph);
+        return numpy arrays keyed by output name."""
+
+    def own_stages(self, contract: ModelContract, options: Any, kind: str) -> Optional[Any]:
+        """The pre/post stages this runner brings for its own device (a david_infer.stages.Stages
+        made for `options`, a StageOptions) when the runtime asks for `kind` (david_infer.stages.
+        STAGE_KINDS), or None for the shared ones. The torch runner brings torch stages that keep
+        the photo and the maps on its device."""
+        return None
 
     def close(self) -> None:  # noqa: B027 (optional: a runner may hold nothing to release)
         """Release sessions, engines and device memory. Idempotent."""

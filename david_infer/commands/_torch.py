@@ -1,5 +1,5 @@
 """The torch backend's options on the command line (predict, bench): --precision, --channels-last,
---compile [MODE], --cuda-graphs, --prepost, --no-pinned."""
+--compile [MODE], --cuda-graphs, --no-pinned (where pre/postprocessing runs is --stages)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,6 @@ def add_torch_arguments(p: argparse.ArgumentParser) -> None:
         help="capture and replay one CUDA graph per input shape (CUDA only)",
     )
     g.add_argument(
-        "--prepost",
-        choices=("auto", "torch", "numpy"),
-        default=None,
-        help="pre/postprocessing as torch ops on the device, or numpy on the CPU (default auto: torch on CUDA)",
-    )
-    g.add_argument(
         "--no-pinned",
         dest="pinned",
         action="store_false",
@@ -54,8 +48,7 @@ def add_torch_arguments(p: argparse.ArgumentParser) -> None:
 def torch_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The TorchOptions keyword arguments given on the command line ({} when none)."""
     given = {
-        name: getattr(args, name, None)
-        for name in ("precision", "channels_last", "compile", "cuda_graphs", "prepost", "pinned")
+        name: getattr(args, name, None) for name in ("precision", "channels_last", "compile", "cuda_graphs", "pinned")
     }
     return {k: v for k, v in given.items() if v is not None}
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from ..config import TASKS, variants
+from ..config import variants
 from ..errors import InputError
+from ..tasks import MODEL_TASKS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Variant and task are checked by the exporter (one clear error line, not argparse's usage dump).
     p.add_argument("--variant", help=f"model size: {', '.join(variants())} (required unless --from)")
-    p.add_argument("--task", help=f"which head(s): {', '.join(TASKS)} (required unless --from)")
+    p.add_argument("--task", help=f"which head(s): {', '.join(MODEL_TASKS)} (required unless --from)")
     p.add_argument("-o", "--output", help="output .onnx path (required unless --from)")
     p.add_argument(
         "--layout",

@@ -21,7 +21,7 @@ needs.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
 FLOAT16 = 10  # onnx.TensorProto.FLOAT16
@@ -154,7 +154,7 @@ def _elem_types_from_inference(model: Any, strict: bool = False) -> Dict[str, in
 
 
 def _output_type(
-    node: Any, schema: Optional[Any], index: int, bound: Dict[str, int], fallback: Dict[str, int]
+    node: Any, schema: Optional[Any], index: int, bound: Mapping[str, Optional[int]], fallback: Dict[str, int]
 ) -> Optional[int]:
     name = node.output[index]
     if node.op_type == "Cast":
@@ -285,7 +285,7 @@ class _Converter:
             for a in node.attribute:
                 if a.name == "to" and a.i == FLOAT:
                     a.i = FLOAT16  # the leftover Cast(to=FLOAT) pitfall: follow the compute type
-        bound: Dict[str, int] = {}
+        bound: Dict[str, Optional[int]] = {}
         if schema is not None:
             params = _type_params(schema)
             in_outputs = {f.type_str for f in schema.outputs}
@@ -364,8 +364,8 @@ def _node_type(node: Any, types: Dict[str, int]) -> Optional[int]:
 def precision_report(model: Any) -> Dict[str, Any]:
     """Counts of what runs in which precision: the export's done-when figures and the manifest's."""
     types = _elem_types_from_inference(model)
-    compute = Counter()
-    fp32_ops = Counter()
+    compute: Counter = Counter()
+    fp32_ops: Counter = Counter()
     for node in model.graph.node:
         t = _node_type(node, types)
         if node.op_type in COMPUTE_OPS:

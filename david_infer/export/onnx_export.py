@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
-from ..config import DEFAULT_RESOLUTION, TASK_CHANNELS, get_config, task_outputs
+from ..config import DEFAULT_RESOLUTION, get_config
 from ..errors import ExportError
 from ..manifest import (
     FORMAT,
@@ -30,6 +30,7 @@ from ..manifest import (
     write_manifest,
 )
 from ..outputs.files import make_temp_path, sha256_file
+from ..tasks import TASKS, task_outputs
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -66,7 +67,7 @@ def _wrap(model: Any, layout: str) -> Any:
 def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
     cfg = get_config(variant)
     outputs = task_outputs(task)
-    image = {"dtype": "float32", "layout": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
+    image = {"dtype": "float32", "axes": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
     if layout == "dynamic":
         inputs = [
             {
@@ -86,9 +87,9 @@ def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
             {
                 "name": n,
                 "task": n,
-                "shape": ["batch", TASK_CHANNELS[n], "height", "width"],
+                "shape": ["batch", TASKS[n].channels, "height", "width"],
                 "dtype": "float32",
-                "layout": "NCHW",
+                "axes": "NCHW",
             }
             for n in outputs
         ]
@@ -99,9 +100,9 @@ def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
             {
                 "name": n,
                 "task": n,
-                "shape": [1, r, r] if n == "depth" else [1, TASK_CHANNELS[n], r, r],
+                "shape": [1, r, r] if n == "depth" else [1, TASKS[n].channels, r, r],
                 "dtype": "float32",
-                "layout": "NHW" if n == "depth" else "NCHW",
+                "axes": "NHW" if n == "depth" else "NCHW",
             }
             for n in outputs
         ]
@@ -267,7 +268,7 @@ def export_onnx(
     if layout == "dynamic":
         # Dummy sizes differ from every real size and from each other so none can be frozen.
         h, w = (max(cfg.stride, d // cfg.stride * cfg.stride) for d in dummy_size)
-        args = (torch.rand(2, 3, h, w), torch.rand(2, 3, cfg.vit_size, cfg.vit_size))
+        args: Tuple[Any, ...] = (torch.rand(2, 3, h, w), torch.rand(2, 3, cfg.vit_size, cfg.vit_size))
         batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
         dynamic = {"image": {0: batch, 2: height, 3: width}, "image_384": {0: batch}}
         names_in = ["image", "image_384"]

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
+from ..backends.tensorrt import _cuda, _trt
+from ..backends.tensorrt.profiles import DEFAULT_MAX_BATCH, compute_profiles
+from ..backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
 from ..contract import ModelContract, read_manifest
 from ..errors import BackendUnavailable, ExportError, InputError, ModelError
 from ..manifest import manifest_path, write_manifest
 from ..outputs.files import atomic_write, atomic_write_bytes
 from ..shapes import ShapeRange
-from ..backends.tensorrt import _cuda, _trt
-from ..backends.tensorrt.profiles import DEFAULT_MAX_BATCH, compute_profiles
-from ..backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
 
 DEFAULT_WORKSPACE_GB = 8.0
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Optional
 
 from .._optional import require
-from ..config import TASKS, DavidConfig, get_config, task_outputs, variants
+from ..config import DavidConfig, get_config, variants
+from ..tasks import MODEL_TASKS, task_outputs
 
 require("torch", "the PyTorch model")
 
@@ -21,7 +22,7 @@ from .david import DavidModel  # noqa: E402
 from .weights import load_weights, save_weights  # noqa: E402
 
 __all__ = [
-    "TASKS",
+    "MODEL_TASKS",
     "DavidConfig",
     "DavidModel",
     "build_model",

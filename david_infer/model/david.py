@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TASK_CHANNELS, DavidConfig, task_outputs
+from ..config import DavidConfig
 from ..shapes import check_input_shape
+from ..tasks import TASKS, task_outputs
 from .vit import VisionTransformer
 
 
@@ -193,7 +194,7 @@ class DavidModel(nn.Module):
         self.outputs = task_outputs(task)
         self.trunk = DavidTrunk(cfg)
         self.heads = nn.ModuleDict(
-            {name: Head(cfg.features, cfg.head_hidden, TASK_CHANNELS[name]) for name in self.outputs}
+            {name: Head(cfg.features, cfg.head_hidden, TASKS[name].channels) for name in self.outputs}
         )
 
     def forward(self, image: torch.Tensor, image_384: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from david_infer.errors import InputError, WeightsError  # noqa: E402
 from david_infer.model import (  # noqa: E402
-    TASKS,
+    MODEL_TASKS,
     build_model,
     count_params_and_macs,
     get_config,
@@ -27,7 +27,7 @@ from david_infer.shapes import check_input_shape  # noqa: E402
 CHANNELS = {"depth": 1, "normal": 3, "foreground": 1}
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", MODEL_TASKS)
 @pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 48, 80)])
 def test_tiny_forward_shapes_and_finite(task: str, shape: tuple) -> None:
     model = build_model("tiny", task, seed=0)

@@ -10,11 +10,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..._optional import install_hint
-from .install import check_gpu, import_onnxruntime
 from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
 from ..base import Device, Runner, Workload
+from .install import check_gpu, import_onnxruntime
 from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

@@ -3,7 +3,8 @@ task, with our safetensors weights or the manifest's random seed. Needs the `exp
 
 On a GPU it is a fast path of its own: reduced precision, channels-last, torch.compile, CUDA
 graphs, pinned host buffers on a dedicated stream, and pre/postprocessing as torch ops on the
-device (`prepost`), with predictions that may stay on the device (`output="torch"`).
+device (its own stages, `stages.py`), with predictions that may stay on the device
+(`output="torch"`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from .runner import TorchRunner, build_runner
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: torch.compile's modes ("off" = eager)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PREPOSTS = ("auto", "torch", "numpy")
 OUTPUTS = ("numpy", "torch")
 
 
@@ -49,13 +49,14 @@ class TorchOptions(BackendOptions):
         only; not with compile="reduce-overhead", which replays graphs of its own).
     pinned: copy numpy inputs and outputs through page-locked host buffers with non-blocking
         copies on the runner's own CUDA stream (default: on with CUDA; CUDA only).
-    prepost: where `DavidRuntime` pads, resizes and finishes the maps: "torch" (torch ops on the
-        runner's device: the image goes to the device once and the finished maps come back once),
-        "numpy" (the CPU path of david_infer.preprocess/postprocess), "auto" (default: torch on
-        CUDA, numpy on the CPU).
     output: "numpy" (default) or "torch": Prediction maps as torch tensors left on the device
-        (needs prepost "torch", or "auto" on CUDA).
+        (the torch stages run then, on the CPU too). Where the pre/postprocessing runs is the
+        runtime's `stages` (the torch stages by default on CUDA).
     """
+
+    moved = {
+        "prepost": "choose where the pre/postprocessing runs with DavidRuntime(stages='torch' | 'graph' | 'reference') (--stages)"
+    }
 
     precision: str = "fp32"
     channels_last: bool = False
@@ -63,7 +64,6 @@ class TorchOptions(BackendOptions):
     compile_backend: str = "inductor"
     cuda_graphs: bool = False
     pinned: Optional[bool] = None
-    prepost: str = "auto"
     output: str = "numpy"
 
     def __post_init__(self) -> None:
@@ -73,7 +73,6 @@ class TorchOptions(BackendOptions):
             object.__setattr__(self, "compile", "default")
         _choice("precision", self.precision, PRECISIONS)
         _choice("compile", self.compile, COMPILE_MODES)
-        _choice("prepost", self.prepost, PREPOSTS)
         _choice("output", self.output, OUTPUTS)
         for name in ("channels_last", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
@@ -88,11 +87,6 @@ class TorchOptions(BackendOptions):
             raise InputError(
                 "torch backend: compile='reduce-overhead' already replays CUDA graphs of its own; "
                 "drop cuda_graphs=True or pick another compile mode"
-            )
-        if self.output == "torch" and self.prepost == "numpy":
-            raise InputError(
-                "torch backend: output='torch' keeps the maps on the device, which needs "
-                "prepost='torch' (or 'auto' on CUDA), not 'numpy'"
             )
 
     def check_device(self, device: Device) -> None:
@@ -113,15 +107,6 @@ class TorchOptions(BackendOptions):
                 f"torch backend: {', '.join(cuda_only)} needs device='cuda' (CUDA graphs and pinned "
                 f"host buffers are CUDA features); the device is {device}"
             )
-        if self.output == "torch" and self.prepost == "auto":
-            raise InputError(
-                "torch backend: output='torch' on the CPU needs prepost='torch' explicitly "
-                "(prepost='auto' is numpy on the CPU)"
-            )
-
-    def device_prepost(self, device: Device) -> bool:
-        """Whether pre/postprocessing runs as torch ops on `device`."""
-        return self.prepost == "torch" or (self.prepost == "auto" and device.kind == "cuda")
 
 
 class TorchBackend(Backend):

@@ -212,14 +212,20 @@ class TorchRunner(Runner):
                 self._stream.synchronize()
             return out
 
-    def device_prepost(self) -> Optional[Any]:
-        """The torch pre/postprocessing stages DavidRuntime uses with this runner (TorchOptions.prepost),
-        or None for the numpy path."""
-        if not self.options.device_prepost(self.device):
+    def own_stages(self, contract: ModelContract, options: Any, kind: str) -> Optional[Any]:
+        """Torch stages on this runner's device (david_infer.backends.torch.stages) when asked for,
+        with output="torch", or by default on CUDA; None otherwise (on the CPU the graph stages are
+        faster)."""
+        keep = self.options.output == "torch"
+        if keep and kind not in ("auto", "torch"):
+            raise InputError(
+                f"torch backend: output='torch' keeps the maps on the device with the torch stages, not {kind!r}"
+            )
+        if not (kind == "torch" or keep or (kind == "auto" and self.cuda)):
             return None
-        from .prepost import TorchPrepost
+        from .stages import TorchStages
 
-        return TorchPrepost(self, self.options.output)
+        return TorchStages(self, contract, options, self.options.output)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,189 @@
+"""The torch stages: pre- and postprocessing as torch ops on the torch runner's device.
+
+The decoded photo goes to the device once; padding, resizing, the ViT copy, the model, the resize
+back and each task's finishing run there; the finished maps come back once (or stay there with
+`output="torch"`). Every resize is two matrix products with the weights of david_infer.resample
+(float64 for the resize to the model, where 8-bit photos are rounded between the axes as the
+reference does; float32 back), so the maps agree with the reference stages (tests/backends).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence, Union
+
+import numpy as np
+
+from ...contract import ModelContract
+from ...errors import ModelError
+from ...inputs import Decoded
+from ...resample import (
+    antialias_weights,
+    back_weights,
+    official_weights,
+    reduction_factor,
+    square_geometry,
+    vit_weights,
+)
+from ...stages import Maps, ModelOutputs, Staged, StageOptions, Stages, split_outputs
+from ...tasks import TASKS
+
+if TYPE_CHECKING:
+    from .runner import TorchRunner
+
+
+class TorchStages(Stages):
+    """The torch runner's own stages (see the module docstring); `output` "numpy" or "torch"."""
+
+    kind = "torch"
+
+    def __init__(self, runner: "TorchRunner", contract: ModelContract, options: StageOptions, output: str) -> None:
+        import torch
+
+        super().__init__(runner, contract, options)
+        self.torch = torch
+        self.device = runner.torch_device
+        self.output = output
+        self._weights: Dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+
+    def _matrix(self, make: Callable[..., np.ndarray], *args: Any, dtype: Any = None) -> Any:
+        """The weight matrix `make(*args)` (david_infer.resample) on the device, float64 unless
+        `dtype` says otherwise, cached."""
+        dtype = dtype or self.torch.float64
+        key = (make.__name__, args, dtype)
+        with self._lock:
+            w = self._weights.get(key)
+            if w is None:
+                if len(self._weights) > 64:  # a long run over many sizes: keep memory bounded
+                    self._weights.clear()
+                w = self._weights[key] = self.torch.tensor(make(*args), dtype=dtype, device=self.device)
+            return w
+
+    def _upload(self, decoded: Decoded) -> Any:
+        """(H, W, C) float64 on the device, in the decoded channel order (0..255 for 8-bit data)."""
+        torch = self.torch
+        a = decoded.numpy()
+        if self.runner.pinned:  # one page-locked staging copy (torch caches those blocks), async upload
+            host = torch.empty(a.shape, dtype=torch.uint8 if a.dtype == np.uint8 else torch.float32, pin_memory=True)
+            host.numpy()[...] = a
+            x = host.to(self.device, non_blocking=True)
+        else:
+            x = torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
+        return (x[..., None] if x.ndim == 2 else x).double()
+
+    def _separable(self, x: Any, wy: Any, wx: Any, eight_bit: bool, rows_first: bool = True) -> Any:
+        """reference._separable on the device: (H, W, C) -> (Y, X, C)."""
+        torch = self.torch
+
+        def level(t: Any) -> Any:
+            return torch.floor(t + 0.5) if eight_bit else t
+
+        if rows_first:
+            return level(torch.tensordot(wx, level(torch.tensordot(wy, x, dims=([1], [0]))), dims=([1], [1]))).permute(
+                1, 0, 2
+            )
+        return level(
+            torch.tensordot(wy, level(torch.tensordot(wx, x, dims=([1], [1]))).permute(1, 0, 2), dims=([1], [0]))
+        )
+
+    def _square(self, x: Any, size: int, target: int, eight_bit: bool, geometry: Any) -> Any:
+        g = geometry
+        if self.options.pipeline == "official":
+            wy = self._matrix(official_weights, g.height, g.side, g.top, size)
+            wx = self._matrix(official_weights, g.width, g.side, g.left, size)
+        else:
+            k = reduction_factor(g.side, target)
+            wy = self._matrix(antialias_weights, g.height, g.side, g.top, size, k)
+            wx = self._matrix(antialias_weights, g.width, g.side, g.left, size, k)
+        return self._separable(x, wy, wx, eight_bit)
+
+    def prepare(self, decoded: Decoded) -> Staged:
+        h, w = decoded.size
+        geometry = square_geometry(h, w, self.resolution_for(h, w))
+        r, pipeline = geometry.resolution, self.options.pipeline
+        contract = self.contract
+        vit_size = contract.vit_size if contract.vit_input is not None else None
+        x = self._upload(decoded)
+        eight_bit = decoded.numpy().dtype == np.uint8
+        if x.shape[-1] == 1:
+            x = x.expand(-1, -1, 3)
+        if decoded.order == "rgb":
+            x = x.flip(-1)  # BGR, as the networks take it
+        if eight_bit and pipeline == "official":
+            x, eight_bit = x / 255.0, False
+        target = max(r, vit_size or 0)
+        square = self._square(x, r, target, eight_bit, geometry)
+        scale = 1.0 / 255.0 if eight_bit else 1.0
+        feeds = {contract.image_input: self._chw(square, scale)}
+        if contract.vit_input is not None and vit_size:
+            if r >= vit_size or pipeline == "official":
+                wv = self._matrix(vit_weights, r, vit_size, pipeline)
+                vit = self._separable(square, wv, wv, eight_bit, rows_first=False)
+            else:  # below the ViT size the copy comes from the photo itself
+                vit = self._square(x, vit_size, target, eight_bit, geometry)
+            feeds[contract.vit_input] = self._chw(vit, scale)
+        return Staged(decoded.name, geometry, r, feeds)
+
+    def _chw(self, square: Any, scale: float) -> Any:
+        return (square * scale).permute(2, 0, 1).float().contiguous()
+
+    def infer(self, batch: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
+        torch = self.torch
+        contract = self.contract
+        image = torch.stack([s.feeds[contract.image_input] for s in batch])
+        vit = torch.stack([s.feeds[contract.vit_input] for s in batch]) if contract.vit_input is not None else None
+        out = self.runner.run_tasks(image, vit)
+        missing = [t for t in contract.tasks if t not in out]
+        if missing:
+            raise ModelError(f"the torch model has no {missing[0]!r} output (it has {', '.join(out)})")
+        per_task = {task: out[task] for task in contract.tasks}
+        return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite, _all_finite)
+
+    def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
+        torch = self.torch
+        g, post = staged.geometry, self.options.post
+        result: Dict[str, Any] = {}
+        for task, value in outputs.items():
+            r, back = value.shape[-1], post.interpolation
+            wy = self._matrix(back_weights, r, g.side, g.top, g.height, back, dtype=torch.float32)
+            wx = self._matrix(back_weights, r, g.side, g.left, g.width, back, dtype=torch.float32)
+            x = torch.matmul(torch.matmul(wy, value), wx.t()).permute(1, 2, 0)  # (H, W, C)
+            row = TASKS[task]
+            if post.sign(task) < 0:
+                x = -x
+            if row.unit_eps is not None:
+                x = x / x.norm(dim=-1, keepdim=True).clamp_min(row.unit_eps)
+            if row.clip is not None:
+                x = x.clamp(*row.clip)
+            if task == "depth" and post.normalize_depth:
+                lo, hi = x.min(), x.max()
+                x = (x - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+            if task == "foreground" and post.foreground_threshold is not None:
+                x = (x > post.foreground_threshold).float()
+            result[task] = (x[..., 0] if row.channels == 1 else x).contiguous()
+        return result if self.output == "torch" else to_numpy(result)
+
+
+def to_numpy(maps: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Device maps -> numpy, in one transfer: the maps travel as one flat tensor."""
+    import torch
+
+    names = list(maps)
+    flat = torch.cat([maps[n].reshape(-1) for n in names]).cpu().numpy()
+    out, start = {}, 0
+    for n in names:
+        size = maps[n].numel()
+        out[n] = flat[start : start + size].reshape(tuple(maps[n].shape))
+        start += size
+    return out
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether a tensor holds finite values only (one float64 sum, as for numpy)."""
+    import torch
+
+    return bool(value.sum(dtype=torch.float64).isfinite().item())
+
+
+__all__: List[str] = ["TorchStages", "to_numpy"]

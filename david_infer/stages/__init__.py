@@ -1,0 +1,255 @@
+"""Stages: how a model's images become its feeds, and its outputs become maps at the image's size.
+
+    decoded image --prepare--> Staged --infer (the model call, batched)--> outputs --finish--> maps
+
+A runtime chooses one `Stages` when its model opens (`choose_stages`) and never branches on the kind
+again. The kinds:
+
+- "graph" (david_infer.stages.graph): the pre/post as ONNX graphs run by ONNX Runtime around the
+  model: the production pre/post for our exports and the released files, whatever runs the network
+  (ONNX Runtime, TensorRT, a server). A model that is itself a pre/post graph (manifest layout
+  "prepost") runs with the graph inside it.
+- "torch": torch ops on the torch runner's device (the torch backend's own, `Runner.own_stages`).
+- "reference" (david_infer.stages.reference): numpy, the definition the others are tested against.
+
+All of them resample with the weights of david_infer.resample and finish each map as its row of
+david_infer.tasks says.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..contract import ModelContract
+from ..errors import InputError, ModelError, NonFiniteOutput
+from ..inputs import Decoded
+from ..resample import INTERPOLATIONS, Geometry, dynamic_resolution
+from ..tasks import TASKS
+
+log = logging.getLogger("david_infer.stages")
+
+#: `stages=` choices: "auto" takes the runner's own (torch), else the graph where ONNX Runtime and
+#: onnx are installed, else the reference
+STAGE_KINDS = ("auto", "graph", "torch", "reference")
+
+#: one image's outputs between `infer` and `finish`: task -> the raw (C, R, R) output (an array, or
+#: a tensor on the torch runner's device), or the finished map of a pre/post graph
+ModelOutputs = Dict[str, Any]
+#: task -> the finished map at the image's size: (H, W) or (H, W, C) float32 numpy arrays, or torch
+#: tensors on the device with the torch backend's output="torch"
+Maps = Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """Per-task output options.
+
+    invert_depth: True (default) negates the raw depth so larger = nearer, as the official
+        runtime does; False returns the raw output, larger = farther.
+    normalize_depth: min-max normalise depth to [0, 1] per image (after inversion).
+    foreground_threshold: None for the soft mask, or t in [0, 1] for a 0/1 mask (> t).
+    interpolation: how outputs are resized back: "auto" (the runtime picks "official" with the
+        official pipeline, else "bicubic"), "official" (OpenCV INTER_CUBIC on the padded square,
+        as the official runtime), "bicubic" or "bilinear" (Pillow's antialiased filters).
+    """
+
+    invert_depth: bool = True
+    normalize_depth: bool = False
+    foreground_threshold: Optional[float] = None
+    interpolation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS + ("auto",):
+            raise InputError(
+                f"interpolation must be 'auto' or one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        for name in ("invert_depth", "normalize_depth"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        t = self.foreground_threshold
+        if t is not None and not (isinstance(t, (int, float)) and 0.0 <= float(t) <= 1.0):
+            raise InputError(f"foreground_threshold must be None or a number in [0, 1], got {t!r}")
+
+    def sign(self, task: str) -> int:
+        """The sign of `task`'s finished map against the raw output."""
+        return -1 if task == "depth" and self.invert_depth else 1
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """What a runtime's stages are made for, fixed when the model opens.
+
+    resolution: the square side the model runs at; None: each image's padded size rounded to the
+        contract's stride. pipeline: "antialias" or "official" (david_infer.resample). post: the
+        output options, interpolation resolved. threads: threads the stages may use. device: the
+        runner's device ("cpu", "cuda:N"). allow_nonfinite: pass NaN/infinity through."""
+
+    resolution: Optional[int]
+    pipeline: str
+    post: PostOptions
+    threads: int = 1
+    device: str = "cpu"
+    allow_nonfinite: bool = False
+
+
+@dataclass
+class Staged:
+    """One image between the stages: its name (for errors), where it sits in its padded square,
+    which images may share a model call with it (equal `batch_key`), and the feeds the stages made
+    for it (network inputs without their batch axis: numpy arrays, tensors on the torch runner's
+    device, or the photo itself for a pre/post graph)."""
+
+    name: str
+    geometry: Geometry
+    batch_key: Hashable
+    feeds: Dict[str, Any] = field(repr=False)
+
+
+class Stages(abc.ABC):
+    """The pre/post of one opened model (see the module docstring)."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
+        self.runner, self.contract, self.options = runner, contract, options
+
+    def resolution_for(self, height: int, width: int) -> int:
+        """The model resolution an image of height x width runs at."""
+        return self.options.resolution or dynamic_resolution(height, width, self.contract.stride)
+
+    @abc.abstractmethod
+    def prepare(self, decoded: Decoded) -> Staged:
+        """The model's feeds for one decoded image."""
+
+    def infer(self, batch: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
+        """The model on images of one batch_key, batched: each image's outputs, or the
+        NonFiniteOutput of an image whose outputs are not finite (unless allowed)."""
+        feeds = {name: np.stack([s.feeds[name] for s in batch]) for name in batch[0].feeds}
+        raw = self.runner.run(feeds)
+        per_task = {}
+        for task, name in self.contract.output_names.items():
+            value = np.asarray(raw[name], dtype=np.float32)
+            per_task[task] = self.checked_output(task, name, value, batch)
+        return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite)
+
+    def checked_output(self, task: str, name: str, value: np.ndarray, batch: Sequence[Staged]) -> np.ndarray:
+        """One output of a batch as (N, C, R, R), its shape checked (the released depth has no C)."""
+        side = next(iter(batch[0].feeds.values())).shape[-1]
+        value = value[:, None] if value.ndim == 3 else value
+        expected = (len(batch), TASKS[task].channels, side, side)
+        if value.shape != expected:
+            raise ModelError(f"{self.contract.path}: output {name!r} has shape {value.shape}, expected {expected}")
+        return value
+
+    @abc.abstractmethod
+    def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
+        """One image's outputs -> its finished maps at its own size."""
+
+    def close(self) -> None:  # noqa: B027 (optional: stages may hold nothing to release)
+        """Release what the stages hold (sessions, device buffers). Idempotent."""
+
+
+# ----------------------------------------------------------------------- shared finishing steps
+
+
+def split_outputs(
+    per_task: Mapping[str, Any], names: Sequence[str], allow_nonfinite: bool, finite: Any = None
+) -> List[Union[ModelOutputs, Exception]]:
+    """Per-image outputs of a batch (task -> (N, ...) arrays or tensors), with a NonFiniteOutput in
+    place of each image whose outputs are not finite, unless allowed. One float64 sum per map of
+    the batch says whether all is finite; per-image counts only for a batch that fails. `finite`
+    checks one (N, ...) value (default: numpy's)."""
+    outputs = [{task: value[i] for task, value in per_task.items()} for i in range(len(names))]
+    if allow_nonfinite:
+        return list(outputs)
+    check = finite or (lambda v: bool(np.isfinite(np.asarray(v).sum(dtype=np.float64))))
+    bad = [task for task, value in per_task.items() if not check(value)]
+    if not bad:
+        return list(outputs)
+    return [_nonfinite(out, name, bad) for out, name in zip(outputs, names)]
+
+
+def _nonfinite(outputs: ModelOutputs, name: str, tasks: Sequence[str]) -> Union[ModelOutputs, NonFiniteOutput]:
+    for task in tasks:
+        value = outputs[task]
+        host = value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
+        finite = np.isfinite(host)
+        if not finite.all():
+            share = 1.0 - float(finite.mean())
+            return NonFiniteOutput(
+                f"{name}: the model's {task} output is not finite (NaN or infinity) in {share:.1%} of its "
+                f"values; the model file or engine is broken (a bad export, an FP16 overflow). "
+                f"DavidRuntime(allow_nonfinite=True) passes such values through.",
+                task=task,
+                input=name,
+                share=share,
+            )
+    return outputs
+
+
+def open_options(maps: Dict[str, np.ndarray], post: PostOptions) -> Dict[str, np.ndarray]:
+    """What the finished maps leave to the output options, in place: depth normalised to [0, 1],
+    the foreground thresholded."""
+    depth = maps.get("depth")
+    if depth is not None and post.normalize_depth:
+        lo, hi = float(depth.min()), float(depth.max())
+        depth -= np.float32(lo)
+        if hi > lo:
+            depth *= np.float32(1.0 / (hi - lo))
+    foreground = maps.get("foreground")
+    if foreground is not None and post.foreground_threshold is not None:
+        maps["foreground"] = (foreground > post.foreground_threshold).astype(np.float32)
+    return maps
+
+
+def finish_in_place(task: str, value: np.ndarray, post: PostOptions, pool: Any = None, rows: int = 256) -> None:
+    """The table's finishing of one resized map, in place, in blocks of `rows` rows (spread over
+    `pool`'s threads): the block stays in cache and no full-size temporary is made."""
+    row = TASKS[task]
+    sign = post.sign(task)
+    blocks = [value[i : i + rows] for i in range(0, value.shape[0], rows)]
+    if pool is not None and len(blocks) > 1:
+        list(pool.map(lambda block: row.finish(block, sign), blocks))
+    else:
+        for block in blocks:
+            row.finish(block, sign)
+
+
+# ----------------------------------------------------------------------------------- choosing
+
+
+def graph_available() -> bool:
+    """Whether the graph stages can run here (onnx builds the graphs, ONNX Runtime runs them)."""
+    return importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose_stages(kind: str, runner: Any, contract: ModelContract, options: StageOptions) -> Stages:
+    """The stages of an opened model (`kind` one of STAGE_KINDS; see the module docstring)."""
+    if kind not in STAGE_KINDS:
+        raise InputError(f"stages must be one of {', '.join(STAGE_KINDS)}, got {kind!r}")
+    if contract.layout == "prepost":
+        if kind not in ("auto", "graph"):
+            raise InputError(f"{contract.path} is a pre/post graph: its stages are inside it; stages must be 'auto'")
+        from .graph import InsideGraphStages
+
+        return InsideGraphStages(runner, contract, options)
+    own = runner.own_stages(contract, options, kind)
+    if own is not None:
+        return own
+    if kind == "torch":
+        raise InputError(f"stages='torch' runs on the torch backend's device; the {runner.name} backend has none")
+    if kind == "graph" or (kind == "auto" and graph_available()):
+        from .graph import GraphStages
+
+        return GraphStages(runner, contract, options)
+    if kind == "auto":
+        log.info("onnx or onnxruntime is not installed: the reference (numpy) pre/post runs instead of the graph")
+    from .reference import ReferenceStages
+
+    return ReferenceStages(runner, contract, options)

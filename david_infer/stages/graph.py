@@ -1,0 +1,204 @@
+"""The graph stages: the pre/post as ONNX graphs on ONNX Runtime (david_infer.stages.builder).
+
+`GraphStages` runs two small graphs around any runner that takes numpy feeds (ONNX Runtime,
+TensorRT, a server): the pre graph turns the photo into the network's feeds, the post graph resizes
+each output back to the photo, written straight into the maps (ONNX Runtime's I/O binding on
+row-group views of them), which the task table then finishes in place, in row blocks. Graphs are
+built once per resolution (and photo dtype and channel order) when first needed, and kept.
+
+Measured against finishing inside the graph (benchmarks/memory.py, a 12-megapixel photo): the
+graph's full-size temporaries of the unit-length normals cost more than the whole budget of 40
+bytes per input pixel, the in-place finishing nothing.
+
+`InsideGraphStages` runs a model that is itself a pre/post graph (`export --prepost`): the photo
+goes in as bytes, the finished maps come out; only the options a graph leaves open (depth
+direction and normalisation, the mask threshold) are applied after it.
+
+Sessions here run on the CPU, or with ONNX Runtime's CUDA provider when the runtime's device is a
+GPU and the installed ONNX Runtime has it (not yet run on a GPU: see docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, Hashable, List, Sequence, Union
+
+import numpy as np
+
+from .._optional import require
+from ..contract import ModelContract
+from ..errors import InputError, ModelError
+from ..inputs import Decoded
+from ..resample import square_geometry
+from ..tasks import TASKS
+from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options, split_outputs
+from .builder import GraphSpec, build_post, build_pre, row_group
+
+#: graphs kept per runtime (one pre and one post per resolution; more with resolution=None)
+_KEPT_SESSIONS = 8
+
+
+def _photo(decoded: Decoded, order: str) -> np.ndarray:
+    """(H, W, 3) in `order`, uint8 or float32 in [0, 1], as the pre graph takes it (a view when it can be)."""
+    a = decoded.numpy()
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a[..., ::-1]) if decoded.order != order else a
+
+
+class _Sessions:
+    """ONNX Runtime sessions of built graphs, made on first use and kept (the last few)."""
+
+    def __init__(self, options: StageOptions) -> None:
+        self.ort = require("onnxruntime", "cpu")
+        kind = "cuda" if options.device.startswith("cuda") else "cpu"
+        self.providers: List[Any] = ["CPUExecutionProvider"]
+        if kind == "cuda" and "CUDAExecutionProvider" in self.ort.get_available_providers():
+            index = int(options.device.partition(":")[2] or 0)
+            self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        self.threads = options.threads
+        self._kept: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            session = self._kept.get(key)
+            if session is not None:
+                self._kept.move_to_end(key)
+                return session
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.threads
+        # no arena: the full-size buffers go back to the system after each image, so the peaks
+        # of the pre and the post graphs do not add up (benchmarks/memory.py)
+        options.enable_cpu_mem_arena = False
+        session = self.ort.InferenceSession(build().SerializeToString(), options, providers=self.providers)
+        with self._lock:
+            self._kept[key] = session
+            while len(self._kept) > _KEPT_SESSIONS:
+                self._kept.popitem(last=False)
+        return session
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+class GraphStages(Stages):
+    """The pre and post graphs around the runner (see the module docstring)."""
+
+    kind = "graph"
+
+    def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
+        super().__init__(runner, contract, options)
+        self._sessions = _Sessions(options)
+        self._vit_size = contract.vit_size if contract.vit_input is not None else None
+        self._pool = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
+        if options.resolution is not None:  # build now: a graph that cannot be built fails at open
+            self._pre(options.resolution, "uint8", "rgb")
+            self._post(options.resolution)
+
+    def _spec(self, resolution: int, order: str = "rgb") -> GraphSpec:
+        return GraphSpec(self.options.pipeline, resolution, self._vit_size, order, self.options.post.interpolation)
+
+    def _pre(self, resolution: int, dtype: str, order: str) -> Any:
+        contract = self.contract
+        spec = self._spec(resolution, order)
+        return self._sessions.get(
+            ("pre", resolution, dtype, order), lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype)
+        )
+
+    def _post(self, resolution: int) -> Any:
+        spec = self._spec(resolution)
+        return self._sessions.get(("post", resolution), lambda: build_post(spec, self.contract.tasks))
+
+    def prepare(self, decoded: Decoded) -> Staged:
+        h, w = decoded.size
+        resolution = self.resolution_for(h, w)
+        order = decoded.order if decoded.numpy().ndim == 3 else "rgb"
+        photo = _photo(decoded, order)
+        session = self._pre(resolution, "uint8" if photo.dtype == np.uint8 else "float32", order)
+        values = session.run(None, {"photo": photo[None]})
+        names = [o.name for o in session.get_outputs()]
+        feeds = {name: value[0] for name, value in zip(names, values)}
+        return Staged(decoded.name, square_geometry(h, w, resolution), resolution, feeds)
+
+    def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
+        g = staged.geometry
+        session = self._post(g.resolution)
+        binding = session.io_binding()
+        binding.bind_cpu_input("size", np.array([g.height, g.width], np.int64))
+        maps: Dict[str, np.ndarray] = {}
+        group = row_group(g.height)
+        for task, value in outputs.items():
+            binding.bind_cpu_input(task + ":raw", np.ascontiguousarray(value[None], dtype=np.float32))
+            row = TASKS[task]
+            maps[task] = out = np.empty(row.shape(g.height, g.width), np.float32)
+            shape = (1, g.height // group, group, g.width * row.channels)  # a view of `out`: no copy after
+            binding.bind_output(task, "cpu", 0, np.float32, shape, out.ctypes.data)
+        session.run_with_iobinding(binding)
+        post = self.options.post
+        for task, value in maps.items():
+            finish_in_place(task, value, post, self._pool)
+        return open_options(maps, post)
+
+    def close(self) -> None:
+        self._sessions.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class InsideGraphStages(Stages):
+    """A model that is itself a pre/post graph (see the module docstring)."""
+
+    kind = "graph"
+
+    def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
+        super().__init__(runner, contract, options)
+        graph = contract.graph
+        if graph is None:  # choose_stages picks this class for such contracts only
+            raise ModelError(f"{contract.path}: not a pre/post graph (its manifest has no prepost section)")
+        self.graph = graph
+
+    def prepare(self, decoded: Decoded) -> Staged:
+        h, w = decoded.size
+        if self.graph.max_side is not None and max(h, w) > self.graph.max_side:
+            raise InputError(
+                f"{decoded.name}: {w}x{h} has a side over {self.graph.max_side}, the largest this pre/post "
+                "graph resamples; use the network file it wraps"
+            )
+        photo = _photo(decoded, self.graph.channel_order)
+        if photo.dtype != np.uint8:  # the graph takes bytes
+            photo = np.clip(np.rint(photo * 255.0), 0, 255).astype(np.uint8)
+        geometry = square_geometry(h, w, self.graph.resolution)
+        return Staged(decoded.name, geometry, (h, w), {self.contract.image_input: photo})
+
+    def infer(self, batch: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
+        name = self.contract.image_input
+        photos = [s.feeds[name] for s in batch]
+        raw = self.runner.run({name: photos[0][None] if len(photos) == 1 else np.stack(photos)})
+        h, w = photos[0].shape[:2]
+        per_task = {}
+        for task, output in self.contract.output_names.items():
+            value = np.asarray(raw[output], dtype=np.float32)
+            expected = (len(batch),) + TASKS[task].shape(h, w)
+            if value.shape != expected:
+                raise ModelError(
+                    f"{self.contract.path}: output {output!r} has shape {value.shape}, expected {expected}"
+                )
+            per_task[task] = value
+        return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite)
+
+    def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
+        post = self.options.post
+        maps = {task: np.array(value, dtype=np.float32) for task, value in outputs.items()}
+        for task, value in maps.items():  # the graph gives each task's default sign
+            if post.sign(task) != TASKS[task].sign:
+                np.negative(value, out=value)
+        return open_options(maps, post)
+
+
+__all__ = ["GraphStages", "InsideGraphStages"]
