@@ -155,14 +155,8 @@ def open_torch(work: Path, model: str, profile: Profile, batch: int = 16, **opti
 
     if options.get("compile", "off") != "off":
         options.setdefault("compile_backend", profile.compile_backend)
-    return DavidRuntime(
-        work / f"{model}-fp32.onnx",
-        backend="torch",
-        device=profile.device,
-        resolution=None,
-        batch_size=batch,
-        **options,
-    )
+    options.setdefault("resolution", None)
+    return DavidRuntime(work / f"{model}-fp32.onnx", backend="torch", device=profile.device, batch_size=batch, **options)
 
 
 def step_parity(work: Path, model: str, profile: Profile, precisions: Sequence[str], compile: str) -> Dict[str, Any]:
@@ -280,7 +274,8 @@ def _images(shape: Tuple[int, int], count: int) -> List[np.ndarray]:
 
 
 def step_e2e(work: Path, model: str, profile: Profile, precision: str) -> Dict[str, Any]:
-    """predict_batch images/s with pre/postprocessing on the device and with numpy, beside the model alone."""
+    """predict_batch images/s with the torch stages (pre/postprocessing on the device) and with the
+    graph stages (ONNX Runtime on the CPU), beside the model alone."""
     import torch
 
     result: Dict[str, Any] = {"precision": precision}
@@ -289,23 +284,22 @@ def step_e2e(work: Path, model: str, profile: Profile, precision: str) -> Dict[s
         batch = min(16, count) if kind == "frames" else min(4, count)
         images = _images(shape, count)
         row: Dict[str, Any] = {"height": shape[0], "width": shape[1], "images": count, "batch": batch}
-        for prepost in ("torch", "numpy"):
-            with open_torch(work, model, profile, batch=batch, precision=precision, prepost=prepost) as rt:
-                rt.resolution = 512 if profile.device == "cuda" else 64
+        side = 512 if profile.device == "cuda" else 64
+        for stages in ("torch", "graph"):
+            with open_torch(work, model, profile, batch=batch, precision=precision, stages=stages, resolution=side) as rt:
                 rt.predict_batch(images[:batch])  # warm-up: weights, kernels
                 t = time.perf_counter()
                 rt.predict_batch(images)
                 _sync(profile)
-                row[f"{prepost}_prepost_images_per_s"] = count / (time.perf_counter() - t)
-                if prepost == "torch":
-                    side = rt.resolution
+                row[f"{stages}_stages_images_per_s"] = count / (time.perf_counter() - t)
+                if stages == "torch":
                     image = torch.rand(batch, 3, side, side, device=rt.runner.torch_device)
                     vit = torch.rand(batch, 3, 384, 384, device=rt.runner.torch_device)
                     times = time_calls(
                         lambda: rt.runner.run_tasks(image, vit), warmup=1, min_runs=3, max_s=profile.bench_max_s
                     )
                     row["model_only_images_per_s"] = latency_stats(times, batch)["images_per_s"]
-        row["torch_vs_model"] = row["torch_prepost_images_per_s"] / row["model_only_images_per_s"]
+        row["torch_vs_model"] = row["torch_stages_images_per_s"] / row["model_only_images_per_s"]
         result[kind] = row
     result["goal"] = {
         "frames_vs_model_at_least": GOALS["e2e_frames_vs_model"],

@@ -23,8 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ModelError
 from .jsonfile import read_json_object
-from .manifest import FORMAT, FORMAT_VERSION, POSTPROCESSING_DOC, PREPROCESSING_DOC, manifest_path
-from .tasks import TASK_ORDER, TASKS
+from .manifest import FORMAT, FORMAT_VERSION, PREPROCESSING_DOC, manifest_path
+from .tasks import TASK_ORDER, TASKS, task_table
 
 DEFAULT_STRIDE = 16
 DEFAULT_VIT_SIZE = 384
@@ -447,6 +447,7 @@ def _released_manifest(path: Path, io: GraphIO) -> Dict[str, Any]:
             "resolution": size,
             "default_resolution": size,
         },
-        "postprocessing": {t: POSTPROCESSING_DOC[t] for t in tasks},
+        "postprocessing": {t: TASKS[t].postprocessing() for t in tasks},
+        "task_table": task_table(tuple(tasks)),
         "weights": {"origin": "released", "description": "recognised from its shapes (no manifest)"},
     }

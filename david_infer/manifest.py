@@ -35,13 +35,6 @@ PREPROCESSING_DOC = {
     "vit_input": "image_384: the padded square resized bilinear (half-pixel centres) to vit_size x vit_size",
 }
 
-POSTPROCESSING_DOC = {
-    "depth": "relative depth, larger = farther (no activation); resize to the padded square, crop the "
-    "padding, resize to the image. Optional: negate (inverse) and min-max normalise to [0, 1].",
-    "normal": "surface normals xyz (no activation); resize, crop, then renormalise each pixel to unit length.",
-    "foreground": "soft mask (no activation); resize, crop, clip to [0, 1]; optional threshold.",
-}
-
 
 def manifest_path(model_path: Union[str, Path]) -> Path:
     """The manifest path beside a model file: `x.onnx` -> `x.json`, `x.engine` -> `x.engine.json`."""

@@ -257,7 +257,8 @@ class DavidRuntime:
         """The backend's typed options; a name given as a keyword argument that neither the runtime
         nor the backend knows is an InputError listing both (backend_options= names: the backend's)."""
         valid = [f.name for f in dataclasses.fields(backend_cls.Options)]
-        unknown = [k for k in given if k not in valid and k in self._kwargs_given]
+        moved = backend_cls.Options.moved  # said by the options' parse, with what to use now
+        unknown = [k for k in given if k not in valid and k in self._kwargs_given and k not in moved]
         if unknown:
             own = [p for p in inspect.signature(DavidRuntime.__init__).parameters if p not in ("self", "options")]
             raise InputError(
@@ -282,11 +283,16 @@ class DavidRuntime:
     def _check_resolution(self, resolution: Union[int, str, None]) -> Optional[int]:
         built = self.contract.built_resolution
         if built is not None:  # a pre/post graph or a fixed-size file runs at its own size only
-            what = "a pre/post graph built for resolution" if self.contract.graph else "a fixed input of"
-            allowed = (AUTO_RESOLUTION, None, built) if self.contract.graph else (AUTO_RESOLUTION, built)
+            graph = self.contract.graph is not None
+            allowed = (AUTO_RESOLUTION, None, built) if graph else (AUTO_RESOLUTION, built)
             if resolution not in allowed:
-                spelled = f"{built}, 'auto' or None" if self.contract.graph else f"{built} or 'auto'"
-                raise InputError(f"{self.path} has {what} {built}; resolution must be {spelled}, got {resolution!r}")
+                what = (
+                    f"is a pre/post graph built for resolution {built}"
+                    if graph
+                    else f"has a fixed {built}x{built} input"
+                )
+                spelled = f"{built}, 'auto' or None" if graph else f"{built} or 'auto'"
+                raise InputError(f"{self.path} {what}; resolution must be {spelled}, got {resolution!r}")
             return built
         if resolution == AUTO_RESOLUTION:
             return DEFAULT_RESOLUTION

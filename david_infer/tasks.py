@@ -58,6 +58,17 @@ class Task:
         if self.clip is not None:
             np.clip(block, self.clip[0], self.clip[1], out=block)
 
+    def postprocessing(self) -> str:
+        """What a host does with the raw output, in words (the manifest's `postprocessing`)."""
+        steps = ["resize back to the padded square, crop the padding"]
+        if self.sign < 0:
+            steps.append("negate (the default; larger = nearer)")
+        if self.unit_eps is not None:
+            steps.append(f"renormalise each pixel to unit length (divide by max(length, {self.unit_eps:g}))")
+        if self.clip is not None:
+            steps.append(f"clip to [{self.clip[0]:g}, {self.clip[1]:g}]")
+        return f"{self.meaning}: " + "; ".join(steps)
+
     def as_record(self) -> Dict[str, Any]:
         """The row as JSON (the manifest's `task_table`)."""
         return {

@@ -22,11 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from .contract import ModelContract
 from .errors import BackendUnavailable, ModelError
-from .jsonfile import read_json_object
 from .manifest import manifest_path
 from .outputs.files import sha256_file
-from .tasks import TASK_ORDER
+from .tasks import task_table
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"
 HOST = "127.0.0.1"
@@ -75,7 +75,6 @@ class PageModel:
     bytes: int
     sha256: str
     channel_order: str  # "rgb" or "bgr": the order of the last axis of `image`
-    depth_sign: int  # -1: larger depth = nearer (the runtime's default); 1: larger = farther
     tasks: Tuple[str, ...]
     precision: str
 
@@ -85,8 +84,8 @@ class PageModel:
             "bytes": self.bytes,
             "sha256": self.sha256,
             "channel_order": self.channel_order,
-            "depth_sign": self.depth_sign,
             "tasks": list(self.tasks),
+            "task_table": task_table(self.tasks),  # channels, signs: the page writes none itself
             "precision": self.precision,
         }
 
@@ -98,76 +97,28 @@ def describe_model(path: Union[str, Path]) -> PageModel:
     graph (float NCHW input: an export without --prepost), saying how to make the right one.
     """
     path = Path(path)
+    how = "Export it with david-infer export ... --prepost"
     if path.suffix != ".onnx":
-        raise ModelError(
-            f"{path}: the browser page runs ONNX graphs (.onnx); export one with david-infer export ... --prepost"
-        )
+        raise ModelError(f"{path}: the browser page runs ONNX graphs (.onnx); {how[0].lower() + how[1:]}")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    manifest_file = manifest_path(path)
-    if not manifest_file.is_file():
+    if not manifest_path(path).is_file():
         raise ModelError(
-            f"{path}: no manifest beside it ({manifest_file.name}); the page needs the channel order "
-            "it records. Export the graph with david-infer export ... --prepost"
+            f"{path}: no manifest beside it ({manifest_path(path).name}); the page needs the channel order it records. {how}"
         )
-    manifest = read_json_object(manifest_file, "JSON manifest")
-    if manifest.get("layout") != "prepost":
+    contract = ModelContract.load(path)
+    image = contract.inputs[0]
+    if contract.graph is None or image.dtype != "uint8" or len(image.shape) != 4 or image.shape[-1] != 3:
         raise ModelError(
-            f"{path}: its manifest says layout {manifest.get('layout')!r}; the page needs the pixels-to-maps graph "
-            "(layout 'prepost': uint8 photo in, maps at its size out). Export it with david-infer export ... --prepost"
+            f"{path}: its manifest says layout {contract.layout!r} with input {image.name!r} {image.dtype} "
+            f"{list(image.shape)}; the page needs the pixels-to-maps graph (layout 'prepost': uint8 (N, H, W, 3) "
+            f"photo in, maps at its size out). {how}"
         )
-    prepost = manifest.get("prepost") if isinstance(manifest.get("prepost"), dict) else {}
-    image = _image_input(manifest_file, manifest)
-    order = str(prepost.get("channel_order", image.get("channel_order", ""))).lower()
-    if order not in ("rgb", "bgr"):
-        raise ModelError(f"{manifest_file}: input 'image' has channel_order {order!r}; expected 'rgb' or 'bgr'")
-    depth_sign = prepost.get("depth_sign", -1)
-    if depth_sign not in (-1, 1):
-        raise ModelError(f"{manifest_file}: prepost.depth_sign is {depth_sign!r}; expected -1 or 1")
-    tasks = tuple(t for t in TASK_ORDER if t in _output_names(manifest))
-    if not tasks:
-        raise ModelError(f"{manifest_file}: no output named {', '.join(TASK_ORDER)}; this is not a DAViD graph")
     size = path.stat().st_size
-    if size == 0:
-        raise ModelError(f"{path}: model file is empty (0 bytes); re-export it")
-    recorded = manifest.get("sha256")
     # The recorded hash is checked by the browser's cache key only; hashing a 1.3 GB file at every
     # start would delay the page by seconds, so an unrecorded one is computed once here.
-    digest = recorded if isinstance(recorded, str) and recorded else sha256_file(path)
-    return PageModel(
-        path=path,
-        bytes=size,
-        sha256=digest,
-        channel_order=order,
-        depth_sign=depth_sign,
-        tasks=tasks,
-        precision=str(manifest.get("precision", "fp32")),
-    )
-
-
-def _image_input(manifest_file: Path, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
-    inputs = manifest.get("inputs")
-    image = (
-        next((i for i in inputs if isinstance(i, dict) and i.get("name") == "image"), None)
-        if isinstance(inputs, list)
-        else None
-    )
-    if image is None:
-        raise ModelError(f"{manifest_file}: the manifest lists no input named 'image'")
-    dtype, shape = image.get("dtype"), image.get("shape")
-    if dtype != "uint8" or not isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3:
-        raise ModelError(
-            f"{manifest_file}: input 'image' is {dtype} {shape}; the page needs the pixels-to-maps graph "
-            "(uint8, (N, H, W, 3)). Export it with david-infer export ... --prepost"
-        )
-    return image
-
-
-def _output_names(manifest: Mapping[str, Any]) -> Tuple[str, ...]:
-    outputs = manifest.get("outputs")
-    if not isinstance(outputs, list):
-        return ()
-    return tuple(str(o.get("name")) for o in outputs if isinstance(o, dict))
+    digest = contract.sha256 or sha256_file(path)
+    return PageModel(path, size, digest, contract.graph.channel_order, contract.tasks, contract.precision)
 
 
 def static_files(root: Path = STATIC_DIR) -> Dict[str, Path]:

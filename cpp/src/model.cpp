@@ -71,6 +71,7 @@ json read_manifest(const std::string& path, const std::string& model_path) {
 struct OutputSpec {
   std::string name;
   std::string task;
+  std::int64_t channels = 1;  // values per pixel: the last dimension of a 4-D output shape
 };
 
 struct GraphSpec {
@@ -110,7 +111,8 @@ GraphSpec parse_manifest(const json& manifest, const std::string& path) {
   GraphSpec spec;
   spec.input_name = text_field(prepost, "input", where);
   const std::string dtype = text_field(prepost, "dtype", where);
-  const std::string tensor_layout = text_field(prepost, "layout", where);
+  // "axes" since david-infer 0.2; earlier manifests call it "layout"
+  const std::string tensor_layout = text_field(prepost, prepost.contains("axes") ? "axes" : "layout", where);
   if (dtype != "uint8" || tensor_layout != "NHWC") {
     throw ModelError(where + ": input '" + spec.input_name + "' is " + dtype + " " + tensor_layout +
                      ", expected uint8 NHWC pixels");
@@ -127,6 +129,14 @@ GraphSpec parse_manifest(const json& manifest, const std::string& path) {
       throw ModelError(path + ": output '" + out.name + "' has unknown task \"" + out.task +
                        "\" (expected depth, normal or foreground)");
     }
+    // (N, H, W) or (N, H, W, C): the channels come from the manifest, never from the task's name
+    const json& shape = field(output, "shape", path);
+    if (!shape.is_array() || (shape.size() != 3 && shape.size() != 4) ||
+        (shape.size() == 4 && !(shape[3].is_number_integer() && shape[3].get<std::int64_t>() > 0))) {
+      throw ModelError(path + ": output '" + out.name + "' has shape " + shape.dump() +
+                       ", expected [N, H, W] or [N, H, W, C] with C a positive integer");
+    }
+    out.channels = shape.size() == 4 ? shape[3].get<std::int64_t>() : 1;
     spec.outputs.push_back(std::move(out));
   }
   if (spec.outputs.empty()) throw ModelError(path + ": the manifest lists no outputs");
@@ -279,14 +289,14 @@ Maps Model::predict(const std::uint8_t* pixels, int height, int width, int chann
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     const OutputSpec& spec = impl_->spec.outputs[i];
     std::vector<std::int64_t> expected{1, height, width};
-    if (spec.task == "normal") expected.push_back(3);
+    if (spec.channels > 1) expected.push_back(spec.channels);
     const auto got = outputs[i].GetTensorTypeAndShapeInfo().GetShape();
     if (got != expected) {
       throw ModelError(impl_->path + ": output '" + spec.name + "' has shape " + shape_text(got) + ", expected " +
                        shape_text(expected) + " (the input's size)");
     }
     const float* data = outputs[i].GetTensorData<float>();
-    const std::size_t size = static_cast<std::size_t>(count) * (spec.task == "normal" ? 3 : 1);
+    const std::size_t size = static_cast<std::size_t>(count) * static_cast<std::size_t>(spec.channels);
     const std::size_t bad = std::count_if(data, data + size, [](float v) { return !std::isfinite(v); });
     if (bad) {
       throw ModelError(impl_->path + ": output '" + spec.name + "' has " + std::to_string(bad) +

@@ -24,13 +24,12 @@ from ..errors import ExportError
 from ..manifest import (
     FORMAT,
     FORMAT_VERSION,
-    POSTPROCESSING_DOC,
     PREPROCESSING_DOC,
     manifest_path,
     write_manifest,
 )
 from ..outputs.files import make_temp_path, sha256_file
-from ..tasks import TASKS, task_outputs
+from ..tasks import TASKS, task_outputs, task_table
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -193,7 +192,8 @@ def build_manifest(
             "mean_bgr": list(cfg.mean[::-1]),
             "std_bgr": list(cfg.std[::-1]),
         },
-        "postprocessing": {n: POSTPROCESSING_DOC[n] for n in task_outputs(task)},
+        "postprocessing": {n: TASKS[n].postprocessing() for n in task_outputs(task)},
+        "task_table": task_table(task_outputs(task)),
         "weights": origin,
         "producer": _producer_versions(),
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Hashable, List, Sequence, Union
+from typing import Any, Callable, Hashable, List, Sequence, Union
 
 import numpy as np
 
@@ -36,8 +36,8 @@ from ..tasks import TASKS
 from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options, split_outputs
 from .builder import GraphSpec, build_post, build_pre, row_group
 
-#: graphs kept per runtime (one pre and one post per resolution; more with resolution=None)
-_KEPT_SESSIONS = 8
+#: graphs kept per runtime (a pre and a post per task for each resolution; more with resolution=None)
+_KEPT_SESSIONS = 16
 
 
 def _photo(decoded: Decoded, order: str) -> np.ndarray:
@@ -58,7 +58,6 @@ class _Sessions:
         if kind == "cuda" and "CUDAExecutionProvider" in self.ort.get_available_providers():
             index = int(options.device.partition(":")[2] or 0)
             self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-        self.threads = options.threads
         self._kept: "OrderedDict[Hashable, Any]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -70,7 +69,10 @@ class _Sessions:
                 return session
         options = self.ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = self.threads
+        # one thread per graph: with more, ONNX Runtime splits some long sums across threads and the
+        # maps' last bits would depend on `threads` (docs/determinism.md); the tasks' post graphs
+        # run side by side instead
+        options.intra_op_num_threads = 1
         # no arena: the full-size buffers go back to the system after each image, so the peaks
         # of the pre and the post graphs do not add up (benchmarks/memory.py)
         options.enable_cpu_mem_arena = False
@@ -98,7 +100,8 @@ class GraphStages(Stages):
         self._pool = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
         if options.resolution is not None:  # build now: a graph that cannot be built fails at open
             self._pre(options.resolution, "uint8", "rgb")
-            self._post(options.resolution)
+            for task in contract.tasks:
+                self._post(options.resolution, task)
 
     def _spec(self, resolution: int, order: str = "rgb") -> GraphSpec:
         return GraphSpec(self.options.pipeline, resolution, self._vit_size, order, self.options.post.interpolation)
@@ -110,9 +113,9 @@ class GraphStages(Stages):
             ("pre", resolution, dtype, order), lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype)
         )
 
-    def _post(self, resolution: int) -> Any:
+    def _post(self, resolution: int, task: str) -> Any:
         spec = self._spec(resolution)
-        return self._sessions.get(("post", resolution), lambda: build_post(spec, self.contract.tasks))
+        return self._sessions.get(("post", resolution, task), lambda: build_post(spec, [task]))
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
@@ -126,23 +129,28 @@ class GraphStages(Stages):
         return Staged(decoded.name, square_geometry(h, w, resolution), resolution, feeds)
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
+        tasks = list(outputs)
+        if self._pool is not None and len(tasks) > 1:
+            maps = dict(zip(tasks, self._pool.map(lambda task: self._finish(staged, task, outputs[task]), tasks)))
+        else:
+            maps = {task: self._finish(staged, task, outputs[task]) for task in tasks}
+        return open_options(maps, self.options.post)
+
+    def _finish(self, staged: Staged, task: str, value: Any) -> np.ndarray:
+        """One task's map: the post graph writes it, resized, the task table finishes it in place."""
         g = staged.geometry
-        session = self._post(g.resolution)
+        session = self._post(g.resolution, task)
         binding = session.io_binding()
         binding.bind_cpu_input("size", np.array([g.height, g.width], np.int64))
-        maps: Dict[str, np.ndarray] = {}
+        binding.bind_cpu_input(task + ":raw", np.ascontiguousarray(value[None], dtype=np.float32))
+        row = TASKS[task]
+        out = np.empty(row.shape(g.height, g.width), np.float32)
         group = row_group(g.height)
-        for task, value in outputs.items():
-            binding.bind_cpu_input(task + ":raw", np.ascontiguousarray(value[None], dtype=np.float32))
-            row = TASKS[task]
-            maps[task] = out = np.empty(row.shape(g.height, g.width), np.float32)
-            shape = (1, g.height // group, group, g.width * row.channels)  # a view of `out`: no copy after
-            binding.bind_output(task, "cpu", 0, np.float32, shape, out.ctypes.data)
+        shape = (1, g.height // group, group, g.width * row.channels)  # a view of `out`: no copy after
+        binding.bind_output(task, "cpu", 0, np.float32, shape, out.ctypes.data)
         session.run_with_iobinding(binding)
-        post = self.options.post
-        for task, value in maps.items():
-            finish_in_place(task, value, post, self._pool)
-        return open_options(maps, post)
+        finish_in_place(task, out, self.options.post)
+        return out
 
     def close(self) -> None:
         self._sessions.clear()

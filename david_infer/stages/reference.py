@@ -22,7 +22,7 @@ from ..resample import (
     square_geometry,
     vit_weights,
 )
-from . import Maps, ModelOutputs, Staged, Stages, finish_in_place, open_options
+from . import Maps, ModelOutputs, PostOptions, Staged, Stages, finish_in_place, open_options
 
 
 def _separable(a: np.ndarray, wy: np.ndarray, wx: np.ndarray, eight_bit: bool, rows_first: bool = True) -> np.ndarray:
@@ -81,7 +81,9 @@ def _chw(square: np.ndarray, scale: float) -> np.ndarray:
 
 
 def resize_back(value: np.ndarray, geometry: Geometry, interpolation: str) -> np.ndarray:
-    """A model output (C, R, R) -> (H, W) or (H, W, C) float32 at the image's size, unfinished."""
+    """A model output (C, R, R) -> (H, W) or (H, W, C) float32 at the image's size, unfinished
+    ("auto" interpolation, which a runtime resolves by its pipeline, is bicubic here)."""
+    interpolation = "bicubic" if interpolation == "auto" else interpolation
     r = value.shape[-1]
     g = geometry
     wy = back_weights(r, g.side, g.top, g.height, interpolation)
@@ -90,6 +92,14 @@ def resize_back(value: np.ndarray, geometry: Geometry, interpolation: str) -> np
     out = np.tensordot(wy, across, axes=(1, 1)).transpose(0, 2, 1)  # (H, W, C)
     out = np.ascontiguousarray(out, dtype=np.float32)
     return out[..., 0] if out.shape[2] == 1 else out
+
+
+def finish_maps(outputs: ModelOutputs, geometry: Geometry, post: PostOptions) -> Maps:
+    """Model outputs (task -> (C, R, R)) for one image -> its finished maps at its size."""
+    maps = {task: resize_back(value, geometry, post.interpolation) for task, value in outputs.items()}
+    for task, value in maps.items():
+        finish_in_place(task, value, post)
+    return open_options(maps, post)
 
 
 class ReferenceStages(Stages):
@@ -109,8 +119,4 @@ class ReferenceStages(Stages):
         return Staged(decoded.name, geometry, geometry.resolution, feeds)
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
-        post = self.options.post
-        maps = {task: resize_back(value, staged.geometry, post.interpolation) for task, value in outputs.items()}
-        for task, value in maps.items():
-            finish_in_place(task, value, post)
-        return open_options(maps, post)
+        return finish_maps(outputs, staged.geometry, self.options.post)

@@ -92,7 +92,6 @@ def test_an_unknown_compile_backend_is_refused_when_opened(tiny_multitask_onnx: 
         ({"cuda_graphs": True}, r"cuda_graphs=True needs device='cuda'"),
         ({"pinned": True}, r"pinned=True needs device='cuda'"),
         ({"compile": "reduce-overhead"}, r"compile='reduce-overhead' needs device='cuda'"),
-        ({"output": "torch"}, r"needs prepost='torch' explicitly"),
     ],
 )
 def test_cuda_only_options_are_refused_on_the_cpu(tiny_multitask_onnx: Path, options: dict, message: str) -> None:
@@ -106,9 +105,7 @@ def test_cuda_only_options_are_refused_on_the_cpu(tiny_multitask_onnx: Path, opt
         ({"precision": "fp8"}, r"precision must be one of 'fp32', 'fp16', 'bf16', got 'fp8'"),
         ({"compile": "fastest"}, r"compile must be one of"),
         ({"cuda_graphs": True, "compile": "reduce-overhead"}, r"already replays CUDA graphs"),
-        ({"output": "torch", "prepost": "numpy"}, r"needs prepost='torch'"),
         ({"channels_last": "yes"}, r"channels_last must be True or False"),
-        ({"prepost": "gpu"}, r"prepost must be one of"),
     ],
 )
 def test_impossible_combinations_are_typed_errors(options: dict, message: str) -> None:
@@ -147,7 +144,7 @@ def test_cli_passes_the_torch_flags(tiny_multitask_onnx: Path, tmp_path: Path, c
             "--precision",
             "bf16",
             "--channels-last",
-            "--prepost",
+            "--stages",
             "torch",
             "--json",
             str(out),

@@ -62,7 +62,7 @@ def test_folder_writes_every_requested_file(
         assert png.mode == "I;16" and png.size == size[::-1]
         d16 = np.asarray(png).astype(np.int64)
         assert d16.min() == 0 and d16.max() == 65535
-        assert np.argmax(d16) == np.argmax(depth)  # normalised, same order
+        assert d16.flat[np.argmax(depth)] == 65535 and d16.flat[np.argmin(depth)] == 0  # normalised, same order
         normal = np.load(out / f"{name}.normal.npy")
         assert normal.shape == (*size, 3)
         np.testing.assert_allclose(np.linalg.norm(normal, axis=2), 1.0, atol=1e-4)

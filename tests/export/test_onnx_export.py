@@ -184,7 +184,7 @@ def test_manifest_is_complete(tiny_multitask_onnx: Path) -> None:
     m = read_manifest(tiny_multitask_onnx.with_suffix(".json"))
     image = m["inputs"][0]
     assert image["shape"] == ["batch", 3, "height", "width"] and image["dtype"] == "float32"
-    assert image["layout"] == "NCHW" and image["channel_order"] == "BGR" and image["value_range"] == [0.0, 1.0]
+    assert image["axes"] == "NCHW" and image["channel_order"] == "BGR" and image["value_range"] == [0.0, 1.0]
     assert m["inputs"][1]["shape"] == ["batch", 3, 384, 384]
     assert [o["name"] for o in m["outputs"]] == m["output_order"] == m["tasks"] == ["depth", "normal", "foreground"]
     assert m["outputs"][1]["shape"] == ["batch", 3, "height", "width"]
@@ -192,6 +192,7 @@ def test_manifest_is_complete(tiny_multitask_onnx: Path) -> None:
     assert pre["stride"] == 16 and pre["vit_size"] == 384
     assert "inside the graph" in pre["normalization"] and "replicate" in pre["padding"]
     assert set(m["postprocessing"]) == {"depth", "normal", "foreground"}
+    assert m["task_table"]["normal"]["channels"] == 3 and m["task_table"]["foreground"]["clip"] == [0.0, 1.0]
     assert (m["variant"], m["precision"], m["layout"]) == ("tiny", "fp32", "dynamic") and m["opset"] >= 17
     assert {"torch", "onnx", "onnxscript", "onnxruntime", "david_infer"} <= set(m["producer"])
     assert m["weights"]["origin"] == "random" and m["weights"]["seed"] == 0

@@ -260,5 +260,5 @@ def test_gpu_torch_check_runs_to_completion_on_the_cpu(tiny_multitask_onnx: Path
     parity = state["steps"]["parity:tiny:eager"]["result"]
     assert {p["precision"] for p in parity["points"]} == {"fp32", "fp16", "bf16"}
     e2e = state["steps"]["e2e:tiny"]["result"]
-    assert e2e["frames"]["torch_prepost_images_per_s"] > 0 and e2e["photos"]["model_only_images_per_s"] > 0
+    assert e2e["frames"]["torch_stages_images_per_s"] > 0 and e2e["photos"]["model_only_images_per_s"] > 0
     assert "| parity:tiny:eager | ok |" in (tmp_path / "out" / "gpu_torch_check.md").read_text()

@@ -19,7 +19,7 @@ from david_infer.backends import get_backend, register_backend  # noqa: E402
 from david_infer.backends.base import Backend, BackendOptions, Device, Runner, Workload, parse_device  # noqa: E402
 from david_infer.contract import GraphIO, ModelContract  # noqa: E402
 from david_infer.manifest import manifest_path  # noqa: E402
-from david_infer.postprocess import PostOptions  # noqa: E402
+from david_infer.stages import PostOptions  # noqa: E402
 
 RES = 64
 

@@ -1,6 +1,7 @@
-"""The runtime's own pre/postprocessing gives the same bits in any environment: BLAS thread
-settings (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, which a Ray worker sets to 1), `threads`, batch
-size. Each configuration runs in its own process, since a BLAS library reads those variables once."""
+"""The runtime's pre/postprocessing (the graph stages) gives the same bits in any environment: BLAS
+thread settings (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, which a Ray worker sets to 1), `threads`
+(the stages' ONNX Runtime threads and the finishing pool), batch size. Each configuration runs in
+its own process, since a BLAS library reads those variables once."""
 
 from __future__ import annotations
 
@@ -66,22 +67,3 @@ def test_maps_are_bit_identical_whatever_the_blas_threads_workers_and_batch(
     assert len(one) == 3 * 3
     assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=1, batch=1) == one
     assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=3, batch=3) == one
-
-
-def test_band_product_is_the_same_whatever_the_band_split() -> None:
-    """Each output row is the ascending sum of its own nonzero terms, so computing it inside a
-    band of 1, 5 or 16 rows gives the same bits (the pool splits bands differently per `threads`)."""
-    from david_infer.resample import band_product, weights
-
-    rng = np.random.default_rng(0)
-    w = weights(300, 0.0, 300.0, 41, "bicubic")  # shrinking: ~30 taps per row
-    a = rng.standard_normal((300, 257)).astype(np.float32)
-    whole = np.empty((41, 257), np.float32)
-    band_product(w, a, whole)
-    for rows in (1, 5, 16):
-        split = np.empty_like(whole)
-        for o0 in range(0, 41, rows):
-            band_product(w[o0 : o0 + rows], a, split[o0 : o0 + rows])
-        assert np.array_equal(split.view(np.uint32), whole.view(np.uint32))
-    reference = w.astype(np.float64) @ a.astype(np.float64)
-    assert np.abs(whole - reference).max() < 1e-5 * np.abs(a).max() * np.abs(w).sum(axis=1).max()

@@ -67,7 +67,7 @@ def test_nonfinite_output_is_a_typed_error_with_the_share(nan_onnx: Path) -> Non
         assert info.value.task == "depth" and info.value.input == "numpy array"
         assert 0.4 < info.value.share < 0.6
         assert "depth output is not finite" in str(info.value) and "allow_nonfinite=True" in str(info.value)
-        with pytest.raises(NonFiniteOutput, match="images\\[0\\]"):
+        with pytest.raises(NonFiniteOutput, match="numpy array"):  # the input's own name
             rt.infer([rt.preprocess(_image(64))[1]])
     with DavidRuntime(nan_onnx, resolution=64, allow_nonfinite=True) as rt:
         assert np.isnan(rt.predict(_image(64)).depth).all()

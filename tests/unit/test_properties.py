@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for decoding, preprocessing and postprocessing, without a network.
+"""Property tests (hypothesis) for decoding and the reference pre/post, without a network.
 
 Over image shapes 1..300 x 1..300 (extreme aspect ratios included), dtypes and value ranges:
 inputs decode to [0, 1] or raise InputError; model inputs are (3, R, R) in [0, 1]; outputs come
@@ -20,8 +20,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from david_infer.errors import InputError  # noqa: E402
 from david_infer.inputs import decode  # noqa: E402
-from david_infer.postprocess import PostOptions, postprocess  # noqa: E402
-from david_infer.preprocess import antialias_prepare, official_prepare, square_geometry  # noqa: E402
+from david_infer.resample import square_geometry  # noqa: E402
+from david_infer.stages import PostOptions  # noqa: E402
+from david_infer.stages.reference import finish_maps, network_inputs  # noqa: E402
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = ("uint8", "uint16", "float32", "float64")
@@ -108,14 +109,14 @@ def test_float_values_either_accepted_in_range_or_refused(values, dtype) -> None
 )
 def test_preprocess_shapes_and_range(shape, dtype, layout, seed, resolution, vit, official) -> None:
     d = decode(_image(shape, dtype, layout, seed), channel_order="bgr")
-    p = official_prepare(d, resolution) if official else antialias_prepare(d, resolution, vit)
-    assert p.image.shape == (3, resolution, resolution) and p.image.dtype == np.float32
-    assert np.isfinite(p.image).all()
-    assert p.image.min() >= -1e-6 and p.image.max() <= 1.0 + 1e-6
-    if not official and vit:
-        assert p.image_384.shape == (3, vit, vit) and p.image_384.dtype == np.float32
-    assert p.geometry == square_geometry(*shape, resolution)
-    g = p.geometry
+    g = square_geometry(*shape, resolution)
+    image, image_vit = network_inputs(d, g, "official" if official else "antialias", vit)
+    assert image.shape == (3, resolution, resolution) and image.dtype == np.float32
+    assert np.isfinite(image).all()
+    assert image.min() >= -1e-6 and image.max() <= 1.0 + 1e-6
+    if vit:
+        assert image_vit is not None and image_vit.shape == (3, vit, vit) and image_vit.dtype == np.float32
+        assert image_vit.min() >= -1e-6 and image_vit.max() <= 1.0 + 1e-6
     assert g.side == max(shape) and g.top + g.height <= g.side and g.left + g.width <= g.side
     assert 0 <= (g.side - g.height) - 2 * g.top <= 1 and 0 <= (g.side - g.width) - 2 * g.left <= 1
 
@@ -133,9 +134,9 @@ def test_constant_image_gives_constant_input(shape, value, resolution, official,
     colour = np.array([value, (value * 7) % 256, 255 - value], np.uint8)
     a = np.broadcast_to(colour, shape + (3,))
     d = decode(a, channel_order=order)
-    p = official_prepare(d, resolution) if official else antialias_prepare(d, resolution, None)
+    image, _ = network_inputs(d, square_geometry(*shape, resolution), "official" if official else "antialias", None)
     expected_bgr = (colour[::-1] if order == "rgb" else colour) / 255.0
-    np.testing.assert_allclose(p.image, np.broadcast_to(expected_bgr[:, None, None], p.image.shape), atol=1e-6)
+    np.testing.assert_allclose(image, np.broadcast_to(expected_bgr[:, None, None], image.shape), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- postprocess
@@ -186,7 +187,7 @@ def _check_maps(maps: Dict[str, np.ndarray], shape: Tuple[int, int], threshold=N
 def test_postprocess_properties(shape, resolution, seed, scale, interpolation, threshold, invert, normalize) -> None:
     outputs = _outputs(resolution, seed, scale)
     opts = PostOptions(invert, normalize, threshold, interpolation)
-    maps = postprocess(outputs, square_geometry(*shape, resolution), opts)
+    maps = finish_maps(outputs, square_geometry(*shape, resolution), opts)
     _check_maps(maps, shape, threshold)
     if normalize:
         assert maps["depth"].min() >= 0.0 and maps["depth"].max() <= 1.0 + 1e-6
@@ -212,7 +213,7 @@ def _square_then_crop(plane: np.ndarray, shape: Tuple[int, int], resample: Image
 def test_padding_removed_exactly(shape, resolution, seed, interpolation) -> None:
     """Each map equals the output resized to the padded square, then cropped (to float error)."""
     outputs = _outputs(resolution, seed, 1.0)
-    maps = postprocess(outputs, square_geometry(*shape, resolution), PostOptions(False, False, None, interpolation))
+    maps = finish_maps(outputs, square_geometry(*shape, resolution), PostOptions(False, False, None, interpolation))
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     np.testing.assert_allclose(maps["depth"], _square_then_crop(outputs["depth"][0], shape, resample), atol=2e-5)
     fg = np.clip(_square_then_crop(outputs["foreground"][0], shape, resample), 0, 1)
@@ -229,15 +230,15 @@ def test_region_constant_output_maps_back_exactly(h, w, inside, outside) -> None
     g = square_geometry(h, w, max(h, w))
     plane = np.full((1, g.side, g.side), outside, np.float32)
     plane[:, g.top : g.top + h, g.left : g.left + w] = inside
-    maps = postprocess({"depth": plane, "foreground": plane}, g, PostOptions(False, False, None, "bicubic"))
+    maps = finish_maps({"depth": plane, "foreground": plane}, g, PostOptions(False, False, None, "bicubic"))
     np.testing.assert_array_equal(maps["depth"], np.full((h, w), inside, np.float32))
     np.testing.assert_array_equal(maps["foreground"], np.full((h, w), np.clip(inside, 0, 1), np.float32))
 
 
 @pytest.mark.parametrize("shape", [(48, 64), (64, 64), (64, 1), (1, 64)])
 def test_normals_unit_when_model_runs_at_the_square_size(shape) -> None:
-    """Regression: on the crop path (square side == resolution) normals were left unnormalised,
-    because the in-place normalisation ran on a reshaped copy of a non-contiguous array."""
+    """Regression: when the square's side is the resolution, normals were once left unnormalised
+    (an in-place normalisation ran on a reshaped copy of a non-contiguous array)."""
     outputs = _outputs(64, 1, 3.0)
-    maps = postprocess(outputs, square_geometry(*shape, 64), PostOptions())
+    maps = finish_maps(outputs, square_geometry(*shape, 64), PostOptions())
     _check_maps(maps, shape)

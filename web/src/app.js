@@ -113,8 +113,10 @@ async function process(blob, name) {
     for (const [id, present] of [['depth', result.depth], ['normal', result.normal], ['foreground', result.foreground],
       ['relit', result.normal]]) $(id).closest('figure').hidden = !present;
     if (result.depth) draw('depth', depthPicture(result.depth, result.foreground, photo.width, photo.height,
-      david.model.depth_sign));
-    if (result.normal) draw('normal', normalPicture(result.normal, photo.width, photo.height));
+      david.model.task_table.depth.sign));
+    if (result.normal) {
+      draw('normal', normalPicture(result.normal, photo.width, photo.height, david.model.task_table.normal.channels));
+    }
     if (result.foreground) draw('foreground', cutoutPicture(photo, result.foreground));
     drawRelit();
     $('timing').textContent = `${name}: ${photo.width}x${photo.height}, model ${result.ms.toFixed(0)} ms`;

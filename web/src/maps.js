@@ -35,10 +35,11 @@ export function depthPicture(depth, foreground, width, height, depthSign = -1) {
   return out;
 }
 
-/** Normals as colours: (n + 1) / 2 * 255, x -> red, y -> green, z -> blue. */
-export function normalPicture(normal, width, height) {
+/** Normals as colours: (n + 1) / 2 * 255, x -> red, y -> green, z -> blue; `channels` values a pixel
+ * (the manifest's task table says how many). */
+export function normalPicture(normal, width, height, channels) {
   const out = new ImageData(width, height);
-  for (let i = 0, j = 0, k = 0; i < width * height; i++, j += 4, k += 3) {
+  for (let i = 0, j = 0, k = 0; i < width * height; i++, j += 4, k += channels) {
     for (let c = 0; c < 3; c++) out.data[j + c] = (Math.max(-1, Math.min(1, normal[k + c])) + 1) * 127.5;
     out.data[j + 3] = 255;
   }

@@ -170,8 +170,15 @@ export class DavidModel {
     const outputs = await this.session.run(feeds);
     const ms = performance.now() - start;
     const maps = { width: photo.width, height: photo.height, ms };
-    for (const task of ['depth', 'normal', 'foreground']) {
-      maps[task] = outputs[task] ? asFloat32(outputs[task]) : null;
+    for (const task of ['depth', 'normal', 'foreground']) maps[task] = null;
+    for (const task of this.model.tasks) {  // the tasks and their channels come from the manifest
+      const data = outputs[task] ? asFloat32(outputs[task]) : null;
+      const channels = this.model.task_table[task].channels;
+      if (!data || data.length !== photo.width * photo.height * channels) {
+        throw new PageError(`${this.model.name}: output '${task}' has ${data ? data.length : 'no'} values, expected `
+          + `${photo.width} x ${photo.height} x ${channels}: the graph does not match its manifest.`);
+      }
+      maps[task] = data;
       outputs[task]?.dispose?.();
     }
     return maps;
