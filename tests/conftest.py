@@ -121,3 +121,36 @@ def official_onnx(exported_dir: Path) -> Path:
     if not path.exists():
         export_onnx("tiny", "multitask", path, layout="official", seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def parity_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The parity model (tests/support/parity.py: tiny multi-task, seed 5) per pipeline, as a network
+    ("antialias": the dynamic export; "official": the released files' layout) and wrapped in its
+    pre/post graph (keys "antialias+graph", "official+graph")."""
+    from david_infer.export import export_onnx
+    from david_infer.export.prepost import wrap_prepost
+    from tests.support.parity import SEED
+
+    folder = tmp_path_factory.mktemp("parity-models")
+    models = {}
+    for pipeline, layout in (("antialias", "dynamic"), ("official", "official")):
+        network = folder / f"tiny-{pipeline}.onnx"
+        export_onnx("tiny", "multitask", network, layout=layout, seed=SEED)
+        models[pipeline] = network
+        models[pipeline + "+graph"] = folder / f"tiny-{pipeline}-prepost.onnx"
+        wrap_prepost(network, models[pipeline + "+graph"])
+    return models
+
+
+@pytest.fixture(scope="session")
+def reference_maps(parity_models: dict, tmp_path_factory: pytest.TempPathFactory):
+    """The reference stages' maps per (pipeline, shape), computed once (tests/support/parity.py);
+    the files are removed at the end of the session (hundreds of MB)."""
+    import shutil
+
+    from tests.support.parity import ReferenceMaps
+
+    folder = tmp_path_factory.mktemp("reference-maps")
+    yield ReferenceMaps(folder, parity_models)
+    shutil.rmtree(folder, ignore_errors=True)

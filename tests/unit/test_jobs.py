@@ -140,8 +140,8 @@ def test_bad_runtime_options_are_refused_by_name(field: str, value: object, mess
 def test_options_survive_json_and_open_the_runtime(tiny_multitask_onnx: Path) -> None:
     import json
 
-    from david_infer.stages import PostOptions
     from david_infer.runtime import DavidRuntime
+    from david_infer.stages import PostOptions
 
     options = RuntimeOptions(
         str(tiny_multitask_onnx),
