@@ -68,6 +68,7 @@ class DistributedSummary:
     output: Path
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)  # complete before this run
+    redone: List[Tuple[str, str]] = field(default_factory=list)  # (input, why): changed since its set was written
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
     warnings: List[str] = field(default_factory=list)  # dangling links, second names of a file
     dangling: int = 0
@@ -142,6 +143,7 @@ class _Job:
     overwrite: bool
     names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
     started: float  # the run's start (time.time()): a completion record since then is this run's work
+    sources: Optional[Mapping[str, Any]] = None  # absolute input path -> outputs.sets.Source, stamped when planned
 
 
 class _Input(os.PathLike):
@@ -188,6 +190,7 @@ class DavidPredictor:
         self.job = job
         self.output = Path(job.output)
         self.runtime = DavidRuntime.from_options(job.runtime)
+        self._sources: Dict[str, Any] = {}  # input path -> its outputs.sets.Source, for the batch in hand
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         job = self.job
@@ -210,6 +213,7 @@ class DavidPredictor:
             if path not in todo:
                 status.setdefault(path, ("skipped", ""))
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
+        self._sources = {item.path: self._source(item.path) for item in inputs}  # stamped before the read
         outcomes = self.runtime.imap(inputs, load=_load)
         try:
             for item, outcome in outcomes:
@@ -238,6 +242,14 @@ class DavidPredictor:
             job.write, source=path if os.path.isfile(path) else None
         )
 
+    def _source(self, path: str) -> Any:
+        """The input's `Source` (stamped on the driver when it planned the run, else now), or None
+        for an input without a local file (a Dataset read from S3)."""
+        from .outputs.sets import Source
+
+        planned = (self.job.sources or {}).get(path)
+        return planned if planned is not None else Source.before_read(path) if os.path.isfile(path) else None
+
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .outputs.images import write_outputs
 
@@ -250,7 +262,7 @@ class DavidPredictor:
                     self._name(path),
                     self.job.kinds,
                     self.job.write,
-                    source=path if os.path.isfile(path) else None,
+                    source=self._sources.get(path),
                 )
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
@@ -296,6 +308,7 @@ def predict_dataset(
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
     from .outputs.images import IMAGE_KINDS
+    from .outputs.sets import Source
     from .video import is_video_path
 
     ray = require("ray", "batch prediction on a Ray cluster")
@@ -337,14 +350,17 @@ def predict_dataset(
     make_output_folder(outdir)
 
     names: Optional[Dict[str, str]] = None  # absolute path -> output name
+    sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
     shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
     if not is_dataset:
-        tally = Tally()
+        tally = Tally(warn=options.warn)
         todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
         summary.failed.extend(tally.failures)
+        summary.redone.extend(tally.redone)
         left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
         summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
         names = {os.path.abspath(path): name for path, name in todo}
+        sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
         shown = {os.path.abspath(path): str(path) for path, _ in todo}
         if not names:
             return summary
@@ -368,7 +384,7 @@ def predict_dataset(
         dataset = ray.data.read_binary_files(
             sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
         )
-    actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started)
+    actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started, sources)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options this way but names no replacement for these
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")

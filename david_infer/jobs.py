@@ -11,8 +11,9 @@ A run is planned in this order, every step before the model sees an input:
    two inputs of one run with one name fail, naming each other.
 3. `probe_output_folder`: the output folder can be written (checked without creating it).
 4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
-   set whose record does not match fails unless overwrite, anything else is (re)done after its
-   stale temporaries are removed.
+   set whose input or files changed since its record was written is redone (the reason kept in
+   `Tally.redone`), a set written with other options or for another input fails unless overwrite,
+   anything else is (re)done after its stale temporaries are removed.
 
 `JobOptions` holds what a run writes and how it treats what is there (--save, --overwrite,
 --recursive, the point cloud's --fov/--near/--far); `Tally` counts what happened and prints the
@@ -329,7 +330,9 @@ def model_record(runtime: Any) -> Dict[str, Any]:
 @dataclass
 class Tally:
     """A run's counts and failures (input, reason), for the summary; `total` is set once the
-    inputs are known, and `written` grows as each input's set is committed."""
+    inputs are known, and `written` grows as each input's set is committed. `redone`: the inputs
+    `plan` redoes because they or their files changed since written (input, reason), each also
+    passed to `warn` when given."""
 
     written: int = 0
     skipped: int = 0
@@ -337,6 +340,14 @@ class Tally:
     dangling: int = 0
     duplicates: int = 0
     total: int = 0
+    redone: List[Tuple[str, str]] = field(default_factory=list)
+    warn: Optional[Callable[[str], None]] = None
+
+    def redo(self, path: Any, reason: str) -> None:
+        """Record that `path` is redone although its set has a record, and why."""
+        self.redone.append((str(path), reason))
+        if self.warn is not None:
+            self.warn(f"{path}: redone: {reason}")
 
     def fail(self, path: Any, error: BaseException) -> None:
         """Record that `path` failed with `error` (its message without the leading input name)."""
@@ -346,6 +357,8 @@ class Tally:
         """Print the summary (stdout; failures on stderr); returns the exit status."""
         total = self.written + self.skipped + len(self.failures)
         line = f"{self.written} of {total} input(s) written to {outdir}"
+        if self.redone:
+            line += f" ({len(self.redone)} redone: changed since written)"
         if self.skipped:
             line += f", {self.skipped} skipped (already complete)"
         notes = [
@@ -391,9 +404,10 @@ def plan(
     table: KindTable[Any] = IMAGE_KINDS,
 ) -> List[Job]:
     """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
-    unless `overwrite`; a set whose record does not match, or a file name taken by a folder, fails
-    (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds of the sets
-    (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
+    unless `overwrite`; a set whose input or files changed since written is redone (`tally.redo`
+    says why); a set written with other options or for another input, or a file name taken by a
+    folder, fails (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds
+    of the sets (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
     todo = []
     for path, name in jobs:
         try:
@@ -408,6 +422,8 @@ def plan(
                     f"its outputs in {outdir} do not match its completion record: {state.reason}; "
                     f"pass --overwrite to redo it (or choose another output folder)"
                 )
+            if not overwrite and state.state is SetState.STALE:
+                tally.redo(path, state.reason)
             blocked = [t for t in output_set.files if t.is_dir()]
             if blocked:
                 raise InputError(f"cannot write {blocked[0]}: a folder has that name")

@@ -24,11 +24,14 @@ and written once.
 Outputs are never inputs: files in OUTDIR named as outputs (x.depth.png, x.done.json, x.vis.mp4,
 ...) are left out of folders and globs, so OUTDIR may be the input folder.
 
-Resuming: an input whose completion record is present and matches its files, --save and options
-is skipped (reported as skipped; exit 0). An input with files but no record (an interrupted run)
-is redone, replacing them, and the run first deletes the stale temporaries of its inputs'
-files (`.FILE.*.david-partial`). An input whose record does not match (other options, a file
-changed since) fails unless --overwrite, which redoes every input. Each input's files are written
+Resuming: an input whose completion record is present and matches the input file, its files,
+--save and options is skipped (reported as skipped; exit 0). An input with files but no record
+(an interrupted run) is redone, replacing them, and the run first deletes the stale temporaries of
+its inputs' files (`.FILE.*.david-partial`). An input that changed since its files were written,
+or whose files changed (damaged, edited, deleted), is redone, each with a warning saying why (see
+david_infer.outputs.sets for how a change is told: file stamps, then SHA-256). An input whose
+record was written with other options or --save, or for another input of the same name, fails
+unless --overwrite, which redoes every input. Each input's files are written
 under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
 SIGTERM is handled like Ctrl-C: the input being written is removed, the run says how many inputs
 are complete and that rerunning the command resumes, and the exit status is 130. Planning and
@@ -48,7 +51,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..errors import InputError, Interrupted
 from ..jobs import (
@@ -65,7 +68,7 @@ from ..jobs import (
 )
 from ..options import RuntimeArguments, positive_int_arg
 from ..outputs.images import IMAGE_KINDS
-from ..outputs.sets import WriteOptions
+from ..outputs.sets import Source, WriteOptions
 from ..progress import Progress
 from ..video import is_video_path
 from . import predict_video
@@ -162,14 +165,21 @@ def run_pipeline(
     """
     from ..outputs.images import write_outputs
 
+    sources: Dict[Path, Source] = {}  # filled by the reader thread before each read, taken when written
+
+    def load(job: Job) -> Any:
+        sources[job[0]] = Source.before_read(job[0])
+        return load_input(job[0])
+
     bar = Progress(len(jobs), progress)
-    outcomes = runtime.imap(jobs, load=lambda job: load_input(job[0]))
+    outcomes = runtime.imap(jobs, load=load)
     try:
         for (path, name), outcome in outcomes:
             error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
+            source = sources.pop(path, None)
             if error is None:
                 try:
-                    write_outputs(outcome, outdir, name, kinds, opts, source=path)
+                    write_outputs(outcome, outdir, name, kinds, opts, source=source or path)
                     tally.written += 1
                 except Exception as exc:
                     error = exc
@@ -212,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers applies to --ray runs only")
     outdir = Path(args.output)
     jobs, found = gather_inputs(args.inputs, job.recursive, outdir, warn)
-    tally = Tally(failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs))
+    tally = Tally(
+        failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs), warn=warn
+    )
     if jobs:
         probe_output_folder(outdir)
         try:
@@ -262,4 +274,5 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
     with sigterm_as_interrupt():
         summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
+    tally.redone = summary.redone
     return tally.report(summary.output)

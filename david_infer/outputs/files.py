@@ -32,7 +32,7 @@ class OutputExists(InputError):
     """An output file exists and overwriting was not allowed."""
 
 
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+def sha256_file(path: Union[str, "os.PathLike[str]"], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .files import write_npy, write_png
-from .sets import KindTable, WriteOptions
+from .sets import KindTable, Source, WriteOptions
 
 #: write(temporary path, prediction, options): fills one file of a set
 WriteFile = Callable[[Path, Any, WriteOptions], None]
@@ -140,11 +140,12 @@ def write_outputs(
     name: str,
     kinds: Sequence[str],
     options: Optional[WriteOptions] = None,
-    source: Union[str, "os.PathLike[str]", None] = None,
+    source: Union[Source, str, "os.PathLike[str]", None] = None,
 ) -> List[Path]:
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
     or unfinished set, and the completion record last; returns the files written (record not
-    included). `source`, the input file, is recorded. See `david_infer.outputs.sets`."""
+    included). `source`, the input file, is recorded (a `Source` stamped before the input was
+    read, or its path). See `david_infer.outputs.sets`."""
     opts = options or WriteOptions()
     out = IMAGE_KINDS.set(outdir, name, kinds)
     out.make_folder()
