@@ -46,10 +46,12 @@ from .errors import InputError
 from .jobs import (
     JobOptions,
     Tally,
+    claim_output_folder,
     describe,
     gather_inputs,
     load_input,
     make_output_folder,
+    output_folder_lock,
     parse_save,
     plan,
     probe_output_folder,
@@ -307,9 +309,10 @@ def predict_dataset(
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
+    from .video import is_video_path
+
     from .outputs.images import IMAGE_KINDS
     from .outputs.sets import Source
-    from .video import is_video_path
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")
@@ -348,87 +351,93 @@ def predict_dataset(
         kinds = tuple(parse_save(job.save, driver.tasks))
         write = job.write_options(driver)
     make_output_folder(outdir)
-
-    names: Optional[Dict[str, str]] = None  # absolute path -> output name
-    sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
-    shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
-    if not is_dataset:
-        tally = Tally(warn=options.warn)
-        todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
-        summary.failed.extend(tally.failures)
-        summary.redone.extend(tally.redone)
-        left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
-        summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
-        names = {os.path.abspath(path): name for path, name in todo}
-        sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
-        shown = {os.path.abspath(path): str(path) for path, _ in todo}
-        if not names:
-            return summary
-
-    _connect(ray, options.address)
-    workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
-    if workers is None:
-        resources = ray.cluster_resources()
-        workers = max(1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker))
-    if names is None:
-        dataset = inputs
-    else:
-        # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each and
-        # at least one per actor; no more actors than blocks (each one loads the model)
-        blocks = min(len(names), max(-(-len(names) // task_size), workers))
-        workers = min(workers, blocks)
-        task_size = -(-len(names) // blocks)  # one batch per block: Ray would bundle smaller blocks
-        # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it;
-        # one read task at a time, else Ray starts a worker process per block at once (measured:
-        # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
-        dataset = ray.data.read_binary_files(
-            sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
-        )
-    actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started, sources)
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates passing actor options this way but names no replacement for these
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        results = dataset.map_batches(
-            DavidPredictor,
-            fn_constructor_kwargs={"job": actor_job},
-            batch_size=task_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus,
-            max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
-            max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
-        )
-    for key, value in _DATA_SETTINGS.items():
-        setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
-    pending = set(names or ())
-    bar = Progress(len(pending), options.progress)
+    lock = output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
     try:
-        with quiet_logger("ray.data"):
-            for row in _rows(results):
-                path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
-                pending.discard(path)
-                label = shown.get(path, path)
-                if status == "written":
-                    summary.written.append(label)
-                elif status == "skipped":
-                    summary.skipped.append(label)
-                else:
-                    summary.failed.append((label, reason))
-                bar.update(label, status != "failed")
-    finally:
-        bar.close()
-    for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-        IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
-    for path in sorted(pending):
-        summary.failed.append(
-            (
-                shown.get(path, path),
-                "no result: the Ray task holding it failed after "
-                f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
+        claim_output_folder(lock, outdir, jobs)
+        names: Optional[Dict[str, str]] = None  # absolute path -> output name
+        sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
+        shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
+        if not is_dataset:
+            tally = Tally(warn=options.warn)
+            todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
+            summary.failed.extend(tally.failures)
+            summary.redone.extend(tally.redone)
+            left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
+            summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
+            names = {os.path.abspath(path): name for path, name in todo}
+            sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
+            shown = {os.path.abspath(path): str(path) for path, _ in todo}
+            if not names:
+                return summary
+
+        _connect(ray, options.address)
+        workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
+        if workers is None:
+            resources = ray.cluster_resources()
+            workers = max(
+                1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker)
             )
-        )
-    return summary
+        if names is None:
+            dataset = inputs
+        else:
+            # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each and
+            # at least one per actor; no more actors than blocks (each one loads the model)
+            blocks = min(len(names), max(-(-len(names) // task_size), workers))
+            workers = min(workers, blocks)
+            task_size = -(-len(names) // blocks)  # one batch per block: Ray would bundle smaller blocks
+            # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it;
+            # one read task at a time, else Ray starts a worker process per block at once (measured:
+            # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
+            dataset = ray.data.read_binary_files(
+                sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
+            )
+        actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started, sources)
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing actor options this way but names no replacement for these
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            results = dataset.map_batches(
+                DavidPredictor,
+                fn_constructor_kwargs={"job": actor_job},
+                batch_size=task_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=cpus_per_worker,
+                num_gpus=gpus,
+                max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
+                max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
+            )
+        for key, value in _DATA_SETTINGS.items():
+            setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
+        pending = set(names or ())
+        bar = Progress(len(pending), options.progress)
+        try:
+            with quiet_logger("ray.data"):
+                for row in _rows(results):
+                    path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
+                    pending.discard(path)
+                    label = shown.get(path, path)
+                    if status == "written":
+                        summary.written.append(label)
+                    elif status == "skipped":
+                        summary.skipped.append(label)
+                    else:
+                        summary.failed.append((label, reason))
+                    bar.update(label, status != "failed")
+        finally:
+            bar.close()
+        for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
+            IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
+        for path in sorted(pending):
+            summary.failed.append(
+                (
+                    shown.get(path, path),
+                    "no result: the Ray task holding it failed after "
+                    f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
+                )
+            )
+        return summary
+    finally:
+        lock.release()
 
 
 def _rows(dataset: Any) -> Iterator[Dict[str, Any]]:

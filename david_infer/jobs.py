@@ -10,6 +10,9 @@ A run is planned in this order, every step before the model sees an input:
 2. `name_inputs`: each file's output name (`outputs.sets.output_name`, a function of the file alone);
    two inputs of one run with one name fail, naming each other.
 3. `probe_output_folder`: the output folder can be written (checked without creating it).
+   `claim_output_folder`: the run takes the folder's lock (`OUTPUT_LOCK`; one run owns an output
+   folder at a time, another is refused with the owner's PID and host) and removes the
+   temporaries killed runs left there.
 4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
    set whose input or files changed since its record was written is redone (the reason kept in
    `Tally.redone`), a set written with other options or for another input fails unless overwrite,
@@ -32,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .errors import DavidError, InputError
 from .outputs.clips import VIDEO_KINDS
 from .outputs.images import IMAGE_KINDS
+from .outputs.lock import OwnerLock
 from .outputs.sets import RECORD_SUFFIX, KindTable, SetState, WriteOptions, check_ply_options
 from .video import VIDEO_SUFFIXES
 
@@ -303,6 +307,26 @@ def probe_output_folder(outdir: Path) -> None:
     except OSError as exc:
         where = "" if existing == Path(os.path.abspath(outdir)) else f" (its nearest existing parent {existing})"
         raise InputError(f"cannot write in the output folder {outdir}{where}: {exc.strerror or exc}") from None
+
+
+#: the lock file of an output folder while a run owns it
+OUTPUT_LOCK = ".david-infer.lock"
+
+
+def output_folder_lock(outdir: Path) -> OwnerLock:
+    """The (not yet taken) lock of OUTDIR: one run owns an output folder at a time."""
+    return OwnerLock(outdir / OUTPUT_LOCK, f"the output folder {outdir}")
+
+
+def claim_output_folder(lock: OwnerLock, outdir: Path, jobs: Sequence[Job]) -> List[Path]:
+    """Take `lock` (OUTDIR's; InUse naming the run that holds it), then delete the temporaries that
+    killed runs left in the folders of `jobs`' sets, whatever their inputs (no writer is left once
+    the lock is ours); returns what was removed."""
+    from .outputs.sets import remove_all_temporaries
+
+    lock.acquire()
+    folders = {os.path.dirname(os.path.join(outdir, name)) for _, name in jobs} | {str(outdir)}
+    return remove_all_temporaries(Path(f) for f in sorted(folders))
 
 
 def make_output_folder(outdir: Path) -> None:

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import __version__
 from .errors import ModelError
 from .jsonfile import read_json_object, write_json
 from .outputs.files import sha256_file
+from .outputs.lock import OwnerLock
 from .progress import BYTES, Progress
 
 BASE_URL = "https://facesyntheticspubwedata.z6.web.core.windows.net/iccv-2025/models/"
@@ -186,7 +187,8 @@ def _download(
         raise ModelError(
             f"cannot create the model cache folder {dest.parent}: {exc}; set {ENV_HOME} to a writable folder"
         ) from None
-    with _lock(dest):  # a second process waits here, then finds the finished file
+    # a second process waits here, then finds the finished file
+    with OwnerLock(dest.with_name(dest.name + ".lock"), f"the download of {dest.name}", wait=True):
         if force:
             for stale in (dest, sidecar_path(dest), part_path(dest), _part_meta_path(dest)):
                 stale.unlink(missing_ok=True)
@@ -430,31 +432,3 @@ def _write_part_meta(dest: Path, meta: Dict[str, Any]) -> None:
 def _discard_part(dest: Path) -> None:
     part_path(dest).unlink(missing_ok=True)
     _part_meta_path(dest).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _lock(dest: Path) -> Iterator[None]:
-    """An exclusive lock per model file, so parallel processes do not write one .part together."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent downloads are the user's risk
-        yield
-        return
-    lock = dest.with_name(dest.name + ".lock")
-    for _ in range(1000):  # bounded: each retry means another process removed the lock meanwhile
-        f = open(lock, "a")
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            if os.path.samestat(os.stat(lock), os.fstat(f.fileno())):
-                break  # we hold the lock file that is in place
-        except FileNotFoundError:
-            pass
-        f.close()  # removed by its holder while we waited: lock the new one
-    else:
-        raise ModelError(f"cannot lock {lock}: it keeps being replaced; is another download looping?")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)  # while still held, so no file is left behind (waiters retry)
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        f.close()

@@ -33,6 +33,10 @@ david_infer.outputs.sets for how a change is told: file stamps, then SHA-256). A
 record was written with other options or --save, or for another input of the same name, fails
 unless --overwrite, which redoes every input. Each input's files are written
 under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
+One run owns OUTDIR at a time: a second run on the same folder is refused (exit status 1) with
+the PID, host and command of the run that holds it (a lock file, `OUTDIR/.david-infer.lock`,
+removed at the end; the lock of a killed run is released by the system and taken over). On
+taking the folder, the run deletes the temporaries killed runs left in it, whatever their inputs.
 SIGTERM is handled like Ctrl-C: the input being written is removed, the run says how many inputs
 are complete and that rerunning the command resumes, and the exit status is 130. Planning and
 resuming are david_infer.jobs'.
@@ -59,15 +63,18 @@ from ..jobs import (
     Job,
     JobOptions,
     Tally,
+    claim_output_folder,
     gather_inputs,
     load_input,
     make_output_folder,
+    output_folder_lock,
     parse_save,
     plan,
     probe_output_folder,
 )
 from ..options import RuntimeArguments, positive_int_arg
 from ..outputs.images import IMAGE_KINDS
+from ..outputs.lock import OwnerLock
 from ..outputs.sets import Source, WriteOptions
 from ..progress import Progress
 from ..video import is_video_path
@@ -227,20 +234,32 @@ def run(args: argparse.Namespace) -> int:
     )
     if jobs:
         probe_output_folder(outdir)
+        lock = output_folder_lock(outdir)
         try:
+            if outdir.is_dir():
+                lock.acquire()  # another run's folder: refused before the model loads
             with sigterm_as_interrupt(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
-                _predict(runtime, jobs, outdir, job, args, tally)
+                _predict(runtime, jobs, outdir, job, args, tally, lock)
         except KeyboardInterrupt:
             raise Interrupted(tally.interrupted(outdir)) from None
+        finally:
+            lock.release()
     return tally.report(outdir)
 
 
 def _predict(
-    runtime: Any, jobs: List[Job], outdir: Path, job: JobOptions, args: argparse.Namespace, tally: Tally
+    runtime: Any,
+    jobs: List[Job],
+    outdir: Path,
+    job: JobOptions,
+    args: argparse.Namespace,
+    tally: Tally,
+    lock: OwnerLock,
 ) -> None:
     kinds = parse_save(job.save, runtime.tasks)
     opts = job.write_options(runtime)
     make_output_folder(outdir)
+    claim_output_folder(lock, outdir, jobs)
     clips = [j for j in jobs if is_video_path(j[0])]
     if clips:  # video files: commands/predict_video.py (each probed before any model call)
         predict_video.run_videos(runtime, clips, outdir, args, kinds, dict(opts.extra), tally)

@@ -59,6 +59,7 @@ from typing import (
     Any,
     Dict,
     Generic,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -506,3 +507,23 @@ class OutputSet:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def remove_all_temporaries(folders: Iterable[Path]) -> List[Path]:
+    """Delete every temporary (`.*.david-partial`) in `folders` (not below them), whichever set or
+    run left it; returns what was removed. Only for the owner of the output folder (see
+    `david_infer.outputs.lock`): another writer's live temporaries would go too."""
+    removed: List[Path] = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not there (yet): nothing left in it
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and not entry.is_dir():
+                try:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                except FileNotFoundError:
+                    pass
+    return removed
