@@ -375,7 +375,8 @@ class DavidRuntime:
         thread) turns an input into what `predict` accepts; by default the input itself. An input
         that fails (decode, model or postprocessing) yields its Exception (naming a path input by
         its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
-        the reader.
+        the reader. If `inputs` itself raises, every input read before is yielded first (with its
+        result or its own error), then the stream raises that error.
         """
         size = self.batch_size if batch_size is None else self._batch_size(batch_size)
         depth = 2 * size if prefetch is None else positive_int("prefetch", prefetch)
@@ -621,6 +622,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
         self._batch: List[Tuple[_Slot, Decoded, Prepared]] = []
         self._post = ThreadPoolExecutor(max(1, min(2, rt.threads)), thread_name_prefix="david-imap-post")
         self._ended = False
+        self._source_error: Optional[BaseException] = None  # raised once every input read before it is out
         self._reader = threading.Thread(target=self._read, args=(inputs, load), name="david-imap-reader", daemon=True)
         self._reader.start()
 
@@ -675,7 +677,10 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     self._flush()
                     continue
                 if not self._slots:
+                    error, self._source_error = self._source_error, None
                     self.close()
+                    if error is not None:
+                        raise error
                     raise StopIteration
                 self._slots[0].future.exception()  # type: ignore[union-attr]  # wait for the head
                 continue
@@ -689,11 +694,8 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
 
     def _take(self, entry: Tuple[Any, Any]) -> None:
         item, staged = entry
-        if item is _END:
-            self._ended = True
-            if staged is not None:
-                self.close()
-                raise staged
+        if item is _END:  # `staged`: the input iterable's own error, after what it gave is yielded
+            self._ended, self._source_error = True, staged
             return
         slot = _Slot(item)
         self._slots.append(slot)
