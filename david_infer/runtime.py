@@ -19,6 +19,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -41,6 +42,8 @@ ModelLike = Union[str, "os.PathLike[str]"]
 Outcome = Union[Prediction, Exception]
 _POST_FIELDS = tuple(f.name for f in dataclasses.fields(PostOptions))
 _END = object()
+_CALLS = threading.Condition()  # guards every runtime's count of calls in flight (DavidRuntime._in_flight)
+_NESTED = threading.local()  # depth of this thread's calls in flight
 
 
 def resolve_model_path(model: ModelLike) -> Path:
@@ -338,9 +341,10 @@ class DavidRuntime:
 
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
-        decoded, prepared = self.preprocess(image)
-        outputs = _raise_first(self._infer_outcomes([prepared], [decoded.name]))[0]
-        return self.postprocess(decoded, prepared, outputs)
+        with self._in_flight():
+            decoded, prepared = self.preprocess(image)
+            outputs = _raise_first(self._infer_outcomes([prepared], [decoded.name]))[0]
+            return self.postprocess(decoded, prepared, outputs)
 
     def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
         """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
@@ -461,18 +465,23 @@ class DavidRuntime:
         self, prepared: Sequence[Prepared], input_names: Sequence[str]
     ) -> List[Union[Dict[str, np.ndarray], Exception]]:
         contract = self.contract
-        if self.runner is None:
-            raise ModelError(f"{self.path}: the runtime is closed")
-        if self.device_stages is not None:
-            per_task = self.device_stages.infer(prepared, contract.image_input, contract.vit_input, contract.tasks)
-            return self._checked(per_task, len(prepared), input_names)
+        with self._in_flight() as runner:  # read once: close() may clear self.runner meanwhile
+            if self.device_stages is not None:
+                per_task = self.device_stages.infer(prepared, contract.image_input, contract.vit_input, contract.tasks)
+                return self._checked(per_task, len(prepared), input_names)
+            return self._infer_feeds(runner, prepared, input_names)
+
+    def _infer_feeds(
+        self, runner: Runner, prepared: Sequence[Prepared], input_names: Sequence[str]
+    ) -> List[Union[Dict[str, np.ndarray], Exception]]:
+        contract = self.contract
         feeds = {contract.image_input: np.stack([p.image for p in prepared])}
         if contract.vit_input is not None:
             vit = [p.image_384 for p in prepared if p.image_384 is not None]
             if len(vit) != len(prepared):  # preprocess makes the ViT copy for every such model
                 raise ModelError(f"{self.path}: the model takes {contract.vit_input!r}, but an input has no ViT copy")
             feeds[contract.vit_input] = np.stack(vit)
-        raw = self.runner.run(feeds)
+        raw = runner.run(feeds)
         n, side = len(prepared), feeds[contract.image_input].shape[-1]
         names = contract.output_names
         per_task = {}
@@ -517,8 +526,35 @@ class DavidRuntime:
 
     # ---------------------------------------------------------------------------- lifetime
 
+    #: calls running now (`_in_flight`), and whether close() began; shared by every runtime's calls
+    _busy = 0
+    _closing = False
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[Runner]:
+        """The runner, for one call that close() waits for; ModelError once close() has begun
+        (a call already in flight in this thread, e.g. predict's model call, goes on)."""
+        nested = getattr(_NESTED, "depth", 0)
+        with _CALLS:
+            runner = self.runner
+            if runner is None or (self._closing and not nested):
+                raise ModelError(f"{self.path}: the runtime is closed")
+            self._busy += 1
+        _NESTED.depth = nested + 1
+        try:
+            yield runner
+        finally:
+            _NESTED.depth = nested
+            with _CALLS:
+                self._busy -= 1
+                _CALLS.notify_all()
+
     def close(self) -> None:
-        """Release the backend and the worker threads. Idempotent."""
+        """Release the backend and the worker threads, once the calls running now have finished
+        (later ones raise ModelError "the runtime is closed"). Idempotent."""
+        with _CALLS:
+            self._closing = True
+            _CALLS.wait_for(lambda: self._busy == 0)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -652,7 +688,8 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                         if isinstance(image, (str, os.PathLike))
                         else (str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
                     )
-                    staged: Any = self._rt.preprocess(image, name=name)
+                    with self._rt._in_flight():  # close() waits for it, or it fails typed
+                        staged: Any = self._rt.preprocess(image, name=name)
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
                 index += 1
@@ -723,7 +760,11 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
             if isinstance(out, Exception):
                 slot.error = out
             else:
-                slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
+                slot.future = self._post.submit(self._postprocess, decoded, prepared, out)
+
+    def _postprocess(self, decoded: Decoded, prepared: Prepared, outputs: Dict[str, np.ndarray]) -> Prediction:
+        with self._rt._in_flight():  # close() waits for it, or it fails typed
+            return self._rt.postprocess(decoded, prepared, outputs)
 
     def close(self) -> None:
         """Stop the reader and the workers (idempotent); called at the end and on early exit."""
