@@ -309,10 +309,9 @@ def predict_dataset(
     (with the reason). Options, the inputs, the output folder and the model are checked on the
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
-    from .video import is_video_path
-
     from .outputs.images import IMAGE_KINDS
     from .outputs.sets import Source
+    from .video import is_video_path
 
     ray = require("ray", "batch prediction on a Ray cluster")
     require("ray.data", "batch prediction on a Ray cluster")

@@ -403,6 +403,20 @@ class Tally:
             print(f"  {name}: {reason}", file=sys.stderr)
         return 1
 
+    def out_of_space(self, outdir: Path, reason: str, per_input: int, measured: bool) -> str:
+        """What a run stopped by a full disk says: where, why, the space an input needs (`per_input`
+        bytes: a set written by this run when `measured`, else what the failing write had put
+        down), how far it got and how to go on."""
+        need = (
+            f"about {_megabytes(per_input)} per input" if measured else f"more than {_megabytes(per_input)} per input"
+        )
+        complete = self.written + self.skipped
+        return (
+            f"stopped: the output folder {outdir} is full: {reason}. Its files need {need}; free that much "
+            f"for each input left (or choose another output folder), then run the same command again "
+            f"to resume: {complete} of {self.total} input(s) are complete, nothing partial was left"
+        )
+
     def interrupted(self, outdir: Path) -> str:
         """What an interrupted run says: how many inputs are complete, and that a rerun resumes."""
         complete = self.written + self.skipped
@@ -410,6 +424,10 @@ class Tally:
             f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
             f"run the same command again to resume: complete inputs are skipped, the rest redone"
         )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def describe(exc: Union[BaseException, str], name: str) -> str:

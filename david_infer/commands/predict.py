@@ -41,6 +41,10 @@ SIGTERM is handled like Ctrl-C: the input being written is removed, the run says
 are complete and that rerunning the command resumes, and the exit status is 130. Planning and
 resuming are david_infer.jobs'.
 
+A full disk (or quota, or file size limit) stops the run at the first input it cannot write, with
+one message: the folder, why, the space each input's files need and how many inputs are complete
+(exit status 1); nothing partial is left, and rerunning the command once there is space resumes.
+
 Options and the output folder (writable: a probe file is created and removed) are checked before
 the model is loaded; the folder is created only once the model is accepted. Decoding runs ahead in
 a background thread and postprocessing in worker threads (`DavidRuntime.imap`); this command
@@ -73,6 +77,7 @@ from ..jobs import (
     probe_output_folder,
 )
 from ..options import RuntimeArguments, positive_int_arg
+from ..outputs.files import NoSpace
 from ..outputs.images import IMAGE_KINDS
 from ..outputs.lock import OwnerLock
 from ..outputs.sets import Source, WriteOptions
@@ -169,6 +174,8 @@ def run_pipeline(
 
     `runtime.imap` decodes ahead, batches (runtime.batch_size) and postprocesses; this loop only
     writes each input's set with `outputs.images.write_outputs` (all or none, completion record last).
+    A full output folder stops the run at once: NoSpace, saying where, why, the space an input
+    needs and how far the run got (every later input would fail the same way).
     """
     from ..outputs.images import write_outputs
 
@@ -180,14 +187,20 @@ def run_pipeline(
 
     bar = Progress(len(jobs), progress)
     outcomes = runtime.imap(jobs, load=load)
+    set_size = 0  # bytes of the last set written: what each input needs
     try:
         for (path, name), outcome in outcomes:
             error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
             source = sources.pop(path, None)
             if error is None:
                 try:
-                    write_outputs(outcome, outdir, name, kinds, opts, source=source or path)
+                    files = write_outputs(outcome, outdir, name, kinds, opts, source=source or path)
                     tally.written += 1
+                    set_size = sum(f.stat().st_size for f in files)
+                except NoSpace as exc:  # every input after it would fail the same way: stop here
+                    tally.fail(path, exc)
+                    message = tally.out_of_space(outdir, exc.reason, set_size or exc.written, bool(set_size))
+                    raise NoSpace(message, exc.folder, exc.reason, exc.written) from None
                 except Exception as exc:
                     error = exc
             if error is not None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .files import write_npy, write_png
+from .files import NoSpace, no_space_reason, write_npy, write_png
 from .sets import KindTable, Source, WriteOptions
 
 #: write(temporary path, prediction, options): fills one file of a set
@@ -144,7 +144,8 @@ def write_outputs(
 ) -> List[Path]:
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
     or unfinished set, and the completion record last; returns the files written (record not
-    included). `source`, the input file, is recorded (a `Source` stamped before the input was
+    included). NoSpace when the folder takes no more bytes (nothing of the new set is left).
+    `source`, the input file, is recorded (a `Source` stamped before the input was
     read, or its path). See `david_infer.outputs.sets`."""
     opts = options or WriteOptions()
     out = IMAGE_KINDS.set(outdir, name, kinds)
@@ -157,6 +158,13 @@ def write_outputs(
                 staged.append((tmp, final))
                 write(tmp, pred, opts)
         out.commit(staged, opts, source=source)
+    except OSError as exc:
+        folder = out.record.parent
+        reason = no_space_reason(exc)
+        if reason is None:
+            raise
+        written = sum(tmp.stat().st_size for tmp, _ in staged if tmp.exists())
+        raise NoSpace(f"cannot write {name}'s files in {folder}: {reason}", folder, reason, written) from None
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

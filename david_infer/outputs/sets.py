@@ -74,7 +74,7 @@ from typing import (
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_write, make_temp_path, sha256_file
+from .files import atomic_write, make_temp_path, no_space_reason, sha256_file
 
 RECORD_SUFFIX = ".done.json"
 TEMP_SUFFIX = ".david-partial"
@@ -378,6 +378,8 @@ class OutputSet:
         try:
             return make_temp_path(final, TEMP_SUFFIX)
         except OSError as exc:
+            if no_space_reason(exc) is not None:
+                raise  # the writer says so for the whole set
             raise InputError(f"cannot write {final}: {exc}") from None
 
     def commit(
