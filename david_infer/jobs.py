@@ -25,8 +25,10 @@ summary (`report`), or on Ctrl-C what is complete and that a rerun resumes (`int
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,27 +144,36 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
 
     def dangling(path: Path) -> None:
         found.dangling += 1
-        found.warnings.append(f"{path}: a symbolic link to a missing file ({os.readlink(path)}); skipped")
+        found.warnings.append(f"{path}: {_broken_link(path)}; skipped")
+
+    def special(path: Path) -> None:
+        found.problems.append((str(path), _not_regular(path)))
 
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images, broken = _folder_inputs(path, recursive, is_ours)
+            images, broken, others = _folder_inputs(path, recursive, is_ours)
             for link in broken:
                 dangling(link)
-            if not images and not broken:
+            for other in others:
+                special(other)
+            if not images and not broken and not others:
                 found.problems.append((spec, _empty_folder(path, output)))
             for image in images:
                 add(image, path)
-        elif path.exists():
+        elif path.is_file():
             add(path, path.parent)
+        elif path.exists():  # a pipe, socket or device: reading it would block or never end
+            special(path)
         elif path.is_symlink():
-            found.problems.append((spec, f"a symbolic link to a missing file ({os.readlink(path)})"))
+            found.problems.append((spec, _broken_link(path)))
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             files = [m for m in matches if m.is_file() and not is_ours(m)]
             for link in (m for m in matches if m.is_symlink() and not m.exists()):
                 dangling(link)
+            for other in (m for m in matches if m.exists() and not m.is_file() and not m.is_dir()):
+                special(other)
             if not matches:
                 found.problems.append((spec, "the pattern matched no file"))
             elif not files and any(is_ours(m) for m in matches):
@@ -199,19 +210,43 @@ def _glob_root(spec: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
-def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path]]:
-    """(image and video files, dangling links with such a suffix) of a folder, each sorted by path;
-    the run's outputs (`is_ours`) left out."""
+def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path], List[Path]]:
+    """(image and video files, broken links, other entries that are not regular files: pipes,
+    sockets, devices) of a folder with an input suffix, each sorted by path; the run's outputs
+    (`is_ours`) left out."""
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    images, broken = [], []
+    images, broken, others = [], [], []
     for entry in entries:
         if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_ours(entry):
             continue
-        if entry.is_file():
+        try:
+            mode = entry.stat().st_mode  # through links
+        except OSError:  # a link to nothing, or a loop of links
+            if entry.is_symlink():
+                broken.append(entry)
+            continue
+        if stat.S_ISREG(mode):
             images.append(entry)
-        elif entry.is_symlink() and not entry.exists():
-            broken.append(entry)
-    return sorted(images, key=str), sorted(broken, key=str)
+        elif not stat.S_ISDIR(mode):
+            others.append(entry)
+    return sorted(images, key=str), sorted(broken, key=str), sorted(others, key=str)
+
+
+def _broken_link(path: Path) -> str:
+    """What a symbolic link that leads to no file is: a link to a missing file, or a loop."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link into a loop of links ({path.name} -> {os.readlink(path)} -> ...)"
+    return f"a symbolic link to a missing file ({os.readlink(path)})"
+
+
+def _not_regular(path: Path) -> str:
+    """Why a pipe, socket or device named as an input is not read."""
+    mode = os.stat(path).st_mode
+    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file but {kind}; expected an image or video file"
 
 
 def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tuple[str, str]]]:

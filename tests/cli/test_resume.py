@@ -264,3 +264,28 @@ def test_a_changed_input_and_a_damaged_output_are_redone_saying_why(
     assert predict(*args) == 0
     captured = capsys.readouterr()
     assert "0 of 2 input(s) written" in captured.out and "2 skipped" in captured.out and not captured.err
+
+
+def test_a_fifo_and_a_link_loop_in_a_folder_are_named(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    _images(folder, 1)
+    os.mkfifo(folder / "x.jpg")  # the old code skipped it without a word or a count
+    (folder / "a.png").symlink_to("b.png")
+    (folder / "b.png").symlink_to("a.png")  # the old code: "a symbolic link to a missing file"
+    out = tmp_path / "out"
+    for spec in (str(folder), str(folder / "*")):
+        assert predict(spec, "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 1
+        captured = capsys.readouterr()
+        assert "1 input(s) failed:" in captured.err
+        assert f"{folder / 'x.jpg'}: not a regular file but a named pipe (FIFO); expected an image or video" in (
+            captured.err
+        )
+        assert f"warning: {folder / 'a.png'}: a symbolic link into a loop of links (a.png -> b.png -> ...)" in (
+            captured.err
+        )
+        assert "a symbolic link to a missing file" not in captured.err
+        assert "2 dangling link(s) skipped" in captured.out
+    assert predict(str(folder / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out)) == 1  # given alone
+    assert "not a regular file but a named pipe (FIFO)" in capsys.readouterr().err
