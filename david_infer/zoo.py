@@ -16,7 +16,14 @@ After a download the file's SHA-256 is computed and kept in a small sidecar
 Cache folder: `$DAVID_INFER_HOME/models`, by default `~/.cache/david-infer/models`. The download
 URL's base can be changed with `$DAVID_INFER_BASE_URL` (a mirror, or a local server in tests).
 Only the standard library's urllib is used (no `requests`); progress is shown by
-`david_infer.progress` (a tqdm bar when tqdm is installed).
+`david_infer.progress` (a tqdm bar when tqdm is installed). Parallel downloads of one model are
+kept apart by `outputs.lock.OwnerLock` (the second waits, then finds the finished file).
+
+Own transfer code rather than pooch, the maintained download/cache library: pooch 1.9.0 deletes a
+cut transfer and asks for the whole file again, and it has no lock between processes. Measured
+on the HTTP server of tests/unit/test_zoo.py with a 3 MB file cut at 2 MB: pooch's second call
+asked for 3 MB, `fetch` asked for the last 1 MB (`Range: bytes=2000000-`). For a 1.3 GB model that
+means starting over. huggingface_hub resumes and locks, but only for files on the Hugging Face Hub.
 """
 
 from __future__ import annotations

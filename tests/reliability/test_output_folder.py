@@ -158,3 +158,28 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
         assert not other.held
     assert not path.exists()
     assert OwnerLock(path, "the folder x").acquire()  # free again
+
+
+def test_a_waiting_lock_is_taken_once_its_holder_lets_go(tmp_path: Path) -> None:
+    """What two downloads of one model do (david_infer.zoo): the second waits, then holds the lock."""
+    import threading
+
+    path = tmp_path / "m.onnx.lock"
+    events: List[str] = []
+    holder = OwnerLock(path, "the download of m.onnx", wait=True)
+    assert holder.acquire()
+    waiter = OwnerLock(path, "the download of m.onnx", wait=True)
+
+    def wait() -> None:
+        waiter.acquire()
+        events.append("acquired")
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    events.append("released")
+    holder.release()
+    thread.join(timeout=10)
+    assert events == ["released", "acquired"] and waiter.held
+    waiter.release()
+    assert not path.exists()
