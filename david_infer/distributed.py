@@ -46,10 +46,12 @@ from .errors import InputError
 from .jobs import (
     JobOptions,
     Tally,
+    claim_output_folder,
     describe,
     gather_inputs,
     load_input,
     make_output_folder,
+    output_folder_lock,
     parse_save,
     plan,
     probe_output_folder,
@@ -68,6 +70,7 @@ class DistributedSummary:
     output: Path
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)  # complete before this run
+    redone: List[Tuple[str, str]] = field(default_factory=list)  # (input, why): changed since its set was written
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
     warnings: List[str] = field(default_factory=list)  # dangling links, second names of a file
     dangling: int = 0
@@ -142,6 +145,7 @@ class _Job:
     overwrite: bool
     names: Optional[Mapping[str, str]]  # absolute input path -> output name; None: from the path alone
     started: float  # the run's start (time.time()): a completion record since then is this run's work
+    sources: Optional[Mapping[str, Any]] = None  # absolute input path -> outputs.sets.Source, stamped when planned
 
 
 class _Input(os.PathLike):
@@ -188,6 +192,7 @@ class DavidPredictor:
         self.job = job
         self.output = Path(job.output)
         self.runtime = DavidRuntime.from_options(job.runtime)
+        self._sources: Dict[str, Any] = {}  # input path -> its outputs.sets.Source, for the batch in hand
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         job = self.job
@@ -210,6 +215,7 @@ class DavidPredictor:
             if path not in todo:
                 status.setdefault(path, ("skipped", ""))
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
+        self._sources = {item.path: self._source(item.path) for item in inputs}  # stamped before the read
         outcomes = self.runtime.imap(inputs, load=_load)
         try:
             for item, outcome in outcomes:
@@ -238,6 +244,14 @@ class DavidPredictor:
             job.write, source=path if os.path.isfile(path) else None
         )
 
+    def _source(self, path: str) -> Any:
+        """The input's `Source` (stamped on the driver when it planned the run, else now), or None
+        for an input without a local file (a Dataset read from S3)."""
+        from .outputs.sets import Source
+
+        planned = (self.job.sources or {}).get(path)
+        return planned if planned is not None else Source.before_read(path) if os.path.isfile(path) else None
+
     def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
         from .outputs.images import write_outputs
 
@@ -250,7 +264,7 @@ class DavidPredictor:
                     self._name(path),
                     self.job.kinds,
                     self.job.write,
-                    source=path if os.path.isfile(path) else None,
+                    source=self._sources.get(path),
                 )
                 return "written", ""
             except Exception as exc:  # one input's write failing must not stop the batch
@@ -296,6 +310,7 @@ def predict_dataset(
     driver (the model opened once, on the CPU when its backend can) before any work starts.
     """
     from .outputs.images import IMAGE_KINDS
+    from .outputs.sets import Source
     from .video import is_video_path
 
     ray = require("ray", "batch prediction on a Ray cluster")
@@ -335,84 +350,93 @@ def predict_dataset(
         kinds = tuple(parse_save(job.save, driver.tasks))
         write = job.write_options(driver)
     make_output_folder(outdir)
-
-    names: Optional[Dict[str, str]] = None  # absolute path -> output name
-    shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
-    if not is_dataset:
-        tally = Tally()
-        todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
-        summary.failed.extend(tally.failures)
-        left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
-        summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
-        names = {os.path.abspath(path): name for path, name in todo}
-        shown = {os.path.abspath(path): str(path) for path, _ in todo}
-        if not names:
-            return summary
-
-    _connect(ray, options.address)
-    workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
-    if workers is None:
-        resources = ray.cluster_resources()
-        workers = max(1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker))
-    if names is None:
-        dataset = inputs
-    else:
-        # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each and
-        # at least one per actor; no more actors than blocks (each one loads the model)
-        blocks = min(len(names), max(-(-len(names) // task_size), workers))
-        workers = min(workers, blocks)
-        task_size = -(-len(names) // blocks)  # one batch per block: Ray would bundle smaller blocks
-        # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it;
-        # one read task at a time, else Ray starts a worker process per block at once (measured:
-        # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
-        dataset = ray.data.read_binary_files(
-            sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
-        )
-    actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started)
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates passing actor options this way but names no replacement for these
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        results = dataset.map_batches(
-            DavidPredictor,
-            fn_constructor_kwargs={"job": actor_job},
-            batch_size=task_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus,
-            max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
-            max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
-        )
-    for key, value in _DATA_SETTINGS.items():
-        setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
-    pending = set(names or ())
-    bar = Progress(len(pending), options.progress)
+    lock = output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
     try:
-        with quiet_logger("ray.data"):
-            for row in _rows(results):
-                path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
-                pending.discard(path)
-                label = shown.get(path, path)
-                if status == "written":
-                    summary.written.append(label)
-                elif status == "skipped":
-                    summary.skipped.append(label)
-                else:
-                    summary.failed.append((label, reason))
-                bar.update(label, status != "failed")
-    finally:
-        bar.close()
-    for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
-        IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
-    for path in sorted(pending):
-        summary.failed.append(
-            (
-                shown.get(path, path),
-                "no result: the Ray task holding it failed after "
-                f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
+        claim_output_folder(lock, outdir, jobs)
+        names: Optional[Dict[str, str]] = None  # absolute path -> output name
+        sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
+        shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
+        if not is_dataset:
+            tally = Tally(warn=options.warn)
+            todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
+            summary.failed.extend(tally.failures)
+            summary.redone.extend(tally.redone)
+            left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
+            summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
+            names = {os.path.abspath(path): name for path, name in todo}
+            sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
+            shown = {os.path.abspath(path): str(path) for path, _ in todo}
+            if not names:
+                return summary
+
+        _connect(ray, options.address)
+        workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
+        if workers is None:
+            resources = ray.cluster_resources()
+            workers = max(
+                1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker)
             )
-        )
-    return summary
+        if names is None:
+            dataset = inputs
+        else:
+            # blocks are what Ray hands to the actors (and redoes): at most task_size inputs each and
+            # at least one per actor; no more actors than blocks (each one loads the model)
+            blocks = min(len(names), max(-(-len(names) // task_size), workers))
+            workers = min(workers, blocks)
+            task_size = -(-len(names) // blocks)  # one batch per block: Ray would bundle smaller blocks
+            # reading is I/O: it takes no CPU slot, so a pool that fills the cluster cannot starve it;
+            # one read task at a time, else Ray starts a worker process per block at once (measured:
+            # 16 blocks on 2 cores took 18 s to the first result, against 5.5 s for 4 blocks)
+            dataset = ray.data.read_binary_files(
+                sorted(names), include_paths=True, num_cpus=0, override_num_blocks=blocks, concurrency=1
+            )
+        actor_job = _Job(runtime, os.fspath(outdir), kinds, write, job.overwrite, names, started, sources)
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing actor options this way but names no replacement for these
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            results = dataset.map_batches(
+                DavidPredictor,
+                fn_constructor_kwargs={"job": actor_job},
+                batch_size=task_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=cpus_per_worker,
+                num_gpus=gpus,
+                max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
+                max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
+            )
+        for key, value in _DATA_SETTINGS.items():
+            setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
+        pending = set(names or ())
+        bar = Progress(len(pending), options.progress)
+        try:
+            with quiet_logger("ray.data"):
+                for row in _rows(results):
+                    path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
+                    pending.discard(path)
+                    label = shown.get(path, path)
+                    if status == "written":
+                        summary.written.append(label)
+                    elif status == "skipped":
+                        summary.skipped.append(label)
+                    else:
+                        summary.failed.append((label, reason))
+                    bar.update(label, status != "failed")
+        finally:
+            bar.close()
+        for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
+            IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
+        for path in sorted(pending):
+            summary.failed.append(
+                (
+                    shown.get(path, path),
+                    "no result: the Ray task holding it failed after "
+                    f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
+                )
+            )
+        return summary
+    finally:
+        lock.release()
 
 
 def _rows(dataset: Any) -> Iterator[Dict[str, Any]]:

@@ -10,9 +10,13 @@ A run is planned in this order, every step before the model sees an input:
 2. `name_inputs`: each file's output name (`outputs.sets.output_name`, a function of the file alone);
    two inputs of one run with one name fail, naming each other.
 3. `probe_output_folder`: the output folder can be written (checked without creating it).
+   `claim_output_folder`: the run takes the folder's lock (`OUTPUT_LOCK`; one run owns an output
+   folder at a time, another is refused with the owner's PID and host) and removes the
+   temporaries killed runs left there.
 4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
-   set whose record does not match fails unless overwrite, anything else is (re)done after its
-   stale temporaries are removed.
+   set whose input or files changed since its record was written is redone (the reason kept in
+   `Tally.redone`), a set written with other options or for another input fails unless overwrite,
+   anything else is (re)done after its stale temporaries are removed.
 
 `JobOptions` holds what a run writes and how it treats what is there (--save, --overwrite,
 --recursive, the point cloud's --fov/--near/--far); `Tally` counts what happened and prints the
@@ -21,8 +25,10 @@ summary (`report`), or on Ctrl-C what is complete and that a rerun resumes (`int
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .errors import DavidError, InputError
 from .outputs.clips import VIDEO_KINDS
 from .outputs.images import IMAGE_KINDS
+from .outputs.lock import OwnerLock
 from .outputs.sets import RECORD_SUFFIX, KindTable, SetState, WriteOptions, check_ply_options
 from .video import VIDEO_SUFFIXES
 
@@ -137,27 +144,36 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
 
     def dangling(path: Path) -> None:
         found.dangling += 1
-        found.warnings.append(f"{path}: a symbolic link to a missing file ({os.readlink(path)}); skipped")
+        found.warnings.append(f"{path}: {_broken_link(path)}; skipped")
+
+    def special(path: Path) -> None:
+        found.problems.append((str(path), _not_regular(path)))
 
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images, broken = _folder_inputs(path, recursive, is_ours)
+            images, broken, others = _folder_inputs(path, recursive, is_ours)
             for link in broken:
                 dangling(link)
-            if not images and not broken:
+            for other in others:
+                special(other)
+            if not images and not broken and not others:
                 found.problems.append((spec, _empty_folder(path, output)))
             for image in images:
                 add(image, path)
-        elif path.exists():
+        elif path.is_file():
             add(path, path.parent)
+        elif path.exists():  # a pipe, socket or device: reading it would block or never end
+            special(path)
         elif path.is_symlink():
-            found.problems.append((spec, f"a symbolic link to a missing file ({os.readlink(path)})"))
+            found.problems.append((spec, _broken_link(path)))
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             files = [m for m in matches if m.is_file() and not is_ours(m)]
             for link in (m for m in matches if m.is_symlink() and not m.exists()):
                 dangling(link)
+            for other in (m for m in matches if m.exists() and not m.is_file() and not m.is_dir()):
+                special(other)
             if not matches:
                 found.problems.append((spec, "the pattern matched no file"))
             elif not files and any(is_ours(m) for m in matches):
@@ -194,19 +210,43 @@ def _glob_root(spec: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
-def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path]]:
-    """(image and video files, dangling links with such a suffix) of a folder, each sorted by path;
-    the run's outputs (`is_ours`) left out."""
+def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path], List[Path]]:
+    """(image and video files, broken links, other entries that are not regular files: pipes,
+    sockets, devices) of a folder with an input suffix, each sorted by path; the run's outputs
+    (`is_ours`) left out."""
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    images, broken = [], []
+    images, broken, others = [], [], []
     for entry in entries:
         if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_ours(entry):
             continue
-        if entry.is_file():
+        try:
+            mode = entry.stat().st_mode  # through links
+        except OSError:  # a link to nothing, or a loop of links
+            if entry.is_symlink():
+                broken.append(entry)
+            continue
+        if stat.S_ISREG(mode):
             images.append(entry)
-        elif entry.is_symlink() and not entry.exists():
-            broken.append(entry)
-    return sorted(images, key=str), sorted(broken, key=str)
+        elif not stat.S_ISDIR(mode):
+            others.append(entry)
+    return sorted(images, key=str), sorted(broken, key=str), sorted(others, key=str)
+
+
+def _broken_link(path: Path) -> str:
+    """What a symbolic link that leads to no file is: a link to a missing file, or a loop."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link into a loop of links ({path.name} -> {os.readlink(path)} -> ...)"
+    return f"a symbolic link to a missing file ({os.readlink(path)})"
+
+
+def _not_regular(path: Path) -> str:
+    """Why a pipe, socket or device named as an input is not read."""
+    mode = os.stat(path).st_mode
+    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file but {kind}; expected an image or video file"
 
 
 def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tuple[str, str]]]:
@@ -304,6 +344,26 @@ def probe_output_folder(outdir: Path) -> None:
         raise InputError(f"cannot write in the output folder {outdir}{where}: {exc.strerror or exc}") from None
 
 
+#: the lock file of an output folder while a run owns it
+OUTPUT_LOCK = ".david-infer.lock"
+
+
+def output_folder_lock(outdir: Path) -> OwnerLock:
+    """The (not yet taken) lock of OUTDIR: one run owns an output folder at a time."""
+    return OwnerLock(outdir / OUTPUT_LOCK, f"the output folder {outdir}")
+
+
+def claim_output_folder(lock: OwnerLock, outdir: Path, jobs: Sequence[Job]) -> List[Path]:
+    """Take `lock` (OUTDIR's; InUse naming the run that holds it), then delete the temporaries that
+    killed runs left in the folders of `jobs`' sets, whatever their inputs (no writer is left once
+    the lock is ours); returns what was removed."""
+    from .outputs.sets import remove_all_temporaries
+
+    lock.acquire()
+    folders = {os.path.dirname(os.path.join(outdir, name)) for _, name in jobs} | {str(outdir)}
+    return remove_all_temporaries(Path(f) for f in sorted(folders))
+
+
 def make_output_folder(outdir: Path) -> None:
     """Create OUTDIR (once the model is accepted); InputError naming it when that fails."""
     try:
@@ -329,7 +389,9 @@ def model_record(runtime: Any) -> Dict[str, Any]:
 @dataclass
 class Tally:
     """A run's counts and failures (input, reason), for the summary; `total` is set once the
-    inputs are known, and `written` grows as each input's set is committed."""
+    inputs are known, and `written` grows as each input's set is committed. `redone`: the inputs
+    `plan` redoes because they or their files changed since written (input, reason), each also
+    passed to `warn` when given."""
 
     written: int = 0
     skipped: int = 0
@@ -337,6 +399,14 @@ class Tally:
     dangling: int = 0
     duplicates: int = 0
     total: int = 0
+    redone: List[Tuple[str, str]] = field(default_factory=list)
+    warn: Optional[Callable[[str], None]] = None
+
+    def redo(self, path: Any, reason: str) -> None:
+        """Record that `path` is redone although its set has a record, and why."""
+        self.redone.append((str(path), reason))
+        if self.warn is not None:
+            self.warn(f"{path}: redone: {reason}")
 
     def fail(self, path: Any, error: BaseException) -> None:
         """Record that `path` failed with `error` (its message without the leading input name)."""
@@ -346,6 +416,8 @@ class Tally:
         """Print the summary (stdout; failures on stderr); returns the exit status."""
         total = self.written + self.skipped + len(self.failures)
         line = f"{self.written} of {total} input(s) written to {outdir}"
+        if self.redone:
+            line += f" ({len(self.redone)} redone: changed since written)"
         if self.skipped:
             line += f", {self.skipped} skipped (already complete)"
         notes = [
@@ -366,6 +438,20 @@ class Tally:
             print(f"  {name}: {reason}", file=sys.stderr)
         return 1
 
+    def out_of_space(self, outdir: Path, reason: str, per_input: int, measured: bool) -> str:
+        """What a run stopped by a full disk says: where, why, the space an input needs (`per_input`
+        bytes: a set written by this run when `measured`, else what the failing write had put
+        down), how far it got and how to go on."""
+        need = (
+            f"about {_megabytes(per_input)} per input" if measured else f"more than {_megabytes(per_input)} per input"
+        )
+        complete = self.written + self.skipped
+        return (
+            f"stopped: the output folder {outdir} is full: {reason}. Its files need {need}; free that much "
+            f"for each input left (or choose another output folder), then run the same command again "
+            f"to resume: {complete} of {self.total} input(s) are complete, nothing partial was left"
+        )
+
     def interrupted(self, outdir: Path) -> str:
         """What an interrupted run says: how many inputs are complete, and that a rerun resumes."""
         complete = self.written + self.skipped
@@ -373,6 +459,10 @@ class Tally:
             f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
             f"run the same command again to resume: complete inputs are skipped, the rest redone"
         )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def describe(exc: Union[BaseException, str], name: str) -> str:
@@ -391,9 +481,10 @@ def plan(
     table: KindTable[Any] = IMAGE_KINDS,
 ) -> List[Job]:
     """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
-    unless `overwrite`; a set whose record does not match, or a file name taken by a folder, fails
-    (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds of the sets
-    (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
+    unless `overwrite`; a set whose input or files changed since written is redone (`tally.redo`
+    says why); a set written with other options or for another input, or a file name taken by a
+    folder, fails (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds
+    of the sets (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
     todo = []
     for path, name in jobs:
         try:
@@ -408,6 +499,8 @@ def plan(
                     f"its outputs in {outdir} do not match its completion record: {state.reason}; "
                     f"pass --overwrite to redo it (or choose another output folder)"
                 )
+            if not overwrite and state.state is SetState.STALE:
+                tally.redo(path, state.reason)
             blocked = [t for t in output_set.files if t.is_dir()]
             if blocked:
                 raise InputError(f"cannot write {blocked[0]}: a folder has that name")

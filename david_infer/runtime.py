@@ -19,6 +19,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -38,6 +39,8 @@ ModelLike = Union[str, "os.PathLike[str]"]
 Outcome = Union[Prediction, Exception]
 _POST_FIELDS = tuple(f.name for f in dataclasses.fields(PostOptions))
 _END = object()
+_CALLS = threading.Condition()  # guards every runtime's count of calls in flight (DavidRuntime._in_flight)
+_NESTED = threading.local()  # depth of this thread's calls in flight
 
 
 def resolve_model_path(model: ModelLike) -> Path:
@@ -335,9 +338,10 @@ class DavidRuntime:
 
     def predict(self, image: Any) -> Prediction:
         """Predict every task of the model for one image (path, PIL image or numpy array)."""
-        decoded, staged = self.preprocess(image)
-        outputs = _raise_first(self._infer_outcomes([staged]))[0]
-        return self.postprocess(decoded, staged, outputs)
+        with self._in_flight():
+            decoded, staged = self.preprocess(image)
+            outputs = _raise_first(self._infer_outcomes([staged]))[0]
+            return self.postprocess(decoded, staged, outputs)
 
     def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
         """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
@@ -372,7 +376,8 @@ class DavidRuntime:
         thread) turns an input into what `predict` accepts; by default the input itself. An input
         that fails (decode, model or postprocessing) yields its Exception (naming a path input by
         its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
-        the reader.
+        the reader. If `inputs` itself raises, every input read before is yielded first (with its
+        result or its own error), then the stream raises that error.
         """
         size = self.batch_size if batch_size is None else self._batch_size(batch_size)
         depth = 2 * size if prefetch is None else positive_int("prefetch", prefetch)
@@ -409,16 +414,11 @@ class DavidRuntime:
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
-    def _stages(self) -> Stages:
-        stages = self.stages
-        if stages is None:
-            raise ModelError(f"{self.path}: the runtime is closed")
-        return stages
-
     def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Staged]:
         """Decode and validate `image`, and make the model's feeds for it."""
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
-        return decoded, self._stages().prepare(decoded)
+        with self._in_flight() as stages:
+            return decoded, stages.prepare(decoded)
 
     def infer(self, staged: Sequence[Staged]) -> List[ModelOutputs]:
         """Run the model on prepared images (batched where they may share a call). NonFiniteOutput
@@ -427,26 +427,54 @@ class DavidRuntime:
 
     def _infer_outcomes(self, staged: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
         """`infer`, with a NonFiniteOutput in place of each image whose outputs are not finite."""
-        stages = self._stages()
         results: List[Union[ModelOutputs, Exception]] = []
         start = 0
-        while start < len(staged):
-            stop = start
-            while stop < len(staged) and staged[stop].batch_key == staged[start].batch_key:
-                stop += 1
-            results.extend(stages.infer(staged[start:stop]))
-            start = stop
+        with self._in_flight() as stages:
+            while start < len(staged):
+                stop = start
+                while stop < len(staged) and staged[stop].batch_key == staged[start].batch_key:
+                    stop += 1
+                results.extend(stages.infer(staged[start:stop]))
+                start = stop
         return results
 
     def postprocess(self, decoded: Decoded, staged: Staged, outputs: ModelOutputs) -> Prediction:
         """Model outputs for one image -> a Prediction at the image's size."""
-        maps = self._stages().finish(staged, outputs)
+        with self._in_flight() as stages:
+            maps = stages.finish(staged, outputs)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
 
     # ---------------------------------------------------------------------------- lifetime
 
+    #: calls running now (`_in_flight`), and whether close() began; shared by every runtime's calls
+    _busy = 0
+    _closing = False
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[Stages]:
+        """The stages (read once), for one call that close() waits for; ModelError once close() has
+        begun (a call already in flight in this thread, e.g. predict's model call, goes on)."""
+        nested = getattr(_NESTED, "depth", 0)
+        with _CALLS:
+            stages = self.stages
+            if stages is None or (self._closing and not nested):
+                raise ModelError(f"{self.path}: the runtime is closed")
+            self._busy += 1
+        _NESTED.depth = nested + 1
+        try:
+            yield stages
+        finally:
+            _NESTED.depth = nested
+            with _CALLS:
+                self._busy -= 1
+                _CALLS.notify_all()
+
     def close(self) -> None:
-        """Release the stages and the backend. Idempotent."""
+        """Release the stages and the backend, once the calls running now have finished (later ones
+        raise ModelError "the runtime is closed"). Idempotent."""
+        with _CALLS:
+            self._closing = True
+            _CALLS.wait_for(lambda: self._busy == 0)
         if self.stages is not None:
             self.stages.close()
             self.stages = None
@@ -519,6 +547,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
         self._batch: List[Tuple[_Slot, Decoded, Staged]] = []
         self._post = ThreadPoolExecutor(max(1, min(2, rt.threads)), thread_name_prefix="david-imap-post")
         self._ended = False
+        self._source_error: Optional[BaseException] = None  # raised once every input read before it is out
         self._reader = threading.Thread(target=self._read, args=(inputs, load), name="david-imap-reader", daemon=True)
         self._reader.start()
 
@@ -548,7 +577,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                         if isinstance(image, (str, os.PathLike))
                         else (str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
                     )
-                    staged: Any = self._rt.preprocess(image, name=name)
+                    staged: Any = self._rt.preprocess(image, name=name)  # close() waits for it, or it fails typed
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
                 index += 1
@@ -573,25 +602,26 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     self._flush()
                     continue
                 if not self._slots:
+                    error, self._source_error = self._source_error, None
                     self.close()
+                    if error is not None:
+                        raise error
                     raise StopIteration
                 self._slots[0].future.exception()  # type: ignore[union-attr]  # wait for the head
                 continue
-            if self._in_flight() >= 2 * self._batch_size and self._slots[0].future is not None:
+            if self._pending() >= 2 * self._batch_size and self._slots[0].future is not None:
                 self._slots[0].future.exception()  # bounded: wait for the head before reading more
                 continue
             self._take(self._ready.get())
 
-    def _in_flight(self) -> int:
+    def _pending(self) -> int:
+        """Inputs whose postprocessing is submitted and not yet yielded."""
         return sum(1 for s in self._slots if s.future is not None)
 
     def _take(self, entry: Tuple[Any, Any]) -> None:
         item, staged = entry
-        if item is _END:
-            self._ended = True
-            if staged is not None:
-                self.close()
-                raise staged
+        if item is _END:  # `staged`: the input iterable's own error, after what it gave is yielded
+            self._ended, self._source_error = True, staged
             return
         slot = _Slot(item)
         self._slots.append(slot)
@@ -617,6 +647,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
             if isinstance(out, Exception):
                 slot.error = out
             else:
+                # close() waits for it, or it fails typed
                 slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
 
     def close(self) -> None:

@@ -24,15 +24,26 @@ and written once.
 Outputs are never inputs: files in OUTDIR named as outputs (x.depth.png, x.done.json, x.vis.mp4,
 ...) are left out of folders and globs, so OUTDIR may be the input folder.
 
-Resuming: an input whose completion record is present and matches its files, --save and options
-is skipped (reported as skipped; exit 0). An input with files but no record (an interrupted run)
-is redone, replacing them, and the run first deletes the stale temporaries of its inputs'
-files (`.FILE.*.david-partial`). An input whose record does not match (other options, a file
-changed since) fails unless --overwrite, which redoes every input. Each input's files are written
+Resuming: an input whose completion record is present and matches the input file, its files,
+--save and options is skipped (reported as skipped; exit 0). An input with files but no record
+(an interrupted run) is redone, replacing them, and the run first deletes the stale temporaries of
+its inputs' files (`.FILE.*.david-partial`). An input that changed since its files were written,
+or whose files changed (damaged, edited, deleted), is redone, each with a warning saying why (see
+david_infer.outputs.sets for how a change is told: file stamps, then SHA-256). An input whose
+record was written with other options or --save, or for another input of the same name, fails
+unless --overwrite, which redoes every input. Each input's files are written
 under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
+One run owns OUTDIR at a time: a second run on the same folder is refused (exit status 1) with
+the PID, host and command of the run that holds it (a lock file, `OUTDIR/.david-infer.lock`,
+removed at the end; the lock of a killed run is released by the system and taken over). On
+taking the folder, the run deletes the temporaries killed runs left in it, whatever their inputs.
 SIGTERM is handled like Ctrl-C: the input being written is removed, the run says how many inputs
 are complete and that rerunning the command resumes, and the exit status is 130. Planning and
 resuming are david_infer.jobs'.
+
+A full disk (or quota, or file size limit) stops the run at the first input it cannot write, with
+one message: the folder, why, the space each input's files need and how many inputs are complete
+(exit status 1); nothing partial is left, and rerunning the command once there is space resumes.
 
 Options and the output folder (writable: a probe file is created and removed) are checked before
 the model is loaded; the folder is created only once the model is accepted. Decoding runs ahead in
@@ -48,7 +59,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..errors import InputError, Interrupted
 from ..jobs import (
@@ -56,16 +67,20 @@ from ..jobs import (
     Job,
     JobOptions,
     Tally,
+    claim_output_folder,
     gather_inputs,
     load_input,
     make_output_folder,
+    output_folder_lock,
     parse_save,
     plan,
     probe_output_folder,
 )
 from ..options import RuntimeArguments, positive_int_arg
+from ..outputs.files import NoSpace
 from ..outputs.images import IMAGE_KINDS
-from ..outputs.sets import WriteOptions
+from ..outputs.lock import OwnerLock
+from ..outputs.sets import Source, WriteOptions
 from ..progress import Progress
 from ..video import is_video_path
 from . import predict_video
@@ -159,18 +174,33 @@ def run_pipeline(
 
     `runtime.imap` decodes ahead, batches (runtime.batch_size) and postprocesses; this loop only
     writes each input's set with `outputs.images.write_outputs` (all or none, completion record last).
+    A full output folder stops the run at once: NoSpace, saying where, why, the space an input
+    needs and how far the run got (every later input would fail the same way).
     """
     from ..outputs.images import write_outputs
 
+    sources: Dict[Path, Source] = {}  # filled by the reader thread before each read, taken when written
+
+    def load(job: Job) -> Any:
+        sources[job[0]] = Source.before_read(job[0])
+        return load_input(job[0])
+
     bar = Progress(len(jobs), progress)
-    outcomes = runtime.imap(jobs, load=lambda job: load_input(job[0]))
+    outcomes = runtime.imap(jobs, load=load)
+    set_size = 0  # bytes of the last set written: what each input needs
     try:
         for (path, name), outcome in outcomes:
             error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
+            source = sources.pop(path, None)
             if error is None:
                 try:
-                    write_outputs(outcome, outdir, name, kinds, opts, source=path)
+                    files = write_outputs(outcome, outdir, name, kinds, opts, source=source or path)
                     tally.written += 1
+                    set_size = sum(f.stat().st_size for f in files)
+                except NoSpace as exc:  # every input after it would fail the same way: stop here
+                    tally.fail(path, exc)
+                    message = tally.out_of_space(outdir, exc.reason, set_size or exc.written, bool(set_size))
+                    raise NoSpace(message, exc.folder, exc.reason, exc.written) from None
                 except Exception as exc:
                     error = exc
             if error is not None:
@@ -212,23 +242,37 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--workers applies to --ray runs only")
     outdir = Path(args.output)
     jobs, found = gather_inputs(args.inputs, job.recursive, outdir, warn)
-    tally = Tally(failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs))
+    tally = Tally(
+        failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs), warn=warn
+    )
     if jobs:
         probe_output_folder(outdir)
+        lock = output_folder_lock(outdir)
         try:
+            if outdir.is_dir():
+                lock.acquire()  # another run's folder: refused before the model loads
             with sigterm_as_interrupt(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
-                _predict(runtime, jobs, outdir, job, args, tally)
+                _predict(runtime, jobs, outdir, job, args, tally, lock)
         except KeyboardInterrupt:
             raise Interrupted(tally.interrupted(outdir)) from None
+        finally:
+            lock.release()
     return tally.report(outdir)
 
 
 def _predict(
-    runtime: Any, jobs: List[Job], outdir: Path, job: JobOptions, args: argparse.Namespace, tally: Tally
+    runtime: Any,
+    jobs: List[Job],
+    outdir: Path,
+    job: JobOptions,
+    args: argparse.Namespace,
+    tally: Tally,
+    lock: OwnerLock,
 ) -> None:
     kinds = parse_save(job.save, runtime.tasks)
     opts = job.write_options(runtime)
     make_output_folder(outdir)
+    claim_output_folder(lock, outdir, jobs)
     clips = [j for j in jobs if is_video_path(j[0])]
     if clips:  # video files: commands/predict_video.py (each probed before any model call)
         predict_video.run_videos(runtime, clips, outdir, args, kinds, dict(opts.extra), tally)
@@ -262,4 +306,5 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
     with sigterm_as_interrupt():
         summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
+    tally.redone = summary.redone
     return tally.report(summary.output)

@@ -62,7 +62,7 @@ from ..video import (
     predict_frames,
     to_gray8,
 )
-from .sets import KindTable, WriteOptions
+from .sets import KindTable, Source, WriteOptions
 
 DEPTH_RANGES = ("clip", "running")
 
@@ -400,10 +400,18 @@ class _Background:
 
 
 def write_clip(
-    runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions, record_options: WriteOptions
+    runtime: Any,
+    info: Any,
+    outdir: Path,
+    name: str,
+    opts: ClipOptions,
+    record_options: WriteOptions,
+    source: Optional[Source] = None,
 ) -> Tuple[int, Optional[str]]:
     """Predict and write one clip's set; returns (frames written, why decoding stopped early or None).
-    `record_options` (`ClipOptions.write_options`) go into the completion record."""
+    `record_options` (`ClipOptions.write_options`) go into the completion record, and so does
+    `source` (the clip stamped before it is read; default: stamped here, before the first frame)."""
+    source = source if source is not None else Source.before_read(info.path)
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
     background = _Background(outputs.add, 2 * opts.batch_size)
     try:
@@ -415,7 +423,7 @@ def write_clip(
             raise InputError(f"{info.path}: --frames selects no frame of the clip; nothing was written")
         staged = outputs.finish()
         stopped = reader.error
-        outputs.set.commit(staged, record_options, record=stopped is None, source=info.path)
+        outputs.set.commit(staged, record_options, record=stopped is None, source=source)
     except BaseException:
         background.close(cancel=True)
         outputs.abort()

@@ -12,6 +12,8 @@ sees a half-written file and an interrupted write leaves nothing behind.
 - `write_png` / `write_npy`: fill a file that is not yet in place (what `commit` and the output
   sets of `david_infer.outputs.sets` hand them).
 - `sha256_file`: a file's SHA-256, read in chunks.
+- `NoSpace`, `no_space_reason`: a write that failed for want of space (a full disk, a quota, a
+  file size limit), told apart from other write errors.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
@@ -32,7 +34,27 @@ class OutputExists(InputError):
     """An output file exists and overwriting was not allowed."""
 
 
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+class NoSpace(InputError):
+    """Writing in `folder` stopped for want of space (see `no_space_reason`); `written`: the bytes
+    the interrupted write had put down by then (a lower bound of what it needed)."""
+
+    def __init__(self, message: str, folder: Path, reason: str, written: int = 0) -> None:
+        super().__init__(message)
+        self.folder, self.reason, self.written = folder, reason, written
+
+
+def no_space_reason(exc: OSError) -> Optional[str]:
+    """Why `exc` means that no more bytes can be written (a full file system, a used-up quota, a
+    file size limit: Python ignores SIGXFSZ, so that write fails with EFBIG); None when it means
+    something else."""
+    return {
+        errno.ENOSPC: "no space is left on its file system",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EFBIG: "a file reached the file size limit (ulimit -f)",
+    }.get(exc.errno)  # type: ignore[arg-type]
+
+
+def sha256_file(path: Union[str, "os.PathLike[str]"], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -145,7 +167,12 @@ def write_png(path: Union[str, Path], array: np.ndarray) -> None:
 def write_npy(path: Union[str, Path], array: np.ndarray) -> None:
     """Write an array as .npy (no pickles) to `path` (not atomic, like `write_png`)."""
     with open(path, "wb") as f:
-        np.save(f, np.asarray(array), allow_pickle=False)
+        try:
+            np.save(f, np.asarray(array), allow_pickle=False)
+        except OSError as exc:
+            if exc.errno is None:  # numpy's short write ("N requested and M written") drops the errno:
+                os.write(f.fileno(), b"\0")  # one more byte raises it (ENOSPC, EFBIG, ...)
+            raise
 
 
 def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:

@@ -21,8 +21,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .files import write_npy, write_png
-from .sets import KindTable, WriteOptions
+from .files import NoSpace, no_space_reason, write_npy, write_png
+from .sets import KindTable, Source, WriteOptions
 
 #: write(temporary path, prediction, options): fills one file of a set
 WriteFile = Callable[[Path, Any, WriteOptions], None]
@@ -140,11 +140,13 @@ def write_outputs(
     name: str,
     kinds: Sequence[str],
     options: Optional[WriteOptions] = None,
-    source: Union[str, "os.PathLike[str]", None] = None,
+    source: Union[Source, str, "os.PathLike[str]", None] = None,
 ) -> List[Path]:
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
     or unfinished set, and the completion record last; returns the files written (record not
-    included). `source`, the input file, is recorded. See `david_infer.outputs.sets`."""
+    included). NoSpace when the folder takes no more bytes (nothing of the new set is left).
+    `source`, the input file, is recorded (a `Source` stamped before the input was
+    read, or its path). See `david_infer.outputs.sets`."""
     opts = options or WriteOptions()
     out = IMAGE_KINDS.set(outdir, name, kinds)
     out.make_folder()
@@ -156,6 +158,13 @@ def write_outputs(
                 staged.append((tmp, final))
                 write(tmp, pred, opts)
         out.commit(staged, opts, source=source)
+    except OSError as exc:
+        folder = out.record.parent
+        reason = no_space_reason(exc)
+        if reason is None:
+            raise
+        written = sum(tmp.stat().st_size for tmp, _ in staged if tmp.exists())
+        raise NoSpace(f"cannot write {name}'s files in {folder}: {reason}", folder, reason, written) from None
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -22,16 +22,28 @@ How a set is put in place (`OutputSet.commit`): every file was written to a temp
 its final name, `.<final file name>.<random>.david-partial` (hidden; the only names this module
 ever deletes on its own are those, for the set being written); the old record is removed, each
 temporary is renamed over its final name (replacing what was there), and the record is written
-last (atomically). The record holds the format, the kinds, the options and each file's name, size
-and SHA-256. So at any moment of a kill, either the record is present and describes the files
-beside it, or it is absent and the set counts as unfinished. An exception or KeyboardInterrupt
-during the commit removes whatever of the new set was already renamed into place.
+last (atomically). So at any moment of a kill, either the record is present and describes the
+files beside it, or it is absent and the set counts as unfinished. An exception or
+KeyboardInterrupt during the commit removes whatever of the new set was already renamed into place.
+
+The record (format 2) holds the kinds, the options, and for each file and for the input (`source`)
+its size, SHA-256 and `FileStamp` (size, modification and change times in ns, inode). The input's
+stamp is the one taken before the model read it (`Source.before_read`); its SHA-256 is recorded
+only when the file is still unchanged at the commit, so an input replaced while it was being
+predicted is redone by the next run.
 
 `status` is DONE, MISSING (nothing of the set exists), PARTIAL (files without a record: an
-interrupted write, to be redone) or CHANGED (a record whose files, options or source differ:
-modified after writing, or written for another input of the same name; not ours to replace
-without being told to). It checks the record's kinds, options and file sizes (cheap);
-`verify=True` also re-hashes every file.
+interrupted write, to be redone), STALE (the record is ours for this input and these options, but
+the input or a file changed since: redone, `reason` says which and how it was told) or CHANGED
+(another --save, other options, a record written for another input of the same name or by a
+newer release: not ours to replace without being told to). A file (or the input) is unchanged when
+its stamp equals the recorded one; when the stamps differ (a touch, a copy) or cannot be trusted
+(a modification time in whole milliseconds: a coarse file system, where a change within one tick
+keeps the times; or one set so by hand), its
+SHA-256 decides. The change time cannot be set by a program (a write, `touch -d`, `os.utime` or a
+copy all move it to now), so a change of the same size that restores the modification time is
+still caught. `verify=True` re-hashes every file. A record of format 1 (releases before this one)
+kept no hash of the input: such a set is STALE (redone once, then recorded in format 2).
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from typing import (
     Any,
     Dict,
     Generic,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -61,12 +74,14 @@ from typing import (
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_write, make_temp_path, sha256_file
+from .files import atomic_write, make_temp_path, no_space_reason, sha256_file
 
 RECORD_SUFFIX = ".done.json"
 TEMP_SUFFIX = ".david-partial"
 RECORD_FORMAT = "david-infer-outputs"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+#: record formats this release reads (1: no input hash, no stamps; its sets are redone)
+READ_VERSIONS = (1, 2)
 PathLike = Union[str, "os.PathLike[str]"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -98,18 +113,22 @@ def output_name(path: PathLike, root: Optional[PathLike] = None) -> str:
     return "/".join(safe_base(part) for part in parts)
 
 
-def _target(outdir: Path, name: str, suffix: str) -> Path:
-    """OUTDIR/NAME+suffix, refusing any name that would leave OUTDIR or be hidden."""
+def _targets(outdir: Path, name: str, suffixes: Sequence[str]) -> List[Path]:
+    """OUTDIR/NAME+suffix for each suffix, refusing any name that would leave OUTDIR or be hidden.
+    The folder is resolved once per set (resolving each file took most of a rerun's planning);
+    a file that is itself a symbolic link is resolved too."""
     parts = name.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
         raise InputError(
             f"output name {name!r} is not a plain relative name (parts may not be empty, hidden, '.' or '..')"
         )
-    target = Path(outdir, *parts[:-1], parts[-1] + suffix)
-    root = os.path.realpath(outdir)
-    if not os.path.realpath(target).startswith(root + os.sep):
+    folder = Path(outdir, *parts[:-1])
+    root = os.path.realpath(outdir) + os.sep
+    targets = [folder / (parts[-1] + suffix) for suffix in suffixes]
+    inside = (os.path.realpath(folder) + os.sep).startswith(root)
+    if not inside or any(os.path.islink(t) and not os.path.realpath(t).startswith(root) for t in targets):
         raise InputError(f"output name {name!r} would leave the output folder {outdir}")
-    return target
+    return targets
 
 
 # ------------------------------------------------------------------------------------ kinds
@@ -219,6 +238,7 @@ class SetState(enum.Enum):
     DONE = "done"
     MISSING = "missing"
     PARTIAL = "partial"
+    STALE = "stale"
     CHANGED = "changed"
 
 
@@ -230,13 +250,102 @@ class SetStatus:
     reason: str = ""
 
 
-def _source(path: PathLike) -> Dict[str, Any]:
-    """What the record keeps of the input file: its name and size (compared), and its path."""
+#: a modification time in whole milliseconds comes from a coarse clock (FAT: 2 s, HFS+: 1 s, some
+#: network file systems): a change within one tick keeps the times, so the SHA-256 decides
+_COARSE_NS = 1_000_000
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What `stat` tells of a file's contents without reading them: size, modification and change
+    times (ns) and inode. Equal stamps mean unchanged contents unless `coarse`."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: PathLike) -> Optional["FileStamp"]:
+        """The stamp of `path` (following links), or None when it cannot be read."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    @classmethod
+    def from_record(cls, value: Any) -> Optional["FileStamp"]:
+        """A stamp as `as_record` wrote it; None for anything else."""
+        if isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value):
+            return cls(*value)
+        return None
+
+    @property
+    def coarse(self) -> bool:
+        return self.mtime_ns % _COARSE_NS == 0
+
+    def as_record(self) -> List[int]:
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The input file a set is made from, with its stamp taken before the model read it (so a
+    change while it is predicted shows at the commit; see the module docstring)."""
+
+    path: str
+    stamp: Optional[FileStamp]
+
+    @classmethod
+    def before_read(cls, path: PathLike) -> "Source":
+        """`path` and its stamp now: call it before the input is read."""
+        return cls(os.path.abspath(os.fspath(path)), FileStamp.of(path))
+
+    def as_record(self) -> Dict[str, Any]:
+        """What the record keeps of the input: name, path, size and stamp (from before the read),
+        and its SHA-256 when the file is still as it was read (else None: the next run redoes it)."""
+        digest = None
+        if self.stamp is not None and FileStamp.of(self.path) == self.stamp:
+            digest = _sha256_if_unchanged(self.path, self.stamp)
+        return {
+            "file": os.path.basename(self.path),
+            "path": self.path,
+            "size": None if self.stamp is None else self.stamp.size,
+            "stamp": None if self.stamp is None else self.stamp.as_record(),
+            "sha256": digest,
+        }
+
+
+def _sha256_if_unchanged(path: PathLike, stamp: FileStamp) -> Optional[str]:
+    """The SHA-256 of `path`, or None when it changed while being read."""
     try:
-        size: Optional[int] = os.stat(path).st_size
-    except OSError:  # gone meanwhile: recorded as unknown, never equal to a recorded size
-        size = None
-    return {"file": os.path.basename(os.fspath(path)), "size": size, "path": os.path.abspath(os.fspath(path))}
+        digest = sha256_file(path)
+    except OSError:
+        return None
+    return digest if FileStamp.of(path) == stamp else None
+
+
+def file_change(path: PathLike, entry: Any, verify: bool = False) -> Optional[str]:
+    """How the file `path` differs from its record `entry` ({"size", "sha256", "stamp"}), or None
+    when it is unchanged: equal stamps (not coarse) are trusted, else (or with `verify`) the
+    SHA-256 decides."""
+    stamp = FileStamp.of(path)
+    if stamp is None:
+        return "is missing" if not os.path.lexists(path) else "cannot be read"
+    if not isinstance(entry, dict) or entry.get("size") != stamp.size:
+        size = entry.get("size") if isinstance(entry, dict) else None
+        return f"has {stamp.size} bytes, {size} when recorded"
+    if not verify and not stamp.coarse and FileStamp.from_record(entry.get("stamp")) == stamp:
+        return None
+    recorded = entry.get("sha256")
+    if not isinstance(recorded, str):
+        return "changed since it was recorded (no SHA-256 recorded: it changed while being read)"
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None if digest == recorded else "has other contents (SHA-256 differs from the record)"
 
 
 # -------------------------------------------------------------------------------------- set
@@ -248,10 +357,13 @@ class OutputSet:
     def __init__(self, outdir: Path, name: str, kinds: Tuple[str, ...], table: KindTable[Any]) -> None:
         table.check(kinds)
         self.outdir, self.name, self.kinds, self.table = outdir, name, kinds, table
+        suffixes = [s for k in kinds for s in table[k].suffixes]
+        targets = _targets(outdir, name, [*suffixes, RECORD_SUFFIX])
+        self.files: List[Path] = targets[:-1]
+        self.record: Path = targets[-1]
+        files = iter(self.files)
         #: kind -> its files, in the table's suffix order
-        self.by_kind: Dict[str, List[Path]] = {k: [_target(outdir, name, s) for s in table[k].suffixes] for k in kinds}
-        self.files: List[Path] = [path for paths in self.by_kind.values() for path in paths]
-        self.record: Path = _target(outdir, name, RECORD_SUFFIX)
+        self.by_kind: Dict[str, List[Path]] = {k: [next(files) for _ in table[k].suffixes] for k in kinds}
 
     def make_folder(self) -> None:
         """Create the set's folder (names may hold subfolders: inputs found by --recursive)."""
@@ -266,6 +378,8 @@ class OutputSet:
         try:
             return make_temp_path(final, TEMP_SUFFIX)
         except OSError as exc:
+            if no_space_reason(exc) is not None:
+                raise  # the writer says so for the whole set
             raise InputError(f"cannot write {final}: {exc}") from None
 
     def commit(
@@ -273,29 +387,38 @@ class OutputSet:
         staged: Sequence[Tuple[Path, Path]],
         options: Optional[WriteOptions] = None,
         record: bool = True,
-        source: Optional[PathLike] = None,
+        source: Union[Source, PathLike, None] = None,
     ) -> None:
         """Put a set written to temporaries in place: remove the old record, rename each (temporary,
         final) pair, then write the completion record (unless `record` is False: a set that is
         knowingly incomplete, e.g. a truncated clip, stays unfinished for `status`). `source`: the
-        input file, recorded (its file name and size)."""
+        input file, recorded: a `Source` taken before the input was read, or a path (stamped now,
+        so a change while it was predicted goes unseen)."""
         opts = options or WriteOptions()
         placed: List[Path] = []
         try:
-            files = {final.name: {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)} for tmp, final in staged}
+            digests = {final.name: sha256_file(tmp) for tmp, final in staged}
             self.record.unlink(missing_ok=True)  # from here until the new record, the set counts as unfinished
             for tmp, final in staged:
                 os.replace(tmp, final)
                 placed.append(final)
             if not record:
                 return
+            files: Dict[str, Any] = {}
+            for final in placed:  # stamped once in place: a rename moves the change time
+                stamp = FileStamp.of(final)
+                if stamp is None:
+                    raise InputError(f"cannot read {final} back after writing it")
+                files[final.name] = {"size": stamp.size, "sha256": digests[final.name], "stamp": stamp.as_record()}
+            if source is not None and not isinstance(source, Source):
+                source = Source.before_read(source)
             doc = {
                 "format": RECORD_FORMAT,
                 "version": RECORD_VERSION,
                 "name": self.name,
                 "kinds": list(self.kinds),
                 "options": opts.as_record(),
-                "source": _source(source) if source is not None else None,
+                "source": source.as_record() if source is not None else None,
                 "files": files,
             }
             data = (json.dumps(doc, indent=1) + "\n").encode()
@@ -309,7 +432,7 @@ class OutputSet:
         self, options: Optional[WriteOptions] = None, verify: bool = False, source: Optional[PathLike] = None
     ) -> SetStatus:
         """Whether the set is complete for its kinds (and `options` and the input file `source`,
-        when given: same file name and size as recorded). See the module docstring."""
+        when given). See the module docstring."""
         if not os.path.lexists(self.record):
             present = [t for t in self.files if os.path.lexists(t)]
             if not present:
@@ -318,11 +441,17 @@ class OutputSet:
         try:
             doc = json.loads(self.record.read_text(encoding="utf-8"))
             recorded = doc["files"]
-            recorded_kinds, recorded_options = doc["kinds"], doc["options"]
+            recorded_kinds, recorded_options, version = doc["kinds"], doc["options"], doc["version"]
             if doc.get("format") != RECORD_FORMAT or not isinstance(recorded, dict):
                 raise ValueError("not a completion record")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             return SetStatus(SetState.CHANGED, f"{self.record} is not a readable completion record ({exc})")
+        if version not in READ_VERSIONS:
+            return SetStatus(
+                SetState.CHANGED,
+                f"{self.record} was written by a newer release of david-infer (record format {version}); "
+                f"resume with that release",
+            )
         if list(recorded_kinds) != list(self.kinds):
             return SetStatus(
                 SetState.CHANGED, f"written with --save {','.join(recorded_kinds)}, not {','.join(self.kinds)}"
@@ -331,22 +460,32 @@ class OutputSet:
             return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
         recorded_source = doc.get("source")
         if source is not None and isinstance(recorded_source, dict):
-            here = _source(source)
-            if (recorded_source.get("file"), recorded_source.get("size")) != (here["file"], here["size"]):
+            here = os.path.abspath(os.fspath(source))
+            same_input = recorded_source.get("path") == here
+            if version == 1:  # name and size only: as that release told inputs apart
+                stamp = FileStamp.of(here)
+                here_id = (os.path.basename(here), None if stamp is None else stamp.size)
+                same_input = (recorded_source.get("file"), recorded_source.get("size")) == here_id
+                change = None if same_input else "differs"
+            else:
+                change = file_change(source, recorded_source, verify)
+            if change is not None and not same_input:
                 return SetStatus(
                     SetState.CHANGED,
                     f"written for another input ({recorded_source.get('path')}, {recorded_source.get('size')} bytes)",
                 )
+            if change is not None:
+                return SetStatus(SetState.STALE, f"the input changed since its outputs were written: it {change}")
+        if version == 1:
+            return SetStatus(
+                SetState.STALE,
+                f"{self.record.name} is of an earlier release (record format 1), which kept no hash of the "
+                f"input to tell a changed input by",
+            )
         for target in self.files:
-            entry = recorded.get(target.name)
-            try:
-                size = target.stat().st_size
-            except OSError:
-                return SetStatus(SetState.CHANGED, f"{target} is missing")
-            if not isinstance(entry, dict) or entry.get("size") != size:
-                return SetStatus(SetState.CHANGED, f"{target} differs from its completion record")
-            if verify and entry.get("sha256") != sha256_file(target):
-                return SetStatus(SetState.CHANGED, f"{target} differs from its completion record (SHA-256)")
+            change = file_change(target, recorded.get(target.name), verify)
+            if change is not None:
+                return SetStatus(SetState.STALE, f"its output {target.name} {change}")
         return SetStatus(SetState.DONE)
 
     def is_complete(
@@ -370,3 +509,23 @@ class OutputSet:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def remove_all_temporaries(folders: Iterable[Path]) -> List[Path]:
+    """Delete every temporary (`.*.david-partial`) in `folders` (not below them), whichever set or
+    run left it; returns what was removed. Only for the owner of the output folder (see
+    `david_infer.outputs.lock`): another writer's live temporaries would go too."""
+    removed: List[Path] = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not there (yet): nothing left in it
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and not entry.is_dir():
+                try:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                except FileNotFoundError:
+                    pass
+    return removed

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -37,6 +37,11 @@ def _images(folder: Path, count: int, size: int = 48) -> List[Path]:
     return paths
 
 
+def _contents(folder: Path) -> Dict[str, bytes]:
+    """The files of a folder by name, records aside (they hold each file's inode and times)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.endswith(RECORD_SUFFIX)}
+
+
 def _hidden(folder: Path) -> List[Path]:
     return [p for p in folder.rglob(".*")]
 
@@ -48,7 +53,7 @@ def test_rerun_skips_complete_and_redoes_unfinished(
     out = tmp_path / "out"
     args = [str(tmp_path / "in"), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ",".join(KINDS)]
     assert predict(*args) == 0
-    reference = {p.name: p.read_bytes() for p in out.iterdir()}
+    reference = _contents(out)
     # what a kill leaves: img01 without its record and one file, a stale temporary
     (out / f"img01{RECORD_SUFFIX}").unlink()
     (out / "img01.vis.png").unlink()
@@ -60,14 +65,14 @@ def test_rerun_skips_complete_and_redoes_unfinished(
     summary = capsys.readouterr().out
     assert "1 of 3 input(s) written" in summary and "2 skipped (already complete)" in summary
     assert not stale.exists() and not _hidden(out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+    assert _contents(out) == reference
     assert all(IMAGE_KINDS.set(out, p.stem, KINDS).is_complete(verify=True) for p in paths)
     # --overwrite redoes everything
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     time.sleep(0.01)
     assert predict(*args, "--overwrite") == 0
     assert all(p.stat().st_mtime_ns > mtime for p, mtime in before.items())
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+    assert _contents(out) == reference
 
 
 def _wait_for(predicate, timeout: float) -> bool:
@@ -219,3 +224,68 @@ def test_a_set_written_for_another_input_is_not_taken_as_done(
     np.testing.assert_array_equal(np.load(out / "img00.depth.npy"), reference)
     assert predict(str(other), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth", "--overwrite") == 0
     assert np.load(out / "img00.depth.npy").shape != reference.shape
+
+
+def test_a_changed_input_and_a_damaged_output_are_redone_saying_why(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    np.save(folder / "a.npy", np.zeros((64, 64, 3), np.float32))
+    np.save(folder / "b.npy", rng.random((64, 64, 3), dtype=np.float32))
+    out = tmp_path / "out"
+    args = [str(folder), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth"]
+    assert predict(*args) == 0
+    first_a, first_b = np.load(out / "a.depth.npy"), (out / "b.depth.npy").read_bytes()
+    capsys.readouterr()
+    # a.npy replaced by other values of the same shape (same size), then touched
+    np.save(folder / "a.npy", rng.random((64, 64, 3), dtype=np.float32))
+    os.utime(folder / "a.npy")
+    assert predict(*args) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 input(s) written" in captured.out and "1 skipped (already complete)" in captured.out
+    assert "(1 redone: changed since written)" in captured.out
+    assert (
+        f"warning: {folder / 'a.npy'}: redone: the input changed since its outputs were written: it has other "
+        "contents (SHA-256 differs from the record)" in captured.err
+    )
+    assert not np.array_equal(np.load(out / "a.depth.npy"), first_a)  # the old code kept the old input's map
+    # one byte of an output flipped (same size): redone, and the file is as the model wrote it
+    damaged = bytearray(first_b)
+    damaged[-3] ^= 0x10
+    (out / "b.depth.npy").write_bytes(bytes(damaged))
+    assert predict(*args) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 input(s) written" in captured.out
+    assert f"warning: {folder / 'b.npy'}: redone: its output b.depth.npy has other contents" in captured.err
+    assert (out / "b.depth.npy").read_bytes() == first_b
+    # nothing changed: all skipped, nothing hashed again
+    assert predict(*args) == 0
+    captured = capsys.readouterr()
+    assert "0 of 2 input(s) written" in captured.out and "2 skipped" in captured.out and not captured.err
+
+
+def test_a_fifo_and_a_link_loop_in_a_folder_are_named(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    _images(folder, 1)
+    os.mkfifo(folder / "x.jpg")  # the old code skipped it without a word or a count
+    (folder / "a.png").symlink_to("b.png")
+    (folder / "b.png").symlink_to("a.png")  # the old code: "a symbolic link to a missing file"
+    out = tmp_path / "out"
+    for spec in (str(folder), str(folder / "*")):
+        assert predict(spec, "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth") == 1
+        captured = capsys.readouterr()
+        assert "1 input(s) failed:" in captured.err
+        assert f"{folder / 'x.jpg'}: not a regular file but a named pipe (FIFO); expected an image or video" in (
+            captured.err
+        )
+        assert f"warning: {folder / 'a.png'}: a symbolic link into a loop of links (a.png -> b.png -> ...)" in (
+            captured.err
+        )
+        assert "a symbolic link to a missing file" not in captured.err
+        assert "2 dangling link(s) skipped" in captured.out
+    assert predict(str(folder / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out)) == 1  # given alone
+    assert "not a regular file but a named pipe (FIFO)" in capsys.readouterr().err

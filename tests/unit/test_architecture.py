@@ -7,7 +7,7 @@ import dataclasses
 import json
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, List, Mapping
 
 import numpy as np
 import pytest
@@ -303,3 +303,24 @@ def test_imap_iterable_failure_ends_the_stream(tiny_runtime: DavidRuntime) -> No
     stream = tiny_runtime.imap(broken(), batch_size=1)
     with pytest.raises(OSError, match="camera unplugged"):
         list(stream)
+
+
+@pytest.mark.parametrize("good", [3, 6])
+def test_imap_yields_every_input_read_before_the_source_failed(tiny_runtime: DavidRuntime, good: int) -> None:
+    """The old code dropped the batch in hand: 2 of 6 good items yielded for good=6, 0 of 3 for good=3."""
+    images = _images(good)
+    inputs: List[Any] = [*images[:2], "/no/such/photo.jpg", *images[2:]]
+
+    def source() -> Iterator[Any]:
+        yield from inputs
+        raise OSError("camera unplugged")
+
+    got: List[Any] = []
+    stream = tiny_runtime.imap(source(), batch_size=4)
+    with pytest.raises(OSError, match="camera unplugged"):
+        for item in stream:
+            got.append(item)
+    assert [item for item, _ in got] == inputs  # in order, none dropped
+    assert isinstance(got[2][1], InputError)  # the bad one with its own error
+    assert all(not isinstance(p, Exception) for i, (_, p) in enumerate(got) if i != 2)
+    assert next(stream, None) is None  # ended

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from david_infer.errors import InputError
 from david_infer.jobs import VIDEO_ONLY_KINDS
 from david_infer.outputs.clips import VIDEO_KINDS
 from david_infer.outputs.images import IMAGE_KINDS, depth_to_uint16, write_outputs
-from david_infer.outputs.sets import TEMP_SUFFIX, SetState, WriteOptions, output_name
+from david_infer.outputs.sets import (
+    TEMP_SUFFIX,
+    FileStamp,
+    SetState,
+    SetStatus,
+    Source,
+    WriteOptions,
+    file_change,
+    output_name,
+)
 from david_infer.prediction import Prediction
 
 KINDS = ["depth", "normal", "foreground", "vis", "ply"]
@@ -43,6 +53,9 @@ def test_names_never_leave_the_folder(tmp_path: Path) -> None:
         with pytest.raises(InputError):
             IMAGE_KINDS.set(tmp_path, bad, ["depth"])
     assert IMAGE_KINDS.set(tmp_path, "a/x", ["vis"]).files == [tmp_path / "a" / "x.vis.png"]
+    (tmp_path / "y.vis.png").symlink_to(tmp_path.parent / "elsewhere.png")  # a file of the set links out
+    with pytest.raises(InputError, match="would leave the output folder"):
+        IMAGE_KINDS.set(tmp_path, "y", ["vis"])
 
 
 def test_write_then_status_done_and_files_readable(tmp_path: Path) -> None:
@@ -59,15 +72,99 @@ def test_write_then_status_done_and_files_readable(tmp_path: Path) -> None:
     # other options or kinds: not this set
     assert sub_x.status(WriteOptions(fov=60.0, extra={"model": "tiny"})).state is SetState.CHANGED
     assert IMAGE_KINDS.set(tmp_path, "sub/x", ["depth"]).status(opts).state is SetState.CHANGED
-    # a file changed after writing: caught by size, or by hash with verify
+    # a file changed after writing (same size): its stamp moved, its SHA-256 tells (the old code
+    # compared sizes only and called it complete)
     npy = tmp_path / "sub" / "x.depth.npy"
     data = bytearray(npy.read_bytes())
     data[-1] ^= 0xFF
     npy.write_bytes(bytes(data))
-    assert sub_x.is_complete(opts)
-    assert sub_x.status(opts, verify=True).state is SetState.CHANGED
+    state = sub_x.status(opts)
+    assert state.state is SetState.STALE and state.reason == "its output x.depth.npy " + CONTENTS_DIFFER
     npy.unlink()
-    assert "missing" in sub_x.status(opts).reason
+    assert sub_x.status(opts) == SetStatus(SetState.STALE, "its output x.depth.npy is missing")
+
+
+CONTENTS_DIFFER = "has other contents (SHA-256 differs from the record)"
+
+
+def test_a_change_is_told_by_stamp_then_hash_whatever_the_modification_time(tmp_path: Path) -> None:
+    photo = tmp_path / "in" / "x.npy"
+    photo.parent.mkdir()
+    np.save(photo, np.zeros((8, 8, 3), np.float32))
+    write_outputs(_prediction(), tmp_path, "x", ["depth"], source=photo)
+    x = IMAGE_KINDS.set(tmp_path, "x", ["depth"])
+    assert x.status(source=photo).state is SetState.DONE
+    # touched, copied back in place: other stamps, same contents -> still complete (the hash decides)
+    png = tmp_path / "x.depth.png"
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))
+    photo.write_bytes(photo.read_bytes())
+    assert x.status(source=photo).state is SetState.DONE
+    # one byte flipped and the modification time put back: the change time still moved
+    mtime = png.stat().st_mtime_ns
+    data = bytearray(png.read_bytes())
+    data[-5] ^= 0x01
+    png.write_bytes(bytes(data))
+    os.utime(png, ns=(mtime, mtime))
+    assert x.status(source=photo) == SetStatus(SetState.STALE, "its output x.depth.png " + CONTENTS_DIFFER)
+    write_outputs(_prediction(), tmp_path, "x", ["depth"], source=photo)
+    # the input replaced by other values of the same shape (same size): redone, saying why
+    np.save(photo, np.ones((8, 8, 3), np.float32))
+    assert x.status(source=photo) == SetStatus(
+        SetState.STALE, "the input changed since its outputs were written: it " + CONTENTS_DIFFER
+    )
+
+
+def test_stamps_on_a_coarse_clock_are_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abcd")
+    os.utime(path, ns=(7 * 10**9, 7 * 10**9))  # whole seconds: what FAT or HFS+ would give
+    stamp = FileStamp.of(path)
+    assert stamp is not None and stamp.coarse
+    entry = {"size": 4, "sha256": "0" * 64, "stamp": stamp.as_record()}  # equal stamps, other contents
+    assert file_change(path, entry) == CONTENTS_DIFFER
+    os.utime(path, ns=(7 * 10**9 + 1, 7 * 10**9 + 1))
+    fine = {**entry, "stamp": FileStamp.of(path).as_record()}  # type: ignore[union-attr]
+    assert file_change(path, fine) is None  # a fine clock's equal stamp is trusted (no read)
+    assert file_change(path, fine, verify=True) == CONTENTS_DIFFER
+
+
+def test_an_input_changed_while_it_was_predicted_is_redone(tmp_path: Path) -> None:
+    photo = tmp_path / "x.npy"
+    np.save(photo, np.zeros((8, 8, 3), np.float32))
+    source = Source.before_read(photo)  # as predict stamps it before the model reads it
+    np.save(photo, np.ones((8, 8, 3), np.float32))  # replaced meanwhile
+    out = tmp_path / "out"
+    write_outputs(_prediction(), out, "x", ["depth"], source=source)
+    record = json.loads((out / "x.done.json").read_text())
+    assert record["version"] == 2 and record["source"]["sha256"] is None
+    state = IMAGE_KINDS.set(out, "x", ["depth"]).status(source=photo)
+    assert state.state is SetState.STALE and "no SHA-256 recorded: it changed while being read" in state.reason
+
+
+def test_a_record_of_the_previous_release_is_read_and_its_set_redone(tmp_path: Path) -> None:
+    photo = tmp_path / "x.npy"
+    np.save(photo, np.zeros((8, 8, 3), np.float32))
+    write_outputs(_prediction(), tmp_path, "x", ["depth"], source=photo)
+    record = tmp_path / "x.done.json"
+    doc = json.loads(record.read_text())
+    # format 1, as the previous release wrote it: no stamps, the input by name and size
+    doc["version"] = 1
+    doc["source"] = {"file": "x.npy", "size": photo.stat().st_size, "path": str(photo)}
+    doc["files"] = {name: {"size": e["size"], "sha256": e["sha256"]} for name, e in doc["files"].items()}
+    record.write_text(json.dumps(doc))
+    x = IMAGE_KINDS.set(tmp_path, "x", ["depth"])
+    assert x.status(source=photo) == SetStatus(
+        SetState.STALE,
+        "x.done.json is of an earlier release (record format 1), which kept no hash of the input to tell a "
+        "changed input by",
+    )
+    doc["source"]["size"] += 1  # another input of that name, as the previous release told it
+    record.write_text(json.dumps(doc))
+    assert "written for another input" in x.status(source=photo).reason
+    doc["version"] = 3
+    record.write_text(json.dumps(doc))
+    state = x.status(source=photo)
+    assert state.state is SetState.CHANGED and "newer release of david-infer (record format 3)" in state.reason
 
 
 def test_files_without_record_are_partial_and_rewritten(tmp_path: Path) -> None:
