@@ -27,6 +27,17 @@ class ExportError(DavidError):
     """An export, verification or engine build could not be done as asked."""
 
 
+class OutOfMemoryError(DavidError, MemoryError):
+    """A run needs more memory than this process may still allocate: refused before it starts
+    (`david_infer.memory_estimate`: the estimate, what is available, the largest setting that fits),
+    or a backend's allocation failed (the setting it ran, what to lower). `needed` and `available`
+    are bytes (0 where not known)."""
+
+    def __init__(self, message: str, needed: int = 0, available: int = 0) -> None:
+        super().__init__(message)
+        self.needed, self.available = needed, available
+
+
 class DavidWarning(UserWarning):
     """Base class of the warnings this package issues (filter them with this category)."""
 

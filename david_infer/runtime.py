@@ -31,6 +31,7 @@ from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError, NonFiniteOutput
 from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
+from .memory_estimate import guard_for
 from .options import AUTO_RESOLUTION, DEFAULT_RESOLUTION, RuntimeOptions, positive_int, resolved_model
 from .postprocess import PostOptions, postprocess
 from .prediction import Prediction
@@ -219,6 +220,8 @@ class DavidRuntime:
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
         self.batch_size = self._batch_size(self.options.batch_size)
+        self._memory = guard_for(self.path, self.contract.variant, self.batch_size, self.device.kind)
+        self._memory.check_open(self.resolution)  # OutOfMemoryError before the backend loads the model
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
@@ -417,6 +420,8 @@ class DavidRuntime:
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         h, w = decoded.size
         resolution = self.resolution or dynamic_resolution(h, w, self.contract.stride)
+        if self.resolution is None:  # each image at its own size: OutOfMemoryError unless this one fits
+            self._memory.check_image(resolution, (h, w), decoded.name)
         if self._graph is not None:  # the graph does the rest
             max_side = self.contract.prepost.get("max_side")  # type: ignore[union-attr]
             return decoded, prepost.prepare(decoded, resolution, self._graph[3], max_side)
