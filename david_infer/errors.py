@@ -43,8 +43,13 @@ class DavidWarning(UserWarning):
 
 
 class EmptyMaskWarning(DavidWarning):
-    """The foreground mask keeps no pixel (no person found): the output is written as the mask says
-    (the photo unchanged, the background alone, a cloud without points), which is degenerate."""
+    """The foreground mask keeps no pixel (no person found; the rule: `_arrays.mask_is_empty`): the
+    output is written as the mask says (the photo unchanged, the background alone, a transparent
+    cut-out, a cloud without points), which is degenerate. `outcome` says what the output is."""
+
+    def __init__(self, message: str, outcome: str = "") -> None:
+        super().__init__(message)
+        self.outcome = outcome or message
 
 
 class OnnxRuntimeConflictWarning(DavidWarning):
