@@ -17,6 +17,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Typ
 
 from . import __version__
 from .errors import DavidError, DavidWarning, EmptyMaskWarning, Interrupted
+from .progress import print_line
 
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
@@ -124,8 +125,8 @@ def _warning_printer(command: str) -> Callable[..., None]:
         file: Any = None,
         line: Optional[str] = None,
     ) -> None:
-        if issubclass(category, DavidWarning):
-            print(f"david-infer {command}: warning: {message}", file=sys.stderr)
+        if issubclass(category, DavidWarning):  # a line of its own, also while a progress bar runs
+            print_line(f"david-infer {command}: warning: {message}", sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
