@@ -6,8 +6,8 @@ allocate; and a backend's failed allocation as the package's typed error.
     guard.check_image(resolution, (h, w), name="photo.jpg")  # per image when the resolution follows it
 
 Either raises `OutOfMemoryError` with the estimate, what is available (and which limit says so) and
-the largest resolution and batch that fit, instead of a run that swaps, is killed by the kernel, or
-fails deep inside a backend after a minute.
+the largest resolution and batch that fit in OFFER_SHARE of it, instead of a run that swaps, is
+killed by the kernel, or fails deep inside a backend after a minute.
 
 The estimate of one model call on the CPU is
 
@@ -59,6 +59,9 @@ LIBRARIES = 128 << 20
 ADDRESS_SPACE_PER_BYTE = 1.7
 #: the side the model runs at is a multiple of this (the resizer's stride)
 STRIDE = 16
+#: the share of what is available that the setting a refusal offers may need: the estimate is
+#: within about 10%, and what is available moves a little between one run and the next
+OFFER_SHARE = 0.9
 
 _GB = 1 << 30
 
@@ -213,13 +216,13 @@ class MemoryGuard:
                 f"{name}: this {w}x{h} image at resolution 'image' (its own size) runs at {resolution}x{resolution}, "
                 f"batch {self.batch}, which"
             )
-        largest = self.largest_resolution(budget, loaded)
+        largest = self.largest_resolution(int(budget * OFFER_SHARE), loaded)
         fits = (
             f"the largest resolution that fits is {largest} (--resolution {largest})"
             if largest
             else f"no resolution fits at batch {self.batch}"
         )
-        batch = self.largest_batch(resolution, budget, loaded)
+        batch = self.largest_batch(resolution, int(budget * OFFER_SHARE), loaded)
         if self.batch > 1 and batch:
             fits += f", or batch {batch} at resolution {resolution} (--batch-size {batch})"
         return f"{setting} needs about {gigabytes(needed)} ({parts}) but {available}: {fits}"

@@ -18,7 +18,14 @@ import pytest
 from PIL import Image
 
 from david_infer.errors import OutOfMemoryError
-from david_infer.memory_estimate import STRIDE, MemoryGuard, allocation_error, is_allocation_failure, variant_for
+from david_infer.memory_estimate import (
+    OFFER_SHARE,
+    STRIDE,
+    MemoryGuard,
+    allocation_error,
+    is_allocation_failure,
+    variant_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: argv: headroom in GiB, then the command's arguments; the limit is set after the imports
@@ -115,6 +122,12 @@ def test_the_estimate_grows_with_resolution_squared_and_batch_and_the_offer_fits
     budget = 8 << 30
     largest = guard.largest_resolution(budget)
     assert guard.need(largest) <= budget < guard.need(largest + STRIDE)
+    with pytest.raises(
+        OutOfMemoryError, match=r"the largest resolution that fits is (\d+) \(--resolution \1\)"
+    ) as refused:
+        guard.check_open(32768)
+    offered = int(re.search(r"fits is (\d+)", str(refused.value)).group(1))  # within OFFER_SHARE of what is there
+    assert guard.need(offered) <= refused.value.available * OFFER_SHARE < guard.need(offered + STRIDE)
     assert guard.largest_batch(512, budget) * guard.need(512, loaded=True) <= budget - guard.need(None)
     assert variant_for(None, 431_034_747) == "base" and variant_for(None, 1_316_660_000) == "large"
     assert variant_for(None, 666 << 20) == "large" and variant_for(None, 2_500_000) == "tiny"  # FP16 large, tiny
