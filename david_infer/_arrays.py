@@ -6,11 +6,17 @@ Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterator, Optional, Tuple, overload
 
 import numpy as np
 
-from .errors import InputError
+from .errors import EmptyMaskWarning, InputError
+
+#: The one rule for "no person found", in the apps, the CLI's files, the picture of a prediction and
+#: the page (web/src/maps.js): a soft mask keeps no pixel when every value is below half a grey level,
+#: so applying it changes no pixel of an 8-bit picture.
+EMPTY_MASK_LEVEL = 0.5 / 255.0
 
 
 def as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -70,6 +76,30 @@ def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = "fo
 def _check_size(got: Tuple[int, ...], want: Optional[Tuple[int, int]], name: str) -> None:
     if want is not None and tuple(got[:2]) != tuple(want[:2]):
         raise InputError(f"{name}: size {got[0]}x{got[1]} (HxW) differs from the image's {want[0]}x{want[1]}")
+
+
+def mask_peak(mask: np.ndarray) -> float:
+    """The largest value of a soft mask (float in [0, 1], or uint8 / 255; NaN counts as 0), band by
+    band: no full-size temporaries."""
+    raw = np.asarray(mask)
+    flat = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
+    peak = max(float(np.nanmax(flat[rows], initial=0.0)) for rows in row_bands(flat.shape[0], flat.shape[1]))
+    return peak / 255.0 if raw.dtype == np.uint8 else peak
+
+
+def mask_is_empty(mask: np.ndarray) -> bool:
+    """True when the soft mask keeps no pixel: every value is below EMPTY_MASK_LEVEL."""
+    return mask_peak(mask) < EMPTY_MASK_LEVEL
+
+
+def warn_if_empty(mask: np.ndarray, outcome: str, stacklevel: int = 3) -> bool:
+    """EmptyMaskWarning (and True) when `mask` keeps no pixel (`mask_is_empty`); `outcome` says
+    what the output is then."""
+    if not mask_is_empty(mask):
+        return False
+    message = f"the foreground mask keeps no pixel (no person found), so {outcome}"
+    warnings.warn(EmptyMaskWarning(message, outcome), stacklevel=stacklevel)
+    return True
 
 
 def unit_vectors(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -25,19 +25,23 @@ _EXTRA_FOR = {
 }
 
 
-# torch first from PyTorch's own CPU index: from PyPI a Linux machine gets the CUDA build (several GB).
-TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+#: The one way to the export stage, in every message and page that gives it (torch's install hint,
+#: the zoo's offline hint, README.md, docs/install.md): PyTorch first, so that pip keeps it (the
+#: project's machines and CI have torch==2.13.0 as a local CPU wheel), then the `export` extra.
+EXPORT_INSTALL = 'pip install torch==2.13.0 && pip install "david-infer[export]"'
+#: what the pages and messages add for a machine without that wheel
+TORCH_ELSEWHERE = (
+    "where torch 2.13.0 is no local CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to the first "
+    "command: a bare torch from PyPI is the CUDA build on Linux, several GB"
+)
 
 
 def install_hint(module: str) -> str:
-    """The pip command that installs an optional module."""
+    """The pip command that installs an optional module (torch: EXPORT_INSTALL, with TORCH_ELSEWHERE)."""
     extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
     command = f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
     if module.split(".")[0] == "torch":
-        return (
-            f"{TORCH_CPU_INSTALL} && {command} (CPU; for a CUDA build of torch use the index of its CUDA "
-            f"version instead, e.g. https://download.pytorch.org/whl/cu130)"
-        )
+        return f"{EXPORT_INSTALL} ({TORCH_ELSEWHERE})"
     return command
 
 

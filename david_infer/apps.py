@@ -16,11 +16,12 @@ real photo (flip a component of `normal` here if they do not).
 
 Images are (H, W, 3) uint8 RGB; maps (H, W) (or (H, W, 1) / (1, H, W)); normals (H, W, 3).
 
-A foreground mask is applied as predicted, also when it keeps no pixel (no person found): the
-re-lit photo is then the photo unchanged, the new background is the background alone, the point
-cloud has no points. Each of those is still written, with an `EmptyMaskWarning` saying so, so a
-folder of photos is never stopped by one without a person and never gets a plausible but wrong
-output (such as the uncut cloud) instead.
+A foreground mask is applied as predicted, also when it keeps no pixel (no person found; one rule
+for the package and the page: every value below half a grey level, `_arrays.mask_is_empty`): the
+re-lit photo is then the photo unchanged, the new background is the background alone, the cut-out
+is fully transparent, the point cloud has no points. Each of those is still written, with an
+`EmptyMaskWarning` saying so, so a folder of photos is never stopped by one without a person and
+never gets a plausible but wrong output (such as the uncut cloud or the whole photo re-lit) instead.
 """
 
 from __future__ import annotations
@@ -32,7 +33,20 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._arrays import as_alpha, as_image, as_map, as_normals, blend, fill_by_rows, row_bands, to_uint8, unit_vectors
+from ._arrays import (
+    EMPTY_MASK_LEVEL,
+    as_alpha,
+    as_image,
+    as_map,
+    as_normals,
+    blend,
+    fill_by_rows,
+    mask_peak,
+    row_bands,
+    to_uint8,
+    unit_vectors,
+    warn_if_empty,
+)
 from .errors import EmptyMaskWarning, InputError
 from .outputs.files import atomic_write
 
@@ -40,6 +54,8 @@ if TYPE_CHECKING:
     import PIL.Image
 
 Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]
+#: what the point cloud's EmptyMaskWarning says when a lower mask threshold would keep pixels
+LOWER_THRESHOLD_KEEPS = "a mask threshold at or below it keeps pixels"
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,15 +104,6 @@ def relight(
     return to_uint8(lit) if alpha is None else blend(lit, img, alpha)
 
 
-def warn_if_empty(alpha: np.ndarray, outcome: str) -> bool:
-    """EmptyMaskWarning (and True) when the soft mask `alpha` in [0, 1] changes no pixel by a grey
-    level (all below 0.5 / 255); `outcome` says what the output is then."""
-    if float(alpha.max(initial=0.0)) >= 0.5 / 255.0:
-        return False
-    warnings.warn(f"the foreground mask keeps no pixel (no person found), so {outcome}", EmptyMaskWarning, stacklevel=3)
-    return True
-
-
 # --------------------------------------------------------------------------------------------
 # Background replacement
 
@@ -122,11 +129,13 @@ def replace_background(
 
 
 def cutout(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA: the image with the soft mask as its alpha channel."""
+    """(H, W, 4) uint8 RGBA: the image with the soft mask as its alpha channel (fully transparent,
+    with an EmptyMaskWarning, when the mask keeps no pixel)."""
     img = as_image(image)
     h, w = img.shape[:2]
     mask = np.asarray(foreground)
     as_map(mask, "foreground", (h, w))  # checks the shape before any work
+    warn_if_empty(mask, "the cut-out is fully transparent")
 
     def band(rows: slice) -> np.ndarray:  # band by band: only the RGBA result is image-sized
         alpha = as_alpha(mask[rows], (rows.stop - rows.start, w))
@@ -257,13 +266,16 @@ class _Cloud:
                 lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
         if self.count == 0 and self.mask is None:
             raise InputError("point_cloud: no pixel has finite depth; nothing to project")
-        if self.count == 0:
-            warnings.warn(
-                f"the foreground mask keeps no pixel with finite depth at mask >= {mask_threshold} (no "
-                f"person found), so the point cloud has no points; a lower mask threshold keeps more",
-                EmptyMaskWarning,
-                stacklevel=3,
+        if self.count == 0 and self.mask is not None:
+            peak = mask_peak(self.mask)
+            outcome = "the point cloud has no points"
+            if EMPTY_MASK_LEVEL <= peak < mask_threshold:  # pixels a lower threshold would keep
+                outcome += f" (the mask's highest value is {peak:.2f}: {LOWER_THRESHOLD_KEEPS})"
+            message = (
+                f"the foreground mask keeps no pixel with finite depth at mask >= {mask_threshold} (no person "
+                f"found), so {outcome}"
             )
+            warnings.warn(EmptyMaskWarning(message, outcome), stacklevel=3)
         self.lo, self.hi = lo, hi
 
     def _keep(self, rows: slice) -> np.ndarray:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import re
 import sys
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple, Type, Union
 
 from . import __version__
 from .errors import DavidError, DavidWarning, EmptyMaskWarning, Interrupted
+from .progress import print_line
 
 # subcommand -> (module under david_infer.commands, one-line help)
 COMMANDS = {
@@ -34,11 +36,17 @@ COMMANDS = {
 }
 
 
+#: a value of comma-separated numbers that starts with a minus ("-1,1,1"), which argparse takes for an option
+_NEGATIVE_NUMBERS = re.compile(r"^-[0-9.][0-9.eE+-]*(,\s*[-+]?[0-9.][0-9.eE+-]*)*$")
+
+
 class CommandParser(argparse.ArgumentParser):
     """The parser of `david-infer` and of each subcommand (argparse makes the subcommands' of the
     same class): no abbreviated options (`--sav` is not taken for `--save`), descriptions printed
-    as written (their example blocks stay blocks), and an unknown option of a subcommand answered
-    with that subcommand's usage and the closest option ("did you mean --resolution?")."""
+    as written (their example blocks stay blocks), an unknown option of a subcommand answered
+    with that subcommand's usage and the closest option ("did you mean --resolution?"), a
+    misspelt command or choice with the closest one, and an option's value of numbers that starts
+    with a minus (`--light -1,1,1`) taken as its value."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -51,10 +59,33 @@ class CommandParser(argparse.ArgumentParser):
         args: Optional[Sequence[str]] = None,
         namespace: Optional[argparse.Namespace] = None,
     ) -> Tuple[argparse.Namespace, List[str]]:
+        args = self._join_negative_values(list(sys.argv[1:] if args is None else args))
         known, extras = super().parse_known_args(args, namespace)
         if extras and self.is_command:  # left to the top level, argparse would print the top-level usage
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
         return known, extras
+
+    def _join_negative_values(self, args: List[str]) -> List[str]:
+        """`--opt -1,1,1` as `--opt=-1,1,1` for each option that takes one value (argparse would
+        say "expected one argument")."""
+        takes_one = {o for a in self._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+        joined: List[str] = []
+        for arg in args:
+            if joined and joined[-1] in takes_one and _NEGATIVE_NUMBERS.match(arg):
+                joined[-1] = f"{joined[-1]}={arg}"
+            else:
+                joined.append(arg)
+        return joined
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's error, with the closest of the choices for an invalid one ("did you mean predict?")."""
+        invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if invalid:
+            choices = re.findall(r"'([^']*)'", invalid.group(2)) or invalid.group(2).split(", ")
+            close = difflib.get_close_matches(invalid.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        super().error(message)
 
     def _suggestion(self, extras: Sequence[str]) -> str:
         options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
@@ -94,8 +125,8 @@ def _warning_printer(command: str) -> Callable[..., None]:
         file: Any = None,
         line: Optional[str] = None,
     ) -> None:
-        if issubclass(category, DavidWarning):
-            print(f"david-infer {command}: warning: {message}", file=sys.stderr)
+        if issubclass(category, DavidWarning):  # a line of its own, also while a progress bar runs
+            print_line(f"david-infer {command}: warning: {message}", sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 

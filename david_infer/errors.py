@@ -27,13 +27,29 @@ class ExportError(DavidError):
     """An export, verification or engine build could not be done as asked."""
 
 
+class OutOfMemoryError(DavidError, MemoryError):
+    """A run needs more memory than this process may still allocate: refused before it starts
+    (`david_infer.memory_estimate`: the estimate, what is available, the largest setting that fits),
+    or a backend's allocation failed (the setting it ran, what to lower). `needed` and `available`
+    are bytes (0 where not known)."""
+
+    def __init__(self, message: str, needed: int = 0, available: int = 0) -> None:
+        super().__init__(message)
+        self.needed, self.available = needed, available
+
+
 class DavidWarning(UserWarning):
     """Base class of the warnings this package issues (filter them with this category)."""
 
 
 class EmptyMaskWarning(DavidWarning):
-    """The foreground mask keeps no pixel (no person found): the output is written as the mask says
-    (the photo unchanged, the background alone, a cloud without points), which is degenerate."""
+    """The foreground mask keeps no pixel (no person found; the rule: `_arrays.mask_is_empty`): the
+    output is written as the mask says (the photo unchanged, the background alone, a transparent
+    cut-out, a cloud without points), which is degenerate. `outcome` says what the output is."""
+
+    def __init__(self, message: str, outcome: str = "") -> None:
+        super().__init__(message)
+        self.outcome = outcome or message
 
 
 class OnnxRuntimeConflictWarning(DavidWarning):

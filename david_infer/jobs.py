@@ -306,16 +306,51 @@ def load_input(path: Path, data: Optional[bytes] = None) -> Any:
 # ---------------------------------------------------------------------------------- outputs
 
 
+#: for a kind that only clips have, the image kind that writes the same for an image
+IMAGE_EQUIVALENT = {"cutout": "foreground:cutout", "depth-npz": "depth:npy"}
+
+
+def save_choices() -> str:
+    """The --save kinds of each medium, as the messages list them."""
+    from .outputs.images import FORMATS
+
+    maps = [k for k in IMAGE_KINDS if ":" not in k]
+    formats = ", ".join(f"{kind}:{fmt}" for kind, names in FORMATS.items() for fmt in names)
+    return f"images take {', '.join(maps)} (one file of a map: {formats}); clips take {', '.join(VIDEO_KINDS)}"
+
+
 def check_save(values: Optional[List[str]]) -> List[str]:
-    """The --save kinds as given (empty = the default), refusing unknown ones; no model needed."""
+    """The --save kinds as given (empty = the default), refusing unknown ones; no model needed.
+    A map's single file given beside the map itself (depth,depth:png) is the map's already: dropped."""
     from .options import split_list
 
     kinds = list(dict.fromkeys(split_list(values)))
     known = (*IMAGE_KINDS, *VIDEO_ONLY_KINDS)
     unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return kinds
+        raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; {save_choices()}")
+    return [k for k in kinds if k.partition(":")[0] == k or k.partition(":")[0] not in kinds]
+
+
+def check_save_media(save: Sequence[str], images: bool, clips: bool) -> Optional[str]:
+    """For --save kinds `save` (empty: the default, which fits both media) and a run with `images`
+    and/or `clips`: InputError when a kind applies to none of the run's inputs (with each medium's
+    kinds, and the image kind of a clip's cutout or depth-npz); else a warning naming the kinds
+    that apply to one of its media only, or None."""
+    image_only = [k for k in save if k not in VIDEO_KINDS]
+    clip_only = [k for k in save if k not in IMAGE_KINDS]
+    useless = (image_only if not images else []) + (clip_only if not clips else [])
+    if useless:
+        medium = "the inputs are images" if images else "the inputs are video clips"
+        hints = [f"an image's {k} is {IMAGE_EQUIVALENT[k]}" for k in useless if k in IMAGE_EQUIVALENT and images]
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise InputError(f"--save {', '.join(useless)} writes nothing here: {medium}{hint}; {save_choices()}")
+    parts = [
+        f"{', '.join(kinds)} for {medium} only"
+        for kinds, medium in ((image_only, "images"), (clip_only, "clips"))
+        if kinds and images and clips
+    ]
+    return f"--save: this run writes {' and '.join(parts)} ({save_choices()})" if parts else None
 
 
 def parse_save(values: Optional[Sequence[str]], tasks: Sequence[str]) -> List[str]:

@@ -19,6 +19,17 @@ from typing import Any, Optional, TextIO
 BYTES = "B"
 
 
+def print_line(text: str, file: Optional[TextIO] = None) -> None:
+    """Print a line (a warning) to `file` (default stderr) without running it into a tqdm bar on
+    the same stream: through tqdm.write once tqdm is loaded, else print."""
+    out = file if file is not None else sys.stderr
+    loaded = sys.modules.get("tqdm")
+    if loaded is not None:
+        loaded.tqdm.write(text, file=out)
+    else:
+        print(text, file=out, flush=True)
+
+
 class Progress:
     """Progress of `total` units (images by default; `unit="B"` for a byte transfer)."""
 

@@ -29,6 +29,7 @@ from .contract import ModelContract
 from .errors import BackendUnavailable, InputError, ModelError
 from .inputs import Decoded, decode
 from .manifest import check_sha256, manifest_path
+from .memory_estimate import guard_for
 from .options import AUTO_RESOLUTION, DEFAULT_RESOLUTION, RuntimeOptions, positive_int, resolved_model
 from .prediction import Prediction
 from .resample import PIPELINES
@@ -222,6 +223,8 @@ class DavidRuntime:
         self.batch_size = self._batch_size(self.options.batch_size)
         workers = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
         self.threads = workers
+        self._memory = guard_for(self.path, self.contract.variant, self.batch_size, self.device.kind)
+        self._memory.check_open(self.resolution)  # OutOfMemoryError before the backend loads the model
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
@@ -418,6 +421,9 @@ class DavidRuntime:
         """Decode and validate `image`, and make the model's feeds for it."""
         decoded = decode(image, self.channel_order, name, self.max_image_pixels)
         with self._in_flight() as stages:
+            if self.resolution is None:  # each image at its own size: OutOfMemoryError unless this one fits
+                h, w = decoded.size
+                self._memory.check_image(stages.resolution_for(h, w), (h, w), decoded.name)
             return decoded, stages.prepare(decoded)
 
     def infer(self, staged: Sequence[Staged]) -> List[ModelOutputs]:

@@ -5,7 +5,9 @@
   viewers; turbo is offered too), normalised over the person when a mask is given, background flat.
 - `normals_to_rgb`: (n + 1) / 2 * 255 with x -> red, y -> green, z -> blue, in the package's camera
   frame (x right, y up, z toward the camera; see `david_infer.apps`).
-- `overlay_mask`: the soft mask tinted over the photo.
+- `overlay_mask`: the soft mask tinted over the photo; `mask_tile`, the picture's foreground tile,
+  also dims what the mask leaves out (a mask that keeps nothing shows a dark photo, not the plain
+  photo, which reads as a mask that keeps everything).
 - `panel`: a labelled side-by-side picture of whatever a prediction holds, at most
   `MAX_PANEL_SIDE` (2048) pixels on its longer side: bigger images are box-averaged down before
   anything is drawn, so a 100-megapixel photo costs a panel of a few megapixels, not gigabytes.
@@ -22,7 +24,17 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._arrays import BAND_PIXELS, as_alpha, as_image, as_map, as_normals, blend, fill_by_rows
+from ._arrays import (
+    BAND_PIXELS,
+    as_alpha,
+    as_image,
+    as_map,
+    as_normals,
+    blend,
+    fill_by_rows,
+    mask_is_empty,
+    warn_if_empty,
+)
 from ._colormaps import TABLES
 from .errors import InputError
 
@@ -31,6 +43,8 @@ BACKGROUND = (0, 0, 0)
 #: the longest side of a `panel` (label strip included); None passed as max_side = no cap
 MAX_PANEL_SIDE = 2048
 MASK_COLOR = (0, 220, 90)
+#: how bright the foreground tile draws what the mask leaves out
+DIMMED = 0.3
 #: the tiles of a picture of a prediction, in order: the image, then each map the model predicts
 TILES = ("image", "depth", "normal", "foreground")
 
@@ -128,6 +142,20 @@ def overlay_mask(
     return fill_by_rows(np.empty(img.shape, np.uint8), lambda rows: blend(tint, img[rows], alpha * m[rows]))
 
 
+def mask_tile(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The foreground tile: `overlay_mask` where the soft mask keeps the person, the photo dimmed to
+    DIMMED elsewhere (blended by the mask); (H, W, 3) uint8."""
+    img = as_image(image)
+    m = as_alpha(mask, img.shape[:2], "mask")
+    tint = np.asarray(MASK_COLOR, np.float32)
+
+    def band(rows: slice) -> np.ndarray:
+        kept = blend(tint, img[rows], 0.5 * m[rows])
+        return blend(kept, img[rows].astype(np.float32) * DIMMED, m[rows])
+
+    return fill_by_rows(np.empty(img.shape, np.uint8), band)
+
+
 def panel(
     prediction: Any,
     labels: bool = True,
@@ -140,8 +168,8 @@ def panel(
     `prediction` is any object with the attributes `image` ((H, W, 3) uint8 RGB) and `depth`,
     `normal`, `foreground` (each None when the model has no such task), like
     `david_infer.Prediction`. Tiles, left to right: the image, then each task present (depth and
-    normals masked by the foreground when it keeps any pixel (>= 0.5); the foreground as a tint
-    over the image).
+    normals masked by the foreground unless it keeps no pixel; the foreground as `mask_tile`). A
+    mask that keeps no pixel (`_arrays.mask_is_empty`) gives an EmptyMaskWarning.
     With `labels`, a strip of `label_height(W)` pixels above the tiles names each one; no margins.
 
     Depth is drawn nearer-is-brighter. Which way the prediction's depth runs comes from
@@ -152,6 +180,11 @@ def panel(
     pixels on a side (default MAX_PANEL_SIDE; None = no cap): then every map is box-averaged by the
     smallest integer factor that fits, before any drawing.
     """
+    foreground = getattr(prediction, "foreground", None)
+    if foreground is not None:  # on the full-size mask: box-averaging could hide the last kept pixel
+        warn_if_empty(
+            foreground, "the picture's foreground tile is a dark photo and its depth and normals are unmasked"
+        )
     if max_side is not None:
         prediction = _fit_panel(prediction, max_side, labels)
     tiles = panel_tiles(prediction, cmap, inverse_depth)
@@ -192,10 +225,11 @@ def tile_names(tasks: Iterable[str]) -> List[str]:
 
 
 def tile_shade(alpha: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The mask the depth and normal tiles fade outside: the soft foreground when it keeps any
-    pixel (>= 0.5), else None. A mask that keeps nothing (e.g. a random-weight model's) would black
-    them out: they are drawn unmasked then, so the picture still shows what the model predicted."""
-    return alpha if alpha is not None and float(alpha.max()) >= 0.5 else None
+    """The mask the depth and normal tiles fade outside: the soft foreground unless it keeps no
+    pixel (`_arrays.mask_is_empty`), else None. A mask that keeps nothing (e.g. a random-weight
+    model's) would black them out: they are drawn unmasked then, so the picture still shows what
+    the model predicted."""
+    return alpha if alpha is not None and not mask_is_empty(alpha) else None
 
 
 def draw_tile(
@@ -213,7 +247,7 @@ def draw_tile(
 
     image: `data` itself. depth: `colorize_depth`, nearer brighter (`inverse`: the depth is
     larger = nearer), normalised over the shaded pixels or within `depth_span`. normal:
-    `normals_to_rgb`. foreground: the soft mask `data` tinted over `image`.
+    `normals_to_rgb`. foreground: `mask_tile` of `image` and the soft mask `data`.
     """
     if name == "image":
         return data
@@ -224,7 +258,7 @@ def draw_tile(
     if name == "foreground":
         if image is None:
             raise InputError("draw_tile: the foreground tile is drawn over the image; pass `image`")
-        return overlay_mask(image, data)
+        return mask_tile(image, data)
     raise InputError(f"unknown tile {name!r}; choose from {', '.join(TILES)}")
 
 

@@ -206,13 +206,23 @@ def _download(
         try:
             fetch(url, dest, expected_sizes=model.card_sizes(), progress=progress, timeout=timeout, retries=retries)
         except ModelError as exc:
-            raise ModelError(
-                f"{exc}. To try the tools without the released file meanwhile, export a model of the "
-                f"same shape with random weights (its maps mean nothing): david-infer export --variant "
-                f"{model.variant} --task {model.task} -o {model.name}-random.onnx"
-            ) from None
+            raise ModelError(f"{exc}. {offline_hint(model.task)}") from None
         _write_sidecar(dest, name=name, url=url)
     return dest
+
+
+def offline_hint(task: str) -> str:
+    """What to do without the released file: the one offline path (README.md, docs/install.md), a
+    Base model of `task` with random weights (Base, whatever was asked: Large's export peaks at
+    13.6 GB and writes 1.3 GB)."""
+    from ._optional import EXPORT_INSTALL, TORCH_ELSEWHERE
+
+    name = "mt-base.onnx" if task == "multitask" else f"{task}-base.onnx"
+    return (
+        f"To try the tools without the released file meanwhile, export a Base model of the same task with "
+        f"random weights (its maps mean nothing): {EXPORT_INSTALL} && david-infer export --variant base "
+        f"--task {task} -o {name}, then pass -m {name} ({TORCH_ELSEWHERE})"
+    )
 
 
 def check_cached(model: ZooModel, path: Path, verify: bool = False) -> Dict[str, Any]:

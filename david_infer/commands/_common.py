@@ -19,8 +19,33 @@ def open_runtime(options: RuntimeOptions) -> Any:
     threads (`runtime.with_threads`)."""
     from ..runtime import DavidRuntime, with_threads
 
+    check_memory_early(options)
     options = options.replace(model=resolved_model(options.model))
     return DavidRuntime.from_options(with_threads(options, options.threads) if options.threads else options)
+
+
+def check_memory_early(options: RuntimeOptions) -> None:
+    """OutOfMemoryError when a fixed resolution and batch cannot fit, before a released model is
+    downloaded or any model is loaded (`david_infer.memory_estimate`; the runtime checks again once
+    the model is read, and each image at resolution 'image')."""
+    import os
+
+    from ..backends.base import parse_device
+    from ..config import DEFAULT_RESOLUTION
+    from ..memory_estimate import MemoryGuard
+    from ..options import AUTO_RESOLUTION
+    from ..zoo import MODELS
+
+    model, resolution = options.model, options.resolution
+    if parse_device(options.device).kind != "cpu" or not isinstance(model, (str, os.PathLike)):
+        return
+    if isinstance(model, str) and model in MODELS and not os.path.exists(model):
+        released = MODELS[model]  # fixed at DEFAULT_RESOLUTION (another is refused on open); its card's size
+        if resolution in (AUTO_RESOLUTION, DEFAULT_RESOLUTION):
+            guard = MemoryGuard(int(released.card_mb * 1e6), released.variant, options.batch_size, model)
+            guard.check_open(DEFAULT_RESOLUTION)
+    elif os.path.isfile(model) and isinstance(resolution, int):  # 'auto' is the model's own: read when it opens
+        MemoryGuard(os.path.getsize(model), None, options.batch_size, Path(model).name).check_open(resolution)
 
 
 def require_tasks(runtime: Any, needed: Iterable[str], what: str) -> None:

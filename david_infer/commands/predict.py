@@ -5,11 +5,16 @@ Per input (name N, see below), with --save choosing among:
   normal      N.normal.png (RGB, (n + 1) / 2 * 255, x -> red, y -> green, z -> blue) + N.normal.npy
   foreground  N.foreground.png (8-bit alpha) + N.cutout.png (RGBA: the photo with the mask as alpha)
   vis         N.vis.png (the photo and every map side by side, labelled; at most 2048 pixels a side)
-  ply         N.ply (binary point cloud from depth, coloured, cut by the mask when there is one)
-Default: every map the model predicts, plus vis. Each input also gets N.done.json, its completion
-record, written last. Video files (.mp4, .mov, .mkv, .webm, .avi, ...) get videos instead
-(N.depth.mp4, N.normal.mp4, N.foreground.mp4, N.vis.mp4; --save also depth-npz, cutout; see the
-video options below).
+  ply         N.ply (binary point cloud from depth, coloured, cut by the mask at 0.5)
+A map alone writes both its files; MAP:FORMAT writes one: depth:png, depth:npy, normal:png,
+normal:npy, foreground:png (the mask), foreground:cutout. Default: every map the model predicts
+(both files each), plus vis. Each input also gets N.done.json, its completion record, written last.
+Video files (.mp4, .mov, .mkv, .webm, .avi, ...) get videos instead (N.depth.mp4, N.normal.mp4,
+N.foreground.mp4, N.vis.mp4; --save also depth-npz, cutout; see the video options below). A kind
+for the other medium only is refused when no input is of that medium, and warned about once
+otherwise. A mask that keeps no pixel (no person found) is written as it says, with one warning
+per input naming what that makes of its files (a transparent cut-out, a dark foreground tile, a
+point cloud without points).
 
 Output names depend on the input alone: N is the input's path relative to the INPUT argument that
 named it (a folder: that folder; a file: its own folder; a glob: the folder before the first
@@ -67,6 +72,7 @@ from ..jobs import (
     Job,
     JobOptions,
     Tally,
+    check_save_media,
     claim_output_folder,
     gather_inputs,
     load_input,
@@ -101,8 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--save",
         action="append",
         metavar="KINDS",
-        help=f"what to write, comma-separated: {', '.join(IMAGE_KINDS)}; for videos also "
-        f"{', '.join(VIDEO_ONLY_KINDS)} (default: the model's maps + vis)",
+        help=f"what to write, comma-separated: {', '.join(k for k in IMAGE_KINDS if ':' not in k)}, or one "
+        f"file of a map (MAP:FORMAT: depth:png, depth:npy, normal:png, normal:npy, foreground:png, "
+        f"foreground:cutout); for videos also {', '.join(VIDEO_ONLY_KINDS)} (default: the model's maps, "
+        f"both files each, + vis)",
     )
     p.add_argument(
         "--recursive",
@@ -245,7 +253,11 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally(
         failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs), warn=warn
     )
-    if jobs:
+    if jobs:  # kinds that fit no input are refused, those that fit one medium of the run named once
+        clips = [is_video_path(path) for path, _ in jobs]
+        note = check_save_media(job.save, not all(clips), any(clips))
+        if note:
+            warn(note)
         probe_output_folder(outdir)
         lock = output_folder_lock(outdir)
         try:
@@ -257,6 +269,14 @@ def run(args: argparse.Namespace) -> int:
             raise Interrupted(tally.interrupted(outdir)) from None
         finally:
             lock.release()
+    if not tally.written and not tally.skipped and tally.failures:  # said first, then the summary
+        created = "" if outdir.is_dir() else f" ({outdir} was not created)"
+        why = (
+            f"{tally.failures[0][0]}: {tally.failures[0][1]}"
+            if len(tally.failures) == 1
+            else f"all {len(tally.failures)} inputs failed (listed below)"
+        )
+        print(f"nothing written{created}: {why}")
     return tally.report(outdir)
 
 

@@ -3,7 +3,7 @@
 Each pixel is multiplied by ambient + (1 - ambient) * max(0, n . l); with a model that also
 predicts the foreground, only the person is re-lit (blended by the soft mask; a mask that keeps
 no pixel leaves the photo unchanged, with a warning). The light direction is in the camera frame:
-x right, y up, z toward the camera (write --light=-1,1,1 when the first number is negative).
+x right, y up, z toward the camera (--light -1,1,1 and --light=-1,1,1 are the same).
 --ambient 1 returns the photo.
 
     david-infer relight photo.jpg -m multitask-large -o lit.png --light=-1,1,1 --ambient 0.3

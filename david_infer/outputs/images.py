@@ -9,18 +9,24 @@ after the input's name with the function that writes it from the `Prediction`:
   vis         NAME.vis.png (the labelled panel of `david_infer.visualize.panel`)
   ply         NAME.ply (the point cloud, cut by the matte)
 
+A kind of two files also has one kind per file, KIND:FORMAT (`FORMATS`): depth:png, depth:npy,
+normal:png, normal:npy, foreground:png (the matte), foreground:cutout; `--save depth:png` writes
+NAME.depth.png alone (a 4000x3000 photo: 24 MB instead of 24 + 48 MB).
+
 Full-size maps are written band by band (no full-size float temporaries).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import EmptyMaskWarning
 from .files import NoSpace, no_space_reason, write_npy, write_png
 from .sets import KindTable, Source, WriteOptions
 
@@ -108,28 +114,40 @@ def _raw(task: str) -> WriteFile:
     return lambda path, pred, opts: write_npy(path, getattr(pred, task).astype(np.float32, copy=False))
 
 
+_MAPS = [
+    ImageKind(
+        "depth",
+        "depth",
+        (
+            (".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
+            (".depth.npy", _raw("depth")),
+        ),
+    ),
+    ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
+    ImageKind(
+        "foreground",
+        "foreground",
+        (
+            (".foreground.png", lambda path, pred, opts: write_png(path, _alpha(pred.foreground))),
+            (".cutout.png", _cutout_png),
+        ),
+    ),
+    ImageKind("vis", None, ((".vis.png", _panel_png),)),
+    ImageKind("ply", "depth", ((".ply", _point_cloud),)),
+]
+#: the format name of each file of a two-file kind, in its file order: `--save KIND:FORMAT`
+FORMATS: Dict[str, Tuple[str, ...]] = {
+    "depth": ("png", "npy"),
+    "normal": ("png", "npy"),
+    "foreground": ("png", "cutout"),
+}
 IMAGE_KINDS: KindTable[ImageKind] = KindTable(
     "images",
-    [
-        ImageKind(
-            "depth",
-            "depth",
-            (
-                (".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
-                (".depth.npy", _raw("depth")),
-            ),
-        ),
-        ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
-        ImageKind(
-            "foreground",
-            "foreground",
-            (
-                (".foreground.png", lambda path, pred, opts: write_png(path, _alpha(pred.foreground))),
-                (".cutout.png", _cutout_png),
-            ),
-        ),
-        ImageKind("vis", None, ((".vis.png", _panel_png),)),
-        ImageKind("ply", "depth", ((".ply", _point_cloud),)),
+    _MAPS
+    + [
+        ImageKind(f"{kind.name}:{fmt}", kind.needs, (file,))
+        for kind in _MAPS
+        for fmt, file in zip(FORMATS.get(kind.name, ()), kind.files)
     ],
 )
 
@@ -145,18 +163,23 @@ def write_outputs(
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
     or unfinished set, and the completion record last; returns the files written (record not
     included). NoSpace when the folder takes no more bytes (nothing of the new set is left).
-    `source`, the input file, is recorded (a `Source` stamped before the input was
-    read, or its path). See `david_infer.outputs.sets`."""
+    `source`, the input file, is recorded (a `Source` stamped before the input was read, or its
+    path). See `david_infer.outputs.sets`.
+
+    A mask that keeps no pixel gives one EmptyMaskWarning for the set, naming the input and what
+    each file it shapes is (the writers' own warnings, gathered)."""
     opts = options or WriteOptions()
     out = IMAGE_KINDS.set(outdir, name, kinds)
     out.make_folder()
     staged: List[Tuple[Path, Path]] = []  # (temporary, final)
     try:
-        for kind in out.kinds:
-            for (_, write), final in zip(IMAGE_KINDS[kind].files, out.by_kind[kind]):
-                tmp = out.temporary(final)
-                staged.append((tmp, final))
-                write(tmp, pred, opts)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EmptyMaskWarning)
+            for kind in out.kinds:
+                for (_, write), final in zip(IMAGE_KINDS[kind].files, out.by_kind[kind]):
+                    tmp = out.temporary(final)
+                    staged.append((tmp, final))
+                    write(tmp, pred, opts)
         out.commit(staged, opts, source=source)
     except OSError as exc:
         folder = out.record.parent
@@ -168,4 +191,25 @@ def write_outputs(
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+    _warn_once(caught, name if source is None else source.path if isinstance(source, Source) else str(source))
     return out.files
+
+
+def _warn_once(caught: List[warnings.WarningMessage], input_name: str) -> None:
+    """Issue the warnings `caught` while writing one set: every EmptyMaskWarning as one, naming
+    `input_name` and each outcome; the others as they were."""
+    from ..apps import LOWER_THRESHOLD_KEEPS
+
+    empty: List[EmptyMaskWarning] = []
+    for record in caught:
+        if isinstance(record.message, EmptyMaskWarning):
+            empty.append(record.message)
+        else:
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+    if not empty:
+        return
+    outcome = "; ".join(w.outcome for w in empty)
+    text = str(empty[0]) if len(empty) == 1 else f"the foreground mask keeps no pixel (no person found), so {outcome}"
+    if LOWER_THRESHOLD_KEEPS in text:  # predict cuts the cloud at 0.5; the pointcloud command takes another
+        text += f" (david-infer pointcloud {input_name} --mask-threshold T writes that cloud)"
+    warnings.warn(EmptyMaskWarning(f"{input_name}: {text}", outcome), stacklevel=3)

@@ -138,3 +138,114 @@ def test_a_large_photo_within_our_limit_decodes_without_pillows_warning(tmp_path
         warnings.simplefilter("error")  # any warning fails the test
         decoded = decode(path)
     assert decoded.display().shape[:2] == (10_000, 10_000)
+
+
+# ------------------------------------------------------------------------ a new user, third pass
+
+
+def test_kinds_for_the_other_medium_are_refused_or_named_once(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--save ply,cutout,depth-npz` on photos wrote only the .ply, without a word."""
+    missing_model = tmp_path / "no-such-model.onnx"  # refused before the model is looked at
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, ["predict", photo, "-m", missing_model, "-o", out, "--save", "ply,cutout,depth-npz"])
+    assert code == 1 and "no-such-model" not in err and not out.exists()
+    assert (
+        "--save cutout, depth-npz writes nothing here: the inputs are images (an image's cutout is "
+        "foreground:cutout; an image's depth-npz is depth:npy); images take depth, normal, foreground, vis, ply"
+    ) in err
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not probed before the model")
+    code, _, err = _run(capsys, ["predict", photo, clip, "-m", missing_model, "-o", out, "--save", "ply,depth,cutout"])
+    assert err.count("warning: --save: this run writes ply for images only and cutout for clips only (") == 1
+    code, _, err = _run(capsys, ["predict", clip, "-m", missing_model, "-o", out, "--save", "depth:png"])
+    assert code == 1 and "--save depth:png writes nothing here: the inputs are video clips" in err
+
+
+def test_one_file_of_a_map_is_written_alone_and_resumes(
+    photo: Path, tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--save depth` always wrote the PNG and the float .npy; MAP:FORMAT writes one of them."""
+    out = tmp_path / "out"
+    argv = ["predict", photo, "-m", tiny_multitask_onnx, "--resolution", "64", "-o", out, "--no-progress"]
+    code, _, err = _run(capsys, [*argv, "--save", "depth:png,normal:npy,foreground:cutout,depth"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "photo.cutout.png",
+        "photo.depth.npy",
+        "photo.depth.png",
+        "photo.done.json",
+        "photo.normal.npy",
+    ]  # depth:png is depth's own: dropped beside depth
+    code, stdout, _ = _run(capsys, [*argv, "--save", "normal:npy,foreground:cutout,depth"])
+    assert code == 0 and "1 skipped (already complete)" in stdout
+    code, _, err = _run(capsys, [*argv, "--save", "depth:jpg"])
+    assert code == 1 and "--save: unknown kind(s) depth:jpg; images take" in err and "depth:npy" in err
+
+
+def test_a_mask_that_keeps_nothing_gives_one_warning_per_input_naming_its_files(
+    photo: Path, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """predict wrote a fully transparent cut-out without the apps' warning, and a vis tile that
+    showed the plain photo (read as a mask that keeps everything)."""
+    from david_infer.visualize import DIMMED
+
+    assert float(tiny_runtime.predict(str(photo)).foreground.max()) < 0.5 / 255  # the random weights' mask
+    out = tmp_path / "out"
+    argv = ["predict", photo, "-m", tiny_multitask_onnx, "--resolution", "64", "-o", out, "--no-progress"]
+    code, _, err = _run(capsys, argv)
+    assert code == 0, err
+    assert err.count("warning:") == 1
+    assert (
+        f"warning: {photo}: the foreground mask keeps no pixel (no person found), so the cut-out is fully "
+        "transparent; the picture's foreground tile is a dark photo and its depth and normals are unmasked"
+    ) in err
+    assert (np.asarray(Image.open(out / "photo.cutout.png"))[..., 3] == 0).all()
+    vis = np.asarray(Image.open(out / "photo.vis.png")).astype(int)
+    image = np.asarray(Image.open(photo).convert("RGB")).astype(int)
+    h, w = image.shape[:2]
+    np.testing.assert_allclose(vis[-h:, -w:], np.rint(image * DIMMED), atol=1)  # the foreground tile, dimmed
+
+
+def test_the_point_clouds_warning_names_an_option_that_exists(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """predict --save ply said "a lower mask threshold keeps more", an option predict lacks."""
+    from david_infer.outputs.images import write_outputs
+    from david_infer.prediction import Prediction
+
+    faint = np.full((24, 32), 0.3, np.float32)  # a mask a lower threshold would keep
+    pred = Prediction(image=np.full((24, 32, 3), 90, np.uint8), depth=np.ones((24, 32), np.float32), foreground=faint)
+    with pytest.warns(Warning) as caught:
+        write_outputs(pred, tmp_path, "x", ["ply", "foreground"], source="shots/x.jpg")
+    assert [str(w.message) for w in caught] == [
+        "shots/x.jpg: the foreground mask keeps no pixel with finite depth at mask >= 0.5 (no person found), so "
+        "the point cloud has no points (the mask's highest value is 0.30: a mask threshold at or below it keeps "
+        "pixels) (david-infer pointcloud shots/x.jpg --mask-threshold T writes that cloud)"
+    ]
+    code, out, _ = _run(capsys, ["pointcloud", "--help"])
+    assert code == 0 and "--mask-threshold" in out
+
+
+def test_nothing_written_is_said_first_with_why(photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing input gave "0 of 1 input(s) written to out/" although out/ was never created."""
+    out, missing = tmp_path / "out", tmp_path / "missing.png"
+    code, stdout, err = _run(capsys, ["predict", missing, "-m", "x.onnx", "-o", out])
+    assert code == 1 and not out.exists()
+    assert stdout.splitlines()[0] == f"nothing written ({out} was not created): {missing}: no such file or folder"
+
+
+def test_a_misspelt_command_and_a_negative_light_are_understood(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from david_infer.cli import build_parser
+
+    code, _, err = _run(capsys, ["predcit", photo])
+    assert code == 2 and "invalid choice: 'predcit'" in err and err.rstrip().endswith("did you mean predict?")
+    args = build_parser().parse_args(["relight", str(photo), "-m", "m", "-o", "lit.png", "--light", "-1,1,1"])
+    assert args.light == "-1,1,1"
+    args = build_parser().parse_args(["relight", str(photo), "-m", "m", "-o", "lit.png", "--light", "-1,-0.5,2e-1"])
+    assert args.light == "-1,-0.5,2e-1"
+    code, _, err = _run(capsys, ["relight", photo, "-m", "m", "-o", "lit.png", "--light", "-1,1"])
+    assert code == 1 and "--light: expected 3 comma-separated numbers, got '-1,1'" in err

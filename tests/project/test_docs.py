@@ -157,3 +157,35 @@ def test_every_command_line_parses(page: Path) -> None:
 
 def test_readme_is_a_landing_page() -> None:
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_what_the_readmes_commands_write_in_the_checkout_is_ignored_by_git() -> None:
+    """`git status` after the README's commands listed the exported models' manifests and results/
+    beside the ignored .onnx files: every output the README names (-o, -B) is ignored, with the
+    manifest beside each model file."""
+    import shutil
+    import subprocess
+
+    from david_infer.manifest import manifest_path
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    written: List[str] = []
+    for _, line in _prose_and_code((ROOT / "README.md").read_text(encoding="utf-8"))[1]:
+        for target in re.findall(r"\s(?:-o|-B)\s+(\S+)", line):
+            path = target.rstrip("/")
+            written.append(f"{path}/astronaut.depth.png" if target.endswith("/") or "." not in path else path)
+            if path.endswith((".onnx", ".engine")):
+                written.append(manifest_path(path).as_posix())
+    assert {"results/astronaut.depth.png", "mt-base.onnx", "mt-base.json", "depth16.engine.json"} <= set(written)
+    check = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        input="\n".join(written),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if check.returncode == 128:
+        pytest.skip(f"not a git checkout: {check.stderr.strip()}")
+    assert sorted(set(check.stdout.split())) == sorted(set(written))

@@ -57,14 +57,24 @@ def test_missing_dependency_gives_install_hint() -> None:
         require("tensorrt", "engines")
 
 
-def test_torch_install_hint_works_anywhere() -> None:
-    """From PyPI alone a Linux machine would get torch's CUDA build: the hint names PyTorch's CPU index."""
-    from david_infer._optional import install_hint
+def test_the_export_stage_is_installed_one_way_in_every_message_and_page() -> None:
+    """The export error named PyTorch's CPU index where the README and docs/install.md install the
+    local wheel: one command now, in torch's install hint, the zoo's offline hint and both pages,
+    which name PyTorch's CPU index for machines without that wheel (a bare torch from PyPI would be
+    the CUDA build on Linux)."""
+    from david_infer._optional import EXPORT_INSTALL, TORCH_ELSEWHERE, install_hint
+    from david_infer.zoo import offline_hint
+    from tests.support import REPO
 
-    cpu_index = "https://download.pytorch.org/whl/cpu"
-    assert install_hint("torch").startswith(
-        f'pip install torch==2.13.0 --index-url {cpu_index} && pip install "david-infer[export]"'
-    )
+    assert EXPORT_INSTALL == 'pip install torch==2.13.0 && pip install "david-infer[export]"'
+    assert "--index-url https://download.pytorch.org/whl/cpu" in TORCH_ELSEWHERE
+    assert install_hint("torch") == f"{EXPORT_INSTALL} ({TORCH_ELSEWHERE})"
+    hint = offline_hint("multitask")
+    assert f"{EXPORT_INSTALL} && david-infer export --variant base --task multitask -o mt-base.onnx" in hint
+    for page in ("README.md", "docs/install.md"):
+        text = (REPO / page).read_text(encoding="utf-8")
+        assert f"{EXPORT_INSTALL} && david-infer export --variant base --task multitask -o mt-base.onnx" in text, page
+        assert "--variant large" not in text.split("## Command line")[0], page
 
 
 def test_export_stage_installs_inside_the_package(tmp_path) -> None:

@@ -91,7 +91,8 @@ def test_a_full_file_system_stops_the_run_at_once_and_the_rerun_resumes(
     assert f"stopped: the output folder {out} is full: no space is left on its file system" in first_err
     assert "MB per input; free that much for each input left" in first_err
     assert "then run the same command again to resume" in first_err and "nothing partial was left" in first_err
-    assert "Traceback" not in first_err and "Errno" not in first_err and first_err.count("\n") <= 2
+    said = [line for line in first_err.splitlines() if ": warning: " not in line]  # the empty-mask warnings aside
+    assert "Traceback" not in first_err and "Errno" not in first_err and len(said) <= 2, first_err
     listed = (log / "first.ls").read_text().split()
     assert not [name for name in listed if name.startswith(".")], listed  # no temporaries, no lock
     complete = [n for n in listed if n.endswith(".done.json")]

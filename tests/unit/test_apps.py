@@ -166,6 +166,15 @@ def test_point_cloud_invert_and_mask() -> None:
         apps.point_cloud(img, np.full((H, W), np.nan))
 
 
+def test_a_cutout_of_a_mask_that_keeps_nothing_says_so() -> None:
+    img = np.full((H, W, 3), 80, np.uint8)
+    with pytest.warns(
+        EmptyMaskWarning, match=r"keeps no pixel \(no person found\), so the cut-out is fully transparent"
+    ):
+        out = apps.cutout(img, np.zeros((H, W), np.float32))
+    assert (out[..., 3] == 0).all()
+
+
 def test_point_cloud_constant_depth_sits_at_near() -> None:
     pts, _ = apps.point_cloud(_white(), np.full((H, W), 5.0), depth_range=(1.5, 2.0))
     np.testing.assert_allclose(pts[:, 2], -1.5)

@@ -241,9 +241,12 @@ def test_kinds_in_any_order_write_each_kinds_own_files(tmp_path: Path) -> None:
 
 
 def test_each_suffix_belongs_to_one_kind_of_its_medium() -> None:
-    for table in (IMAGE_KINDS, VIDEO_KINDS):
-        suffixes = [s for kind in table.values() for s in kind.suffixes]
+    for table in (IMAGE_KINDS, VIDEO_KINDS):  # besides KIND:FORMAT, one file of its map
+        suffixes = [s for name, kind in table.items() if ":" not in name for s in kind.suffixes]
         assert len(suffixes) == len(set(suffixes)) and all(s.startswith(".") for s in suffixes)
+    for name, kind in IMAGE_KINDS.items():
+        if ":" in name:
+            assert len(kind.suffixes) == 1 and kind.suffixes[0] in IMAGE_KINDS[name.split(":")[0]].suffixes
     assert VIDEO_ONLY_KINDS == ("depth-npz", "cutout")
     assert IMAGE_KINDS["ply"].needs == "depth" and IMAGE_KINDS["vis"].needs is None
     assert VIDEO_KINDS["cutout"].encoder == "png" and VIDEO_KINDS["depth-npz"].encoder is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from david_infer import visualize
-from david_infer.errors import InputError
+from david_infer.errors import EmptyMaskWarning, InputError
 
 H, W = 40, 64
 
@@ -149,7 +149,7 @@ def test_panel_all_tasks() -> None:
     # no `depth_inverse` attribute: the runtime's default, larger = nearer
     assert np.array_equal(out[strip:, W : 2 * W], visualize.colorize_depth(pred.depth, pred.foreground, inverse=True))
     assert np.array_equal(out[strip:, 2 * W : 3 * W], visualize.normals_to_rgb(pred.normal, pred.foreground))
-    assert np.array_equal(out[strip:, 3 * W :], visualize.overlay_mask(pred.image, pred.foreground))
+    assert np.array_equal(out[strip:, 3 * W :], visualize.mask_tile(pred.image, pred.foreground))
     header = out[:strip]
     for i in range(4):  # each tile has a label drawn (light text on the dark strip)
         assert header[:, i * W : (i + 1) * W].max() > 150
@@ -187,10 +187,28 @@ def test_panel_empty_mask_does_not_black_out_depth_and_normals() -> None:
     outputs = _real_outputs()
     empty = np.zeros((H, W), np.float32)  # a mask keeping no pixel, as a random-weight model gives
     pred = _prediction(depth=outputs["depth"], normal=outputs["normal"], foreground=empty)
-    out = visualize.panel(pred, labels=False)
+    with pytest.warns(EmptyMaskWarning, match="so the picture's foreground tile is a dark photo and its depth and"):
+        out = visualize.panel(pred, labels=False)
     assert np.array_equal(out[:, W : 2 * W], visualize.colorize_depth(pred.depth, None, inverse=True))
     assert np.array_equal(out[:, 2 * W : 3 * W], visualize.normals_to_rgb(pred.normal, None))
     assert out[:, W : 3 * W].std() > 10  # not a flat background
+    # the foreground tile of a mask that keeps nothing is the photo dimmed, not the plain photo (which
+    # reads as a mask that keeps everything; a full mask gives the photo tinted)
+    tile = out[:, 3 * W :].astype(int)
+    np.testing.assert_allclose(tile, np.rint(pred.image * visualize.DIMMED), atol=1)
+    full = visualize.mask_tile(pred.image, np.ones((H, W), np.float32))
+    assert np.array_equal(full, visualize.overlay_mask(pred.image, np.ones((H, W))))  # kept: tinted
+    assert not np.array_equal(full, pred.image) and not np.array_equal(tile, pred.image)
+
+
+def test_a_mask_that_keeps_any_pixel_is_not_empty() -> None:
+    from david_infer._arrays import EMPTY_MASK_LEVEL, mask_is_empty
+
+    faint = np.zeros((H, W), np.float32)
+    faint[3, 4] = EMPTY_MASK_LEVEL  # half a grey level: one pixel changes by rounding
+    assert not mask_is_empty(faint) and mask_is_empty(faint * 0.99) and not mask_is_empty(faint[None])
+    assert mask_is_empty(np.zeros((H, W), np.uint8)) and not mask_is_empty(np.eye(H, W, dtype=np.uint8))
+    assert visualize.tile_shade(faint) is faint and visualize.tile_shade(faint * 0.99) is None
 
 
 def test_panel_of_a_big_image_is_capped_and_box_averaged() -> None:

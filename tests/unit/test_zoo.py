@@ -253,7 +253,10 @@ def test_unreachable_url_names_url_and_manual_path(home: Path, monkeypatch: pyte
     msg = str(info.value)
     assert f"http://127.0.0.1:{port}/m/normal-model-vitl16_384.onnx" in msg
     assert f"save it as {dest}" in msg
-    assert "david-infer export --variant large --task normal -o normal-large-random.onnx" in msg
+    assert (  # the one offline path, Base whatever was asked
+        'pip install torch==2.13.0 && pip install "david-infer[export]" && david-infer export --variant base '
+        "--task normal -o normal-base.onnx, then pass -m normal-base.onnx"
+    ) in msg
     assert not dest.exists()
     assert sorted(p.name for p in dest.parent.iterdir()) == []  # no .lock (nor anything else) left behind
 

@@ -2,13 +2,15 @@
 // maps side by side, relight from the normals, download PNGs. State for tests and the benchmark
 // is on `window.david` (phase, backend, result maps, timings).
 import { PageError, checkBrowser, chooseBackend, fetchModel, DavidModel } from './model.js';
-import { cutoutPicture, depthPicture, lightFromPoint, normalPicture, relitPicture } from './maps.js';
+import {
+  EMPTY_MASK_WARNING, cutoutPicture, depthPicture, lightFromPoint, maskIsEmpty, normalPicture, relitPicture,
+} from './maps.js';
 
 const MAX_SIDE = 4096;  // larger photos are scaled down first: a 24 MP photo would need GBs of maps
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const david = window.david = {
-  phase: 'starting', backend: null, threads: 0, cached: null, error: null, result: null, photoName: null,
+  phase: 'starting', backend: null, threads: 0, cached: null, error: null, result: null, photoName: null, maskWarning: null,
   timings: { start: performance.now() }, light: [0, 0, 1], ambient: 0.2, runs: 0, errors: 0,
 };
 let model = null;
@@ -119,6 +121,10 @@ async function process(blob, name) {
     }
     if (result.foreground) draw('foreground', cutoutPicture(photo, result.foreground));
     drawRelit();
+    // the package's rule and words for a mask that keeps no pixel (david_infer._arrays.mask_is_empty)
+    david.maskWarning = maskIsEmpty(result.foreground, photo.width * photo.height) ? EMPTY_MASK_WARNING : null;
+    $('mask-warning').textContent = david.maskWarning ? `Warning: ${david.maskWarning}.` : '';
+    $('mask-warning').hidden = !david.maskWarning;
     $('timing').textContent = `${name}: ${photo.width}x${photo.height}, model ${result.ms.toFixed(0)} ms`;
     setStatus(`Done: ${name}.`, 'done');
   } catch (error) {

@@ -3,13 +3,24 @@
 
 const BACKGROUND = [40, 40, 40];
 
-/** The mask when it keeps a person (>= 0.5 on at least 1% of the pixels), else null: a mask that keeps
- * nothing (a random-weight model) would black out the depth and leave nothing to relight. */
+/** The one rule for "no person found", as the Python package's (`david_infer._arrays.mask_is_empty`):
+ * a mask keeps no pixel when every value is below half a grey level, so applying it changes nothing. */
+export const EMPTY_MASK_LEVEL = 0.5 / 255;
+/** What the page says then: the same words as the package's EmptyMaskWarning for the cut-out and `relight`. */
+export const EMPTY_MASK_WARNING = 'the foreground mask keeps no pixel (no person found), so the cut-out is fully '
+  + 'transparent and the re-lit photo is the photo unchanged';
+
+/** True when the mask keeps no pixel (EMPTY_MASK_LEVEL); a missing mask is not empty (there is none). */
+export function maskIsEmpty(foreground, count) {
+  if (!foreground) return false;
+  for (let i = 0; i < count; i++) if (foreground[i] >= EMPTY_MASK_LEVEL) return false;
+  return true;
+}
+
+/** The mask the depth picture fades outside, or null when there is none or it keeps no pixel: an empty
+ * mask (a random-weight model's) would black out the depth. */
 export function personMask(foreground, count) {
-  if (!foreground) return null;
-  let kept = 0;
-  for (let i = 0; i < count; i++) kept += foreground[i] >= 0.5;
-  return kept >= count * 0.01 ? foreground : null;
+  return foreground && !maskIsEmpty(foreground, count) ? foreground : null;
 }
 
 /** Depth as grey levels, near bright, min-max normalised over the person (or the whole frame).
@@ -63,18 +74,19 @@ export function lightFromPoint(u, v) {
 }
 
 /** Lambertian relighting, as `david-infer relight`: each pixel times ambient + (1 - ambient) * max(0, n.l);
- * with a mask that keeps a person only the person is re-lit, the background keeps its pixels (blended by the mask). */
+ * with a mask only the person is re-lit, the background keeps its pixels (blended by the mask), so a mask
+ * that keeps no pixel leaves the photo unchanged (`maskIsEmpty`: the page says so). */
 export function relitPicture(photo, normal, foreground, light, ambient) {
   const out = new ImageData(photo.width, photo.height);
   const [lx, ly, lz] = light;
   const src = photo.data, dst = out.data;
-  const mask = personMask(foreground, photo.width * photo.height);
+  const mask = foreground || null;
   for (let i = 0, j = 0, k = 0; i < photo.width * photo.height; i++, j += 4, k += 3) {
     const nx = normal[k], ny = normal[k + 1], nz = normal[k + 2];
     const length = Math.hypot(nx, ny, nz);
     const cos = length > 0 ? Math.max(0, (nx * lx + ny * ly + nz * lz) / length) : 0;
     const shade = ambient + (1 - ambient) * cos;
-    const a = mask ? mask[i] : 1;
+    const a = mask ? Math.min(1, Math.max(0, mask[i])) : 1;
     for (let c = 0; c < 3; c++) dst[j + c] = a * src[j + c] * shade + (1 - a) * src[j + c];
     dst[j + 3] = 255;
   }

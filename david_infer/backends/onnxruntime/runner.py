@@ -13,6 +13,7 @@ from ..._optional import install_hint
 from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
+from ...memory_estimate import allocation_error, is_allocation_failure
 from ..base import Device, Runner, Workload
 from .install import check_gpu, import_onnxruntime
 from .placement import check_placement, dummy_feeds, profiled_placement
@@ -154,6 +155,8 @@ class OnnxRuntimeRunner(Runner):
             values = session.run(names, dict(feeds))
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            if is_allocation_failure(exc):  # the arena's "Failed to allocate memory", as the package's error
+                raise allocation_error(exc, "ONNX Runtime", shapes) from None
             raise ModelError(f"{self.path}: inference failed for inputs {shapes} ({exc})") from None
         return dict(zip(names, values))
 

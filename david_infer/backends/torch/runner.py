@@ -15,6 +15,7 @@ import numpy as np
 from ..._optional import require
 from ...contract import GraphIO, ModelContract
 from ...errors import BackendUnavailable, InputError, ModelError
+from ...memory_estimate import allocation_error, is_allocation_failure
 from ...outputs.files import sha256_file
 from ..base import Device, Runner
 
@@ -284,11 +285,17 @@ class TorchRunner(Runner):
         key: ShapeKey = (tuple(image.shape), None if image_384 is None else tuple(image_384.shape))
         first = key not in self.first_call_seconds
         t = time.perf_counter()
-        with torch.inference_mode():
-            if self.options.cuda_graphs:
-                out = self._replay(key, image, image_384)
-            else:
-                out = self._forward(image, image_384)
+        try:
+            with torch.inference_mode():
+                if self.options.cuda_graphs:
+                    out = self._replay(key, image, image_384)
+                else:
+                    out = self._forward(image, image_384)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_allocation_failure(exc):
+                raise
+            shapes = {"image": key[0], **({"image_384": key[1]} if key[1] is not None else {})}
+            raise allocation_error(exc, "torch", shapes) from None
         if first:
             if self._stream is not None:
                 self._stream.synchronize()

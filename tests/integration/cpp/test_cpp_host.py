@@ -343,6 +343,62 @@ def test_an_onnxruntime_release_folder_is_found_by_its_root(tmp_path: Path) -> N
     assert link.resolve() == wheel_library.resolve()
 
 
+def _cpp_copy(tmp_path: Path) -> tuple:
+    """cpp/ copied to tmp_path/checkout/cpp (no .venv beside it, no third_party), the ONNX Runtime
+    headers' folder, and a Python without onnxruntime (a bare virtual environment)."""
+    headers = CPP / "third_party" / "onnxruntime" / "usr" / "include" / "onnxruntime"
+    if not (headers / "onnxruntime_cxx_api.h").exists() or shutil.which("cmake") is None:
+        unavailable("cmake or the ONNX Runtime headers (cpp/fetch_onnxruntime.sh) are missing")
+    source = tmp_path / "checkout" / "cpp"
+    shutil.copytree(CPP, source, ignore=shutil.ignore_patterns("third_party"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    return source, headers, tmp_path / "bare" / "bin" / "python"
+
+
+def _configure(source: Path, build: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}  # outside any virtual environment
+    return subprocess.run(
+        ["cmake", "-S", str(source), "-B", str(build), *options],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_outside_a_venv_cmake_names_the_python_it_asked_and_how_to_point_it(tmp_path: Path) -> None:
+    """CMake picked the system python3 and said "... or pip install onnxruntime", although
+    onnxruntime was installed in a virtual environment: it now says which Python it asked and how
+    to point it at another."""
+    source, headers, bare = _cpp_copy(tmp_path)
+    configure = _configure(
+        source, tmp_path / "build", f"-DPython3_EXECUTABLE={bare}", f"-DONNXRUNTIME_INCLUDE_DIR={headers}"
+    )
+    said = " ".join(configure.stderr.split())  # CMake wraps its messages
+    assert configure.returncode != 0
+    assert f"looked for the onnxruntime wheel in the Python(s) {bare}, which have none" in said, said
+    assert "Point CMake at the Python where onnxruntime is installed" in said
+    assert "-DPython3_EXECUTABLE=/path/to/venv/bin/python, or activate that environment first" in said
+
+
+def test_the_checkouts_venv_is_found_without_being_activated(tmp_path: Path) -> None:
+    """A virtual environment in the checkout (.venv beside cpp/, not activated) is asked too."""
+    import onnxruntime
+
+    source, headers, bare = _cpp_copy(tmp_path)
+    venv_python = source.parent / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)  # a Python that has onnxruntime
+    configure = _configure(
+        source, tmp_path / "build", f"-DPython3_EXECUTABLE={bare}", f"-DONNXRUNTIME_INCLUDE_DIR={headers}"
+    )
+    assert configure.returncode == 0, configure.stderr
+    assert f"ONNX Runtime: the library of the onnxruntime wheel of {venv_python}" in configure.stdout
+    (wheel_library,) = (Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1.*")
+    assert f"library {wheel_library}" in configure.stdout
+
+
 def test_a_plain_export_is_refused_with_the_prepost_command(
     david_predict: Path, tiny_multitask_onnx: Path, tmp_path: Path
 ) -> None:

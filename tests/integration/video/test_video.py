@@ -263,7 +263,7 @@ def test_cli_refuses_bad_clips_before_any_model_call(tmp_path: Path, tiny_multit
     assert "not a readable video file" in capsys.readouterr().err
     assert list(out.iterdir()) == []
     assert predict(str(junk), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "ply") == 1
-    assert "writes nothing for video inputs" in capsys.readouterr().err
+    assert "--save ply writes nothing here: the inputs are video clips" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

@@ -69,6 +69,25 @@ def graph(web_dir: Path, tiny_multitask_onnx: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def person_graph(web_dir: Path) -> Path:
+    """The same tiny model with its foreground head's last bias at 0.8: a mask of about 0.8 that
+    keeps every pixel (the random weights' mask keeps none), as one pixels-to-maps graph."""
+    torch = pytest.importorskip("torch")
+    from david_infer.export import export_onnx
+    from david_infer.export.prepost import wrap_prepost
+    from david_infer.model import build_model, save_weights
+
+    model = build_model("tiny", "multitask", seed=0)
+    with torch.no_grad():
+        model.heads["foreground"].conv3.bias.fill_(0.8)
+    save_weights(model, web_dir / "person.safetensors")
+    export_onnx("tiny", "multitask", web_dir / "person.onnx", weights=web_dir / "person.safetensors")
+    path = web_dir / "person-prepost.onnx"
+    wrap_prepost(web_dir / "person.onnx", path, channel_order="bgr", resolution=384)
+    return path
+
+
+@pytest.fixture(scope="module")
 def photo(web_dir: Path) -> Path:
     """A PNG with structure in every channel (PNG: the browser decodes the same pixels as Pillow)."""
     w, h = PHOTO_SIZE
@@ -85,8 +104,9 @@ def photo(web_dir: Path) -> Path:
 
 def test_describe_model_reads_the_manifest(graph: Path) -> None:
     model = describe_model(graph)
-    assert model.channel_order == "bgr" and model.depth_sign == -1
-    assert model.tasks == ("depth", "normal", "foreground")
+    assert model.channel_order == "bgr" and model.tasks == ("depth", "normal", "foreground")
+    table = model.to_json()["task_table"]  # what the page reads instead of writing task facts itself
+    assert table["depth"]["sign"] == -1 and table["normal"]["channels"] == 3 and table["foreground"]["clip"] == [0, 1]
     assert model.bytes == graph.stat().st_size and len(model.sha256) == 64
 
 
@@ -210,6 +230,19 @@ def page(context: Any, server: PageServerProcess) -> Any:
     return open_page(context.new_page(), server.url + "?backend=wasm&threads=2")
 
 
+@pytest.fixture(scope="module")
+def person_server(person_graph: Path) -> Iterator[PageServerProcess]:
+    built_page()
+    with PageServerProcess(person_graph) as running:
+        yield running
+
+
+@pytest.fixture
+def person_page(context: Any, person_server: PageServerProcess) -> Any:
+    """The page on `person_graph`, whose mask keeps every pixel."""
+    return open_page(context.new_page(), person_server.url + "?backend=wasm&threads=2")
+
+
 def state(page: Any) -> Dict[str, Any]:
     return page.evaluate(
         "() => ({phase: david.phase, error: david.error, backend: david.backend, "
@@ -246,7 +279,8 @@ def test_a_photo_gives_the_python_runtimes_maps(page: Any, graph: Path, photo: P
     np.testing.assert_array_equal(canvas_pixels(page, "photo")[..., :3], np.asarray(Image.open(photo)))
 
 
-def test_relighting_follows_the_slider_and_the_drag(page: Any, photo: Path) -> None:
+def test_relighting_follows_the_slider_and_the_drag(person_page: Any, photo: Path) -> None:
+    page = person_page
     give_photo(page, photo)
     before = canvas_pixels(page, "relit")
     page.locator("#ambient").fill("0.9")
@@ -261,6 +295,50 @@ def test_relighting_follows_the_slider_and_the_drag(page: Any, photo: Path) -> N
     light = page.evaluate("() => david.light")
     assert light[0] < -0.8 and abs(np.linalg.norm(light) - 1) < 1e-6  # light from the left edge
     assert not np.array_equal(canvas_pixels(page, "relit"), brighter)
+
+
+def _python_relit(photo: Path, maps: Dict[str, Any], light: Any, ambient: float) -> Any:
+    """`david_infer.apps.relight` of the page's maps, and the EmptyMaskWarnings it gave."""
+    import warnings
+
+    from david_infer.apps import relight
+    from david_infer.errors import EmptyMaskWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmptyMaskWarning)
+        lit = relight(np.asarray(Image.open(photo)), maps["normal"], light, ambient, foreground=maps["foreground"])
+    return lit, [str(w.message) for w in caught if issubclass(w.category, EmptyMaskWarning)]
+
+
+def test_a_mask_that_keeps_no_pixel_is_said_and_relit_as_relight_does(page: Any, photo: Path) -> None:
+    """The random weights' mask keeps no pixel: the page used to re-light the whole photo while
+    `relight` returns it unchanged, without a word. Now one rule and one warning: the package's."""
+    maps = give_photo(page, photo)
+    lit, said = _python_relit(photo, maps, page.evaluate("() => david.light"), page.evaluate("() => david.ambient"))
+    assert said == ["the foreground mask keeps no pixel (no person found), so the re-lit photo is the photo unchanged"]
+    np.testing.assert_array_equal(canvas_pixels(page, "relit")[..., :3], lit)
+    np.testing.assert_array_equal(lit, np.asarray(Image.open(photo)))
+    warning = page.locator("#mask-warning")
+    assert warning.is_visible() and page.evaluate("() => david.maskWarning") in warning.inner_text()
+    assert warning.inner_text() == (
+        "Warning: the foreground mask keeps no pixel (no person found), so the cut-out is fully transparent "
+        "and the re-lit photo is the photo unchanged."
+    )
+    assert (canvas_pixels(page, "foreground")[..., 3] == 0).all()  # the cut-out: fully transparent, as said
+    depth = canvas_pixels(page, "depth")[..., :3]
+    assert depth.min() == 0 and depth.max() == 255  # the depth is drawn unmasked, not faded out
+
+
+def test_a_mask_that_keeps_a_person_is_relit_as_relight_does_without_a_warning(person_page: Any, photo: Path) -> None:
+    maps = give_photo(person_page, photo)
+    assert float(maps["foreground"].min()) > 0.5
+    light, ambient = person_page.evaluate("() => david.light"), person_page.evaluate("() => david.ambient")
+    lit, said = _python_relit(photo, maps, light, ambient)
+    assert said == [] and person_page.locator("#mask-warning").is_hidden()
+    assert person_page.evaluate("() => david.maskWarning") is None
+    page_lit = canvas_pixels(person_page, "relit")[..., :3].astype(int)
+    assert np.abs(page_lit - lit.astype(int)).max() <= 1  # float32 here, doubles there: a level at most
+    assert not np.array_equal(lit, np.asarray(Image.open(photo)))
 
 
 def test_each_map_downloads_as_a_png(page: Any, photo: Path, web_dir: Path) -> None:
