@@ -22,6 +22,8 @@ from PIL import Image
 
 from david_infer.errors import BackendUnavailable, InputError, ModelError
 from david_infer.webapp import STATIC_DIR, describe_model, open_page_server
+from tests.support.parity import PIPELINES, SHAPES, case_id, check
+from tests.support.parity import photo as parity_photo
 from tests.support.web_driver import PageServerProcess, canvas_pixels, find_chromium, give_photo, open_page
 
 CI = os.environ.get("CI") == "true"
@@ -444,3 +446,22 @@ def test_a_browser_with_too_little_memory_is_told_so(context: Any, server: PageS
     page = open_page(context.new_page(), server.url)
     assert state(page)["phase"] == "failed"
     assert page.locator("#error").inner_text().startswith("Too little memory: the model needs about")
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_page_gives_the_reference_maps_at_every_shape(
+    context: Any, web_dir: Path, parity_models: Dict[str, Path], reference_maps: Any, pipeline: str
+) -> None:
+    """The page (ONNX Runtime Web, WASM) on the pre/post graph against the reference stages, at
+    every shape of the parity suite (tests/support/parity.py); 4K maps sampled every few pixels."""
+    built_page()
+    with PageServerProcess(parity_models[pipeline + "+graph"]) as server:
+        page = open_page(context.new_page(), server.url + "?backend=wasm&threads=2")
+        for shape in SHAPES:
+            path = web_dir / f"{case_id(pipeline, shape)}.png"
+            Image.fromarray(parity_photo(shape)).save(path)
+            step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / 1e6))))  # at most a million pixels back
+            got = give_photo(page, path, timeout_ms=300_000, step=step)
+            want = {task: np.asarray(value[::step, ::step]) for task, value in reference_maps(pipeline, shape).items()}
+            check(got, want, f"the page, {case_id(pipeline, shape)} (every {step} pixels)")
+            path.unlink()
