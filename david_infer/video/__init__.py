@@ -9,7 +9,7 @@ by `import david_infer`.
 
 from .decode import Frame, FrameReader, FrameSelection, VideoDecodeError, read_frames
 from .encode import ALPHA_ENCODING, MUXERS, Encoding, NpyStackWriter, VideoWriter
-from .predict import predict_frames, predict_video
+from .predict import STABILIZE_CHOICES, predict_frames, predict_video
 from .probe import VIDEO_SUFFIXES, VideoInfo, is_video_path, probe
 from .render import DepthRange, VisLayout, to_gray8
 from .stability import STABILIZE_MODES, StabilizeOptions, stabilize
@@ -24,6 +24,7 @@ __all__ = [
     "FrameReader",
     "FrameSelection",
     "NpyStackWriter",
+    "STABILIZE_CHOICES",
     "STABILIZE_MODES",
     "StabilizeOptions",
     "VideoDecodeError",

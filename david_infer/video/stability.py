@@ -129,14 +129,18 @@ def stabilize(frames: Iterable[Any], mode: str = "online", **options: Any) -> It
 
 
 def stabilize_pairs(
-    pairs: Iterable[Tuple[Any, Any]], mode: str, options: Optional[StabilizeOptions] = None
+    pairs: Iterable[Tuple[Any, Any]],
+    mode: str,
+    options: Optional[StabilizeOptions] = None,
+    spool: Optional[Path] = None,
 ) -> Iterator[Tuple[Any, Any]]:
     """`stabilize` on (tag, prediction) pairs; each tag comes back with its frame (offline mode
-    keeps the tags in memory until the end: keep them small)."""
+    keeps the tags in memory until the end: keep them small). `spool`: offline mode's temporary
+    file (an existing file, rewritten and removed at the end), instead of one in `spool_dir`."""
     if mode not in STABILIZE_MODES:
         raise InputError(f"stabilize: mode must be one of {', '.join(STABILIZE_MODES)}, got {mode!r}")
     opts = options or StabilizeOptions()
-    return _online(pairs, opts) if mode == "online" else _offline(pairs, opts)
+    return _online(pairs, opts) if mode == "online" else _offline(pairs, opts, spool)
 
 
 # ------------------------------------------------------------------------------------ frames
@@ -513,10 +517,12 @@ class _Spool:
     image), rewritten in place by the backward pass. Depth as float16 after its frame's median,
     normals as int16, the foreground as uint16, the gain as uint8."""
 
-    def __init__(self, folder: Optional[str]) -> None:
-        fd, name = tempfile.mkstemp(prefix=".david-stabilize-", suffix=".spool", dir=folder)
-        self.path = Path(name)
-        self._file: Any = os.fdopen(fd, "w+b")
+    def __init__(self, folder: Optional[str], path: Optional[Path] = None) -> None:
+        if path is None:
+            fd, name = tempfile.mkstemp(prefix=".david-stabilize-", suffix=".spool", dir=folder)
+            self.path, self._file = Path(name), os.fdopen(fd, "w+b")
+        else:
+            self.path, self._file = path, open(path, "w+b")
         self.offsets: List[int] = []
 
     @staticmethod
@@ -621,8 +627,10 @@ def _smooth_back(
     return tuple(out)
 
 
-def _offline(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
-    spool = _Spool(opts.spool_dir)
+def _offline(
+    pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions, path: Optional[Path]
+) -> Iterator[Tuple[Any, Any]]:
+    spool = _Spool(opts.spool_dir, path)
     try:
         stream = _Stream(opts)
         items: List[Tuple[Any, Any]] = []  # (tag, the input without its maps and image)
