@@ -157,7 +157,9 @@ class Scene:
         parts = figure(t, shot.place, shot.phase, shot.legs_move)
         if number == 0 and shot.frames * 0.15 <= t <= shot.frames * 0.5:  # the ball passing in front
             x = -1.0 + 2.0 * (t - shot.frames * 0.15) / (shot.frames * 0.35)
-            parts.append(Ellipsoid(np.array([x, 0.0, 2.3]), np.eye(3), np.full(3, 0.16), np.array([200, 40, 40.0]), False))
+            parts.append(
+                Ellipsoid(np.array([x, 0.0, 2.3]), np.eye(3), np.full(3, 0.16), np.array([200, 40, 40.0]), False)
+            )
         light = np.array([-0.4, -0.6, -0.7]) / np.linalg.norm([-0.4, -0.6, -0.7])
         for part in parts:
             inv = part.axes.T / part.radii[:, None]
@@ -261,7 +263,9 @@ class Errors:
         scale, shift = np.exp(rng.normal(0, 0.05)), rng.normal(0, 0.1 * self.spread)
         noise = 0.03 * self.spread * (depth_bias + smooth_field(rng, size))
         depth = -(scale * (truth["depth"] - self._centre + noise) + shift)
-        turn = np.radians(2.0) * normal_bias + np.radians(3.0) * np.stack([smooth_field(rng, size) for _ in range(3)], -1)
+        turn = np.radians(2.0) * normal_bias + np.radians(3.0) * np.stack(
+            [smooth_field(rng, size) for _ in range(3)], -1
+        )
         n = truth["normal"] + np.cross(turn, truth["normal"])
         n /= np.linalg.norm(n, axis=-1, keepdims=True)
         fg = _bilinear(truth["foreground"], smooth_field(rng, size), smooth_field(rng, size))
@@ -441,7 +445,9 @@ def main() -> None:
         folder = Path(tmp)
         results["accuracy"], path = accuracy(args.frames, size, folder)  # type: ignore[arg-type]
         results["ratios"] = {
-            method: {k: results["accuracy"][method][k] / results["accuracy"]["raw"][k] for k in results["accuracy"]["raw"]}
+            method: {
+                k: results["accuracy"][method][k] / results["accuracy"]["raw"][k] for k in results["accuracy"]["raw"]
+            }
             for method in ("online", "offline")
         }
         if not args.skip_cost:

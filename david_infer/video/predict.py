@@ -89,7 +89,9 @@ def _predict_video(
     mode: Optional[str],
     options: StabilizeOptions,
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
-    pairs = (((frame.index, frame.time), pred) for frame, pred in predict_frames(runtime, source, batch_size, prefetch))
+    pairs: Iterator[Tuple[Any, Any]] = (
+        ((frame.index, frame.time), pred) for frame, pred in predict_frames(runtime, source, batch_size, prefetch)
+    )
     if mode is not None:  # a clip that stops decoding early: what was decoded, stabilised, then the error
         pairs = stabilize_pairs(pairs, mode, options)
     for (index, time), pred in pairs:

@@ -211,6 +211,7 @@ def _rebuild(item: Any, maps: Tuple[Optional[np.ndarray], ...], image: np.ndarra
     if isinstance(item, Prediction):
         return Prediction(image, depth, normal, foreground, item.depth_inverse)
     out = dict(item)
+    out["image"] = image
     for name, value in zip(_MAPS, maps):
         if value is not None:
             out[name] = value
@@ -618,7 +619,7 @@ def _smooth_back(
         if a is None:
             out.append(None)
             continue
-        d = z - a  # type: ignore[operator]
+        d = z - a
         d *= c[..., None] if a.ndim == 3 else c
         d += a
         if index == 1:  # normals: back to unit length
