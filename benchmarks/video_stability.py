@@ -110,7 +110,8 @@ class Shot:
 
 
 class Scene:
-    """The benchmark clip: shot 1 (hold, pan, zoom; a ball passes), a cut, shot 2 (legs step)."""
+    """The benchmark clip: shot 1 (the camera holds while a ball passes, pans, zooms, holds), a
+    cut, shot 2 (the camera holds, the legs step)."""
 
     def __init__(self, frames: int, size: Tuple[int, int]) -> None:
         self.size, self.frames = size, frames
@@ -136,10 +137,23 @@ class Scene:
         base = 1.15 * self.size[1]
         if number == 1:
             return np.eye(3), base
-        a, b = length * 0.35, length * 0.7
-        pan = 0.12 * np.clip((t - a) / (b - a), 0, 1)
-        zoom = 1.0 + 0.3 * np.clip((t - b) / (length - b), 0, 1)
+        a, b, c = self.moves(length)
+        pan = 0.08 * np.clip((t - a) / (b - a), 0, 1)
+        zoom = 1.0 + 0.25 * np.clip((t - b) / (c - b), 0, 1)
         return _rotation("y", pan), base * zoom
+
+    @staticmethod
+    def moves(length: int) -> Tuple[int, int, int]:
+        """Shot 1's camera: holds, pans from a to b, zooms from b to c, holds."""
+        return int(length * 0.5), int(length * 0.7), int(length * 0.85)
+
+    def camera_moving(self, index: int) -> bool:
+        """Whether the camera moved between frame `index - 1` and `index`."""
+        number, t = self.shot_of(index)
+        if number != 0 or t == 0:
+            return False
+        a, _, c = self.moves(self.shots[0].frames)
+        return a < t <= c
 
     def render(self, index: int) -> Dict[str, np.ndarray]:
         """Ground truth (depth, normal, foreground) and the frame (image) of frame `index`."""
@@ -155,8 +169,8 @@ class Scene:
         colour = _wall_texture(hit[..., 0], hit[..., 1], shot.wall_seed)
         person = np.zeros((h, w), bool)
         parts = figure(t, shot.place, shot.phase, shot.legs_move)
-        if number == 0 and shot.frames * 0.15 <= t <= shot.frames * 0.5:  # the ball passing in front
-            x = -1.0 + 2.0 * (t - shot.frames * 0.15) / (shot.frames * 0.35)
+        if number == 0 and shot.frames * 0.15 <= t <= shot.frames * 0.45:  # the ball passing in front
+            x = -1.0 + 2.0 * (t - shot.frames * 0.15) / (shot.frames * 0.3)
             parts.append(
                 Ellipsoid(np.array([x, 0.0, 2.3]), np.eye(3), np.full(3, 0.16), np.array([200, 40, 40.0]), False)
             )
@@ -312,8 +326,13 @@ class Score:
         self.depth_steps: List[np.ndarray] = []  # prediction changes where the truth did not change
         self.depth_pairs: List[Tuple[np.ndarray, np.ndarray]] = []  # (prediction, truth) inside the figure
         self.sums = {k: [0.0, 0] for k in ("normal_flicker", "mask_flicker", "normal_error", "mask_error")}
+        self.camera_moving = False  # the pair now added: flicker also counted apart for a moving camera
+        for k in ("normal_flicker", "mask_flicker"):
+            self.sums[k + "_camera_moving"] = [0.0, 0]
+        self.depth_steps_moving: List[np.ndarray] = []
 
-    def add(self, pred: Dict[str, np.ndarray], truth: Dict[str, np.ndarray]) -> None:
+    def add(self, pred: Dict[str, np.ndarray], truth: Dict[str, np.ndarray], camera_moving: bool = False) -> None:
+        self.camera_moving = camera_moving
         inside = truth["foreground"] >= 0.99
         self.depth_pairs.append((pred["depth"][inside].astype(np.float64), truth["depth"][inside].astype(np.float64)))
         self._sum("normal_error", _angles(pred["normal"][inside], truth["normal"][inside]))
@@ -322,7 +341,8 @@ class Score:
             p0, t0 = self.previous
             both = inside & (t0["foreground"] >= 0.99)
             still = both & (np.abs(truth["depth"] - t0["depth"]) < 1e-5)
-            self.depth_steps.append((pred["depth"] - p0["depth"])[still].astype(np.float64))
+            step = (pred["depth"] - p0["depth"])[still].astype(np.float64)
+            (self.depth_steps_moving if camera_moving else self.depth_steps).append(step)
             still_n = both & (_angles(truth["normal"], t0["normal"]) < 0.01)
             self._sum("normal_flicker", _angles(pred["normal"][still_n], p0["normal"][still_n]))
             still_m = np.abs(truth["foreground"] - t0["foreground"]) < 1e-6
@@ -330,6 +350,8 @@ class Score:
         self.previous = (pred, truth)
 
     def _sum(self, key: str, values: np.ndarray) -> None:
+        if self.camera_moving and key.endswith("flicker"):
+            key += "_camera_moving"
         self.sums[key][0] += float(values.sum())
         self.sums[key][1] += int(values.size)
 
@@ -338,12 +360,19 @@ class Score:
         g = np.concatenate([b for _, b in self.depth_pairs])
         s, b = np.polyfit(p, g, 1)  # the clip's one scale and shift (least squares)
         aligned = s * p + b
-        mean = {k: v[0] / max(1, v[1]) for k, v in self.sums.items()}
-        steps = np.concatenate(self.depth_steps) if self.depth_steps else np.zeros(0)
+        mean = {k: v[0] / v[1] if v[1] else float("nan") for k, v in self.sums.items()}
+
+        def flicker(parts: List[np.ndarray]) -> float:
+            steps = np.concatenate(parts) if parts else np.zeros(0)
+            return float(np.abs(s) * np.abs(steps).mean() / self.spread) if steps.size else float("nan")
+
         return {
-            "depth_flicker": float(np.abs(s) * np.abs(steps).mean() / self.spread) if steps.size else float("nan"),
+            "depth_flicker": flicker(self.depth_steps),
             "normal_flicker_deg": mean["normal_flicker"],
             "mask_flicker": mean["mask_flicker"],
+            "depth_flicker_camera_moving": flicker(self.depth_steps_moving),
+            "normal_flicker_deg_camera_moving": mean["normal_flicker_camera_moving"],
+            "mask_flicker_camera_moving": mean["mask_flicker_camera_moving"],
             "depth_absrel": float(np.mean(np.abs(aligned - g) / g)),
             "depth_rmse_over_spread": float(np.sqrt(np.mean((aligned - g) ** 2)) / self.spread),
             "normal_angle_deg": mean["normal_error"],
@@ -378,13 +407,14 @@ def predictions(truths: List[Dict[str, np.ndarray]], spread: float, size: Tuple[
 
 def accuracy(frames: int, size: Tuple[int, int], folder: Path) -> Tuple[Dict[str, Dict[str, float]], Path]:
     truths, path, spread = make_clip(frames, size, folder)
+    scene = Scene(frames, size)
     results: Dict[str, Dict[str, float]] = {}
     for method in METHODS:
         score = Score(spread)
         preds = predictions(truths, spread, size)
         stream = preds if method == "raw" else stabilize(preds, mode=method)
-        for truth, pred in zip(truths, stream):
-            score.add(pred, truth)
+        for index, (truth, pred) in enumerate(zip(truths, stream)):
+            score.add(pred, truth, scene.camera_moving(index))
         results[method] = score.result()
         print(method, json.dumps({k: round(v, 5) for k, v in results[method].items()}), flush=True)
     return results, path
@@ -430,6 +460,31 @@ def end_to_end(path: Path, model: Optional[str], folder: Path) -> Dict[str, Any]
     return out
 
 
+#: (metric, what it is, the goal of its online and offline ratios to raw: "<= x" or "~ x")
+ROWS = [
+    ("depth_flicker", "depth flicker / spread, camera still", ("<= 0.33", "<= 0.2")),
+    ("normal_flicker_deg", "normal flicker (deg), camera still", ("<= 0.33", "<= 0.2")),
+    ("mask_flicker", "mask flicker, camera still", ("<= 0.33", "<= 0.2")),
+    ("depth_flicker_camera_moving", "depth flicker / spread, camera moving", ("", "")),
+    ("normal_flicker_deg_camera_moving", "normal flicker (deg), camera moving", ("", "")),
+    ("mask_flicker_camera_moving", "mask flicker, camera moving", ("", "")),
+    ("depth_absrel", "depth AbsRel", ("<= 1.05", "<= 1.05")),
+    ("depth_rmse_over_spread", "depth RMSE / spread", ("<= 1.05", "<= 1.05")),
+    ("normal_angle_deg", "normal mean angle (deg)", ("<= 1.05", "<= 1.05")),
+    ("mask_mae", "mask MAE", ("<= 1.05", "<= 1.05")),
+]
+
+
+def table(accuracy: Dict[str, Dict[str, float]]) -> str:
+    """The results as a Markdown table: each method's value and its ratio to raw."""
+    lines = ["| | raw | online | offline | online / raw | offline / raw | goal (online, offline) |", "|---" * 7 + "|"]
+    for key, label, goals in ROWS:
+        raw, on, off = (accuracy[m][key] for m in METHODS)
+        goal = f"{goals[0]}, {goals[1]}" if goals[0] else "(reported)"
+        lines.append(f"| {label} | {raw:.4g} | {on:.4g} | {off:.4g} | {on / raw:.3f} | {off / raw:.3f} | {goal} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=120, help="frames of the accuracy clip (default 120)")
@@ -455,6 +510,7 @@ def main() -> None:
             results["end_to_end"] = end_to_end(path, args.model, folder)
     results["load_average_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
+    print(table(results["accuracy"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=STABILIZE_CHOICES,
         default=STABILIZE_DEFAULT,
         help=f"steady the maps over time (default {STABILIZE_DEFAULT}): offline smooths each frame with the "
-        "frames before and after it (a temporary file of about 14 bytes per pixel per frame beside the "
+        "frames before and after it (a temporary file of about 15 bytes per pixel per frame beside the "
         "outputs); online uses only the frames before (as for a live stream); none: each frame as predicted",
     )
     g.add_argument(

@@ -25,7 +25,7 @@ normalised.
 
 `ClipOptions.stabilize` ("none", "online", "offline"; `david_infer.video.stabilize`) steadies the
 maps over time before anything is drawn or written; offline spools the clip's maps to a temporary
-beside the outputs first (about 14 bytes per pixel per frame), then the frames come out in order
+beside the outputs first (about 15 bytes per pixel per frame), then the frames come out in order
 as in one pass. The completion record notes the mode.
 
 `write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):

@@ -28,7 +28,7 @@ between cuts):
 a few frames' worth). `offline`: the forward pass writes its estimate and gains to a temporary
 file (`spool_dir`), a backward pass (Rauch-Tung-Striebel) folds the later frames into each frame,
 the last pass yields: each frame gets the frames after it too, and memory stays bounded whatever
-the clip's length (disk: about 14 bytes per pixel per frame). Offline, each shot's depth is
+the clip's length (disk: about 15 bytes per pixel per frame). Offline, each shot's depth is
 expressed in the units of its frame of median scale (online: its first frame's).
 
 What it cannot fix: an error the model makes the same way frame after frame (a wrong depth of an
@@ -55,6 +55,14 @@ STABILIZE_MODES = ("online", "offline")
 GRID = 4
 #: fewest grid pixels a least-squares depth alignment is solved on
 MIN_ALIGN_PIXELS = 24
+#: the foreground's settled weight of a new frame, as a share of `frame_weight` (its flicker is at
+#: the edges, which move by a pixel or two from frame to frame; its accuracy gains from more frames)
+FOREGROUND_WEIGHT = 0.3
+#: the share of the textured grid cells whose normal flow marks motion from which the whole frame
+#: counts as moved (the camera moves; without motion compensation nothing can be blended)
+CAMERA_MOVES = 0.5
+#: the most grid pixels an alignment or a noise estimate reads
+FIT_PIXELS = 8192
 #: the least correlation of a frame's depth with the estimate's on the still pixels for a fit
 MIN_CORRELATION = 0.5
 #: the most a frame's depth scale may differ from the previous frame's (beyond: the next fallback)
@@ -198,7 +206,7 @@ def _read(item: Any, index: int) -> _Frame:
                 f"got {a.shape} {a.dtype}"
             )
         a = a.astype(np.float32, copy=False)
-        if not np.isfinite(a.sum(dtype=np.float64)) and not np.isfinite(a).all():
+        if not np.isfinite(a.sum()) and not np.isfinite(a).all():  # a NaN or inf makes the sum so
             raise InputError(
                 f"stabilize: frame {index}: {name} holds NaN or infinity; a broken model output cannot be stabilised"
             )
@@ -235,8 +243,8 @@ def _grey(grid: np.ndarray) -> np.ndarray:
 
 
 def _histogram(grid: np.ndarray) -> np.ndarray:
-    """The colour histogram on the grid: 4 levels per channel, 64 bins, summing to 1."""
-    q = grid >> 6
+    """The colour histogram on every other grid pixel: 4 levels per channel, 64 bins, summing to 1."""
+    q = grid[::2, ::2] >> 6
     bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
     h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
     return h / max(1.0, h.sum())
@@ -253,17 +261,23 @@ def _image_motion(grey: np.ndarray, previous: np.ndarray, threshold: float) -> n
     """Motion in [0, 1] on the grid, the larger of two tests, spread by one grid cell: the change
     (0 below `threshold` grey levels, 1 from twice that), and where the image has an edge or
     texture, the displacement the change implies (normal flow: change over gradient; 0 below a
-    fifth of a grid cell, 1 from two fifths), which sees a slow pan that changes little."""
+    fifth of a grid cell, 1 from two fifths), which sees a slow pan that changes little. When most
+    textured cells moved, the camera did: the whole frame counts as moved."""
     change = np.abs(grey - previous)
     p = np.pad((grey + previous) * np.float32(0.5), 1, mode="edge")
     gradient = np.abs(p[1:-1, 2:] - p[1:-1, :-2]) + np.abs(p[2:, 1:-1] - p[:-2, 1:-1])  # twice the slope
     flow = np.maximum(change - np.float32(threshold / 4), 0.0)
     flow /= np.maximum(gradient, np.float32(1.5 * threshold))  # grid cells x 2; flat: no test
     flow *= np.float32(2.0 / FLOW_CELLS)
+    textured = gradient >= np.float32(1.5 * threshold)
+    if np.count_nonzero(textured) and np.count_nonzero(flow[textured] >= 1.0) > CAMERA_MOVES * np.count_nonzero(
+        textured
+    ):
+        return np.ones_like(change)  # the camera moves (pan, zoom, shake): every pixel moved
     change *= np.float32(1.0 / threshold)
     np.maximum(change, flow, out=change)
     change -= 1.0
-    return _dilate(np.clip(change, 0.0, 1.0, out=change))
+    return np.clip(change, 0.0, 1.0, out=change)
 
 
 def _full_size(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -299,6 +313,11 @@ def _fit(x: np.ndarray, y: np.ndarray, noise_ratio: float) -> Tuple[float, float
     return float(s), float(b)
 
 
+def _sample(values: np.ndarray) -> np.ndarray:
+    """At most about FIT_PIXELS of `values`, evenly spaced (robust statistics need no more)."""
+    return values[:: max(1, values.shape[0] // FIT_PIXELS)]
+
+
 def _match_spread(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
     """Scale and shift that give `x` the median and interquartile range of `y`."""
     xq, yq = np.percentile(x, [25, 50, 75]), np.percentile(y, [25, 50, 75])
@@ -310,46 +329,87 @@ def _match_spread(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
 
 
 class _Shot:
-    """The running estimate of one shot: maps, per-pixel gain, the previous frame's grey grid and
-    histogram, the depth's scale and shift per frame (frame -> estimate)."""
+    """The running estimate of one shot: the maps, the gain per grid cell (the filter's variance
+    in units of a frame's noise), the previous frame's grey grid and histogram, and per frame the
+    depth units."""
 
     def __init__(self, frame: _Frame, opts: StabilizeOptions, grid: np.ndarray) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
         self.depth, self.normal, self.foreground = frame.depth, frame.normal, frame.foreground
-        self.gain = np.ones(self.size, np.float32)  # a new shot takes its first frame as it is
-        w = opts.frame_weight
-        self.q = np.float32(w * w / (1.0 - w)) if w < 1.0 else None  # random-walk noise per frame, over the frame's
+        #: per grid cell, the last gain of depth and normals [0] and of the foreground [1]
+        self.gain = np.ones((2,) + grid.shape[:2], np.float32)  # a new shot takes its first frame as it is
+        weights = np.array([opts.frame_weight, opts.frame_weight * FOREGROUND_WEIGHT], np.float32)
+        #: random-walk noise per frame over the frame's, of each gain (its settled value is the weight)
+        self.q = None if opts.frame_weight >= 1.0 else (weights * weights / (1.0 - weights))[:, None, None]
         self.grey, self.histogram = _grey(grid), _histogram(grid)
         #: per frame, the scale and shift from the estimate's depth units to the frame's
         self.units: List[Tuple[float, float]] = [(1.0, 0.0)]
         self.output_units = (1.0, 0.0)  # online: the leaky average of `units`
-        self.depth_noise: Optional[float] = None
-        self.angle_noise: Optional[float] = None
 
     def is_cut(self, frame: _Frame, grid: np.ndarray) -> bool:
         if frame.size != self.size:
             return True
         return float(np.abs(_histogram(grid) - self.histogram).sum()) > self.opts.cut_threshold
 
-    def update(self, frame: _Frame, grid: np.ndarray) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray]:
-        """The estimate after `frame` (new arrays, never written again) and the per-pixel gain used."""
+    def update(
+        self, frame: _Frame, grid: np.ndarray, output: bool = False
+    ) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, Optional[np.ndarray]]:
+        """The estimate after `frame` (new arrays, never written again), the gain per grid cell, and
+        with `output` the depth in the output's units (`output_units`)."""
         grey = _grey(grid)
-        moving_grid = _image_motion(grey, self.grey, self.opts.motion_threshold)
+        moving = _image_motion(grey, self.grey, self.opts.motion_threshold)
         self.grey, self.histogram = grey, _histogram(grid)
-        s, b = self._align(frame, moving_grid) if frame.depth is not None else (1.0, 0.0)
+        s, b = self._align(frame, moving) if frame.depth is not None else (1.0, 0.0)
         self.units.append((1.0 / s, -b / s))
         self.output_units = _leaky(self.output_units, self.units[-1])
-        self._noise(frame, s, b, moving_grid)
-        moving = _full_size(moving_grid, self.size)
+        gain = self._gain(frame, s, b, moving)
+        k, k_foreground = _full_size(gain[0], self.size), _full_size(gain[1], self.size)
         h, w = self.size
         depth = None if frame.depth is None else np.empty((h, w), np.float32)
         normal = None if frame.normal is None else np.empty((h, w, 3), np.float32)
         foreground = None if frame.foreground is None else np.empty((h, w), np.float32)
-        gain = np.empty((h, w), np.float32)
+        shown = np.empty((h, w), np.float32) if output and depth is not None else None
         for rows in row_bands(h, w):
-            self._band(frame, rows, s, b, moving[rows], depth, normal, foreground, gain)
+            self._band(frame, rows, s, b, k[rows], k_foreground[rows], depth, normal, foreground)
+            if shown is not None:
+                np.multiply(depth[rows], np.float32(self.output_units[0]), out=shown[rows])  # type: ignore[index]
+                shown[rows] += np.float32(self.output_units[1])
         self.depth, self.normal, self.foreground, self.gain = depth, normal, foreground, gain
-        return (depth, normal, foreground), gain
+        return (depth, normal, foreground), gain, shown
+
+    def _gain(self, frame: _Frame, s: float, b: float, moving: np.ndarray) -> np.ndarray:
+        """The filter's gain per grid cell: 1 where the image or a map moved (the map gates in units
+        of the frame's robust noise on the still cells), else the Kalman gain of a random walk."""
+        still = moving < 0.5
+        if frame.foreground is not None:
+            inside = still & (frame.foreground[::GRID, ::GRID] >= 0.5)
+            if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:
+                still = inside  # the noise of the person's maps, not of the background's
+        if np.count_nonzero(still) < MIN_ALIGN_PIXELS:
+            still = np.ones_like(still)
+        moved = _dilate(moving) + np.float32(1.0)  # 1 + motion; the gates below raise it, then 1 comes off
+        if frame.depth is not None:
+            r = frame.depth[::GRID, ::GRID] * np.float32(s)
+            r += np.float32(b)
+            r -= self.depth[::GRID, ::GRID]  # type: ignore[index]
+            np.abs(r, out=r)
+            spread = float(np.ptp(self.depth[::GRID, ::GRID])) + 1e-12  # type: ignore[index]
+            noise = max(1.4826 * float(np.median(_sample(r[still]))), 1e-4 * spread)
+            r *= np.float32(1.0 / (self.opts.gate * noise))
+            np.maximum(moved, r, out=moved)
+        if frame.normal is not None:
+            d = frame.normal[::GRID, ::GRID] - self.normal[::GRID, ::GRID]  # type: ignore[index]
+            e = (d * d) @ _ONE3  # squared chord, ~ squared angle
+            noise = max(1.4826**2 * float(np.median(_sample(e[still]))), 1e-6)
+            e *= np.float32(1.0 / (self.opts.gate**2 * noise))
+            np.maximum(moved, e, out=moved)
+        moved -= 1.0
+        np.clip(moved, 0.0, 1.0, out=moved)
+        if self.q is None:
+            return np.ones_like(self.gain)
+        k = self.gain + self.q
+        k /= k + 1.0
+        return np.maximum(k, moved[None], out=k)  # a cell that moved takes the frame as it is
 
     def _band(
         self,
@@ -357,48 +417,31 @@ class _Shot:
         rows: slice,
         s: float,
         b: float,
-        moving: np.ndarray,
+        k: np.ndarray,
+        k_foreground: np.ndarray,
         depth: Optional[np.ndarray],
         normal: Optional[np.ndarray],
         foreground: Optional[np.ndarray],
-        gain: np.ndarray,
     ) -> None:
-        m = moving.astype(np.float32)  # a copy: the motion of this band, raised by the map gates
-        if frame.depth is not None:
-            r_depth = frame.depth[rows] * np.float32(s)
-            r_depth += np.float32(b)
-            r_depth -= self.depth[rows]  # type: ignore[index]
-            gate = np.abs(r_depth)
-            gate *= np.float32(1.0 / (self.opts.gate * self.depth_noise))  # type: ignore[operator]
-            gate -= 1.0
-            np.maximum(m, gate, out=m)
-        if frame.normal is not None:
-            r_normal = frame.normal[rows] - self.normal[rows]  # type: ignore[index]
-            change = np.sqrt((r_normal * r_normal) @ _ONE3)  # chord length ~ angle in radians
-            change *= np.float32(1.0 / (self.opts.gate * self.angle_noise))  # type: ignore[operator]
-            change -= 1.0
-            np.maximum(m, change, out=m)
-        np.clip(m, 0.0, 1.0, out=m)
-        k = gain[rows]
-        if self.q is None:
-            k[...] = 1.0
-        else:  # Kalman gain of a random walk: (p + q) / (p + q + 1), p (the last gain) in units of the frame's noise
-            np.add(self.gain[rows], self.q, out=k)
-            k /= k + 1.0
-            k += m * (1.0 - k)  # a pixel that moved takes the frame as it is
+        """estimate + gain * (frame - estimate) on one band of rows; normals back to unit length."""
         if depth is not None:
-            r_depth *= k
-            np.add(self.depth[rows], r_depth, out=depth[rows])  # type: ignore[index]
+            r = frame.depth[rows] * np.float32(s)  # type: ignore[index]
+            r += np.float32(b)
+            r -= self.depth[rows]  # type: ignore[index]
+            r *= k
+            np.add(self.depth[rows], r, out=depth[rows])  # type: ignore[index]
         if foreground is not None:
-            r_fg = frame.foreground[rows] - self.foreground[rows]  # type: ignore[index]
-            r_fg *= k
-            np.add(self.foreground[rows], r_fg, out=foreground[rows])  # type: ignore[index]
+            r = frame.foreground[rows] - self.foreground[rows]  # type: ignore[index]
+            r *= k_foreground
+            np.add(self.foreground[rows], r, out=foreground[rows])  # type: ignore[index]
         if normal is not None:
-            r_normal *= k[..., None]
-            r_normal += self.normal[rows]  # type: ignore[index]
-            norm = np.sqrt((r_normal * r_normal) @ _ONE3)
+            previous = self.normal[rows]  # type: ignore[index]
+            n = frame.normal[rows] - previous  # type: ignore[index]
+            n *= k[..., None]
+            n += previous
+            norm = np.sqrt((n * n) @ _ONE3)
             np.maximum(norm, np.float32(1e-12), out=norm)
-            np.divide(r_normal, norm[..., None], out=normal[rows])
+            np.divide(n, norm[..., None], out=normal[rows])
 
     def _align(self, frame: _Frame, moving_grid: np.ndarray) -> Tuple[float, float]:
         """Scale and shift of this frame's depth onto the estimate (see the module docstring, 2)."""
@@ -409,15 +452,15 @@ class _Shot:
             inside = (frame.foreground[::GRID, ::GRID] >= 0.5) & (self.foreground[::GRID, ::GRID] >= 0.5)  # type: ignore[index]
             still = inside & (moving_grid < 0.5)
             if np.count_nonzero(still) >= MIN_ALIGN_PIXELS:
-                noise_ratio = float(self.gain[::GRID, ::GRID][still].mean())  # the estimate's noise, in frames'
-                s, b = _fit(x[still], y[still], noise_ratio)
+                noise_ratio = float(self.gain[0][still].mean())  # the estimate's noise, in frames'
+                s, b = _fit(_sample(x[still]), _sample(y[still]), noise_ratio)
                 if self._plausible(s, b):
                     return s, b
             if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:  # moved: pixels no longer match, their spread does
-                s, b = _match_spread(x[inside], y[inside])
+                s, b = _match_spread(_sample(x[inside]), _sample(y[inside]))
                 if self._plausible(s, b):
                     return s, b
-        s, b = _match_spread(x, y)
+        s, b = _match_spread(_sample(x.ravel()), _sample(y.ravel()))
         if self._plausible(s, b):
             return s, b
         last = self.units[-1]  # nothing fits: the previous frame's alignment
@@ -427,25 +470,6 @@ class _Shot:
         """A scale that is positive and within MAX_SCALE_STEP of the previous frame's."""
         previous = 1.0 / self.units[-1][0]
         return bool(np.isfinite(b) and s > 0 and 1.0 / MAX_SCALE_STEP <= s / previous <= MAX_SCALE_STEP)
-
-    def _noise(self, frame: _Frame, s: float, b: float, moving_grid: np.ndarray) -> None:
-        """The frame's robust noise of depth (after alignment) and of normals (chord length), on
-        the grid's still pixels (inside the foreground when it keeps enough): the gates' units."""
-        still = moving_grid < 0.5
-        if frame.foreground is not None:
-            inside = still & (frame.foreground[::GRID, ::GRID] >= 0.5)
-            if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:
-                still = inside
-        if np.count_nonzero(still) < MIN_ALIGN_PIXELS:
-            still = np.ones_like(still)
-        if frame.depth is not None:
-            r = frame.depth[::GRID, ::GRID][still] * s + b - self.depth[::GRID, ::GRID][still]  # type: ignore[index]
-            spread = float(np.ptp(self.depth[::GRID, ::GRID])) + 1e-12  # type: ignore[index]
-            self.depth_noise = max(1.4826 * float(np.median(np.abs(r))), 1e-4 * spread)
-        if frame.normal is not None:
-            d = frame.normal[::GRID, ::GRID][still] - self.normal[::GRID, ::GRID][still]  # type: ignore[index]
-            chord = np.sqrt((d * d) @ _ONE3)
-            self.angle_noise = max(1.4826 * float(np.median(chord)), 1e-3)
 
 
 def _leaky(average: Tuple[float, float], units: Tuple[float, float]) -> Tuple[float, float]:
@@ -487,8 +511,11 @@ class _Stream:
         self.opts = opts
         self.shot: Optional[_Shot] = None
 
-    def push(self, frame: _Frame) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, bool]:
-        """(maps, gain, whether this frame began a shot)."""
+    def push(
+        self, frame: _Frame, output: bool = False
+    ) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, bool, Optional[np.ndarray]]:
+        """(the estimate's maps, gain, whether this frame began a shot, with `output` the depth in
+        the output's units)."""
         grid = _grid_image(frame.image)
         if self.shot is not None and frame.tasks != self.shot.tasks:
             raise InputError(
@@ -497,17 +524,17 @@ class _Stream:
             )
         if self.shot is None or self.shot.is_cut(frame, grid):
             self.shot = _Shot(frame, self.opts, grid)
-            return (frame.depth, frame.normal, frame.foreground), self.shot.gain, True
-        maps, gain = self.shot.update(frame, grid)
-        return maps, gain, False
+            return (frame.depth, frame.normal, frame.foreground), self.shot.gain, True, frame.depth
+        maps, gain, shown = self.shot.update(frame, grid, output)
+        return maps, gain, False, shown
 
 
 def _online(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
     stream = _Stream(opts)
     for index, (tag, item) in enumerate(pairs):
         frame = _read(item, index)
-        maps, _, _ = stream.push(frame)
-        yield tag, _rebuild(item, _in_units(maps, stream.shot.output_units), frame.image)  # type: ignore[union-attr]
+        maps, _, _, shown = stream.push(frame, output=True)
+        yield tag, _rebuild(item, (shown,) + maps[1:], frame.image)
 
 
 # ------------------------------------------------------------------------------ offline
@@ -515,8 +542,8 @@ def _online(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterato
 
 class _Spool:
     """Offline mode's temporary file: one record per frame (the estimate's maps, the gain, the
-    image), rewritten in place by the backward pass. Depth as float16 after its frame's median,
-    normals as int16, the foreground as uint16, the gain as uint8."""
+    image), rewritten in place by the backward pass: depth float32, normals int16, the foreground
+    uint16, the gains uint8 per grid cell, the image uint8 (15 bytes per pixel)."""
 
     def __init__(self, folder: Optional[str], path: Optional[Path] = None) -> None:
         if path is None:
@@ -531,12 +558,12 @@ class _Spool:
         h, w = size
         parts: List[Tuple[str, Any, Tuple[int, ...]]] = []
         if tasks[0]:
-            parts += [("depth_offset", np.float64, (1,)), ("depth", np.float16, (h, w))]
+            parts.append(("depth", np.float32, (h, w)))
         if tasks[1]:
             parts.append(("normal", np.int16, (h, w, 3)))
         if tasks[2]:
             parts.append(("foreground", np.uint16, (h, w)))
-        parts += [("gain", np.uint8, (h, w)), ("image", np.uint8, (h, w, 3))]
+        parts += [("gain", np.uint8, (2, -(-h // GRID), -(-w // GRID))), ("image", np.uint8, (h, w, 3))]
         return parts
 
     def put(self, maps: Tuple[Optional[np.ndarray], ...], gain: np.ndarray, image: np.ndarray) -> None:
@@ -555,13 +582,14 @@ class _Spool:
         depth, normal, foreground = maps
         f = self._file
         if depth is not None:
-            offset = np.asarray([np.median(depth[::GRID, ::GRID])], np.float64)
-            f.write(offset.tobytes())
-            (depth - np.float32(offset[0])).astype(np.float16).tofile(f)
+            np.ascontiguousarray(depth, np.float32).tofile(f)
         if normal is not None:
-            np.rint(normal * np.float32(32767.0)).astype(np.int16).tofile(f)
+            (normal * np.float32(32767.0)).astype(np.int16).tofile(f)  # truncated: within 1 / 32767
         if foreground is not None:
-            np.rint(np.clip(foreground, 0.0, 1.0) * np.float32(65535.0)).astype(np.uint16).tofile(f)
+            fg = np.clip(foreground, 0.0, 1.0)
+            fg *= np.float32(65535.0)
+            fg += np.float32(0.5)
+            fg.astype(np.uint16).tofile(f)
         if gain is not None:
             np.rint(gain * np.float32(255.0)).astype(np.uint8).tofile(f)
             image.tofile(f)  # type: ignore[union-attr]
@@ -578,8 +606,7 @@ class _Spool:
             got[name] = np.fromfile(self._file, dtype, int(np.prod(shape))).reshape(shape)
         depth = normal = foreground = None
         if tasks[0]:
-            depth = got["depth"].astype(np.float32)
-            depth += np.float32(got["depth_offset"][0])
+            depth = got["depth"]
         if tasks[1]:
             normal = got["normal"].astype(np.float32)
             normal *= np.float32(1.0 / 32767.0)
@@ -611,16 +638,20 @@ def _smooth_back(
     later_gain: np.ndarray,
 ) -> Tuple[Optional[np.ndarray], ...]:
     """One Rauch-Tung-Striebel step: `maps + c * (later - maps)`, c = k (1 - k') / k' (k: this frame's
-    forward gain, k': the next frame's; 0 where the next frame moved)."""
-    c = gain * (1.0 - later_gain)
-    c /= np.maximum(later_gain, np.float32(1.0 / 255.0))
+    forward gain per grid cell, k': the next frame's; 0 where the next frame moved)."""
+    c_grid = gain * (1.0 - later_gain)
+    c_grid /= np.maximum(later_gain, np.float32(1.0 / 255.0))
+    c: List[Optional[np.ndarray]] = [None, None]
     out: List[Optional[np.ndarray]] = []
     for index, (a, z) in enumerate(zip(maps, later)):
         if a is None:
             out.append(None)
             continue
-        d = z - a
-        d *= c[..., None] if a.ndim == 3 else c
+        layer = 1 if index == 2 else 0  # the foreground's own gain
+        if c[layer] is None:
+            c[layer] = _full_size(c_grid[layer], a.shape[:2])
+        d = z - a  # type: ignore[operator]
+        d *= c[layer][..., None] if a.ndim == 3 else c[layer]  # type: ignore[index]
         d += a
         if index == 1:  # normals: back to unit length
             d /= np.maximum(np.sqrt((d * d) @ _ONE3), np.float32(1e-12))[..., None]
@@ -638,7 +669,7 @@ def _offline(
         shots: List[_ShotSpan] = []
         for index, (tag, item) in enumerate(pairs):
             frame = _read(item, index)
-            maps, gain, began = stream.push(frame)
+            maps, gain, began, _ = stream.push(frame)
             if began:
                 shots.append(_ShotSpan(index, frame.size, frame.tasks, stream.shot.units))  # type: ignore[union-attr]
             spool.put(maps, gain, frame.image)
