@@ -552,6 +552,7 @@ class _Spool:
         else:
             self.path, self._file = path, open(path, "w+b")
         self.offsets: List[int] = []
+        self._buffers: Dict[Tuple[Tuple[int, ...], Any], np.ndarray] = {}
 
     @staticmethod
     def _layout(size: Tuple[int, int], tasks: Tuple[bool, bool, bool]) -> List[Tuple[str, Any, Tuple[int, ...]]]:
@@ -583,13 +584,17 @@ class _Spool:
         f = self._file
         if depth is not None:
             np.ascontiguousarray(depth, np.float32).tofile(f)
-        if normal is not None:
-            (normal * np.float32(32767.0)).astype(np.int16).tofile(f)  # truncated: within 1 / 32767
+        if normal is not None:  # truncated: within 1 / 32767; one pass, no float temporary
+            buffer = self._buffer(normal.shape, np.int16)
+            np.multiply(normal, np.float32(32767.0), out=buffer, casting="unsafe")
+            buffer.tofile(f)
         if foreground is not None:
             fg = np.clip(foreground, 0.0, 1.0)
             fg *= np.float32(65535.0)
             fg += np.float32(0.5)
-            fg.astype(np.uint16).tofile(f)
+            buffer = self._buffer(fg.shape, np.uint16)
+            np.copyto(buffer, fg, casting="unsafe")
+            buffer.tofile(f)
         if gain is not None:
             np.rint(gain * np.float32(255.0)).astype(np.uint8).tofile(f)
             image.tofile(f)  # type: ignore[union-attr]
@@ -608,14 +613,19 @@ class _Spool:
         if tasks[0]:
             depth = got["depth"]
         if tasks[1]:
-            normal = got["normal"].astype(np.float32)
-            normal *= np.float32(1.0 / 32767.0)
+            normal = np.multiply(got["normal"], np.float32(1.0 / 32767.0), dtype=np.float32)
         if tasks[2]:
-            foreground = got["foreground"].astype(np.float32)
-            foreground *= np.float32(1.0 / 65535.0)
+            foreground = np.multiply(got["foreground"], np.float32(1.0 / 65535.0), dtype=np.float32)
         gain = got["gain"].astype(np.float32)
         gain *= np.float32(1.0 / 255.0)
         return (depth, normal, foreground), gain, got.get("image")
+
+    def _buffer(self, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A reusable array to convert into before writing."""
+        key = (tuple(shape), np.dtype(dtype))
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(shape, dtype)
+        return self._buffers[key]
 
     def remove(self) -> None:
         self._file.close()
@@ -637,26 +647,27 @@ def _smooth_back(
     gain: np.ndarray,
     later_gain: np.ndarray,
 ) -> Tuple[Optional[np.ndarray], ...]:
-    """One Rauch-Tung-Striebel step: `maps + c * (later - maps)`, c = k (1 - k') / k' (k: this frame's
-    forward gain per grid cell, k': the next frame's; 0 where the next frame moved)."""
+    """One Rauch-Tung-Striebel step, in place on `maps`: `maps + c * (later - maps)`, c = k (1 - k') / k'
+    (k: this frame's forward gain per grid cell, k': the next frame's; 0 where the next frame moved),
+    band by band; normals back to unit length."""
     c_grid = gain * (1.0 - later_gain)
     c_grid /= np.maximum(later_gain, np.float32(1.0 / 255.0))
-    c: List[Optional[np.ndarray]] = [None, None]
-    out: List[Optional[np.ndarray]] = []
-    for index, (a, z) in enumerate(zip(maps, later)):
-        if a is None:
-            out.append(None)
-            continue
-        layer = 1 if index == 2 else 0  # the foreground's own gain
-        if c[layer] is None:
-            c[layer] = _full_size(c_grid[layer], a.shape[:2])
-        d = z - a  # type: ignore[operator]
-        d *= c[layer][..., None] if a.ndim == 3 else c[layer]  # type: ignore[index]
-        d += a
-        if index == 1:  # normals: back to unit length
-            d /= np.maximum(np.sqrt((d * d) @ _ONE3), np.float32(1e-12))[..., None]
-        out.append(d)
-    return tuple(out)
+    size = next(m.shape[:2] for m in maps if m is not None)
+    c, c_foreground = _full_size(c_grid[0], size), _full_size(c_grid[1], size)
+    for rows in row_bands(*size):
+        for index, (a, z) in enumerate(zip(maps, later)):
+            if a is None:
+                continue
+            band = a[rows]
+            d = z[rows] - band  # type: ignore[index]
+            k = (c_foreground if index == 2 else c)[rows]
+            d *= k[..., None] if d.ndim == 3 else k
+            if index == 1:
+                d += band
+                np.divide(d, np.maximum(np.sqrt((d * d) @ _ONE3), np.float32(1e-12))[..., None], out=band)
+            else:
+                band += d
+    return maps
 
 
 def _offline(
