@@ -9,7 +9,7 @@ rotation, colour range/matrix tags and pixel aspect; H.264 (libx264, 4:2:0; 4:4:
 `--frames START:END:STEP` selects frames (timestamps stay the source's), `--max-side N` scales
 frames down first. `--depth-range clip` (default) is two-pass, `running` one pass (see
 `david_infer.outputs.clips`). `--stabilize` steadies the maps over time
-(`david_infer.video.stabilize`; default offline, see STABILIZE_DEFAULT).
+(`david_infer.video.stabilize`; default online, see STABILIZE_DEFAULT).
 
 The clip's files are one set (david_infer.outputs.sets): written to hidden temporaries, renamed into
 place at the end with the completion record last, so Ctrl-C or a kill leaves the finished files
@@ -33,9 +33,10 @@ from ..jobs import describe, plan
 from ..outputs.clips import DEPTH_RANGES, VIDEO_KINDS, ClipOptions, check_encoders, write_clip
 from ..video.predict import STABILIZE_CHOICES
 
-#: --stabilize's default: offline measures steadiest with accuracy no worse than the frames' own
-#: (docs/video.md, benchmarks/video_stability.py), and a file's clip is known whole anyway
-STABILIZE_DEFAULT = "offline"
+#: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
+#: than the frames' own, within the per-frame cost goal; offline is steadier still at several times
+#: the cost and a disk spool (docs/video.md, benchmarks/video_stability.py)
+STABILIZE_DEFAULT = "online"
 
 #: the --save kinds that only clips have
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -61,9 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stabilize",
         choices=STABILIZE_CHOICES,
         default=STABILIZE_DEFAULT,
-        help=f"steady the maps over time (default {STABILIZE_DEFAULT}): offline smooths each frame with the "
-        "frames before and after it (a temporary file of about 15 bytes per pixel per frame beside the "
-        "outputs); online uses only the frames before (as for a live stream); none: each frame as predicted",
+        help=f"steady the maps over time (default {STABILIZE_DEFAULT}): online blends each frame with the frames "
+        "before it; offline also with those after it (steadier, slower, a temporary file of about 15 bytes "
+        "per pixel per frame beside the outputs); none: each frame as predicted",
     )
     g.add_argument(
         "--video-preset",

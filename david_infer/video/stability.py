@@ -250,9 +250,11 @@ def _histogram(grid: np.ndarray) -> np.ndarray:
     return h / max(1.0, h.sum())
 
 
-def _dilate(m: np.ndarray) -> np.ndarray:
-    """3x3 maximum."""
+def _dilate(m: np.ndarray, cross: bool = False) -> np.ndarray:
+    """3x3 maximum (`cross`: over the four neighbours)."""
     p = np.pad(m, 1, mode="edge")
+    if cross:
+        return np.maximum(np.maximum(np.maximum(p[:-2, 1:-1], p[2:, 1:-1]), np.maximum(p[1:-1, :-2], p[1:-1, 2:])), m)
     rows = np.maximum(np.maximum(p[:-2], p[1:-1]), p[2:])
     return np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
@@ -387,7 +389,9 @@ class _Shot:
                 still = inside  # the noise of the person's maps, not of the background's
         if np.count_nonzero(still) < MIN_ALIGN_PIXELS:
             still = np.ones_like(still)
-        moved = _dilate(moving) + np.float32(1.0)  # 1 + motion; the gates below raise it, then 1 comes off
+        moved = np.ones((2,) + moving.shape, np.float32)  # 1 + motion; the gates raise it, then 1 comes off
+        moved[0] += _dilate(moving)  # depth and normals: a margin of one cell around what the image shows
+        moved[1] += _dilate(moving, cross=True)  # the foreground: its edges are the image's: a thinner margin
         if frame.depth is not None:
             r = frame.depth[::GRID, ::GRID] * np.float32(s)
             r += np.float32(b)
@@ -396,7 +400,7 @@ class _Shot:
             spread = float(np.ptp(self.depth[::GRID, ::GRID])) + 1e-12  # type: ignore[index]
             noise = max(1.4826 * float(np.median(_sample(r[still]))), 1e-4 * spread)
             r *= np.float32(1.0 / (self.opts.gate * noise))
-            np.maximum(moved, r, out=moved)
+            np.maximum(moved, r, out=moved)  # (both layers)
         if frame.normal is not None:
             d = frame.normal[::GRID, ::GRID] - self.normal[::GRID, ::GRID]  # type: ignore[index]
             e = (d * d) @ _ONE3  # squared chord, ~ squared angle
@@ -409,7 +413,7 @@ class _Shot:
             return np.ones_like(self.gain)
         k = self.gain + self.q
         k /= k + 1.0
-        return np.maximum(k, moved[None], out=k)  # a cell that moved takes the frame as it is
+        return np.maximum(k, moved, out=k)  # a cell that moved takes the frame as it is
 
     def _band(
         self,

@@ -83,7 +83,7 @@ def test_cli_stabilize_reaches_every_output_and_the_record(
     steady: Path, tiny_multitask_onnx: Path, tiny_runtime, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     raw = [p for _, _, p in tiny_runtime.predict_video(steady, frames="2:12:2")]
-    for mode in ("offline", "online"):
+    for mode in ("online", "offline"):
         out = tmp_path / mode
         args = [str(steady), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth,vis,depth-npz,cutout"]
         assert predict(*args, "--frames", "2:12:2", "--stabilize", mode) == 0
@@ -98,14 +98,14 @@ def test_cli_stabilize_reaches_every_output_and_the_record(
         record = json.loads((out / "steady.done.json").read_text())
         assert json.dumps(record).count(f'"stabilize": "{mode}"') == 1
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no spool left
-    # the default is offline: a rerun with it over the online outputs is told they differ, then redoes them
-    args = [str(steady), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "online"), "--frames", "2:12:2"]
+    # the default is online: a rerun with it over the offline outputs is told they differ, then redoes them
+    args = [str(steady), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "offline"), "--frames", "2:12:2"]
     args += ["--save", "depth,vis,depth-npz,cutout"]
     assert predict(*args) == 1
-    assert "'stabilize': 'online'" in capsys.readouterr().err
+    assert "'stabilize': 'offline'" in capsys.readouterr().err
     assert predict(*args, "--overwrite") == 0
-    record = json.loads((tmp_path / "online" / "steady.done.json").read_text())
-    assert '"stabilize": "offline"' in json.dumps(record)
+    record = json.loads((tmp_path / "offline" / "steady.done.json").read_text())
+    assert '"stabilize": "online"' in json.dumps(record)
 
 
 def _frames(path: Path) -> Iterator[object]:
