@@ -484,6 +484,9 @@ def table(accuracy: Dict[str, Dict[str, float]]) -> str:
     for key, label, goals in ROWS:
         raw, on, off = (accuracy[m][key] for m in METHODS)
         goal = f"{goals[0]}, {goals[1]}" if goals[0] else "(reported)"
+        if np.isnan(raw):  # no pixel whose ground truth stayed the same
+            lines.append(f"| {label} | n/a | n/a | n/a | | | the ground truth changes everywhere |")
+            continue
         lines.append(f"| {label} | {raw:.4g} | {on:.4g} | {off:.4g} | {on / raw:.3f} | {off / raw:.3f} | {goal} |")
     return "\n".join(lines)
 
