@@ -9,31 +9,36 @@ between cuts):
    histogram of a frame (64 bins) differs from the previous frame's by more than `cut_threshold`
    (L1 distance, 0..2): the estimate starts again from that frame.
 2. Depth alignment. Each frame's depth is mapped by one scale and shift onto the running
-   estimate, solved by least squares (Huber-weighted, three rounds) on a grid of every 4th pixel
-   inside both foregrounds where the image did not move: the alignment DAViD's authors evaluate
-   with. Fallbacks, in order: too few such pixels, every grid pixel inside both foregrounds; no
-   foreground (an empty or absent mask) or a fit whose scale is not positive, the frame's median
-   and interquartile range matched to the estimate's over the whole frame.
-3. Motion. The grey image on the same grid (box-blurred) against the previous frame's: a change
-   over `motion_threshold` grey levels marks motion (full motion at twice that), spread by one grid
-   cell. Beside it, a pixel whose map changed by more than `gate` times the frame's robust noise
-   (depth after alignment; normals by angle) counts as moved: a moving limb of one flat colour
-   shows no change inside in the image, but its maps change.
-4. A recursive filter per pixel (a Kalman filter on a random walk): a pixel that moved takes the
-   new frame as it is (gain 1), so moving limbs do not smear; where nothing moved the gain falls
-   as frames accumulate (1, 1/2, 1/3, ...) down to `frame_weight`. Depth and foreground are
-   blended linearly, normals likewise and renormalised (unit length).
+   estimate, solved on a grid of every 4th pixel inside both foregrounds where nothing moved (the
+   alignment DAViD's authors evaluate with), Huber-weighted, as a Deming fit: the estimate is less
+   noisy than a frame, and plain least squares would shrink the scale a little in every frame,
+   compounding. Fallbacks, in order: too few such pixels (or too little correlation), the
+   foreground's median and interquartile range; no foreground (an empty or absent mask), the whole
+   frame's; a scale not positive or over MAX_SCALE_STEP from the previous frame's, the next
+   fallback, at last the previous frame's alignment. The output's depth units are a leaky
+   average of the frames' own (UNITS_WEIGHT; offline run both ways), so they cannot drift.
+3. Motion, per grid cell: the grey image (box-blurred) against the previous frame's, a change over
+   `motion_threshold` grey levels or, on texture, a displacement over about a pixel (normal flow);
+   when most textured cells moved, the camera did and the whole frame counts as moved. Spread by
+   one cell (the foreground's to the four neighbours). Beside it, a cell whose map changed by more
+   than `gate` times the frame's robust noise (depth after alignment; normals by angle) counts as
+   moved: a moving limb of one flat colour shows no change inside in the image, but its maps do.
+4. A recursive filter per pixel (a Kalman filter on a random walk, its gain per grid cell): a
+   cell that moved takes the new frame as it is (gain 1), so moving limbs do not smear; where
+   nothing moved the gain falls as frames accumulate (1, 1/2, 1/3, ...) down to `frame_weight`
+   (the foreground's to FOREGROUND_WEIGHT of it). Depth and foreground are blended linearly,
+   normals likewise and renormalised (unit length).
 
 `online`: causal, the filter's estimate is each frame's output (no latency; memory: the estimate,
 a few frames' worth). `offline`: the forward pass writes its estimate and gains to a temporary
 file (`spool_dir`), a backward pass (Rauch-Tung-Striebel) folds the later frames into each frame,
 the last pass yields: each frame gets the frames after it too, and memory stays bounded whatever
-the clip's length (disk: about 15 bytes per pixel per frame). Offline, each shot's depth is
-expressed in the units of its frame of median scale (online: its first frame's).
+the clip's length (disk: about 15 bytes per pixel per frame).
 
 What it cannot fix: an error the model makes the same way frame after frame (a wrong depth of an
 arm, a missed hand) stays; a global depth change the model cannot tell from its per-frame scale
-(the person walking towards the camera) is held to the reference's scale.
+(the person walking towards the camera) is held to the running scale; while the camera moves
+nothing is blended (no motion compensation), only the depth aligned.
 """
 
 from __future__ import annotations
