@@ -156,7 +156,9 @@ def open_torch(work: Path, model: str, profile: Profile, batch: int = 16, **opti
     if options.get("compile", "off") != "off":
         options.setdefault("compile_backend", profile.compile_backend)
     options.setdefault("resolution", None)
-    return DavidRuntime(work / f"{model}-fp32.onnx", backend="torch", device=profile.device, batch_size=batch, **options)
+    return DavidRuntime(
+        work / f"{model}-fp32.onnx", backend="torch", device=profile.device, batch_size=batch, **options
+    )
 
 
 def step_parity(work: Path, model: str, profile: Profile, precisions: Sequence[str], compile: str) -> Dict[str, Any]:
@@ -286,7 +288,9 @@ def step_e2e(work: Path, model: str, profile: Profile, precision: str) -> Dict[s
         row: Dict[str, Any] = {"height": shape[0], "width": shape[1], "images": count, "batch": batch}
         side = 512 if profile.device == "cuda" else 64
         for stages in ("torch", "graph"):
-            with open_torch(work, model, profile, batch=batch, precision=precision, stages=stages, resolution=side) as rt:
+            with open_torch(
+                work, model, profile, batch=batch, precision=precision, stages=stages, resolution=side
+            ) as rt:
                 rt.predict_batch(images[:batch])  # warm-up: weights, kernels
                 t = time.perf_counter()
                 rt.predict_batch(images)

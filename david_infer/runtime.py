@@ -395,6 +395,8 @@ class DavidRuntime:
         max_side: Optional[int] = None,
         fps: Optional[float] = None,
         prefetch: Optional[int] = None,
+        stabilize: Optional[str] = None,
+        stabilize_options: Optional[Any] = None,
     ) -> Iterator[Tuple[int, Optional[float], Prediction]]:
         """Predict every frame of a clip; yields `(frame_index, timestamp, Prediction)` in order.
 
@@ -408,11 +410,25 @@ class DavidRuntime:
         Frames go through `imap` (decoded ahead in its reader thread, batched, bounded memory).
         A clip that stops decoding early yields what was decoded, then raises
         `david_infer.video.VideoDecodeError` naming the frame where decoding stopped.
+
+        `stabilize`: None or "none" (each frame as predicted), "online" or "offline": the maps
+        steadied over time by `david_infer.video.stabilize` (online: causal, each frame as it
+        comes, also for live iterables; offline: the whole clip first, smoother, spooled to a
+        temporary file); `stabilize_options`: a `david_infer.video.StabilizeOptions` or a dict
+        of its fields.
         """
         from . import video
 
         return video.predict_video(
-            self, src, batch_size=batch_size, frames=frames, max_side=max_side, fps=fps, prefetch=prefetch
+            self,
+            src,
+            batch_size=batch_size,
+            frames=frames,
+            max_side=max_side,
+            fps=fps,
+            prefetch=prefetch,
+            stabilize=stabilize,
+            stabilize_options=stabilize_options,
         )
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)

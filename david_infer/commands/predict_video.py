@@ -8,7 +8,8 @@ Every video keeps the source's frame timestamps (variable frame rates too), rate
 rotation, colour range/matrix tags and pixel aspect; H.264 (libx264, 4:2:0; 4:4:4 for odd sizes).
 `--frames START:END:STEP` selects frames (timestamps stay the source's), `--max-side N` scales
 frames down first. `--depth-range clip` (default) is two-pass, `running` one pass (see
-`david_infer.outputs.clips`).
+`david_infer.outputs.clips`). `--stabilize` steadies the maps over time
+(`david_infer.video.stabilize`; default online, see STABILIZE_DEFAULT).
 
 The clip's files are one set (david_infer.outputs.sets): written to hidden temporaries, renamed into
 place at the end with the completion record last, so Ctrl-C or a kill leaves the finished files
@@ -30,6 +31,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 from ..errors import DavidError, InputError
 from ..jobs import describe, plan
 from ..outputs.clips import DEPTH_RANGES, VIDEO_KINDS, ClipOptions, check_encoders, write_clip
+from ..video.predict import STABILIZE_CHOICES
+
+#: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
+#: than the frames' own, within the per-frame cost goal; offline is steadier still at several times
+#: the cost and a disk spool (docs/video.md, benchmarks/video_stability.py)
+STABILIZE_DEFAULT = "online"
 
 #: the --save kinds that only clips have
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -50,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="clip",
         help="clip (default): one range over the whole clip, two passes; running: one pass, the "
         "range of the frames so far",
+    )
+    g.add_argument(
+        "--stabilize",
+        choices=STABILIZE_CHOICES,
+        default=STABILIZE_DEFAULT,
+        help=f"steady the maps over time (default {STABILIZE_DEFAULT}): online blends each frame with the frames "
+        "before it; offline also with those after it (steadier, slower, a temporary file of about 15 bytes "
+        "per pixel per frame beside the outputs); none: each frame as predicted",
     )
     g.add_argument(
         "--video-preset",
@@ -96,6 +111,7 @@ def clip_options(args: argparse.Namespace, kinds: Sequence[str], depth_inverse: 
         args.batch_size,
         args.overwrite,
         depth_inverse,
+        args.stabilize,
     )
 
 

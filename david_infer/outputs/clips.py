@@ -9,7 +9,8 @@ it needs, the FFmpeg encoder it needs, how its file is opened and how each frame
   vis         NAME.vis.mp4         half-size tiles, two per row: the frame, depth, normals and the
                                    foreground as a tint over the frame (`david_infer.video.render.VisLayout`);
                                    the source's audio copied
-  depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 raw model depth, `time` (s),
+  depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 model depth (stabilised with
+                                   `stabilize`), `time` (s),
                                    `pts`, `frame_index` (N,)
   cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte
                                    as alpha
@@ -21,6 +22,11 @@ about 6 bytes per output pixel per frame), the second draws them with the range 
 clip. "running" is one pass without the spool: each frame uses the range of the frames so far,
 which only widens (early frames may use less of the scale). Raw data (depth-npz) is never
 normalised.
+
+`ClipOptions.stabilize` ("none", "online", "offline"; `david_infer.video.stabilize`) steadies the
+maps over time before anything is drawn or written; offline spools the clip's maps to a temporary
+beside the outputs first (about 15 bytes per pixel per frame), then the frames come out in order
+as in one pass. The completion record notes the mode.
 
 `write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
 temporaries renamed into place at the end with the completion record last; a clip that stops
@@ -52,6 +58,7 @@ import numpy as np
 from ..errors import InputError
 from ..video import (
     ALPHA_ENCODING,
+    STABILIZE_CHOICES,
     DepthRange,
     Encoding,
     Frame,
@@ -62,6 +69,7 @@ from ..video import (
     predict_frames,
     to_gray8,
 )
+from ..video.stability import stabilize_pairs
 from .sets import KindTable, Source, WriteOptions
 
 DEPTH_RANGES = ("clip", "running")
@@ -71,7 +79,8 @@ DEPTH_RANGES = ("clip", "running")
 class ClipOptions:
     """How a clip's set is written: its kinds, which frames (`video.FrameSelection`), the longest
     side frames are scaled to, the depth range ("clip": two-pass, or "running"), libx264's preset
-    and crf, frames per model call, and whether the runtime's depth is inverse (larger = nearer)."""
+    and crf, frames per model call, whether the runtime's depth is inverse (larger = nearer), and
+    the stabilisation over time ("none", "online", "offline")."""
 
     kinds: Tuple[str, ...]
     frames: Any  # video.FrameSelection
@@ -82,6 +91,11 @@ class ClipOptions:
     batch_size: int = 1
     overwrite: bool = False
     depth_inverse: bool = True
+    stabilize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.stabilize not in STABILIZE_CHOICES:
+            raise InputError(f"stabilize must be one of {', '.join(STABILIZE_CHOICES)}, got {self.stabilize!r}")
 
     def write_options(self, extra: Dict[str, Any]) -> WriteOptions:
         """What the completion record holds (a rerun with other options redoes the clip)."""
@@ -95,6 +109,7 @@ class ClipOptions:
                 "depth_range": self.depth_range,
                 "preset": self.preset,
                 "crf": self.crf,
+                "stabilize": self.stabilize,
             },
         )
 
@@ -414,9 +429,16 @@ def write_clip(
     source = source if source is not None else Source.before_read(info.path)
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
     background = _Background(outputs.add, 2 * opts.batch_size)
+    spool: Optional[Path] = None
     try:
         reader = FrameReader(info, opts.frames, opts.max_side)
-        for frame, pred in predict_frames(runtime, reader, opts.batch_size):
+        predicted: Iterator[Tuple[Any, Any]] = predict_frames(runtime, reader, opts.batch_size)
+        if opts.stabilize != "none":
+            if opts.stabilize == "offline":
+                spool = outputs.set.temporary(outputs.set.by_kind[opts.kinds[0]][0])
+            timing = ((_timing(frame), pred) for frame, pred in predicted)  # offline holds these: no pixels
+            predicted = stabilize_pairs(timing, opts.stabilize, spool=spool)
+        for frame, pred in predicted:
             background.put(frame, pred)
         background.close()
         if not outputs.meta and reader.error is None:  # a clip whose stated frame count was unknown or wrong
@@ -428,4 +450,12 @@ def write_clip(
         background.close(cancel=True)
         outputs.abort()
         raise
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
     return len(outputs.meta), None if stopped is None else str(stopped)
+
+
+def _timing(frame: Frame) -> Frame:
+    """The frame's index and timestamps without its pixels."""
+    return Frame(frame.index, frame.pts, frame.time, frame.duration, None)  # type: ignore[arg-type]

@@ -2,15 +2,17 @@
 
 I/O: `probe` (what a clip holds, `VideoInfo`), `decode` (frame selection, `read_frames`),
 `encode` (`VideoWriter`, `NpyStackWriter`); `predict` runs frames through `DavidRuntime.imap`;
-`render` draws what the output videos show. `av` is imported when a function is called, never
+`render` draws what the output videos show; `stability` steadies a clip's maps over time
+(`stabilize`). `av` is imported when a function is called, never
 by `import david_infer`.
 """
 
 from .decode import Frame, FrameReader, FrameSelection, VideoDecodeError, read_frames
 from .encode import ALPHA_ENCODING, MUXERS, Encoding, NpyStackWriter, VideoWriter
-from .predict import predict_frames, predict_video
+from .predict import STABILIZE_CHOICES, predict_frames, predict_video
 from .probe import VIDEO_SUFFIXES, VideoInfo, is_video_path, probe
 from .render import DepthRange, VisLayout, to_gray8
+from .stability import STABILIZE_MODES, StabilizeOptions, stabilize
 
 __all__ = [
     "ALPHA_ENCODING",
@@ -22,6 +24,9 @@ __all__ = [
     "FrameReader",
     "FrameSelection",
     "NpyStackWriter",
+    "STABILIZE_CHOICES",
+    "STABILIZE_MODES",
+    "StabilizeOptions",
     "VideoDecodeError",
     "VideoInfo",
     "VideoWriter",
@@ -31,5 +36,6 @@ __all__ = [
     "predict_video",
     "probe",
     "read_frames",
+    "stabilize",
     "to_gray8",
 ]

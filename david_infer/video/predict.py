@@ -1,13 +1,34 @@
 """Predictions of a clip's frames through the one batching path (`DavidRuntime.imap`): decoding
-runs ahead in its reader thread, memory is bounded whatever the clip's length."""
+runs ahead in its reader thread, memory is bounded whatever the clip's length; optionally
+stabilised over time (`david_infer.video.stability`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 from ..errors import InputError
 from .decode import Frame, FrameReader, FrameSelection, read_frames
+from .stability import STABILIZE_MODES, StabilizeOptions, stabilize_pairs
+
+#: `stabilize=` of predict_video and --stabilize: "none", or a mode of `stabilize`
+STABILIZE_CHOICES = ("none",) + STABILIZE_MODES
+
+
+def check_stabilize(mode: Optional[str]) -> Optional[str]:
+    """The stabilisation mode asked for ("online", "offline"), None for none; InputError otherwise."""
+    if mode is None or mode == "none":
+        return None
+    if mode not in STABILIZE_MODES:
+        raise InputError(f"stabilize must be one of {', '.join(STABILIZE_CHOICES)}, got {mode!r}")
+    return mode
+
+
+def as_stabilize_options(options: Union[None, Mapping[str, Any], StabilizeOptions]) -> StabilizeOptions:
+    """`StabilizeOptions` from a mapping of its fields (or as given)."""
+    if isinstance(options, StabilizeOptions):
+        return options
+    return StabilizeOptions.from_keywords(options or {})
 
 
 def _array_frames(frames: Iterable[Any], fps: Optional[float]) -> Iterator[Frame]:
@@ -40,8 +61,11 @@ def predict_video(
     max_side: Optional[int] = None,
     fps: Optional[float] = None,
     prefetch: Optional[int] = None,
+    stabilize: Optional[str] = None,
+    stabilize_options: Union[None, Mapping[str, Any], StabilizeOptions] = None,
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
     """See `DavidRuntime.predict_video`."""
+    mode, opts = check_stabilize(stabilize), as_stabilize_options(stabilize_options)
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
         file_reader = read_frames(src, selection, max_side)
@@ -53,7 +77,7 @@ def predict_video(
                 "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
             )
         reader, source = None, _array_frames(src, fps)
-    return _predict_video(runtime, reader, source, batch_size, prefetch)
+    return _predict_video(runtime, reader, source, batch_size, prefetch, mode, opts)
 
 
 def _predict_video(
@@ -62,8 +86,15 @@ def _predict_video(
     source: Iterable[Frame],
     batch_size: Optional[int],
     prefetch: Optional[int],
+    mode: Optional[str],
+    options: StabilizeOptions,
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
-    for frame, pred in predict_frames(runtime, source, batch_size, prefetch):
-        yield frame.index, frame.time, pred
+    pairs: Iterator[Tuple[Any, Any]] = (
+        ((frame.index, frame.time), pred) for frame, pred in predict_frames(runtime, source, batch_size, prefetch)
+    )
+    if mode is not None:  # a clip that stops decoding early: what was decoded, stabilised, then the error
+        pairs = stabilize_pairs(pairs, mode, options)
+    for (index, time), pred in pairs:
+        yield index, time, pred
     if reader is not None and reader.error is not None:
         raise reader.error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -17,6 +17,17 @@ def pattern(index: int, height: int, width: int) -> np.ndarray:
     ).astype(np.uint8)
     cx = (index * 5) % width
     img[height // 4 : 3 * height // 4, max(0, cx - width // 8) : cx + width // 8] = (230, 200, 180)
+    return img
+
+
+def steady_pattern(index: int, height: int, width: int) -> np.ndarray:
+    """A steady shot: a fixed gradient with a fixed figure, and a small square moving slowly."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 200 // max(1, width - 1), y * 200 // max(1, height - 1), np.full_like(x, 90)], axis=-1)
+    img = img.astype(np.uint8)
+    img[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = (230, 200, 180)
+    top, left = height // 8, (2 + index) % max(1, width - 8)
+    img[top : top + 6, left : left + 6] = (40, 60, 220)
     return img
 
 
@@ -34,9 +45,11 @@ def make_clip(
     color_range: int = 0,
     sar: Optional[Fraction] = None,
     faststart: bool = False,
+    draw: Callable[[int, int, int], np.ndarray] = pattern,
 ) -> Path:
     """Write a clip of `frames` frames of `size` (height, width) as stored; `pts` (in `time_base`)
-    gives a variable frame rate; `rotation` is the display rotation (degrees counter-clockwise)."""
+    gives a variable frame rate; `rotation` is the display rotation (degrees counter-clockwise);
+    `draw(index, height, width)` makes each frame."""
     import av
 
     height, width = size
@@ -60,7 +73,7 @@ def make_clip(
             astream = out.add_stream("aac", rate=16000)
             astream.layout = "mono"
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(pattern(i, height, width), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(draw(i, height, width), format="rgb24")
             frame = frame.reformat(format=pix_fmt, dst_color_range=color_range or None)
             if pts is not None:
                 frame.pts = pts[i]

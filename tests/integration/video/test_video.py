@@ -153,7 +153,7 @@ def test_cli_writes_every_kind_with_the_source_timing(
     src.mkdir()
     for key in ("odd", "portrait", "vfr"):
         os.link(clips[key], src / clips[key].name)
-    assert predict(str(src), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ALL) == 0
+    assert predict(str(src), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", ALL, "--stabilize", "none") == 0
     for key, n in (("odd", 12), ("portrait", 12), ("vfr", 10)):
         source = video.probe(clips[key])
         name = clips[key].stem
@@ -364,6 +364,8 @@ def test_cli_running_range_colour_range_and_pixel_aspect(
             "depth",
             "--depth-range",
             "running",
+            "--stabilize",
+            "none",
         )
         == 0
     )
