@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ from PIL import Image
 from tests.support import REPO
 from tests.support import prepost_stand_in as prepost_graph
 from tests.support.image_corpus import _photo, real_photos, write_corpus
+from tests.support.parity import PIPELINES, SHAPES, case_id, check
+from tests.support.parity import photo as parity_photo
 
 CPP = REPO / "cpp"
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
@@ -431,3 +433,21 @@ def test_a_wrapped_released_layout_file_matches_david_runtime(
         np.testing.assert_allclose(
             np.load(tmp_path / "out" / f"odd.{task}.npy"), getattr(prediction, task), rtol=0, atol=1e-5, err_msg=task
         )
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_host_gives_the_reference_maps_at_every_shape(
+    david_predict: Path, parity_models: dict, reference_maps: Callable, pipeline: str, tmp_path: Path
+) -> None:
+    """The C++ host on the pre/post graph against the reference stages at every shape of the parity
+    suite (tests/support/parity.py), both pipelines."""
+    model = parity_models[pipeline + "+graph"]
+    for shape in SHAPES:
+        name = case_id(pipeline, shape)
+        Image.fromarray(parity_photo(shape)).save(tmp_path / f"{name}.png")
+        done = run_host(david_predict, model, [tmp_path / f"{name}.png"], tmp_path / "out")
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = {task: np.load(tmp_path / "out" / f"{name}.{task}.npy") for task in ("depth", "normal", "foreground")}
+        check(got, reference_maps(pipeline, shape), f"C++ host, {name}")
+        for path in (tmp_path / "out").iterdir():
+            path.unlink()
