@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .errors import ModelError
+from .tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,13 @@ def depth_metrics(got: Any, ref: Any) -> Dict[str, float]:
 
 def normal_metrics(got: Any, ref: Any) -> Dict[str, float]:
     g, r = _images(got), _images(ref)
-    if g.shape[1] != 3:
-        raise ModelError(f"a normal output has 3 channels, this one {g.shape[1]}")
+    row = TASKS["normal"]
+    if g.shape[1] != row.channels:
+        raise ModelError(f"a normal output has {row.channels} channels, this one {g.shape[1]}")
     m = _common(g, r)
-    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    rn = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    eps = row.unit_eps or 0.0
+    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), eps)
+    rn = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), eps)
     angle = np.degrees(np.arccos(np.clip(np.sum(gn * rn, axis=1), -1.0, 1.0)))
     m["angle_mean_deg"] = float(angle.mean())
     m["angle_p99_deg"] = float(np.percentile(angle, 99))

@@ -26,9 +26,11 @@ class Task:
     unit_eps:  renormalise each pixel's vector to unit length after resizing, dividing by
                max(length, unit_eps); None: no renormalisation.
     clip:      (low, high) the finished map is clipped to; None: unclipped.
-    picture:   how a picture shows it: "colormap" (relative values through a colour map),
-               "vectors" ((v + 1) / 2 * 255 as RGB), "matte" (0..1 as 0..255).
-    files:     the suffixes the output writers give it: a picture and the float32 map.
+    picture:   how pictures show it: "relative" (min-max: a colour map in panels, 16 bits in a PNG),
+               "vectors" ((v + 1) / 2 * 255 as RGB), "matte" (0..1 as 0..255; a tint in panels).
+    files:     (format, suffix) of each file the output writers give it: "png" (its picture),
+               "npy" (the float32 map), "cutout" (the photo with the matte as alpha).
+    released_axes: how Microsoft's released files give it: "NHW" (no channel axis) or "NCHW".
     meaning:   one line for the manifest and the docs.
     """
 
@@ -37,8 +39,9 @@ class Task:
     sign: int = 1
     unit_eps: Optional[float] = None
     clip: Optional[Tuple[float, float]] = None
-    picture: str = "colormap"
-    files: Tuple[str, ...] = ()
+    picture: str = "relative"
+    files: Tuple[Tuple[str, str], ...] = ()
+    released_axes: str = "NCHW"
     meaning: str = ""
 
     def shape(self, height: int, width: int) -> Tuple[int, ...]:
@@ -77,7 +80,7 @@ class Task:
             "unit_eps": self.unit_eps,
             "clip": list(self.clip) if self.clip is not None else None,
             "picture": self.picture,
-            "files": list(self.files),
+            "files": dict(self.files),
             "meaning": self.meaning,
         }
 
@@ -90,8 +93,9 @@ TASKS: Dict[str, Task] = {
             "depth",
             1,
             sign=-1,
-            picture="colormap",
-            files=(".depth.png", ".depth.npy"),
+            picture="relative",
+            files=(("png", ".depth.png"), ("npy", ".depth.npy")),
+            released_axes="NHW",
             meaning="relative depth; the raw output is larger = farther, the finished map larger = nearer",
         ),
         Task(
@@ -99,7 +103,7 @@ TASKS: Dict[str, Task] = {
             3,
             unit_eps=1e-12,
             picture="vectors",
-            files=(".normal.png", ".normal.npy"),
+            files=(("png", ".normal.png"), ("npy", ".normal.npy")),
             meaning="unit surface normals (x right, y up, z toward the camera)",
         ),
         Task(
@@ -107,7 +111,7 @@ TASKS: Dict[str, Task] = {
             1,
             clip=(0.0, 1.0),
             picture="matte",
-            files=(".foreground.png", ".cutout.png"),
+            files=(("png", ".foreground.png"), ("cutout", ".cutout.png")),
             meaning="soft foreground mask in [0, 1]",
         ),
     )

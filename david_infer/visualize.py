@@ -37,6 +37,7 @@ from ._arrays import (
 )
 from ._colormaps import TABLES
 from .errors import InputError
+from .tasks import TASK_ORDER, TASKS
 
 COLORMAPS: Tuple[str, ...] = tuple(TABLES)
 BACKGROUND = (0, 0, 0)
@@ -46,7 +47,7 @@ MASK_COLOR = (0, 220, 90)
 #: how bright the foreground tile draws what the mask leaves out
 DIMMED = 0.3
 #: the tiles of a picture of a prediction, in order: the image, then each map the model predicts
-TILES = ("image", "depth", "normal", "foreground")
+TILES = ("image",) + TASK_ORDER
 
 
 @lru_cache(maxsize=None)
@@ -242,24 +243,26 @@ def draw_tile(
     depth_span: Optional[Tuple[float, float]] = None,
 ) -> np.ndarray:
     """One (H, W, 3) uint8 tile of a picture of a prediction (the image panel and the vis video):
-    `data` is the map the tile shows, `image` the photo (for the foreground tint), `shade` the
-    mask depth and normals fade outside (`tile_shade`).
+    `data` is the map the tile shows, `image` the photo (for the matte's tint), `shade` the mask
+    relative maps and vectors fade outside (`tile_shade`). How a map is drawn is its task's
+    `picture` (david_infer.tasks):
 
-    image: `data` itself. depth: `colorize_depth`, nearer brighter (`inverse`: the depth is
-    larger = nearer), normalised over the shaded pixels or within `depth_span`. normal:
-    `normals_to_rgb`. foreground: `mask_tile` of `image` and the soft mask `data`.
+    image: `data` itself. relative (depth): `colorize_depth`, nearer brighter (`inverse`: larger
+    = nearer), normalised over the shaded pixels or within `depth_span`. vectors (normals):
+    `normals_to_rgb`. matte (foreground): `mask_tile` of `image` and the soft mask `data`.
     """
     if name == "image":
         return data
-    if name == "depth":
+    if name not in TASKS:
+        raise InputError(f"unknown tile {name!r}; choose from {', '.join(TILES)}")
+    picture = TASKS[name].picture
+    if picture == "relative":
         return colorize_depth(data, shade, cmap, inverse=inverse, span=depth_span)
-    if name == "normal":
+    if picture == "vectors":
         return normals_to_rgb(data, shade)
-    if name == "foreground":
-        if image is None:
-            raise InputError("draw_tile: the foreground tile is drawn over the image; pass `image`")
-        return mask_tile(image, data)
-    raise InputError(f"unknown tile {name!r}; choose from {', '.join(TILES)}")
+    if image is None:
+        raise InputError(f"draw_tile: the {name} tile is drawn over the image; pass `image`")
+    return mask_tile(image, data)
 
 
 class _Reduced:

@@ -21,7 +21,10 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kManifestFormat = "david-infer-manifest";
-const char* const kTasks[] = {"depth", "normal", "foreground"};
+// The maps a graph may give and where Maps keeps each: names only (channels and finishing come from
+// the manifest and happen inside the graph).
+const std::pair<const char*, std::vector<float> Maps::*> kTasks[] = {
+    {"depth", &Maps::depth}, {"normal", &Maps::normal}, {"foreground", &Maps::foreground}};
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::ostringstream out;
@@ -125,7 +128,7 @@ GraphSpec parse_manifest(const json& manifest, const std::string& path) {
   spec.order = order == "rgb" ? ChannelOrder::RGB : ChannelOrder::BGR;
   for (const json& output : field(manifest, "outputs", path)) {
     OutputSpec out{text_field(output, "name", path), text_field(output, "task", path)};
-    if (std::find(std::begin(kTasks), std::end(kTasks), out.task) == std::end(kTasks)) {
+    if (std::none_of(std::begin(kTasks), std::end(kTasks), [&](const auto& t) { return out.task == t.first; })) {
       throw ModelError(path + ": output '" + out.name + "' has unknown task \"" + out.task +
                        "\" (expected depth, normal or foreground)");
     }
@@ -179,9 +182,10 @@ void check_graph(Ort::Session& session, const GraphSpec& spec, const std::string
 }
 
 std::vector<float>& map_of(Maps& maps, const std::string& task) {
-  if (task == "depth") return maps.depth;
-  if (task == "normal") return maps.normal;
-  return maps.foreground;
+  for (const auto& [name, field] : kTasks) {
+    if (task == name) return maps.*field;
+  }
+  throw ModelError("no map for the task \"" + task + "\"");  // parse_manifest refuses such outputs first
 }
 
 }  // namespace

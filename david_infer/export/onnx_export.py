@@ -57,8 +57,8 @@ def _wrap(model: Any, layout: str) -> Any:
 
         def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
             out = self.model(image)
-            # The released depth model returns (1, H, W): no channel axis.
-            return tuple(out[n].squeeze(1) if n == "depth" else out[n] for n in self.model.outputs)
+            # as the released files: a map of "NHW" axes without its channel axis
+            return tuple(out[n].squeeze(1) if TASKS[n].released_axes == "NHW" else out[n] for n in self.model.outputs)
 
     return (DynamicLayout if layout == "dynamic" else OfficialLayout)().eval()
 
@@ -99,9 +99,9 @@ def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
             {
                 "name": n,
                 "task": n,
-                "shape": [1, r, r] if n == "depth" else [1, TASKS[n].channels, r, r],
+                "shape": [1, r, r] if TASKS[n].released_axes == "NHW" else [1, TASKS[n].channels, r, r],
                 "dtype": "float32",
-                "axes": "NHW" if n == "depth" else "NCHW",
+                "axes": TASKS[n].released_axes,
             }
             for n in outputs
         ]

@@ -24,6 +24,7 @@ from ..errors import InputError, ModelError
 from ..manifest import check_sha256, manifest_path
 from ..outputs.files import sha256_file
 from ..shapes import check_stride, parse_hw_list
+from ..tasks import TASKS
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
@@ -136,8 +137,8 @@ def torch_outputs(model: Any, layout: str, feeds: Dict[str, Any]) -> Dict[str, A
         if "image_384" in feeds:
             args.append(torch.from_numpy(feeds["image_384"]))
         out = model(*args)
-    if layout == "official":  # the released depth output has no channel axis
-        out = {k: (v.squeeze(1) if k == "depth" else v) for k, v in out.items()}
+    if layout == "official":  # as the released files: a map of "NHW" axes has no channel axis
+        out = {k: (v.squeeze(1) if TASKS[k].released_axes == "NHW" else v) for k, v in out.items()}
     return {k: v.numpy() for k, v in out.items()}
 
 

@@ -56,6 +56,7 @@ from typing import (
 import numpy as np
 
 from ..errors import InputError
+from ..tasks import TASKS
 from ..video import (
     ALPHA_ENCODING,
     STABILIZE_CHOICES,
@@ -315,7 +316,7 @@ class ClipOutputs:
         self.range_all, self.range_person = DepthRange(), DepthRange()
         self.meta: List[Tuple[int, Optional[int], Optional[float], int]] = []  # index, pts, time, duration
         kinds = [VIDEO_KINDS[k] for k in opts.kinds]
-        two_pass = opts.depth_range == "clip" and "depth" in self.tasks
+        two_pass = opts.depth_range == "clip" and any(TASKS[t].picture == "relative" for t in self.tasks)
         #: the kinds drawn in the second pass, with the clip's range
         self.late = [k for k in kinds if k.hold is not None] if two_pass else []
         self._late_names = {k.name for k in self.late}

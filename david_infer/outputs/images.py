@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import EmptyMaskWarning
+from ..tasks import TASK_ORDER, TASKS
 from .files import NoSpace, no_space_reason, write_npy, write_png
 from .sets import KindTable, Source, WriteOptions
 
@@ -75,10 +76,10 @@ def _alpha(foreground: np.ndarray) -> np.ndarray:
     return fill_by_rows(np.empty(foreground.shape, np.uint8), band)
 
 
-def _normals_png(path: Path, pred: Any, opts: WriteOptions) -> None:
+def _vectors_png(path: Path, vectors: np.ndarray) -> None:
     from ..visualize import normals_to_rgb
 
-    write_png(path, normals_to_rgb(pred.normal))
+    write_png(path, normals_to_rgb(vectors))
 
 
 def _cutout_png(path: Path, pred: Any, opts: WriteOptions) -> None:
@@ -114,33 +115,29 @@ def _raw(task: str) -> WriteFile:
     return lambda path, pred, opts: write_npy(path, getattr(pred, task).astype(np.float32, copy=False))
 
 
+def _png(task: str) -> WriteFile:
+    """The task's map as the PNG its picture says: relative (16-bit, min-max), vectors
+    ((v + 1) / 2 * 255, RGB), matte (8-bit)."""
+    picture = TASKS[task].picture
+    if picture == "relative":
+        return lambda path, pred, opts: write_png(path, depth_to_uint16(getattr(pred, task)))
+    if picture == "vectors":
+        return lambda path, pred, opts: _vectors_png(path, getattr(pred, task))
+    return lambda path, pred, opts: write_png(path, _alpha(getattr(pred, task)))
+
+
+_WRITERS: Dict[str, Callable[[str], WriteFile]] = {"png": _png, "npy": _raw, "cutout": lambda task: _cutout_png}
+#: one kind per task, its files from the task table, then the pictures of a whole prediction
 _MAPS = [
-    ImageKind(
-        "depth",
-        "depth",
-        (
-            (".depth.png", lambda path, pred, opts: write_png(path, depth_to_uint16(pred.depth))),
-            (".depth.npy", _raw("depth")),
-        ),
-    ),
-    ImageKind("normal", "normal", ((".normal.png", _normals_png), (".normal.npy", _raw("normal")))),
-    ImageKind(
-        "foreground",
-        "foreground",
-        (
-            (".foreground.png", lambda path, pred, opts: write_png(path, _alpha(pred.foreground))),
-            (".cutout.png", _cutout_png),
-        ),
-    ),
+    ImageKind(task, task, tuple((suffix, _WRITERS[fmt](task)) for fmt, suffix in TASKS[task].files))
+    for task in TASK_ORDER
+] + [
     ImageKind("vis", None, ((".vis.png", _panel_png),)),
     ImageKind("ply", "depth", ((".ply", _point_cloud),)),
 ]
 #: the format name of each file of a two-file kind, in its file order: `--save KIND:FORMAT`
-FORMATS: Dict[str, Tuple[str, ...]] = {
-    "depth": ("png", "npy"),
-    "normal": ("png", "npy"),
-    "foreground": ("png", "cutout"),
-}
+FORMATS: Dict[str, Tuple[str, ...]] = {task: tuple(fmt for fmt, _ in TASKS[task].files) for task in TASK_ORDER}
+
 IMAGE_KINDS: KindTable[ImageKind] = KindTable(
     "images",
     _MAPS

@@ -77,8 +77,17 @@ class PostOptions:
             raise InputError(f"foreground_threshold must be None or a number in [0, 1], got {t!r}")
 
     def sign(self, task: str) -> int:
-        """The sign of `task`'s finished map against the raw output."""
+        """The sign of `task`'s finished map against the raw output (the table's default sign,
+        taken back for depth by invert_depth=False)."""
         return -1 if task == "depth" and self.invert_depth else 1
+
+    def normalizes(self, task: str) -> bool:
+        """Whether `task`'s finished map is min-max normalised to [0, 1] (depth, normalize_depth)."""
+        return task == "depth" and self.normalize_depth
+
+    def threshold(self, task: str) -> Optional[float]:
+        """The threshold `task`'s finished map is cut at to 0/1 (the foreground's), or None."""
+        return self.foreground_threshold if task == "foreground" else None
 
 
 @dataclass(frozen=True)
@@ -196,15 +205,15 @@ def _nonfinite(outputs: ModelOutputs, name: str, tasks: Sequence[str]) -> Union[
 def open_options(maps: Dict[str, np.ndarray], post: PostOptions) -> Dict[str, np.ndarray]:
     """What the finished maps leave to the output options, in place: depth normalised to [0, 1],
     the foreground thresholded."""
-    depth = maps.get("depth")
-    if depth is not None and post.normalize_depth:
-        lo, hi = float(depth.min()), float(depth.max())
-        depth -= np.float32(lo)
-        if hi > lo:
-            depth *= np.float32(1.0 / (hi - lo))
-    foreground = maps.get("foreground")
-    if foreground is not None and post.foreground_threshold is not None:
-        maps["foreground"] = (foreground > post.foreground_threshold).astype(np.float32)
+    for task, value in maps.items():
+        if post.normalizes(task):
+            lo, hi = float(value.min()), float(value.max())
+            value -= np.float32(lo)
+            if hi > lo:
+                value *= np.float32(1.0 / (hi - lo))
+        cut = post.threshold(task)
+        if cut is not None:
+            maps[task] = (value > cut).astype(np.float32)
     return maps
 
 

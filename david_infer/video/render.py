@@ -85,11 +85,11 @@ class VisLayout:
         image = half(pred.image)
         alpha = None if pred.foreground is None else np.clip(half(pred.foreground), 0.0, 1.0)
         shade = tile_shade(alpha)
-        maps = {"image": image, "normal": pred.normal, "foreground": alpha}
+        maps = {"image": image, "normal": None if pred.normal is None else half(pred.normal), "foreground": alpha}
         for name in self.names:
             data = maps.get(name)
             if data is not None:  # depth: by `draw_depth`
-                self._place(canvas, name, draw_tile(name, half(data) if name == "normal" else data, image, shade))
+                self._place(canvas, name, draw_tile(name, data, image, shade))
         return canvas, shade, None if pred.depth is None else half(pred.depth)
 
     def draw_depth(

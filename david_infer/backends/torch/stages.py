@@ -156,11 +156,12 @@ class TorchStages(Stages):
                 x = x / x.norm(dim=-1, keepdim=True).clamp_min(row.unit_eps)
             if row.clip is not None:
                 x = x.clamp(*row.clip)
-            if task == "depth" and post.normalize_depth:
+            if post.normalizes(task):
                 lo, hi = x.min(), x.max()
                 x = (x - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-            if task == "foreground" and post.foreground_threshold is not None:
-                x = (x > post.foreground_threshold).float()
+            cut = post.threshold(task)
+            if cut is not None:
+                x = (x > cut).float()
             result[task] = (x[..., 0] if row.channels == 1 else x).contiguous()
         return result if self.output == "torch" else to_numpy(result)
 
