@@ -1,18 +1,21 @@
-"""Pre/post inside the graph (`export --prepost`) against DavidRuntime's numpy path, per image.
+"""The pre/post per image: the graph stages (DavidRuntime's default with ONNX Runtime), a pre/post
+graph file (`export --prepost`, as a C++ host runs it) and the reference stages.
 
-1. The pre/post part alone: the graph is built around a stand-in network (two elementwise ops
-   with the real network's inputs and outputs, so every pre/post node runs and the network costs
-   nothing) and run by ONNX Runtime on the CPU with `--ort-threads` (default 2) threads, in a
-   session made as DavidRuntime makes it (its session options); against it, DavidRuntime's
-   `preprocess` + `postprocess` (numpy/Pillow, `--threads` workers).
-2. With `--base`: model-inclusive time of both on the Base multi-task network (random weights):
-   the pre/post graph run by ONNX Runtime against `DavidRuntime.predict` on the network file.
-3. With `--profile`: where the graph's time goes at 3840x2160, by stage (`profile`).
+1. Pre + post alone (the model call left out): DavidRuntime's `preprocess` + `postprocess` with
+   its graph stages and with the reference stages; the pre/post graph built around a stand-in
+   network (two elementwise ops with the real network's inputs and outputs, so every pre/post node
+   runs and the network costs nothing), run by ONNX Runtime with `--ort-threads` threads. With
+   `--compare-with DIR` (a checkout of an earlier version, e.g. `git worktree add /tmp/v0.1
+   eabb1f9`), that version's DavidRuntime `preprocess` + `postprocess` too, timed in a process of
+   its own right after ours, for each size.
+2. With `--base`: model-inclusive time on the Base multi-task network (random weights): the pre/post
+   graph file against `DavidRuntime.predict` on the network file.
+3. With `--profile`: where the pre/post graph's time goes at 3840x2160, by stage (`profile`).
 
 Medians of wall-clock ms (and of process CPU ms, which a busy shared machine inflates less) at
 1280x720 and 3840x2160, for a real photo (scikit-image's coffee, upscaled).
 
-    python benchmarks/prepost_graph.py [--runs 9] [--base] [--profile]
+    python benchmarks/prepost_graph.py [--runs 9] [--compare-with DIR] [--base] [--profile]
 
 Writes benchmarks/results/prepost_graph.json and the tables of docs/prepost.md ("Speed").
 """
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -143,6 +147,58 @@ def profile(graph: Any, graph_path: Path, image: np.ndarray, runs: int, threads:
     ]
 
 
+def stage_ms(rt: Any, image: np.ndarray, runs: int) -> tuple:
+    """(wall, cpu) median ms of `rt.preprocess` + `rt.postprocess` for `image` (the model left out)."""
+    decoded, staged = rt.preprocess(image)
+    outputs = rt.infer([staged])[0]
+
+    def once() -> None:
+        d, s = rt.preprocess(image)
+        rt.postprocess(d, s, outputs)
+
+    once()
+    return median_ms(once, runs)
+
+
+_OTHER = """
+import sys, time, numpy as np
+from PIL import Image
+from skimage import data
+from david_infer import DavidRuntime
+model, h, w, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+image = np.asarray(Image.fromarray(data.coffee()).resize((w, h), Image.Resampling.LANCZOS))
+with DavidRuntime(model) as rt:
+    d, p = rt.preprocess(image)
+    out = rt.infer([p])[0]
+    wall, cpu = [], []
+    for i in range(runs + 1):
+        t, c = time.perf_counter(), time.process_time()
+        d, p = rt.preprocess(image)
+        rt.postprocess(d, p, out)
+        if i:
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+print(1000 * float(np.median(wall)), 1000 * float(np.median(cpu)))
+"""
+
+
+def other_ms(checkout: Path, model: Path, size: tuple, runs: int) -> tuple:
+    """(wall, cpu) median ms of an earlier version's DavidRuntime preprocess + postprocess, in a
+    process of its own with that checkout first on its path."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER, str(model), str(size[0]), str(size[1]), str(runs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode:
+        raise SystemExit(f"{checkout}: {done.stderr[-2000:]}")
+    wall, cpu = done.stdout.split()[-2:]
+    return float(wall), float(cpu)
+
+
 def row(label: str, size: tuple, wall_cpu: tuple) -> Dict[str, Any]:
     return {
         "case": label,
@@ -157,6 +213,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--ort-threads", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="DavidRuntime pre/post threads (default: its own)")
+    parser.add_argument("--compare-with", type=Path, help="a checkout of an earlier version, timed alike")
     parser.add_argument("--base", action="store_true", help="also time the Base network, model included")
     parser.add_argument(
         "--profile", action="store_true", help="also profile the graph at 3840x2160: kernel time by stage"
@@ -178,22 +235,25 @@ def main(argv: List[str] = None) -> int:
         graph_path = Path(tmp, "stand-in-prepost.onnx")
         graph_path.write_bytes(graph.SerializeToString())
         session = ort_session(graph_path, args.ort_threads)
-        with DavidRuntime(tiny, threads=args.threads) as rt:
+        with DavidRuntime(tiny, threads=args.threads) as graph_rt, DavidRuntime(tiny, stages="reference") as ref_rt:
             for size in SIZES:
                 image = photo(*size)
+                rows.append(row("DavidRuntime, graph stages", size, stage_ms(graph_rt, image, args.runs)))
+                if args.compare_with:
+                    rows.append(
+                        row(
+                            f"DavidRuntime {args.compare_with.name}",
+                            size,
+                            other_ms(args.compare_with, tiny, size, args.runs),
+                        )
+                    )
                 feeds = {"image": image[None]}
                 session.run(None, feeds)
                 timing = median_ms(lambda feeds=feeds: session.run(None, feeds), args.runs)
-                rows.append(row("pre/post graph (ONNX Runtime)", size, timing))
-                decoded, prepared = rt.preprocess(image)
-                outputs = rt.infer([prepared])[0]
-
-                def numpy_path(image: np.ndarray = image, outputs: dict = outputs) -> None:
-                    d, p = rt.preprocess(image)
-                    rt.postprocess(d, p, outputs)
-
-                numpy_path()
-                rows.append(row("DavidRuntime preprocess + postprocess", size, median_ms(numpy_path, args.runs)))
+                rows.append(row(f"pre/post graph file ({args.ort_threads} threads)", size, timing))
+                rows.append(
+                    row("DavidRuntime, reference stages", size, stage_ms(ref_rt, image, max(3, args.runs // 3)))
+                )
         if args.profile:
             stages = profile(graph, graph_path, photo(*SIZES[-1]), args.runs, args.ort_threads)
         if args.base:

@@ -31,7 +31,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -83,35 +83,24 @@ class Decoded:
         return self.array
 
     def numpy(self) -> np.ndarray:
-        """The pixels as an array, (H, W) or (H, W, 3) in `order`; uint8 or float32."""
+        """The pixels as an array, (H, W) or (H, W, 3) in `order`; uint8 or float32. A PIL image is
+        let go once its pixels are an array (a 12-megapixel photo is not held twice)."""
         if self.array is None:
-            self.array = np.asarray(self.pil)
+            self.array = np.array(self.pil)  # writable: `display` hands it out as it is
+            self.pil = None
         return self.array
-
-    def pil_planes(self) -> List[Image.Image]:
-        """PIL images to resample: one "RGB"/"L" image for 8-bit data, one "F" image per channel
-        (in `order`) for float data."""
-        if self.pil is not None:
-            return [self.pil]
-        a = self._array()
-        if a.dtype == np.uint8:
-            return [Image.fromarray(np.ascontiguousarray(a))]
-        if a.ndim == 2:
-            return [Image.fromarray(np.ascontiguousarray(a))]
-        return [Image.fromarray(np.ascontiguousarray(a[..., c])) for c in range(3)]
 
     def display(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB for visualisation, writable (a view of an 8-bit RGB input array)."""
         if self._display is None:
-            # from a PIL image: one writable copy, not a cached read-only one plus a copy of it
-            a = np.array(self.pil) if self.array is None and self.pil is not None else self._array()
+            a = self.numpy()  # from a PIL image: its one writable copy
             if a.dtype != np.uint8:
                 a = (a * 255.0 + 0.5).astype(np.uint8)
             if a.ndim == 2:
                 a = np.repeat(a[..., None], 3, axis=2)
             elif self.order == "bgr":
                 a = a[..., ::-1]
-            if not a.flags.writeable:  # arrays read out of PIL are read-only; callers draw on this one
+            if not a.flags.writeable:  # a read-only input array: callers draw on this one
                 a = a.copy()
             self._display = a
         return self._display

@@ -39,8 +39,10 @@ from ..tasks import TASKS
 CHANNEL_ORDERS = ("rgb", "bgr")
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum with axes as inputs
 _GROUP = 16  # outputs per band (resolutions are multiples of 16: the pre-resizes need no slicing)
-#: the last (full-size) pass of the resize back works in groups of the largest divisor of the
-#: image's height up to this many rows (`row_group`)
+#: the last (full-size) pass of the resize back works in groups of this many rows: in a wrapped
+#: graph the largest divisor of the image's height up to it (so the groups tile the map and no
+#: slice copies it); in the runtime's post graph exactly this many, the last group padded (the
+#: runtime binds a map a few rows taller and keeps the image's rows: a view, no copy)
 MAX_ROW_GROUP = 64
 _I64_MAX = np.iinfo(np.int64).max
 
@@ -62,12 +64,6 @@ class GraphSpec:
             raise ExportError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if self.channel_order not in CHANNEL_ORDERS:
             raise ExportError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channel_order!r}")
-
-
-def row_group(height: int) -> int:
-    """The rows per group of the resize back's full-size pass: the largest divisor of `height` up
-    to MAX_ROW_GROUP (the graph computes the same), so the groups tile the map exactly."""
-    return max(d for d in range(1, MAX_ROW_GROUP + 1) if height % d == 0)
 
 
 @lru_cache(maxsize=1)
@@ -413,7 +409,7 @@ def _apply_band(b: _Builder, x: str, axis: int, band: _Band, groups: Optional[st
 
 
 def _largest_divisor(b: _Builder, m: str) -> str:
-    """`row_group(m)` in the graph: the largest d <= MAX_ROW_GROUP dividing m (int64 scalar)."""
+    """The largest d <= MAX_ROW_GROUP dividing m (int64 scalar)."""
     candidates = b.i(np.arange(1, MAX_ROW_GROUP + 1))
     fits = b.op("Equal", b.op("Mod", m, candidates), b.i(0))
     return b.reduce("ReduceMax", b.where(fits, candidates, b.i(0)), [0], 0)
@@ -570,9 +566,10 @@ class _PostBands:
     last: str
 
 
-def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec) -> _PostBands:
+def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec, padded: bool = False) -> _PostBands:
     """The resize back from the network's R x R to the image, as the bands across (x: R -> W) and
-    down (y: R -> H), which every task's map shares."""
+    down (y: R -> H), which every task's map shares; `padded`: the down band in groups of exactly
+    MAX_ROW_GROUP rows, the last one padded (see MAX_ROW_GROUP)."""
     r = b.i(spec.resolution)
     rf, sidef = b.f(float(spec.resolution)), b.to_float(sq.side)
     s = b.op("Div", rf, sidef)
@@ -591,8 +588,10 @@ def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec) -> _PostBands:
         down_family = _Pillow(
             b, rows, kernel, b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
         )
-    group = _largest_divisor(b, sq.h)  # no slicing of the full-size result
-    down = _band(b, rows, down_family, group=group)
+    if padded:
+        down = _band(b, rows, down_family, size=MAX_ROW_GROUP)
+    else:
+        down = _band(b, rows, down_family, group=_largest_divisor(b, sq.h))  # no slicing of the full-size result
     # only the model rows the image's rows read are resampled across (a 16:9 photo: 296 of 512),
     # so the map is cut to them first and the down band reads the cut rows
     first = b.op("Unsqueeze", b.reduce("ReduceMin", down.source, [0, 1], 0), b.i([0]))
@@ -695,14 +694,15 @@ def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype
 def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
     """The post graph: the network's outputs, one (N, C, R, R) input per task named by the task,
     and "size" (int64 [H, W]) -> per task its map resized to the image, unfinished, in row groups
-    (N, G, g, W x C) with G x g = H and g = `row_group(H)` (the runtime binds views of its maps)."""
+    (N, G, g, W x C), g = MAX_ROW_GROUP and G = ceil(H / g): the rows past H repeat the last one
+    (the runtime binds a view of a map g x G rows tall and keeps H of them)."""
     from onnx import TensorProto, helper
 
     b = _new_builder(GRAPH_OPSET)
     size = "size"
     h = b.op("Squeeze", b.op("Slice", size, b.i([0]), b.i([1]), b.i([0])), b.i([0]))
     w = b.op("Squeeze", b.op("Slice", size, b.i([1]), b.i([2]), b.i([0])), b.i([0]))
-    bands = _post_bands(b, _square(b, h, w), spec)
+    bands = _post_bands(b, _square(b, h, w), spec, padded=True)
     inputs, outputs = [helper.make_tensor_value_info(size, TensorProto.INT64, [2])], []
     for task in tasks:
         shape: List[Any] = ["batch", TASKS[task].channels, "side", "side"]

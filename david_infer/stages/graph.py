@@ -34,7 +34,7 @@ from ..inputs import Decoded
 from ..resample import square_geometry
 from ..tasks import TASKS
 from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options, split_outputs
-from .builder import GraphSpec, build_post, build_pre, row_group
+from .builder import MAX_ROW_GROUP, GraphSpec, build_post, build_pre
 
 #: graphs kept per runtime (a pre and a post per task for each resolution; more with resolution=None)
 _KEPT_SESSIONS = 16
@@ -144,11 +144,12 @@ class GraphStages(Stages):
         binding.bind_cpu_input("size", np.array([g.height, g.width], np.int64))
         binding.bind_cpu_input(task + ":raw", np.ascontiguousarray(value[None], dtype=np.float32))
         row = TASKS[task]
-        out = np.empty(row.shape(g.height, g.width), np.float32)
-        group = row_group(g.height)
-        shape = (1, g.height // group, group, g.width * row.channels)  # a view of `out`: no copy after
-        binding.bind_output(task, "cpu", 0, np.float32, shape, out.ctypes.data)
+        groups = -(-g.height // MAX_ROW_GROUP)  # the last group padded: a few rows more, kept apart
+        taller = np.empty(row.shape(groups * MAX_ROW_GROUP, g.width), np.float32)
+        shape = (1, groups, MAX_ROW_GROUP, g.width * row.channels)  # a view of `taller`: no copy after
+        binding.bind_output(task, "cpu", 0, np.float32, shape, taller.ctypes.data)
         session.run_with_iobinding(binding)
+        out = taller[: g.height]
         finish_in_place(task, out, self.options.post)
         return out
 
