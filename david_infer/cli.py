@@ -24,7 +24,7 @@ from .progress import print_line
 COMMANDS = {
     "export": ("export", "export a DAViD model to ONNX (+ manifest)"),
     "download": ("download", "download released DAViD models into the cache"),
-    "build-engine": ("build_engine", "build a TensorRT engine (+ sidecar manifest) from an ONNX export"),
+    "build-engine": ("build_engine", "build a TensorRT engine (+ manifest) from an ONNX export"),
     "verify": ("verify", "compare an exported ONNX file with the PyTorch model"),
     "predict": ("predict", "run a model on images, folders or globs and write depth/normal/mask files"),
     "bench": ("bench", "time a model: latency percentiles, images/s, pre/model/post split, backend ratios"),

@@ -122,7 +122,7 @@ class ModelContract:
     released: bool = False  # True for a manifest-less (released) file
     #: a pre/post graph's section (layout "prepost"), else None
     graph: Optional[GraphSection] = None
-    #: the manifest as read, for blocks this class does not type (e.g. a TensorRT sidecar's
+    #: the manifest as read, for blocks this class does not type (e.g. a TensorRT engine manifest's
     #: "tensorrt" block, read by that backend alone)
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

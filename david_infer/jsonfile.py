@@ -1,4 +1,4 @@
-"""Small JSON files beside models (manifests, engine sidecars, download records): read and write.
+"""Small JSON files beside models (manifests, engine manifests, download records): read and write.
 
 One reader so every such file fails the same way: a ModelError naming the file and what it should
 have been, never a JSONDecodeError from deep inside the standard library.

@@ -9,7 +9,7 @@ download is accepted when
   readings are accepted, which still rejects an error page or a different model), and
 - the bytes written equal that announced size exactly.
 
-After a download the file's SHA-256 is computed and kept in a small sidecar
+After a download the file's SHA-256 is computed and kept in a small download record
 (`FILE.onnx.download.json`), so later loads notice a truncated file at once (size) and
 `model_path(name, verify=True)` / `david-infer download NAME` notice any other change (hash).
 
@@ -143,7 +143,7 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def sidecar_path(dest: Path) -> Path:
+def download_record_path(dest: Path) -> Path:
     """The download record beside `dest`: size and SHA-256 measured after the download."""
     return dest.with_name(dest.name + ".download.json")
 
@@ -151,8 +151,8 @@ def sidecar_path(dest: Path) -> Path:
 def model_path(name: str, download: bool = True, verify: bool = False, progress: bool = True) -> Path:
     """Path of the cached model file `name`, downloading it first when missing and `download`.
 
-    A cached file is checked against its sidecar: its size always (cheap), its SHA-256 when
-    `verify`. A file put there by hand (no sidecar) must have the model card's size; its SHA-256
+    A cached file is checked against its download record: its size always (cheap), its SHA-256 when
+    `verify`. A file put there by hand (no download record) must have the model card's size; its SHA-256
     is then recorded so later loads can detect a change.
     """
     model = get_model(name)
@@ -197,7 +197,7 @@ def _download(
     # a second process waits here, then finds the finished file
     with OwnerLock(dest.with_name(dest.name + ".lock"), f"the download of {dest.name}", wait=True):
         if force:
-            for stale in (dest, sidecar_path(dest), part_path(dest), _part_meta_path(dest)):
+            for stale in (dest, download_record_path(dest), part_path(dest), _part_meta_path(dest)):
                 stale.unlink(missing_ok=True)
         elif dest.is_file():
             check_cached(model, dest, verify=False)
@@ -207,7 +207,7 @@ def _download(
             fetch(url, dest, expected_sizes=model.card_sizes(), progress=progress, timeout=timeout, retries=retries)
         except ModelError as exc:
             raise ModelError(f"{exc}. {offline_hint(model.task)}") from None
-        _write_sidecar(dest, name=name, url=url)
+        _write_download_record(dest, name=name, url=url)
     return dest
 
 
@@ -228,7 +228,7 @@ def offline_hint(task: str) -> str:
 def check_cached(model: ZooModel, path: Path, verify: bool = False) -> Dict[str, Any]:
     """ModelError if the cached `path` is truncated or (with `verify`) changed since download."""
     size = path.stat().st_size
-    record = read_sidecar(path)
+    record = read_download_record(path)
     redo = f"delete it and run `david-infer download {model.name} --force`"
     if record is None:  # put there by hand (the offline route): size check, then remember it
         if not _size_plausible(size, model.card_sizes()):
@@ -237,32 +237,32 @@ def check_cached(model: ZooModel, path: Path, verify: bool = False) -> Dict[str,
                 f"the file is truncated or not {model.filename}: {redo}"
             )
         with contextlib.suppress(OSError):  # a read-only cache still loads
-            return _write_sidecar(path, name=model.name, url="(placed by hand)")
+            return _write_download_record(path, name=model.name, url="(placed by hand)")
         return {"size": size}
     if size != record.get("size"):
         raise ModelError(
             f"{path}: {size} bytes, but {record.get('size')} were downloaded "
-            f"({sidecar_path(path).name}); the file is damaged: {redo}"
+            f"({download_record_path(path).name}); the file is damaged: {redo}"
         )
     if verify and sha256_file(path) != record.get("sha256"):
         raise ModelError(
             f"{path}: SHA-256 differs from the one recorded after download "
-            f"({sidecar_path(path).name}); the file is damaged: {redo}"
+            f"({download_record_path(path).name}); the file is damaged: {redo}"
         )
     return record
 
 
-def read_sidecar(path: Path) -> Optional[Dict[str, Any]]:
+def read_download_record(path: Path) -> Optional[Dict[str, Any]]:
     """The download record of `path`, or None if there is none (or it is unreadable: the file is
     then checked like one placed by hand, and the record written anew)."""
     try:
-        data = read_json_object(sidecar_path(path), "download record")
+        data = read_json_object(download_record_path(path), "download record")
     except ModelError:
         return None
     return data if "size" in data and "sha256" in data else None
 
 
-def _write_sidecar(path: Path, name: str, url: str) -> Dict[str, Any]:
+def _write_download_record(path: Path, name: str, url: str) -> Dict[str, Any]:
     record = {
         "name": name,
         "file": path.name,
@@ -272,7 +272,7 @@ def _write_sidecar(path: Path, name: str, url: str) -> Dict[str, Any]:
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": "SHA-256 measured by david-infer after download; Microsoft publishes no checksums",
     }
-    write_json(sidecar_path(path), record)
+    write_json(download_record_path(path), record)
     return record
 
 

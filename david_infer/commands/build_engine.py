@@ -1,4 +1,4 @@
-"""Build a TensorRT engine (plain plan) and its sidecar manifest (FILE.engine.json) from an ONNX export.
+"""Build a TensorRT engine (plain plan) and its manifest (FILE.engine.json) from an ONNX export.
 
 Needs an NVIDIA GPU, TensorRT 10 or 11 and cuda-python (pip install "david-infer[gpu]"). The
 engine runs only under the TensorRT version and on the GPU kind it was built with, unless built
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.tensorrt import DEFAULT_WORKSPACE_GB, build_engine
 
     workspace = args.workspace if args.workspace is not None else DEFAULT_WORKSPACE_GB
-    sidecar = build_engine(
+    engine_manifest = build_engine(
         args.onnx,
         args.output,
         min_hw=args.min_hw,
@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         hardware_compat=args.hardware_compat or "none",
         tf32=args.tf32,
     )
-    info = sidecar["tensorrt"]
+    info = engine_manifest["tensorrt"]
     print(
-        f"wrote {args.output} (+ sidecar): {sidecar['variant']}/{sidecar['task']}, {info['precision']}, "
+        f"wrote {args.output} (+ engine manifest): {engine_manifest['variant']}/{engine_manifest['task']}, {info['precision']}, "
         f"TensorRT {info['version']} on {info['gpu']} (sm {info['compute_capability']}), "
         f"built in {info['build_seconds']:.1f} s"
     )

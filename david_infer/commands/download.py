@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: already cached, SHA-256 {record.get('sha256', '?')} checked: {dest}")
             continue
         path = zoo.download(name, force=args.force, progress=not args.no_progress, timeout=args.timeout)
-        record = zoo.read_sidecar(path) or {}
+        record = zoo.read_download_record(path) or {}
         print(f"{name}: {path} ({record.get('size', 0) / 1e6:.2f} MB, SHA-256 {record.get('sha256', '?')})")
     return 0
 

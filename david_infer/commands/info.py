@@ -1,9 +1,9 @@
 """Describe a model or engine file: manifest, inputs and outputs, size and checksum.
 
 For an .onnx file the inputs and outputs are read from the graph (with onnx when installed, else
-with an ONNX Runtime session); for a TensorRT engine from its sidecar (FILE.engine.json), so no
-GPU or TensorRT is needed. The file's SHA-256 is compared with the one in its manifest or
-sidecar (or, for a downloaded released model, the download record). Exit status 1 when they differ.
+with an ONNX Runtime session); for a TensorRT engine from its manifest (FILE.engine.json), so no
+GPU or TensorRT is needed. The file's SHA-256 is compared with the one in its manifest (or, for a
+downloaded released model, its download record). Exit status 1 when they differ.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def describe(path: Path) -> Dict[str, Any]:
     if kind == "tensorrt":
         if manifest is None:
             raise ModelError(
-                f"{path}: no sidecar manifest ({mpath}); a plan cannot be described without "
+                f"{path}: no manifest ({mpath}); a plan cannot be described without "
                 f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`"
             )
         inputs, outputs = _tensors(manifest["inputs"]), _tensors(manifest["outputs"])
@@ -92,9 +92,9 @@ def _recorded_sha256(path: Path, manifest: Optional[dict]) -> tuple:
         return manifest["sha256"], f"manifest {manifest_name(path)}"
     from .. import zoo
 
-    record = zoo.read_sidecar(path)
+    record = zoo.read_download_record(path)
     if record and record.get("sha256"):
-        return record["sha256"], f"download record {zoo.sidecar_path(path).name}"
+        return record["sha256"], f"download record {zoo.download_record_path(path).name}"
     return None, None
 
 

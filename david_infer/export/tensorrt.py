@@ -1,6 +1,6 @@
-"""ONNX -> TensorRT plan (+ sidecar manifest), for TensorRT 10 and 11 (`david-infer build-engine`).
+"""ONNX -> TensorRT plan (+ manifest), for TensorRT 10 and 11 (`david-infer build-engine`).
 
-It stands on the TensorRT backend's helpers (`_trt`, `_cuda`, `profiles`, `sidecar`), which the
+It stands on the TensorRT backend's helpers (`_trt`, `_cuda`, `profiles`, `engine manifest`), which the
 runner shares; TensorRT and cuda-python are imported only inside `build_engine`.
 
 Precision, and why the network flags depend on it (TensorRT 11 is strongly typed only):
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ..backends.tensorrt import _cuda, _trt
+from ..backends.tensorrt.engine_manifest import HARDWARE_COMPAT, build_engine_manifest
 from ..backends.tensorrt.profiles import DEFAULT_MAX_BATCH, compute_profiles
-from ..backends.tensorrt.sidecar import HARDWARE_COMPAT, build_sidecar
 from ..contract import ModelContract, read_manifest
 from ..errors import BackendUnavailable, ExportError, InputError, ModelError
 from ..manifest import manifest_path, write_manifest
@@ -168,7 +168,7 @@ def _config(
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     # TensorRT allows TF32 for FP32 maths by default (10-bit mantissas): an "fp32" engine must
-    # not use it silently, so it is cleared unless asked for (--tf32), and the sidecar says which.
+    # not use it silently, so it is cleared unless asked for (--tf32), and the engine manifest says which.
     if hasattr(trt.BuilderFlag, "TF32"):
         if tf32:
             config.set_flag(trt.BuilderFlag.TF32)
@@ -215,12 +215,12 @@ def build_engine(
     log: Any = sys.stderr,
     tf32: bool = False,
 ) -> Dict[str, Any]:
-    """Build `output` (plan) and `output.json` (sidecar) from a david-infer ONNX export.
+    """Build `output` (plan) and `output.json` (engine manifest) from a david-infer ONNX export.
 
     Arguments are checked before TensorRT is imported; BackendUnavailable (with the install
     hint) without TensorRT, cuda-python or a GPU; ExportError if TensorRT cannot parse or build.
-    `tf32` allows TF32 for FP32 maths (TensorRT's default, off here; the sidecar's precision
-    then reads "fp32+tf32"). Both files appear only on success. Returns the sidecar.
+    `tf32` allows TF32 for FP32 maths (TensorRT's default, off here; the engine manifest's precision
+    then reads "fp32+tf32"). Both files appear only on success. Returns the engine manifest.
     """
     onnx_path, output = Path(onnx_path), Path(output)
     cache_path = Path(timing_cache) if timing_cache else None
@@ -264,7 +264,7 @@ def build_engine(
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     data = memoryview(serialized)
     precision = plan.precision + ("+tf32" if tf32 and plan.precision == "fp32" else "")
-    sidecar = build_sidecar(
+    engine_manifest = build_engine_manifest(
         manifest,
         output.name,
         hashlib.sha256(data).hexdigest(),
@@ -277,16 +277,16 @@ def build_engine(
         seconds,
         tuple(notes),
     )
-    _write_plan(output, data, sidecar)
-    return sidecar
+    _write_plan(output, data, engine_manifest)
+    return engine_manifest
 
 
-def _write_plan(output: Path, data: memoryview, sidecar: Dict[str, Any]) -> None:
-    """Plan through a temporary name, then the sidecar, then the rename: no half-written plan."""
+def _write_plan(output: Path, data: memoryview, engine_manifest: Dict[str, Any]) -> None:
+    """Plan through a temporary name, then the engine manifest, then the rename: no half-written plan."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-        write_manifest(manifest_path(output), sidecar)
+        write_manifest(manifest_path(output), engine_manifest)
 
     atomic_write(output, write, suffix=".engine.tmp")

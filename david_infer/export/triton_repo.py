@@ -10,7 +10,7 @@
 A pre/post graph (`export --prepost`) goes in like any ONNX file: its uint8 image input becomes a
 TYPE_UINT8 input, so clients send the photo's bytes and get finished maps back.
 
-Dims come from the graph itself (ONNX Runtime's view of the .onnx) or, for a plan, from its sidecar
+Dims come from the graph itself (ONNX Runtime's view of the .onnx) or, for a plan, from its engine manifest
 manifest. The folder is written beside its final place and renamed into it, so a failure never
 leaves a half-written model folder.
 """
@@ -50,11 +50,11 @@ def _contract_and_io(model: Path) -> Tuple[ModelContract, GraphIO, Optional[int]
         contract = ModelContract.load(model) if has_manifest else ModelContract.recognise(model, io)
         contract.check_graph(io)
         return contract, io, None
-    from david_infer.backends.tensorrt.sidecar import profile_ranges, read_sidecar
+    from david_infer.backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
 
-    sidecar = read_sidecar(model)  # a plan is described by its sidecar
-    contract = ModelContract.from_dict(model, sidecar)
-    largest = min(r.max[0] for r in profile_ranges(sidecar).values())
+    engine_manifest = read_engine_manifest(model)  # a plan is described by its engine manifest
+    contract = ModelContract.from_dict(model, engine_manifest)
+    largest = min(r.max[0] for r in profile_ranges(engine_manifest).values())
     return contract, GraphIO(contract.inputs, contract.outputs), largest
 
 
@@ -114,7 +114,7 @@ def write_triton_repo(
     overwrite: bool = False,
 ) -> Path:
     """Write REPO/NAME for `model` (an .onnx with or without our manifest, or an .engine/.plan with
-    its sidecar) and return that folder.
+    its engine manifest) and return that folder.
 
     name: the model name (default: the file's stem); max_batch_size: Triton's largest batch (default
     8, or 0 for a graph with a fixed batch, as released files have: then no dynamic batching); instance: "cpu"

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from david_infer.backends.onnxruntime.trt_options import tensorrt_provider_options
-from david_infer.backends.tensorrt.profiles import compute_profiles, ort_shape_string
-from david_infer.backends.tensorrt.sidecar import (
-    build_sidecar,
+from david_infer.backends.tensorrt.engine_manifest import (
+    build_engine_manifest,
     check_compatible,
     check_plan_sha256,
     profile_ranges,
-    read_sidecar,
+    read_engine_manifest,
 )
+from david_infer.backends.tensorrt.profiles import compute_profiles, ort_shape_string
 from david_infer.contract import ModelContract, read_manifest
 from david_infer.errors import BackendUnavailable, InputError, ModelError
 from david_infer.manifest import manifest_path, write_manifest
@@ -203,32 +203,32 @@ def test_precision_plan_per_tensorrt_version() -> None:
         )
 
 
-# -- sidecar ------------------------------------------------------------------------------------
+# -- engine manifest ------------------------------------------------------------------------------------
 
 
-def _sidecar(
+def _manifest(
     manifest: Dict[str, Any], plan: Path, version: str = "10.9.0.34", cc: str = "8.0", compat: str = "none"
 ) -> Dict[str, Any]:
     profiles = compute_profiles(_contract(manifest))
-    sidecar = build_sidecar(
+    engine_manifest = build_engine_manifest(
         manifest, plan.name, sha256_file(plan), version, "NVIDIA A100-SXM4-80GB", cc, compat, profiles, "fp16", 12.5
     )
-    write_manifest(manifest_path(plan), sidecar)
-    return sidecar
+    write_manifest(manifest_path(plan), engine_manifest)
+    return engine_manifest
 
 
 @pytest.fixture()
 def plan(tmp_path: Path) -> Path:
-    """A file standing for a plan's bytes: the sidecar logic only hashes it."""
+    """A file standing for a plan's bytes: the engine manifest logic only hashes it."""
     path = tmp_path / "m.engine"
     path.write_bytes(b"plan bytes " * 100)
     return path
 
 
-def test_sidecar_written_and_read(manifests: Dict[str, Any], plan: Path) -> None:
-    _sidecar(manifests["dynamic"], plan)
+def test_engine_manifest_written_and_read(manifests: Dict[str, Any], plan: Path) -> None:
+    _manifest(manifests["dynamic"], plan)
     assert manifest_path(plan).name == "m.engine.json"
-    side = read_sidecar(plan)
+    side = read_engine_manifest(plan)
     assert side["kind"] == "tensorrt" and side["model_file"] == "m.engine"
     assert side["sha256"] == sha256_file(plan)
     assert side["source"]["sha256"] == "0" * 64 and side["source"]["kind"] == "onnx"
@@ -244,8 +244,8 @@ def test_sidecar_written_and_read(manifests: Dict[str, Any], plan: Path) -> None
     check_plan_sha256(plan, side)
 
 
-def test_sidecar_refuses_other_tensorrt_version(manifests: Dict[str, Any], plan: Path) -> None:
-    side = _sidecar(manifests["dynamic"], plan, version="10.9.0.34")
+def test_engine_manifest_refuses_other_tensorrt_version(manifests: Dict[str, Any], plan: Path) -> None:
+    side = _manifest(manifests["dynamic"], plan, version="10.9.0.34")
     with pytest.raises(ModelError) as err:
         check_compatible(side, "11.0.0.1", "8.0", plan)
     msg = str(err.value)
@@ -253,15 +253,15 @@ def test_sidecar_refuses_other_tensorrt_version(manifests: Dict[str, Any], plan:
     assert "david-infer build-engine" in msg
 
 
-def test_sidecar_refuses_other_gpu(manifests: Dict[str, Any], plan: Path) -> None:
-    side = _sidecar(manifests["dynamic"], plan, cc="8.0")
+def test_engine_manifest_refuses_other_gpu(manifests: Dict[str, Any], plan: Path) -> None:
+    side = _manifest(manifests["dynamic"], plan, cc="8.0")
     with pytest.raises(ModelError, match=r"compute capability 8\.0.*this GPU has compute capability 9\.0.*ampere\+"):
         check_compatible(side, "10.9.0.34", "9.0", plan)
     check_compatible(side, "10.9.0.34", "8.0", plan)
 
 
 def test_hardware_compatible_engine_runs_on_newer_gpus(manifests: Dict[str, Any], plan: Path) -> None:
-    side = _sidecar(manifests["dynamic"], plan, cc="8.0", compat="ampere+")
+    side = _manifest(manifests["dynamic"], plan, cc="8.0", compat="ampere+")
     for cc in ("8.0", "8.6", "8.9", "9.0", "10.0"):
         check_compatible(side, "10.9.0.34", cc, plan)
     with pytest.raises(ModelError, match=r"7\.5, older than Ampere"):
@@ -270,24 +270,24 @@ def test_hardware_compatible_engine_runs_on_newer_gpus(manifests: Dict[str, Any]
         check_compatible(side, "10.8.0", "9.0", plan)  # hardware compat does not cross versions
 
 
-def test_sidecar_detects_replaced_plan(manifests: Dict[str, Any], plan: Path) -> None:
-    side = _sidecar(manifests["dynamic"], plan)
+def test_engine_manifest_detects_replaced_plan(manifests: Dict[str, Any], plan: Path) -> None:
+    side = _manifest(manifests["dynamic"], plan)
     plan.write_bytes(b"another plan")
-    with pytest.raises(ModelError, match=r"m.engine: SHA-256 .* does not match its sidecar.*build-engine"):
+    with pytest.raises(ModelError, match=r"m.engine: SHA-256 .* does not match its engine manifest.*build-engine"):
         check_plan_sha256(plan, side)
 
 
-def test_sidecar_missing_or_wrong_kind(manifests: Dict[str, Any], plan: Path) -> None:
+def test_engine_manifest_missing_or_wrong_kind(manifests: Dict[str, Any], plan: Path) -> None:
     with pytest.raises(ModelError, match=r"m.engine.json is missing"):
-        read_sidecar(plan)
-    write_manifest(manifest_path(plan), manifests["dynamic"])  # an ONNX manifest, not a sidecar
+        read_engine_manifest(plan)
+    write_manifest(manifest_path(plan), manifests["dynamic"])  # an ONNX manifest, not a engine manifest
     with pytest.raises(ModelError, match="kind is 'onnx'"):
-        read_sidecar(plan)
-    broken = _sidecar(manifests["dynamic"], plan)
+        read_engine_manifest(plan)
+    broken = _manifest(manifests["dynamic"], plan)
     del broken["tensorrt"]["profiles"]["image_384"]
     write_manifest(manifest_path(plan), broken)
     with pytest.raises(ModelError, match="no profile range for input 'image_384'"):
-        read_sidecar(plan)
+        read_engine_manifest(plan)
 
 
 # -- without TensorRT: clear errors, no traceback, no files -------------------------------------
@@ -370,7 +370,7 @@ def test_build_engine_cli_needs_manifest(
 def test_open_runner_without_tensorrt(manifests: Dict[str, Any], plan: Path) -> None:
     from david_infer.backends.tensorrt import open_runner
 
-    _sidecar(manifests["dynamic"], plan)
+    _manifest(manifests["dynamic"], plan)
     with pytest.raises(BackendUnavailable, match=r'tensorrt is not installed.*pip install "david-infer\[gpu\]"'):
         open_runner(plan, None, "cuda")
     with pytest.raises(InputError, match='device must be "cuda"'):
@@ -387,7 +387,7 @@ def test_open_runner_without_tensorrt(manifests: Dict[str, Any], plan: Path) -> 
     ):
         open_runner(plan, None, "cuda", resolution=2048, max_batch=1)
     with pytest.raises(InputError, match=r"batch size 16 is larger.*--max-batch"):
-        open_runner(plan, read_sidecar(plan), "cuda", resolution=512, max_batch=16)
+        open_runner(plan, read_engine_manifest(plan), "cuda", resolution=512, max_batch=16)
 
 
 def test_cuda_python_without_gpu_says_so() -> None:
@@ -532,7 +532,7 @@ def test_tf32_is_cleared_unless_asked(manifests: Dict[str, Any], tf32: bool) -> 
 def test_engine_from_another_gpu_model_of_the_same_capability_warns(manifests: Dict[str, Any], plan: Path) -> None:
     from david_infer.errors import DavidWarning
 
-    side = _sidecar(manifests["dynamic"], plan)  # built on an A100 (8.0)
+    side = _manifest(manifests["dynamic"], plan)  # built on an A100 (8.0)
     with pytest.warns(
         DavidWarning, match=r"runs on NVIDIA A30, another GPU model.*tuned for NVIDIA A100.*build-engine"
     ):

@@ -151,27 +151,27 @@ def test_info_on_corrupt_onnx_names_the_file(tmp_path: Path, capsys: pytest.Capt
     assert str(bad) in err and "Traceback" not in err
 
 
-def test_info_on_engine_reads_the_sidecar(
+def test_info_on_engine_reads_the_engine_manifest(
     tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """An engine is described from its sidecar alone (no TensorRT here); the plan bytes are arbitrary."""
+    """An engine is described from its engine manifest alone (no TensorRT here); the plan bytes are arbitrary."""
     plan = tmp_path / "model.engine"
     plan.write_bytes(b"plan bytes: not readable without TensorRT")
-    sidecar = dict(read_manifest(manifest_path(tiny_multitask_onnx)))
-    sidecar.update(
+    engine_manifest = dict(read_manifest(manifest_path(tiny_multitask_onnx)))
+    engine_manifest.update(
         kind="tensorrt",
         model_file=plan.name,
         sha256=sha256_file(plan),
         tensorrt={"version": "10.9.0", "gpu": "NVIDIA A100", "compute_capability": "8.0", "hardware_compat": "none"},
     )
-    write_manifest(manifest_path(plan), sidecar)
+    write_manifest(manifest_path(plan), engine_manifest)
     assert main(["info", str(plan)]) == 0
     out = capsys.readouterr().out
     assert "kind:     tensorrt" in out and "10.9.0 on NVIDIA A100 (sm 8.0)" in out
     assert "image_384        batchx3x384x384" in out and "OK (matches the manifest model.engine.json)" in out
     manifest_path(plan).unlink()
     assert main(["info", str(plan)]) == 1
-    assert "no sidecar manifest" in capsys.readouterr().err
+    assert "no manifest" in capsys.readouterr().err
 
 
 def test_model_names_resolve_through_the_zoo(

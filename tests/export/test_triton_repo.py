@@ -82,7 +82,7 @@ def test_released_layout_has_fixed_dims_and_no_batching(official_onnx: Path, tmp
 
 
 def test_a_plan_gets_tensorrt_plan_on_gpu(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
-    from david_infer.backends.tensorrt.sidecar import build_sidecar
+    from david_infer.backends.tensorrt.engine_manifest import build_engine_manifest
     from david_infer.contract import read_manifest
     from david_infer.manifest import write_manifest
     from david_infer.shapes import ShapeRange
@@ -93,7 +93,7 @@ def test_a_plan_gets_tensorrt_plan_on_gpu(tiny_multitask_onnx: Path, tmp_path: P
         "image": ShapeRange((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 128, 128)),
         "image_384": ShapeRange((1, 3, 384, 384), (2, 3, 384, 384), (4, 3, 384, 384)),
     }
-    sidecar = build_sidecar(
+    engine_manifest = build_engine_manifest(
         read_manifest(tiny_multitask_onnx.with_suffix(".json")),
         plan.name,
         hashlib.sha256(plan.read_bytes()).hexdigest(),
@@ -105,7 +105,7 @@ def test_a_plan_gets_tensorrt_plan_on_gpu(tiny_multitask_onnx: Path, tmp_path: P
         "fp16",
         1.0,
     )
-    write_manifest(Path(str(plan) + ".json"), sidecar)
+    write_manifest(Path(str(plan) + ".json"), engine_manifest)
     folder = write_triton_repo(plan, tmp_path / "repo", name="david")
     config = _parse(folder)
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 4  # the profile's largest batch

@@ -63,7 +63,9 @@ def python_findings(root: Path = PACKAGE) -> List[str]:
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in SUFFIXES:
                 found.append(f"{line}: the file suffix {node.value!r} spelled out")
             elif isinstance(node, (ast.Tuple, ast.List)) and where != "resample.py":
-                values = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, (int, float))]
+                values = [
+                    e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, (int, float))
+                ]
                 if len(values) == len(node.elts) and tuple(float(v) for v in values) == PYRAMID_TAPS:
                     found.append(f"{line}: the pyramid taps spelled out (david_infer.resample.PYRAMID_TAPS)")
     return found

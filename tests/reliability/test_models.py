@@ -291,16 +291,16 @@ def test_matching_dynamic_graph_control(tiny_multitask_onnx: Path, tmp_path: Pat
 
 @pytest.fixture()
 def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
-    """A file standing for a plan, with a genuine sidecar written by the sidecar module."""
+    """A file standing for a plan, with a genuine engine manifest written by the engine manifest module."""
+    from david_infer.backends.tensorrt.engine_manifest import build_engine_manifest
     from david_infer.backends.tensorrt.profiles import compute_profiles
-    from david_infer.backends.tensorrt.sidecar import build_sidecar
     from david_infer.contract import ModelContract
     from david_infer.manifest import write_manifest
 
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"serialized plan " * 64)
     manifest = _manifest(tiny_multitask_onnx)
-    sidecar = build_sidecar(
+    engine_manifest = build_engine_manifest(
         manifest,
         plan.name,
         sha256_file(plan),
@@ -312,24 +312,24 @@ def engine(tiny_multitask_onnx: Path, tmp_path: Path) -> Path:
         "fp32",
         1.0,
     )
-    write_manifest(manifest_path(plan), sidecar)
+    write_manifest(manifest_path(plan), engine_manifest)
     return plan
 
 
 def test_engine_from_another_tensorrt_version(engine: Path) -> None:
-    from david_infer.backends.tensorrt.sidecar import check_compatible, read_sidecar
+    from david_infer.backends.tensorrt.engine_manifest import check_compatible, read_engine_manifest
 
-    sidecar = read_sidecar(engine)
-    check_compatible(sidecar, "10.9.0.34", "8.0", engine)  # the version and GPU it was built for
+    engine_manifest = read_engine_manifest(engine)
+    check_compatible(engine_manifest, "10.9.0.34", "8.0", engine)  # the version and GPU it was built for
     for here in ("10.8.0.43", "11.0.0.1", "10.9"):
         with pytest.raises(ModelError) as err:
-            check_compatible(sidecar, here, "8.0", engine)
+            check_compatible(engine_manifest, here, "8.0", engine)
         msg = str(err.value)
         assert msg.startswith(str(engine)) and "TensorRT 10.9.0.34" in msg and f"TensorRT {here}" in msg
         assert "david-infer build-engine" in msg
 
 
-def test_engine_replaced_or_sidecar_broken(engine: Path) -> None:
+def test_engine_replaced_or_engine_manifest_broken(engine: Path) -> None:
     """Checked by DavidRuntime before any TensorRT or GPU is needed."""
     engine.write_bytes(b"another plan")
     _refused(engine, r"SHA-256 does not match its manifest", device="cuda")

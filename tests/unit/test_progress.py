@@ -60,11 +60,11 @@ def test_json_object_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"download record not found: .*none\.json"):
         read_json_object(tmp_path / "none.json", "download record")
     path.write_text("{broken")
-    with pytest.raises(ModelError, match=r"r\.json: not a readable sidecar \(JSONDecodeError"):
-        read_json_object(path, "sidecar")
+    with pytest.raises(ModelError, match=r"r\.json: not a readable engine manifest \(JSONDecodeError"):
+        read_json_object(path, "engine manifest")
     path.write_text("[1, 2]")
-    with pytest.raises(ModelError, match=r"r\.json: not a sidecar \(a JSON object was expected, found list\)"):
-        read_json_object(path, "sidecar")
+    with pytest.raises(ModelError, match=r"r\.json: not a engine manifest \(a JSON object was expected, found list\)"):
+        read_json_object(path, "engine manifest")
     path.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ModelError, match="not a readable sidecar"):
-        read_json_object(path, "sidecar")
+    with pytest.raises(ModelError, match="not a readable engine manifest"):
+        read_json_object(path, "engine manifest")

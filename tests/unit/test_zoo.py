@@ -286,7 +286,7 @@ def test_download_records_sha256_and_detects_damage(
     assert path == home / "models" / "foreground-segmentation-model-vitb16_384.onnx"
     assert path.read_bytes() == payload
     assert capsys.readouterr().err  # a progress bar (or the plain line without tqdm) was drawn
-    record = json.loads(zoo.sidecar_path(path).read_text())
+    record = json.loads(zoo.download_record_path(path).read_text())
     assert record["sha256"] == hashlib.sha256(payload).hexdigest() and record["size"] == SIZE
 
     assert zoo.model_path("foreground-base") == path  # cached: no second request
@@ -317,11 +317,11 @@ def test_file_placed_by_hand(home: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         zoo.model_path("depth-large", download=False)
     dest.write_bytes(b"x" * 1000)
     assert zoo.model_path("depth-large", download=False) == dest
-    assert zoo.read_sidecar(dest)["sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
-    zoo.sidecar_path(dest).write_text("{not json")  # a damaged record: checked as if placed by hand
-    assert zoo.read_sidecar(dest) is None
+    assert zoo.read_download_record(dest)["sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
+    zoo.download_record_path(dest).write_text("{not json")  # a damaged record: checked as if placed by hand
+    assert zoo.read_download_record(dest) is None
     assert zoo.model_path("depth-large", download=False) == dest
-    assert zoo.read_sidecar(dest)["size"] == 1000  # and recorded anew
+    assert zoo.read_download_record(dest)["size"] == 1000  # and recorded anew
 
 
 def test_resolve_model_paths_names_and_neither(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The native TensorRT runner: a plan + its sidecar, cuda-python buffers, `execute_async_v3`.
+"""The native TensorRT runner: a plan + its engine manifest, cuda-python buffers, `execute_async_v3`.
 
 Written against the TensorRT 10/11 tensor-name API (the 8.x bindings API is gone). Device and
 pinned host buffers are allocated once, for the profile's maximum shapes, and reused; each call
@@ -20,7 +20,7 @@ from ...errors import DavidError, InputError, ModelError
 from ...shapes import ShapeRange, check_input_shape
 from ..base import Device, Runner
 from . import _cuda, _trt
-from .sidecar import check_compatible, check_plan_sha256, profile_ranges
+from .engine_manifest import check_compatible, check_plan_sha256, profile_ranges
 
 
 def _dims(shape: Any) -> Tuple[int, ...]:
@@ -57,11 +57,11 @@ class TensorRTRunner(Runner):
         self._lock = threading.Lock()
         self._device = index = device.index
         self._io = GraphIO(contract.inputs, contract.outputs)
-        self._sidecar = contract.document  # the "tensorrt" block: version, GPU, profiles
+        self._manifest = contract.document  # the "tensorrt" block: version, GPU, profiles
         trt = _trt.tensorrt()
         gpu, cc = _cuda.device_info(index)
-        check_compatible(self._sidecar, trt.__version__, cc, self.path, gpu_name=gpu)
-        check_plan_sha256(self.path, self._sidecar)
+        check_compatible(self._manifest, trt.__version__, cc, self.path, gpu_name=gpu)
+        check_plan_sha256(self.path, self._manifest)
         _cuda.set_device(index)
         self._inputs = list(self._io.input_names)
         self._outputs = list(self._io.output_names)
@@ -86,24 +86,24 @@ class TensorRTRunner(Runner):
     # -- set-up ---------------------------------------------------------------------------------
 
     def _engine_ranges(self, trt: Any) -> Dict[str, ShapeRange]:
-        """Profile 0's ranges as the engine reports them, checked against the sidecar's."""
+        """Profile 0's ranges as the engine reports them, checked against the engine manifest's."""
         engine = self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         modes = {n: engine.get_tensor_mode(n) for n in names}
         ins = {n for n in names if modes[n] == trt.TensorIOMode.INPUT}
         if ins != set(self._inputs) or set(names) - ins != set(self._outputs):
             raise ModelError(
-                f"{self.path}: engine tensors {sorted(names)} do not match its sidecar "
+                f"{self.path}: engine tensors {sorted(names)} do not match its engine manifest "
                 f"(inputs {self._inputs}, outputs {self._outputs}); rebuild the engine"
             )
-        recorded = profile_ranges(self._sidecar)
+        recorded = profile_ranges(self._manifest)
         ranges = {}
         for name in self._inputs:
             lo, opt, hi = (_dims(s) for s in engine.get_tensor_profile_shape(name, 0))
             ranges[name] = ShapeRange(lo, opt, hi)
             if ranges[name] != recorded.get(name):
                 raise ModelError(
-                    f"{self.path}: profile of {name!r} in the plan differs from its sidecar; rebuild the engine"
+                    f"{self.path}: profile of {name!r} in the plan differs from its engine manifest; rebuild the engine"
                 )
         return ranges
 

@@ -1,4 +1,4 @@
-"""The sidecar manifest of a TensorRT plan (`x.engine` -> `x.engine.json`): writing and checking.
+"""The manifest of a TensorRT plan (`x.engine` -> `x.engine.json`): writing and checking.
 
 The plan file itself is the plain serialized engine (trtexec and C++ read it as is); everything
 else lives here: the ONNX manifest's content (inputs, outputs, pre/post-processing) plus what the
@@ -27,7 +27,7 @@ AMPERE_MAJOR = 8
 REBUILD = "rebuild it on this machine with: david-infer build-engine MODEL.onnx -o {engine}"
 
 
-def build_sidecar(
+def build_engine_manifest(
     onnx_manifest: Mapping[str, Any],
     plan_file: str,
     plan_sha256: str,
@@ -40,11 +40,11 @@ def build_sidecar(
     build_seconds: float,
     notes: Tuple[str, ...] = (),
 ) -> Dict[str, Any]:
-    """The sidecar for a freshly built plan: the ONNX manifest plus the engine's facts."""
+    """The engine manifest for a freshly built plan: the ONNX manifest plus the engine's facts."""
     if hardware_compat not in HARDWARE_COMPAT:
         raise ValueError(f"hardware_compat must be one of {HARDWARE_COMPAT}, not {hardware_compat!r}")
-    sidecar = copy.deepcopy(dict(onnx_manifest))
-    sidecar.update(
+    engine_manifest = copy.deepcopy(dict(onnx_manifest))
+    engine_manifest.update(
         kind=KIND,
         model_file=plan_file,
         sha256=plan_sha256,
@@ -67,52 +67,52 @@ def build_sidecar(
             "notes": list(notes),
         },
     )
-    return sidecar
+    return engine_manifest
 
 
-def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
-    """Read and validate the sidecar of `engine_path`; ModelError naming the file otherwise."""
+def read_engine_manifest(engine_path: Union[str, Path]) -> Dict[str, Any]:
+    """Read and validate the engine manifest of `engine_path`; ModelError naming the file otherwise."""
     engine_path = Path(engine_path)
     path = manifest_path(engine_path)
     if not path.exists():
         raise ModelError(
-            f"{engine_path}: its sidecar manifest {path.name} is missing; engines built by david-infer "
+            f"{engine_path}: its manifest {path.name} is missing; engines built by david-infer "
             f"carry one. {REBUILD.format(engine=engine_path)}"
         )
-    sidecar = read_manifest(path)
-    validate_sidecar(sidecar, path)
-    return sidecar
+    engine_manifest = read_manifest(path)
+    check_engine_manifest(engine_manifest, path)
+    return engine_manifest
 
 
-def validate_sidecar(sidecar: Mapping[str, Any], path: Union[str, Path]) -> None:
-    """ModelError unless `sidecar` is a TensorRT sidecar with the keys the runner needs."""
-    if sidecar.get("kind") != KIND:
-        raise ModelError(f"{path}: manifest kind is {sidecar.get('kind')!r}, not a TensorRT engine sidecar")
-    found = sidecar.get("tensorrt")
+def check_engine_manifest(engine_manifest: Mapping[str, Any], path: Union[str, Path]) -> None:
+    """ModelError unless `engine manifest` is a TensorRT engine manifest with the keys the runner needs."""
+    if engine_manifest.get("kind") != KIND:
+        raise ModelError(f"{path}: manifest kind is {engine_manifest.get('kind')!r}, not a TensorRT engine manifest")
+    found = engine_manifest.get("tensorrt")
     info: Mapping[str, Any] = found if isinstance(found, dict) else {}
     missing = [k for k in ("version", "compute_capability", "hardware_compat", "profiles") if k not in info]
     if missing:
-        raise ModelError(f"{path}: TensorRT sidecar lacks {', '.join(missing)}")
-    for name in [spec["name"] for spec in sidecar["inputs"]]:
+        raise ModelError(f"{path}: TensorRT engine manifest lacks {', '.join(missing)}")
+    for name in [spec["name"] for spec in engine_manifest["inputs"]]:
         if name not in info["profiles"]:
-            raise ModelError(f"{path}: TensorRT sidecar has no profile range for input {name!r}")
+            raise ModelError(f"{path}: TensorRT engine manifest has no profile range for input {name!r}")
 
 
-def profile_ranges(sidecar: Mapping[str, Any]) -> Dict[str, ShapeRange]:
+def profile_ranges(engine_manifest: Mapping[str, Any]) -> Dict[str, ShapeRange]:
     """Input name -> ShapeRange recorded at build time."""
-    return {name: ShapeRange.from_dict(r) for name, r in sidecar["tensorrt"]["profiles"].items()}
+    return {name: ShapeRange.from_dict(r) for name, r in engine_manifest["tensorrt"]["profiles"].items()}
 
 
 def check_profile_covers(
-    sidecar: Mapping[str, Any],
+    engine_manifest: Mapping[str, Any],
     resolution: Optional[int],
     max_batch: Optional[int],
     engine_path: Union[str, Path],
 ) -> None:
     """InputError unless the engine accepts `resolution` x `resolution` images in batches of up to
     `max_batch` (either may be None: not checked)."""
-    validate_sidecar(sidecar, manifest_path(engine_path))
-    rng = profile_ranges(sidecar)[sidecar["inputs"][0]["name"]]
+    check_engine_manifest(engine_manifest, manifest_path(engine_path))
+    rng = profile_ranges(engine_manifest)[engine_manifest["inputs"][0]["name"]]
     (b_lo, b_hi), (h_lo, h_hi), (w_lo, w_hi) = ((rng.min[i], rng.max[i]) for i in (0, -2, -1))
     built = f"{Path(engine_path).name} was built for batches {b_lo}..{b_hi} and sizes {h_lo}x{w_lo}..{h_hi}x{w_hi}"
     if resolution is not None and not (h_lo <= int(resolution) <= h_hi and w_lo <= int(resolution) <= w_hi):
@@ -136,13 +136,13 @@ def _cc(value: str) -> Tuple[int, int]:
 
 
 def check_compatible(
-    sidecar: Mapping[str, Any],
+    engine_manifest: Mapping[str, Any],
     trt_version: str,
     compute_capability: str,
     engine_path: Optional[Union[str, Path]] = None,
     gpu_name: Optional[str] = None,
 ) -> None:
-    """ModelError unless a plan with this sidecar can run under this TensorRT on this GPU.
+    """ModelError unless a plan with this engine manifest can run under this TensorRT on this GPU.
 
     A plan runs only under the TensorRT version that built it, and only on GPUs of the compute
     capability it was built on, unless it was built hardware-compatible (Ampere and newer), in
@@ -150,8 +150,8 @@ def check_compatible(
     compute capability (an A30 running an A100's plan) loads, but its tactics were timed on the
     other model: a DavidWarning says so and how to rebuild.
     """
-    name = Path(engine_path) if engine_path else Path(str(sidecar.get("model_file", "the engine")))
-    info = sidecar["tensorrt"]
+    name = Path(engine_path) if engine_path else Path(str(engine_manifest.get("model_file", "the engine")))
+    info = engine_manifest["tensorrt"]
     built_trt = str(info["version"])
     built_gpu = info.get("gpu", "an unknown GPU")
     built_cc = str(info["compute_capability"])
@@ -186,15 +186,15 @@ def check_compatible(
         )
 
 
-def check_plan_sha256(engine_path: Union[str, Path], sidecar: Mapping[str, Any]) -> None:
-    """ModelError if the plan's SHA-256 differs from the one its sidecar recorded."""
-    expected = sidecar.get("sha256")
+def check_plan_sha256(engine_path: Union[str, Path], engine_manifest: Mapping[str, Any]) -> None:
+    """ModelError if the plan's SHA-256 differs from the one its engine manifest recorded."""
+    expected = engine_manifest.get("sha256")
     if not expected:
-        raise ModelError(f"{manifest_path(engine_path)}: sidecar lacks the plan's sha256")
+        raise ModelError(f"{manifest_path(engine_path)}: engine manifest lacks the plan's sha256")
     actual = sha256_file(engine_path)
     if actual != expected:
         raise ModelError(
-            f"{engine_path}: SHA-256 {actual[:12]}... does not match its sidecar "
+            f"{engine_path}: SHA-256 {actual[:12]}... does not match its engine manifest "
             f"({manifest_path(engine_path).name}: {str(expected)[:12]}...); the plan was replaced or "
             f"corrupted. {REBUILD.format(engine=engine_path)}"
         )
