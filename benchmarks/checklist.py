@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
-from david_infer.outputs.files import atomic_write  # noqa: E402
+from david_infer.files import atomic_write  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "multitask"), "base": ("base", "multitask"), "large": ("large", "multitask")}
 

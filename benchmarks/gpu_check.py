@@ -52,7 +52,7 @@ from benchmarks.checklist import (  # noqa: E402,F401  (re-exported: the bookkee
     time_calls,
 )
 from benchmarks.prologue import RESULTS, ROOT  # noqa: E402
-from david_infer.outputs.files import atomic_write  # noqa: E402
+from david_infer.files import atomic_write  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16")
 PROFILE = {"min_hw": "256", "opt_hw": "512", "max_hw": "1024", "max_batch": 8}
@@ -128,7 +128,7 @@ def step_engine(work: Path, model: str) -> Dict[str, Any]:
 
 
 def reference_file(work: Path, model: str) -> Path:
-    from david_infer.outputs.files import sha256_file
+    from david_infer.files import sha256_file
 
     return work / f"ref-{model}-{sha256_file(work / f'{model}-fp32.onnx')[:16]}.npz"
 

@@ -134,7 +134,7 @@ def step_reference(work: Path, model: str, profile: Profile) -> Dict[str, Any]:
     """ONNX Runtime FP32 on the CPU at the parity points, cached by the graph's SHA-256 and the points."""
     import onnxruntime as ort
 
-    from david_infer.outputs.files import atomic_write, sha256_file
+    from david_infer.files import atomic_write, sha256_file
 
     onnx_path = work / f"{model}-fp32.onnx"
     cache = work / f"ref-{model}-{sha256_file(onnx_path)[:16]}-{_points_key(profile.parity_points)}.npz"

@@ -156,7 +156,7 @@ def add_ratios(records: List[dict], key: str) -> List[dict]:
 
 
 def write_json(name: str, payload: Any, out: Path) -> None:
-    from david_infer.outputs.files import atomic_write_bytes
+    from david_infer.files import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / name, (json.dumps(payload, indent=2) + "\n").encode())
@@ -373,7 +373,7 @@ def report(
     meta: Dict[str, Any], sizes: List[dict], latency: List[dict], throughput: List[dict], args: argparse.Namespace
 ) -> int:
     """Plots, performance.md and (unless --no-docs) the table in docs/benchmarks.md."""
-    from david_infer.outputs.files import atomic_write_bytes
+    from david_infer.files import atomic_write_bytes
 
     notes = [
         n

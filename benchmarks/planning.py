@@ -31,8 +31,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from benchmarks.prologue import RESULTS
+from david_infer.files import atomic_write_bytes
 from david_infer.jobs import Tally, gather_inputs, plan
-from david_infer.outputs.files import atomic_write_bytes
 from david_infer.outputs.images import write_outputs
 from david_infer.outputs.sets import WriteOptions
 from david_infer.prediction import Prediction

@@ -29,14 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
-from benchmarks.prepost_4k import median_ms  # noqa: E402
 from benchmarks.prologue import RESULTS, ROOT, replace_doc_section  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.tasks import TASK_ORDER  # noqa: E402  (a pre/post graph's outputs are named by task)
@@ -145,6 +145,17 @@ def profile(graph: Any, graph_path: Path, image: np.ndarray, runs: int, threads:
         {"stage": stage, "part": part, "ms": round(ms, 1), "mb": round(mb), "nodes": count}
         for (stage, part), (ms, mb, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])
     ]
+
+
+def median_ms(fn: Callable[[], Any], runs: int) -> Tuple[float, float, float]:
+    """(median wall-clock ms, median process CPU ms over all threads, fastest wall-clock ms)."""
+    wall, cpu = [], []
+    for _ in range(runs):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - start) * 1000.0)
+        cpu.append((time.process_time() - start_cpu) * 1000.0)
+    return statistics.median(wall), statistics.median(cpu), min(wall)
 
 
 def stage_ms(rt: Any, image: np.ndarray, runs: int) -> tuple:

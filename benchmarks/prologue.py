@@ -20,7 +20,7 @@ def replace_doc_section(name: str, body: str, page: Path = BENCHMARK_DOCS, headi
 
     A page without the markers gets them appended under `heading` (e.g. "## Performance"), so a
     benchmark never silently drops its table."""
-    from david_infer.outputs.files import atomic_write_bytes
+    from david_infer.files import atomic_write_bytes
 
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = page.read_text(encoding="utf-8") if page.exists() else ""

@@ -48,7 +48,7 @@ from ._arrays import (
     warn_if_empty,
 )
 from .errors import EmptyMaskWarning, InputError
-from .outputs.files import atomic_write
+from .files import atomic_write
 
 if TYPE_CHECKING:
     import PIL.Image

@@ -364,7 +364,7 @@ def probe_output_folder(outdir: Path) -> None:
     """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file
     is created and removed in OUTDIR, or in its nearest existing parent when OUTDIR is missing.
     Nothing is created for OUTDIR itself."""
-    from .outputs.files import make_temp_path
+    from .files import make_temp_path
     from .outputs.sets import TEMP_SUFFIX
 
     existing = Path(os.path.abspath(outdir))

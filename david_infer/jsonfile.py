@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from .errors import ModelError
-from .outputs.files import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def read_json_object(path: Union[str, Path], what: str = "JSON file", expect_object: bool = True) -> Any:

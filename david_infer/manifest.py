@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .errors import ModelError
-from .outputs.files import atomic_write_bytes, sha256_file
+from .files import atomic_write_bytes, sha256_file
 
 FORMAT = "david-infer-manifest"
 FORMAT_VERSION = 1

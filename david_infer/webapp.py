@@ -24,8 +24,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .contract import ModelContract
 from .errors import BackendUnavailable, ModelError
+from .files import sha256_file
 from .manifest import manifest_path
-from .outputs.files import sha256_file
 from .tasks import task_table
 
 STATIC_DIR = Path(__file__).resolve().parent / "web_static"

@@ -92,7 +92,7 @@ def check_app_output(args: argparse.Namespace) -> Path:
     """OUT, checked before the model runs: a file name (of an image type we write, for image
     outputs) in an existing folder we can write in (a probe file is made and removed), free
     unless --overwrite. Errors name OUT as the user wrote it."""
-    from ..outputs.files import check_free, make_temp_path
+    from ..files import check_free, make_temp_path
 
     out = Path(args.output)
     if out.is_dir():
@@ -123,7 +123,7 @@ def save_app_image(args: argparse.Namespace, image: Any) -> int:
     """Write an app's image result to args.output (PNG, JPEG, ... by its suffix), atomically."""
     from PIL import Image
 
-    from ..outputs.files import commit
+    from ..files import commit
 
     out = Path(args.output)
     fmt = image_format(out)

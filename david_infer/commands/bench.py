@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratios,
     }
     if args.json:
-        from ..outputs.files import commit
+        from ..files import commit
 
         data = (json.dumps(report, indent=2) + "\n").encode()
         commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
 def describe(path: Path) -> Dict[str, Any]:
     """A dict: file, kind, size_bytes, sha256, sha256_check, manifest (or None), inputs, outputs."""
     from ..contract import read_manifest
+    from ..files import sha256_file
     from ..manifest import manifest_path
-    from ..outputs.files import sha256_file
 
     path = Path(path)
     if path.is_dir():

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..apps import point_cloud, write_ply
-    from ..outputs.files import commit
+    from ..files import commit
 
     pred = predict_for_app(args, ["depth"], "a point cloud")
     points, colors = point_cloud(

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..errors import InputError, Interrupted
+from ..files import NoSpace
 from ..jobs import (
     VIDEO_ONLY_KINDS,
     Job,
@@ -83,7 +84,6 @@ from ..jobs import (
     probe_output_folder,
 )
 from ..options import RuntimeArguments, positive_int_arg
-from ..outputs.files import NoSpace
 from ..outputs.images import IMAGE_KINDS
 from ..outputs.lock import OwnerLock
 from ..outputs.sets import Source, WriteOptions

@@ -21,6 +21,7 @@ from .._logging import quiet_logger
 from .._optional import require
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..errors import ExportError
+from ..files import make_temp_path, sha256_file
 from ..manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -28,7 +29,6 @@ from ..manifest import (
     manifest_path,
     write_manifest,
 )
-from ..outputs.files import make_temp_path, sha256_file
 from ..tasks import TASKS, task_outputs, task_table
 
 LAYOUTS = ("dynamic", "official")

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Tuple, Union
 from .._optional import require
 from ..contract import ModelContract
 from ..errors import ExportError, ModelError
+from ..files import sha256_file
 from ..manifest import manifest_path
-from ..outputs.files import sha256_file
 from ..resample import MAX_PYRAMID_LEVELS, OFFICIAL_PYRAMID_FACTOR
 from ..stages.builder import MIN_OPSET, GraphSpec, default_opset, wrap
 from ..tasks import TASKS, task_table

@@ -30,8 +30,8 @@ from ..backends.tensorrt.engine_manifest import HARDWARE_COMPAT, build_engine_ma
 from ..backends.tensorrt.profiles import DEFAULT_MAX_BATCH, compute_profiles
 from ..contract import ModelContract, read_manifest
 from ..errors import BackendUnavailable, ExportError, InputError, ModelError
+from ..files import atomic_write, atomic_write_bytes
 from ..manifest import manifest_path, write_manifest
-from ..outputs.files import atomic_write, atomic_write_bytes
 from ..shapes import ShapeRange
 
 DEFAULT_WORKSPACE_GB = 8.0

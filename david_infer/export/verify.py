@@ -21,8 +21,8 @@ from .._optional import require
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import read_manifest
 from ..errors import InputError, ModelError
+from ..files import sha256_file
 from ..manifest import check_sha256, manifest_path
-from ..outputs.files import sha256_file
 from ..shapes import check_stride, parse_hw_list
 from ..tasks import TASKS
 

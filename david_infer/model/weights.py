@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, Union
 
 from .._optional import require
 from ..errors import WeightsError
-from ..outputs.files import atomic_write
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     import torch

@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import EmptyMaskWarning
+from ..files import NoSpace, no_space_reason, write_npy, write_png
 from ..tasks import TASK_ORDER, TASKS
-from .files import NoSpace, no_space_reason, write_npy, write_png
 from .sets import KindTable, Source, WriteOptions
 
 #: write(temporary path, prediction, options): fills one file of a set

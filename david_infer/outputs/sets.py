@@ -74,7 +74,7 @@ from typing import (
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_write, make_temp_path, no_space_reason, sha256_file
+from ..files import atomic_write, make_temp_path, no_space_reason, sha256_file
 
 RECORD_SUFFIX = ".done.json"
 TEMP_SUFFIX = ".david-partial"

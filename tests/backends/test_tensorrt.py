@@ -25,8 +25,8 @@ from david_infer.backends.tensorrt.engine_manifest import (
 from david_infer.backends.tensorrt.profiles import compute_profiles, ort_shape_string
 from david_infer.contract import ModelContract, read_manifest
 from david_infer.errors import BackendUnavailable, InputError, ModelError
+from david_infer.files import sha256_file
 from david_infer.manifest import manifest_path, write_manifest
-from david_infer.outputs.files import sha256_file
 from david_infer.shapes import ShapeRange, check_input_shape, parse_hw
 
 

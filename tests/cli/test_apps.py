@@ -11,8 +11,8 @@ from PIL import Image
 from david_infer import apps
 from david_infer.cli import main
 from david_infer.contract import read_manifest
+from david_infer.files import sha256_file
 from david_infer.manifest import manifest_path, write_manifest
-from david_infer.outputs.files import sha256_file
 
 
 @pytest.fixture(scope="module")

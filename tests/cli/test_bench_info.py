@@ -10,8 +10,8 @@ import pytest
 
 from david_infer.cli import main
 from david_infer.contract import read_manifest
+from david_infer.files import sha256_file
 from david_infer.manifest import manifest_path, write_manifest
-from david_infer.outputs.files import sha256_file
 
 
 def test_bench_json_has_sane_numbers(tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

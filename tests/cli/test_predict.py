@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from david_infer.cli import main
-from david_infer.outputs.files import inside
+from david_infer.files import inside
 from david_infer.outputs.sets import RECORD_SUFFIX, output_name
 
 RES = "64"

@@ -14,8 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 from david_infer.contract import read_manifest  # noqa: E402
 from david_infer.errors import ExportError  # noqa: E402
 from david_infer.export import export_onnx  # noqa: E402
+from david_infer.files import sha256_file  # noqa: E402
 from david_infer.model import build_model  # noqa: E402
-from david_infer.outputs.files import sha256_file  # noqa: E402
 
 
 def test_dynamic_export_matches_torch(tiny_multitask_onnx: Path) -> None:

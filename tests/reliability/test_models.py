@@ -22,8 +22,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.errors import ModelError, WeightsError  # noqa: E402
+from david_infer.files import sha256_file  # noqa: E402
 from david_infer.manifest import manifest_path  # noqa: E402
-from david_infer.outputs.files import sha256_file  # noqa: E402
 
 IMAGE = np.zeros((20, 30, 3), np.uint8)
 

@@ -12,8 +12,8 @@ from PIL import Image
 from david_infer import DavidRuntime
 from david_infer.cli import main
 from david_infer.errors import ModelError, NonFiniteOutput
+from david_infer.files import sha256_file
 from david_infer.manifest import manifest_path
-from david_infer.outputs.files import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ...contract import read_manifest
 from ...errors import DavidWarning, InputError, ModelError
+from ...files import sha256_file
 from ...manifest import manifest_path
-from ...outputs.files import sha256_file
 from ...shapes import ShapeRange
 
 KIND = "tensorrt"

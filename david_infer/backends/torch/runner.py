@@ -15,8 +15,8 @@ import numpy as np
 from ..._optional import require
 from ...contract import GraphIO, ModelContract
 from ...errors import BackendUnavailable, InputError, ModelError
+from ...files import sha256_file
 from ...memory_estimate import allocation_error, is_allocation_failure
-from ...outputs.files import sha256_file
 from ..base import Device, Runner
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ reference does; float32 back), so the maps agree with the reference stages (test
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -28,8 +28,14 @@ from ...resample import (
 from ...stages import Maps, ModelOutputs, Staged, StageOptions, Stages, split_outputs
 from ...tasks import TASKS
 
-if TYPE_CHECKING:
-    from .runner import TorchRunner
+
+class DeviceRunner(Protocol):
+    """What the torch stages use of their runner (the torch backend's TorchRunner)."""
+
+    torch_device: Any
+    pinned: bool
+
+    def run_tasks(self, image: Any, image_384: Optional[Any] = None) -> Dict[str, Any]: ...
 
 
 class TorchStages(Stages):
@@ -37,7 +43,7 @@ class TorchStages(Stages):
 
     kind = "torch"
 
-    def __init__(self, runner: "TorchRunner", contract: ModelContract, options: StageOptions, output: str) -> None:
+    def __init__(self, runner: DeviceRunner, contract: ModelContract, options: StageOptions, output: str) -> None:
         import torch
 
         super().__init__(runner, contract, options)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
 
 
 class OutputExists(InputError):
