@@ -8,7 +8,7 @@ sees a half-written file and an interrupted write leaves nothing behind.
   manifests, engines, JSON records, benchmark results).
 - `commit(path, write, overwrite)`: the same, but without `overwrite` an existing file is never
   replaced: the rename is done as a hard link, which fails when the name exists (even if another
-  process created it a moment ago). `save_png` / `save_npy` are `commit` for one array.
+  process created it a moment ago).
 - `write_png` / `write_npy`: fill a file that is not yet in place (what `commit` and the output
   sets of `david_infer.outputs.sets` hand them).
 - `sha256_file`: a file's SHA-256, read in chunks.
@@ -173,13 +173,3 @@ def write_npy(path: Union[str, Path], array: np.ndarray) -> None:
             if exc.errno is None:  # numpy's short write ("N requested and M written") drops the errno:
                 os.write(f.fileno(), b"\0")  # one more byte raises it (ENOSPC, EFBIG, ...)
             raise
-
-
-def save_png(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
-    """Save an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG, atomically."""
-    return commit(path, lambda tmp: write_png(tmp, array), overwrite)
-
-
-def save_npy(path: Union[str, Path], array: np.ndarray, overwrite: bool = False) -> Path:
-    """Save an array as .npy (no pickles), atomically."""
-    return commit(path, lambda tmp: write_npy(tmp, array), overwrite)

@@ -68,14 +68,6 @@ class Decoded:
             return (self.pil.height, self.pil.width)
         return tuple(self._array().shape[:2])
 
-    @property
-    def is_gray(self) -> bool:
-        return (self.pil.mode == "L") if self.pil is not None else self._array().ndim == 2
-
-    @property
-    def is_uint8(self) -> bool:
-        return self.pil is not None or self._array().dtype == np.uint8
-
     def _array(self) -> np.ndarray:
         """`array`, where `pil` is None: a Decoded always holds one of the two."""
         if self.array is None:
@@ -112,13 +104,6 @@ def check_channel_order(channel_order: str) -> str:
     if order not in CHANNEL_ORDERS:
         raise InputError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     return order
-
-
-def check_max_pixels(max_pixels: Optional[int]) -> Optional[int]:
-    """Validate a max_image_pixels argument (a positive int, or None for no limit)."""
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
-        raise InputError(f"max_image_pixels must be a positive integer or None, got {max_pixels!r}")
-    return max_pixels
 
 
 def _check_pixels(width: int, height: int, max_pixels: Optional[int], name: str) -> None:

@@ -118,16 +118,11 @@ class OutputFilter:
         return self._inside[folder]
 
 
-def is_output(path: Path, output: Optional[Path]) -> bool:
-    """True for a file inside `output` named as a run names its outputs (see OutputFilter)."""
-    return OutputFilter(output)(path)
-
-
 def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Optional[Path] = None) -> InputSet:
     """Expand files, folders and globs into image and video files, each with the root its output
     name is taken relative to (each folder's files sorted by name). Dangling links found in
     folders and globs, and second names for a file already taken, are warnings (counted), not
-    inputs; files of folders and globs that are outputs in `output` (`is_output`) are left out."""
+    inputs; files of folders and globs that are outputs in `output` (`OutputFilter`) are left out."""
     found = InputSet()
     seen: Dict[str, Path] = {}
     is_ours = OutputFilter(output)

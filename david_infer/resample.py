@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Tuple
 
 import numpy as np
 
@@ -53,11 +52,6 @@ class Geometry:
     top: int
     left: int
     resolution: int
-
-    def crop_box(self) -> Tuple[float, float, float, float]:
-        """The image's (x0, y0, x1, y1) in model-output pixels."""
-        s = self.resolution / self.side
-        return (self.left * s, self.top * s, (self.left + self.width) * s, (self.top + self.height) * s)
 
 
 def square_geometry(height: int, width: int, resolution: int) -> Geometry:

@@ -121,13 +121,6 @@ TASK_ORDER: Tuple[str, ...] = tuple(TASKS)
 MODEL_TASKS: Tuple[str, ...] = TASK_ORDER + ("multitask",)
 
 
-def get_task(name: str) -> Task:
-    """The table's row for `name`; ValueError listing the tasks otherwise."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
-    return TASKS[name]
-
-
 def task_outputs(task: str) -> Tuple[str, ...]:
     """The maps a model of `task` ("multitask" or one task) produces, in output order."""
     if task == "multitask":

@@ -70,10 +70,6 @@ class VerifyReport:
     def passed(self) -> bool:
         return all(r.ok for r in self.rows)
 
-    @property
-    def worst(self) -> Optional[Row]:
-        return max(self.rows, key=lambda r: r.rel_error, default=None)
-
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed

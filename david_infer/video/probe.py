@@ -89,9 +89,6 @@ class VideoInfo:
         scale = 1.0 if not max_side else min(1.0, max_side / max(h, w))
         return (max(1, round(h * scale)), max(1, round(w * scale)))
 
-    def duration_text(self) -> str:
-        return f"{self.duration:.3f} s" if self.duration is not None else "unknown duration"
-
 
 def probe(path: PathLike) -> VideoInfo:
     """Open a clip, check it has a decodable video stream and read its properties (decodes the
