@@ -62,8 +62,10 @@ from .visualize import box_reduce
 
 #: `refine=` and --refine: "none", or "people" (the regions found in pass 1's mask)
 REFINE_MODES = ("none", "people")
-#: fewest cells of pass 1's grid a depth fit is made on (else pixels of the whole box)
+#: fewest cells of pass 1's grid a depth fit is made on (else pixels of the whole box), and the
+#: most it uses (evenly spaced: a robust fit needs no more)
 MIN_FIT_CELLS = 16
+MAX_FIT_CELLS = 20_000
 #: Huber's constant (95% efficiency on Gaussian noise) and the reweighting rounds of the fit
 HUBER_K = 1.345
 FIT_ROUNDS = 20
@@ -148,12 +150,17 @@ def as_refine_options(value: Any) -> Optional[RefineOptions]:
 
 
 def check_refine(options: Optional[RefineOptions], tasks: Sequence[str], model: Any) -> Optional[RefineOptions]:
-    """`options`, when the model has the foreground mask the people are found in; InputError otherwise."""
-    if options is not None and "foreground" not in tasks:
+    """`options`, when the model has the foreground mask the people are found in and SciPy (which
+    splits it into parts) is installed; InputError or BackendUnavailable (with the install hint)
+    otherwise."""
+    if options is None:
+        return None
+    if "foreground" not in tasks:
         raise InputError(
             f"{model}: refine='people' finds people in the model's foreground mask, and this model predicts "
             f"{', '.join(tasks)} only; use a multi-task or foreground model, or pass your own boxes= to predict"
         )
+    require("scipy.ndimage", "finding people in the mask (refine)")
     return options
 
 
@@ -400,6 +407,8 @@ def align_depth(
         cells = box_reduce(person.astype(np.float32), step).ravel() >= 0.5
         if cells.sum() >= MIN_FIT_CELLS:
             x, y = x[cells], y[cells]
+    stride = max(1, x.size // MAX_FIT_CELLS)
+    x, y = x[::stride], y[::stride]
     s, b = fit_scale_shift(x, y)
     if np.isfinite(s) and np.isfinite(b) and s > 0:
         return s, b, "least-squares"

@@ -255,6 +255,31 @@ def test_bad_refine_options_and_boxes_are_typed_errors(
         assert runtime.predict(image, boxes=[(10, 10, 40, 60)]).regions[0].status == "refined"
 
 
+def test_a_thresholded_mask_and_a_normalised_depth_stay_so_after_the_paste(keyed_onnx: Path) -> None:
+    image, _ = keyed_model.scene((360, 640), ((100, 60, 180, 300), (400, 80, 470, 320)))
+    with DavidRuntime(keyed_onnx, resolution=128, foreground_threshold=0.5, normalize_depth=True) as runtime:
+        # the first box cuts the figure: its seam crosses the figure's edges, where the passes differ
+        refined = runtime.predict(image, boxes=[(90, 40, 190, 160), (400, 80, 470, 320)])
+    assert [r.status for r in refined.regions] == ["refined", "refined"]
+    assert set(np.unique(refined.foreground)) == {0.0, 1.0}
+    assert refined.depth.min() >= 0.0 and refined.depth.max() <= 1.0
+
+
+def test_without_scipy_the_mask_path_says_how_to_install_it_and_boxes_still_work(
+    keyed_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from david_infer.errors import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)  # an import of it now fails
+    with pytest.raises(BackendUnavailable, match=r'pip install "david-infer\[refine\]"'):
+        DavidRuntime(keyed_onnx, resolution=128, refine="people")
+    image, people = keyed_model.scene((200, 300), ((100, 40, 160, 180),))
+    with DavidRuntime(keyed_onnx, resolution=64) as runtime:
+        assert runtime.predict(image, boxes=people).regions[0].status == "refined"
+
+
 def test_imap_and_predict_batch_refine_each_image_like_predict(keyed_onnx: Path) -> None:
     scenes = [keyed_model.scene((240, 420), ((60 + 40 * i, 40, 120 + 40 * i, 200),), seed=i)[0] for i in range(3)]
     with DavidRuntime(keyed_onnx, resolution=128, refine="people", batch_size=2) as runtime:
