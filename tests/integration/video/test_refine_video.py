@@ -69,6 +69,13 @@ def test_cli_refines_a_clip_and_a_photo_and_records_the_regions(keyed_onnx: Path
     clip_record = json.loads((out / "walk.done.json").read_text())
     assert clip_record["options"]["extra"]["refine"]["max_regions"] == 8
     assert clip_record["results"]["regions"] == {"refined": 8, "fallback": 0, "skipped": 0, "most_in_a_frame": 1}
+    import av
+
+    with av.open(str(out / "walk.vis.mp4")) as container:  # the regions outlined on the frame's tile
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    tile = first[: SIZE[0] // 2, : SIZE[1] // 2]
+    yellowish = (tile[..., 0] > 200) & (tile[..., 1] > 160) & (tile[..., 2] < 90)
+    assert yellowish.sum() > 20  # the scene has no yellow: red figures on grass
     record = json.loads((out / "still.done.json").read_text())
     (region,) = record["results"]["regions"]
     assert region["status"] == "refined" and region["source"] == "mask"
