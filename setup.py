@@ -23,6 +23,7 @@ SERVE = ["mlserver>=1.7.1,<1.8", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
 TRITON = ["tritonclient[grpc,http]>=2.50"]
 RAY = ["ray[data]>=2.40"]
 VIDEO = ["av>=14"]  # PyAV: FFmpeg's libraries in the wheel (decoders, libx264, PNG-in-MOV)
+REFINE = ["scipy>=1.9"]  # refine="people": the mask's connected parts (scipy.ndimage.label)
 # One coherent set per CUDA major (README, "GPU install"; checked by benchmarks/gpu_deps.py):
 # onnxruntime-gpu's CUDA/cuDNN libraries come from the nvidia-* wheels its [cuda,cudnn] extras
 # pull; its TensorRT provider loads libnvinfer.so.10, so TensorRT stays on major 10, built for the
@@ -31,7 +32,7 @@ GPU = ["onnxruntime-gpu[cuda,cudnn]~=1.31.1", "tensorrt-cu13>=10.13.2,<11", "cud
 GPU_CU12 = ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12>=10.13,<11", "cuda-python>=12.9,<13"]
 # The test suite without an ONNX Runtime build: `test` + `gpu` on a GPU machine, `dev` (+ `cpu`)
 # elsewhere. cuda-python runs without a GPU (the driver checks are tested on CPU); either major.
-TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
+TEST = EXPORT + PLOT + SERVE + RAY + VIDEO + REFINE + ["pytest>=8", "hypothesis>=6", "scikit-image>=0.22", "tqdm>=4.60",
                                      "plyfile>=1.0", "cuda-python>=12.9", "import-linter>=2.0",
                                      "playwright>=1.45", "ruff==0.17.6", "mypy==2.4.1"]  # playwright: drives the system's Chromium (tests/integration/web/test_web.py); ruff: pinned, its format changes between releases; mypy: pinned, its checks change between releases
 DEV = TEST + CPU
@@ -61,6 +62,7 @@ setup(
         "ray": RAY,
         "dev": DEV,
         "video": VIDEO,
+        "refine": REFINE,
         "plot": PLOT,
         "progress": ["tqdm>=4.60"],
     },

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 # Heavy-ish parts load on first use so `import david_infer` stays numpy + Pillow only.
-_LAZY = {"DavidRuntime": "runtime", "Prediction": "prediction"}
+_LAZY = {"DavidRuntime": "runtime", "Prediction": "prediction", "RefineOptions": "refine", "Region": "prediction"}
 __all__ += list(_LAZY)
 
 

@@ -22,6 +22,7 @@ _EXTRA_FOR = {
     "mlserver": "serve",
     "ray": "ray",
     "av": "video",
+    "scipy": "refine",
 }
 
 

@@ -405,12 +405,16 @@ def make_output_folder(outdir: Path) -> None:
 def model_record(runtime: Any) -> Dict[str, Any]:
     """What of the model and runtime shapes the files, for the completion record."""
     model = runtime.path.name if isinstance(runtime.path, Path) else str(runtime.path)  # a file, or a server URL
-    return {
+    record = {
         "model": model,
         "model_sha256": runtime.contract.sha256,
         "resolution": runtime.resolution,
         "pipeline": runtime.pipeline,
     }
+    refine = getattr(runtime, "refine", None)
+    if refine is not None:  # only when on: the records of runs without it stay as they were
+        record["refine"] = refine.as_record()
+    return record
 
 
 # ---------------------------------------------------------------------------------- planning

@@ -25,6 +25,7 @@ from .checks import positive_int
 from .config import DEFAULT_RESOLUTION
 from .errors import InputError
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
+from .refine import REFINE_MODES, RefineOptions, as_refine_options
 from .stages import STAGE_KINDS, PostOptions
 
 #: the default resolution: a model's own where it has one (a pre/post graph, a fixed-size file),
@@ -51,6 +52,8 @@ class RuntimeOptions:
     batch_size: images per model call (the default of `imap`/`predict_batch`).
     threads: pre/postprocessing threads (None: the CPU count, at most 4).
     pipeline, stages, post, verify, max_image_pixels, allow_nonfinite: as `DavidRuntime`'s keywords.
+    refine: the second pass per person (david_infer.refine): None (off, the default), "people" or
+        a RefineOptions (a mapping of its fields is taken too); held as None or a RefineOptions.
     backend_options: the backend's own options by name (checked when the backend is chosen).
     """
 
@@ -67,10 +70,12 @@ class RuntimeOptions:
     verify: bool = True
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS
     allow_nonfinite: bool = False
+    refine: Optional[RefineOptions] = None
     backend_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_order", check_channel_order(self.channel_order))
+        object.__setattr__(self, "refine", as_refine_options(self.refine))
         positive_int("batch_size", self.batch_size)
         positive_int("threads", self.threads, allow_none=True)
         positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
@@ -108,6 +113,7 @@ class RuntimeOptions:
         record = self.as_kwargs()
         record["model"] = str(self.model)
         record["post"] = dataclasses.asdict(self.post)
+        record["refine"] = None if self.refine is None else self.refine.as_record()
         return record
 
     @classmethod
@@ -152,7 +158,7 @@ class RuntimeArguments:
     """The runtime flags shared by every command that runs a model, and the options they make.
 
     `add_to(parser)` adds -m/--model, --backend, --device, --resolution, --stages and, as the
-    command asks, --channel-order, --batch-size and --threads, with RuntimeOptions' defaults; `options(args)`
+    command asks, --channel-order, --batch-size, --threads and --refine, with RuntimeOptions' defaults; `options(args)`
     returns the RuntimeOptions (the model as given: see `resolved_model`; --threads also sizes the
     backend's own threads when the model is opened, see `runtime.with_threads`). With `many=True`
     (bench), --backend and --resolution take comma-separated lists: `variants(args)` gives one
@@ -165,11 +171,13 @@ class RuntimeArguments:
         channel_order: bool = True,
         batch_size: bool = True,
         threads: bool = True,
+        refine: bool = False,
         many: bool = False,
         model_help: str = MODEL_HELP,
         resolution_help: Optional[str] = None,
     ) -> None:
         self.channel_order, self.batch_size, self.threads, self.many = channel_order, batch_size, threads, many
+        self.refine = refine
         self.model_help = model_help
         self.resolution_help = resolution_help or (
             f"side of the square the model runs at, a multiple of 16, or 'image' for the image's own size "
@@ -242,13 +250,21 @@ class RuntimeArguments:
                 help="threads for the model (ONNX Runtime's intra-op threads) and pre/postprocessing; "
                 "with --ray, per worker (default: the backend's own; 1 per worker with --ray)",
             )
+        if self.refine:
+            g.add_argument(
+                "--refine",
+                default="none",
+                choices=REFINE_MODES,
+                help="people: a second, zoomed pass per person found in the mask, pasted back at full "
+                "resolution (about one more model run per person; see david_infer.refine); default none",
+            )
 
     def options(self, args: argparse.Namespace, **fields: Any) -> RuntimeOptions:
         """The RuntimeOptions of the parsed flags (`fields` override or add, e.g. batch_size)."""
         given: Dict[str, Any] = {"model": args.model, "device": args.device, "stages": args.stages}
         if not self.many:
             given.update(backend=args.backend, resolution=args.resolution)
-        for name in ("channel_order", "batch_size", "threads"):  # the flags this group added
+        for name in ("channel_order", "batch_size", "threads", "refine"):  # the flags this group added
             if getattr(self, name):
                 given[name] = getattr(args, name)
         return RuntimeOptions(**{**given, **fields})

@@ -3,11 +3,66 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 ImageSource = Union[np.ndarray, Callable[[], np.ndarray]]
+#: (x0, y0, x1, y1) in image pixels, half-open: columns x0..x1-1, rows y0..y1-1
+Box = Tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Region:
+    """One person region of a refined prediction (`DavidRuntime(refine="people")`, david_infer.refine).
+
+    box:      the person's box (x0, y0, x1, y1), image pixels, half-open: the bounds of the mask's
+              part (parts merged into one region: their union), or the box a caller passed.
+    crop:     the square around `box` and its margin (clamped to the image) that pass 2 ran and
+              pasted back; not square only where the image is narrower than it.
+    source:   "mask" (found in pass 1's foreground) or "boxes" (given by the caller).
+    status:   "refined" (pass 2 pasted), "fallback" (pass 2 ran and looked worse: pass 1 kept) or
+              "skipped" (pass 2 not run); `reason` says why for the last two.
+    model_pixels: the model pixels `box` got in pass 1 and in pass 2 (its area times each pass's
+              scale squared; pass 2's None when it did not run).
+    agreement: pass 2's mask against pass 1's inside `box` (intersection over union of the pixels
+              at or above the threshold); None without a mask or where neither has such pixels.
+    depth_scale, depth_shift: pass 2's depth as pasted: `scale * depth + shift` (aligned to pass 1
+              inside the box); None where nothing was pasted or the model has no depth.
+    alignment: how the scale and shift were found: "least-squares" (robust, Huber-weighted) or
+              "spread" (the median and interquartile range matched, where least squares gives no
+              positive scale); "" without depth.
+    """
+
+    box: Box
+    crop: Box
+    source: str
+    status: str
+    reason: str = ""
+    model_pixels: Tuple[float, Optional[float]] = (0.0, None)
+    agreement: Optional[float] = None
+    depth_scale: Optional[float] = None
+    depth_shift: Optional[float] = None
+    alignment: str = ""
+
+    def as_record(self) -> Dict[str, Any]:
+        """The region as JSON values (the completion record's `regions`)."""
+        return {
+            "box": list(self.box),
+            "crop": list(self.crop),
+            "source": self.source,
+            "status": self.status,
+            "reason": self.reason,
+            "model_pixels": [round(self.model_pixels[0], 1), _rounded(self.model_pixels[1], 1)],
+            "agreement": _rounded(self.agreement, 4),
+            "depth_scale": _rounded(self.depth_scale, 6),
+            "depth_shift": _rounded(self.depth_shift, 6),
+            "alignment": self.alignment,
+        }
+
+
+def _rounded(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
 
 
 @dataclass(init=False)
@@ -24,6 +79,8 @@ class Prediction:
     foreground: (H, W) float32 soft mask in [0, 1] (0/1 when a threshold is set).
     depth_inverse: True when `depth` is larger = nearer (the default), False for larger = farther;
                 visualisation and the point cloud read it.
+    regions:    with `refine` (david_infer.refine): the person regions of the second pass, each a
+                `Region` (found, refined, fallen back or skipped, and why); None when not refined.
 
     A task the model lacks is None.
     """
@@ -33,6 +90,7 @@ class Prediction:
     normal: Optional[np.ndarray] = None
     foreground: Optional[np.ndarray] = None
     depth_inverse: bool = True
+    regions: Optional[List[Region]] = None
 
     def __init__(
         self,
@@ -41,10 +99,12 @@ class Prediction:
         normal: Optional[np.ndarray] = None,
         foreground: Optional[np.ndarray] = None,
         depth_inverse: bool = True,
+        regions: Optional[List[Region]] = None,
     ) -> None:
         self.image_source = image
         self.depth, self.normal, self.foreground = depth, normal, foreground
         self.depth_inverse = depth_inverse
+        self.regions = regions
 
     @property
     def image(self) -> np.ndarray:

@@ -32,6 +32,7 @@ from .manifest import check_sha256, manifest_path
 from .memory_estimate import guard_for
 from .options import AUTO_RESOLUTION, DEFAULT_RESOLUTION, RuntimeOptions, positive_int, resolved_model
 from .prediction import Prediction
+from .refine import AS_OPENED, RefineOptions, as_refine_options, check_refine, refine_prediction
 from .resample import PIPELINES
 from .stages import ModelOutputs, PostOptions, Staged, StageOptions, Stages, choose_stages
 
@@ -134,6 +135,10 @@ class DavidRuntime:
             output batch is checked (one sum per map) and an input whose output is not finite
             raises NonFiniteOutput (a ModelError naming the task, the input and the share of bad
             values); in `imap` that input yields the error and the others go on.
+        refine: a second, zoomed pass per person, pasted back at full resolution
+            (david_infer.refine): None (default) or "none", "people" (people found in the model's
+            foreground mask), or a david_infer.RefineOptions; per call too (`predict(image,
+            refine=..., boxes=...)`, `imap`, `predict_batch`, `predict_video`).
         backend_options: the backend's typed options (e.g. for onnxruntime: providers,
             cuda_options, intra_op_threads, cache_dir); also accepted as keyword arguments.
             A name the backend does not know is an InputError listing the valid ones.
@@ -160,6 +165,7 @@ class DavidRuntime:
         verify: bool = RuntimeOptions.verify,
         max_image_pixels: Optional[int] = RuntimeOptions.max_image_pixels,
         allow_nonfinite: bool = RuntimeOptions.allow_nonfinite,
+        refine: Any = RuntimeOptions.refine,
         backend_options: Optional[Mapping[str, Any]] = None,
         **options: Any,
     ) -> None:
@@ -187,6 +193,7 @@ class DavidRuntime:
             verify=verify,
             max_image_pixels=max_image_pixels,
             allow_nonfinite=allow_nonfinite,
+            refine=refine,
             backend_options={**dict(backend_options or {}), **options},
         )
         self.channel_order = self.options.channel_order
@@ -209,6 +216,8 @@ class DavidRuntime:
             )
         self.device = loader.check_device(parse_device(self.options.device))
         self.contract = self._load_contract(loader, self.options.verify)
+        #: the second pass per person as opened (None: off); see david_infer.refine
+        self.refine: Optional[RefineOptions] = check_refine(self.options.refine, self.contract.tasks, self.path)
         self.resolution = self._check_resolution(self.options.resolution)
         self.pipeline = self._check_pipeline(self.options.pipeline)
         built = self.contract.graph
@@ -339,18 +348,26 @@ class DavidRuntime:
         """Tasks the model predicts, in output order."""
         return self.contract.tasks
 
-    def predict(self, image: Any) -> Prediction:
-        """Predict every task of the model for one image (path, PIL image or numpy array)."""
+    def predict(self, image: Any, *, refine: Any = AS_OPENED, boxes: Any = None) -> Prediction:
+        """Predict every task of the model for one image (path, PIL image or numpy array).
+
+        `refine`: the second pass per person for this call ("people", "none", a RefineOptions;
+        default as opened). `boxes`: person boxes `[(x0, y0, x1, y1), ...]` in image pixels (from
+        any detector) to refine instead of those found in the mask (with the runtime's refine
+        options, or the defaults when it was opened without)."""
+        options = self._refine_for(refine, boxes)
         with self._in_flight():
             decoded, staged = self.preprocess(image)
             outputs = _raise_first(self._infer_outcomes([staged]))[0]
-            return self.postprocess(decoded, staged, outputs)
+            return self._finish(decoded, staged, outputs, options, boxes)
 
-    def predict_batch(self, images: Iterable[Any], batch_size: Optional[int] = None) -> List[Prediction]:
+    def predict_batch(
+        self, images: Iterable[Any], batch_size: Optional[int] = None, *, refine: Any = AS_OPENED
+    ) -> List[Prediction]:
         """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
         Results equal `predict` image by image; the first input that fails raises its error."""
         results: List[Prediction] = []
-        outcomes = self.imap(images, batch_size=batch_size)
+        outcomes = self.imap(images, batch_size=batch_size, refine=refine)
         try:
             for _, outcome in outcomes:
                 if isinstance(outcome, Exception):
@@ -366,6 +383,8 @@ class DavidRuntime:
         batch_size: Optional[int] = None,
         prefetch: Optional[int] = None,
         load: Optional[Callable[[Any], Any]] = None,
+        *,
+        refine: Any = AS_OPENED,
     ) -> _BatchStream:
         """Predict a stream of inputs; yields `(input, Prediction or the Exception it met)` in input
         order.
@@ -380,11 +399,12 @@ class DavidRuntime:
         that fails (decode, model or postprocessing) yields its Exception (naming a path input by
         its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
         the reader. If `inputs` itself raises, every input read before is yielded first (with its
-        result or its own error), then the stream raises that error.
+        result or its own error), then the stream raises that error. `refine`: as in `predict`
+        (each image's second pass runs in the postprocessing worker, its crops batched).
         """
         size = self.batch_size if batch_size is None else self._batch_size(batch_size)
         depth = 2 * size if prefetch is None else positive_int("prefetch", prefetch)
-        return _BatchStream(self, iter(inputs), size, depth, load)
+        return _BatchStream(self, iter(inputs), size, depth, load, self._refine_for(refine))
 
     def predict_video(
         self,
@@ -397,6 +417,7 @@ class DavidRuntime:
         prefetch: Optional[int] = None,
         stabilize: Optional[str] = None,
         stabilize_options: Optional[Any] = None,
+        refine: Any = AS_OPENED,
     ) -> Iterator[Tuple[int, Optional[float], Prediction]]:
         """Predict every frame of a clip; yields `(frame_index, timestamp, Prediction)` in order.
 
@@ -416,6 +437,9 @@ class DavidRuntime:
         comes, also for live iterables; offline: the whole clip first, smoother, spooled to a
         temporary file); `stabilize_options`: a `david_infer.video.StabilizeOptions` or a dict
         of its fields.
+
+        `refine`: as in `predict`; the regions are steadied over frames (`refine.RegionTracker`)
+        so that the crops do not jitter, before any stabilisation.
         """
         from . import video
 
@@ -429,13 +453,16 @@ class DavidRuntime:
             prefetch=prefetch,
             stabilize=stabilize,
             stabilize_options=stabilize_options,
+            refine=self._refine_for(refine),
         )
 
     # ---------------------------------------------------- the three stages (timed by benchmarks)
 
     def preprocess(self, image: Any, name: Optional[str] = None) -> Tuple[Decoded, Staged]:
-        """Decode and validate `image`, and make the model's feeds for it."""
-        decoded = decode(image, self.channel_order, name, self.max_image_pixels)
+        """Decode and validate `image` (or take it decoded), and make the model's feeds for it."""
+        decoded = (
+            image if isinstance(image, Decoded) else decode(image, self.channel_order, name, self.max_image_pixels)
+        )
         with self._in_flight() as stages:
             if self.resolution is None:  # each image at its own size: OutOfMemoryError unless this one fits
                 h, w = decoded.size
@@ -465,6 +492,39 @@ class DavidRuntime:
         with self._in_flight() as stages:
             maps = stages.finish(staged, outputs)
         return Prediction(image=decoded.display, depth_inverse=self.post_options.invert_depth, **maps)
+
+    def model_resolution(self, height: int, width: int) -> int:
+        """The side of the square the model runs an image of height x width at."""
+        with self._in_flight() as stages:
+            return stages.resolution_for(height, width)
+
+    def _refine_for(self, refine: Any, boxes: Any = None) -> Optional[RefineOptions]:
+        """A call's refine options: as opened, or as given (checked against the model's tasks);
+        with `boxes`, those or the defaults (boxes need no mask)."""
+        if refine is AS_OPENED:
+            options = self.refine
+        else:
+            options = as_refine_options(refine)
+            if boxes is not None and options is None:
+                raise InputError(f"boxes= asks for the second pass; refine={refine!r} turns it off")
+        if boxes is None:
+            return check_refine(options, self.tasks, self.path)
+        return options or RefineOptions()
+
+    def _finish(
+        self,
+        decoded: Decoded,
+        staged: Staged,
+        outputs: ModelOutputs,
+        refine: Optional[RefineOptions],
+        boxes: Any = None,
+    ) -> Prediction:
+        """`postprocess`, then the second pass per person when `refine` is set."""
+        prediction = self.postprocess(decoded, staged, outputs)
+        if refine is None:
+            return prediction
+        with self._in_flight():
+            return refine_prediction(self, decoded, prediction, refine, boxes)
 
     # ---------------------------------------------------------------------------- lifetime
 
@@ -561,8 +621,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
         batch_size: int,
         prefetch: int,
         load: Optional[Callable[[Any], Any]],
+        refine: Optional[RefineOptions] = None,
     ) -> None:
-        self._rt, self._batch_size = rt, batch_size
+        self._rt, self._batch_size, self._refine = rt, batch_size, refine
         self._ready: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._slots: Deque[_Slot] = deque()
@@ -670,7 +731,7 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                 slot.error = out
             else:
                 # close() waits for it, or it fails typed
-                slot.future = self._post.submit(self._rt.postprocess, decoded, prepared, out)
+                slot.future = self._post.submit(self._rt._finish, decoded, prepared, out, self._refine)
 
     def close(self) -> None:
         """Stop the reader and the workers (idempotent); called at the end and on early exit."""

@@ -8,6 +8,7 @@
 - `overlay_mask`: the soft mask tinted over the photo; `mask_tile`, the picture's foreground tile,
   also dims what the mask leaves out (a mask that keeps nothing shows a dark photo, not the plain
   photo, which reads as a mask that keeps everything).
+- `draw_regions`: the regions of a refined prediction (`david_infer.refine`) outlined on a tile.
 - `panel`: a labelled side-by-side picture of whatever a prediction holds, at most
   `MAX_PANEL_SIDE` (2048) pixels on its longer side: bigger images are box-averaged down before
   anything is drawn, so a 100-megapixel photo costs a panel of a few megapixels, not gigabytes.
@@ -48,6 +49,8 @@ MASK_COLOR = (0, 220, 90)
 DIMMED = 0.3
 #: the tiles of a picture of a prediction, in order: the image, then each map the model predicts
 TILES = ("image",) + TASK_ORDER
+#: the outline of a refined region's crop, by its status (david_infer.prediction.Region)
+REGION_COLORS = {"refined": (255, 214, 0), "fallback": (255, 64, 32), "skipped": (170, 170, 170)}
 
 
 @lru_cache(maxsize=None)
@@ -180,15 +183,24 @@ def panel(
     Tiles are the image's size (h, w = H, W) unless the panel would be longer than `max_side`
     pixels on a side (default MAX_PANEL_SIDE; None = no cap): then every map is box-averaged by the
     smallest integer factor that fits, before any drawing.
+
+    A refined prediction's regions (an optional attribute `prediction.regions`) are outlined on
+    the image tile (`draw_regions`).
     """
     foreground = getattr(prediction, "foreground", None)
     if foreground is not None:  # on the full-size mask: box-averaging could hide the last kept pixel
         warn_if_empty(
             foreground, "the picture's foreground tile is a dark photo and its depth and normals are unmasked"
         )
+    regions = getattr(prediction, "regions", None)
+    image = getattr(prediction, "image", None)
+    full_width = np.shape(image)[1] if regions and image is not None else 0
     if max_side is not None:
         prediction = _fit_panel(prediction, max_side, labels)
     tiles = panel_tiles(prediction, cmap, inverse_depth)
+    if regions and full_width:
+        tile = tiles[0][1]
+        tiles[0] = ("image", draw_regions(tile, regions, tile.shape[1] / full_width))
     strip = np.concatenate([tile for _, tile in tiles], axis=1)
     if not labels:
         return strip
@@ -263,6 +275,24 @@ def draw_tile(
     if image is None:
         raise InputError(f"draw_tile: the {name} tile is drawn over the image; pass `image`")
     return mask_tile(image, data)
+
+
+def draw_regions(tile: np.ndarray, regions: Sequence[Any], scale: float = 1.0) -> np.ndarray:
+    """A copy of the (h, w, 3) uint8 `tile` with each region's crop outlined in its status colour
+    (REGION_COLORS: refined yellow, fallback red, skipped grey) and its person box in a thinner
+    line; `regions` are `david_infer.prediction.Region`s (or objects with `crop`, `box`, `status`)
+    in image pixels, `scale` the tile's pixels per image pixel."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(tile))
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(max(tile.shape[:2]) / 300))
+    for region in regions:
+        color = REGION_COLORS.get(region.status, REGION_COLORS["skipped"])
+        for box, line in ((region.crop, width), (region.box, max(1, width // 2))):
+            x0, y0, x1, y1 = (v * scale for v in box)
+            draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=color, width=line)
+    return np.asarray(picture)
 
 
 class _Reduced:

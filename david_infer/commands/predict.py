@@ -93,7 +93,7 @@ from . import predict_video
 from ._common import open_runtime
 from ._torch import add_torch_arguments, with_torch_options
 
-RUNTIME = RuntimeArguments()
+RUNTIME = RuntimeArguments(refine=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

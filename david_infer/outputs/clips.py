@@ -26,7 +26,9 @@ normalised.
 `ClipOptions.stabilize` ("none", "online", "offline"; `david_infer.video.stabilize`) steadies the
 maps over time before anything is drawn or written; offline spools the clip's maps to a temporary
 beside the outputs first (about 15 bytes per pixel per frame), then the frames come out in order
-as in one pass. The completion record notes the mode.
+as in one pass. The completion record notes the mode. With the runtime's `refine` (the second
+pass per person, its regions steadied over frames: `david_infer.refine`), the record's `results`
+count the clip's regions by what became of them, and the vis video outlines them.
 
 `write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
 temporaries renamed into place at the end with the completion record last; a clip that stops
@@ -315,6 +317,8 @@ class ClipOutputs:
         self.vis: VisLayout = VisLayout(self.tasks, *self.display)
         self.range_all, self.range_person = DepthRange(), DepthRange()
         self.meta: List[Tuple[int, Optional[int], Optional[float], int]] = []  # index, pts, time, duration
+        #: refined frames: the regions by status, and the most in one frame (None: not refined)
+        self.regions: Optional[Dict[str, int]] = None
         kinds = [VIDEO_KINDS[k] for k in opts.kinds]
         two_pass = opts.depth_range == "clip" and any(TASKS[t].picture == "relative" for t in self.tasks)
         #: the kinds drawn in the second pass, with the clip's range
@@ -335,6 +339,13 @@ class ClipOutputs:
     def add(self, frame: Any, pred: Any) -> None:
         """Write (or spool) everything of one predicted frame."""
         self.meta.append((frame.index, frame.pts, frame.time, frame.duration))
+        regions = getattr(pred, "regions", None)
+        if regions is not None:
+            counts = self.regions if self.regions is not None else {"refined": 0, "fallback": 0, "skipped": 0}
+            for region in regions:
+                counts[region.status] = counts.get(region.status, 0) + 1
+            counts["most_in_a_frame"] = max(counts.get("most_in_a_frame", 0), len(regions))
+            self.regions = counts
         if pred.depth is not None:
             self.range_all.update(pred.depth)
             self.range_person.update(pred.depth, None if pred.foreground is None else pred.foreground >= 0.5)
@@ -446,7 +457,8 @@ def write_clip(
             raise InputError(f"{info.path}: --frames selects no frame of the clip; nothing was written")
         staged = outputs.finish()
         stopped = reader.error
-        outputs.set.commit(staged, record_options, record=stopped is None, source=source)
+        results = None if outputs.regions is None else {"regions": outputs.regions}
+        outputs.set.commit(staged, record_options, record=stopped is None, source=source, results=results)
     except BaseException:
         background.close(cancel=True)
         outputs.abort()

@@ -177,7 +177,7 @@ def write_outputs(
                     tmp = out.temporary(final)
                     staged.append((tmp, final))
                     write(tmp, pred, opts)
-        out.commit(staged, opts, source=source)
+        out.commit(staged, opts, source=source, results=prediction_results(pred))
     except OSError as exc:
         folder = out.record.parent
         reason = no_space_reason(exc)
@@ -190,6 +190,13 @@ def write_outputs(
             tmp.unlink(missing_ok=True)
     _warn_once(caught, name if source is None else source.path if isinstance(source, Source) else str(source))
     return out.files
+
+
+def prediction_results(pred: Any) -> Optional[Dict[str, Any]]:
+    """What a completion record shows of a prediction beyond its files: a refined prediction's
+    regions (`Region.as_record` each); None when there is nothing to show."""
+    regions = getattr(pred, "regions", None)
+    return None if regions is None else {"regions": [region.as_record() for region in regions]}
 
 
 def _warn_once(caught: List[warnings.WarningMessage], input_name: str) -> None:

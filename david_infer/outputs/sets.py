@@ -27,7 +27,9 @@ files beside it, or it is absent and the set counts as unfinished. An exception 
 KeyboardInterrupt during the commit removes whatever of the new set was already renamed into place.
 
 The record (format 2) holds the kinds, the options, and for each file and for the input (`source`)
-its size, SHA-256 and `FileStamp` (size, modification and change times in ns, inode). The input's
+its size, SHA-256 and `FileStamp` (size, modification and change times in ns, inode); and, when the
+writer gives them, `results`: what the prediction found (e.g. the regions of a refined photo),
+for reading, never compared. The input's
 stamp is the one taken before the model read it (`Source.before_read`); its SHA-256 is recorded
 only when the file is still unchanged at the commit, so an input replaced while it was being
 predicted is redone by the next run.
@@ -388,12 +390,14 @@ class OutputSet:
         options: Optional[WriteOptions] = None,
         record: bool = True,
         source: Union[Source, PathLike, None] = None,
+        results: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Put a set written to temporaries in place: remove the old record, rename each (temporary,
         final) pair, then write the completion record (unless `record` is False: a set that is
         knowingly incomplete, e.g. a truncated clip, stays unfinished for `status`). `source`: the
         input file, recorded: a `Source` taken before the input was read, or a path (stamped now,
-        so a change while it was predicted goes unseen)."""
+        so a change while it was predicted goes unseen). `results`: JSON values the record shows
+        (what the prediction found), never compared."""
         opts = options or WriteOptions()
         placed: List[Path] = []
         try:
@@ -421,6 +425,8 @@ class OutputSet:
                 "source": source.as_record() if source is not None else None,
                 "files": files,
             }
+            if results is not None:
+                doc["results"] = dict(results)
             data = (json.dumps(doc, indent=1) + "\n").encode()
             atomic_write(self.record, lambda tmp: tmp.write_bytes(data), suffix=TEMP_SUFFIX)
         except BaseException:

@@ -8,6 +8,7 @@ import os
 from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 from ..errors import InputError
+from ..refine import AS_OPENED, RefineOptions, RegionTracker, refine_prediction
 from .decode import Frame, FrameReader, FrameSelection, read_frames
 from .stability import STABILIZE_MODES, StabilizeOptions, stabilize_pairs
 
@@ -38,14 +39,24 @@ def _array_frames(frames: Iterable[Any], fps: Optional[float]) -> Iterator[Frame
 
 
 def predict_frames(
-    runtime: Any, frames: Iterable[Frame], batch_size: Optional[int] = None, prefetch: Optional[int] = None
+    runtime: Any,
+    frames: Iterable[Frame],
+    batch_size: Optional[int] = None,
+    prefetch: Optional[int] = None,
+    refine: Any = AS_OPENED,
 ) -> Iterator[Tuple[Frame, Any]]:
-    """(Frame, Prediction) in order through `runtime.imap`; the first frame that fails raises."""
-    outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=lambda f: f.image)
+    """(Frame, Prediction) in order through `runtime.imap`; the first frame that fails raises.
+    `refine` (RefineOptions, None for none, default: the runtime's): each frame's second pass per
+    person, in frame order, its regions steadied over frames by one `RegionTracker`."""
+    options: Optional[RefineOptions] = runtime.refine if refine is AS_OPENED else refine
+    tracker = RegionTracker() if options is not None else None
+    outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=lambda f: f.image, refine=None)
     try:
         for frame, outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise outcome
+            if options is not None:  # the frame's own pixels, cropped as pass 1 read them
+                outcome = refine_prediction(runtime, frame.image, outcome, options, tracker=tracker)
             frame.image = outcome.image  # decoded once: the Prediction's own copy
             yield frame, outcome
     finally:
@@ -63,8 +74,9 @@ def predict_video(
     prefetch: Optional[int] = None,
     stabilize: Optional[str] = None,
     stabilize_options: Union[None, Mapping[str, Any], StabilizeOptions] = None,
+    refine: Optional[RefineOptions] = None,
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
-    """See `DavidRuntime.predict_video`."""
+    """See `DavidRuntime.predict_video` (`refine`: as resolved by the runtime, None for none)."""
     mode, opts = check_stabilize(stabilize), as_stabilize_options(stabilize_options)
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
@@ -77,7 +89,7 @@ def predict_video(
                 "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
             )
         reader, source = None, _array_frames(src, fps)
-    return _predict_video(runtime, reader, source, batch_size, prefetch, mode, opts)
+    return _predict_video(runtime, reader, source, batch_size, prefetch, mode, opts, refine)
 
 
 def _predict_video(
@@ -88,9 +100,11 @@ def _predict_video(
     prefetch: Optional[int],
     mode: Optional[str],
     options: StabilizeOptions,
+    refine: Optional[RefineOptions],
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
     pairs: Iterator[Tuple[Any, Any]] = (
-        ((frame.index, frame.time), pred) for frame, pred in predict_frames(runtime, source, batch_size, prefetch)
+        ((frame.index, frame.time), pred)
+        for frame, pred in predict_frames(runtime, source, batch_size, prefetch, refine)
     )
     if mode is not None:  # a clip that stops decoding early: what was decoded, stabilised, then the error
         pairs = stabilize_pairs(pairs, mode, options)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, Tuple
 
 import numpy as np
 
-from ..visualize import draw_tile, tile_names, tile_shade
+from ..visualize import draw_regions, draw_tile, tile_names, tile_shade
 
 
 class DepthRange:
@@ -65,7 +65,8 @@ class VisLayout:
     """The visualisation video's picture for a model's `tasks` and frames of `height` x `width`:
     the image, then depth, normal and foreground as predicted (`visualize.tile_names`), as
     half-size tiles two per row, so the video is about the clip's own size whatever the number of
-    maps. Depth and normals fade outside the matte when it keeps any pixel, as in the image panel."""
+    maps. Depth and normals fade outside the matte when it keeps any pixel, and a refined frame's
+    regions are outlined on the image tile, as in the image panel."""
 
     def __init__(self, tasks: Iterable[str], height: int, width: int) -> None:
         self.names = tile_names(tasks)
@@ -86,8 +87,11 @@ class VisLayout:
         alpha = None if pred.foreground is None else np.clip(half(pred.foreground), 0.0, 1.0)
         shade = tile_shade(alpha)
         maps = {"image": image, "normal": None if pred.normal is None else half(pred.normal), "foreground": alpha}
+        regions = getattr(pred, "regions", None)
         for name in self.names:
             data = maps.get(name)
+            if name == "image" and regions:
+                data = draw_regions(image, regions, image.shape[1] / pred.image.shape[1])
             if data is not None:  # depth: by `draw_depth`
                 self._place(canvas, name, draw_tile(name, data, image, shade))
         return canvas, shade, None if pred.depth is None else half(pred.depth)

@@ -222,7 +222,7 @@ def _read(item: Any, index: int) -> _Frame:
 def _rebuild(item: Any, maps: Tuple[Optional[np.ndarray], ...], image: np.ndarray) -> Any:
     depth, normal, foreground = maps
     if isinstance(item, Prediction):
-        return Prediction(image, depth, normal, foreground, item.depth_inverse)
+        return Prediction(image, depth, normal, foreground, item.depth_inverse, item.regions)
     out = dict(item)
     out["image"] = image
     for name, value in zip(_MAPS, maps):
@@ -710,7 +710,7 @@ def _offline(
 def _light(item: Any) -> Any:
     """What offline mode keeps of an input until it yields it: no maps, no image."""
     if isinstance(item, Prediction):
-        return Prediction(np.empty((0, 0, 3), np.uint8), depth_inverse=item.depth_inverse)
+        return Prediction(np.empty((0, 0, 3), np.uint8), depth_inverse=item.depth_inverse, regions=item.regions)
     return {k: v for k, v in item.items() if k not in _MAPS and k != "image"}
 
 
