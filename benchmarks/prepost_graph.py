@@ -304,6 +304,16 @@ def main(argv: List[str] = None) -> int:
     lines += [f"| {r['case']} | {r['image']} | {r['ms']} | {r['cpu_ms']} |" for r in rows]
     print("\n".join(lines))
     replace_doc_section("prepost_graph", "\n".join(lines), page=PAGE, heading=HEADING)
+    cases = list(dict.fromkeys(r["case"] for r in rows if not r["case"].startswith("Base")))
+    summary = ["| photo | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
+    for size in SIZES:
+        image = f"{size[1]}x{size[0]}"
+        cells = {r["case"]: r for r in rows if r["image"] == image}
+        summary.append(
+            f"| {image} | " + " | ".join(f"{cells[c]['ms']} ms ({cells[c]['cpu_ms']} CPU)" for c in cases) + " |"
+        )
+    summary.append(f"\n(wall-clock median, process CPU time in brackets; load average {load:.1f} during the run)")
+    replace_doc_section("readme_speed", "\n".join(summary), page=ROOT / "README.md")
     if stages:
         total = sum(r["ms"] for r in stages)
         table = [
