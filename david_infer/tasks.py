@@ -53,11 +53,14 @@ class Task:
         sign (default `self.sign`), unit length, clipping."""
         if (self.sign if sign is None else sign) < 0:
             np.negative(block, out=block)
-        if self.unit_eps is not None:
-            vectors = block.reshape(-1, self.channels)
-            length = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        if self.unit_eps is not None:  # elementwise on each component (an einsum is 1.5x slower)
+            length = block[..., 0] * block[..., 0]
+            for c in range(1, self.channels):
+                length += block[..., c] * block[..., c]
+            np.sqrt(length, out=length)
             np.maximum(length, np.float32(self.unit_eps), out=length)
-            vectors /= length[:, None]
+            np.divide(np.float32(1.0), length, out=length)
+            block *= length[..., None]
         if self.clip is not None:
             np.clip(block, self.clip[0], self.clip[1], out=block)
 

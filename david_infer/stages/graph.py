@@ -97,7 +97,9 @@ class GraphStages(Stages):
         super().__init__(runner, contract, options)
         self._sessions = _Sessions(options)
         self._vit_size = contract.vit_size if contract.vit_input is not None else None
-        self._pool = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
+        # the tasks' post graphs side by side, and the finishing's row blocks over `threads`
+        self._pool = ThreadPoolExecutor(len(contract.tasks), "david-post") if len(contract.tasks) > 1 else None
+        self._blocks = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
         if options.resolution is not None:  # build now: a graph that cannot be built fails at open
             self._pre(options.resolution, "uint8", "rgb")
             for task in contract.tasks:
@@ -150,14 +152,15 @@ class GraphStages(Stages):
         binding.bind_output(task, "cpu", 0, np.float32, shape, taller.ctypes.data)
         session.run_with_iobinding(binding)
         out = taller[: g.height]
-        finish_in_place(task, out, self.options.post)
+        finish_in_place(task, out, self.options.post, self._blocks)
         return out
 
     def close(self) -> None:
         self._sessions.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._blocks):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._blocks = None
 
 
 class InsideGraphStages(Stages):
