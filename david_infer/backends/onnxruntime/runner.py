@@ -10,11 +10,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..._optional import install_hint
-from .install import check_gpu, import_onnxruntime
 from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
 from ..base import Device, Runner, Workload
+from .install import check_gpu, import_onnxruntime
 from .placement import check_placement, dummy_feeds, profiled_placement
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -90,6 +90,7 @@ def create_session(
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
     if options.intra_op_threads:
         so.intra_op_num_threads = int(options.intra_op_threads)
+    so.enable_cpu_mem_arena = options.memory_arena
     if wanted:  # one profiled warm-up shows which provider ran each node (placement.py)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"david-infer-placement-{os.getpid()}")
