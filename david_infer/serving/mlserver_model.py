@@ -324,48 +324,60 @@ class DavidModel(MLModel):
     answers each request through the adaptive `Batcher`. Its own attributes (`served`, `batcher`,
     `executor`) have public names: private ones could collide with MLModel's."""
 
+    served: Optional[ServedModel] = None
+    batcher: Optional[Batcher] = None
+    executor: Optional[ThreadPoolExecutor] = None
+
     async def load(self) -> bool:
         params = self.settings.parameters
         extra = dict(params.extra or {}) if params is not None else {}
         cap_log_lines()  # in a worker process too: no log line of ours or MLServer's carries a request
         options = RuntimeOptions.from_record(extra["runtime"])  # as `david-infer serve` wrote it
-        self.served = ServedModel(
+        served = self.served = ServedModel(
             self.name, options, int(extra.get("max_images") or 64), int(extra.get("max_pixels") or 1 << 22)
         )
-        self.inputs = [tensor_metadata(t) for t in self.served.inputs.values()]
-        self.outputs = [tensor_metadata(t) for t in self.served.outputs.values()]
+        self.inputs = [tensor_metadata(t) for t in served.inputs.values()]
+        self.outputs = [tensor_metadata(t) for t in served.outputs.values()]
         # one model call at a time per worker: the backend's own threads use the cores
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
         sizes = batch_size_histogram().labels(model=self.name)
         self.batcher = Batcher(
-            self.served.run,
-            self.served.options.batch_size,
+            served.run,
+            served.options.batch_size,
             float(extra.get("max_batch_time") or 0.0),
             self.executor,
             sizes.observe,
-            self.served.finish,
+            served.finish,
         )
         start_memory_trimmer()
-        logger.info("serving %s (%s backend, %s) as %r", options.model, self.served.backend, options.device, self.name)
+        logger.info("serving %s (%s backend, %s) as %r", options.model, served.backend, options.device, self.name)
         return True
 
+    def loaded(self) -> Tuple[ServedModel, Batcher]:
+        """The model and its batcher; 503 while none is loaded."""
+        if self.served is None or self.batcher is None:
+            raise MLServerError(f"model {self.name!r} is not loaded; retry", status_code=503)
+        return self.served, self.batcher
+
     async def metadata(self) -> MetadataModelResponse:
+        served = self.loaded()[0]
         response = await super().metadata()
-        response.platform = f"david-infer_{self.served.backend}"
-        response.versions = [f"david-infer/{__version__}", SERVED_MANIFEST_PREFIX + self.served.manifest]
+        response.platform = f"david-infer_{served.backend}"
+        response.versions = [f"david-infer/{__version__}", SERVED_MANIFEST_PREFIX + served.manifest]
         return response
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds, rows = self.served.validate(payload)
+        served, batcher = self.loaded()
+        wanted = [o.name for o in payload.outputs] if payload.outputs else list(served.outputs)
+        unknown = sorted(set(wanted) - set(served.outputs))
+        if unknown:
+            raise MLServerError(f"model {self.name!r} has no outputs {unknown}; it has {sorted(served.outputs)}")
+        feeds, rows = served.validate(payload)
         # gRPC raw tensors arrive as arrays (see `server.RawTensorServicer`) and go back as raw bytes
         raw = all(isinstance(getattr(i.data, "root", None), np.ndarray) for i in payload.inputs)
         payload.inputs = []  # the decoded feeds are the one copy kept on the way to the model
-        outputs = await self.batcher.submit(feeds, rows)
+        outputs = await batcher.submit(feeds, rows)
         del feeds
-        wanted = [o.name for o in payload.outputs] if payload.outputs else list(self.served.outputs)
-        unknown = sorted(set(wanted) - set(self.served.outputs))
-        if unknown:
-            raise MLServerError(f"model {self.name!r} has no outputs {unknown}; it has {sorted(self.served.outputs)}")
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
@@ -374,9 +386,13 @@ class DavidModel(MLModel):
         )
 
     async def unload(self) -> bool:
-        self.batcher.close()
-        self.served.close()
-        self.executor.shutdown(wait=False)
+        """Stop batching and close the model (also after a load that failed half-way)."""
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.served is not None:
+            self.served.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
         return True
 
 
