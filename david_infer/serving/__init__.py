@@ -61,6 +61,28 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 60.0
 
 
+_HISTOGRAMS: Dict[str, Any] = {}
+
+
+def batch_size_histogram() -> Any:
+    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
+    prometheus_client's multi-process mode in each worker before it loads the model, and with no
+    workers it exports prometheus_client's default registry, where this registers (MLServer's own
+    `mlserver.log` metrics reach the endpoint only from workers). Kept here, not in
+    `mlserver_model`: MLServer reloads the model's module at every load, and a second histogram
+    of the same name would not register."""
+    if "batch_size" not in _HISTOGRAMS:
+        from prometheus_client import Histogram
+
+        _HISTOGRAMS["batch_size"] = Histogram(
+            "david_batch_size",
+            "images per model call (adaptive batching)",
+            labelnames=["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+    return _HISTOGRAMS["batch_size"]
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What `david-infer serve` serves and how.

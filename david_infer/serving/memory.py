@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional
 #: never reaches a log through an error message (a 100 MB body once made one 301 MB line)
 MAX_LOG_LINE = 4000
 #: seconds without a batch after which freed memory goes back to the system
-TRIM_INTERVAL = 2.0
+TRIM_INTERVAL = 1.0
 #: glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 _STATE: Dict[str, Any] = {}

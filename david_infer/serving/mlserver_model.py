@@ -39,29 +39,10 @@ from ..contract import TensorSpec
 from ..manifest import SERVED_MANIFEST_PREFIX
 from ..options import RuntimeOptions
 from ..runtime import DavidRuntime, choose_backend
+from . import batch_size_histogram
 from .memory import cap_log_lines, note_batch, start_memory_trimmer
 
 logger = logging.getLogger("david_infer.serving")
-BATCH_SIZES: Dict[str, Any] = {}
-
-
-def batch_size_histogram() -> Any:
-    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
-    prometheus_client's multi-process mode in each worker before it loads the model, and with no
-    workers it exports prometheus_client's default registry, where this registers (MLServer's own
-    `mlserver.log` metrics reach the endpoint only from workers)."""
-    if "histogram" not in BATCH_SIZES:
-        from prometheus_client import Histogram
-
-        BATCH_SIZES["histogram"] = Histogram(
-            "david_batch_size",
-            "images per model call (adaptive batching)",
-            labelnames=["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-        )
-    return BATCH_SIZES["histogram"]
-
-
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
 
 

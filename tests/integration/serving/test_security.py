@@ -347,14 +347,15 @@ def test_limits_refuse_before_decoding_and_memory_stays_bounded(tiny_multitask_o
             response = connection.getresponse()
             assert response.status == 413 and "--max-request-bytes" in response.read().decode()
             connection.close()
-            # requests within the limits, many times: the server's memory stays within a few copies of one
+            # requests within the limits, many times: the server's memory stays within a few copies of one,
+            # the model's working memory included (given back between bursts, so not in the baseline)
             assert sum(map(len, data)) > limit / 2
             for _ in range(12):
                 assert not isinstance(raw.infer(tensors, data), tuple)
             peak = _rss_kib(pid, "VmHWM")
-            assert (peak - baseline) * 1024 < 12 * limit, f"peak {peak} KiB, baseline {baseline} KiB"
-            time.sleep(4)  # given back (malloc_trim every 2 s)
-            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 2-3x
+            assert (peak - baseline) * 1024 < 16 * limit, f"peak {peak} KiB, baseline {baseline} KiB"  # measured: 11x
+            time.sleep(3)  # given back (malloc_trim once no batch ran for 1 s)
+            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 0-4x
         finally:
             raw.close()
         log = limited.log_path.read_text(errors="replace")
