@@ -1,16 +1,11 @@
 """Keeping the server's memory and logs bounded: log lines capped, freed memory given back.
 
-Memory: the server runs ONNX Runtime without its CPU memory arena (`ServedModel`), which kept the
-largest batch's working memory for good (1.4 GB after a burst of 1024x1024 requests). Allocations
-then go to glibc's malloc, set up here to keep freed memory in the process for the next batch
-(one arena, no mmap for large blocks, no automatic trim): without that, every large tensor is
-mapped and unmapped, which took 1.3 GB of page faults per batch of four 1024x1024 images (+19% CPU;
-with it, 0.1 GB and the arena's CPU time). The memory is given back (malloc_trim) once the process
-has run no batch for TRIM_INTERVAL seconds.
+Memory freed after a burst goes back to the system (glibc's malloc_trim) once the process has run
+no batch for TRIM_INTERVAL seconds; without it a process that once decoded large requests keeps its
+peak size. While batches run, nothing is trimmed: the next batch would take the pages again.
 
 Everything here is per process (MLServer's inference workers call it when they load the model) and
-idempotent. No mlserver import here.
-"""
+idempotent. No mlserver import here."""
 
 from __future__ import annotations
 
@@ -26,8 +21,6 @@ from typing import Any, Dict, Optional
 MAX_LOG_LINE = 4000
 #: seconds without a batch after which freed memory goes back to the system
 TRIM_INTERVAL = 1.0
-#: glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 _STATE: Dict[str, Any] = {}
 
 
@@ -78,20 +71,6 @@ def libc() -> Optional[Any]:
     return _STATE["libc"]
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse until `malloc_trim` (see the module's doc); False
-    where the C library is not glibc."""
-    c = libc()
-    if c is None:
-        return False
-    if not _STATE.get("mallopt"):
-        c.mallopt(M_ARENA_MAX, 1)  # threads' arenas are mapped in 64 MB heaps: large blocks would be mmapped
-        c.mallopt(M_MMAP_MAX, 0)
-        c.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        _STATE["mallopt"] = True
-    return True
-
-
 def note_batch() -> None:
     """Record that a batch ran: the trimmer waits until the process is idle."""
     _STATE["busy"] = True
@@ -108,12 +87,10 @@ def malloc_trim() -> bool:
 
 
 def start_memory_trimmer() -> None:
-    """Keep freed memory for reuse (`keep_freed_memory`) and, on the running event loop, give it
-    back (malloc_trim) every TRIM_INTERVAL seconds in which no batch ran; also cap the log lines
-    of handlers made since (once per process)."""
+    """On the running event loop, give freed memory back (malloc_trim) every TRIM_INTERVAL seconds
+    in which no batch ran, and cap the log lines of handlers made since (once per process)."""
     if _STATE.get("trimmer") is not None and not _STATE["trimmer"].done():
         return
-    keep_freed_memory()
 
     async def trim_forever() -> None:
         while True:

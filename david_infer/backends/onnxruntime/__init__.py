@@ -24,19 +24,12 @@ class OnnxRuntimeOptions(BackendOptions):
     intra_op_threads: ONNX Runtime's intra-op thread count (default: ONNX Runtime's own).
     cache_dir: where the TensorRT provider keeps engines and its timing cache (default: a
         .trt_cache folder beside the model).
-    memory_arena: ONNX Runtime's CPU memory arena, which keeps the largest run's working memory
-        for the next runs (default True). Off, each run's memory goes back to the system when the
-        run ends, at the cost of the page faults of taking it again (about 100 MB a run for Base at
-        256x256: a few percent of its time); `david-infer serve` turns it off, so that a burst of
-        large requests leaves no memory behind (the arena's own shrinkage, tried first, kept 1.2 GB
-        after a 1-image then a 7-image 1024x1024 batch of the tiny model; without the arena, 0).
     """
 
     providers: Tuple[str, ...] = ()
     cuda_options: Optional[Mapping[str, Any]] = None
     intra_op_threads: Optional[int] = None
     cache_dir: Optional[str] = None
-    memory_arena: bool = True
 
     def __post_init__(self) -> None:
         providers = (self.providers,) if isinstance(self.providers, str) else tuple(self.providers or ())
@@ -49,8 +42,6 @@ class OnnxRuntimeOptions(BackendOptions):
         if self.cuda_options is not None and not isinstance(self.cuda_options, Mapping):
             raise InputError(f"onnxruntime backend: cuda_options must be a dict, got {self.cuda_options!r}")
         positive_int("intra_op_threads", self.intra_op_threads, allow_none=True, owner="onnxruntime backend: ")
-        if not isinstance(self.memory_arena, bool):
-            raise InputError(f"onnxruntime backend: memory_arena must be True or False, got {self.memory_arena!r}")
 
 
 class OnnxRuntimeBackend(Backend):

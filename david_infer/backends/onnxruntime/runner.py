@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..._optional import install_hint
+from ..._optional import install_hint, require
 from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
@@ -90,7 +90,6 @@ def create_session(
     so.log_severity_level = 3  # ORT's warnings about unused initialisers are noise for users
     if options.intra_op_threads:
         so.intra_op_num_threads = int(options.intra_op_threads)
-    so.enable_cpu_mem_arena = options.memory_arena
     if wanted:  # one profiled warm-up shows which provider ran each node (placement.py)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"david-infer-placement-{os.getpid()}")
@@ -146,13 +145,20 @@ class OnnxRuntimeRunner(Runner):
         """Execution providers the session actually uses."""
         return list(self._session.get_providers())
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], release_memory: bool = False) -> Dict[str, np.ndarray]:
+        """The outputs for `feeds`. ONNX Runtime keeps the largest run's working memory in its arena
+        for the next runs; `release_memory` gives back what this run leaves unused when it ends
+        (the arena's shrinkage: a small run after a large one frees the large one's memory)."""
         session = self._session
         if session is None:
             raise ModelError(f"{self.path}: runner is closed")
         names = list(self._io.output_names)
+        options = None
+        if release_memory:
+            options = require("onnxruntime", "the ONNX Runtime backend").RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         try:
-            values = session.run(names, dict(feeds))
+            values = session.run(names, dict(feeds), options)
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             raise ModelError(f"{self.path}: inference failed for inputs {shapes} ({exc})") from None

@@ -353,9 +353,9 @@ def test_limits_refuse_before_decoding_and_memory_stays_bounded(tiny_multitask_o
             for _ in range(12):
                 assert not isinstance(raw.infer(tensors, data), tuple)
             peak = _rss_kib(pid, "VmHWM")
-            assert (peak - baseline) * 1024 < 16 * limit, f"peak {peak} KiB, baseline {baseline} KiB"  # measured: 11x
-            time.sleep(3)  # given back (malloc_trim once no batch ran for 1 s)
-            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 0-4x
+            assert (peak - baseline) * 1024 < 16 * limit, f"peak {peak} KiB, baseline {baseline} KiB"  # measured: 9-10x
+            time.sleep(3)  # given back once no batch ran for 1 s
+            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 1-3x
         finally:
             raw.close()
         log = limited.log_path.read_text(errors="replace")
