@@ -49,9 +49,9 @@ from ..options import RuntimeOptions, positive_int
 #: the MLModel implementation MLServer loads (in each worker process)
 MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
 #: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: the
-#: server's peak is 6-15x a request's size, the model's working memory included (gRPC raw tensors
-#: are read in place; HTTP JSON 6-12x its body; benchmarks/serving_memory.py); 4 Mpx is four
-#: 1024x1024 images
+#: server's peak in a burst is 20-33x the raw tensors in flight over gRPC, the model's working
+#: memory included (one batch runs at a time; HTTP JSON 5-16x its bodies), 3.3 GB for eight
+#: 1024x1024 images with the tiny model (benchmarks/serving_memory.py); 4 Mpx is four 1024x1024 images
 MAX_REQUEST_BYTES = 64 << 20
 MAX_PIXELS = 1 << 22
 MAX_IMAGES = 64
@@ -134,7 +134,7 @@ class ServeConfig:
         for name in ("header_timeout", "body_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-                raise InputError(f"serve: {name} must be between 0 and 3600 seconds, got {value!r}")
+                raise InputError(f"serve: {name} must be more than 0 and at most 3600 seconds, got {value!r}")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise InputError(
                 f"serve: the HTTP, gRPC and metrics ports must differ, got {self.http_port}, "

@@ -235,7 +235,7 @@ class HttpGuard:
                     413,
                     f"the request body is {length} bytes; this server takes at most "
                     f"{self.config.max_request_bytes} (--max-request-bytes); send fewer or smaller "
-                    "images per request, or use gRPC, whose raw tensors are about 2.5x smaller than JSON",
+                    "images per request, or use gRPC, whose raw tensors are several times smaller than JSON",
                 )
         if refusal is None and path == "/v2/repository/index" and headers.get("content-length") == "0":
             return await self.app(*empty_index_request(scope), send)
