@@ -659,8 +659,8 @@ def test_memory_goes_back_after_a_burst_of_large_requests(tiny_multitask_onnx: P
 
 
 def test_a_request_that_does_not_parse_is_not_echoed(server) -> None:
-    data = [0.5] * (3 * SIDE * SIDE * 200)  # 2.4 MB of JSON numbers
-    body = json.dumps({"inputs": [{"shape": [200, 3, SIDE, SIDE], "datatype": "FP32", "data": data}]}).encode()
+    data = [0.5] * (3 * SIDE * SIDE * 80)  # 5 MB of JSON, no input name
+    body = json.dumps({"inputs": [{"shape": [80, 3, SIDE, SIDE], "datatype": "FP32", "data": data}]}).encode()
     status, text = _http(server.http_port, "POST", "/v2/models/david/infer", body, {"content-type": "application/json"})
     assert status == 422, text[:300]
     assert len(text) < 2000 and "0.5" not in text, f"{len(text)} characters: {text[:300]}"
@@ -719,6 +719,8 @@ def test_slow_clients_are_cut_off_and_others_are_served(tiny_multitask_onnx: Pat
         assert _http(guarded.http_port, "GET", "/v2/health/ready")[0] == 200
         for t in attacks:
             t.join(timeout=30)
-    assert len(results["headers"]) == 50 and max(results["headers"].values()) < 4, results["headers"]
-    assert len(results["body"]) == 10 and 4 < min(results["body"].values()) < 7, results["body"]
-    assert len(results["grpc"]) == 10 and max(results["grpc"].values()) < 5, results["grpc"]
+    # closed at the deadlines (2 s; 2 + 3 s for a body), seen within the next poll (1 s) and some load
+    assert len(results["headers"]) == 50 and max(results["headers"].values()) < 5, results["headers"]
+    assert len(results["body"]) == 10 and min(results["body"].values()) > 4, results["body"]
+    assert max(results["body"].values()) < 9, results["body"]
+    assert len(results["grpc"]) == 10 and max(results["grpc"].values()) < 6, results["grpc"]
