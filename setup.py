@@ -16,10 +16,12 @@ EXPORT = ["torch>=2.6,<3", "onnx>=1.17", "onnxscript>=0.5", "safetensors>=0.4"]
 # `cpu` and `gpu*` extras may be installed (the last one installed would silently win).
 CPU = ["onnxruntime>=1.21"]
 PLOT = ["matplotlib>=3.6"]
+# The server uses MLServer's parts through their public API (tests/project/test_public_apis.py); the
+# range is the one CI installs and tests. uvicorn runs its HTTP side (0.29: signals left to us).
 # MLServer 1.7.1's inference workers fail with uvloop>=0.22 (SeldonIO/MLServer#2286). `serve` and
 # `ray` install together (tests/integration/serving/test_serving.py runs pip check); the server needs a backend too
 # (`cpu` or `gpu`).
-SERVE = ["mlserver>=1.7.1,<1.8", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
+SERVE = ["mlserver>=1.7.1,<1.8", "uvicorn>=0.29", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
 TRITON = ["tritonclient[grpc,http]>=2.50"]
 RAY = ["ray[data]>=2.40"]
 VIDEO = ["av>=14"]  # PyAV: FFmpeg's libraries in the wheel (decoders, libx264, PNG-in-MOV)

@@ -1,14 +1,15 @@
-"""Server memory against request size: peak and settled RSS of `david-infer serve` per payload.
+"""Server memory in a burst and after it: peak and settled RSS of `david-infer serve` over its idle size.
 
-    python benchmarks/serving_memory.py                      # tiny model, gRPC raw and HTTP JSON
-    python benchmarks/serving_memory.py --sides 256,512 --images 1,4
+    python benchmarks/serving_memory.py                      # tiny model: 1 and 8 concurrent 512 and 1024 requests
+    python benchmarks/serving_memory.py --sides 256,1024 --clients 1,8 --transports grpc
 
-For each transport, payload (images x side) in ascending order, one server (no workers: the
-model runs in the server process, so its RSS is all of it) gets `--repeat` requests; the rows
-report the payload's bytes on the wire, the growth of the server's peak RSS (VmHWM) over its
-baseline (its RSS after one request of that size and a trim; sizes ascend, so the peak is this
-size's) as a multiple of the payload, and its RSS 3 s later (after malloc_trim) over the
-baseline. Writes benchmarks/results/serving_memory.{json,md}.
+One server per transport (default settings: batches of up to 8 images; no workers, so the model
+runs in the server process and its RSS is all of it; the request limits raised so that every
+burst is accepted). Its baseline is its RSS when idle after one small (64x64) request. Each burst
+sends `clients` concurrent requests of one `side`x`side` image (with the 384x384 copy); the rows
+report the burst's bytes on the wire, the server's peak RSS during the burst (VmHWM, reset before
+each burst) over the baseline, as a multiple of the burst's bytes, and its RSS 3 s after the burst
+over the baseline. Writes benchmarks/results/serving_memory.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -77,12 +79,43 @@ def http_sender(port: int) -> Any:
     return send
 
 
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux: clear_refs 5); False where not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def burst(send: Any, feeds: Dict[str, np.ndarray], clients: int) -> int:
+    """`clients` threads sending `feeds` at once; the bytes they sent."""
+    sizes: List[int] = []
+    errors: List[BaseException] = []
+    start = threading.Barrier(clients)
+
+    def client() -> None:
+        start.wait()
+        try:
+            sizes.append(send(feeds))
+        except BaseException as exc:  # reported after the burst
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(sizes)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="an exported .onnx (default: the tiny multi-task model, exported now)")
-    p.add_argument("--sides", default="256,512")
-    p.add_argument("--images", default="1,4")
-    p.add_argument("--repeat", type=int, default=4)
+    p.add_argument("--sides", default="512,1024")
+    p.add_argument("--clients", default="1,8", help="concurrent requests per burst (default 1,8)")
     p.add_argument("--transports", default="grpc,http")
     args = p.parse_args()
     from tests.support.server_process import ServerProcess
@@ -95,33 +128,36 @@ def main() -> int:
 
             model = str(Path(tmp) / "tiny-multitask.onnx")
             export_onnx("tiny", "multitask", model, seed=0)
+        rng = np.random.default_rng(0)
         for transport in args.transports.split(","):
-            server_args = ["--max-request-bytes", str(1 << 30), "--max-pixels", str(1 << 26), "--max-batch-size", "64"]
+            server_args = ["--max-request-bytes", str(1 << 30), "--max-pixels", str(1 << 26)]
             with ServerProcess(model, server_args) as server:
                 pid = server.process.pid
                 send = (grpc_sender if transport == "grpc" else http_sender)(
                     server.grpc_port if transport == "grpc" else server.http_port
                 )
-                rng = np.random.default_rng(0)
+                send(
+                    {"image": np.zeros((1, 3, 64, 64), np.float32), "image_384": np.zeros((1, 3, 384, 384), np.float32)}
+                )
+                time.sleep(3)
+                base = rss_kib(pid, "VmRSS")
                 for side in [int(s) for s in args.sides.split(",")]:
-                    for n in [int(i) for i in args.images.split(",")]:
+                    for clients in [int(c) for c in args.clients.split(",")]:
                         feeds = {
-                            "image": rng.random((n, 3, side, side), dtype=np.float32),
-                            "image_384": rng.random((n, 3, 384, 384), dtype=np.float32),
+                            "image": rng.random((1, 3, side, side), dtype=np.float32),
+                            "image_384": rng.random((1, 3, 384, 384), dtype=np.float32),
                         }
-                        send(feeds)  # the model's own memory at this size first
-                        time.sleep(3)
-                        base = rss_kib(pid, "VmRSS")
-                        size = 0
-                        for _ in range(args.repeat):
-                            size = send(feeds)
-                        peak = rss_kib(pid, "VmHWM") - base  # the peak of this size's requests (ascending sizes)
+                        if not reset_peak(pid):
+                            raise SystemExit("cannot reset the server's peak RSS (/proc/PID/clear_refs)")
+                        size = burst(send, feeds, clients)
+                        peak = rss_kib(pid, "VmHWM") - base
                         time.sleep(3)
                         settled = rss_kib(pid, "VmRSS")
                         row = {
                             "transport": transport,
-                            "images": n,
+                            "clients": clients,
                             "side": side,
+                            "baseline_mb": base * 1024 / 1e6,
                             "payload_mb": size / 1e6,
                             "peak_over_base_mb": peak * 1024 / 1e6,
                             "peak_x_payload": peak * 1024 / size,
@@ -134,12 +170,15 @@ def main() -> int:
     lines = [
         f"`python benchmarks/serving_memory.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         "",
-        "| transport | images x side | payload MB | peak RSS over baseline MB | x payload | RSS 3 s later MB |",
+        f"{machine()['cpu']}, {machine()['cores']} cores; idle server "
+        + ", ".join(sorted({f"{r['transport']} {r['baseline_mb']:.0f} MB" for r in rows})),
+        "",
+        "| transport | burst: requests x side | payload MB | peak RSS over idle MB | x payload | RSS 3 s later over idle MB |",
         "|---|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['transport']} | {r['images']} x {r['side']} | {r['payload_mb']:.1f} | "
-        f"{r['peak_over_base_mb']:.1f} | {r['peak_x_payload']:.1f} | {r['settled_over_base_mb']:.1f} |"
+        f"| {r['transport']} | {r['clients']} x {r['side']} | {r['payload_mb']:.1f} | "
+        f"{r['peak_over_base_mb']:.0f} | {r['peak_x_payload']:.1f} | {r['settled_over_base_mb']:.0f} |"
         for r in rows
     ]
     (RESULTS / "serving_memory.md").write_text("\n".join(lines) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg
-from ..serving import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_BYTES, read_token
+from ..serving import BODY_TIMEOUT, HEADER_TIMEOUT, MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_BYTES, read_token
 
 #: the server runs the network alone: no channel order (clients preprocess), its batch is --max-batch-size
 RUNTIME = RuntimeArguments(
@@ -88,6 +88,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"most images per request (default {MAX_IMAGES})",
     )
     p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="an HTTP request's line and headers must arrive within this many seconds of the connection or of "
+        f"the previous answer (also gRPC's handshake), else the connection is closed (default {HEADER_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"then its body within this many more seconds (default {BODY_TIMEOUT:g})",
+    )
+    p.add_argument(
         "--token-file",
         metavar="PATH",
         help="a file holding a shared token (16+ characters): every call "
@@ -116,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         max_pixels=args.max_pixels,
         max_images=args.max_images,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         token=read_token(args.token_file),
     )
     serve(config)

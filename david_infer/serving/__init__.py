@@ -4,14 +4,15 @@ What is served is the model's own contract (the manifest's inputs and outputs, b
 clients preprocess and postprocess (the `triton` backend does it for `DavidRuntime`), so the
 server's CPU or GPU goes to the network alone.
 
-Why MLServer: it is a maintained V2 server library that gives, from one settings file and one
-`MLModel` subclass (`david_infer.serving.mlserver_model.DavidModel`), HTTP and gRPC endpoints, health and
-readiness, Prometheus metrics and parallel inference worker processes. Concurrent requests are
-batched in our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive
-batcher merges tensors as Python lists, which costs more than the model: see `mlserver_model`).
-KServe's Python ModelServer speaks the same protocol but leaves batching to a separate Kubernetes
-component; PyTriton pins numpy<2, which breaks Ray Data's pandas in the same environment. We write
-no HTTP or gRPC code of our own.
+Why MLServer: it is a maintained V2 server library whose parts give, from one `MLModel` subclass
+(`david_infer.serving.mlserver_model.DavidModel`), the HTTP and gRPC protocol handlers, health and
+readiness, the repository extension, Prometheus metrics and parallel inference worker processes;
+`serving.server` puts them together through their public API. Concurrent requests are batched in
+our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive batcher
+merges tensors as Python lists, which costs more than the model: see `mlserver_model`). KServe's
+Python ModelServer speaks the same protocol but binds every interface (no host setting), sends no
+`versions` over gRPC and has no inference worker processes; PyTriton pins numpy<2, which breaks
+Ray Data's pandas in the same environment.
 
 The served model's metadata publishes the manifest as one entry of `versions`
 (`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
@@ -20,11 +21,12 @@ has no `parameters`).
 
 The server runs in its own process: MLServer and tritonclient's gRPC module both register the
 protocol's `inference.*` protobuf messages, and one Python process cannot import both (clients,
-tests and benchmarks start it with `serving.process.ServerProcess`).
+tests and benchmarks start it as `david-infer serve`).
 
 Safe to expose: it listens on 127.0.0.1 unless told otherwise, refuses model control (load/unload)
-unless asked for, bounds every request before decoding it, never logs a request, and stops when an
-inference worker dies (see `serving.server` and docs/serving-security.md).
+unless asked for, bounds every request before decoding it, closes connections whose request does
+not arrive in time, never logs or echoes a request, and stops when an inference worker dies (see
+`serving.server` and docs/serving-security.md).
 """
 
 from __future__ import annotations
@@ -47,12 +49,38 @@ from ..options import RuntimeOptions, positive_int
 #: the MLModel implementation MLServer loads (in each worker process)
 MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
 #: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: the
-#: server's peak is 6-15x a request's size, the model's working memory included (gRPC raw tensors
-#: are read in place; HTTP JSON 6-12x its body; benchmarks/serving_memory.py); 4 Mpx is four
-#: 1024x1024 images
+#: server's peak in a burst is 20-33x the raw tensors in flight over gRPC, the model's working
+#: memory included (one batch runs at a time; HTTP JSON 5-16x its bodies), 3.3 GB for eight
+#: 1024x1024 images with the tiny model (benchmarks/serving_memory.py); 4 Mpx is four 1024x1024 images
 MAX_REQUEST_BYTES = 64 << 20
 MAX_PIXELS = 1 << 22
 MAX_IMAGES = 64
+#: seconds an HTTP request's line and headers may take to arrive, then its body (uvicorn has no such
+#: deadline; a client sending a header line a second held a connection forever)
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 60.0
+
+
+_HISTOGRAMS: Dict[str, Any] = {}
+
+
+def batch_size_histogram() -> Any:
+    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
+    prometheus_client's multi-process mode in each worker before it loads the model, and with no
+    workers it exports prometheus_client's default registry, where this registers (MLServer's own
+    `mlserver.log` metrics reach the endpoint only from workers). Kept here, not in
+    `mlserver_model`: MLServer reloads the model's module at every load, and a second histogram
+    of the same name would not register."""
+    if "batch_size" not in _HISTOGRAMS:
+        from prometheus_client import Histogram
+
+        _HISTOGRAMS["batch_size"] = Histogram(
+            "david_batch_size",
+            "images per model call (adaptive batching)",
+            labelnames=["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+    return _HISTOGRAMS["batch_size"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +98,11 @@ class ServeConfig:
     machine only) and ports; model_control: allow the repository's load/unload calls (off);
     max_request_bytes: the largest request body / gRPC message, refused (413 / RESOURCE_EXHAUSTED)
     before it is decoded; max_pixels, max_images: the most image pixels (all images of a request
-    together) and images per request, refused from the declared shapes; token: if set, every call
-    but health needs `Authorization: Bearer TOKEN` (HTTP header or gRPC metadata).
+    together) and images per request, refused from the declared shapes; header_timeout,
+    body_timeout: seconds an HTTP request's line and headers may take to arrive (from the
+    connection or the previous answer; also gRPC's handshake), then its body, before the
+    connection is closed; token: if set, every call but health needs `Authorization: Bearer TOKEN`
+    (HTTP header or gRPC metadata).
     """
 
     runtime: RuntimeOptions
@@ -86,6 +117,8 @@ class ServeConfig:
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_pixels: int = MAX_PIXELS
     max_images: int = MAX_IMAGES
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
     token: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +131,10 @@ class ServeConfig:
             raise InputError(f"serve: workers must be 0 or more, got {self.workers!r}")
         if not isinstance(self.max_batch_time, (int, float)) or not 0 <= self.max_batch_time <= 10:
             raise InputError(f"serve: max_batch_time must be between 0 and 10 seconds, got {self.max_batch_time!r}")
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+                raise InputError(f"serve: {name} must be more than 0 and at most 3600 seconds, got {value!r}")
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise InputError(
                 f"serve: the HTTP, gRPC and metrics ports must differ, got {self.http_port}, "
@@ -159,7 +196,6 @@ def server_settings(config: ServeConfig, folder: Path) -> Dict[str, Any]:
         "grpc_port": config.grpc_port,
         "metrics_port": config.metrics_port,
         "parallel_workers": config.workers,
-        "grpc_max_message_length": config.max_request_bytes,  # serving.server sets the gRPC limits itself
         "metrics_dir": str(folder / ".metrics"),
         "environments_dir": str(folder / ".envs"),
         "load_models_at_startup": True,
@@ -168,8 +204,8 @@ def server_settings(config: ServeConfig, folder: Path) -> Dict[str, Any]:
 
 
 def write_server_folder(config: ServeConfig, folder: Path) -> Path:
-    """Write an MLServer folder (settings.json, NAME/model-settings.json) that `mlserver start
-    FOLDER` serves as `david-infer serve` would."""
+    """Write an MLServer folder (settings.json, NAME/model-settings.json): the model `mlserver
+    start FOLDER` would serve (without the guards of `serving.server`)."""
     folder = Path(folder)
     (folder / config.name).mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(server_settings(config, folder), indent=2))
@@ -201,8 +237,8 @@ def check_ports(host: str, ports: Sequence[Tuple[str, int]]) -> None:
 
 def serve(config: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
-    open; a model that fails to load stops the server with its error in the log. A dead inference
-    worker ends the process with status `server.EXIT_WORKER_DIED`."""
+    open; a model that fails to load ends the process with status `server.EXIT_LOAD_FAILED` and
+    its error in the log, a dead inference worker with `server.EXIT_WORKER_DIED`."""
     if not Path(config.runtime.model).is_file():
         raise InputError(f"serve: model file not found: {config.runtime.model}")
     require("mlserver", "david-infer serve")
@@ -224,22 +260,17 @@ def serve(config: ServeConfig) -> None:
             file=sys.stderr,
             flush=True,
         )
-    from mlserver.cli.serve import load_settings
+    from mlserver.settings import Settings
 
-    from .server import DavidServer
+    from .server import run_server
 
     with tempfile.TemporaryDirectory(prefix="david-serve-") as tmp:
         folder = write_server_folder(config, Path(tmp))
-
-        async def main() -> None:
-            settings, models = await load_settings(str(folder))
-            server = DavidServer(settings, config, folder)  # needs the running loop (it installs signal handlers)
-            await server.start(models)
-
+        settings = Settings(**server_settings(config, folder), model_repository_root=str(folder))
         previous = os.getcwd()
         os.chdir(folder)  # MLServer puts a few working files in the current folder
         try:
-            asyncio.run(main())
+            run_server(settings, config, folder)
         except (KeyboardInterrupt, asyncio.CancelledError):  # stopped by a signal: said so already
             pass
         finally:

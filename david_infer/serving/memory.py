@@ -1,8 +1,11 @@
 """Keeping the server's memory and logs bounded: log lines capped, freed memory given back.
 
-Both are per process (MLServer's inference workers call them when they load the model) and
-idempotent. No mlserver import here.
-"""
+Memory freed after a burst goes back to the system (glibc's malloc_trim) once the process has run
+no batch for TRIM_INTERVAL seconds; without it a process that once decoded large requests keeps its
+peak size. While batches run, nothing is trimmed: the next batch would take the pages again.
+
+Everything here is per process (MLServer's inference workers call it when they load the model) and
+idempotent. No mlserver import here."""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from typing import Any, Dict, Optional
 #: the longest log line (message and traceback together) any handler writes; a request body
 #: never reaches a log through an error message (a 100 MB body once made one 301 MB line)
 MAX_LOG_LINE = 4000
-#: seconds between two malloc_trim calls
-TRIM_INTERVAL = 2.0
+#: seconds without a batch after which freed memory goes back to the system
+TRIM_INTERVAL = 1.0
 _STATE: Dict[str, Any] = {}
 
 
@@ -59,30 +62,40 @@ def cap_log_lines() -> None:
                 handler.addFilter(cap)
 
 
-def malloc_trim() -> bool:
-    """Give the memory freed since the last call back to the system (glibc's malloc_trim; False
-    where the C library has none): without it a process that once decoded a large request keeps
-    its peak size."""
+def libc() -> Optional[Any]:
+    """glibc through ctypes, or None where the C library has no malloc_trim (musl, macOS)."""
     if "libc" not in _STATE:
         name = ctypes.util.find_library("c")
-        libc: Optional[Any] = ctypes.CDLL(name) if name else None
-        _STATE["libc"] = libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    if _STATE["libc"] is None:
+        found: Optional[Any] = ctypes.CDLL(name) if name else None
+        _STATE["libc"] = found if found is not None and hasattr(found, "malloc_trim") else None
+    return _STATE["libc"]
+
+
+def note_batch() -> None:
+    """Record that a batch ran: the trimmer waits until the process is idle."""
+    _STATE["busy"] = True
+
+
+def malloc_trim() -> bool:
+    """Give the memory freed since the last call back to the system (glibc's malloc_trim; False
+    where the C library has none)."""
+    c = libc()
+    if c is None:
         return False
-    _STATE["libc"].malloc_trim(0)
+    c.malloc_trim(0)
     return True
 
 
 def start_memory_trimmer() -> None:
-    """Call malloc_trim (and cap_log_lines, for handlers made since) every TRIM_INTERVAL seconds on
-    the running event loop (once per process)."""
+    """On the running event loop, give freed memory back (malloc_trim) every TRIM_INTERVAL seconds
+    in which no batch ran, and cap the log lines of handlers made since (once per process)."""
     if _STATE.get("trimmer") is not None and not _STATE["trimmer"].done():
         return
 
     async def trim_forever() -> None:
         while True:
             cap_log_lines()  # uvicorn makes its handlers when its servers start
-            if not malloc_trim():
+            if not _STATE.pop("busy", False) and not malloc_trim():
                 return
             await asyncio.sleep(TRIM_INTERVAL)
 

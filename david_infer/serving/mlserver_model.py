@@ -6,9 +6,17 @@ imports mlserver at module level.
 Batching: concurrent requests are merged here, with numpy, not by MLServer's adaptive batcher.
 MLServer merges request tensors as Python lists (concatenated with `sum(lists, [])`, quadratic,
 then validated again by pydantic): 16 requests of one 128x128 image with its 384x384 copy took
-1.7 s to merge on our CPU, longer than the model takes for them. `_Batcher` keeps MLServer's
+1.7 s to merge on our CPU, longer than the model takes for them. `Batcher` keeps MLServer's
 semantics (up to `max_batch_size` images, waiting at most `max_batch_time` for more) and costs one
 np.concatenate; requests that arrive while a batch runs form the next one.
+
+Memory: ONNX Runtime keeps the largest batch's working memory in its arena for the next batches
+(fast while busy: no page to take again), and gives back what a run leaves unused only at the end
+of a run that asks for it. So once no request has come for IDLE_SECONDS after a batch larger than
+the smallest request seen, `ServedModel.release` runs that smallest request's shapes (zeros) asking
+for it: the burst's memory goes back, at the cost of one small run (measured in
+docs/serving-security.md). Without an arena instead, every batch took its memory again: +14% CPU
+for 16 Base images at 256x256.
 """
 
 from __future__ import annotations
@@ -34,43 +42,24 @@ from mlserver.types import (
 )
 
 from .. import __version__
+from ..backends.onnxruntime.runner import OnnxRuntimeRunner
 from ..contract import TensorSpec
 from ..manifest import SERVED_MANIFEST_PREFIX
 from ..options import RuntimeOptions
 from ..runtime import DavidRuntime
-from .memory import cap_log_lines, start_memory_trimmer
+from . import batch_size_histogram
+from .memory import cap_log_lines, note_batch, start_memory_trimmer
 
 logger = logging.getLogger("david_infer.serving")
-_BATCH_SIZES: Dict[str, Any] = {}
+#: seconds without a request after a batch before the model's memory is given back
+IDLE_SECONDS = 1.0
+DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
 
 
-def batch_size_histogram() -> Any:
-    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
-    prometheus_client's multi-process mode in each worker before it loads the model, and with no
-    workers it exports prometheus_client's default registry, where this registers (MLServer's own
-    `mlserver.log` metrics reach the endpoint only from workers)."""
-    if "histogram" not in _BATCH_SIZES:
-        from prometheus_client import REGISTRY, Histogram
-
-        try:
-            _BATCH_SIZES["histogram"] = Histogram(
-                "david_batch_size",
-                "images per model call (adaptive batching)",
-                labelnames=["model"],
-                buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            )
-        except ValueError:  # registered by an earlier import of this module (MLServer's model reload)
-            _BATCH_SIZES["histogram"] = REGISTRY._names_to_collectors["david_batch_size"]
-    return _BATCH_SIZES["histogram"]
-
-
-_DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
-
-
-def _metadata(spec: TensorSpec) -> MetadataTensor:
+def tensor_metadata(spec: TensorSpec) -> MetadataTensor:
     """A contract tensor as V2 metadata: symbolic dims are -1."""
     shape = [d if isinstance(d, int) else -1 for d in spec.shape]
-    return MetadataTensor(name=spec.name, datatype=_DATATYPES.get(spec.dtype, "FP32"), shape=shape)
+    return MetadataTensor(name=spec.name, datatype=DATATYPES.get(spec.dtype, "FP32"), shape=shape)
 
 
 Feeds = Dict[str, np.ndarray]
@@ -85,11 +74,12 @@ class Request(NamedTuple):
     future: "asyncio.Future[Mapping[str, np.ndarray]]"
 
 
-class _Batcher:
+class Batcher:
     """Runs concurrent requests' feeds as one batch (same tensor shapes after the batch axis, up to
     `max_batch` images, waiting at most `max_wait` seconds for a batch to fill) through `run` on
-    `executor`. Only requests `DavidModel.validate` accepted come here; each gets back exactly its
-    own rows, checked by `finish` (NonFiniteOutput and the like fail that request alone)."""
+    `executor`. Only requests `ServedModel.validate` accepted come here; each gets back exactly its
+    own rows, checked by `finish` (NonFiniteOutput and the like fail that request alone). When no
+    request has come for IDLE_SECONDS after a batch, `on_idle` runs on `executor`."""
 
     def __init__(
         self,
@@ -99,78 +89,95 @@ class _Batcher:
         executor: ThreadPoolExecutor,
         observe: Callable[[int], None],
         finish: Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]],
+        on_idle: Callable[[], None],
     ) -> None:
-        self._run, self._max_batch, self._max_wait, self._executor = run, max_batch, max_wait, executor
-        self._observe, self._finish = observe, finish
-        self._queue: "asyncio.Queue[Request]" = asyncio.Queue()
-        self._held: Deque[Request] = deque()  # another size: next batch
-        self._task: Optional[asyncio.Task] = None
+        self.run_model, self.max_batch, self.max_wait, self.executor = run, max_batch, max_wait, executor
+        self.observe, self.finish, self.on_idle = observe, finish, on_idle
+        self.queue: "asyncio.Queue[Request]" = asyncio.Queue()
+        self.held: Deque[Request] = deque()  # another size: next batch
+        self.task: Optional[asyncio.Task] = None
 
     async def submit(self, feeds: Feeds, rows: int) -> Mapping[str, np.ndarray]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.collect())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(Request(feeds, rows, future))
+        await self.queue.put(Request(feeds, rows, future))
         return await future
 
     def close(self) -> None:
         """Stop collecting batches; requests still waiting fail with ServerUnavailable (503)."""
-        if self._task is not None:
-            self._task.cancel()
+        if self.task is not None:
+            self.task.cancel()
         error = MLServerError("the model is being unloaded; retry", status_code=503)
-        for request in [*self._held, *_drain(self._queue)]:
+        for request in [*self.held, *drain(self.queue)]:
             if not request.future.done():
                 request.future.set_exception(error)
-        self._held.clear()
+        self.held.clear()
 
     @staticmethod
-    def _key(feeds: Feeds) -> tuple:
+    def key_of(feeds: Feeds) -> tuple:
         return tuple((name, value.shape[1:]) for name, value in sorted(feeds.items()))
 
-    async def _next(self, timeout: Optional[float]) -> Optional[Request]:
-        if self._held:
-            return self._held.popleft()
+    async def next_request(self, timeout: Optional[float]) -> Optional[Request]:
+        if self.held:
+            return self.held.popleft()
         if timeout is None:
-            return await self._queue.get()
+            return await self.queue.get()
         try:
-            return await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
+            return await asyncio.wait_for(self.queue.get(), max(timeout, 0.0))
         except asyncio.TimeoutError:
             return None
 
-    async def _serve(self) -> None:
+    async def collect(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            first = await self._next(None)
-            assert first is not None
-            batch, key, size = [first], self._key(first.feeds), first.rows
-            deadline = loop.time() + self._max_wait
-            while size < self._max_batch:
-                item = self._queue.get_nowait() if not self._queue.empty() else await self._next(deadline - loop.time())
-                if item is None:
-                    break
-                if self._key(item.feeds) != key or size + item.rows > self._max_batch:
-                    self._held.append(item)
-                    break
-                batch.append(item)
-                size += item.rows
-            await self._run_batch(batch, size)
+        idle_after: Optional[float] = None  # after a batch: how long to wait before `on_idle`
+        while True:  # nothing of a batch outlives its run: its requests' feeds and answers go with it
+            first = await self.next_request(idle_after)
+            if first is None:
+                idle_after = None
+                try:
+                    await loop.run_in_executor(self.executor, self.on_idle)
+                except Exception as exc:  # memory not given back is no reason to stop serving
+                    logger.warning("after the last batch: %s", one_line(exc))
+                continue
+            await self.run_batch(*await self.next_batch(first))
+            idle_after = IDLE_SECONDS
 
-    async def _run_batch(self, batch: List[Request], size: int) -> None:
+    async def next_batch(self, first: Request) -> Tuple[List[Request], int]:
+        """`first` and the requests to run with it; their image count."""
+        loop = asyncio.get_running_loop()
+        batch, key, size = [first], self.key_of(first.feeds), first.rows
+        deadline = loop.time() + self.max_wait
+        while size < self.max_batch:
+            item = (
+                self.queue.get_nowait() if not self.queue.empty() else await self.next_request(deadline - loop.time())
+            )
+            if item is None:
+                break
+            if self.key_of(item.feeds) != key or size + item.rows > self.max_batch:
+                self.held.append(item)
+                break
+            batch.append(item)
+            size += item.rows
+        return batch, size
+
+    async def run_batch(self, batch: List[Request], size: int) -> None:
         feeds = (
             {name: np.concatenate([r.feeds[name] for r in batch]) for name in batch[0].feeds}
             if len(batch) > 1
             else batch[0].feeds
         )
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_model, feeds)
         except Exception as exc:  # the backend's typed error, passed on with its message (no traceback)
-            error = exc if isinstance(exc, MLServerError) else MLServerError(_one_line(exc), status_code=500)
+            error = exc if isinstance(exc, MLServerError) else MLServerError(one_line(exc), status_code=500)
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
             return
         del feeds
-        self._observe(size)
+        note_batch()
+        self.observe(size)
         logger.debug("ran a batch of %d images from %d requests", size, len(batch))
         start = 0
         for request in batch:  # each request's own rows, by its own count
@@ -179,88 +186,67 @@ class _Batcher:
             if request.future.done():  # the client went away
                 continue
             try:
-                request.future.set_result(self._finish(rows, request.rows))
+                request.future.set_result(self.finish(rows, request.rows))
             except Exception as exc:  # this request's outputs are wrong (not finite, bad shape): it alone fails
                 request.future.set_exception(
-                    exc if isinstance(exc, MLServerError) else MLServerError(_one_line(exc), status_code=500)
+                    exc if isinstance(exc, MLServerError) else MLServerError(one_line(exc), status_code=500)
                 )
 
 
-def _drain(queue: "asyncio.Queue[Request]") -> List[Request]:
+def drain(queue: "asyncio.Queue[Request]") -> List[Request]:
     items = []
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """An error as the client sees it: its type and message, capped (never a traceback or a path
     inside the server)."""
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-class DavidModel(MLModel):
-    """Opens the model with `DavidRuntime` (any registered backend, the contract checked as for a
-    local run) and runs `runner.run(feeds)` on each (adaptively batched) request.
+class ServedModel:
+    """The model as the server runs it: the one place the server uses `DavidRuntime`, through its
+    `contract`, `runner.run(feeds)` (ONNX Runtime's runner: `release_memory=True` when idle),
+    `backend` and `close()`.
 
     Every request is validated completely before it joins a batch (`validate`): the contract's
     input names, data types and fixed dims, one batch size across its inputs, the data filling the
     declared shapes, finite values, and the limits (images and pixels per request). A request that
-    fails is answered 400 (INVALID_ARGUMENT) or 413 (RESOURCE_EXHAUSTED) alone."""
+    fails is answered 400 (INVALID_ARGUMENT) or 413 (RESOURCE_EXHAUSTED) alone. `finish` checks
+    each request's own rows of a batch's outputs."""
 
-    async def load(self) -> bool:
-        params = self.settings.parameters
-        extra = dict(params.extra or {}) if params is not None else {}
-        cap_log_lines()  # in a worker process too: no log line of ours or MLServer's carries a request
-        options = RuntimeOptions.from_record(extra["runtime"])  # as `david-infer serve` wrote it
-        self._runtime = DavidRuntime.from_options(options)
-        contract = self._runtime.contract
-        self._inputs = {t.name: t for t in contract.inputs}
-        self._outputs = {t.name: t for t in contract.outputs}
-        self._stride = contract.stride
-        self._max_images = int(extra.get("max_images") or 64)
-        self._max_pixels = int(extra.get("max_pixels") or 1 << 22)
-        self.inputs = [_metadata(t) for t in contract.inputs]
-        self.outputs = [_metadata(t) for t in contract.outputs]
-        self._manifest = json.dumps(contract.as_dict(), separators=(",", ":"))
-        # one model call at a time per worker: the backend's own threads use the cores
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
-        sizes = batch_size_histogram().labels(model=self.name)
-        self._batcher = _Batcher(
-            self._run,
-            options.batch_size,
-            float(extra.get("max_batch_time") or 0.0),
-            self._executor,
-            sizes.observe,
-            self._checked_outputs,
-        )
-        start_memory_trimmer()
-        logger.info(
-            "serving %s (%s backend, %s) as %r",
-            self._runtime.path,
-            self._runtime.backend,
-            self._runtime.device,
-            self.name,
-        )
-        return True
+    def __init__(self, name: str, options: RuntimeOptions, max_images: int, max_pixels: int) -> None:
+        self.name, self.options, self.max_images, self.max_pixels = name, options, max_images, max_pixels
+        self.runtime = DavidRuntime.from_options(options)
+        contract = self.runtime.contract
+        self.inputs = {t.name: t for t in contract.inputs}
+        self.outputs = {t.name: t for t in contract.outputs}
+        self.stride, self.image_input, self.backend = contract.stride, contract.image_input, self.runtime.backend
+        self.manifest = json.dumps(contract.as_dict(), separators=(",", ":"))
+        #: one row of the smallest request run so far ({input: (shape, dtype)}) and its bytes
+        self.smallest: Dict[str, Tuple[Tuple[int, ...], Any]] = {}
+        self.smallest_bytes = 0
+        self.grown = False  # a batch larger than `smallest` ran since the last release
 
-    async def metadata(self) -> MetadataModelResponse:
-        response = await super().metadata()
-        response.platform = f"david-infer_{self._runtime.backend}"
-        response.versions = [f"david-infer/{__version__}", SERVED_MANIFEST_PREFIX + self._manifest]
-        return response
+    def datatype(self, name: str) -> str:
+        """The V2 data type of input or output `name`."""
+        spec = self.inputs.get(name) or self.outputs[name]
+        return DATATYPES.get(spec.dtype, "FP32")
 
     def validate(self, payload: InferenceRequest) -> Tuple[Feeds, int]:
         """The request's tensors as arrays of the contract's dtypes (float32; uint8 for a pre/post
-        graph's image) and its image count, checked against the contract and the limits; MLServerError 400 / 413 naming the input and what was expected."""
-        expected = sorted(self._inputs)
+        graph's image) and its image count, checked against the contract and the limits;
+        MLServerError 400 / 413 naming the input and what was expected."""
+        expected = sorted(self.inputs)
         given = [i.name for i in payload.inputs]
         if sorted(given) != expected:
             raise MLServerError(f"model {self.name!r} takes the inputs {expected} (each once), got {given}")
         rows: Dict[str, int] = {}
         for item in payload.inputs:  # shapes and types first: nothing is decoded for a request refused here
-            spec = self._inputs[item.name]
-            datatype = _DATATYPES.get(spec.dtype, "FP32")
+            spec = self.inputs[item.name]
+            datatype = self.datatype(item.name)
             if item.datatype != datatype:
                 raise MLServerError(f"input {item.name!r} must be {datatype}, got {item.datatype}")
             shape = list(item.shape)
@@ -271,12 +257,12 @@ class DavidModel(MLModel):
                 raise MLServerError(f"input {item.name!r} has shape {shape}, expected {want} (-1: any size >= 1)")
             # a pre/post graph's uint8 photo (N, H, W, 3) takes any size: the graph pads it itself
             if (
-                item.name == self._runtime.contract.image_input
+                item.name == self.image_input
                 and datatype != "UINT8"
-                and any(w == -1 and d % self._stride for d, w in zip(shape[2:], want[2:]))
+                and any(w == -1 and d % self.stride for d, w in zip(shape[2:], want[2:]))
             ):
                 raise MLServerError(
-                    f"input {item.name!r} has shape {shape}: its height and width must be multiples of {self._stride}"
+                    f"input {item.name!r} has shape {shape}: its height and width must be multiples of {self.stride}"
                 )
             rows[item.name] = shape[0]
         if len(set(rows.values())) != 1:
@@ -284,38 +270,56 @@ class DavidModel(MLModel):
                 "every input holds one row per image, got " + ", ".join(f"{n!r}: {r}" for n, r in sorted(rows.items()))
             )
         images = rows[given[0]]
-        if images > self._max_images:
+        if images > self.max_images:
             raise MLServerError(
-                f"a request may hold at most {self._max_images} images (--max-images), got "
+                f"a request may hold at most {self.max_images} images (--max-images), got "
                 f"{images}; send fewer per request",
                 status_code=413,
             )
-        image = next(i for i in payload.inputs if i.name == self._runtime.contract.image_input)
+        image = next(i for i in payload.inputs if i.name == self.image_input)
         height, width = (image.shape[1], image.shape[2]) if image.datatype == "UINT8" else image.shape[2:4]
         pixels = images * height * width
-        if pixels > self._max_pixels:
+        if pixels > self.max_pixels:
             raise MLServerError(
-                f"a request may hold at most {self._max_pixels} pixels (--max-pixels), got "
+                f"a request may hold at most {self.max_pixels} pixels (--max-pixels), got "
                 f"{images} x {height}x{width} = {pixels}",
                 status_code=413,
             )
-        return {
-            item.name: _decode(
-                item, np.uint8 if _DATATYPES.get(self._inputs[item.name].dtype) == "UINT8" else np.float32
-            )
+        feeds = {
+            item.name: decode_input(item, np.uint8 if self.datatype(item.name) == "UINT8" else np.float32)
             for item in payload.inputs
-        }, images
+        }
+        return feeds, images
 
-    def _run(self, feeds: Feeds) -> Mapping[str, np.ndarray]:
-        runner = self._runtime.runner
+    def run(self, feeds: Feeds) -> Mapping[str, np.ndarray]:
+        """The model's outputs for one batch's feeds."""
+        runner = self.runtime.runner
         if runner is None:
             raise MLServerError(f"model {self.name!r} is unloaded; retry", status_code=503)
-        return runner.run(feeds)
+        outputs = runner.run(feeds)
+        size = sum(value.nbytes for value in feeds.values())
+        row = size // next(iter(feeds.values())).shape[0]
+        if not self.smallest or row < self.smallest_bytes:
+            self.smallest = {name: ((1, *value.shape[1:]), value.dtype) for name, value in feeds.items()}
+            self.smallest_bytes = row
+        self.grown = self.grown or size > self.smallest_bytes
+        return outputs
 
-    def _checked_outputs(self, outputs: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
+    def release(self) -> None:
+        """Give back the working memory ONNX Runtime keeps from batches larger than the smallest
+        request (one run of that request's shapes, in zeros); nothing to do for other backends,
+        or if no larger batch ran since the last release."""
+        runner = self.runtime.runner
+        if self.grown and self.smallest and isinstance(runner, OnnxRuntimeRunner):
+            runner.run(
+                {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.smallest.items()}, release_memory=True
+            )
+        self.grown = False
+
+    def finish(self, outputs: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
         """One request's rows of the batch's outputs, as the contract describes them and finite."""
         checked = {}
-        for name, spec in self._outputs.items():
+        for name, spec in self.outputs.items():
             value = np.asarray(outputs[name], dtype=np.float32)
             if value.shape[0] != rows or value.ndim != len(spec.shape):
                 raise MLServerError(
@@ -332,32 +336,89 @@ class DavidModel(MLModel):
             checked[name] = value
         return checked
 
+    def close(self) -> None:
+        self.runtime.close()
+
+
+class DavidModel(MLModel):
+    """MLServer's model: opens a `ServedModel` from the settings `david-infer serve` wrote and
+    answers each request through the adaptive `Batcher`. Its own attributes (`served`, `batcher`,
+    `executor`) have public names: private ones could collide with MLModel's."""
+
+    served: Optional[ServedModel] = None
+    batcher: Optional[Batcher] = None
+    executor: Optional[ThreadPoolExecutor] = None
+
+    async def load(self) -> bool:
+        params = self.settings.parameters
+        extra = dict(params.extra or {}) if params is not None else {}
+        cap_log_lines()  # in a worker process too: no log line of ours or MLServer's carries a request
+        options = RuntimeOptions.from_record(extra["runtime"])  # as `david-infer serve` wrote it
+        served = self.served = ServedModel(
+            self.name, options, int(extra.get("max_images") or 64), int(extra.get("max_pixels") or 1 << 22)
+        )
+        self.inputs = [tensor_metadata(t) for t in served.inputs.values()]
+        self.outputs = [tensor_metadata(t) for t in served.outputs.values()]
+        # one model call at a time per worker: the backend's own threads use the cores
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
+        sizes = batch_size_histogram().labels(model=self.name)
+        self.batcher = Batcher(
+            served.run,
+            served.options.batch_size,
+            float(extra.get("max_batch_time") or 0.0),
+            self.executor,
+            sizes.observe,
+            served.finish,
+            served.release,
+        )
+        start_memory_trimmer()
+        logger.info("serving %s (%s backend, %s) as %r", options.model, served.backend, options.device, self.name)
+        return True
+
+    def loaded(self) -> Tuple[ServedModel, Batcher]:
+        """The model and its batcher; 503 while none is loaded."""
+        if self.served is None or self.batcher is None:
+            raise MLServerError(f"model {self.name!r} is not loaded; retry", status_code=503)
+        return self.served, self.batcher
+
+    async def metadata(self) -> MetadataModelResponse:
+        served = self.loaded()[0]
+        response = await super().metadata()
+        response.platform = f"david-infer_{served.backend}"
+        response.versions = [f"david-infer/{__version__}", SERVED_MANIFEST_PREFIX + served.manifest]
+        return response
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds, rows = self.validate(payload)
-        # gRPC raw tensors arrive as arrays (see `server.raw_views`) and go back as raw bytes
+        served, batcher = self.loaded()
+        wanted = [o.name for o in payload.outputs] if payload.outputs else list(served.outputs)
+        unknown = sorted(set(wanted) - set(served.outputs))
+        if unknown:
+            raise MLServerError(f"model {self.name!r} has no outputs {unknown}; it has {sorted(served.outputs)}")
+        feeds, rows = served.validate(payload)
+        # gRPC raw tensors arrive as arrays (see `server.RawTensorServicer`) and go back as raw bytes
         raw = all(isinstance(getattr(i.data, "root", None), np.ndarray) for i in payload.inputs)
         payload.inputs = []  # the decoded feeds are the one copy kept on the way to the model
-        outputs = await self._batcher.submit(feeds, rows)
+        outputs = await batcher.submit(feeds, rows)
         del feeds
-        wanted = [o.name for o in payload.outputs] if payload.outputs else list(self._outputs)
-        unknown = sorted(set(wanted) - set(self._outputs))
-        if unknown:
-            raise MLServerError(f"model {self.name!r} has no outputs {unknown}; it has {sorted(self._outputs)}")
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
             id=payload.id,
-            outputs=[_encode(name, outputs[name], raw) for name in wanted],
+            outputs=[encode_output(name, outputs[name], raw) for name in wanted],
         )
 
     async def unload(self) -> bool:
-        self._batcher.close()
-        self._runtime.close()
-        self._executor.shutdown(wait=False)
+        """Stop batching and close the model (also after a load that failed half-way)."""
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.served is not None:
+            self.served.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
         return True
 
 
-def _decode(item: Any, dtype: Any = np.float32) -> np.ndarray:
+def decode_input(item: Any, dtype: Any = np.float32) -> np.ndarray:
     """A request input's data as an array of `dtype` (float32, or uint8 for a pre/post graph's
     image) and of its shape (a view of a gRPC raw buffer, checked for size when it was read),
     refused unless it fills the shape with finite numbers (uint8: integers 0-255)."""
@@ -390,8 +451,8 @@ def _decode(item: Any, dtype: Any = np.float32) -> np.ndarray:
     return value
 
 
-def _encode(name: str, value: np.ndarray, raw: bool) -> ResponseOutput:
-    """An output tensor; for gRPC raw replies the array itself (packed by `server.raw_views`), else
+def encode_output(name: str, value: np.ndarray, raw: bool) -> ResponseOutput:
+    """An output tensor; for gRPC raw replies the array itself (packed by `server.raw_reply`), else
     the list MLServer's JSON needs."""
     if not raw:
         return NumpyCodec.encode_output(name, value)

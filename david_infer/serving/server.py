@@ -1,18 +1,32 @@
-"""`DavidServer`: MLServer with the guards `david-infer serve` needs to be safe to expose.
+"""`DavidServer`: MLServer's protocol handlers behind our own HTTP and gRPC servers, with the guards
+`david-infer serve` needs to be safe to expose.
 
 Imported only by `serving.serve` in the server process (it imports mlserver at module level).
-What it adds to MLServer, each through a hook the libraries offer (no protocol code of ours):
+
+MLServer's documented extension points (an `MLModel`, settings, codecs) reach none of the guards
+below, and its `MLServer` class builds its servers in private methods; KServe's ModelServer binds
+0.0.0.0 with no host setting. So the server is put together here from the parts MLServer exports
+(data plane, model registry, worker pool, repository handlers, REST app, gRPC servicers), each
+called through its public constructor and methods only (no private name, nothing of theirs
+replaced), around an uvicorn server and a gRPC server of ours:
 
 - limits before decoding: an HTTP body over `max_request_bytes` is answered 413 from its
   Content-Length (a body without one, 411), a gRPC message over it RESOURCE_EXHAUSTED by gRPC itself
   (its receive limit); images and pixels per request are checked from the shapes (`DavidModel`);
-- gRPC raw tensors read as numpy views of the message's buffers (`raw_views`): MLServer unpacks
-  them into Python lists (about 40x the payload in memory) and fails with Python internals on a buffer
-  of the wrong size; replies go back the same way;
+- deadlines: an HTTP request's line and headers must arrive within `header_timeout` seconds of the
+  connection (or of the previous answer), its body within `body_timeout` more, else the connection
+  is closed (uvicorn has no such timeout, so a client sending a header line a second held a
+  connection forever); gRPC's handshake has `header_timeout`;
+- gRPC raw tensors read as numpy views of the message's buffers (`RawTensorServicer`): MLServer's
+  converter unpacks them into Python lists (about 40x the payload in memory); replies go back as
+  raw bytes the same way;
+- a request that does not parse is answered 422 naming the fields, never echoing the body
+  (FastAPI's answer carried the whole request back);
 - model control (the repository's load/unload over HTTP and gRPC) refused (403 / PERMISSION_DENIED)
   unless `model_control`; an optional shared token (`Authorization: Bearer TOKEN`, HTTP header or
   gRPC metadata) on every call but health;
-- readiness true only while the model is loaded and ready (MLServer says ready with no model);
+- readiness true only while the model is loaded and ready and the server is not stopping
+  (MLServer's data plane says ready with no model);
 - a dead inference worker stops the server with EXIT_WORKER_DIED at once, for its supervisor to
   restart it: MLServer's own restart reaps one child per SIGCHLD and can leave the shared response
   queue locked by the dead process, after which requests hang while readiness says 200;
@@ -22,6 +36,7 @@ What it adds to MLServer, each through a hook the libraries offer (no protocol c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -31,45 +46,62 @@ import shutil
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 from operator import mul
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional
 
 import grpc
-import mlserver.grpc.converters as grpc_converters
-import mlserver.grpc.utils as grpc_utils
+import h11
 import numpy as np
+import uvicorn
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from grpc import aio
-from mlserver import MLServer
 from mlserver.errors import MLServerError
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
 from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from mlserver.grpc.interceptors import PromServerInterceptor
 from mlserver.grpc.model_repository import ModelRepositoryServicer
 from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
-from mlserver.grpc.server import GRPCServer
 from mlserver.grpc.servicers import InferenceServicer
-from mlserver.raw import pack
-from mlserver.types import TensorData
+from mlserver.handlers import DataPlane, ModelRepositoryHandlers
+from mlserver.logging import configure_logger
+from mlserver.metrics.prometheus import PrometheusEndpoint
+from mlserver.parallel import InferencePoolRegistry
+from mlserver.registry import MultiModelRegistry
+from mlserver.repository import ModelRepositoryFactory
+from mlserver.rest.app import create_app
+from mlserver.settings import Settings
+from mlserver.types import InferenceRequest, InferenceResponse, TensorData
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import ServeConfig
 from .memory import cap_log_lines, start_memory_trimmer
 
 logger = logging.getLogger("david_infer.serving")
 
+#: exit status of a server whose model failed to load at start
+EXIT_LOAD_FAILED = 2
 #: exit status of a server whose inference worker died (for a supervisor: restart it)
 EXIT_WORKER_DIED = 3
 #: exit status of a server that did not stop within STOP_GRACE seconds of SIGTERM / SIGINT
 EXIT_STOP_TIMEOUT = 4
-#: seconds a signalled server has to stop (MLServer gives in-flight gRPC calls 5)
+#: seconds a signalled server has to stop; in-flight calls get GRPC_GRACE of them
 STOP_GRACE = 8.0
+GRPC_GRACE = 5.0
 #: calls that change which models are loaded (the repository extension), refused unless model_control
 MODEL_CONTROL_METHODS = ("RepositoryModelLoad", "RepositoryModelUnload")
 #: calls that need no token: orchestrators probe health without credentials
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 OPEN_METHODS = ("ServerLive", "ServerReady")
-_NUMPY_TYPES = {
+#: the most characters of a refusal's message (a 422 lists the fields that did not parse)
+MAX_ERROR_CHARS = 2000
+NUMPY_TYPES = {
     "FP32": "<f4",
     "FP16": "<f2",
     "FP64": "<f8",
@@ -79,65 +111,93 @@ _NUMPY_TYPES = {
     "INT8": "i1",
     "BOOL": "?",
 }
-# MLServer maps only 400, 404, 422 and 500 to gRPC codes; the rest would be UNKNOWN
-grpc_utils.STATUS_CODE_MAPPING.update(
-    {
-        401: grpc.StatusCode.UNAUTHENTICATED,
-        403: grpc.StatusCode.PERMISSION_DENIED,
-        413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-        503: grpc.StatusCode.UNAVAILABLE,
-    }
-)
+#: MLServer errors carry HTTP statuses; their gRPC codes
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.FAILED_PRECONDITION,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 # ------------------------------------------------------------------------------------ gRPC raw tensors
 
 
-def _inject_raw_views(elems: List[Any], raw_contents: List[bytes]) -> List[Any]:
-    """MLServer's `inject_raw` with numpy views instead of lists, each buffer checked against its
-    input's shape and data type first (400 naming the input)."""
-    empty = [elem for elem in elems if not elem.data]
-    if len(raw_contents) != len(empty):
+def raw_views(inputs: List[Any], buffers: List[bytes]) -> None:
+    """Give each input without data its raw buffer as a numpy view, each buffer checked against its
+    input's shape and data type first (MLServerError 400 naming the input)."""
+    empty = [item for item in inputs if not item.data]
+    if len(buffers) != len(empty):
         raise MLServerError(
-            f"the request carries {len(raw_contents)} raw input buffers for {len(empty)} inputs "
+            f"the request carries {len(buffers)} raw input buffers for {len(empty)} inputs "
             "without data; send one buffer per input"
         )
-    for elem, raw in zip(empty, raw_contents):
-        dtype = _NUMPY_TYPES.get(str(getattr(elem.datatype, "value", elem.datatype)))
+    for item, raw in zip(empty, buffers):
+        dtype = NUMPY_TYPES.get(str(getattr(item.datatype, "value", item.datatype)))
         if dtype is None:
-            raise MLServerError(f"input {elem.name!r}: raw data of type {elem.datatype} are not accepted")
-        if any(not isinstance(d, int) or d < 0 for d in elem.shape):
-            raise MLServerError(f"input {elem.name!r} has shape {list(elem.shape)}: dims are non-negative integers")
-        need = reduce(mul, elem.shape, 1) * np.dtype(dtype).itemsize
+            raise MLServerError(f"input {item.name!r}: raw data of type {item.datatype} are not accepted")
+        if any(not isinstance(d, int) or d < 0 for d in item.shape):
+            raise MLServerError(f"input {item.name!r} has shape {list(item.shape)}: dims are non-negative integers")
+        need = reduce(mul, item.shape, 1) * np.dtype(dtype).itemsize
         if len(raw) != need:
             raise MLServerError(
-                f"input {elem.name!r}: its raw buffer holds {len(raw)} bytes; shape {list(elem.shape)} "
-                f"of {elem.datatype} needs {need}"
+                f"input {item.name!r}: its raw buffer holds {len(raw)} bytes; shape {list(item.shape)} "
+                f"of {item.datatype} needs {need}"
             )
-        elem.data = TensorData.model_construct(np.frombuffer(raw, dtype=dtype))
-    return elems
+        item.data = TensorData.model_construct(np.frombuffer(raw, dtype=dtype))
 
 
-def _extract_raw_views(elems: List[Any]) -> tuple:
-    """MLServer's `extract_raw`, taking an array's bytes at once (MLServer packs value by value)."""
-    raw_contents = []
-    for elem in elems:
-        data = getattr(elem.data, "root", elem.data)
-        raw_contents.append(data.tobytes() if isinstance(data, np.ndarray) else pack(elem))
-        elem.data = []
-    return elems, raw_contents
+def request_with_views(message: Any) -> InferenceRequest:
+    """A gRPC ModelInferRequest as MLServer's InferenceRequest, raw tensors as numpy views."""
+    buffers = list(message.raw_input_contents)
+    message.ClearField("raw_input_contents")  # MLServer's converter would unpack them into lists
+    payload = ModelInferRequestConverter.to_types(message)
+    if buffers:
+        raw_views(payload.inputs, buffers)
+    return payload
 
 
-def raw_views() -> None:
-    """Route MLServer's gRPC converters through `_inject_raw_views` / `_extract_raw_views`."""
-    grpc_converters.inject_raw = _inject_raw_views
-    grpc_converters.extract_raw = _extract_raw_views
+def raw_reply(result: InferenceResponse) -> Any:
+    """An InferenceResponse whose outputs are arrays (`DavidModel` answers raw requests so) as a
+    gRPC reply with raw output contents, each array's bytes taken at once."""
+    reply = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version or "")
+    reply.id = result.id or ""
+    for output in result.outputs:
+        value = np.ascontiguousarray(getattr(output.data, "root", output.data))
+        reply.outputs.add(name=output.name, datatype=str(output.datatype), shape=list(value.shape))
+        reply.raw_output_contents.append(value.tobytes())
+    return reply
+
+
+class RawTensorServicer(InferenceServicer):
+    """MLServer's gRPC inference servicer; `ModelInfer` reads raw tensors in place (see the module's doc)."""
+
+    def __init__(self, data_plane: DataPlane, handlers: ModelRepositoryHandlers) -> None:
+        super().__init__(data_plane, handlers)
+        self.plane = data_plane
+
+    async def ModelInfer(self, request: Any, context: aio.ServicerContext) -> Any:  # noqa: N802 (the protocol's name)
+        raw = bool(request.raw_input_contents)
+        try:
+            payload = request_with_views(request)
+            result = await self.plane.infer(payload=payload, name=request.model_name, version=request.model_version)
+        except MLServerError as exc:
+            (logger.error if exc.status_code >= 500 else logger.info)("inference refused: %s", exc)
+            await context.abort(GRPC_CODES.get(exc.status_code, grpc.StatusCode.UNKNOWN), str(exc)[:MAX_ERROR_CHARS])
+        except Exception as exc:  # answered with its type and message, never a traceback
+            logger.error("inference failed: %s: %s", type(exc).__name__, exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        return raw_reply(result) if raw else ModelInferResponseConverter.from_types(result)
 
 
 # ------------------------------------------------------------------------------------ guards
 
 
-def _token_ok(expected: Optional[str], given: Optional[str]) -> bool:
+def token_ok(expected: Optional[str], given: Optional[str]) -> bool:
+    """Whether the Authorization value `given` carries the token `expected` (any, if none is set)."""
     if expected is None:
         return True
     return given is not None and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
@@ -155,7 +215,7 @@ class HttpGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         path = scope.get("path", "")
         refusal = None
-        if path not in OPEN_PATHS and not _token_ok(self.config.token, headers.get("authorization")):
+        if path not in OPEN_PATHS and not token_ok(self.config.token, headers.get("authorization")):
             refusal = (
                 401,
                 "this server needs the header 'Authorization: Bearer TOKEN' (david-infer serve --token-file)",
@@ -175,10 +235,10 @@ class HttpGuard:
                     413,
                     f"the request body is {length} bytes; this server takes at most "
                     f"{self.config.max_request_bytes} (--max-request-bytes); send fewer or smaller "
-                    "images per request, or use gRPC, whose raw tensors are about 2.5x smaller than JSON",
+                    "images per request, or use gRPC, whose raw tensors are several times smaller than JSON",
                 )
         if refusal is None and path == "/v2/repository/index" and headers.get("content-length") == "0":
-            return await self.app(*_empty_index_request(scope), send)
+            return await self.app(*empty_index_request(scope), send)
         if refusal is None:
             return await self.app(scope, receive, send)
         body = json.dumps({"error": refusal[1]}).encode()
@@ -196,7 +256,7 @@ class HttpGuard:
         await send({"type": "http.response.body", "body": body})
 
 
-def _empty_index_request(scope: Dict[str, Any]) -> tuple:
+def empty_index_request(scope: Dict[str, Any]) -> tuple:
     """The repository index call with an empty body, as `{}`: Triton's HTTP clients send no body
     (Triton takes that as "all models"); MLServer answers 422 to it."""
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"] + [(b"content-length", b"2")]
@@ -207,7 +267,21 @@ def _empty_index_request(scope: Dict[str, Any]) -> tuple:
     return {**scope, "headers": headers}, receive
 
 
-def _refuse(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMethodHandler:
+async def unparsable_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming where the request does not follow the protocol, without the values (FastAPI's
+    default answer echoes the offending input: a whole tensor)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    where = "; ".join(
+        ".".join(str(part) for part in error.get("loc", ()) if part != "body") + ": " + str(error.get("msg", ""))
+        for error in errors[:10]
+    )
+    message = f"the request does not follow the inference protocol ({where})"
+    return JSONResponse({"error": message[:MAX_ERROR_CHARS]}, status_code=422)
+
+
+def refuse(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMethodHandler:
+    """A gRPC handler that answers every call with `code` and `message`."""
+
     async def unary(request: Any, context: aio.ServicerContext) -> None:
         await context.abort(code, message)
 
@@ -229,14 +303,14 @@ class GrpcGuard(aio.ServerInterceptor):
         method = details.method.rsplit("/", 1)[-1]
         streaming = method == "ModelStreamInfer"
         metadata = dict(details.invocation_metadata or ())
-        if method not in OPEN_METHODS and not _token_ok(self.config.token, metadata.get("authorization")):
-            return _refuse(
+        if method not in OPEN_METHODS and not token_ok(self.config.token, metadata.get("authorization")):
+            return refuse(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this server needs the metadata 'authorization: Bearer TOKEN' (david-infer serve --token-file)",
                 streaming,
             )
         if method in MODEL_CONTROL_METHODS and not self.config.model_control:
-            return _refuse(
+            return refuse(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "model control (load/unload) is off; start the server with --model-control to allow it",
                 streaming,
@@ -244,82 +318,159 @@ class GrpcGuard(aio.ServerInterceptor):
         return await continuation(details)
 
 
-class GuardedGRPCServer(GRPCServer):
-    """MLServer's gRPC server with GrpcGuard, a receive limit of max_request_bytes (replies may be
-    larger: a reply carries five channels per pixel, a request three) and no port sharing
-    (gRPC's SO_REUSEPORT would let a second server on the same port take half the calls)."""
+def deadline_protocol(header_timeout: float, body_timeout: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with request deadlines: the request line and headers must arrive
+    within `header_timeout` seconds of the connection or of the previous answer, the body within
+    `body_timeout` more; a connection that misses either is closed. The state read is h11's."""
 
-    def __init__(self, *args: Any, config: ServeConfig, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._config = config
+    class RequestDeadlines(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.request_deadline: Optional[asyncio.TimerHandle] = None
+            self.arm_deadline(header_timeout, body_next=True)
 
-    def _create_server(self) -> aio.Server:
-        self._inference_servicer = InferenceServicer(self._data_plane, self._model_repository_handlers)
-        self._model_repository_servicer = ModelRepositoryServicer(self._model_repository_handlers)
-        interceptors: List[aio.ServerInterceptor] = [GrpcGuard(self._config)]
-        if self._settings.metrics_endpoint:
-            interceptors.append(PromServerInterceptor(enable_handling_time_histogram=True))
-        options = [
-            ("grpc.max_receive_message_length", self._config.max_request_bytes),
-            ("grpc.max_send_message_length", 1 << 30),
-            ("grpc.so_reuseport", 0),
-        ]
-        self._server = aio.server(ThreadPoolExecutor(max_workers=5), interceptors=interceptors, options=options)
-        add_GRPCInferenceServiceServicer_to_server(self._inference_servicer, self._server)
-        add_ModelRepositoryServiceServicer_to_server(self._model_repository_servicer, self._server)
-        self._server.add_insecure_port(f"{self._settings.host}:{self._settings.grpc_port}")
-        return self._server
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.arm_deadline(header_timeout, body_next=True)
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            if self.request_deadline is not None:
+                self.request_deadline.cancel()
+            super().connection_lost(exc)
+
+        def arm_deadline(self, seconds: float, body_next: bool) -> None:
+            if self.request_deadline is not None:
+                self.request_deadline.cancel()
+            self.request_deadline = self.loop.call_later(seconds, self.deadline_passed, body_next)
+
+        def deadline_passed(self, body_next: bool) -> None:
+            state = self.conn.their_state
+            if self.transport.is_closing() or state not in (h11.IDLE, h11.SEND_BODY):
+                return  # gone, or the request is in (its answer re-arms the deadline)
+            if state is h11.SEND_BODY and body_next:  # headers in time: the body gets its own time
+                self.arm_deadline(body_timeout, body_next=False)
+                return
+            self.transport.close()
+
+    return RequestDeadlines
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server without its signal handlers: `DavidServer` handles the signals for all servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 # ------------------------------------------------------------------------------------ the server
 
 
-class DavidServer(MLServer):
-    """MLServer with the guards above; `folder` is the settings folder (removed on a hard exit)."""
+class ReadyDataPlane(DataPlane):
+    """MLServer's data plane, ready only while a model is loaded and every model is ready and the
+    server is not stopping (MLServer's: all of none is ready)."""
 
-    def __init__(self, settings: Any, config: ServeConfig, folder: Path) -> None:
-        self._config, self._folder, self._stopping = config, folder, False
-        raw_views()
-        super().__init__(settings)
+    def __init__(self, settings: Settings, registry: MultiModelRegistry) -> None:
+        super().__init__(settings=settings, model_registry=registry)
+        self.registry, self.stopping = registry, False
+
+    async def ready(self) -> bool:
+        models = list(await self.registry.get_models())
+        return not self.stopping and bool(models) and all(model.ready for model in models)
+
+
+class DavidServer:
+    """The HTTP, gRPC and metrics servers over MLServer's handlers, with the guards above; `folder`
+    is the settings folder (removed on a hard exit). Made inside the running event loop."""
+
+    def __init__(self, settings: Settings, config: ServeConfig, folder: Path) -> None:
+        self.settings, self.config, self.folder, self.stopping = settings, config, folder, False
+        configure_logger(settings)
+        metrics = PrometheusEndpoint(settings)  # first: it sets prometheus_client's multi-process mode
+        self.pool: Optional[InferencePoolRegistry] = None
+        if settings.parallel_workers:
+            self.pool = InferencePoolRegistry(settings)
+            signal.signal(signal.SIGCHLD, self.on_child_exit)  # replaces the pool's restart (see the module's doc)
+            self.registry = MultiModelRegistry(
+                on_model_load=[self.pool.load_model],
+                on_model_reload=[self.pool.reload_model],
+                on_model_unload=[self.pool.unload_model],
+                model_initialiser=self.pool.model_initialiser,
+            )
+        else:
+            self.registry = MultiModelRegistry()
+        self.repository = ModelRepositoryFactory.resolve_model_repository(settings)
+        self.data_plane = ReadyDataPlane(settings, self.registry)
+        handlers = ModelRepositoryHandlers(repository=self.repository, model_registry=self.registry)
+
+        app = create_app(settings, data_plane=self.data_plane, model_repository_handlers=handlers)
+        app.add_exception_handler(RequestValidationError, unparsable_request)
+        app.add_middleware(HttpGuard, config=config)
+        self.http = QuietServer(self.uvicorn_config(app, config.http_port))
+        metrics_app = Starlette(routes=[Route(settings.metrics_endpoint or "/metrics", metrics.handle_metrics)])
+        self.metrics = QuietServer(self.uvicorn_config(metrics_app, config.metrics_port))
+
+        interceptors: List[aio.ServerInterceptor] = [GrpcGuard(config)]
+        if settings.metrics_endpoint:
+            interceptors.append(PromServerInterceptor(enable_handling_time_histogram=True))
+        options = [
+            ("grpc.max_receive_message_length", config.max_request_bytes),
+            # replies may be larger than requests: five channels per pixel against three
+            ("grpc.max_send_message_length", 1 << 30),
+            # no port sharing: SO_REUSEPORT would let a second server on the port take half the calls
+            ("grpc.so_reuseport", 0),
+            ("grpc.server_handshake_timeout_ms", int(config.header_timeout * 1000)),
+        ]
+        self.grpc = aio.server(interceptors=interceptors, options=options)
+        add_GRPCInferenceServiceServicer_to_server(RawTensorServicer(self.data_plane, handlers), self.grpc)
+        add_ModelRepositoryServiceServicer_to_server(ModelRepositoryServicer(handlers), self.grpc)
+        self.grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
         cap_log_lines()
-        if self._inference_pool_registry is not None:  # replaces MLServer's restart (see the module's doc)
-            signal.signal(signal.SIGCHLD, self._on_child_exit)
 
-    def _create_servers(self) -> None:
-        super()._create_servers()
-        self._rest_server._app.add_middleware(HttpGuard, config=self._config)
-        self._grpc_server = GuardedGRPCServer(
-            self._settings, self._data_plane, self._model_repository_handlers, config=self._config
+    def uvicorn_config(self, app: Any, port: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            host=self.config.host,
+            port=port,
+            http=deadline_protocol(self.config.header_timeout, self.config.body_timeout),
+            access_log=False,
+            timeout_graceful_shutdown=int(GRPC_GRACE),
         )
-        self._data_plane.ready = self._ready
 
-    async def _ready(self) -> bool:
-        """Ready while the served model is loaded and ready (MLServer: all of none is ready)."""
-        models = list(await self._model_registry.get_models())  # an iterator (always true)
-        return not self._stopping and bool(models) and all(model.ready for model in models)
-
-    async def start(self, models_settings: Any = ()) -> None:
-        start_memory_trimmer()
-        await super().start(list(models_settings))
-
-    def _add_signal_handlers(self) -> None:
-        loop = asyncio.get_event_loop()
+    async def run(self) -> None:
+        """Load the model (the ports open once it is ready), then serve until stopped."""
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        start_memory_trimmer()
+        try:
+            for model_settings in await self.repository.list():
+                await self.registry.load(model_settings)
+        except Exception as exc:  # the model's own error, in one line
+            self.exit_now(EXIT_LOAD_FAILED, f"the model failed to load: {type(exc).__name__}: {exc}")
+        await self.grpc.start()
+        await asyncio.gather(self.http.serve(), self.metrics.serve(), self.grpc.wait_for_termination())
 
-    def _on_stop_signal(self, sig: int) -> None:
-        if self._stopping:  # uvicorn raises the signal again once it stopped; the timer bounds the wait
+    async def stop(self) -> None:
+        """Stop taking calls, finish those in flight (GRPC_GRACE seconds), stop the workers."""
+        self.http.should_exit = self.metrics.should_exit = True
+        await self.grpc.stop(GRPC_GRACE)
+        if self.pool is not None:
+            await self.pool.close()
+
+    def on_stop_signal(self, sig: int) -> None:
+        if self.stopping:
             return
-        self._stopping = True
+        self.stopping = self.data_plane.stopping = True
         print(f"stopping ({signal.Signals(sig).name})", file=sys.stderr, flush=True)
         timer = threading.Timer(
-            STOP_GRACE, self._exit_now, (EXIT_STOP_TIMEOUT, f"did not stop within {STOP_GRACE:g} s; exiting anyway")
+            STOP_GRACE, self.exit_now, (EXIT_STOP_TIMEOUT, f"did not stop within {STOP_GRACE:g} s; exiting anyway")
         )
         timer.daemon = True
         timer.start()
-        asyncio.get_event_loop().create_task(self.stop(sig))
+        asyncio.get_running_loop().create_task(self.stop())
 
-    def _on_child_exit(self, signum: int, frame: Any) -> None:
+    def on_child_exit(self, signum: int, frame: Any) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -328,21 +479,33 @@ class DavidServer(MLServer):
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
-            if not self._stopping and code != 0:  # 0: a helper process's normal end (as MLServer reads it)
+            if not self.stopping and code != 0:  # 0: a helper process's normal end (as MLServer reads it)
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                self._exit_now(
+                self.exit_now(
                     EXIT_WORKER_DIED,
                     f"inference worker {pid} {how}; exiting with status "
                     f"{EXIT_WORKER_DIED} so that a supervisor restarts the server",
                 )
 
-    def _exit_now(self, status: int, message: str) -> None:
+    def exit_now(self, status: int, message: str) -> None:
         """Log `message`, kill the workers, remove the settings folder and exit with `status`."""
-        self._stopping = True
+        self.stopping = True
         logger.error("david-infer serve: %s", message)
         for child in multiprocessing.active_children():
             child.kill()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(status)
+
+
+def run_server(settings: Settings, config: ServeConfig, folder: Path) -> None:
+    """Serve until SIGINT/SIGTERM (in the current thread's new event loop)."""
+
+    async def main() -> None:
+        await DavidServer(settings, config, folder).run()
+
+    asyncio.run(main())
+
+
+__all__ = ["DavidServer", "run_server", "EXIT_WORKER_DIED", "EXIT_STOP_TIMEOUT", "EXIT_LOAD_FAILED"]

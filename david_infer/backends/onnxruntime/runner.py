@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..._optional import install_hint
+from ..._optional import install_hint, require
 from ...config import DEFAULT_RESOLUTION
 from ...contract import GraphIO, ModelContract, TensorSpec
 from ...errors import BackendUnavailable, ModelError
@@ -146,13 +146,20 @@ class OnnxRuntimeRunner(Runner):
         """Execution providers the session actually uses."""
         return list(self._session.get_providers())
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], release_memory: bool = False) -> Dict[str, np.ndarray]:
+        """The outputs for `feeds`. ONNX Runtime keeps the largest run's working memory in its arena
+        for the next runs; `release_memory` gives back what this run leaves unused when it ends
+        (the arena's shrinkage: a small run after a large one frees the large one's memory)."""
         session = self._session
         if session is None:
             raise ModelError(f"{self.path}: runner is closed")
         names = list(self._io.output_names)
+        options = None
+        if release_memory:
+            options = require("onnxruntime", "the ONNX Runtime backend").RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         try:
-            values = session.run(names, dict(feeds))
+            values = session.run(names, dict(feeds), options)
         except Exception as exc:
             shapes = {k: tuple(v.shape) for k, v in feeds.items()}
             if is_allocation_failure(exc):  # the arena's "Failed to allocate memory", as the package's error

@@ -347,14 +347,15 @@ def test_limits_refuse_before_decoding_and_memory_stays_bounded(tiny_multitask_o
             response = connection.getresponse()
             assert response.status == 413 and "--max-request-bytes" in response.read().decode()
             connection.close()
-            # requests within the limits, many times: the server's memory stays within a few copies of one
+            # requests within the limits, many times: the server's memory stays within a few copies of one,
+            # the model's working memory included (given back between bursts, so not in the baseline)
             assert sum(map(len, data)) > limit / 2
             for _ in range(12):
                 assert not isinstance(raw.infer(tensors, data), tuple)
             peak = _rss_kib(pid, "VmHWM")
-            assert (peak - baseline) * 1024 < 12 * limit, f"peak {peak} KiB, baseline {baseline} KiB"
-            time.sleep(4)  # given back (malloc_trim every 2 s)
-            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 2-3x
+            assert (peak - baseline) * 1024 < 16 * limit, f"peak {peak} KiB, baseline {baseline} KiB"  # measured: 9-10x
+            time.sleep(3)  # given back once no batch ran for 1 s
+            assert (_rss_kib(pid) - baseline) * 1024 < 5 * limit, (baseline, _rss_kib(pid))  # measured: 1-3x
         finally:
             raw.close()
         log = limited.log_path.read_text(errors="replace")
@@ -611,3 +612,115 @@ def test_ctrl_c_on_a_healthy_server_is_one_line(tiny_multitask_onnx: Path) -> No
     assert status == 0, log
     assert "stopping (SIGINT)" in log
     assert "Traceback" not in log and "CancelledError" not in log, log
+
+
+# ------------------------------------------------------------------------------------ 8. after a burst
+
+
+def test_memory_goes_back_after_a_burst_of_large_requests(tiny_multitask_onnx: Path) -> None:
+    """Memory a burst took is given back once the server is idle: the model's working memory
+    (ONNX Runtime kept its largest batch's in an arena) and the requests' buffers alike."""
+    from tests.support.server_process import ServerProcess
+
+    side, clients = 512, 4
+    with ServerProcess(tiny_multitask_onnx) as server:
+        pid = server.process.pid
+        raw = RawGrpc(server.grpc_port)
+        try:
+            assert not isinstance(raw.infer(*_feeds(1, 1)), tuple)  # a small request: the model's own start-up
+            time.sleep(3)
+            baseline = _rss_kib(pid)
+            rng = np.random.default_rng(1)
+            image = rng.random((1, 3, side, side), dtype=np.float32)
+            copy = rng.random((1, 3, 384, 384), dtype=np.float32)
+            tensors = [("image", list(image.shape)), ("image_384", list(copy.shape))]
+            answers: List[Any] = []
+            start = threading.Barrier(clients)
+
+            def client() -> None:
+                start.wait()
+                answers.append(raw.infer(tensors, [image.tobytes(), copy.tobytes()]))
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            assert len(answers) == clients and not any(isinstance(a, tuple) for a in answers), answers
+            grown = (_rss_kib(pid, "VmHWM") - baseline) // 1024
+            assert grown > 100, f"the burst took only {grown} MB: it proves nothing"
+            deadline = time.monotonic() + 10  # trims run after 2 s without a batch
+            while time.monotonic() < deadline and _rss_kib(pid) - baseline > 48 << 10:
+                time.sleep(0.5)
+            kept = (_rss_kib(pid) - baseline) // 1024
+            assert kept <= 48, f"{kept} MB above the baseline stayed after the burst (peak +{grown} MB)"
+        finally:
+            raw.close()
+
+
+def test_a_request_that_does_not_parse_is_not_echoed(server) -> None:
+    data = [0.5] * (3 * SIDE * SIDE * 80)  # 5 MB of JSON, no input name
+    body = json.dumps({"inputs": [{"shape": [80, 3, SIDE, SIDE], "datatype": "FP32", "data": data}]}).encode()
+    status, text = _http(server.http_port, "POST", "/v2/models/david/infer", body, {"content-type": "application/json"})
+    assert status == 422, text[:300]
+    assert len(text) < 2000 and "0.5" not in text, f"{len(text)} characters: {text[:300]}"
+    assert "inputs.0.name" in text and "Field required" in text, text
+
+
+def _trickle(port: int, lines: List[bytes], connections: int, seconds: float) -> Dict[int, float]:
+    """Open `connections` sockets to `port` and send each one line of `lines` a second; the
+    seconds after which the server closed each one (within `seconds`)."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(connections)]
+    for s in sockets:
+        s.setblocking(False)
+    closed: Dict[int, float] = {}
+    t0 = time.monotonic()
+    for tick in range(int(seconds) + 1):
+        for i, s in enumerate(sockets):
+            if i in closed:
+                continue
+            try:
+                if tick < len(lines):
+                    s.send(lines[tick])
+                if s.recv(4096) == b"":
+                    closed[i] = time.monotonic() - t0
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[i] = time.monotonic() - t0
+        if len(closed) == connections:
+            break
+        time.sleep(1.0)
+    for s in sockets:
+        s.close()
+    return closed
+
+
+def test_slow_clients_are_cut_off_and_others_are_served(tiny_multitask_onnx: Path, tiny_runtime) -> None:
+    from tests.support.server_process import ServerProcess
+
+    headers = [b"GET /v2/health/ready HTTP/1.1\r\n"] + [b"X-Slow-%d: 1\r\n" % i for i in range(30)]
+    body = [b"POST /v2/models/david/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"] + [b"{"] * 30
+    with ServerProcess(tiny_multitask_onnx, ["--header-timeout", "2", "--body-timeout", "3"]) as guarded:
+        results: Dict[str, Dict[int, float]] = {}
+        attacks = [
+            threading.Thread(target=lambda: results.update(headers=_trickle(guarded.http_port, headers, 50, 12))),
+            threading.Thread(target=lambda: results.update(body=_trickle(guarded.http_port, body, 10, 12))),
+            threading.Thread(
+                target=lambda: results.update(grpc=_trickle(guarded.grpc_port, [b"PRI * HTTP/2.0\r\n"], 10, 12))
+            ),
+        ]
+        for t in attacks:
+            t.start()
+        time.sleep(1.0)
+        image = _images(1, seed=14)[0]
+        with DavidRuntime(guarded.grpc_url, resolution=SIDE, timeout=30) as remote:  # served meanwhile
+            _assert_same(tiny_runtime.predict(image), remote.predict(image))
+        assert _http(guarded.http_port, "GET", "/v2/health/ready")[0] == 200
+        for t in attacks:
+            t.join(timeout=30)
+    # closed at the deadlines (2 s; 2 + 3 s for a body), seen within the next poll (1 s) and some load
+    assert len(results["headers"]) == 50 and max(results["headers"].values()) < 5, results["headers"]
+    assert len(results["body"]) == 10 and min(results["body"].values()) > 4, results["body"]
+    assert max(results["body"].values()) < 9, results["body"]
+    assert len(results["grpc"]) == 10 and max(results["grpc"].values()) < 6, results["grpc"]
