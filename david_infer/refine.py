@@ -155,7 +155,7 @@ def check_refine(options: Optional[RefineOptions], tasks: Sequence[str], model: 
     otherwise."""
     if options is None:
         return None
-    if "foreground" not in tasks:
+    if not any(TASKS[task].picture == "matte" for task in tasks):  # the mask people are found in
         raise InputError(
             f"{model}: refine='people' finds people in the model's foreground mask, and this model predicts "
             f"{', '.join(tasks)} only; use a multi-task or foreground model, or pass your own boxes= to predict"

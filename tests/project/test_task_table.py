@@ -58,8 +58,10 @@ def python_findings(root: Path = PACKAGE) -> List[str]:
                 names = [s.value for s in sides if isinstance(s, ast.Constant) and s.value in TASKS]
                 if names:
                     found.append(f"{line}: decides on the task name {names[0]!r} ({ast.unparse(node)})")
-            elif isinstance(node, ast.Constant) and node.value in EPSILONS and isinstance(node.value, float):
-                found.append(f"{line}: the unit-length eps {node.value!r} spelled out")
+            elif isinstance(node, ast.Call) and any(
+                isinstance(a, ast.Constant) and isinstance(a.value, float) and a.value in EPSILONS for a in node.args
+            ):  # a floor for a length, as np.maximum(length, 1e-12) (a tolerance in a comparison is not one)
+                found.append(f"{line}: the unit-length eps spelled out ({ast.unparse(node)[:60]})")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in SUFFIXES:
                 found.append(f"{line}: the file suffix {node.value!r} spelled out")
             elif isinstance(node, (ast.Tuple, ast.List)) and where != "resample.py":
@@ -99,12 +101,12 @@ def test_the_check_finds_a_fact_written_outside_the_table(tmp_path: Path) -> Non
     (tmp_path / "consumer.py").write_text(
         'def channels(task):\n    """A docstring naming ".depth.png" is fine."""\n'
         '    return 3 if task == "normal" else 1\n'
-        "EPS = 1e-12\nKERNEL = (1, 4, 6, 4, 1)\nSUFFIX = '.normal.npy'\n"
+        "LENGTH = max(norm, 1e-12)\nKERNEL = (1, 4, 6, 4, 1)\nSUFFIX = '.normal.npy'\n"
     )
     found = python_findings(tmp_path)
     assert [f.split(": ", 1)[1].split(" (")[0] for f in found] == [
         "decides on the task name 'normal'",
-        "the unit-length eps 1e-12 spelled out",
+        "the unit-length eps spelled out",
         "the pyramid taps spelled out",
         "the file suffix '.normal.npy' spelled out",
     ]
