@@ -1,46 +1,11 @@
 """People at any size: a second, zoomed pass per person, pasted back at full resolution.
 
-DAViD sees a photo at one square resolution (512 for the released files): a person who fills a
-portrait gets 512 model pixels across, the same person in a 4K street scene or a group photo a few
-dozen, and the maps at the photo's size are upsampled blur. `refine` (`DavidRuntime(refine="people")`,
-per call, `--refine people`) adds a second pass, finding people with the model's own mask:
-
-1. Regions. Pass 1 runs the photo as always. Its foreground mask (at or above `threshold`), on pass
-   1's own grid (about one cell per model pixel), is split into 8-connected parts
-   (scipy.ndimage); a part that covers fewer than `min_model_pixels` of pass 1's model pixels is
-   dropped (too small for pass 1 to have seen a person in it). Each part's box is padded by
-   `margin` of its longer side; padded boxes that overlap or touch are merged (until none do); the
-   `max_regions` largest are kept and the others recorded as skipped. Callers may pass their own
-   boxes instead (`boxes=[(x0, y0, x1, y1), ...]` from any detector): padded and merged alike.
-2. Crops. A region's crop is the square around its padded box, shifted inside the photo (where the
-   photo is narrower than the square, the crop is as wide as the photo and the stages pad it as
-   they pad a whole photo). A crop is just an image: preprocessed, run (`batch_size` crops per
-   model call) and postprocessed like any photo, so its maps are what the model gives on that crop.
-   A crop that pass 1 already saw at more than 1 / `min_gain` of the model pixels pass 2 would give
-   it is not run again (skipped, recorded).
-3. Checks. A region whose pass 2 looks worse falls back to pass 1 (recorded): an output that is not
-   finite, or a mask that agrees with pass 1's inside the box on less than `min_agreement`
-   (intersection over union of the pixels at or above `threshold`).
-4. Paste. Each region's depth is aligned to pass 1 inside its box by one scale and shift: least
-   squares, Huber-weighted (robust), the alignment DAViD's authors evaluate with, fitted on pass
-   1's grid (pass 2's depth box-averaged to it, so that pass 1's blur does not shrink the scale) on
-   the person's cells (pass 1's mask) where there are MIN_FIT_CELLS of them, else on the whole box;
-   where least squares gives no positive scale (so people keep their depth order), the median and
-   interquartile range are matched instead. Depth, normals and mask are pasted with one feather:
-   weight 1 inside the crop, falling smoothly (smoothstep) to 0 over `feather` of the crop's side
-   at each crop edge that lies inside the photo (none at the photo's borders); normals are
-   renormalised, a thresholded mask is thresholded again (> 0.5), a normalised depth normalised
-   again where the pasted depth leaves [0, 1]. Outside every crop pass 1 stands. Overlapping crops
-   are pasted largest first, so a smaller person's crop lies on top.
-
-Cost: one model run per refined region (batched) besides pass 1, plus the crops' pre/post; a photo
-without people costs the mask's labelling (milliseconds). The prediction's `regions` record every
-region: its box and crop, the model pixels its box got in each pass, what became of it and why.
-
-Video (`predict_video(refine=...)`): a `RegionTracker` steadies the regions over frames so that
-crops do not jitter: each frame's regions are matched to the previous frame's (intersection over
-union at least MATCH_IOU); a matched box grows at once (the person must stay inside) and shrinks by
-SHRINK of the difference per frame; a region not found is held for HOLD_FRAMES frames.
+`refine="people"` (DavidRuntime, per call, `--refine people`): pass 1 runs the photo as always; the
+parts of its foreground mask (or the caller's `boxes=`) give padded, merged regions; each region's
+square crop runs as an ordinary image (batched); a crop that fails a check (not finite, a mask that
+disagrees with pass 1's) falls back to pass 1; the others are pasted back with a feathered seam,
+depth aligned to pass 1 by a robust scale and shift. `RegionTracker` steadies a clip's regions.
+docs/refine.md says each step, its defaults and what it costs.
 """
 
 from __future__ import annotations

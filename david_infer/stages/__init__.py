@@ -1,19 +1,12 @@
-"""Stages: how a model's images become its feeds, and its outputs become maps at the image's size.
+"""Stages: how a model's images become its feeds, and its outputs maps at the image's size.
 
     decoded image --prepare--> Staged --infer (the model call, batched)--> outputs --finish--> maps
 
 A runtime chooses one `Stages` when its model opens (`choose_stages`) and never branches on the kind
-again. The kinds:
-
-- "graph" (david_infer.stages.graph): the pre/post as ONNX graphs run by ONNX Runtime around the
-  model: the production pre/post for our exports and the released files, whatever runs the network
-  (ONNX Runtime, TensorRT, a server). A model that is itself a pre/post graph (manifest layout
-  "prepost") runs with the graph inside it.
-- "torch": torch ops on the torch runner's device (the torch backend's own, `Runner.own_stages`).
-- "reference" (david_infer.stages.reference): numpy, the definition the others are tested against.
-
-All of them resample with the weights of david_infer.resample and finish each map as its row of
-david_infer.tasks says.
+again: "graph" (ONNX graphs on ONNX Runtime around the model, david_infer.stages.graph: the
+production pre/post), "torch" (the torch runner's own, `Runner.own_stages`) or "reference" (numpy,
+david_infer.stages.reference: the definition the others are tested against). All resample with the
+weights of david_infer.resample and finish each map as its row of david_infer.tasks says.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
-"""The pre/post as ONNX graphs, built with `onnx.helper` (no PyTorch): the runtime's graph stages
-run them around a network, and `david-infer export --prepost` wraps a network in them (one graph
-from pixels to maps, for C++ hosts, browsers, Triton and TensorRT).
+"""The pre/post as ONNX graphs, built with `onnx.helper` (no PyTorch): the graph stages run them
+around a network (`build_pre`, `build_post`), and `export --prepost` wraps a network in them (`wrap`:
+one graph from pixels to maps, TensorRT 10's operators only, checked against tensorrt10_ops.json).
 
-    photo (N, H, W, 3) --build_pre--> network feeds --network--> outputs --build_post--> maps
-
-Only operators TensorRT 10's ONNX parser takes are used in a wrapped graph (`tensorrt10_ops.json`,
-checked by the tests): no antialiased Resize, no uint8 arithmetic, every `axes` a constant.
-
-Every resampling step is the separable linear map of david_infer.resample, applied per axis as a
-*banded* product: the outputs of an axis are cut into groups of g consecutive outputs; the input
-window each group reads is gathered (Gather with computed indices) and multiplied by that group's
-(g, L) weight matrix (batched MatMul). The weights are computed inside the graph from the image's
-size (Range, Floor, Abs, Where ...), so one graph serves every size:
-
-* the centred edge padding to a square is folded into the gather indices (a virtual index v of the
-  padded axis reads pixel clip(v - offset)), so the padded square is never built;
-* `antialias`: the box reduction and the bilinear taps are one weight per (output, pixel), so a 4K
-  photo is filtered in one pass, never aliased; 8-bit photos rounded to 8 bits after each axis.
-* `official`: the pyrDown levels' 5-tap kernels composed into one kernel per level count (a table
-  row picked in the graph; reflect-101 at the square's border), then INTER_LINEAR.
-* back: Pillow's bicubic (or bilinear) from the crop box, or OpenCV's cubic to the padded square
-  cropped; then each task finished as its row of david_infer.tasks says.
+Each resize is the separable map of david_infer.resample, computed inside the graph from the image's
+size (so one graph serves every size) and applied per axis as a banded product: groups of
+consecutive outputs, each reading the window it needs (Gather) times its (g, L) weights (batched
+MatMul); the padding is folded into the gather indices. docs/prepost.md says what is inside and why.
 """
 
 from __future__ import annotations

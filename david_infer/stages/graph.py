@@ -1,21 +1,12 @@
 """The graph stages: the pre/post as ONNX graphs on ONNX Runtime (david_infer.stages.builder).
 
-`GraphStages` runs two small graphs around any runner that takes numpy feeds (ONNX Runtime,
-TensorRT, a server): the pre graph turns the photo into the network's feeds, the post graph resizes
-each output back to the photo, written straight into the maps (ONNX Runtime's I/O binding on
-row-group views of them), which the task table then finishes in place, in row blocks. Graphs are
-built once per resolution (and photo dtype and channel order) when first needed, and kept.
-
-Measured against finishing inside the graph (benchmarks/memory.py, a 12-megapixel photo): the
-graph's full-size temporaries of the unit-length normals cost more than the whole budget of 40
-bytes per input pixel, the in-place finishing nothing.
-
-`InsideGraphStages` runs a model that is itself a pre/post graph (`export --prepost`): the photo
-goes in as bytes, the finished maps come out; only the options a graph leaves open (depth
-direction and normalisation, the mask threshold) are applied after it.
-
-Sessions here run on the CPU, or with ONNX Runtime's CUDA provider when the runtime's device is a
-GPU and the installed ONNX Runtime has it (not yet run on a GPU: see docs/gpu.md).
+`GraphStages` runs a pre graph (the photo -> the network's feeds) and one post graph per task (a
+raw output -> its map at the photo's size, written straight into the map: ONNX Runtime's I/O
+binding on its row groups) around any runner that takes numpy feeds, then finishes each map in
+place (the task table, in row blocks: finishing inside the graph costs full-size temporaries over
+the memory budget, benchmarks/memory.py). `InsideGraphStages` runs a model that is itself a pre/post
+graph. Sessions: one thread each, no arena (docs/determinism.md, docs/benchmarks.md#memory); the
+CPU, or ONNX Runtime's CUDA provider on a GPU device where installed (not yet run on a GPU).
 """
 
 from __future__ import annotations
