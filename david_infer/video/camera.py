@@ -112,18 +112,19 @@ def resample_cubic(image: np.ndarray, motion: Motion, centre: Tuple[float, float
 
 
 def _fit_level(
-    previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float], steps: int
+    previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float], steps: int, fine: bool
 ) -> Motion:
     """Gauss-Newton steps of scale and shift on one pyramid level, Huber-weighted. The residual
     r = previous(W(x)) - current(x), W(x) = s (x - c) + c + t, has the derivatives g . (x - c) in s
     and g in t, g the previous image's gradient at W(x): taken as the mean of the warped image's
-    and the current image's gradients over s (efficient second-order minimisation)."""
+    and the current image's gradients over s (efficient second-order minimisation). `fine`: the
+    finest level, resampled cubic (a linear interpolation pulls the fit towards whole pixels)."""
     h, w = current.shape
     v = (np.arange(h, dtype=np.float32) - np.float32(centre[0]))[:, None]
     u = (np.arange(w, dtype=np.float32) - np.float32(centre[1]))[None, :]
     gy_current, gx_current = np.gradient(current)
     for _ in range(steps):
-        warped, inside = resample_cubic(previous, motion, centre)
+        warped, inside = (resample_cubic if fine else resample)(previous, motion, centre)
         r = warped - current
         r *= inside  # outside: no residual, no weight below
         gy, gx = np.gradient(warped)
@@ -195,12 +196,12 @@ def estimate_motion(
         p, c, centre = pyramid[level]
         if level == 0 and len(pyramid) > 1 and motion.largest(c.shape) < still / 2:
             return STILL, previous, None  # the next coarser level found the camera still
-        motion = _fit_level(p, c, motion, centre, FINE_STEPS if level == 0 else STEPS)
+        motion = _fit_level(p, c, motion, centre, FINE_STEPS if level == 0 else STEPS, level == 0)
         if level == compare and motion.largest(c.shape) >= 0.5:
             expected = guess.scaled(0.5**level)
             if guess == STILL or _apart(motion, expected, c.shape) >= 0.5:  # no guess, or it disagrees
                 starts = [STILL] + ([expected] if guess != STILL else [])
-                candidates = [motion] + [_fit_level(p, c, start, centre, STEPS) for start in starts]
+                candidates = [motion] + [_fit_level(p, c, start, centre, STEPS, level == 0) for start in starts]
                 costs = [_cost(p, c, m, centre) for m in candidates]
                 motion = candidates[int(np.argmin(costs))]
         if level:

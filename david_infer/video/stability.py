@@ -526,8 +526,7 @@ class _Shot:
         self.alignment = (s, b)
         self.output_units = _leaky(self.output_units, (1.0 / s, -b / s))
         gain = self._gain(mine, theirs, s, b, moving, prior)
-        fresh = estimate is not self.maps  # moved with the camera: new arrays, blended in place
-        out: Maps = tuple(None if m is None else m if fresh else np.empty_like(m) for m in estimate)  # type: ignore[assignment]
+        out: Maps = tuple(None if m is None else np.empty_like(m) for m in estimate)  # type: ignore[assignment]
         depth_shown = np.empty(self.size, np.float32) if shown and frame.depth is not None else None
         self.samples = _Samples.like(mine)
         _blend(frame, estimate, out, (s, b), gain, depth_shown, self.output_units, self.samples)
@@ -635,7 +634,7 @@ def _blend(
     units: Tuple[float, float],
     samples: _Samples,
 ) -> None:
-    """out = estimate + gain * (frame - estimate), band by band (`out` may be `estimate`); the
+    """out = estimate + gain * (frame - estimate), band by band (`out`: new arrays); the
     frame's depth aligned, the foreground's step limited (MASK_STEP), normals renormalised,
     `shown` the depth in `units`, `samples` out's maps at the grid's pixels (taken
     while the band is in cache). A frame's map that holds NaN or infinity (which makes its band's
@@ -652,19 +651,21 @@ def _blend(
     def band(rows: slice) -> None:
         cells = slice(rows.start // GRID, -(-rows.stop // GRID))
         if depth is not None:
-            r = frame.depth[rows] * s  # type: ignore[index]
+            r = out[0][rows]  # type: ignore[index]
+            np.multiply(frame.depth[rows], s, out=r)  # type: ignore[index]
             r += b
             r -= depth[rows]
             if not np.isfinite(r.sum()):
                 broken.append("depth")
             r *= k.band(rows)
-            np.add(depth[rows], r, out=out[0][rows])  # type: ignore[index]
-            samples.depth[cells] = out[0][rows][::GRID, ::GRID]  # type: ignore[index]
+            r += depth[rows]
+            samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
             if shown is not None:
-                np.multiply(out[0][rows], np.float32(units[0]), out=shown[rows])  # type: ignore[index]
+                np.multiply(r, np.float32(units[0]), out=shown[rows])
                 shown[rows] += np.float32(units[1])
         if foreground is not None:
-            r = frame.foreground[rows] - foreground[rows]  # type: ignore[index]
+            r = out[2][rows]  # type: ignore[index]
+            np.subtract(frame.foreground[rows], foreground[rows], out=r)  # type: ignore[index]
             if not np.isfinite(r.sum()):
                 broken.append("foreground")
             r *= k_fg.band(rows)  # type: ignore[union-attr]
@@ -672,15 +673,15 @@ def _blend(
             np.minimum(r, bound, out=r)
             np.negative(bound, out=bound)
             np.maximum(r, bound, out=r)
-            np.add(foreground[rows], r, out=out[2][rows])  # type: ignore[index]
-            samples.foreground[cells] = out[2][rows][::GRID, ::GRID]  # type: ignore[index]
+            r += foreground[rows]
+            samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
         if normal is not None:
             gains = k3.band(rows)  # type: ignore[union-attr]
             p = normal[rows].reshape(gains.shape)
-            n = frame.normal[rows].reshape(gains.shape) - p  # type: ignore[index]
-            n *= gains
             target = out[1][rows].reshape(gains.shape)  # type: ignore[index]
-            np.add(p, n, out=target)
+            np.subtract(frame.normal[rows].reshape(gains.shape), p, out=target)  # type: ignore[index]
+            target *= gains
+            target += p
             if not _normalise_rows(target, target):
                 broken.append("normal")
             samples.normal[cells] = out[1][rows][::GRID, ::GRID]  # type: ignore[index]
@@ -779,22 +780,17 @@ def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
     bases = [last if c is None else int(np.argmax(np.bincount(c.ravel()))) for c in choices]
     u0, u1 = (np.float32(v) for v in held[last].step.units)
     first = held[0]
-    h, w = first.image.shape[:2]
-    out: List[Optional[np.ndarray]] = [None if m is None else np.empty_like(m) for m in estimates[0]]
-
-    def band(rows: slice) -> None:
-        for index, target in enumerate(out):
-            source = estimates[bases[1 if index == 2 else 0]][index]
-            if target is None or source is None:
-                continue
-            if index == 0:
-                np.multiply(source[rows], u0, out=target[rows])
-                target[rows] += u1
-            else:
-                np.copyto(target[rows], source[rows])
-
-    for rows in _bands(h, w):
-        band(rows)
+    out: List[Optional[np.ndarray]] = []
+    for index in range(3):
+        source = estimates[bases[1 if index == 2 else 0]][index]
+        if source is None:
+            out.append(None)
+        elif index == 0:  # whole arrays: a copy and a scale run at memory speed, no banding needed
+            depth = np.multiply(source, u0)
+            depth += u1
+            out.append(depth)
+        else:
+            out.append(source.copy())
     for index, target in enumerate(out):
         choice, base = choices[1 if index == 2 else 0], bases[1 if index == 2 else 0]
         if target is None or choice is None:

@@ -255,7 +255,8 @@ def test_a_panning_camera_is_followed() -> None:
         pairs = list(zip(out, out[1:]))[4:]
         return float(np.mean([np.abs(b[key][:, :-step] - a[key][:, step:]).mean() for a, b in pairs]))
 
-    for mode, most in (("online", 1 / 3), ("offline", 1 / 5)):
+    # offline looks ahead only while the camera holds: in a pan it is its forward filter (weight 0.1)
+    for mode, most in (("online", 1 / 3), ("offline", 1 / 4)):
         followed = list(stabilize(iter(raw), mode=mode))
         fixed = list(stabilize(iter(raw), mode=mode, follow_camera=False))
         for key in ("normal", "foreground"):
