@@ -5,13 +5,13 @@ and maps moved with it.
 small grey images (the stabiliser's grid: each cell's mean) by Gauss-Newton from coarse to fine
 (Lucas-Kanade on a 2x pyramid), Huber-weighted so that what moves in the scene (a person's arms)
 does not pull the fit. `plan_warp` then brings full-size maps from the previous frame onto the
-current one by the nearest pixel: a bilinear warp of the five channels of depth, normals and mask
-costs about three times as much at 1280x720 (`benchmarks/video_stability.py --profile` shows the
-stages), and the flicker the stabiliser leaves while the camera moves is the same either way (the
-blend of edges that moved by a pixel or two is wider than any one frame's, whatever the warp). A
+current one by the nearest pixel: a bilinear warp of depth, normals and mask costs several more
+passes over each map, and measured no less flicker on the stability benchmark's pan and zoom (the
+blend of edges that jump by a pixel or two is wider than any one frame's, whatever the warp). A
 shift's rounding is carried from frame to frame, so whole-pixel shifts add up to the camera's path.
 Rotation about the view axis and perspective are not modelled: what they move is left to the
-stabiliser's motion test.
+stabiliser's motion test. numpy only (OpenCV is not a dependency), and no matrix products: numpy's
+BLAS may start threads for one, which then spin on the other core.
 """
 
 from __future__ import annotations
@@ -177,10 +177,14 @@ def estimate_motion(
     their pixels; `previous` warped onto `current`; where that is defined (bool). A motion whose
     largest displacement stays under `still` pixels is STILL (`previous` as it is, None): then
     the finest level is not fitted when the next coarser one already finds the camera still.
-    A texture that repeats, or that the coarse levels cannot resolve, can lead the coarse-to-fine
-    fit astray: where it finds the camera moving, unlike `guess` (the previous frame's motion: a
-    camera moves smoothly), the level above the finest also fits from no motion and from `guess`,
-    and the fit that brings `previous` closest to `current` there goes on."""
+
+    A camera moves smoothly: with a `guess` (the previous frame's motion) the fit starts from it
+    on the level above the finest and goes on from there where it stays within half a pixel of it
+    and brings `previous` closer to `current` than no motion does. Otherwise it runs coarse to fine
+    from no motion; a texture that repeats, or
+    that the coarse levels cannot resolve, can lead that astray, so where it finds the camera
+    moving, unlike `guess`, that level also fits from no motion and from `guess`, and the fit that
+    brings `previous` closest to `current` goes on."""
     pyramid: List[Tuple[np.ndarray, np.ndarray, Tuple[float, float]]] = []
     centre = ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0)
     p, c = previous, current
@@ -190,14 +194,20 @@ def estimate_motion(
             break
         p, c = _down(p), _down(c)
         centre = ((centre[0] - 0.5) / 2.0, (centre[1] - 0.5) / 2.0)  # the same point, a level down
-    motion = STILL
     compare = min(1, len(pyramid) - 1)  # where the guess competes
-    for level in range(len(pyramid) - 1, -1, -1):
+    top, motion = len(pyramid) - 1, STILL
+    if guess != STILL:
+        p, c, centre = pyramid[compare]
+        expected = guess.scaled(0.5**compare)
+        followed = _fit_level(p, c, expected, centre, STEPS, compare == 0)
+        if _apart(followed, expected, c.shape) < 0.5 and _cost(p, c, followed, centre) <= _cost(p, c, STILL, centre):
+            top, motion = compare - 1, followed.scaled(2.0 if compare else 1.0)
+    for level in range(top, -1, -1):
         p, c, centre = pyramid[level]
         if level == 0 and len(pyramid) > 1 and motion.largest(c.shape) < still / 2:
             return STILL, previous, None  # the next coarser level found the camera still
         motion = _fit_level(p, c, motion, centre, FINE_STEPS if level == 0 else STEPS, level == 0)
-        if level == compare and motion.largest(c.shape) >= 0.5:
+        if level == compare and top > compare and motion.largest(c.shape) >= 0.5:
             expected = guess.scaled(0.5**level)
             if guess == STILL or _apart(motion, expected, c.shape) >= 0.5:  # no guess, or it disagrees
                 starts = [STILL] + ([expected] if guess != STILL else [])
@@ -223,6 +233,38 @@ class Warp:
     rows_inside: np.ndarray
     cols_inside: np.ndarray
     shift: Optional[Tuple[int, int]]
+
+    def band(self, a: np.ndarray, fill: np.ndarray, rows: slice) -> np.ndarray:
+        """Rows `rows` of `apply(a, fill)`, made on their own (a band of per-pixel work: the
+        moved estimate is never made whole)."""
+        h, w = a.shape[:2]
+        inside = self.rows_inside[rows]
+        if self.shift is not None and inside.all():
+            source = a[rows.start + self.shift[0] : rows.stop + self.shift[0]]
+        else:
+            source = a[self.rows[rows]]
+        if self.shift is None:
+            out = np.take(source, self.cols, axis=1)
+        else:
+            dx = self.shift[1]
+            out = np.empty(source.shape, a.dtype)
+            x0, x1 = max(0, -dx), min(w, w - dx)
+            if x0 < x1:
+                out[:, x0:x1] = source[:, x0 + dx : x1 + dx]
+        if not inside.all():
+            out[~inside] = fill[rows][~inside]
+        if not self.cols_inside.all():
+            out[:, ~self.cols_inside] = fill[rows][:, ~self.cols_inside]
+        return out
+
+    def samples(self, a: np.ndarray, fill: np.ndarray, step: int) -> np.ndarray:
+        """`apply(a, fill)[::step, ::step]`, made on its own."""
+        rows, cols = self.rows[::step], self.cols[::step]
+        out = a[np.ix_(rows, cols)]
+        outside = ~(self.rows_inside[::step][:, None] & self.cols_inside[::step][None, :])
+        if outside.any():
+            out[outside] = fill[::step, ::step][outside]
+        return out
 
     def apply(self, a: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """`a` (H, W[, C]) of the previous frame brought onto the current one (a new array); where the

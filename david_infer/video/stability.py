@@ -63,7 +63,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..errors import InputError
 from ..prediction import Prediction
-from .camera import STILL, Motion, estimate_motion, plan_warp
+from .camera import STILL, Motion, Warp, estimate_motion, plan_warp
 
 STABILIZE_MODES = ("online", "offline")
 #: the motion test's, the gains' and the alignment's grid: cells of GRID x GRID pixels
@@ -462,6 +462,28 @@ class _Samples:
         return all(m is None or np.isfinite(m.sum()) for m in (self.depth, self.normal, self.foreground))
 
 
+class _Estimate:
+    """The estimate's maps as the blend reads them: as they are, or moved with the camera band by
+    band (`Warp.band`: the moved maps are never made whole; what came into view: the frame's)."""
+
+    def __init__(self, maps: Maps, warp: Optional[Warp] = None, fill: Maps = (None, None, None)) -> None:
+        self.maps, self.warp, self.fill = maps, warp, fill
+
+    def band(self, index: int, rows: slice) -> Optional[np.ndarray]:
+        m = self.maps[index]
+        if m is None or self.warp is None:
+            return None if m is None else m[rows]
+        return self.warp.band(m, self.fill[index], rows)  # type: ignore[arg-type]
+
+    def samples(self) -> _Samples:
+        """The maps at the grid's pixels (moved)."""
+        depth, normal, foreground = (
+            None if m is None else np.ascontiguousarray(self.warp.samples(m, f, GRID))  # type: ignore[union-attr, arg-type]
+            for m, f in zip(self.maps, self.fill)
+        )
+        return _Samples(depth, normal, foreground)
+
+
 @dataclasses.dataclass
 class _Step:
     """The filter after one frame."""
@@ -513,20 +535,21 @@ class _Shot:
             self.motion = motion
         moving, everything = _image_motion(look.grey, previous, seen, self.opts.motion_threshold)
         self.look = look
-        estimate, prior, age = self.maps, self.gain, self.age
+        estimate, prior, age = _Estimate(self.maps), self.gain, self.age
+        theirs = self.samples
         if everything:
             self.carried = (0.0, 0.0)
         elif motion is not STILL:
             estimate, prior, age = self._follow(motion, frame)
+            theirs = estimate.samples()
         mine = _Samples.of(frame.maps)
-        theirs = self.samples if estimate is self.maps else _Samples.of(estimate)
         if not mine.finite():
             frame.check_finite()
         s, b = self._align(mine, theirs, moving, prior) if frame.depth is not None else (1.0, 0.0)
         self.alignment = (s, b)
         self.output_units = _leaky(self.output_units, (1.0 / s, -b / s))
         gain = self._gain(mine, theirs, s, b, moving, prior)
-        out: Maps = tuple(None if m is None else np.empty_like(m) for m in estimate)  # type: ignore[assignment]
+        out: Maps = tuple(None if m is None else np.empty_like(m) for m in self.maps)  # type: ignore[assignment]
         depth_shown = np.empty(self.size, np.float32) if shown and frame.depth is not None else None
         self.samples = _Samples.like(mine)
         _blend(frame, estimate, out, (s, b), gain, depth_shown, self.output_units, self.samples)
@@ -534,20 +557,17 @@ class _Shot:
         self.age = (1.0 - gain) * (age + 1.0)
         return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
 
-    def _follow(self, motion: Motion, frame: _Frame) -> Tuple[Maps, np.ndarray, np.ndarray]:
+    def _follow(self, motion: Motion, frame: _Frame) -> Tuple[_Estimate, np.ndarray, np.ndarray]:
         """The estimate, its gains and ages moved with the camera (new to the frame: the frame's own
         maps, gain 1, age 0)."""
         warp, self.carried = plan_warp(motion.scaled(GRID), self.size, self.centre, self.carried)
-        depth, normal, foreground = (
-            None if m is None or f is None else warp.apply(m, f) for m, f in zip(self.maps, frame.maps)
-        )
         cells, _ = plan_warp(motion, self.gain.shape[1:], self.grid_centre)
         ones = np.ones(self.gain.shape[1:], np.float32)
         prior = np.stack([cells.apply(g, ones) for g in self.gain])
         if warp.shift is None:  # a zoom's rounding is not carried: the estimate is that much less sure
             prior += np.float32(ZOOM_NOISE)
         age = np.stack([cells.apply(a, ones * 0) for a in self.age])
-        return (depth, normal, foreground), prior, age
+        return _Estimate(self.maps, warp, frame.maps), prior, age
 
     def _gain(
         self, mine: _Samples, theirs: _Samples, s: float, b: float, moving: np.ndarray, prior: np.ndarray
@@ -626,7 +646,7 @@ class _Shot:
 
 def _blend(
     frame: _Frame,
-    estimate: Maps,
+    estimate: _Estimate,
     out: Maps,
     alignment: Tuple[float, float],
     gain: np.ndarray,
@@ -640,7 +660,7 @@ def _blend(
     while the band is in cache). A frame's map that holds NaN or infinity (which makes its band's
     sum so) raises InputError, naming it."""
     h, w = frame.size
-    depth, normal, foreground = estimate
+    depth, normal, foreground = estimate.maps
     s, b = (np.float32(v) for v in alignment)
     k = _PixelGains(gain[0], w)
     k3 = _PixelGains(gain[0], w, 3) if normal is not None else None
@@ -651,21 +671,23 @@ def _blend(
     def band(rows: slice) -> None:
         cells = slice(rows.start // GRID, -(-rows.stop // GRID))
         if depth is not None:
+            before = estimate.band(0, rows)
             r = out[0][rows]  # type: ignore[index]
             np.multiply(frame.depth[rows], s, out=r)  # type: ignore[index]
             r += b
-            r -= depth[rows]
+            r -= before
             if not np.isfinite(r.sum()):
                 broken.append("depth")
             r *= k.band(rows)
-            r += depth[rows]
+            r += before
             samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
             if shown is not None:
                 np.multiply(r, np.float32(units[0]), out=shown[rows])
                 shown[rows] += np.float32(units[1])
         if foreground is not None:
+            before = estimate.band(2, rows)
             r = out[2][rows]  # type: ignore[index]
-            np.subtract(frame.foreground[rows], foreground[rows], out=r)  # type: ignore[index]
+            np.subtract(frame.foreground[rows], before, out=r)  # type: ignore[index, arg-type]
             if not np.isfinite(r.sum()):
                 broken.append("foreground")
             r *= k_fg.band(rows)  # type: ignore[union-attr]
@@ -673,11 +695,11 @@ def _blend(
             np.minimum(r, bound, out=r)
             np.negative(bound, out=bound)
             np.maximum(r, bound, out=r)
-            r += foreground[rows]
+            r += before
             samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
         if normal is not None:
             gains = k3.band(rows)  # type: ignore[union-attr]
-            p = normal[rows].reshape(gains.shape)
+            p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
             target = out[1][rows].reshape(gains.shape)  # type: ignore[index]
             np.subtract(frame.normal[rows].reshape(gains.shape), p, out=target)  # type: ignore[index]
             target *= gains
