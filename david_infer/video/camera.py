@@ -23,6 +23,8 @@ import numpy as np
 
 #: the coarsest pyramid level's smaller side, in pixels
 COARSEST = 12
+#: the smallest side (pixels) an image needs for a fit; smaller ones are taken as still
+SMALLEST = 6
 #: Gauss-Newton steps per pyramid level, and on the finest
 STEPS = 3
 FINE_STEPS = 1
@@ -176,7 +178,8 @@ def estimate_motion(
     """The camera's motion from `previous` to `current` (grey images of one size, float32), in
     their pixels; `previous` warped onto `current`; where that is defined (bool). A motion whose
     largest displacement stays under `still` pixels is STILL (`previous` as it is, None): then
-    the finest level is not fitted when the next coarser one already finds the camera still.
+    the finest level is not fitted when the next coarser one already finds the camera still;
+    images under SMALLEST pixels a side are too: there is too little to fit on.
 
     A camera moves smoothly: with a `guess` (the previous frame's motion) the fit starts from it
     on the level above the finest and goes on from there where it stays within half a pixel of it
@@ -185,6 +188,8 @@ def estimate_motion(
     that the coarse levels cannot resolve, can lead that astray, so where it finds the camera
     moving, unlike `guess`, that level also fits from no motion and from `guess`, and the fit that
     brings `previous` closest to `current` goes on."""
+    if min(current.shape) < SMALLEST:
+        return STILL, previous, None  # too small to fit a motion on
     pyramid: List[Tuple[np.ndarray, np.ndarray, Tuple[float, float]]] = []
     centre = ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0)
     p, c = previous, current

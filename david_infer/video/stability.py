@@ -9,9 +9,12 @@ between cuts), on a grid of GRID x GRID pixel cells:
    histogram of a frame (64 bins) differs from the previous frame's by more than `cut_threshold`
    (L1 distance, 0..2): the estimate starts again from that frame.
 2. The camera (`camera.estimate_motion`): a zoom and a shift (pan, tilt, shake) from the previous
-   frame's grey cells to this frame's, fitted coarse to fine and robustly; the running estimate
-   (maps, gains) is moved with it by the nearest pixel, so what follows compares and blends the
-   same points of the scene while the camera moves.
+   frame's grey cells to this frame's, fitted robustly, from the previous frame's motion where it
+   holds, else coarse to fine. The running estimate (maps, gains, ages) is moved with it by the
+   nearest pixel (the maps band by band as the blend reads them, `camera.Warp.band`), so what
+   follows compares and blends the same points of the scene while the camera moves; a shift's
+   rounding is carried to the next frame, a zoom's is not (the estimate's variance rises by
+   ZOOM_NOISE instead); what came into view takes the frame as it is.
 3. Motion in the scene, per cell: the cell's grey mean against the previous frame's moved by the
    camera, over what noise and a displacement of FLOW_CELLS would change (`motion_threshold` / 2
    grey levels plus FLOW_CELLS times the slope); where most textured cells moved, the camera's
@@ -49,7 +52,8 @@ What it cannot fix: an error the model makes the same way frame after frame (a w
 arm, a missed hand) stays; a global depth change the model cannot tell from its per-frame scale
 (the person walking towards the camera) is held to the running scale; rotation about the view
 axis and perspective (a camera that moves through the scene) are not compensated: what they move
-takes the new frame as it is.
+takes the new frame as it is; where the camera moves, offline has no frames after (its forward
+estimate only).
 """
 
 from __future__ import annotations

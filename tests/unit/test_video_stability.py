@@ -314,3 +314,13 @@ def test_offline_holds_its_lookahead_and_no_more() -> None:
     assert len(ahead) == 12 and max(ahead) == 3
     online = list(stabilize(iter(raw), mode="offline", lookahead=0))
     assert len(online) == 12 and _flicker(online, "normal") < _flicker(raw, "normal") / 3
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (50, 70)])
+def test_tiny_and_odd_sized_frames_with_a_moving_camera(size: Tuple[int, int]) -> None:
+    rng = np.random.default_rng(6)
+    raw = [_noisy_world(_world(size, shift=2 * t), rng) for t in range(6)]
+    for mode in ("online", "offline"):
+        out = list(stabilize(iter(raw), mode=mode, lookahead=3))
+        assert len(out) == 6 and all(o["depth"].shape == size and np.isfinite(o["depth"]).all() for o in out)
+        np.testing.assert_allclose(np.linalg.norm(np.stack([o["normal"] for o in out]), axis=-1), 1.0, atol=1e-3)
