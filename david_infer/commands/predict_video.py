@@ -35,8 +35,8 @@ from ..video.predict import STABILIZE_CHOICES
 
 #: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
 #: than the frames' own, holds no frames and costs the least; offline is steadier and more accurate
-#: still, but holds its lookahead (9 frames' maps: about 170 MB at 1280x720, 1.5 GB at 4K) and costs
-#: more per frame (docs/video.md, benchmarks/video_stability.py)
+#: still, but holds its lookahead (9 frames' maps and images: about 190 MB at 1280x720, 1.7 GB at
+#: 4K) and costs about 1.5x as much per frame (docs/video.md, benchmarks/video_stability.py)
 STABILIZE_DEFAULT = "online"
 
 #: the --save kinds that only clips have
@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=STABILIZE_CHOICES,
         default=STABILIZE_DEFAULT,
         help=f"steady the maps over time (default {STABILIZE_DEFAULT}): online blends each frame with the frames "
-        "before it; offline also with up to 8 after it (steadier, more accurate, about 1.4x the cost, 9 frames "
+        "before it; offline also with up to 8 after it (steadier, more accurate, about 1.5x the cost, 9 frames "
         "held in memory); none: each frame as predicted",
     )
     g.add_argument(
