@@ -434,8 +434,8 @@ class DavidRuntime:
 
         `stabilize`: None or "none" (each frame as predicted), "online" or "offline": the maps
         steadied over time by `david_infer.video.stabilize` (online: causal, each frame as it
-        comes, also for live iterables; offline: the whole clip first, smoother, spooled to a
-        temporary file); `stabilize_options`: a `david_infer.video.StabilizeOptions` or a dict
+        comes, also for live iterables; offline: each frame also with the frames after it,
+        smoother, yielded a few frames later); `stabilize_options`: a `david_infer.video.StabilizeOptions` or a dict
         of its fields.
 
         `refine`: as in `predict`; the regions are steadied over frames (`refine.RegionTracker`)

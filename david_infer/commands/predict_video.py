@@ -34,8 +34,9 @@ from ..outputs.clips import DEPTH_RANGES, VIDEO_KINDS, ClipOptions, check_encode
 from ..video.predict import STABILIZE_CHOICES
 
 #: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
-#: than the frames' own, within the per-frame cost goal; offline is steadier still at several times
-#: the cost and a disk spool (docs/video.md, benchmarks/video_stability.py)
+#: than the frames' own, holds no frames and costs the least; offline is steadier and more accurate
+#: still, but holds its lookahead (9 frames' maps and images: about 190 MB at 1280x720, 1.7 GB at
+#: 4K) and costs about 1.5x as much per frame (docs/video.md, benchmarks/video_stability.py)
 STABILIZE_DEFAULT = "online"
 
 #: the --save kinds that only clips have
@@ -63,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=STABILIZE_CHOICES,
         default=STABILIZE_DEFAULT,
         help=f"steady the maps over time (default {STABILIZE_DEFAULT}): online blends each frame with the frames "
-        "before it; offline also with those after it (steadier, slower, a temporary file of about 15 bytes "
-        "per pixel per frame beside the outputs); none: each frame as predicted",
+        "before it; offline also with up to 8 after it (steadier, more accurate, about 1.5x the cost, 9 frames "
+        "held in memory); none: each frame as predicted",
     )
     g.add_argument(
         "--video-preset",

@@ -24,11 +24,11 @@ which only widens (early frames may use less of the scale). Raw data (depth-npz)
 normalised.
 
 `ClipOptions.stabilize` ("none", "online", "offline"; `david_infer.video.stabilize`) steadies the
-maps over time before anything is drawn or written; offline spools the clip's maps to a temporary
-beside the outputs first (about 15 bytes per pixel per frame), then the frames come out in order
-as in one pass. The completion record notes the mode. With the runtime's `refine` (the second
-pass per person, its regions steadied over frames: `david_infer.refine`), the record's `results`
-count the clip's regions by what became of them, and the vis video outlines them.
+maps over time before anything is drawn or written; offline holds a few frames (its lookahead) in
+memory and yields each frame that many frames later, in order. The completion record notes the
+mode. With the runtime's `refine` (the second pass per person, its regions steadied over frames:
+`david_infer.refine`), the record's `results` count the clip's regions by what became of them, and
+the vis video outlines them.
 
 `write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
 temporaries renamed into place at the end with the completion record last; a clip that stops
@@ -441,15 +441,12 @@ def write_clip(
     source = source if source is not None else Source.before_read(info.path)
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
     background = _Background(outputs.add, 2 * opts.batch_size)
-    spool: Optional[Path] = None
     try:
         reader = FrameReader(info, opts.frames, opts.max_side)
         predicted: Iterator[Tuple[Any, Any]] = predict_frames(runtime, reader, opts.batch_size)
         if opts.stabilize != "none":
-            if opts.stabilize == "offline":
-                spool = outputs.set.temporary(outputs.set.by_kind[opts.kinds[0]][0])
             timing = ((_timing(frame), pred) for frame, pred in predicted)  # offline holds these: no pixels
-            predicted = stabilize_pairs(timing, opts.stabilize, spool=spool)
+            predicted = stabilize_pairs(timing, opts.stabilize)
         for frame, pred in predicted:
             background.put(frame, pred)
         background.close()
@@ -463,9 +460,6 @@ def write_clip(
         background.close(cancel=True)
         outputs.abort()
         raise
-    finally:
-        if spool is not None:
-            spool.unlink(missing_ok=True)
     return len(outputs.meta), None if stopped is None else str(stopped)
 
 

@@ -3,8 +3,8 @@
 I/O: `probe` (what a clip holds, `VideoInfo`), `decode` (frame selection, `read_frames`),
 `encode` (`VideoWriter`, `NpyStackWriter`); `predict` runs frames through `DavidRuntime.imap`;
 `render` draws what the output videos show; `stability` steadies a clip's maps over time
-(`stabilize`). `av` is imported when a function is called, never
-by `import david_infer`.
+(`stabilize`), following the camera's zoom and shift (`camera`). `av` is imported when a function
+is called, never by `import david_infer`.
 """
 
 from .decode import Frame, FrameReader, FrameSelection, VideoDecodeError, read_frames

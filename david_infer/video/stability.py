@@ -3,69 +3,95 @@
 DAViD predicts each frame on its own: a relative depth with its own scale and shift per frame,
 and maps whose small errors change from frame to frame. `stabilize(predictions, mode)` turns a
 clip's per-frame predictions into a steady sequence, without any training, per shot (the frames
-between cuts):
+between cuts), on a grid of GRID x GRID pixel cells:
 
 1. Cuts. A shot begins at the first frame, at a frame of another size, and where the coarse colour
    histogram of a frame (64 bins) differs from the previous frame's by more than `cut_threshold`
    (L1 distance, 0..2): the estimate starts again from that frame.
-2. Depth alignment. Each frame's depth is mapped by one scale and shift onto the running
-   estimate, solved on a grid of every 4th pixel inside both foregrounds where nothing moved (the
-   alignment DAViD's authors evaluate with), Huber-weighted, as a Deming fit: the estimate is less
-   noisy than a frame, and plain least squares would shrink the scale a little in every frame,
-   compounding. Fallbacks, in order: too few such pixels (or too little correlation), the
+2. The camera (`camera.estimate_motion`): a zoom and a shift (pan, tilt, shake) from the previous
+   frame's grey cells to this frame's, fitted robustly, from the previous frame's motion where it
+   holds, else coarse to fine. The running estimate (maps, gains, ages) is moved with it by the
+   nearest pixel (the maps band by band as the blend reads them, `camera.Warp.band`), so what
+   follows compares and blends the same points of the scene while the camera moves; a shift's
+   rounding is carried to the next frame, a zoom's is not (the estimate's variance rises by
+   ZOOM_NOISE instead); what came into view takes the frame as it is.
+3. Motion in the scene, per cell: the cell's grey mean against the previous frame's moved by the
+   camera, over what noise and a displacement of FLOW_CELLS would change (`motion_threshold` / 2
+   grey levels plus FLOW_CELLS times the slope); where most textured cells moved, the camera's
+   fit failed and the whole frame counts as moved. Beside it, a cell whose mask flipped (beyond
+   MASK_FLIP: a limb moved across a background of its own colour) moved; spread by one cell (the
+   mask's to the four neighbours). And inside the person (the foreground in both), a cell whose
+   depth (after alignment) or normals changed by more than `gate` times the frame's robust noise
+   moved too (a limb of one flat colour shows no change inside in the image, but its maps do).
+4. Depth alignment. Each frame's depth is mapped by one scale and shift onto the running
+   estimate, solved on the grid's pixels inside both foregrounds where nothing moved (the
+   alignment DAViD's authors evaluate with), Huber-weighted, as a Deming fit: the estimate is
+   less noisy than a frame, and plain least squares would shrink the scale a little in every
+   frame, compounding. Fallbacks, in order: too few such pixels (or too little correlation), the
    foreground's median and interquartile range; no foreground (an empty or absent mask), the whole
    frame's; a scale not positive or over MAX_SCALE_STEP from the previous frame's, the next
-   fallback, at last the previous frame's alignment. The output's depth units are a leaky
-   average of the frames' own (UNITS_WEIGHT; offline run both ways), so they cannot drift.
-3. Motion, per grid cell: the grey image (box-blurred) against the previous frame's, a change over
-   `motion_threshold` grey levels or, on texture, a displacement over about a pixel (normal flow);
-   when most textured cells moved, the camera did and the whole frame counts as moved. Spread by
-   one cell (the foreground's to the four neighbours). Beside it, a cell whose map changed by more
-   than `gate` times the frame's robust noise (depth after alignment; normals by angle) counts as
-   moved: a moving limb of one flat colour shows no change inside in the image, but its maps do.
-4. A recursive filter per pixel (a Kalman filter on a random walk, its gain per grid cell): a
+   fallback, at last the previous frame's alignment. The output's depth units are a leaky average
+   of the frames' own (UNITS_WEIGHT), so they cannot drift.
+5. A recursive filter per pixel (a Kalman filter on a random walk, its gain per grid cell): a
    cell that moved takes the new frame as it is (gain 1), so moving limbs do not smear; where
-   nothing moved the gain falls as frames accumulate (1, 1/2, 1/3, ...) down to `frame_weight`
-   (the foreground's to FOREGROUND_WEIGHT of it). Depth and foreground are blended linearly,
-   normals likewise and renormalised (unit length).
+   nothing moved the gain falls as frames accumulate (1, 1/2, 1/3, ...) down to the frame weight
+   (the foreground's to FOREGROUND_WEIGHT of it). Depth and foreground are blended linearly (the
+   foreground's step limited to MASK_STEP * gain / (1 - gain): a robust update, an edge that
+   jumps by a pixel or two in one frame moves the estimate by a bounded step), normals likewise
+   and renormalised (unit length).
 
-`online`: causal, the filter's estimate is each frame's output (no latency; memory: the estimate,
-a few frames' worth). `offline`: the forward pass writes its estimate and gains to a temporary
-file (`spool_dir`), a backward pass (Rauch-Tung-Striebel) folds the later frames into each frame,
-the last pass yields: each frame gets the frames after it too, and memory stays bounded whatever
-the clip's length (disk: about 15 bytes per pixel per frame).
+`online`: causal, the filter's estimate (weight `frame_weight`) is each frame's output, with no
+latency; memory: the estimate. `offline`: a fixed-lag smoother. The filter runs with a smaller
+weight (`offline_weight`), and frame t's output takes, per cell, the estimate of a later frame
+t + j (j up to `lookahead`): the latest whose frames are centred on t, up to LEAD frames after it
+(the estimate's mean age, tracked per cell, against j), and never one from after that cell moved,
+after the camera moved or after the shot ended. Each frame gets the frames after it as well as
+those before; memory holds lookahead + 1 frames' estimates, whatever the clip's length.
 
 What it cannot fix: an error the model makes the same way frame after frame (a wrong depth of an
 arm, a missed hand) stays; a global depth change the model cannot tell from its per-frame scale
-(the person walking towards the camera) is held to the running scale; while the camera moves
-nothing is blended (no motion compensation), only the depth aligned.
+(the person walking towards the camera) is held to the running scale; rotation about the view
+axis and perspective (a camera that moves through the scene) are not compensated: what they move
+takes the new frame as it is; where the camera moves, offline has no frames after (its forward
+estimate only).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
-from .._arrays import row_bands
 from ..errors import InputError
 from ..prediction import Prediction
+from ..tasks import TASKS
+from .camera import STILL, Motion, Warp, estimate_motion, plan_warp
 
 STABILIZE_MODES = ("online", "offline")
-#: the motion test's and the alignment's grid: every GRID-th pixel in each direction
+#: the motion test's, the gains' and the alignment's grid: cells of GRID x GRID pixels
 GRID = 4
 #: fewest grid pixels a least-squares depth alignment is solved on
 MIN_ALIGN_PIXELS = 24
-#: the foreground's settled weight of a new frame, as a share of `frame_weight` (its flicker is at
+#: the foreground's settled weight of a new frame, as a share of the frame weight (its flicker is at
 #: the edges, which move by a pixel or two from frame to frame; its accuracy gains from more frames)
 FOREGROUND_WEIGHT = 0.3
-#: the share of the textured grid cells whose normal flow marks motion from which the whole frame
-#: counts as moved (the camera moves; without motion compensation nothing can be blended)
+#: the most a foreground update moves the estimate, times gain / (1 - gain) (a robust update)
+MASK_STEP = 0.2
+#: the change of the mask (0..1) at a cell's pixel from which the cell starts to count as moved
+#: (fully at 1): above what an edge that moved by a pixel or two changes
+MASK_FLIP = 0.75
+#: the share of the textured grid cells that moved from which the whole frame counts as moved
+#: (the camera's fit failed: a roll, a jolt, motion blur)
 CAMERA_MOVES = 0.5
+#: the variance (in a frame's noise) a zoom's nearest-pixel warp adds to the estimate's
+ZOOM_NOISE = 0.2
+#: the camera's displacement (pixels) anywhere in the frame below which it stood still
+CAMERA_STILL = 0.25
+#: the displacement (grid cells) from which the motion test marks a cell as moved (fully at twice it)
+FLOW_CELLS = 0.2
 #: the most grid pixels an alignment or a noise estimate reads
 FIT_PIXELS = 8192
 #: the least correlation of a frame's depth with the estimate's on the still pixels for a fit
@@ -75,39 +101,52 @@ MAX_SCALE_STEP = 2.0
 #: the weight of a frame's own depth units in the output's (a leaky average: the estimate's units,
 #: chained from frame to frame, may drift; the output's follow the frames' over about 1 / this)
 UNITS_WEIGHT = 0.05
-#: the displacement (grid cells) where the normal-flow test starts to mark motion
-FLOW_CELLS = 0.2
+#: offline: a cell's gain from which it counts as moved (no later frame's estimate used for it)
+MOVED_GAIN = 0.5
+#: offline: how far (frames) the centre of the estimate a frame takes may lie after that frame
+LEAD = 1.0
+#: pixels of one band of per-pixel work (bounds the temporaries and keeps them in cache)
+BAND_PIXELS = 1 << 15
 _MAPS = ("depth", "normal", "foreground")
-_ONE3 = np.ones(3, np.float32)
+Maps = Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
 class StabilizeOptions:
     """How `stabilize` works (see the module docstring).
 
-    frame_weight: the weight of a new frame where nothing moved, once the estimate is settled
-        (0 < w <= 1; 1: no smoothing, the depth is still aligned). Smaller: steadier, slower to
-        follow slow changes the motion test lets through.
-    motion_threshold: grey levels (0..255) of change in the blurred image that mark motion.
+    frame_weight: online, the weight of a new frame where nothing moved, once the estimate is
+        settled (0 < w <= 1; 1: no smoothing, the depth is still aligned). Smaller: steadier,
+        slower to follow slow changes the motion test lets through.
+    offline_weight: the same for offline mode (its lookahead centres the estimate on each frame).
+    lookahead: offline, the most frames after a frame whose estimate its output may take (memory
+        holds lookahead + 1 frames' maps; about (1 - offline_weight) / offline_weight uses it all).
+    motion_threshold: grey levels (0..255) of change in a flat patch that mark motion.
     gate: a map change beyond this many robust noise units (of the frame's own noise) marks motion.
     cut_threshold: colour-histogram distance (0..2) from the previous frame that starts a new shot.
     align_depth: map each frame's depth onto the estimate by scale and shift (False: as predicted).
-    spool_dir: offline mode's temporary file goes here (default: the system's temporary folder).
+    follow_camera: move the estimate with the camera's zoom and shift (False: while the camera
+        moves, the motion test sees motion nearly everywhere and little is blended).
     """
 
     frame_weight: float = 0.2
+    offline_weight: float = 0.1
+    lookahead: int = 8
     motion_threshold: float = 4.0
     gate: float = 3.0
     cut_threshold: float = 0.5
     align_depth: bool = True
-    spool_dir: Optional[str] = None
+    follow_camera: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.frame_weight <= 1.0:
-            raise InputError(f"frame_weight must be in (0, 1], got {self.frame_weight}")
+        for name in ("frame_weight", "offline_weight"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         for name in ("motion_threshold", "gate", "cut_threshold"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 0 <= self.lookahead <= 100:
+            raise InputError(f"lookahead must be a whole number of frames in 0..100, got {self.lookahead!r}")
 
     @classmethod
     def from_keywords(cls, options: Mapping[str, Any]) -> "StabilizeOptions":
@@ -123,13 +162,13 @@ def stabilize(frames: Iterable[Any], mode: str = "online", **options: Any) -> It
 
     frames: `Prediction`s (as `DavidRuntime.predict`/`predict_video` give them) or mappings with
         `depth` (H, W), `normal` (H, W, 3), `foreground` (H, W) float32 and `image` (H, W, 3)
-        uint8 (the frame; the motion test reads it); a map that is None or absent is left out.
-        A live source works in online mode: any iterator, read one frame at a time.
+        uint8 (the frame; the camera and motion tests read it); a map that is None or absent is
+        left out. A live source works in online mode: any iterator, read one frame at a time.
     mode: "online" (causal: each output as soon as its frame is in; for live streams) or
-        "offline" (the whole clip first, then every frame smoothed with the frames before and
-        after it; two passes over a temporary file, memory bounded).
-    options: fields of `StabilizeOptions` (frame_weight, motion_threshold, gate, cut_threshold,
-        align_depth, spool_dir).
+        "offline" (each frame smoothed with frames before and after it: its output comes up to
+        `lookahead` frames later; memory bounded).
+    options: fields of `StabilizeOptions` (frame_weight, offline_weight, lookahead,
+        motion_threshold, gate, cut_threshold, align_depth, follow_camera).
 
     Yields a `Prediction` (same image and `depth_inverse`) for a `Prediction`, a new dict with the
     maps replaced for a mapping (its other entries kept). InputError, naming the frame, for a
@@ -142,18 +181,14 @@ def stabilize(frames: Iterable[Any], mode: str = "online", **options: Any) -> It
 
 
 def stabilize_pairs(
-    pairs: Iterable[Tuple[Any, Any]],
-    mode: str,
-    options: Optional[StabilizeOptions] = None,
-    spool: Optional[Path] = None,
+    pairs: Iterable[Tuple[Any, Any]], mode: str, options: Optional[StabilizeOptions] = None
 ) -> Iterator[Tuple[Any, Any]]:
     """`stabilize` on (tag, prediction) pairs; each tag comes back with its frame (offline mode
-    keeps the tags in memory until the end: keep them small). `spool`: offline mode's temporary
-    file (an existing file, rewritten and removed at the end), instead of one in `spool_dir`."""
+    holds lookahead + 1 of them)."""
     if mode not in STABILIZE_MODES:
         raise InputError(f"stabilize: mode must be one of {', '.join(STABILIZE_MODES)}, got {mode!r}")
     opts = options or StabilizeOptions()
-    return _online(pairs, opts) if mode == "online" else _offline(pairs, opts, spool)
+    return _online(pairs, opts) if mode == "online" else _offline(pairs, opts)
 
 
 # ------------------------------------------------------------------------------------ frames
@@ -161,7 +196,7 @@ def stabilize_pairs(
 
 @dataclasses.dataclass
 class _Frame:
-    """One input's maps, checked: float32, finite, one size."""
+    """One input's maps, checked for shape (float32, one size; finiteness where they are read)."""
 
     index: int
     depth: Optional[np.ndarray]
@@ -174,8 +209,22 @@ class _Frame:
         return (int(self.image.shape[0]), int(self.image.shape[1]))
 
     @property
+    def maps(self) -> Maps:
+        return (self.depth, self.normal, self.foreground)
+
+    @property
     def tasks(self) -> Tuple[bool, bool, bool]:
         return (self.depth is not None, self.normal is not None, self.foreground is not None)
+
+    def check_finite(self, names: Iterable[str] = _MAPS) -> None:
+        """InputError for the first of the maps `names` that holds NaN or infinity."""
+        for name in names:
+            a = getattr(self, name)
+            if a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all():  # NaN, inf: so is the sum
+                raise InputError(
+                    f"stabilize: frame {self.index}: {name} holds NaN or infinity; a broken model output cannot "
+                    f"be stabilised"
+                )
 
 
 def _field(item: Any, name: str) -> Any:
@@ -210,16 +259,11 @@ def _read(item: Any, index: int) -> _Frame:
                 f"stabilize: frame {index}: {name} must be {'x'.join(map(str, want))} numbers like its image, "
                 f"got {a.shape} {a.dtype}"
             )
-        a = a.astype(np.float32, copy=False)
-        if not np.isfinite(a.sum()) and not np.isfinite(a).all():  # a NaN or inf makes the sum so
-            raise InputError(
-                f"stabilize: frame {index}: {name} holds NaN or infinity; a broken model output cannot be stabilised"
-            )
-        maps[name] = a
+        maps[name] = np.ascontiguousarray(a, np.float32)
     return _Frame(index, maps["depth"], maps["normal"], maps["foreground"], image)
 
 
-def _rebuild(item: Any, maps: Tuple[Optional[np.ndarray], ...], image: np.ndarray) -> Any:
+def _rebuild(item: Any, maps: Maps, image: np.ndarray) -> Any:
     depth, normal, foreground = maps
     if isinstance(item, Prediction):
         return Prediction(image, depth, normal, foreground, item.depth_inverse, item.regions)
@@ -231,25 +275,48 @@ def _rebuild(item: Any, maps: Tuple[Optional[np.ndarray], ...], image: np.ndarra
     return out
 
 
-# ------------------------------------------------------------------------------ image tests
+# ------------------------------------------------------------------------------ the grid
 
 
-def _grid_image(image: np.ndarray) -> np.ndarray:
-    """The frame on the grid (every GRID-th pixel), uint8 (h, w, 3)."""
-    return image[::GRID, ::GRID]
+def _grid_shape(size: Tuple[int, int]) -> Tuple[int, int]:
+    return (-(-size[0] // GRID), -(-size[1] // GRID))
 
 
-def _grey(grid: np.ndarray) -> np.ndarray:
-    """Grey levels on the grid, 3x3 box-blurred (sensor and coding noise out of the motion test)."""
-    g = grid.astype(np.float32) @ np.full(3, 1.0 / 3.0, np.float32)
-    p = np.pad(g, 1, mode="edge")
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1.0 / 9.0)
+@dataclasses.dataclass
+class _Look:
+    """What the tests read of a frame's image: each grid cell's grey mean, and the colours."""
+
+    grey: np.ndarray  # (gh, gw) float32, 0..255
+    histogram: np.ndarray  # 64 bins summing to 1
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> "_Look":
+        return cls(_cell_grey(image), _histogram(image[:: 2 * GRID, :: 2 * GRID]))
 
 
-def _histogram(grid: np.ndarray) -> np.ndarray:
-    """The colour histogram on every other grid pixel: 4 levels per channel, 64 bins, summing to 1."""
-    q = grid[::2, ::2] >> 6
+def _cell_grey(image: np.ndarray) -> np.ndarray:
+    """Each grid cell's grey mean over every other row of it (a box filter, so the camera's fit
+    sees no aliasing; half the rows halve the cost), float32; the cells of a partial last row or
+    column repeat their neighbours'."""
+    h, w = image.shape[0] // GRID * GRID, image.shape[1] // GRID * GRID
+    if not h or not w:
+        grey = image[::GRID, ::GRID].mean(axis=2, dtype=np.float32)
+    else:
+        rows = image[1:h:GRID, :w].astype(np.uint16)
+        for r in range(3, GRID, 2):
+            rows += image[r:h:GRID, :w]
+        sums = rows.reshape(h // GRID, w // GRID, GRID * 3).sum(axis=2, dtype=np.uint32)
+        grey = sums.astype(np.float32)
+        grey *= np.float32(1.0 / (3 * GRID * len(range(1, GRID, 2))))
+    gh, gw = _grid_shape(image.shape[:2])
+    if grey.shape != (gh, gw):
+        grey = np.pad(grey, ((0, gh - grey.shape[0]), (0, gw - grey.shape[1])), mode="edge")
+    return grey
+
+
+def _histogram(samples: np.ndarray) -> np.ndarray:
+    """The colour histogram of sampled pixels: 4 levels per channel, 64 bins, summing to 1."""
+    q = samples >> 6
     bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
     h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
     return h / max(1.0, h.sum())
@@ -264,32 +331,72 @@ def _dilate(m: np.ndarray, cross: bool = False) -> np.ndarray:
     return np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
 
-def _image_motion(grey: np.ndarray, previous: np.ndarray, threshold: float) -> np.ndarray:
-    """Motion in [0, 1] on the grid, the larger of two tests, spread by one grid cell: the change
-    (0 below `threshold` grey levels, 1 from twice that), and where the image has an edge or
-    texture, the displacement the change implies (normal flow: change over gradient; 0 below a
-    fifth of a grid cell, 1 from two fifths), which sees a slow pan that changes little. When most
-    textured cells moved, the camera did: the whole frame counts as moved."""
+def _image_motion(
+    grey: np.ndarray, previous: np.ndarray, seen: Optional[np.ndarray], threshold: float
+) -> Tuple[np.ndarray, bool]:
+    """(motion in [0, 1] per cell, whether the whole frame moved). A cell's grey change against
+    `previous` (the previous frame's, moved by the camera; `seen`: where that is defined, elsewhere
+    new to the frame: moved) over what noise and a displacement of FLOW_CELLS would change
+    (`threshold` / 2 grey levels plus FLOW_CELLS times the slope: a flat patch moves by its change,
+    an edge or texture by the displacement the change implies): 0 up to that, 1 from twice it.
+    When most textured cells moved, the camera's fit failed: the whole frame moved."""
     change = np.abs(grey - previous)
     p = np.pad((grey + previous) * np.float32(0.5), 1, mode="edge")
-    gradient = np.abs(p[1:-1, 2:] - p[1:-1, :-2]) + np.abs(p[2:, 1:-1] - p[:-2, 1:-1])  # twice the slope
-    flow = np.maximum(change - np.float32(threshold / 4), 0.0)
-    flow /= np.maximum(gradient, np.float32(1.5 * threshold))  # grid cells x 2; flat: no test
-    flow *= np.float32(2.0 / FLOW_CELLS)
-    textured = gradient >= np.float32(1.5 * threshold)
-    if np.count_nonzero(textured) and np.count_nonzero(flow[textured] >= 1.0) > CAMERA_MOVES * np.count_nonzero(
-        textured
-    ):
-        return np.ones_like(change)  # the camera moves (pan, zoom, shake): every pixel moved
-    change *= np.float32(1.0 / threshold)
-    np.maximum(change, flow, out=change)
+    slope = np.abs(p[1:-1, 2:] - p[1:-1, :-2])  # twice the L1 slope per cell
+    slope += np.abs(p[2:, 1:-1] - p[:-2, 1:-1])
+    allow = slope * np.float32(FLOW_CELLS / 2)
+    allow += np.float32(threshold / 2)
+    change /= allow
     change -= 1.0
-    return np.clip(change, 0.0, 1.0, out=change)
+    np.clip(change, 0.0, 1.0, out=change)
+    textured = slope >= np.float32(2 * threshold)
+    if seen is not None:
+        change[~seen] = 1.0
+        textured &= seen
+    count = np.count_nonzero(textured)
+    if count and np.count_nonzero(change[textured] >= 0.5) > CAMERA_MOVES * count:
+        return np.ones_like(change), True
+    return change, False
 
 
-def _full_size(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """A grid map at the frame's size (each grid value over its GRID x GRID cell)."""
-    return np.repeat(np.repeat(grid, GRID, axis=0), GRID, axis=1)[: size[0], : size[1]]
+def _bands(height: int, width: int) -> Iterator[slice]:
+    """Row bands of about BAND_PIXELS pixels, each a whole number of grid rows."""
+    step = max(1, BAND_PIXELS // max(1, width) // GRID) * GRID
+    for top in range(0, height, step):
+        yield slice(top, min(height, top + step))
+
+
+class _PixelGains:
+    """A grid of per-cell values spread over the pixels band by band (each cell's value on its
+    GRID x GRID pixels), as rows of `channels` interleaved values (a band of (H, W, 3) normals is
+    viewed as (rows, 3 W))."""
+
+    def __init__(self, grid: np.ndarray, width: int, channels: int = 1) -> None:
+        self.columns = np.repeat(grid, GRID * channels, axis=1)[:, : width * channels]
+
+    def band(self, rows: slice) -> np.ndarray:
+        cells = self.columns[rows.start // GRID : -(-rows.stop // GRID)]
+        return np.repeat(cells, GRID, axis=0)[: rows.stop - rows.start]
+
+
+def _squared_norms(n: np.ndarray) -> np.ndarray:
+    """x^2 + y^2 + z^2 of rows of xyz (rows, 3 w): (rows, w). (No matrix product: numpy's BLAS
+    may start threads for one, which spin on the second core after it.)"""
+    q = n * n
+    out = q[:, 0::3] + q[:, 1::3]
+    out += q[:, 2::3]
+    return out
+
+
+def _normalise_rows(n: np.ndarray, out: np.ndarray) -> bool:
+    """Rows of xyz (rows, 3 w) to unit length into `out` (which may be `n`); whether all were finite."""
+    sq = _squared_norms(n)
+    finite = bool(np.isfinite(sq.sum()))
+    np.sqrt(sq, out=sq)
+    np.maximum(sq, np.float32(TASKS["normal"].unit_eps or 0.0), out=sq)  # the table's floor
+    np.divide(np.float32(1.0), sq, out=sq)
+    np.multiply(n, np.repeat(sq, 3, axis=1), out=out)
+    return finite
 
 
 # ------------------------------------------------------------------------------ depth alignment
@@ -335,177 +442,287 @@ def _match_spread(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
 # ------------------------------------------------------------------------------ the filter
 
 
+@dataclasses.dataclass
+class _Samples:
+    """A frame's or the estimate's maps at the grid's pixels (every GRID-th row and column)."""
+
+    depth: Optional[np.ndarray]
+    normal: Optional[np.ndarray]
+    foreground: Optional[np.ndarray]
+
+    @classmethod
+    def of(cls, maps: Maps) -> "_Samples":
+        depth, normal, foreground = (None if m is None else np.ascontiguousarray(m[::GRID, ::GRID]) for m in maps)
+        return cls(depth, normal, foreground)
+
+    @classmethod
+    def like(cls, samples: "_Samples") -> "_Samples":
+        """Empty arrays of the same shapes (for `_blend` to fill)."""
+        depth, normal, foreground = (
+            None if m is None else np.empty_like(m) for m in (samples.depth, samples.normal, samples.foreground)
+        )
+        return cls(depth, normal, foreground)
+
+    def finite(self) -> bool:
+        return all(m is None or np.isfinite(m.sum()) for m in (self.depth, self.normal, self.foreground))
+
+
+class _Estimate:
+    """The estimate's maps as the blend reads them: as they are, or moved with the camera band by
+    band (`Warp.band`: the moved maps are never made whole; what came into view: the frame's)."""
+
+    def __init__(self, maps: Maps, warp: Optional[Warp] = None, fill: Maps = (None, None, None)) -> None:
+        self.maps, self.warp, self.fill = maps, warp, fill
+
+    def band(self, index: int, rows: slice) -> Optional[np.ndarray]:
+        m = self.maps[index]
+        if m is None or self.warp is None:
+            return None if m is None else m[rows]
+        return self.warp.band(m, self.fill[index], rows)  # type: ignore[arg-type]
+
+    def samples(self) -> _Samples:
+        """The maps at the grid's pixels (moved)."""
+        depth, normal, foreground = (
+            None if m is None else np.ascontiguousarray(self.warp.samples(m, f, GRID))  # type: ignore[union-attr, arg-type]
+            for m, f in zip(self.maps, self.fill)
+        )
+        return _Samples(depth, normal, foreground)
+
+
+@dataclasses.dataclass
+class _Step:
+    """The filter after one frame."""
+
+    maps: Maps  # the estimate (new arrays, never written again)
+    gain: np.ndarray  # (2, gh, gw): the gain of depth and normals [0] and of the foreground [1]
+    age: np.ndarray  # (2, gh, gw): the mean age (frames) of what the estimate holds, per cell
+    began: bool  # the frame began a shot (taken as it is)
+    camera_moved: bool  # the estimate was moved with the camera (or replaced: everything moved)
+    units: Tuple[float, float]  # the estimate's depth to the output's: scale, shift
+    shown: Optional[np.ndarray] = None  # with `shown`: the depth in the output's units
+
+
 class _Shot:
-    """The running estimate of one shot: the maps, the gain per grid cell (the filter's variance
-    in units of a frame's noise), the previous frame's grey grid and histogram, and per frame the
-    depth units."""
+    """The running estimate of one shot: the maps, per grid cell the gain (the filter's variance
+    in units of a frame's noise) and the mean age, the previous frame's look, the depth units."""
 
-    def __init__(self, frame: _Frame, opts: StabilizeOptions, grid: np.ndarray) -> None:
+    def __init__(self, frame: _Frame, opts: StabilizeOptions, look: _Look, weight: float) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
-        self.depth, self.normal, self.foreground = frame.depth, frame.normal, frame.foreground
-        #: per grid cell, the last gain of depth and normals [0] and of the foreground [1]
-        self.gain = np.ones((2,) + grid.shape[:2], np.float32)  # a new shot takes its first frame as it is
-        weights = np.array([opts.frame_weight, opts.frame_weight * FOREGROUND_WEIGHT], np.float32)
+        self.maps: Maps = frame.maps
+        self.samples = _Samples.of(frame.maps)  # the estimate's maps at the grid's pixels
+        gh, gw = _grid_shape(frame.size)
+        self.gain = np.ones((2, gh, gw), np.float32)  # a new shot takes its first frame as it is
+        self.age = np.zeros((2, gh, gw), np.float32)
+        weights = np.array([weight, weight * FOREGROUND_WEIGHT], np.float32)
         #: random-walk noise per frame over the frame's, of each gain (its settled value is the weight)
-        self.q = None if opts.frame_weight >= 1.0 else (weights * weights / (1.0 - weights))[:, None, None]
-        self.grey, self.histogram = _grey(grid), _histogram(grid)
-        #: per frame, the scale and shift from the estimate's depth units to the frame's
-        self.units: List[Tuple[float, float]] = [(1.0, 0.0)]
-        self.output_units = (1.0, 0.0)  # online: the leaky average of `units`
+        self.q = None if weight >= 1.0 else (weights * weights / (1.0 - weights))[:, None, None]
+        self.look = look
+        self.grid_centre = ((gh - 1) / 2.0, (gw - 1) / 2.0)
+        self.centre = ((GRID * gh - 1) / 2.0, (GRID * gw - 1) / 2.0)  # the grid's centre in pixels
+        self.carried = (0.0, 0.0)  # the estimate's rounding from its whole-pixel shifts
+        self.motion = STILL  # the camera's last motion, in cells
+        self.alignment = (1.0, 0.0)  # the last frame's depth scale and shift onto the estimate
+        self.output_units = (1.0, 0.0)  # the leaky average of the frames' units
 
-    def is_cut(self, frame: _Frame, grid: np.ndarray) -> bool:
+    def first(self) -> _Step:
+        return _Step(self.maps, self.gain, self.age, True, False, self.output_units, self.maps[0])
+
+    def is_cut(self, frame: _Frame, look: _Look) -> bool:
         if frame.size != self.size:
             return True
-        return float(np.abs(_histogram(grid) - self.histogram).sum()) > self.opts.cut_threshold
+        return float(np.abs(look.histogram - self.look.histogram).sum()) > self.opts.cut_threshold
 
-    def update(
-        self, frame: _Frame, grid: np.ndarray, output: bool = False
-    ) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, Optional[np.ndarray]]:
-        """The estimate after `frame` (new arrays, never written again), the gain per grid cell, and
-        with `output` the depth in the output's units (`output_units`)."""
-        grey = _grey(grid)
-        moving = _image_motion(grey, self.grey, self.opts.motion_threshold)
-        self.grey, self.histogram = grey, _histogram(grid)
-        s, b = self._align(frame, moving) if frame.depth is not None else (1.0, 0.0)
-        self.units.append((1.0 / s, -b / s))
-        self.output_units = _leaky(self.output_units, self.units[-1])
-        gain = self._gain(frame, s, b, moving)
-        k, k_foreground = _full_size(gain[0], self.size), _full_size(gain[1], self.size)
-        h, w = self.size
-        depth = None if frame.depth is None else np.empty((h, w), np.float32)
-        normal = None if frame.normal is None else np.empty((h, w, 3), np.float32)
-        foreground = None if frame.foreground is None else np.empty((h, w), np.float32)
-        shown = np.empty((h, w), np.float32) if output and depth is not None else None
-        for rows in row_bands(h, w):
-            self._band(frame, rows, s, b, k[rows], k_foreground[rows], depth, normal, foreground)
-            if shown is not None:
-                np.multiply(depth[rows], np.float32(self.output_units[0]), out=shown[rows])  # type: ignore[index]
-                shown[rows] += np.float32(self.output_units[1])
-        self.depth, self.normal, self.foreground, self.gain = depth, normal, foreground, gain
-        return (depth, normal, foreground), gain, shown
+    def update(self, frame: _Frame, look: _Look, shown: bool) -> _Step:
+        """The estimate after `frame` (with `shown`, also its depth in the output's units)."""
+        previous, seen, motion = self.look.grey, None, STILL
+        if self.opts.follow_camera:
+            motion, previous, seen = estimate_motion(self.look.grey, look.grey, CAMERA_STILL / GRID, self.motion)
+            self.motion = motion
+        moving, everything = _image_motion(look.grey, previous, seen, self.opts.motion_threshold)
+        self.look = look
+        estimate, prior, age = _Estimate(self.maps), self.gain, self.age
+        theirs = self.samples
+        if everything:
+            self.carried = (0.0, 0.0)
+        elif motion is not STILL:
+            estimate, prior, age = self._follow(motion, frame)
+            theirs = estimate.samples()
+        mine = _Samples.of(frame.maps)
+        if not mine.finite():
+            frame.check_finite()
+        s, b = self._align(mine, theirs, moving, prior) if frame.depth is not None else (1.0, 0.0)
+        self.alignment = (s, b)
+        self.output_units = _leaky(self.output_units, (1.0 / s, -b / s))
+        gain = self._gain(mine, theirs, s, b, moving, prior)
+        out: Maps = tuple(None if m is None else np.empty_like(m) for m in self.maps)  # type: ignore[assignment]
+        depth_shown = np.empty(self.size, np.float32) if shown and frame.depth is not None else None
+        self.samples = _Samples.like(mine)
+        _blend(frame, estimate, out, (s, b), gain, depth_shown, self.output_units, self.samples)
+        self.maps, self.gain = out, gain
+        self.age = (1.0 - gain) * (age + 1.0)
+        return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
 
-    def _gain(self, frame: _Frame, s: float, b: float, moving: np.ndarray) -> np.ndarray:
-        """The filter's gain per grid cell: 1 where the image or a map moved (the map gates in units
-        of the frame's robust noise on the still cells), else the Kalman gain of a random walk."""
+    def _follow(self, motion: Motion, frame: _Frame) -> Tuple[_Estimate, np.ndarray, np.ndarray]:
+        """The estimate, its gains and ages moved with the camera (new to the frame: the frame's own
+        maps, gain 1, age 0)."""
+        warp, self.carried = plan_warp(motion.scaled(GRID), self.size, self.centre, self.carried)
+        cells, _ = plan_warp(motion, self.gain.shape[1:], self.grid_centre)
+        ones = np.ones(self.gain.shape[1:], np.float32)
+        prior = np.stack([cells.apply(g, ones) for g in self.gain])
+        if warp.shift is None:  # a zoom's rounding is not carried: the estimate is that much less sure
+            prior += np.float32(ZOOM_NOISE)
+        age = np.stack([cells.apply(a, ones * 0) for a in self.age])
+        return _Estimate(self.maps, warp, frame.maps), prior, age
+
+    def _gain(
+        self, mine: _Samples, theirs: _Samples, s: float, b: float, moving: np.ndarray, prior: np.ndarray
+    ) -> np.ndarray:
+        """The filter's gain per grid cell: 1 where the image, the mask or (inside the person) a map
+        moved, the map gates in units of the frame's robust noise on the still cells inside the
+        person; elsewhere the Kalman gain of a random walk."""
         still = moving < 0.5
-        if frame.foreground is not None:
-            inside = still & (frame.foreground[::GRID, ::GRID] >= 0.5)
-            if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:
-                still = inside  # the noise of the person's maps, not of the background's
-        if np.count_nonzero(still) < MIN_ALIGN_PIXELS:
-            still = np.ones_like(still)
+        person: Optional[np.ndarray] = None
+        if mine.foreground is not None and theirs.foreground is not None:
+            person = (mine.foreground >= 0.5) & (theirs.foreground >= 0.5)
+            flip = np.abs(mine.foreground - theirs.foreground)
+            flip -= np.float32(MASK_FLIP)
+            flip *= np.float32(1.0 / (1.0 - MASK_FLIP))
+            moving = np.maximum(moving, flip)
+        quiet = still if person is None else still & person
+        if np.count_nonzero(quiet) < MIN_ALIGN_PIXELS:
+            quiet = still if np.count_nonzero(still) >= MIN_ALIGN_PIXELS else np.ones_like(still)
         moved = np.ones((2,) + moving.shape, np.float32)  # 1 + motion; the gates raise it, then 1 comes off
-        moved[0] += _dilate(moving)  # depth and normals: a margin of one cell around what the image shows
+        moved[0] += _dilate(moving)  # depth and normals: a margin of one cell around what moved
         moved[1] += _dilate(moving, cross=True)  # the foreground: its edges are the image's: a thinner margin
-        if frame.depth is not None:
-            r = frame.depth[::GRID, ::GRID] * np.float32(s)
+        if mine.depth is not None and theirs.depth is not None:
+            r = mine.depth * np.float32(s)
             r += np.float32(b)
-            r -= self.depth[::GRID, ::GRID]  # type: ignore[index]
+            r -= theirs.depth
             np.abs(r, out=r)
-            spread = float(np.ptp(self.depth[::GRID, ::GRID])) + 1e-12  # type: ignore[index]
-            noise = max(1.4826 * float(np.median(_sample(r[still]))), 1e-4 * spread)
+            spread = float(np.ptp(theirs.depth)) + 1e-12
+            noise = max(1.4826 * float(np.median(_sample(r[quiet]))), 1e-4 * spread)
             r *= np.float32(1.0 / (self.opts.gate * noise))
-            np.maximum(moved, r, out=moved)  # (both layers)
-        if frame.normal is not None:
-            d = frame.normal[::GRID, ::GRID] - self.normal[::GRID, ::GRID]  # type: ignore[index]
-            e = (d * d) @ _ONE3  # squared chord, ~ squared angle
-            noise = max(1.4826**2 * float(np.median(_sample(e[still]))), 1e-6)
+            if person is not None:
+                r *= person  # the background's depth is the model's guess: no test
+            np.maximum(moved[0], r, out=moved[0])
+        if mine.normal is not None and theirs.normal is not None:
+            d = mine.normal - theirs.normal
+            e = _squared_norms(d.reshape(d.shape[0], -1))  # squared chord, ~ squared angle
+            noise = max(1.4826**2 * float(np.median(_sample(e[quiet]))), 1e-6)
             e *= np.float32(1.0 / (self.opts.gate**2 * noise))
-            np.maximum(moved, e, out=moved)
+            if person is not None:
+                e *= person
+            np.maximum(moved[0], e, out=moved[0])
         moved -= 1.0
         np.clip(moved, 0.0, 1.0, out=moved)
         if self.q is None:
-            return np.ones_like(self.gain)
-        k = self.gain + self.q
+            return np.ones_like(moved)
+        k = prior + self.q
         k /= k + 1.0
         return np.maximum(k, moved, out=k)  # a cell that moved takes the frame as it is
 
-    def _band(
-        self,
-        frame: _Frame,
-        rows: slice,
-        s: float,
-        b: float,
-        k: np.ndarray,
-        k_foreground: np.ndarray,
-        depth: Optional[np.ndarray],
-        normal: Optional[np.ndarray],
-        foreground: Optional[np.ndarray],
-    ) -> None:
-        """estimate + gain * (frame - estimate) on one band of rows; normals back to unit length."""
-        if depth is not None:
-            r = frame.depth[rows] * np.float32(s)  # type: ignore[index]
-            r += np.float32(b)
-            r -= self.depth[rows]  # type: ignore[index]
-            r *= k
-            np.add(self.depth[rows], r, out=depth[rows])  # type: ignore[index]
-        if foreground is not None:
-            r = frame.foreground[rows] - self.foreground[rows]  # type: ignore[index]
-            r *= k_foreground
-            np.add(self.foreground[rows], r, out=foreground[rows])  # type: ignore[index]
-        if normal is not None:
-            previous = self.normal[rows]  # type: ignore[index]
-            n = frame.normal[rows] - previous  # type: ignore[index]
-            n *= k[..., None]
-            n += previous
-            norm = np.sqrt((n * n) @ _ONE3)
-            np.maximum(norm, np.float32(1e-12), out=norm)
-            np.divide(n, norm[..., None], out=normal[rows])
-
-    def _align(self, frame: _Frame, moving_grid: np.ndarray) -> Tuple[float, float]:
-        """Scale and shift of this frame's depth onto the estimate (see the module docstring, 2)."""
+    def _align(self, mine: _Samples, theirs: _Samples, moving: np.ndarray, prior: np.ndarray) -> Tuple[float, float]:
+        """Scale and shift of this frame's depth onto the estimate (see the module docstring, 4)."""
         if not self.opts.align_depth:
             return 1.0, 0.0
-        x, y = frame.depth[::GRID, ::GRID], self.depth[::GRID, ::GRID]  # type: ignore[index]
-        if frame.foreground is not None:
-            inside = (frame.foreground[::GRID, ::GRID] >= 0.5) & (self.foreground[::GRID, ::GRID] >= 0.5)  # type: ignore[index]
-            still = inside & (moving_grid < 0.5)
+        x, y = mine.depth, theirs.depth
+        if mine.foreground is not None and theirs.foreground is not None:
+            inside = (mine.foreground >= 0.5) & (theirs.foreground >= 0.5)
+            still = inside & (moving < 0.5)
             if np.count_nonzero(still) >= MIN_ALIGN_PIXELS:
-                noise_ratio = float(self.gain[0][still].mean())  # the estimate's noise, in frames'
-                s, b = _fit(_sample(x[still]), _sample(y[still]), noise_ratio)
+                noise_ratio = float(prior[0][still].mean())  # the estimate's noise, in frames'
+                s, b = _fit(_sample(x[still]), _sample(y[still]), noise_ratio)  # type: ignore[index]
                 if self._plausible(s, b):
                     return s, b
             if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:  # moved: pixels no longer match, their spread does
-                s, b = _match_spread(_sample(x[inside]), _sample(y[inside]))
+                s, b = _match_spread(_sample(x[inside]), _sample(y[inside]))  # type: ignore[index]
                 if self._plausible(s, b):
                     return s, b
-        s, b = _match_spread(_sample(x.ravel()), _sample(y.ravel()))
+        s, b = _match_spread(_sample(x.ravel()), _sample(y.ravel()))  # type: ignore[union-attr]
         if self._plausible(s, b):
             return s, b
-        last = self.units[-1]  # nothing fits: the previous frame's alignment
-        return 1.0 / last[0], -last[1] / last[0]
+        return self.alignment  # nothing fits: the previous frame's alignment
 
     def _plausible(self, s: float, b: float) -> bool:
         """A scale that is positive and within MAX_SCALE_STEP of the previous frame's."""
-        previous = 1.0 / self.units[-1][0]
-        return bool(np.isfinite(b) and s > 0 and 1.0 / MAX_SCALE_STEP <= s / previous <= MAX_SCALE_STEP)
+        ratio = s / self.alignment[0]
+        return bool(np.isfinite(b) and s > 0 and 1.0 / MAX_SCALE_STEP <= ratio <= MAX_SCALE_STEP)
+
+
+def _blend(
+    frame: _Frame,
+    estimate: _Estimate,
+    out: Maps,
+    alignment: Tuple[float, float],
+    gain: np.ndarray,
+    shown: Optional[np.ndarray],
+    units: Tuple[float, float],
+    samples: _Samples,
+) -> None:
+    """out = estimate + gain * (frame - estimate), band by band (`out`: new arrays); the
+    frame's depth aligned, the foreground's step limited (MASK_STEP), normals renormalised,
+    `shown` the depth in `units`, `samples` out's maps at the grid's pixels (taken
+    while the band is in cache). A frame's map that holds NaN or infinity (which makes its band's
+    sum so) raises InputError, naming it."""
+    h, w = frame.size
+    depth, normal, foreground = estimate.maps
+    s, b = (np.float32(v) for v in alignment)
+    k = _PixelGains(gain[0], w)
+    k3 = _PixelGains(gain[0], w, 3) if normal is not None else None
+    k_fg = _PixelGains(gain[1], w) if foreground is not None else None
+    limit = _PixelGains(MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6), w) if foreground is not None else None
+    broken: List[str] = []
+
+    def band(rows: slice) -> None:
+        cells = slice(rows.start // GRID, -(-rows.stop // GRID))
+        if depth is not None:
+            before = estimate.band(0, rows)
+            r = out[0][rows]  # type: ignore[index]
+            np.multiply(frame.depth[rows], s, out=r)  # type: ignore[index]
+            r += b
+            r -= before
+            if not np.isfinite(r.sum()):
+                broken.append("depth")
+            r *= k.band(rows)
+            r += before
+            samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+            if shown is not None:
+                np.multiply(r, np.float32(units[0]), out=shown[rows])
+                shown[rows] += np.float32(units[1])
+        if foreground is not None:
+            before = estimate.band(2, rows)
+            r = out[2][rows]  # type: ignore[index]
+            np.subtract(frame.foreground[rows], before, out=r)  # type: ignore[index, arg-type]
+            if not np.isfinite(r.sum()):
+                broken.append("foreground")
+            r *= k_fg.band(rows)  # type: ignore[union-attr]
+            bound = limit.band(rows)  # type: ignore[union-attr]
+            np.minimum(r, bound, out=r)
+            np.negative(bound, out=bound)
+            np.maximum(r, bound, out=r)
+            r += before
+            samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+        if normal is not None:
+            gains = k3.band(rows)  # type: ignore[union-attr]
+            p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
+            target = out[1][rows].reshape(gains.shape)  # type: ignore[index]
+            np.subtract(frame.normal[rows].reshape(gains.shape), p, out=target)  # type: ignore[index]
+            target *= gains
+            target += p
+            if not _normalise_rows(target, target):
+                broken.append("normal")
+            samples.normal[cells] = out[1][rows][::GRID, ::GRID]  # type: ignore[index]
+
+    for rows in _bands(h, w):
+        band(rows)
+    if broken:
+        frame.check_finite([name for name in _MAPS if name in broken])
 
 
 def _leaky(average: Tuple[float, float], units: Tuple[float, float]) -> Tuple[float, float]:
     """One step of the leaky average of depth units (scale geometric, shift arithmetic)."""
     w = UNITS_WEIGHT
     return (average[0] ** (1.0 - w) * units[0] ** w, (1.0 - w) * average[1] + w * units[1])
-
-
-def _two_sided(units: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
-    """The leaky average run forwards, then backwards over that (zero lag): offline's units."""
-    forward = [units[0]]
-    for u in units[1:]:
-        forward.append(_leaky(forward[-1], u))
-    out = [forward[-1]]
-    for u in reversed(forward[:-1]):
-        out.append(_leaky(out[-1], u))
-    return out[::-1]
-
-
-def _in_units(maps: Tuple[Optional[np.ndarray], ...], units: Tuple[float, float]) -> Tuple[Optional[np.ndarray], ...]:
-    """The estimate's maps with the depth in the given units (a new array)."""
-    depth = maps[0]
-    if depth is None:
-        return maps
-    out = depth * np.float32(units[0])
-    out += np.float32(units[1])
-    return (out,) + tuple(maps[1:])
 
 
 def _names(tasks: Tuple[bool, bool, bool]) -> str:
@@ -516,195 +733,43 @@ def _names(tasks: Tuple[bool, bool, bool]) -> str:
 class _Stream:
     """Frames in, estimates out: shots begun at cuts and size changes."""
 
-    def __init__(self, opts: StabilizeOptions) -> None:
-        self.opts = opts
+    def __init__(self, opts: StabilizeOptions, weight: float) -> None:
+        self.opts, self.weight = opts, weight
         self.shot: Optional[_Shot] = None
 
-    def push(
-        self, frame: _Frame, output: bool = False
-    ) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, bool, Optional[np.ndarray]]:
-        """(the estimate's maps, gain, whether this frame began a shot, with `output` the depth in
-        the output's units)."""
-        grid = _grid_image(frame.image)
+    def push(self, frame: _Frame, shown: bool) -> _Step:
+        look = _Look.of(frame.image)
         if self.shot is not None and frame.tasks != self.shot.tasks:
             raise InputError(
                 f"stabilize: frame {frame.index} has maps {_names(frame.tasks)}, the frames before it "
                 f"{_names(self.shot.tasks)}; every frame of a clip needs the same maps"
             )
-        if self.shot is None or self.shot.is_cut(frame, grid):
-            self.shot = _Shot(frame, self.opts, grid)
-            return (frame.depth, frame.normal, frame.foreground), self.shot.gain, True, frame.depth
-        maps, gain, shown = self.shot.update(frame, grid, output)
-        return maps, gain, False, shown
+        if self.shot is None or self.shot.is_cut(frame, look):
+            frame.check_finite()  # taken as it is
+            self.shot = _Shot(frame, self.opts, look, self.weight)
+            return self.shot.first()
+        return self.shot.update(frame, look, shown)
 
 
 def _online(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
-    stream = _Stream(opts)
+    stream = _Stream(opts, opts.frame_weight)
     for index, (tag, item) in enumerate(pairs):
         frame = _read(item, index)
-        maps, _, _, shown = stream.push(frame, output=True)
-        yield tag, _rebuild(item, (shown,) + maps[1:], frame.image)
+        step = stream.push(frame, shown=True)
+        yield tag, _rebuild(item, (step.shown, step.maps[1], step.maps[2]), frame.image)
 
 
 # ------------------------------------------------------------------------------ offline
 
 
-class _Spool:
-    """Offline mode's temporary file: one record per frame (the estimate's maps, the gain, the
-    image), rewritten in place by the backward pass: depth float32, normals int16, the foreground
-    uint16, the gains uint8 per grid cell, the image uint8 (15 bytes per pixel)."""
-
-    def __init__(self, folder: Optional[str], path: Optional[Path] = None) -> None:
-        if path is None:
-            fd, name = tempfile.mkstemp(prefix=".david-stabilize-", suffix=".spool", dir=folder)
-            self.path, self._file = Path(name), os.fdopen(fd, "w+b")
-        else:
-            self.path, self._file = path, open(path, "w+b")
-        self.offsets: List[int] = []
-        self._buffers: Dict[Tuple[Tuple[int, ...], Any], np.ndarray] = {}
-
-    @staticmethod
-    def _layout(size: Tuple[int, int], tasks: Tuple[bool, bool, bool]) -> List[Tuple[str, Any, Tuple[int, ...]]]:
-        h, w = size
-        parts: List[Tuple[str, Any, Tuple[int, ...]]] = []
-        if tasks[0]:
-            parts.append(("depth", np.float32, (h, w)))
-        if tasks[1]:
-            parts.append(("normal", np.int16, (h, w, 3)))
-        if tasks[2]:
-            parts.append(("foreground", np.uint16, (h, w)))
-        parts += [("gain", np.uint8, (2, -(-h // GRID), -(-w // GRID))), ("image", np.uint8, (h, w, 3))]
-        return parts
-
-    def put(self, maps: Tuple[Optional[np.ndarray], ...], gain: np.ndarray, image: np.ndarray) -> None:
-        self._file.seek(0, os.SEEK_END)
-        self.offsets.append(self._file.tell())
-        self._write(maps, gain, image)
-
-    def rewrite(self, index: int, maps: Tuple[Optional[np.ndarray], ...]) -> None:
-        """Replace the maps of record `index` (same layout)."""
-        self._file.seek(self.offsets[index])
-        self._write(maps, None, None)
-
-    def _write(
-        self, maps: Tuple[Optional[np.ndarray], ...], gain: Optional[np.ndarray], image: Optional[np.ndarray]
-    ) -> None:
-        depth, normal, foreground = maps
-        f = self._file
-        if depth is not None:
-            np.ascontiguousarray(depth, np.float32).tofile(f)
-        if normal is not None:  # truncated: within 1 / 32767; one pass, no float temporary
-            buffer = self._buffer(normal.shape, np.int16)
-            np.multiply(normal, np.float32(32767.0), out=buffer, casting="unsafe")
-            buffer.tofile(f)
-        if foreground is not None:
-            fg = np.clip(foreground, 0.0, 1.0)
-            fg *= np.float32(65535.0)
-            fg += np.float32(0.5)
-            buffer = self._buffer(fg.shape, np.uint16)
-            np.copyto(buffer, fg, casting="unsafe")
-            buffer.tofile(f)
-        if gain is not None:
-            np.rint(gain * np.float32(255.0)).astype(np.uint8).tofile(f)
-            image.tofile(f)  # type: ignore[union-attr]
-
-    def get(
-        self, index: int, size: Tuple[int, int], tasks: Tuple[bool, bool, bool], image: bool
-    ) -> Tuple[Tuple[Optional[np.ndarray], ...], np.ndarray, Optional[np.ndarray]]:
-        """(maps, gain, image or None) of record `index`."""
-        self._file.seek(self.offsets[index])
-        got: Dict[str, np.ndarray] = {}
-        for name, dtype, shape in self._layout(size, tasks):
-            if name == "image" and not image:
-                break
-            got[name] = np.fromfile(self._file, dtype, int(np.prod(shape))).reshape(shape)
-        depth = normal = foreground = None
-        if tasks[0]:
-            depth = got["depth"]
-        if tasks[1]:
-            normal = np.multiply(got["normal"], np.float32(1.0 / 32767.0), dtype=np.float32)
-        if tasks[2]:
-            foreground = np.multiply(got["foreground"], np.float32(1.0 / 65535.0), dtype=np.float32)
-        gain = got["gain"].astype(np.float32)
-        gain *= np.float32(1.0 / 255.0)
-        return (depth, normal, foreground), gain, got.get("image")
-
-    def _buffer(self, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A reusable array to convert into before writing."""
-        key = (tuple(shape), np.dtype(dtype))
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype)
-        return self._buffers[key]
-
-    def remove(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-
 @dataclasses.dataclass
-class _ShotSpan:
-    first: int
-    size: Tuple[int, int]
-    tasks: Tuple[bool, bool, bool]
-    units: List[Tuple[float, float]]
-    last: int = -1
+class _Held:
+    """A frame the offline smoother holds until its lookahead is in."""
 
-
-def _smooth_back(
-    later: Tuple[Optional[np.ndarray], ...],
-    maps: Tuple[Optional[np.ndarray], ...],
-    gain: np.ndarray,
-    later_gain: np.ndarray,
-) -> Tuple[Optional[np.ndarray], ...]:
-    """One Rauch-Tung-Striebel step, in place on `maps`: `maps + c * (later - maps)`, c = k (1 - k') / k'
-    (k: this frame's forward gain per grid cell, k': the next frame's; 0 where the next frame moved),
-    band by band; normals back to unit length."""
-    c_grid = gain * (1.0 - later_gain)
-    c_grid /= np.maximum(later_gain, np.float32(1.0 / 255.0))
-    size = next(m.shape[:2] for m in maps if m is not None)
-    c, c_foreground = _full_size(c_grid[0], size), _full_size(c_grid[1], size)
-    for rows in row_bands(*size):
-        for index, (a, z) in enumerate(zip(maps, later)):
-            if a is None:
-                continue
-            band = a[rows]
-            d = z[rows] - band  # type: ignore[index]
-            k = (c_foreground if index == 2 else c)[rows]
-            d *= k[..., None] if d.ndim == 3 else k
-            if index == 1:
-                d += band
-                np.divide(d, np.maximum(np.sqrt((d * d) @ _ONE3), np.float32(1e-12))[..., None], out=band)
-            else:
-                band += d
-    return maps
-
-
-def _offline(
-    pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions, path: Optional[Path]
-) -> Iterator[Tuple[Any, Any]]:
-    spool = _Spool(opts.spool_dir, path)
-    try:
-        stream = _Stream(opts)
-        items: List[Tuple[Any, Any]] = []  # (tag, the input without its maps and image)
-        shots: List[_ShotSpan] = []
-        for index, (tag, item) in enumerate(pairs):
-            frame = _read(item, index)
-            maps, gain, began, _ = stream.push(frame)
-            if began:
-                shots.append(_ShotSpan(index, frame.size, frame.tasks, stream.shot.units))  # type: ignore[union-attr]
-            spool.put(maps, gain, frame.image)
-            items.append((tag, _light(item)))
-        for shot, after in zip(shots, shots[1:] + [None]):
-            shot.last = (after.first if after is not None else len(items)) - 1
-            _backward(spool, shot)
-        for shot in shots:
-            for index, units in zip(range(shot.first, shot.last + 1), _two_sided(shot.units)):
-                maps, _, image = spool.get(index, shot.size, shot.tasks, image=True)
-                tag, item = items[index]
-                items[index] = (None, None)
-                yield tag, _rebuild(item, _in_units(maps, units), image)  # type: ignore[arg-type]
-    finally:
-        spool.remove()
+    tag: Any
+    item: Any  # the input without its maps and image
+    image: np.ndarray
+    step: _Step
 
 
 def _light(item: Any) -> Any:
@@ -714,11 +779,87 @@ def _light(item: Any) -> Any:
     return {k: v for k, v in item.items() if k not in _MAPS and k != "image"}
 
 
-def _backward(spool: _Spool, shot: _ShotSpan) -> None:
-    """The backward pass over one shot's records, in place."""
-    later, later_gain, _ = spool.get(shot.last, shot.size, shot.tasks, image=False)
-    for index in range(shot.last - 1, shot.first - 1, -1):
-        maps, gain, _ = spool.get(index, shot.size, shot.tasks, image=False)
-        later = _smooth_back(later, maps, gain, later_gain)
-        later_gain = gain
-        spool.rewrite(index, later)
+def _offline(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
+    stream = _Stream(opts, opts.offline_weight)
+    held: Deque[_Held] = collections.deque()
+    for index, (tag, item) in enumerate(pairs):
+        frame = _read(item, index)
+        held.append(_Held(tag, _light(item), frame.image, stream.push(frame, shown=False)))
+        if len(held) > opts.lookahead:
+            yield _smoothed(held, opts.lookahead)
+            held.popleft()
+    while held:
+        yield _smoothed(held, opts.lookahead)
+        held.popleft()
+
+
+def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
+    """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the
+    depth in the output's units. Each map is first taken whole from the source most cells take,
+    then the other sources' cells are copied over."""
+    last = 0  # the latest frame in the same shot with the camera still since the first
+    for j in range(1, min(lookahead, len(held) - 1) + 1):
+        if held[j].step.began or held[j].step.camera_moved:
+            break
+        last = j
+    estimates = [held[j].step.maps for j in range(last + 1)]
+    choices = [_choices(held, last, layer) if last else None for layer in (0, 1)]
+    bases = [last if c is None else int(np.argmax(np.bincount(c.ravel()))) for c in choices]
+    u0, u1 = (np.float32(v) for v in held[last].step.units)
+    first = held[0]
+    out: List[Optional[np.ndarray]] = []
+    for index in range(3):
+        source = estimates[bases[1 if index == 2 else 0]][index]
+        if source is None:
+            out.append(None)
+        elif index == 0:  # whole arrays: a copy and a scale run at memory speed, no banding needed
+            depth = np.multiply(source, u0)
+            depth += u1
+            out.append(depth)
+        else:
+            out.append(source.copy())
+    for index, target in enumerate(out):
+        choice, base = choices[1 if index == 2 else 0], bases[1 if index == 2 else 0]
+        if target is None or choice is None:
+            continue
+        for j in np.flatnonzero(np.bincount(choice.ravel(), minlength=last + 1)).tolist():
+            if j != base:
+                _patch(target, estimates[j][index], choice == j, (u0, u1) if index == 0 else None)
+    return first.tag, _rebuild(first.item, (out[0], out[1], out[2]), first.image)
+
+
+def _cells(a: np.ndarray) -> np.ndarray:
+    """A view of the whole grid cells of `a` (H, W[, C]): (H // GRID, GRID, W // GRID, GRID[, C])."""
+    rows, cols = a.shape[0] // GRID, a.shape[1] // GRID
+    s = a.strides
+    shape = (rows, GRID, cols, GRID) + a.shape[2:]
+    return as_strided(a, shape, (s[0] * GRID, s[0], s[1] * GRID, s[1]) + s[2:])
+
+
+def _patch(out: np.ndarray, source: np.ndarray, cells: np.ndarray, units: Optional[Tuple[Any, Any]]) -> None:
+    """`out` takes `source`'s values on the pixels of the grid `cells` (bool), in `units` (depth)."""
+
+    def convert(values: np.ndarray) -> np.ndarray:
+        return values if units is None else values * units[0] + units[1]
+
+    rows, cols = np.nonzero(cells)
+    whole = (rows < out.shape[0] // GRID) & (cols < out.shape[1] // GRID)
+    if whole.any():
+        r, c = rows[whole], cols[whole]
+        _cells(out)[r, :, c] = convert(_cells(source)[r, :, c])
+    for r, c in zip(rows[~whole], cols[~whole]):  # the partial cells of a last row or column
+        box = (slice(r * GRID, (r + 1) * GRID), slice(c * GRID, (c + 1) * GRID))
+        out[box] = convert(source[box])
+
+
+def _choices(held: Deque[_Held], last: int, layer: int) -> np.ndarray:
+    """Per grid cell, which held frame j (0..last) gives the first one its estimate: the latest
+    whose estimate's mean age reaches back to within LEAD frames after the first (the age grows
+    by at most one a frame, so these come first), and never one from the frame where that cell
+    moved on."""
+    choice = np.zeros(held[0].step.gain.shape[1:], np.uint8)
+    for j in range(1, last + 1):
+        np.copyto(choice, j, where=held[j].step.age[layer] >= j - LEAD)
+    for j in range(1, last + 1):
+        np.copyto(choice, j - 1, where=(held[j].step.gain[layer] >= MOVED_GAIN) & (choice >= j))
+    return choice

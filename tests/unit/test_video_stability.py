@@ -1,16 +1,17 @@
 """david_infer.video.stabilize on synthetic frames: flicker removed where nothing moved, motion kept,
-cuts and size changes reset, bad input refused by frame, offline's spool bounded and removed."""
+the camera's pan and zoom followed, cuts and size changes reset, bad input refused by frame, offline's
+memory bounded by its lookahead; david_infer.video.camera's fit and warps."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
 
 from david_infer import InputError, Prediction
 from david_infer.video import StabilizeOptions, stabilize
+from david_infer.video.camera import STILL, Motion, estimate_motion, plan_warp, resample
 
 H, W = 48, 64
 
@@ -59,16 +60,15 @@ def _flicker(frames: List[Dict[str, Any]], key: str) -> float:
 
 
 @pytest.mark.parametrize("mode, most", [("online", 1 / 3), ("offline", 1 / 5)])
-def test_a_still_scene_stops_flickering_and_normals_stay_unit(mode: str, most: float, tmp_path: Path) -> None:
+def test_a_still_scene_stops_flickering_and_normals_stay_unit(mode: str, most: float) -> None:
     raw = _clip()
-    out = list(stabilize(iter(raw), mode=mode, spool_dir=str(tmp_path)))
+    out = list(stabilize(iter(raw), mode=mode))
     assert len(out) == len(raw)
     for key in ("depth", "normal", "foreground"):
         assert _flicker(out, key) < most * _flicker(raw, key), key
     norms = np.linalg.norm(np.stack([o["normal"] for o in out]), axis=-1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-3)
     assert all(o["frame"] == "kept" and np.array_equal(o["image"], r["image"]) for o, r in zip(out, raw))
-    assert list(tmp_path.iterdir()) == []  # offline's spool is gone
 
 
 def test_a_moving_square_is_not_smeared() -> None:
@@ -150,14 +150,23 @@ def test_online_is_causal_one_frame_at_a_time() -> None:
         assert pulled[-1] == index  # each output before the next frame is read
 
 
-def test_bad_input_names_the_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name, pixel", [("depth", (3, 3)), ("depth", (4, 8)), ("foreground", (5, 6)), ("normal", (0, 0))]
+)
+def test_a_map_that_is_not_finite_is_named_with_its_frame(name: str, pixel: tuple) -> None:
     raw = _clip(4)
-    nan = dict(raw[2], depth=raw[2]["depth"].copy())
-    nan["depth"][3, 3] = np.nan
-    for mode in ("online", "offline"):
-        with pytest.raises(InputError, match=r"frame 2: depth holds NaN"):
-            list(stabilize(raw[:2] + [nan] + raw[3:], mode=mode, spool_dir=str(tmp_path)))
-        assert list(tmp_path.iterdir()) == []  # offline's spool removed on the error too
+    for bad in (np.nan, np.inf):
+        for where in (0, 2):  # the first frame (taken as it is) and a frame blended into the estimate
+            broken = dict(raw[where], **{name: raw[where][name].copy()})
+            broken[name][pixel] = bad  # off the grid's pixels and on them
+            frames = raw[:where] + [broken] + raw[where + 1 :]
+            for mode in ("online", "offline"):
+                with pytest.raises(InputError, match=rf"frame {where}: {name} holds NaN or infinity"):
+                    list(stabilize(frames, mode=mode))
+
+
+def test_bad_input_names_the_frame() -> None:
+    raw = _clip(4)
     lacking = {k: v for k, v in raw[1].items() if k != "normal"}
     with pytest.raises(InputError, match=r"frame 1 has maps depth, foreground.*depth, normal, foreground"):
         list(stabilize([raw[0], lacking]))
@@ -174,6 +183,8 @@ def test_bad_input_names_the_frame(tmp_path: Path) -> None:
         list(stabilize(raw, smoothness=2))
     with pytest.raises(InputError, match=r"frame_weight must be in \(0, 1\]"):
         StabilizeOptions(frame_weight=0.0)
+    with pytest.raises(InputError, match=r"lookahead must be a whole number of frames in 0..100, got -1"):
+        StabilizeOptions(lookahead=-1)
 
 
 def test_frame_weight_one_only_aligns_depth() -> None:
@@ -183,3 +194,133 @@ def test_frame_weight_one_only_aligns_depth() -> None:
         np.testing.assert_allclose(o["foreground"], r["foreground"], atol=1e-6)
         np.testing.assert_allclose(o["normal"], r["normal"], atol=1e-6)
     assert _flicker(out, "depth") < _flicker(raw, "depth") / 3  # the scale and shift removed
+
+
+def _world(size: Tuple[int, int], shift: float = 0.0, zoom: float = 1.0, seed: int = 0) -> Dict[str, np.ndarray]:
+    """A wall of irregular texture (waves of many directions and lengths) with a dome-shaped 'person'
+    seen by a camera shifted by `shift` pixels to the right and zoomed by `zoom` (exact per pixel:
+    the scene is analytic)."""
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    u = (x - (w - 1) / 2) / zoom + (w - 1) / 2 + shift
+    v = (y - (h - 1) / 2) / zoom + (h - 1) / 2
+    waves = np.random.default_rng(seed).uniform([0.02, 0.0, 0.0], [0.25, np.pi, 2 * np.pi], (24, 3))
+    grey = 120 + sum(12 * np.sin(f * (np.cos(a) * u + np.sin(a) * v) + phase) for f, a, phase in waves)
+    r = np.hypot(u - w / 2 - 20, v - h / 2) / 22.0
+    inside = np.clip((1.0 - r) * 22.0 / 1.5 + 0.5, 0.0, 1.0)
+    dome = np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0))
+    gx, gy = (u - w / 2 - 20) / 22.0, (v - h / 2) / 22.0
+    normal = np.stack([gx, -gy, np.maximum(dome, 0.05)], -1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    background = np.broadcast_to([0.0, 0.0, 1.0], normal.shape)
+    normal = np.where(inside[..., None] > 0.5, normal, background)
+    grey = np.where(inside > 0.5, 60 + 30 * np.sin(0.5 * u) * np.sin(0.45 * v), grey)
+    image = np.clip(np.stack([grey, grey * 0.9 + 10, grey * 0.8 + 20], -1), 0, 255).astype(np.uint8)
+    return {
+        "depth": (1.0 + 0.8 * dome * (inside > 0.5)).astype(np.float32),
+        "normal": normal.astype(np.float32),
+        "foreground": inside.astype(np.float32),
+        "image": image,
+    }
+
+
+def _noisy_world(truth: Dict[str, np.ndarray], rng: np.random.Generator) -> Dict[str, Any]:
+    shape = truth["foreground"].shape
+    scale, shift = np.exp(rng.normal(0, 0.1)), rng.normal(0, 0.2)
+    n = truth["normal"] + rng.normal(0, 0.05, shape + (3,))
+    return {
+        "depth": (scale * (truth["depth"] + rng.normal(0, 0.02, shape)) + shift).astype(np.float32),
+        "normal": (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32),
+        "foreground": np.clip(truth["foreground"] + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32),
+        "image": truth["image"],
+    }
+
+
+def _angle_error(out: List[Dict[str, Any]], truths: List[Dict[str, np.ndarray]]) -> float:
+    """Mean angle (degrees) between the normals and the truth's, inside the person."""
+    inside = [t["foreground"] > 0.99 for t in truths]
+    cosines = [(o["normal"] * t["normal"]).sum(-1)[m] for o, t, m in zip(out, truths, inside)]
+    return float(np.degrees(np.arccos(np.clip(np.concatenate(cosines), -1, 1))).mean())
+
+
+def test_a_panning_camera_is_followed() -> None:
+    size, step, frames = (120, 160), 3, 16
+    rng = np.random.default_rng(4)
+    truths = [_world(size, shift=step * t) for t in range(frames)]
+    raw = [_noisy_world(t, rng) for t in truths]
+
+    def flicker(out: List[Dict[str, Any]], key: str) -> float:
+        """Mean change of a point of the scene from frame to frame (the camera's shift taken off),
+        once the estimate is settled (the first frames are blended with few others)."""
+        pairs = list(zip(out, out[1:]))[4:]
+        return float(np.mean([np.abs(b[key][:, :-step] - a[key][:, step:]).mean() for a, b in pairs]))
+
+    # offline looks ahead only while the camera holds: in a pan it is its forward filter (weight 0.1)
+    for mode, most in (("online", 1 / 3), ("offline", 1 / 4)):
+        followed = list(stabilize(iter(raw), mode=mode))
+        fixed = list(stabilize(iter(raw), mode=mode, follow_camera=False))
+        for key in ("normal", "foreground"):
+            assert flicker(followed, key) < most * flicker(raw, key), (mode, key)
+            assert flicker(followed, key) < 0.5 * flicker(fixed, key), (mode, key)
+        assert _angle_error(followed[4:], truths[4:]) < 0.6 * _angle_error(raw[4:], truths[4:]), mode
+
+
+def test_a_zooming_camera_is_followed() -> None:
+    size, frames = (96, 128), 12
+    rng = np.random.default_rng(5)
+    truths = [_world(size, zoom=1.015**t) for t in range(frames)]
+    raw = [_noisy_world(t, rng) for t in truths]
+
+    for mode in ("online", "offline"):
+        followed = _angle_error(list(stabilize(iter(raw), mode=mode))[4:], truths[4:])
+        fixed = _angle_error(list(stabilize(iter(raw), mode=mode, follow_camera=False))[4:], truths[4:])
+        assert followed < 0.75 * _angle_error(raw[4:], truths[4:]) and followed < 0.8 * fixed, mode
+
+
+def test_the_camera_fit_finds_a_shift_and_a_zoom() -> None:
+    grey = _world((120, 160))["image"].mean(-1).astype(np.float32)
+    centre = ((grey.shape[0] - 1) / 2, (grey.shape[1] - 1) / 2)
+    for true in (Motion(1.0, (0.0, 1.7)), Motion(1.03, (-0.6, 0.4)), Motion(0.97, (2.5, -4.0))):
+        moved, _ = resample(grey, true, centre)  # the current frame: the previous one seen through `true`
+        found, warped, inside = estimate_motion(grey, moved, still=0.05)
+        assert abs(found.scale - true.scale) < 0.002 and np.allclose(found.shift, true.shift, atol=0.06), (true, found)
+        assert np.abs(warped - moved)[inside].mean() < 1.0  # the previous frame brought onto the current one
+    assert estimate_motion(grey, grey.copy(), still=0.05)[0] is STILL
+
+
+def test_whole_pixel_shifts_add_up_to_the_camera_path() -> None:
+    carried, total = (0.0, 0.0), 0
+    for frame in range(1, 20):
+        warp, carried = plan_warp(Motion(1.0, (0.0, 0.7)), (8, 8), (3.5, 3.5), carried)
+        assert warp.shift is not None
+        total += warp.shift[1]
+        assert abs(total - 0.7 * frame) <= 0.5  # never more than half a pixel off the path
+    zoom, rest = plan_warp(Motion(0.9, (0.0, 0.0)), (40, 40), (19.5, 19.5))
+    assert zoom.shift is None and rest == (0.0, 0.0) and zoom.rows[0] == 2 and zoom.rows[-1] == 37
+
+
+def test_offline_holds_its_lookahead_and_no_more() -> None:
+    raw, pulled = _clip(12), []
+
+    def live() -> Iterator[Dict[str, Any]]:
+        for index, frame in enumerate(raw):
+            pulled.append(index)
+            yield frame
+
+    ahead = []
+    for index, _ in enumerate(stabilize(live(), mode="offline", lookahead=3)):
+        ahead.append(pulled[-1] - index)
+    assert ahead[: 12 - 3] == [3] * (12 - 3)  # each output 3 frames after its frame, the rest at the end
+    assert len(ahead) == 12 and max(ahead) == 3
+    online = list(stabilize(iter(raw), mode="offline", lookahead=0))
+    assert len(online) == 12 and _flicker(online, "normal") < _flicker(raw, "normal") / 3
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (50, 70)])
+def test_tiny_and_odd_sized_frames_with_a_moving_camera(size: Tuple[int, int]) -> None:
+    rng = np.random.default_rng(6)
+    raw = [_noisy_world(_world(size, shift=2 * t), rng) for t in range(6)]
+    for mode in ("online", "offline"):
+        out = list(stabilize(iter(raw), mode=mode, lookahead=3))
+        assert len(out) == 6 and all(o["depth"].shape == size and np.isfinite(o["depth"]).all() for o in out)
+        np.testing.assert_allclose(np.linalg.norm(np.stack([o["normal"] for o in out]), axis=-1), 1.0, atol=1e-3)

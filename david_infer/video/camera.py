@@ -1,0 +1,321 @@
+"""The camera's motion between two frames, a zoom and a shift (pan, tilt, shake), from the images;
+and maps moved with it.
+
+`estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` (c: the image's centre) on
+small grey images (the stabiliser's grid: each cell's mean) by Gauss-Newton from coarse to fine
+(Lucas-Kanade on a 2x pyramid), Huber-weighted so that what moves in the scene (a person's arms)
+does not pull the fit. `plan_warp` then brings full-size maps from the previous frame onto the
+current one by the nearest pixel: a bilinear warp of depth, normals and mask costs several more
+passes over each map, and measured no less flicker on the stability benchmark's pan and zoom (the
+blend of edges that jump by a pixel or two is wider than any one frame's, whatever the warp). A
+shift's rounding is carried from frame to frame, so whole-pixel shifts add up to the camera's path.
+Rotation about the view axis and perspective are not modelled: what they move is left to the
+stabiliser's motion test. numpy only (OpenCV is not a dependency), and no matrix products: numpy's
+BLAS may start threads for one, which then spin on the other core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+#: the coarsest pyramid level's smaller side, in pixels
+COARSEST = 12
+#: the smallest side (pixels) an image needs for a fit; smaller ones are taken as still
+SMALLEST = 6
+#: Gauss-Newton steps per pyramid level, and on the finest
+STEPS = 3
+FINE_STEPS = 1
+#: the most pixels a robust scale of the residual reads
+SCALE_PIXELS = 4096
+#: grey levels at which a pixel's difference stops counting in a motion's cost
+TRUNCATE = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Motion:
+    """Where the current frame's pixels were in the previous frame: `scale * (x - centre) + centre +
+    shift` per axis (rows, columns), x in pixels, the centre given where it is used."""
+
+    scale: float = 1.0
+    shift: Tuple[float, float] = (0.0, 0.0)
+
+    def largest(self, size: Tuple[int, int]) -> float:
+        """The largest displacement (pixels) anywhere in a frame of `size`."""
+        return float(np.hypot(*self.shift)) + abs(self.scale - 1.0) * float(np.hypot(*size)) / 2.0
+
+    def scaled(self, factor: float) -> "Motion":
+        """The same motion in pixels `factor` times as large."""
+        return Motion(self.scale, (self.shift[0] * factor, self.shift[1] * factor))
+
+
+STILL = Motion()
+
+
+def _down(image: np.ndarray) -> np.ndarray:
+    """2x2 means (an odd last row or column dropped)."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    a = image[:h:2, :w:2] + image[1:h:2, :w:2]
+    a += image[:h:2, 1:w:2]
+    a += image[1:h:2, 1:w:2]
+    a *= np.float32(0.25)
+    return a
+
+
+def _coordinates(n: int, scale: float, shift: float, centre: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index along one axis: (lower source index, weight of the next, inside)."""
+    x = (np.arange(n, dtype=np.float64) - centre) * scale + centre + shift
+    inside = (x >= 0.0) & (x <= n - 1)
+    x = np.clip(x, 0.0, n - 1)
+    low = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
+    return low, (x - low).astype(np.float32), inside
+
+
+def resample(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """`image` (2-D) at `motion`'s source positions, bilinear (separable: scale and shift act per
+    axis), and where the source lies inside the image (bool, the same shape)."""
+    h, w = image.shape
+    r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
+    c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    rows = image[r0] * (1.0 - fr)[:, None]
+    rows += image[r1] * fr[:, None]
+    out = rows[:, c0] * (1.0 - fc)
+    out += rows[:, c1] * fc
+    return out, rows_inside[:, None] & cols_inside[None, :]
+
+
+def _cubic_weights(f: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Catmull-Rom weights of the samples at -1, 0, 1, 2 for fractions `f`."""
+    f2, f3 = f * f, f * f * f
+    return (
+        (-0.5 * f3 + f2 - 0.5 * f),
+        (1.5 * f3 - 2.5 * f2 + 1.0),
+        (-1.5 * f3 + 2.0 * f2 + 0.5 * f),
+        (0.5 * f3 - 0.5 * f2),
+    )
+
+
+def resample_cubic(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """`resample` with a cubic (Catmull-Rom) interpolation: about ten times less error than a linear
+    one on texture of a few pixels' period, which the motion test would take for motion."""
+    h, w = image.shape
+    r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
+    c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
+    rows = np.zeros((h, w), np.float32)
+    for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fr)):
+        rows += image[np.clip(r0 + offset, 0, h - 1)] * weight[:, None]
+    out = np.zeros((h, w), np.float32)
+    for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fc)):
+        out += rows[:, np.clip(c0 + offset, 0, w - 1)] * weight
+    return out, rows_inside[:, None] & cols_inside[None, :]
+
+
+def _fit_level(
+    previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float], steps: int, fine: bool
+) -> Motion:
+    """Gauss-Newton steps of scale and shift on one pyramid level, Huber-weighted. The residual
+    r = previous(W(x)) - current(x), W(x) = s (x - c) + c + t, has the derivatives g . (x - c) in s
+    and g in t, g the previous image's gradient at W(x): taken as the mean of the warped image's
+    and the current image's gradients over s (efficient second-order minimisation). `fine`: the
+    finest level, resampled cubic (a linear interpolation pulls the fit towards whole pixels)."""
+    h, w = current.shape
+    v = (np.arange(h, dtype=np.float32) - np.float32(centre[0]))[:, None]
+    u = (np.arange(w, dtype=np.float32) - np.float32(centre[1]))[None, :]
+    gy_current, gx_current = np.gradient(current)
+    for _ in range(steps):
+        warped, inside = (resample_cubic if fine else resample)(previous, motion, centre)
+        r = warped - current
+        r *= inside  # outside: no residual, no weight below
+        gy, gx = np.gradient(warped)
+        half = np.float32(0.5 / motion.scale)
+        gy += gy_current
+        gy *= half
+        gx += gx_current
+        gx *= half
+        a = np.abs(r)
+        sample = a[inside][:: max(1, int(inside.sum()) // SCALE_PIXELS)]
+        if sample.size < 16:
+            return motion
+        sigma = 1.4826 * float(np.median(sample)) + 1e-3
+        weight = np.float32(1.345 * sigma) / np.maximum(a, np.float32(1e-6))
+        np.minimum(weight, 1.0, out=weight)
+        weight *= inside
+        columns = (gx * u + gy * v, gy, gx)
+        normal, rhs = np.empty((3, 3)), np.empty(3)
+        for i in range(3):  # sums of products, not np.dot: BLAS may start threads that spin after it
+            weighted = columns[i] * weight
+            rhs[i] = -float((weighted * r).sum())
+            for j in range(i, 3):
+                normal[i, j] = normal[j, i] = float((weighted * columns[j]).sum())
+        if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e9:
+            return motion
+        d = np.linalg.solve(normal, rhs)
+        motion = Motion(motion.scale + float(d[0]), (motion.shift[0] + float(d[1]), motion.shift[1] + float(d[2])))
+        if abs(d[1]) + abs(d[2]) + abs(d[0]) * max(h, w) < 0.01:
+            break
+    return motion
+
+
+def _cost(previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> float:
+    """How badly `motion` brings `previous` onto `current`: the mean absolute difference where it is
+    defined, each pixel's capped at TRUNCATE grey levels (what moves in the scene counts no more)."""
+    warped, inside = resample_cubic(previous, motion, centre)
+    a = np.abs(warped - current)[inside]
+    return float(np.minimum(a, TRUNCATE).mean()) if a.size else float("inf")
+
+
+def _apart(a: Motion, b: Motion, size: Tuple[int, int]) -> float:
+    """The largest distance (pixels) between where two motions take a frame's pixels."""
+    return Motion(1.0 + a.scale - b.scale, (a.shift[0] - b.shift[0], a.shift[1] - b.shift[1])).largest(size)
+
+
+def estimate_motion(
+    previous: np.ndarray, current: np.ndarray, still: float = 0.0, guess: Motion = STILL
+) -> Tuple[Motion, np.ndarray, Optional[np.ndarray]]:
+    """The camera's motion from `previous` to `current` (grey images of one size, float32), in
+    their pixels; `previous` warped onto `current`; where that is defined (bool). A motion whose
+    largest displacement stays under `still` pixels is STILL (`previous` as it is, None): then
+    the finest level is not fitted when the next coarser one already finds the camera still;
+    images under SMALLEST pixels a side are too: there is too little to fit on.
+
+    A camera moves smoothly: with a `guess` (the previous frame's motion) the fit starts from it
+    on the level above the finest and goes on from there where it stays within half a pixel of it
+    and brings `previous` closer to `current` than no motion does. Otherwise it runs coarse to fine
+    from no motion; a texture that repeats, or
+    that the coarse levels cannot resolve, can lead that astray, so where it finds the camera
+    moving, unlike `guess`, that level also fits from no motion and from `guess`, and the fit that
+    brings `previous` closest to `current` goes on."""
+    if min(current.shape) < SMALLEST:
+        return STILL, previous, None  # too small to fit a motion on
+    pyramid: List[Tuple[np.ndarray, np.ndarray, Tuple[float, float]]] = []
+    centre = ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0)
+    p, c = previous, current
+    while True:
+        pyramid.append((p, c, centre))
+        if min(c.shape) // 2 < COARSEST:
+            break
+        p, c = _down(p), _down(c)
+        centre = ((centre[0] - 0.5) / 2.0, (centre[1] - 0.5) / 2.0)  # the same point, a level down
+    compare = min(1, len(pyramid) - 1)  # where the guess competes
+    top, motion = len(pyramid) - 1, STILL
+    if guess != STILL:
+        p, c, centre = pyramid[compare]
+        expected = guess.scaled(0.5**compare)
+        followed = _fit_level(p, c, expected, centre, STEPS, compare == 0)
+        if _apart(followed, expected, c.shape) < 0.5 and _cost(p, c, followed, centre) <= _cost(p, c, STILL, centre):
+            top, motion = compare - 1, followed.scaled(2.0 if compare else 1.0)
+    for level in range(top, -1, -1):
+        p, c, centre = pyramid[level]
+        if level == 0 and len(pyramid) > 1 and motion.largest(c.shape) < still / 2:
+            return STILL, previous, None  # the next coarser level found the camera still
+        motion = _fit_level(p, c, motion, centre, FINE_STEPS if level == 0 else STEPS, level == 0)
+        if level == compare and top > compare and motion.largest(c.shape) >= 0.5:
+            expected = guess.scaled(0.5**level)
+            if guess == STILL or _apart(motion, expected, c.shape) >= 0.5:  # no guess, or it disagrees
+                starts = [STILL] + ([expected] if guess != STILL else [])
+                candidates = [motion] + [_fit_level(p, c, start, centre, STEPS, level == 0) for start in starts]
+                costs = [_cost(p, c, m, centre) for m in candidates]
+                motion = candidates[int(np.argmin(costs))]
+        if level:
+            motion = motion.scaled(2.0)
+    if not (0.5 < motion.scale < 2.0 and np.all(np.isfinite(motion.shift))) or motion.largest(current.shape) < still:
+        return STILL, previous, None
+    warped, inside = resample_cubic(previous, motion, pyramid[0][2])
+    return motion, warped, inside
+
+
+@dataclasses.dataclass(frozen=True)
+class Warp:
+    """Where each pixel of the current frame takes its value from in the previous frame's maps (the
+    nearest pixel): `rows` (H,), `cols` (W,) source indices, clipped, with where they fall inside
+    (`rows_inside`, `cols_inside`); `shift` (rows, columns) when it is a whole-pixel shift."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    rows_inside: np.ndarray
+    cols_inside: np.ndarray
+    shift: Optional[Tuple[int, int]]
+
+    def band(self, a: np.ndarray, fill: np.ndarray, rows: slice) -> np.ndarray:
+        """Rows `rows` of `apply(a, fill)`, made on their own (a band of per-pixel work: the
+        moved estimate is never made whole)."""
+        h, w = a.shape[:2]
+        inside = self.rows_inside[rows]
+        if self.shift is not None and inside.all():
+            source = a[rows.start + self.shift[0] : rows.stop + self.shift[0]]
+        else:
+            source = a[self.rows[rows]]
+        if self.shift is None:
+            out = np.take(source, self.cols, axis=1)
+        else:
+            dx = self.shift[1]
+            out = np.empty(source.shape, a.dtype)
+            x0, x1 = max(0, -dx), min(w, w - dx)
+            if x0 < x1:
+                out[:, x0:x1] = source[:, x0 + dx : x1 + dx]
+        if not inside.all():
+            out[~inside] = fill[rows][~inside]
+        if not self.cols_inside.all():
+            out[:, ~self.cols_inside] = fill[rows][:, ~self.cols_inside]
+        return out
+
+    def samples(self, a: np.ndarray, fill: np.ndarray, step: int) -> np.ndarray:
+        """`apply(a, fill)[::step, ::step]`, made on its own."""
+        rows, cols = self.rows[::step], self.cols[::step]
+        out = a[np.ix_(rows, cols)]
+        outside = ~(self.rows_inside[::step][:, None] & self.cols_inside[::step][None, :])
+        if outside.any():
+            out[outside] = fill[::step, ::step][outside]
+        return out
+
+    def apply(self, a: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """`a` (H, W[, C]) of the previous frame brought onto the current one (a new array); where the
+        source lies outside, `fill`'s values (the current frame's own)."""
+        h, w = a.shape[:2]
+        if self.shift is None:
+            out = np.take(np.take(a, self.rows, axis=0), self.cols, axis=1)
+            if not self.rows_inside.all():
+                out[~self.rows_inside] = fill[~self.rows_inside]
+            if not self.cols_inside.all():
+                out[:, ~self.cols_inside] = fill[:, ~self.cols_inside]
+            return out
+        dy, dx = self.shift
+        out = np.empty_like(a)
+        y0, y1, x0, x1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+        if y0 < y1 and x0 < x1:
+            out[y0:y1, x0:x1] = a[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+        else:
+            y0 = y1 = 0
+        for part in ((slice(0, y0), slice(None)), (slice(y1, h), slice(None))):
+            out[part] = fill[part]
+        for part in ((slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, w))):
+            out[part] = fill[part]
+        return out
+
+
+def plan_warp(
+    motion: Motion, size: Tuple[int, int], centre: Tuple[float, float], carried: Tuple[float, float] = (0.0, 0.0)
+) -> Tuple[Warp, Tuple[float, float]]:
+    """The nearest-pixel `Warp` of `motion` (about `centre`) for maps of `size`, and the rounding to
+    carry to the next frame. `carried`: the earlier warps' rounding (the maps' content sits that
+    far from where it belongs); a shift takes it off, so whole-pixel shifts add up to the camera's
+    path instead of drifting from it; a zoom rounds per pixel and carries nothing (tracking its
+    rounding per row and column measured worse on the benchmark's zoom)."""
+    h, w = size
+    shift_only = abs(motion.scale - 1.0) * max(h, w) / 2.0 < 0.5
+    if shift_only:
+        dy = int(np.rint(motion.shift[0] - carried[0]))
+        dx = int(np.rint(motion.shift[1] - carried[1]))
+        rows, cols = np.arange(h) + dy, np.arange(w) + dx
+        rest = (dy + carried[0] - motion.shift[0], dx + carried[1] - motion.shift[1])
+    else:
+        y = (np.arange(h) - centre[0]) * motion.scale + centre[0] + motion.shift[0] - carried[0]
+        x = (np.arange(w) - centre[1]) * motion.scale + centre[1] + motion.shift[1] - carried[1]
+        rows, cols = np.rint(y).astype(np.intp), np.rint(x).astype(np.intp)
+        rest = (0.0, 0.0)
+    rows_inside, cols_inside = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    shift = (dy, dx) if shift_only else None
+    return Warp(np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1), rows_inside, cols_inside, shift), rest
