@@ -1,17 +1,11 @@
-"""The camera's motion between two frames, a zoom and a shift (pan, tilt, shake), from the images;
-and maps moved with it.
+"""The camera's motion between two frames, a zoom and a shift (pan, tilt, shake), and maps moved
+with it.
 
-`estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` (c: the image's centre) on
-small grey images (the stabiliser's grid: each cell's mean) by Gauss-Newton from coarse to fine
-(Lucas-Kanade on a 2x pyramid), Huber-weighted so that what moves in the scene (a person's arms)
-does not pull the fit. `plan_warp` then brings full-size maps from the previous frame onto the
-current one by the nearest pixel: a bilinear warp of depth, normals and mask costs several more
-passes over each map, and measured no less flicker on the stability benchmark's pan and zoom (the
-blend of edges that jump by a pixel or two is wider than any one frame's, whatever the warp). A
-shift's rounding is carried from frame to frame, so whole-pixel shifts add up to the camera's path.
-Rotation about the view axis and perspective are not modelled: what they move is left to the
-stabiliser's motion test. numpy only (OpenCV is not a dependency), and no matrix products: numpy's
-BLAS may start threads for one, which then spin on the other core.
+`estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` on the stabiliser's grey cells
+by Huber-weighted Gauss-Newton, coarse to fine; `plan_warp` moves full-size maps by the nearest
+pixel (a bilinear warp measured no less flicker and costs more passes), carrying a shift's rounding
+from frame to frame. numpy only, and no matrix products (numpy's BLAS may start threads that spin on
+the other core).
 """
 
 from __future__ import annotations

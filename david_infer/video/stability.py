@@ -1,59 +1,13 @@
 """Temporal stabilisation of a clip's maps (depth, normals, foreground), so they do not flicker.
 
-DAViD predicts each frame on its own: a relative depth with its own scale and shift per frame,
-and maps whose small errors change from frame to frame. `stabilize(predictions, mode)` turns a
-clip's per-frame predictions into a steady sequence, without any training, per shot (the frames
-between cuts), on a grid of GRID x GRID pixel cells:
-
-1. Cuts. A shot begins at the first frame, at a frame of another size, and where the coarse colour
-   histogram of a frame (64 bins) differs from the previous frame's by more than `cut_threshold`
-   (L1 distance, 0..2): the estimate starts again from that frame.
-2. The camera (`camera.estimate_motion`): a zoom and a shift (pan, tilt, shake) from the previous
-   frame's grey cells to this frame's, fitted robustly, from the previous frame's motion where it
-   holds, else coarse to fine. The running estimate (maps, gains, ages) is moved with it by the
-   nearest pixel (the maps band by band as the blend reads them, `camera.Warp.band`), so what
-   follows compares and blends the same points of the scene while the camera moves; a shift's
-   rounding is carried to the next frame, a zoom's is not (the estimate's variance rises by
-   ZOOM_NOISE instead); what came into view takes the frame as it is.
-3. Motion in the scene, per cell: the cell's grey mean against the previous frame's moved by the
-   camera, over what noise and a displacement of FLOW_CELLS would change (`motion_threshold` / 2
-   grey levels plus FLOW_CELLS times the slope); where most textured cells moved, the camera's
-   fit failed and the whole frame counts as moved. Beside it, a cell whose mask flipped (beyond
-   MASK_FLIP: a limb moved across a background of its own colour) moved; spread by one cell (the
-   mask's to the four neighbours). And inside the person (the foreground in both), a cell whose
-   depth (after alignment) or normals changed by more than `gate` times the frame's robust noise
-   moved too (a limb of one flat colour shows no change inside in the image, but its maps do).
-4. Depth alignment. Each frame's depth is mapped by one scale and shift onto the running
-   estimate, solved on the grid's pixels inside both foregrounds where nothing moved (the
-   alignment DAViD's authors evaluate with), Huber-weighted, as a Deming fit: the estimate is
-   less noisy than a frame, and plain least squares would shrink the scale a little in every
-   frame, compounding. Fallbacks, in order: too few such pixels (or too little correlation), the
-   foreground's median and interquartile range; no foreground (an empty or absent mask), the whole
-   frame's; a scale not positive or over MAX_SCALE_STEP from the previous frame's, the next
-   fallback, at last the previous frame's alignment. The output's depth units are a leaky average
-   of the frames' own (UNITS_WEIGHT), so they cannot drift.
-5. A recursive filter per pixel (a Kalman filter on a random walk, its gain per grid cell): a
-   cell that moved takes the new frame as it is (gain 1), so moving limbs do not smear; where
-   nothing moved the gain falls as frames accumulate (1, 1/2, 1/3, ...) down to the frame weight
-   (the foreground's to FOREGROUND_WEIGHT of it). Depth and foreground are blended linearly (the
-   foreground's step limited to MASK_STEP * gain / (1 - gain): a robust update, an edge that
-   jumps by a pixel or two in one frame moves the estimate by a bounded step), normals likewise
-   and renormalised (unit length).
-
-`online`: causal, the filter's estimate (weight `frame_weight`) is each frame's output, with no
-latency; memory: the estimate. `offline`: a fixed-lag smoother. The filter runs with a smaller
-weight (`offline_weight`), and frame t's output takes, per cell, the estimate of a later frame
-t + j (j up to `lookahead`): the latest whose frames are centred on t, up to LEAD frames after it
-(the estimate's mean age, tracked per cell, against j), and never one from after that cell moved,
-after the camera moved or after the shot ended. Each frame gets the frames after it as well as
-those before; memory holds lookahead + 1 frames' estimates, whatever the clip's length.
-
-What it cannot fix: an error the model makes the same way frame after frame (a wrong depth of an
-arm, a missed hand) stays; a global depth change the model cannot tell from its per-frame scale
-(the person walking towards the camera) is held to the running scale; rotation about the view
-axis and perspective (a camera that moves through the scene) are not compensated: what they move
-takes the new frame as it is; where the camera moves, offline has no frames after (its forward
-estimate only).
+`stabilize(predictions, mode)` turns per-frame predictions into a steady sequence, per shot (a cut or
+a new size starts one), without training, on a grid of GRID x GRID pixel cells: the camera's zoom
+and shift are followed (david_infer.video.camera); cells that moved in the scene (image, mask flip,
+or maps inside the person) take the frame as it is; each frame's depth is aligned to the running
+estimate by a robust scale and shift (a Deming fit inside both masks); a per-pixel recursive filter
+blends depth, normals (unit length) and the mask where nothing moved. `online` is causal (no
+latency); `offline` a fixed-lag smoother over `lookahead` frames. docs/video.md says each step, its
+constants and what it cannot fix (an error the model repeats frame after frame stays).
 """
 
 from __future__ import annotations
