@@ -52,7 +52,7 @@ class _Sessions:
         self._kept: "OrderedDict[Hashable, Any]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, build: Callable[[], Any], threads: int = 1) -> Any:
         with self._lock:
             session = self._kept.get(key)
             if session is not None:
@@ -60,10 +60,10 @@ class _Sessions:
                 return session
         options = self.ort.SessionOptions()
         options.log_severity_level = 3
-        # one thread per graph: with more, ONNX Runtime splits some long sums across threads and the
-        # maps' last bits would depend on `threads` (docs/determinism.md); the tasks' post graphs
-        # run side by side instead
-        options.intra_op_num_threads = 1
+        # threads for the pre graph only: with more than one, ONNX Runtime split the post graph's
+        # long sums across threads and the maps' last bits depended on `threads`; the pre graph's
+        # bits did not (docs/determinism.md). The tasks' post graphs run side by side instead
+        options.intra_op_num_threads = threads
         # no arena: the full-size buffers go back to the system after each image, so the peaks
         # of the pre and the post graphs do not add up (benchmarks/memory.py)
         options.enable_cpu_mem_arena = False
@@ -103,7 +103,9 @@ class GraphStages(Stages):
         contract = self.contract
         spec = self._spec(resolution, order)
         return self._sessions.get(
-            ("pre", resolution, dtype, order), lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype)
+            ("pre", resolution, dtype, order),
+            lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype),
+            self.options.threads,
         )
 
     def _post(self, resolution: int, task: str) -> Any:

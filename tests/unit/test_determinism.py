@@ -67,3 +67,26 @@ def test_maps_are_bit_identical_whatever_the_blas_threads_workers_and_batch(
     assert len(one) == 3 * 3
     assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=1, batch=1) == one
     assert _maps(tiny_multitask_onnx, photos, blas_threads=2, threads=3, batch=3) == one
+
+
+@pytest.mark.parametrize("pipeline", ["antialias", "official"])
+def test_the_pre_graph_gives_the_same_bits_on_one_thread_or_four(pipeline: str) -> None:
+    """The pre graph runs on `threads` ONNX Runtime threads (the post graphs on one each): its
+    feeds must not depend on that number, at sizes where ONNX Runtime does split the work."""
+    import onnxruntime as ort
+
+    from david_infer.stages.builder import GraphSpec, build_pre
+
+    graph = build_pre(GraphSpec(pipeline, 512, 384), "image", "vit").SerializeToString()
+
+    def session(threads: int) -> "ort.InferenceSession":
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    one, four = session(1), session(4)
+    rng = np.random.default_rng(11)
+    for h, w in [(720, 1280), (333, 517), (1500, 90), (600, 600)]:
+        photo = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        for a, b in zip(one.run(None, {"photo": photo}), four.run(None, {"photo": photo})):
+            assert a.shape == b.shape and a.tobytes() == b.tobytes(), (pipeline, h, w)
