@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 
 from ..errors import InputError
 from ..options import RuntimeArguments, split_list
-from ._torch import add_torch_arguments, with_torch_options
+from ._common import add_torch_arguments, with_torch_options
 
 RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 

@@ -14,7 +14,7 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from david_infer.backends.onnxruntime.trt_options import tensorrt_provider_options
+from david_infer.backends.onnxruntime.runner import tensorrt_provider_options
 from david_infer.backends.tensorrt.engine_manifest import (
     build_engine_manifest,
     check_compatible,
@@ -296,7 +296,7 @@ def test_engine_manifest_missing_or_wrong_kind(manifests: Dict[str, Any], plan: 
 def test_importing_backend_imports_no_tensorrt() -> None:
     code = (
         "import sys, david_infer.backends.tensorrt, david_infer.backends.tensorrt.runner, "
-        "david_infer.backends.onnxruntime.trt_options, david_infer.commands.build_engine\n"
+        "david_infer.backends.onnxruntime.runner, david_infer.commands.build_engine\n"
         "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
