@@ -1,11 +1,5 @@
-"""PyTorch -> ONNX export of DAViD models, with the manifest a C++ host needs.
-
-Layouts:
-  dynamic  (default) inputs image (batch, 3, height, width) and image_384 (batch, 3, 384, 384);
-           outputs depth / normal / foreground, each (batch, C, height, width).
-  official the released files' contract: one input image (1, 3, 512, 512) BGR [0, 1]; outputs
-           depth (1, 512, 512), normal (1, 3, 512, 512), foreground (1, 1, 512, 512).
-"""
+"""PyTorch -> ONNX export of DAViD models (the dynamic or the released "official" layout, FP32 or mixed
+FP16) with the manifest a C++ host needs (docs/export.md)."""
 
 from __future__ import annotations
 
@@ -37,75 +31,53 @@ OFFICIAL_RESOLUTION = DEFAULT_RESOLUTION  # the released files' fixed size
 MIN_OPSET = 17
 
 
-def _wrap(model: Any, layout: str) -> Any:
+def layout_module(model: Any, layout: str) -> Any:
     """A module whose forward returns a tuple of outputs in task order, in the layout's shapes."""
     import torch
 
-    class DynamicLayout(torch.nn.Module):
+    class Layout(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, image: torch.Tensor, image_384: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-            out = self.model(image, image_384)
-            return tuple(out[name] for name in self.model.outputs)
-
-    class OfficialLayout(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-            out = self.model(image)
+        def outputs(self, out: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
             # as the released files: a map of "NHW" axes without its channel axis
-            return tuple(out[n].squeeze(1) if TASKS[n].released_axes == "NHW" else out[n] for n in self.model.outputs)
+            squeeze = layout == "official"
+            return tuple(
+                out[n].squeeze(1) if squeeze and TASKS[n].released_axes == "NHW" else out[n] for n in model.outputs
+            )
+
+    class DynamicLayout(Layout):
+        def forward(self, image: torch.Tensor, image_384: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return self.outputs(self.model(image, image_384))
+
+    class OfficialLayout(Layout):
+        def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return self.outputs(self.model(image))
 
     return (DynamicLayout if layout == "dynamic" else OfficialLayout)().eval()
 
 
 def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
-    cfg = get_config(variant)
-    outputs = task_outputs(task)
+    cfg, r = get_config(variant), OFFICIAL_RESOLUTION
     image = {"dtype": "float32", "axes": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
     if layout == "dynamic":
         inputs = [
-            {
-                "name": "image",
-                "shape": ["batch", 3, "height", "width"],
-                **image,
-                "constraints": f"height and width are multiples of {cfg.stride}",
-            },
-            {
-                "name": "image_384",
-                "shape": ["batch", 3, cfg.vit_size, cfg.vit_size],
-                **image,
-                "constraints": "the same padded square as image, resized bilinear to the ViT size",
-            },
+            {"name": "image", "shape": ["batch", 3, "height", "width"], **image},
+            {"name": "image_384", "shape": ["batch", 3, cfg.vit_size, cfg.vit_size], **image},
         ]
-        outs = [
-            {
-                "name": n,
-                "task": n,
-                "shape": ["batch", TASKS[n].channels, "height", "width"],
-                "dtype": "float32",
-                "axes": "NCHW",
-            }
-            for n in outputs
-        ]
+        inputs[0]["constraints"] = f"height and width are multiples of {cfg.stride}"
+        inputs[1]["constraints"] = "the same padded square as image, resized bilinear to the ViT size"
     else:
-        r = OFFICIAL_RESOLUTION
         inputs = [{"name": "image", "shape": [1, 3, r, r], **image}]
-        outs = [
-            {
-                "name": n,
-                "task": n,
-                "shape": [1, r, r] if TASKS[n].released_axes == "NHW" else [1, TASKS[n].channels, r, r],
-                "dtype": "float32",
-                "axes": TASKS[n].released_axes,
-            }
-            for n in outputs
-        ]
-    return inputs, outs
+    outputs = []
+    for n in task_outputs(task):
+        row, shape = TASKS[n], ["batch", TASKS[n].channels, "height", "width"]
+        if layout == "official":
+            shape = [1, r, r] if row.released_axes == "NHW" else [1, row.channels, r, r]
+        axes = row.released_axes if layout == "official" else "NCHW"
+        outputs.append({"name": n, "task": n, "shape": shape, "dtype": "float32", "axes": axes})
+    return inputs, outputs
 
 
 def _producer_versions() -> Dict[str, str]:
@@ -151,22 +123,14 @@ def build_manifest(
     fp16_report: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest for an exported file (see david_infer.manifest)."""
-
     cfg = get_config(variant)
     inputs, outputs = _tensor_specs(variant, task, layout)
     if weights is None:
-        origin = {
-            "origin": "random",
-            "seed": seed,
-            "description": f"RANDOM weights from seed {seed}: not a trained model; outputs are meaningless.",
-        }
+        note = f"RANDOM weights from seed {seed}: not a trained model; outputs are meaningless."
+        origin: Dict[str, Any] = {"origin": "random", "seed": seed, "description": note}
     else:
-        origin = {
-            "origin": "file",
-            "path": str(weights),
-            "sha256": sha256_file(weights),
-            "description": "weights loaded strictly from a david-infer safetensors checkpoint",
-        }
+        note = "weights loaded strictly from a david-infer safetensors checkpoint"
+        origin = {"origin": "file", "path": str(weights), "sha256": sha256_file(weights), "description": note}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -211,6 +175,11 @@ def _check_args(variant: str, task: str, layout: str, precision: str, opset: int
         raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    check_output(output)
+
+
+def check_output(output: Path) -> None:
+    """ExportError unless `output` is a file name ending in .onnx in a folder we can write in."""
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} must end in .onnx (the manifest goes beside it as .json)")
     if not output.parent.is_dir():
@@ -262,7 +231,7 @@ def export_onnx(
     _check_args(variant, task, layout, precision, opset, output)
     weights_str = str(weights) if weights is not None else None
     model = build_model(variant, task, weights=weights_str, seed=seed)
-    wrapped = _wrap(model, layout)
+    wrapped = layout_module(model, layout)
     cfg = model.cfg
     names_out = list(model.outputs)
     if layout == "dynamic":

@@ -1,12 +1,7 @@
-"""The native TensorRT runner: a plan + its engine manifest, cuda-python buffers, `execute_async_v3`.
-
-Written against the TensorRT 10/11 tensor-name API (the 8.x bindings API is gone). Device and
-pinned host buffers are allocated once, for the profile's maximum shapes, and reused; each call
-sets the input shapes, copies in on the runner's own non-blocking stream, enqueues, copies out
-and synchronises. Calls are serialised by a lock (one execution context).
-
-NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
-"""
+"""The native TensorRT runner (TensorRT 10/11 tensor-name API): a plan and its engine manifest,
+device and pinned host buffers allocated once for the profile's largest shapes, copies and
+`execute_async_v3` on the runner's own non-blocking stream, one call at a time.
+NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT."""
 
 from __future__ import annotations
 
@@ -19,7 +14,7 @@ from ...contract import GraphIO, ModelContract
 from ...errors import DavidError, InputError, ModelError
 from ...shapes import ShapeRange, check_input_shape
 from ..base import Device, Runner
-from . import _cuda, _trt
+from . import _cuda
 from .engine_manifest import check_compatible, check_plan_sha256, profile_ranges
 
 
@@ -58,14 +53,14 @@ class TensorRTRunner(Runner):
         self._device = index = device.index
         self._io = GraphIO(contract.inputs, contract.outputs)
         self._manifest = contract.document  # the "tensorrt" block: version, GPU, profiles
-        trt = _trt.tensorrt()
+        trt = _cuda.tensorrt()
         gpu, cc = _cuda.device_info(index)
         check_compatible(self._manifest, trt.__version__, cc, self.path, gpu_name=gpu)
         check_plan_sha256(self.path, self._manifest)
         _cuda.set_device(index)
         self._inputs = list(self._io.input_names)
         self._outputs = list(self._io.output_names)
-        self._runtime = trt.Runtime(_trt.logger())
+        self._runtime = trt.Runtime(_cuda.logger())
         # The runtime must outlive the engine, the engine its context: keep all three.
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
@@ -82,8 +77,6 @@ class TensorRTRunner(Runner):
         except BaseException:
             self.close()
             raise
-
-    # -- set-up ---------------------------------------------------------------------------------
 
     def _engine_ranges(self, trt: Any) -> Dict[str, ShapeRange]:
         """Profile 0's ranges as the engine reports them, checked against the engine manifest's."""
@@ -132,8 +125,6 @@ class TensorRTRunner(Runner):
             # Addresses never change (buffers are reused), so they are set once.
             if not ctx.set_tensor_address(name, self._bindings[name].device.ptr):
                 raise ModelError(f"{self.path}: TensorRT refused the device address of {name!r}")
-
-    # -- Runner ---------------------------------------------------------------------------------
 
     @property
     def io(self) -> GraphIO:
