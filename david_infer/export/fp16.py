@@ -262,14 +262,14 @@ class _Converter:
                 if a.name == "to" and a.i == FLOAT:
                     a.i = FLOAT16  # the leftover Cast(to=FLOAT) pitfall: follow the compute type
         bound: Dict[str, Optional[int]] = {}
+        params = _type_params(schema) if schema is not None else {}
+        flowing = {f.type_str for f in schema.outputs} if schema is not None else set()
         for param, indices in _groups(node, schema).items():
             current = [self.types.get(node.input[i]) for i in indices]
-            if not all(t in _FLOATS for t in current) or (
-                param not in {f.type_str for f in schema.outputs} and len(set(current)) == 1
-            ):
+            if not all(t in _FLOATS for t in current) or (param not in flowing and len(set(current)) == 1):
                 bound[param] = current[0]  # not floats, or (e.g. Shape) a type that flows nowhere
                 continue
-            allowed = f"tensor({'float16' if target == FLOAT16 else 'float'})" in _type_params(schema)[param]
+            allowed = f"tensor({'float16' if target == FLOAT16 else 'float'})" in params[param]
             want = target if allowed else FLOAT
             for i in indices:
                 node.input[i] = self.as_type(node.input[i], want)
