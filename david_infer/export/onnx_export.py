@@ -14,6 +14,7 @@ from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
 from ..config import DEFAULT_RESOLUTION, get_config
+from ..contract import GraphIO, ModelContract
 from ..errors import ExportError
 from ..files import make_temp_path, sha256_file
 from ..manifest import (
@@ -268,6 +269,17 @@ def export_onnx(
         )
 
     return write_with_manifest(output, write)
+
+
+def onnx_contract(path: Path) -> Tuple[ModelContract, GraphIO]:
+    """An .onnx file's contract (its manifest's, or recognised from its graph) and its graph's inputs and
+    outputs, checked against each other."""
+    from ..backends.onnxruntime import OnnxRuntimeBackend
+
+    io = OnnxRuntimeBackend().inspect(path)
+    contract = ModelContract.load(path) if manifest_path(path).exists() else ModelContract.recognise(path, io)
+    contract.check_graph(io)
+    return contract, io
 
 
 def write_with_manifest(output: Path, write: Callable[[Path], Dict[str, Any]]) -> Dict[str, Any]:

@@ -12,11 +12,10 @@ from .._optional import require
 from ..contract import ModelContract
 from ..errors import ExportError, ModelError
 from ..files import sha256_file
-from ..manifest import manifest_path
 from ..resample import MAX_PYRAMID_LEVELS, OFFICIAL_PYRAMID_FACTOR
 from ..stages.builder import MIN_OPSET, GraphSpec, default_opset, wrap
 from ..tasks import TASKS, task_table
-from .onnx_export import check_output, write_with_manifest
+from .onnx_export import check_output, onnx_contract, write_with_manifest
 
 OPS_TABLE = Path(__file__).with_name("tensorrt10_ops.json")
 #: what each pipeline's resize and resize back are, for the manifest
@@ -27,8 +26,6 @@ RESIZE_BACK = {"antialias": "pillow-bicubic", "official": "opencv-cubic"}
 def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     """The network graph and its contract; ModelError naming the file when it cannot be wrapped."""
     onnx = require("onnx", "export")
-    from ..backends.onnxruntime import OnnxRuntimeBackend
-
     if source.suffix != ".onnx":
         raise ModelError(
             f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
@@ -42,9 +39,7 @@ def _load_source(source: Path) -> Tuple[Any, ModelContract]:
         raise ModelError(
             f"{source}: not a readable ONNX file ({type(exc).__name__}: {exc}); re-download or re-export it"
         ) from None
-    io = OnnxRuntimeBackend().inspect(source)
-    contract = ModelContract.load(source) if manifest_path(source).exists() else ModelContract.recognise(source, io)
-    contract.check_graph(io)
+    contract = onnx_contract(source)[0]
     if contract.layout == "prepost":
         raise ModelError(
             f'{source}: already a pre/post graph (its manifest says layout "prepost"); wrap the '

@@ -15,7 +15,8 @@ from typing import Optional, Tuple, Union
 from ..backends.triton import CONFIG_MANIFEST_KEY
 from ..contract import GraphIO, ModelContract, TensorSpec
 from ..errors import InputError, ModelError
-from ..manifest import manifest_path, write_manifest
+from ..manifest import write_manifest
+from .onnx_export import onnx_contract
 
 PLATFORMS = {
     ".onnx": ("onnxruntime_onnx", "model.onnx"),
@@ -29,13 +30,7 @@ _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64"
 def _contract_and_io(model: Path) -> Tuple[ModelContract, GraphIO, Optional[int]]:
     """The contract, the graph's inputs/outputs, and the largest batch the file accepts (None = any)."""
     if model.suffix == ".onnx":
-        from ..backends.onnxruntime import OnnxRuntimeBackend
-
-        io = OnnxRuntimeBackend().inspect(model)
-        has_manifest = manifest_path(model).exists()
-        contract = ModelContract.load(model) if has_manifest else ModelContract.recognise(model, io)
-        contract.check_graph(io)
-        return contract, io, None
+        return (*onnx_contract(model), None)
     from ..backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
 
     engine_manifest = read_engine_manifest(model)  # a plan is described by its engine manifest

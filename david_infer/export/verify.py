@@ -167,11 +167,11 @@ def _weights_for(
 
 def open_session(path: Union[str, Path]) -> Any:
     """An ONNX Runtime CPU session; ModelError naming the file when ORT cannot load it."""
-    ort = require("onnxruntime", "verifying an ONNX file")
-    try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+    from ..backends.base import Device
+    from ..backends.onnxruntime import OnnxRuntimeOptions
+    from ..backends.onnxruntime.runner import create_session
+
+    return create_session(Path(path), Device("cpu"), (), OnnxRuntimeOptions())
 
 
 def compare(

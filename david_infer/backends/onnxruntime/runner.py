@@ -201,11 +201,6 @@ class OnnxRuntimeRunner(Runner):
     def io(self) -> GraphIO:
         return self._io
 
-    @property
-    def providers(self) -> List[str]:
-        """Execution providers the session actually uses."""
-        return list(self._session.get_providers())
-
     def run(self, feeds: Mapping[str, np.ndarray], release_memory: bool = False) -> Dict[str, np.ndarray]:
         """The outputs for `feeds`. `release_memory`: give back the arena memory this run leaves
         unused (ONNX Runtime keeps the largest run's otherwise)."""

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Optional, Union
 
 from ...contract import GraphIO, ModelContract
 from ...errors import ModelError
-from ...manifest import manifest_path
 from ..base import Backend, BackendOptions, Device, Runner, Workload, parse_device
 
 
@@ -40,12 +39,9 @@ class TensorRTBackend(Backend):
         """The plan's runner, once its engine manifest and profile fit `workload` (at once, not on the
         first image). BackendUnavailable without TensorRT, cuda-python or a GPU; ModelError for a plan
         of another TensorRT or GPU, or whose SHA-256 differs from its engine manifest's."""
-        from .engine_manifest import check_engine_manifest, check_profile_covers
+        from .engine_manifest import check_profile_covers
         from .runner import TensorRTRunner
 
-        if not contract.path.is_file():
-            raise ModelError(f"engine file not found: {contract.path}")
-        check_engine_manifest(contract.document, manifest_path(contract.path))
         check_profile_covers(contract.document, workload.resolution, workload.max_batch, contract.path)
         return TensorRTRunner(contract, self.check_device(device))
 
@@ -66,6 +62,3 @@ def open_runner(
         raise ModelError(f"engine file not found: {path}")
     contract = ModelContract.load(path) if engine_manifest is None else ModelContract.from_dict(path, engine_manifest)
     return backend.open(contract, dev, Workload(resolution, max_batch))
-
-
-__all__ = ["TensorRTBackend", "TensorRTOptions", "open_runner"]
