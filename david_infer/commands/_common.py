@@ -4,11 +4,17 @@ backend's flags among them (--precision, --channels-last, --compile, --cuda-grap
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Iterable, Tuple
 
+from ..backends.base import parse_device
+from ..config import DEFAULT_RESOLUTION
 from ..errors import InputError
-from ..options import RuntimeArguments, RuntimeOptions, resolved_model
+from ..files import check_free, commit, make_temp_path
+from ..memory_estimate import MemoryGuard
+from ..options import AUTO_RESOLUTION, RuntimeArguments, RuntimeOptions, resolved_model
+from ..zoo import MODELS
 
 #: the runtime flags of the app commands (relight, background, pointcloud): one image, no batching
 APP_RUNTIME = RuntimeArguments(batch_size=False, threads=False)
@@ -27,14 +33,6 @@ def open_runtime(options: RuntimeOptions) -> Any:
 def check_memory_early(options: RuntimeOptions) -> None:
     """OutOfMemoryError when a fixed resolution and batch cannot fit, before a released model is
     downloaded or any model loaded (`david_infer.memory_estimate`; the runtime checks again)."""
-    import os
-
-    from ..backends.base import parse_device
-    from ..config import DEFAULT_RESOLUTION
-    from ..memory_estimate import MemoryGuard
-    from ..options import AUTO_RESOLUTION
-    from ..zoo import MODELS
-
     model, resolution = options.model, options.resolution
     if parse_device(options.device).kind != "cpu" or not isinstance(model, (str, os.PathLike)):
         return
@@ -80,8 +78,6 @@ def image_format(out: Path) -> str:
 def check_app_output(args: argparse.Namespace) -> Path:
     """OUT, checked before the model runs: a file name (of an image type we write, for images) in an
     existing folder we can write in (a probe file is made and removed), free unless --overwrite."""
-    from ..files import check_free, make_temp_path
-
     out = Path(args.output)
     if out.is_dir():
         raise InputError(f"{out} is a folder; -o names the file to write (e.g. {out / ('out' + args.output_suffix)})")
@@ -115,8 +111,6 @@ def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) 
 def save_app_image(args: argparse.Namespace, image: Any) -> int:
     """Write an app's image result to args.output (PNG, JPEG, ... by its suffix), atomically."""
     from PIL import Image
-
-    from ..files import commit
 
     out = Path(args.output)
     fmt = image_format(out)

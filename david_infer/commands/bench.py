@@ -15,11 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
+from itertools import groupby
 from typing import Any, Dict, List
 
+from ..backends import get_backend
+from ..benchmark import machine, synthetic_photo, time_interleaved
 from ..errors import InputError
-from ..options import RuntimeArguments, split_list
-from ._common import add_torch_arguments, with_torch_options
+from ..files import commit
+from ..inputs import decode
+from ..options import RuntimeArguments, resolved_model, split_list
+from ._common import add_torch_arguments, open_runtime, with_torch_options
 
 RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 
@@ -35,15 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-    from itertools import groupby
-
-    from ..backends import get_backend
-    from ..benchmark import machine, synthetic_photo, time_interleaved
-    from ..inputs import decode
-    from ..options import resolved_model
-    from ._common import open_runtime
-
     batches = split_list(args.batch, int) or [1]
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(
@@ -88,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratios,
     }
     if args.json:
-        from ..files import commit
-
         data = (json.dumps(report, indent=2) + "\n").encode()
         commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)
         print(f"wrote {args.json}", file=sys.stderr)

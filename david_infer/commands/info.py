@@ -13,7 +13,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from .. import zoo
+from ..contract import read_manifest
 from ..errors import ModelError
+from ..files import sha256_file
 from ..manifest import manifest_path
 from ..zoo import resolve_model
 
@@ -31,10 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(path: Path) -> Dict[str, Any]:
     """A dict: file, kind, size_bytes, sha256, sha256_check, manifest (or None), inputs, outputs."""
-    from .. import zoo
-    from ..contract import read_manifest
-    from ..files import sha256_file
-
     path = Path(path)
     if path.is_dir():
         from ..runtime import resolve_model_path

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg
-from ..serving import ServeConfig, read_token
+from ..options import DEFAULT_RESOLUTION, RuntimeArguments, positive_int_arg, resolved_model
+from ..serving import ServeConfig, read_token, serve
 
 #: the server runs the network alone: no channel order (clients preprocess), its batch is --max-batch-size
 RUNTIME = RuntimeArguments(
@@ -76,9 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..options import resolved_model
     from ..runtime import resolve_model_path
-    from ..serving import serve
 
     path = resolve_model_path(resolved_model(args.model))
     # one model call at a time per worker, on one pre/postprocessing thread: the backend's own threads use the cores

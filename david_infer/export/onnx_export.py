@@ -4,6 +4,7 @@ FP16) with the manifest a C++ host needs (docs/export.md)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import warnings
@@ -13,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
+from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import GraphIO, ModelContract
 from ..errors import ExportError
@@ -25,6 +27,7 @@ from ..manifest import (
     write_manifest,
 )
 from ..tasks import TASKS, task_outputs, task_table
+from .fp16 import FP32_OPS, check_strongly_typed, convert_to_mixed_fp16, precision_report
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -83,8 +86,6 @@ def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
 
 def _producer_versions() -> Dict[str, str]:
     """Versions of everything that shaped the file (onnxruntime only when installed)."""
-    import importlib
-
     versions = {"david_infer": __version__}
     for module in ("torch", "onnx", "onnxscript", "onnxruntime"):
         try:
@@ -95,8 +96,6 @@ def _producer_versions() -> Dict[str, str]:
 
 
 def _precision_doc(precision: str, report: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    from .fp16 import FP32_OPS
-
     if precision == "fp32":
         return {"compute": "float32", "io_dtype": "float32"}
     assert report is not None
@@ -197,8 +196,6 @@ def _to_fp16(path: Path) -> Dict[str, Any]:
     """Rewrite the FP32 graph at `path` as mixed FP16 in place; return its precision report."""
     import onnx
 
-    from .fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report
-
     model = convert_to_mixed_fp16(onnx.load(str(path)), inplace=True)
     problems = check_strongly_typed(model)
     if problems:  # a bug of ours, never the user's: say what is wrong and stop
@@ -215,7 +212,6 @@ def export_onnx(
     weights: Optional[Union[str, Path]] = None,
     seed: int = 0,
     opset: int = 18,
-    dummy_size: Tuple[int, int] = (64, 96),
     precision: str = "fp32",
 ) -> Dict[str, Any]:
     """Export one model to `output` (.onnx) and write its manifest beside it; return the manifest.
@@ -237,7 +233,7 @@ def export_onnx(
     names_out = list(model.outputs)
     if layout == "dynamic":
         # Dummy sizes differ from every real size and from each other so none can be frozen.
-        h, w = (max(cfg.stride, d // cfg.stride * cfg.stride) for d in dummy_size)
+        h, w = (max(cfg.stride, d // cfg.stride * cfg.stride) for d in (64, 96))
         args: Tuple[Any, ...] = (torch.rand(2, 3, h, w), torch.rand(2, 3, cfg.vit_size, cfg.vit_size))
         batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
         dynamic = {"image": {0: batch, 2: height, 3: width}, "image_384": {0: batch}}
@@ -274,8 +270,6 @@ def export_onnx(
 def onnx_contract(path: Path) -> Tuple[ModelContract, GraphIO]:
     """An .onnx file's contract (its manifest's, or recognised from its graph) and its graph's inputs and
     outputs, checked against each other."""
-    from ..backends.onnxruntime import OnnxRuntimeBackend
-
     io = OnnxRuntimeBackend().inspect(path)
     contract = ModelContract.load(path) if manifest_path(path).exists() else ModelContract.recognise(path, io)
     contract.check_graph(io)

@@ -172,7 +172,7 @@ def _config(
     return config
 
 
-def _attach_timing_cache(config: Any, cache_path: Optional[Path], log: Any) -> None:
+def _attach_timing_cache(config: Any, cache_path: Optional[Path]) -> None:
     """Load the timing cache file if there is one (an empty blob: a new cache the build fills); one of
     another TensorRT or GPU is replaced, not fatal."""
     blob = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
@@ -180,7 +180,8 @@ def _attach_timing_cache(config: Any, cache_path: Optional[Path], log: Any) -> N
     # set_timing_cache returns False when the cache was made by another TensorRT or device.
     if cache is None or config.set_timing_cache(cache, ignore_mismatch=False) is False:
         print(
-            f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one", file=log
+            f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one",
+            file=sys.stderr,
         )
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
@@ -196,7 +197,6 @@ def build_engine(
     timing_cache: Optional[Union[str, Path]] = None,
     hardware_compat: str = "none",
     device: int = 0,
-    log: Any = sys.stderr,
     tf32: bool = False,
 ) -> Dict[str, Any]:
     """Build `output` (plan) and `output.json` (engine manifest) from a david-infer ONNX export; both
@@ -224,14 +224,14 @@ def build_engine(
     )
     notes: List[str] = [plan.warning] if plan.warning else []
     for note in notes:
-        print(f"warning: {note}", file=log)
+        print(f"warning: {note}", file=sys.stderr)
 
     logger = _cuda.logger()
     builder = _create(trt, gpu, "a builder", trt.Builder, logger)
     network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed, gpu)
     _check_network_inputs(network, profiles, onnx_path)
     config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat, tf32)
-    _attach_timing_cache(config, cache_path, log)
+    _attach_timing_cache(config, cache_path)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+from ..backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
 from ..backends.triton import CONFIG_MANIFEST_KEY
 from ..contract import GraphIO, ModelContract, TensorSpec
 from ..errors import InputError, ModelError
@@ -23,6 +24,8 @@ PLATFORMS = {
     ".engine": ("tensorrt_plan", "model.plan"),
     ".plan": ("tensorrt_plan", "model.plan"),
 }
+#: how long dynamic batching waits to fill a batch
+MAX_QUEUE_DELAY_US = 100
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8"}
 
@@ -31,8 +34,6 @@ def _contract_and_io(model: Path) -> Tuple[ModelContract, GraphIO, Optional[int]
     """The contract, the graph's inputs/outputs, and the largest batch the file accepts (None = any)."""
     if model.suffix == ".onnx":
         return (*onnx_contract(model), None)
-    from ..backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
-
     engine_manifest = read_engine_manifest(model)  # a plan is described by its engine manifest
     contract = ModelContract.from_dict(model, engine_manifest)
     largest = min(r.max[0] for r in profile_ranges(engine_manifest).values())
@@ -60,7 +61,6 @@ def triton_config(
     max_batch_size: int,
     instance: str,
     instances: int,
-    max_queue_delay_us: int,
 ) -> str:
     """The config.pbtxt text. With max_batch_size > 0 the dims leave out the batch dim (the graph's
     first dim must then be dynamic); 0 = the graph's full, fixed shapes and no batching."""
@@ -77,7 +77,7 @@ def triton_config(
         "]",
     ]
     if batched:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}")
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}")
     lines.append(f"instance_group [ {{ count: {instances} kind: {INSTANCE_KINDS[instance]} }} ]")
     text = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False)
     lines.append(f"parameters {{ key: {_quote(CONFIG_MANIFEST_KEY)} value {{ string_value: {_quote(text)} }} }}")
@@ -91,13 +91,12 @@ def write_triton_repo(
     max_batch_size: Optional[int] = None,
     instance: Optional[str] = None,
     instances: int = 1,
-    max_queue_delay_us: int = 100,
     overwrite: bool = False,
 ) -> Path:
     """Write REPO/NAME for `model` (an .onnx with or without our manifest, or an .engine/.plan with its
     engine manifest); return that folder. name: default the file's stem; max_batch_size: default 8,
     or 0 (no batching) for a graph with a fixed batch; instance: "cpu" or "gpu" (default cpu for
-    ONNX, gpu for a plan); instances: model copies; max_queue_delay_us: dynamic batching's wait."""
+    ONNX, gpu for a plan); instances: model copies."""
     model = Path(model)
     if model.suffix not in PLATFORMS:
         raise InputError(f"{model}: a Triton repository is made from an .onnx, .engine or .plan file")
@@ -119,7 +118,6 @@ def write_triton_repo(
     for label, value, low in (
         ("max_batch_size", max_batch_size, 0),
         ("instances", instances, 1),
-        ("max_queue_delay_us", max_queue_delay_us, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{label} must be an integer >= {low}, got {value!r}")
@@ -144,7 +142,7 @@ def write_triton_repo(
         shutil.copyfile(model, staging / "1" / filename)
         write_manifest(staging / "manifest.json", manifest)
         (staging / "config.pbtxt").write_text(
-            triton_config(name, platform, io, manifest, max_batch_size, instance, instances, max_queue_delay_us),
+            triton_config(name, platform, io, manifest, max_batch_size, instance, instances),
             encoding="utf-8",
         )
         if final.exists():

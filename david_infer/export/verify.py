@@ -10,12 +10,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .._optional import require
+from ..backends.base import Device
+from ..backends.onnxruntime import OnnxRuntimeOptions
+from ..backends.onnxruntime.runner import create_session
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import read_manifest
 from ..errors import InputError, ModelError
 from ..files import sha256_file
 from ..manifest import check_sha256, manifest_path
+from ..metrics import SAME_ARITHMETIC, Thresholds
+from ..metrics import compare as parity
 from ..shapes import check_stride, parse_hw_list
 from .onnx_export import layout_module
 
@@ -84,8 +91,6 @@ def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
     """(||got - expected|| / ||expected||, max |got - expected|, ||got - expected|| / ||expected - mean||),
     in float64; the mean per image and channel, so the third measures the error against how much
     the output varies."""
-    import numpy as np
-
     got64, exp64 = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     if got64.shape != exp64.shape:
         raise ModelError(f"output shape {got64.shape} differs from PyTorch's {exp64.shape}")
@@ -104,8 +109,6 @@ def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
 
 def random_inputs(layout: str, batch: int, height: int, width: int, vit_size: int, seed: int = 0) -> Dict[str, Any]:
     """The graph's inputs for one point: BGR in [0, 1], image_384 for the dynamic layout."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     feeds = {"image": rng.random((batch, 3, height, width), dtype=np.float32)}
     if layout == "dynamic":
@@ -167,10 +170,6 @@ def _weights_for(
 
 def open_session(path: Union[str, Path]) -> Any:
     """An ONNX Runtime CPU session; ModelError naming the file when ORT cannot load it."""
-    from ..backends.base import Device
-    from ..backends.onnxruntime import OnnxRuntimeOptions
-    from ..backends.onnxruntime.runner import create_session
-
     return create_session(Path(path), Device("cpu"), (), OnnxRuntimeOptions())
 
 
@@ -186,9 +185,6 @@ def compare(
     """Rows per session name: the PyTorch reference is computed once per point and shared. Each
     session is judged by the parity metrics for its graph's precision ("fp32" or "fp16"), and by
     its entry in `tolerances` (an upper bound on the relative error) when one is given."""
-    from david_infer.metrics import SAME_ARITHMETIC, Thresholds
-    from david_infer.metrics import compare as parity
-
     vit_size = model.cfg.vit_size
     rows: Dict[str, List[Row]] = {name: [] for name in sessions}
     for (h, w), b in points:

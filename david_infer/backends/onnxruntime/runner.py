@@ -42,7 +42,6 @@ def tensorrt_provider_options(
     cache_dir: Union[str, Path],
     resolution: Optional[int],
     max_batch: int,
-    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> Dict[str, Any]:
     """Options of ONNX Runtime's TensorRT provider (the names of its tensorrt_execution_provider_info.cc)
     for images at `resolution` (None: the default range 256..1024, optimum 512) in batches of
@@ -65,7 +64,7 @@ def tensorrt_provider_options(
         "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(timing),
-        "trt_max_workspace_size": int(workspace_bytes),
+        "trt_max_workspace_size": DEFAULT_WORKSPACE_BYTES,
         **{f"trt_profile_{level}_shapes": ort_shape_string(profiles, level) for level in ("min", "opt", "max")},
     }
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..._optional import require
 from ...errors import BackendUnavailable
+from ..gpu import check_cuda_device
 
 PURPOSE = "the TensorRT backend (device memory and streams)"
 _STATE: dict = {"lock": threading.Lock(), "logger": None}
@@ -65,8 +66,6 @@ def error_text(err: Any) -> str:
 
 def device_info(device: int = 0) -> Tuple[str, str]:
     """(GPU name, "MAJOR.MINOR" compute capability) of `device`; BackendUnavailable without one."""
-    from ..gpu import check_cuda_device
-
     cudart = runtime()
     err, version = cudart.cudaRuntimeGetVersion()
     # the CUDA runtime these bindings (and the matching TensorRT wheel) are built for
