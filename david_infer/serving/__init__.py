@@ -33,33 +33,27 @@ MAX_IMAGES = 64
 #: seconds an HTTP request's line and headers may take to arrive, then its body (uvicorn has none)
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 60.0
-
-
-_HISTOGRAMS: Dict[str, Any] = {}
+#: the longest log line (message and traceback together) any handler writes: a request body never
+#: reaches a log through an error message (a 100 MB body once made one 301 MB line)
+MAX_LOG_LINE = 4000
+#: seconds without a batch after which freed memory goes back to the system (glibc's malloc_trim)
+TRIM_INTERVAL = 1.0
+#: this process's histogram, log filter, C library, trimmer task and whether a batch ran lately
+STATE: Dict[str, Any] = {}
 
 
 def batch_size_histogram() -> Any:
     """The `david_batch_size` histogram (images per model call), made once per process on first use
     (after MLServer set prometheus_client's mode); here, not in `mlserver_model`, which MLServer
     reloads at every load (a second histogram of one name would not register)."""
-    if "batch_size" not in _HISTOGRAMS:
+    if "histogram" not in STATE:
         from prometheus_client import Histogram
 
-        _HISTOGRAMS["batch_size"] = Histogram(
-            "david_batch_size",
-            "images per model call (adaptive batching)",
-            labelnames=["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        buckets = (1, 2, 4, 8, 16, 32, 64, 128)
+        STATE["histogram"] = Histogram(
+            "david_batch_size", "images per model call (adaptive batching)", ["model"], buckets=buckets
         )
-    return _HISTOGRAMS["batch_size"]
-
-
-#: the longest log line (message and traceback together) any handler writes: a request body never
-#: reaches a log through an error message (a 100 MB body once made one 301 MB line)
-MAX_LOG_LINE = 4000
-#: seconds without a batch after which freed memory goes back to the system (glibc's malloc_trim)
-TRIM_INTERVAL = 1.0
-STATE: Dict[str, Any] = {}
+    return STATE["histogram"]
 
 
 class CapLogLines(logging.Filter):
