@@ -289,8 +289,7 @@ class TorchRunner(Runner):
         import torch
 
         stream = self._stream
-        if stream is None:  # `TorchOptions.check_device` refuses cuda_graphs off CUDA
-            raise InputError("torch backend: cuda_graphs=True needs device='cuda'")
+        assert stream is not None, "TorchOptions.check_device refuses cuda_graphs off CUDA"
         entry = self._graphs.get(key)
         if entry is None:
             static = tuple(t.clone() for t in (image, image_384) if t is not None)
