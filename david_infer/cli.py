@@ -1,9 +1,5 @@
-"""The `david-infer` command line.
-
-Each subcommand lives in `david_infer/commands/<name>.py` and exposes `add_arguments(parser)` and
-`run(args) -> int`. Command modules import nothing heavy at module level, so `--help` and
-`--version` answer at once; heavy imports happen inside `run`.
-"""
+"""The `david-infer` command line: one module per subcommand in `david_infer/commands/`, each with
+`add_arguments(parser)` and `run(args) -> int`, importing nothing heavy until `run`."""
 
 from __future__ import annotations
 
@@ -42,12 +38,10 @@ _NEGATIVE_NUMBERS = re.compile(r"^-[0-9.][0-9.eE+-]*(,\s*[-+]?[0-9.][0-9.eE+-]*)
 
 
 class CommandParser(argparse.ArgumentParser):
-    """The parser of `david-infer` and of each subcommand (argparse makes the subcommands' of the
-    same class): no abbreviated options (`--sav` is not taken for `--save`), descriptions printed
-    as written (their example blocks stay blocks), an unknown option of a subcommand answered
-    with that subcommand's usage and the closest option ("did you mean --resolution?"), a
-    misspelt command or choice with the closest one, and an option's value of numbers that starts
-    with a minus (`--light -1,1,1`) taken as its value."""
+    """The parser of `david-infer` and its subcommands: no abbreviated options, descriptions as written,
+    an unknown option or a misspelt command or choice answered with the closest one ("did you mean
+    --resolution?") and the subcommand's usage, and a value of numbers with a leading minus
+    (`--light -1,1,1`) taken as the option's value."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -67,8 +61,7 @@ class CommandParser(argparse.ArgumentParser):
         return known, extras
 
     def _join_negative_values(self, args: List[str]) -> List[str]:
-        """`--opt -1,1,1` as `--opt=-1,1,1` for each option that takes one value (argparse would
-        say "expected one argument")."""
+        """`--opt -1,1,1` as `--opt=-1,1,1` for each option that takes one value."""
         takes_one = {o for a in self._actions if a.nargs is None and a.option_strings for o in a.option_strings}
         joined: List[str] = []
         for arg in args:
@@ -79,7 +72,7 @@ class CommandParser(argparse.ArgumentParser):
         return joined
 
     def error(self, message: str) -> NoReturn:
-        """argparse's error, with the closest of the choices for an invalid one ("did you mean predict?")."""
+        """argparse's error, with the closest choice for an invalid one."""
         invalid = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if invalid:
             choices = re.findall(r"'([^']*)'", invalid.group(2)) or invalid.group(2).split(", ")
@@ -114,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _warning_printer(command: str) -> Callable[..., None]:
-    """warnings.showwarning for a command: our own warnings as one line like the errors (no source
-    line of ours), others as Python prints them."""
+    """warnings.showwarning for a command: our own warnings as one line like the errors."""
     default = warnings.showwarning
 
     def show(
@@ -135,9 +127,8 @@ def _warning_printer(command: str) -> Callable[..., None]:
 
 
 def _large_blocks_back_to_the_system() -> None:
-    """glibc raises its mmap threshold after the first large block is freed, so later full-size
-    temporaries (a photo's pre/post, its maps) come from the heap and stay there after use; fixed at
-    4 MiB, they go back when freed (benchmarks/memory.py, 12 MP: 47 -> 38 bytes per pixel)."""
+    """glibc's mmap threshold fixed at 4 MiB: it rises after the first large block is freed, and full-size
+    temporaries then stay on the heap after use (benchmarks/memory.py, 12 MP: 47 -> 38 bytes per pixel)."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD

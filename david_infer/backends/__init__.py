@@ -1,22 +1,6 @@
-"""Inference backends: one folder each, one interface (`base.Backend` + `base.Runner`).
-
-Built in: `onnxruntime` (.onnx, CPU or CUDA/TensorRT providers), `torch` (the reference PyTorch
-model from our weights or the manifest's seed), `tensorrt` (.engine/.plan, NVIDIA GPUs) and
-`triton` (a model on a KServe V2 / Triton server: grpc://, http:// URLs). Each
-folder's `__init__` defines the `Backend` subclass and its typed options; `runner.py` the
-`Runner`. Importing this package imports no backend and no heavy library.
-
-A backend for models behind a server lists URL `schemes` instead of file `suffixes` and implements
-`remote_contract(url) -> ModelContract`; the runtime passes such a "scheme://..." model string to
-it untouched (`backend="auto"` picks the backend by scheme) and skips the file checks.
-
-Adding a backend: subclass `base.Backend` (name, suffixes, devices, an `Options` dataclass,
-`open(contract, device, workload) -> Runner`) and either call `register_backend("name", cls)` or
-declare it in your package's metadata:
-
-    [project.entry-points."david_infer.backends"]
-    mybackend = "my_package.my_module:MyBackend"
-"""
+"""Inference backends: one folder each (`onnxruntime`, `torch`, `tensorrt`, `triton`), one interface
+(`base.Backend` + `base.Runner`), found by name, file suffix or URL scheme. Importing this package
+imports no backend. How to add one: ARCHITECTURE.md, "Adding a backend"."""
 
 from __future__ import annotations
 
@@ -39,8 +23,7 @@ _entry_points_loaded = False
 
 
 def register_backend(name: str, backend: Union[str, type]) -> None:
-    """Register a `Backend` subclass (or its "module:Class" path) under `name`; replaces an
-    earlier registration of that name."""
+    """Register a `Backend` subclass (or its "module:Class" path) under `name`, replacing any earlier one."""
     if not isinstance(name, str) or not name or name == "auto":
         raise ValueError(f"a backend needs a name other than 'auto', got {name!r}")
     _REGISTRY[name] = backend
@@ -100,8 +83,7 @@ def url_schemes() -> Dict[str, str]:
 
 
 def model_suffixes() -> Dict[str, str]:
-    """Model file suffix -> the backend `backend="auto"` picks for it (first registered wins).
-    Backend packages import no heavy library, so asking them is cheap."""
+    """Model file suffix -> the backend `backend="auto"` picks for it (first registered wins)."""
     return _first_by(lambda cls: cls.suffixes)
 
 

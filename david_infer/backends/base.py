@@ -1,23 +1,6 @@
-"""The whole interface a backend implements (after Polygraphy's loader/runner split).
-
-A backend is two classes:
-
-- a `Backend` (the loader): a name, the file suffixes it opens with `backend="auto"`, the device
-  kinds it runs on, its typed `Options`, and `open(contract, device, workload) -> Runner`. It may
-  also `inspect(path) -> GraphIO` so that a manifest-less (released) file can be recognised from
-  its graph;
-- a `Runner`: `io` (names, shapes with symbolic dims, dtypes), `run(feeds) -> dict` (the model
-  call alone, so timing it times the backend), `close()`.
-
-A backend that reaches its model over the network (e.g. `triton`) lists URL `schemes` instead of
-file suffixes: the runtime then hands it the URL untouched and asks `remote_contract(url)` for
-the contract (no file, manifest or SHA-256 checks on this side).
-
-The runtime validates the model contract, the device and the workload (resolution, largest batch)
-before `open` is called, and hands the backend those typed objects, never a manifest dict.
-Register a backend with `david_infer.backends.register_backend` or the `david_infer.backends`
-entry-point group (see that package).
-"""
+"""The interface a backend implements (after Polygraphy's loader/runner split): a `Backend` turns a
+validated contract, device and workload into a `Runner`, which runs the model call alone. See
+ARCHITECTURE.md, "Adding a backend"."""
 
 from __future__ import annotations
 
@@ -32,8 +15,6 @@ import numpy as np
 
 from ..contract import GraphIO, ModelContract
 from ..errors import BackendUnavailable, InputError, ModelError
-
-DEVICE_KINDS = ("cpu", "cuda")
 
 
 class DeviceError(InputError, BackendUnavailable):
@@ -74,9 +55,8 @@ def parse_device(device: Any) -> Device:
 
 @dataclass(frozen=True)
 class Workload:
-    """What the runtime will send, validated against the contract before a runner is opened:
-    `resolution` (the square side images run at; None = each image's own size, within the
-    contract's stride) and `max_batch` (the largest batch)."""
+    """What the runtime will send: `resolution` (the square side; None = each image's own size)
+    and `max_batch` (the largest batch), checked against the contract before a runner opens."""
 
     resolution: Optional[int]
     max_batch: int
@@ -87,16 +67,15 @@ OptionsT = TypeVar("OptionsT", bound="BackendOptions")
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Base of each backend's typed options (a frozen dataclass; fields are the options).
-
-    `parse` turns keyword arguments into the dataclass; an unknown or misspelled name is an
-    InputError naming the valid ones, and subclasses check values in `__post_init__`."""
+    """Base of each backend's typed options (a frozen dataclass whose fields are the options; values
+    checked in `__post_init__`)."""
 
     #: options a backend had in an earlier release -> what to use now
     moved: ClassVar[Dict[str, str]] = {}
 
     @classmethod
     def parse(cls: Type[OptionsT], backend: str, options: Mapping[str, Any]) -> OptionsT:
+        """The options from keyword arguments; InputError naming the valid ones for an unknown name."""
         valid = [f.name for f in dataclasses.fields(cls)]
         for name in options:
             if name in cls.moved:
@@ -118,8 +97,7 @@ def unknown_option_message(what: str, unknown: Any, valid: Any) -> str:
 
 
 class Runner(abc.ABC):
-    """Runs one loaded model. `run` does the model call only (no pre/post-processing). Runners
-    must be safe to call from several threads at once, or serialise internally."""
+    """Runs one loaded model (the model call only), safe to call from several threads."""
 
     #: backend name as given to DavidRuntime(backend=...)
     name: ClassVar[str] = ""
@@ -139,15 +117,12 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run the model on numpy arrays keyed by input name, each of the dtype and layout `io`
-        declares (float32 (N, 3, H, W) for a network; uint8 (N, H, W, 3) for a pre/post graph);
-        return numpy arrays keyed by output name."""
+        """Numpy arrays keyed by output name, for arrays keyed by input name of the dtypes and layout
+        `io` declares."""
 
     def own_stages(self, contract: ModelContract, options: Any, kind: str) -> Optional[Any]:
-        """The pre/post stages this runner brings for its own device (a david_infer.stages.Stages
-        made for `options`, a StageOptions) when the runtime asks for `kind` (david_infer.stages.
-        STAGE_KINDS), or None for the shared ones. The torch runner brings torch stages that keep
-        the photo and the maps on its device."""
+        """The Stages this runner brings for its own device when the runtime asks for `kind` (a
+        david_infer.stages.STAGE_KINDS, with a StageOptions), or None for the shared ones."""
         return None
 
     def close(self) -> None:  # noqa: B027 (optional: a runner may hold nothing to release)
@@ -171,8 +146,7 @@ class Backend(abc.ABC):
     suffixes: ClassVar[Tuple[str, ...]] = ()
     #: device kinds this backend runs on
     devices: ClassVar[Tuple[str, ...]] = ("cpu",)
-    #: URL schemes ("grpc", "http") of models this backend reaches over the network; such a
-    #: backend takes a URL, not a file, and describes the model with `remote_contract`
+    #: URL schemes ("grpc", "http") of served models; such a backend implements `remote_contract`
     schemes: ClassVar[Tuple[str, ...]] = ()
     #: the typed options (a BackendOptions dataclass)
     Options: ClassVar[Type[BackendOptions]] = BackendOptions
@@ -192,8 +166,7 @@ class Backend(abc.ABC):
         return device
 
     def inspect(self, path: Path) -> GraphIO:
-        """The graph's inputs and outputs, for recognising a manifest-less file. Backends that can
-        read a bare file override this."""
+        """The graph's inputs and outputs, for recognising a manifest-less file (if the backend can)."""
         raise ModelError(
             f"{path}: no manifest beside it and the {self.title or self.name} backend cannot "
             "describe a bare file; export it with david-infer (which writes the manifest)"

@@ -1,22 +1,28 @@
-"""Arguments and helpers shared by the commands that run a model (predict, bench, apps)."""
+"""Arguments and helpers shared by the commands that run a model (predict, bench, apps), the torch
+backend's flags among them (--precision, --channels-last, --compile, --cuda-graphs, --no-pinned)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Iterable, Tuple
 
+from ..backends.base import parse_device
+from ..config import DEFAULT_RESOLUTION
 from ..errors import InputError
-from ..options import RuntimeArguments, RuntimeOptions, resolved_model
+from ..files import check_free, commit, make_temp_path
+from ..memory_estimate import MemoryGuard
+from ..options import AUTO_RESOLUTION, RuntimeArguments, RuntimeOptions, resolved_model
+from ..zoo import MODELS
 
 #: the runtime flags of the app commands (relight, background, pointcloud): one image, no batching
 APP_RUNTIME = RuntimeArguments(batch_size=False, threads=False)
 
 
 def open_runtime(options: RuntimeOptions) -> Any:
-    """A DavidRuntime for `options`, its model resolved as -m takes it (a released model's name is
-    downloaded once; a served model's URL is used as it is); --threads also sizes the backend's own
-    threads (`runtime.with_threads`)."""
+    """A DavidRuntime for `options`, its model resolved as -m takes it (a released model's name,
+    downloaded once; a URL as it is); --threads also sizes the backend's own threads."""
     from ..runtime import DavidRuntime, with_threads
 
     check_memory_early(options)
@@ -26,16 +32,7 @@ def open_runtime(options: RuntimeOptions) -> Any:
 
 def check_memory_early(options: RuntimeOptions) -> None:
     """OutOfMemoryError when a fixed resolution and batch cannot fit, before a released model is
-    downloaded or any model is loaded (`david_infer.memory_estimate`; the runtime checks again once
-    the model is read, and each image at resolution 'image')."""
-    import os
-
-    from ..backends.base import parse_device
-    from ..config import DEFAULT_RESOLUTION
-    from ..memory_estimate import MemoryGuard
-    from ..options import AUTO_RESOLUTION
-    from ..zoo import MODELS
-
+    downloaded or any model loaded (`david_infer.memory_estimate`; the runtime checks again)."""
     model, resolution = options.model, options.resolution
     if parse_device(options.device).kind != "cpu" or not isinstance(model, (str, os.PathLike)):
         return
@@ -46,16 +43,6 @@ def check_memory_early(options: RuntimeOptions) -> None:
             guard.check_open(DEFAULT_RESOLUTION)
     elif os.path.isfile(model) and isinstance(resolution, int):  # 'auto' is the model's own: read when it opens
         MemoryGuard(os.path.getsize(model), None, options.batch_size, Path(model).name).check_open(resolution)
-
-
-def require_tasks(runtime: Any, needed: Iterable[str], what: str) -> None:
-    """InputError when the model lacks a task that `what` needs."""
-    missing = [t for t in needed if t not in runtime.tasks]
-    if missing:
-        raise InputError(
-            f"{what} needs a model that predicts {' and '.join(missing)}; {runtime.path} predicts "
-            f"{', '.join(runtime.tasks)} only (try a multi-task model, e.g. multitask-large)"
-        )
 
 
 def parse_floats(text: str, count: int, name: str) -> Tuple[float, ...]:
@@ -89,11 +76,8 @@ def image_format(out: Path) -> str:
 
 
 def check_app_output(args: argparse.Namespace) -> Path:
-    """OUT, checked before the model runs: a file name (of an image type we write, for image
-    outputs) in an existing folder we can write in (a probe file is made and removed), free
-    unless --overwrite. Errors name OUT as the user wrote it."""
-    from ..files import check_free, make_temp_path
-
+    """OUT, checked before the model runs: a file name (of an image type we write, for images) in an
+    existing folder we can write in (a probe file is made and removed), free unless --overwrite."""
     out = Path(args.output)
     if out.is_dir():
         raise InputError(f"{out} is a folder; -o names the file to write (e.g. {out / ('out' + args.output_suffix)})")
@@ -111,11 +95,16 @@ def check_app_output(args: argparse.Namespace) -> Path:
 
 
 def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) -> Any:
-    """Check OUT (`check_app_output`), run the model on IMAGE and return the Prediction (InputError
-    if the model lacks a task `what` needs)."""
+    """Check OUT, run the model on IMAGE and return the Prediction (InputError if the model lacks a
+    task `what` needs)."""
     check_app_output(args)  # before spending time on the model
     with open_runtime(APP_RUNTIME.options(args)) as runtime:
-        require_tasks(runtime, needed, what)
+        missing = [t for t in needed if t not in runtime.tasks]
+        if missing:
+            raise InputError(
+                f"{what} needs a model that predicts {' and '.join(missing)}; {runtime.path} predicts "
+                f"{', '.join(runtime.tasks)} only (try a multi-task model, e.g. multitask-large)"
+            )
         return runtime.predict(args.image)
 
 
@@ -123,10 +112,56 @@ def save_app_image(args: argparse.Namespace, image: Any) -> int:
     """Write an app's image result to args.output (PNG, JPEG, ... by its suffix), atomically."""
     from PIL import Image
 
-    from ..files import commit
-
     out = Path(args.output)
     fmt = image_format(out)
     commit(out, lambda tmp: Image.fromarray(image).save(tmp, format=fmt), args.overwrite)
     print(f"wrote {out}")
     return 0
+
+
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_torch_arguments(p: argparse.ArgumentParser) -> None:
+    """The TorchOptions flags, in their own argument group (they apply to --backend torch only)."""
+    g = p.add_argument_group("torch backend (--backend torch)")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="compute precision (autocast; LayerNorm and softmax stay FP32); default fp32",
+    )
+    g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format for convolutions")
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=_COMPILE_MODES,
+        metavar="MODE",
+        help=f"torch.compile, once per input shape ({', '.join(_COMPILE_MODES)}; default mode: default)",
+    )
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=None,
+        help="capture and replay one CUDA graph per input shape (CUDA only)",
+    )
+    g.add_argument(
+        "--no-pinned",
+        dest="pinned",
+        action="store_false",
+        default=None,
+        help="plain (pageable) host copies instead of pinned buffers on CUDA",
+    )
+
+
+def with_torch_options(options: Any, args: argparse.Namespace) -> Any:
+    """`options` (a RuntimeOptions) with the torch flags given as backend options; an InputError when
+    they are given for another backend."""
+    names = ("precision", "channels_last", "compile", "cuda_graphs", "pinned")
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if given and options.backend != "torch":
+        flags = ", ".join("--" + ("no-pinned" if k == "pinned" else k.replace("_", "-")) for k in given)
+        raise InputError(f"{flags} set options of the torch backend; add --backend torch")
+    return options.replace(backend_options={**options.backend_options, **given}) if given else options

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..apps import Background, replace_background
+from ..errors import InputError
+from ..inputs import decode
 from ._common import add_app_arguments, parse_floats, predict_for_app, save_app_image
 
 
@@ -23,10 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps import Background, replace_background
-    from ..errors import InputError
-    from ..inputs import decode
-
     blur = 0.0
     background: Background
     if args.color is not None:

@@ -15,11 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
+from itertools import groupby
 from typing import Any, Dict, List
 
+from ..backends import get_backend
+from ..benchmark import machine, synthetic_photo, time_interleaved
 from ..errors import InputError
-from ..options import RuntimeArguments, split_list
-from ._torch import add_torch_arguments, with_torch_options
+from ..files import commit
+from ..inputs import decode
+from ..options import RuntimeArguments, resolved_model, split_list
+from ._common import add_torch_arguments, open_runtime, with_torch_options
 
 RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 
@@ -35,15 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-    from itertools import groupby
-
-    from ..backends import get_backend
-    from ..benchmark import machine, synthetic_photo, time_interleaved
-    from ..inputs import decode
-    from ..options import resolved_model
-    from ._common import open_runtime
-
     batches = split_list(args.batch, int) or [1]
     if args.runs < 1 or args.warmup < 0 or min(batches) < 1:
         raise InputError(
@@ -73,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
                     results.append(record)
                     print(_row(record), flush=True)
     ratios = ratio_table(results)
-    for line in _ratio_lines(ratios):
-        print(line)
+    for r in ratios:
+        others = [b for b in r["latency_ratio"] if b != r["baseline"]]
+        parts = ", ".join(f"{b} {r['latency_ratio'][b]:.2f}x (model {r['model_ratio'][b]:.2f}x)" for b in others)
+        print(f"ratio to {r['baseline']} at {r['resolution']}, batch {r['batch']}: {parts}")
     report = {
         "model": str(model),
         "device": args.device,
@@ -86,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratios,
     }
     if args.json:
-        from ..files import commit
-
         data = (json.dumps(report, indent=2) + "\n").encode()
         commit(args.json, lambda tmp: tmp.write_bytes(data), overwrite=True)
         print(f"wrote {args.json}", file=sys.stderr)
@@ -97,23 +94,14 @@ def run(args: argparse.Namespace) -> int:
 def ratio_table(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per (resolution, batch): each backend's median latency (total and model) over the first backend's."""
     table = []
-    points = dict.fromkeys((r["resolution"], r["batch"]) for r in results)
-    for resolution, batch in points:
-        rows = [r for r in results if (r["resolution"], r["batch"]) == (resolution, batch)]
+    for res, batch in dict.fromkeys((r["resolution"], r["batch"]) for r in results):
+        rows = [r for r in results if (r["resolution"], r["batch"]) == (res, batch)]
         if len(rows) < 2:
             continue
         base = rows[0]
-        table.append(
-            {
-                "resolution": resolution,
-                "batch": batch,
-                "baseline": base["backend"],
-                "latency_ratio": {r["backend"]: r["latency"]["median_ms"] / base["latency"]["median_ms"] for r in rows},
-                "model_ratio": {
-                    r["backend"]: r["stages"]["model"]["median_ms"] / base["stages"]["model"]["median_ms"] for r in rows
-                },
-            }
-        )
+        lat = {r["backend"]: r["latency"]["median_ms"] / base["latency"]["median_ms"] for r in rows}
+        mod = {r["backend"]: r["stages"]["model"]["median_ms"] / base["stages"]["model"]["median_ms"] for r in rows}
+        table.append(dict(resolution=res, batch=batch, baseline=base["backend"], latency_ratio=lat, model_ratio=mod))
     return table
 
 
@@ -131,15 +119,3 @@ def _row(r: Dict[str, Any]) -> str:
         f"{lat['p99_ms']:>9.1f} {r['images_per_s']:>7.2f} {st['preprocess']['median_ms']:>8.1f} "
         f"{st['model']['median_ms']:>9.1f} {st['postprocess']['median_ms']:>8.1f} {r['cpu']['median_ms']:>9.1f}"
     )
-
-
-def _ratio_lines(ratios: List[Dict[str, Any]]) -> List[str]:
-    lines = []
-    for r in ratios:
-        parts = ", ".join(
-            f"{b} {v:.2f}x (model {r['model_ratio'][b]:.2f}x)"
-            for b, v in r["latency_ratio"].items()
-            if b != r["baseline"]
-        )
-        lines.append(f"ratio to {r['baseline']} at {r['resolution']}, batch {r['batch']}: {parts}")
-    return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import zoo
 from ..zoo import DEFAULT_TIMEOUT, list_models
 
 
@@ -27,8 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import zoo
-
     if args.list or not args.names:
         _print_list()
         return 0
@@ -48,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_list() -> None:
-    from .. import zoo
-
     print(f"cache folder: {zoo.models_dir()}  (set ${zoo.ENV_HOME} to move it)")
     for name in list_models():
         model = zoo.get_model(name)

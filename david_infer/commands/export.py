@@ -13,6 +13,8 @@ FILE.onnx -o OUT.onnx` wraps an existing network file (ours or a released one) w
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any, Dict
 
 from ..config import variants
@@ -84,84 +86,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source and (args.variant or args.task or (args.output and not args.prepost)):
+        raise InputError(
+            f"--from MODEL uses an existing file: drop --variant, --task{'' if args.prepost else ' and -o'}"
+        )
+    if args.source and not (args.prepost or args.triton_repo):
+        raise InputError("--from MODEL writes a Triton repository (--triton-repo DIR) or a pre/post graph (--prepost)")
+    missing = [f for f, v in (("--variant", args.variant), ("--task", args.task), ("-o", args.output)) if not v]
+    if missing and not args.source:
+        raise InputError(f"export needs {', '.join(missing)} (or --from MODEL with --triton-repo DIR or --prepost)")
+    if args.prepost and not args.output:
+        raise InputError("--prepost needs -o OUT.onnx, the pre/post graph to write")
+    model = args.output
     if args.prepost:
-        return _prepost(args)
-    if args.source:
-        if not args.triton_repo:
-            raise InputError("--from MODEL writes a Triton repository: give --triton-repo DIR")
-        if args.variant or args.task or args.output:
-            raise InputError("--from MODEL uses an existing file: drop --variant, --task and --output")
-        return _write_repo(args, args.source)
-    missing = [
-        flag for flag, value in (("--variant", args.variant), ("--task", args.task), ("-o", args.output)) if not value
-    ]
-    if missing:
-        raise InputError(f"export needs {', '.join(missing)} (or --from MODEL --triton-repo DIR)")
-    manifest = _export_network(args, args.output)
-    print(
-        f"wrote {args.output} ({manifest['variant']}/{manifest['task']}, {manifest['layout']}, "
-        f"{manifest['precision']}; weights: {manifest['weights']['description']})"
-    )
-    return _write_repo(args, args.output) if args.triton_repo else 0
+        section = _prepost(args)
+        print(
+            f"wrote {args.output} (pre/post graph: uint8 {section['channel_order']} image in, "
+            f"{', '.join(section['tasks'])} out; {section['pipeline']} pipeline at {section['resolution']})"
+        )
+    elif args.source:
+        model = args.source
+    else:
+        m = _export_network(args, args.output)
+        print(
+            f"wrote {args.output} ({m['variant']}/{m['task']}, {m['layout']}, {m['precision']}; "
+            f"weights: {m['weights']['description']})"
+        )
+    if args.triton_repo:
+        from ..export.triton_repo import write_triton_repo
+
+        folder = write_triton_repo(
+            model,
+            args.triton_repo,
+            name=args.triton_name,
+            max_batch_size=args.triton_max_batch,
+            instance=args.triton_instance,
+            instances=args.triton_instances,
+            overwrite=args.overwrite,
+        )
+        print(
+            f"wrote Triton model {folder.name!r} in {folder.parent} (tritonserver --model-repository {folder.parent})"
+        )
+    return 0
 
 
 def _export_network(args: argparse.Namespace, output: Any) -> Dict[str, Any]:
     """The network export the flags ask for (--variant, --task, --layout, ...), to `output`; its manifest."""
     from ..export import export_onnx
 
-    return export_onnx(
-        args.variant,
-        args.task,
-        output,
-        layout=args.layout,
-        weights=args.weights,
-        seed=args.seed,
-        opset=args.opset,
-        precision=args.precision,
-    )
+    options = dict(layout=args.layout, weights=args.weights, seed=args.seed, opset=args.opset)
+    return export_onnx(args.variant, args.task, output, precision=args.precision, **options)
 
 
-def _prepost(args: argparse.Namespace) -> int:
-    """--prepost: export the network (or take --from) and wrap it; --triton-repo then takes the wrapped file."""
-    import tempfile
-    from pathlib import Path
-
-    if not args.output:
-        raise InputError("--prepost needs -o OUT.onnx, the pre/post graph to write")
+def _prepost(args: argparse.Namespace) -> Dict[str, Any]:
+    """--prepost: wrap --from's model, or the network the flags export; the manifest's prepost section
+    with its tasks."""
     from ..export.prepost import wrap_prepost
 
     if args.source:
-        if args.variant or args.task:
-            raise InputError("--prepost --from MODEL wraps an existing file: drop --variant and --task")
         from ..zoo import resolve_model  # a released model's name (downloaded, cached) or a file
 
         manifest = wrap_prepost(resolve_model(args.source), args.output, args.channel_order, args.prepost_resolution)
     else:
-        if not (args.variant and args.task):
-            raise InputError("export --prepost needs --variant and --task (or --from MODEL.onnx)")
         with tempfile.TemporaryDirectory(prefix=".david-prepost-", dir=Path(args.output).parent or ".") as tmp:
             network = Path(tmp) / "network.onnx"
             _export_network(args, network)
             manifest = wrap_prepost(network, args.output, args.channel_order, args.prepost_resolution)
-    section = manifest["prepost"]
-    print(
-        f"wrote {args.output} (pre/post graph: uint8 {section['channel_order']} image in, "
-        f"{', '.join(manifest['tasks'])} out; {section['pipeline']} pipeline at {section['resolution']})"
-    )
-    return _write_repo(args, args.output) if args.triton_repo else 0
-
-
-def _write_repo(args: argparse.Namespace, model: str) -> int:
-    from ..export.triton_repo import write_triton_repo
-
-    folder = write_triton_repo(
-        model,
-        args.triton_repo,
-        name=args.triton_name,
-        max_batch_size=args.triton_max_batch,
-        instance=args.triton_instance,
-        instances=args.triton_instances,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote Triton model {folder.name!r} in {folder.parent} (tritonserver --model-repository {folder.parent})")
-    return 0
+    return {**manifest["prepost"], "tasks": manifest["tasks"]}

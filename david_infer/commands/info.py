@@ -11,23 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Tuple
 
+from .. import zoo
+from ..contract import read_manifest
 from ..errors import ModelError
+from ..files import sha256_file
+from ..manifest import manifest_path
 from ..zoo import resolve_model
-
-_ONNX_TYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-    16: "bfloat16",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,10 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(path: Path) -> Dict[str, Any]:
     """A dict: file, kind, size_bytes, sha256, sha256_check, manifest (or None), inputs, outputs."""
-    from ..contract import read_manifest
-    from ..files import sha256_file
-    from ..manifest import manifest_path
-
     path = Path(path)
     if path.is_dir():
         from ..runtime import resolve_model_path
@@ -57,17 +44,24 @@ def describe(path: Path) -> Dict[str, Any]:
     kind = "tensorrt" if path.suffix in (".engine", ".plan") else "onnx"
     mpath = manifest_path(path)
     manifest = read_manifest(mpath) if mpath.exists() else None
-    if kind == "tensorrt":
-        if manifest is None:
-            raise ModelError(
-                f"{path}: no manifest ({mpath}); a plan cannot be described without "
-                f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`"
-            )
-        inputs, outputs = _tensors(manifest["inputs"]), _tensors(manifest["outputs"])
-    else:
+    if kind == "onnx":
         inputs, outputs = onnx_io(path)
+    elif manifest is None:
+        raise ModelError(
+            f"{path}: no manifest ({mpath}); a plan cannot be described without "
+            f"TensorRT and a GPU. Rebuild it with `david-infer build-engine`"
+        )
+    else:
+        inputs, outputs = (
+            [tensor(e["name"], e.get("shape", []), e.get("dtype", "?")) for e in manifest[side]]
+            for side in ("inputs", "outputs")
+        )
     digest = sha256_file(path)
-    expected, source = _recorded_sha256(path, manifest)
+    if manifest is not None and manifest.get("sha256"):
+        expected, source = manifest["sha256"], f"manifest {mpath.name}"
+    else:
+        expected = (zoo.read_download_record(path) or {}).get("sha256")
+        source = f"download record {zoo.download_record_path(path).name}"
     if expected is None:
         check = "no recorded SHA-256 to compare with"
     elif expected == digest:
@@ -87,65 +81,35 @@ def describe(path: Path) -> Dict[str, Any]:
     }
 
 
-def _recorded_sha256(path: Path, manifest: Optional[dict]) -> tuple:
-    if manifest is not None and manifest.get("sha256"):
-        return manifest["sha256"], f"manifest {manifest_name(path)}"
-    from .. import zoo
-
-    record = zoo.read_download_record(path)
-    if record and record.get("sha256"):
-        return record["sha256"], f"download record {zoo.download_record_path(path).name}"
-    return None, None
+def tensor(name: str, shape: Any, dtype: str) -> Dict[str, Any]:
+    """A tensor as `info` lists it; unknown dims are "?"."""
+    return {"name": name, "shape": ["?" if d is None else d for d in shape], "dtype": dtype}
 
 
-def manifest_name(path: Path) -> str:
-    from ..manifest import manifest_path
-
-    return manifest_path(path).name
-
-
-def _tensors(entries: List[dict]) -> List[Dict[str, Any]]:
-    return [{"name": e["name"], "shape": list(e.get("shape", [])), "dtype": e.get("dtype", "?")} for e in entries]
-
-
-def onnx_io(path: Path) -> tuple:
-    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}]; symbolic dims are strings."""
+def onnx_io(path: Path) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}] (symbolic dims are strings), read
+    with onnx, else with an ONNX Runtime session."""
     try:
         import onnx
     except ImportError:
-        return _ort_io(path)
+        from ..backends.onnxruntime import OnnxRuntimeBackend
+
+        io = OnnxRuntimeBackend().inspect(path)
+        return [tensor(t.name, t.shape, t.dtype) for t in io.inputs], [
+            tensor(t.name, t.shape, t.dtype) for t in io.outputs
+        ]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
 
     def entry(value: Any) -> Dict[str, Any]:
-        tensor = value.type.tensor_type
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tensor.shape.dim]
-        return {"name": value.name, "shape": dims, "dtype": _ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type))}
+        t = value.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+        return tensor(value.name, dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name)
 
     initializers = {i.name for i in model.graph.initializer}
-    return ([entry(v) for v in model.graph.input if v.name not in initializers], [entry(v) for v in model.graph.output])
-
-
-def _ort_io(path: Path) -> tuple:
-    from .._optional import require
-
-    ort = require("onnxruntime", "reading an ONNX file's inputs and outputs")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from None
-
-    def entry(v: Any) -> Dict[str, Any]:
-        dtype = v.type[len("tensor(") : -1] if v.type.startswith("tensor(") else v.type
-        return {
-            "name": v.name,
-            "shape": [d if d is not None else "?" for d in v.shape],
-            "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype),
-        }
-
-    return [entry(v) for v in session.get_inputs()], [entry(v) for v in session.get_outputs()]
+    return [entry(v) for v in model.graph.input if v.name not in initializers], [entry(v) for v in model.graph.output]
 
 
 def format_info(info: Dict[str, Any]) -> str:

@@ -12,7 +12,10 @@ Frame: x right, y up, z toward the camera (the camera looks down -z).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..apps import point_cloud, write_ply
+from ..files import commit
 from ._common import add_app_arguments, predict_for_app
 
 
@@ -25,11 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..apps import point_cloud, write_ply
-    from ..files import commit
-
     pred = predict_for_app(args, ["depth"], "a point cloud")
     points, colors = point_cloud(
         pred.image,

@@ -1,6 +1,7 @@
 """Run a model on image files, folders and globs, and write the results into OUTDIR.
 
-Per input (name N, see below), with --save choosing among:
+Per input (name N: its path relative to the INPUT that named it, without its suffix), --save
+chooses among:
   depth       N.depth.png (16-bit, min-max normalised per image, white = near) + N.depth.npy (float32)
   normal      N.normal.png (RGB, (n + 1) / 2 * 255, x -> red, y -> green, z -> blue) + N.normal.npy
   foreground  N.foreground.png (8-bit alpha) + N.cutout.png (RGBA: the photo with the mask as alpha)
@@ -8,73 +9,37 @@ Per input (name N, see below), with --save choosing among:
   ply         N.ply (binary point cloud from depth, coloured, cut by the mask at 0.5)
 A map alone writes both its files; MAP:FORMAT writes one: depth:png, depth:npy, normal:png,
 normal:npy, foreground:png (the mask), foreground:cutout. Default: every map the model predicts
-(both files each), plus vis. Each input also gets N.done.json, its completion record, written last.
-Video files (.mp4, .mov, .mkv, .webm, .avi, ...) get videos instead (N.depth.mp4, N.normal.mp4,
-N.foreground.mp4, N.vis.mp4; --save also depth-npz, cutout; see the video options below). A kind
-for the other medium only is refused when no input is of that medium, and warned about once
-otherwise. A mask that keeps no pixel (no person found) is written as it says, with one warning
-per input naming what that makes of its files (a transparent cut-out, a dark foreground tile, a
-point cloud without points).
+(both files each), plus vis. Video files get videos instead (the video options below).
 
-Output names depend on the input alone: N is the input's path relative to the INPUT argument that
-named it (a folder: that folder; a file: its own folder; a glob: the folder before the first
-wildcard), without the file suffix, each part made file-name safe (characters other than letters,
-digits, - _ . become _, leading dots are dropped). So `shots/` writes shots/x.jpg as OUTDIR/x.* and,
-with --recursive, shots/day2/y.jpg as OUTDIR/day2/y.*; a file given alone or among others gets the
-same name, however a job is split. Two inputs of one run with the same name (shots/x.jpg and
-shots/x.png, or a/x.jpg and b/x.jpg given as two folders) are not renamed: the later one fails,
-naming the other. Two names for one file (a link, a repeated argument) are reported as duplicates
-and written once.
-
-Outputs are never inputs: files in OUTDIR named as outputs (x.depth.png, x.done.json, x.vis.mp4,
-...) are left out of folders and globs, so OUTDIR may be the input folder.
-
-Resuming: an input whose completion record is present and matches the input file, its files,
---save and options is skipped (reported as skipped; exit 0). An input with files but no record
-(an interrupted run) is redone, replacing them, and the run first deletes the stale temporaries of
-its inputs' files (`.FILE.*.david-partial`). An input that changed since its files were written,
-or whose files changed (damaged, edited, deleted), is redone, each with a warning saying why (see
-david_infer.outputs.sets for how a change is told: file stamps, then SHA-256). An input whose
-record was written with other options or --save, or for another input of the same name, fails
-unless --overwrite, which redoes every input. Each input's files are written
-under temporary names and renamed into place, record last (see david_infer.outputs.sets): all or none.
-One run owns OUTDIR at a time: a second run on the same folder is refused (exit status 1) with
-the PID, host and command of the run that holds it (a lock file, `OUTDIR/.david-infer.lock`,
-removed at the end; the lock of a killed run is released by the system and taken over). On
-taking the folder, the run deletes the temporaries killed runs left in it, whatever their inputs.
-SIGTERM is handled like Ctrl-C: the input being written is removed, the run says how many inputs
-are complete and that rerunning the command resumes, and the exit status is 130. Planning and
-resuming are david_infer.jobs'.
-
-A full disk (or quota, or file size limit) stops the run at the first input it cannot write, with
-one message: the folder, why, the space each input's files need and how many inputs are complete
-(exit status 1); nothing partial is left, and rerunning the command once there is space resumes.
-
-Options and the output folder (writable: a probe file is created and removed) are checked before
-the model is loaded; the folder is created only once the model is accepted. Decoding runs ahead in
-a background thread and postprocessing in worker threads (`DavidRuntime.imap`); this command
-writes the files as results come, in input order. Inputs that fail are listed at the end and the
-exit status is 1; the others are written.
+Each input's files appear all or none, its completion record N.done.json last: a rerun skips the
+complete inputs and redoes the others (--overwrite: every input). One run owns OUTDIR at a time.
+Ctrl-C or SIGTERM keeps the complete inputs (exit status 130); inputs that fail are listed at the
+end (exit status 1). Names, resuming, the lock and full disks in detail: docs/cli.md, docs/jobs.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
-from ..errors import InputError, Interrupted
+from ..errors import DavidError, InputError, Interrupted
 from ..files import NoSpace
 from ..jobs import (
     VIDEO_ONLY_KINDS,
     Job,
     JobOptions,
     Tally,
+    check_save,
     check_save_media,
     claim_output_folder,
+    describe,
     gather_inputs,
     load_input,
     make_output_folder,
@@ -84,14 +49,13 @@ from ..jobs import (
     probe_output_folder,
 )
 from ..options import RuntimeArguments, positive_int_arg
+from ..outputs.clips import DEPTH_RANGES, VIDEO_KINDS, ClipOptions, check_encoders, write_clip
 from ..outputs.images import IMAGE_KINDS
-from ..outputs.lock import OwnerLock
 from ..outputs.sets import Source, WriteOptions
 from ..progress import Progress
 from ..video import is_video_path
-from . import predict_video
-from ._common import open_runtime
-from ._torch import add_torch_arguments, with_torch_options
+from ..video.predict import STABILIZE_CHOICES
+from ._common import add_torch_arguments, open_runtime, with_torch_options
 
 RUNTIME = RuntimeArguments(refine=True)
 
@@ -151,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="with --ray: number of model workers (default: one per CPU, or per GPU with --device cuda)",
     )
-    predict_video.add_arguments(p)
+    add_video_arguments(p)
 
 
 def warn(text: str) -> None:
@@ -159,32 +123,12 @@ def warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr)
 
 
-def job_options(args: argparse.Namespace) -> JobOptions:
-    """The run's JobOptions from the flags (checked: no model needed)."""
-    from ..jobs import check_save
-
-    return JobOptions(tuple(check_save(args.save)), args.overwrite, args.recursive, args.fov, args.near, args.far)
-
-
-# ---------------------------------------------------------------------------------- pipeline
-
-
 def run_pipeline(
-    runtime: Any,
-    jobs: Sequence[Job],
-    outdir: Path,
-    kinds: Sequence[str],
-    opts: WriteOptions,
-    tally: Tally,
-    progress: bool = True,
+    runtime: Any, jobs: Sequence[Job], outdir: Path, kinds: Sequence[str], opts: WriteOptions, tally: Tally, bar: bool
 ) -> None:
-    """Predict and write every (input, name) job, counting each in `tally` as it is written or fails.
-
-    `runtime.imap` decodes ahead, batches (runtime.batch_size) and postprocesses; this loop only
-    writes each input's set with `outputs.images.write_outputs` (all or none, completion record last).
-    A full output folder stops the run at once: NoSpace, saying where, why, the space an input
-    needs and how far the run got (every later input would fail the same way).
-    """
+    """Predict (`runtime.imap`) and write each (input, name) job's set (`outputs.images.write_outputs`),
+    counting each in `tally`. A full output folder stops the run at once: NoSpace, saying where,
+    why, the space an input needs and how far the run got."""
     from ..outputs.images import write_outputs
 
     sources: Dict[Path, Source] = {}  # filled by the reader thread before each read, taken when written
@@ -193,7 +137,7 @@ def run_pipeline(
         sources[job[0]] = Source.before_read(job[0])
         return load_input(job[0])
 
-    bar = Progress(len(jobs), progress)
+    progress = Progress(len(jobs), bar)
     outcomes = runtime.imap(jobs, load=load)
     set_size = 0  # bytes of the last set written: what each input needs
     try:
@@ -213,18 +157,16 @@ def run_pipeline(
                     error = exc
             if error is not None:
                 tally.fail(path, error)
-            bar.update(str(path), error is None)
+            progress.update(str(path), error is None)
     finally:
         outcomes.close()
-        bar.close()
+        progress.close()
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt (like Ctrl-C) so that the input being
-    written is cleaned up; the previous handler is restored after. Only in the main thread."""
-    import threading
-
+    """Within the block (in the main thread), SIGTERM raises KeyboardInterrupt like Ctrl-C, so that
+    the input being written is cleaned up."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -239,11 +181,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# ---------------------------------------------------------------------------------- command
-
-
 def run(args: argparse.Namespace) -> int:
-    job = job_options(args)  # everything that can be checked without the model, before loading it
+    # everything that can be checked without the model, before loading it
+    job = JobOptions(tuple(check_save(args.save)), args.overwrite, args.recursive, args.fov, args.near, args.far)
     if args.ray is not None:
         return _run_on_ray(args, job)
     if args.workers is not None:
@@ -254,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
         failures=found.problems, dangling=found.dangling, duplicates=found.duplicates, total=len(jobs), warn=warn
     )
     if jobs:  # kinds that fit no input are refused, those that fit one medium of the run named once
-        clips = [is_video_path(path) for path, _ in jobs]
-        note = check_save_media(job.save, not all(clips), any(clips))
+        clips = [j for j in jobs if is_video_path(j[0])]
+        note = check_save_media(job.save, len(clips) < len(jobs), bool(clips))
         if note:
             warn(note)
         probe_output_folder(outdir)
@@ -264,45 +204,29 @@ def run(args: argparse.Namespace) -> int:
             if outdir.is_dir():
                 lock.acquire()  # another run's folder: refused before the model loads
             with sigterm_as_interrupt(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
-                _predict(runtime, jobs, outdir, job, args, tally, lock)
+                kinds = parse_save(job.save, runtime.tasks)
+                opts = job.write_options(runtime)
+                make_output_folder(outdir)
+                claim_output_folder(lock, outdir, jobs)
+                if clips:  # each probed before any model call
+                    run_videos(runtime, clips, outdir, args, kinds, dict(opts.extra), tally)
+                kinds = [k for k in kinds if k in IMAGE_KINDS]
+                images = [j for j in jobs if not is_video_path(j[0])]
+                if images and not kinds:
+                    tally.failures.extend((str(path), "--save names no kind written for images") for path, _ in images)
+                todo = plan(images, outdir, kinds, opts, job.overwrite, tally) if kinds else []
+                if todo:
+                    run_pipeline(runtime, todo, outdir, kinds, opts, tally, not args.no_progress)
         except KeyboardInterrupt:
             raise Interrupted(tally.interrupted(outdir)) from None
         finally:
             lock.release()
     if not tally.written and not tally.skipped and tally.failures:  # said first, then the summary
         created = "" if outdir.is_dir() else f" ({outdir} was not created)"
-        why = (
-            f"{tally.failures[0][0]}: {tally.failures[0][1]}"
-            if len(tally.failures) == 1
-            else f"all {len(tally.failures)} inputs failed (listed below)"
-        )
-        print(f"nothing written{created}: {why}")
+        first = tally.failures[0]
+        why = f"{first[0]}: {first[1]}" if len(tally.failures) == 1 else f"all {len(tally.failures)} inputs failed"
+        print(f"nothing written{created}: {why}" + ("" if len(tally.failures) == 1 else " (listed below)"))
     return tally.report(outdir)
-
-
-def _predict(
-    runtime: Any,
-    jobs: List[Job],
-    outdir: Path,
-    job: JobOptions,
-    args: argparse.Namespace,
-    tally: Tally,
-    lock: OwnerLock,
-) -> None:
-    kinds = parse_save(job.save, runtime.tasks)
-    opts = job.write_options(runtime)
-    make_output_folder(outdir)
-    claim_output_folder(lock, outdir, jobs)
-    clips = [j for j in jobs if is_video_path(j[0])]
-    if clips:  # video files: commands/predict_video.py (each probed before any model call)
-        predict_video.run_videos(runtime, clips, outdir, args, kinds, dict(opts.extra), tally)
-    kinds = [k for k in kinds if k in IMAGE_KINDS]
-    images = [j for j in jobs if not is_video_path(j[0])]
-    if images and not kinds:
-        tally.failures.extend((str(path), "--save names no kind written for images") for path, _ in images)
-    todo = plan(images, outdir, kinds, opts, job.overwrite, tally) if kinds else []
-    if todo:
-        run_pipeline(runtime, todo, outdir, kinds, opts, tally, not args.no_progress)
 
 
 def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
@@ -315,16 +239,140 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
             f"--ray: expected no address, 'auto', 'local', HOST:PORT or ray://HOST:PORT, got "
             f"{address!r} (put --ray after the inputs, or write --ray=ADDRESS)"
         )
-    options = DatasetOptions(
-        job=job,
-        workers=args.workers,
-        cpus_per_worker=args.threads or 1,
-        address=address,
-        progress=not args.no_progress,
-        warn=warn,
-    )
+    options = DatasetOptions(job=job, workers=args.workers, cpus_per_worker=args.threads or 1, address=address)
+    options = dataclasses.replace(options, progress=not args.no_progress, warn=warn)
     with sigterm_as_interrupt():
         summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
     tally.redone = summary.redone
     return tally.report(summary.output)
+
+
+#: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
+#: than the frames' own, holds no frames and costs the least; offline is steadier and more accurate
+#: still, but holds its lookahead (9 frames' maps and images: about 190 MB at 1280x720, 1.7 GB at
+#: 4K) and costs about 1.5x as much per frame (docs/video.md, benchmarks/video_stability.py)
+STABILIZE_DEFAULT = "online"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The video options of `predict`."""
+    g = p.add_argument_group("video inputs")
+    g.add_argument(
+        "--frames",
+        metavar="START:END:STEP",
+        help="only these frames of each clip (indices of the source's frames, END excluded; e.g. 100:200, ::2)",
+    )
+    g.add_argument("--max-side", type=int, metavar="N", help="scale frames down so their longer side is at most N")
+    g.add_argument(
+        "--depth-range",
+        choices=DEPTH_RANGES,
+        default="clip",
+        help="clip (default): one range over the whole clip, two passes; running: one pass, the "
+        "range of the frames so far",
+    )
+    g.add_argument(
+        "--stabilize",
+        choices=STABILIZE_CHOICES,
+        default=STABILIZE_DEFAULT,
+        help=f"steady the maps over time (default {STABILIZE_DEFAULT}): online blends each frame with the frames "
+        "before it; offline also with up to 8 after it (steadier, more accurate, about 1.5x the cost, 9 frames "
+        "held in memory); none: each frame as predicted",
+    )
+    g.add_argument(
+        "--video-preset",
+        choices=X264_PRESETS,
+        default="ultrafast",
+        help="libx264 speed/size trade-off of the output videos (default ultrafast: the "
+        "cheapest to encode, larger files; veryfast ~2x slower, ~half the size)",
+    )
+    g.add_argument(
+        "--video-crf",
+        type=int,
+        default=18,
+        metavar="Q",
+        help="libx264 quality, 0 (lossless) .. 51 (worst), default 18 (visually lossless)",
+    )
+
+
+def run_videos(
+    runtime: Any,
+    jobs: Sequence[Job],
+    outdir: Path,
+    args: argparse.Namespace,
+    kinds: Sequence[str],
+    extra: Dict[str, Any],
+    tally: Any,
+) -> None:
+    """Every clip of `jobs` ((path, name)) probed, checked and planned before the model sees a frame,
+    then written as one set (docs/video.md), skipped (complete) or failed, counted in `tally` (a
+    jobs.Tally); `extra` (the model and runtime settings) goes into each completion record."""
+    from ..video import FrameSelection, probe
+
+    frames = FrameSelection.parse(args.frames)  # bad options: the run fails
+    if args.max_side is not None and args.max_side < 2:
+        raise InputError(f"--max-side must be >= 2, got {args.max_side}")
+    if not 0 <= args.video_crf <= 51:
+        raise InputError(f"--video-crf must be between 0 and 51, got {args.video_crf}")
+    chosen = [k for k in kinds if k in VIDEO_KINDS]
+    try:  # kinds or encoders that do not fit the clips: each clip fails, images still run
+        if not chosen:
+            raise InputError(
+                f"--save {','.join(kinds)} writes nothing for video inputs; choose from {', '.join(VIDEO_KINDS)}"
+            )
+        VIDEO_KINDS.check(chosen, runtime.tasks)
+        check_encoders(chosen)
+    except DavidError as exc:
+        tally.failures.extend((str(path), str(exc)) for path, _ in jobs)
+        return
+    opts = ClipOptions(
+        tuple(chosen),
+        frames,
+        args.max_side,
+        args.depth_range,
+        args.video_preset,
+        args.video_crf,
+        args.batch_size,
+        args.overwrite,
+        runtime.post_options.invert_depth,
+        args.stabilize,
+    )
+    record_options = opts.write_options(extra)
+    probed: Dict[Path, Any] = {}
+    for path, _ in jobs:
+        try:
+            probed[path] = check_frames(probe(path), frames)
+        except DavidError as exc:
+            tally.fail(path, exc)
+    todo = plan(
+        [j for j in jobs if j[0] in probed], outdir, chosen, record_options, args.overwrite, tally, table=VIDEO_KINDS
+    )
+    for path, name in todo:
+        start = time.perf_counter()
+        try:
+            count, stopped = write_clip(runtime, probed[path], outdir, name, opts, record_options)
+        except DavidError as exc:
+            tally.fail(path, exc)
+            continue
+        if not args.no_progress:
+            took = time.perf_counter() - start
+            print(f"{path}: {count} frames in {took:.1f} s ({count / max(took, 1e-9):.1f} frames/s)", file=sys.stderr)
+        if stopped is None:
+            tally.written += 1
+        else:
+            tally.failures.append(
+                (str(path), f"{describe(stopped, str(path))}; the {count} frames decoded were written")
+            )
+
+
+def check_frames(info: Any, frames: Any) -> Any:
+    """`info` (a probed clip) when --frames picks one of its frames (as far as the container states its
+    frame count); InputError naming the count otherwise."""
+    if info.frames and not frames.count(info.frames):
+        stop = "" if frames.stop is None else frames.stop
+        raise InputError(
+            f"{info.path}: --frames {frames.start}:{stop}:{frames.step} selects no frame: the clip has "
+            f"{info.frames} frames (0..{info.frames - 1})"
+        )
+    return info

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..apps import relight
+from ..errors import InputError
 from ._common import add_app_arguments, parse_floats, predict_for_app, save_app_image
 
 
@@ -28,9 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps import relight
-    from ..errors import InputError
-
     light = parse_floats(args.light, 3, "--light")
     if not 0.0 <= args.ambient <= 1.0:
         raise InputError(f"--ambient must be in [0, 1], got {args.ambient}")

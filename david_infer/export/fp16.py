@@ -1,25 +1,11 @@
-"""Mixed-precision FP16 conversion of an FP32 ONNX graph, and a strongly-typed checker.
-
-TensorRT 11 builds FP16 only from a graph that is already FP16 ("strongly typed": every op runs in
-the type of its inputs, and an op whose inputs disagree is rejected). `convert_to_mixed_fp16`
-is a small pass of our own rather than onnxconverter-common's `convert_float_to_float16`, whose
-`keep_io_types=True` can feed an FP32 input straight into an FP16 Conv and which leaves existing
-`Cast(to=FLOAT)` nodes pointing at FP32. The pass:
-
-- runs every op in FP16 except those in `FP32_OPS` (LayerNormalization, Softmax and the
-  reductions, which overflow or lose too much in FP16), which stay FP32 behind explicit Casts;
-- decides which inputs of an op must share a type from the op's ONNX schema (type parameters),
-  so index/shape inputs (Resize sizes, Reshape shape, Slice starts) are never touched;
-- converts FP32 weights to FP16 initializers once (a weight used by both kinds keeps both copies);
-- keeps the graph's inputs and outputs FP32, with Casts at the boundaries.
-
-`check_strongly_typed(model)` re-derives every tensor's type from the schemas and lists every
-op whose inputs of one type parameter disagree; an empty list is what a strongly typed parser
-needs.
-"""
+"""Mixed-precision FP16 conversion of an FP32 ONNX graph, and a strongly-typed checker (docs/export.md):
+TensorRT 11 builds FP16 only from a graph that is FP16 already, every op in the type of its inputs.
+A pass of our own: onnxconverter-common's `keep_io_types=True` can feed an FP32 input straight into
+an FP16 Conv and leaves existing `Cast(to=FLOAT)` nodes pointing at FP32."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,8 +13,8 @@ FLOAT = 1  # onnx.TensorProto.FLOAT
 FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 _FLOATS = (FLOAT, FLOAT16)
 
-# Stay FP32: normalisation, softmax and every reduction (sums of many FP16 terms overflow or
-# lose precision). A TensorRT 11 strongly typed engine runs them in FP32 because the graph says so.
+# Stay FP32 behind Casts: normalisation, softmax and every reduction (sums of many FP16 terms overflow
+# or lose precision).
 FP32_OPS: Tuple[str, ...] = (
     "LayerNormalization",
     "GroupNormalization",
@@ -61,13 +47,8 @@ def _type_name(elem_type: Optional[int]) -> str:
     return _TYPE_NAMES.get(elem_type) or onnx.TensorProto.DataType.Name(elem_type).lower()
 
 
-def _opset(model: Any, domain: str = "") -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx") and domain == "":
-            return entry.version
-        if entry.domain == domain:
-            return entry.version
-    return 1
+def _opset(model: Any) -> int:
+    return next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
 
 
 def _schema(node: Any, opset: int) -> Optional[Any]:
@@ -94,6 +75,17 @@ def _type_params(schema: Any) -> Dict[str, List[str]]:
     return {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
 
 
+def _groups(node: Any, schema: Optional[Any]) -> Dict[str, List[int]]:
+    """Type parameter -> the indices of the node's inputs bound to it (by the op's schema)."""
+    groups: Dict[str, List[int]] = {}
+    params = _type_params(schema) if schema is not None else {}
+    for i, name in enumerate(node.input):
+        formal = _formal(schema.inputs, i) if schema is not None else None
+        if name and formal is not None and formal.type_str in params:
+            groups.setdefault(formal.type_str, []).append(i)
+    return groups
+
+
 def _fixed_type(type_str: str) -> Optional[int]:
     """'tensor(int64)' -> INT64; a type parameter name -> None."""
     import onnx
@@ -103,27 +95,19 @@ def _fixed_type(type_str: str) -> Optional[int]:
     return onnx.TensorProto.DataType.Value(type_str[len("tensor(") : -1].upper())
 
 
-def _numel(tensor: Any) -> int:
-    n = 1
-    for d in tensor.dims:
-        n *= d
-    return n
-
-
 def _light(model: Any) -> Any:
-    """The model without weight data (initializers become typed inputs): cheap to infer on.
-
-    ONNX shape inference copies the whole model; for Large that is 1.3 GB per call.
-    """
+    """The model without weight data (initializers become typed inputs): cheap to infer on (ONNX shape
+    inference copies the whole model: 1.3 GB per call for Large)."""
     import onnx
 
     graph = model.graph
     # Small constants stay: shape inference reads their values (Resize sizes, Reshape shapes).
-    small = [i for i in graph.initializer if i.data_type not in _FLOATS or _numel(i) <= 64]
+    large = {i.name for i in graph.initializer if i.data_type in _FLOATS and math.prod(i.dims) > 64}
+    small = [i for i in graph.initializer if i.name not in large]
     stubs = [
         onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
         for i in graph.initializer
-        if i.data_type in _FLOATS and _numel(i) > 64
+        if i.name in large
     ]
     light_graph = onnx.helper.make_graph(
         list(graph.node),
@@ -171,12 +155,9 @@ def _output_type(
 
 
 def check_strongly_typed(model: Any) -> List[str]:
-    """Every problem a strongly typed parser would reject, one line each; [] when the graph is fine.
-
-    Types are propagated from the graph inputs and initializers through each node using its ONNX
-    schema: all inputs bound to one type parameter must share one type (an FP32 tensor may not
-    feed an op that also takes FP16 weights without a Cast), and every type must be known.
-    """
+    """Every problem a strongly typed parser would reject, one line each ([] when the graph is fine):
+    types propagated through each node by its ONNX schema, where all inputs bound to one type
+    parameter must share one type, and every type must be known."""
     graph = model.graph
     opset = _opset(model)
     fallback = _elem_types_from_inference(model)
@@ -189,22 +170,18 @@ def check_strongly_typed(model: Any) -> List[str]:
         schema = _schema(node, opset)
         bound: Dict[str, int] = {}
         first: Dict[str, str] = {}
-        if schema is not None:
-            params = _type_params(schema)
-            for i, name in enumerate(node.input):
-                formal = _formal(schema.inputs, i)
-                if not name or formal is None or formal.type_str not in params:
-                    continue
+        for param, indices in _groups(node, schema).items():
+            for name in (node.input[i] for i in indices):
                 t = types.get(name)
                 if t is None:
                     problems.append(f"{label}: input {name} has no known type")
                     continue
-                previous = bound.setdefault(formal.type_str, t)
-                first.setdefault(formal.type_str, name)
+                previous = bound.setdefault(param, t)
+                first.setdefault(param, name)
                 if previous != t:
                     problems.append(
-                        f"{label}: inputs of type {formal.type_str} mix {_type_name(previous)} "
-                        f"({first[formal.type_str]}) and {_type_name(t)} ({name}); insert a Cast"
+                        f"{label}: inputs of type {param} mix {_type_name(previous)} "
+                        f"({first[param]}) and {_type_name(t)} ({name}); insert a Cast"
                     )
         for j, out in enumerate(node.output):
             if out:
@@ -262,11 +239,10 @@ class _Converter:
         if name in self.initializers:
             if key not in self.new_inits:
                 array = numpy_helper.to_array(self.initializers[name])
-                dtype = np.float16 if target == FLOAT16 else np.float32
-                converted = array.astype(dtype)
-                if target == FLOAT16:
-                    # Saturate instead of overflowing to inf (weights beyond FP16 range are rare).
-                    converted = np.clip(array, -65504, 65504).astype(dtype)
+                if target == FLOAT16:  # saturate instead of overflowing to inf (such weights are rare)
+                    converted = np.clip(array, -65504, 65504).astype(np.float16)
+                else:
+                    converted = array.astype(np.float32)
                 tensor = numpy_helper.from_array(converted, self._fresh(f"{name}_{_type_name(target)}"))
                 self.new_inits[key] = tensor
                 self.types[tensor.name] = target
@@ -286,27 +262,18 @@ class _Converter:
                 if a.name == "to" and a.i == FLOAT:
                     a.i = FLOAT16  # the leftover Cast(to=FLOAT) pitfall: follow the compute type
         bound: Dict[str, Optional[int]] = {}
-        if schema is not None:
-            params = _type_params(schema)
-            in_outputs = {f.type_str for f in schema.outputs}
-            groups: Dict[str, List[int]] = {}
-            for i, name in enumerate(node.input):
-                formal = _formal(schema.inputs, i)
-                if name and formal is not None and formal.type_str in params:
-                    groups.setdefault(formal.type_str, []).append(i)
-            for param, indices in groups.items():
-                current = [self.types.get(node.input[i]) for i in indices]
-                if not all(t in _FLOATS for t in current):
-                    bound[param] = current[0]
-                    continue
-                allowed = f"tensor({'float16' if target == FLOAT16 else 'float'})" in params[param]
-                if param not in in_outputs and len(set(current)) == 1:
-                    bound[param] = current[0]  # e.g. Shape: the type does not flow anywhere
-                    continue
-                want = target if allowed else FLOAT
-                for i in indices:
-                    node.input[i] = self.as_type(node.input[i], want)
-                bound[param] = want
+        params = _type_params(schema) if schema is not None else {}
+        flowing = {f.type_str for f in schema.outputs} if schema is not None else set()
+        for param, indices in _groups(node, schema).items():
+            current = [self.types.get(node.input[i]) for i in indices]
+            if not all(t in _FLOATS for t in current) or (param not in flowing and len(set(current)) == 1):
+                bound[param] = current[0]  # not floats, or (e.g. Shape) a type that flows nowhere
+                continue
+            allowed = f"tensor({'float16' if target == FLOAT16 else 'float'})" in params[param]
+            want = target if allowed else FLOAT
+            for i in indices:
+                node.input[i] = self.as_type(node.input[i], want)
+            bound[param] = want
         for j, out in enumerate(node.output):
             if out:
                 t = _output_type(node, schema, j, bound, self.original)
@@ -344,10 +311,8 @@ class _Converter:
 
 
 def convert_to_mixed_fp16(model: Any, keep_fp32: Iterable[str] = FP32_OPS, inplace: bool = False) -> Any:
-    """A mixed-precision version of an FP32 model (see the module docstring); inputs/outputs stay FP32.
-
-    With inplace=True `model` itself is rewritten (saves a copy of the weights for large models).
-    """
+    """A mixed-precision version of an FP32 model: `keep_fp32` op types stay FP32, the rest runs in
+    FP16, inputs and outputs stay FP32. inplace=True rewrites `model` itself (no copy of the weights)."""
     import onnx
 
     if not inplace:

@@ -1,15 +1,10 @@
-"""PyTorch -> ONNX export of DAViD models, with the manifest a C++ host needs.
-
-Layouts:
-  dynamic  (default) inputs image (batch, 3, height, width) and image_384 (batch, 3, 384, 384);
-           outputs depth / normal / foreground, each (batch, C, height, width).
-  official the released files' contract: one input image (1, 3, 512, 512) BGR [0, 1]; outputs
-           depth (1, 512, 512), normal (1, 3, 512, 512), foreground (1, 1, 512, 512).
-"""
+"""PyTorch -> ONNX export of DAViD models (the dynamic or the released "official" layout, FP32 or mixed
+FP16) with the manifest a C++ host needs (docs/export.md)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import warnings
@@ -19,7 +14,9 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from .. import __version__
 from .._logging import quiet_logger
 from .._optional import require
+from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..config import DEFAULT_RESOLUTION, get_config
+from ..contract import GraphIO, ModelContract
 from ..errors import ExportError
 from ..files import make_temp_path, sha256_file
 from ..manifest import (
@@ -30,6 +27,7 @@ from ..manifest import (
     write_manifest,
 )
 from ..tasks import TASKS, task_outputs, task_table
+from .fp16 import FP32_OPS, check_strongly_typed, convert_to_mixed_fp16, precision_report
 
 LAYOUTS = ("dynamic", "official")
 PRECISIONS = ("fp32", "fp16")
@@ -37,81 +35,57 @@ OFFICIAL_RESOLUTION = DEFAULT_RESOLUTION  # the released files' fixed size
 MIN_OPSET = 17
 
 
-def _wrap(model: Any, layout: str) -> Any:
+def layout_module(model: Any, layout: str) -> Any:
     """A module whose forward returns a tuple of outputs in task order, in the layout's shapes."""
     import torch
 
-    class DynamicLayout(torch.nn.Module):
+    class Layout(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, image: torch.Tensor, image_384: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-            out = self.model(image, image_384)
-            return tuple(out[name] for name in self.model.outputs)
-
-    class OfficialLayout(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-            out = self.model(image)
+        def outputs(self, out: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
             # as the released files: a map of "NHW" axes without its channel axis
-            return tuple(out[n].squeeze(1) if TASKS[n].released_axes == "NHW" else out[n] for n in self.model.outputs)
+            squeeze = layout == "official"
+            return tuple(
+                out[n].squeeze(1) if squeeze and TASKS[n].released_axes == "NHW" else out[n] for n in model.outputs
+            )
+
+    class DynamicLayout(Layout):
+        def forward(self, image: torch.Tensor, image_384: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return self.outputs(self.model(image, image_384))
+
+    class OfficialLayout(Layout):
+        def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return self.outputs(self.model(image))
 
     return (DynamicLayout if layout == "dynamic" else OfficialLayout)().eval()
 
 
 def _tensor_specs(variant: str, task: str, layout: str) -> Tuple[list, list]:
-    cfg = get_config(variant)
-    outputs = task_outputs(task)
+    cfg, r = get_config(variant), OFFICIAL_RESOLUTION
     image = {"dtype": "float32", "axes": "NCHW", "channel_order": "BGR", "value_range": [0.0, 1.0]}
     if layout == "dynamic":
         inputs = [
-            {
-                "name": "image",
-                "shape": ["batch", 3, "height", "width"],
-                **image,
-                "constraints": f"height and width are multiples of {cfg.stride}",
-            },
-            {
-                "name": "image_384",
-                "shape": ["batch", 3, cfg.vit_size, cfg.vit_size],
-                **image,
-                "constraints": "the same padded square as image, resized bilinear to the ViT size",
-            },
+            {"name": "image", "shape": ["batch", 3, "height", "width"], **image},
+            {"name": "image_384", "shape": ["batch", 3, cfg.vit_size, cfg.vit_size], **image},
         ]
-        outs = [
-            {
-                "name": n,
-                "task": n,
-                "shape": ["batch", TASKS[n].channels, "height", "width"],
-                "dtype": "float32",
-                "axes": "NCHW",
-            }
-            for n in outputs
-        ]
+        inputs[0]["constraints"] = f"height and width are multiples of {cfg.stride}"
+        inputs[1]["constraints"] = "the same padded square as image, resized bilinear to the ViT size"
     else:
-        r = OFFICIAL_RESOLUTION
         inputs = [{"name": "image", "shape": [1, 3, r, r], **image}]
-        outs = [
-            {
-                "name": n,
-                "task": n,
-                "shape": [1, r, r] if TASKS[n].released_axes == "NHW" else [1, TASKS[n].channels, r, r],
-                "dtype": "float32",
-                "axes": TASKS[n].released_axes,
-            }
-            for n in outputs
-        ]
-    return inputs, outs
+    outputs = []
+    for n in task_outputs(task):
+        row, shape = TASKS[n], ["batch", TASKS[n].channels, "height", "width"]
+        if layout == "official":
+            shape = [1, r, r] if row.released_axes == "NHW" else [1, row.channels, r, r]
+        axes = row.released_axes if layout == "official" else "NCHW"
+        outputs.append({"name": n, "task": n, "shape": shape, "dtype": "float32", "axes": axes})
+    return inputs, outputs
 
 
 def _producer_versions() -> Dict[str, str]:
     """Versions of everything that shaped the file (onnxruntime only when installed)."""
-    import importlib
-
     versions = {"david_infer": __version__}
     for module in ("torch", "onnx", "onnxscript", "onnxruntime"):
         try:
@@ -122,8 +96,6 @@ def _producer_versions() -> Dict[str, str]:
 
 
 def _precision_doc(precision: str, report: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    from .fp16 import FP32_OPS
-
     if precision == "fp32":
         return {"compute": "float32", "io_dtype": "float32"}
     assert report is not None
@@ -151,22 +123,14 @@ def build_manifest(
     fp16_report: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest for an exported file (see david_infer.manifest)."""
-
     cfg = get_config(variant)
     inputs, outputs = _tensor_specs(variant, task, layout)
     if weights is None:
-        origin = {
-            "origin": "random",
-            "seed": seed,
-            "description": f"RANDOM weights from seed {seed}: not a trained model; outputs are meaningless.",
-        }
+        note = f"RANDOM weights from seed {seed}: not a trained model; outputs are meaningless."
+        origin: Dict[str, Any] = {"origin": "random", "seed": seed, "description": note}
     else:
-        origin = {
-            "origin": "file",
-            "path": str(weights),
-            "sha256": sha256_file(weights),
-            "description": "weights loaded strictly from a david-infer safetensors checkpoint",
-        }
+        note = "weights loaded strictly from a david-infer safetensors checkpoint"
+        origin = {"origin": "file", "path": str(weights), "sha256": sha256_file(weights), "description": note}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -211,6 +175,11 @@ def _check_args(variant: str, task: str, layout: str, precision: str, opset: int
         raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    check_output(output)
+
+
+def check_output(output: Path) -> None:
+    """ExportError unless `output` is a file name ending in .onnx in a folder we can write in."""
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} must end in .onnx (the manifest goes beside it as .json)")
     if not output.parent.is_dir():
@@ -226,8 +195,6 @@ def _check_args(variant: str, task: str, layout: str, precision: str, opset: int
 def _to_fp16(path: Path) -> Dict[str, Any]:
     """Rewrite the FP32 graph at `path` as mixed FP16 in place; return its precision report."""
     import onnx
-
-    from .fp16 import check_strongly_typed, convert_to_mixed_fp16, precision_report
 
     model = convert_to_mixed_fp16(onnx.load(str(path)), inplace=True)
     problems = check_strongly_typed(model)
@@ -245,7 +212,6 @@ def export_onnx(
     weights: Optional[Union[str, Path]] = None,
     seed: int = 0,
     opset: int = 18,
-    dummy_size: Tuple[int, int] = (64, 96),
     precision: str = "fp32",
 ) -> Dict[str, Any]:
     """Export one model to `output` (.onnx) and write its manifest beside it; return the manifest.
@@ -262,12 +228,12 @@ def export_onnx(
     _check_args(variant, task, layout, precision, opset, output)
     weights_str = str(weights) if weights is not None else None
     model = build_model(variant, task, weights=weights_str, seed=seed)
-    wrapped = _wrap(model, layout)
+    wrapped = layout_module(model, layout)
     cfg = model.cfg
     names_out = list(model.outputs)
     if layout == "dynamic":
         # Dummy sizes differ from every real size and from each other so none can be frozen.
-        h, w = (max(cfg.stride, d // cfg.stride * cfg.stride) for d in dummy_size)
+        h, w = (max(cfg.stride, d // cfg.stride * cfg.stride) for d in (64, 96))
         args: Tuple[Any, ...] = (torch.rand(2, 3, h, w), torch.rand(2, 3, cfg.vit_size, cfg.vit_size))
         batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
         dynamic = {"image": {0: batch, 2: height, 3: width}, "image_384": {0: batch}}
@@ -299,6 +265,15 @@ def export_onnx(
         )
 
     return write_with_manifest(output, write)
+
+
+def onnx_contract(path: Path) -> Tuple[ModelContract, GraphIO]:
+    """An .onnx file's contract (its manifest's, or recognised from its graph) and its graph's inputs and
+    outputs, checked against each other."""
+    io = OnnxRuntimeBackend().inspect(path)
+    contract = ModelContract.load(path) if manifest_path(path).exists() else ModelContract.recognise(path, io)
+    contract.check_graph(io)
+    return contract, io
 
 
 def write_with_manifest(output: Path, write: Callable[[Path], Dict[str, Any]]) -> Dict[str, Any]:

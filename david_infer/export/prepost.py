@@ -1,12 +1,6 @@
-"""`david-infer export --prepost`: a network file wrapped in its pre/post, one ONNX graph from pixels
-to maps, with its manifest; and the check that such a graph is one TensorRT 10 parses.
-
-    image uint8 (N, H, W, 3) -> [pad, resize, ViT copy] -> network -> [resize back, crop, finish]
-          -> depth (N, H, W), normal (N, H, W, 3), foreground (N, H, W), float32
-
-The graph is built by david_infer.stages.builder (the same nodes the runtime's graph stages run);
-see docs/prepost.md for the manifest and what the graph does.
-"""
+"""`david-infer export --prepost`: a network file wrapped in its pre/post (david_infer.stages.builder),
+one ONNX graph from the uint8 photo to finished maps, with its manifest; and the check that such a
+graph is one TensorRT 10 parses (docs/prepost.md)."""
 
 from __future__ import annotations
 
@@ -18,11 +12,10 @@ from .._optional import require
 from ..contract import ModelContract
 from ..errors import ExportError, ModelError
 from ..files import sha256_file
-from ..manifest import manifest_path
 from ..resample import MAX_PYRAMID_LEVELS, OFFICIAL_PYRAMID_FACTOR
 from ..stages.builder import MIN_OPSET, GraphSpec, default_opset, wrap
 from ..tasks import TASKS, task_table
-from .onnx_export import write_with_manifest
+from .onnx_export import check_output, onnx_contract, write_with_manifest
 
 OPS_TABLE = Path(__file__).with_name("tensorrt10_ops.json")
 #: what each pipeline's resize and resize back are, for the manifest
@@ -33,8 +26,6 @@ RESIZE_BACK = {"antialias": "pillow-bicubic", "official": "opencv-cubic"}
 def _load_source(source: Path) -> Tuple[Any, ModelContract]:
     """The network graph and its contract; ModelError naming the file when it cannot be wrapped."""
     onnx = require("onnx", "export")
-    from ..backends.onnxruntime import OnnxRuntimeBackend
-
     if source.suffix != ".onnx":
         raise ModelError(
             f"{source}: --prepost wraps an .onnx file (ours or a released one), not "
@@ -48,9 +39,7 @@ def _load_source(source: Path) -> Tuple[Any, ModelContract]:
         raise ModelError(
             f"{source}: not a readable ONNX file ({type(exc).__name__}: {exc}); re-download or re-export it"
         ) from None
-    io = OnnxRuntimeBackend().inspect(source)
-    contract = ModelContract.load(source) if manifest_path(source).exists() else ModelContract.recognise(source, io)
-    contract.check_graph(io)
+    contract = onnx_contract(source)[0]
     if contract.layout == "prepost":
         raise ModelError(
             f'{source}: already a pre/post graph (its manifest says layout "prepost"); wrap the '
@@ -70,9 +59,8 @@ def _load_source(source: Path) -> Tuple[Any, ModelContract]:
 def build_prepost_model(
     network: Any, contract: ModelContract, channel_order: str = "rgb", resolution: int = 512
 ) -> Tuple[Any, Dict[str, Any]]:
-    """The network ModelProto wrapped in pre/post (a new ModelProto) and the manifest's `prepost`
-    section. `contract` describes the network; fixed-size (official layout) networks get the
-    official pipeline and run at their own size."""
+    """The network ModelProto (described by `contract`) wrapped in pre/post, and the manifest's
+    `prepost` section; a fixed-size (official) network keeps its pipeline and size."""
     pipeline = contract.built_pipeline or "antialias"
     resolution = contract.built_resolution or resolution
     if (
@@ -164,17 +152,13 @@ def _prepost_manifest(
 def wrap_prepost(
     source: Union[str, Path], output: Union[str, Path], channel_order: str = "rgb", resolution: int = 512
 ) -> Dict[str, Any]:
-    """Write `output` (.onnx): the network file `source` (ours with its manifest, or a released
-    file) wrapped in pre/post, with its manifest beside it; return the manifest. Both files appear
-    only when everything succeeded."""
+    """Write `output` (.onnx): the network file `source` (ours, or a released file) wrapped in pre/post,
+    with its manifest beside it (both, or neither); return the manifest."""
     onnx = require("onnx", "export")
     source, output = Path(source), Path(output)
-    if output.suffix != ".onnx":
-        raise ExportError(f"output {output} must end in .onnx (the manifest goes beside it as .json)")
     if output.resolve() == source.resolve():
         raise ExportError(f"output {output} is the source file; write the pre/post graph to another file")
-    if not output.parent.is_dir():
-        raise ExportError(f"output folder {output.parent} does not exist")
+    check_output(output)
     network, contract = _load_source(source)
     model, section = build_prepost_model(network, contract, channel_order, resolution)
 
@@ -192,10 +176,9 @@ def tensorrt_ops_table() -> Dict[str, Any]:
 
 
 def tensorrt_problems(model: Any) -> List[str]:
-    """What in `model` (a ModelProto) TensorRT 10's ONNX parser does not take, by the table
-    (`tensorrt10_ops.json`): operators it lacks, attributes outside its rules, inputs that must be
-    constants and are not, uint8 tensors read by anything but Cast, an opset outside 9..20.
-    Empty when the graph is portable."""
+    """What in `model` (a ModelProto) TensorRT 10's ONNX parser does not take, by `tensorrt10_ops.json`:
+    operators, attributes, inputs that must be constants, uint8 tensors read by anything but Cast, the
+    opset; empty when the graph is portable."""
     from onnx import TensorProto, helper, shape_inference
 
     table = tensorrt_ops_table()
@@ -231,6 +214,3 @@ def tensorrt_problems(model: Any) -> List[str]:
         if node.op_type != "Cast" and any(types.get(i) == TensorProto.UINT8 for i in node.input):
             problems.append(f"{where}: reads a uint8 tensor ({table['uint8']})")
     return problems
-
-
-__all__ = ["build_prepost_model", "tensorrt_ops_table", "tensorrt_problems", "wrap_prepost"]

@@ -1,20 +1,6 @@
-"""ONNX -> TensorRT plan (+ manifest), for TensorRT 10 and 11 (`david-infer build-engine`).
-
-It stands on the TensorRT backend's helpers (`_trt`, `_cuda`, `profiles`, `engine manifest`), which the
-runner shares; TensorRT and cuda-python are imported only inside `build_engine`.
-
-Precision, and why the network flags depend on it (TensorRT 11 is strongly typed only):
-  * FP16 graph (FP16 in the ONNX file, LayerNorm/softmax kept FP32 behind Casts): the network is
-    created STRONGLY_TYPED, so TensorRT follows the graph's types exactly; precision flags are
-    not allowed on such a network and none is set.
-  * FP32 graph on TensorRT 10 (BuilderFlag.FP16 exists): the network is created WITHOUT
-    STRONGLY_TYPED and the FP16 flag is set, so TensorRT may pick FP16 kernels.
-  * FP32 graph on TensorRT 11 (no BuilderFlag.FP16): the engine is FP32; a warning says to export
-    with FP16 for an FP16 engine.
-The plan file is the plain serialized engine; everything else goes to `FILE.engine.json`.
-
-NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT.
-"""
+"""ONNX -> TensorRT plan + engine manifest, for TensorRT 10 and 11 (`david-infer build-engine`), on the
+TensorRT backend's `_cuda`, `profiles` and `engine_manifest`; TensorRT and cuda-python are imported
+inside `build_engine` only. NOT YET RUN ON A GPU: see docs/gpu.md, TensorRT."""
 
 from __future__ import annotations
 
@@ -25,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from ..backends.tensorrt import _cuda, _trt
+from ..backends.tensorrt import _cuda
 from ..backends.tensorrt.engine_manifest import HARDWARE_COMPAT, build_engine_manifest
 from ..backends.tensorrt.profiles import DEFAULT_MAX_BATCH, compute_profiles
 from ..contract import ModelContract, read_manifest
@@ -49,11 +35,10 @@ class NetworkPlan(NamedTuple):
 def plan_precision(
     graph_precision: str, has_strongly_typed: bool, has_fp16_flag: bool, trt_version: str = ""
 ) -> NetworkPlan:
-    """Choose network flags and builder flags for a graph of `graph_precision` ("fp16" / "fp32").
-
-    `has_strongly_typed`: NetworkDefinitionCreationFlag.STRONGLY_TYPED exists (TensorRT >= 10).
-    `has_fp16_flag`: BuilderFlag.FP16 exists (TensorRT < 11). Both detected with hasattr.
-    """
+    """Network and builder flags for a graph of `graph_precision` ("fp16" / "fp32"), given whether
+    STRONGLY_TYPED (TensorRT >= 10) and BuilderFlag.FP16 (TensorRT < 11) exist: an FP16 graph
+    strongly typed (precision flags are not allowed then); an FP32 one weakly typed with the FP16
+    flag, or, on TensorRT 11, an FP32 engine with a warning."""
     if graph_precision not in ("fp16", "fp32"):
         raise ExportError(f"graph precision {graph_precision!r} is neither fp16 nor fp32")
     if graph_precision == "fp16":
@@ -187,16 +172,16 @@ def _config(
     return config
 
 
-def _attach_timing_cache(config: Any, cache_path: Optional[Path], log: Any) -> None:
-    """Load the timing cache file if there is one; a stale or foreign one is replaced, not fatal.
-
-    An empty blob makes an empty cache that the build fills in (and that is written back)."""
+def _attach_timing_cache(config: Any, cache_path: Optional[Path]) -> None:
+    """Load the timing cache file if there is one (an empty blob: a new cache the build fills); one of
+    another TensorRT or GPU is replaced, not fatal."""
     blob = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
     cache = config.create_timing_cache(blob)
     # set_timing_cache returns False when the cache was made by another TensorRT or device.
     if cache is None or config.set_timing_cache(cache, ignore_mismatch=False) is False:
         print(
-            f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one", file=log
+            f"warning: timing cache {cache_path} is from another TensorRT version or GPU; starting a new one",
+            file=sys.stderr,
         )
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
@@ -212,16 +197,12 @@ def build_engine(
     timing_cache: Optional[Union[str, Path]] = None,
     hardware_compat: str = "none",
     device: int = 0,
-    log: Any = sys.stderr,
     tf32: bool = False,
 ) -> Dict[str, Any]:
-    """Build `output` (plan) and `output.json` (engine manifest) from a david-infer ONNX export.
-
-    Arguments are checked before TensorRT is imported; BackendUnavailable (with the install
-    hint) without TensorRT, cuda-python or a GPU; ExportError if TensorRT cannot parse or build.
-    `tf32` allows TF32 for FP32 maths (TensorRT's default, off here; the engine manifest's precision
-    then reads "fp32+tf32"). Both files appear only on success. Returns the engine manifest.
-    """
+    """Build `output` (plan) and `output.json` (engine manifest) from a david-infer ONNX export; both
+    appear only on success; returns the engine manifest. Arguments are checked before TensorRT is
+    imported; BackendUnavailable without TensorRT, cuda-python or a GPU; ExportError if TensorRT
+    cannot parse or build. `tf32` allows TF32 for FP32 maths (the precision then reads "fp32+tf32")."""
     onnx_path, output = Path(onnx_path), Path(output)
     cache_path = Path(timing_cache) if timing_cache else None
     if hardware_compat not in HARDWARE_COMPAT:
@@ -232,7 +213,7 @@ def build_engine(
     contract = ModelContract.from_dict(onnx_path, manifest)
     profiles = compute_profiles(contract, min_hw, opt_hw, max_hw, max_batch=max_batch)
 
-    trt = _trt.tensorrt("building TensorRT engines")
+    trt = _cuda.tensorrt("building TensorRT engines")
     gpu, cc = _cuda.device_info(device)
     _cuda.set_device(device)
     plan = plan_precision(
@@ -243,14 +224,14 @@ def build_engine(
     )
     notes: List[str] = [plan.warning] if plan.warning else []
     for note in notes:
-        print(f"warning: {note}", file=log)
+        print(f"warning: {note}", file=sys.stderr)
 
-    logger = _trt.logger()
+    logger = _cuda.logger()
     builder = _create(trt, gpu, "a builder", trt.Builder, logger)
     network, _parser = _parse(trt, builder, logger, onnx_path, plan.strongly_typed, gpu)
     _check_network_inputs(network, profiles, onnx_path)
     config = _config(trt, builder, plan, profiles, workspace_gb, hardware_compat, tf32)
-    _attach_timing_cache(config, cache_path, log)
+    _attach_timing_cache(config, cache_path)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -277,16 +258,10 @@ def build_engine(
         seconds,
         tuple(notes),
     )
-    _write_plan(output, data, engine_manifest)
-    return engine_manifest
 
-
-def _write_plan(output: Path, data: memoryview, engine_manifest: Dict[str, Any]) -> None:
-    """Plan through a temporary name, then the engine manifest, then the rename: no half-written plan."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    def write(tmp: Path) -> None:  # the plan, then its engine manifest, then the plan's rename
+        tmp.write_bytes(data)
         write_manifest(manifest_path(output), engine_manifest)
 
     atomic_write(output, write, suffix=".engine.tmp")
+    return engine_manifest

@@ -1,19 +1,7 @@
-"""A Triton model repository for NVIDIA's `tritonserver`, from an ONNX export or a TensorRT plan.
-
-    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (model.onnx) or tensorrt_plan (model.plan),
-                                    inputs/outputs with -1 where a dim is dynamic, max_batch_size,
-                                    dynamic batching, an instance group on CPU or GPU, and the
-                                    manifest in parameters["david_manifest"] (read by the triton backend)
-    REPO/NAME/1/model.onnx|.plan    the model file, copied
-    REPO/NAME/manifest.json         the manifest, for people
-
-A pre/post graph (`export --prepost`) goes in like any ONNX file: its uint8 image input becomes a
-TYPE_UINT8 input, so clients send the photo's bytes and get finished maps back.
-
-Dims come from the graph itself (ONNX Runtime's view of the .onnx) or, for a plan, from its engine manifest
-manifest. The folder is written beside its final place and renamed into it, so a failure never
-leaves a half-written model folder.
-"""
+"""A Triton model repository for NVIDIA's `tritonserver` from an ONNX export (a pre/post graph too) or a
+TensorRT plan: REPO/NAME/config.pbtxt (dims from the graph or the engine manifest, -1 where dynamic,
+batching, an instance group, the manifest in parameters["david_manifest"]), REPO/NAME/1/model.onnx
+or model.plan, and REPO/NAME/manifest.json; written beside its place and renamed into it."""
 
 from __future__ import annotations
 
@@ -22,20 +10,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
-# Absolute imports: this folder is installed as david_infer.export (setup.py's package_dir), so a
-# relative "..backends" would resolve only through that mapping and hide what this module needs.
-from david_infer.backends.triton import CONFIG_MANIFEST_KEY
-from david_infer.contract import GraphIO, ModelContract, TensorSpec
-from david_infer.errors import InputError, ModelError
-from david_infer.manifest import manifest_path, write_manifest
+from ..backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
+from ..backends.triton import CONFIG_MANIFEST_KEY
+from ..contract import GraphIO, ModelContract, TensorSpec
+from ..errors import InputError, ModelError
+from ..manifest import write_manifest
+from .onnx_export import onnx_contract
 
 PLATFORMS = {
     ".onnx": ("onnxruntime_onnx", "model.onnx"),
     ".engine": ("tensorrt_plan", "model.plan"),
     ".plan": ("tensorrt_plan", "model.plan"),
 }
+#: how long dynamic batching waits to fill a batch
+MAX_QUEUE_DELAY_US = 100
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8"}
 
@@ -43,15 +33,7 @@ _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64"
 def _contract_and_io(model: Path) -> Tuple[ModelContract, GraphIO, Optional[int]]:
     """The contract, the graph's inputs/outputs, and the largest batch the file accepts (None = any)."""
     if model.suffix == ".onnx":
-        from david_infer.backends.onnxruntime import OnnxRuntimeBackend
-
-        io = OnnxRuntimeBackend().inspect(model)
-        has_manifest = manifest_path(model).exists()
-        contract = ModelContract.load(model) if has_manifest else ModelContract.recognise(model, io)
-        contract.check_graph(io)
-        return contract, io, None
-    from david_infer.backends.tensorrt.engine_manifest import profile_ranges, read_engine_manifest
-
+        return (*onnx_contract(model), None)
     engine_manifest = read_engine_manifest(model)  # a plan is described by its engine manifest
     contract = ModelContract.from_dict(model, engine_manifest)
     largest = min(r.max[0] for r in profile_ranges(engine_manifest).values())
@@ -79,7 +61,6 @@ def triton_config(
     max_batch_size: int,
     instance: str,
     instances: int,
-    max_queue_delay_us: int,
 ) -> str:
     """The config.pbtxt text. With max_batch_size > 0 the dims leave out the batch dim (the graph's
     first dim must then be dynamic); 0 = the graph's full, fixed shapes and no batching."""
@@ -96,7 +77,7 @@ def triton_config(
         "]",
     ]
     if batched:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}")
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}")
     lines.append(f"instance_group [ {{ count: {instances} kind: {INSTANCE_KINDS[instance]} }} ]")
     text = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False)
     lines.append(f"parameters {{ key: {_quote(CONFIG_MANIFEST_KEY)} value {{ string_value: {_quote(text)} }} }}")
@@ -110,16 +91,12 @@ def write_triton_repo(
     max_batch_size: Optional[int] = None,
     instance: Optional[str] = None,
     instances: int = 1,
-    max_queue_delay_us: int = 100,
     overwrite: bool = False,
 ) -> Path:
-    """Write REPO/NAME for `model` (an .onnx with or without our manifest, or an .engine/.plan with
-    its engine manifest) and return that folder.
-
-    name: the model name (default: the file's stem); max_batch_size: Triton's largest batch (default
-    8, or 0 for a graph with a fixed batch, as released files have: then no dynamic batching); instance: "cpu"
-    or "gpu" (default cpu for ONNX, gpu for a plan, which runs on a GPU only); instances: model
-    copies; max_queue_delay_us: how long dynamic batching waits to fill a batch."""
+    """Write REPO/NAME for `model` (an .onnx with or without our manifest, or an .engine/.plan with its
+    engine manifest); return that folder. name: default the file's stem; max_batch_size: default 8,
+    or 0 (no batching) for a graph with a fixed batch; instance: "cpu" or "gpu" (default cpu for
+    ONNX, gpu for a plan); instances: model copies."""
     model = Path(model)
     if model.suffix not in PLATFORMS:
         raise InputError(f"{model}: a Triton repository is made from an .onnx, .engine or .plan file")
@@ -141,7 +118,6 @@ def write_triton_repo(
     for label, value, low in (
         ("max_batch_size", max_batch_size, 0),
         ("instances", instances, 1),
-        ("max_queue_delay_us", max_queue_delay_us, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{label} must be an integer >= {low}, got {value!r}")
@@ -166,7 +142,7 @@ def write_triton_repo(
         shutil.copyfile(model, staging / "1" / filename)
         write_manifest(staging / "manifest.json", manifest)
         (staging / "config.pbtxt").write_text(
-            triton_config(name, platform, io, manifest, max_batch_size, instance, instances, max_queue_delay_us),
+            triton_config(name, platform, io, manifest, max_batch_size, instance, instances),
             encoding="utf-8",
         )
         if final.exists():
@@ -178,6 +154,3 @@ def write_triton_repo(
         if staging.exists():
             shutil.rmtree(staging)
     return final
-
-
-__all__: List[str] = ["write_triton_repo", "triton_config", "PLATFORMS"]

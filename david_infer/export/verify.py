@@ -1,14 +1,7 @@
-"""Check an exported graph against the PyTorch model it came from.
-
-`verify_onnx(FILE.onnx)` reads the manifest beside the file, rebuilds the PyTorch model with the
-same weights (the manifest's random seed, or a safetensors file), runs both on the same random
-inputs at several resolutions and batch sizes, and judges every output with the per-task parity
-metrics of `david_infer.metrics` (depth error against the reference's spread and AbsRel after
-scale-and-shift alignment, normal angles, foreground MAE and IoU, max absolute error): an FP32 graph
-by `SAME_ARITHMETIC` (float rounding only), an FP16 graph by the default thresholds plus the
-reference's own FP16 rounding. The relative error ||onnx - torch|| / ||torch|| is still reported,
-and judged only when a `tolerance` is given.
-"""
+"""Check an exported graph against the PyTorch model it came from: `verify_onnx(FILE.onnx)` rebuilds the
+model with the manifest's weights, runs both on the same random inputs at several resolutions and
+batch sizes and judges every output with the per-task parity metrics of `david_infer.metrics`: an
+FP32 graph by `SAME_ARITHMETIC`, an FP16 graph by the default thresholds (docs/export.md)."""
 
 from __future__ import annotations
 
@@ -17,14 +10,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .._optional import require
+from ..backends.base import Device
+from ..backends.onnxruntime import OnnxRuntimeOptions
+from ..backends.onnxruntime.runner import create_session
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import read_manifest
 from ..errors import InputError, ModelError
 from ..files import sha256_file
 from ..manifest import check_sha256, manifest_path
+from ..metrics import SAME_ARITHMETIC, Thresholds
+from ..metrics import compare as parity
 from ..shapes import check_stride, parse_hw_list
-from ..tasks import TASKS
+from .onnx_export import layout_module
 
 DEFAULT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((256, 256), (512, 512), (384, 640), (1024, 1024))
 DEFAULT_BATCHES: Tuple[int, ...] = (1, 3)
@@ -33,7 +33,9 @@ OFFICIAL_POINT = ((DEFAULT_RESOLUTION, DEFAULT_RESOLUTION), 1)
 
 @dataclass
 class Row:
-    """One output at one resolution and batch size."""
+    """One output at one resolution and batch size: the errors of `relative_errors` (judged only by a
+    tolerance), the seconds the graph took, its david_infer.metrics, why it failed (empty when ok)
+    and the limit each metric was judged by (iou_05: a minimum; the others maxima)."""
 
     height: int
     width: int
@@ -42,14 +44,10 @@ class Row:
     rel_error: float
     max_abs_error: float
     ok: bool
-    # ||onnx - torch|| / ||torch - its per-image, per-channel mean||: stricter when the output is
-    # nearly constant (random weights make it so), reported but not judged.
     rel_error_vs_variation: float = 0.0
     onnx_seconds: float = 0.0
-    metrics: Dict[str, float] = field(default_factory=dict)  # david_infer.metrics for this output
-    reasons: List[str] = field(default_factory=list)  # why it failed; empty when ok
-    # metric -> the limit it was judged by (iou_05: a minimum; the others maxima, raised for an FP16
-    # graph by the reference's own FP16 rounding), so a PASS can be read against the numbers
+    metrics: Dict[str, float] = field(default_factory=dict)
+    reasons: List[str] = field(default_factory=list)
     limits: Dict[str, float] = field(default_factory=dict)
 
 
@@ -90,13 +88,9 @@ def parse_batches(text: str) -> List[int]:
 
 
 def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
-    """(||got - expected|| / ||expected||, max |got - expected|, ||got - expected|| / ||expected - mean||).
-
-    The mean in the third is taken per image and channel over the pixels, so the third measures
-    the error against how much the output actually varies. Computed in float64.
-    """
-    import numpy as np
-
+    """(||got - expected|| / ||expected||, max |got - expected|, ||got - expected|| / ||expected - mean||),
+    in float64; the mean per image and channel, so the third measures the error against how much
+    the output varies."""
     got64, exp64 = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     if got64.shape != exp64.shape:
         raise ModelError(f"output shape {got64.shape} differs from PyTorch's {exp64.shape}")
@@ -115,8 +109,6 @@ def relative_errors(got: Any, expected: Any) -> Tuple[float, float, float]:
 
 def random_inputs(layout: str, batch: int, height: int, width: int, vit_size: int, seed: int = 0) -> Dict[str, Any]:
     """The graph's inputs for one point: BGR in [0, 1], image_384 for the dynamic layout."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     feeds = {"image": rng.random((batch, 3, height, width), dtype=np.float32)}
     if layout == "dynamic":
@@ -125,17 +117,12 @@ def random_inputs(layout: str, batch: int, height: int, width: int, vit_size: in
 
 
 def torch_outputs(model: Any, layout: str, feeds: Dict[str, Any]) -> Dict[str, Any]:
-    """The PyTorch model's outputs for `feeds`, in the layout's shapes, as numpy arrays."""
+    """The PyTorch model's outputs for `feeds`, in the layout's shapes (as exported), as numpy arrays."""
     import torch
 
     with torch.no_grad():
-        args = [torch.from_numpy(feeds["image"])]
-        if "image_384" in feeds:
-            args.append(torch.from_numpy(feeds["image_384"]))
-        out = model(*args)
-    if layout == "official":  # as the released files: a map of "NHW" axes has no channel axis
-        out = {k: (v.squeeze(1) if TASKS[k].released_axes == "NHW" else v) for k, v in out.items()}
-    return {k: v.numpy() for k, v in out.items()}
+        out = layout_module(model, layout)(*(torch.from_numpy(v) for v in feeds.values()))
+    return {name: value.numpy() for name, value in zip(model.outputs, out)}
 
 
 def check_points(
@@ -183,11 +170,7 @@ def _weights_for(
 
 def open_session(path: Union[str, Path]) -> Any:
     """An ONNX Runtime CPU session; ModelError naming the file when ORT cannot load it."""
-    ort = require("onnxruntime", "verifying an ONNX file")
-    try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+    return create_session(Path(path), Device("cpu"), (), OnnxRuntimeOptions())
 
 
 def compare(
@@ -202,9 +185,6 @@ def compare(
     """Rows per session name: the PyTorch reference is computed once per point and shared. Each
     session is judged by the parity metrics for its graph's precision ("fp32" or "fp16"), and by
     its entry in `tolerances` (an upper bound on the relative error) when one is given."""
-    from david_infer.metrics import SAME_ARITHMETIC, Thresholds
-    from david_infer.metrics import compare as parity
-
     vit_size = model.cfg.vit_size
     rows: Dict[str, List[Row]] = {name: [] for name in sessions}
     for (h, w), b in points:
@@ -224,26 +204,12 @@ def compare(
                     Thresholds() if fp16 else SAME_ARITHMETIC,
                     precision="fp16" if fp16 else "fp32",
                 )
-                reasons = list(judged.reasons)
+                why = list(judged.reasons)
                 limit = (tolerances or {}).get(name)
                 if limit is not None and not rel <= limit:
-                    reasons.append(f"{out_name}: relative error {rel:.3g} > tolerance {limit:g}")
-                rows[name].append(
-                    Row(
-                        h,
-                        w,
-                        b,
-                        out_name,
-                        rel,
-                        mx,
-                        not reasons,
-                        vs_var,
-                        seconds,
-                        judged.metrics[out_name],
-                        reasons,
-                        judged.limits.get(out_name, {}),
-                    )
-                )
+                    why.append(f"{out_name}: relative error {rel:.3g} > tolerance {limit:g}")
+                metrics, limits = judged.metrics[out_name], judged.limits.get(out_name, {})
+                rows[name].append(Row(h, w, b, out_name, rel, mx, not why, vs_var, seconds, metrics, why, limits))
     return rows
 
 
@@ -255,7 +221,7 @@ def verify_onnx(
     weights: Optional[Union[str, Path]] = None,
     seed: int = 0,
 ) -> VerifyReport:
-    """Compare `path` (an exported .onnx with its manifest) with the PyTorch model; see the module doc."""
+    """Compare `path` (an exported .onnx with its manifest) with the PyTorch model it came from."""
     require("torch", "verifying against the PyTorch model")
     from ..model import build_model
 
@@ -320,15 +286,3 @@ def format_report(report: VerifyReport) -> str:
             else f"FAIL: {len(failed)} of {len(report.rows)} rows outside the thresholds (reasons above)"
         )
     return "\n".join(lines)
-
-
-__all__ = [
-    "Row",
-    "VerifyReport",
-    "compare",
-    "format_report",
-    "parse_batches",
-    "parse_resolutions",
-    "relative_errors",
-    "verify_onnx",
-]

@@ -1,43 +1,21 @@
-"""`david-infer serve`: the raw network behind the Open Inference Protocol (KServe V2), via MLServer.
-
-What is served is the model's own contract (the manifest's inputs and outputs, batch first):
-clients preprocess and postprocess (the `triton` backend does it for `DavidRuntime`), so the
-server's CPU or GPU goes to the network alone.
-
-Why MLServer: it is a maintained V2 server library whose parts give, from one `MLModel` subclass
-(`david_infer.serving.mlserver_model.DavidModel`), the HTTP and gRPC protocol handlers, health and
-readiness, the repository extension, Prometheus metrics and parallel inference worker processes;
-`serving.server` puts them together through their public API. Concurrent requests are batched in
-our runtime with numpy (`max_batch_size`, `max_batch_time`; MLServer's own adaptive batcher
-merges tensors as Python lists, which costs more than the model: see `mlserver_model`). KServe's
-Python ModelServer speaks the same protocol but binds every interface (no host setting), sends no
-`versions` over gRPC and has no inference worker processes; PyTriton pins numpy<2, which breaks
-Ray Data's pandas in the same environment.
-
-The served model's metadata publishes the manifest as one entry of `versions`
-(`david-infer-manifest:{...json...}`): MLServer uses `versions` for free-form version strings, and
-it is the one metadata field that both the HTTP and the gRPC protocol carry (gRPC's model metadata
-has no `parameters`).
-
-The server runs in its own process: MLServer and tritonclient's gRPC module both register the
-protocol's `inference.*` protobuf messages, and one Python process cannot import both (clients,
-tests and benchmarks start it as `david-infer serve`).
-
-Safe to expose: it listens on 127.0.0.1 unless told otherwise, refuses model control (load/unload)
-unless asked for, bounds every request before decoding it, closes connections whose request does
-not arrive in time, never logs or echoes a request, and stops when an inference worker dies (see
-`serving.server` and docs/serving-security.md).
-"""
+"""`david-infer serve`: a model's network behind the Open Inference Protocol (KServe V2, HTTP and
+gRPC) on MLServer's public API; clients pre- and postprocess (the `triton` backend). The server runs
+in its own process (MLServer and tritonclient's gRPC module cannot share one). Its guarantees and
+why MLServer: docs/serving.md, docs/serving-security.md."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import ipaddress
 import json
+import logging
 import os
 import socket
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -48,62 +26,114 @@ from ..options import RuntimeOptions, positive_int
 
 #: the MLModel implementation MLServer loads (in each worker process)
 MODEL_CLASS = "david_infer.serving.mlserver_model.DavidModel"
-#: default limits, chosen so that a 24 GB machine survives a burst of the largest requests: the
-#: server's peak in a burst is 20-33x the raw tensors in flight over gRPC, the model's working
-#: memory included (one batch runs at a time; HTTP JSON 5-16x its bodies), 3.3 GB for eight
-#: 1024x1024 images with the tiny model (benchmarks/serving_memory.py); 4 Mpx is four 1024x1024 images
+#: default limits: a 24 GB machine survives a burst of the largest requests (docs/serving-security.md)
 MAX_REQUEST_BYTES = 64 << 20
 MAX_PIXELS = 1 << 22
 MAX_IMAGES = 64
-#: seconds an HTTP request's line and headers may take to arrive, then its body (uvicorn has no such
-#: deadline; a client sending a header line a second held a connection forever)
+#: seconds an HTTP request's line and headers may take to arrive, then its body (uvicorn has none)
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 60.0
-
-
-_HISTOGRAMS: Dict[str, Any] = {}
+#: the longest log line (message and traceback together) any handler writes: a request body never
+#: reaches a log through an error message (a 100 MB body once made one 301 MB line)
+MAX_LOG_LINE = 4000
+#: seconds without a batch after which freed memory goes back to the system (glibc's malloc_trim)
+TRIM_INTERVAL = 1.0
+#: this process's histogram, log filter, C library, trimmer task and whether a batch ran lately
+STATE: Dict[str, Any] = {}
 
 
 def batch_size_histogram() -> Any:
-    """The `david_batch_size` histogram (images per model call), made on first use: MLServer sets
-    prometheus_client's multi-process mode in each worker before it loads the model, and with no
-    workers it exports prometheus_client's default registry, where this registers (MLServer's own
-    `mlserver.log` metrics reach the endpoint only from workers). Kept here, not in
-    `mlserver_model`: MLServer reloads the model's module at every load, and a second histogram
-    of the same name would not register."""
-    if "batch_size" not in _HISTOGRAMS:
+    """The `david_batch_size` histogram (images per model call), made once per process on first use
+    (after MLServer set prometheus_client's mode); here, not in `mlserver_model`, which MLServer
+    reloads at every load (a second histogram of one name would not register)."""
+    if "histogram" not in STATE:
         from prometheus_client import Histogram
 
-        _HISTOGRAMS["batch_size"] = Histogram(
-            "david_batch_size",
-            "images per model call (adaptive batching)",
-            labelnames=["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        buckets = (1, 2, 4, 8, 16, 32, 64, 128)
+        STATE["histogram"] = Histogram(
+            "david_batch_size", "images per model call (adaptive batching)", ["model"], buckets=buckets
         )
-    return _HISTOGRAMS["batch_size"]
+    return STATE["histogram"]
+
+
+class CapLogLines(logging.Filter):
+    """Cuts each record's message and traceback to MAX_LOG_LINE characters, drops the traceback of
+    a refused request (MLServer logs one for every error it answers, 4xx included: a client could
+    fill the log with them) and the records of tasks cancelled at shutdown (Ctrl-C is no error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        # a task cancelled as the server stops (Starlette hands uvicorn its traceback as a message)
+        if isinstance(error, asyncio.CancelledError) or (
+            message.startswith("Traceback") and message.rstrip().endswith("CancelledError")
+        ):
+            return False
+        if error is not None and getattr(error, "status_code", 500) < 500:
+            record.exc_info, record.exc_text = None, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info))
+        record.exc_info = None
+        if record.exc_text and len(record.exc_text) > MAX_LOG_LINE:
+            record.exc_text = record.exc_text[:MAX_LOG_LINE] + " [cut]"
+        if len(message) > MAX_LOG_LINE:
+            message = message[:MAX_LOG_LINE] + f" [cut: {len(message)} characters]"
+        record.msg, record.args = message, None
+        return True
+
+
+def cap_log_lines() -> None:
+    """Put CapLogLines on every handler of every logger this process has now."""
+    cap = STATE.setdefault("filter", CapLogLines())
+    loggers = [logging.getLogger()] + [
+        v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if cap not in handler.filters:
+                handler.addFilter(cap)
+
+
+def note_batch() -> None:
+    """Record that a batch ran: freed memory goes back only once the process is idle."""
+    STATE["busy"] = True
+
+
+def malloc_trim() -> bool:
+    """Give the memory freed since the last call back to the system (False where the C library has
+    no malloc_trim: musl, macOS)."""
+    if "libc" not in STATE:
+        name = ctypes.util.find_library("c")
+        found = ctypes.CDLL(name) if name else None
+        STATE["libc"] = found if found is not None and hasattr(found, "malloc_trim") else None
+    if STATE["libc"] is None:
+        return False
+    STATE["libc"].malloc_trim(0)
+    return True
+
+
+def start_memory_trimmer() -> None:
+    """On the running event loop (once per process), every TRIM_INTERVAL seconds in which no batch
+    ran: give freed memory back (malloc_trim) and cap the log lines of handlers made since."""
+    if STATE.get("trimmer") is not None and not STATE["trimmer"].done():
+        return
+
+    async def trim_forever() -> None:
+        while True:
+            cap_log_lines()  # uvicorn makes its handlers when its servers start
+            if not STATE.pop("busy", False) and not malloc_trim():
+                return
+            await asyncio.sleep(TRIM_INTERVAL)
+
+    STATE["trimmer"] = asyncio.get_running_loop().create_task(trim_forever())
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """What `david-infer serve` serves and how.
-
-    runtime: how the model is opened (david_infer.options.RuntimeOptions; its model file is
-    stored as an absolute path): its resolution is the side the backend is prepared for (a hint
-    for TensorRT profiles; the server accepts any size the model accepts) and its batch_size the
-    adaptive batching's largest batch (concurrent requests of one image size are merged along the
-    batch axis up to that many images, waiting at most max_batch_time seconds for a batch to
-    fill; 1 = off); name: the served model name;
-    workers: parallel inference worker processes (0, the default = run in the server process;
-    MLServer pickles every request to a worker, which costs CPU); host (default 127.0.0.1, this
-    machine only) and ports; model_control: allow the repository's load/unload calls (off);
-    max_request_bytes: the largest request body / gRPC message, refused (413 / RESOURCE_EXHAUSTED)
-    before it is decoded; max_pixels, max_images: the most image pixels (all images of a request
-    together) and images per request, refused from the declared shapes; header_timeout,
-    body_timeout: seconds an HTTP request's line and headers may take to arrive (from the
-    connection or the previous answer; also gRPC's handshake), then its body, before the
-    connection is closed; token: if set, every call but health needs `Authorization: Bearer TOKEN`
-    (HTTP header or gRPC metadata).
-    """
+    """What `david-infer serve` serves and how; each field is the `serve` flag of its name
+    (docs/serving-security.md). `runtime` opens the model (its model made an absolute path; its
+    batch_size is the adaptive batching's largest batch, 1 = off); `workers` 0 runs the model in
+    the server process; `token`: every call but health needs `Authorization: Bearer TOKEN`."""
 
     runtime: RuntimeOptions
     name: str = "david"
@@ -157,8 +187,7 @@ class ServeConfig:
 
 
 def read_token(path: Optional[str]) -> Optional[str]:
-    """The shared token in file `path` (surrounding whitespace dropped), None for no path. A file,
-    not an argument: command lines are visible to every user of the machine."""
+    """The shared token in file `path` (stripped), None for no path (a file: command lines are public)."""
     if path is None:
         return None
     try:
@@ -172,50 +201,14 @@ def read_token(path: Optional[str]) -> Optional[str]:
 
 def model_settings(config: ServeConfig) -> Dict[str, Any]:
     """MLServer's model-settings.json for `config`."""
-    return {
-        "name": config.name,
-        "implementation": MODEL_CLASS,
-        "max_batch_size": 0,  # MLServer's batcher off: DavidModel batches with numpy (see runtime)
-        "parameters": {
-            "uri": config.runtime.model,
-            "extra": {
-                "runtime": config.runtime.as_record(),
-                "max_batch_time": config.max_batch_time,
-                "max_pixels": config.max_pixels,
-                "max_images": config.max_images,
-            },
-        },
-    }
-
-
-def server_settings(config: ServeConfig, folder: Path) -> Dict[str, Any]:
-    """MLServer's settings.json for `config` (working folders kept inside `folder`)."""
-    return {
-        "host": config.host,
-        "http_port": config.http_port,
-        "grpc_port": config.grpc_port,
-        "metrics_port": config.metrics_port,
-        "parallel_workers": config.workers,
-        "metrics_dir": str(folder / ".metrics"),
-        "environments_dir": str(folder / ".envs"),
-        "load_models_at_startup": True,
-        "debug": False,
-    }
-
-
-def write_server_folder(config: ServeConfig, folder: Path) -> Path:
-    """Write an MLServer folder (settings.json, NAME/model-settings.json): the model `mlserver
-    start FOLDER` would serve (without the guards of `serving.server`)."""
-    folder = Path(folder)
-    (folder / config.name).mkdir(parents=True, exist_ok=True)
-    (folder / "settings.json").write_text(json.dumps(server_settings(config, folder), indent=2))
-    (folder / config.name / "model-settings.json").write_text(json.dumps(model_settings(config), indent=2))
-    return folder
+    extra = {"runtime": config.runtime.as_record(), "max_batch_time": config.max_batch_time}
+    extra.update(max_pixels=config.max_pixels, max_images=config.max_images)
+    # MLServer's batcher off (max_batch_size 0): DavidModel batches with numpy
+    return {"name": config.name, "implementation": MODEL_CLASS, "max_batch_size": 0, "parameters": {"extra": extra}}
 
 
 def check_ports(host: str, ports: Sequence[Tuple[str, int]]) -> None:
-    """InputError naming the first of `ports` ((what, port)) that `host` cannot listen on now: one
-    clear line instead of MLServer's tracebacks from three servers."""
+    """InputError naming the first of `ports` ((what, port)) that `host` cannot listen on now."""
     for what, port in ports:
         try:
             family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -236,27 +229,23 @@ def check_ports(host: str, ports: Sequence[Tuple[str, int]]) -> None:
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM. The model is opened (and checked) before the ports
-    open; a model that fails to load ends the process with status `server.EXIT_LOAD_FAILED` and
-    its error in the log, a dead inference worker with `server.EXIT_WORKER_DIED`."""
+    """Run the server until SIGINT/SIGTERM; the model opens before the ports (exit statuses:
+    `server.EXIT_LOAD_FAILED`, `EXIT_WORKER_DIED`, `EXIT_STOP_TIMEOUT`)."""
     if not Path(config.runtime.model).is_file():
         raise InputError(f"serve: model file not found: {config.runtime.model}")
     require("mlserver", "david-infer serve")
-    check_ports(config.host, [("http", config.http_port), ("grpc", config.grpc_port), ("metrics", config.metrics_port)])
+    host, ports = config.host, {"http": config.http_port, "grpc": config.grpc_port, "metrics": config.metrics_port}
+    check_ports(host, list(ports.items()))
     print(
-        f"serving {config.runtime.model} as {config.name!r}: HTTP {config.host}:{config.http_port}, gRPC "
-        f"{config.host}:{config.grpc_port}, metrics {config.host}:{config.metrics_port}/metrics",
+        f"serving {config.runtime.model} as {config.name!r}: HTTP {host}:{config.http_port}, gRPC "
+        f"{host}:{config.grpc_port}, metrics {host}:{config.metrics_port}/metrics",
         flush=True,
     )
     if not config.loopback:
+        open_to_all = " without authentication: put it behind an authenticating proxy or pass --token-file"
         print(
-            f"warning: listening on {config.host}, reachable from other machines"
-            + (
-                " without authentication: put it behind an authenticating proxy or pass --token-file"
-                if config.token is None
-                else ""
-            )
-            + " (see docs/serving-security.md)",
+            f"warning: listening on {host}, reachable from other machines{'' if config.token else open_to_all} "
+            "(see docs/serving-security.md)",
             file=sys.stderr,
             flush=True,
         )
@@ -265,8 +254,19 @@ def serve(config: ServeConfig) -> None:
     from .server import run_server
 
     with tempfile.TemporaryDirectory(prefix="david-serve-") as tmp:
-        folder = write_server_folder(config, Path(tmp))
-        settings = Settings(**server_settings(config, folder), model_repository_root=str(folder))
+        folder = Path(tmp)
+        (folder / config.name).mkdir()
+        (folder / config.name / "model-settings.json").write_text(json.dumps(model_settings(config)))
+        settings = Settings(
+            **{f"{what}_port": port for what, port in ports.items()},
+            host=host,
+            parallel_workers=config.workers,
+            metrics_dir=str(folder / ".metrics"),
+            environments_dir=str(folder / ".envs"),
+            model_repository_root=tmp,
+            load_models_at_startup=True,
+            debug=False,
+        )
         previous = os.getcwd()
         os.chdir(folder)  # MLServer puts a few working files in the current folder
         try:

@@ -1,23 +1,7 @@
-"""The MLServer runtime (`MLModel`) that serves one DAViD model through our backend interface.
-
-MLServer imports this module in each inference worker; it is the only module of the package that
-imports mlserver at module level.
-
-Batching: concurrent requests are merged here, with numpy, not by MLServer's adaptive batcher.
-MLServer merges request tensors as Python lists (concatenated with `sum(lists, [])`, quadratic,
-then validated again by pydantic): 16 requests of one 128x128 image with its 384x384 copy took
-1.7 s to merge on our CPU, longer than the model takes for them. `Batcher` keeps MLServer's
-semantics (up to `max_batch_size` images, waiting at most `max_batch_time` for more) and costs one
-np.concatenate; requests that arrive while a batch runs form the next one.
-
-Memory: ONNX Runtime keeps the largest batch's working memory in its arena for the next batches
-(fast while busy: no page to take again), and gives back what a run leaves unused only at the end
-of a run that asks for it. So once no request has come for IDLE_SECONDS after a batch larger than
-the smallest request seen, `ServedModel.release` runs that smallest request's shapes (zeros) asking
-for it: the burst's memory goes back, at the cost of one small run (measured in
-docs/serving-security.md). Without an arena instead, every batch took its memory again: +14% CPU
-for 16 Base images at 256x256.
-"""
+"""The MLServer model (`MLModel`) that serves one DAViD model through our backend interface, loaded by
+MLServer in each inference worker. Concurrent requests are batched here with numpy (MLServer's own
+batcher merges tensors as Python lists, slower than the model); ONNX Runtime's arena memory is
+given back once requests stop (docs/serving-security.md, Limits)."""
 
 from __future__ import annotations
 
@@ -26,7 +10,7 @@ import json
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 from mlserver import MLModel
@@ -47,13 +31,13 @@ from ..contract import TensorSpec
 from ..manifest import SERVED_MANIFEST_PREFIX
 from ..options import RuntimeOptions
 from ..runtime import DavidRuntime
-from . import batch_size_histogram
-from .memory import cap_log_lines, note_batch, start_memory_trimmer
+from . import batch_size_histogram, cap_log_lines, note_batch, start_memory_trimmer
 
 logger = logging.getLogger("david_infer.serving")
 #: seconds without a request after a batch before the model's memory is given back
 IDLE_SECONDS = 1.0
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # uint8: a pre/post graph's image
+Feeds = Dict[str, np.ndarray]
 
 
 def tensor_metadata(spec: TensorSpec) -> MetadataTensor:
@@ -62,12 +46,18 @@ def tensor_metadata(spec: TensorSpec) -> MetadataTensor:
     return MetadataTensor(name=spec.name, datatype=DATATYPES.get(spec.dtype, "FP32"), shape=shape)
 
 
-Feeds = Dict[str, np.ndarray]
+def one_line(exc: BaseException) -> str:
+    """An error as the client sees it: its type and message, capped (never a traceback)."""
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def as_answer(exc: Exception) -> MLServerError:
+    """`exc` as the error a client is answered with (500 unless it carries a status)."""
+    return exc if isinstance(exc, MLServerError) else MLServerError(one_line(exc), status_code=500)
 
 
 class Request(NamedTuple):
-    """One validated request waiting for its batch: its feeds, its image count (every feed holds
-    `rows` rows) and the future its outputs go to."""
+    """One validated request waiting for its batch: its feeds, its image count and its future."""
 
     feeds: Feeds
     rows: int
@@ -75,24 +65,14 @@ class Request(NamedTuple):
 
 
 class Batcher:
-    """Runs concurrent requests' feeds as one batch (same tensor shapes after the batch axis, up to
-    `max_batch` images, waiting at most `max_wait` seconds for a batch to fill) through `run` on
-    `executor`. Only requests `ServedModel.validate` accepted come here; each gets back exactly its
-    own rows, checked by `finish` (NonFiniteOutput and the like fail that request alone). When no
-    request has come for IDLE_SECONDS after a batch, `on_idle` runs on `executor`."""
+    """Runs validated requests of one shape (after the batch axis) as one batch of up to the runtime's
+    batch_size images, waiting at most `max_wait` seconds for it to fill, on `executor`; each request
+    gets exactly its own rows back (`ServedModel.finish`: a bad one fails alone). After IDLE_SECONDS
+    without a request, `ServedModel.release` runs."""
 
-    def __init__(
-        self,
-        run: Callable[[Feeds], Mapping[str, np.ndarray]],
-        max_batch: int,
-        max_wait: float,
-        executor: ThreadPoolExecutor,
-        observe: Callable[[int], None],
-        finish: Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]],
-        on_idle: Callable[[], None],
-    ) -> None:
-        self.run_model, self.max_batch, self.max_wait, self.executor = run, max_batch, max_wait, executor
-        self.observe, self.finish, self.on_idle = observe, finish, on_idle
+    def __init__(self, served: "ServedModel", max_wait: float, executor: ThreadPoolExecutor, observe: Any) -> None:
+        self.served, self.max_wait, self.executor, self.observe = served, max_wait, executor, observe
+        self.max_batch = served.options.batch_size
         self.queue: "asyncio.Queue[Request]" = asyncio.Queue()
         self.held: Deque[Request] = deque()  # another size: next batch
         self.task: Optional[asyncio.Task] = None
@@ -105,11 +85,13 @@ class Batcher:
         return await future
 
     def close(self) -> None:
-        """Stop collecting batches; requests still waiting fail with ServerUnavailable (503)."""
+        """Stop collecting batches; requests still waiting fail with 503."""
         if self.task is not None:
             self.task.cancel()
         error = MLServerError("the model is being unloaded; retry", status_code=503)
-        for request in [*self.held, *drain(self.queue)]:
+        while not self.queue.empty():
+            self.held.append(self.queue.get_nowait())
+        for request in self.held:
             if not request.future.done():
                 request.future.set_exception(error)
         self.held.clear()
@@ -130,13 +112,13 @@ class Batcher:
 
     async def collect(self) -> None:
         loop = asyncio.get_running_loop()
-        idle_after: Optional[float] = None  # after a batch: how long to wait before `on_idle`
+        idle_after: Optional[float] = None  # after a batch: how long to wait before releasing memory
         while True:  # nothing of a batch outlives its run: its requests' feeds and answers go with it
             first = await self.next_request(idle_after)
             if first is None:
                 idle_after = None
                 try:
-                    await loop.run_in_executor(self.executor, self.on_idle)
+                    await loop.run_in_executor(self.executor, self.served.release)
                 except Exception as exc:  # memory not given back is no reason to stop serving
                     logger.warning("after the last batch: %s", one_line(exc))
                 continue
@@ -168,12 +150,11 @@ class Batcher:
             else batch[0].feeds
         )
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_model, feeds)
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.served.run, feeds)
         except Exception as exc:  # the backend's typed error, passed on with its message (no traceback)
-            error = exc if isinstance(exc, MLServerError) else MLServerError(one_line(exc), status_code=500)
             for request in batch:
                 if not request.future.done():
-                    request.future.set_exception(error)
+                    request.future.set_exception(as_answer(exc))
             return
         del feeds
         note_batch()
@@ -186,36 +167,15 @@ class Batcher:
             if request.future.done():  # the client went away
                 continue
             try:
-                request.future.set_result(self.finish(rows, request.rows))
+                request.future.set_result(self.served.finish(rows, request.rows))
             except Exception as exc:  # this request's outputs are wrong (not finite, bad shape): it alone fails
-                request.future.set_exception(
-                    exc if isinstance(exc, MLServerError) else MLServerError(one_line(exc), status_code=500)
-                )
-
-
-def drain(queue: "asyncio.Queue[Request]") -> List[Request]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as the client sees it: its type and message, capped (never a traceback or a path
-    inside the server)."""
-    return f"{type(exc).__name__}: {exc}"[:2000]
+                request.future.set_exception(as_answer(exc))
 
 
 class ServedModel:
-    """The model as the server runs it: the one place the server uses `DavidRuntime`, through its
-    `contract`, `runner.run(feeds)` (ONNX Runtime's runner: `release_memory=True` when idle),
-    `backend` and `close()`.
-
-    Every request is validated completely before it joins a batch (`validate`): the contract's
-    input names, data types and fixed dims, one batch size across its inputs, the data filling the
-    declared shapes, finite values, and the limits (images and pixels per request). A request that
-    fails is answered 400 (INVALID_ARGUMENT) or 413 (RESOURCE_EXHAUSTED) alone. `finish` checks
-    each request's own rows of a batch's outputs."""
+    """The model as the server runs it (the one place it uses `DavidRuntime`): every request is
+    validated completely before it joins a batch (`validate`: 400 / 413 for it alone), and each
+    request's own rows of a batch's outputs are checked (`finish`)."""
 
     def __init__(self, name: str, options: RuntimeOptions, max_images: int, max_pixels: int) -> None:
         self.name, self.options, self.max_images, self.max_pixels = name, options, max_images, max_pixels
@@ -232,25 +192,22 @@ class ServedModel:
 
     def datatype(self, name: str) -> str:
         """The V2 data type of input or output `name`."""
-        spec = self.inputs.get(name) or self.outputs[name]
-        return DATATYPES.get(spec.dtype, "FP32")
+        return DATATYPES.get((self.inputs.get(name) or self.outputs[name]).dtype, "FP32")
 
     def validate(self, payload: InferenceRequest) -> Tuple[Feeds, int]:
-        """The request's tensors as arrays of the contract's dtypes (float32; uint8 for a pre/post
-        graph's image) and its image count, checked against the contract and the limits;
-        MLServerError 400 / 413 naming the input and what was expected."""
+        """The request's tensors as arrays of the contract's dtypes and its image count, checked
+        against the contract and the limits; MLServerError 400 / 413 naming the input."""
         expected = sorted(self.inputs)
         given = [i.name for i in payload.inputs]
         if sorted(given) != expected:
             raise MLServerError(f"model {self.name!r} takes the inputs {expected} (each once), got {given}")
         rows: Dict[str, int] = {}
         for item in payload.inputs:  # shapes and types first: nothing is decoded for a request refused here
-            spec = self.inputs[item.name]
             datatype = self.datatype(item.name)
             if item.datatype != datatype:
                 raise MLServerError(f"input {item.name!r} must be {datatype}, got {item.datatype}")
             shape = list(item.shape)
-            want = [d if isinstance(d, int) else -1 for d in spec.shape]
+            want = [d if isinstance(d, int) else -1 for d in self.inputs[item.name].shape]
             if len(shape) != len(want) or any(
                 not isinstance(d, int) or d < 1 or (w != -1 and d != w) for d, w in zip(shape, want)
             ):
@@ -285,11 +242,7 @@ class ServedModel:
                 f"{images} x {height}x{width} = {pixels}",
                 status_code=413,
             )
-        feeds = {
-            item.name: decode_input(item, np.uint8 if self.datatype(item.name) == "UINT8" else np.float32)
-            for item in payload.inputs
-        }
-        return feeds, images
+        return {item.name: decode_input(item, item.datatype == "UINT8") for item in payload.inputs}, images
 
     def run(self, feeds: Feeds) -> Mapping[str, np.ndarray]:
         """The model's outputs for one batch's feeds."""
@@ -307,13 +260,10 @@ class ServedModel:
 
     def release(self) -> None:
         """Give back the working memory ONNX Runtime keeps from batches larger than the smallest
-        request (one run of that request's shapes, in zeros); nothing to do for other backends,
-        or if no larger batch ran since the last release."""
+        request since the last release (one run of that request's shapes, in zeros)."""
         runner = self.runtime.runner
         if self.grown and self.smallest and isinstance(runner, OnnxRuntimeRunner):
-            runner.run(
-                {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.smallest.items()}, release_memory=True
-            )
+            runner.run({n: np.zeros(shape, dtype) for n, (shape, dtype) in self.smallest.items()}, release_memory=True)
         self.grown = False
 
     def finish(self, outputs: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
@@ -336,14 +286,10 @@ class ServedModel:
             checked[name] = value
         return checked
 
-    def close(self) -> None:
-        self.runtime.close()
-
 
 class DavidModel(MLModel):
-    """MLServer's model: opens a `ServedModel` from the settings `david-infer serve` wrote and
-    answers each request through the adaptive `Batcher`. Its own attributes (`served`, `batcher`,
-    `executor`) have public names: private ones could collide with MLModel's."""
+    """MLServer's model: a `ServedModel` from the settings `david-infer serve` wrote, answering through
+    the `Batcher`. Its attributes have public names: private ones could collide with MLModel's."""
 
     served: Optional[ServedModel] = None
     batcher: Optional[Batcher] = None
@@ -362,15 +308,7 @@ class DavidModel(MLModel):
         # one model call at a time per worker: the backend's own threads use the cores
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="david-serve")
         sizes = batch_size_histogram().labels(model=self.name)
-        self.batcher = Batcher(
-            served.run,
-            served.options.batch_size,
-            float(extra.get("max_batch_time") or 0.0),
-            self.executor,
-            sizes.observe,
-            served.finish,
-            served.release,
-        )
+        self.batcher = Batcher(served, float(extra.get("max_batch_time") or 0.0), self.executor, sizes.observe)
         start_memory_trimmer()
         logger.info("serving %s (%s backend, %s) as %r", options.model, served.backend, options.device, self.name)
         return True
@@ -412,31 +350,31 @@ class DavidModel(MLModel):
         if self.batcher is not None:
             self.batcher.close()
         if self.served is not None:
-            self.served.close()
+            self.served.runtime.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False)
         return True
 
 
-def decode_input(item: Any, dtype: Any = np.float32) -> np.ndarray:
-    """A request input's data as an array of `dtype` (float32, or uint8 for a pre/post graph's
-    image) and of its shape (a view of a gRPC raw buffer, checked for size when it was read),
-    refused unless it fills the shape with finite numbers (uint8: integers 0-255)."""
+def decode_input(item: Any, uint8: bool = False) -> np.ndarray:
+    """A request input's data as a float32 (or, for a pre/post graph's image, uint8) array of its
+    shape (a gRPC raw buffer's view, its size checked when read), refused unless it fills the shape
+    with finite numbers (uint8: integers 0-255)."""
     data = getattr(item.data, "root", item.data)
     shape = tuple(item.shape)
     if isinstance(data, np.ndarray):
         value = data.reshape(shape)
     else:
         try:
-            value = np.asarray(data, dtype=np.float64 if dtype == np.uint8 else np.float32)
+            value = np.asarray(data, dtype=np.float64 if uint8 else np.float32)
         except (TypeError, ValueError):
             raise MLServerError(f"input {item.name!r}: the data are not a flat or nested list of numbers") from None
-        if dtype == np.uint8:
+        if uint8:
             if value.size and (
                 not np.all(np.isfinite(value))
                 or value.min() < 0
                 or value.max() > 255
-                or not np.all(value == np.round(value))
+                or np.any(value != np.round(value))
             ):
                 raise MLServerError(f"input {item.name!r} is UINT8: its values must be integers 0-255")
             value = value.astype(np.uint8)
@@ -446,7 +384,7 @@ def decode_input(item: Any, dtype: Any = np.float32) -> np.ndarray:
                 f"({int(np.prod(shape))} values)"
             )
         value = value.reshape(shape)
-    if dtype != np.uint8 and not np.isfinite(value.sum(dtype=np.float64)):
+    if not uint8 and not np.isfinite(value.sum(dtype=np.float64)):
         raise MLServerError(f"input {item.name!r} holds NaN or infinity; images are finite values in [0, 1]")
     return value
 
@@ -456,9 +394,5 @@ def encode_output(name: str, value: np.ndarray, raw: bool) -> ResponseOutput:
     the list MLServer's JSON needs."""
     if not raw:
         return NumpyCodec.encode_output(name, value)
-    return ResponseOutput.model_construct(
-        name=name,
-        shape=list(value.shape),
-        datatype="FP32",
-        data=TensorData.model_construct(np.ascontiguousarray(value)),
-    )
+    data = TensorData.model_construct(np.ascontiguousarray(value))
+    return ResponseOutput.model_construct(name=name, shape=list(value.shape), datatype="FP32", data=data)

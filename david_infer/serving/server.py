@@ -1,44 +1,16 @@
-"""`DavidServer`: MLServer's protocol handlers behind our own HTTP and gRPC servers, with the guards
-`david-infer serve` needs to be safe to expose.
-
-Imported only by `serving.serve` in the server process (it imports mlserver at module level).
-
-MLServer's documented extension points (an `MLModel`, settings, codecs) reach none of the guards
-below, and its `MLServer` class builds its servers in private methods; KServe's ModelServer binds
-0.0.0.0 with no host setting. So the server is put together here from the parts MLServer exports
-(data plane, model registry, worker pool, repository handlers, REST app, gRPC servicers), each
-called through its public constructor and methods only (no private name, nothing of theirs
-replaced), around an uvicorn server and a gRPC server of ours:
-
-- limits before decoding: an HTTP body over `max_request_bytes` is answered 413 from its
-  Content-Length (a body without one, 411), a gRPC message over it RESOURCE_EXHAUSTED by gRPC itself
-  (its receive limit); images and pixels per request are checked from the shapes (`DavidModel`);
-- deadlines: an HTTP request's line and headers must arrive within `header_timeout` seconds of the
-  connection (or of the previous answer), its body within `body_timeout` more, else the connection
-  is closed (uvicorn has no such timeout, so a client sending a header line a second held a
-  connection forever); gRPC's handshake has `header_timeout`;
-- gRPC raw tensors read as numpy views of the message's buffers (`RawTensorServicer`): MLServer's
-  converter unpacks them into Python lists (about 40x the payload in memory); replies go back as
-  raw bytes the same way;
-- a request that does not parse is answered 422 naming the fields, never echoing the body
-  (FastAPI's answer carried the whole request back);
-- model control (the repository's load/unload over HTTP and gRPC) refused (403 / PERMISSION_DENIED)
-  unless `model_control`; an optional shared token (`Authorization: Bearer TOKEN`, HTTP header or
-  gRPC metadata) on every call but health;
-- readiness true only while the model is loaded and ready and the server is not stopping
-  (MLServer's data plane says ready with no model);
-- a dead inference worker stops the server with EXIT_WORKER_DIED at once, for its supervisor to
-  restart it: MLServer's own restart reaps one child per SIGCHLD and can leave the shared response
-  queue locked by the dead process, after which requests hang while readiness says 200;
-- SIGTERM / SIGINT stop gracefully within STOP_GRACE seconds, or the process exits anyway.
-"""
+"""`DavidServer`: MLServer's protocol handlers (data plane, registry, worker pool, repository handlers,
+REST app, gRPC servicers, each through its public constructor and methods) behind an uvicorn and a
+gRPC server of ours, with the guards `david-infer serve` needs to be safe to expose: limits before
+decoding, request deadlines, raw gRPC tensors read in place, no echo of a request, model control and
+token, honest readiness, a dead worker stopping the server, bounded stops (docs/serving-security.md).
+MLServer's `MLServer` class builds its servers in private methods and KServe's ModelServer has no
+host setting, hence this. Imported only in the server process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import multiprocessing
 import os
@@ -80,8 +52,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import ServeConfig
-from .memory import cap_log_lines, start_memory_trimmer
+from . import ServeConfig, cap_log_lines, start_memory_trimmer
 
 logger = logging.getLogger("david_infer.serving")
 
@@ -101,29 +72,15 @@ OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 OPEN_METHODS = ("ServerLive", "ServerReady")
 #: the most characters of a refusal's message (a 422 lists the fields that did not parse)
 MAX_ERROR_CHARS = 2000
-NUMPY_TYPES = {
-    "FP32": "<f4",
-    "FP16": "<f2",
-    "FP64": "<f8",
-    "INT64": "<i8",
-    "INT32": "<i4",
-    "UINT8": "u1",
-    "INT8": "i1",
-    "BOOL": "?",
-}
+TOKEN_NEEDED = "this server needs the {}: Bearer TOKEN' (david-infer serve --token-file)"
+CONTROL_OFF = "model control (load/unload) is off; start the server with --model-control to allow it"
+NUMPY_TYPES = dict(FP32="<f4", FP16="<f2", FP64="<f8", INT64="<i8", INT32="<i4", UINT8="u1", INT8="i1", BOOL="?")
 #: MLServer errors carry HTTP statuses; their gRPC codes
 GRPC_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.FAILED_PRECONDITION,
-    503: grpc.StatusCode.UNAVAILABLE,
+    status: getattr(grpc.StatusCode, name)
+    for status, name in [(400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED"), (403, "PERMISSION_DENIED")]
+    + [(404, "NOT_FOUND"), (413, "RESOURCE_EXHAUSTED"), (422, "FAILED_PRECONDITION"), (503, "UNAVAILABLE")]
 }
-
-
-# ------------------------------------------------------------------------------------ gRPC raw tensors
 
 
 def raw_views(inputs: List[Any], buffers: List[bytes]) -> None:
@@ -151,9 +108,10 @@ def raw_views(inputs: List[Any], buffers: List[bytes]) -> None:
 
 
 def request_with_views(message: Any) -> InferenceRequest:
-    """A gRPC ModelInferRequest as MLServer's InferenceRequest, raw tensors as numpy views."""
+    """A gRPC ModelInferRequest as MLServer's InferenceRequest, raw tensors as numpy views (MLServer's
+    converter would unpack them into Python lists, about 40x the payload)."""
     buffers = list(message.raw_input_contents)
-    message.ClearField("raw_input_contents")  # MLServer's converter would unpack them into lists
+    message.ClearField("raw_input_contents")
     payload = ModelInferRequestConverter.to_types(message)
     if buffers:
         raw_views(payload.inputs, buffers)
@@ -162,7 +120,7 @@ def request_with_views(message: Any) -> InferenceRequest:
 
 def raw_reply(result: InferenceResponse) -> Any:
     """An InferenceResponse whose outputs are arrays (`DavidModel` answers raw requests so) as a
-    gRPC reply with raw output contents, each array's bytes taken at once."""
+    gRPC reply with raw output contents."""
     reply = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version or "")
     reply.id = result.id or ""
     for output in result.outputs:
@@ -173,7 +131,7 @@ def raw_reply(result: InferenceResponse) -> Any:
 
 
 class RawTensorServicer(InferenceServicer):
-    """MLServer's gRPC inference servicer; `ModelInfer` reads raw tensors in place (see the module's doc)."""
+    """MLServer's gRPC inference servicer; `ModelInfer` reads raw tensors in place."""
 
     def __init__(self, data_plane: DataPlane, handlers: ModelRepositoryHandlers) -> None:
         super().__init__(data_plane, handlers)
@@ -191,9 +149,6 @@ class RawTensorServicer(InferenceServicer):
             logger.error("inference failed: %s: %s", type(exc).__name__, exc)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         return raw_reply(result) if raw else ModelInferResponseConverter.from_types(result)
-
-
-# ------------------------------------------------------------------------------------ guards
 
 
 def token_ok(expected: Optional[str], given: Optional[str]) -> bool:
@@ -216,16 +171,13 @@ class HttpGuard:
         path = scope.get("path", "")
         refusal = None
         if path not in OPEN_PATHS and not token_ok(self.config.token, headers.get("authorization")):
-            refusal = (
-                401,
-                "this server needs the header 'Authorization: Bearer TOKEN' (david-infer serve --token-file)",
-            )
+            refusal = (401, TOKEN_NEEDED.format("header 'Authorization"))
         elif (
             path.startswith("/v2/repository/models/")
-            and path.rsplit("/", 1)[-1] in ("load", "unload")
+            and path.endswith(("/load", "/unload"))
             and not self.config.model_control
         ):
-            refusal = (403, "model control (load/unload) is off; start the server with --model-control to allow it")
+            refusal = (403, CONTROL_OFF)
         elif scope.get("method") in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
             if length is None:
@@ -241,19 +193,8 @@ class HttpGuard:
             return await self.app(*empty_index_request(scope), send)
         if refusal is None:
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": refusal[1]}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": refusal[0],
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        answer = JSONResponse({"error": refusal[1]}, status_code=refusal[0], headers={"connection": "close"})
+        await answer(scope, receive, send)
 
 
 def empty_index_request(scope: Dict[str, Any]) -> tuple:
@@ -304,17 +245,9 @@ class GrpcGuard(aio.ServerInterceptor):
         streaming = method == "ModelStreamInfer"
         metadata = dict(details.invocation_metadata or ())
         if method not in OPEN_METHODS and not token_ok(self.config.token, metadata.get("authorization")):
-            return refuse(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs the metadata 'authorization: Bearer TOKEN' (david-infer serve --token-file)",
-                streaming,
-            )
+            return refuse(grpc.StatusCode.UNAUTHENTICATED, TOKEN_NEEDED.format("metadata 'authorization"), streaming)
         if method in MODEL_CONTROL_METHODS and not self.config.model_control:
-            return refuse(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "model control (load/unload) is off; start the server with --model-control to allow it",
-                streaming,
-            )
+            return refuse(grpc.StatusCode.PERMISSION_DENIED, CONTROL_OFF, streaming)
         return await continuation(details)
 
 
@@ -363,9 +296,6 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-# ------------------------------------------------------------------------------------ the server
-
-
 class ReadyDataPlane(DataPlane):
     """MLServer's data plane, ready only while a model is loaded and every model is ready and the
     server is not stopping (MLServer's: all of none is ready)."""
@@ -390,7 +320,7 @@ class DavidServer:
         self.pool: Optional[InferencePoolRegistry] = None
         if settings.parallel_workers:
             self.pool = InferencePoolRegistry(settings)
-            signal.signal(signal.SIGCHLD, self.on_child_exit)  # replaces the pool's restart (see the module's doc)
+            signal.signal(signal.SIGCHLD, self.on_child_exit)  # not the pool's restart: it can leave requests hanging
             self.registry = MultiModelRegistry(
                 on_model_load=[self.pool.load_model],
                 on_model_reload=[self.pool.reload_model],

@@ -14,7 +14,7 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from david_infer.backends.onnxruntime.trt_options import tensorrt_provider_options
+from david_infer.backends.onnxruntime.runner import tensorrt_provider_options
 from david_infer.backends.tensorrt.engine_manifest import (
     build_engine_manifest,
     check_compatible,
@@ -296,7 +296,7 @@ def test_engine_manifest_missing_or_wrong_kind(manifests: Dict[str, Any], plan: 
 def test_importing_backend_imports_no_tensorrt() -> None:
     code = (
         "import sys, david_infer.backends.tensorrt, david_infer.backends.tensorrt.runner, "
-        "david_infer.backends.onnxruntime.trt_options, david_infer.commands.build_engine\n"
+        "david_infer.backends.onnxruntime.runner, david_infer.commands.build_engine\n"
         "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -500,14 +500,14 @@ def test_builder_null_factory_is_a_clear_error(
 ) -> None:
     """TensorRT's bindings raise a bare TypeError when the C++ factory returns null (CUDA could not
     start): the builder says what could not be made, on which GPU, and what to check."""
-    from david_infer.backends.tensorrt import _cuda, _trt
+    from david_infer.backends.tensorrt import _cuda
     from david_infer.export import tensorrt as builder
 
     def null_builder(logger: Any) -> Any:
         raise TypeError("pybind11::init(): factory function returned nullptr")
 
-    monkeypatch.setattr(_trt, "tensorrt", lambda *a: _fake_trt(null_builder))
-    monkeypatch.setattr(_trt, "logger", lambda: object())
+    monkeypatch.setattr(_cuda, "tensorrt", lambda *a: _fake_trt(null_builder))
+    monkeypatch.setattr(_cuda, "logger", lambda: object())
     monkeypatch.setattr(_cuda, "device_info", lambda index: ("NVIDIA A100-SXM4-80GB", "8.0"))
     monkeypatch.setattr(_cuda, "set_device", lambda index: None)
     out = tmp_path / "m.engine"

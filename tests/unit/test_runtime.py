@@ -451,13 +451,13 @@ def test_node_placement_from_a_real_profile(tiny_multitask_onnx: Path) -> None:
     on the CPU, which a session meant for the CUDA provider must refuse."""
     import onnxruntime
 
-    from david_infer.backends.onnxruntime.placement import (
+    from david_infer.backends.onnxruntime.runner import (
         check_placement,
         dummy_feeds,
         heavy_ops_on_cpu,
         profiled_placement,
+        session_io,
     )
-    from david_infer.backends.onnxruntime.runner import session_io
 
     so = onnxruntime.SessionOptions()
     so.enable_profiling = True

@@ -1,5 +1,4 @@
-"""ONNX Runtime backend: CPU by default; CUDA (and TensorRT) execution providers when asked, checked
-after the session is made so a GPU request never runs silently on the CPU."""
+"""ONNX Runtime backend: CPU by default; the CUDA (and TensorRT) execution providers when asked."""
 
 from __future__ import annotations
 
@@ -16,15 +15,11 @@ from .runner import GPU_PROVIDERS, OnnxRuntimeRunner, create_session, session_io
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions(BackendOptions):
-    """Options of the ONNX Runtime backend.
-
-    providers: GPU execution providers in priority order when device is "cuda" (default
-        ("cuda",); add "tensorrt" for the TensorRT provider).
-    cuda_options: CUDA provider options overriding ours (e.g. {"cudnn_conv_algo_search": "HEURISTIC"}).
-    intra_op_threads: ONNX Runtime's intra-op thread count (default: ONNX Runtime's own).
-    cache_dir: where the TensorRT provider keeps engines and its timing cache (default: a
-        .trt_cache folder beside the model).
-    """
+    """Options of the ONNX Runtime backend. providers: GPU execution providers in priority order
+    on "cuda" (default ("cuda",); "tensorrt" adds the TensorRT provider); cuda_options: CUDA
+    provider options overriding ours; intra_op_threads: ONNX Runtime's intra-op threads (default
+    its own); cache_dir: the TensorRT provider's engine and timing cache (default .trt_cache beside
+    the model)."""
 
     providers: Tuple[str, ...] = ()
     cuda_options: Optional[Mapping[str, Any]] = None
@@ -52,7 +47,7 @@ class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
     devices = ("cpu", "cuda")
     Options = OnnxRuntimeOptions
-    options: OnnxRuntimeOptions  # what `Backend.__init__` makes of the options given
+    options: OnnxRuntimeOptions
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(options)

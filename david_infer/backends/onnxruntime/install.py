@@ -1,15 +1,6 @@
-"""Which ONNX Runtime build is installed, and whether the GPU stack under it can run.
-
-ONNX Runtime ships as several distributions (`onnxruntime`, `onnxruntime-gpu`, ...) that all write
-the same `onnxruntime/` folder; with two installed, the one installed last wins and the other's
-providers vanish without a word. This module says which builds are installed, refuses to go on
-with none, warns with two, loads the CUDA/cuDNN libraries of the pip `nvidia-*` wheels before a
-CUDA provider is created, and tells apart the four ways a GPU setup fails (no GPU, a driver too old
-for the CUDA runtime, no TensorRT, a TensorRT major the provider cannot load), each with its fix.
-
-Entry point for a backend: `import_onnxruntime(device)` before creating a session, then
-`check_gpu(ort, device_id, tensorrt=...)` before asking for the CUDA / TensorRT providers.
-"""
+"""Which ONNX Runtime build is installed, and whether the GPU stack under it can run (docs/gpu.md):
+`import_onnxruntime(device)` before a session, `check_gpu(ort, device_id, tensorrt=...)` before the
+CUDA / TensorRT providers; each way a setup fails has its own error and fix."""
 
 from __future__ import annotations
 
@@ -47,8 +38,7 @@ def _normalise(name: str) -> str:
 
 
 def installed_builds(path: Optional[List[str]] = None) -> Dict[str, str]:
-    """{distribution name: version} of every installed distribution that provides `onnxruntime/`
-    (searched on `path`, default sys.path)."""
+    """{distribution: version} of every installed distribution that provides `onnxruntime/` (on `path`)."""
     found: Dict[str, str] = {}
     dists = metadata.distributions(path=path) if path is not None else metadata.distributions()
     for dist in dists:
@@ -79,11 +69,9 @@ def check_builds(
     shown: Optional[str] = None,
     load: Callable[[str], Any] = ctypes.CDLL,
 ) -> Dict[str, str]:
-    """The installed builds (on `path`, default sys.path); BackendUnavailable naming the extra to
-    install when none fits `device` ("cpu" or "cuda..."; `shown`: as the user wrote it), or
-    NoGpuError when a GPU is asked for on a machine without the NVIDIA driver (the fix is the
-    CPU, not onnxruntime-gpu); an OnnxRuntimeConflictWarning with the repair when more than one is
-    installed. `load` is how the driver's library is looked for (`nvidia_driver_present`)."""
+    """The installed builds (on `path`); BackendUnavailable naming the extra when none fits `device`
+    (`shown`: as the user wrote it), NoGpuError for a GPU asked for without the NVIDIA driver (found
+    with `load`), an OnnxRuntimeConflictWarning with the repair when several are installed."""
     shown = shown or device
     builds = installed_builds(path)
     if not builds:
@@ -123,9 +111,7 @@ def check_builds(
 def import_onnxruntime(
     device: str = "cpu", purpose: str = "the ONNX Runtime backend", shown: Optional[str] = None
 ) -> ModuleType:
-    """`check_builds(device)`, then `import onnxruntime`; for a GPU device the CUDA/cuDNN libraries
-    of the nvidia-* wheels are loaded first (`preload_cuda_libraries`). `shown`: the device as the
-    user wrote it, for messages."""
+    """`check_builds(device)`, then `import onnxruntime`, with CUDA/cuDNN preloaded for a GPU device."""
     check_builds(device, shown=shown)
     ort = require("onnxruntime", purpose)
     if device != "cpu":
@@ -134,9 +120,8 @@ def import_onnxruntime(
 
 
 def preload_cuda_libraries(ort: ModuleType) -> List[str]:
-    """Load CUDA and cuDNN from the pip nvidia-* packages (`onnxruntime.preload_dlls`, ONNX Runtime
-    1.21+) so that no system CUDA toolkit is needed. Once per process; returns ONNX Runtime's
-    messages about libraries it could not load (also logged), [] when all loaded."""
+    """Load CUDA and cuDNN from the pip nvidia-* wheels (`onnxruntime.preload_dlls`), once per process;
+    ONNX Runtime's messages about libraries it could not load (also logged), [] when all loaded."""
     global _preloaded
     if _preloaded or not hasattr(ort, "preload_dlls"):
         return []
@@ -153,17 +138,14 @@ def preload_cuda_libraries(ort: ModuleType) -> List[str]:
 def build_cuda_major(ort: ModuleType) -> Optional[int]:
     """The CUDA major the installed onnxruntime-gpu was built for (None for a CPU build)."""
     try:
-        from importlib import import_module
-
-        version = getattr(import_module(f"{ort.__name__}.capi.build_and_package_info"), "cuda_version", "")
+        version = getattr(importlib.import_module(f"{ort.__name__}.capi.build_and_package_info"), "cuda_version", "")
     except ImportError:
         return None
     return int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else None
 
 
 def provider_tensorrt_major(provider_library: Path) -> Optional[int]:
-    """The TensorRT major (N of libnvinfer.so.N / nvinfer_N.dll) that ONNX Runtime's TensorRT
-    provider library links against, read from the library's bytes; None when it names none."""
+    """The TensorRT major (N of libnvinfer.so.N / nvinfer_N.dll) the provider library names, or None."""
     match = re.search(rb"(?:libnvinfer\.so\.|nvinfer_)(\d+)", Path(provider_library).read_bytes())
     return int(match.group(1)) if match else None
 
@@ -173,10 +155,8 @@ def tensorrt_provider_library(ort: ModuleType) -> Optional[Path]:
     if ort.__file__ is None:  # a namespace package (a broken install): no library files to find
         return None
     capi = Path(ort.__file__).parent / "capi"
-    found = sorted(capi.glob("libonnxruntime_providers_tensorrt.so")) + sorted(
-        capi.glob("onnxruntime_providers_tensorrt.dll")
-    )
-    return found[0] if found else None
+    found = [capi / n for n in ("libonnxruntime_providers_tensorrt.so", "onnxruntime_providers_tensorrt.dll")]
+    return next((f for f in found if f.is_file()), None)
 
 
 def installed_tensorrt() -> Optional[str]:
@@ -195,8 +175,8 @@ def _tensorrt_fix(cuda_major: int, trt_major: int) -> str:
 
 
 def check_tensorrt(required_major: int, cuda_major: int) -> str:
-    """The installed TensorRT version when its major is `required_major`; TensorRTMissingError or
-    TensorRTVersionError with the pip command that installs the right one."""
+    """The installed TensorRT version if its major is `required_major`, else TensorRTMissingError or
+    TensorRTVersionError with the pip command that fixes it."""
     version = installed_tensorrt()
     if version is None:
         raise TensorRTMissingError(
@@ -215,8 +195,8 @@ def check_tensorrt(required_major: int, cuda_major: int) -> str:
 
 
 def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudart: Any = None) -> Dict[str, Any]:
-    """Everything a CUDA (and, with `tensorrt`, TensorRT) provider needs, checked in the order a user
-    would fix it: driver and device, then TensorRT. Returns what was found."""
+    """What a CUDA (and with `tensorrt`, TensorRT) provider needs, checked in the order a user fixes
+    it (driver and device, then TensorRT); returns what was found."""
     cuda_major = build_cuda_major(ort)
     if cuda_major is None:
         raise BackendUnavailable(
@@ -241,21 +221,3 @@ def check_gpu(ort: ModuleType, device_id: int = 0, tensorrt: bool = False, cudar
                 f"Reinstall: {_tensorrt_fix(cuda_major, required)}"
             ) from None
     return found
-
-
-__all__ = [
-    "active_build",
-    "build_cuda_major",
-    "check_builds",
-    "check_cuda_device",
-    "check_gpu",
-    "check_tensorrt",
-    "import_onnxruntime",
-    "install_command",
-    "installed_builds",
-    "installed_tensorrt",
-    "nvidia_driver_present",
-    "preload_cuda_libraries",
-    "provider_tensorrt_major",
-    "tensorrt_provider_library",
-]

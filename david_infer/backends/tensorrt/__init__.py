@@ -1,9 +1,5 @@
 """TensorRT backend: plans built by `david-infer build-engine`, run natively through cuda-python.
-
-Importing this package imports neither tensorrt nor cuda-python; opening a runner and
-`builder.build_engine` (the plan builder behind `david-infer build-engine`) do.
-`profiles` and `engine manifest` are pure Python and usable (and tested) without a GPU.
-"""
+Importing it imports neither tensorrt nor cuda-python. NOT YET RUN ON A GPU (docs/gpu.md, TensorRT)."""
 
 from __future__ import annotations
 
@@ -13,15 +9,13 @@ from typing import Any, Mapping, Optional, Union
 
 from ...contract import GraphIO, ModelContract
 from ...errors import ModelError
-from ...manifest import manifest_path
 from ..base import Backend, BackendOptions, Device, Runner, Workload, parse_device
 
 
 @dataclass(frozen=True)
 class TensorRTOptions(BackendOptions):
-    """The TensorRT backend takes no options: what an engine runs is fixed when it is built
-    (`david-infer build-engine`); the runtime's resolution and batch size are checked against
-    the engine's profile."""
+    """None: what an engine runs is fixed when it is built; the runtime's resolution and batch size
+    are checked against the engine's profile."""
 
 
 class TensorRTBackend(Backend):
@@ -32,7 +26,7 @@ class TensorRTBackend(Backend):
     suffixes = (".engine", ".plan")
     devices = ("cuda",)
     Options = TensorRTOptions
-    options: TensorRTOptions  # what `Backend.__init__` makes of the options given
+    options: TensorRTOptions
 
     def inspect(self, path: Path) -> GraphIO:
         """A plan is only usable with its engine manifest: say how to get one."""
@@ -42,16 +36,12 @@ class TensorRTBackend(Backend):
         return super().inspect(path)
 
     def open(self, contract: ModelContract, device: Device, workload: Workload) -> Runner:
-        """Checks the engine manifest and that the engine's profile covers `workload` (so a mismatch fails
-        at once, not on the first image), then loads the plan. BackendUnavailable without
-        TensorRT, cuda-python or a GPU; ModelError for a plan built for another TensorRT version or
-        GPU, or whose SHA-256 does not match its engine manifest."""
-        from .engine_manifest import check_engine_manifest, check_profile_covers
+        """The plan's runner, once its engine manifest and profile fit `workload` (at once, not on the
+        first image). BackendUnavailable without TensorRT, cuda-python or a GPU; ModelError for a plan
+        of another TensorRT or GPU, or whose SHA-256 differs from its engine manifest's."""
+        from .engine_manifest import check_profile_covers
         from .runner import TensorRTRunner
 
-        if not contract.path.is_file():
-            raise ModelError(f"engine file not found: {contract.path}")
-        check_engine_manifest(contract.document, manifest_path(contract.path))
         check_profile_covers(contract.document, workload.resolution, workload.max_batch, contract.path)
         return TensorRTRunner(contract, self.check_device(device))
 
@@ -64,15 +54,11 @@ def open_runner(
     max_batch: int = 1,
     **options: Any,
 ) -> Runner:
-    """A TensorRT runner for the plan `path` with its engine manifest (read from `path.json` unless given),
-    for images of `resolution` in batches of up to `max_batch` (a convenience for tools and tests;
-    DavidRuntime goes through TensorRTBackend)."""
+    """A TensorRT runner for the plan `path` with its engine manifest (`path.json` unless given), for
+    images of `resolution` in batches of up to `max_batch` (for tools and tests)."""
     backend = TensorRTBackend(options)
     dev = backend.check_device(parse_device(device))
     if not Path(path).is_file():
         raise ModelError(f"engine file not found: {path}")
     contract = ModelContract.load(path) if engine_manifest is None else ModelContract.from_dict(path, engine_manifest)
     return backend.open(contract, dev, Workload(resolution, max_batch))
-
-
-__all__ = ["TensorRTBackend", "TensorRTOptions", "open_runner"]

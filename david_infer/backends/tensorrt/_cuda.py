@@ -1,21 +1,36 @@
-"""The little of the CUDA runtime the TensorRT backend needs, through cuda-python.
-
-`from cuda.bindings import runtime` (cuda-python 12.6+; 13.x removed `from cuda import cudart`).
-Every call returns `(err, *results)`; `call` checks `err` and raises BackendUnavailable with
-CUDA's own description. No torch, no pycuda.
-"""
+"""The little of the CUDA runtime (cuda-python's `cuda.bindings.runtime`: no torch, no pycuda) and of
+TensorRT's process-wide state that the TensorRT builder and runner share. cuda-python calls return
+`(err, *results)`; `call` checks `err` and raises BackendUnavailable with CUDA's own description."""
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any, Tuple
 
 import numpy as np
 
 from ..._optional import require
 from ...errors import BackendUnavailable
+from ..gpu import check_cuda_device
 
 PURPOSE = "the TensorRT backend (device memory and streams)"
+_STATE: dict = {"lock": threading.Lock(), "logger": None}
+
+
+def tensorrt(purpose: str = "the TensorRT backend") -> Any:
+    """The tensorrt module, or BackendUnavailable with the install hint."""
+    return require("tensorrt", purpose)
+
+
+def logger() -> Any:
+    """The process-wide trt.Logger (warnings and errors): TensorRT keeps the first one it is given,
+    so the builder and the runner share this one."""
+    with _STATE["lock"]:
+        if _STATE["logger"] is None:
+            trt = tensorrt()
+            _STATE["logger"] = trt.Logger(trt.Logger.WARNING)
+        return _STATE["logger"]
 
 
 def runtime() -> Any:
@@ -51,8 +66,6 @@ def error_text(err: Any) -> str:
 
 def device_info(device: int = 0) -> Tuple[str, str]:
     """(GPU name, "MAJOR.MINOR" compute capability) of `device`; BackendUnavailable without one."""
-    from ..gpu import check_cuda_device
-
     cudart = runtime()
     err, version = cudart.cudaRuntimeGetVersion()
     # the CUDA runtime these bindings (and the matching TensorRT wheel) are built for

@@ -1,10 +1,7 @@
-"""The manifest of a TensorRT plan (`x.engine` -> `x.engine.json`): writing and checking.
-
-The plan file itself is the plain serialized engine (trtexec and C++ read it as is); everything
-else lives here: the ONNX manifest's content (inputs, outputs, pre/post-processing) plus what the
-plan is tied to (TensorRT version, GPU compute capability, hardware compatibility), the profile
-ranges, the precision and the SHA-256 of the plan. Pure Python: no TensorRT, no torch.
-"""
+"""The manifest of a TensorRT plan (`x.engine` -> `x.engine.json`), written and checked (pure Python):
+the ONNX manifest's content plus what the plan is tied to (TensorRT version, GPU compute
+capability, hardware compatibility), its profile ranges, precision and SHA-256. The plan itself is
+the plain serialized engine (trtexec and C++ read it as is)."""
 
 from __future__ import annotations
 
@@ -85,7 +82,7 @@ def read_engine_manifest(engine_path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def check_engine_manifest(engine_manifest: Mapping[str, Any], path: Union[str, Path]) -> None:
-    """ModelError unless `engine manifest` is a TensorRT engine manifest with the keys the runner needs."""
+    """ModelError unless `engine_manifest` is a TensorRT one with the keys the runner needs."""
     if engine_manifest.get("kind") != KIND:
         raise ModelError(f"{path}: manifest kind is {engine_manifest.get('kind')!r}, not a TensorRT engine manifest")
     found = engine_manifest.get("tensorrt")
@@ -142,14 +139,10 @@ def check_compatible(
     engine_path: Optional[Union[str, Path]] = None,
     gpu_name: Optional[str] = None,
 ) -> None:
-    """ModelError unless a plan with this engine manifest can run under this TensorRT on this GPU.
-
-    A plan runs only under the TensorRT version that built it, and only on GPUs of the compute
-    capability it was built on, unless it was built hardware-compatible (Ampere and newer), in
-    which case any GPU of compute capability 8.0 or newer will do. Another GPU model of the same
-    compute capability (an A30 running an A100's plan) loads, but its tactics were timed on the
-    other model: a DavidWarning says so and how to rebuild.
-    """
+    """ModelError unless a plan with this engine manifest runs under this TensorRT on this GPU: the
+    TensorRT that built it, and the compute capability it was built on (hardware-compatible plans:
+    8.0 or newer). Another GPU model of that capability is a DavidWarning (its tactics were timed on
+    the other)."""
     name = Path(engine_path) if engine_path else Path(str(engine_manifest.get("model_file", "the engine")))
     info = engine_manifest["tensorrt"]
     built_trt = str(info["version"])

@@ -1,11 +1,5 @@
-"""Optimization-profile shapes for our dynamic inputs (pure Python: no torch, no TensorRT).
-
-A TensorRT engine built from a dynamic graph needs, for every input with a dynamic dimension, the
-smallest, the most common ("opt") and the largest shape it will be run at. Our manifests name the
-dynamic dimensions `batch`, `height` and `width`; `image_384` is fixed at the ViT size. The same
-ranges feed the engine builder (`david_infer.export.tensorrt`), the ONNX Runtime TensorRT provider options and
-the runner's per-call shape check.
-"""
+"""Optimization-profile shapes for a contract's dynamic inputs (`batch`, `height`, `width`), pure
+Python: for the engine builder, ONNX Runtime's TensorRT provider and the runner's shape check."""
 
 from __future__ import annotations
 
@@ -32,13 +26,9 @@ def compute_profiles(
     max_batch: int = DEFAULT_MAX_BATCH,
     opt_batch: int = 1,
 ) -> Dict[str, ShapeRange]:
-    """(min, opt, max) shapes for every input of the model contract, in input order.
-
-    Symbolic dimensions are filled in from the arguments: `batch` from 1 / `opt_batch` /
-    `max_batch`, `height` and `width` from the three resolutions (defaults 256, 512 and 1024
-    square). Fixed dimensions (channels, `image_384`'s 384x384, or a whole static "official"
-    graph) stay as they are. InputError names the offending argument.
-    """
+    """(min, opt, max) shapes of every input of the contract: `batch` from 1 / `opt_batch` /
+    `max_batch`, `height` and `width` from the three sizes (default 256, 512, 1024 square), fixed
+    dimensions as they are. InputError names the offending argument."""
     mn = parse_hw(min_hw if min_hw is not None else DEFAULT_MIN, "--min")
     op = parse_hw(opt_hw if opt_hw is not None else DEFAULT_OPT, "--opt")
     mx = parse_hw(max_hw if max_hw is not None else DEFAULT_MAX, "--max")

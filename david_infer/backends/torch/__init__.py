@@ -1,11 +1,6 @@
-"""PyTorch backend: the reference model (david_infer.model) built from the contract's variant and
-task, with our safetensors weights or the manifest's random seed. Needs the `export` extra.
-
-On a GPU it is a fast path of its own: reduced precision, channels-last, torch.compile, CUDA
-graphs, pinned host buffers on a dedicated stream, and pre/postprocessing as torch ops on the
-device (its own stages, `stages.py`), with predictions that may stay on the device
-(`output="torch"`).
-"""
+"""PyTorch backend: the reference model (david_infer.model) built from the contract's variant and task,
+with our safetensors weights or the manifest's seed (the `export` extra), and on a GPU a fast path
+of its own (docs/gpu-torch.md)."""
 
 from __future__ import annotations
 
@@ -31,28 +26,8 @@ def _choice(name: str, value: object, valid: tuple) -> None:
 
 @dataclass(frozen=True)
 class TorchOptions(BackendOptions):
-    """Options of the torch backend (torch's own thread settings apply on the CPU).
-
-    precision: "fp32" (default), "fp16" or "bf16". Reduced precision is torch.autocast around
-        the FP32 model: matrix products and convolutions run in the reduced type while autocast's
-        own op lists keep LayerNorm, softmax and the reductions in FP32 (the rule the FP16 ONNX
-        export follows), with no rewritten copy of the model. A device that cannot compute in the
-        type is an error, never a silent FP32 run.
-    channels_last: convolutions in NHWC memory format (tensor cores prefer it).
-    compile: "off" (default), or a torch.compile mode ("default", "reduce-overhead",
-        "max-autotune", "max-autotune-no-cudagraphs"). Shapes are static: each input shape is
-        compiled once, on its first call, and cached; `TorchRunner.first_call_seconds` records
-        what each first call cost (compilation included).
-    compile_backend: torch.compile's backend (default "inductor"; "aot_eager" or "eager" check the
-        tracing without code generation).
-    cuda_graphs: capture one CUDA graph per input shape on its first call and replay it (CUDA
-        only; not with compile="reduce-overhead", which replays graphs of its own).
-    pinned: copy numpy inputs and outputs through page-locked host buffers with non-blocking
-        copies on the runner's own CUDA stream (default: on with CUDA; CUDA only).
-    output: "numpy" (default) or "torch": Prediction maps as torch tensors left on the device
-        (the torch stages run then, on the CPU too). Where the pre/postprocessing runs is the
-        runtime's `stages` (the torch stages by default on CUDA).
-    """
+    """Options of the torch backend (the table in docs/gpu-torch.md); refused, never a silent
+    fallback, where the device or another option cannot honour them."""
 
     moved = {
         "prepost": "choose where the pre/postprocessing runs with DavidRuntime(stages='torch' | 'graph' | 'reference') (--stages)"
@@ -93,15 +68,9 @@ class TorchOptions(BackendOptions):
         """InputError for options the device kind cannot honour (CUDA-only ones on the CPU)."""
         if device.kind == "cuda":
             return
-        cuda_only = [
-            name
-            for name, on in (
-                ("cuda_graphs=True", self.cuda_graphs),
-                ("pinned=True", self.pinned),
-                ("compile='reduce-overhead'", self.compile == "reduce-overhead"),
-            )
-            if on
-        ]
+        asked = {"cuda_graphs=True": self.cuda_graphs, "pinned=True": self.pinned}
+        cuda_only = [name for name, on in asked.items() if on]
+        cuda_only += ["compile='reduce-overhead'"] if self.compile == "reduce-overhead" else []
         if cuda_only:
             raise InputError(
                 f"torch backend: {', '.join(cuda_only)} needs device='cuda' (CUDA graphs and pinned "
@@ -117,7 +86,7 @@ class TorchBackend(Backend):
     suffixes = ()  # never chosen by backend="auto": it runs a manifest's model, not a file
     devices = ("cpu", "cuda")
     Options = TorchOptions
-    options: TorchOptions  # what `Backend.__init__` makes of the options given
+    options: TorchOptions
 
     def inspect(self, path: Path) -> GraphIO:
         raise ModelError(
@@ -127,10 +96,8 @@ class TorchBackend(Backend):
         )
 
     def open(self, contract: ModelContract, device: Device, workload: Workload) -> TorchRunner:
-        options = self.options
-        assert isinstance(options, TorchOptions)
-        options.check_device(device)
-        return build_runner(contract, device, options)
+        self.options.check_device(device)
+        return build_runner(contract, device, self.options)
 
 
 __all__ = ["COMPILE_MODES", "PRECISIONS", "TorchBackend", "TorchOptions", "TorchRunner"]

@@ -1,5 +1,5 @@
 """The reference PyTorch model behind the Runner interface, shaped like the contract's graph, with
-the GPU options of TorchOptions (precision, channels-last, compile, CUDA graphs, pinned copies)."""
+TorchOptions' GPU options (precision, channels-last, compile, CUDA graphs, pinned copies)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ GRAPH_WARMUP_CALLS = 2  # before a capture: lazy initialisation (cuDNN plans, al
 
 
 def _weights_file(contract: ModelContract) -> Optional[str]:
-    """The safetensors file the manifest names (absolute, or relative to the model's folder), or
-    None for random weights."""
+    """The safetensors file the manifest names (absolute, or beside the model), None for random weights."""
     path, weights = contract.path, contract.weights
     if weights.origin == "random":
         return None
@@ -46,6 +45,13 @@ def _weights_file(contract: ModelContract) -> Optional[str]:
                 raise ModelError(f"{candidate}: SHA-256 does not match the one recorded in {path}'s manifest")
             return str(candidate)
     raise ModelError(f"{path}: weights file {weights.path} named in the manifest was not found")
+
+
+def torch_module() -> Any:
+    """torch (imported by `build_runner` before any runner exists)."""
+    import torch
+
+    return torch
 
 
 def reduced_dtype(torch: Any, precision: str) -> Optional[Any]:
@@ -110,11 +116,8 @@ def build_runner(contract: ModelContract, device: Device, options: "TorchOptions
 
 
 class TorchRunner(Runner):
-    """Runs the PyTorch model; inputs and outputs named and shaped as in the contract's graph.
-
-    `run` takes and returns numpy arrays (through pinned buffers on CUDA); `run_tasks` takes
-    tensors already on the device and returns {task: (N, C, H, W) float32 tensor} on the device.
-    Calls are serialised (one model, one stream)."""
+    """Runs the PyTorch model, named and shaped as the contract's graph: `run` on numpy arrays (through
+    pinned buffers on CUDA), `run_tasks` on device tensors. Calls are serialised (one model, one stream)."""
 
     name = "torch"
 
@@ -127,7 +130,6 @@ class TorchRunner(Runner):
         self.cuda = device.kind == "cuda"
         self.pinned = self.cuda if options.pinned is None else options.pinned
         self._io = GraphIO(contract.inputs, contract.outputs)
-        self._tasks = tuple(model.outputs)
         self._dtype = reduced_dtype(torch, options.precision)
         self._memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         model = model.to(self.torch_device)
@@ -146,15 +148,10 @@ class TorchRunner(Runner):
         #: seconds the first call of each input shape took (compilation / graph capture included)
         self.first_call_seconds: Dict[ShapeKey, float] = {}
 
-    # -- the forward, as configured ------------------------------------------------------------
-
     def _eager_forward(self, image: Any, image_384: Optional[Any]) -> Dict[str, Any]:
         import torch
 
-        autocast = (
-            torch.autocast(self.device.kind, dtype=self._dtype) if self._dtype is not None else contextlib.nullcontext()
-        )
-        with autocast:
+        with torch.autocast(self.device.kind, dtype=self._dtype, enabled=self._dtype is not None):
             out = self._model(image, image_384)
         return {task: value.float() for task, value in out.items()}
 
@@ -175,15 +172,9 @@ class TorchRunner(Runner):
                 f"torch backend: torch.compile(mode={opts.compile!r}, backend={opts.compile_backend!r}) failed: {exc}"
             ) from None
 
-    # -- Runner interface ----------------------------------------------------------------------
-
     @property
     def io(self) -> GraphIO:
         return self._io
-
-    @property
-    def tasks(self) -> Tuple[str, ...]:
-        return self._tasks
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         inputs = self._io.inputs
@@ -207,7 +198,7 @@ class TorchRunner(Runner):
         float32 on the device, finished (the runner's stream synchronised) when this returns."""
         with self._lock, self._on_stream():
             if self._stream is not None:  # the inputs were made on the caller's stream
-                self._stream.wait_stream(self._caller_stream())
+                self._stream.wait_stream(torch_module().cuda.default_stream(self.torch_device))
             out = self._run_locked(image, image_384)
             if self._stream is not None:
                 self._stream.synchronize()
@@ -234,35 +225,19 @@ class TorchRunner(Runner):
             self._graphs.clear()
             self._host.clear()
 
-    # -- internals -----------------------------------------------------------------------------
-
-    def _caller_stream(self) -> Any:
-        import torch
-
-        return torch.cuda.default_stream(self.torch_device)
-
     def _on_stream(self) -> Any:
-        if self._stream is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.cuda.stream(self._stream)
+        return contextlib.nullcontext() if self._stream is None else torch_module().cuda.stream(self._stream)
 
     def _host_buffer(self, name: str, shape: Tuple[int, ...]) -> Any:
-        import torch
-
-        key = (name, tuple(shape))
-        buf = self._host.get(key)
-        if buf is None:
-            buf = self._host[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        return buf
+        torch, key = torch_module(), (name, tuple(shape))
+        if key not in self._host:
+            self._host[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        return self._host[key]
 
     def _upload(self, name: str, array: np.ndarray) -> Any:
-        import torch
-
         array = np.asarray(array, dtype=np.float32)
         if not self.pinned:
-            return torch.from_numpy(np.ascontiguousarray(array)).to(self.torch_device)
+            return torch_module().from_numpy(np.ascontiguousarray(array)).to(self.torch_device)
         host = self._host_buffer("in:" + name, array.shape)
         host.numpy()[...] = array  # the previous call's copies are done: every call ends synchronised
         return host.to(self.torch_device, non_blocking=True)
@@ -314,8 +289,7 @@ class TorchRunner(Runner):
         import torch
 
         stream = self._stream
-        if stream is None:  # `TorchOptions.check_device` refuses cuda_graphs off CUDA
-            raise InputError("torch backend: cuda_graphs=True needs device='cuda'")
+        assert stream is not None, "TorchOptions.check_device refuses cuda_graphs off CUDA"
         entry = self._graphs.get(key)
         if entry is None:
             static = tuple(t.clone() for t in (image, image_384) if t is not None)

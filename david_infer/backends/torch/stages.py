@@ -1,11 +1,6 @@
-"""The torch stages: pre- and postprocessing as torch ops on the torch runner's device.
-
-The decoded photo goes to the device once; padding, resizing, the ViT copy, the model, the resize
-back and each task's finishing run there; the finished maps come back once (or stay there with
-`output="torch"`). Every resize is two matrix products with the weights of david_infer.resample
-(float64 for the resize to the model, where 8-bit photos are rounded between the axes as the
-reference does; float32 back), so the maps agree with the reference stages (tests/backends).
-"""
+"""The torch stages: pre- and postprocessing as torch ops on the torch runner's device, every resize
+two matrix products with david_infer.resample's weights, so the maps agree with the reference
+stages (docs/gpu-torch.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +34,7 @@ class DeviceRunner(Protocol):
 
 
 class TorchStages(Stages):
-    """The torch runner's own stages (see the module docstring); `output` "numpy" or "torch"."""
+    """The torch runner's own stages; `output` "numpy" or "torch" (maps left on the device)."""
 
     kind = "torch"
 
@@ -54,8 +49,7 @@ class TorchStages(Stages):
         self._lock = threading.Lock()
 
     def _matrix(self, make: Callable[..., np.ndarray], *args: Any, dtype: Any = None) -> Any:
-        """The weight matrix `make(*args)` (david_infer.resample) on the device, float64 unless
-        `dtype` says otherwise, cached."""
+        """The weight matrix `make(*args)` on the device (float64 unless `dtype` says), cached."""
         dtype = dtype or self.torch.float64
         key = (make.__name__, args, dtype)
         with self._lock:
@@ -191,6 +185,3 @@ def _all_finite(value: Any) -> bool:
     import torch
 
     return bool(value.sum(dtype=torch.float64).isfinite().item())
-
-
-__all__: List[str] = ["TorchStages", "to_numpy"]

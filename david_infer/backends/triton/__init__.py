@@ -1,17 +1,8 @@
-"""Triton client backend: run the model on a KServe V2 / Triton inference server
-(`david-infer serve`, NVIDIA Triton, KServe, MLServer) while pre- and postprocessing stay local.
-
-    DavidRuntime("grpc://host:8081/david", backend="triton")   # or http://host:8080/david
-
-The model name may be left out when the server serves one model; `grpc://host:port/name/version`
-picks a version. Without a port, `david-infer serve`'s defaults are used (HTTP 8080, gRPC 8081).
-The contract comes from the manifest the server publishes (`david-infer serve` puts it in the
-model metadata's `versions`; a Triton repository written by `david-infer export --triton-repo`
-carries it in config.pbtxt's `parameters`), or from `manifest=PATH`; it is checked against the
-served model's metadata (names, dims, data types) before the first request.
-
-Importing this package imports no tritonclient; opening a runner does.
-"""
+"""Triton client backend: the model runs on a KServe V2 / Triton server (`david-infer serve`, NVIDIA
+Triton, KServe, MLServer) while pre- and postprocessing stay local: `DavidRuntime("grpc://host:8081/
+david")` (or http://; the model name may be left out when the server serves one; /NAME/VERSION picks
+a version; without a port, `serve`'s defaults). The contract is the manifest the server publishes
+(or `manifest=PATH`), checked against the served model's metadata before the first request."""
 
 from __future__ import annotations
 
@@ -33,17 +24,10 @@ DEFAULT_PORTS = {"grpc": 8081, "http": 8080, "https": 443}
 
 @dataclass(frozen=True)
 class TritonOptions(BackendOptions):
-    """Options of the triton backend.
-
-    timeout: seconds each call (metadata, inference) may take before it is a ServerUnavailable
-        error (default 30).
-    retries: extra attempts of a call that failed because the server was unreachable or timed out
-        (default 0: no retries); errors the server answers with are never retried.
-    retry_delay: seconds before the first retry, doubled for each next one (default 0.5).
-    manifest: a manifest file to use instead of the one the server publishes.
-    token: the shared token of a server started with `--token-file` (sent on every call as
-        `Authorization: Bearer TOKEN`; default: none).
-    """
+    """Options of the triton backend. timeout: seconds each call may take (default 30); retries:
+    extra attempts of a call the server did not answer (unreachable, timed out; default 0);
+    retry_delay: seconds before the first retry, doubled for each next (default 0.5); manifest: a
+    manifest file instead of the server's; token: sent as `Authorization: Bearer TOKEN`."""
 
     timeout: float = 30.0
     retries: int = 0
@@ -52,14 +36,9 @@ class TritonOptions(BackendOptions):
     token: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "retry_delay"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or value < 0
-                or (name == "timeout" and value == 0)
-            ):
+        for name, value in (("timeout", self.timeout), ("retry_delay", self.retry_delay)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (name == "timeout" and value == 0):
                 raise InputError(f"triton backend: {name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"triton backend: retries must be 0 or more, got {self.retries!r}")
@@ -146,15 +125,14 @@ class TritonBackend(Backend):
     schemes = ("grpc", "http", "https")
     devices = ("cpu",)  # the client's side: pre/postprocessing; the server picks its own device
     Options = TritonOptions
-    options: TritonOptions  # what `Backend.__init__` makes of the options given
+    options: TritonOptions
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(options)
         self._served: Optional[Tuple[Any, str, str, GraphIO, List[str]]] = None
 
     def remote_contract(self, url: str) -> ModelContract:
-        """Connects, finds the model, reads its metadata and manifest, and checks one against the
-        other."""
+        """Connects, finds the model, reads its metadata and manifest, and checks one against the other."""
         from .runner import Protocol, metadata_io
 
         scheme, address, model, version = parse_url(url)
@@ -229,6 +207,3 @@ class TritonBackend(Backend):
         protocol, model, version, io, outputs = self._served
         self._served = None
         return TritonRunner(protocol, model, version, io, outputs)
-
-
-__all__ = ["TritonBackend", "TritonOptions", "parse_url", "check_served", "CONFIG_MANIFEST_KEY"]

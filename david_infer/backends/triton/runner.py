@@ -1,14 +1,8 @@
-"""Talking to a KServe V2 / Triton server with `tritonclient`: the two protocols behind one small
-adapter, typed errors, timeouts, retries, and the runner.
-
-Every call carries the options' timeout as a deadline for the whole call (gRPC: `client_timeout`;
-HTTP: a gevent Timeout around the call, since the client's network timeout restarts with every byte
-and a server trickling one byte a second would hold a call forever). Errors the transport raises
-(refused, reset, timed out, UNAVAILABLE) and a server whose inference worker died mid-request
-become `ServerUnavailable` and are retried `retries` times with a doubling delay; errors the
-server answers with (unknown model, refused request) become `ModelError` at once, a non-finite
-output `NonFiniteOutput`, and a gRPC URL pointed at an HTTP port (or the reverse) an `InputError`.
-"""
+"""Talking to a KServe V2 / Triton server with `tritonclient` (gRPC or HTTP behind one adapter), and
+the runner. Each call has the timeout as a deadline for the whole call; what the transport raises,
+or a dead inference worker, is ServerUnavailable (retried `retries` times, the delay doubling);
+what the server answers is a ModelError at once (NonFiniteOutput for a non-finite output, an
+InputError for a gRPC URL at an HTTP port)."""
 
 from __future__ import annotations
 
@@ -66,6 +60,7 @@ class Protocol:
     def _within_deadline(self, fn: Callable[[], T]) -> T:
         if self.grpc:  # each gRPC call carries its own deadline (client_timeout)
             return fn()
+        # HTTP: the client's network timeout restarts with every byte (a trickling server held a call)
         import gevent
 
         late = TimeoutError(f"no complete answer within {self.options.timeout:g} s")
