@@ -1,13 +1,7 @@
-"""Temporal stabilisation of a clip's maps (depth, normals, foreground), so they do not flicker.
-
-`stabilize(predictions, mode)` turns per-frame predictions into a steady sequence, per shot (a cut or
-a new size starts one), without training, on a grid of GRID x GRID pixel cells: the camera's zoom
-and shift are followed (david_infer.video.camera); cells that moved in the scene (image, mask flip,
-or maps inside the person) take the frame as it is; each frame's depth is aligned to the running
-estimate by a robust scale and shift (a Deming fit inside both masks); a per-pixel recursive filter
-blends depth, normals (unit length) and the mask where nothing moved. `online` is causal (no
-latency); `offline` a fixed-lag smoother over `lookahead` frames. docs/video.md says each step, its
-constants and what it cannot fix (an error the model repeats frame after frame stays).
+"""Temporal stabilisation of a clip's maps (depth, normals, foreground), so they do not flicker:
+per shot, on a grid of GRID x GRID pixel cells, the camera followed (david_infer.video.camera), each
+frame's depth aligned, a per-pixel recursive filter where nothing moved; `online` causal, `offline`
+a fixed-lag smoother. docs/video.md says each step, its constants and what it cannot fix.
 """
 
 from __future__ import annotations
@@ -78,30 +72,16 @@ class Maps(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StabilizeOptions:
-    """How `stabilize` works (see the module docstring).
+    """How `stabilize` works (docs/video.md, "What is stabilised, and how")."""
 
-    frame_weight: online, the weight of a new frame where nothing moved, once the estimate is
-        settled (0 < w <= 1; 1: no smoothing, the depth is still aligned). Smaller: steadier,
-        slower to follow slow changes the motion test lets through.
-    offline_weight: the same for offline mode (its lookahead centres the estimate on each frame).
-    lookahead: offline, the most frames after a frame whose estimate its output may take (memory
-        holds lookahead + 1 frames' maps; about (1 - offline_weight) / offline_weight uses it all).
-    motion_threshold: grey levels (0..255) of change in a flat patch that mark motion.
-    gate: a map change beyond this many robust noise units (of the frame's own noise) marks motion.
-    cut_threshold: colour-histogram distance (0..2) from the previous frame that starts a new shot.
-    align_depth: map each frame's depth onto the estimate by scale and shift (False: as predicted).
-    follow_camera: move the estimate with the camera's zoom and shift (False: while the camera
-        moves, the motion test sees motion nearly everywhere and little is blended).
-    """
-
-    frame_weight: float = 0.2
-    offline_weight: float = 0.1
-    lookahead: int = 8
-    motion_threshold: float = 4.0
-    gate: float = 3.0
-    cut_threshold: float = 0.5
-    align_depth: bool = True
-    follow_camera: bool = True
+    frame_weight: float = 0.2  # online: a new frame's settled weight where nothing moved (1: no smoothing)
+    offline_weight: float = 0.1  # the same offline (its lookahead centres the estimate on each frame)
+    lookahead: int = 8  # offline: the most frames after a frame whose estimate it may take (held in memory)
+    motion_threshold: float = 4.0  # grey levels (0..255) of change in a flat patch that mark motion
+    gate: float = 3.0  # a map change beyond this many robust noise units of the frame marks motion
+    cut_threshold: float = 0.5  # colour-histogram distance (0..2) from the previous frame that starts a shot
+    align_depth: bool = True  # map each frame's depth onto the estimate by scale and shift
+    follow_camera: bool = True  # move the estimate with the camera's zoom and shift
 
     def __post_init__(self) -> None:
         for name in ("frame_weight", "offline_weight"):
@@ -123,22 +103,14 @@ class StabilizeOptions:
 
 
 def stabilize(frames: Iterable[Any], mode: str = "online", **options: Any) -> Iterator[Any]:
-    """A clip's predictions, stabilised over time: one output per input, in order, of the same kind.
+    """A clip's predictions, stabilised over time: one output per input, in order, of the same kind
+    (a `Prediction`, or a new dict with the maps replaced and its other entries kept).
 
-    frames: `Prediction`s (as `DavidRuntime.predict`/`predict_video` give them) or mappings with
-        `depth` (H, W), `normal` (H, W, 3), `foreground` (H, W) float32 and `image` (H, W, 3)
-        uint8 (the frame; the camera and motion tests read it); a map that is None or absent is
-        left out. A live source works in online mode: any iterator, read one frame at a time.
-    mode: "online" (causal: each output as soon as its frame is in; for live streams) or
-        "offline" (each frame smoothed with frames before and after it: its output comes up to
-        `lookahead` frames later; memory bounded).
-    options: fields of `StabilizeOptions` (frame_weight, offline_weight, lookahead,
-        motion_threshold, gate, cut_threshold, align_depth, follow_camera).
-
-    Yields a `Prediction` (same image and `depth_inverse`) for a `Prediction`, a new dict with the
-    maps replaced for a mapping (its other entries kept). InputError, naming the frame, for a
-    map that is not finite, maps of different sizes within a frame, or a frame that lacks a map
-    the first frame had; a frame of another size starts a new shot.
+    frames: `Prediction`s or mappings with `depth` (H, W), `normal` (H, W, 3), `foreground` (H, W)
+        float32 and `image` (H, W, 3) uint8; a map that is None or absent is left out. Any iterator
+        (a live source: online mode reads one frame at a time).
+    mode: "online" (causal, no latency) or "offline" (each output up to `lookahead` frames later).
+    options: fields of `StabilizeOptions`. Bad input: InputError naming the frame (docs/video.md).
     """
     opts = StabilizeOptions.from_keywords(options)
     for _, out in stabilize_pairs(((None, frame) for frame in frames), mode, opts):
@@ -279,12 +251,9 @@ def _dilate(m: np.ndarray, cross: bool = False) -> np.ndarray:
 def _image_motion(
     grey: np.ndarray, previous: np.ndarray, seen: Optional[np.ndarray], threshold: float
 ) -> Tuple[np.ndarray, bool]:
-    """(motion in [0, 1] per cell, whether the whole frame moved). A cell's grey change against
-    `previous` (the previous frame's, moved by the camera; `seen`: where that is defined, elsewhere
-    new to the frame: moved) over what noise and a displacement of FLOW_CELLS would change
-    (`threshold` / 2 grey levels plus FLOW_CELLS times the slope: a flat patch moves by its change,
-    an edge or texture by the displacement the change implies): 0 up to that, 1 from twice it.
-    When most textured cells moved, the camera's fit failed: the whole frame moved."""
+    """(motion in [0, 1] per cell, whether the whole frame moved): a cell's grey change against
+    `previous` (moved by the camera; outside `seen`: moved) over what noise and a displacement of
+    FLOW_CELLS would change, 0 up to that, 1 from twice it (docs/video.md, "Motion in the scene")."""
     change = np.abs(grey - previous)
     p = np.pad((grey + previous) * np.float32(0.5), 1, mode="edge")
     slope = np.abs(p[1:-1, 2:] - p[1:-1, :-2])  # twice the L1 slope per cell
@@ -342,10 +311,8 @@ def _normalise_rows(n: np.ndarray, out: np.ndarray) -> bool:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, noise_ratio: float) -> Tuple[float, float]:
-    """Scale and shift of `s * x + b ~ y`, Huber-weighted (IRLS, three rounds). Deming regression:
-    both sides are noisy, `y`'s noise variance `noise_ratio` times `x`'s once scaled (the filter's
-    estimate is steadier than a frame), so the scale is not shrunk by the frame's noise as plain
-    least squares would shrink it, a bias that would compound from frame to frame."""
+    """Scale and shift of `s * x + b ~ y`, Huber-weighted (IRLS, three rounds), by Deming regression
+    (`y`'s noise `noise_ratio` times `x`'s): plain least squares would shrink the scale every frame."""
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     w = np.ones_like(x64)
     s = b = float("nan")
@@ -469,11 +436,10 @@ class _Shot:
         self.alignment, w = (s, b), UNITS_WEIGHT  # the output's units: a leaky average, scale geometric
         scale, shift = self.output_units
         self.output_units = (scale ** (1.0 - w) * (1.0 / s) ** w, (1.0 - w) * shift + w * (-b / s))
-        gain = self._gain(mine, theirs, s, b, moving, prior, person)
-        out = self.maps.each(np.empty_like)
+        gain = self._gain(mine, theirs, moving, prior, person)
         depth_shown = np.empty(self.size, np.float32) if shown and frame.maps.depth is not None else None
         self.samples = mine.each(np.empty_like)
-        _blend(frame, estimate, out, (s, b), gain, depth_shown, self.output_units, self.samples)
+        out = self._blend(frame, estimate, gain, depth_shown)
         self.maps, self.gain = out, gain
         self.age = (1.0 - gain) * (age + 1.0)
         return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
@@ -491,19 +457,11 @@ class _Shot:
         return _Estimate(self.maps, warp, frame.maps), prior, age
 
     def _gain(
-        self,
-        mine: Maps,
-        theirs: Maps,
-        s: float,
-        b: float,
-        moving: np.ndarray,
-        prior: np.ndarray,
-        person: Optional[np.ndarray],
+        self, mine: Maps, theirs: Maps, moving: np.ndarray, prior: np.ndarray, person: Optional[np.ndarray]
     ) -> np.ndarray:
         """The filter's gain per grid cell: 1 where the image, the mask or (inside the person) a map
-        moved, the map gates in units of the frame's robust noise on the still cells inside the
-        person; elsewhere the Kalman gain of a random walk."""
-        still = moving < 0.5
+        moved; elsewhere the Kalman gain of a random walk."""
+        (s, b), still = self.alignment, moving < 0.5
         if person is not None:
             flip = np.abs(mine.foreground - theirs.foreground)  # type: ignore[operator]
             flip -= np.float32(MASK_FLIP)
@@ -565,68 +523,58 @@ class _Shot:
                 return s, b
         return self.alignment  # nothing fits: the previous frame's alignment
 
-
-def _blend(
-    frame: _Frame,
-    estimate: _Estimate,
-    out: Maps,
-    alignment: Tuple[float, float],
-    gain: np.ndarray,
-    shown: Optional[np.ndarray],
-    units: Tuple[float, float],
-    samples: Maps,
-) -> None:
-    """out = estimate + gain * (frame - estimate), band by band (`out`: new arrays); the
-    frame's depth aligned, the foreground's step limited (MASK_STEP), normals renormalised,
-    `shown` the depth in `units`, `samples` out's maps at the grid's pixels (taken
-    while the band is in cache). A frame's map that holds NaN or infinity (which makes its band's
-    sum so) raises InputError, naming it."""
-    h, w = frame.size
-    depth, normal, foreground = frame.maps
-    s, b = (np.float32(v) for v in alignment)
-    limit = MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6)
-    broken: List[str] = []
-    for rows in _bands(h, w):
-        cells = slice(rows.start // GRID, -(-rows.stop // GRID))
-        if depth is not None:
-            before = estimate.band(0, rows)
-            r = out.depth[rows]  # type: ignore[index]
-            np.multiply(depth[rows], s, out=r)
-            r += b
-            r -= before
-            if not np.isfinite(r.sum()):
-                broken.append("depth")
-            r *= _spread(gain[0], rows, w)
-            r += before
-            samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-            if shown is not None:
-                np.multiply(r, np.float32(units[0]), out=shown[rows])
-                shown[rows] += np.float32(units[1])
-        if foreground is not None:
-            before = estimate.band(2, rows)
-            r = out.foreground[rows]  # type: ignore[index]
-            np.subtract(foreground[rows], before, out=r)  # type: ignore[arg-type]
-            if not np.isfinite(r.sum()):
-                broken.append("foreground")
-            r *= _spread(gain[1], rows, w)
-            bound = _spread(limit, rows, w)
-            np.minimum(r, bound, out=r)
-            np.negative(bound, out=bound)
-            np.maximum(r, bound, out=r)
-            r += before
-            samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-        if normal is not None:
-            gains = _spread(gain[0], rows, w, 3)
-            p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
-            target = out.normal[rows].reshape(gains.shape)  # type: ignore[index]
-            np.subtract(normal[rows].reshape(gains.shape), p, out=target)
-            target *= gains
-            target += p
-            if not _normalise_rows(target, target):
-                broken.append("normal")
-            samples.normal[cells] = out.normal[rows][::GRID, ::GRID]  # type: ignore[index]
-    if broken:
-        frame.check_finite(broken)
+    def _blend(self, frame: _Frame, estimate: _Estimate, gain: np.ndarray, shown: Optional[np.ndarray]) -> Maps:
+        """estimate + gain * (frame - estimate) (new arrays), band by band; also `shown` (the depth in
+        the output's units) and `samples` (it at the grid's pixels, taken while in cache). InputError
+        for a map not finite."""
+        out = self.maps.each(np.empty_like)
+        h, w = frame.size
+        depth, normal, foreground = frame.maps
+        s, b = (np.float32(v) for v in self.alignment)
+        limit = MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6)
+        broken: List[str] = []
+        for rows in _bands(h, w):
+            cells = slice(rows.start // GRID, -(-rows.stop // GRID))
+            if depth is not None:
+                before = estimate.band(0, rows)
+                r = out.depth[rows]  # type: ignore[index]
+                np.multiply(depth[rows], s, out=r)
+                r += b
+                r -= before
+                if not np.isfinite(r.sum()):
+                    broken.append("depth")
+                r *= _spread(gain[0], rows, w)
+                r += before
+                self.samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+                if shown is not None:
+                    np.multiply(r, np.float32(self.output_units[0]), out=shown[rows])
+                    shown[rows] += np.float32(self.output_units[1])
+            if foreground is not None:
+                before = estimate.band(2, rows)
+                r = out.foreground[rows]  # type: ignore[index]
+                np.subtract(foreground[rows], before, out=r)  # type: ignore[arg-type]
+                if not np.isfinite(r.sum()):
+                    broken.append("foreground")
+                r *= _spread(gain[1], rows, w)
+                bound = _spread(limit, rows, w)
+                np.minimum(r, bound, out=r)
+                np.negative(bound, out=bound)
+                np.maximum(r, bound, out=r)
+                r += before
+                self.samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+            if normal is not None:
+                gains = _spread(gain[0], rows, w, 3)
+                p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
+                target = out.normal[rows].reshape(gains.shape)  # type: ignore[index]
+                np.subtract(normal[rows].reshape(gains.shape), p, out=target)
+                target *= gains
+                target += p
+                if not _normalise_rows(target, target):
+                    broken.append("normal")
+                self.samples.normal[cells] = out.normal[rows][::GRID, ::GRID]  # type: ignore[index]
+        if broken:
+            frame.check_finite(broken)
+        return out
 
 
 def _stabilized(pairs: Iterable[Tuple[Any, Any]], mode: str, opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
@@ -683,9 +631,8 @@ def _light(item: Any) -> Any:
 
 
 def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
-    """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the
-    depth in the output's units. Each map is first taken whole from the source most cells take,
-    then the other sources' cells are copied over."""
+    """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the depth
+    in the output's units; each map taken whole from the most cells' source, the others' cells over it."""
     last = 0  # the latest frame in the same shot with the camera still since the first
     for j in range(1, min(lookahead, len(held) - 1) + 1):
         if held[j].step.began or held[j].step.camera_moved:
@@ -741,10 +688,8 @@ def _patch(out: np.ndarray, source: np.ndarray, cells: np.ndarray, units: Option
 
 
 def _choices(held: Deque[_Held], last: int, layer: int) -> np.ndarray:
-    """Per grid cell, which held frame j (0..last) gives the first one its estimate: the latest
-    whose estimate's mean age reaches back to within LEAD frames after the first (the age grows
-    by at most one a frame, so these come first), and never one from the frame where that cell
-    moved on."""
+    """Per grid cell, which held frame j (0..last) gives the first one its estimate: the latest whose
+    mean age reaches back to within LEAD frames after the first, never one after the cell moved."""
     choice = np.zeros(held[0].step.gain.shape[1:], np.uint8)
     for j in range(1, last + 1):
         np.copyto(choice, j, where=held[j].step.age[layer] >= j - LEAD)
