@@ -204,19 +204,13 @@ def _grid_shape(size: Tuple[int, int]) -> Tuple[int, int]:
     return (-(-size[0] // GRID), -(-size[1] // GRID))
 
 
-@dataclasses.dataclass
-class _Look:
-    """What the tests read of a frame's image: each grid cell's grey mean, and the colours."""
-
-    grey: np.ndarray  # (gh, gw) float32, 0..255
-    histogram: np.ndarray  # of sampled pixels: 4 levels per channel, 64 bins summing to 1
-
-    @classmethod
-    def of(cls, image: np.ndarray) -> "_Look":
-        q = image[:: 2 * GRID, :: 2 * GRID] >> 6
-        bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
-        h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
-        return cls(_cell_grey(image), h / max(1.0, h.sum()))
+def _look(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """What the tests read of a frame's image: each grid cell's grey mean (float32, 0..255), and the
+    colour histogram of sampled pixels (4 levels per channel, 64 bins summing to 1)."""
+    q = image[:: 2 * GRID, :: 2 * GRID] >> 6
+    bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
+    h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
+    return _cell_grey(image), h / max(1.0, h.sum())
 
 
 def _cell_grey(image: np.ndarray) -> np.ndarray:
@@ -346,28 +340,6 @@ def _at_grid(maps: Maps) -> Maps:
     return maps.each(lambda m: np.ascontiguousarray(m[::GRID, ::GRID]))
 
 
-class _Estimate:
-    """The estimate's maps as the blend reads them: as they are, or moved with the camera band by
-    band (`Warp.band`: the moved maps are never made whole; what came into view: the frame's)."""
-
-    def __init__(self, maps: Maps, warp: Optional[Warp], fill: Maps) -> None:
-        self.maps, self.warp, self.fill = maps, warp, fill
-
-    def band(self, index: int, rows: slice) -> Optional[np.ndarray]:
-        m = self.maps[index]
-        if m is None or self.warp is None:
-            return None if m is None else m[rows]
-        return self.warp.band(m, self.fill[index], rows)  # type: ignore[arg-type]
-
-    def samples(self) -> Maps:
-        """The maps at the grid's pixels (moved)."""
-        warp = self.warp
-        assert warp is not None
-        pairs = zip(self.maps, self.fill)
-        moved = (None if m is None else warp.samples(m, f, GRID) for m, f in pairs)  # type: ignore[arg-type]
-        return Maps(*moved).each(np.ascontiguousarray)
-
-
 @dataclasses.dataclass
 class _Step:
     """The filter after one frame."""
@@ -385,7 +357,9 @@ class _Shot:
     """The running estimate of one shot: the maps, per grid cell the gain (the filter's variance
     in units of a frame's noise) and the mean age, the previous frame's look, the depth units."""
 
-    def __init__(self, frame: _Frame, opts: StabilizeOptions, look: _Look, weight: float) -> None:
+    def __init__(
+        self, frame: _Frame, opts: StabilizeOptions, look: Tuple[np.ndarray, np.ndarray], weight: float
+    ) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
         self.maps = frame.maps
         self.samples = _at_grid(frame.maps)  # the estimate's maps at the grid's pixels
@@ -395,7 +369,7 @@ class _Shot:
         weights = np.array([weight, weight * FOREGROUND_WEIGHT], np.float32)
         #: random-walk noise per frame over the frame's, of each gain (its settled value is the weight)
         self.q = None if weight >= 1.0 else (weights * weights / (1.0 - weights))[:, None, None]
-        self.look = look
+        self.grey, self.histogram = look  # the previous frame's
         self.grid_centre = ((gh - 1) / 2.0, (gw - 1) / 2.0)
         self.centre = ((GRID * gh - 1) / 2.0, (GRID * gw - 1) / 2.0)  # the grid's centre in pixels
         self.carried = (0.0, 0.0)  # the estimate's rounding from its whole-pixel shifts
@@ -403,29 +377,22 @@ class _Shot:
         self.alignment = (1.0, 0.0)  # the last frame's depth scale and shift onto the estimate
         self.output_units = (1.0, 0.0)  # the leaky average of the frames' units
 
-    def first(self) -> _Step:
-        return _Step(self.maps, self.gain, self.age, True, False, self.output_units, self.maps.depth)
-
-    def is_cut(self, frame: _Frame, look: _Look) -> bool:
-        if frame.size != self.size:
-            return True
-        return float(np.abs(look.histogram - self.look.histogram).sum()) > self.opts.cut_threshold
-
-    def update(self, frame: _Frame, look: _Look, shown: bool) -> _Step:
+    def update(self, frame: _Frame, look: Tuple[np.ndarray, np.ndarray], shown: bool) -> _Step:
         """The estimate after `frame` (with `shown`, also its depth in the output's units)."""
-        previous, seen, motion = self.look.grey, None, STILL
+        previous, seen, motion = self.grey, None, STILL
         if self.opts.follow_camera:
-            motion, previous, seen = estimate_motion(self.look.grey, look.grey, CAMERA_STILL / GRID, self.motion)
+            motion, previous, seen = estimate_motion(self.grey, look[0], CAMERA_STILL / GRID, self.motion)
             self.motion = motion
-        moving, everything = _image_motion(look.grey, previous, seen, self.opts.motion_threshold)
-        self.look = look
-        estimate, prior, age = _Estimate(self.maps, None, frame.maps), self.gain, self.age
-        theirs = self.samples
+        moving, everything = _image_motion(look[0], previous, seen, self.opts.motion_threshold)
+        self.grey, self.histogram = look
+        warp, prior, age, theirs = None, self.gain, self.age, self.samples
         if everything:
             self.carried = (0.0, 0.0)
         elif motion is not STILL:
-            estimate, prior, age = self._follow(motion, frame)
-            theirs = estimate.samples()
+            warp, prior, age = self._follow(motion)
+            pairs = zip(self.maps, frame.maps)
+            moved = (None if m is None else warp.samples(m, f, GRID) for m, f in pairs)  # type: ignore[arg-type]
+            theirs = Maps(*moved).each(np.ascontiguousarray)  # the estimate at the grid's pixels, moved
         mine = _at_grid(frame.maps)
         if not all(m is None or np.isfinite(m.sum()) for m in mine):
             frame.check_finite()
@@ -439,14 +406,14 @@ class _Shot:
         gain = self._gain(mine, theirs, moving, prior, person)
         depth_shown = np.empty(self.size, np.float32) if shown and frame.maps.depth is not None else None
         self.samples = mine.each(np.empty_like)
-        out = self._blend(frame, estimate, gain, depth_shown)
+        out = self._blend(frame, warp, gain, depth_shown)
         self.maps, self.gain = out, gain
         self.age = (1.0 - gain) * (age + 1.0)
         return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
 
-    def _follow(self, motion: Motion, frame: _Frame) -> Tuple[_Estimate, np.ndarray, np.ndarray]:
-        """The estimate, its gains and ages moved with the camera (new to the frame: the frame's own
-        maps, gain 1, age 0)."""
+    def _follow(self, motion: Motion) -> Tuple[Warp, np.ndarray, np.ndarray]:
+        """The warp that moves the estimate with the camera, and its gains and ages moved (new to the
+        frame: gain 1, age 0)."""
         warp, self.carried = plan_warp(motion.scaled(GRID), self.size, self.centre, self.carried)
         cells, _ = plan_warp(motion, self.gain.shape[1:], self.grid_centre)
         ones = np.ones(self.gain.shape[1:], np.float32)
@@ -454,7 +421,7 @@ class _Shot:
         if warp.shift is None:  # a zoom's rounding is not carried: the estimate is that much less sure
             prior += np.float32(ZOOM_NOISE)
         age = np.stack([cells.apply(a, ones * 0) for a in self.age])
-        return _Estimate(self.maps, warp, frame.maps), prior, age
+        return warp, prior, age
 
     def _gain(
         self, mine: Maps, theirs: Maps, moving: np.ndarray, prior: np.ndarray, person: Optional[np.ndarray]
@@ -523,10 +490,15 @@ class _Shot:
                 return s, b
         return self.alignment  # nothing fits: the previous frame's alignment
 
-    def _blend(self, frame: _Frame, estimate: _Estimate, gain: np.ndarray, shown: Optional[np.ndarray]) -> Maps:
+    def _blend(self, frame: _Frame, warp: Optional[Warp], gain: np.ndarray, shown: Optional[np.ndarray]) -> Maps:
         """estimate + gain * (frame - estimate) (new arrays), band by band; also `shown` (the depth in
         the output's units) and `samples` (it at the grid's pixels, taken while in cache). InputError
         for a map not finite."""
+
+        def estimate(index: int, rows: slice) -> np.ndarray:  # moved with the camera band by band, never whole
+            m, fill = self.maps[index], frame.maps[index]  # what came into view: the frame's
+            return m[rows] if warp is None else warp.band(m, fill, rows)  # type: ignore[index, arg-type]
+
         out = self.maps.each(np.empty_like)
         h, w = frame.size
         depth, normal, foreground = frame.maps
@@ -536,7 +508,7 @@ class _Shot:
         for rows in _bands(h, w):
             cells = slice(rows.start // GRID, -(-rows.stop // GRID))
             if depth is not None:
-                before = estimate.band(0, rows)
+                before = estimate(0, rows)
                 r = out.depth[rows]  # type: ignore[index]
                 np.multiply(depth[rows], s, out=r)
                 r += b
@@ -550,9 +522,9 @@ class _Shot:
                     np.multiply(r, np.float32(self.output_units[0]), out=shown[rows])
                     shown[rows] += np.float32(self.output_units[1])
             if foreground is not None:
-                before = estimate.band(2, rows)
+                before = estimate(2, rows)
                 r = out.foreground[rows]  # type: ignore[index]
-                np.subtract(foreground[rows], before, out=r)  # type: ignore[arg-type]
+                np.subtract(foreground[rows], before, out=r)
                 if not np.isfinite(r.sum()):
                     broken.append("foreground")
                 r *= _spread(gain[1], rows, w)
@@ -564,7 +536,7 @@ class _Shot:
                 self.samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
             if normal is not None:
                 gains = _spread(gain[0], rows, w, 3)
-                p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
+                p = estimate(1, rows).reshape(gains.shape)
                 target = out.normal[rows].reshape(gains.shape)  # type: ignore[index]
                 np.subtract(normal[rows].reshape(gains.shape), p, out=target)
                 target *= gains
@@ -585,17 +557,21 @@ def _stabilized(pairs: Iterable[Tuple[Any, Any]], mode: str, opts: StabilizeOpti
     held: Deque[_Held] = collections.deque()
     for index, (tag, item) in enumerate(pairs):
         frame = _read(item, index)
-        look = _Look.of(frame.image)
+        look = _look(frame.image)
         if shot is not None and frame.tasks != shot.tasks:
             have, had = (", ".join(n for n, on in zip(_MAPS, t) if on) or "none" for t in (frame.tasks, shot.tasks))
             raise InputError(
                 f"stabilize: frame {frame.index} has maps {have}, the frames before it {had}; every frame of a "
                 f"clip needs the same maps"
             )
-        if shot is None or shot.is_cut(frame, look):
+        if (  # a cut: the first frame, another size, or the colours jump
+            shot is None
+            or frame.size != shot.size
+            or float(np.abs(look[1] - shot.histogram).sum()) > opts.cut_threshold
+        ):
             frame.check_finite()  # taken as it is
             shot = _Shot(frame, opts, look, opts.frame_weight if online else opts.offline_weight)
-            step = shot.first()
+            step = _Step(shot.maps, shot.gain, shot.age, True, False, shot.output_units, shot.maps.depth)
         else:
             step = shot.update(frame, look, shown=online)
         if online:
