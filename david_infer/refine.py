@@ -1,11 +1,7 @@
-"""People at any size: a second, zoomed pass per person, pasted back at full resolution.
-
-`refine="people"` (DavidRuntime, per call, `--refine people`): pass 1 runs the photo as always; the
-parts of its foreground mask (or the caller's `boxes=`) give padded, merged regions; each region's
-square crop runs as an ordinary image (batched); a crop that fails a check (not finite, a mask that
-disagrees with pass 1's) falls back to pass 1; the others are pasted back with a feathered seam,
-depth aligned to pass 1 by a robust scale and shift. `RegionTracker` steadies a clip's regions.
-docs/refine.md says each step, its defaults and what it costs.
+"""People at any size (`refine="people"`): a second, zoomed pass per person found in pass 1's
+foreground mask (or the caller's `boxes=`), checked against pass 1 and pasted back at full
+resolution with a feathered seam, its depth aligned to pass 1; `RegionTracker` steadies a clip's
+regions. docs/refine.md says each step, its defaults and what it costs.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The camera's motion between two frames, a zoom and a shift (pan, tilt, shake), and maps moved
-with it.
-
-`estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` on the stabiliser's grey cells
-by Huber-weighted Gauss-Newton, coarse to fine; `plan_warp` moves full-size maps by the nearest
-pixel (a bilinear warp measured no less flicker and costs more passes), carrying a shift's rounding
-from frame to frame. numpy only, and no matrix products (numpy's BLAS may start threads that spin on
-the other core).
-"""
+with it: `estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` on the stabiliser's
+grey cells (Huber-weighted Gauss-Newton, coarse to fine); `plan_warp` moves maps by the nearest
+pixel (a bilinear warp measured no less flicker and costs more passes). No matrix products (numpy's
+BLAS may start threads that spin on the other core)."""
 
 from __future__ import annotations
 

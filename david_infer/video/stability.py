@@ -57,6 +57,7 @@ LEAD = 1.0
 #: pixels of one band of per-pixel work (bounds the temporaries and keeps them in cache)
 BAND_PIXELS = 1 << 15
 _MAPS = ("depth", "normal", "foreground")
+_Look = Tuple[np.ndarray, np.ndarray]  # what the tests read of a frame: its grid cells' grey, its colours
 
 
 class Maps(NamedTuple):
@@ -204,7 +205,7 @@ def _grid_shape(size: Tuple[int, int]) -> Tuple[int, int]:
     return (-(-size[0] // GRID), -(-size[1] // GRID))
 
 
-def _look(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _look(image: np.ndarray) -> _Look:
     """What the tests read of a frame's image: each grid cell's grey mean (float32, 0..255), and the
     colour histogram of sampled pixels (4 levels per channel, 64 bins summing to 1)."""
     q = image[:: 2 * GRID, :: 2 * GRID] >> 6
@@ -357,9 +358,7 @@ class _Shot:
     """The running estimate of one shot: the maps, per grid cell the gain (the filter's variance
     in units of a frame's noise) and the mean age, the previous frame's look, the depth units."""
 
-    def __init__(
-        self, frame: _Frame, opts: StabilizeOptions, look: Tuple[np.ndarray, np.ndarray], weight: float
-    ) -> None:
+    def __init__(self, frame: _Frame, opts: StabilizeOptions, look: _Look, weight: float) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
         self.maps = frame.maps
         self.samples = _at_grid(frame.maps)  # the estimate's maps at the grid's pixels
@@ -377,7 +376,7 @@ class _Shot:
         self.alignment = (1.0, 0.0)  # the last frame's depth scale and shift onto the estimate
         self.output_units = (1.0, 0.0)  # the leaky average of the frames' units
 
-    def update(self, frame: _Frame, look: Tuple[np.ndarray, np.ndarray], shown: bool) -> _Step:
+    def update(self, frame: _Frame, look: _Look, shown: bool) -> _Step:
         """The estimate after `frame` (with `shown`, also its depth in the output's units)."""
         previous, seen, motion = self.grey, None, STILL
         if self.opts.follow_camera:
@@ -609,11 +608,8 @@ def _light(item: Any) -> Any:
 def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
     """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the depth
     in the output's units; each map taken whole from the most cells' source, the others' cells over it."""
-    last = 0  # the latest frame in the same shot with the camera still since the first
-    for j in range(1, min(lookahead, len(held) - 1) + 1):
-        if held[j].step.began or held[j].step.camera_moved:
-            break
-        last = j
+    ahead = min(lookahead, len(held) - 1)  # last: the latest frame in the shot with the camera still since the first
+    last = next((j - 1 for j in range(1, ahead + 1) if held[j].step.began or held[j].step.camera_moved), ahead)
     estimates = [held[j].step.maps for j in range(last + 1)]
     choices = [_choices(held, last, layer) if last else None for layer in (0, 1)]
     bases = [last if c is None else int(np.argmax(np.bincount(c.ravel()))) for c in choices]
