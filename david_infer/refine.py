@@ -354,11 +354,7 @@ def feather_weights(crop: Box, size: Tuple[int, int], feather: float) -> np.ndar
 
     def ramp(n: int, lead: bool, trail: bool) -> np.ndarray:
         d = np.arange(n, dtype=np.float64)
-        r = np.ones(n)
-        if lead:
-            r = np.minimum(r, (d + 0.5) / width)
-        if trail:
-            r = np.minimum(r, (n - d - 0.5) / width)
+        r = np.minimum((d + 0.5) / width if lead else np.ones(n), (n - d - 0.5) / width if trail else np.ones(n))
         r = np.clip(r, 0.0, 1.0)
         return r * r * (3.0 - 2.0 * r)
 
