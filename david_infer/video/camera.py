@@ -7,7 +7,7 @@ BLAS may start threads that spin on the other core)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -165,15 +165,10 @@ def estimate_motion(
     motion compete (docs/video.md, "The camera")."""
     if min(current.shape) < SMALLEST:
         return STILL, previous, None  # too small to fit a motion on
-    pyramid: List[Tuple[np.ndarray, np.ndarray, Tuple[float, float]]] = []
-    centre = ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0)
-    p, c = previous, current
-    while True:
-        pyramid.append((p, c, centre))
-        if min(c.shape) // 2 < COARSEST:
-            break
-        p, c = _down(p), _down(c)
-        centre = ((centre[0] - 0.5) / 2.0, (centre[1] - 0.5) / 2.0)  # the same point, a level down
+    pyramid = [(previous, current, ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0))]
+    while min(pyramid[-1][1].shape) // 2 >= COARSEST:
+        p, c, (y, x) = pyramid[-1]
+        pyramid.append((_down(p), _down(c), ((y - 0.5) / 2.0, (x - 0.5) / 2.0)))  # the same centre, a level down
     compare = min(1, len(pyramid) - 1)  # where the guess competes
     top, motion = len(pyramid) - 1, STILL
     if guess != STILL:

@@ -439,25 +439,23 @@ class _Shot:
         moved = np.ones((2,) + moving.shape, np.float32)  # 1 + motion; the gates raise it, then 1 comes off
         moved[0] += _dilate(moving)  # depth and normals: a margin of one cell around what moved
         moved[1] += _dilate(moving, cross=True)  # the foreground: its edges are the image's: a thinner margin
+
+        def gate(change: np.ndarray, robust: float, floor: float, power: int) -> None:
+            """Depth and normals move where `change` passes `gate` (to `power`) of its robust noise."""
+            noise = max(robust * float(np.median(_sample(change[quiet]))), floor)
+            change *= np.float32(1.0 / (self.opts.gate**power * noise))
+            if person is not None:
+                change *= person  # the background's maps are the model's guess: no test
+            np.maximum(moved[0], change, out=moved[0])
+
         if mine.depth is not None and theirs.depth is not None:
             r = mine.depth * np.float32(s)
             r += np.float32(b)
             r -= theirs.depth
-            np.abs(r, out=r)
-            spread = float(np.ptp(theirs.depth)) + 1e-12
-            noise = max(1.4826 * float(np.median(_sample(r[quiet]))), 1e-4 * spread)
-            r *= np.float32(1.0 / (self.opts.gate * noise))
-            if person is not None:
-                r *= person  # the background's depth is the model's guess: no test
-            np.maximum(moved[0], r, out=moved[0])
+            gate(np.abs(r, out=r), 1.4826, 1e-4 * (float(np.ptp(theirs.depth)) + 1e-12), 1)
         if mine.normal is not None and theirs.normal is not None:
             d = mine.normal - theirs.normal
-            e = _squared_norms(d.reshape(d.shape[0], -1))  # squared chord, ~ squared angle
-            noise = max(1.4826**2 * float(np.median(_sample(e[quiet]))), 1e-6)
-            e *= np.float32(1.0 / (self.opts.gate**2 * noise))
-            if person is not None:
-                e *= person
-            np.maximum(moved[0], e, out=moved[0])
+            gate(_squared_norms(d.reshape(d.shape[0], -1)), 1.4826**2, 1e-6, 2)  # squared chord, ~ squared angle
         moved -= 1.0
         np.clip(moved, 0.0, 1.0, out=moved)
         if self.q is None:
