@@ -254,14 +254,13 @@ class RegionTracker:
             reverse=True,
         )
         for track in self._tracks:
-            track.missed += 1  # back to 0 where it follows a region found
-        matched_tracks, matched_found = set(), set()
+            track.missed += 1  # back to 0 where it follows a region found: the tracks matched
+        matched_found = set()
         for score, ti, fi in pairs:
             if score < MATCH_IOU:
                 break
-            if ti not in matched_tracks and fi not in matched_found:
+            if self._tracks[ti].missed and fi not in matched_found:
                 self._tracks[ti].follow(found[fi])
-                matched_tracks.add(ti)
                 matched_found.add(fi)
         self._tracks = [t for t in self._tracks if t.missed <= HOLD_FRAMES]
         self._tracks += [_Track(f) for fi, f in enumerate(found) if fi not in matched_found]
