@@ -291,9 +291,8 @@ class _Track:
 
 
 def fit_scale_shift(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-    """Scale and shift of `s * x + b ~ y`: least squares, Huber-weighted (iteratively reweighted,
-    the residuals' scale from their median absolute deviation), so that a few wrong pixels (an
-    occluder, a mask edge) do not pull the fit. NaN where `x` has no spread."""
+    """Scale and shift of `s * x + b ~ y`: least squares, Huber-weighted (iteratively reweighted, the
+    residuals' scale their median absolute deviation) against wrong pixels; NaN where `x` has no spread."""
     x64, y64 = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
     weights = np.ones_like(x64)
     s = b = float("nan")
@@ -345,9 +344,8 @@ def align_depth(
 
 
 def feather_weights(crop: Box, size: Tuple[int, int], feather: float) -> np.ndarray:
-    """(crop height, crop width) float32 weights of a pasted crop: 1 inside, falling to 0 by
-    smoothstep over `feather` of the crop's longer side at each edge inside the image (h, w); none
-    at the image's borders. Continuous across the crop's edge (its outermost pixels near 0)."""
+    """(crop height, crop width) float32 weights of a pasted crop (docs/refine.md, "Paste"), continuous
+    across the crop's edges inside the image (h, w): its outermost pixels there near 0."""
     x0, y0, x1, y1 = crop
     width = max(1.0, round(feather * max(x1 - x0, y1 - y0)))
 

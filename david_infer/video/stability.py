@@ -190,11 +190,8 @@ def _read(item: Any, index: int) -> _Frame:
 def _rebuild(item: Any, maps: Maps, image: np.ndarray) -> Any:
     if isinstance(item, Prediction):
         return Prediction(image, *maps, item.depth_inverse, item.regions)
-    out = dict(item)
-    out["image"] = image
-    for name, value in zip(_MAPS, maps):
-        if value is not None:
-            out[name] = value
+    out = dict(item, image=image)
+    out.update((name, value) for name, value in zip(_MAPS, maps) if value is not None)
     return out
 
 
