@@ -63,40 +63,30 @@ def _coordinates(n: int, scale: float, shift: float, centre: float) -> Tuple[np.
     return low, (x - low).astype(np.float32), inside
 
 
-def resample(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """`image` (2-D) at `motion`'s source positions, bilinear (separable: scale and shift act per
-    axis), and where the source lies inside the image (bool, the same shape)."""
-    h, w = image.shape
-    r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
-    c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
-    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
-    rows = image[r0] * (1.0 - fr)[:, None]
-    rows += image[r1] * fr[:, None]
-    out = rows[:, c0] * (1.0 - fc)
-    out += rows[:, c1] * fc
-    return out, rows_inside[:, None] & cols_inside[None, :]
-
-
-def _cubic_weights(f: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Catmull-Rom weights of the samples at -1, 0, 1, 2 for fractions `f`."""
+def _taps(f: np.ndarray, cubic: bool) -> Tuple[Tuple[int, np.ndarray], ...]:
+    """(offset, weight) of the samples an interpolation at fractions `f` reads: linear, or Catmull-Rom."""
+    if not cubic:
+        return ((0, 1.0 - f), (1, f))
     f2, f3 = f * f, f * f * f
     return (
-        (-0.5 * f3 + f2 - 0.5 * f),
-        (1.5 * f3 - 2.5 * f2 + 1.0),
-        (-1.5 * f3 + 2.0 * f2 + 0.5 * f),
-        (0.5 * f3 - 0.5 * f2),
+        (-1, -0.5 * f3 + f2 - 0.5 * f),
+        (0, 1.5 * f3 - 2.5 * f2 + 1.0),
+        (1, -1.5 * f3 + 2.0 * f2 + 0.5 * f),
+        (2, 0.5 * f3 - 0.5 * f2),
     )
 
 
-def resample_cubic(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """`resample` with a cubic (Catmull-Rom) interpolation: about ten times less error than a linear
-    one on texture of a few pixels' period, which the motion test would take for motion."""
+def resample(
+    image: np.ndarray, motion: Motion, centre: Tuple[float, float], cubic: bool = False
+) -> Tuple[np.ndarray, np.ndarray]:
+    """`image` (2-D) at `motion`'s source positions, and where the source lies inside the image
+    (bool); bilinear, or `cubic` (Catmull-Rom: about ten times less error on texture of a few pixels'
+    period, which the motion test would take for motion). Separable: scale and shift act per axis."""
     h, w = image.shape
     r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
     c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
-    taps = (-1, 0, 1, 2)
-    rows = sum(image[np.clip(r0 + offset, 0, h - 1)] * k[:, None] for offset, k in zip(taps, _cubic_weights(fr)))
-    out = sum(np.take(rows, np.clip(c0 + offset, 0, w - 1), 1) * k for offset, k in zip(taps, _cubic_weights(fc)))
+    rows = sum(image[np.clip(r0 + offset, 0, h - 1)] * k[:, None] for offset, k in _taps(fr, cubic))
+    out = sum(np.take(rows, np.clip(c0 + offset, 0, w - 1), 1) * k for offset, k in _taps(fc, cubic))
     return out, rows_inside[:, None] & cols_inside[None, :]
 
 
@@ -113,7 +103,7 @@ def _fit_level(
     u = (np.arange(w, dtype=np.float32) - np.float32(centre[1]))[None, :]
     gradient_current = np.gradient(current)
     for _ in range(steps):
-        warped, inside = (resample_cubic if fine else resample)(previous, motion, centre)
+        warped, inside = resample(previous, motion, centre, cubic=fine)
         r = warped - current
         r *= inside  # outside: no residual, no weight below
         half = np.float32(0.5 / motion.scale)
@@ -145,7 +135,7 @@ def _fit_level(
 def _cost(previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> float:
     """How badly `motion` brings `previous` onto `current`: the mean absolute difference where it is
     defined, each pixel's capped at TRUNCATE grey levels (what moves in the scene counts no more)."""
-    warped, inside = resample_cubic(previous, motion, centre)
+    warped, inside = resample(previous, motion, centre, cubic=True)
     a = np.abs(warped - current)[inside]
     return float(np.minimum(a, TRUNCATE).mean()) if a.size else float("inf")
 
@@ -193,7 +183,7 @@ def estimate_motion(
             motion = motion.scaled(2.0)
     if not (0.5 < motion.scale < 2.0 and np.all(np.isfinite(motion.shift))) or motion.largest(current.shape) < still:
         return STILL, previous, None
-    warped, inside = resample_cubic(previous, motion, pyramid[0][2])
+    warped, inside = resample(previous, motion, pyramid[0][2], cubic=True)
     return motion, warped, inside
 
 
