@@ -1,17 +1,13 @@
-"""People at any size: a second, zoomed pass per person, pasted back at full resolution.
-
-`refine="people"` (DavidRuntime, per call, `--refine people`): pass 1 runs the photo as always; the
-parts of its foreground mask (or the caller's `boxes=`) give padded, merged regions; each region's
-square crop runs as an ordinary image (batched); a crop that fails a check (not finite, a mask that
-disagrees with pass 1's) falls back to pass 1; the others are pasted back with a feathered seam,
-depth aligned to pass 1 by a robust scale and shift. `RegionTracker` steadies a clip's regions.
-docs/refine.md says each step, its defaults and what it costs.
+"""People at any size (`refine="people"`): a second, zoomed pass per person found in pass 1's
+foreground mask (or the caller's `boxes=`), checked against pass 1 and pasted back at full
+resolution with a feathered seam, its depth aligned to pass 1; `RegionTracker` steadies a clip's
+regions. docs/refine.md says each step, its defaults and what it costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,27 +48,15 @@ AS_OPENED: Any = _AsOpened()
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """How the second pass finds, runs and pastes its regions (see the module docstring).
+    """How the second pass finds, runs and pastes its regions (docs/refine.md, "What it does")."""
 
-    threshold: the mask level that counts as a person (default 0.5).
-    min_model_pixels: the fewest of pass 1's model pixels a part of the mask must cover to be a
-        region (default 64, e.g. 8 x 8).
-    margin: each box is padded by this share of its longer side on every side (default 0.1).
-    max_regions: the most regions refined per photo, the largest first (default 8).
-    feather: the seam's width, as a share of the crop's side (default 0.08; inside the margin).
-    min_gain: a crop is run again only where pass 2 gives it at least this many times the model
-        pixels across that pass 1 gave it (default 1.25).
-    min_agreement: the least intersection over union of pass 2's mask with pass 1's inside the box;
-        a region below it keeps pass 1 (default 0.3; 0 keeps every pass 2).
-    """
-
-    threshold: float = 0.5
-    min_model_pixels: int = 64
-    margin: float = 0.1
-    max_regions: int = 8
-    feather: float = 0.08
-    min_gain: float = 1.25
-    min_agreement: float = 0.3
+    threshold: float = 0.5  # the mask level that counts as a person
+    min_model_pixels: int = 64  # the fewest of pass 1's model pixels a part of the mask covers to be a region
+    margin: float = 0.1  # each box is padded by this share of its longer side on every side
+    max_regions: int = 8  # the most regions refined per photo, the largest first
+    feather: float = 0.08  # the seam's width, as a share of the crop's side (inside the margin)
+    min_gain: float = 1.25  # pass 2 runs where it gives a crop this many times pass 1's model pixels across
+    min_agreement: float = 0.3  # the least IoU of pass 2's mask with pass 1's in the box (0: keep every pass 2)
 
     def __post_init__(self) -> None:
         positive_int("min_model_pixels", self.min_model_pixels, owner="refine: ")
@@ -153,6 +137,11 @@ def _union(a: Box, b: Box) -> Box:
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
+def _clamped(box: Box, size: Tuple[int, int]) -> Box:
+    """`box` cut to the image (h, w)."""
+    return (max(0, box[0]), max(0, box[1]), min(size[1], box[2]), min(size[0], box[3]))
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 for boxes without area)."""
     inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
@@ -163,7 +152,7 @@ def iou(a: Box, b: Box) -> float:
 def pad_box(box: Box, margin: float, size: Tuple[int, int]) -> Box:
     """`box` grown by `margin` of its longer side on every side, clamped to the image (h, w)."""
     m = int(round(margin * max(box[2] - box[0], box[3] - box[1])))
-    return (max(0, box[0] - m), max(0, box[1] - m), min(size[1], box[2] + m), min(size[0], box[3] + m))
+    return _clamped((box[0] - m, box[1] - m, box[2] + m, box[3] + m), size)
 
 
 def square_crop(box: Box, size: Tuple[int, int]) -> Box:
@@ -184,19 +173,14 @@ def square_crop(box: Box, size: Tuple[int, int]) -> Box:
 def merge_regions(regions: List[Planned]) -> List[Planned]:
     """Regions whose padded boxes overlap or touch merged into one, until none do; largest first."""
     merged = list(regions)
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(merged)):
-            for j in range(i + 1, len(merged)):
-                if _touch(merged[i].padded, merged[j].padded):
-                    a, b = merged[i], merged.pop(j)
-                    merged[i] = Planned(_union(a.box, b.box), _union(a.padded, b.padded))
-                    changed = True
-                    break
-            if changed:
-                break
-    return sorted(merged, key=lambda r: (-box_area(r.box), r.box))
+    while True:
+        n = len(merged)
+        pairs = ((i, j) for i in range(n) for j in range(i + 1, n) if _touch(merged[i].padded, merged[j].padded))
+        pair = next(pairs, None)
+        if pair is None:
+            return sorted(merged, key=lambda r: (-box_area(r.box), r.box))
+        a, b = merged[pair[0]], merged.pop(pair[1])
+        merged[pair[0]] = Planned(_union(a.box, b.box), _union(a.padded, b.padded))
 
 
 def plan_regions(boxes: Sequence[Box], size: Tuple[int, int], options: RefineOptions) -> List[Planned]:
@@ -219,13 +203,10 @@ def people_in_mask(mask: np.ndarray, scale: float, options: RefineOptions) -> Li
     step = grid_step(scale)
     grid = np.asarray(mask[step // 2 :: step, step // 2 :: step]) >= options.threshold
     labels, count = ndimage.label(grid, structure=np.ones((3, 3), bool))
-    if not count:
-        return []
     cells = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    cell_model_pixels = (step * scale) ** 2
     boxes = []
     for index, found in enumerate(ndimage.find_objects(labels)):
-        if found is None or cells[index] * cell_model_pixels < options.min_model_pixels:
+        if found is None or cells[index] * (step * scale) ** 2 < options.min_model_pixels:
             continue
         rows, cols = found
         boxes.append((cols.start * step, rows.start * step, min(w, cols.stop * step), min(h, rows.stop * step)))
@@ -240,39 +221,28 @@ def check_boxes(boxes: Any, size: Tuple[int, int], name: str) -> List[Box]:
         boxes = boxes.tolist()
     if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence):
         raise InputError(f"{name}: boxes must be a sequence of (x0, y0, x1, y1), got {type(boxes).__name__}")
-    h, w = size
     out: List[Box] = []
     for i, box in enumerate(boxes):
-        values = list(box) if isinstance(box, (Sequence, np.ndarray)) and not isinstance(box, (str, bytes)) else None
-        if (
-            values is None
-            or len(values) != 4
-            or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
-            or not all(np.isfinite(float(v)) for v in values)
-        ):
+        values = list(box) if isinstance(box, (Sequence, np.ndarray)) and not isinstance(box, (str, bytes)) else []
+        numbers = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+        if len(values) != 4 or not numbers or not all(np.isfinite(float(v)) for v in values):
             raise InputError(f"{name}: boxes[{i}] must be four finite numbers (x0, y0, x1, y1), got {box!r}")
         x0, y0, x1, y1 = (float(v) for v in values)
         if not (x0 < x1 and y0 < y1):
             raise InputError(f"{name}: boxes[{i}] = {box!r} is empty; expected x0 < x1 and y0 < y1 (pixels)")
-        clamped = (
-            max(0, int(np.floor(x0))),
-            max(0, int(np.floor(y0))),
-            min(w, int(np.ceil(x1))),
-            min(h, int(np.ceil(y1))),
-        )
+        clamped = _clamped((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))), size)
         if clamped[0] >= clamped[2] or clamped[1] >= clamped[3]:
-            raise InputError(f"{name}: boxes[{i}] = {box!r} lies outside the {w}x{h} image")
+            raise InputError(f"{name}: boxes[{i}] = {box!r} lies outside the {size[1]}x{size[0]} image")
         out.append(clamped)
     return out
 
 
 class RegionTracker:
-    """The regions of a clip's frames, steadied over time (see the module docstring): `update`
-    takes one frame's regions (from `plan_regions`) and returns the steadied ones. A frame of
-    another size starts afresh."""
+    """The regions of a clip's frames, steadied over time (docs/refine.md, "Video"): `update` takes
+    one frame's regions (from `plan_regions`) and returns the steadied ones. A frame of another
+    size starts afresh."""
 
-    def __init__(self, shrink: float = SHRINK, hold: int = HOLD_FRAMES) -> None:
-        self.shrink, self.hold = shrink, hold
+    def __init__(self) -> None:
         self._tracks: List[_Track] = []
         self._size: Optional[Tuple[int, int]] = None
 
@@ -283,22 +253,18 @@ class RegionTracker:
             ((iou(t.padded(), f.padded), ti, fi) for ti, t in enumerate(self._tracks) for fi, f in enumerate(found)),
             reverse=True,
         )
-        matched_tracks, matched_found = set(), set()
+        for track in self._tracks:
+            track.missed += 1  # back to 0 where it follows a region found: the tracks matched
+        matched_found = set()
         for score, ti, fi in pairs:
             if score < MATCH_IOU:
                 break
-            if ti in matched_tracks or fi in matched_found:
-                continue
-            self._tracks[ti].follow(found[fi], self.shrink)
-            matched_tracks.add(ti)
-            matched_found.add(fi)
-        for ti, track in enumerate(self._tracks):
-            if ti not in matched_tracks:
-                track.missed += 1
-        self._tracks = [t for t in self._tracks if t.missed <= self.hold]
+            if self._tracks[ti].missed and fi not in matched_found:
+                self._tracks[ti].follow(found[fi])
+                matched_found.add(fi)
+        self._tracks = [t for t in self._tracks if t.missed <= HOLD_FRAMES]
         self._tracks += [_Track(f) for fi, f in enumerate(found) if fi not in matched_found]
-        steadied = [Planned(t.box, _clamped(t.padded(), size)) for t in self._tracks]
-        return merge_regions(steadied)
+        return merge_regions([Planned(t.box, _clamped(t.padded(), size)) for t in self._tracks])
 
 
 class _Track:
@@ -309,12 +275,11 @@ class _Track:
         self.edges = np.array(region.padded, np.float64)
         self.missed = 0
 
-    def follow(self, region: Planned, shrink: float) -> None:
+    def follow(self, region: Planned) -> None:
+        """Grow at once to `region`'s padded box, shrink towards it by SHRINK of the difference."""
         new = np.array(region.padded, np.float64)
-        grow = np.array(
-            [new[0] < self.edges[0], new[1] < self.edges[1], new[2] > self.edges[2], new[3] > self.edges[3]]
-        )
-        self.edges = np.where(grow, new, self.edges + shrink * (new - self.edges))
+        grow = np.concatenate([new[:2] < self.edges[:2], new[2:] > self.edges[2:]])
+        self.edges = np.where(grow, new, self.edges + SHRINK * (new - self.edges))
         self.box, self.missed = region.box, 0
 
     def padded(self) -> Box:
@@ -322,24 +287,18 @@ class _Track:
         return (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
 
 
-def _clamped(box: Box, size: Tuple[int, int]) -> Box:
-    return (max(0, box[0]), max(0, box[1]), min(size[1], box[2]), min(size[0], box[3]))
-
-
 # ------------------------------------------------------------------------------- depth alignment
 
 
 def fit_scale_shift(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-    """Scale and shift of `s * x + b ~ y`: least squares, Huber-weighted (iteratively reweighted,
-    the residuals' scale from their median absolute deviation), so that a few wrong pixels (an
-    occluder, a mask edge) do not pull the fit. NaN where `x` has no spread."""
+    """Scale and shift of `s * x + b ~ y`: least squares, Huber-weighted (iteratively reweighted, the
+    residuals' scale their median absolute deviation) against wrong pixels; NaN where `x` has no spread."""
     x64, y64 = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
     weights = np.ones_like(x64)
     s = b = float("nan")
     for _ in range(FIT_ROUNDS):
         root = np.sqrt(weights)
-        design = np.stack([x64 * root, root], axis=1)
-        solution, _, rank, _ = np.linalg.lstsq(design, y64 * root, rcond=None)
+        solution, _, rank, _ = np.linalg.lstsq(np.stack([x64 * root, root], axis=1), y64 * root, rcond=None)
         if rank < 2:
             return float("nan"), float("nan")
         previous, (s, b) = (s, b), (float(solution[0]), float(solution[1]))
@@ -385,25 +344,18 @@ def align_depth(
 
 
 def feather_weights(crop: Box, size: Tuple[int, int], feather: float) -> np.ndarray:
-    """(crop height, crop width) float32 weights of a pasted crop: 1 inside, falling to 0 by
-    smoothstep over `feather` of the crop's longer side at each edge inside the image (h, w); none
-    at the image's borders. Continuous across the crop's edge (its outermost pixels near 0)."""
+    """(crop height, crop width) float32 weights of a pasted crop (docs/refine.md, "Paste"), continuous
+    across the crop's edges inside the image (h, w): its outermost pixels there near 0."""
     x0, y0, x1, y1 = crop
     width = max(1.0, round(feather * max(x1 - x0, y1 - y0)))
 
     def ramp(n: int, lead: bool, trail: bool) -> np.ndarray:
         d = np.arange(n, dtype=np.float64)
-        r = np.ones(n)
-        if lead:
-            r = np.minimum(r, (d + 0.5) / width)
-        if trail:
-            r = np.minimum(r, (n - d - 0.5) / width)
+        r = np.minimum((d + 0.5) / width if lead else np.ones(n), (n - d - 0.5) / width if trail else np.ones(n))
         r = np.clip(r, 0.0, 1.0)
         return r * r * (3.0 - 2.0 * r)
 
-    rows = ramp(y1 - y0, y0 > 0, y1 < size[0])
-    cols = ramp(x1 - x0, x0 > 0, x1 < size[1])
-    return np.outer(rows, cols).astype(np.float32)
+    return np.outer(ramp(y1 - y0, y0 > 0, y1 < size[0]), ramp(x1 - x0, x0 > 0, x1 < size[1])).astype(np.float32)
 
 
 def _blend(target: np.ndarray, patch: np.ndarray, weights: np.ndarray, crop: Box) -> np.ndarray:
@@ -418,45 +370,10 @@ def _blend(target: np.ndarray, patch: np.ndarray, weights: np.ndarray, crop: Box
 
 @dataclass
 class _Pass2:
-    """One region's pass 2, between the checks and the paste."""
+    """One region's record so far and, once pass 2 ran, its maps."""
 
-    planned: Planned
-    crop: Box
-    model_pixels: Tuple[float, Optional[float]]
+    region: Region
     maps: Optional[Prediction] = None
-    status: str = "refined"
-    reason: str = ""
-    agreement: Optional[float] = None
-    depth: Tuple[Optional[float], Optional[float], str] = (None, None, "")
-
-    def record(self, source: str) -> Region:
-        s, b, how = self.depth if self.status == "refined" else (None, None, "")
-        return Region(
-            self.planned.box, self.crop, source, self.status, self.reason, self.model_pixels, self.agreement, s, b, how
-        )
-
-
-def _mask_agreement(pass1: np.ndarray, pass2: np.ndarray, threshold: float) -> Optional[float]:
-    a, b = pass1 >= threshold, pass2 >= threshold
-    union = int(np.count_nonzero(a | b))
-    return None if union == 0 else int(np.count_nonzero(a & b)) / union
-
-
-def _crop_image(decoded: Decoded, crop: Box, name: str) -> Decoded:
-    """The crop of a decoded image, holding the same pixels (no resampling)."""
-    x0, y0, x1, y1 = crop
-    if decoded.pil is not None:
-        return Decoded(name, pil=decoded.pil.crop(crop))
-    return Decoded(name, array=decoded.numpy()[y0:y1, x0:x1], order=decoded.order)
-
-
-def _check_maps(prediction: Prediction) -> None:
-    for value in (prediction.depth, prediction.normal, prediction.foreground):
-        if value is not None and not isinstance(value, np.ndarray):
-            raise InputError(
-                "refine pastes numpy maps; this runtime returns device tensors (the torch backend's "
-                "output='torch'): open it with output='numpy' to refine"
-            )
 
 
 def refine_prediction(
@@ -470,7 +387,12 @@ def refine_prediction(
     """`prediction` (pass 1 of `image` by `runtime`, a DavidRuntime) with every region's pass 2
     pasted in (in place) and `regions` set; see the module docstring. `boxes`: the caller's person
     boxes instead of the mask's; `tracker`: steadies the regions of a clip's frames."""
-    _check_maps(prediction)
+    maps = (prediction.depth, prediction.normal, prediction.foreground)
+    if any(m is not None and not isinstance(m, np.ndarray) for m in maps):
+        raise InputError(
+            "refine pastes numpy maps; this runtime returns device tensors (the torch backend's "
+            "output='torch'): open it with output='numpy' to refine"
+        )
     decoded = (
         image if isinstance(image, Decoded) else decode(image, runtime.channel_order, None, runtime.max_image_pixels)
     )
@@ -480,59 +402,62 @@ def refine_prediction(
         source, people = "boxes", check_boxes(boxes, size, decoded.name)
     else:
         check_refine(options, runtime.tasks, runtime.path)
-        mask = prediction.foreground
-        if mask is None:
+        if prediction.foreground is None:
             raise InputError(f"{decoded.name}: refine finds people in the foreground mask; this prediction has none")
-        source, people = "mask", people_in_mask(mask, scale1, options)
+        source, people = "mask", people_in_mask(prediction.foreground, scale1, options)
     planned = plan_regions(people, size, options)
     if tracker is not None:
         planned = tracker.update(planned, size)
-    regions, to_run = [], []
+    entries = []
     for rank, region in enumerate(planned):
         crop = square_crop(region.padded, size)
         crop_side = max(crop[2] - crop[0], crop[3] - crop[1])
         resolution2 = runtime.model_resolution(crop[3] - crop[1], crop[2] - crop[0])
         scale2 = resolution2 / crop_side
-        pass1_pixels = box_area(region.box) * scale1 * scale1
-        entry = _Pass2(region, crop, (pass1_pixels, box_area(region.box) * scale2 * scale2))
+        skip = ""
         if rank >= options.max_regions:
-            entry.status, entry.model_pixels = "skipped", (pass1_pixels, None)
-            entry.reason = f"more than max_regions ({options.max_regions}) regions: the largest are refined"
+            skip = f"more than max_regions ({options.max_regions}) regions: the largest are refined"
         elif scale2 < options.min_gain * scale1:
-            entry.status, entry.model_pixels = "skipped", (pass1_pixels, None)
-            entry.reason = (
+            skip = (
                 f"pass 1 gave its crop {crop_side * scale1:.0f} model pixels across, pass 2 would give "
                 f"{resolution2}: less than min_gain ({options.min_gain:g}) times as many"
             )
-        else:
-            to_run.append(entry)
-        regions.append(entry)
+        pixels = (box_area(region.box) * scale1 * scale1, None if skip else box_area(region.box) * scale2 * scale2)
+        entries.append(_Pass2(Region(region.box, crop, source, "skipped" if skip else "refined", skip, pixels)))
+    to_run = [entry for entry in entries if entry.region.status == "refined"]
     _run_pass2(runtime, decoded, to_run)
     for entry in to_run:
-        if entry.status == "refined":
+        if entry.region.status == "refined":
             _check_and_align(entry, prediction, scale1, options)
-    for entry in sorted(to_run, key=lambda e: -box_area(e.crop)):  # the smaller crop lies on top
-        if entry.status == "refined":
+    for entry in sorted(to_run, key=lambda e: -box_area(e.region.crop)):  # the smaller crop lies on top
+        if entry.region.status == "refined":
             _paste(entry, prediction, size, options, runtime.post_options)
     if prediction.depth is not None and runtime.post_options.normalize_depth and to_run:
         depth = prediction.depth
         if float(depth.min()) < 0.0 or float(depth.max()) > 1.0:
             open_options({"depth": depth}, PostOptions(normalize_depth=True))
-    prediction.regions = [entry.record(source) for entry in regions]
+    prediction.regions = [entry.region for entry in entries]
     return prediction
 
 
 def _run_pass2(runtime: Any, decoded: Decoded, entries: Sequence[_Pass2]) -> None:
-    """Every entry's crop through the model, `runtime.batch_size` crops per call; an entry whose
-    outputs are not finite falls back."""
-    staged = [runtime.preprocess(_crop_image(decoded, e.crop, f"{decoded.name} region {e.crop}")) for e in entries]
+    """Every entry's crop (the same pixels, no resampling) through the model, `runtime.batch_size`
+    crops per call; an entry whose run failed falls back."""
+    staged = []
+    for entry in entries:
+        x0, y0, x1, y1 = crop = entry.region.crop
+        name = f"{decoded.name} region {crop}"
+        if decoded.pil is not None:
+            staged.append(runtime.preprocess(Decoded(name, pil=decoded.pil.crop(crop))))
+        else:
+            staged.append(runtime.preprocess(Decoded(name, array=decoded.numpy()[y0:y1, x0:x1], order=decoded.order)))
     size = max(1, runtime.batch_size)
     for start in range(0, len(staged), size):
         chunk = staged[start : start + size]
         outcomes = runtime._infer_outcomes([s for _, s in chunk])
         for entry, (crop, prepared), outcome in zip(entries[start : start + size], chunk, outcomes):
             if isinstance(outcome, Exception):
-                entry.status, entry.reason = "fallback", f"pass 2 failed: {outcome}"
+                entry.region = replace(entry.region, status="fallback", reason=f"pass 2 failed: {outcome}")
             else:
                 entry.maps = runtime.postprocess(crop, prepared, outcome)
 
@@ -541,45 +466,47 @@ def _check_and_align(entry: _Pass2, prediction: Prediction, scale1: float, optio
     """The mask check (fallback below min_agreement) and the depth alignment, against pass 1."""
     maps = entry.maps
     assert maps is not None
-    bx0, by0, bx1, by1 = entry.planned.box
-    cx0, cy0 = entry.crop[:2]
+    bx0, by0, bx1, by1 = entry.region.box
+    cx0, cy0 = entry.region.crop[:2]
     inside = (slice(by0, by1), slice(bx0, bx1))
     inside_crop = (slice(by0 - cy0, by1 - cy0), slice(bx0 - cx0, bx1 - cx0))
     person = None
     if prediction.foreground is not None and maps.foreground is not None:
-        entry.agreement = _mask_agreement(
-            prediction.foreground[inside], maps.foreground[inside_crop], options.threshold
-        )
-        if entry.agreement is not None and entry.agreement < options.min_agreement:
-            entry.status = "fallback"
-            entry.reason = (
-                f"pass 2's mask agrees with pass 1's on {entry.agreement:.0%} of the box (intersection over "
-                f"union), less than min_agreement ({options.min_agreement:g})"
+        person = prediction.foreground[inside] >= options.threshold
+        theirs = maps.foreground[inside_crop] >= options.threshold
+        union = int(np.count_nonzero(person | theirs))
+        agreement = None if union == 0 else int(np.count_nonzero(person & theirs)) / union
+        entry.region = replace(entry.region, agreement=agreement)
+        if agreement is not None and agreement < options.min_agreement:
+            entry.region = replace(
+                entry.region,
+                status="fallback",
+                reason=f"pass 2's mask agrees with pass 1's on {agreement:.0%} of the box (intersection over "
+                f"union), less than min_agreement ({options.min_agreement:g})",
             )
             return
-        person = prediction.foreground[inside] >= options.threshold
     if prediction.depth is not None and maps.depth is not None:
-        entry.depth = align_depth(maps.depth[inside_crop], prediction.depth[inside], person, grid_step(scale1))
+        s, b, how = align_depth(maps.depth[inside_crop], prediction.depth[inside], person, grid_step(scale1))
+        entry.region = replace(entry.region, depth_scale=s, depth_shift=b, alignment=how)
 
 
 def _paste(
     entry: _Pass2, prediction: Prediction, size: Tuple[int, int], options: RefineOptions, post: PostOptions
 ) -> None:
-    maps = entry.maps
+    maps, crop = entry.maps, entry.region.crop
     assert maps is not None
-    weights = feather_weights(entry.crop, size, options.feather)
+    weights = feather_weights(crop, size, options.feather)
     if prediction.depth is not None and maps.depth is not None:
-        s, b, _ = entry.depth
-        aligned = maps.depth * np.float32(s) + np.float32(b)
-        _blend(prediction.depth, aligned, weights, entry.crop)
+        aligned = maps.depth * np.float32(entry.region.depth_scale) + np.float32(entry.region.depth_shift)
+        _blend(prediction.depth, aligned, weights, crop)
     if prediction.normal is not None and maps.normal is not None:
-        view = _blend(prediction.normal, maps.normal, weights, entry.crop)
+        view = _blend(prediction.normal, maps.normal, weights, crop)
         seam = weights < 1.0
         if seam.any():  # a blend of unit vectors is shorter than one
             vectors = view[seam]
             TASKS["normal"].finish(vectors, sign=1)
             view[seam] = vectors
     if prediction.foreground is not None and maps.foreground is not None:
-        view = _blend(prediction.foreground, maps.foreground, weights, entry.crop)
+        view = _blend(prediction.foreground, maps.foreground, weights, crop)
         if post.foreground_threshold is not None:
             view[...] = view > 0.5

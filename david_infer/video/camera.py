@@ -1,17 +1,13 @@
 """The camera's motion between two frames, a zoom and a shift (pan, tilt, shake), and maps moved
-with it.
-
-`estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` on the stabiliser's grey cells
-by Huber-weighted Gauss-Newton, coarse to fine; `plan_warp` moves full-size maps by the nearest
-pixel (a bilinear warp measured no less flicker and costs more passes), carrying a shift's rounding
-from frame to frame. numpy only, and no matrix products (numpy's BLAS may start threads that spin on
-the other core).
-"""
+with it: `estimate_motion` fits `previous(s * (x - c) + c + t) ~ current(x)` on the stabiliser's
+grey cells (Huber-weighted Gauss-Newton, coarse to fine); `plan_warp` moves maps by the nearest
+pixel (a bilinear warp measured no less flicker and costs more passes). No matrix products (numpy's
+BLAS may start threads that spin on the other core)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -67,43 +63,30 @@ def _coordinates(n: int, scale: float, shift: float, centre: float) -> Tuple[np.
     return low, (x - low).astype(np.float32), inside
 
 
-def resample(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """`image` (2-D) at `motion`'s source positions, bilinear (separable: scale and shift act per
-    axis), and where the source lies inside the image (bool, the same shape)."""
-    h, w = image.shape
-    r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
-    c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
-    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
-    rows = image[r0] * (1.0 - fr)[:, None]
-    rows += image[r1] * fr[:, None]
-    out = rows[:, c0] * (1.0 - fc)
-    out += rows[:, c1] * fc
-    return out, rows_inside[:, None] & cols_inside[None, :]
-
-
-def _cubic_weights(f: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Catmull-Rom weights of the samples at -1, 0, 1, 2 for fractions `f`."""
+def _taps(f: np.ndarray, cubic: bool) -> Tuple[Tuple[int, np.ndarray], ...]:
+    """(offset, weight) of the samples an interpolation at fractions `f` reads: linear, or Catmull-Rom."""
+    if not cubic:
+        return ((0, 1.0 - f), (1, f))
     f2, f3 = f * f, f * f * f
     return (
-        (-0.5 * f3 + f2 - 0.5 * f),
-        (1.5 * f3 - 2.5 * f2 + 1.0),
-        (-1.5 * f3 + 2.0 * f2 + 0.5 * f),
-        (0.5 * f3 - 0.5 * f2),
+        (-1, -0.5 * f3 + f2 - 0.5 * f),
+        (0, 1.5 * f3 - 2.5 * f2 + 1.0),
+        (1, -1.5 * f3 + 2.0 * f2 + 0.5 * f),
+        (2, 0.5 * f3 - 0.5 * f2),
     )
 
 
-def resample_cubic(image: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """`resample` with a cubic (Catmull-Rom) interpolation: about ten times less error than a linear
-    one on texture of a few pixels' period, which the motion test would take for motion."""
+def resample(
+    image: np.ndarray, motion: Motion, centre: Tuple[float, float], cubic: bool = False
+) -> Tuple[np.ndarray, np.ndarray]:
+    """`image` (2-D) at `motion`'s source positions, and where the source lies inside the image
+    (bool); bilinear, or `cubic` (Catmull-Rom: about ten times less error on texture of a few pixels'
+    period, which the motion test would take for motion). Separable: scale and shift act per axis."""
     h, w = image.shape
     r0, fr, rows_inside = _coordinates(h, motion.scale, motion.shift[0], centre[0])
     c0, fc, cols_inside = _coordinates(w, motion.scale, motion.shift[1], centre[1])
-    rows = np.zeros((h, w), np.float32)
-    for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fr)):
-        rows += image[np.clip(r0 + offset, 0, h - 1)] * weight[:, None]
-    out = np.zeros((h, w), np.float32)
-    for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fc)):
-        out += rows[:, np.clip(c0 + offset, 0, w - 1)] * weight
+    rows = sum(image[np.clip(r0 + offset, 0, h - 1)] * k[:, None] for offset, k in _taps(fr, cubic))
+    out = sum(np.take(rows, np.clip(c0 + offset, 0, w - 1), 1) * k for offset, k in _taps(fc, cubic))
     return out, rows_inside[:, None] & cols_inside[None, :]
 
 
@@ -118,17 +101,13 @@ def _fit_level(
     h, w = current.shape
     v = (np.arange(h, dtype=np.float32) - np.float32(centre[0]))[:, None]
     u = (np.arange(w, dtype=np.float32) - np.float32(centre[1]))[None, :]
-    gy_current, gx_current = np.gradient(current)
+    gradient_current = np.gradient(current)
     for _ in range(steps):
-        warped, inside = (resample_cubic if fine else resample)(previous, motion, centre)
+        warped, inside = resample(previous, motion, centre, cubic=fine)
         r = warped - current
         r *= inside  # outside: no residual, no weight below
-        gy, gx = np.gradient(warped)
         half = np.float32(0.5 / motion.scale)
-        gy += gy_current
-        gy *= half
-        gx += gx_current
-        gx *= half
+        gy, gx = ((g + g_current) * half for g, g_current in zip(np.gradient(warped), gradient_current))
         a = np.abs(r)
         sample = a[inside][:: max(1, int(inside.sum()) // SCALE_PIXELS)]
         if sample.size < 16:
@@ -156,7 +135,7 @@ def _fit_level(
 def _cost(previous: np.ndarray, current: np.ndarray, motion: Motion, centre: Tuple[float, float]) -> float:
     """How badly `motion` brings `previous` onto `current`: the mean absolute difference where it is
     defined, each pixel's capped at TRUNCATE grey levels (what moves in the scene counts no more)."""
-    warped, inside = resample_cubic(previous, motion, centre)
+    warped, inside = resample(previous, motion, centre, cubic=True)
     a = np.abs(warped - current)[inside]
     return float(np.minimum(a, TRUNCATE).mean()) if a.size else float("inf")
 
@@ -169,30 +148,17 @@ def _apart(a: Motion, b: Motion, size: Tuple[int, int]) -> float:
 def estimate_motion(
     previous: np.ndarray, current: np.ndarray, still: float = 0.0, guess: Motion = STILL
 ) -> Tuple[Motion, np.ndarray, Optional[np.ndarray]]:
-    """The camera's motion from `previous` to `current` (grey images of one size, float32), in
-    their pixels; `previous` warped onto `current`; where that is defined (bool). A motion whose
-    largest displacement stays under `still` pixels is STILL (`previous` as it is, None): then
-    the finest level is not fitted when the next coarser one already finds the camera still;
-    images under SMALLEST pixels a side are too: there is too little to fit on.
-
-    A camera moves smoothly: with a `guess` (the previous frame's motion) the fit starts from it
-    on the level above the finest and goes on from there where it stays within half a pixel of it
-    and brings `previous` closer to `current` than no motion does. Otherwise it runs coarse to fine
-    from no motion; a texture that repeats, or
-    that the coarse levels cannot resolve, can lead that astray, so where it finds the camera
-    moving, unlike `guess`, that level also fits from no motion and from `guess`, and the fit that
-    brings `previous` closest to `current` goes on."""
+    """The camera's motion from `previous` to `current` (grey float32 images of one size), in their
+    pixels; `previous` warped onto `current`; where that is defined (bool). Under `still` pixels
+    of displacement, or on images under SMALLEST pixels a side: STILL, `previous`, None. `guess`
+    (the previous frame's motion) is followed where it still holds, else fits from it and from no
+    motion compete (docs/video.md, "The camera")."""
     if min(current.shape) < SMALLEST:
         return STILL, previous, None  # too small to fit a motion on
-    pyramid: List[Tuple[np.ndarray, np.ndarray, Tuple[float, float]]] = []
-    centre = ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0)
-    p, c = previous, current
-    while True:
-        pyramid.append((p, c, centre))
-        if min(c.shape) // 2 < COARSEST:
-            break
-        p, c = _down(p), _down(c)
-        centre = ((centre[0] - 0.5) / 2.0, (centre[1] - 0.5) / 2.0)  # the same point, a level down
+    pyramid = [(previous, current, ((current.shape[0] - 1) / 2.0, (current.shape[1] - 1) / 2.0))]
+    while min(pyramid[-1][1].shape) // 2 >= COARSEST:
+        p, c, (y, x) = pyramid[-1]
+        pyramid.append((_down(p), _down(c), ((y - 0.5) / 2.0, (x - 0.5) / 2.0)))  # the same centre, a level down
     compare = min(1, len(pyramid) - 1)  # where the guess competes
     top, motion = len(pyramid) - 1, STILL
     if guess != STILL:
@@ -217,7 +183,7 @@ def estimate_motion(
             motion = motion.scaled(2.0)
     if not (0.5 < motion.scale < 2.0 and np.all(np.isfinite(motion.shift))) or motion.largest(current.shape) < still:
         return STILL, previous, None
-    warped, inside = resample_cubic(previous, motion, pyramid[0][2])
+    warped, inside = resample(previous, motion, pyramid[0][2], cubic=True)
     return motion, warped, inside
 
 
@@ -234,18 +200,13 @@ class Warp:
     shift: Optional[Tuple[int, int]]
 
     def band(self, a: np.ndarray, fill: np.ndarray, rows: slice) -> np.ndarray:
-        """Rows `rows` of `apply(a, fill)`, made on their own (a band of per-pixel work: the
-        moved estimate is never made whole)."""
-        h, w = a.shape[:2]
+        """Rows `rows` of `apply(a, fill)`, made on their own (the moved estimate is never made whole)."""
         inside = self.rows_inside[rows]
-        if self.shift is not None and inside.all():
-            source = a[rows.start + self.shift[0] : rows.stop + self.shift[0]]
-        else:
-            source = a[self.rows[rows]]
         if self.shift is None:
-            out = np.take(source, self.cols, axis=1)
+            out = np.take(a[self.rows[rows]], self.cols, axis=1)
         else:
-            dx = self.shift[1]
+            (dy, dx), w = self.shift, a.shape[1]
+            source = a[rows.start + dy : rows.stop + dy] if inside.all() else a[self.rows[rows]]
             out = np.empty(source.shape, a.dtype)
             x0, x1 = max(0, -dx), min(w, w - dx)
             if x0 < x1:
@@ -268,26 +229,7 @@ class Warp:
     def apply(self, a: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """`a` (H, W[, C]) of the previous frame brought onto the current one (a new array); where the
         source lies outside, `fill`'s values (the current frame's own)."""
-        h, w = a.shape[:2]
-        if self.shift is None:
-            out = np.take(np.take(a, self.rows, axis=0), self.cols, axis=1)
-            if not self.rows_inside.all():
-                out[~self.rows_inside] = fill[~self.rows_inside]
-            if not self.cols_inside.all():
-                out[:, ~self.cols_inside] = fill[:, ~self.cols_inside]
-            return out
-        dy, dx = self.shift
-        out = np.empty_like(a)
-        y0, y1, x0, x1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
-        if y0 < y1 and x0 < x1:
-            out[y0:y1, x0:x1] = a[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-        else:
-            y0 = y1 = 0
-        for part in ((slice(0, y0), slice(None)), (slice(y1, h), slice(None))):
-            out[part] = fill[part]
-        for part in ((slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, w))):
-            out[part] = fill[part]
-        return out
+        return self.band(a, fill, slice(0, a.shape[0]))
 
 
 def plan_warp(

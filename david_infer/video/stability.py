@@ -1,26 +1,21 @@
-"""Temporal stabilisation of a clip's maps (depth, normals, foreground), so they do not flicker.
-
-`stabilize(predictions, mode)` turns per-frame predictions into a steady sequence, per shot (a cut or
-a new size starts one), without training, on a grid of GRID x GRID pixel cells: the camera's zoom
-and shift are followed (david_infer.video.camera); cells that moved in the scene (image, mask flip,
-or maps inside the person) take the frame as it is; each frame's depth is aligned to the running
-estimate by a robust scale and shift (a Deming fit inside both masks); a per-pixel recursive filter
-blends depth, normals (unit length) and the mask where nothing moved. `online` is causal (no
-latency); `offline` a fixed-lag smoother over `lookahead` frames. docs/video.md says each step, its
-constants and what it cannot fix (an error the model repeats frame after frame stays).
+"""Temporal stabilisation of a clip's maps (depth, normals, foreground), so they do not flicker:
+per shot, on a grid of GRID x GRID pixel cells, the camera followed (david_infer.video.camera), each
+frame's depth aligned, a per-pixel recursive filter where nothing moved; `online` causal, `offline`
+a fixed-lag smoother. docs/video.md says each step, its constants and what it cannot fix.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import InputError
 from ..prediction import Prediction
+from ..refine import match_spread
 from ..tasks import TASKS
 from .camera import STILL, Motion, Warp, estimate_motion, plan_warp
 
@@ -62,35 +57,32 @@ LEAD = 1.0
 #: pixels of one band of per-pixel work (bounds the temporaries and keeps them in cache)
 BAND_PIXELS = 1 << 15
 _MAPS = ("depth", "normal", "foreground")
-Maps = Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
+_Look = Tuple[np.ndarray, np.ndarray]  # what the tests read of a frame: its grid cells' grey, its colours
+
+
+class Maps(NamedTuple):
+    """A frame's, the estimate's or their grid samples' maps; None where the clip has no such map."""
+
+    depth: Optional[np.ndarray]
+    normal: Optional[np.ndarray]
+    foreground: Optional[np.ndarray]
+
+    def each(self, make: Callable[[np.ndarray], np.ndarray]) -> "Maps":
+        return Maps(*(None if m is None else make(m) for m in self))
 
 
 @dataclasses.dataclass(frozen=True)
 class StabilizeOptions:
-    """How `stabilize` works (see the module docstring).
+    """How `stabilize` works (docs/video.md, "What is stabilised, and how")."""
 
-    frame_weight: online, the weight of a new frame where nothing moved, once the estimate is
-        settled (0 < w <= 1; 1: no smoothing, the depth is still aligned). Smaller: steadier,
-        slower to follow slow changes the motion test lets through.
-    offline_weight: the same for offline mode (its lookahead centres the estimate on each frame).
-    lookahead: offline, the most frames after a frame whose estimate its output may take (memory
-        holds lookahead + 1 frames' maps; about (1 - offline_weight) / offline_weight uses it all).
-    motion_threshold: grey levels (0..255) of change in a flat patch that mark motion.
-    gate: a map change beyond this many robust noise units (of the frame's own noise) marks motion.
-    cut_threshold: colour-histogram distance (0..2) from the previous frame that starts a new shot.
-    align_depth: map each frame's depth onto the estimate by scale and shift (False: as predicted).
-    follow_camera: move the estimate with the camera's zoom and shift (False: while the camera
-        moves, the motion test sees motion nearly everywhere and little is blended).
-    """
-
-    frame_weight: float = 0.2
-    offline_weight: float = 0.1
-    lookahead: int = 8
-    motion_threshold: float = 4.0
-    gate: float = 3.0
-    cut_threshold: float = 0.5
-    align_depth: bool = True
-    follow_camera: bool = True
+    frame_weight: float = 0.2  # online: a new frame's settled weight where nothing moved (1: no smoothing)
+    offline_weight: float = 0.1  # the same offline (its lookahead centres the estimate on each frame)
+    lookahead: int = 8  # offline: the most frames after a frame whose estimate it may take (held in memory)
+    motion_threshold: float = 4.0  # grey levels (0..255) of change in a flat patch that mark motion
+    gate: float = 3.0  # a map change beyond this many robust noise units of the frame marks motion
+    cut_threshold: float = 0.5  # colour-histogram distance (0..2) from the previous frame that starts a shot
+    align_depth: bool = True  # map each frame's depth onto the estimate by scale and shift
+    follow_camera: bool = True  # move the estimate with the camera's zoom and shift
 
     def __post_init__(self) -> None:
         for name in ("frame_weight", "offline_weight"):
@@ -112,22 +104,14 @@ class StabilizeOptions:
 
 
 def stabilize(frames: Iterable[Any], mode: str = "online", **options: Any) -> Iterator[Any]:
-    """A clip's predictions, stabilised over time: one output per input, in order, of the same kind.
+    """A clip's predictions, stabilised over time: one output per input, in order, of the same kind
+    (a `Prediction`, or a new dict with the maps replaced and its other entries kept).
 
-    frames: `Prediction`s (as `DavidRuntime.predict`/`predict_video` give them) or mappings with
-        `depth` (H, W), `normal` (H, W, 3), `foreground` (H, W) float32 and `image` (H, W, 3)
-        uint8 (the frame; the camera and motion tests read it); a map that is None or absent is
-        left out. A live source works in online mode: any iterator, read one frame at a time.
-    mode: "online" (causal: each output as soon as its frame is in; for live streams) or
-        "offline" (each frame smoothed with frames before and after it: its output comes up to
-        `lookahead` frames later; memory bounded).
-    options: fields of `StabilizeOptions` (frame_weight, offline_weight, lookahead,
-        motion_threshold, gate, cut_threshold, align_depth, follow_camera).
-
-    Yields a `Prediction` (same image and `depth_inverse`) for a `Prediction`, a new dict with the
-    maps replaced for a mapping (its other entries kept). InputError, naming the frame, for a
-    map that is not finite, maps of different sizes within a frame, or a frame that lacks a map
-    the first frame had; a frame of another size starts a new shot.
+    frames: `Prediction`s or mappings with `depth` (H, W), `normal` (H, W, 3), `foreground` (H, W)
+        float32 and `image` (H, W, 3) uint8; a map that is None or absent is left out. Any iterator
+        (a live source: online mode reads one frame at a time).
+    mode: "online" (causal, no latency) or "offline" (each output up to `lookahead` frames later).
+    options: fields of `StabilizeOptions`. Bad input: InputError naming the frame (docs/video.md).
     """
     opts = StabilizeOptions.from_keywords(options)
     for _, out in stabilize_pairs(((None, frame) for frame in frames), mode, opts):
@@ -141,8 +125,7 @@ def stabilize_pairs(
     holds lookahead + 1 of them)."""
     if mode not in STABILIZE_MODES:
         raise InputError(f"stabilize: mode must be one of {', '.join(STABILIZE_MODES)}, got {mode!r}")
-    opts = options or StabilizeOptions()
-    return _online(pairs, opts) if mode == "online" else _offline(pairs, opts)
+    return _stabilized(pairs, mode, options or StabilizeOptions())
 
 
 # ------------------------------------------------------------------------------------ frames
@@ -153,9 +136,7 @@ class _Frame:
     """One input's maps, checked for shape (float32, one size; finiteness where they are read)."""
 
     index: int
-    depth: Optional[np.ndarray]
-    normal: Optional[np.ndarray]
-    foreground: Optional[np.ndarray]
+    maps: Maps
     image: np.ndarray
 
     @property
@@ -163,26 +144,17 @@ class _Frame:
         return (int(self.image.shape[0]), int(self.image.shape[1]))
 
     @property
-    def maps(self) -> Maps:
-        return (self.depth, self.normal, self.foreground)
-
-    @property
-    def tasks(self) -> Tuple[bool, bool, bool]:
-        return (self.depth is not None, self.normal is not None, self.foreground is not None)
+    def tasks(self) -> Tuple[bool, ...]:
+        return tuple(m is not None for m in self.maps)
 
     def check_finite(self, names: Iterable[str] = _MAPS) -> None:
         """InputError for the first of the maps `names` that holds NaN or infinity."""
-        for name in names:
-            a = getattr(self, name)
-            if a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all():  # NaN, inf: so is the sum
-                raise InputError(
+        for name, a in zip(_MAPS, self.maps):
+            if name in names and a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all():
+                raise InputError(  # NaN, inf: so is the sum
                     f"stabilize: frame {self.index}: {name} holds NaN or infinity; a broken model output cannot "
                     f"be stabilised"
                 )
-
-
-def _field(item: Any, name: str) -> Any:
-    return item.get(name) if isinstance(item, Mapping) else getattr(item, name)
 
 
 def _read(item: Any, index: int) -> _Frame:
@@ -191,7 +163,8 @@ def _read(item: Any, index: int) -> _Frame:
             f"stabilize: frame {index} is a {type(item).__name__}; expected a Prediction or a mapping with "
             f"depth, normal, foreground and image"
         )
-    image = _field(item, "image")
+    field = item.get if isinstance(item, Mapping) else lambda name: getattr(item, name)
+    image = field("image")
     if image is None:
         raise InputError(f"stabilize: frame {index} has no image; the motion test needs the frame (H, W, 3) uint8")
     image = np.asarray(image)
@@ -199,33 +172,26 @@ def _read(item: Any, index: int) -> _Frame:
         raise InputError(
             f"stabilize: frame {index}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
         )
-    size = image.shape[:2]
-    maps: Dict[str, Optional[np.ndarray]] = {}
-    for name, channels in zip(_MAPS, (None, 3, None)):
-        value = _field(item, name)
-        if value is None:
-            maps[name] = None
-            continue
-        a = np.asarray(value)
-        want = size + ((channels,) if channels else ())
-        if a.shape != want or not np.issubdtype(a.dtype, np.number):
-            raise InputError(
-                f"stabilize: frame {index}: {name} must be {'x'.join(map(str, want))} numbers like its image, "
-                f"got {a.shape} {a.dtype}"
-            )
-        maps[name] = np.ascontiguousarray(a, np.float32)
-    return _Frame(index, maps["depth"], maps["normal"], maps["foreground"], image)
+    maps: List[Optional[np.ndarray]] = []
+    for name, channels in zip(_MAPS, ((), (3,), ())):
+        a = field(name)
+        if a is not None:
+            a, want = np.asarray(a), image.shape[:2] + channels
+            if a.shape != want or not np.issubdtype(a.dtype, np.number):
+                raise InputError(
+                    f"stabilize: frame {index}: {name} must be {'x'.join(map(str, want))} numbers like its image, "
+                    f"got {a.shape} {a.dtype}"
+                )
+            a = np.ascontiguousarray(a, np.float32)
+        maps.append(a)
+    return _Frame(index, Maps(*maps), image)
 
 
 def _rebuild(item: Any, maps: Maps, image: np.ndarray) -> Any:
-    depth, normal, foreground = maps
     if isinstance(item, Prediction):
-        return Prediction(image, depth, normal, foreground, item.depth_inverse, item.regions)
-    out = dict(item)
-    out["image"] = image
-    for name, value in zip(_MAPS, maps):
-        if value is not None:
-            out[name] = value
+        return Prediction(image, *maps, item.depth_inverse, item.regions)
+    out = dict(item, image=image)
+    out.update((name, value) for name, value in zip(_MAPS, maps) if value is not None)
     return out
 
 
@@ -236,16 +202,13 @@ def _grid_shape(size: Tuple[int, int]) -> Tuple[int, int]:
     return (-(-size[0] // GRID), -(-size[1] // GRID))
 
 
-@dataclasses.dataclass
-class _Look:
-    """What the tests read of a frame's image: each grid cell's grey mean, and the colours."""
-
-    grey: np.ndarray  # (gh, gw) float32, 0..255
-    histogram: np.ndarray  # 64 bins summing to 1
-
-    @classmethod
-    def of(cls, image: np.ndarray) -> "_Look":
-        return cls(_cell_grey(image), _histogram(image[:: 2 * GRID, :: 2 * GRID]))
+def _look(image: np.ndarray) -> _Look:
+    """What the tests read of a frame's image: each grid cell's grey mean (float32, 0..255), and the
+    colour histogram of sampled pixels (4 levels per channel, 64 bins summing to 1)."""
+    q = image[:: 2 * GRID, :: 2 * GRID] >> 6
+    bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
+    h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
+    return _cell_grey(image), h / max(1.0, h.sum())
 
 
 def _cell_grey(image: np.ndarray) -> np.ndarray:
@@ -268,14 +231,6 @@ def _cell_grey(image: np.ndarray) -> np.ndarray:
     return grey
 
 
-def _histogram(samples: np.ndarray) -> np.ndarray:
-    """The colour histogram of sampled pixels: 4 levels per channel, 64 bins, summing to 1."""
-    q = samples >> 6
-    bins = (q[..., 0].astype(np.intp) << 4) | (q[..., 1].astype(np.intp) << 2) | q[..., 2]
-    h = np.bincount(bins.ravel(), minlength=64).astype(np.float64)
-    return h / max(1.0, h.sum())
-
-
 def _dilate(m: np.ndarray, cross: bool = False) -> np.ndarray:
     """3x3 maximum (`cross`: over the four neighbours)."""
     p = np.pad(m, 1, mode="edge")
@@ -288,12 +243,9 @@ def _dilate(m: np.ndarray, cross: bool = False) -> np.ndarray:
 def _image_motion(
     grey: np.ndarray, previous: np.ndarray, seen: Optional[np.ndarray], threshold: float
 ) -> Tuple[np.ndarray, bool]:
-    """(motion in [0, 1] per cell, whether the whole frame moved). A cell's grey change against
-    `previous` (the previous frame's, moved by the camera; `seen`: where that is defined, elsewhere
-    new to the frame: moved) over what noise and a displacement of FLOW_CELLS would change
-    (`threshold` / 2 grey levels plus FLOW_CELLS times the slope: a flat patch moves by its change,
-    an edge or texture by the displacement the change implies): 0 up to that, 1 from twice it.
-    When most textured cells moved, the camera's fit failed: the whole frame moved."""
+    """(motion in [0, 1] per cell, whether the whole frame moved): a cell's grey change against
+    `previous` (moved by the camera; outside `seen`: moved) over what noise and a displacement of
+    FLOW_CELLS would change, 0 up to that, 1 from twice it (docs/video.md, "Motion in the scene")."""
     change = np.abs(grey - previous)
     p = np.pad((grey + previous) * np.float32(0.5), 1, mode="edge")
     slope = np.abs(p[1:-1, 2:] - p[1:-1, :-2])  # twice the L1 slope per cell
@@ -320,17 +272,11 @@ def _bands(height: int, width: int) -> Iterator[slice]:
         yield slice(top, min(height, top + step))
 
 
-class _PixelGains:
-    """A grid of per-cell values spread over the pixels band by band (each cell's value on its
-    GRID x GRID pixels), as rows of `channels` interleaved values (a band of (H, W, 3) normals is
-    viewed as (rows, 3 W))."""
-
-    def __init__(self, grid: np.ndarray, width: int, channels: int = 1) -> None:
-        self.columns = np.repeat(grid, GRID * channels, axis=1)[:, : width * channels]
-
-    def band(self, rows: slice) -> np.ndarray:
-        cells = self.columns[rows.start // GRID : -(-rows.stop // GRID)]
-        return np.repeat(cells, GRID, axis=0)[: rows.stop - rows.start]
+def _spread(grid: np.ndarray, rows: slice, width: int, channels: int = 1) -> np.ndarray:
+    """Rows `rows` of per-cell values spread over the pixels (each cell's value on its GRID x GRID
+    pixels), as rows of `channels` interleaved values (a band of (H, W, 3) normals is (rows, 3 W))."""
+    cells = np.repeat(grid[rows.start // GRID : -(-rows.stop // GRID)], GRID * channels, axis=1)
+    return np.repeat(cells[:, : width * channels], GRID, axis=0)[: rows.stop - rows.start]
 
 
 def _squared_norms(n: np.ndarray) -> np.ndarray:
@@ -357,10 +303,8 @@ def _normalise_rows(n: np.ndarray, out: np.ndarray) -> bool:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, noise_ratio: float) -> Tuple[float, float]:
-    """Scale and shift of `s * x + b ~ y`, Huber-weighted (IRLS, three rounds). Deming regression:
-    both sides are noisy, `y`'s noise variance `noise_ratio` times `x`'s once scaled (the filter's
-    estimate is steadier than a frame), so the scale is not shrunk by the frame's noise as plain
-    least squares would shrink it, a bias that would compound from frame to frame."""
+    """Scale and shift of `s * x + b ~ y`, Huber-weighted (IRLS, three rounds), by Deming regression
+    (`y`'s noise `noise_ratio` times `x`'s): plain least squares would shrink the scale every frame."""
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     w = np.ones_like(x64)
     s = b = float("nan")
@@ -386,61 +330,12 @@ def _sample(values: np.ndarray) -> np.ndarray:
     return values[:: max(1, values.shape[0] // FIT_PIXELS)]
 
 
-def _match_spread(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-    """Scale and shift that give `x` the median and interquartile range of `y`."""
-    xq, yq = np.percentile(x, [25, 50, 75]), np.percentile(y, [25, 50, 75])
-    s = (yq[2] - yq[0]) / (xq[2] - xq[0]) if xq[2] > xq[0] and yq[2] > yq[0] else 1.0
-    return float(s), float(yq[1] - s * xq[1])
-
-
 # ------------------------------------------------------------------------------ the filter
 
 
-@dataclasses.dataclass
-class _Samples:
-    """A frame's or the estimate's maps at the grid's pixels (every GRID-th row and column)."""
-
-    depth: Optional[np.ndarray]
-    normal: Optional[np.ndarray]
-    foreground: Optional[np.ndarray]
-
-    @classmethod
-    def of(cls, maps: Maps) -> "_Samples":
-        depth, normal, foreground = (None if m is None else np.ascontiguousarray(m[::GRID, ::GRID]) for m in maps)
-        return cls(depth, normal, foreground)
-
-    @classmethod
-    def like(cls, samples: "_Samples") -> "_Samples":
-        """Empty arrays of the same shapes (for `_blend` to fill)."""
-        depth, normal, foreground = (
-            None if m is None else np.empty_like(m) for m in (samples.depth, samples.normal, samples.foreground)
-        )
-        return cls(depth, normal, foreground)
-
-    def finite(self) -> bool:
-        return all(m is None or np.isfinite(m.sum()) for m in (self.depth, self.normal, self.foreground))
-
-
-class _Estimate:
-    """The estimate's maps as the blend reads them: as they are, or moved with the camera band by
-    band (`Warp.band`: the moved maps are never made whole; what came into view: the frame's)."""
-
-    def __init__(self, maps: Maps, warp: Optional[Warp] = None, fill: Maps = (None, None, None)) -> None:
-        self.maps, self.warp, self.fill = maps, warp, fill
-
-    def band(self, index: int, rows: slice) -> Optional[np.ndarray]:
-        m = self.maps[index]
-        if m is None or self.warp is None:
-            return None if m is None else m[rows]
-        return self.warp.band(m, self.fill[index], rows)  # type: ignore[arg-type]
-
-    def samples(self) -> _Samples:
-        """The maps at the grid's pixels (moved)."""
-        depth, normal, foreground = (
-            None if m is None else np.ascontiguousarray(self.warp.samples(m, f, GRID))  # type: ignore[union-attr, arg-type]
-            for m, f in zip(self.maps, self.fill)
-        )
-        return _Samples(depth, normal, foreground)
+def _at_grid(maps: Maps) -> Maps:
+    """The maps at the grid's pixels (every GRID-th row and column)."""
+    return maps.each(lambda m: np.ascontiguousarray(m[::GRID, ::GRID]))
 
 
 @dataclasses.dataclass
@@ -462,15 +357,15 @@ class _Shot:
 
     def __init__(self, frame: _Frame, opts: StabilizeOptions, look: _Look, weight: float) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
-        self.maps: Maps = frame.maps
-        self.samples = _Samples.of(frame.maps)  # the estimate's maps at the grid's pixels
+        self.maps = frame.maps
+        self.samples = _at_grid(frame.maps)  # the estimate's maps at the grid's pixels
         gh, gw = _grid_shape(frame.size)
         self.gain = np.ones((2, gh, gw), np.float32)  # a new shot takes its first frame as it is
         self.age = np.zeros((2, gh, gw), np.float32)
         weights = np.array([weight, weight * FOREGROUND_WEIGHT], np.float32)
         #: random-walk noise per frame over the frame's, of each gain (its settled value is the weight)
         self.q = None if weight >= 1.0 else (weights * weights / (1.0 - weights))[:, None, None]
-        self.look = look
+        self.grey, self.histogram = look  # the previous frame's
         self.grid_centre = ((gh - 1) / 2.0, (gw - 1) / 2.0)
         self.centre = ((GRID * gh - 1) / 2.0, (GRID * gw - 1) / 2.0)  # the grid's centre in pixels
         self.carried = (0.0, 0.0)  # the estimate's rounding from its whole-pixel shifts
@@ -478,47 +373,43 @@ class _Shot:
         self.alignment = (1.0, 0.0)  # the last frame's depth scale and shift onto the estimate
         self.output_units = (1.0, 0.0)  # the leaky average of the frames' units
 
-    def first(self) -> _Step:
-        return _Step(self.maps, self.gain, self.age, True, False, self.output_units, self.maps[0])
-
-    def is_cut(self, frame: _Frame, look: _Look) -> bool:
-        if frame.size != self.size:
-            return True
-        return float(np.abs(look.histogram - self.look.histogram).sum()) > self.opts.cut_threshold
-
     def update(self, frame: _Frame, look: _Look, shown: bool) -> _Step:
         """The estimate after `frame` (with `shown`, also its depth in the output's units)."""
-        previous, seen, motion = self.look.grey, None, STILL
+        previous, seen, motion = self.grey, None, STILL
         if self.opts.follow_camera:
-            motion, previous, seen = estimate_motion(self.look.grey, look.grey, CAMERA_STILL / GRID, self.motion)
+            motion, previous, seen = estimate_motion(self.grey, look[0], CAMERA_STILL / GRID, self.motion)
             self.motion = motion
-        moving, everything = _image_motion(look.grey, previous, seen, self.opts.motion_threshold)
-        self.look = look
-        estimate, prior, age = _Estimate(self.maps), self.gain, self.age
-        theirs = self.samples
+        moving, everything = _image_motion(look[0], previous, seen, self.opts.motion_threshold)
+        self.grey, self.histogram = look
+        warp, prior, age, theirs = None, self.gain, self.age, self.samples
         if everything:
             self.carried = (0.0, 0.0)
         elif motion is not STILL:
-            estimate, prior, age = self._follow(motion, frame)
-            theirs = estimate.samples()
-        mine = _Samples.of(frame.maps)
-        if not mine.finite():
+            warp, prior, age = self._follow(motion)
+            pairs = zip(self.maps, frame.maps)
+            moved = (None if m is None else warp.samples(m, f, GRID) for m, f in pairs)  # type: ignore[arg-type]
+            theirs = Maps(*moved).each(np.ascontiguousarray)  # the estimate at the grid's pixels, moved
+        mine = _at_grid(frame.maps)
+        if not all(m is None or np.isfinite(m.sum()) for m in mine):
             frame.check_finite()
-        s, b = self._align(mine, theirs, moving, prior) if frame.depth is not None else (1.0, 0.0)
-        self.alignment = (s, b)
-        self.output_units = _leaky(self.output_units, (1.0 / s, -b / s))
-        gain = self._gain(mine, theirs, s, b, moving, prior)
-        out: Maps = tuple(None if m is None else np.empty_like(m) for m in self.maps)  # type: ignore[assignment]
-        depth_shown = np.empty(self.size, np.float32) if shown and frame.depth is not None else None
-        self.samples = _Samples.like(mine)
-        _blend(frame, estimate, out, (s, b), gain, depth_shown, self.output_units, self.samples)
+        person = None  # inside the foreground in both
+        if mine.foreground is not None and theirs.foreground is not None:
+            person = (mine.foreground >= 0.5) & (theirs.foreground >= 0.5)
+        s, b = self._align(mine, theirs, moving, prior, person) if frame.maps.depth is not None else (1.0, 0.0)
+        self.alignment, w = (s, b), UNITS_WEIGHT  # the output's units: a leaky average, scale geometric
+        scale, shift = self.output_units
+        self.output_units = (scale ** (1.0 - w) * (1.0 / s) ** w, (1.0 - w) * shift + w * (-b / s))
+        gain = self._gain(mine, theirs, moving, prior, person)
+        depth_shown = np.empty(self.size, np.float32) if shown and frame.maps.depth is not None else None
+        self.samples = mine.each(np.empty_like)
+        out = self._blend(frame, warp, gain, depth_shown)
         self.maps, self.gain = out, gain
         self.age = (1.0 - gain) * (age + 1.0)
         return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
 
-    def _follow(self, motion: Motion, frame: _Frame) -> Tuple[_Estimate, np.ndarray, np.ndarray]:
-        """The estimate, its gains and ages moved with the camera (new to the frame: the frame's own
-        maps, gain 1, age 0)."""
+    def _follow(self, motion: Motion) -> Tuple[Warp, np.ndarray, np.ndarray]:
+        """The warp that moves the estimate with the camera, and its gains and ages moved (new to the
+        frame: gain 1, age 0)."""
         warp, self.carried = plan_warp(motion.scaled(GRID), self.size, self.centre, self.carried)
         cells, _ = plan_warp(motion, self.gain.shape[1:], self.grid_centre)
         ones = np.ones(self.gain.shape[1:], np.float32)
@@ -526,19 +417,16 @@ class _Shot:
         if warp.shift is None:  # a zoom's rounding is not carried: the estimate is that much less sure
             prior += np.float32(ZOOM_NOISE)
         age = np.stack([cells.apply(a, ones * 0) for a in self.age])
-        return _Estimate(self.maps, warp, frame.maps), prior, age
+        return warp, prior, age
 
     def _gain(
-        self, mine: _Samples, theirs: _Samples, s: float, b: float, moving: np.ndarray, prior: np.ndarray
+        self, mine: Maps, theirs: Maps, moving: np.ndarray, prior: np.ndarray, person: Optional[np.ndarray]
     ) -> np.ndarray:
         """The filter's gain per grid cell: 1 where the image, the mask or (inside the person) a map
-        moved, the map gates in units of the frame's robust noise on the still cells inside the
-        person; elsewhere the Kalman gain of a random walk."""
-        still = moving < 0.5
-        person: Optional[np.ndarray] = None
-        if mine.foreground is not None and theirs.foreground is not None:
-            person = (mine.foreground >= 0.5) & (theirs.foreground >= 0.5)
-            flip = np.abs(mine.foreground - theirs.foreground)
+        moved; elsewhere the Kalman gain of a random walk."""
+        (s, b), still = self.alignment, moving < 0.5
+        if person is not None:
+            flip = np.abs(mine.foreground - theirs.foreground)  # type: ignore[operator]
             flip -= np.float32(MASK_FLIP)
             flip *= np.float32(1.0 / (1.0 - MASK_FLIP))
             moving = np.maximum(moving, flip)
@@ -548,25 +436,23 @@ class _Shot:
         moved = np.ones((2,) + moving.shape, np.float32)  # 1 + motion; the gates raise it, then 1 comes off
         moved[0] += _dilate(moving)  # depth and normals: a margin of one cell around what moved
         moved[1] += _dilate(moving, cross=True)  # the foreground: its edges are the image's: a thinner margin
+
+        def gate(change: np.ndarray, robust: float, floor: float, power: int) -> None:
+            """Depth and normals move where `change` passes `gate` (to `power`) of its robust noise."""
+            noise = max(robust * float(np.median(_sample(change[quiet]))), floor)
+            change *= np.float32(1.0 / (self.opts.gate**power * noise))
+            if person is not None:
+                change *= person  # the background's maps are the model's guess: no test
+            np.maximum(moved[0], change, out=moved[0])
+
         if mine.depth is not None and theirs.depth is not None:
             r = mine.depth * np.float32(s)
             r += np.float32(b)
             r -= theirs.depth
-            np.abs(r, out=r)
-            spread = float(np.ptp(theirs.depth)) + 1e-12
-            noise = max(1.4826 * float(np.median(_sample(r[quiet]))), 1e-4 * spread)
-            r *= np.float32(1.0 / (self.opts.gate * noise))
-            if person is not None:
-                r *= person  # the background's depth is the model's guess: no test
-            np.maximum(moved[0], r, out=moved[0])
+            gate(np.abs(r, out=r), 1.4826, 1e-4 * (float(np.ptp(theirs.depth)) + 1e-12), 1)
         if mine.normal is not None and theirs.normal is not None:
             d = mine.normal - theirs.normal
-            e = _squared_norms(d.reshape(d.shape[0], -1))  # squared chord, ~ squared angle
-            noise = max(1.4826**2 * float(np.median(_sample(e[quiet]))), 1e-6)
-            e *= np.float32(1.0 / (self.opts.gate**2 * noise))
-            if person is not None:
-                e *= person
-            np.maximum(moved[0], e, out=moved[0])
+            gate(_squared_norms(d.reshape(d.shape[0], -1)), 1.4826**2, 1e-6, 2)  # squared chord, ~ squared angle
         moved -= 1.0
         np.clip(moved, 0.0, 1.0, out=moved)
         if self.q is None:
@@ -575,142 +461,123 @@ class _Shot:
         k /= k + 1.0
         return np.maximum(k, moved, out=k)  # a cell that moved takes the frame as it is
 
-    def _align(self, mine: _Samples, theirs: _Samples, moving: np.ndarray, prior: np.ndarray) -> Tuple[float, float]:
-        """Scale and shift of this frame's depth onto the estimate (see the module docstring, 4)."""
+    def _align(
+        self, mine: Maps, theirs: Maps, moving: np.ndarray, prior: np.ndarray, person: Optional[np.ndarray]
+    ) -> Tuple[float, float]:
+        """Scale and shift of this frame's depth onto the estimate: the first fit docs/video.md lists
+        whose scale is positive and within MAX_SCALE_STEP of the previous frame's."""
         if not self.opts.align_depth:
             return 1.0, 0.0
         x, y = mine.depth, theirs.depth
-        if mine.foreground is not None and theirs.foreground is not None:
-            inside = (mine.foreground >= 0.5) & (theirs.foreground >= 0.5)
-            still = inside & (moving < 0.5)
-            if np.count_nonzero(still) >= MIN_ALIGN_PIXELS:
-                noise_ratio = float(prior[0][still].mean())  # the estimate's noise, in frames'
-                s, b = _fit(_sample(x[still]), _sample(y[still]), noise_ratio)  # type: ignore[index]
-                if self._plausible(s, b):
-                    return s, b
-            if np.count_nonzero(inside) >= MIN_ALIGN_PIXELS:  # moved: pixels no longer match, their spread does
-                s, b = _match_spread(_sample(x[inside]), _sample(y[inside]))  # type: ignore[index]
-                if self._plausible(s, b):
-                    return s, b
-        s, b = _match_spread(_sample(x.ravel()), _sample(y.ravel()))  # type: ignore[union-attr]
-        if self._plausible(s, b):
-            return s, b
+        assert x is not None and y is not None
+        fits: List[Callable[[], Tuple[float, float]]] = []
+        if person is not None:
+            still = person & (moving < 0.5)
+            if np.count_nonzero(still) >= MIN_ALIGN_PIXELS:  # noise ratio: the estimate's noise, in frames'
+                fits.append(lambda: _fit(_sample(x[still]), _sample(y[still]), float(prior[0][still].mean())))
+            if np.count_nonzero(person) >= MIN_ALIGN_PIXELS:  # moved: pixels no longer match, their spread does
+                fits.append(lambda: match_spread(_sample(x[person]), _sample(y[person])))
+        fits.append(lambda: match_spread(_sample(x.ravel()), _sample(y.ravel())))
+        for fit in fits:
+            s, b = fit()
+            if np.isfinite(b) and s > 0 and 1.0 / MAX_SCALE_STEP <= s / self.alignment[0] <= MAX_SCALE_STEP:
+                return s, b
         return self.alignment  # nothing fits: the previous frame's alignment
 
-    def _plausible(self, s: float, b: float) -> bool:
-        """A scale that is positive and within MAX_SCALE_STEP of the previous frame's."""
-        ratio = s / self.alignment[0]
-        return bool(np.isfinite(b) and s > 0 and 1.0 / MAX_SCALE_STEP <= ratio <= MAX_SCALE_STEP)
+    def _blend(self, frame: _Frame, warp: Optional[Warp], gain: np.ndarray, shown: Optional[np.ndarray]) -> Maps:
+        """estimate + gain * (frame - estimate) (new arrays), band by band; also `shown` (the depth in
+        the output's units) and `samples` (it at the grid's pixels, taken while in cache). InputError
+        for a map not finite."""
+
+        def estimate(index: int, rows: slice) -> np.ndarray:  # moved with the camera band by band, never whole
+            m, fill = self.maps[index], frame.maps[index]  # what came into view: the frame's
+            return m[rows] if warp is None else warp.band(m, fill, rows)  # type: ignore[index, arg-type]
+
+        out = self.maps.each(np.empty_like)
+        h, w = frame.size
+        depth, normal, foreground = frame.maps
+        s, b = (np.float32(v) for v in self.alignment)
+        limit = MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6)
+        broken: List[str] = []
+        for rows in _bands(h, w):
+            cells = slice(rows.start // GRID, -(-rows.stop // GRID))
+            if depth is not None:
+                before = estimate(0, rows)
+                r = out.depth[rows]  # type: ignore[index]
+                np.multiply(depth[rows], s, out=r)
+                r += b
+                r -= before
+                if not np.isfinite(r.sum()):
+                    broken.append("depth")
+                r *= _spread(gain[0], rows, w)
+                r += before
+                self.samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+                if shown is not None:
+                    np.multiply(r, np.float32(self.output_units[0]), out=shown[rows])
+                    shown[rows] += np.float32(self.output_units[1])
+            if foreground is not None:
+                before = estimate(2, rows)
+                r = out.foreground[rows]  # type: ignore[index]
+                np.subtract(foreground[rows], before, out=r)
+                if not np.isfinite(r.sum()):
+                    broken.append("foreground")
+                r *= _spread(gain[1], rows, w)
+                bound = _spread(limit, rows, w)
+                np.minimum(r, bound, out=r)
+                np.negative(bound, out=bound)
+                np.maximum(r, bound, out=r)
+                r += before
+                self.samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
+            if normal is not None:
+                gains = _spread(gain[0], rows, w, 3)
+                p = estimate(1, rows).reshape(gains.shape)
+                target = out.normal[rows].reshape(gains.shape)  # type: ignore[index]
+                np.subtract(normal[rows].reshape(gains.shape), p, out=target)
+                target *= gains
+                target += p
+                if not _normalise_rows(target, target):
+                    broken.append("normal")
+                self.samples.normal[cells] = out.normal[rows][::GRID, ::GRID]  # type: ignore[index]
+        if broken:
+            frame.check_finite(broken)
+        return out
 
 
-def _blend(
-    frame: _Frame,
-    estimate: _Estimate,
-    out: Maps,
-    alignment: Tuple[float, float],
-    gain: np.ndarray,
-    shown: Optional[np.ndarray],
-    units: Tuple[float, float],
-    samples: _Samples,
-) -> None:
-    """out = estimate + gain * (frame - estimate), band by band (`out`: new arrays); the
-    frame's depth aligned, the foreground's step limited (MASK_STEP), normals renormalised,
-    `shown` the depth in `units`, `samples` out's maps at the grid's pixels (taken
-    while the band is in cache). A frame's map that holds NaN or infinity (which makes its band's
-    sum so) raises InputError, naming it."""
-    h, w = frame.size
-    depth, normal, foreground = estimate.maps
-    s, b = (np.float32(v) for v in alignment)
-    k = _PixelGains(gain[0], w)
-    k3 = _PixelGains(gain[0], w, 3) if normal is not None else None
-    k_fg = _PixelGains(gain[1], w) if foreground is not None else None
-    limit = _PixelGains(MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6), w) if foreground is not None else None
-    broken: List[str] = []
-
-    def band(rows: slice) -> None:
-        cells = slice(rows.start // GRID, -(-rows.stop // GRID))
-        if depth is not None:
-            before = estimate.band(0, rows)
-            r = out[0][rows]  # type: ignore[index]
-            np.multiply(frame.depth[rows], s, out=r)  # type: ignore[index]
-            r += b
-            r -= before
-            if not np.isfinite(r.sum()):
-                broken.append("depth")
-            r *= k.band(rows)
-            r += before
-            samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-            if shown is not None:
-                np.multiply(r, np.float32(units[0]), out=shown[rows])
-                shown[rows] += np.float32(units[1])
-        if foreground is not None:
-            before = estimate.band(2, rows)
-            r = out[2][rows]  # type: ignore[index]
-            np.subtract(frame.foreground[rows], before, out=r)  # type: ignore[index, arg-type]
-            if not np.isfinite(r.sum()):
-                broken.append("foreground")
-            r *= k_fg.band(rows)  # type: ignore[union-attr]
-            bound = limit.band(rows)  # type: ignore[union-attr]
-            np.minimum(r, bound, out=r)
-            np.negative(bound, out=bound)
-            np.maximum(r, bound, out=r)
-            r += before
-            samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-        if normal is not None:
-            gains = k3.band(rows)  # type: ignore[union-attr]
-            p = estimate.band(1, rows).reshape(gains.shape)  # type: ignore[union-attr]
-            target = out[1][rows].reshape(gains.shape)  # type: ignore[index]
-            np.subtract(frame.normal[rows].reshape(gains.shape), p, out=target)  # type: ignore[index]
-            target *= gains
-            target += p
-            if not _normalise_rows(target, target):
-                broken.append("normal")
-            samples.normal[cells] = out[1][rows][::GRID, ::GRID]  # type: ignore[index]
-
-    for rows in _bands(h, w):
-        band(rows)
-    if broken:
-        frame.check_finite([name for name in _MAPS if name in broken])
-
-
-def _leaky(average: Tuple[float, float], units: Tuple[float, float]) -> Tuple[float, float]:
-    """One step of the leaky average of depth units (scale geometric, shift arithmetic)."""
-    w = UNITS_WEIGHT
-    return (average[0] ** (1.0 - w) * units[0] ** w, (1.0 - w) * average[1] + w * units[1])
-
-
-def _names(tasks: Tuple[bool, bool, bool]) -> str:
-    present = [name for name, has in zip(_MAPS, tasks) if has]
-    return ", ".join(present) if present else "none"
-
-
-class _Stream:
-    """Frames in, estimates out: shots begun at cuts and size changes."""
-
-    def __init__(self, opts: StabilizeOptions, weight: float) -> None:
-        self.opts, self.weight = opts, weight
-        self.shot: Optional[_Shot] = None
-
-    def push(self, frame: _Frame, shown: bool) -> _Step:
-        look = _Look.of(frame.image)
-        if self.shot is not None and frame.tasks != self.shot.tasks:
-            raise InputError(
-                f"stabilize: frame {frame.index} has maps {_names(frame.tasks)}, the frames before it "
-                f"{_names(self.shot.tasks)}; every frame of a clip needs the same maps"
-            )
-        if self.shot is None or self.shot.is_cut(frame, look):
-            frame.check_finite()  # taken as it is
-            self.shot = _Shot(frame, self.opts, look, self.weight)
-            return self.shot.first()
-        return self.shot.update(frame, look, shown)
-
-
-def _online(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
-    stream = _Stream(opts, opts.frame_weight)
+def _stabilized(pairs: Iterable[Tuple[Any, Any]], mode: str, opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
+    """Frames in, outputs out: shots begun at cuts and size changes; online each output as its frame
+    comes, offline each held until its lookahead is in."""
+    online = mode == "online"
+    shot: Optional[_Shot] = None
+    held: Deque[_Held] = collections.deque()
     for index, (tag, item) in enumerate(pairs):
         frame = _read(item, index)
-        step = stream.push(frame, shown=True)
-        yield tag, _rebuild(item, (step.shown, step.maps[1], step.maps[2]), frame.image)
+        look = _look(frame.image)
+        if shot is not None and frame.tasks != shot.tasks:
+            have, had = (", ".join(n for n, on in zip(_MAPS, t) if on) or "none" for t in (frame.tasks, shot.tasks))
+            raise InputError(
+                f"stabilize: frame {frame.index} has maps {have}, the frames before it {had}; every frame of a "
+                f"clip needs the same maps"
+            )
+        if (  # a cut: the first frame, another size, or the colours jump
+            shot is None
+            or frame.size != shot.size
+            or float(np.abs(look[1] - shot.histogram).sum()) > opts.cut_threshold
+        ):
+            frame.check_finite()  # taken as it is
+            shot = _Shot(frame, opts, look, opts.frame_weight if online else opts.offline_weight)
+            step = _Step(shot.maps, shot.gain, shot.age, True, False, shot.output_units, shot.maps.depth)
+        else:
+            step = shot.update(frame, look, shown=online)
+        if online:
+            yield tag, _rebuild(item, step.maps._replace(depth=step.shown), frame.image)
+            continue
+        held.append(_Held(tag, _light(item), frame.image, step))
+        if len(held) > opts.lookahead:
+            yield _smoothed(held, opts.lookahead)
+            held.popleft()
+    while held:
+        yield _smoothed(held, opts.lookahead)
+        held.popleft()
 
 
 # ------------------------------------------------------------------------------ offline
@@ -733,53 +600,34 @@ def _light(item: Any) -> Any:
     return {k: v for k, v in item.items() if k not in _MAPS and k != "image"}
 
 
-def _offline(pairs: Iterable[Tuple[Any, Any]], opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
-    stream = _Stream(opts, opts.offline_weight)
-    held: Deque[_Held] = collections.deque()
-    for index, (tag, item) in enumerate(pairs):
-        frame = _read(item, index)
-        held.append(_Held(tag, _light(item), frame.image, stream.push(frame, shown=False)))
-        if len(held) > opts.lookahead:
-            yield _smoothed(held, opts.lookahead)
-            held.popleft()
-    while held:
-        yield _smoothed(held, opts.lookahead)
-        held.popleft()
-
-
 def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
-    """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the
-    depth in the output's units. Each map is first taken whole from the source most cells take,
-    then the other sources' cells are copied over."""
-    last = 0  # the latest frame in the same shot with the camera still since the first
-    for j in range(1, min(lookahead, len(held) - 1) + 1):
-        if held[j].step.began or held[j].step.camera_moved:
-            break
-        last = j
+    """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the depth
+    in the output's units; each map taken whole from the most cells' source, the others' cells over it."""
+    ahead = min(lookahead, len(held) - 1)  # last: the latest frame in the shot with the camera still since the first
+    last = next((j - 1 for j in range(1, ahead + 1) if held[j].step.began or held[j].step.camera_moved), ahead)
     estimates = [held[j].step.maps for j in range(last + 1)]
     choices = [_choices(held, last, layer) if last else None for layer in (0, 1)]
     bases = [last if c is None else int(np.argmax(np.bincount(c.ravel()))) for c in choices]
     u0, u1 = (np.float32(v) for v in held[last].step.units)
-    first = held[0]
     out: List[Optional[np.ndarray]] = []
     for index in range(3):
-        source = estimates[bases[1 if index == 2 else 0]][index]
+        layer = index // 2  # depth and normals: the gains' layer 0, the foreground: 1
+        choice, base, source = choices[layer], bases[layer], estimates[bases[layer]][index]
         if source is None:
             out.append(None)
-        elif index == 0:  # whole arrays: a copy and a scale run at memory speed, no banding needed
-            depth = np.multiply(source, u0)
-            depth += u1
-            out.append(depth)
-        else:
-            out.append(source.copy())
-    for index, target in enumerate(out):
-        choice, base = choices[1 if index == 2 else 0], bases[1 if index == 2 else 0]
-        if target is None or choice is None:
             continue
-        for j in np.flatnonzero(np.bincount(choice.ravel(), minlength=last + 1)).tolist():
-            if j != base:
-                _patch(target, estimates[j][index], choice == j, (u0, u1) if index == 0 else None)
-    return first.tag, _rebuild(first.item, (out[0], out[1], out[2]), first.image)
+        if index == 0:  # whole arrays: a copy and a scale run at memory speed, no banding needed
+            target = np.multiply(source, u0)
+            target += u1
+        else:
+            target = source.copy()
+        if choice is not None:
+            for j in np.flatnonzero(np.bincount(choice.ravel(), minlength=last + 1)).tolist():
+                if j != base:
+                    _patch(target, estimates[j][index], choice == j, (u0, u1) if index == 0 else None)
+        out.append(target)
+    first = held[0]
+    return first.tag, _rebuild(first.item, Maps(*out), first.image)
 
 
 def _cells(a: np.ndarray) -> np.ndarray:
@@ -807,10 +655,8 @@ def _patch(out: np.ndarray, source: np.ndarray, cells: np.ndarray, units: Option
 
 
 def _choices(held: Deque[_Held], last: int, layer: int) -> np.ndarray:
-    """Per grid cell, which held frame j (0..last) gives the first one its estimate: the latest
-    whose estimate's mean age reaches back to within LEAD frames after the first (the age grows
-    by at most one a frame, so these come first), and never one from the frame where that cell
-    moved on."""
+    """Per grid cell, which held frame j (0..last) gives the first one its estimate: the latest whose
+    mean age reaches back to within LEAD frames after the first, never one after the cell moved."""
     choice = np.zeros(held[0].step.gain.shape[1:], np.uint8)
     for j in range(1, last + 1):
         np.copyto(choice, j, where=held[j].step.age[layer] >= j - LEAD)
