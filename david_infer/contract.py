@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ModelError
-from .jsonfile import read_json_object
+from .files import read_json_object
 from .manifest import FORMAT, FORMAT_VERSION, PREPROCESSING_DOC, manifest_path
 from .tasks import TASK_ORDER, TASKS, task_table
 

@@ -21,9 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from .checks import positive_int
 from .config import DEFAULT_RESOLUTION
-from .errors import InputError
+from .errors import InputError, positive_int
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
 from .refine import REFINE_MODES, RefineOptions, as_refine_options
 from .stages import STAGE_KINDS, PostOptions

@@ -42,8 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import __version__
 from .errors import ModelError
-from .files import sha256_file
-from .jsonfile import read_json_object, write_json
+from .files import read_json_object, sha256_file, write_json
 from .outputs.lock import OwnerLock
 from .progress import BYTES, Progress
 
