@@ -1,17 +1,6 @@
-"""Timing a `DavidRuntime`: warm-up, repeated runs, latency percentiles and the per-stage split.
-
-Used by `david-infer bench` and `benchmarks/performance.py`. One run is one batch of `batch`
-images through the runtime's three public stages, each timed on its own clock:
-
-- preprocess: `runtime.preprocess` of every image (validation, padding, resizing; the image is an
-  in-memory uint8 array, so file decoding is not included),
-- model: `runtime.infer` (the backend call),
-- postprocess: `runtime.postprocess` of every image (resize back, crop, normalise).
-
-Latency is the sum of the three per run; images/s = batch / median latency. Percentiles use
-numpy's linear interpolation, so p50 <= p90 <= p99 always holds. The process CPU time of each run
-is recorded too: on a machine shared with other jobs it is inflated far less than wall time.
-"""
+"""Timing a `DavidRuntime` (`david-infer bench`, benchmarks/performance.py; docs/cli.md): warm-up, then
+repeated batches through its three stages (preprocess of in-memory images, the model, postprocess),
+each on its own clock, with latency percentiles (numpy's linear: p50 <= p90 <= p99) and CPU time."""
 
 from __future__ import annotations
 
@@ -35,15 +24,8 @@ def synthetic_photo(height: int = 1280, width: int = 720, seed: int = 0) -> np.n
 def stats(seconds: Sequence[float]) -> Dict[str, float]:
     """median / p90 / p99 / mean / min / max of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "median_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "mean_ms": float(ms.mean()),
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-    }
+    names = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms")
+    return dict(zip(names, map(float, [*np.percentile(ms, [50, 90, 99]), ms.mean(), ms.min(), ms.max()])))
 
 
 def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
@@ -71,12 +53,14 @@ class Recorder:
         self.cpu: List[float] = []
 
     def add(self, split: Dict[str, float]) -> None:
+        """One run's seconds per stage and its CPU time."""
         for stage in STAGES:
             self.per_stage[stage].append(split[stage])
         self.totals.append(sum(split[s] for s in STAGES))
         self.cpu.append(split["cpu"])
 
     def summary(self) -> Dict[str, Any]:
+        """The runs' statistics."""
         latency = stats(self.totals)
         return {
             "batch": self.batch,
@@ -98,12 +82,9 @@ def time_runtime(
     warmup: int = 2,
     max_seconds: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Time `runs` batches of `batch` copies of `image` after `warmup` untimed ones.
-
-    `max_seconds` stops the timed runs early (after at least one) once that much time has passed,
-    so a slow point on a slow machine cannot run for ever; `runs_done` says how many ran.
-    Returns latency stats per batch (ms), per stage, CPU time, images/s and per-image latency.
-    """
+    """Time `runs` batches of `batch` copies of `image` after `warmup` untimed ones (stopping early,
+    after one at least, once `max_seconds` have passed; `runs_done` says how many ran): latency per
+    batch (ms), per stage, CPU time, images/s and per-image latency."""
     return time_interleaved({"_": runtime}, image, batch, runs, warmup, max_seconds)["_"]
 
 
@@ -115,9 +96,8 @@ def time_interleaved(
     warmup: int = 2,
     max_seconds: Optional[float] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """Like `time_runtime` for several runtimes at once, taking turns run by run, so that load from
-    other processes that comes and goes falls on all of them alike (fairer ratios on a shared
-    machine). Returns name -> record."""
+    """`time_runtime` for several runtimes (name -> record), taking turns run by run so that load
+    that comes and goes falls on all of them alike (fairer ratios on a shared machine)."""
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     images = [image] * batch
