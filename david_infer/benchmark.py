@@ -4,6 +4,8 @@ each on its own clock, with latency percentiles (numpy's linear: p50 <= p90 <= p
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -43,35 +45,19 @@ def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
     return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "cpu": time.process_time() - c0}
 
 
-class Recorder:
-    """Collects the splits of repeated runs of one batch size and summarises them."""
-
-    def __init__(self, batch: int, warmup: int) -> None:
-        self.batch, self.warmup = batch, warmup
-        self.per_stage: Dict[str, List[float]] = {s: [] for s in STAGES}
-        self.totals: List[float] = []
-        self.cpu: List[float] = []
-
-    def add(self, split: Dict[str, float]) -> None:
-        """One run's seconds per stage and its CPU time."""
-        for stage in STAGES:
-            self.per_stage[stage].append(split[stage])
-        self.totals.append(sum(split[s] for s in STAGES))
-        self.cpu.append(split["cpu"])
-
-    def summary(self) -> Dict[str, Any]:
-        """The runs' statistics."""
-        latency = stats(self.totals)
-        return {
-            "batch": self.batch,
-            "runs_done": len(self.totals),
-            "warmup": self.warmup,
-            "latency": latency,
-            "stages": {stage: stats(values) for stage, values in self.per_stage.items()},
-            "cpu": stats(self.cpu),  # process CPU seconds per batch: inflated less by other load
-            "images_per_s": self.batch / (latency["median_ms"] / 1e3),
-            "ms_per_image": latency["median_ms"] / self.batch,
-        }
+def _summary(splits: List[Dict[str, float]], batch: int, warmup: int) -> Dict[str, Any]:
+    """The statistics of the `run_once` splits of one runtime."""
+    latency = stats([sum(split[s] for s in STAGES) for split in splits])
+    return {
+        "batch": batch,
+        "runs_done": len(splits),
+        "warmup": warmup,
+        "latency": latency,
+        "stages": {stage: stats([split[stage] for split in splits]) for stage in STAGES},
+        "cpu": stats([split["cpu"] for split in splits]),  # process CPU seconds per batch: inflated less by load
+        "images_per_s": batch / (latency["median_ms"] / 1e3),
+        "ms_per_image": latency["median_ms"] / batch,
+    }
 
 
 def time_runtime(
@@ -104,33 +90,26 @@ def time_interleaved(
     for runtime in runtimes.values():
         for _ in range(warmup):
             run_once(runtime, images)
-    recorders = {name: Recorder(batch, warmup) for name in runtimes}
+    splits: Dict[str, List[Dict[str, float]]] = {name: [] for name in runtimes}
     start = time.perf_counter()
     for _ in range(runs):
         for name, runtime in runtimes.items():
-            recorders[name].add(run_once(runtime, images))
+            splits[name].append(run_once(runtime, images))
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    return {name: rec.summary() for name, rec in recorders.items()}
+    return {name: _summary(runs_of, batch, warmup) for name, runs_of in splits.items()}
 
 
 def machine() -> Dict[str, Any]:
     """The machine and library versions a measurement was taken on."""
-    import os
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             lines = f.read().splitlines()
         names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-        if names:
-            cpu = names[0]
-        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-        cpu_flags = [f for f in wanted if f in flags]
-        if cpu_flags:
-            cpu += f" ({', '.join(cpu_flags)})"
+        cpu_flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
+        cpu = (names[0] if names else cpu) + (f" ({', '.join(cpu_flags)})" if cpu_flags else "")
     except OSError:
         pass
     info: Dict[str, Any] = {

@@ -1,11 +1,6 @@
-"""Output videos shaped like a source clip, on PyAV.
-
-- `VideoWriter`: one output video with the source's frame timestamps (variable frame rate kept),
-  rate, display rotation, colour range/matrix tags and pixel aspect, written to a temporary file
-  the caller gives (and puts in place: `david_infer.outputs.sets.OutputSet.commit`); optionally
-  with the source's audio stream copied.
-- `NpyStackWriter`: an (N, H, W[, C]) .npy stack written frame by frame (N known at the end).
-"""
+"""Output videos shaped like a source clip, on PyAV: `VideoWriter` (the source's timestamps, rate,
+rotation, colour tags and pixel aspect, optionally its audio, into a temporary file the caller puts
+in place) and `NpyStackWriter` (an (N, H, W[, C]) .npy stack written frame by frame)."""
 
 from __future__ import annotations
 
@@ -45,15 +40,10 @@ ALPHA_ENCODING = Encoding("png", "rgba", (), "rgba")
 
 
 class VideoWriter:
-    """One output video shaped like a source clip (see the module docstring).
-
-    `write(image, frame)` takes an upright (display orientation) image of the clip's output size
-    and the source `Frame` it belongs to (for its timestamp); it is stored turned back to the
-    source's orientation with the source's display rotation, so players show both alike.
-    The file is written to `tmp`, an empty temporary file the caller made beside `path` (whose
-    suffix names the container); `close()` finishes it there, the caller puts it in place;
-    `abort()` removes it.
-    """
+    """One output video shaped like the source clip `info`, written to `tmp`, an empty temporary the
+    caller made beside `path` (whose suffix names the container): `write(image, frame)` per upright
+    image (stored turned back, with the source's display rotation), `close()` finishes the file,
+    `abort()` removes it."""
 
     def __init__(
         self,
@@ -63,7 +53,6 @@ class VideoWriter:
         size: Tuple[int, int],
         encoding: Encoding = Encoding(),
         audio: bool = False,
-        threads: int = 0,
     ) -> None:
         av = load_av()
         self.path, self.tmp, self.info = Path(path), Path(tmp), info
@@ -83,7 +72,7 @@ class VideoWriter:
             self.tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write {self.path}: {exc}") from None
         try:
-            self.stream = self._add_stream(threads)
+            self.stream = self._add_stream()
             if audio and info.audio_codec is not None:
                 self._audio = _AudioCopy(info, self.container)
         except BaseException:
@@ -91,7 +80,7 @@ class VideoWriter:
             raise
         self._closed = False
 
-    def _add_stream(self, threads: int) -> Any:
+    def _add_stream(self) -> Any:
         av = load_av()
         info, enc = self.info, self.encoding
         try:
@@ -102,7 +91,7 @@ class VideoWriter:
         stream.time_base = info.time_base
         ctx = stream.codec_context
         ctx.time_base = info.time_base
-        ctx.thread_count = threads
+        ctx.thread_count = 0  # FFmpeg's choice
         ctx.max_b_frames = 0  # decode order = display order: exact timestamps and duration with VFR
         ctx.options = dict(enc.options)
         if enc.pix_fmt.startswith("yuv"):

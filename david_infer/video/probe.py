@@ -1,8 +1,5 @@
-"""What a clip holds, checked before any model call (`probe` -> `VideoInfo`), and which files are video.
-
-A file with no video stream or a codec this FFmpeg cannot decode is an InputError naming the file.
-`av` (PyAV, `pip install "david-infer[video]"`) is imported when a function here is called.
-"""
+"""What a clip holds, checked before any model call (`probe` -> `VideoInfo`), and which files are video;
+a file without a video stream or with a codec this FFmpeg cannot decode is an InputError naming it."""
 
 from __future__ import annotations
 
@@ -16,26 +13,7 @@ from .._optional import require
 from ..errors import InputError
 
 #: file suffixes taken as video (lower case)
-VIDEO_SUFFIXES = frozenset(
-    {
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".mpg",
-        ".mpeg",
-        ".ts",
-        ".mts",
-        ".m2ts",
-        ".flv",
-        ".wmv",
-        ".3gp",
-        ".ogv",
-        ".y4m",
-    }
-)
+VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .y4m".split())
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -47,9 +25,6 @@ def is_video_path(path: PathLike) -> bool:
 def load_av() -> Any:
     """PyAV, or an InputError with the install hint."""
     return require("av", "video files")
-
-
-# ------------------------------------------------------------------------------ probing
 
 
 @dataclasses.dataclass(frozen=True)
