@@ -4,6 +4,7 @@ each on its own clock, with latency percentiles (numpy's linear: p50 <= p90 <= p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -103,15 +104,13 @@ def time_interleaved(
 def machine() -> Dict[str, Any]:
     """The machine and library versions a measurement was taken on."""
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             lines = f.read().splitlines()
         names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
         cpu_flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
         cpu = (names[0] if names else cpu) + (f" ({', '.join(cpu_flags)})" if cpu_flags else "")
-    except OSError:
-        pass
     info: Dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),

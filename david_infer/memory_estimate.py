@@ -10,6 +10,7 @@ docs/reliability.md (Memory).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -71,15 +72,12 @@ def available_memory() -> Optional[Tuple[int, str]]:
 def _read_fields(path: str) -> Dict[str, int]:
     """'Name:   123 kB' lines of a /proc file as bytes by name; empty where it cannot be read."""
     fields: Dict[str, int] = {}
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                parts = value.split()
-                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-                    fields[name] = int(parts[0]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="ascii", errors="replace") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                fields[name] = int(parts[0]) * 1024
     return fields
 
 

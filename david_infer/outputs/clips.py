@@ -8,13 +8,13 @@ range of the whole clip is known; "running" draws each frame with the range of t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
-import queue
-import threading
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -329,42 +329,24 @@ class ClipOutputs:
 
 
 class _Background:
-    """Runs `work(*item)` in one thread behind a bounded queue, so rendering and encoding overlap the
-    model call; the first error is raised by the next `put` or by `close`."""
+    """Runs `work(*item)` in one thread, at most `depth` items ahead, so rendering and encoding overlap
+    the model call; the first error is raised by the next `put` or by `close`."""
 
-    _DONE = object()
-
-    def __init__(self, work: Any, depth: int) -> None:
-        self._work, self._cancelled = work, False
-        self._error: Optional[BaseException] = None
-        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
-        self._thread = threading.Thread(target=self._run, name="david-video-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if self._error is None and not self._cancelled:
-                try:
-                    self._work(*item)
-                except BaseException as exc:  # handed to the caller's thread
-                    self._error = exc
+    def __init__(self, work: Callable[..., None], depth: int) -> None:
+        self._work, self._depth = work, max(1, depth)
+        self._pending: Deque[Future] = collections.deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="david-video-writer")
 
     def put(self, *item: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()  # raises the work's error
+        self._pending.append(self._pool.submit(self._work, *item))
 
     def close(self, cancel: bool = False) -> None:
-        """Wait for the queued work (skipped when `cancel`), then raise its error if any."""
-        self._cancelled = self._cancelled or cancel
-        if self._thread.is_alive():
-            self._queue.put(self._DONE)
-            self._thread.join()
-        if self._error is not None and not cancel:
-            raise self._error
+        """Wait for the queued work (dropped when `cancel`), then raise its error if any."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        while self._pending and not cancel:
+            self._pending.popleft().result()
 
 
 def write_clip(

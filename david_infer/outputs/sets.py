@@ -219,10 +219,8 @@ class Source:
         and its SHA-256 when the file is still as it was read (else None: the next run redoes it)."""
         digest = None
         if self.stamp is not None and FileStamp.of(self.path) == self.stamp:
-            try:
+            with contextlib.suppress(OSError):
                 digest = sha256_file(self.path)
-            except OSError:
-                pass
             if FileStamp.of(self.path) != self.stamp:  # changed while being read
                 digest = None
         return {

@@ -8,8 +8,9 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from .._optional import require
 from ..errors import InputError
-from .probe import PathLike, VideoInfo, load_av, probe
+from .probe import PathLike, VideoInfo, probe
 
 
 class VideoDecodeError(InputError):
@@ -86,7 +87,7 @@ class FrameReader(Iterable[Frame]):
         self.decoded = 0  # frames decoded from the source, selected or not
 
     def __iter__(self) -> Iterator[Frame]:
-        av = load_av()
+        av = require("av", "video files")
         info = self.info
         out_h, out_w = info.output_size(self.max_side)
         scaled = (out_h, out_w) != (info.height, info.width)
@@ -139,7 +140,7 @@ class FrameReader(Iterable[Frame]):
         )
 
     def _decoded(self, container: Any, stream: Any) -> Iterator[Any]:
-        av = load_av()
+        av = require("av", "video files")
         packets = container.demux(stream)
         while True:
             try:

@@ -11,9 +11,10 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .._optional import require
 from ..errors import InputError
 from .decode import Frame
-from .probe import VideoInfo, load_av
+from .probe import VideoInfo
 
 #: muxer of each output suffix (outputs are written to temporaries whose names FFmpeg cannot read)
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -54,7 +55,7 @@ class VideoWriter:
         encoding: Encoding = Encoding(),
         audio: bool = False,
     ) -> None:
-        av = load_av()
+        av = require("av", "video files")
         self.path, self.tmp, self.info = Path(path), Path(tmp), info
         self.height, self.width = size  # as stored
         self.encoding = encoding.for_size(*size)
@@ -81,7 +82,7 @@ class VideoWriter:
         self._closed = False
 
     def _add_stream(self) -> Any:
-        av = load_av()
+        av = require("av", "video files")
         info, enc = self.info, self.encoding
         try:
             stream = self.container.add_stream(enc.codec, rate=info.rate or Fraction(25))
@@ -105,7 +106,7 @@ class VideoWriter:
 
     def write(self, image: np.ndarray, frame: Frame) -> None:
         """Encode one upright image for the source frame `frame`."""
-        av = load_av()
+        av = require("av", "video files")
         info = self.info
         stored = np.rot90(image, -info.quarter_turns) if info.quarter_turns else image
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format=self.encoding.input_format)
@@ -163,7 +164,7 @@ class _AudioCopy:
     the video by time."""
 
     def __init__(self, info: VideoInfo, container: Any) -> None:
-        av = load_av()
+        av = require("av", "video files")
         self._input = av.open(str(info.path))
         source = self._input.streams.audio[0]
         self._stream = container.add_stream_from_template(source)

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 from .._optional import require
 from ..errors import InputError
@@ -20,11 +20,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 def is_video_path(path: PathLike) -> bool:
     """True for a file name with a video suffix (`VIDEO_SUFFIXES`)."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def load_av() -> Any:
-    """PyAV, or an InputError with the install hint."""
-    return require("av", "video files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +63,7 @@ class VideoInfo:
 def probe(path: PathLike) -> VideoInfo:
     """Open a clip, check it has a decodable video stream and read its properties (decodes the
     first frame for the display rotation). InputError naming the file otherwise."""
-    av = load_av()
+    av = require("av", "video files")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such video file")
