@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -158,19 +158,10 @@ def point_cloud(
     return (np.concatenate([p for p, _ in bands]), np.concatenate([c for _, c in bands]))
 
 
-def stream_point_cloud(
-    path: Union[str, Path],
-    image: np.ndarray,
-    depth: np.ndarray,
-    foreground: Optional[np.ndarray] = None,
-    fov_deg: float = 60.0,
-    depth_range: Tuple[float, float] = (1.0, 2.0),
-    mask_threshold: float = 0.5,
-    invert: bool = False,
-) -> int:
-    """Write `point_cloud(...)` as binary PLY to `path` (a temporary the caller renames) band by band,
-    so memory stays a few megabytes above the inputs whatever the image size; returns the count."""
-    cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
+def stream_point_cloud(path: Union[str, Path], *args: Any, **kwargs: Any) -> int:
+    """Write `point_cloud(*args, **kwargs)` as binary PLY to `path` (a temporary the caller renames)
+    band by band, so memory stays a few megabytes above the inputs at any image size; returns the count."""
+    cloud = _Cloud(*args, **kwargs)
     with open(path, "wb") as f:
         f.write(_ply_header(cloud.count, colors=True))
         for points, colors in cloud.bands():
@@ -189,11 +180,11 @@ class _Cloud:
         self,
         image: np.ndarray,
         depth: np.ndarray,
-        foreground: Optional[np.ndarray],
-        fov_deg: float,
-        depth_range: Tuple[float, float],
-        mask_threshold: float,
-        invert: bool,
+        foreground: Optional[np.ndarray] = None,
+        fov_deg: float = 60.0,
+        depth_range: Tuple[float, float] = (1.0, 2.0),
+        mask_threshold: float = 0.5,
+        invert: bool = False,
     ) -> None:
         self.img = as_image(image)
         self.h, self.w = self.img.shape[:2]

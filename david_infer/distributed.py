@@ -220,23 +220,13 @@ def predict_dataset(
     options: Optional[DatasetOptions] = None,
     **keywords: Any,
 ) -> DistributedSummary:
-    """Predict every input on a Ray cluster and write the files `david-infer predict` writes.
-
-    Arguments:
-        inputs: image files, folders, globs (a str/path or a list of them; listed and named on the
-            driver as `predict` does), or a `ray.data.Dataset` with a `path` column and `bytes` (as
-            from `ray.data.read_binary_files(..., include_paths=True)`) or `image` (pixels), its
-            inputs named by `outputs.sets.output_name(path)`.
-        model: the model file or folder (at the same path on every node), a released model's name,
-            or a `RuntimeOptions` (sent to each actor as it is).
-        output: the output folder (shared by every node); created if needed.
-        options: a DatasetOptions.
-        keywords: fields of DatasetOptions, JobOptions or RuntimeOptions by name, replacing those of
-            `options` and `model`; other names are backend options.
-
-    Returns a DistributedSummary. Options, inputs, the output folder and the model (opened once on
-    the driver, on the CPU when its backend can) are checked before any work starts.
-    """
+    """Predict every input on a Ray cluster into `output` (shared by every node) as `david-infer
+    predict` does; returns a DistributedSummary. `inputs`: files, folders, globs (listed and named on
+    the driver), or a `ray.data.Dataset` with a `path` column and `bytes` or `image` (named by
+    `output_name(path)`); `model`: a model path (the same on every node), a released model's name,
+    or a `RuntimeOptions`; `keywords`: fields of DatasetOptions, JobOptions or RuntimeOptions, else
+    backend options. Options, inputs, the folder and the model (opened once on the driver, on the
+    CPU when its backend can) are checked before any work starts."""
     from .outputs.images import IMAGE_KINDS
     from .outputs.sets import Source
     from .video import is_video_path

@@ -16,19 +16,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import DavidError, InputError
 from .files import make_temp_path
+from .outputs import sets
 from .outputs.clips import VIDEO_KINDS
 from .outputs.images import FORMATS, IMAGE_KINDS
 from .outputs.lock import OwnerLock
-from .outputs.sets import (
-    RECORD_SUFFIX,
-    TEMP_SUFFIX,
-    KindTable,
-    SetState,
-    WriteOptions,
-    check_ply_options,
-    output_name,
-    remove_all_temporaries,
-)
+from .outputs.sets import KindTable, SetState, WriteOptions, check_ply_options, output_name, remove_all_temporaries
 from .video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
@@ -38,7 +30,7 @@ VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS
 #: the endings of every file a run writes: a file in the output folder ending so is an output
 OUTPUT_ENDINGS = tuple(
     sorted({suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values() for suffix in kind.suffixes})
-    + [RECORD_SUFFIX]
+    + [sets.RECORD_SUFFIX]
 )
 #: for a kind that only clips have, the image kind that writes the same for an image
 IMAGE_EQUIVALENT = {"cutout": "foreground:cutout", "depth-npz": "depth:npy"}
@@ -297,7 +289,7 @@ def probe_output_folder(outdir: Path) -> None:
     if not existing.is_dir():
         raise InputError(f"cannot use {outdir} as the output folder: {existing} exists and is not a folder")
     try:
-        make_temp_path(existing / "write-probe", TEMP_SUFFIX).unlink()
+        make_temp_path(existing / "write-probe", sets.TEMP_SUFFIX).unlink()
     except OSError as exc:
         where = "" if existing == Path(os.path.abspath(outdir)) else f" (its nearest existing parent {existing})"
         raise InputError(f"cannot write in the output folder {outdir}{where}: {exc.strerror or exc}") from None

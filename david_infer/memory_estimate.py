@@ -118,6 +118,7 @@ class MemoryGuard:
 
     @property
     def bytes_per_pixel(self) -> int:
+        """c of this model's variant."""
         return BYTES_PER_MODEL_PIXEL[variant_for(self.variant, self.weights)]
 
     def need(self, resolution: Optional[int], batch: Optional[int] = None, loaded: bool = False) -> int:
@@ -153,29 +154,14 @@ class MemoryGuard:
     def _check(
         self, resolution: Optional[int], loaded: bool, image: Optional[Tuple[str, Tuple[int, int]]] = None
     ) -> None:
-        if not self.enabled:
-            return
-        found = available_memory()
-        if found is None:
-            return
-        budget, source = found
+        found = available_memory() if self.enabled else None
         needed = self.need(resolution, loaded=loaded)
-        if needed <= budget:
+        if found is None or needed <= found[0]:
             return
-        raise OutOfMemoryError(self._refusal(resolution, needed, budget, source, loaded, image), needed, budget)
-
-    def _refusal(
-        self,
-        resolution: Optional[int],
-        needed: int,
-        budget: int,
-        source: str,
-        loaded: bool,
-        image: Optional[Tuple[str, Tuple[int, int]]],
-    ) -> str:
-        available = f"{gigabytes(budget)} is available ({source})"
+        budget, available = found[0], f"{gigabytes(found[0])} is available ({found[1]})"
         if resolution is None:
-            return f"{self.model}: loading it needs about {gigabytes(needed)} but {available}"
+            message = f"{self.model}: loading it needs about {gigabytes(needed)} but {available}"
+            raise OutOfMemoryError(message, needed, budget)
         activations = f"activations {gigabytes(self.need(resolution, loaded=True))}, growing with resolution^2 x batch"
         parts = activations if loaded else f"the model {gigabytes(self.weights)} + {activations}"
         setting = f"{self.model} at resolution {resolution}, batch {self.batch}"
@@ -186,15 +172,13 @@ class MemoryGuard:
                 f"batch {self.batch}, which"
             )
         largest = self.largest_resolution(int(budget * OFFER_SHARE), loaded)
-        fits = (
-            f"the largest resolution that fits is {largest} (--resolution {largest})"
-            if largest
-            else f"no resolution fits at batch {self.batch}"
-        )
+        fits = f"the largest resolution that fits is {largest} (--resolution {largest})"
+        fits = fits if largest else f"no resolution fits at batch {self.batch}"
         batch = self.largest_batch(resolution, int(budget * OFFER_SHARE), loaded)
         if self.batch > 1 and batch:
             fits += f", or batch {batch} at resolution {resolution} (--batch-size {batch})"
-        return f"{setting} needs about {gigabytes(needed)} ({parts}) but {available}: {fits}"
+        message = f"{setting} needs about {gigabytes(needed)} ({parts}) but {available}: {fits}"
+        raise OutOfMemoryError(message, needed, budget)
 
 
 #: what each backend's failed allocation says: ONNX Runtime's arena, torch's CPU and CUDA allocators

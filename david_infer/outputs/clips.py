@@ -22,19 +22,10 @@ from .._optional import require
 from ..apps import cutout
 from ..errors import InputError
 from ..tasks import TASKS
-from ..video import (
-    ALPHA_ENCODING,
-    STABILIZE_CHOICES,
-    DepthRange,
-    Encoding,
-    Frame,
-    FrameReader,
-    NpyStackWriter,
-    VideoWriter,
-    VisLayout,
-    predict_frames,
-    to_gray8,
-)
+from ..video.decode import Frame, FrameReader
+from ..video.encode import ALPHA_ENCODING, Encoding, NpyStackWriter, VideoWriter
+from ..video.predict import STABILIZE_CHOICES, predict_frames
+from ..video.render import DepthRange, VisLayout, to_gray8
 from ..video.stability import stabilize_pairs
 from ..visualize import normals_to_rgb
 from .sets import KindTable, Source, WriteOptions
