@@ -292,14 +292,8 @@ def _graph_section(where: str, section: Any) -> GraphSection:
     resolution, order = section.get("resolution"), section.get("channel_order")
     pipeline = _GRAPH_PIPELINES.get(str(section.get("pipeline")))
     max_side = section.get("max_side")
-    if (
-        isinstance(resolution, bool)
-        or not isinstance(resolution, int)
-        or resolution < 1
-        or pipeline is None
-        or order not in ("rgb", "bgr")
-        or not (max_side is None or (isinstance(max_side, int) and max_side > 0))
-    ):
+    side_ok = max_side is None or _count(max_side)
+    if not (_count(resolution) and pipeline is not None and order in ("rgb", "bgr") and side_ok):
         raise ModelError(
             f"{where}: the manifest's prepost section needs an integer resolution, pipeline "
             f"'antialias' or 'official', channel_order 'rgb' or 'bgr' (and max_side an integer); got "
@@ -308,6 +302,11 @@ def _graph_section(where: str, section: Any) -> GraphSection:
         )
     interpolation = "official" if pipeline == "official" else "bicubic"
     return GraphSection(resolution, pipeline, interpolation, order, max_side)
+
+
+def _count(value: Any) -> bool:
+    """Whether `value` is a positive int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _text(where: str, data: Mapping[str, Any], key: str, default: str) -> str:
@@ -324,15 +323,9 @@ def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[T
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             raise ModelError(f'{where}: manifest {key}[{i}] needs a string "name", got {item!r}')
-        shape = item.get("shape")
-        if (
-            not isinstance(shape, Sequence)
-            or isinstance(shape, (str, bytes))
-            or not all(
-                d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
-                for d in shape
-            )
-        ):
+        shape: Any = item.get("shape")
+        is_list = isinstance(shape, Sequence) and not isinstance(shape, (str, bytes))
+        if not is_list or not all(d is None or isinstance(d, str) or _count(d) for d in shape):
             raise ModelError(
                 f"{where}: manifest {key}[{i}] ({item['name']!r}) has shape {shape!r}; expected a "
                 "list of positive sizes or dimension names"
@@ -344,7 +337,7 @@ def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[T
 
 def _positive(where: str, pre: Mapping[str, Any], key: str, default: int) -> int:
     value = pre.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if value is not None and not _count(value):
         raise ModelError(f"{where}: manifest preprocessing {key!r} must be a positive integer, got {value!r}")
     return default if value is None else value
 

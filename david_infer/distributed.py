@@ -123,19 +123,15 @@ class _Job:
     sources: Optional[Mapping[str, Any]] = None  # absolute input path -> outputs.sets.Source, stamped when planned
 
 
-class _Input(os.PathLike):
-    """An input file and its contents as read by Ray, named by its path (as `imap` names path-likes)."""
+class _Input(str):
+    """An input's path (`imap` names it so), with its contents as read by Ray in `data`."""
 
-    __slots__ = ("path", "data")
+    data: Any
 
-    def __init__(self, path: str, data: Any) -> None:
-        self.path, self.data = path, data
-
-    def __fspath__(self) -> str:
-        return self.path
-
-    def __str__(self) -> str:
-        return self.path
+    def __new__(cls, path: str, data: Any) -> "_Input":
+        item = super().__new__(cls, path)
+        item.data = data
+        return item
 
 
 def _load(item: _Input) -> Any:
@@ -143,7 +139,7 @@ def _load(item: _Input) -> Any:
     or its path."""
     if isinstance(item.data, np.ndarray) and item.data.dtype != object:
         return item.data
-    return load_input(Path(item.path), None if item.data is None else bytes(item.data))
+    return load_input(Path(item), None if item.data is None else bytes(item.data))
 
 
 class DavidPredictor:
@@ -186,22 +182,17 @@ class DavidPredictor:
         status.update((path, ("skipped", "")) for path in given.values() if path not in todo and path not in status)
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
         planned = job.sources or {}  # else stamped now, before the read; None: no local file (S3)
-        sources = {
-            i.path: planned.get(i.path) or (Source.before_read(i.path) if os.path.isfile(i.path) else None)
-            for i in inputs
-        }
+        sources = {i: planned.get(i) or (Source.before_read(i) if os.path.isfile(i) else None) for i in inputs}
         outcomes = self.runtime.imap(inputs, load=_load)
         try:
             for item, outcome in outcomes:
                 error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
                 if error is None:
                     try:
-                        write_outputs(
-                            outcome, self.output, names[item.path], job.kinds, job.write, source=sources[item.path]
-                        )
+                        write_outputs(outcome, self.output, names[item], job.kinds, job.write, source=sources[item])
                     except Exception as exc:  # one input's write failing must not stop the batch
                         error = exc
-                status[item.path] = ("written", "") if error is None else ("failed", describe(error, item.path))
+                status[item] = ("written", "") if error is None else ("failed", describe(error, item))
         finally:
             outcomes.close()
         rows = [(p, *status[p]) for p in paths]
