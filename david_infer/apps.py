@@ -5,6 +5,7 @@ applied as it is, with an EmptyMaskWarning saying what the output then is."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -161,7 +162,9 @@ def point_cloud(
 def stream_point_cloud(path: Union[str, Path], *args: Any, **kwargs: Any) -> int:
     """Write `point_cloud(*args, **kwargs)` as binary PLY to `path` (a temporary the caller renames)
     band by band, so memory stays a few megabytes above the inputs at any image size; returns the count."""
-    cloud = _Cloud(*args, **kwargs)
+    bound = inspect.signature(point_cloud).bind(*args, **kwargs)
+    bound.apply_defaults()
+    cloud = _Cloud(*bound.args)
     with open(path, "wb") as f:
         f.write(_ply_header(cloud.count, colors=True))
         for points, colors in cloud.bands():
@@ -180,11 +183,11 @@ class _Cloud:
         self,
         image: np.ndarray,
         depth: np.ndarray,
-        foreground: Optional[np.ndarray] = None,
-        fov_deg: float = 60.0,
-        depth_range: Tuple[float, float] = (1.0, 2.0),
-        mask_threshold: float = 0.5,
-        invert: bool = False,
+        foreground: Optional[np.ndarray],
+        fov_deg: float,
+        depth_range: Tuple[float, float],
+        mask_threshold: float,
+        invert: bool,
     ) -> None:
         self.img = as_image(image)
         self.h, self.w = self.img.shape[:2]

@@ -20,21 +20,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from . import jobs
 from ._optional import quiet_logger, require
 from .errors import InputError
-from .jobs import (
-    JobOptions,
-    Tally,
-    claim_output_folder,
-    describe,
-    gather_inputs,
-    load_input,
-    make_output_folder,
-    output_folder_lock,
-    parse_save,
-    plan,
-    probe_output_folder,
-)
+from .jobs import JobOptions, Tally, describe, plan
 from .options import RuntimeOptions, positive_int, resolved_model
 from .progress import Progress
 
@@ -139,7 +128,7 @@ def _load(item: _Input) -> Any:
     or its path."""
     if isinstance(item.data, np.ndarray) and item.data.dtype != object:
         return item.data
-    return load_input(Path(item), None if item.data is None else bytes(item.data))
+    return jobs.load_input(Path(item), None if item.data is None else bytes(item.data))
 
 
 class DavidPredictor:
@@ -163,7 +152,7 @@ class DavidPredictor:
         paths = [str(p) for p in batch["path"]]
         data = batch.get("bytes", batch.get("image"))
         status: Dict[str, Tuple[str, str]] = {}
-        jobs: List[Tuple[Path, str]] = []
+        named: List[Tuple[Path, str]] = []
         names: Dict[str, str] = {}
         given: Dict[str, str] = {}  # str(Path(path)) (what plan reports) -> the path as in the batch
         for path in paths:
@@ -174,10 +163,10 @@ class DavidPredictor:
             if recorded >= job.started and image_set.is_complete(job.write, source=local):
                 status[path] = ("written", "")
             else:
-                jobs.append((Path(path), names[path]))
+                named.append((Path(path), names[path]))
                 given[str(Path(path))] = path
         tally = Tally()
-        todo = {given[str(path)] for path, _ in plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
+        todo = {given[str(path)] for path, _ in plan(named, self.output, job.kinds, job.write, job.overwrite, tally)}
         status.update((given[path], ("failed", reason)) for path, reason in tally.failures)
         status.update((path, ("skipped", "")) for path in given.values() if path not in todo and path not in status)
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
@@ -232,43 +221,43 @@ def predict_dataset(
     summary = DistributedSummary(outdir)
 
     is_dataset = _is_dataset(inputs)
-    jobs: List[Tuple[Path, str]] = []
+    named: List[Tuple[Path, str]] = []
     if not is_dataset:
         specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        jobs, found = gather_inputs(
+        named, found = jobs.gather_inputs(
             [os.fspath(s) for s in specs], job.recursive, outdir, options.warn or (lambda text: None)
         )
         summary.warnings, summary.dangling, summary.duplicates = found.warnings, found.dangling, found.duplicates
         summary.failed.extend(found.problems)
         # clips are decoded frame by frame with PyAV on one machine (david-infer predict without --ray)
         why = "video files are predicted locally (david-infer predict without --ray); this run takes images only"
-        summary.failed.extend((str(path), why) for path, _ in jobs if is_video_path(path))
-        jobs = [j for j in jobs if not is_video_path(j[0])]
-        if not jobs:
+        summary.failed.extend((str(path), why) for path, _ in named if is_video_path(path))
+        named = [j for j in named if not is_video_path(j[0])]
+        if not named:
             return summary
-    probe_output_folder(outdir)
+    jobs.probe_output_folder(outdir)
 
     gpus = options.gpus_per_worker
     if gpus is None:
         gpus = 1 if str(runtime.device).startswith("cuda") else 0
     runtime = _worker_runtime_options(runtime, options.cpus_per_worker)
     with _driver_runtime(runtime) as driver:
-        kinds = tuple(parse_save(job.save, driver.tasks))
+        kinds = tuple(jobs.parse_save(job.save, driver.tasks))
         write = job.write_options(driver)
-    make_output_folder(outdir)
-    lock = output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
+    jobs.make_output_folder(outdir)
+    lock = jobs.output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
     try:
-        claim_output_folder(lock, outdir, jobs)
+        jobs.claim_output_folder(lock, outdir, named)
         names: Optional[Dict[str, str]] = None  # absolute path -> output name
         sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
         shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
         if not is_dataset:
             tally = Tally(warn=options.warn)
-            todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
+            todo = plan(named, outdir, kinds, write, job.overwrite, tally)
             summary.failed.extend(tally.failures)
             summary.redone.extend(tally.redone)
             left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
-            summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
+            summary.skipped.extend(str(path) for path, _ in named if str(path) not in left)
             names = {os.path.abspath(path): name for path, name in todo}
             sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
             shown = {os.path.abspath(path): str(path) for path, _ in todo}

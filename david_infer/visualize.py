@@ -5,6 +5,7 @@ RGB, the mask tinted over the photo, and `panel`, a labelled side-by-side pictur
 from __future__ import annotations
 
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -252,34 +253,25 @@ def draw_regions(tile: np.ndarray, regions: Sequence[Any], scale: float = 1.0) -
     return np.asarray(picture)
 
 
-class _Reduced:
-    """A prediction's maps box-averaged by an integer factor (what `panel` draws when capped)."""
-
-    def __init__(self, prediction: Any, factor: int) -> None:
-        self.image = box_reduce(as_image(prediction.image, "prediction.image"), factor)
-        for name in ("depth", "normal", "foreground"):
-            value = getattr(prediction, name, None)
-            setattr(self, name, None if value is None else box_reduce(np.asarray(value), factor))
-        self.depth_inverse = getattr(prediction, "depth_inverse", True)
-
-
 def _fit_panel(prediction: Any, max_side: int, labels: bool) -> Any:
-    """`prediction`, or its maps reduced so that the panel's longer side is at most `max_side`."""
+    """`prediction`, or its maps box-averaged by the smallest integer factor that makes the panel's
+    longer side at most `max_side`."""
     if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64:
         raise InputError(f"max_side must be None or an integer >= 64, got {max_side!r}")
     image = getattr(prediction, "image", None)
     if image is None:
         return prediction  # panel_tiles says what is missing
     h, w = np.shape(image)[:2]
-    count = 1 + sum(getattr(prediction, n, None) is not None for n in ("depth", "normal"))
-    count += getattr(prediction, "foreground", None) is not None
+    count = 1 + sum(getattr(prediction, n, None) is not None for n in ("depth", "normal", "foreground"))
     factor = 1
-    while True:
-        th, tw = -(-h // factor), -(-w // factor)
-        if max(count * tw, th + (label_height(tw) if labels else 0)) <= max_side:
-            break
+    while max(count * -(-w // factor), -(-h // factor) + (label_height(-(-w // factor)) if labels else 0)) > max_side:
         factor += 1
-    return prediction if factor == 1 else _Reduced(prediction, factor)
+    if factor == 1:
+        return prediction
+    maps = {n: getattr(prediction, n, None) for n in ("depth", "normal", "foreground")}
+    reduced = {n: None if v is None else box_reduce(np.asarray(v), factor) for n, v in maps.items()}
+    image = box_reduce(as_image(image, "prediction.image"), factor)
+    return SimpleNamespace(image=image, depth_inverse=getattr(prediction, "depth_inverse", True), **reduced)
 
 
 def box_reduce(array: np.ndarray, factor: int) -> np.ndarray:

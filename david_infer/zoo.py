@@ -1,8 +1,6 @@
 """The released DAViD models (github.com/microsoft/DAViD, MIT licence): names, the cache folder and a
-resumable, size-checked, locked download (docs/runtime.md#released-models-the-zoo). Own transfer code, not
-pooch: pooch 1.9.0 asks for the whole file again after a cut (measured on test_zoo.py's server, a
-3 MB file cut at 2 MB: pooch asked for 3 MB, `fetch` for the last 1 MB) and locks nothing between
-processes; huggingface_hub resumes and locks, but only for files on the Hugging Face Hub."""
+resumable, size-checked, locked download (docs/runtime.md#released-models-the-zoo).
+Own downloader: pooch 1.9.0 restarts a cut transfer (a 3 MB file cut at 2 MB: it asked 3 MB, `fetch` 1 MB)."""
 
 from __future__ import annotations
 
