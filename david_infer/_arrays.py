@@ -1,8 +1,5 @@
-"""Checks that turn the arrays users pass to apps/visualize into one layout, or raise InputError.
-
-Layouts accepted: images (H, W, 3) uint8 RGB (float in [0, 1] is scaled); single-channel maps
-(H, W), (H, W, 1) or (1, H, W); normals (H, W, 3) or (3, H, W).
-"""
+"""The arrays users pass to apps and visualize, checked into one layout (else InputError), and the
+band-by-band helpers that keep per-pixel work on big images free of full-size temporaries."""
 
 from __future__ import annotations
 
@@ -13,9 +10,8 @@ import numpy as np
 
 from .errors import EmptyMaskWarning, InputError
 
-#: The one rule for "no person found", in the apps, the CLI's files, the picture of a prediction and
-#: the page (web/src/maps.js): a soft mask keeps no pixel when every value is below half a grey level,
-#: so applying it changes no pixel of an 8-bit picture.
+#: The one rule for "no person found" (apps, files, pictures, the page's web/src/maps.js): every value of
+#: the soft mask below half a grey level, so applying it changes no pixel of an 8-bit picture.
 EMPTY_MASK_LEVEL = 0.5 / 255.0
 
 
@@ -79,8 +75,7 @@ def _check_size(got: Tuple[int, ...], want: Optional[Tuple[int, int]], name: str
 
 
 def mask_peak(mask: np.ndarray) -> float:
-    """The largest value of a soft mask (float in [0, 1], or uint8 / 255; NaN counts as 0), band by
-    band: no full-size temporaries."""
+    """The largest value of a soft mask (float in [0, 1], or uint8 / 255; NaN counts as 0), by bands."""
     raw = np.asarray(mask)
     flat = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
     peak = max(float(np.nanmax(flat[rows], initial=0.0)) for rows in row_bands(flat.shape[0], flat.shape[1]))
@@ -93,8 +88,7 @@ def mask_is_empty(mask: np.ndarray) -> bool:
 
 
 def warn_if_empty(mask: np.ndarray, outcome: str, stacklevel: int = 3) -> bool:
-    """EmptyMaskWarning (and True) when `mask` keeps no pixel (`mask_is_empty`); `outcome` says
-    what the output is then."""
+    """EmptyMaskWarning (and True) when `mask` keeps no pixel; `outcome` says what the output is then."""
     if not mask_is_empty(mask):
         return False
     message = f"the foreground mask keeps no pixel (no person found), so {outcome}"
@@ -120,8 +114,7 @@ def row_bands(height: int, width: int, band_pixels: int = BAND_PIXELS) -> Iterat
 
 
 def fill_by_rows(out: np.ndarray, make: Callable[[slice], np.ndarray]) -> np.ndarray:
-    """`out[rows] = make(rows)` band by band: the result of a per-pixel computation without
-    full-size temporaries (only `out` is image-sized)."""
+    """`out[rows] = make(rows)` band by band (only `out` is image-sized)."""
     for rows in row_bands(out.shape[0], out.shape[1]):
         out[rows] = make(rows)
     return out

@@ -1,9 +1,13 @@
-"""Imports of optional heavy dependencies with an install hint instead of a bare ImportError."""
+"""Optional heavy dependencies: imported with an install hint instead of a bare ImportError, and their
+loggers quieted for the span of one call."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 from types import ModuleType
+from typing import Iterator
 
 from .errors import BackendUnavailable
 
@@ -26,9 +30,8 @@ _EXTRA_FOR = {
 }
 
 
-#: The one way to the export stage, in every message and page that gives it (torch's install hint,
-#: the zoo's offline hint, README.md, docs/install.md): PyTorch first, so that pip keeps it (the
-#: project's machines and CI have torch==2.13.0 as a local CPU wheel), then the `export` extra.
+#: The one way to the export stage in every message and page (README.md, docs/install.md): PyTorch
+#: first, so that pip keeps it (CI has torch==2.13.0 as a local CPU wheel), then the `export` extra.
 EXPORT_INSTALL = 'pip install torch==2.13.0 && pip install "david-infer[export]"'
 #: what the pages and messages add for a machine without that wheel
 TORCH_ELSEWHERE = (
@@ -39,11 +42,10 @@ TORCH_ELSEWHERE = (
 
 def install_hint(module: str) -> str:
     """The pip command that installs an optional module (torch: EXPORT_INSTALL, with TORCH_ELSEWHERE)."""
-    extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
-    command = f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
     if module.split(".")[0] == "torch":
         return f"{EXPORT_INSTALL} ({TORCH_ELSEWHERE})"
-    return command
+    extra = _EXTRA_FOR.get(module.split(".")[0], _EXTRA_FOR.get(module, ""))
+    return f'pip install "david-infer[{extra}]"' if extra else "pip install david-infer"
 
 
 def require(module: str, purpose: str = "") -> ModuleType:
@@ -55,3 +57,15 @@ def require(module: str, purpose: str = "") -> ModuleType:
         raise BackendUnavailable(
             f"{module} is not installed{why}: {exc}. Install it with: {install_hint(module)}"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise logger `name` to `level` inside the block (a library's chatter: torch.onnx, Ray Data)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

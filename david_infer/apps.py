@@ -1,35 +1,15 @@
-"""The paper's three uses of DAViD's outputs (supplementary B.5), in numpy (+ Pillow for resizing).
-
-- `relight`: Lambertian shading from the predicted normals with an ambient term.
-- `replace_background` / `cutout`: alpha compositing with the soft foreground mask.
-- `point_cloud` + `write_ply`: a 2.5D point cloud from relative depth, a chosen depth range and a
-  pinhole camera, written as binary PLY (plyfile, trimesh, Open3D, MeshLab read it).
-
-Camera convention, one for the whole package (normals and points): **x right, y up, z toward the
-camera** (the OpenGL camera frame). A surface facing the camera has the normal (0, 0, 1); the
-camera sits at the origin looking down -z, so points in front of it have negative z. Viewers that
-default to the same frame (MeshLab, Open3D, Blender's camera view) show the cloud upright and
-from the photo's side. `visualize.normals_to_rgb` maps x, y, z to red, green, blue: a camera-facing
-surface is light blue, surfaces turned right are pinker, surfaces turned up are greener.
-That DAViD's released models emit normals in exactly this frame is an assumption to check on a
-real photo (flip a component of `normal` here if they do not).
-
-Images are (H, W, 3) uint8 RGB; maps (H, W) (or (H, W, 1) / (1, H, W)); normals (H, W, 3).
-
-A foreground mask is applied as predicted, also when it keeps no pixel (no person found; one rule
-for the package and the page: every value below half a grey level, `_arrays.mask_is_empty`): the
-re-lit photo is then the photo unchanged, the new background is the background alone, the cut-out
-is fully transparent, the point cloud has no points. Each of those is still written, with an
-`EmptyMaskWarning` saying so, so a folder of photos is never stopped by one without a person and
-never gets a plausible but wrong output (such as the uncut cloud or the whole photo re-lit) instead.
-"""
+"""The paper's three uses of DAViD's outputs (supplementary B.5) in numpy + Pillow: relighting,
+background replacement and cut-outs, a 2.5D point cloud as binary PLY (docs/applications.md). One
+camera frame for the package: x right, y up, z toward the camera. A mask that keeps no pixel is
+applied as it is, with an EmptyMaskWarning saying what the output then is."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,17 +38,10 @@ Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]
 LOWER_THRESHOLD_KEEPS = "a mask threshold at or below it keeps pixels"
 
 
-# --------------------------------------------------------------------------------------------
-# Relighting
-
-
 def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2) -> np.ndarray:
-    """Lambertian shading (H, W) float32: `ambient + (1 - ambient) * max(0, n . l)`.
-
-    `normal` is renormalised per pixel (zero vectors get only the ambient term); `light_dir`
-    points from the surface toward the light, in the camera frame (x right, y up, z toward the
-    camera), and is normalised.
-    """
+    """Lambertian shading (H, W) float32: `ambient + (1 - ambient) * max(0, n . l)`, `normal`
+    renormalised per pixel (zero vectors: ambient only), `light_dir` (toward the light, camera
+    frame) normalised."""
     if not 0.0 <= ambient <= 1.0:
         raise InputError(f"ambient must be in [0, 1], got {ambient}")
     light = np.asarray(light_dir, dtype=np.float64).reshape(-1)
@@ -90,11 +63,8 @@ def relight(
     ambient: float = 0.2,
     foreground: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """The image re-lit from `light_dir`: each pixel times its Lambertian `shading`.
-
-    With a `foreground` mask only the person is re-lit; the background keeps its pixels (blended
-    by the soft mask). Returns (H, W, 3) uint8.
-    """
+    """The image re-lit from `light_dir`, (H, W, 3) uint8: each pixel times its Lambertian `shading`;
+    with a `foreground` mask only the person (the background blended back by the soft mask)."""
     img = as_image(image)
     shade = shading(as_normals(normal, img.shape[:2]), light_dir, ambient)
     lit = img.astype(np.float32) * shade[..., None]
@@ -104,23 +74,15 @@ def relight(
     return to_uint8(lit) if alpha is None else blend(lit, img, alpha)
 
 
-# --------------------------------------------------------------------------------------------
-# Background replacement
-
-
 def replace_background(
     image: np.ndarray,
     foreground: np.ndarray,
     background: Background,
     blur_radius: float = 15.0,
 ) -> np.ndarray:
-    """Composite the person over a new background: `alpha * image + (1 - alpha) * background`.
-
-    `background` is an RGB colour (r, g, b) in 0..255, an image (any size; scaled to cover the
-    frame and centre-cropped, keeping its aspect ratio) or "blur" (the photo itself through a
-    Gaussian blur of `blur_radius` pixels). `foreground` is the soft mask (float in [0, 1] or
-    uint8). Returns (H, W, 3) uint8.
-    """
+    """The person over a new background, (H, W, 3) uint8: `alpha * image + (1 - alpha) * background`,
+    alpha the soft mask `foreground`. `background`: an (r, g, b) colour in 0..255, an image (scaled
+    to cover the frame, centre-cropped) or "blur" (the photo through a Gaussian of `blur_radius`)."""
     img = as_image(image)
     alpha = as_alpha(foreground, img.shape[:2])
     bg = _background(background, img, blur_radius)
@@ -176,10 +138,6 @@ def _cover(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(resized.crop((left, top, left + w, top + h)))
 
 
-# --------------------------------------------------------------------------------------------
-# Point cloud
-
-
 def point_cloud(
     image: np.ndarray,
     depth: np.ndarray,
@@ -191,36 +149,22 @@ def point_cloud(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """A coloured 2.5D point cloud from relative depth: (points (N, 3) float32, colors (N, 3) uint8).
 
-    DAViD's depth is relative (smaller = nearer). The kept pixels' depth is min-max normalised
-    into `depth_range` = (near, far), the distance along the optical axis in arbitrary units
-    (metres if you like): the nearest pixel lands at `near`, the farthest at `far`. `invert=True`
-    is for inverse depth (larger = nearer, e.g. after the official runtime's `is_inverse`).
-
-    Pixels kept: finite depth and, with a `foreground` mask, mask >= `mask_threshold`.
-    Back-projection through a pinhole camera with horizontal field of view `fov_deg`, principal
-    point at the image centre, square pixels: focal f = (W / 2) / tan(fov / 2) in pixels; pixel
-    (row, col) has its centre at u = col + 0.5, v = row + 0.5 and, at distance d,
-    x = (u - W/2) d / f, y = -(v - H/2) d / f, z = -d (x right, y up, z toward the camera).
+    The kept pixels (finite depth; with a `foreground` mask, mask >= `mask_threshold`) have their
+    depth (smaller = nearer; `invert=True` for larger = nearer) min-max normalised into
+    `depth_range` = (near, far) and are back-projected through a pinhole camera of horizontal field
+    of view `fov_deg` (docs/applications.md gives the formulas).
     """
     cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
     bands = list(cloud.bands()) or [(np.empty((0, 3), np.float32), np.empty((0, 3), np.uint8))]
     return (np.concatenate([p for p, _ in bands]), np.concatenate([c for _, c in bands]))
 
 
-def stream_point_cloud(
-    path: Union[str, Path],
-    image: np.ndarray,
-    depth: np.ndarray,
-    foreground: Optional[np.ndarray] = None,
-    fov_deg: float = 60.0,
-    depth_range: Tuple[float, float] = (1.0, 2.0),
-    mask_threshold: float = 0.5,
-    invert: bool = False,
-) -> int:
-    """Write `point_cloud(...)` as binary PLY (like `write_ply`) band of rows by band, so memory
-    stays a few megabytes above the inputs whatever the image size; returns the point count.
-    Writes `path` directly (not atomic: for a temporary file the caller renames)."""
-    cloud = _Cloud(image, depth, foreground, fov_deg, depth_range, mask_threshold, invert)
+def stream_point_cloud(path: Union[str, Path], *args: Any, **kwargs: Any) -> int:
+    """Write `point_cloud(*args, **kwargs)` as binary PLY to `path` (a temporary the caller renames)
+    band by band, so memory stays a few megabytes above the inputs at any image size; returns the count."""
+    bound = inspect.signature(point_cloud).bind(*args, **kwargs)
+    bound.apply_defaults()
+    cloud = _Cloud(*bound.args)
     with open(path, "wb") as f:
         f.write(_ply_header(cloud.count, colors=True))
         for points, colors in cloud.bands():

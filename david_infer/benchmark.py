@@ -1,20 +1,12 @@
-"""Timing a `DavidRuntime`: warm-up, repeated runs, latency percentiles and the per-stage split.
-
-Used by `david-infer bench` and `benchmarks/performance.py`. One run is one batch of `batch`
-images through the runtime's three public stages, each timed on its own clock:
-
-- preprocess: `runtime.preprocess` of every image (validation, padding, resizing; the image is an
-  in-memory uint8 array, so file decoding is not included),
-- model: `runtime.infer` (the backend call),
-- postprocess: `runtime.postprocess` of every image (resize back, crop, normalise).
-
-Latency is the sum of the three per run; images/s = batch / median latency. Percentiles use
-numpy's linear interpolation, so p50 <= p90 <= p99 always holds. The process CPU time of each run
-is recorded too: on a machine shared with other jobs it is inflated far less than wall time.
-"""
+"""Timing a `DavidRuntime` (`david-infer bench`, benchmarks/performance.py; docs/cli.md): warm-up, then
+repeated batches through its three stages (preprocess of in-memory images, the model, postprocess),
+each on its own clock, with latency percentiles (numpy's linear: p50 <= p90 <= p99) and CPU time."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -35,15 +27,8 @@ def synthetic_photo(height: int = 1280, width: int = 720, seed: int = 0) -> np.n
 def stats(seconds: Sequence[float]) -> Dict[str, float]:
     """median / p90 / p99 / mean / min / max of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "median_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "mean_ms": float(ms.mean()),
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-    }
+    names = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms")
+    return dict(zip(names, map(float, [*np.percentile(ms, [50, 90, 99]), ms.mean(), ms.min(), ms.max()])))
 
 
 def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
@@ -61,33 +46,19 @@ def run_once(runtime: Any, images: Sequence[np.ndarray]) -> Dict[str, float]:
     return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "cpu": time.process_time() - c0}
 
 
-class Recorder:
-    """Collects the splits of repeated runs of one batch size and summarises them."""
-
-    def __init__(self, batch: int, warmup: int) -> None:
-        self.batch, self.warmup = batch, warmup
-        self.per_stage: Dict[str, List[float]] = {s: [] for s in STAGES}
-        self.totals: List[float] = []
-        self.cpu: List[float] = []
-
-    def add(self, split: Dict[str, float]) -> None:
-        for stage in STAGES:
-            self.per_stage[stage].append(split[stage])
-        self.totals.append(sum(split[s] for s in STAGES))
-        self.cpu.append(split["cpu"])
-
-    def summary(self) -> Dict[str, Any]:
-        latency = stats(self.totals)
-        return {
-            "batch": self.batch,
-            "runs_done": len(self.totals),
-            "warmup": self.warmup,
-            "latency": latency,
-            "stages": {stage: stats(values) for stage, values in self.per_stage.items()},
-            "cpu": stats(self.cpu),  # process CPU seconds per batch: inflated less by other load
-            "images_per_s": self.batch / (latency["median_ms"] / 1e3),
-            "ms_per_image": latency["median_ms"] / self.batch,
-        }
+def _summary(splits: List[Dict[str, float]], batch: int, warmup: int) -> Dict[str, Any]:
+    """The statistics of the `run_once` splits of one runtime."""
+    latency = stats([sum(split[s] for s in STAGES) for split in splits])
+    return {
+        "batch": batch,
+        "runs_done": len(splits),
+        "warmup": warmup,
+        "latency": latency,
+        "stages": {stage: stats([split[stage] for split in splits]) for stage in STAGES},
+        "cpu": stats([split["cpu"] for split in splits]),  # process CPU seconds per batch: inflated less by load
+        "images_per_s": batch / (latency["median_ms"] / 1e3),
+        "ms_per_image": latency["median_ms"] / batch,
+    }
 
 
 def time_runtime(
@@ -98,12 +69,9 @@ def time_runtime(
     warmup: int = 2,
     max_seconds: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Time `runs` batches of `batch` copies of `image` after `warmup` untimed ones.
-
-    `max_seconds` stops the timed runs early (after at least one) once that much time has passed,
-    so a slow point on a slow machine cannot run for ever; `runs_done` says how many ran.
-    Returns latency stats per batch (ms), per stage, CPU time, images/s and per-image latency.
-    """
+    """Time `runs` batches of `batch` copies of `image` after `warmup` untimed ones (stopping early,
+    after one at least, once `max_seconds` have passed; `runs_done` says how many ran): latency per
+    batch (ms), per stage, CPU time, images/s and per-image latency."""
     return time_interleaved({"_": runtime}, image, batch, runs, warmup, max_seconds)["_"]
 
 
@@ -115,44 +83,34 @@ def time_interleaved(
     warmup: int = 2,
     max_seconds: Optional[float] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """Like `time_runtime` for several runtimes at once, taking turns run by run, so that load from
-    other processes that comes and goes falls on all of them alike (fairer ratios on a shared
-    machine). Returns name -> record."""
+    """`time_runtime` for several runtimes (name -> record), taking turns run by run so that load
+    that comes and goes falls on all of them alike (fairer ratios on a shared machine)."""
     if batch < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"batch and runs must be >= 1 and warmup >= 0, got {batch}, {runs}, {warmup}")
     images = [image] * batch
     for runtime in runtimes.values():
         for _ in range(warmup):
             run_once(runtime, images)
-    recorders = {name: Recorder(batch, warmup) for name in runtimes}
+    splits: Dict[str, List[Dict[str, float]]] = {name: [] for name in runtimes}
     start = time.perf_counter()
     for _ in range(runs):
         for name, runtime in runtimes.items():
-            recorders[name].add(run_once(runtime, images))
+            splits[name].append(run_once(runtime, images))
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    return {name: rec.summary() for name, rec in recorders.items()}
+    return {name: _summary(runs_of, batch, warmup) for name, runs_of in splits.items()}
 
 
 def machine() -> Dict[str, Any]:
     """The machine and library versions a measurement was taken on."""
-    import os
-    import platform
-
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             lines = f.read().splitlines()
         names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-        if names:
-            cpu = names[0]
-        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-        cpu_flags = [f for f in wanted if f in flags]
-        if cpu_flags:
-            cpu += f" ({', '.join(cpu_flags)})"
-    except OSError:
-        pass
+        cpu_flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
+        cpu = (names[0] if names else cpu) + (f" ({', '.join(cpu_flags)})" if cpu_flags else "")
     info: Dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),

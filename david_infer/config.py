@@ -1,14 +1,10 @@
-"""Variant and task registry for the DAViD architecture (torch-free).
-
-Variants are small registered configs that list only what differs from the
-defaults (the timm way). This module imports nothing heavy, so the CLI and the
-runtime can offer choices from the registry without importing torch.
-"""
+"""The DAViD variants (torch-free): small registered configs listing only what differs from the
+defaults (the timm way), so the CLI and the runtime offer choices without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
 
 # ImageNet statistics in RGB order; the model flips BGR input to RGB first.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +50,7 @@ class DavidConfig:
 
     @property
     def grid(self) -> int:
+        """ViT patches per side."""
         return self.vit_size // self.patch_size
 
 
@@ -73,32 +70,14 @@ def base() -> DavidConfig:
 
 @register_variant
 def large() -> DavidConfig:
-    return replace(
-        DavidConfig(),
-        name="large",
-        embed_dim=1024,
-        depth=24,
-        num_heads=16,
-        hooks=(4, 11, 17, 23),
-        features=256,
-    )
+    return DavidConfig(name="large", embed_dim=1024, depth=24, num_heads=16, hooks=(4, 11, 17, 23), features=256)
 
 
 @register_variant
 def tiny() -> DavidConfig:
     """A few-hundred-thousand-parameter variant for tests; same topology."""
-    return replace(
-        DavidConfig(),
-        name="tiny",
-        embed_dim=48,
-        depth=4,
-        num_heads=2,
-        hooks=(0, 1, 2, 3),
-        reassemble_dims=(16, 24, 32, 48),
-        features=32,
-        resizer_dims=(8, 12, 16, 24),
-        head_hidden=8,
-    )
+    small: Dict[str, Any] = dict(embed_dim=48, depth=4, num_heads=2, hooks=(0, 1, 2, 3), features=32, head_hidden=8)
+    return DavidConfig(name="tiny", reassemble_dims=(16, 24, 32, 48), resizer_dims=(8, 12, 16, 24), **small)
 
 
 def variants() -> Tuple[str, ...]:

@@ -1,17 +1,7 @@
-"""The typed model contract: what the runtime and every backend know about one model file.
-
-A manifest (ours, `david_infer.manifest`) or a released file's shapes are parsed and validated
-**once** into a frozen `ModelContract`; from then on nothing reads the JSON by string keys. The
-contract is the one reader of manifests (`read_manifest`, for tools that rewrite them, validates
-through it too); `manifest.py` below it is the file format alone and does not import it.
-Plain frozen dataclasses are enough here: the schema is small, and a validation library would be a
-dependency of the light runtime for a dozen fields.
-
-Released Microsoft files carry no manifest: `ModelContract.recognise` builds the contract from the
-graph's inputs and outputs (one input 1x3x512x512; outputs depth (1,512,512), normal
-(1,3,512,512), foreground (1,1,512,512); three outputs = multi-task, in the order depth, normal,
-foreground).
-"""
+"""The typed model contract: what the runtime and every backend know about one model file, parsed
+and validated once from its manifest (`david_infer.manifest`) or, for a released file without one,
+from the graph's shapes (`ModelContract.recognise`); nothing reads the JSON by key after that.
+Plain frozen dataclasses: a validation library would weigh on the light runtime for a dozen fields."""
 
 from __future__ import annotations
 
@@ -22,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ModelError
-from .jsonfile import read_json_object
+from .files import read_json_object
 from .manifest import FORMAT, FORMAT_VERSION, PREPROCESSING_DOC, manifest_path
 from .tasks import TASK_ORDER, TASKS, task_table
 
@@ -44,8 +34,7 @@ _RELEASED_EXPECTATION = (
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input or output: name, shape (symbolic dims as strings or None), dtype, and the
-    task an output carries."""
+    """One graph input or output: name, shape (symbolic dims as strings or None), dtype, its task."""
 
     name: str
     shape: Tuple[Optional[Dim], ...]
@@ -53,10 +42,9 @@ class TensorSpec:
     task: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.task is not None:
-            out["task"] = self.task
-        return out
+        """The tensor as a manifest entry."""
+        task = {} if self.task is None else {"task": self.task}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, **task}
 
 
 @dataclass(frozen=True)
@@ -89,9 +77,9 @@ class Weights:
 
 @dataclass(frozen=True)
 class GraphSection:
-    """What a pre/post graph (layout "prepost") does inside: the resolution its network runs at, its
-    pipeline (david_infer.resample), how it resizes back ("bicubic" or "official"), the channel
-    order of the photo it takes, and the largest photo side it resamples (None: any)."""
+    """What a pre/post graph (layout "prepost") does inside: its network's resolution, its pipeline
+    (david_infer.resample), its resize back ("bicubic" or "official"), the photo's channel order,
+    the largest photo side it resamples (None: any)."""
 
     resolution: int
     pipeline: str
@@ -102,8 +90,8 @@ class GraphSection:
 
 @dataclass(frozen=True)
 class ModelContract:
-    """The contract of one model file, validated. Build it with `load`, `from_dict` or
-    `recognise`; `as_dict()` gives the manifest JSON back."""
+    """The contract of one model file, validated: built by `load`, `from_dict` or `recognise`;
+    `as_dict()` gives the manifest JSON back."""
 
     path: Path
     format_version: int
@@ -126,14 +114,14 @@ class ModelContract:
     #: "tensorrt" block, read by that backend alone)
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    # ---------------------------------------------------------------------------- derived facts
-
     @property
     def image_input(self) -> str:
+        """The image input's name."""
         return self.inputs[0].name
 
     @property
     def vit_input(self) -> Optional[str]:
+        """The ViT copy's input name (None for a one-input file)."""
         return self.inputs[1].name if len(self.inputs) > 1 else None
 
     @property
@@ -149,19 +137,20 @@ class ModelContract:
 
     @property
     def fixed_batch(self) -> Optional[int]:
+        """The batch of a fixed-batch input, None for a dynamic one."""
         b = self.inputs[0].shape[0]
         return b if isinstance(b, int) else None
 
     @property
     def built_resolution(self) -> Optional[int]:
-        """The one resolution the file runs at: a fixed-size input's side, or a pre/post graph's;
-        None for a dynamic network."""
+        """The one resolution the file runs at (a fixed-size input's side, a pre/post graph's); None
+        for a dynamic network."""
         return self.graph.resolution if self.graph is not None else self.fixed_resolution
 
     @property
     def built_pipeline(self) -> Optional[str]:
-        """The pipeline the file needs: a pre/post graph's own, "official" for a fixed-size
-        (released) file; None for a dynamic network, which runs either."""
+        """The pipeline the file needs (a pre/post graph's own, "official" for a fixed-size file); None
+        for a dynamic network, which runs either."""
         if self.graph is not None:
             return self.graph.pipeline
         return "official" if self.vit_input is None else None
@@ -174,8 +163,6 @@ class ModelContract:
     def as_dict(self) -> Dict[str, Any]:
         """The manifest JSON of this contract."""
         return json.loads(json.dumps(dict(self.document)))
-
-    # -------------------------------------------------------------------------------- builders
 
     @classmethod
     def load(cls, model_path: Union[str, Path]) -> "ModelContract":
@@ -199,8 +186,8 @@ class ModelContract:
 
     def check_graph(self, io: GraphIO) -> None:
         """ModelError unless the loaded graph has the inputs and outputs this contract names, with 3
-        image channels and each task's channel count wherever the graph states a number. Run when
-        the model is loaded, so a manifest paired with the wrong file fails at once."""
+        image channels and each task's channel count wherever it states a number (so a manifest
+        paired with the wrong file fails when the model is loaded)."""
         inputs = {t.name: t.shape for t in io.inputs}
         outputs = {t.name: t.shape for t in io.outputs}
         wanted_in = [n for n in (self.image_input, self.vit_input) if n]
@@ -232,15 +219,11 @@ class ModelContract:
 
 
 def read_manifest(path: Union[str, Path]) -> Dict[str, Any]:
-    """A manifest file as a dict, validated by `ModelContract` (for tools that rewrite manifests;
-    the runtime works on the contract itself)."""
+    """A manifest file as a dict, validated by `ModelContract` (for tools that rewrite manifests)."""
     path = Path(path)
     data = read_json_object(path, "JSON manifest", expect_object=False)
     ModelContract.from_dict(path.with_suffix(".onnx") if path.suffix == ".json" else path, data)
     return data
-
-
-# ------------------------------------------------------------------------------------ parsing
 
 
 def _parse(path: Path, data: Any, released: bool) -> ModelContract:
@@ -309,14 +292,8 @@ def _graph_section(where: str, section: Any) -> GraphSection:
     resolution, order = section.get("resolution"), section.get("channel_order")
     pipeline = _GRAPH_PIPELINES.get(str(section.get("pipeline")))
     max_side = section.get("max_side")
-    if (
-        isinstance(resolution, bool)
-        or not isinstance(resolution, int)
-        or resolution < 1
-        or pipeline is None
-        or order not in ("rgb", "bgr")
-        or not (max_side is None or (isinstance(max_side, int) and max_side > 0))
-    ):
+    side_ok = max_side is None or _count(max_side)
+    if not (_count(resolution) and pipeline is not None and order in ("rgb", "bgr") and side_ok):
         raise ModelError(
             f"{where}: the manifest's prepost section needs an integer resolution, pipeline "
             f"'antialias' or 'official', channel_order 'rgb' or 'bgr' (and max_side an integer); got "
@@ -327,13 +304,16 @@ def _graph_section(where: str, section: Any) -> GraphSection:
     return GraphSection(resolution, pipeline, interpolation, order, max_side)
 
 
+def _count(value: Any) -> bool:
+    """Whether `value` is a positive int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _text(where: str, data: Mapping[str, Any], key: str, default: str) -> str:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
         raise ModelError(f"{where}: manifest {key!r} must be a string, got {value!r}")
-    return value
+    return default if value is None else value
 
 
 def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[TensorSpec, ...]:
@@ -343,15 +323,9 @@ def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[T
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             raise ModelError(f'{where}: manifest {key}[{i}] needs a string "name", got {item!r}')
-        shape = item.get("shape")
-        if (
-            not isinstance(shape, Sequence)
-            or isinstance(shape, (str, bytes))
-            or not all(
-                d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
-                for d in shape
-            )
-        ):
+        shape: Any = item.get("shape")
+        is_list = isinstance(shape, Sequence) and not isinstance(shape, (str, bytes))
+        if not is_list or not all(d is None or isinstance(d, str) or _count(d) for d in shape):
             raise ModelError(
                 f"{where}: manifest {key}[{i}] ({item['name']!r}) has shape {shape!r}; expected a "
                 "list of positive sizes or dimension names"
@@ -363,11 +337,9 @@ def _tensors(where: str, items: Any, key: str, outputs: bool = False) -> Tuple[T
 
 def _positive(where: str, pre: Mapping[str, Any], key: str, default: int) -> int:
     value = pre.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if value is not None and not _count(value):
         raise ModelError(f"{where}: manifest preprocessing {key!r} must be a positive integer, got {value!r}")
-    return value
+    return default if value is None else value
 
 
 def _weights(where: str, block: Any) -> Weights:
@@ -383,9 +355,6 @@ def _weights(where: str, block: Any) -> Weights:
         block.get("sha256"),
         str(block.get("description", "")),
     )
-
-
-# -------------------------------------------------------------------------- released files
 
 
 def _task_from_shape(path: Path, name: str, shape: Tuple[Any, ...]) -> str:

@@ -1,28 +1,8 @@
-"""Batch prediction on a Ray cluster (Ray Data), writing what `david-infer predict` writes.
+"""Batch prediction on a Ray cluster (Ray Data), writing what `david-infer predict` writes; the inputs
+are planned on the driver by `david_infer.jobs`, Ray's restarts and retries handle dead workers, and
+Ray is imported only when `predict_dataset` runs. See docs/scale-out.md.
 
-    from david_infer.distributed import DatasetOptions, predict_dataset
     summary = predict_dataset("photos/", "model.onnx", "out/", DatasetOptions(workers=4))
-    print(summary.written, summary.skipped, summary.failed)
-
-How the model runs is a `david_infer.options.RuntimeOptions` (given as `model`), what is written
-and how the run is spread a `DatasetOptions`; each field may also be given as a keyword
-(`predict_dataset(..., workers=4, resolution=384)`). The inputs are listed, named and planned on
-the driver by `david_infer.jobs`, as `david-infer predict` does, read by Ray
-(`ray.data.read_binary_files`), and `map_batches` runs `DavidPredictor` in a pool of actors (one
-`DavidRuntime` per actor, so the model is loaded once per actor). Each actor writes its inputs'
-sets into the output folder with `david_infer.outputs` (the names, files, all-or-none writes and
-completion records of `david-infer predict`), so a rerun, local or on Ray, skips what is complete.
-
-Faults are handled by Ray, configured here rather than written by hand: an actor whose process
-dies is restarted (`max_restarts`) and the task it was running is resubmitted (`max_task_retries`);
-inputs of that task completed before the death are found complete and not written again, the
-unfinished one is redone and its stale temporaries removed. A task that still fails after its
-retries drops only its inputs, which are listed as failed; a bad image fails only itself.
-
-Paths (inputs, model, output) must be visible at the same path on every node (a shared file
-system); inputs on other storage (S3, GCS, HDFS) can be given as a `ray.data.Dataset`.
-Importing this module does not import Ray; calling `predict_dataset` without Ray installed raises
-BackendUnavailable with the install command (`pip install "david-infer[ray]"`).
 """
 
 from __future__ import annotations
@@ -36,26 +16,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ._logging import quiet_logger
-from ._optional import require
+from . import jobs
+from ._optional import quiet_logger, require
 from .errors import InputError
-from .jobs import (
-    JobOptions,
-    Tally,
-    claim_output_folder,
-    describe,
-    gather_inputs,
-    load_input,
-    make_output_folder,
-    output_folder_lock,
-    parse_save,
-    plan,
-    probe_output_folder,
-)
+from .jobs import JobOptions, Tally, describe, plan
 from .options import RuntimeOptions, positive_int, resolved_model
 from .progress import Progress
 
@@ -65,14 +33,15 @@ RESULT_COLUMNS = ("path", "status", "reason")
 
 @dataclass
 class DistributedSummary:
-    """What a `predict_dataset` run did, input by input (inputs named as they were given)."""
+    """What a `predict_dataset` run did, input by input (inputs named as they were given): written,
+    skipped (complete before this run), redone and failed (input, why), and the input warnings."""
 
     output: Path
     written: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)  # complete before this run
-    redone: List[Tuple[str, str]] = field(default_factory=list)  # (input, why): changed since its set was written
-    failed: List[Tuple[str, str]] = field(default_factory=list)  # (input, reason)
-    warnings: List[str] = field(default_factory=list)  # dangling links, second names of a file
+    skipped: List[str] = field(default_factory=list)
+    redone: List[Tuple[str, str]] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
     dangling: int = 0
     duplicates: int = 0
 
@@ -86,23 +55,15 @@ class DistributedSummary:
 class DatasetOptions:
     """How `predict_dataset` runs, beside the model's RuntimeOptions.
 
-    job: what is written and how the output folder's contents are treated (save, overwrite,
-        recursive, fov, near, far: as the `predict` command's options).
-    workers: number of actors (default: the cluster's CPUs / cpus_per_worker, or its GPUs /
-        gpus_per_worker on a GPU device; never more than there are tasks).
-    cpus_per_worker: CPUs reserved per actor; also the model's thread count per actor
-        (`threads` and, for ONNX Runtime, `intra_op_threads`) unless the RuntimeOptions give one.
-    gpus_per_worker: GPUs per actor (default 1 when the device is a GPU, else 0).
-    task_size: at most this many inputs per Ray task: the unit an actor is given, and redone
-        if its process dies.
-    max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker
-        process dies (per actor and per task).
-    address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); None connects to the
-        cluster `ray start` made on this machine or starts a local one. Ignored when Ray is
-        already initialised in this process.
-    progress: show a progress bar (as `david-infer predict` does).
-    warn: called with each warning (dangling links, second names of a file); they are also in
-        the summary.
+    job: what is written (save, overwrite, recursive, fov, near, far: as `predict`'s options).
+    workers: actors (default: the cluster's CPUs / cpus_per_worker, or GPUs / gpus_per_worker on a
+        GPU device; never more than there are tasks). cpus_per_worker: CPUs reserved per actor, also
+        its model's threads unless the RuntimeOptions give them. gpus_per_worker: default 1 on a GPU.
+    task_size: at most this many inputs per Ray task (the unit redone when its actor dies).
+    max_restarts, max_task_retries: Ray's actor restarts and task retries after a worker dies.
+    address: the Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"; None: the one `ray start` made
+        here, else a local one; ignored when Ray is initialised). progress: a progress bar. warn:
+        called with each input warning (also in the summary).
     """
 
     job: JobOptions = field(default_factory=JobOptions)
@@ -125,13 +86,16 @@ class DatasetOptions:
 
     def with_keywords(self, keywords: Dict[str, Any]) -> "DatasetOptions":
         """A copy with the keywords that name its fields or JobOptions' (taken out of `keywords`)."""
-        own = {k: keywords.pop(k) for k in list(keywords) if k in _fields(DatasetOptions)}
-        job = {k: keywords.pop(k) for k in list(keywords) if k in _fields(JobOptions)}
-        return dataclasses.replace(self, **own, job=dataclasses.replace(own.get("job", self.job), **job))
+        own = _take(keywords, DatasetOptions)
+        return dataclasses.replace(
+            self, **own, job=dataclasses.replace(own.get("job", self.job), **_take(keywords, JobOptions))
+        )
 
 
-def _fields(cls: type) -> Tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+def _take(keywords: Dict[str, Any], cls: type) -> Dict[str, Any]:
+    """The keywords that name fields of `cls`, taken out of `keywords`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: keywords.pop(k) for k in list(keywords) if k in names}
 
 
 @dataclass(frozen=True)
@@ -148,136 +112,85 @@ class _Job:
     sources: Optional[Mapping[str, Any]] = None  # absolute input path -> outputs.sets.Source, stamped when planned
 
 
-class _Input(os.PathLike):
-    """An input file and its contents as read by Ray; named by its path in errors (`imap` names
-    path-like inputs by their path)."""
+class _Input(str):
+    """An input's path (`imap` names it so), with its contents as read by Ray in `data`."""
 
-    __slots__ = ("path", "data")
+    data: Any
 
-    def __init__(self, path: str, data: Any) -> None:
-        self.path, self.data = path, data
-
-    def __fspath__(self) -> str:
-        return self.path
-
-    def __str__(self) -> str:
-        return self.path
+    def __new__(cls, path: str, data: Any) -> "_Input":
+        item = super().__new__(cls, path)
+        item.data = data
+        return item
 
 
 def _load(item: _Input) -> Any:
-    """What the runtime decodes for an input: its bytes, its pixel array, or its path."""
-    if item.data is None:
-        return load_input(Path(item.path))
+    """What the runtime decodes for an input: its bytes, its pixel array (e.g. ray.data.read_images),
+    or its path."""
     if isinstance(item.data, np.ndarray) and item.data.dtype != object:
-        return item.data  # pixels already decoded (e.g. ray.data.read_images)
-    return load_input(Path(item.path), bytes(item.data))
+        return item.data
+    return jobs.load_input(Path(item), None if item.data is None else bytes(item.data))
 
 
 class DavidPredictor:
-    """The Ray Data callable class: one `DavidRuntime` per actor, one call per batch of inputs.
-
-    A batch holds a `path` column and optionally `bytes` (the file's contents) or `image` (decoded
-    pixels); without either the actor reads the path itself. An input whose set was completed since
-    the run started is not redone (an earlier attempt of this task wrote it before its actor died),
-    so nothing is written twice, even with overwrite. The rest are planned as `david-infer predict`
-    plans them (complete sets skipped, a mismatching record refused unless overwrite, stale
-    temporaries removed), run through `DavidRuntime.imap` (the one batching path) and written with
-    `outputs.images.write_outputs` (all or none, completion record last). Returns one row per input, in
-    RESULT_COLUMNS.
-    """
+    """The Ray Data callable class: one `DavidRuntime` per actor, one call per batch of inputs (a
+    `path` column, and `bytes` or `image`, else the actor reads the path); returns one row per input
+    in RESULT_COLUMNS. An input completed since the run started (by an earlier attempt of this
+    task) is not redone; the rest are planned with `jobs.plan`, run through `imap` and written with
+    `outputs.images.write_outputs`."""
 
     def __init__(self, job: _Job) -> None:
         from .runtime import DavidRuntime
 
-        self.job = job
-        self.output = Path(job.output)
+        self.job, self.output = job, Path(job.output)
         self.runtime = DavidRuntime.from_options(job.runtime)
-        self._sources: Dict[str, Any] = {}  # input path -> its outputs.sets.Source, for the batch in hand
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        from .outputs.images import IMAGE_KINDS, write_outputs
+        from .outputs.sets import Source, output_name
+
         job = self.job
         paths = [str(p) for p in batch["path"]]
         data = batch.get("bytes", batch.get("image"))
         status: Dict[str, Tuple[str, str]] = {}
-        jobs: List[Tuple[Path, str]] = []
-        given: Dict[str, str] = {}  # str(Path(path)) (what _plan reports) -> the path as in the batch
+        named: List[Tuple[Path, str]] = []
+        names: Dict[str, str] = {}
+        given: Dict[str, str] = {}  # str(Path(path)) (what plan reports) -> the path as in the batch
         for path in paths:
-            name = self._name(path)
-            if self._written_by_this_run(path, name):
+            names[path] = output_name(path) if job.names is None else job.names[path]
+            local = path if os.path.isfile(path) else None
+            image_set = IMAGE_KINDS.set(self.output, names[path], job.kinds)
+            recorded = image_set.record.stat().st_mtime if os.path.exists(image_set.record) else 0.0
+            if recorded >= job.started and image_set.is_complete(job.write, source=local):
                 status[path] = ("written", "")
             else:
-                jobs.append((Path(path), name))
+                named.append((Path(path), names[path]))
                 given[str(Path(path))] = path
         tally = Tally()
-        todo = {given[str(path)] for path, _ in plan(jobs, self.output, job.kinds, job.write, job.overwrite, tally)}
+        todo = {given[str(path)] for path, _ in plan(named, self.output, job.kinds, job.write, job.overwrite, tally)}
         status.update((given[path], ("failed", reason)) for path, reason in tally.failures)
-        for path in given.values():
-            if path not in todo:
-                status.setdefault(path, ("skipped", ""))
+        status.update((path, ("skipped", "")) for path in given.values() if path not in todo and path not in status)
         inputs = [_Input(p, None if data is None else data[i]) for i, p in enumerate(paths) if p in todo]
-        self._sources = {item.path: self._source(item.path) for item in inputs}  # stamped before the read
+        planned = job.sources or {}  # else stamped now, before the read; None: no local file (S3)
+        sources = {i: planned.get(i) or (Source.before_read(i) if os.path.isfile(i) else None) for i in inputs}
         outcomes = self.runtime.imap(inputs, load=_load)
         try:
             for item, outcome in outcomes:
-                status[item.path] = self._finish(item.path, outcome)
+                error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
+                if error is None:
+                    try:
+                        write_outputs(outcome, self.output, names[item], job.kinds, job.write, source=sources[item])
+                    except Exception as exc:  # one input's write failing must not stop the batch
+                        error = exc
+                status[item] = ("written", "") if error is None else ("failed", describe(error, item))
         finally:
             outcomes.close()
         rows = [(p, *status[p]) for p in paths]
         return {col: np.array([r[i] for r in rows], dtype=object) for i, col in enumerate(RESULT_COLUMNS)}
 
-    def _name(self, path: str) -> str:
-        from .outputs.sets import output_name
-
-        names = self.job.names
-        return names[path] if names is not None else output_name(path)
-
-    def _written_by_this_run(self, path: str, name: str) -> bool:
-        from .outputs.images import IMAGE_KINDS
-
-        job = self.job
-        image_set = IMAGE_KINDS.set(self.output, name, job.kinds)
-        try:
-            recorded = image_set.record.stat().st_mtime
-        except OSError:
-            return False
-        return recorded >= job.started and image_set.is_complete(
-            job.write, source=path if os.path.isfile(path) else None
-        )
-
-    def _source(self, path: str) -> Any:
-        """The input's `Source` (stamped on the driver when it planned the run, else now), or None
-        for an input without a local file (a Dataset read from S3)."""
-        from .outputs.sets import Source
-
-        planned = (self.job.sources or {}).get(path)
-        return planned if planned is not None else Source.before_read(path) if os.path.isfile(path) else None
-
-    def _finish(self, path: str, outcome: Any) -> Tuple[str, str]:
-        from .outputs.images import write_outputs
-
-        error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
-        if error is None:
-            try:
-                write_outputs(
-                    outcome,
-                    self.output,
-                    self._name(path),
-                    self.job.kinds,
-                    self.job.write,
-                    source=self._sources.get(path),
-                )
-                return "written", ""
-            except Exception as exc:  # one input's write failing must not stop the batch
-                error = exc
-        return "failed", describe(error, path)
-
     def __del__(self) -> None:
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.close()
-
-
-# ---------------------------------------------------------------------------------- driver
 
 
 def predict_dataset(
@@ -287,28 +200,13 @@ def predict_dataset(
     options: Optional[DatasetOptions] = None,
     **keywords: Any,
 ) -> DistributedSummary:
-    """Predict every input on a Ray cluster and write the files `david-infer predict` writes.
-
-    Arguments:
-        inputs: image files, folders of images, globs (a str/path or a list of them; listed and
-            named on the driver exactly as `david-infer predict` does), or a `ray.data.Dataset`
-            with a `path` column and optionally `bytes` (as from `ray.data.read_binary_files(...,
-            include_paths=True)`, from any file system Ray reaches) or `image` (decoded pixels);
-            a Dataset's inputs are named by `outputs.sets.output_name(path)` (the file's stem).
-        model: the model file or folder (at the same path on every node) or a released model's
-            name, or a `RuntimeOptions` (the model and how it runs: backend, device, resolution,
-            batch_size, threads, ...), sent to each actor as it is.
-        output: the output folder (shared by every node); created if needed.
-        options: a DatasetOptions (what is written, how many workers, Ray's retries, ...).
-        keywords: a convenience: fields of DatasetOptions, of its JobOptions (save, overwrite,
-            recursive, fov, near, far) or of RuntimeOptions (backend, device, resolution, ...) by
-            name, replacing those of `options` and `model`; other names are backend options
-            (as `DavidRuntime` takes them).
-
-    Returns a DistributedSummary: inputs written, skipped (complete before this run) and failed
-    (with the reason). Options, the inputs, the output folder and the model are checked on the
-    driver (the model opened once, on the CPU when its backend can) before any work starts.
-    """
+    """Predict every input on a Ray cluster into `output` (shared by every node) as `david-infer
+    predict` does; returns a DistributedSummary. `inputs`: files, folders, globs (listed and named on
+    the driver), or a `ray.data.Dataset` with a `path` column and `bytes` or `image` (named by
+    `output_name(path)`); `model`: a model path (the same on every node), a released model's name,
+    or a `RuntimeOptions`; `keywords`: fields of DatasetOptions, JobOptions or RuntimeOptions, else
+    backend options. Options, inputs, the folder and the model (opened once on the driver, on the
+    CPU when its backend can) are checked before any work starts."""
     from .outputs.images import IMAGE_KINDS
     from .outputs.sets import Source
     from .video import is_video_path
@@ -323,46 +221,43 @@ def predict_dataset(
     summary = DistributedSummary(outdir)
 
     is_dataset = _is_dataset(inputs)
-    jobs: List[Tuple[Path, str]] = []
+    named: List[Tuple[Path, str]] = []
     if not is_dataset:
         specs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        jobs, found = gather_inputs(
+        named, found = jobs.gather_inputs(
             [os.fspath(s) for s in specs], job.recursive, outdir, options.warn or (lambda text: None)
         )
         summary.warnings, summary.dangling, summary.duplicates = found.warnings, found.dangling, found.duplicates
         summary.failed.extend(found.problems)
         # clips are decoded frame by frame with PyAV on one machine (david-infer predict without --ray)
-        clips = [
-            (path, "video files are predicted locally (david-infer predict without --ray); this run takes images only")
-            for path, _ in jobs
-            if is_video_path(path)
-        ]
-        summary.failed.extend((str(path), why) for path, why in clips)
-        jobs = [j for j in jobs if not is_video_path(j[0])]
-        if not jobs:
+        why = "video files are predicted locally (david-infer predict without --ray); this run takes images only"
+        summary.failed.extend((str(path), why) for path, _ in named if is_video_path(path))
+        named = [j for j in named if not is_video_path(j[0])]
+        if not named:
             return summary
-    probe_output_folder(outdir)
+    jobs.probe_output_folder(outdir)
 
-    on_gpu = str(runtime.device).startswith("cuda")
-    gpus = (1 if on_gpu else 0) if options.gpus_per_worker is None else options.gpus_per_worker
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1 if str(runtime.device).startswith("cuda") else 0
     runtime = _worker_runtime_options(runtime, options.cpus_per_worker)
     with _driver_runtime(runtime) as driver:
-        kinds = tuple(parse_save(job.save, driver.tasks))
+        kinds = tuple(jobs.parse_save(job.save, driver.tasks))
         write = job.write_options(driver)
-    make_output_folder(outdir)
-    lock = output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
+    jobs.make_output_folder(outdir)
+    lock = jobs.output_folder_lock(outdir)  # the driver owns the folder; its actors write in it
     try:
-        claim_output_folder(lock, outdir, jobs)
+        jobs.claim_output_folder(lock, outdir, named)
         names: Optional[Dict[str, str]] = None  # absolute path -> output name
         sources: Optional[Dict[str, Source]] = None  # absolute path -> the input's stamp before Ray reads it
         shown: Dict[str, str] = {}  # absolute path -> the input as given (for messages)
         if not is_dataset:
             tally = Tally(warn=options.warn)
-            todo = plan(jobs, outdir, kinds, write, job.overwrite, tally)
+            todo = plan(named, outdir, kinds, write, job.overwrite, tally)
             summary.failed.extend(tally.failures)
             summary.redone.extend(tally.redone)
             left = {str(path) for path, _ in todo} | {path for path, _ in tally.failures}
-            summary.skipped.extend(str(path) for path, _ in jobs if str(path) not in left)
+            summary.skipped.extend(str(path) for path, _ in named if str(path) not in left)
             names = {os.path.abspath(path): name for path, name in todo}
             sources = {os.path.abspath(path): Source.before_read(path) for path, _ in todo}
             shown = {os.path.abspath(path): str(path) for path, _ in todo}
@@ -370,12 +265,11 @@ def predict_dataset(
                 return summary
 
         _connect(ray, options.address)
-        workers, task_size, cpus_per_worker = options.workers, options.task_size, options.cpus_per_worker
+        workers, task_size = options.workers, options.task_size
         if workers is None:
             resources = ray.cluster_resources()
-            workers = max(
-                1, int(resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // cpus_per_worker)
-            )
+            free = resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // options.cpus_per_worker
+            workers = max(1, int(free))
         if names is None:
             dataset = inputs
         else:
@@ -400,7 +294,7 @@ def predict_dataset(
                 batch_size=task_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per_worker,
+                num_cpus=options.cpus_per_worker,
                 num_gpus=gpus,
                 max_restarts=options.max_restarts,  # Ray's actor restarts after a worker process dies
                 max_task_retries=options.max_task_retries,  # and resubmission of the task it was running
@@ -408,41 +302,23 @@ def predict_dataset(
         for key, value in _DATA_SETTINGS.items():
             setattr(results.context, key, value)  # the context of this run's dataset only (a copy)
         pending = set(names or ())
-        bar = Progress(len(pending), options.progress)
-        try:
-            with quiet_logger("ray.data"):
-                for row in _rows(results):
-                    path, status, reason = (str(row[c]) for c in RESULT_COLUMNS)
+        with Progress(len(pending), options.progress) as bar, quiet_logger("ray.data"):
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for path, status, reason in (map(str, row) for row in zip(*(batch[c] for c in RESULT_COLUMNS))):
                     pending.discard(path)
                     label = shown.get(path, path)
-                    if status == "written":
-                        summary.written.append(label)
-                    elif status == "skipped":
-                        summary.skipped.append(label)
-                    else:
+                    if status == "failed":
                         summary.failed.append((label, reason))
+                    else:
+                        (summary.written if status == "written" else summary.skipped).append(label)
                     bar.update(label, status != "failed")
-        finally:
-            bar.close()
         for name in (names or {}).values():  # what a killed worker left; no writer of this run is left
             IMAGE_KINDS.set(outdir, name, kinds).remove_temporaries()
-        for path in sorted(pending):
-            summary.failed.append(
-                (
-                    shown.get(path, path),
-                    "no result: the Ray task holding it failed after "
-                    f"{options.max_task_retries} retries (see the Ray logs); run again to retry it",
-                )
-            )
+        lost = f"no result: the Ray task holding it failed after {options.max_task_retries} retries (see the Ray logs); run again to retry it"
+        summary.failed.extend((shown.get(path, path), lost) for path in sorted(pending))
         return summary
     finally:
         lock.release()
-
-
-def _rows(dataset: Any) -> Iterator[Dict[str, Any]]:
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["path"])):
-            yield {c: batch[c][i] for c in RESULT_COLUMNS}
 
 
 def _is_dataset(inputs: Any) -> bool:
@@ -455,9 +331,9 @@ def _is_dataset(inputs: Any) -> bool:
 
 def _runtime_options(model: Any, keywords: Dict[str, Any]) -> RuntimeOptions:
     """The RuntimeOptions of `model` (a RuntimeOptions, or the model alone) with the keywords left
-    over from DatasetOptions: RuntimeOptions' fields, else backend options; the model resolved."""
+    over: RuntimeOptions' fields, else backend options; the model resolved."""
     runtime = model if isinstance(model, RuntimeOptions) else RuntimeOptions(model)
-    own = {k: keywords.pop(k) for k in list(keywords) if k in _fields(RuntimeOptions)}
+    own = _take(keywords, RuntimeOptions)
     if keywords:
         own["backend_options"] = {**own.get("backend_options", runtime.backend_options), **keywords}
     resolved = resolved_model(runtime.model)
@@ -465,8 +341,8 @@ def _runtime_options(model: Any, keywords: Dict[str, Any]) -> RuntimeOptions:
 
 
 def _worker_runtime_options(options: RuntimeOptions, cpus: float) -> RuntimeOptions:
-    """The runtime options for each actor: the model's threads follow the actor's CPUs unless
-    given; a GPU device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
+    """Each actor's runtime options: the model's threads follow the actor's CPUs unless given; a GPU
+    device is the actor's own GPU (Ray sets CUDA_VISIBLE_DEVICES)."""
     from .runtime import with_threads
 
     options = with_threads(options, options.threads if options.threads is not None else max(1, int(cpus)))
@@ -487,9 +363,9 @@ def _driver_runtime(options: RuntimeOptions) -> Any:
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
-    """Connect to (or start) the cluster. What Ray prints while starting goes to stderr only when
-    it fails; its C++ core logs below `fatal` are silenced unless RAY_BACKEND_LOG_LEVEL is set (it
-    logs every actor of a Ray Data pool with restarts as an error)."""
+    """Connect to (or start) the cluster. What Ray prints while starting goes to stderr only when it
+    fails; its C++ core's logs below `fatal` are silenced unless RAY_BACKEND_LOG_LEVEL is set (it
+    logs every actor of a pool with restarts as an error)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")

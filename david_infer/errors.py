@@ -1,6 +1,9 @@
-"""Typed errors raised by david-infer; every message names the input or file at fault."""
+"""Typed errors raised by david-infer (every message names the input or file at fault), and the one
+positive-integer check, here at the bottom so that every layer can use it."""
 
 from __future__ import annotations
+
+from typing import Any, Literal, Optional, overload
 
 
 class DavidError(Exception):
@@ -28,10 +31,8 @@ class ExportError(DavidError):
 
 
 class OutOfMemoryError(DavidError, MemoryError):
-    """A run needs more memory than this process may still allocate: refused before it starts
-    (`david_infer.memory_estimate`: the estimate, what is available, the largest setting that fits),
-    or a backend's allocation failed (the setting it ran, what to lower). `needed` and `available`
-    are bytes (0 where not known)."""
+    """A run needs more memory than this process may still allocate (`memory_estimate`), or a
+    backend's allocation failed; `needed`, `available`: bytes (0 where not known)."""
 
     def __init__(self, message: str, needed: int = 0, available: int = 0) -> None:
         super().__init__(message)
@@ -43,9 +44,8 @@ class DavidWarning(UserWarning):
 
 
 class EmptyMaskWarning(DavidWarning):
-    """The foreground mask keeps no pixel (no person found; the rule: `_arrays.mask_is_empty`): the
-    output is written as the mask says (the photo unchanged, the background alone, a transparent
-    cut-out, a cloud without points), which is degenerate. `outcome` says what the output is."""
+    """The foreground mask keeps no pixel (`_arrays.mask_is_empty`): the output, written as the mask
+    says, is degenerate; `outcome` says what it is."""
 
     def __init__(self, message: str, outcome: str = "") -> None:
         super().__init__(message)
@@ -81,10 +81,8 @@ class ServerUnavailable(BackendUnavailable):
 
 
 class NonFiniteOutput(ModelError):
-    """A model output holds NaN or infinity (a broken export or engine, an FP16 overflow).
-
-    `task` is the output's task, `input` the input's name, `share` the fraction of the output's
-    values that are not finite."""
+    """A model output holds NaN or infinity (a broken export or engine, an FP16 overflow): of task
+    `task`, for input `input`, in a fraction `share` of its values."""
 
     def __init__(self, message: str, task: str = "", input: str = "", share: float = 0.0) -> None:
         super().__init__(message)
@@ -93,3 +91,17 @@ class NonFiniteOutput(ModelError):
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or SIGTERM; the message says what is complete and how to resume."""
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: Literal[False] = False, owner: str = "") -> int: ...
+@overload
+def positive_int(name: str, value: Any, *, allow_none: bool, owner: str = "") -> Optional[int]: ...
+def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str = "") -> Optional[int]:
+    """`value` when it is a positive int (or None with `allow_none`), else an InputError naming
+    `name` (prefixed by `owner`, e.g. "serve: ") and the value."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    return value

@@ -1,33 +1,19 @@
-"""Single files written safely: atomic writes, no clobbering, names that stay in their folder, hashes.
-
-Every file is written to a temporary name beside its final one (`make_temp_path`: hidden, in the
-same folder, so the rename cannot cross file systems) and renamed into place, so a reader never
-sees a half-written file and an interrupted write leaves nothing behind.
-
-- `atomic_write(path, write)` / `atomic_write_bytes(path, data)`: replace `path` atomically (model
-  manifests, engines, JSON records, benchmark results).
-- `commit(path, write, overwrite)`: the same, but without `overwrite` an existing file is never
-  replaced: the rename is done as a hard link, which fails when the name exists (even if another
-  process created it a moment ago).
-- `write_png` / `write_npy`: fill a file that is not yet in place (what `commit` and the output
-  sets of `david_infer.outputs.sets` hand them).
-- `sha256_file`: a file's SHA-256, read in chunks.
-- `NoSpace`, `no_space_reason`: a write that failed for want of space (a full disk, a quota, a
-  file size limit), told apart from other write errors.
-"""
+"""Single files written safely: atomically (a hidden temporary beside the target, then a rename),
+without clobbering, and small JSON files read with a clear error. See docs/outputs.md."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ModelError
 
 
 class OutputExists(InputError):
@@ -44,9 +30,8 @@ class NoSpace(InputError):
 
 
 def no_space_reason(exc: OSError) -> Optional[str]:
-    """Why `exc` means that no more bytes can be written (a full file system, a used-up quota, a
-    file size limit: Python ignores SIGXFSZ, so that write fails with EFBIG); None when it means
-    something else."""
+    """Why `exc` means that no more bytes can be written (a full disk, a quota, a file size limit:
+    Python ignores SIGXFSZ, so that write fails with EFBIG); None when it means something else."""
     return {
         errno.ENOSPC: "no space is left on its file system",
         errno.EDQUOT: "the disk quota is used up",
@@ -63,26 +48,20 @@ def sha256_file(path: Union[str, "os.PathLike[str]"], chunk: int = 1 << 20) -> s
     return digest.hexdigest()
 
 
-def _umask_mode(mode: int = 0o666) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
 def make_temp_path(final: Union[str, Path], suffix: str = ".tmp") -> Path:
     """An empty temporary file beside `final` with ordinary permissions, for an atomic rename."""
     final = Path(final)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix)
     os.close(fd)
-    os.chmod(tmp, _umask_mode())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically.
-
-    On any failure the temporary file is removed and `path` is left as it was.
-    """
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` atomically; on
+    any failure the temporary is removed and `path` left as it was."""
     path = Path(path)
     tmp = make_temp_path(path, suffix)
     try:
@@ -94,8 +73,28 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], Any], suffix: s
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    """Write `data` to `path` atomically."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: Union[str, Path], data: Mapping[str, Any], indent: int = 2) -> None:
+    """Write `data` as JSON to `path` atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=indent) + "\n").encode())
+
+
+def read_json_object(path: Union[str, Path], what: str = "JSON file", expect_object: bool = True) -> Any:
+    """The JSON in `path` (an object unless not `expect_object`); ModelError naming `path` and `what`
+    it should be when it is missing, unreadable or not that."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+    if expect_object and not isinstance(data, dict):
+        raise ModelError(f"{path}: not a {what} (a JSON object was expected, found {type(data).__name__})")
+    return data
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -118,11 +117,10 @@ def check_free(paths: Iterable[Path], overwrite: bool) -> None:
 
 
 def commit(path: Union[str, Path], write: Callable[[Path], object], overwrite: bool = False) -> Path:
-    """Write a file atomically: `write(tmp)` fills a temporary file beside `path`, which is then
-    renamed to `path`. Without `overwrite`, OutputExists if `path` exists (checked atomically)."""
+    """`atomic_write`, but without `overwrite` OutputExists if `path` exists (checked atomically: the
+    rename is a hard link, which fails when the name exists)."""
     path = Path(path)
-    if not overwrite:
-        check_free([path], overwrite)
+    check_free([path], overwrite)
     try:
         tmp = make_temp_path(path)
     except OSError as exc:  # strerror alone: the exception names the temporary file, not `path`
@@ -134,28 +132,24 @@ def commit(path: Union[str, Path], write: Callable[[Path], object], overwrite: b
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         if overwrite:
             os.replace(tmp, path)
-        else:
-            _link_no_clobber(tmp, path)
+            return path
+        try:
+            os.link(tmp, path)  # atomic, and fails if `path` exists
+        except FileExistsError:
+            raise OutputExists(f"{path} already exists; pass --overwrite to replace it") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+                raise
+            check_free([path], False)  # a file system without hard links: check, then rename
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _link_no_clobber(tmp: Path, path: Path) -> None:
-    try:
-        os.link(tmp, path)  # atomic, and fails if `path` exists
-    except FileExistsError:
-        raise OutputExists(f"{path} already exists; pass --overwrite to replace it") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
-            raise
-        check_free([path], False)  # a file system without hard links: check, then rename
-        os.replace(tmp, path)
-
-
 def write_png(path: Union[str, Path], array: np.ndarray) -> None:
-    """Write an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG to `path` (not atomic: the
-    caller renames it into place; see `commit` and `david_infer.outputs.sets`)."""
+    """Write an (H, W) uint8/uint16 or (H, W, 3|4) uint8 array as PNG to `path` (a temporary the
+    caller renames into place)."""
     from PIL import Image
 
     a = np.ascontiguousarray(array)
@@ -165,7 +159,7 @@ def write_png(path: Union[str, Path], array: np.ndarray) -> None:
 
 
 def write_npy(path: Union[str, Path], array: np.ndarray) -> None:
-    """Write an array as .npy (no pickles) to `path` (not atomic, like `write_png`)."""
+    """Write an array as .npy (no pickles) to `path` (a temporary, like `write_png`)."""
     with open(path, "wb") as f:
         try:
             np.save(f, np.asarray(array), allow_pickle=False)

@@ -1,26 +1,6 @@
-"""Turn whatever image a caller has into one validated form (`Decoded`), without copying 8-bit data.
-
-Accepted: a path (str or Path) to an image file; the bytes of an image file (as read from
-storage, decoded exactly as the file would be); a `PIL.Image.Image` in any common mode (RGB, RGBA,
-L, LA, P, PA, 1, I;16, I, F, CMYK, YCbCr); a numpy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
-of uint8, uint16 or float (float16/32/64 in [0, 1]). Files and PIL images get their EXIF
-orientation applied, as a photo viewer shows them. Alpha channels are ignored. Channel order
-applies to 3- and 4-channel arrays only: PIL images and files are RGB by definition.
-
-8-bit data stays 8-bit (and un-copied where possible) until it has been shrunk; 16-bit and float
-data becomes float32 in [0, 1].
-
-Limits (each refusal is an InputError naming the input):
-- Size: at most `MAX_IMAGE_PIXELS` (100 megapixels) per image by default, or the `max_pixels`
-  given to `decode` (`DavidRuntime(max_image_pixels=...)`; None = no limit of ours). Files are
-  checked from their header, before any pixel is decoded, so a small file declaring a huge image
-  (a decompression bomb) costs nothing. Pillow's own guard (`PIL.Image.MAX_IMAGE_PIXELS`,
-  refusing above twice its value, about 179 MP) also applies to files: raise it too to go beyond;
-  its warning between its value and twice it is not shown (our limit is the one that governs).
-- Float values: NaN and infinity are refused; values within 1e-3 of [0, 1] (rounding noise) are
-  clipped; anything further out is refused (scale 0..255 data by 1/255 first).
-- Arrays in non-native byte order (big-endian uint16/float) are accepted and converted.
-"""
+"""Whatever image a caller has (a path, file bytes, a PIL image, a numpy array) -> one validated form,
+`Decoded`, without copying 8-bit data; refusals are InputErrors naming the input (docs/runtime.md,
+docs/reliability.md: sizes checked from the header before decoding, float ranges, dtypes)."""
 
 from __future__ import annotations
 
@@ -49,11 +29,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 @dataclass
 class Decoded:
-    """One input image in a validated form.
-
-    `array` is (H, W) gray or (H, W, 3) colour in channel order `order`, uint8 or float32 in
-    [0, 1]; `pil`, when set, is an "RGB" or "L" image holding the same pixels (no copy made).
-    """
+    """One input image, validated: `array` (H, W) gray or (H, W, 3) in channel order `order`, uint8 or
+    float32 in [0, 1], or `pil`, an "RGB" or "L" image of the same pixels (no copy made)."""
 
     name: str
     array: Optional[np.ndarray] = None
@@ -66,13 +43,7 @@ class Decoded:
         """(height, width)."""
         if self.pil is not None:
             return (self.pil.height, self.pil.width)
-        return tuple(self._array().shape[:2])
-
-    def _array(self) -> np.ndarray:
-        """`array`, where `pil` is None: a Decoded always holds one of the two."""
-        if self.array is None:
-            raise ValueError(f"{self.name}: a Decoded holds neither an array nor a PIL image")
-        return self.array
+        return tuple(self.numpy().shape[:2])
 
     def numpy(self) -> np.ndarray:
         """The pixels as an array, (H, W) or (H, W, 3) in `order`; uint8 or float32. A PIL image is
@@ -118,9 +89,8 @@ def _check_pixels(width: int, height: int, max_pixels: Optional[int], name: str)
 def decode(
     image: Any, channel_order: str = "rgb", name: Optional[str] = None, max_pixels: Optional[int] = MAX_IMAGE_PIXELS
 ) -> Decoded:
-    """Validate `image` and return it as a `Decoded`; InputError naming the input otherwise.
-
-    Images larger than `max_pixels` (None: no limit) are refused; files before decoding."""
+    """`image` validated as a `Decoded`, else InputError naming it; more than `max_pixels` (None: no
+    limit) is refused, for files from the header before decoding."""
     if isinstance(image, (str, os.PathLike)):
         return _from_pil(_open_file(Path(image), max_pixels), name or str(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -161,9 +131,8 @@ _WARNING_FILTERS = threading.Lock()
 
 
 def _open_quietly(source: Any) -> Image.Image:
-    """Image.open without Pillow's DecompressionBombWarning (above ~89 MP): our own limit, checked
-    next from the header, governs, so a 100 MP photo within it decodes without Pillow's raw
-    warning. The lock keeps our threads from interleaving their changes to the warning filters."""
+    """Image.open without Pillow's DecompressionBombWarning (above ~89 MP): our own limit governs. The
+    lock keeps our threads from interleaving their changes to the warning filters."""
     with _WARNING_FILTERS, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(source)

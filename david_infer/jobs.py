@@ -1,32 +1,12 @@
-"""The job layer: what a batch run does around the model, shared by `david-infer predict` (images
-and clips) and `predict_dataset` (Ray).
-
-A run is planned in this order, every step before the model sees an input:
-
-1. `collect_inputs`: INPUT arguments (files, folders, globs) -> files, each with the root its name
-   is taken from. Files in the output folder that bear our output names (`x.depth.png`,
-   `x.vis.mp4`, ...) are never inputs, so a run whose output folder is its input folder does not
-   read what it wrote.
-2. `name_inputs`: each file's output name (`outputs.sets.output_name`, a function of the file alone);
-   two inputs of one run with one name fail, naming each other.
-3. `probe_output_folder`: the output folder can be written (checked without creating it).
-   `claim_output_folder`: the run takes the folder's lock (`OUTPUT_LOCK`; one run owns an output
-   folder at a time, another is refused with the owner's PID and host) and removes the
-   temporaries killed runs left there.
-4. `plan`: against what the output folder holds (`OutputSet.status`): a complete set is skipped, a
-   set whose input or files changed since its record was written is redone (the reason kept in
-   `Tally.redone`), a set written with other options or for another input fails unless overwrite,
-   anything else is (re)done after its stale temporaries are removed.
-
-`JobOptions` holds what a run writes and how it treats what is there (--save, --overwrite,
---recursive, the point cloud's --fov/--near/--far); `Tally` counts what happened and prints the
-summary (`report`), or on Ctrl-C what is complete and that a rerun resumes (`interrupted`).
-"""
+"""The job layer of every batch run (`david-infer predict` on images and clips, `predict_dataset` on
+Ray): inputs collected and named, the output folder probed and owned, each input planned against
+what the folder holds; `Tally` counts what happened. See docs/jobs.md."""
 
 from __future__ import annotations
 
 import errno
 import glob
+import itertools
 import os
 import stat
 import sys
@@ -35,10 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import DavidError, InputError
+from .files import make_temp_path
+from .outputs import sets
 from .outputs.clips import VIDEO_KINDS
-from .outputs.images import IMAGE_KINDS
+from .outputs.images import FORMATS, IMAGE_KINDS
 from .outputs.lock import OwnerLock
-from .outputs.sets import RECORD_SUFFIX, KindTable, SetState, WriteOptions, check_ply_options
+from .outputs.sets import KindTable, SetState, WriteOptions, check_ply_options, output_name, remove_all_temporaries
 from .video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".npy"}
@@ -47,23 +29,21 @@ INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 VIDEO_ONLY_KINDS = tuple(kind for kind in VIDEO_KINDS if kind not in IMAGE_KINDS)
 #: the endings of every file a run writes: a file in the output folder ending so is an output
 OUTPUT_ENDINGS = tuple(
-    sorted(
-        {suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values() for suffix in kind.suffixes}
-        | {RECORD_SUFFIX}
-    )
+    sorted({suffix for table in (IMAGE_KINDS, VIDEO_KINDS) for kind in table.values() for suffix in kind.suffixes})
+    + [sets.RECORD_SUFFIX]
 )
+#: for a kind that only clips have, the image kind that writes the same for an image
+IMAGE_EQUIVALENT = {"cutout": "foreground:cutout", "depth-npz": "depth:npy"}
+#: the lock file of an output folder while a run owns it
+OUTPUT_LOCK = ".david-infer.lock"
 #: (input, output name) of one input of a run
 Job = Tuple[Path, str]
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """What a run writes and how it treats the output folder's contents.
-
-    save: the --save kinds (empty: the model's maps + vis); overwrite: redo every input, replacing
-    its files; recursive: also take images from subfolders of folder inputs; fov, near, far: the
-    point cloud's field of view and depth range (ply).
-    """
+    """What a run writes (--save; empty: the model's maps + vis) and how it treats the output folder
+    (--overwrite, --recursive); the point cloud's fov, near and far."""
 
     save: Tuple[str, ...] = ()
     overwrite: bool = False
@@ -84,13 +64,10 @@ class JobOptions:
         )
 
 
-# ---------------------------------------------------------------------------------- inputs
-
-
 @dataclass
 class InputSet:
-    """What the INPUT arguments name: (file, root) pairs in order, one per distinct file; the
-    arguments that named nothing (with the reason); and warnings about what was left out."""
+    """What the INPUT arguments name: (file, root) pairs, one per distinct file; the arguments that
+    named nothing, with the reason; warnings about what was left out, and their counts."""
 
     inputs: List[Tuple[Path, Path]] = field(default_factory=list)
     problems: List[Tuple[str, str]] = field(default_factory=list)
@@ -100,29 +77,25 @@ class InputSet:
 
 
 class OutputFilter:
-    """Tells a run's outputs in the folder `output` (None: no folder, nothing is an output): files
-    in it or below it named as a run names its outputs (OUTPUT_ENDINGS). Each folder is resolved
-    once (a rerun over thousands of inputs would otherwise resolve the output folder per file)."""
+    """Tells a run's outputs in the folder `output` (None: nothing is): files in or below it named as
+    outputs (OUTPUT_ENDINGS). Each folder is resolved once, not once per file."""
 
     def __init__(self, output: Optional[Path]) -> None:
-        self.output = output
         self._root = None if output is None else os.path.realpath(output) + os.sep
-        self._inside: Dict[Path, bool] = {}  # folder -> lies in the output folder
+        self._inside: Dict[Path, bool] = {}
 
     def __call__(self, path: Path) -> bool:
         if self._root is None or not path.name.lower().endswith(OUTPUT_ENDINGS):
             return False
-        folder = path.parent
-        if folder not in self._inside:
-            self._inside[folder] = (os.path.realpath(folder) + os.sep).startswith(self._root)
-        return self._inside[folder]
+        if path.parent not in self._inside:
+            self._inside[path.parent] = (os.path.realpath(path.parent) + os.sep).startswith(self._root)
+        return self._inside[path.parent]
 
 
 def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Optional[Path] = None) -> InputSet:
     """Expand files, folders and globs into image and video files, each with the root its output
-    name is taken relative to (each folder's files sorted by name). Dangling links found in
-    folders and globs, and second names for a file already taken, are warnings (counted), not
-    inputs; files of folders and globs that are outputs in `output` (`OutputFilter`) are left out."""
+    name is taken from (a folder's files sorted); dangling links and second names of one file are
+    warnings; the outputs of a run in `output` are left out (docs/jobs.md)."""
     found = InputSet()
     seen: Dict[str, Path] = {}
     is_ours = OutputFilter(output)
@@ -133,53 +106,43 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False, output: Option
             found.duplicates += 1
             same = "given more than once" if str(path) == str(seen[real]) else f"the same file as {seen[real]}"
             found.warnings.append(f"{path}: {same}; written once")
-            return
-        seen[real] = path
-        found.inputs.append((path, root))
+        else:
+            seen[real] = path
+            found.inputs.append((path, root))
 
-    def dangling(path: Path) -> None:
-        found.dangling += 1
-        found.warnings.append(f"{path}: {_broken_link(path)}; skipped")
-
-    def special(path: Path) -> None:
-        found.problems.append((str(path), _not_regular(path)))
+    def skip(links: Sequence[Path], others: Sequence[Path]) -> None:
+        found.dangling += len(links)
+        found.warnings.extend(f"{link}: {_broken_link(link)}; skipped" for link in links)
+        found.problems.extend((str(other), _not_regular(other)) for other in others)
 
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images, broken, others = _folder_inputs(path, recursive, is_ours)
-            for link in broken:
-                dangling(link)
-            for other in others:
-                special(other)
-            if not images and not broken and not others:
+            files, broken, others = _folder_inputs(path, recursive, is_ours)
+            skip(broken, others)
+            if not files and not broken and not others:
                 found.problems.append((spec, _empty_folder(path, output)))
-            for image in images:
-                add(image, path)
+            for file in files:
+                add(file, path)
         elif path.is_file():
             add(path, path.parent)
         elif path.exists():  # a pipe, socket or device: reading it would block or never end
-            special(path)
+            skip([], [path])
         elif path.is_symlink():
             found.problems.append((spec, _broken_link(path)))
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             files = [m for m in matches if m.is_file() and not is_ours(m)]
-            for link in (m for m in matches if m.is_symlink() and not m.exists()):
-                dangling(link)
-            for other in (m for m in matches if m.exists() and not m.is_file() and not m.is_dir()):
-                special(other)
+            skip(
+                [m for m in matches if m.is_symlink() and not m.exists()],
+                [m for m in matches if m.exists() and not m.is_file() and not m.is_dir()],
+            )
             if not matches:
                 found.problems.append((spec, "the pattern matched no file"))
             elif not files and any(is_ours(m) for m in matches):
-                found.problems.append(
-                    (
-                        spec,
-                        f"the pattern matched only the outputs of a run in the output folder "
-                        f"{output} (outputs are never inputs)",
-                    )
-                )
-            root = _glob_root(spec)
+                why = f"the pattern matched only the outputs of a run in the output folder {output} (outputs are never inputs)"
+                found.problems.append((spec, why))
+            root = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts[:-1]))
             for match in files:
                 add(match, root)
         else:
@@ -194,24 +157,11 @@ def _empty_folder(folder: Path, output: Optional[Path]) -> str:
     return text
 
 
-def _glob_root(spec: str) -> Path:
-    """The folder part of a glob before its first wildcard ('shots/**/*.jpg' -> 'shots')."""
-    parts = Path(spec).parts
-    plain = []
-    for part in parts[:-1]:
-        if glob.has_magic(part):
-            break
-        plain.append(part)
-    return Path(*plain) if plain else Path(".")
-
-
 def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tuple[List[Path], List[Path], List[Path]]:
-    """(image and video files, broken links, other entries that are not regular files: pipes,
-    sockets, devices) of a folder with an input suffix, each sorted by path; the run's outputs
-    (`is_ours`) left out."""
-    entries = folder.rglob("*") if recursive else folder.iterdir()
-    images, broken, others = [], [], []
-    for entry in entries:
+    """(files, broken links, entries that are no regular file) of a folder with an input suffix,
+    each sorted; the run's outputs left out."""
+    files, broken, others = [], [], []
+    for entry in folder.rglob("*") if recursive else folder.iterdir():
         if entry.name.startswith(".") or entry.suffix.lower() not in INPUT_SUFFIXES or is_ours(entry):
             continue
         try:
@@ -221,14 +171,13 @@ def _folder_inputs(folder: Path, recursive: bool, is_ours: OutputFilter) -> Tupl
                 broken.append(entry)
             continue
         if stat.S_ISREG(mode):
-            images.append(entry)
+            files.append(entry)
         elif not stat.S_ISDIR(mode):
             others.append(entry)
-    return sorted(images, key=str), sorted(broken, key=str), sorted(others, key=str)
+    return sorted(files, key=str), sorted(broken, key=str), sorted(others, key=str)
 
 
 def _broken_link(path: Path) -> str:
-    """What a symbolic link that leads to no file is: a link to a missing file, or a loop."""
     try:
         os.stat(path)
     except OSError as exc:
@@ -238,41 +187,33 @@ def _broken_link(path: Path) -> str:
 
 
 def _not_regular(path: Path) -> str:
-    """Why a pipe, socket or device named as an input is not read."""
     mode = os.stat(path).st_mode
     kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     return f"not a regular file but {kind}; expected an image or video file"
 
 
 def name_inputs(inputs: Sequence[Tuple[Path, Path]]) -> Tuple[List[Job], List[Tuple[str, str]]]:
-    """(path, output name) per input, and a failure for each input whose name an earlier input of
-    the run already has (compared case-insensitively, as some file systems do)."""
-    from .outputs.sets import output_name
-
+    """(path, output name) per input, and a failure for each input whose name (compared
+    case-insensitively, as some file systems do) an earlier input already has."""
     jobs: List[Job] = []
     clashes: List[Tuple[str, str]] = []
     taken: Dict[str, Path] = {}
     for path, root in inputs:
         name = output_name(path, root)
         other = taken.setdefault(name.lower(), path)
-        if other is not path:
-            clashes.append(
-                (
-                    str(path),
-                    f"its output name {name!r} is also that of {other}; rename one, or run "
-                    f"them with separate output folders",
-                )
-            )
-        else:
+        if other is path:
             jobs.append((path, name))
+        else:
+            why = f"its output name {name!r} is also that of {other}; rename one, or run them with separate output folders"
+            clashes.append((str(path), why))
     return jobs, clashes
 
 
 def gather_inputs(
     specs: Sequence[str], recursive: bool, output: Path, warn: Callable[[str], None]
 ) -> Tuple[List[Job], InputSet]:
-    """`collect_inputs` then `name_inputs`: the (input, name) jobs, and the InputSet whose problems
-    now include the name clashes. Each warning goes to `warn`; InputError when nothing is left."""
+    """`collect_inputs` then `name_inputs`: the jobs, and the InputSet whose problems include the
+    name clashes; each warning goes to `warn`. InputError when nothing is left."""
     found = collect_inputs(specs, recursive, output)
     for text in found.warnings:
         warn(text)
@@ -284,8 +225,8 @@ def gather_inputs(
 
 
 def load_input(path: Path, data: Optional[bytes] = None) -> Any:
-    """What the runtime gets for a file: the path itself (or `data`, its contents when already
-    read), or the array inside a .npy."""
+    """What the runtime gets for a file: the path (or `data`, its contents when already read), or
+    the array inside a .npy."""
     if path.suffix.lower() != ".npy":
         return path if data is None else data
     import io
@@ -298,40 +239,28 @@ def load_input(path: Path, data: Optional[bytes] = None) -> Any:
         raise InputError(f"{path}: not a readable .npy image array ({exc})") from None
 
 
-# ---------------------------------------------------------------------------------- outputs
-
-
-#: for a kind that only clips have, the image kind that writes the same for an image
-IMAGE_EQUIVALENT = {"cutout": "foreground:cutout", "depth-npz": "depth:npy"}
-
-
 def save_choices() -> str:
     """The --save kinds of each medium, as the messages list them."""
-    from .outputs.images import FORMATS
-
     maps = [k for k in IMAGE_KINDS if ":" not in k]
     formats = ", ".join(f"{kind}:{fmt}" for kind, names in FORMATS.items() for fmt in names)
     return f"images take {', '.join(maps)} (one file of a map: {formats}); clips take {', '.join(VIDEO_KINDS)}"
 
 
 def check_save(values: Optional[List[str]]) -> List[str]:
-    """The --save kinds as given (empty = the default), refusing unknown ones; no model needed.
-    A map's single file given beside the map itself (depth,depth:png) is the map's already: dropped."""
+    """The --save kinds as given (empty = the default), refusing unknown ones; a map's file given
+    beside the map itself (depth,depth:png) is dropped."""
     from .options import split_list
 
     kinds = list(dict.fromkeys(split_list(values)))
-    known = (*IMAGE_KINDS, *VIDEO_ONLY_KINDS)
-    unknown = [k for k in kinds if k not in known]
+    unknown = [k for k in kinds if k not in IMAGE_KINDS and k not in VIDEO_ONLY_KINDS]
     if unknown:
         raise InputError(f"--save: unknown kind(s) {', '.join(unknown)}; {save_choices()}")
     return [k for k in kinds if k.partition(":")[0] == k or k.partition(":")[0] not in kinds]
 
 
 def check_save_media(save: Sequence[str], images: bool, clips: bool) -> Optional[str]:
-    """For --save kinds `save` (empty: the default, which fits both media) and a run with `images`
-    and/or `clips`: InputError when a kind applies to none of the run's inputs (with each medium's
-    kinds, and the image kind of a clip's cutout or depth-npz); else a warning naming the kinds
-    that apply to one of its media only, or None."""
+    """InputError when a --save kind applies to none of a run's media (`images`, `clips`); else a
+    warning naming the kinds that apply to one medium of a mixed run, or None."""
     image_only = [k for k in save if k not in VIDEO_KINDS]
     clip_only = [k for k in save if k not in IMAGE_KINDS]
     useless = (image_only if not images else []) + (clip_only if not clips else [])
@@ -340,12 +269,8 @@ def check_save_media(save: Sequence[str], images: bool, clips: bool) -> Optional
         hints = [f"an image's {k} is {IMAGE_EQUIVALENT[k]}" for k in useless if k in IMAGE_EQUIVALENT and images]
         hint = f" ({'; '.join(hints)})" if hints else ""
         raise InputError(f"--save {', '.join(useless)} writes nothing here: {medium}{hint}; {save_choices()}")
-    parts = [
-        f"{', '.join(kinds)} for {medium} only"
-        for kinds, medium in ((image_only, "images"), (clip_only, "clips"))
-        if kinds and images and clips
-    ]
-    return f"--save: this run writes {' and '.join(parts)} ({save_choices()})" if parts else None
+    parts = [f"{', '.join(k)} for {m} only" for k, m in ((image_only, "images"), (clip_only, "clips")) if k]
+    return f"--save: this run writes {' and '.join(parts)} ({save_choices()})" if parts and images and clips else None
 
 
 def parse_save(values: Optional[Sequence[str]], tasks: Sequence[str]) -> List[str]:
@@ -356,26 +281,18 @@ def parse_save(values: Optional[Sequence[str]], tasks: Sequence[str]) -> List[st
 
 
 def probe_output_folder(outdir: Path) -> None:
-    """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file
-    is created and removed in OUTDIR, or in its nearest existing parent when OUTDIR is missing.
-    Nothing is created for OUTDIR itself."""
-    from .files import make_temp_path
-    from .outputs.sets import TEMP_SUFFIX
-
+    """InputError unless OUTDIR is (or can be made as) a folder we can write in: a temporary file is
+    made and removed in it or its nearest existing parent; OUTDIR itself is not created."""
     existing = Path(os.path.abspath(outdir))
     while not os.path.lexists(existing) and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"cannot use {outdir} as the output folder: {existing} exists and is not a folder")
     try:
-        make_temp_path(existing / "write-probe", TEMP_SUFFIX).unlink()
+        make_temp_path(existing / "write-probe", sets.TEMP_SUFFIX).unlink()
     except OSError as exc:
         where = "" if existing == Path(os.path.abspath(outdir)) else f" (its nearest existing parent {existing})"
         raise InputError(f"cannot write in the output folder {outdir}{where}: {exc.strerror or exc}") from None
-
-
-#: the lock file of an output folder while a run owns it
-OUTPUT_LOCK = ".david-infer.lock"
 
 
 def output_folder_lock(outdir: Path) -> OwnerLock:
@@ -384,11 +301,8 @@ def output_folder_lock(outdir: Path) -> OwnerLock:
 
 
 def claim_output_folder(lock: OwnerLock, outdir: Path, jobs: Sequence[Job]) -> List[Path]:
-    """Take `lock` (OUTDIR's; InUse naming the run that holds it), then delete the temporaries that
-    killed runs left in the folders of `jobs`' sets, whatever their inputs (no writer is left once
-    the lock is ours); returns what was removed."""
-    from .outputs.sets import remove_all_temporaries
-
+    """Take `lock` (InUse naming its holder), then delete the temporaries killed runs left in the
+    folders of `jobs`' sets (no other writer is left); returns what was removed."""
     lock.acquire()
     folders = {os.path.dirname(os.path.join(outdir, name)) for _, name in jobs} | {str(outdir)}
     return remove_all_temporaries(Path(f) for f in sorted(folders))
@@ -404,28 +318,22 @@ def make_output_folder(outdir: Path) -> None:
 
 def model_record(runtime: Any) -> Dict[str, Any]:
     """What of the model and runtime shapes the files, for the completion record."""
-    model = runtime.path.name if isinstance(runtime.path, Path) else str(runtime.path)  # a file, or a server URL
     record = {
-        "model": model,
+        "model": runtime.path.name if isinstance(runtime.path, Path) else str(runtime.path),  # a file, or a URL
         "model_sha256": runtime.contract.sha256,
         "resolution": runtime.resolution,
         "pipeline": runtime.pipeline,
     }
-    refine = getattr(runtime, "refine", None)
-    if refine is not None:  # only when on: the records of runs without it stay as they were
-        record["refine"] = refine.as_record()
+    if getattr(runtime, "refine", None) is not None:  # only when on: other runs' records stay as they were
+        record["refine"] = runtime.refine.as_record()
     return record
-
-
-# ---------------------------------------------------------------------------------- planning
 
 
 @dataclass
 class Tally:
-    """A run's counts and failures (input, reason), for the summary; `total` is set once the
-    inputs are known, and `written` grows as each input's set is committed. `redone`: the inputs
-    `plan` redoes because they or their files changed since written (input, reason), each also
-    passed to `warn` when given."""
+    """A run's counts and failures (input, reason) for the summary; `total` is set once the inputs
+    are known; `redone`: the inputs `plan` redoes because they or their files changed (each also
+    passed to `warn` when given)."""
 
     written: int = 0
     skipped: int = 0
@@ -443,25 +351,18 @@ class Tally:
             self.warn(f"{path}: redone: {reason}")
 
     def fail(self, path: Any, error: BaseException) -> None:
-        """Record that `path` failed with `error` (its message without the leading input name)."""
+        """Record that `path` failed with `error`."""
         self.failures.append((str(path), describe(error, str(path))))
 
     def report(self, outdir: Path) -> int:
         """Print the summary (stdout; failures on stderr); returns the exit status."""
-        total = self.written + self.skipped + len(self.failures)
-        line = f"{self.written} of {total} input(s) written to {outdir}"
+        line = f"{self.written} of {self.written + self.skipped + len(self.failures)} input(s) written to {outdir}"
         if self.redone:
             line += f" ({len(self.redone)} redone: changed since written)"
         if self.skipped:
             line += f", {self.skipped} skipped (already complete)"
-        notes = [
-            f"{n} {what}"
-            for n, what in (
-                (self.dangling, "dangling link(s) skipped"),
-                (self.duplicates, "duplicate name(s) of one file"),
-            )
-            if n
-        ]
+        counts = ((self.dangling, "dangling link(s) skipped"), (self.duplicates, "duplicate name(s) of one file"))
+        notes = [f"{n} {what}" for n, what in counts if n]
         if notes:
             line += f"; warnings: {', '.join(notes)}"
         print(line)
@@ -473,30 +374,22 @@ class Tally:
         return 1
 
     def out_of_space(self, outdir: Path, reason: str, per_input: int, measured: bool) -> str:
-        """What a run stopped by a full disk says: where, why, the space an input needs (`per_input`
-        bytes: a set written by this run when `measured`, else what the failing write had put
-        down), how far it got and how to go on."""
-        need = (
-            f"about {_megabytes(per_input)} per input" if measured else f"more than {_megabytes(per_input)} per input"
-        )
-        complete = self.written + self.skipped
+        """What a run stopped by a full disk says; `per_input`: the bytes of a set this run wrote
+        (`measured`), else what the failing write had put down."""
+        size = f"{per_input / 1e6:.1f} MB" if per_input >= 100_000 else f"{per_input / 1e3:.0f} kB"
+        need = f"about {size} per input" if measured else f"more than {size} per input"
         return (
             f"stopped: the output folder {outdir} is full: {reason}. Its files need {need}; free that much "
             f"for each input left (or choose another output folder), then run the same command again "
-            f"to resume: {complete} of {self.total} input(s) are complete, nothing partial was left"
+            f"to resume: {self.written + self.skipped} of {self.total} input(s) are complete, nothing partial was left"
         )
 
     def interrupted(self, outdir: Path) -> str:
         """What an interrupted run says: how many inputs are complete, and that a rerun resumes."""
-        complete = self.written + self.skipped
         return (
-            f"{complete} of {self.total} input(s) complete in {outdir} ({self.written} written by this run); "
-            f"run the same command again to resume: complete inputs are skipped, the rest redone"
+            f"{self.written + self.skipped} of {self.total} input(s) complete in {outdir} ({self.written} written "
+            f"by this run); run the same command again to resume: complete inputs are skipped, the rest redone"
         )
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def describe(exc: Union[BaseException, str], name: str) -> str:
@@ -514,11 +407,9 @@ def plan(
     tally: Tally,
     table: KindTable[Any] = IMAGE_KINDS,
 ) -> List[Job]:
-    """The jobs to run against what OUTDIR holds: complete sets are skipped (counted in `tally`)
-    unless `overwrite`; a set whose input or files changed since written is redone (`tally.redo`
-    says why); a set written with other options or for another input, or a file name taken by a
-    folder, fails (in `tally`); the stale temporaries of the rest are removed. `table`: the kinds
-    of the sets (outputs.images.IMAGE_KINDS, outputs.clips.VIDEO_KINDS)."""
+    """The jobs to run against what OUTDIR holds (docs/jobs.md): complete sets skipped unless
+    `overwrite`, changed ones redone, mismatching ones failed (in `tally`); the stale temporaries of
+    the rest removed. `table`: the kinds of the sets' medium."""
     todo = []
     for path, name in jobs:
         try:

@@ -1,22 +1,13 @@
-"""The JSON manifest written beside every exported model (`model.onnx` -> `model.json`).
-
-It holds everything a host needs to run the file without Python: tensor names, shapes (symbolic
-dims as strings), dtypes, the preprocessing contract, per-task postprocessing, provenance and the
-SHA-256 of the model file. `FORMAT` / `FORMAT_VERSION` identify the schema.
-
-This module is the file format alone (what `david_infer.contract` builds on): it knows no
-contract. Reading a manifest goes through the contract, which validates it
-(`contract.read_manifest`, `ModelContract.load`).
-"""
+"""The JSON manifest beside every exported model (`model.onnx` -> `model.json`, docs/export.md): the
+file format alone; reading and validating it is `david_infer.contract`'s."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .errors import ModelError
-from .files import atomic_write_bytes, sha256_file
+from .files import sha256_file, write_json
 
 FORMAT = "david-infer-manifest"
 FORMAT_VERSION = 1
@@ -46,12 +37,11 @@ def manifest_path(model_path: Union[str, Path]) -> Path:
 
 def write_manifest(path: Union[str, Path], manifest: Dict[str, Any]) -> None:
     """Write a manifest as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    write_json(path, manifest)
 
 
 def check_sha256(model_path: Union[str, Path], expected: Optional[str]) -> None:
-    """ModelError if the model file's SHA-256 differs from `expected` (the one its manifest
-    records; None = nothing recorded, nothing to check)."""
+    """ModelError if the model file's SHA-256 differs from `expected`, its manifest's (None: none)."""
     if expected and sha256_file(model_path) != expected:
         raise ModelError(
             f"{model_path}: SHA-256 does not match its manifest ({manifest_path(model_path)}); "

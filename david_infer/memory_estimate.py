@@ -1,43 +1,16 @@
-"""The memory a model run needs, estimated before it starts, against what this process may still
-allocate; and a backend's failed allocation as the package's typed error.
+"""The memory a model run needs, estimated before it starts (the model file's size + LIBRARIES +
+c(variant) x resolution^2 x batch, c measured by benchmarks/model_memory.py), against what this
+process may still allocate; and a backend's failed allocation as the package's typed error. See
+docs/reliability.md (Memory).
 
     guard = MemoryGuard(weights_bytes, variant, batch, model="mt-base.onnx")
     guard.check_open(resolution)                            # before the model is loaded
     guard.check_image(resolution, (h, w), name="photo.jpg")  # per image when the resolution follows it
-
-Either raises `OutOfMemoryError` with the estimate, what is available (and which limit says so) and
-the largest resolution and batch that fit in OFFER_SHARE of it, instead of a run that swaps, is
-killed by the kernel, or fails deep inside a backend after a minute.
-
-The estimate of one model call on the CPU is
-
-    weights (the model file's size, loaded once) + LIBRARIES + c(variant) x R^2 x B
-
-R the square side the model runs at, B the batch, c the bytes per model pixel. The activations
-grow with R^2 and B (the ViT runs at a fixed 384; the resizer, decoder and heads at up to R). c is
-the slope of the peak resident memory of one batch on ONNX Runtime (CPU) over R^2 x B, measured by
-`python benchmarks/model_memory.py` (results in benchmarks/results/model_memory_*.json):
-
-    tiny   348 bytes   R 256..2048, B 1 and 2, each run within 4% of the line
-    base   2058 bytes  R 256..1024, B 1 and 2, within 10% (ONNX Runtime's arena grows in steps);
-                       R 1536 B 1 measured 4.4 GB where the line says 5.1 GB
-    large  2352 bytes  not measured (its export alone peaks at 13.6 GB): base's c scaled by the
-                       decoder width, 256 / 224 (the resizer is the same), an upper bound
-
-The measured runs' fixed part is the libraries plus about 0.9 x the file (base: 458 MB for a 411 MB
-file), so the file's size stands for the weights. A model of unknown variant (a released file, one
-placed by hand) is taken for the variant whose fp32 or fp16 weights are nearest its file size.
-Half-precision files and the torch backend are estimated with the same c (not measured; FP16
-activations take about half).
-
-What may still be allocated (`available_memory`) is the least of: the kernel's MemAvailable, the
-headroom of the process's cgroup (memory.max - memory.current) and of its address-space limit
-(RLIMIT_AS - VmSize, divided by ADDRESS_SPACE_PER_BYTE: a run reserves more address space than it
-touches). Where none can be read (not Linux) nothing is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -47,7 +20,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 from .errors import OutOfMemoryError
 
-#: bytes of peak resident memory per model pixel (R^2 x B) of each variant (see the module's docstring)
+#: bytes of peak resident memory per model pixel (R^2 x B) of each variant (large: base's x 256 / 224)
 BYTES_PER_MODEL_PIXEL: Dict[str, int] = {"tiny": 348, "base": 2058, "large": 2352}
 #: parameters of each variant's multi-task model (benchmarks/results/params_macs.json; tiny: its torch model)
 PARAMETERS: Dict[str, int] = {"tiny": 499_413, "base": 107_514_613, "large": 332_467_365}
@@ -79,8 +52,8 @@ def variant_for(variant: Optional[str], weights: int) -> str:
 
 
 def available_memory() -> Optional[Tuple[int, str]]:
-    """(bytes this process may still allocate, the limit that says so), the least of MemAvailable,
-    the cgroup's headroom and RLIMIT_AS's headroom; None where none can be read."""
+    """(bytes this process may still allocate, the limit that says so): the least of MemAvailable, the
+    cgroup's headroom and RLIMIT_AS's; None where none can be read."""
     found = []
     meminfo = _read_fields("/proc/meminfo")
     if "MemAvailable" in meminfo:
@@ -99,15 +72,12 @@ def available_memory() -> Optional[Tuple[int, str]]:
 def _read_fields(path: str) -> Dict[str, int]:
     """'Name:   123 kB' lines of a /proc file as bytes by name; empty where it cannot be read."""
     fields: Dict[str, int] = {}
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                parts = value.split()
-                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-                    fields[name] = int(parts[0]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="ascii", errors="replace") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                fields[name] = int(parts[0]) * 1024
     return fields
 
 
@@ -134,9 +104,8 @@ def gigabytes(value: float) -> str:
 
 @dataclass
 class MemoryGuard:
-    """The memory checks of one opened model: `weights` bytes (its file), of `variant` (None:
-    guessed from the size, `variant_for`), run `batch` images at a time; `model` names it in
-    messages. `enabled` False (a served model, a GPU device) checks nothing."""
+    """The memory checks of one opened model: `weights` bytes (its file) of `variant` (None: guessed,
+    `variant_for`), `batch` images at a time; `model` names it; not `enabled` checks nothing."""
 
     weights: int
     variant: Optional[str]
@@ -149,6 +118,7 @@ class MemoryGuard:
 
     @property
     def bytes_per_pixel(self) -> int:
+        """c of this model's variant."""
         return BYTES_PER_MODEL_PIXEL[variant_for(self.variant, self.weights)]
 
     def need(self, resolution: Optional[int], batch: Optional[int] = None, loaded: bool = False) -> int:
@@ -184,29 +154,14 @@ class MemoryGuard:
     def _check(
         self, resolution: Optional[int], loaded: bool, image: Optional[Tuple[str, Tuple[int, int]]] = None
     ) -> None:
-        if not self.enabled:
-            return
-        found = available_memory()
-        if found is None:
-            return
-        budget, source = found
+        found = available_memory() if self.enabled else None
         needed = self.need(resolution, loaded=loaded)
-        if needed <= budget:
+        if found is None or needed <= found[0]:
             return
-        raise OutOfMemoryError(self._refusal(resolution, needed, budget, source, loaded, image), needed, budget)
-
-    def _refusal(
-        self,
-        resolution: Optional[int],
-        needed: int,
-        budget: int,
-        source: str,
-        loaded: bool,
-        image: Optional[Tuple[str, Tuple[int, int]]],
-    ) -> str:
-        available = f"{gigabytes(budget)} is available ({source})"
+        budget, available = found[0], f"{gigabytes(found[0])} is available ({found[1]})"
         if resolution is None:
-            return f"{self.model}: loading it needs about {gigabytes(needed)} but {available}"
+            message = f"{self.model}: loading it needs about {gigabytes(needed)} but {available}"
+            raise OutOfMemoryError(message, needed, budget)
         activations = f"activations {gigabytes(self.need(resolution, loaded=True))}, growing with resolution^2 x batch"
         parts = activations if loaded else f"the model {gigabytes(self.weights)} + {activations}"
         setting = f"{self.model} at resolution {resolution}, batch {self.batch}"
@@ -217,18 +172,14 @@ class MemoryGuard:
                 f"batch {self.batch}, which"
             )
         largest = self.largest_resolution(int(budget * OFFER_SHARE), loaded)
-        fits = (
-            f"the largest resolution that fits is {largest} (--resolution {largest})"
-            if largest
-            else f"no resolution fits at batch {self.batch}"
-        )
+        fits = f"the largest resolution that fits is {largest} (--resolution {largest})"
+        fits = fits if largest else f"no resolution fits at batch {self.batch}"
         batch = self.largest_batch(resolution, int(budget * OFFER_SHARE), loaded)
         if self.batch > 1 and batch:
             fits += f", or batch {batch} at resolution {resolution} (--batch-size {batch})"
-        return f"{setting} needs about {gigabytes(needed)} ({parts}) but {available}: {fits}"
+        message = f"{setting} needs about {gigabytes(needed)} ({parts}) but {available}: {fits}"
+        raise OutOfMemoryError(message, needed, budget)
 
-
-# ------------------------------------------------------------------------------ failed allocations
 
 #: what each backend's failed allocation says: ONNX Runtime's arena, torch's CPU and CUDA allocators
 _ALLOCATION_FAILURES = ("Failed to allocate memory", "can't allocate memory", "out of memory", "bad_alloc")
@@ -258,9 +209,8 @@ def allocation_error(exc: BaseException, backend: str, feeds: Mapping[str, Tuple
 
 
 def guard_for(model: Union[Path, str], variant: Optional[str], batch: int, device_kind: str) -> MemoryGuard:
-    """The guard of a runtime opening `model` (a file; a served model's URL is not guarded) of
-    `variant` with `batch` on a device of `device_kind` (only "cpu" is guarded: a GPU's memory is
-    not the host's; a failed allocation there is still an OutOfMemoryError)."""
+    """The guard of a runtime opening `model` of `variant` with `batch` on `device_kind`: only a file
+    on the CPU is guarded (a GPU's memory is not the host's)."""
     local = isinstance(model, Path)
     try:
         weights = os.path.getsize(model) if local else 0

@@ -1,21 +1,7 @@
 """Per-task parity metrics: does a converted model (FP16 graph, TensorRT engine, another provider)
-compute what the reference computes?
-
-A relative L2 error ||got - ref|| / ||ref|| hides broken outputs when the output is a large offset
-plus a small signal (typical for depth): keeping a quarter of the signal scores about 1e-2. The
-metrics here measure each task the way its output is used:
-
-- depth: RMSE divided by the reference's own spread (the RMS over images of the per-image standard
-  deviation), and AbsRel after a per-image least-squares scale-and-shift alignment (as the DAViD
-  paper evaluates relative depth), mean |s*got + t - ref| / |ref|;
-- normal: the angle in degrees between the (unit-normalised) vectors, mean and 99th percentile;
-- foreground: mean absolute error of the mask clipped to [0, 1] (what the SDK returns), MAE of the
-  raw output relative to its spread, and IoU of the masks at 0.5;
-- every output: the largest absolute difference, relative to the reference's range.
-
-`compare(got, ref)` returns a `Parity` with every number and, when it fails, one reason per
-threshold crossed. numpy only.
-"""
+compute what the reference computes? Each task is measured the way its output is used, since a
+relative L2 error hides a broken output that is a large offset plus a small signal; the metrics and
+limits are in docs/export.md. `compare(got, ref)` returns a `Parity`. numpy only."""
 
 from __future__ import annotations
 
@@ -63,9 +49,11 @@ class Parity:
 
     @property
     def passed(self) -> bool:
+        """True when every output stays within the thresholds."""
         return not self.reasons
 
     def to_dict(self) -> Dict[str, Any]:
+        """The metrics, reasons, limits and `passed` as JSON values."""
         return {**asdict(self), "passed": self.passed}
 
 
@@ -115,6 +103,7 @@ def align_scale_shift(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def depth_metrics(got: Any, ref: Any) -> Dict[str, float]:
+    """RMSE / spread, AbsRel after per-image scale-and-shift alignment, and the common metrics."""
     g, r = _images(got), _images(ref)
     m = _common(g, r)
     aligned = align_scale_shift(g, r)
@@ -124,6 +113,7 @@ def depth_metrics(got: Any, ref: Any) -> Dict[str, float]:
 
 
 def normal_metrics(got: Any, ref: Any) -> Dict[str, float]:
+    """The angle between the unit vectors (mean, 99th percentile, degrees) and the common metrics."""
     g, r = _images(got), _images(ref)
     row = TASKS["normal"]
     if g.shape[1] != row.channels:
@@ -139,6 +129,7 @@ def normal_metrics(got: Any, ref: Any) -> Dict[str, float]:
 
 
 def foreground_metrics(got: Any, ref: Any) -> Dict[str, float]:
+    """MAE of the clipped mask, raw MAE / spread, IoU at 0.5, and the common metrics."""
     g, r = _images(got), _images(ref)
     m = _common(g, r)
     gc, rc = np.clip(g, 0.0, 1.0), np.clip(r, 0.0, 1.0)
@@ -188,12 +179,8 @@ def compare(
     precision: str = "fp32",
 ) -> Parity:
     """Judge every output of `ref` in `got`; reasons name the output, the metric, its value and the
-    limit (prefixed by `where`, e.g. "512x512 batch 8: ").
-
-    precision="fp16" (the candidate computes in half precision) raises each error limit by twice
-    the same metric of the reference merely rounded to FP16: an FP16 output cannot be closer than
-    its own rounding, which matters where the output is a large offset with a small spread (random
-    weights). The allowance is exact, not a guess, and shrinks as the spread grows."""
+    limit (prefixed by `where`, e.g. "512x512 batch 8: "). precision="fp16" raises each error limit
+    by twice the same metric of the reference merely rounded to FP16 (docs/export.md)."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     t = thresholds or Thresholds()
@@ -210,36 +197,18 @@ def compare(
         m = output_metrics(name, got[name], ref[name])
         parity.metrics[name] = m
         floor: Dict[str, float] = {}
+        checks = _checks(name, t)
         if precision == "fp16":
             r = np.asarray(ref[name])
             floor = output_metrics(name, r.astype(np.float16).astype(np.float64), r)
-            m.update(
-                {f"fp16_rounding_{k}": v for k, v in floor.items() if k in dict((c[0], 0) for c in _checks(name, t))}
-            )
+            m.update({f"fp16_rounding_{k}": v for k, v in floor.items() if k in {c[0] for c in checks}})
         applied = parity.limits.setdefault(name, {})
-        for metric, kind, limit in _checks(name, t):
+        for metric, kind, limit in checks:
             value = m[metric]
-            applied[metric] = limit if kind == "min" else limit + 2 * floor.get(metric, 0.0)
-            if kind == "min":
-                if not value >= limit:  # NaN fails
-                    parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be >= {limit:g}")
-                continue
-            allowed = applied[metric]
-            if not value <= allowed:
+            allowed = applied[metric] = limit if kind == "min" else limit + 2 * floor.get(metric, 0.0)
+            if kind == "min" and not value >= limit:  # NaN fails
+                parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be >= {limit:g}")
+            elif kind == "max" and not value <= allowed:
                 extra = f" + 2 x {floor[metric]:.3g} (the reference's own FP16 rounding)" if metric in floor else ""
                 parity.reasons.append(f"{where}{name}: {metric} = {value:.3g}, must be <= {limit:g}{extra}")
     return parity
-
-
-__all__ = [
-    "Parity",
-    "SAME_ARITHMETIC",
-    "Thresholds",
-    "align_scale_shift",
-    "compare",
-    "depth_metrics",
-    "foreground_metrics",
-    "normal_metrics",
-    "output_metrics",
-    "spread",
-]

@@ -1,18 +1,5 @@
-"""How a model is run: one frozen `RuntimeOptions`, and the one argparse group that builds it.
-
-    from david_infer import DavidRuntime
-    from david_infer.options import RuntimeOptions
-    options = RuntimeOptions("model.onnx", resolution=384, batch_size=4)
-    with DavidRuntime.from_options(options) as rt:
-        ...
-
-`RuntimeOptions` holds every default of a runtime (`DavidRuntime`'s keywords default to its
-fields) and checks each value once, when it is made. The commands that run a model (predict,
-bench, serve, relight, background, pointcloud) declare its flags with `RuntimeArguments` (the
-argument-group pattern of Polygraphy: one object adds the flags and turns the parsed namespace
-into the options), and the options travel as they are to the Ray actors (pickled) and to the
-MLServer model (as the JSON of `as_record`).
-"""
+"""How a model is run: one frozen `RuntimeOptions` (every runtime default, each value checked once),
+and `RuntimeArguments`, the one argparse group that builds it (docs/jobs.md#the-options-objects)."""
 
 from __future__ import annotations
 
@@ -21,9 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from .checks import positive_int
 from .config import DEFAULT_RESOLUTION
-from .errors import InputError
+from .errors import InputError, positive_int
 from .inputs import MAX_IMAGE_PIXELS, check_channel_order
 from .refine import REFINE_MODES, RefineOptions, as_refine_options
 from .stages import STAGE_KINDS, PostOptions
@@ -41,21 +27,12 @@ MODEL_HELP = (
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Everything `DavidRuntime` needs to open and run a model; see `DavidRuntime` for each field.
-
-    model: a model file or folder, or a served model's URL (a released model's name is resolved
-        by the commands, see `david_infer.zoo.resolve_model`).
-    backend, device: "auto" (by file type or URL) / a backend name; "cpu", "cuda", "cuda:N".
-    resolution: the square side the model runs at; "auto" (AUTO_RESOLUTION, the default): the
-        model's own where it has one, else DEFAULT_RESOLUTION; None for each image's size.
-    channel_order: "rgb" or "bgr" for 3/4-channel arrays.
-    batch_size: images per model call (the default of `imap`/`predict_batch`).
-    threads: pre/postprocessing threads (None: the CPU count, at most 4).
-    pipeline, stages, post, verify, max_image_pixels, allow_nonfinite: as `DavidRuntime`'s keywords.
-    refine: the second pass per person (david_infer.refine): None (off, the default), "people" or
-        a RefineOptions (a mapping of its fields is taken too); held as None or a RefineOptions.
-    backend_options: the backend's own options by name (checked when the backend is chosen).
-    """
+    """Everything `DavidRuntime` needs to open and run a model; its fields are `DavidRuntime`'s
+    keywords (docs/runtime.md). `model`: a file, folder or served model's URL (a released model's
+    name is resolved by the commands: `resolved_model`); `resolution`: "auto" (the model's own, else
+    DEFAULT_RESOLUTION), a side, or None (each image's size); `refine`: None, "people", a
+    RefineOptions or a mapping of its fields (held as None or a RefineOptions); `backend_options`:
+    the backend's own, checked when it is chosen."""
 
     model: Any
     backend: str = "auto"
@@ -125,9 +102,8 @@ class RuntimeOptions:
 
 
 def resolution_arg(text: str) -> Union[int, str, None]:
-    """argparse type: a positive multiple of 16 (the models' stride), 'auto' (the model's own, else
-    DEFAULT_RESOLUTION), or 'image' / 'native' for None (the image's own size); anything else is
-    refused in command-line terms, with the nearest sizes."""
+    """argparse type: a positive multiple of 16 (the models' stride), 'auto', or 'image' / 'native'
+    for None (the image's own size); else refused with the nearest sizes."""
     if text.lower() in ("image", "native", "none"):
         return None
     if text.lower() == AUTO_RESOLUTION:
@@ -155,15 +131,10 @@ def positive_int_arg(text: str) -> int:
 
 
 class RuntimeArguments:
-    """The runtime flags shared by every command that runs a model, and the options they make.
-
-    `add_to(parser)` adds -m/--model, --backend, --device, --resolution, --stages and, as the
-    command asks, --channel-order, --batch-size, --threads and --refine, with RuntimeOptions' defaults; `options(args)`
-    returns the RuntimeOptions (the model as given: see `resolved_model`; --threads also sizes the
-    backend's own threads when the model is opened, see `runtime.with_threads`). With `many=True`
-    (bench), --backend and --resolution take comma-separated lists: `variants(args)` gives one
-    RuntimeOptions per (resolution, backend).
-    """
+    """The runtime flags of every command that runs a model: `add_to(parser)` adds -m, --backend,
+    --device, --resolution, --stages and, as asked, --channel-order, --batch-size, --threads,
+    --refine; `options(args)` makes the RuntimeOptions (the model as given). With `many` (bench),
+    --backend and --resolution take lists: `variants(args)`, one RuntimeOptions per pair."""
 
     def __init__(
         self,
@@ -176,9 +147,8 @@ class RuntimeArguments:
         model_help: str = MODEL_HELP,
         resolution_help: Optional[str] = None,
     ) -> None:
-        self.channel_order, self.batch_size, self.threads, self.many = channel_order, batch_size, threads, many
-        self.refine = refine
-        self.model_help = model_help
+        self.channel_order, self.batch_size, self.threads, self.refine = channel_order, batch_size, threads, refine
+        self.many, self.model_help = many, model_help
         self.resolution_help = resolution_help or (
             f"side of the square the model runs at, a multiple of 16, or 'image' for the image's own size "
             f"(default auto: {DEFAULT_RESOLUTION}, or the model's own for a pre/post graph or a fixed-size file such "
@@ -186,6 +156,7 @@ class RuntimeArguments:
         )
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Add the flags to `parser`, with RuntimeOptions' defaults."""
         g = parser.add_argument_group("model and runtime")
         g.add_argument("-m", "--model", required=True, help=self.model_help)
         if self.many:
@@ -283,8 +254,8 @@ class RuntimeArguments:
 
 
 def resolved_model(model: Any) -> Any:
-    """A -m MODEL value -> what DavidRuntime opens: a served model's URL as it is, else a file,
-    folder or released model's name resolved to a path (downloading a released model once)."""
+    """A -m MODEL value -> what DavidRuntime opens: a served model's URL as it is, else a path (a
+    released model's name downloaded once)."""
     from .backends import url_scheme
     from .zoo import resolve_model
 

@@ -14,25 +14,12 @@ Box = Tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Region:
-    """One person region of a refined prediction (`DavidRuntime(refine="people")`, david_infer.refine).
-
-    box:      the person's box (x0, y0, x1, y1), image pixels, half-open: the bounds of the mask's
-              part (parts merged into one region: their union), or the box a caller passed.
-    crop:     the square around `box` and its margin (clamped to the image) that pass 2 ran and
-              pasted back; not square only where the image is narrower than it.
-    source:   "mask" (found in pass 1's foreground) or "boxes" (given by the caller).
-    status:   "refined" (pass 2 pasted), "fallback" (pass 2 ran and looked worse: pass 1 kept) or
-              "skipped" (pass 2 not run); `reason` says why for the last two.
-    model_pixels: the model pixels `box` got in pass 1 and in pass 2 (its area times each pass's
-              scale squared; pass 2's None when it did not run).
-    agreement: pass 2's mask against pass 1's inside `box` (intersection over union of the pixels
-              at or above the threshold); None without a mask or where neither has such pixels.
-    depth_scale, depth_shift: pass 2's depth as pasted: `scale * depth + shift` (aligned to pass 1
-              inside the box); None where nothing was pasted or the model has no depth.
-    alignment: how the scale and shift were found: "least-squares" (robust, Huber-weighted) or
-              "spread" (the median and interquartile range matched, where least squares gives no
-              positive scale); "" without depth.
-    """
+    """One person region of a refined prediction (`DavidRuntime(refine="people")`, docs/refine.md):
+    the person's `box` and the `crop` pass 2 ran (x0, y0, x1, y1, image pixels, half-open), its
+    `source` ("mask" or "boxes"), `status` ("refined", "fallback", "skipped") and `reason`, the
+    `model_pixels` of the box in pass 1 and 2 (None: not run), the masks' `agreement` (IoU inside
+    the box), and pass 2's pasted depth as `depth_scale * depth + depth_shift`, found by
+    `alignment` ("least-squares" or "spread"; "" without depth)."""
 
     box: Box
     crop: Box
@@ -67,23 +54,11 @@ def _rounded(value: Optional[float], digits: int) -> Optional[float]:
 
 @dataclass(init=False)
 class Prediction:
-    """Per-pixel outputs aligned with the input image (H x W, EXIF orientation applied).
-
-    image:      (H, W, 3) uint8 RGB, the input as decoded (may share memory with an input array).
-                It may be given as a zero-argument callable, made into the array on first access
-                (so predict does not pay for it when nobody looks).
-    depth:      (H, W) float32 relative depth, finite. By default larger = nearer (the raw output
-                negated, as the official runtime's `is_inverse` default); with `invert_depth=False`
-                the raw output, larger = farther. Optionally min-max normalised to [0, 1].
-    normal:     (H, W, 3) float32 unit surface normals (x, y, z).
-    foreground: (H, W) float32 soft mask in [0, 1] (0/1 when a threshold is set).
-    depth_inverse: True when `depth` is larger = nearer (the default), False for larger = farther;
-                visualisation and the point cloud read it.
-    regions:    with `refine` (david_infer.refine): the person regions of the second pass, each a
-                `Region` (found, refined, fallen back or skipped, and why); None when not refined.
-
-    A task the model lacks is None.
-    """
+    """Per-pixel outputs at the input image's size (EXIF orientation applied; docs/runtime.md): `image`
+    (H, W, 3) uint8 RGB as decoded (or a callable that makes it on first access), `depth` (H, W)
+    float32 (larger = nearer when `depth_inverse`, the default), `normal` (H, W, 3) unit vectors,
+    `foreground` (H, W) in [0, 1]; None for a task the model lacks. `regions`: with `refine`, the
+    person regions of the second pass (`Region`), else None."""
 
     image_source: ImageSource = field(repr=False, compare=False)
     depth: Optional[np.ndarray] = None

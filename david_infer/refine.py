@@ -13,8 +13,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ._optional import require
-from .checks import positive_int
-from .errors import InputError
+from .errors import InputError, positive_int
 from .inputs import Decoded, decode
 from .prediction import Box, Prediction, Region
 from .stages import PostOptions, open_options

@@ -1,8 +1,5 @@
-"""Image sizes and input shapes: the one HxW parser and the one input-shape check.
-
-Pure Python (no numpy, no torch), so the PyTorch model, the export stage, the TensorRT engine
-builder and runner, and the command line all validate sizes the same way, with the same messages.
-"""
+"""Image sizes and input shapes: the one HxW parser and the one input-shape check, pure Python, so the
+model, the export stage, TensorRT and the command line validate sizes alike, with the same messages."""
 
 from __future__ import annotations
 
@@ -47,16 +44,12 @@ def parse_hw_list(text: str, what: str = "resolution") -> List[HW]:
 def check_stride(hw: Sequence[int], stride: int, what: str = "resolution") -> None:
     """InputError unless height and width are positive multiples of `stride`, suggesting the nearest."""
     h, w = (int(v) for v in hw)
-    if h > 0 and w > 0 and not (h % stride or w % stride):
-        return
-
-    def near(v: int) -> int:
-        return max(stride, round(v / stride) * stride)
-
-    raise InputError(
-        f"{what} {h}x{w}: height and width must be positive multiples of {stride} (the model halves the "
-        f"resolution {stride.bit_length() - 1} times); try {near(h)}x{near(w)}"
-    )
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        near = "x".join(str(max(stride, round(v / stride) * stride)) for v in (h, w))
+        raise InputError(
+            f"{what} {h}x{w}: height and width must be positive multiples of {stride} (the model halves the "
+            f"resolution {stride.bit_length() - 1} times); try {near}"
+        )
 
 
 @dataclass(frozen=True)
@@ -72,10 +65,12 @@ class ShapeRange:
         return len(shape) == len(self.min) and all(lo <= int(s) <= hi for s, lo, hi in zip(shape, self.min, self.max))
 
     def as_dict(self) -> Dict[str, list]:
+        """{"min": [...], "opt": [...], "max": [...]}."""
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ShapeRange":
+        """The range `as_dict` wrote."""
         return cls(*(tuple(int(d) for d in data[k]) for k in ("min", "opt", "max")))
 
 
@@ -91,12 +86,9 @@ def check_input_shape(
     source: str = "the engine",
     stride: Optional[int] = None,
 ) -> None:
-    """InputError unless `shape` is an image batch (B, 3, H, W) the model can take.
-
-    With `stride`, H and W must be positive multiples of it (what the graph itself requires);
-    with `shape_range`, the shape must lie inside it (what `source`, e.g. a TensorRT engine, was
-    built for).
-    """
+    """InputError unless `shape` is an image batch (B, 3, H, W) the model can take: H and W positive
+    multiples of `stride` (when given), inside `shape_range` (what `source`, e.g. an engine, was
+    built for)."""
     if len(shape) != 4 or int(shape[1]) != 3:
         raise InputError(
             f"input {name!r} has shape {format_shape(shape)}; expected an image tensor of shape (B, 3, H, W)"

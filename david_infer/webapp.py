@@ -1,14 +1,7 @@
-"""The browser page's local server (`david-infer web`): the built page, ONNX Runtime Web's files and
-one pixels-to-maps graph, on 127.0.0.1 only.
-
-The graph is the one `david-infer export --prepost` writes: input `image` uint8 (N, H, W, 3) in the
-channel order its manifest names, outputs `depth`, `normal`, `foreground` at the input's size. The
-page fetches `/model.json` (what this module says about the graph: size, SHA-256, channel order,
-tasks) and `/model.onnx`, and runs everything in the browser: no photo is sent anywhere.
-
-Every response carries cross-origin isolation headers (WebAssembly threads need SharedArrayBuffer)
-and a Content-Security-Policy that lets the page talk to this server alone.
-"""
+"""The browser page's local server (`david-infer web`, docs/browser.md): the built page, ONNX Runtime
+Web's files and one pixels-to-maps graph (`export --prepost`) with what the page must know of it
+(/model.json), on 127.0.0.1 only, every response with cross-origin isolation headers (WebAssembly
+threads need SharedArrayBuffer) and a Content-Security-Policy to this server alone."""
 
 from __future__ import annotations
 
@@ -34,19 +27,10 @@ HOST = "127.0.0.1"
 BUILD_HINT = "build it from a source checkout with: (cd web && npm ci && npm run build), then reinstall"
 
 # The page loads only from this origin; ONNX Runtime Web compiles WebAssembly and starts module workers.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self' 'wasm-unsafe-eval'",
-        "worker-src 'self' blob:",
-        "connect-src 'self'",
-        "img-src 'self' blob: data:",
-        "media-src 'self' blob: mediastream:",
-        "style-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-    ]
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; connect-src 'self'; "
+    "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; style-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
 )
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -79,6 +63,7 @@ class PageModel:
     precision: str
 
     def to_json(self) -> Dict[str, Any]:
+        """What /model.json says."""
         return {
             "name": self.path.name,
             "bytes": self.bytes,
@@ -91,11 +76,8 @@ class PageModel:
 
 
 def describe_model(path: Union[str, Path]) -> PageModel:
-    """The page's view of a pixels-to-maps graph, from the manifest beside it.
-
-    ModelError when the file or its manifest is missing, or the manifest describes another kind of
-    graph (float NCHW input: an export without --prepost), saying how to make the right one.
-    """
+    """The page's view of a pixels-to-maps graph, from the manifest beside it; ModelError, saying how
+    to make the right one, when the file or its manifest is missing or describes another graph."""
     path = Path(path)
     how = "Export it with david-infer export ... --prepost"
     if path.suffix != ".onnx":
@@ -145,36 +127,28 @@ class _Handler(BaseHTTPRequestHandler):
         route = "/index.html" if route == "/" else route
         model = self.server.model
         if route == "/model.json":
-            data = json.dumps(model.to_json()).encode()
-            self._send(HTTPStatus.OK, ".json", len(data), {"Cache-Control": "no-cache"})
-            if body:
-                self.wfile.write(data)
-            return
+            return self._send(HTTPStatus.OK, ".json", json.dumps(model.to_json()).encode(), body)
         path = model.path if route == "/model.onnx" else self.server.files.get(route)
         if path is None:
-            data = f"not found: {route}\n".encode()
-            self._send(HTTPStatus.NOT_FOUND, ".txt", len(data), {})
-            if body:
-                self.wfile.write(data)
-            return
-        extra = (
-            {"ETag": f'"{model.sha256}"', "Cache-Control": "no-cache"}
-            if path == model.path
-            else {"Cache-Control": "no-cache"}
-        )
-        self._send(HTTPStatus.OK, path.suffix, path.stat().st_size, extra)
-        if body:
-            with open(path, "rb") as f:
-                shutil.copyfileobj(f, self.wfile, 1 << 20)
+            return self._send(HTTPStatus.NOT_FOUND, ".txt", f"not found: {route}\n".encode(), body)
+        self._send(HTTPStatus.OK, path.suffix, path, body, {"ETag": f'"{model.sha256}"'} if path == model.path else {})
 
-    def _send(self, status: HTTPStatus, suffix: str, length: int, extra: Mapping[str, str]) -> None:
+    def _send(
+        self, status: HTTPStatus, suffix: str, content: Union[bytes, Path], body: bool, extra: Mapping[str, str] = {}
+    ) -> None:
         self.send_response(status)
         content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type("x" + suffix)[0] or "text/plain"
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(length))
-        for name, value in {**ISOLATION_HEADERS, **extra}.items():
+        self.send_header("Content-Length", str(len(content) if isinstance(content, bytes) else content.stat().st_size))
+        cache = {"Cache-Control": "no-cache"} if status == HTTPStatus.OK else {}
+        for name, value in {**ISOLATION_HEADERS, **extra, **cache}.items():
             self.send_header(name, value)
         self.end_headers()
+        if body and isinstance(content, bytes):
+            self.wfile.write(content)
+        elif body:
+            with open(content, "rb") as f:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -196,6 +170,7 @@ class PageServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The page's address."""
         return f"http://{HOST}:{self.server_address[1]}/"
 
     def start(self) -> threading.Thread:

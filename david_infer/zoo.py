@@ -1,30 +1,6 @@
-"""The released DAViD models: names, cache folder and a resumable, size-checked download.
-
-Seven ONNX files are published (github.com/microsoft/DAViD, MIT licence). Microsoft publishes no
-checksums for them, only approximate sizes on the model cards (MB, rounded to 10 kB). So a
-download is accepted when
-
-- the size the server announces (Content-Length, or the total of a Content-Range) is within 1% of
-  the model card's size (the cards do not say whether MB means 10**6 or 2**20 bytes; both
-  readings are accepted, which still rejects an error page or a different model), and
-- the bytes written equal that announced size exactly.
-
-After a download the file's SHA-256 is computed and kept in a small download record
-(`FILE.onnx.download.json`), so later loads notice a truncated file at once (size) and
-`model_path(name, verify=True)` / `david-infer download NAME` notice any other change (hash).
-
-Cache folder: `$DAVID_INFER_HOME/models`, by default `~/.cache/david-infer/models`. The download
-URL's base can be changed with `$DAVID_INFER_BASE_URL` (a mirror, or a local server in tests).
-Only the standard library's urllib is used (no `requests`); progress is shown by
-`david_infer.progress` (a tqdm bar when tqdm is installed). Parallel downloads of one model are
-kept apart by `outputs.lock.OwnerLock` (the second waits, then finds the finished file).
-
-Own transfer code rather than pooch, the maintained download/cache library: pooch 1.9.0 deletes a
-cut transfer and asks for the whole file again, and it has no lock between processes. Measured
-on the HTTP server of tests/unit/test_zoo.py with a 3 MB file cut at 2 MB: pooch's second call
-asked for 3 MB, `fetch` asked for the last 1 MB (`Range: bytes=2000000-`). For a 1.3 GB model that
-means starting over. huggingface_hub resumes and locks, but only for files on the Hugging Face Hub.
-"""
+"""The released DAViD models (github.com/microsoft/DAViD, MIT licence): names, the cache folder and a
+resumable, size-checked, locked download (docs/runtime.md#released-models-the-zoo).
+Own downloader: pooch 1.9.0 restarts a cut transfer (a 3 MB file cut at 2 MB: it asked 3 MB, `fetch` 1 MB)."""
 
 from __future__ import annotations
 
@@ -42,8 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import __version__
 from .errors import ModelError
-from .files import sha256_file
-from .jsonfile import read_json_object, write_json
+from .files import read_json_object, sha256_file, write_json
 from .outputs.lock import OwnerLock
 from .progress import BYTES, Progress
 
@@ -106,10 +81,7 @@ def get_model(name: str) -> ZooModel:
 
 def resolve_model(model: Union[str, "os.PathLike[str]"], download: bool = True) -> Path:
     """A model argument -> a path: an existing file or folder as it is, else a released model's
-    name (its cached file, downloaded first when missing and `download`).
-
-    ModelError when `model` is neither, naming the released models.
-    """
+    name (its cached file, downloaded first when missing and `download`); ModelError otherwise."""
     if os.path.exists(model):
         return Path(model)
     if isinstance(model, str) and model in MODELS:
@@ -149,12 +121,9 @@ def download_record_path(dest: Path) -> Path:
 
 
 def model_path(name: str, download: bool = True, verify: bool = False, progress: bool = True) -> Path:
-    """Path of the cached model file `name`, downloading it first when missing and `download`.
-
-    A cached file is checked against its download record: its size always (cheap), its SHA-256 when
-    `verify`. A file put there by hand (no download record) must have the model card's size; its SHA-256
-    is then recorded so later loads can detect a change.
-    """
+    """Path of the cached model file `name`, downloading it first when missing and `download`. Its
+    size is checked against its download record (SHA-256 too when `verify`); a file put there by
+    hand must have the model card's size, and its SHA-256 is then recorded."""
     model = get_model(name)
     dest = cached_path(name)
     if dest.is_file():
@@ -169,23 +138,11 @@ def model_path(name: str, download: bool = True, verify: bool = False, progress:
 
 
 def download(
-    name: str,
-    force: bool = False,
-    progress: bool = True,
-    timeout: float = DEFAULT_TIMEOUT,
-    retries: int = 2,
-) -> Path:
-    """Download model `name` into the cache (resuming a partial download) and return its path.
-
-    Already cached and `force` false: the cached file is size-checked and returned. `force`
-    discards the cached file and any partial download first.
-    """
-    return _download(name, force=force, progress=progress, timeout=timeout, retries=retries)
-
-
-def _download(
     name: str, force: bool = False, progress: bool = True, timeout: float = DEFAULT_TIMEOUT, retries: int = 2
 ) -> Path:
+    """Download model `name` into the cache (resuming a partial download) and return its path; a
+    cached file is size-checked and returned unless `force`, which discards it and any partial
+    download first. A second process downloading the same model waits, then finds the file."""
     model = get_model(name)
     dest = cached_path(name)
     try:
@@ -194,7 +151,6 @@ def _download(
         raise ModelError(
             f"cannot create the model cache folder {dest.parent}: {exc}; set {ENV_HOME} to a writable folder"
         ) from None
-    # a second process waits here, then finds the finished file
     with OwnerLock(dest.with_name(dest.name + ".lock"), f"the download of {dest.name}", wait=True):
         if force:
             for stale in (dest, download_record_path(dest), part_path(dest), _part_meta_path(dest)):
@@ -209,6 +165,9 @@ def _download(
             raise ModelError(f"{exc}. {offline_hint(model.task)}") from None
         _write_download_record(dest, name=name, url=url)
     return dest
+
+
+_download = download  # what model_path calls: its `download` argument hides the function
 
 
 def offline_hint(task: str) -> str:
@@ -276,10 +235,6 @@ def _write_download_record(path: Path, name: str, url: str) -> Dict[str, Any]:
     return record
 
 
-# --------------------------------------------------------------------------------------------
-# Transfer
-
-
 class _Retryable(Exception):
     """A failure worth another attempt (network error, cut transfer, server error)."""
 
@@ -293,12 +248,9 @@ def fetch(
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = 0,
 ) -> int:
-    """Download `url` to `dest` through `dest.part`, resuming it with an HTTP Range request.
-
-    The announced size must be within `tolerance` of one of `expected_sizes` (when given) and the
-    received bytes must add up to it exactly; `dest` appears only then (atomic rename). A cut
-    transfer keeps `dest.part` for the next call to resume. Returns the file's size in bytes.
-    """
+    """Download `url` to `dest` through `dest.part` (kept when cut, resumed with an HTTP Range request
+    by the next call); returns the size. The announced size must be within `tolerance` of one of
+    `expected_sizes` (when given), the bytes received exactly that: only then does `dest` appear."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     last: Optional[_Retryable] = None
@@ -321,12 +273,15 @@ def fetch(
 
 
 def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float, progress: bool, timeout: float) -> int:
-    part = part_path(dest)
+    part, meta_path = part_path(dest), _part_meta_path(dest)
     have = part.stat().st_size if part.is_file() else 0
-    meta = _read_part_meta(dest) if have else {}
+    try:  # what the partial download belongs to; unknown: it starts over
+        meta = read_json_object(meta_path, "partial-download record") if have else {}
+    except ModelError:
+        meta = {}
     if have and have == meta.get("total") and meta.get("url") == url:  # finished, but not renamed
         os.replace(part, dest)
-        _part_meta_path(dest).unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
         return have
     headers = {"User-Agent": f"david-infer/{__version__}", "Accept-Encoding": "identity"}
     if have:
@@ -347,12 +302,11 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
             f"(${ENV_BASE_URL}={get_base_url()!r}), or save the file by hand as {dest}"
         ) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _Retryable(f"cannot connect ({reason})") from None
+        raise _Retryable(f"cannot connect ({getattr(exc, 'reason', exc)})") from None
     with resp:
         resumed = have > 0 and resp.status == 206
-        total = _announced_total(resp)
-        if resumed and (total is None or _range_start(resp) != have or meta.get("total") not in (None, total)):
+        start, total = _announced_range(resp)
+        if resumed and (total is None or start != have or meta.get("total") not in (None, total)):
             resp.close()  # a resume we cannot trust (moved offset, changed file): start over
             _discard_part(dest)
             return _fetch_once(url, dest, expected, tolerance, progress, timeout)
@@ -370,13 +324,15 @@ def _fetch_once(url: str, dest: Path, expected: Sequence[int], tolerance: float,
             )
         if not resumed:  # fresh, or the server ignored Range and sends everything (200)
             have = 0
-            _write_part_meta(dest, {"url": url, "total": total, "validator": _validator(resp)})
+            etag = resp.headers.get("ETag")  # If-Range needs a strong validator
+            validator = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
+            write_json(meta_path, {"url": url, "total": total, "validator": validator})
         _copy_body(resp, part, "ab" if resumed else "wb", have, total, dest.name, progress)
     size = part.stat().st_size
     if size != total:
         raise _Retryable(f"the connection ended after {size} of {total} bytes")
     os.replace(part, dest)
-    _part_meta_path(dest).unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
     return size
 
 
@@ -405,25 +361,13 @@ def _copy_body(resp: Any, part: Path, mode: str, have: int, total: int, label: s
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+)\s*")
 
 
-def _range_start(resp: Any) -> Optional[int]:
-    m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-    return int(m.group(1)) if m else None
-
-
-def _announced_total(resp: Any) -> Optional[int]:
-    """Total file size from Content-Range (206) or Content-Length (200)."""
+def _announced_range(resp: Any) -> Tuple[Optional[int], Optional[int]]:
+    """(first byte, total file size) the server announces: Content-Range (206) or Content-Length (200)."""
     if resp.status == 206:
         m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-        return int(m.group(3)) if m else None
+        return (int(m.group(1)), int(m.group(3))) if m else (None, None)
     length = resp.headers.get("Content-Length")
-    return int(length) if length and length.isdigit() else None
-
-
-def _validator(resp: Any) -> Optional[str]:
-    etag = resp.headers.get("ETag")
-    if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
-        return etag
-    return resp.headers.get("Last-Modified")
+    return None, int(length) if length and length.isdigit() else None
 
 
 def _size_plausible(size: int, expected: Sequence[int], tolerance: float = SIZE_TOLERANCE) -> bool:
@@ -432,18 +376,6 @@ def _size_plausible(size: int, expected: Sequence[int], tolerance: float = SIZE_
 
 def _part_meta_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part.json")
-
-
-def _read_part_meta(dest: Path) -> Dict[str, Any]:
-    """What the partial download belongs to ({} when unknown: the download then starts over)."""
-    try:
-        return read_json_object(_part_meta_path(dest), "partial-download record")
-    except ModelError:
-        return {}
-
-
-def _write_part_meta(dest: Path, meta: Dict[str, Any]) -> None:
-    write_json(_part_meta_path(dest), meta)
 
 
 def _discard_part(dest: Path) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .. import __version__
-from .._logging import quiet_logger
-from .._optional import require
+from .._optional import quiet_logger, require
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..config import DEFAULT_RESOLUTION, get_config
 from ..contract import GraphIO, ModelContract

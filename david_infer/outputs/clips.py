@@ -1,78 +1,33 @@
-"""The output kinds of a clip (`VIDEO_KINDS`) and one clip's set, written frame by frame.
+"""The output kinds of a clip (`VIDEO_KINDS`, one row each: docs/outputs.md, docs/video.md) and one
+clip's set, predicted and written frame by frame (`write_clip`).
 
-Each kind is one row: its name (`--save`), its file suffix after the clip's name, the model task
-it needs, the FFmpeg encoder it needs, how its file is opened and how each frame is drawn:
-
-  depth       NAME.depth.mp4       grey depth, white = near, one range for the whole clip
-  normal      NAME.normal.mp4      normals as RGB, (n + 1) / 2 * 255
-  foreground  NAME.foreground.mp4  the soft matte, grey
-  vis         NAME.vis.mp4         half-size tiles, two per row: the frame, depth, normals and the
-                                   foreground as a tint over the frame (`david_infer.video.render.VisLayout`);
-                                   the source's audio copied
-  depth-npz   NAME.depth.npz       lossless: `depth` (N, H, W) float32 model depth (stabilised with
-                                   `stabilize`), `time` (s),
-                                   `pts`, `frame_index` (N,)
-  cutout      NAME.cutout.mov      lossless RGBA (PNG frames in QuickTime): the frame with the matte
-                                   as alpha
-
-A kind with `hold` is drawn with the clip's depth range (`ClipOptions.depth_range`): "clip" (the
-default) is two-pass: the first pass runs the model once per frame and spools what `hold` keeps
-of each frame to a temporary file beside the outputs (float maps as float16: with depth and vis,
-about 6 bytes per output pixel per frame), the second draws them with the range of the whole
-clip. "running" is one pass without the spool: each frame uses the range of the frames so far,
-which only widens (early frames may use less of the scale). Raw data (depth-npz) is never
-normalised.
-
-`ClipOptions.stabilize` ("none", "online", "offline"; `david_infer.video.stabilize`) steadies the
-maps over time before anything is drawn or written; offline holds a few frames (its lookahead) in
-memory and yields each frame that many frames later, in order. The completion record notes the
-mode. With the runtime's `refine` (the second pass per person, its regions steadied over frames:
-`david_infer.refine`), the record's `results` count the clip's regions by what became of them, and
-the vis video outlines them.
-
-`write_clip` predicts and writes one clip's set (`david_infer.outputs.sets.OutputSet`):
-temporaries renamed into place at the end with the completion record last; a clip that stops
-decoding early gets the frames decoded so far, in closed, playable files, without a record.
+A kind with `hold` is drawn with the clip's depth range: "clip" (two-pass) spools what `hold`
+keeps of each frame (float maps as float16) to a temporary beside the outputs and draws it once the
+range of the whole clip is known; "running" draws each frame with the range of the frames so far.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
-import queue
-import threading
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterator,
-    List,
-    Optional,
-    Protocol,
-    Sequence,
-    Tuple,
-)
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
+from .._optional import require
+from ..apps import cutout
 from ..errors import InputError
 from ..tasks import TASKS
-from ..video import (
-    ALPHA_ENCODING,
-    STABILIZE_CHOICES,
-    DepthRange,
-    Encoding,
-    Frame,
-    FrameReader,
-    NpyStackWriter,
-    VideoWriter,
-    VisLayout,
-    predict_frames,
-    to_gray8,
-)
+from ..video.decode import Frame, FrameReader
+from ..video.encode import ALPHA_ENCODING, Encoding, NpyStackWriter, VideoWriter
+from ..video.predict import STABILIZE_CHOICES, predict_frames
+from ..video.render import DepthRange, VisLayout, to_gray8
 from ..video.stability import stabilize_pairs
+from ..visualize import normals_to_rgb
 from .sets import KindTable, Source, WriteOptions
 
 DEPTH_RANGES = ("clip", "running")
@@ -80,10 +35,10 @@ DEPTH_RANGES = ("clip", "running")
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
-    """How a clip's set is written: its kinds, which frames (`video.FrameSelection`), the longest
-    side frames are scaled to, the depth range ("clip": two-pass, or "running"), libx264's preset
-    and crf, frames per model call, whether the runtime's depth is inverse (larger = nearer), and
-    the stabilisation over time ("none", "online", "offline")."""
+    """How a clip's set is written: its kinds, which frames (`video.FrameSelection`), the longest side
+    frames are scaled to, the depth range ("clip" or "running"), libx264's preset and crf, frames per
+    model call, whether depth is inverse (larger = nearer), the stabilisation ("none", "online",
+    "offline")."""
 
     kinds: Tuple[str, ...]
     frames: Any  # video.FrameSelection
@@ -117,12 +72,13 @@ class ClipOptions:
         )
 
     def encoding(self, input_format: str = "rgb24") -> Encoding:
+        """libx264 with this preset and crf, fed `input_format` pictures."""
         return Encoding("libx264", "yuv420p", (("preset", self.preset), ("crf", str(self.crf))), input_format)
 
 
 class FrameSink(Protocol):
-    """What a kind's `open` returns: `write(picture, frame)` per frame, `close()` (the file is then
-    complete under `tmp`), `abort()` (removes it); `path` is its final name."""
+    """What a kind's `open` returns: `write(picture, frame)` per frame, `close()` (the file complete
+    under `tmp`), `abort()` (removes it); `path` is its final name."""
 
     path: Path
     tmp: Path
@@ -136,14 +92,10 @@ class FrameSink(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class VideoKind:
-    """One `--save` kind of a clip (see the module docstring).
-
-    open(clip, path, tmp): its `FrameSink`, writing to the temporary `tmp` (final name `path`).
-    draw(clip, *held): the frame's picture, from `hold(clip, pred)`, or from `(pred,)` without
-    `hold`. A kind with `hold` needs the clip's depth range (`clip.range_all`, `clip.range_person`),
-    known only after the last frame in two-pass mode: `hold` keeps what `draw` needs (arrays or
-    None), and is all that is kept of a frame until then.
-    """
+    """One `--save` kind of a clip. open(clip, path, tmp): its `FrameSink` writing the temporary `tmp`;
+    draw(clip, *held): the frame's picture from `hold(clip, pred)` (or from `(pred,)`). `hold`, for a
+    kind drawn with the clip's depth range (`clip.range_all`, `clip.range_person`), keeps what `draw`
+    needs of a frame until that range is known."""
 
     name: str
     suffix: str
@@ -208,18 +160,6 @@ class _DepthStack:
         self.tmp.unlink(missing_ok=True)
 
 
-def _normals(clip: "ClipOutputs", pred: Any) -> np.ndarray:
-    from ..visualize import normals_to_rgb
-
-    return normals_to_rgb(pred.normal)
-
-
-def _cutout(clip: "ClipOutputs", pred: Any) -> np.ndarray:
-    from ..apps import cutout
-
-    return cutout(pred.image, pred.foreground)
-
-
 VIDEO_KINDS: KindTable[VideoKind] = KindTable(
     "video inputs",
     [
@@ -232,7 +172,9 @@ VIDEO_KINDS: KindTable[VideoKind] = KindTable(
             draw=lambda clip, depth: to_gray8(clip.range_all.normalise(depth, clip.opts.depth_inverse)),
             hold=lambda clip, pred: (pred.depth,),
         ),
-        VideoKind("normal", ".normal.mp4", "normal", "libx264", _video("rgb24"), draw=_normals),
+        VideoKind(
+            "normal", ".normal.mp4", "normal", "libx264", _video("rgb24"), lambda clip, p: normals_to_rgb(p.normal)
+        ),
         VideoKind(
             "foreground",
             ".foreground.mp4",
@@ -253,15 +195,15 @@ VIDEO_KINDS: KindTable[VideoKind] = KindTable(
             hold=lambda clip, pred: clip.vis.draw(pred),
         ),
         VideoKind("depth-npz", ".depth.npz", "depth", None, _DepthStack, draw=lambda clip, pred: pred.depth),
-        VideoKind("cutout", ".cutout.mov", "foreground", "png", _matte_video, draw=_cutout),
+        VideoKind(
+            "cutout", ".cutout.mov", "foreground", "png", _matte_video, lambda clip, p: cutout(p.image, p.foreground)
+        ),
     ],
 )
 
 
 def check_encoders(kinds: Sequence[str]) -> None:
     """InputError when this PyAV's FFmpeg lacks an encoder the kinds need (before any model call)."""
-    from .._optional import require
-
     av = require("av", "video files")
     for name in sorted({encoder for encoder in (VIDEO_KINDS[k].encoder for k in kinds) if encoder is not None}):
         try:
@@ -274,9 +216,8 @@ def check_encoders(kinds: Sequence[str]) -> None:
 
 
 class _Spool:
-    """What the ranged kinds hold of each frame until the clip's range is known, one .npy record
-    after another in a temporary file: float arrays as float16 (half the bytes; the 8-bit pictures
-    drawn from them show no difference), None as an empty array."""
+    """What the ranged kinds hold of each frame until the clip's range is known, .npy records in a
+    temporary file: floats as float16 (the 8-bit pictures show no difference), None as empty."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -323,7 +264,6 @@ class ClipOutputs:
         two_pass = opts.depth_range == "clip" and any(TASKS[t].picture == "relative" for t in self.tasks)
         #: the kinds drawn in the second pass, with the clip's range
         self.late = [k for k in kinds if k.hold is not None] if two_pass else []
-        self._late_names = {k.name for k in self.late}
         self.sinks: Dict[str, FrameSink] = {}
         self.spool: Optional[_Spool] = None
         try:
@@ -352,93 +292,62 @@ class ClipOutputs:
         for name, sink in self.sinks.items():
             kind = VIDEO_KINDS[name]
             held = kind.hold(self, pred) if kind.hold is not None else (pred,)
-            if kind.name in self._late_names:
+            if kind in self.late:
                 self.spool.put(held)  # type: ignore[union-attr]
             else:
                 sink.write(kind.draw(self, *held), frame)
 
-    def _second_pass(self) -> None:
-        held = self.spool.replay(len(self.meta) * len(self.late))  # type: ignore[union-attr]
-        for index, pts, t, duration in self.meta:
-            frame = Frame(index, pts, t, duration, None)  # type: ignore[arg-type]  # timestamps only
-            for kind in self.late:
-                self.sinks[kind.name].write(kind.draw(self, *next(held)), frame)
-
     def finish(self) -> List[Tuple[Path, Path]]:
         """Close every file (second pass first when two-pass); returns (temporary, final) pairs."""
         if self.late:
-            self._second_pass()
-        staged = []
+            held = self.spool.replay(len(self.meta) * len(self.late))  # type: ignore[union-attr]
+            for index, pts, t, duration in self.meta:
+                frame = Frame(index, pts, t, duration, None)  # type: ignore[arg-type]  # timestamps only
+                for kind in self.late:
+                    self.sinks[kind.name].write(kind.draw(self, *next(held)), frame)
         for sink in self.sinks.values():
             sink.close()
-            staged.append((sink.tmp, sink.path))
-        self._drop_spool()
-        return staged
-
-    def _drop_spool(self) -> None:
         if self.spool is not None:
             self.spool.remove()
+        return [(sink.tmp, sink.path) for sink in self.sinks.values()]
 
     def abort(self) -> None:
         """Remove every temporary (on failure or interruption)."""
         for sink in self.sinks.values():
             sink.abort()
-        self._drop_spool()
+        if self.spool is not None:
+            self.spool.remove()
 
 
 class _Background:
-    """Runs `work(*item)` in one thread behind a bounded queue, so rendering and encoding overlap
-    the model call (and decoding, in imap's reader thread). The first error is raised by the next
-    `put` or by `close`."""
+    """Runs `work(*item)` in one thread, at most `depth` items ahead, so rendering and encoding overlap
+    the model call; the first error is raised by the next `put` or by `close`."""
 
-    _DONE = object()
-
-    def __init__(self, work: Any, depth: int) -> None:
-        self._work, self._cancelled = work, False
-        self._error: Optional[BaseException] = None
-        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
-        self._thread = threading.Thread(target=self._run, name="david-video-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if self._error is None and not self._cancelled:
-                try:
-                    self._work(*item)
-                except BaseException as exc:  # handed to the caller's thread
-                    self._error = exc
+    def __init__(self, work: Callable[..., None], depth: int) -> None:
+        self._work, self._depth = work, max(1, depth)
+        self._pending: Deque[Future] = collections.deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="david-video-writer")
 
     def put(self, *item: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()  # raises the work's error
+        self._pending.append(self._pool.submit(self._work, *item))
 
     def close(self, cancel: bool = False) -> None:
-        """Wait for the queued work (skipped when `cancel`), then raise its error if any."""
-        self._cancelled = self._cancelled or cancel
-        if self._thread.is_alive():
-            self._queue.put(self._DONE)
-            self._thread.join()
-        if self._error is not None and not cancel:
-            raise self._error
+        """Wait for the queued work (dropped when `cancel`), then raise its error if any."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        while self._pending and not cancel:
+            self._pending.popleft().result()
 
 
 def write_clip(
-    runtime: Any,
-    info: Any,
-    outdir: Path,
-    name: str,
-    opts: ClipOptions,
-    record_options: WriteOptions,
-    source: Optional[Source] = None,
+    runtime: Any, info: Any, outdir: Path, name: str, opts: ClipOptions, record_options: WriteOptions
 ) -> Tuple[int, Optional[str]]:
-    """Predict and write one clip's set; returns (frames written, why decoding stopped early or None).
-    `record_options` (`ClipOptions.write_options`) go into the completion record, and so does
-    `source` (the clip stamped before it is read; default: stamped here, before the first frame)."""
-    source = source if source is not None else Source.before_read(info.path)
+    """Predict and write one clip's set (temporaries renamed into place at the end, the completion
+    record last, with `record_options`, `ClipOptions.write_options`); returns (frames written, why
+    decoding stopped early or None). A clip that stops early gets the frames decoded so far, in
+    closed, playable files, without a record."""
+    source = Source.before_read(info.path)  # before the first frame is read
     outputs = ClipOutputs(info, outdir, name, opts, runtime.tasks)
     background = _Background(outputs.add, 2 * opts.batch_size)
     try:

@@ -1,20 +1,6 @@
-"""The output kinds of an image (`IMAGE_KINDS`) and `write_outputs`, which writes one image's set.
-
-Each kind is one row: its name (`--save`), the model task it needs, and its files, each a suffix
-after the input's name with the function that writes it from the `Prediction`:
-
-  depth       NAME.depth.png (16-bit, min-max), NAME.depth.npy (float32, raw)
-  normal      NAME.normal.png ((n + 1) / 2 * 255), NAME.normal.npy (float32)
-  foreground  NAME.foreground.png (8-bit matte), NAME.cutout.png (RGBA: the image, matte as alpha)
-  vis         NAME.vis.png (the labelled panel of `david_infer.visualize.panel`)
-  ply         NAME.ply (the point cloud, cut by the matte)
-
-A kind of two files also has one kind per file, KIND:FORMAT (`FORMATS`): depth:png, depth:npy,
-normal:png, normal:npy, foreground:png (the matte), foreground:cutout; `--save depth:png` writes
-NAME.depth.png alone (a 4000x3000 photo: 24 MB instead of 24 + 48 MB).
-
-Full-size maps are written band by band (no full-size float temporaries).
-"""
+"""The output kinds of an image (`IMAGE_KINDS`, one row each: docs/outputs.md) and `write_outputs`,
+which writes one image's set; full-size maps are written band by band (no full-size float
+temporaries), and `--save depth:png` writes one file of a map (a 4000x3000 photo: 24 MB, not 72)."""
 
 from __future__ import annotations
 
@@ -26,9 +12,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._arrays import fill_by_rows, finite_range
+from ..apps import LOWER_THRESHOLD_KEEPS, cutout, stream_point_cloud
 from ..errors import EmptyMaskWarning
 from ..files import NoSpace, no_space_reason, write_npy, write_png
 from ..tasks import TASK_ORDER, TASKS
+from ..visualize import normals_to_rgb, panel
 from .sets import KindTable, Source, WriteOptions
 
 #: write(temporary path, prediction, options): fills one file of a set
@@ -49,10 +38,7 @@ class ImageKind:
 
 
 def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
-    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0). Works band
-    by band: the only image-sized array made is the result."""
-    from .._arrays import fill_by_rows, finite_range
-
+    """Depth min-max normalised over its finite pixels to 0..65535 (non-finite -> 0), band by band."""
     d = np.asarray(depth)
     span = finite_range(d)
     if span is None or span[1] <= span[0]:
@@ -67,47 +53,15 @@ def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
 
 
 def _alpha(foreground: np.ndarray) -> np.ndarray:
-    """The mask as 8-bit alpha, band by band (no full-size float temporaries)."""
-    from .._arrays import fill_by_rows
-
-    def band(rows: slice) -> np.ndarray:
-        return np.rint(np.clip(foreground[rows], 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
-
-    return fill_by_rows(np.empty(foreground.shape, np.uint8), band)
-
-
-def _vectors_png(path: Path, vectors: np.ndarray) -> None:
-    from ..visualize import normals_to_rgb
-
-    write_png(path, normals_to_rgb(vectors))
-
-
-def _cutout_png(path: Path, pred: Any, opts: WriteOptions) -> None:
-    from ..apps import cutout
-
-    write_png(path, cutout(pred.image, pred.foreground))
-
-
-def _panel_png(path: Path, pred: Any, opts: WriteOptions) -> None:
-    from ..visualize import panel
-
-    write_png(path, panel(pred, inverse_depth=opts.depth_inverse))
+    """The mask as 8-bit alpha, band by band."""
+    out = np.empty(foreground.shape, np.uint8)
+    return fill_by_rows(out, lambda rows: np.rint(np.clip(foreground[rows], 0.0, 1.0) * np.float32(255.0)))
 
 
 def _point_cloud(path: Path, pred: Any, opts: WriteOptions) -> None:
-    """The point cloud, cut by the mask; a mask that keeps no pixel (no person) gives a cloud
-    without points and an EmptyMaskWarning, as in david_infer.apps."""
-    from ..apps import stream_point_cloud
-
-    stream_point_cloud(
-        path,
-        pred.image,
-        pred.depth,
-        pred.foreground,
-        fov_deg=opts.fov,
-        depth_range=opts.depth_range,
-        invert=opts.depth_inverse,
-    )
+    """The point cloud, cut by the mask (one without points, and an EmptyMaskWarning, for an empty mask)."""
+    fov, depth_range, invert = opts.fov, opts.depth_range, opts.depth_inverse
+    stream_point_cloud(path, pred.image, pred.depth, pred.foreground, fov, depth_range, invert=invert)
 
 
 def _raw(task: str) -> WriteFile:
@@ -119,20 +73,26 @@ def _png(task: str) -> WriteFile:
     """The task's map as the PNG its picture says: relative (16-bit, min-max), vectors
     ((v + 1) / 2 * 255, RGB), matte (8-bit)."""
     picture = TASKS[task].picture
-    if picture == "relative":
-        return lambda path, pred, opts: write_png(path, depth_to_uint16(getattr(pred, task)))
-    if picture == "vectors":
-        return lambda path, pred, opts: _vectors_png(path, getattr(pred, task))
-    return lambda path, pred, opts: write_png(path, _alpha(getattr(pred, task)))
+    pictures: Dict[str, Callable[[np.ndarray], np.ndarray]] = {"relative": depth_to_uint16, "vectors": normals_to_rgb}
+    to_png = pictures.get(picture, _alpha)
+    return lambda path, pred, opts: write_png(path, to_png(getattr(pred, task)))
 
 
-_WRITERS: Dict[str, Callable[[str], WriteFile]] = {"png": _png, "npy": _raw, "cutout": lambda task: _cutout_png}
+def _cutout_png(task: str) -> WriteFile:
+    return lambda path, pred, opts: write_png(path, cutout(pred.image, pred.foreground))
+
+
+_WRITERS: Dict[str, Callable[[str], WriteFile]] = {"png": _png, "npy": _raw, "cutout": _cutout_png}
 #: one kind per task, its files from the task table, then the pictures of a whole prediction
 _MAPS = [
     ImageKind(task, task, tuple((suffix, _WRITERS[fmt](task)) for fmt, suffix in TASKS[task].files))
     for task in TASK_ORDER
 ] + [
-    ImageKind("vis", None, ((".vis.png", _panel_png),)),
+    ImageKind(
+        "vis",
+        None,
+        ((".vis.png", lambda path, pred, opts: write_png(path, panel(pred, inverse_depth=opts.depth_inverse))),),
+    ),
     ImageKind("ply", "depth", ((".ply", _point_cloud),)),
 ]
 #: the format name of each file of a two-file kind, in its file order: `--save KIND:FORMAT`
@@ -158,13 +118,10 @@ def write_outputs(
     source: Union[Source, str, "os.PathLike[str]", None] = None,
 ) -> List[Path]:
     """Write `name`'s set of `kinds` for the image prediction `pred` all-or-none, replacing an older
-    or unfinished set, and the completion record last; returns the files written (record not
-    included). NoSpace when the folder takes no more bytes (nothing of the new set is left).
-    `source`, the input file, is recorded (a `Source` stamped before the input was read, or its
-    path). See `david_infer.outputs.sets`.
-
-    A mask that keeps no pixel gives one EmptyMaskWarning for the set, naming the input and what
-    each file it shapes is (the writers' own warnings, gathered)."""
+    or unfinished set, the completion record last; returns the files written. `source`, the input
+    file, is recorded (a `Source` stamped before the input was read, or its path). NoSpace when the
+    folder takes no more bytes (nothing of the new set is left). An empty mask gives one
+    EmptyMaskWarning for the set, naming the input and what each file it shapes is."""
     opts = options or WriteOptions()
     out = IMAGE_KINDS.set(outdir, name, kinds)
     out.make_folder()
@@ -179,11 +136,11 @@ def write_outputs(
                     write(tmp, pred, opts)
         out.commit(staged, opts, source=source, results=prediction_results(pred))
     except OSError as exc:
-        folder = out.record.parent
         reason = no_space_reason(exc)
         if reason is None:
             raise
         written = sum(tmp.stat().st_size for tmp, _ in staged if tmp.exists())
+        folder = out.record.parent
         raise NoSpace(f"cannot write {name}'s files in {folder}: {reason}", folder, reason, written) from None
     finally:
         for tmp, _ in staged:
@@ -194,7 +151,7 @@ def write_outputs(
 
 def prediction_results(pred: Any) -> Optional[Dict[str, Any]]:
     """What a completion record shows of a prediction beyond its files: a refined prediction's
-    regions (`Region.as_record` each); None when there is nothing to show."""
+    regions; None when there is nothing to show."""
     regions = getattr(pred, "regions", None)
     return None if regions is None else {"regions": [region.as_record() for region in regions]}
 
@@ -202,13 +159,9 @@ def prediction_results(pred: Any) -> Optional[Dict[str, Any]]:
 def _warn_once(caught: List[warnings.WarningMessage], input_name: str) -> None:
     """Issue the warnings `caught` while writing one set: every EmptyMaskWarning as one, naming
     `input_name` and each outcome; the others as they were."""
-    from ..apps import LOWER_THRESHOLD_KEEPS
-
-    empty: List[EmptyMaskWarning] = []
+    empty = [w.message for w in caught if isinstance(w.message, EmptyMaskWarning)]
     for record in caught:
-        if isinstance(record.message, EmptyMaskWarning):
-            empty.append(record.message)
-        else:
+        if not isinstance(record.message, EmptyMaskWarning):
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
     if not empty:
         return

@@ -1,20 +1,7 @@
-"""One owner at a time: an exclusive lock on a file, naming its holder to whoever is refused.
-
-`OwnerLock(path, what, wait=False)`: `acquire()` takes an `flock` on `path` (created if missing)
-and writes the owner into it (PID, host, command, start time); `release()` removes the file while
-still holding the lock, then lets go. The kernel drops an `flock` when its holder exits, however it
-exits, so a lock left by a killed process is taken over by the next one (which rewrites the file).
-Without `wait`, a lock held elsewhere raises `InUse`, whose message names the holder as it wrote
-itself; with `wait`, the caller blocks until the holder is done. A waiter that got the lock on a
-file its holder had already removed tries again on the file now in place, so two owners never
-hold two files of one name. On a file system without locks (`ENOLCK`, `EOPNOTSUPP`) and on
-Windows, `acquire` returns False and nothing is locked.
-
-Used for the output folder of a run (`david_infer.jobs.claim_output_folder`) and for a model
-download (`david_infer.zoo`). Own code rather than the `filelock` package: filelock keeps the lock
-file after release (checked with filelock 4.3.2), which would leave a hidden file in every output
-folder, and keeps no owner to name in a refusal.
-"""
+"""One owner at a time: an exclusive `flock` on a file, naming its holder to whoever is refused
+(docs/jobs.md#one-run-per-output-folder). Own code rather than the `filelock` package: filelock
+4.3.2 keeps the lock file after release (a hidden file left in every output folder) and keeps no
+owner to name in a refusal."""
 
 from __future__ import annotations
 
@@ -25,8 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Optional, Type, Union
+from typing import Any, Optional, Union
 
 from ..errors import InputError
 
@@ -39,8 +25,8 @@ class InUse(InputError):
 
 
 class OwnerLock:
-    """An exclusive lock on `path` for `what` (words for messages: "the output folder out");
-    `wait`: block while another process holds it (else `InUse`). A context manager too."""
+    """An exclusive lock on `path` for `what` (words for messages: "the output folder out"); `wait`:
+    block while another process holds it (else `InUse`). A context manager too."""
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], what: str, wait: bool = False) -> None:
         self.path, self.what, self.wait = Path(path), what, wait
@@ -48,11 +34,14 @@ class OwnerLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock."""
         return self._fd is not None
 
     def acquire(self) -> bool:
-        """Take the lock (see the module docstring); True once held (idempotent), False where the
-        file system cannot lock. InUse when another process holds it and not `wait`."""
+        """Take the lock (`flock` on `path`, created if missing) and write the owner into it (PID, host,
+        command, start); True once held (idempotent), False where the file system (`ENOLCK`,
+        `EOPNOTSUPP`) or Windows cannot lock. InUse when another process holds it and not `wait`.
+        The kernel drops a lock when its holder exits, however it exits: the next one takes over."""
         if self._fd is not None:
             return True
         try:
@@ -128,7 +117,5 @@ class OwnerLock:
         self.acquire()
         return self
 
-    def __exit__(
-        self, kind: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.release()

@@ -1,55 +1,10 @@
-"""One input's result files as a set: all or none, resumable, named by the input alone.
-
-Used by `david-infer predict` (images and clips), Ray (`david_infer.distributed`) and any batch
-job that writes prediction files into a folder and must survive being killed and rerun.
-
-- `output_name(path, root=None) -> str`: an input's *name*, a function of the input alone: its
-  path relative to `root` (the folder, file or glob root given on the command line; default the
-  file's own folder) without the file suffix, each part made file-name safe (`safe_base`).
-  `shots/a/x.jpg` under root `shots` -> `a/x`; `x.jpg` alone -> `x`. The same file gets the same
-  name whatever else is in the run, so a job split across machines or resumed with another input
-  list writes each input under one name. Two inputs of one run with one name are the caller's to
-  report (see `predict`); names are never renamed to dodge a clash.
-- `KindTable`: the output kinds of one medium (`images.IMAGE_KINDS`, `clips.VIDEO_KINDS`), each
-  with its file suffixes and the model task it needs; `table.set(outdir, name, kinds)` is an
-  `OutputSet`.
-- `OutputSet`: `files` (the planned files, record excluded), `record` (`OUTDIR/NAME.done.json`),
-  `status(options, verify, source)`, `temporary(final)`, `commit(staged, options, ...)`,
-  `remove_temporaries()`.
-- `WriteOptions(fov, depth_range, depth_inverse, extra)`: what shapes the files; recorded.
-
-How a set is put in place (`OutputSet.commit`): every file was written to a temporary file beside
-its final name, `.<final file name>.<random>.david-partial` (hidden; the only names this module
-ever deletes on its own are those, for the set being written); the old record is removed, each
-temporary is renamed over its final name (replacing what was there), and the record is written
-last (atomically). So at any moment of a kill, either the record is present and describes the
-files beside it, or it is absent and the set counts as unfinished. An exception or
-KeyboardInterrupt during the commit removes whatever of the new set was already renamed into place.
-
-The record (format 2) holds the kinds, the options, and for each file and for the input (`source`)
-its size, SHA-256 and `FileStamp` (size, modification and change times in ns, inode); and, when the
-writer gives them, `results`: what the prediction found (e.g. the regions of a refined photo),
-for reading, never compared. The input's
-stamp is the one taken before the model read it (`Source.before_read`); its SHA-256 is recorded
-only when the file is still unchanged at the commit, so an input replaced while it was being
-predicted is redone by the next run.
-
-`status` is DONE, MISSING (nothing of the set exists), PARTIAL (files without a record: an
-interrupted write, to be redone), STALE (the record is ours for this input and these options, but
-the input or a file changed since: redone, `reason` says which and how it was told) or CHANGED
-(another --save, other options, a record written for another input of the same name or by a
-newer release: not ours to replace without being told to). A file (or the input) is unchanged when
-its stamp equals the recorded one; when the stamps differ (a touch, a copy) or cannot be trusted
-(a modification time in whole milliseconds: a coarse file system, where a change within one tick
-keeps the times; or one set so by hand), its
-SHA-256 decides. The change time cannot be set by a program (a write, `touch -d`, `os.utime` or a
-copy all move it to now), so a change of the same size that restores the modification time is
-still caught. `verify=True` re-hashes every file. A record of format 1 (releases before this one)
-kept no hash of the input: such a set is STALE (redone once, then recorded in format 2).
-"""
+"""One input's result files as a set: named by the input alone, written all or none (temporaries
+renamed into place, the completion record last), told complete, changed or unfinished by a rerun.
+See docs/outputs.md and docs/jobs.md#what-a-resume-checks."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import glob
 import json
@@ -57,21 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (
-    Any,
-    Dict,
-    Generic,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Protocol,
-    Sequence,
-    Tuple,
-    TypeVar,
-    Union,
-)
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -90,9 +31,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_BASE = 100
 
 
-# ------------------------------------------------------------------------------------ names
-
-
 def safe_base(name: str) -> str:
     """One part of an output name made file-name safe: every character other than letters, digits,
     `-`, `_` and `.` replaced by `_`, leading dots and spaces dropped (so no hidden files and never
@@ -102,8 +40,9 @@ def safe_base(name: str) -> str:
 
 
 def output_name(path: PathLike, root: Optional[PathLike] = None) -> str:
-    """The name of `path`'s output set: its path relative to `root` (default: its own folder),
-    without the suffix, each part file-name safe, parts joined by '/'. See the module docstring."""
+    """The name of `path`'s output set, a function of the input alone: its path relative to `root`
+    (default: its own folder; `shots/a/x.jpg` under `shots` -> `a/x`) without the suffix, each part
+    file-name safe, parts joined by '/'."""
     absolute = Path(os.path.abspath(os.fspath(path)))
     base = Path(os.path.abspath(os.fspath(root))) if root is not None else absolute.parent
     try:
@@ -116,9 +55,8 @@ def output_name(path: PathLike, root: Optional[PathLike] = None) -> str:
 
 
 def _targets(outdir: Path, name: str, suffixes: Sequence[str]) -> List[Path]:
-    """OUTDIR/NAME+suffix for each suffix, refusing any name that would leave OUTDIR or be hidden.
-    The folder is resolved once per set (resolving each file took most of a rerun's planning);
-    a file that is itself a symbolic link is resolved too."""
+    """OUTDIR/NAME+suffix for each suffix, refusing any name that would leave OUTDIR or be hidden (the
+    folder resolved once per set, not per file: that took most of a rerun's planning)."""
     parts = name.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
         raise InputError(
@@ -133,11 +71,8 @@ def _targets(outdir: Path, name: str, suffixes: Sequence[str]) -> List[Path]:
     return targets
 
 
-# ------------------------------------------------------------------------------------ kinds
-
-
 class OutputKind(Protocol):
-    """What a kind table needs of a kind (`images.ImageKind`, `clips.VideoKind` add how to write it)."""
+    """What a kind table needs of a kind (`images.ImageKind`, `clips.VideoKind`)."""
 
     @property
     def name(self) -> str: ...
@@ -152,35 +87,24 @@ class OutputKind(Protocol):
 K = TypeVar("K", bound=OutputKind)
 
 
-class KindTable(Mapping[str, K], Generic[K]):
-    """The output kinds of one medium, by name, in the order their files are written."""
+class KindTable(Dict[str, K]):
+    """The output kinds of one medium by name, in the order their files are written."""
 
     def __init__(self, medium: str, kinds: Sequence[K]) -> None:
+        super().__init__((kind.name, kind) for kind in kinds)
         self.medium = medium
-        self._kinds: Dict[str, K] = {kind.name: kind for kind in kinds}
-
-    def __getitem__(self, name: str) -> K:
-        return self._kinds[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._kinds)
-
-    def __len__(self) -> int:
-        return len(self._kinds)
 
     def check(self, kinds: Sequence[str], tasks: Optional[Sequence[str]] = None) -> None:
         """InputError for a kind this table does not know, or (with the model's `tasks`) one that
         needs a task the model lacks."""
-        unknown = [k for k in kinds if k not in self._kinds]
+        unknown = [k for k in kinds if k not in self]
         if unknown:
             raise InputError(
-                f"unknown output kind(s) {', '.join(unknown)} for {self.medium}; choose from {', '.join(self._kinds)}"
+                f"unknown output kind(s) {', '.join(unknown)} for {self.medium}; choose from {', '.join(self)}"
             )
-        if tasks is None:
-            return
         for kind in kinds:
-            needs = self._kinds[kind].needs
-            if needs is not None and needs not in tasks:
+            needs = self[kind].needs
+            if tasks is not None and needs is not None and needs not in tasks:
                 raise InputError(
                     f"--save {kind} needs a model that predicts {needs}; this one predicts {', '.join(tasks)} only"
                 )
@@ -190,18 +114,11 @@ class KindTable(Mapping[str, K], Generic[K]):
         return OutputSet(Path(outdir), name, tuple(kinds), self)
 
 
-# ---------------------------------------------------------------------------------- options
-
-
 @dataclass(frozen=True)
 class WriteOptions:
-    """What shapes the files beyond the prediction; recorded, and compared by `status`.
-
-    fov: horizontal field of view in degrees of the point cloud (ply).
-    depth_range: (near, far) distances the point cloud's depth is mapped to.
-    depth_inverse: the runtime's invert_depth (larger = nearer).
-    extra: anything else the caller wants recorded and compared (JSON values: model, resolution).
-    """
+    """What shapes the files beyond the prediction, recorded and compared by `status`: the point
+    cloud's horizontal `fov` (degrees) and `depth_range` (near, far), the runtime's invert_depth
+    (`depth_inverse`), and `extra` (JSON values the caller records: model, resolution, ...)."""
 
     fov: float = 60.0
     depth_range: Tuple[float, float] = (1.0, 2.0)
@@ -213,16 +130,9 @@ class WriteOptions:
 
     def as_record(self) -> Dict[str, Any]:
         """The options as JSON values (what the record stores)."""
-        return json.loads(
-            json.dumps(
-                {
-                    "fov": float(self.fov),
-                    "depth_range": [float(v) for v in self.depth_range],
-                    "depth_inverse": bool(self.depth_inverse),
-                    "extra": dict(self.extra),
-                }
-            )
-        )
+        near_far = [float(v) for v in self.depth_range]
+        record = {"fov": float(self.fov), "depth_range": near_far, "depth_inverse": bool(self.depth_inverse)}
+        return json.loads(json.dumps({**record, "extra": dict(self.extra)}))
 
 
 def check_ply_options(fov: float, near: float, far: float) -> None:
@@ -233,10 +143,10 @@ def check_ply_options(fov: float, near: float, far: float) -> None:
         raise InputError(f"--near and --far must be finite with 0 < near < far, got near={near}, far={far}")
 
 
-# ----------------------------------------------------------------------------------- status
-
-
 class SetState(enum.Enum):
+    """DONE, MISSING (nothing there), PARTIAL (files, no record), STALE (the input or a file changed
+    since: redo), CHANGED (another --save, options, input or release: not ours to replace)."""
+
     DONE = "done"
     MISSING = "missing"
     PARTIAL = "partial"
@@ -294,7 +204,7 @@ class FileStamp:
 @dataclass(frozen=True)
 class Source:
     """The input file a set is made from, with its stamp taken before the model read it (so a
-    change while it is predicted shows at the commit; see the module docstring)."""
+    change while it is predicted shows at the commit)."""
 
     path: str
     stamp: Optional[FileStamp]
@@ -309,7 +219,10 @@ class Source:
         and its SHA-256 when the file is still as it was read (else None: the next run redoes it)."""
         digest = None
         if self.stamp is not None and FileStamp.of(self.path) == self.stamp:
-            digest = _sha256_if_unchanged(self.path, self.stamp)
+            with contextlib.suppress(OSError):
+                digest = sha256_file(self.path)
+            if FileStamp.of(self.path) != self.stamp:  # changed while being read
+                digest = None
         return {
             "file": os.path.basename(self.path),
             "path": self.path,
@@ -317,15 +230,6 @@ class Source:
             "stamp": None if self.stamp is None else self.stamp.as_record(),
             "sha256": digest,
         }
-
-
-def _sha256_if_unchanged(path: PathLike, stamp: FileStamp) -> Optional[str]:
-    """The SHA-256 of `path`, or None when it changed while being read."""
-    try:
-        digest = sha256_file(path)
-    except OSError:
-        return None
-    return digest if FileStamp.of(path) == stamp else None
 
 
 def file_change(path: PathLike, entry: Any, verify: bool = False) -> Optional[str]:
@@ -348,9 +252,6 @@ def file_change(path: PathLike, entry: Any, verify: bool = False) -> Optional[st
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return None if digest == recorded else "has other contents (SHA-256 differs from the record)"
-
-
-# -------------------------------------------------------------------------------------- set
 
 
 class OutputSet:
@@ -437,8 +338,8 @@ class OutputSet:
     def status(
         self, options: Optional[WriteOptions] = None, verify: bool = False, source: Optional[PathLike] = None
     ) -> SetStatus:
-        """Whether the set is complete for its kinds (and `options` and the input file `source`,
-        when given). See the module docstring."""
+        """Whether the set is complete for its kinds (and `options` and the input file `source`, when
+        given; `verify`: re-hash every file); docs/jobs.md#what-a-resume-checks."""
         if not os.path.lexists(self.record):
             present = [t for t in self.files if os.path.lexists(t)]
             if not present:
@@ -453,15 +354,11 @@ class OutputSet:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             return SetStatus(SetState.CHANGED, f"{self.record} is not a readable completion record ({exc})")
         if version not in READ_VERSIONS:
-            return SetStatus(
-                SetState.CHANGED,
-                f"{self.record} was written by a newer release of david-infer (record format {version}); "
-                f"resume with that release",
-            )
+            why = f"{self.record} was written by a newer release of david-infer (record format {version}); resume with that release"
+            return SetStatus(SetState.CHANGED, why)
         if list(recorded_kinds) != list(self.kinds):
-            return SetStatus(
-                SetState.CHANGED, f"written with --save {','.join(recorded_kinds)}, not {','.join(self.kinds)}"
-            )
+            why = f"written with --save {','.join(recorded_kinds)}, not {','.join(self.kinds)}"
+            return SetStatus(SetState.CHANGED, why)
         if options is not None and recorded_options != options.as_record():
             return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
         recorded_source = doc.get("source")
@@ -476,18 +373,15 @@ class OutputSet:
             else:
                 change = file_change(source, recorded_source, verify)
             if change is not None and not same_input:
-                return SetStatus(
-                    SetState.CHANGED,
-                    f"written for another input ({recorded_source.get('path')}, {recorded_source.get('size')} bytes)",
-                )
+                other = f"{recorded_source.get('path')}, {recorded_source.get('size')} bytes"
+                return SetStatus(SetState.CHANGED, f"written for another input ({other})")
             if change is not None:
                 return SetStatus(SetState.STALE, f"the input changed since its outputs were written: it {change}")
         if version == 1:
-            return SetStatus(
-                SetState.STALE,
-                f"{self.record.name} is of an earlier release (record format 1), which kept no hash of the "
-                f"input to tell a changed input by",
+            why = (
+                "is of an earlier release (record format 1), which kept no hash of the input to tell a changed input by"
             )
+            return SetStatus(SetState.STALE, f"{self.record.name} {why}")
         for target in self.files:
             change = file_change(target, recorded.get(target.name), verify)
             if change is not None:
@@ -505,15 +399,10 @@ class OutputSet:
         its record); returns what was removed. Call it only while no other process writes this set."""
         removed: List[Path] = []
         for final in [*self.files, self.record]:
-            folder = final.parent
-            if not folder.is_dir():
-                continue
-            for tmp in folder.glob(f".{glob.escape(final.name)}.*{TEMP_SUFFIX}"):
-                try:
+            for tmp in final.parent.glob(f".{glob.escape(final.name)}.*{TEMP_SUFFIX}"):
+                with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
                     removed.append(tmp)
-                except FileNotFoundError:
-                    pass
         return removed
 
 
@@ -529,9 +418,7 @@ def remove_all_temporaries(folders: Iterable[Path]) -> List[Path]:
             continue
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and not entry.is_dir():
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
-                except FileNotFoundError:
-                    pass
     return removed

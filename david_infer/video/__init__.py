@@ -1,11 +1,5 @@
-"""Video in, video out on PyAV (FFmpeg's libraries; `pip install "david-infer[video]"`).
-
-I/O: `probe` (what a clip holds, `VideoInfo`), `decode` (frame selection, `read_frames`),
-`encode` (`VideoWriter`, `NpyStackWriter`); `predict` runs frames through `DavidRuntime.imap`;
-`render` draws what the output videos show; `stability` steadies a clip's maps over time
-(`stabilize`), following the camera's zoom and shift (`camera`). `av` is imported when a function
-is called, never by `import david_infer`.
-"""
+"""Video in, video out on PyAV (`pip install "david-infer[video]"`, imported when used; docs/video.md):
+I/O (`probe`, `decode`, `encode`), `predict` (frames through `imap`), `render`, `stability` (steadied maps, following the camera: `camera`)."""
 
 from .decode import Frame, FrameReader, FrameSelection, VideoDecodeError, read_frames
 from .encode import ALPHA_ENCODING, MUXERS, Encoding, NpyStackWriter, VideoWriter

@@ -1,10 +1,5 @@
-"""Decoded frames of a clip: frame selection (`FrameSelection`), `FrameReader` / `read_frames`.
-
-Frames come out one at a time as `Frame` (index, pts, time, RGB pixels turned upright by the
-clip's display rotation). A clip that stops early (truncated or corrupt) ends the iteration and
-leaves the reason in `FrameReader.error` (`VideoDecodeError`, naming the frame where decoding
-stopped).
-"""
+"""Decoded frames of a clip (`FrameSelection`, `FrameReader` / `read_frames`): one `Frame` at a time,
+upright; a clip that stops early ends the iteration and leaves the reason in `FrameReader.error`."""
 
 from __future__ import annotations
 
@@ -13,8 +8,9 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from .._optional import require
 from ..errors import InputError
-from .probe import PathLike, VideoInfo, load_av, probe
+from .probe import PathLike, VideoInfo, probe
 
 
 class VideoDecodeError(InputError):
@@ -23,9 +19,6 @@ class VideoDecodeError(InputError):
     def __init__(self, message: str, frames_decoded: int) -> None:
         super().__init__(message)
         self.frames_decoded = frames_decoded
-
-
-# ------------------------------------------------------------------------------ selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,18 +52,17 @@ class FrameSelection:
         return cls(start or 0, stop, 1 if step is None else step)
 
     def wants(self, index: int) -> bool:
+        """Whether frame `index` is selected."""
         return index >= self.start and (index - self.start) % self.step == 0 and not self.past(index)
 
     def past(self, index: int) -> bool:
+        """Whether frame `index` is past the selection's end."""
         return self.stop is not None and index >= self.stop
 
     def count(self, total: int) -> int:
         """How many of `total` frames are selected."""
         stop = total if self.stop is None else min(total, self.stop)
         return max(0, -(-(stop - self.start) // self.step))
-
-
-# ------------------------------------------------------------------------------ decoding
 
 
 @dataclasses.dataclass
@@ -86,22 +78,16 @@ class Frame:
 
 
 class FrameReader(Iterable[Frame]):
-    """Iterates a clip's selected frames once. Decoding that stops early ends the iteration
-    quietly and sets `error`, so whatever was decoded can still be used."""
+    """Iterates a clip's selected frames once; decoding that stops early ends the iteration quietly
+    and sets `error`, so whatever was decoded can still be used."""
 
-    def __init__(
-        self,
-        info: VideoInfo,
-        selection: FrameSelection = FrameSelection(),
-        max_side: Optional[int] = None,
-        threads: int = 0,
-    ) -> None:
-        self.info, self.selection, self.max_side, self.threads = info, selection, max_side, threads
+    def __init__(self, info: VideoInfo, selection: FrameSelection = FrameSelection(), max_side: Optional[int] = None):
+        self.info, self.selection, self.max_side = info, selection, max_side
         self.error: Optional[VideoDecodeError] = None
         self.decoded = 0  # frames decoded from the source, selected or not
 
     def __iter__(self) -> Iterator[Frame]:
-        av = load_av()
+        av = require("av", "video files")
         info = self.info
         out_h, out_w = info.output_size(self.max_side)
         scaled = (out_h, out_w) != (info.height, info.width)
@@ -109,7 +95,7 @@ class FrameReader(Iterable[Frame]):
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame + slice threads in the decoder
-            stream.codec_context.thread_count = self.threads
+            stream.codec_context.thread_count = 0  # FFmpeg's choice
             index, end = 0, None
             for frame in self._decoded(container, stream):
                 if self.selection.past(index):
@@ -126,13 +112,8 @@ class FrameReader(Iterable[Frame]):
                     ).to_ndarray()
                     if info.quarter_turns:
                         rgb = np.ascontiguousarray(np.rot90(rgb, info.quarter_turns))
-                    yield Frame(
-                        index,
-                        frame.pts,
-                        None if frame.time is None else float(frame.time),
-                        int(frame.duration or 0),
-                        rgb,
-                    )
+                    seconds = None if frame.time is None else float(frame.time)
+                    yield Frame(index, frame.pts, seconds, int(frame.duration or 0), rgb)
                 index += 1
                 self.decoded = index
             if self.error is None:
@@ -159,7 +140,7 @@ class FrameReader(Iterable[Frame]):
         )
 
     def _decoded(self, container: Any, stream: Any) -> Iterator[Any]:
-        av = load_av()
+        av = require("av", "video files")
         packets = container.demux(stream)
         while True:
             try:

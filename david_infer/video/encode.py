@@ -1,11 +1,6 @@
-"""Output videos shaped like a source clip, on PyAV.
-
-- `VideoWriter`: one output video with the source's frame timestamps (variable frame rate kept),
-  rate, display rotation, colour range/matrix tags and pixel aspect, written to a temporary file
-  the caller gives (and puts in place: `david_infer.outputs.sets.OutputSet.commit`); optionally
-  with the source's audio stream copied.
-- `NpyStackWriter`: an (N, H, W[, C]) .npy stack written frame by frame (N known at the end).
-"""
+"""Output videos shaped like a source clip, on PyAV: `VideoWriter` (the source's timestamps, rate,
+rotation, colour tags and pixel aspect, optionally its audio, into a temporary file the caller puts
+in place) and `NpyStackWriter` (an (N, H, W[, C]) .npy stack written frame by frame)."""
 
 from __future__ import annotations
 
@@ -16,9 +11,10 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .._optional import require
 from ..errors import InputError
 from .decode import Frame
-from .probe import VideoInfo, load_av
+from .probe import VideoInfo
 
 #: muxer of each output suffix (outputs are written to temporaries whose names FFmpeg cannot read)
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -45,15 +41,10 @@ ALPHA_ENCODING = Encoding("png", "rgba", (), "rgba")
 
 
 class VideoWriter:
-    """One output video shaped like a source clip (see the module docstring).
-
-    `write(image, frame)` takes an upright (display orientation) image of the clip's output size
-    and the source `Frame` it belongs to (for its timestamp); it is stored turned back to the
-    source's orientation with the source's display rotation, so players show both alike.
-    The file is written to `tmp`, an empty temporary file the caller made beside `path` (whose
-    suffix names the container); `close()` finishes it there, the caller puts it in place;
-    `abort()` removes it.
-    """
+    """One output video shaped like the source clip `info`, written to `tmp`, an empty temporary the
+    caller made beside `path` (whose suffix names the container): `write(image, frame)` per upright
+    image (stored turned back, with the source's display rotation), `close()` finishes the file,
+    `abort()` removes it."""
 
     def __init__(
         self,
@@ -63,9 +54,8 @@ class VideoWriter:
         size: Tuple[int, int],
         encoding: Encoding = Encoding(),
         audio: bool = False,
-        threads: int = 0,
     ) -> None:
-        av = load_av()
+        av = require("av", "video files")
         self.path, self.tmp, self.info = Path(path), Path(tmp), info
         self.height, self.width = size  # as stored
         self.encoding = encoding.for_size(*size)
@@ -83,7 +73,7 @@ class VideoWriter:
             self.tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write {self.path}: {exc}") from None
         try:
-            self.stream = self._add_stream(threads)
+            self.stream = self._add_stream()
             if audio and info.audio_codec is not None:
                 self._audio = _AudioCopy(info, self.container)
         except BaseException:
@@ -91,8 +81,8 @@ class VideoWriter:
             raise
         self._closed = False
 
-    def _add_stream(self, threads: int) -> Any:
-        av = load_av()
+    def _add_stream(self) -> Any:
+        av = require("av", "video files")
         info, enc = self.info, self.encoding
         try:
             stream = self.container.add_stream(enc.codec, rate=info.rate or Fraction(25))
@@ -102,7 +92,7 @@ class VideoWriter:
         stream.time_base = info.time_base
         ctx = stream.codec_context
         ctx.time_base = info.time_base
-        ctx.thread_count = threads
+        ctx.thread_count = 0  # FFmpeg's choice
         ctx.max_b_frames = 0  # decode order = display order: exact timestamps and duration with VFR
         ctx.options = dict(enc.options)
         if enc.pix_fmt.startswith("yuv"):
@@ -116,7 +106,7 @@ class VideoWriter:
 
     def write(self, image: np.ndarray, frame: Frame) -> None:
         """Encode one upright image for the source frame `frame`."""
-        av = load_av()
+        av = require("av", "video files")
         info = self.info
         stored = np.rot90(image, -info.quarter_turns) if info.quarter_turns else image
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format=self.encoding.input_format)
@@ -174,7 +164,7 @@ class _AudioCopy:
     the video by time."""
 
     def __init__(self, info: VideoInfo, container: Any) -> None:
-        av = load_av()
+        av = require("av", "video files")
         self._input = av.open(str(info.path))
         source = self._input.streams.audio[0]
         self._stream = container.add_stream_from_template(source)

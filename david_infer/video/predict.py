@@ -1,6 +1,5 @@
-"""Predictions of a clip's frames through the one batching path (`DavidRuntime.imap`): decoding
-runs ahead in its reader thread, memory is bounded whatever the clip's length; optionally
-stabilised over time (`david_infer.video.stability`)."""
+"""Predictions of a clip's frames through the one batching path (`DavidRuntime.imap`: decoding runs
+ahead, memory bounded whatever the clip's length), optionally stabilised (`video.stability`)."""
 
 from __future__ import annotations
 
@@ -14,28 +13,6 @@ from .stability import STABILIZE_MODES, StabilizeOptions, stabilize_pairs
 
 #: `stabilize=` of predict_video and --stabilize: "none", or a mode of `stabilize`
 STABILIZE_CHOICES = ("none",) + STABILIZE_MODES
-
-
-def check_stabilize(mode: Optional[str]) -> Optional[str]:
-    """The stabilisation mode asked for ("online", "offline"), None for none; InputError otherwise."""
-    if mode is None or mode == "none":
-        return None
-    if mode not in STABILIZE_MODES:
-        raise InputError(f"stabilize must be one of {', '.join(STABILIZE_CHOICES)}, got {mode!r}")
-    return mode
-
-
-def as_stabilize_options(options: Union[None, Mapping[str, Any], StabilizeOptions]) -> StabilizeOptions:
-    """`StabilizeOptions` from a mapping of its fields (or as given)."""
-    if isinstance(options, StabilizeOptions):
-        return options
-    return StabilizeOptions.from_keywords(options or {})
-
-
-def _array_frames(frames: Iterable[Any], fps: Optional[float]) -> Iterator[Frame]:
-    """Frames given as numpy arrays or PIL images, numbered from 0 (timestamps from `fps`)."""
-    for index, image in enumerate(frames):
-        yield Frame(index, None, index / fps if fps else None, 0, image)
 
 
 def predict_frames(
@@ -77,18 +54,24 @@ def predict_video(
     refine: Optional[RefineOptions] = None,
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
     """See `DavidRuntime.predict_video` (`refine`: as resolved by the runtime, None for none)."""
-    mode, opts = check_stabilize(stabilize), as_stabilize_options(stabilize_options)
+    if stabilize not in (None, "none", *STABILIZE_MODES):
+        raise InputError(f"stabilize must be one of {', '.join(STABILIZE_CHOICES)}, got {stabilize!r}")
+    mode = None if stabilize in (None, "none") else stabilize
+    if isinstance(stabilize_options, StabilizeOptions):
+        opts = stabilize_options
+    else:
+        opts = StabilizeOptions.from_keywords(stabilize_options or {})
+    reader: Optional[FrameReader] = None
     if isinstance(src, (str, os.PathLike)):
         selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
-        file_reader = read_frames(src, selection, max_side)
-        reader: Optional[FrameReader] = file_reader
-        source: Iterable[Frame] = file_reader
+        reader = read_frames(src, selection, max_side)
+        source: Iterable[Frame] = reader
+    elif frames is not None or max_side is not None:
+        raise InputError(
+            "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
+        )
     else:
-        if frames is not None or max_side is not None:
-            raise InputError(
-                "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
-            )
-        reader, source = None, _array_frames(src, fps)
+        source = (Frame(i, None, i / fps if fps else None, 0, image) for i, image in enumerate(src))
     return _predict_video(runtime, reader, source, batch_size, prefetch, mode, opts, refine)
 
 

@@ -1,8 +1,5 @@
-"""What a clip holds, checked before any model call (`probe` -> `VideoInfo`), and which files are video.
-
-A file with no video stream or a codec this FFmpeg cannot decode is an InputError naming the file.
-`av` (PyAV, `pip install "david-infer[video]"`) is imported when a function here is called.
-"""
+"""What a clip holds, checked before any model call (`probe` -> `VideoInfo`), and which files are video;
+a file without a video stream or with a codec this FFmpeg cannot decode is an InputError naming it."""
 
 from __future__ import annotations
 
@@ -10,46 +7,19 @@ import dataclasses
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 from .._optional import require
 from ..errors import InputError
 
 #: file suffixes taken as video (lower case)
-VIDEO_SUFFIXES = frozenset(
-    {
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".mpg",
-        ".mpeg",
-        ".ts",
-        ".mts",
-        ".m2ts",
-        ".flv",
-        ".wmv",
-        ".3gp",
-        ".ogv",
-        ".y4m",
-    }
-)
+VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .y4m".split())
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def is_video_path(path: PathLike) -> bool:
     """True for a file name with a video suffix (`VIDEO_SUFFIXES`)."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def load_av() -> Any:
-    """PyAV, or an InputError with the install hint."""
-    return require("av", "video files")
-
-
-# ------------------------------------------------------------------------------ probing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +63,7 @@ class VideoInfo:
 def probe(path: PathLike) -> VideoInfo:
     """Open a clip, check it has a decodable video stream and read its properties (decodes the
     first frame for the display rotation). InputError naming the file otherwise."""
-    av = load_av()
+    av = require("av", "video files")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such video file")

@@ -1,12 +1,5 @@
-"""Pictures of a clip's predictions, frame by frame: what the depth, matte and vis videos show.
-
-- `DepthRange`: one depth range over a clip (or the frames so far), so the depth shown does not
-  flicker from frame to frame.
-- `to_gray8`: [0, 1] -> 8-bit grey frames.
-- `VisLayout`: the visualisation video's picture, tiles drawn by `david_infer.visualize.draw_tile`
-  (the image panel's own tiles) at half the frame's size, two per row; the depth tile is drawn
-  apart (`draw_depth`), once the clip's depth range is known.
-"""
+"""Pictures of a clip's predictions, frame by frame: one depth range over a clip (`DepthRange`), grey
+frames (`to_gray8`) and the vis video's picture (`VisLayout`, the image panel's tiles)."""
 
 from __future__ import annotations
 
@@ -18,31 +11,28 @@ from ..visualize import draw_regions, draw_tile, tile_names, tile_shade
 
 
 class DepthRange:
-    """One depth range for a whole clip, so the depth shown does not flicker.
-
-    `update(depth, mask)` widens the range to the frame's pixels (within the foreground mask
-    when it keeps any); `span` is (lo, hi). Two-pass use updates over the whole clip first; a
-    one-pass (running) use renders each frame with the range of the frames seen so far, which
-    only ever widens, so early frames may use less of the colour scale than later ones.
-    """
+    """One depth range for a whole clip (or the frames so far), so the depth shown does not flicker:
+    `update(depth, mask)` widens it to a frame's pixels (within the mask when it keeps any); `span`
+    is (lo, hi)."""
 
     def __init__(self) -> None:
         self.lo, self.hi = np.inf, -np.inf
 
     def update(self, depth: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
+        """Widen the range to `depth` (within `mask` when it keeps any pixel)."""
         d = depth if mask is None or not mask.any() else depth[mask]
         if d.size:
             self.lo, self.hi = min(self.lo, float(d.min())), max(self.hi, float(d.max()))
 
     @property
     def span(self) -> Tuple[float, float]:
+        """(lo, hi), hi > lo; (0, 1) before any depth."""
         if not np.isfinite(self.lo):
             return (0.0, 1.0)
         return (self.lo, self.hi if self.hi > self.lo else self.lo + 1.0)
 
     def normalise(self, depth: np.ndarray, inverse: bool) -> np.ndarray:
-        """Depth (any float type) as float32 in [0, 1], nearer = 1 (`inverse`: the depth is larger =
-        nearer)."""
+        """Depth (any float type) as float32 in [0, 1], nearer = 1 (`inverse`: larger = nearer)."""
         lo, hi = self.span
         t = np.subtract(depth, lo, dtype=np.float32)  # converts float16 (the spool) in the same pass
         t *= np.float32(1.0 / (hi - lo))
@@ -62,11 +52,9 @@ def half(image: np.ndarray) -> np.ndarray:
 
 
 class VisLayout:
-    """The visualisation video's picture for a model's `tasks` and frames of `height` x `width`:
-    the image, then depth, normal and foreground as predicted (`visualize.tile_names`), as
-    half-size tiles two per row, so the video is about the clip's own size whatever the number of
-    maps. Depth and normals fade outside the matte when it keeps any pixel, and a refined frame's
-    regions are outlined on the image tile, as in the image panel."""
+    """The vis video's picture for a model's `tasks` and frames of `height` x `width`: the image panel's
+    tiles (`visualize.tile_names`, `draw_tile`) at half size, two per row, so the video is about the
+    clip's own size; the depth tile is drawn apart (`draw_depth`), once the clip's range is known."""
 
     def __init__(self, tasks: Iterable[str], height: int, width: int) -> None:
         self.names = tile_names(tasks)
@@ -79,9 +67,8 @@ class VisLayout:
         canvas[row * th : (row + 1) * th, column * tw : (column + 1) * tw] = tile
 
     def draw(self, pred: Any) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-        """(canvas, shade, depth): the picture of one frame's prediction without its depth tile,
-        the half-size matte that fades depth and normals (None when it keeps no pixel), and the
-        half-size depth that `draw_depth` puts in (None without depth)."""
+        """(canvas, shade, depth): one frame's picture without its depth tile, the half-size matte that
+        fades depth and normals (None when it keeps no pixel), the half-size depth (None: none)."""
         canvas = np.zeros(self.shape + (3,), np.uint8)
         image = half(pred.image)
         alpha = None if pred.foreground is None else np.clip(half(pred.foreground), 0.0, 1.0)

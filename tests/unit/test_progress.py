@@ -1,4 +1,4 @@
-"""The progress display (david_infer.progress) and the JSON-file helpers (david_infer.jsonfile)."""
+"""The progress display (david_infer.progress) and the JSON-file helpers (david_infer.files)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from david_infer.errors import ModelError
-from david_infer.jsonfile import read_json_object, write_json
+from david_infer.files import read_json_object, write_json
 from david_infer.progress import BYTES, Progress
 
 

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
-from ...checks import positive_int
 from ...contract import GraphIO, ModelContract
-from ...errors import InputError
+from ...errors import InputError, positive_int
 from ..base import Backend, BackendOptions, Device, Workload
 from .runner import GPU_PROVIDERS, OnnxRuntimeRunner, create_session, session_io
 
