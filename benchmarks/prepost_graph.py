@@ -175,7 +175,9 @@ _OTHER = """
 import sys, time, numpy as np
 from PIL import Image
 from skimage import data
+import david_infer
 from david_infer import DavidRuntime
+assert david_infer.__file__.startswith(sys.argv[5]), f"imported {david_infer.__file__}, not the checkout {sys.argv[5]}"
 model, h, w, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 image = np.asarray(Image.fromarray(data.coffee()).resize((w, h), Image.Resampling.LANCZOS))
 with DavidRuntime(model) as rt:
@@ -195,10 +197,13 @@ print(1000 * float(np.median(wall)), 1000 * float(np.median(cpu)))
 
 def other_ms(checkout: Path, model: Path, size: tuple, runs: int) -> tuple:
     """(wall, cpu) median ms of an earlier version's DavidRuntime preprocess + postprocess, in a
-    process of its own with that checkout first on its path."""
+    process of its own started in that checkout (`-c` puts the working directory first on the path,
+    before PYTHONPATH: started here, it would import this checkout)."""
+    checkout = checkout.resolve()
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     done = subprocess.run(
-        [sys.executable, "-c", _OTHER, str(model), str(size[0]), str(size[1]), str(runs)],
+        [sys.executable, "-c", _OTHER, str(model), str(size[0]), str(size[1]), str(runs), str(checkout)],
+        cwd=checkout,
         env=env,
         capture_output=True,
         text=True,
