@@ -391,7 +391,10 @@ def test_the_checkouts_venv_is_found_without_being_activated(tmp_path: Path) -> 
     source, headers, bare = _cpp_copy(tmp_path)
     venv_python = source.parent / ".venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
-    venv_python.symlink_to(sys.executable)  # a Python that has onnxruntime
+    # a Python that has onnxruntime (a script, not a link: a link to a venv's python outside its
+    # venv finds no pyvenv.cfg and starts as the base Python, without the venv's packages)
+    venv_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    venv_python.chmod(0o755)
     configure = _configure(
         source, tmp_path / "build", f"-DPython3_EXECUTABLE={bare}", f"-DONNXRUNTIME_INCLUDE_DIR={headers}"
     )
