@@ -182,6 +182,14 @@ def official_weights(n: int, side: int, offset: int, size: int) -> np.ndarray:
     return _frozen(fold_padding(w, offset, n))
 
 
+def pre_weights(n: int, side: int, offset: int, size: int, pipeline: str, target: int) -> np.ndarray:
+    """(size, n): the resize to the model along one axis by `pipeline` (the antialias box reduction
+    sized for `target`, the larger of the model's resolution and the ViT copy's side)."""
+    if pipeline == "official":
+        return official_weights(n, side, offset, size)
+    return antialias_weights(n, side, offset, size, reduction_factor(side, target))
+
+
 def vit_weights(resolution: int, vit_size: int, pipeline: str) -> np.ndarray:
     """(vit, R): the ViT copy made from the model-resolution square (both axes alike)."""
     if pipeline == "official":

@@ -498,38 +498,34 @@ def _pre(b: _Builder, x: str, sq: _Square, spec: GraphSpec, eight_bit: bool, to_
     """(N, H, W, 3) -> [(the square, its perm to NCHW), (the ViT copy, its perm)] (0..255 for 8-bit
     photos, else as given)."""
     r, vit = spec.resolution, spec.vit_size
-    if spec.pipeline == "official":
+    official = spec.pipeline == "official"
+    if official:
+        eight_bit = False  # float data all through, as the official runtime
         limit = b.i(OFFICIAL_PYRAMID_FACTOR * r)
         length, levels = sq.side, b.i(0)
         for _ in range(MAX_PYRAMID_LEVELS):  # levels = how many halvings while the side exceeds the limit
             more = b.op("Greater", length, limit)
             levels = b.op("Add", levels, b.op("Cast", more, to=7))
             length = b.where(more, b.op("Div", b.op("Add", length, b.i(1)), b.i(2)), length)
-        last = length
 
-        def official(axis: _Axis) -> _Family:
-            return _OpenCVPyramidLinear(b, axis, levels, last)
+        def family(axis: _Axis) -> _Family:
+            return _OpenCVPyramidLinear(b, axis, levels, length)
 
-        xy = _resize_square(b, x, *_square_bands(b, sq, r, official, trim=False), eight_bit=False, to_float=to_float)
-        vit_part = [(_vit_from_square(b, xy, spec, False), _FROM_YXC)] if vit else []
-        return [(xy, _FROM_XCY)] + vit_part
-    target = max(r, vit or 0)
-    k = b.op("Max", b.op("Div", sq.side, b.i(REDUCING_GAP * target)), b.i(1))
-    span = b.op("Div", b.to_float(sq.side), b.to_float(k))
+    else:
+        k = b.op("Max", b.op("Div", sq.side, b.i(REDUCING_GAP * max(r, vit or 0))), b.i(1))
+        span = b.op("Div", b.to_float(sq.side), b.to_float(k))
 
-    def antialias(axis: _Axis) -> _Family:
-        return _Pillow(b, axis, "bilinear", b.f(0.0), span, k)
+        def family(axis: _Axis) -> _Family:
+            return _Pillow(b, axis, "bilinear", b.f(0.0), span, k)
 
-    xy = _resize_square(b, x, *_square_bands(b, sq, r, antialias, trim=True), eight_bit, to_float)
-    if not vit:
-        return [(xy, _FROM_XCY)]
-    if r >= vit:
+    def resize(size: int) -> str:  # trimmed where the virtual indices only clamp
+        return _resize_square(b, x, *_square_bands(b, sq, size, family, trim=not official), eight_bit, to_float)
+
+    xy = resize(r)
+    if vit and (r >= vit or official):
         return [(xy, _FROM_XCY), (_vit_from_square(b, xy, spec, eight_bit), _FROM_YXC)]
     # below the ViT size the copy comes from the photo itself, with its detail
-    return [
-        (xy, _FROM_XCY),
-        (_resize_square(b, x, *_square_bands(b, sq, vit, antialias, trim=True), eight_bit, to_float), _FROM_XCY),
-    ]
+    return [(xy, _FROM_XCY)] + ([(resize(vit), _FROM_XCY)] if vit else [])
 
 
 def _network_input(b: _Builder, resized: str, perm: List[int], spec: GraphSpec, scale: float, name: str) -> str:
@@ -685,8 +681,7 @@ def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
 
     b = _new_builder(GRAPH_OPSET)
     size = "size"
-    h = b.op("Squeeze", b.op("Slice", size, b.i([0]), b.i([1]), b.i([0])), b.i([0]))
-    w = b.op("Squeeze", b.op("Slice", size, b.i([1]), b.i([2]), b.i([0])), b.i([0]))
+    h, w = (b.op("Squeeze", b.op("Slice", size, b.i([i]), b.i([i + 1]), b.i([0])), b.i([0])) for i in (0, 1))
     bands = _post_bands(b, _square(b, h, w), spec, padded=True)
     inputs, outputs = [helper.make_tensor_value_info(size, TensorProto.INT64, [2])], []
     for task in tasks:

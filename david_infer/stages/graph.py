@@ -24,7 +24,7 @@ from ..errors import InputError, ModelError
 from ..inputs import Decoded
 from ..resample import square_geometry
 from ..tasks import TASKS
-from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options, split_outputs
+from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options
 from .builder import MAX_ROW_GROUP, GraphSpec, build_post, build_pre
 
 #: graphs kept per runtime (a pre and a post per task for each resolution; more with resolution=None)
@@ -87,7 +87,6 @@ class GraphStages(Stages):
     def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
         super().__init__(runner, contract, options)
         self._sessions = _Sessions(options)
-        self._vit_size = contract.vit_size if contract.vit_input is not None else None
         # the tasks' post graphs side by side, and the finishing's row blocks over `threads`
         self._pool = ThreadPoolExecutor(len(contract.tasks), "david-post") if len(contract.tasks) > 1 else None
         self._blocks = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
@@ -97,7 +96,7 @@ class GraphStages(Stages):
                 self._post(options.resolution, task)
 
     def _spec(self, resolution: int, order: str = "rgb") -> GraphSpec:
-        return GraphSpec(self.options.pipeline, resolution, self._vit_size, order, self.options.post.interpolation)
+        return GraphSpec(self.options.pipeline, resolution, self.vit_size, order, self.options.post.interpolation)
 
     def _pre(self, resolution: int, dtype: str, order: str) -> Any:
         contract = self.contract
@@ -186,16 +185,7 @@ class InsideGraphStages(Stages):
         photos = [s.feeds[name] for s in batch]
         raw = self.runner.run({name: photos[0][None] if len(photos) == 1 else np.stack(photos)})
         h, w = photos[0].shape[:2]
-        per_task = {}
-        for task, output in self.contract.output_names.items():
-            value = np.asarray(raw[output], dtype=np.float32)
-            expected = (len(batch),) + TASKS[task].shape(h, w)
-            if value.shape != expected:
-                raise ModelError(
-                    f"{self.contract.path}: output {output!r} has shape {value.shape}, expected {expected}"
-                )
-            per_task[task] = value
-        return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite)
+        return self.checked_outputs(raw, batch, lambda row: row.shape(h, w))
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
         post = self.options.post
