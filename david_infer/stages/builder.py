@@ -380,14 +380,22 @@ def _apply_band(b: _Builder, x: str, axis: int, band: _Band, groups: Optional[st
         return product
     total = b.op("Unsqueeze", b.op("Mul", band.count, band.g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
+    return _edges(b, out, band, axis, lambda index: (x, index))
+
+
+def _edges(b: _Builder, out: str, band: _Band, axis: int, edge: Callable[[str], Tuple[str, Optional[str]]]) -> str:
+    """`out` with the groups a trimmed band left out put back along `axis` (the first or last pixel
+    row, repeated), cut to band.geometry.m outputs. `edge(index)`: the tensor holding pixel row
+    `index` (int64 (1,)) as `out` has it, and where along `axis` (None: at 0)."""
     if band.lead is not None and band.tail is not None:
-        edges = []
+        parts = []
         last_row = b.op("Unsqueeze", b.op("Sub", band.geometry.n, b.i(1)), b.i([0]))
-        for groups_, index in ((band.lead, b.i([0])), (band.tail, last_row)):
-            # the edge pixel row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
-            repeat = b.op("Unsqueeze", b.op("Mul", groups_, band.g), b.i([0]))
-            edges.append(b.op("Gather", x, b.op("Expand", index, repeat), axis=axis))
-        out = b.op("Concat", edges[0], out, edges[1], axis=axis)
+        for groups, index in ((band.lead, b.i([0])), (band.tail, last_row)):
+            row, at = edge(index)
+            # the edge row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, band.g), b.i([0]))
+            parts.append(b.op("Gather", row, b.op("Expand", at or b.i([0]), repeat), axis=axis))
+        out = b.op("Concat", parts[0], out, parts[1], axis=axis)
     if band.sliced:
         out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", band.geometry.m, b.i([0])), b.i([axis]))
     return out
@@ -446,18 +454,12 @@ def _resize_square(b: _Builder, x: str, down: _Band, across: _Band, eight_bit: b
     by_column = b.op("Transpose", product, perm=[0, 2, 1, 3])  # (N, W x 3, G, g)
     kept = b.op("Reshape", by_column, b.op("Concat", n, w, b.i([3, -1]), axis=0))  # (N, W, 3, G x g)
     xy = finish(_apply_band(b, kept, 1, across))  # (N, Rx, 3, G x g)
-    if down.lead is not None and down.tail is not None:
-        parts = []
-        last_row = b.op("Unsqueeze", b.op("Sub", down.geometry.n, b.i(1)), b.i([0]))
-        for groups, index in ((down.lead, b.i([0])), (down.tail, last_row)):
-            row = b.op("Transpose", to_float(b.op("Gather", x, index, axis=1)), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
-            row = finish(_apply_band(b, row, 1, across))  # (N, Rx, 3, 1)
-            repeat = b.op("Unsqueeze", b.op("Mul", groups, down.g), b.i([0]))
-            parts.append(b.op("Gather", row, b.op("Expand", b.i([0]), repeat), axis=3))
-        xy = b.op("Concat", parts[0], xy, parts[1], axis=3)
-    if down.sliced:
-        xy = b.op("Slice", xy, b.i([0]), b.op("Unsqueeze", down.geometry.m, b.i([0])), b.i([3]))
-    return xy
+
+    def edge(index: str) -> Tuple[str, Optional[str]]:  # the pixel row, resampled across: (N, Rx, 3, 1)
+        row = b.op("Transpose", to_float(b.op("Gather", x, index, axis=1)), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
+        return finish(_apply_band(b, row, 1, across)), None
+
+    return _edges(b, xy, down, 3, edge)
 
 
 #: outputs per group of the full-size pass (measured: 8 beats 16 and 32 with transA)
@@ -552,23 +554,20 @@ def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec, padded: bool = False)
     down (y: R -> H), which every task's map shares; `padded`: the down band in groups of exactly
     MAX_ROW_GROUP rows, the last one padded (see MAX_ROW_GROUP)."""
     r = b.i(spec.resolution)
-    rf, sidef = b.f(float(spec.resolution)), b.to_float(sq.side)
-    s = b.op("Div", rf, sidef)
-    cols = _Axis(r, sq.side, sq.left, sq.w)
-    rows = _Axis(r, sq.side, sq.top, sq.h)
+    s = b.op("Div", b.f(float(spec.resolution)), b.to_float(sq.side))
+    cols, rows = _Axis(r, sq.side, sq.left, sq.w), _Axis(r, sq.side, sq.top, sq.h)
     if spec.interpolation == "official":
         across_family: _Family = _OpenCVCubic(b, cols)
         down_family: _Family = _OpenCVCubic(b, rows)
     else:  # Pillow's filter from the crop box in model pixels: R of them, none virtual
         one, zero = b.i(1), b.i(0)
-        cols, rows = _Axis(r, r, zero, sq.w), _Axis(r, r, zero, sq.h)
-        kernel = spec.interpolation
-        across_family = _Pillow(
-            b, cols, kernel, b.op("Mul", b.to_float(sq.left), s), b.op("Mul", b.to_float(sq.w), s), one
-        )
-        down_family = _Pillow(
-            b, rows, kernel, b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
-        )
+
+        def pillow(axis: _Axis) -> Tuple[_Axis, _Family]:
+            start, span = (b.op("Mul", b.to_float(t), s) for t in (axis.offset, axis.m))
+            crop = _Axis(r, r, zero, axis.m)
+            return crop, _Pillow(b, crop, spec.interpolation, start, span, one)
+
+        (cols, across_family), (rows, down_family) = pillow(cols), pillow(rows)
     if padded:
         down = _band(b, rows, down_family, size=MAX_ROW_GROUP)
     else:
