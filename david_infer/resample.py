@@ -39,7 +39,6 @@ REDUCING_GAP = 3
 PYRAMID_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)  # OpenCV pyrDown's kernel, / 16 per axis
 #: pyramid levels a pre/post graph can take: squares up to 3 x R x 2**10 pixels a side
 MAX_PYRAMID_LEVELS = 10
-KERNEL_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,6 @@ def reduction_factor(side: int, target: int) -> int:
     return max(1, side // (REDUCING_GAP * target))
 
 
-def pyramid_levels(side: int, resolution: int) -> int:
-    """How many pyrDown steps the official pipeline takes on a square of `side`."""
-    levels = 0
-    while side > OFFICIAL_PYRAMID_FACTOR * resolution:
-        side, levels = (side + 1) // 2, levels + 1
-    return levels
-
-
 # --------------------------------------------------------------------------- filter families
 
 
@@ -97,7 +88,7 @@ def pillow_coeffs(in_size: int, start: float, stop: float, out_size: int, kernel
     """(out_size, in_size) weights of Pillow's `resize(filter, box=(start, stop))` along one axis:
     centre = start + (o + 0.5) * scale, support widened by the scale when shrinking, weights
     renormalised over the pixels that exist."""
-    support = KERNEL_SUPPORT[kernel]
+    support = 1.0 if kernel == "bilinear" else 2.0
     scale = (stop - start) / out_size
     filterscale = max(scale, 1.0)
     centers = start + (np.arange(out_size) + 0.5) * scale
@@ -168,7 +159,7 @@ def official_weights(n: int, side: int, offset: int, size: int) -> np.ndarray:
     pyrDown while the square exceeds 3 x `size` (each level (len + 1) // 2 samples, reflect-101 at
     its own border), then INTER_LINEAR to `size`."""
     lengths = [side]
-    for _ in range(pyramid_levels(side, size)):
+    while lengths[-1] > OFFICIAL_PYRAMID_FACTOR * size:
         lengths.append((lengths[-1] + 1) // 2)
     w = cv2_linear_coeffs(lengths[-1], size)
     taps = np.array(PYRAMID_TAPS) / 16.0

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._optional import require
 from ..contract import ModelContract
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..inputs import Decoded
 from ..resample import square_geometry
 from ..tasks import TASKS
@@ -44,9 +44,8 @@ class _Sessions:
 
     def __init__(self, options: StageOptions) -> None:
         self.ort = require("onnxruntime", "cpu")
-        kind = "cuda" if options.device.startswith("cuda") else "cpu"
         self.providers: List[Any] = ["CPUExecutionProvider"]
-        if kind == "cuda" and "CUDAExecutionProvider" in self.ort.get_available_providers():
+        if options.device.startswith("cuda") and "CUDAExecutionProvider" in self.ort.get_available_providers():
             index = int(options.device.partition(":")[2] or 0)
             self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         self._kept: "OrderedDict[Hashable, Any]" = OrderedDict()
@@ -124,10 +123,8 @@ class GraphStages(Stages):
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
         tasks = list(outputs)
-        if self._pool is not None and len(tasks) > 1:
-            maps = dict(zip(tasks, self._pool.map(lambda task: self._finish(staged, task, outputs[task]), tasks)))
-        else:
-            maps = {task: self._finish(staged, task, outputs[task]) for task in tasks}
+        side_by_side = self._pool.map if self._pool is not None and len(tasks) > 1 else map
+        maps = dict(zip(tasks, side_by_side(lambda task: self._finish(staged, task, outputs[task]), tasks)))
         return open_options(maps, self.options.post)
 
     def _finish(self, staged: Staged, task: str, value: Any) -> np.ndarray:
@@ -162,10 +159,8 @@ class InsideGraphStages(Stages):
 
     def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
         super().__init__(runner, contract, options)
-        graph = contract.graph
-        if graph is None:  # choose_stages picks this class for such contracts only
-            raise ModelError(f"{contract.path}: not a pre/post graph (its manifest has no prepost section)")
-        self.graph = graph
+        assert contract.graph is not None  # choose_stages picks this class for layout "prepost" only
+        self.graph = contract.graph
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
