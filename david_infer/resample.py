@@ -1,25 +1,10 @@
 """The resampling of the pre/post, written once as per-axis weight matrices (numpy, float64).
 
-Every resize the pre/post does is separable: `out = Wy @ x @ Wx.T`, one matrix per axis, built
-here. The reference stages (david_infer.stages.reference) and the torch stages multiply by these
-matrices; the graph builder (david_infer.stages.builder) computes the same weights inside the ONNX
-graph, so that one graph serves every image size. The parity tests hold them together.
-
-The photo is padded to a centred square by edge replication (`Geometry`); the padding is folded
-into the matrices (a virtual row v of the square reads image row clip(v - top)), so the padded
-square is never built. Two pipelines take the square to the model's resolution R:
-
-* `antialias` (our exports): Pillow's antialiased bilinear filter, after a box reduction by the
-  integer k = side // (3 x max(R, ViT size)) (Pillow's `reducing_gap=3`, the last box partial),
-  rows first, then columns; 8-bit photos are rounded to 8 bits after each axis, as Pillow does.
-  The ViT copy is the R-square shrunk the same way (or, below the ViT size, made from the photo).
-* `official` (the released files, as Microsoft's own runtime): float data, OpenCV `pyrDown`
-  ([1 4 6 4 1] / 16, reflect-101 border) while both sides of the square exceed 3 x R, then
-  OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing) to R.
-
-And back from the model's R x R outputs to the image: Pillow's bicubic (or bilinear) filter from
-the image's crop box in model pixels, or for `official` OpenCV's INTER_CUBIC (a = -0.75, replicated
-border) to the padded square followed by the crop.
+Every resize is separable, `out = Wy @ x @ Wx.T`, the photo's centred edge padding folded into the
+matrices (the padded square is never built). The reference and torch stages multiply by these
+matrices; the graph builder (david_infer.stages.builder) computes the same weights inside its
+graphs; the parity tests hold them together. The two pipelines (`antialias`: Pillow's; `official`:
+OpenCV's, as Microsoft's runtime) and the resize back: docs/prepost.md, "What is inside".
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """The pre/post as ONNX graphs, built with `onnx.helper` (no PyTorch): the graph stages run them
 around a network (`build_pre`, `build_post`), and `export --prepost` wraps a network in them (`wrap`:
-one graph from pixels to maps, TensorRT 10's operators only, checked against tensorrt10_ops.json).
-
-Each resize is the separable map of david_infer.resample, computed inside the graph from the image's
-size (so one graph serves every size) and applied per axis as a banded product: groups of
-consecutive outputs, each reading the window it needs (Gather) times its (g, L) weights (batched
-MatMul); the padding is folded into the gather indices. docs/prepost.md says what is inside and why.
+one graph from pixels to maps, TensorRT 10's operators only). Each resize computes the weights of
+david_infer.resample inside the graph and applies them per axis as a banded product
+(docs/prepost.md, "What is inside, and why": the bands, the folded padding, the layouts).
 """
 
 from __future__ import annotations
@@ -221,7 +218,7 @@ class _Pillow(_Family):
 class _OpenCVCubic(_Family):
     """cv2.resize(INTER_CUBIC) of an R-pixel axis to the padded square's side `virtual`, outputs
     offset .. offset + m - 1 (the crop): fx = (o + offset + 0.5) R / side - 0.5, taps floor(fx) - 1
-    .. + 2 with the replicated border (`david_infer.resample.cv2_weights`)."""
+    .. + 2 with the replicated border (`david_infer.resample.cv2_cubic_coeffs`)."""
 
     def __init__(self, b: _Builder, axis: _Axis) -> None:
         self.axis = axis
