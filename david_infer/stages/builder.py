@@ -527,12 +527,16 @@ def _pre(b: _Builder, x: str, sq: _Square, spec: GraphSpec, eight_bit: bool, to_
     return [(xy, _FROM_XCY)] + ([(resize(vit), _FROM_XCY)] if vit else [])
 
 
-def _network_input(b: _Builder, resized: str, perm: List[int], spec: GraphSpec, scale: float, name: str) -> str:
-    """A resized square (axes as `perm` says, in the photo's channel order) -> (N, 3, Y, X) BGR, times `scale`."""
-    chw = b.op("Transpose", resized, perm=perm)
-    if spec.channel_order == "rgb":
-        chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
-    return b.op("Mul", chw, b.f(scale), out=name)
+def _network_inputs(
+    b: _Builder, resized: List[Tuple[str, Any]], names: List[str], spec: GraphSpec, scale: float
+) -> None:
+    """The resized squares (axes as their perms say, in the photo's channel order) -> the tensors
+    `names`, (N, 3, Y, X) BGR, times `scale`."""
+    for (square, perm), name in zip(resized, names):
+        chw = b.op("Transpose", square, perm=perm)
+        if spec.channel_order == "rgb":
+            chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
+        b.op("Mul", chw, b.f(scale), out=name)
 
 
 @dataclass
@@ -577,10 +581,10 @@ def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec, padded: bool = False)
     return _PostBands(_band(b, cols, across_family), down, first, last)
 
 
-def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, finish: bool) -> str:
-    """Network output (N, C, R, R) -> the task's map at the image's size: finished as its row of the
-    task table says, (N, H, W) or (N, H, W, C); or unfinished (`finish` False) in row groups,
-    (N, G, g, W x C), which the runtime finishes in place."""
+def _post(b: _Builder, value: str, bands: _PostBands, task: str, finish: bool) -> str:
+    """Network output (N, C, R, R) -> the task's map at the image's size, the tensor named `task`:
+    finished as its row of the task table says, (N, H, W) or (N, H, W, C); or unfinished (`finish`
+    False) in row groups, (N, G, g, W x C), which the runtime finishes in place."""
     row = TASKS[task]
     across_band, down_band = bands.across, bands.down
     value = b.op("Slice", value, bands.first, bands.last, b.i([2]))  # (N, C, rows read, R)
@@ -596,7 +600,7 @@ def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, fini
         # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
         plane = b.op("Squeeze", b.op("Transpose", across, perm=[0, 1, 3, 2]), b.i([1]))  # (N, Ry, W)
     if not finish:
-        return _apply_band(b, plane, 1, down_band, groups=name)
+        return _apply_band(b, plane, 1, down_band, groups=task)
     steps: List[Callable[[str, Optional[str]], str]] = []
     if row.sign < 0:
         steps.append(lambda t, out: b.op("Neg", t, out=out))
@@ -608,9 +612,9 @@ def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, fini
         steps.append(lambda t, out: b.op("Clip", t, b.f(lo), b.f(hi), out=out))
     full = _apply_band(b, plane, 1, down_band)
     if not steps:
-        return b.op("Identity", full, out=name)
+        return b.op("Identity", full, out=task)
     for i, step in enumerate(steps):  # the last step writes the output itself (no extra copy)
-        full = step(full, name if i == len(steps) - 1 else None)
+        full = step(full, task if i == len(steps) - 1 else None)
     return full
 
 
@@ -658,11 +662,8 @@ def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype
     sq = _square(b, b.dim("photo", 1), b.dim("photo", 2))
     resized = _pre(b, "photo", sq, spec, eight_bit, b.to_float if eight_bit else (lambda t: t))
     names = [image_input] + ([vit_input] if vit_input else [])
-    scale = 1.0 / 255.0 if eight_bit else 1.0
-    outputs = []
-    for (tensor, perm), name in zip(resized, names):
-        _network_input(b, tensor, perm, spec, scale, name)
-        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, "side", "side"]))
+    _network_inputs(b, resized, names, spec, 1.0 / 255.0 if eight_bit else 1.0)
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, "side", "side"]) for name in names]
     elem = TensorProto.UINT8 if eight_bit else TensorProto.FLOAT
     photo = helper.make_tensor_value_info("photo", elem, ["batch", "height", "width", 3])
     return _model(b, "david_pre", [photo], outputs, GRAPH_OPSET)
@@ -683,7 +684,7 @@ def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
     for task in tasks:
         shape: List[Any] = ["batch", TASKS[task].channels, "side", "side"]
         inputs.append(helper.make_tensor_value_info(task + ":raw", TensorProto.FLOAT, shape))
-        _post(b, task + ":raw", bands, task, task, finish=False)
+        _post(b, task + ":raw", bands, task, finish=False)
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["batch", "groups", "rows", "row"]))
     return _model(b, "david_post", inputs, outputs, GRAPH_OPSET)
 
@@ -712,20 +713,18 @@ def wrap(
     b.stage("pre")
     sq = _square(b, b.dim(x, 1), b.dim(x, 2))
     resized = _pre(b, x, sq, spec, eight_bit=True, to_float=lambda t: t)
-    pre_nodes = list(b.nodes)
-    b.nodes = []
     b.stage("input")
-    for (tensor, perm), name in zip(resized, [image_input] + ([vit_input] if vit_input else [])):
-        _network_input(b, tensor, perm, spec, 1.0 / 255.0, "net/" + name)
-    pre_nodes += b.nodes
-    b.nodes = []
+    _network_inputs(
+        b, resized, ["net/" + name for name in [image_input] + ([vit_input] if vit_input else [])], spec, 1.0 / 255.0
+    )
+    pre_nodes, b.nodes = b.nodes, []  # the network's nodes go between
     b.stage("post/bands")
     bands = _post_bands(b, sq, spec)
     graph_outputs = []
     for task, (name, rank) in outputs.items():
         b.stage(f"post/{task}")
         value = b.op("Unsqueeze", "net/" + name, b.i([1])) if rank == 3 else "net/" + name
-        _post(b, value, bands, task, task, finish=True)
+        _post(b, value, bands, task, finish=True)
         shape = [batch, "height", "width"] + ([TASKS[task].channels] if TASKS[task].channels > 1 else [])
         graph_outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, shape))
     graph = helper.make_graph(
