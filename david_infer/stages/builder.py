@@ -67,8 +67,11 @@ def pyramid_kernels(levels: int = MAX_PYRAMID_LEVELS) -> np.ndarray:
 class _Builder:
     """Nodes and constants of a graph under construction; every tensor gets a fresh name."""
 
-    def __init__(self, helper: Any, numpy_helper: Any, opset: int, prefix: str = "pp/") -> None:
-        self.h, self.nh, self.opset, self.prefix = helper, numpy_helper, opset, prefix
+    def __init__(self, opset: int) -> None:
+        require("onnx", "cpu")
+        from onnx import helper, numpy_helper
+
+        self.h, self.nh, self.opset, self.prefix = helper, numpy_helper, opset, "pp/"
         self.nodes: List[Any] = []
         self.initializers: List[Any] = []
         self._count = 0
@@ -120,9 +123,6 @@ class _Builder:
 
     def clip(self, x: str, lo: str, hi: str) -> str:
         return self.op("Min", self.op("Max", x, lo), hi)
-
-    def where(self, cond: str, a: str, b: str) -> str:
-        return self.op("Where", cond, a, b)
 
     def round8(self, x: str) -> str:
         """Round half up, as Pillow's 8-bit resampling does (ONNX Round rounds half to even)."""
@@ -176,8 +176,8 @@ def _keys(b: _Builder, x: str, a: float) -> str:
         b.f(a),
         b.op("Add", b.op("Sub", b.op("Sub", ax3, b.op("Mul", b.f(5.0), ax2)), b.op("Mul", b.f(-8.0), ax)), b.f(-4.0)),
     )
-    inside = b.where(b.op("Less", ax, b.f(1.0)), near, far)
-    return b.where(b.op("Less", ax, b.f(2.0)), inside, b.f(0.0))
+    inside = b.op("Where", b.op("Less", ax, b.f(1.0)), near, far)
+    return b.op("Where", b.op("Less", ax, b.f(2.0)), inside, b.f(0.0))
 
 
 class _Pillow(_Family):
@@ -212,7 +212,7 @@ class _Pillow(_Family):
         virtual = b.to_float(self.axis.virtual)
         count = b.op("Min", self.kf, b.op("Sub", virtual, b.op("Mul", reduced, self.kf)))
         inside = b.op("And", b.op("GreaterOrEqual", v, b.f(0.0)), b.op("Less", v, virtual))
-        return b.where(inside, b.op("Div", w, count), b.f(0.0))
+        return b.op("Where", inside, b.op("Div", w, count), b.f(0.0))
 
 
 class _OpenCVCubic(_Family):
@@ -260,11 +260,11 @@ class _OpenCVPyramidLinear(_Family):
         sx = b.op("Floor", fx)
         f = b.op("Sub", fx, sx)
         last = b.op("Sub", self.reduced, b.f(1.0))
-        f = b.where(b.op("Less", sx, b.f(0.0)), b.f(0.0), f)
+        f = b.op("Where", b.op("Less", sx, b.f(0.0)), b.f(0.0), f)
         sx = b.op("Max", sx, b.f(0.0))
         top = b.op("GreaterOrEqual", sx, last)
-        f = b.where(top, b.f(0.0), f)
-        sx = b.where(top, last, sx)
+        f = b.op("Where", top, b.f(0.0), f)
+        sx = b.op("Where", top, last, sx)
         s1 = b.op("Min", b.op("Add", sx, b.f(1.0)), last)
         return sx, s1, f
 
@@ -279,7 +279,7 @@ class _OpenCVPyramidLinear(_Family):
         inside = b.op("LessOrEqual", b.op("Abs", u), b.f(float(self.c)))
         index = b.to_int(b.clip(b.op("Add", u, b.f(float(self.c))), b.f(0.0), b.f(float(2 * self.c))))
         flat = b.op("Add", index, b.op("Mul", self.levels, b.i(self.width)))
-        return b.where(inside, b.op("Gather", self.table, flat, axis=0), b.f(0.0))
+        return b.op("Where", inside, b.op("Gather", self.table, flat, axis=0), b.f(0.0))
 
     def weight(self, b: _Builder, o: str, v: str) -> str:
         s0, s1, f = self._taps(b, o)
@@ -290,7 +290,7 @@ class _OpenCVPyramidLinear(_Family):
     def source(self, b: _Builder, v: str, axis: _Axis) -> str:
         side1 = b.op("Sub", axis.virtual, b.i(1))
         r = b.op("Abs", v)  # reflect-101 at both ends of the square (overshoot < side)
-        r = b.where(b.op("Greater", r, side1), b.op("Sub", b.op("Mul", b.i(2), side1), r), r)
+        r = b.op("Where", b.op("Greater", r, side1), b.op("Sub", b.op("Mul", b.i(2), side1), r), r)
         return super().source(b, r, axis)
 
 
@@ -402,7 +402,7 @@ def _largest_divisor(b: _Builder, m: str) -> str:
     """The largest d <= MAX_ROW_GROUP dividing m (int64 scalar)."""
     candidates = b.i(np.arange(1, MAX_ROW_GROUP + 1))
     fits = b.op("Equal", b.op("Mod", m, candidates), b.i(0))
-    return b.reduce("ReduceMax", b.where(fits, candidates, b.i(0)), [0], 0)
+    return b.reduce("ReduceMax", b.op("Where", fits, candidates, b.i(0)), [0], 0)
 
 
 # ------------------------------------------------------------------------------ the graph
@@ -505,7 +505,7 @@ def _pre(b: _Builder, x: str, sq: _Square, spec: GraphSpec, eight_bit: bool, to_
         for _ in range(MAX_PYRAMID_LEVELS):  # levels = how many halvings while the side exceeds the limit
             more = b.op("Greater", length, limit)
             levels = b.op("Add", levels, b.op("Cast", more, to=7))
-            length = b.where(more, b.op("Div", b.op("Add", length, b.i(1)), b.i(2)), length)
+            length = b.op("Where", more, b.op("Div", b.op("Add", length, b.i(1)), b.i(2)), length)
 
         def family(axis: _Axis) -> _Family:
             return _OpenCVPyramidLinear(b, axis, levels, length)
@@ -635,20 +635,10 @@ def _unit_length(b: _Builder, vectors: str, channels: int, eps: float, name: Opt
 GRAPH_OPSET = 17
 
 
-def _new_builder(opset: int) -> _Builder:
-    require("onnx", "cpu")
-    from onnx import helper, numpy_helper
-
-    return _Builder(helper, numpy_helper, opset)
-
-
-def _model(b: _Builder, name: str, inputs: List[Any], outputs: List[Any], opset: int) -> Any:
-    from onnx import helper
-
-    graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8, producer_name="david-infer"
-    )
+def _model(b: _Builder, name: str, inputs: List[Any], outputs: List[Any]) -> Any:
+    graph = b.h.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
+    opsets = [b.h.make_opsetid("", b.opset)]
+    return b.h.make_model(graph, opset_imports=opsets, ir_version=8, producer_name="david-infer")
 
 
 def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype: str = "uint8") -> Any:
@@ -657,7 +647,7 @@ def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype
     float32 in [0, 1]. For ONNX Runtime (it gathers 8-bit rows before casting)."""
     from onnx import TensorProto, helper
 
-    b = _new_builder(GRAPH_OPSET)
+    b = _Builder(GRAPH_OPSET)
     eight_bit = dtype == "uint8"
     sq = _square(b, b.dim("photo", 1), b.dim("photo", 2))
     resized = _pre(b, "photo", sq, spec, eight_bit, b.to_float if eight_bit else (lambda t: t))
@@ -666,7 +656,7 @@ def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, "side", "side"]) for name in names]
     elem = TensorProto.UINT8 if eight_bit else TensorProto.FLOAT
     photo = helper.make_tensor_value_info("photo", elem, ["batch", "height", "width", 3])
-    return _model(b, "david_pre", [photo], outputs, GRAPH_OPSET)
+    return _model(b, "david_pre", [photo], outputs)
 
 
 def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
@@ -676,7 +666,7 @@ def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
     (the runtime binds a view of a map g x G rows tall and keeps H of them)."""
     from onnx import TensorProto, helper
 
-    b = _new_builder(GRAPH_OPSET)
+    b = _Builder(GRAPH_OPSET)
     size = "size"
     h, w = (b.op("Squeeze", b.op("Slice", size, b.i([i]), b.i([i + 1]), b.i([0])), b.i([0])) for i in (0, 1))
     bands = _post_bands(b, _square(b, h, w), spec, padded=True)
@@ -686,7 +676,7 @@ def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
         inputs.append(helper.make_tensor_value_info(task + ":raw", TensorProto.FLOAT, shape))
         _post(b, task + ":raw", bands, task, finish=False)
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["batch", "groups", "rows", "row"]))
-    return _model(b, "david_post", inputs, outputs, GRAPH_OPSET)
+    return _model(b, "david_post", inputs, outputs)
 
 
 def wrap(
@@ -707,7 +697,7 @@ def wrap(
     net = onnx.ModelProto()
     net.CopyFrom(network)
     compose.add_prefix(net, "net/", inplace=True)
-    b = _new_builder(opset)
+    b = _Builder(opset)
     b.stage("cast")
     x = b.to_float("image")  # first: TensorRT takes uint8 only at the boundary (even Shape reads float)
     b.stage("pre")
