@@ -70,8 +70,7 @@ class PostOptions:
             raise InputError(f"foreground_threshold must be None or a number in [0, 1], got {t!r}")
 
     def sign(self, task: str) -> int:
-        """The sign of `task`'s finished map against the raw output (the table's default sign,
-        taken back for depth by invert_depth=False)."""
+        """The sign of `task`'s finished map against the raw output (depth's taken back by invert_depth=False)."""
         return -1 if task == "depth" and self.invert_depth else 1
 
     def normalizes(self, task: str) -> bool:

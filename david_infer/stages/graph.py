@@ -98,17 +98,14 @@ class GraphStages(Stages):
         return GraphSpec(self.options.pipeline, resolution, self.vit_size, order, self.options.post.interpolation)
 
     def _pre(self, resolution: int, dtype: str, order: str) -> Any:
-        contract = self.contract
-        spec = self._spec(resolution, order)
         return self._sessions.get(
             ("pre", resolution, dtype, order),
-            lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype),
+            lambda: build_pre(self._spec(resolution, order), self.contract.image_input, self.contract.vit_input, dtype),
             self.options.threads,
         )
 
     def _post(self, resolution: int, task: str) -> Any:
-        spec = self._spec(resolution)
-        return self._sessions.get(("post", resolution, task), lambda: build_post(spec, [task]))
+        return self._sessions.get(("post", resolution, task), lambda: build_post(self._spec(resolution), [task]))
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
