@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,8 +132,7 @@ class _Builder:
 # ------------------------------------------------------------------------- weight families
 
 
-@dataclass
-class _Axis:
+class _Axis(NamedTuple):
     """One resampled axis: `n` pixels (int64 scalar tensor) in a virtual axis of `virtual` pixels
     (the padded square's side) at `offset`; `m` outputs (an int64 scalar tensor)."""
 
@@ -408,8 +407,7 @@ def _largest_divisor(b: _Builder, m: str) -> str:
 # ------------------------------------------------------------------------------ the graph
 
 
-@dataclass
-class _Square:
+class _Square(NamedTuple):
     """The padded square of the input image, as graph scalars (int64)."""
 
     h: str
@@ -539,8 +537,7 @@ def _network_inputs(
         b.op("Mul", chw, b.f(scale), out=name)
 
 
-@dataclass
-class _PostBands:
+class _PostBands(NamedTuple):
     """The resize back's bands, which every task's map shares, and the model rows [first, last)
     that the down band reads (int64 (1,) tensors)."""
 

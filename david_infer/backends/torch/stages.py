@@ -4,6 +4,7 @@ stages (docs/gpu-torch.md)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Union
 
@@ -41,6 +42,9 @@ class TorchStages(Stages):
         self.output = output
         self._weights: Dict[Hashable, Any] = {}
         self._lock = threading.Lock()
+        # reference.separable on the device
+        dot = lambda w, t, axis: torch.tensordot(w, t, dims=([1], [axis]))  # noqa: E731
+        self._separable = functools.partial(separable, dot=dot, floor=torch.floor)
 
     def _matrix(self, make: Callable[..., np.ndarray], *args: Any, dtype: Any = None) -> Any:
         """The weight matrix `make(*args)` on the device (float64 unless `dtype` says), cached."""
@@ -65,12 +69,6 @@ class TorchStages(Stages):
         else:
             x = torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
         return (x[..., None] if x.ndim == 2 else x).double()
-
-    def _separable(self, x: Any, wy: Any, wx: Any, eight_bit: bool, rows_first: bool = True) -> Any:
-        """reference.separable on the device: (H, W, C) -> (Y, X, C)."""
-        torch = self.torch
-        dot = lambda w, t, axis: torch.tensordot(w, t, dims=([1], [axis]))  # noqa: E731
-        return separable(x, wy, wx, eight_bit, rows_first, dot, torch.floor)
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
