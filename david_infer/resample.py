@@ -1,25 +1,10 @@
 """The resampling of the pre/post, written once as per-axis weight matrices (numpy, float64).
 
-Every resize the pre/post does is separable: `out = Wy @ x @ Wx.T`, one matrix per axis, built
-here. The reference stages (david_infer.stages.reference) and the torch stages multiply by these
-matrices; the graph builder (david_infer.stages.builder) computes the same weights inside the ONNX
-graph, so that one graph serves every image size. The parity tests hold them together.
-
-The photo is padded to a centred square by edge replication (`Geometry`); the padding is folded
-into the matrices (a virtual row v of the square reads image row clip(v - top)), so the padded
-square is never built. Two pipelines take the square to the model's resolution R:
-
-* `antialias` (our exports): Pillow's antialiased bilinear filter, after a box reduction by the
-  integer k = side // (3 x max(R, ViT size)) (Pillow's `reducing_gap=3`, the last box partial),
-  rows first, then columns; 8-bit photos are rounded to 8 bits after each axis, as Pillow does.
-  The ViT copy is the R-square shrunk the same way (or, below the ViT size, made from the photo).
-* `official` (the released files, as Microsoft's own runtime): float data, OpenCV `pyrDown`
-  ([1 4 6 4 1] / 16, reflect-101 border) while both sides of the square exceed 3 x R, then
-  OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing) to R.
-
-And back from the model's R x R outputs to the image: Pillow's bicubic (or bilinear) filter from
-the image's crop box in model pixels, or for `official` OpenCV's INTER_CUBIC (a = -0.75, replicated
-border) to the padded square followed by the crop.
+Every resize is separable, `out = Wy @ x @ Wx.T`, the photo's centred edge padding folded into the
+matrices (the padded square is never built). The reference and torch stages multiply by these
+matrices; the graph builder (david_infer.stages.builder) computes the same weights inside its
+graphs; the parity tests hold them together. The two pipelines (`antialias`: Pillow's; `official`:
+OpenCV's, as Microsoft's runtime) and the resize back: docs/prepost.md, "What is inside".
 """
 
 from __future__ import annotations
@@ -39,7 +24,6 @@ REDUCING_GAP = 3
 PYRAMID_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)  # OpenCV pyrDown's kernel, / 16 per axis
 #: pyramid levels a pre/post graph can take: squares up to 3 x R x 2**10 pixels a side
 MAX_PYRAMID_LEVELS = 10
-KERNEL_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 
 @dataclass(frozen=True)
@@ -70,14 +54,6 @@ def reduction_factor(side: int, target: int) -> int:
     return max(1, side // (REDUCING_GAP * target))
 
 
-def pyramid_levels(side: int, resolution: int) -> int:
-    """How many pyrDown steps the official pipeline takes on a square of `side`."""
-    levels = 0
-    while side > OFFICIAL_PYRAMID_FACTOR * resolution:
-        side, levels = (side + 1) // 2, levels + 1
-    return levels
-
-
 # --------------------------------------------------------------------------- filter families
 
 
@@ -97,7 +73,7 @@ def pillow_coeffs(in_size: int, start: float, stop: float, out_size: int, kernel
     """(out_size, in_size) weights of Pillow's `resize(filter, box=(start, stop))` along one axis:
     centre = start + (o + 0.5) * scale, support widened by the scale when shrinking, weights
     renormalised over the pixels that exist."""
-    support = KERNEL_SUPPORT[kernel]
+    support = 1.0 if kernel == "bilinear" else 2.0
     scale = (stop - start) / out_size
     filterscale = max(scale, 1.0)
     centers = start + (np.arange(out_size) + 0.5) * scale
@@ -168,7 +144,7 @@ def official_weights(n: int, side: int, offset: int, size: int) -> np.ndarray:
     pyrDown while the square exceeds 3 x `size` (each level (len + 1) // 2 samples, reflect-101 at
     its own border), then INTER_LINEAR to `size`."""
     lengths = [side]
-    for _ in range(pyramid_levels(side, size)):
+    while lengths[-1] > OFFICIAL_PYRAMID_FACTOR * size:
         lengths.append((lengths[-1] + 1) // 2)
     w = cv2_linear_coeffs(lengths[-1], size)
     taps = np.array(PYRAMID_TAPS) / 16.0
@@ -180,6 +156,14 @@ def official_weights(n: int, side: int, offset: int, size: int) -> np.ndarray:
             np.add.at(out.T, source, tap * w.T)
         w = out
     return _frozen(fold_padding(w, offset, n))
+
+
+def pre_weights(n: int, side: int, offset: int, size: int, pipeline: str, target: int) -> np.ndarray:
+    """(size, n): the resize to the model along one axis by `pipeline` (the antialias box reduction
+    sized for `target`, the larger of the model's resolution and the ViT copy's side)."""
+    if pipeline == "official":
+        return official_weights(n, side, offset, size)
+    return antialias_weights(n, side, offset, size, reduction_factor(side, target))
 
 
 def vit_weights(resolution: int, vit_size: int, pipeline: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import abc
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..contract import ModelContract
 from ..errors import InputError, ModelError, NonFiniteOutput
 from ..inputs import Decoded
 from ..resample import INTERPOLATIONS, Geometry, dynamic_resolution
-from ..tasks import TASKS
+from ..tasks import TASKS, Task
 
 log = logging.getLogger("david_infer.stages")
 
@@ -70,8 +70,7 @@ class PostOptions:
             raise InputError(f"foreground_threshold must be None or a number in [0, 1], got {t!r}")
 
     def sign(self, task: str) -> int:
-        """The sign of `task`'s finished map against the raw output (the table's default sign,
-        taken back for depth by invert_depth=False)."""
+        """The sign of `task`'s finished map against the raw output (depth's taken back by invert_depth=False)."""
         return -1 if task == "depth" and self.invert_depth else 1
 
     def normalizes(self, task: str) -> bool:
@@ -120,10 +119,19 @@ class Stages(abc.ABC):
 
     def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
         self.runner, self.contract, self.options = runner, contract, options
+        #: the side of the network's ViT copy, None if it takes none
+        self.vit_size = contract.vit_size if contract.vit_input is not None else None
 
     def resolution_for(self, height: int, width: int) -> int:
         """The model resolution an image of height x width runs at."""
         return self.options.resolution or dynamic_resolution(height, width, self.contract.stride)
+
+    def network_feeds(self, image: Any, vit: Any) -> Dict[str, Any]:
+        """The feeds of one image: the network's image input, and its ViT copy where it takes one."""
+        feeds = {self.contract.image_input: image}
+        if self.contract.vit_input is not None and vit is not None:
+            feeds[self.contract.vit_input] = vit
+        return feeds
 
     @abc.abstractmethod
     def prepare(self, decoded: Decoded) -> Staged:
@@ -133,21 +141,27 @@ class Stages(abc.ABC):
         """The model on images of one batch_key, batched: each image's outputs, or the
         NonFiniteOutput of an image whose outputs are not finite (unless allowed)."""
         feeds = {name: np.stack([s.feeds[name] for s in batch]) for name in batch[0].feeds}
-        raw = self.runner.run(feeds)
+        side = next(iter(feeds.values())).shape[-1]
+        return self.checked_outputs(self.runner.run(feeds), batch, lambda row: (row.channels, side, side), True)
+
+    def checked_outputs(
+        self,
+        raw: Mapping[str, Any],
+        batch: Sequence[Staged],
+        shape: Callable[[Task], Tuple[int, ...]],
+        add_c: bool = False,
+    ) -> List[Union[ModelOutputs, Exception]]:
+        """`split_outputs` of the runner's outputs of a batch, each float32 and checked to be
+        (N,) + shape(its task's row); `add_c`: a 3-D output gains its C axis (the released depth has none)."""
         per_task = {}
         for task, name in self.contract.output_names.items():
             value = np.asarray(raw[name], dtype=np.float32)
-            per_task[task] = self.checked_output(task, name, value, batch)
+            value = value[:, None] if add_c and value.ndim == 3 else value
+            expected = (len(batch),) + shape(TASKS[task])
+            if value.shape != expected:
+                raise ModelError(f"{self.contract.path}: output {name!r} has shape {value.shape}, expected {expected}")
+            per_task[task] = value
         return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite)
-
-    def checked_output(self, task: str, name: str, value: np.ndarray, batch: Sequence[Staged]) -> np.ndarray:
-        """One output of a batch as (N, C, R, R), its shape checked (the released depth has no C)."""
-        side = next(iter(batch[0].feeds.values())).shape[-1]
-        value = value[:, None] if value.ndim == 3 else value
-        expected = (len(batch), TASKS[task].channels, side, side)
-        if value.shape != expected:
-            raise ModelError(f"{self.contract.path}: output {name!r} has shape {value.shape}, expected {expected}")
-        return value
 
     @abc.abstractmethod
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
@@ -168,13 +182,9 @@ def split_outputs(
     the batch says whether all is finite; per-image counts only for a batch that fails. `finite`
     checks one (N, ...) value (default: numpy's)."""
     outputs = [{task: value[i] for task, value in per_task.items()} for i in range(len(names))]
-    if allow_nonfinite:
-        return list(outputs)
     check = finite or (lambda v: bool(np.isfinite(np.asarray(v).sum(dtype=np.float64))))
-    bad = [task for task, value in per_task.items() if not check(value)]
-    if not bad:
-        return list(outputs)
-    return [_nonfinite(out, name, bad) for out, name in zip(outputs, names)]
+    bad = [] if allow_nonfinite else [task for task, value in per_task.items() if not check(value)]
+    return [_nonfinite(out, name, bad) for out, name in zip(outputs, names)] if bad else list(outputs)
 
 
 def _nonfinite(outputs: ModelOutputs, name: str, tasks: Sequence[str]) -> Union[ModelOutputs, NonFiniteOutput]:
@@ -216,19 +226,10 @@ def finish_in_place(task: str, value: np.ndarray, post: PostOptions, pool: Any =
     row = TASKS[task]
     sign = post.sign(task)
     blocks = [value[i : i + rows] for i in range(0, value.shape[0], rows)]
-    if pool is not None and len(blocks) > 1:
-        list(pool.map(lambda block: row.finish(block, sign), blocks))
-    else:
-        for block in blocks:
-            row.finish(block, sign)
+    list((pool.map if pool is not None and len(blocks) > 1 else map)(lambda block: row.finish(block, sign), blocks))
 
 
 # ----------------------------------------------------------------------------------- choosing
-
-
-def graph_available() -> bool:
-    """Whether the graph stages can run here (onnx builds the graphs, ONNX Runtime runs them)."""
-    return importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
 
 
 def choose_stages(kind: str, runner: Any, contract: ModelContract, options: StageOptions) -> Stages:
@@ -246,7 +247,9 @@ def choose_stages(kind: str, runner: Any, contract: ModelContract, options: Stag
         return own
     if kind == "torch":
         raise InputError(f"stages='torch' runs on the torch backend's device; the {runner.name} backend has none")
-    if kind == "graph" or (kind == "auto" and graph_available()):
+    # onnx builds the graphs, ONNX Runtime runs them
+    graph_available = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    if kind == "graph" or (kind == "auto" and graph_available):
         from .graph import GraphStages
 
         return GraphStages(runner, contract, options)

@@ -1,18 +1,15 @@
 """The pre/post as ONNX graphs, built with `onnx.helper` (no PyTorch): the graph stages run them
 around a network (`build_pre`, `build_post`), and `export --prepost` wraps a network in them (`wrap`:
-one graph from pixels to maps, TensorRT 10's operators only, checked against tensorrt10_ops.json).
-
-Each resize is the separable map of david_infer.resample, computed inside the graph from the image's
-size (so one graph serves every size) and applied per axis as a banded product: groups of
-consecutive outputs, each reading the window it needs (Gather) times its (g, L) weights (batched
-MatMul); the padding is folded into the gather indices. docs/prepost.md says what is inside and why.
+one graph from pixels to maps, TensorRT 10's operators only). Each resize computes the weights of
+david_infer.resample inside the graph and applies them per axis as a banded product
+(docs/prepost.md, "What is inside, and why": the bands, the folded padding, the layouts).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,8 +67,11 @@ def pyramid_kernels(levels: int = MAX_PYRAMID_LEVELS) -> np.ndarray:
 class _Builder:
     """Nodes and constants of a graph under construction; every tensor gets a fresh name."""
 
-    def __init__(self, helper: Any, numpy_helper: Any, opset: int, prefix: str = "pp/") -> None:
-        self.h, self.nh, self.opset, self.prefix = helper, numpy_helper, opset, prefix
+    def __init__(self, opset: int) -> None:
+        require("onnx", "cpu")
+        from onnx import helper, numpy_helper
+
+        self.h, self.nh, self.opset, self.prefix = helper, numpy_helper, opset, "pp/"
         self.nodes: List[Any] = []
         self.initializers: List[Any] = []
         self._count = 0
@@ -124,9 +124,6 @@ class _Builder:
     def clip(self, x: str, lo: str, hi: str) -> str:
         return self.op("Min", self.op("Max", x, lo), hi)
 
-    def where(self, cond: str, a: str, b: str) -> str:
-        return self.op("Where", cond, a, b)
-
     def round8(self, x: str) -> str:
         """Round half up, as Pillow's 8-bit resampling does (ONNX Round rounds half to even)."""
         return self.op("Floor", self.op("Add", x, self.f(0.5)))
@@ -135,8 +132,7 @@ class _Builder:
 # ------------------------------------------------------------------------- weight families
 
 
-@dataclass
-class _Axis:
+class _Axis(NamedTuple):
     """One resampled axis: `n` pixels (int64 scalar tensor) in a virtual axis of `virtual` pixels
     (the padded square's side) at `offset`; `m` outputs (an int64 scalar tensor)."""
 
@@ -179,8 +175,8 @@ def _keys(b: _Builder, x: str, a: float) -> str:
         b.f(a),
         b.op("Add", b.op("Sub", b.op("Sub", ax3, b.op("Mul", b.f(5.0), ax2)), b.op("Mul", b.f(-8.0), ax)), b.f(-4.0)),
     )
-    inside = b.where(b.op("Less", ax, b.f(1.0)), near, far)
-    return b.where(b.op("Less", ax, b.f(2.0)), inside, b.f(0.0))
+    inside = b.op("Where", b.op("Less", ax, b.f(1.0)), near, far)
+    return b.op("Where", b.op("Less", ax, b.f(2.0)), inside, b.f(0.0))
 
 
 class _Pillow(_Family):
@@ -215,13 +211,13 @@ class _Pillow(_Family):
         virtual = b.to_float(self.axis.virtual)
         count = b.op("Min", self.kf, b.op("Sub", virtual, b.op("Mul", reduced, self.kf)))
         inside = b.op("And", b.op("GreaterOrEqual", v, b.f(0.0)), b.op("Less", v, virtual))
-        return b.where(inside, b.op("Div", w, count), b.f(0.0))
+        return b.op("Where", inside, b.op("Div", w, count), b.f(0.0))
 
 
 class _OpenCVCubic(_Family):
     """cv2.resize(INTER_CUBIC) of an R-pixel axis to the padded square's side `virtual`, outputs
     offset .. offset + m - 1 (the crop): fx = (o + offset + 0.5) R / side - 0.5, taps floor(fx) - 1
-    .. + 2 with the replicated border (`david_infer.resample.cv2_weights`)."""
+    .. + 2 with the replicated border (`david_infer.resample.cv2_cubic_coeffs`)."""
 
     def __init__(self, b: _Builder, axis: _Axis) -> None:
         self.axis = axis
@@ -263,11 +259,11 @@ class _OpenCVPyramidLinear(_Family):
         sx = b.op("Floor", fx)
         f = b.op("Sub", fx, sx)
         last = b.op("Sub", self.reduced, b.f(1.0))
-        f = b.where(b.op("Less", sx, b.f(0.0)), b.f(0.0), f)
+        f = b.op("Where", b.op("Less", sx, b.f(0.0)), b.f(0.0), f)
         sx = b.op("Max", sx, b.f(0.0))
         top = b.op("GreaterOrEqual", sx, last)
-        f = b.where(top, b.f(0.0), f)
-        sx = b.where(top, last, sx)
+        f = b.op("Where", top, b.f(0.0), f)
+        sx = b.op("Where", top, last, sx)
         s1 = b.op("Min", b.op("Add", sx, b.f(1.0)), last)
         return sx, s1, f
 
@@ -282,7 +278,7 @@ class _OpenCVPyramidLinear(_Family):
         inside = b.op("LessOrEqual", b.op("Abs", u), b.f(float(self.c)))
         index = b.to_int(b.clip(b.op("Add", u, b.f(float(self.c))), b.f(0.0), b.f(float(2 * self.c))))
         flat = b.op("Add", index, b.op("Mul", self.levels, b.i(self.width)))
-        return b.where(inside, b.op("Gather", self.table, flat, axis=0), b.f(0.0))
+        return b.op("Where", inside, b.op("Gather", self.table, flat, axis=0), b.f(0.0))
 
     def weight(self, b: _Builder, o: str, v: str) -> str:
         s0, s1, f = self._taps(b, o)
@@ -293,7 +289,7 @@ class _OpenCVPyramidLinear(_Family):
     def source(self, b: _Builder, v: str, axis: _Axis) -> str:
         side1 = b.op("Sub", axis.virtual, b.i(1))
         r = b.op("Abs", v)  # reflect-101 at both ends of the square (overshoot < side)
-        r = b.where(b.op("Greater", r, side1), b.op("Sub", b.op("Mul", b.i(2), side1), r), r)
+        r = b.op("Where", b.op("Greater", r, side1), b.op("Sub", b.op("Mul", b.i(2), side1), r), r)
         return super().source(b, r, axis)
 
 
@@ -380,14 +376,22 @@ def _apply_band(b: _Builder, x: str, axis: int, band: _Band, groups: Optional[st
         return product
     total = b.op("Unsqueeze", b.op("Mul", band.count, band.g), b.i([0]))
     out = b.op("Reshape", product, b.op("Concat", before, total, after, axis=0))
+    return _edges(b, out, band, axis, lambda index: (x, index))
+
+
+def _edges(b: _Builder, out: str, band: _Band, axis: int, edge: Callable[[str], Tuple[str, Optional[str]]]) -> str:
+    """`out` with the groups a trimmed band left out put back along `axis` (the first or last pixel
+    row, repeated), cut to band.geometry.m outputs. `edge(index)`: the tensor holding pixel row
+    `index` (int64 (1,)) as `out` has it, and where along `axis` (None: at 0)."""
     if band.lead is not None and band.tail is not None:
-        edges = []
+        parts = []
         last_row = b.op("Unsqueeze", b.op("Sub", band.geometry.n, b.i(1)), b.i([0]))
-        for groups_, index in ((band.lead, b.i([0])), (band.tail, last_row)):
-            # the edge pixel row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
-            repeat = b.op("Unsqueeze", b.op("Mul", groups_, band.g), b.i([0]))
-            edges.append(b.op("Gather", x, b.op("Expand", index, repeat), axis=axis))
-        out = b.op("Concat", edges[0], out, edges[1], axis=axis)
+        for groups, index in ((band.lead, b.i([0])), (band.tail, last_row)):
+            row, at = edge(index)
+            # the edge row, repeated: a Gather copies rows whole (Expand broadcasts slowly)
+            repeat = b.op("Unsqueeze", b.op("Mul", groups, band.g), b.i([0]))
+            parts.append(b.op("Gather", row, b.op("Expand", at or b.i([0]), repeat), axis=axis))
+        out = b.op("Concat", parts[0], out, parts[1], axis=axis)
     if band.sliced:
         out = b.op("Slice", out, b.i([0]), b.op("Unsqueeze", band.geometry.m, b.i([0])), b.i([axis]))
     return out
@@ -397,14 +401,13 @@ def _largest_divisor(b: _Builder, m: str) -> str:
     """The largest d <= MAX_ROW_GROUP dividing m (int64 scalar)."""
     candidates = b.i(np.arange(1, MAX_ROW_GROUP + 1))
     fits = b.op("Equal", b.op("Mod", m, candidates), b.i(0))
-    return b.reduce("ReduceMax", b.where(fits, candidates, b.i(0)), [0], 0)
+    return b.reduce("ReduceMax", b.op("Where", fits, candidates, b.i(0)), [0], 0)
 
 
 # ------------------------------------------------------------------------------ the graph
 
 
-@dataclass
-class _Square:
+class _Square(NamedTuple):
     """The padded square of the input image, as graph scalars (int64)."""
 
     h: str
@@ -446,18 +449,12 @@ def _resize_square(b: _Builder, x: str, down: _Band, across: _Band, eight_bit: b
     by_column = b.op("Transpose", product, perm=[0, 2, 1, 3])  # (N, W x 3, G, g)
     kept = b.op("Reshape", by_column, b.op("Concat", n, w, b.i([3, -1]), axis=0))  # (N, W, 3, G x g)
     xy = finish(_apply_band(b, kept, 1, across))  # (N, Rx, 3, G x g)
-    if down.lead is not None and down.tail is not None:
-        parts = []
-        last_row = b.op("Unsqueeze", b.op("Sub", down.geometry.n, b.i(1)), b.i([0]))
-        for groups, index in ((down.lead, b.i([0])), (down.tail, last_row)):
-            row = b.op("Transpose", to_float(b.op("Gather", x, index, axis=1)), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
-            row = finish(_apply_band(b, row, 1, across))  # (N, Rx, 3, 1)
-            repeat = b.op("Unsqueeze", b.op("Mul", groups, down.g), b.i([0]))
-            parts.append(b.op("Gather", row, b.op("Expand", b.i([0]), repeat), axis=3))
-        xy = b.op("Concat", parts[0], xy, parts[1], axis=3)
-    if down.sliced:
-        xy = b.op("Slice", xy, b.i([0]), b.op("Unsqueeze", down.geometry.m, b.i([0])), b.i([3]))
-    return xy
+
+    def edge(index: str) -> Tuple[str, Optional[str]]:  # the pixel row, resampled across: (N, Rx, 3, 1)
+        row = b.op("Transpose", to_float(b.op("Gather", x, index, axis=1)), perm=[0, 2, 3, 1])  # (N, W, 3, 1)
+        return finish(_apply_band(b, row, 1, across)), None
+
+    return _edges(b, xy, down, 3, edge)
 
 
 #: outputs per group of the full-size pass (measured: 8 beats 16 and 32 with transA)
@@ -498,50 +495,49 @@ def _pre(b: _Builder, x: str, sq: _Square, spec: GraphSpec, eight_bit: bool, to_
     """(N, H, W, 3) -> [(the square, its perm to NCHW), (the ViT copy, its perm)] (0..255 for 8-bit
     photos, else as given)."""
     r, vit = spec.resolution, spec.vit_size
-    if spec.pipeline == "official":
+    official = spec.pipeline == "official"
+    if official:
+        eight_bit = False  # float data all through, as the official runtime
         limit = b.i(OFFICIAL_PYRAMID_FACTOR * r)
         length, levels = sq.side, b.i(0)
         for _ in range(MAX_PYRAMID_LEVELS):  # levels = how many halvings while the side exceeds the limit
             more = b.op("Greater", length, limit)
             levels = b.op("Add", levels, b.op("Cast", more, to=7))
-            length = b.where(more, b.op("Div", b.op("Add", length, b.i(1)), b.i(2)), length)
-        last = length
+            length = b.op("Where", more, b.op("Div", b.op("Add", length, b.i(1)), b.i(2)), length)
 
-        def official(axis: _Axis) -> _Family:
-            return _OpenCVPyramidLinear(b, axis, levels, last)
+        def family(axis: _Axis) -> _Family:
+            return _OpenCVPyramidLinear(b, axis, levels, length)
 
-        xy = _resize_square(b, x, *_square_bands(b, sq, r, official, trim=False), eight_bit=False, to_float=to_float)
-        vit_part = [(_vit_from_square(b, xy, spec, False), _FROM_YXC)] if vit else []
-        return [(xy, _FROM_XCY)] + vit_part
-    target = max(r, vit or 0)
-    k = b.op("Max", b.op("Div", sq.side, b.i(REDUCING_GAP * target)), b.i(1))
-    span = b.op("Div", b.to_float(sq.side), b.to_float(k))
+    else:
+        k = b.op("Max", b.op("Div", sq.side, b.i(REDUCING_GAP * max(r, vit or 0))), b.i(1))
+        span = b.op("Div", b.to_float(sq.side), b.to_float(k))
 
-    def antialias(axis: _Axis) -> _Family:
-        return _Pillow(b, axis, "bilinear", b.f(0.0), span, k)
+        def family(axis: _Axis) -> _Family:
+            return _Pillow(b, axis, "bilinear", b.f(0.0), span, k)
 
-    xy = _resize_square(b, x, *_square_bands(b, sq, r, antialias, trim=True), eight_bit, to_float)
-    if not vit:
-        return [(xy, _FROM_XCY)]
-    if r >= vit:
+    def resize(size: int) -> str:  # trimmed where the virtual indices only clamp
+        return _resize_square(b, x, *_square_bands(b, sq, size, family, trim=not official), eight_bit, to_float)
+
+    xy = resize(r)
+    if vit and (r >= vit or official):
         return [(xy, _FROM_XCY), (_vit_from_square(b, xy, spec, eight_bit), _FROM_YXC)]
     # below the ViT size the copy comes from the photo itself, with its detail
-    return [
-        (xy, _FROM_XCY),
-        (_resize_square(b, x, *_square_bands(b, sq, vit, antialias, trim=True), eight_bit, to_float), _FROM_XCY),
-    ]
+    return [(xy, _FROM_XCY)] + ([(resize(vit), _FROM_XCY)] if vit else [])
 
 
-def _network_input(b: _Builder, resized: str, perm: List[int], spec: GraphSpec, scale: float, name: str) -> str:
-    """A resized square (axes as `perm` says, in the photo's channel order) -> (N, 3, Y, X) BGR, times `scale`."""
-    chw = b.op("Transpose", resized, perm=perm)
-    if spec.channel_order == "rgb":
-        chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
-    return b.op("Mul", chw, b.f(scale), out=name)
+def _network_inputs(
+    b: _Builder, resized: List[Tuple[str, Any]], names: List[str], spec: GraphSpec, scale: float
+) -> None:
+    """The resized squares (axes as their perms say, in the photo's channel order) -> the tensors
+    `names`, (N, 3, Y, X) BGR, times `scale`."""
+    for (square, perm), name in zip(resized, names):
+        chw = b.op("Transpose", square, perm=perm)
+        if spec.channel_order == "rgb":
+            chw = b.op("Gather", chw, b.i([2, 1, 0]), axis=1)
+        b.op("Mul", chw, b.f(scale), out=name)
 
 
-@dataclass
-class _PostBands:
+class _PostBands(NamedTuple):
     """The resize back's bands, which every task's map shares, and the model rows [first, last)
     that the down band reads (int64 (1,) tensors)."""
 
@@ -556,23 +552,20 @@ def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec, padded: bool = False)
     down (y: R -> H), which every task's map shares; `padded`: the down band in groups of exactly
     MAX_ROW_GROUP rows, the last one padded (see MAX_ROW_GROUP)."""
     r = b.i(spec.resolution)
-    rf, sidef = b.f(float(spec.resolution)), b.to_float(sq.side)
-    s = b.op("Div", rf, sidef)
-    cols = _Axis(r, sq.side, sq.left, sq.w)
-    rows = _Axis(r, sq.side, sq.top, sq.h)
+    s = b.op("Div", b.f(float(spec.resolution)), b.to_float(sq.side))
+    cols, rows = _Axis(r, sq.side, sq.left, sq.w), _Axis(r, sq.side, sq.top, sq.h)
     if spec.interpolation == "official":
         across_family: _Family = _OpenCVCubic(b, cols)
         down_family: _Family = _OpenCVCubic(b, rows)
     else:  # Pillow's filter from the crop box in model pixels: R of them, none virtual
         one, zero = b.i(1), b.i(0)
-        cols, rows = _Axis(r, r, zero, sq.w), _Axis(r, r, zero, sq.h)
-        kernel = spec.interpolation
-        across_family = _Pillow(
-            b, cols, kernel, b.op("Mul", b.to_float(sq.left), s), b.op("Mul", b.to_float(sq.w), s), one
-        )
-        down_family = _Pillow(
-            b, rows, kernel, b.op("Mul", b.to_float(sq.top), s), b.op("Mul", b.to_float(sq.h), s), one
-        )
+
+        def pillow(axis: _Axis) -> Tuple[_Axis, _Family]:
+            start, span = (b.op("Mul", b.to_float(t), s) for t in (axis.offset, axis.m))
+            crop = _Axis(r, r, zero, axis.m)
+            return crop, _Pillow(b, crop, spec.interpolation, start, span, one)
+
+        (cols, across_family), (rows, down_family) = pillow(cols), pillow(rows)
     if padded:
         down = _band(b, rows, down_family, size=MAX_ROW_GROUP)
     else:
@@ -585,10 +578,10 @@ def _post_bands(b: _Builder, sq: _Square, spec: GraphSpec, padded: bool = False)
     return _PostBands(_band(b, cols, across_family), down, first, last)
 
 
-def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, finish: bool) -> str:
-    """Network output (N, C, R, R) -> the task's map at the image's size: finished as its row of the
-    task table says, (N, H, W) or (N, H, W, C); or unfinished (`finish` False) in row groups,
-    (N, G, g, W x C), which the runtime finishes in place."""
+def _post(b: _Builder, value: str, bands: _PostBands, task: str, finish: bool) -> str:
+    """Network output (N, C, R, R) -> the task's map at the image's size, the tensor named `task`:
+    finished as its row of the task table says, (N, H, W) or (N, H, W, C); or unfinished (`finish`
+    False) in row groups, (N, G, g, W x C), which the runtime finishes in place."""
     row = TASKS[task]
     across_band, down_band = bands.across, bands.down
     value = b.op("Slice", value, bands.first, bands.last, b.i([2]))  # (N, C, rows read, R)
@@ -604,7 +597,7 @@ def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, fini
         # one channel: squeezed while small, so the full-size pass writes (N, H, W) itself
         plane = b.op("Squeeze", b.op("Transpose", across, perm=[0, 1, 3, 2]), b.i([1]))  # (N, Ry, W)
     if not finish:
-        return _apply_band(b, plane, 1, down_band, groups=name)
+        return _apply_band(b, plane, 1, down_band, groups=task)
     steps: List[Callable[[str, Optional[str]], str]] = []
     if row.sign < 0:
         steps.append(lambda t, out: b.op("Neg", t, out=out))
@@ -616,9 +609,9 @@ def _post(b: _Builder, value: str, bands: _PostBands, task: str, name: str, fini
         steps.append(lambda t, out: b.op("Clip", t, b.f(lo), b.f(hi), out=out))
     full = _apply_band(b, plane, 1, down_band)
     if not steps:
-        return b.op("Identity", full, out=name)
+        return b.op("Identity", full, out=task)
     for i, step in enumerate(steps):  # the last step writes the output itself (no extra copy)
-        full = step(full, name if i == len(steps) - 1 else None)
+        full = step(full, task if i == len(steps) - 1 else None)
     return full
 
 
@@ -639,20 +632,10 @@ def _unit_length(b: _Builder, vectors: str, channels: int, eps: float, name: Opt
 GRAPH_OPSET = 17
 
 
-def _new_builder(opset: int) -> _Builder:
-    require("onnx", "cpu")
-    from onnx import helper, numpy_helper
-
-    return _Builder(helper, numpy_helper, opset)
-
-
-def _model(b: _Builder, name: str, inputs: List[Any], outputs: List[Any], opset: int) -> Any:
-    from onnx import helper
-
-    graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8, producer_name="david-infer"
-    )
+def _model(b: _Builder, name: str, inputs: List[Any], outputs: List[Any]) -> Any:
+    graph = b.h.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
+    opsets = [b.h.make_opsetid("", b.opset)]
+    return b.h.make_model(graph, opset_imports=opsets, ir_version=8, producer_name="david-infer")
 
 
 def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype: str = "uint8") -> Any:
@@ -661,19 +644,16 @@ def build_pre(spec: GraphSpec, image_input: str, vit_input: Optional[str], dtype
     float32 in [0, 1]. For ONNX Runtime (it gathers 8-bit rows before casting)."""
     from onnx import TensorProto, helper
 
-    b = _new_builder(GRAPH_OPSET)
+    b = _Builder(GRAPH_OPSET)
     eight_bit = dtype == "uint8"
     sq = _square(b, b.dim("photo", 1), b.dim("photo", 2))
     resized = _pre(b, "photo", sq, spec, eight_bit, b.to_float if eight_bit else (lambda t: t))
     names = [image_input] + ([vit_input] if vit_input else [])
-    scale = 1.0 / 255.0 if eight_bit else 1.0
-    outputs = []
-    for (tensor, perm), name in zip(resized, names):
-        _network_input(b, tensor, perm, spec, scale, name)
-        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, "side", "side"]))
+    _network_inputs(b, resized, names, spec, 1.0 / 255.0 if eight_bit else 1.0)
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, "side", "side"]) for name in names]
     elem = TensorProto.UINT8 if eight_bit else TensorProto.FLOAT
     photo = helper.make_tensor_value_info("photo", elem, ["batch", "height", "width", 3])
-    return _model(b, "david_pre", [photo], outputs, GRAPH_OPSET)
+    return _model(b, "david_pre", [photo], outputs)
 
 
 def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
@@ -683,18 +663,17 @@ def build_post(spec: GraphSpec, tasks: Sequence[str]) -> Any:
     (the runtime binds a view of a map g x G rows tall and keeps H of them)."""
     from onnx import TensorProto, helper
 
-    b = _new_builder(GRAPH_OPSET)
+    b = _Builder(GRAPH_OPSET)
     size = "size"
-    h = b.op("Squeeze", b.op("Slice", size, b.i([0]), b.i([1]), b.i([0])), b.i([0]))
-    w = b.op("Squeeze", b.op("Slice", size, b.i([1]), b.i([2]), b.i([0])), b.i([0]))
+    h, w = (b.op("Squeeze", b.op("Slice", size, b.i([i]), b.i([i + 1]), b.i([0])), b.i([0])) for i in (0, 1))
     bands = _post_bands(b, _square(b, h, w), spec, padded=True)
     inputs, outputs = [helper.make_tensor_value_info(size, TensorProto.INT64, [2])], []
     for task in tasks:
         shape: List[Any] = ["batch", TASKS[task].channels, "side", "side"]
         inputs.append(helper.make_tensor_value_info(task + ":raw", TensorProto.FLOAT, shape))
-        _post(b, task + ":raw", bands, task, task, finish=False)
+        _post(b, task + ":raw", bands, task, finish=False)
         outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["batch", "groups", "rows", "row"]))
-    return _model(b, "david_post", inputs, outputs, GRAPH_OPSET)
+    return _model(b, "david_post", inputs, outputs)
 
 
 def wrap(
@@ -715,26 +694,24 @@ def wrap(
     net = onnx.ModelProto()
     net.CopyFrom(network)
     compose.add_prefix(net, "net/", inplace=True)
-    b = _new_builder(opset)
+    b = _Builder(opset)
     b.stage("cast")
     x = b.to_float("image")  # first: TensorRT takes uint8 only at the boundary (even Shape reads float)
     b.stage("pre")
     sq = _square(b, b.dim(x, 1), b.dim(x, 2))
     resized = _pre(b, x, sq, spec, eight_bit=True, to_float=lambda t: t)
-    pre_nodes = list(b.nodes)
-    b.nodes = []
     b.stage("input")
-    for (tensor, perm), name in zip(resized, [image_input] + ([vit_input] if vit_input else [])):
-        _network_input(b, tensor, perm, spec, 1.0 / 255.0, "net/" + name)
-    pre_nodes += b.nodes
-    b.nodes = []
+    _network_inputs(
+        b, resized, ["net/" + name for name in [image_input] + ([vit_input] if vit_input else [])], spec, 1.0 / 255.0
+    )
+    pre_nodes, b.nodes = b.nodes, []  # the network's nodes go between
     b.stage("post/bands")
     bands = _post_bands(b, sq, spec)
     graph_outputs = []
     for task, (name, rank) in outputs.items():
         b.stage(f"post/{task}")
         value = b.op("Unsqueeze", "net/" + name, b.i([1])) if rank == 3 else "net/" + name
-        _post(b, value, bands, task, task, finish=True)
+        _post(b, value, bands, task, finish=True)
         shape = [batch, "height", "width"] + ([TASKS[task].channels] if TASKS[task].channels > 1 else [])
         graph_outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, shape))
     graph = helper.make_graph(

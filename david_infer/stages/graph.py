@@ -20,11 +20,11 @@ import numpy as np
 
 from .._optional import require
 from ..contract import ModelContract
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..inputs import Decoded
 from ..resample import square_geometry
 from ..tasks import TASKS
-from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options, split_outputs
+from . import Maps, ModelOutputs, Staged, StageOptions, Stages, finish_in_place, open_options
 from .builder import MAX_ROW_GROUP, GraphSpec, build_post, build_pre
 
 #: graphs kept per runtime (a pre and a post per task for each resolution; more with resolution=None)
@@ -44,9 +44,8 @@ class _Sessions:
 
     def __init__(self, options: StageOptions) -> None:
         self.ort = require("onnxruntime", "cpu")
-        kind = "cuda" if options.device.startswith("cuda") else "cpu"
         self.providers: List[Any] = ["CPUExecutionProvider"]
-        if kind == "cuda" and "CUDAExecutionProvider" in self.ort.get_available_providers():
+        if options.device.startswith("cuda") and "CUDAExecutionProvider" in self.ort.get_available_providers():
             index = int(options.device.partition(":")[2] or 0)
             self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         self._kept: "OrderedDict[Hashable, Any]" = OrderedDict()
@@ -87,7 +86,6 @@ class GraphStages(Stages):
     def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
         super().__init__(runner, contract, options)
         self._sessions = _Sessions(options)
-        self._vit_size = contract.vit_size if contract.vit_input is not None else None
         # the tasks' post graphs side by side, and the finishing's row blocks over `threads`
         self._pool = ThreadPoolExecutor(len(contract.tasks), "david-post") if len(contract.tasks) > 1 else None
         self._blocks = ThreadPoolExecutor(options.threads, "david-finish") if options.threads > 1 else None
@@ -97,20 +95,17 @@ class GraphStages(Stages):
                 self._post(options.resolution, task)
 
     def _spec(self, resolution: int, order: str = "rgb") -> GraphSpec:
-        return GraphSpec(self.options.pipeline, resolution, self._vit_size, order, self.options.post.interpolation)
+        return GraphSpec(self.options.pipeline, resolution, self.vit_size, order, self.options.post.interpolation)
 
     def _pre(self, resolution: int, dtype: str, order: str) -> Any:
-        contract = self.contract
-        spec = self._spec(resolution, order)
         return self._sessions.get(
             ("pre", resolution, dtype, order),
-            lambda: build_pre(spec, contract.image_input, contract.vit_input, dtype),
+            lambda: build_pre(self._spec(resolution, order), self.contract.image_input, self.contract.vit_input, dtype),
             self.options.threads,
         )
 
     def _post(self, resolution: int, task: str) -> Any:
-        spec = self._spec(resolution)
-        return self._sessions.get(("post", resolution, task), lambda: build_post(spec, [task]))
+        return self._sessions.get(("post", resolution, task), lambda: build_post(self._spec(resolution), [task]))
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
@@ -125,10 +120,8 @@ class GraphStages(Stages):
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
         tasks = list(outputs)
-        if self._pool is not None and len(tasks) > 1:
-            maps = dict(zip(tasks, self._pool.map(lambda task: self._finish(staged, task, outputs[task]), tasks)))
-        else:
-            maps = {task: self._finish(staged, task, outputs[task]) for task in tasks}
+        side_by_side = self._pool.map if self._pool is not None and len(tasks) > 1 else map
+        maps = dict(zip(tasks, side_by_side(lambda task: self._finish(staged, task, outputs[task]), tasks)))
         return open_options(maps, self.options.post)
 
     def _finish(self, staged: Staged, task: str, value: Any) -> np.ndarray:
@@ -163,10 +156,8 @@ class InsideGraphStages(Stages):
 
     def __init__(self, runner: Any, contract: ModelContract, options: StageOptions) -> None:
         super().__init__(runner, contract, options)
-        graph = contract.graph
-        if graph is None:  # choose_stages picks this class for such contracts only
-            raise ModelError(f"{contract.path}: not a pre/post graph (its manifest has no prepost section)")
-        self.graph = graph
+        assert contract.graph is not None  # choose_stages picks this class for layout "prepost" only
+        self.graph = contract.graph
 
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
@@ -186,16 +177,7 @@ class InsideGraphStages(Stages):
         photos = [s.feeds[name] for s in batch]
         raw = self.runner.run({name: photos[0][None] if len(photos) == 1 else np.stack(photos)})
         h, w = photos[0].shape[:2]
-        per_task = {}
-        for task, output in self.contract.output_names.items():
-            value = np.asarray(raw[output], dtype=np.float32)
-            expected = (len(batch),) + TASKS[task].shape(h, w)
-            if value.shape != expected:
-                raise ModelError(
-                    f"{self.contract.path}: output {output!r} has shape {value.shape}, expected {expected}"
-                )
-            per_task[task] = value
-        return split_outputs(per_task, [s.name for s in batch], self.options.allow_nonfinite)
+        return self.checked_outputs(raw, batch, lambda row: row.shape(h, w))
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
         post = self.options.post

@@ -8,34 +8,62 @@ asked for (`stages="reference"`).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from ..inputs import Decoded
-from ..resample import (
-    Geometry,
-    antialias_weights,
-    back_weights,
-    official_weights,
-    reduction_factor,
-    square_geometry,
-    vit_weights,
-)
+from ..resample import Geometry, back_weights, pre_weights, square_geometry, vit_weights
 from . import Maps, ModelOutputs, PostOptions, Staged, Stages, finish_in_place, open_options
 
 
-def _separable(a: np.ndarray, wy: np.ndarray, wx: np.ndarray, eight_bit: bool, rows_first: bool = True) -> np.ndarray:
+def separable(
+    a: Any, wy: Any, wx: Any, eight_bit: bool, rows_first: bool = True, dot: Any = None, floor: Any = np.floor
+) -> Any:
     """(H, W, C) -> (Y, X, C) by wy (Y, H) along the rows and wx (X, W) along the columns, rows
     first (or columns first); 8-bit data rounded to whole levels after each axis (half up, as
-    Pillow)."""
+    Pillow). `dot(w, x, axis)` contracts w's columns with x's `axis` (default numpy's; the torch
+    stages pass torch's, with torch.floor)."""
+    dot = dot or (lambda w, x, axis: np.tensordot(w, x, axes=(1, axis)))
 
-    def level(t: np.ndarray) -> np.ndarray:
-        return np.floor(t + 0.5) if eight_bit else t
+    def level(t: Any) -> Any:
+        return floor(t + 0.5) if eight_bit else t
 
     if rows_first:
-        return level(np.tensordot(wx, level(np.tensordot(wy, a, axes=(1, 0))), axes=(1, 1)).transpose(1, 0, 2))
-    return level(np.tensordot(wy, level(np.tensordot(wx, a, axes=(1, 1))).transpose(1, 0, 2), axes=(1, 0)))
+        return level(dot(wx, level(dot(wy, a, 0)), 1).swapaxes(0, 1))
+    return level(dot(wy, level(dot(wx, a, 1)).swapaxes(0, 1), 0))
+
+
+def resize_to_model(
+    x: Any,
+    eight_bit: bool,
+    geometry: Geometry,
+    pipeline: str,
+    vit_size: Optional[int],
+    matrix: Callable[..., Any] = lambda make, *args: make(*args),
+    resize: Callable[..., Any] = separable,
+) -> Tuple[Any, Any, float]:
+    """The photo (H, W, 3) float64 BGR (0..255 when `eight_bit`) -> its square (R, R, 3), its ViT
+    copy (V, V, 3) or None, and the scale that takes both to [0, 1]. `matrix(make, *args)` gives
+    the weights make(*args) as `resize` (a `separable`) takes them: the torch stages' on the device."""
+    if eight_bit and pipeline == "official":
+        x, eight_bit = x / 255.0, False
+    g, r = geometry, geometry.resolution
+    target = max(r, vit_size or 0)
+
+    def to_square(size: int) -> Any:  # the padded square, size x size
+        wy = matrix(pre_weights, g.height, g.side, g.top, size, pipeline, target)
+        wx = matrix(pre_weights, g.width, g.side, g.left, size, pipeline, target)
+        return resize(x, wy, wx, eight_bit)
+
+    square, vit = to_square(r), None
+    if vit_size:
+        if r >= vit_size or pipeline == "official":
+            wv = matrix(vit_weights, r, vit_size, pipeline)
+            vit = resize(square, wv, wv, eight_bit, rows_first=False)
+        else:  # below the ViT size the copy comes from the photo itself, with its detail
+            vit = to_square(vit_size)
+    return square, vit, 1.0 / 255.0 if eight_bit else 1.0
 
 
 def network_inputs(
@@ -43,37 +71,12 @@ def network_inputs(
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The model's image (3, R, R) and ViT copy (3, V, V), BGR float32 in [0, 1], for one image."""
     a = decoded.numpy()
-    eight_bit = a.dtype == np.uint8
     x = a.astype(np.float64)
     x = x[..., None].repeat(3, axis=2) if x.ndim == 2 else x
     if decoded.order == "rgb":
         x = x[..., ::-1]
-    if eight_bit and pipeline == "official":
-        x, eight_bit = x / 255.0, False
-    r = geometry.resolution
-    target = max(r, vit_size or 0)
-    square = _resize(x, geometry, r, pipeline, target, eight_bit)
-    vit = None
-    if vit_size:
-        if r >= vit_size or pipeline == "official":
-            wv = vit_weights(r, vit_size, pipeline)
-            vit = _separable(square, wv, wv, eight_bit, rows_first=False)
-        else:  # below the ViT size the copy comes from the photo itself, with its detail
-            vit = _resize(x, geometry, vit_size, pipeline, target, eight_bit)
-    scale = 1.0 / 255.0 if eight_bit else 1.0
+    square, vit, scale = resize_to_model(x, a.dtype == np.uint8, geometry, pipeline, vit_size)
     return _chw(square, scale), None if vit is None else _chw(vit, scale)
-
-
-def _resize(x: np.ndarray, geometry: Geometry, size: int, pipeline: str, target: int, eight_bit: bool) -> np.ndarray:
-    """The photo (H, W, 3) padded to its square and resized to size x size by `pipeline` (the
-    antialias box reduction sized for `target`, shared by the ViT copy)."""
-    h, w, side = geometry.height, geometry.width, geometry.side
-    if pipeline == "official":
-        wy, wx = official_weights(h, side, geometry.top, size), official_weights(w, side, geometry.left, size)
-    else:
-        k = reduction_factor(side, target)
-        wy, wx = antialias_weights(h, side, geometry.top, size, k), antialias_weights(w, side, geometry.left, size, k)
-    return _separable(x, wy, wx, eight_bit)
 
 
 def _chw(square: np.ndarray, scale: float) -> np.ndarray:
@@ -110,13 +113,8 @@ class ReferenceStages(Stages):
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
         geometry = square_geometry(h, w, self.resolution_for(h, w))
-        contract = self.contract
-        vit_size = contract.vit_size if contract.vit_input is not None else None
-        image, vit = network_inputs(decoded, geometry, self.options.pipeline, vit_size)
-        feeds = {contract.image_input: image}
-        if contract.vit_input is not None and vit is not None:
-            feeds[contract.vit_input] = vit
-        return Staged(decoded.name, geometry, geometry.resolution, feeds)
+        image, vit = network_inputs(decoded, geometry, self.options.pipeline, self.vit_size)
+        return Staged(decoded.name, geometry, geometry.resolution, self.network_feeds(image, vit))
 
     def finish(self, staged: Staged, outputs: ModelOutputs) -> Maps:
         return finish_maps(outputs, staged.geometry, self.options.post)

@@ -4,6 +4,7 @@ stages (docs/gpu-torch.md)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Union
 
@@ -12,15 +13,9 @@ import numpy as np
 from ...contract import ModelContract
 from ...errors import ModelError
 from ...inputs import Decoded
-from ...resample import (
-    antialias_weights,
-    back_weights,
-    official_weights,
-    reduction_factor,
-    square_geometry,
-    vit_weights,
-)
+from ...resample import back_weights, square_geometry
 from ...stages import Maps, ModelOutputs, Staged, StageOptions, Stages, split_outputs
+from ...stages.reference import resize_to_model, separable
 from ...tasks import TASKS
 
 
@@ -47,6 +42,9 @@ class TorchStages(Stages):
         self.output = output
         self._weights: Dict[Hashable, Any] = {}
         self._lock = threading.Lock()
+        # reference.separable on the device
+        dot = lambda w, t, axis: torch.tensordot(w, t, dims=([1], [axis]))  # noqa: E731
+        self._separable = functools.partial(separable, dot=dot, floor=torch.floor)
 
     def _matrix(self, make: Callable[..., np.ndarray], *args: Any, dtype: Any = None) -> Any:
         """The weight matrix `make(*args)` on the device (float64 unless `dtype` says), cached."""
@@ -72,58 +70,20 @@ class TorchStages(Stages):
             x = torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
         return (x[..., None] if x.ndim == 2 else x).double()
 
-    def _separable(self, x: Any, wy: Any, wx: Any, eight_bit: bool, rows_first: bool = True) -> Any:
-        """reference._separable on the device: (H, W, C) -> (Y, X, C)."""
-        torch = self.torch
-
-        def level(t: Any) -> Any:
-            return torch.floor(t + 0.5) if eight_bit else t
-
-        if rows_first:
-            return level(torch.tensordot(wx, level(torch.tensordot(wy, x, dims=([1], [0]))), dims=([1], [1]))).permute(
-                1, 0, 2
-            )
-        return level(
-            torch.tensordot(wy, level(torch.tensordot(wx, x, dims=([1], [1]))).permute(1, 0, 2), dims=([1], [0]))
-        )
-
-    def _square(self, x: Any, size: int, target: int, eight_bit: bool, geometry: Any) -> Any:
-        g = geometry
-        if self.options.pipeline == "official":
-            wy = self._matrix(official_weights, g.height, g.side, g.top, size)
-            wx = self._matrix(official_weights, g.width, g.side, g.left, size)
-        else:
-            k = reduction_factor(g.side, target)
-            wy = self._matrix(antialias_weights, g.height, g.side, g.top, size, k)
-            wx = self._matrix(antialias_weights, g.width, g.side, g.left, size, k)
-        return self._separable(x, wy, wx, eight_bit)
-
     def prepare(self, decoded: Decoded) -> Staged:
         h, w = decoded.size
         geometry = square_geometry(h, w, self.resolution_for(h, w))
-        r, pipeline = geometry.resolution, self.options.pipeline
-        contract = self.contract
-        vit_size = contract.vit_size if contract.vit_input is not None else None
         x = self._upload(decoded)
-        eight_bit = decoded.numpy().dtype == np.uint8
         if x.shape[-1] == 1:
             x = x.expand(-1, -1, 3)
         if decoded.order == "rgb":
             x = x.flip(-1)  # BGR, as the networks take it
-        if eight_bit and pipeline == "official":
-            x, eight_bit = x / 255.0, False
-        target = max(r, vit_size or 0)
-        square = self._square(x, r, target, eight_bit, geometry)
-        scale = 1.0 / 255.0 if eight_bit else 1.0
-        feeds = {contract.image_input: self._chw(square, scale)}
-        if contract.vit_input is not None and vit_size:
-            if r >= vit_size or pipeline == "official":
-                wv = self._matrix(vit_weights, r, vit_size, pipeline)
-                vit = self._separable(square, wv, wv, eight_bit, rows_first=False)
-            else:  # below the ViT size the copy comes from the photo itself
-                vit = self._square(x, vit_size, target, eight_bit, geometry)
-            feeds[contract.vit_input] = self._chw(vit, scale)
-        return Staged(decoded.name, geometry, r, feeds)
+        eight_bit = decoded.numpy().dtype == np.uint8
+        square, vit, scale = resize_to_model(
+            x, eight_bit, geometry, self.options.pipeline, self.vit_size, self._matrix, self._separable
+        )
+        feeds = self.network_feeds(self._chw(square, scale), None if vit is None else self._chw(vit, scale))
+        return Staged(decoded.name, geometry, geometry.resolution, feeds)
 
     def _chw(self, square: Any, scale: float) -> Any:
         return (square * scale).permute(2, 0, 1).float().contiguous()
