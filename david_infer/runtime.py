@@ -19,7 +19,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from itertools import groupby
 from pathlib import Path
 from typing import (
@@ -544,15 +544,13 @@ def _raise_first(outcomes: Iterable[Union[T, Exception]]) -> List[T]:
     return results
 
 
+@dataclasses.dataclass
 class _Slot:
     """One input's place in the output order: its prediction's future, or its error."""
 
-    __slots__ = ("item", "future", "error")
-
-    def __init__(self, item: Any) -> None:
-        self.item = item
-        self.future: Optional["Future[Prediction]"] = None
-        self.error: Optional[Exception] = None
+    item: Any
+    future: Optional["Future[Prediction]"] = None
+    error: Optional[Exception] = None
 
     @property
     def settled(self) -> bool:
@@ -596,11 +594,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
-            try:
+            with suppress(queue.Full):
                 self._ready.put(item, timeout=0.1)
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _read(self, inputs: Iterator[Any], load: Optional[Callable[[Any], Any]]) -> None:
@@ -613,11 +609,8 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     break
                 try:
                     image = load(item) if load else item
-                    name = (
-                        str(image)
-                        if isinstance(image, (str, os.PathLike))
-                        else (str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
-                    )
+                    path = next((p for p in (image, item) if isinstance(p, (str, os.PathLike))), None)
+                    name = f"images[{index}]" if path is None else str(path)
                     staged: Any = self._rt.preprocess(image, name=name)  # close() waits for it, or it fails typed
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
@@ -694,11 +687,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     def close(self) -> None:
         """Stop the reader and the workers (idempotent); called at the end and on early exit."""
         self._stop.set()
-        while True:  # unblock a reader waiting on a full queue
-            try:
+        with suppress(queue.Empty):  # unblock a reader waiting on a full queue
+            while True:
                 self._ready.get_nowait()
-            except queue.Empty:
-                break
         self._reader.join(timeout=5)
         self._post.shutdown(wait=True, cancel_futures=True)
         self._ended = True
