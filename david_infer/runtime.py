@@ -1,14 +1,5 @@
-"""`DavidRuntime`: run a DAViD model on any image and get maps aligned with that image.
-
-    from david_infer import DavidRuntime
-    rt = DavidRuntime("model.onnx")
-    pred = rt.predict("photo.jpg")       # pred.depth (H, W), pred.normal (H, W, 3), pred.foreground (H, W)
-
-The model is our export (an .onnx with its .json manifest beside it), a released Microsoft file
-(recognised from its shapes), a folder holding exactly one model file, or the URL of a served
-model ("grpc://host:8081/david", the `triton` backend). Backends live in
-`david_infer/backends/<name>/`, imported only when used.
-"""
+"""`DavidRuntime`: run a DAViD model on any image and get maps aligned with that image
+(`DavidRuntime("model.onnx").predict("photo.jpg").depth`); see docs/runtime.md."""
 
 from __future__ import annotations
 
@@ -643,14 +634,11 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     raise StopIteration
                 self._slots[0].future.exception()  # type: ignore[union-attr]  # wait for the head
                 continue
-            if self._pending() >= 2 * self._batch_size and self._slots[0].future is not None:
+            pending = sum(1 for s in self._slots if s.future is not None)  # submitted, not yet yielded
+            if pending >= 2 * self._batch_size and self._slots[0].future is not None:
                 self._slots[0].future.exception()  # bounded: wait for the head before reading more
                 continue
             self._take(self._ready.get())
-
-    def _pending(self) -> int:
-        """Inputs whose postprocessing is submitted and not yet yielded."""
-        return sum(1 for s in self._slots if s.future is not None)
 
     def _take(self, entry: Tuple[Any, Any]) -> None:
         item, staged = entry
