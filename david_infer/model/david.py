@@ -154,16 +154,14 @@ class DavidTrunk(nn.Module):
     def resize_path(self, image: torch.Tensor) -> List[torch.Tensor]:
         """r_l for l = 1..4, at 1/2, 1/4, 1/8, 1/16 of the input."""
         features: List[torch.Tensor] = []
-        x = image
         for block in self.resizer:
-            x = block(x)
-            features.append(x)
+            image = block(image)
+            features.append(image)
         return features
 
     def forward(self, image: torch.Tensor, image_384: Optional[torch.Tensor] = None) -> torch.Tensor:
         if image_384 is None:
-            size = (self.cfg.vit_size, self.cfg.vit_size)
-            image_384 = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            image_384 = F.interpolate(image, size=(self.cfg.vit_size,) * 2, mode="bilinear", align_corners=False)
         image = (image - self.mean) / self.std
         image_384 = (image_384 - self.mean) / self.std
         encoded = self.encode(image_384)
