@@ -110,18 +110,11 @@ def _warning_printer(command: str) -> Callable[..., None]:
     """warnings.showwarning for a command: our own warnings as one line like the errors."""
     default = warnings.showwarning
 
-    def show(
-        message: Union[Warning, str],
-        category: Type[Warning],
-        filename: str,
-        lineno: int,
-        file: Any = None,
-        line: Optional[str] = None,
-    ) -> None:
+    def show(message: Union[Warning, str], category: Type[Warning], *where: Any) -> None:
         if issubclass(category, DavidWarning):  # a line of its own, also while a progress bar runs
             print_line(f"david-infer {command}: warning: {message}", sys.stderr)
         else:
-            default(message, category, filename, lineno, file, line)
+            default(message, category, *where)  # filename, lineno, file, line
 
     return show
 

@@ -1,14 +1,5 @@
-"""`DavidRuntime`: run a DAViD model on any image and get maps aligned with that image.
-
-    from david_infer import DavidRuntime
-    rt = DavidRuntime("model.onnx")
-    pred = rt.predict("photo.jpg")       # pred.depth (H, W), pred.normal (H, W, 3), pred.foreground (H, W)
-
-The model is our export (an .onnx with its .json manifest beside it), a released Microsoft file
-(recognised from its shapes), a folder holding exactly one model file, or the URL of a served
-model ("grpc://host:8081/david", the `triton` backend). Backends live in
-`david_infer/backends/<name>/`, imported only when used.
-"""
+"""`DavidRuntime`: run a DAViD model on any image and get maps aligned with that image
+(`DavidRuntime("model.onnx").predict("photo.jpg").depth`); see docs/runtime.md."""
 
 from __future__ import annotations
 
@@ -19,9 +10,24 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
+from itertools import groupby
 from pathlib import Path
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
@@ -41,6 +47,7 @@ ModelLike = Union[str, "os.PathLike[str]"]
 Outcome = Union[Prediction, Exception]
 _POST_FIELDS = tuple(f.name for f in dataclasses.fields(PostOptions))
 _END = object()
+T = TypeVar("T")
 _CALLS = threading.Condition()  # guards every runtime's count of calls in flight (DavidRuntime._in_flight)
 _NESTED = threading.local()  # depth of this thread's calls in flight
 
@@ -102,51 +109,35 @@ def with_threads(options: RuntimeOptions, threads: int) -> RuntimeOptions:
 
 
 class DavidRuntime:
-    """Runs one DAViD model; safe to share between threads.
+    """Runs one DAViD model; safe to share between threads. The arguments are the fields of one
+    `david_infer.options.RuntimeOptions` (their defaults and checks; `DavidRuntime.from_options`
+    opens one from such an object, `runtime.options` is the one it was opened with); see
+    docs/runtime.md. The contract, device and workload are validated before the backend opens the model.
 
-    Arguments:
-        model: an .onnx file (ours with its manifest, or a released file), an .engine/.plan
-            (TensorRT backend), a folder holding exactly one of them, or a server URL
-            ("grpc://host:port/name", "http://...": the triton backend runs the model there).
-        backend: "auto" (by file suffix: onnxruntime for .onnx, tensorrt for .engine/.plan), or a
-            registered backend name ("onnxruntime", "torch", "tensorrt", or your own: see
-            david_infer.backends).
-        device: "cpu", "cuda" or "cuda:N". A GPU that cannot be used raises BackendUnavailable;
-            nothing falls back to the CPU silently.
-        resolution: side of the square the model runs at (a multiple of the model's stride, 16);
-            None = the image's own padded size rounded to the stride; "auto" (the default) = 512,
-            or the model's own for a pre/post graph or a fixed-size (released) file, which run at
-            their size only.
-        channel_order: "rgb" or "bgr" (OpenCV) for 3/4-channel numpy arrays.
-        pipeline: "auto" ("official" for fixed-size files, else "antialias"), or either explicitly;
-            see david_infer.resample.
-        stages: where the pre/postprocessing runs: "auto" (the torch backend's own on its device,
-            else "graph" where onnx and ONNX Runtime are installed, else "reference"), "graph"
-            (ONNX graphs on ONNX Runtime), "torch", or "reference" (numpy); see david_infer.stages.
-        post: a PostOptions (depth direction and normalisation, foreground threshold, output
-            interpolation). Its fields may also be given as keyword arguments (`invert_depth=False`).
-        batch_size: default batch size of predict_batch and imap (default 1).
-        threads: threads for pre/postprocessing (default: the CPU count, at most 4).
-        verify: check the model file's SHA-256 against its manifest.
-        max_image_pixels: largest image accepted, width x height (default 100 megapixels,
-            david_infer.inputs.MAX_IMAGE_PIXELS; None = no limit of ours). Files are checked from
-            their header before decoding, so a decompression bomb is refused without allocating.
-        allow_nonfinite: pass NaN and infinity in the model's outputs through. By default every
-            output batch is checked (one sum per map) and an input whose output is not finite
-            raises NonFiniteOutput (a ModelError naming the task, the input and the share of bad
-            values); in `imap` that input yields the error and the others go on.
-        refine: a second, zoomed pass per person, pasted back at full resolution
-            (david_infer.refine): None (default) or "none", "people" (people found in the model's
-            foreground mask), or a david_infer.RefineOptions; per call too (`predict(image,
-            refine=..., boxes=...)`, `imap`, `predict_batch`, `predict_video`).
-        backend_options: the backend's typed options (e.g. for onnxruntime: providers,
-            cuda_options, intra_op_threads, cache_dir); also accepted as keyword arguments.
-            A name the backend does not know is an InputError listing the valid ones.
-
-    All of these are the fields of one `david_infer.options.RuntimeOptions` (which holds their
-    defaults and checks them); `DavidRuntime.from_options(options)` opens one from such an object,
-    and `runtime.options` is the object a runtime was opened with. The model contract
-    (`contract`), the device and the workload are validated before the backend opens the model.
+    model: an .onnx file (ours with its manifest, or a released file), an .engine/.plan (TensorRT),
+        a folder holding exactly one of them, or a server URL ("grpc://host:port/name", "http://...":
+        the triton backend runs the model there).
+    backend: "auto" (by file suffix or URL scheme) or a registered name ("onnxruntime", "torch",
+        "tensorrt", "triton", or your own: see david_infer.backends).
+    device: "cpu", "cuda" or "cuda:N"; a GPU that cannot be used raises BackendUnavailable.
+    resolution: side of the square the model runs at (a multiple of the stride, 16); None = the
+        image's own padded size; "auto" = 512, or the model's own for a pre/post graph or a
+        fixed-size (released) file, which run at their size only.
+    channel_order: "rgb" or "bgr" (OpenCV) for 3/4-channel numpy arrays.
+    pipeline: "auto" ("official" for fixed-size files, else "antialias") or either (david_infer.resample).
+    stages: where pre/postprocessing runs: "auto", "graph", "torch" or "reference" (david_infer.stages).
+    post: a PostOptions; its fields may also be given as keyword arguments (`invert_depth=False`).
+    batch_size: default batch size of predict_batch and imap (default 1).
+    threads: threads for pre/postprocessing (default: the CPU count, at most 4).
+    verify: check the model file's SHA-256 against its manifest.
+    max_image_pixels: largest image accepted, width x height (default 100 megapixels; None = no limit
+        of ours), checked from a file's header before decoding.
+    allow_nonfinite: pass NaN and infinity in the outputs through; by default an input whose outputs
+        are not finite raises NonFiniteOutput (in `imap`, that input yields it and the others go on).
+    refine: a second, zoomed pass per person (david_infer.refine): None, "none", "people" or a
+        RefineOptions; per call too.
+    backend_options: the backend's typed options, also accepted as keyword arguments; an unknown
+        name is an InputError listing the valid ones.
     """
 
     def __init__(
@@ -204,7 +195,7 @@ class DavidRuntime:
         self.path: Union[Path, str] = (
             model if isinstance(model, str) and url_scheme(model) else resolve_model_path(model)
         )
-        self.backend = self._choose_backend(self.options.backend)
+        self.backend = choose_backend(self.path, self.options.backend)
         backend_cls = get_backend(self.backend)
         loader: Backend = backend_cls(self._backend_options(backend_cls, self.options.backend_options))
         if bool(loader.schemes) != isinstance(self.path, str):
@@ -230,15 +221,14 @@ class DavidRuntime:
             post = dataclasses.replace(post, interpolation="official" if self.pipeline == "official" else "bicubic")
         self.post_options = post
         self.batch_size = self._batch_size(self.options.batch_size)
-        workers = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
-        self.threads = workers
+        self.threads = self.options.threads if self.options.threads is not None else min(4, os.cpu_count() or 1)
         self._memory = guard_for(self.path, self.contract.variant, self.batch_size, self.device.kind)
         self._memory.check_open(self.resolution)  # OutOfMemoryError before the backend loads the model
         self.runner = loader.open(self.contract, self.device, Workload(self.resolution, self.batch_size))
         try:
             self.contract.check_graph(self.runner.io)
             settings = StageOptions(
-                self.resolution, self.pipeline, post, workers, str(self.device), self.allow_nonfinite
+                self.resolution, self.pipeline, post, self.threads, str(self.device), self.allow_nonfinite
             )
             #: the pre/postprocessing, chosen once (david_infer.stages)
             self.stages = choose_stages(self.options.stages, self.runner, self.contract, settings)
@@ -264,9 +254,6 @@ class DavidRuntime:
         except ImportError as exc:
             raise BackendUnavailable(f"the model zoo is not available in this install ({exc})") from None
         return cls(zoo.model_path(name), **kwargs)
-
-    def _choose_backend(self, backend: str) -> str:
-        return choose_backend(self.path, backend)
 
     def _backend_options(self, backend_cls: Type[Backend], given: Mapping[str, Any]) -> BackendOptions:
         """The backend's typed options; a name given as a keyword argument that neither the runtime
@@ -337,9 +324,7 @@ class DavidRuntime:
                 f"{self.path} has the {built} pipeline inside its graph; pipeline must be 'auto' or {built!r}, "
                 f"got {pipeline!r}"
             )
-        if pipeline == "auto":
-            return built or "antialias"
-        return pipeline
+        return (built or "antialias") if pipeline == "auto" else pipeline
 
     # ------------------------------------------------------------------------------ public API
 
@@ -366,16 +351,8 @@ class DavidRuntime:
     ) -> List[Prediction]:
         """Predict a sequence of images, `batch_size` at a time through the backend (via `imap`).
         Results equal `predict` image by image; the first input that fails raises its error."""
-        results: List[Prediction] = []
-        outcomes = self.imap(images, batch_size=batch_size, refine=refine)
-        try:
-            for _, outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                results.append(outcome)
-        finally:
-            outcomes.close()
-        return results
+        with closing(self.imap(images, batch_size=batch_size, refine=refine)) as outcomes:
+            return _raise_first(outcome for _, outcome in outcomes)
 
     def imap(
         self,
@@ -386,21 +363,15 @@ class DavidRuntime:
         *,
         refine: Any = AS_OPENED,
     ) -> _BatchStream:
-        """Predict a stream of inputs; yields `(input, Prediction or the Exception it met)` in input
-        order.
+        """Predict a stream of inputs (read lazily, memory bounded); yields `(input, Prediction or
+        the Exception it met)` in input order (docs/runtime.md, "Batching and threads").
 
-        A reader thread decodes and preprocesses ahead into a queue of `prefetch` items (default
-        2 x batch_size), the calling thread runs the model on batches of `batch_size` (inputs
-        of different sizes batch together at a fixed `resolution`; with resolution=None only
-        same-sized squares share a batch), and postprocessing runs in worker threads. Memory
-        stays bounded by the queue and the batches in flight, whatever the number of inputs
-        (`inputs` may be a generator; it is read lazily). `load(input)` (run in the reader
-        thread) turns an input into what `predict` accepts; by default the input itself. An input
-        that fails (decode, model or postprocessing) yields its Exception (naming a path input by
-        its path, others as `images[i]`) and the stream goes on; closing the iterator early stops
-        the reader. If `inputs` itself raises, every input read before is yielded first (with its
-        result or its own error), then the stream raises that error. `refine`: as in `predict`
-        (each image's second pass runs in the postprocessing worker, its crops batched).
+        `prefetch`: inputs decoded ahead (default 2 x batch_size); with resolution=None only
+        same-sized squares share a batch. `load(input)` (in the reader thread) turns an input into
+        what `predict` accepts. A failed input yields its Exception (naming a path input by its
+        path, others as `images[i]`) and the stream goes on; closing the iterator early stops the
+        reader. If `inputs` itself raises, every input read before is yielded first, then the
+        stream raises that error. `refine`: as in `predict` (run in the postprocessing worker).
         """
         size = self.batch_size if batch_size is None else self._batch_size(batch_size)
         depth = 2 * size if prefetch is None else positive_int("prefetch", prefetch)
@@ -419,28 +390,8 @@ class DavidRuntime:
         stabilize_options: Optional[Any] = None,
         refine: Any = AS_OPENED,
     ) -> Iterator[Tuple[int, Optional[float], Prediction]]:
-        """Predict every frame of a clip; yields `(frame_index, timestamp, Prediction)` in order.
-
-        `src` is a video file (any format FFmpeg reads; needs `pip install "david-infer[video]"`)
-        or any iterable of frames (numpy arrays or PIL images, numbered from 0, timestamps
-        `index / fps`, or None without `fps`). For files: `frames="START:END:STEP"` (or a
-        `david_infer.video.FrameSelection`) selects
-        frames (indices count every frame of the file), `max_side` scales frames down so their
-        longer side is at most that, the display rotation is applied (like EXIF for photos), and
-        the timestamp is the frame's presentation time in seconds (variable frame rates kept).
-        Frames go through `imap` (decoded ahead in its reader thread, batched, bounded memory).
-        A clip that stops decoding early yields what was decoded, then raises
-        `david_infer.video.VideoDecodeError` naming the frame where decoding stopped.
-
-        `stabilize`: None or "none" (each frame as predicted), "online" or "offline": the maps
-        steadied over time by `david_infer.video.stabilize` (online: causal, each frame as it
-        comes, also for live iterables; offline: each frame also with the frames after it,
-        smoother, yielded a few frames later); `stabilize_options`: a `david_infer.video.StabilizeOptions` or a dict
-        of its fields.
-
-        `refine`: as in `predict`; the regions are steadied over frames (`refine.RegionTracker`)
-        so that the crops do not jitter, before any stabilisation.
-        """
+        """Predict every frame of a clip; yields `(frame_index, timestamp, Prediction)` in order
+        (docs/video.md; the arguments as in `david_infer.video.predict_video`)."""
         from . import video
 
         return video.predict_video(
@@ -477,14 +428,9 @@ class DavidRuntime:
     def _infer_outcomes(self, staged: Sequence[Staged]) -> List[Union[ModelOutputs, Exception]]:
         """`infer`, with a NonFiniteOutput in place of each image whose outputs are not finite."""
         results: List[Union[ModelOutputs, Exception]] = []
-        start = 0
         with self._in_flight() as stages:
-            while start < len(staged):
-                stop = start
-                while stop < len(staged) and staged[stop].batch_key == staged[start].batch_key:
-                    stop += 1
-                results.extend(stages.infer(staged[start:stop]))
-                start = stop
+            for _, run in groupby(staged, key=lambda s: s.batch_key):
+                results.extend(stages.infer(list(run)))
         return results
 
     def postprocess(self, decoded: Decoded, staged: Staged, outputs: ModelOutputs) -> Prediction:
@@ -579,22 +525,23 @@ class DavidRuntime:
         )
 
 
-def _raise_first(outcomes: List[Union[ModelOutputs, Exception]]) -> List[ModelOutputs]:
+def _raise_first(outcomes: Iterable[Union[T, Exception]]) -> List[T]:
+    """The outcomes in order, or the first Exception among them raised (none read after it)."""
+    results: List[T] = []
     for outcome in outcomes:
         if isinstance(outcome, Exception):
             raise outcome
-    return outcomes  # type: ignore[return-value]
+        results.append(outcome)
+    return results
 
 
+@dataclasses.dataclass
 class _Slot:
     """One input's place in the output order: its prediction's future, or its error."""
 
-    __slots__ = ("item", "future", "error")
-
-    def __init__(self, item: Any) -> None:
-        self.item = item
-        self.future: Optional["Future[Prediction]"] = None
-        self.error: Optional[Exception] = None
+    item: Any
+    future: Optional["Future[Prediction]"] = None
+    error: Optional[Exception] = None
 
     @property
     def settled(self) -> bool:
@@ -638,11 +585,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
-            try:
+            with suppress(queue.Full):
                 self._ready.put(item, timeout=0.1)
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _read(self, inputs: Iterator[Any], load: Optional[Callable[[Any], Any]]) -> None:
@@ -655,11 +600,8 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     break
                 try:
                     image = load(item) if load else item
-                    name = (
-                        str(image)
-                        if isinstance(image, (str, os.PathLike))
-                        else (str(item) if isinstance(item, (str, os.PathLike)) else f"images[{index}]")
-                    )
+                    path = next((p for p in (image, item) if isinstance(p, (str, os.PathLike))), None)
+                    name = f"images[{index}]" if path is None else str(path)
                     staged: Any = self._rt.preprocess(image, name=name)  # close() waits for it, or it fails typed
                 except Exception as exc:  # one bad input must not stop the stream
                     staged = exc
@@ -692,14 +634,11 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     raise StopIteration
                 self._slots[0].future.exception()  # type: ignore[union-attr]  # wait for the head
                 continue
-            if self._pending() >= 2 * self._batch_size and self._slots[0].future is not None:
+            pending = sum(1 for s in self._slots if s.future is not None)  # submitted, not yet yielded
+            if pending >= 2 * self._batch_size and self._slots[0].future is not None:
                 self._slots[0].future.exception()  # bounded: wait for the head before reading more
                 continue
             self._take(self._ready.get())
-
-    def _pending(self) -> int:
-        """Inputs whose postprocessing is submitted and not yet yielded."""
-        return sum(1 for s in self._slots if s.future is not None)
 
     def _take(self, entry: Tuple[Any, Any]) -> None:
         item, staged = entry
@@ -736,11 +675,9 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
     def close(self) -> None:
         """Stop the reader and the workers (idempotent); called at the end and on early exit."""
         self._stop.set()
-        while True:  # unblock a reader waiting on a full queue
-            try:
+        with suppress(queue.Empty):  # unblock a reader waiting on a full queue
+            while True:
                 self._ready.get_nowait()
-            except queue.Empty:
-                break
         self._reader.join(timeout=5)
         self._post.shutdown(wait=True, cancel_futures=True)
         self._ended = True

@@ -107,14 +107,6 @@ class Runner(abc.ABC):
     def io(self) -> GraphIO:
         """The loaded graph's inputs and outputs (names in graph order, shapes, dtypes)."""
 
-    @property
-    def input_names(self) -> Tuple[str, ...]:
-        return self.io.input_names
-
-    @property
-    def output_names(self) -> Tuple[str, ...]:
-        return self.io.output_names
-
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Numpy arrays keyed by output name, for arrays keyed by input name of the dtypes and layout

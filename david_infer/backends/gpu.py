@@ -37,16 +37,12 @@ def nvidia_driver_present(load: Callable[[str], Any] = ctypes.CDLL) -> bool:
     return False
 
 
-def _cuda_runtime() -> Any:
-    return require("cuda.bindings.runtime", "checking the NVIDIA driver and GPU")
-
-
 def check_cuda_device(cuda_major: int, device_id: int = 0, cudart: Any = None) -> int:
     """The number of CUDA devices; NoGpuError (no driver, no device, `device_id` out of range) or
     DriverTooOldError (the driver's CUDA version is below `cuda_major`), each with its fix.
 
     `cudart` is cuda-python's runtime module (imported when None)."""
-    cudart = cudart or _cuda_runtime()
+    cudart = cudart or require("cuda.bindings.runtime", "checking the NVIDIA driver and GPU")
     success = cudart.cudaError_t.cudaSuccess
     err, driver = cudart.cudaDriverGetVersion()
     driver = int(driver or 0) if err == success else 0
@@ -60,16 +56,13 @@ def check_cuda_device(cuda_major: int, device_id: int = 0, cudart: Any = None) -
             f"{install_command('cpu')}"
         )
     if err == cudart.cudaError_t.cudaErrorInsufficientDriver or driver_major < cuda_major:
-        older = cuda_major - 1
-        alternative = (
-            (
+        older, alternative = cuda_major - 1, ""
+        if older in GPU_EXTRA:
+            alternative = (
                 f", or keep this driver and install the CUDA {older} build: pip uninstall -y "
                 f"onnxruntime-gpu {TENSORRT_PACKAGE.get(cuda_major, '')} cuda-python && "
                 f"{install_command('cuda', older)}"
             )
-            if older in GPU_EXTRA
-            else ""
-        )
         raise DriverTooOldError(
             f"the NVIDIA driver supports CUDA up to {driver_major}.{driver % 1000 // 10}, older than the CUDA "
             f"{cuda_major} runtime the installed GPU packages are built for (cudaErrorInsufficientDriver). "

@@ -49,16 +49,11 @@ class Reassemble(nn.Module):
         self.grid = grid
         self.readout = ReadProj(dim)
         self.project = nn.Conv2d(dim, width, kernel_size=1)
-        resample: nn.Module
-        if level == 0:
-            resample = nn.ConvTranspose2d(width, width, kernel_size=4, stride=4)
-        elif level == 1:
-            resample = nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
-        elif level == 2:
-            resample = nn.Identity()
-        else:
-            resample = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
-        self.resample = resample
+        self.resample: nn.Module
+        if level < 2:  # x4, x2
+            self.resample = nn.ConvTranspose2d(width, width, kernel_size=4 >> level, stride=4 >> level)
+        else:  # x1, x0.5
+            self.resample = nn.Identity() if level == 2 else nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
         # DPT's scratch.layerN_rn: bring every scale to the decoder width.
         self.to_features = nn.Conv2d(width, features, kernel_size=3, padding=1, bias=False)
 
@@ -159,16 +154,14 @@ class DavidTrunk(nn.Module):
     def resize_path(self, image: torch.Tensor) -> List[torch.Tensor]:
         """r_l for l = 1..4, at 1/2, 1/4, 1/8, 1/16 of the input."""
         features: List[torch.Tensor] = []
-        x = image
         for block in self.resizer:
-            x = block(x)
-            features.append(x)
+            image = block(image)
+            features.append(image)
         return features
 
     def forward(self, image: torch.Tensor, image_384: Optional[torch.Tensor] = None) -> torch.Tensor:
         if image_384 is None:
-            size = (self.cfg.vit_size, self.cfg.vit_size)
-            image_384 = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            image_384 = F.interpolate(image, size=(self.cfg.vit_size,) * 2, mode="bilinear", align_corners=False)
         image = (image - self.mean) / self.std
         image_384 = (image_384 - self.mean) / self.std
         encoded = self.encode(image_384)

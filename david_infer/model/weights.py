@@ -40,13 +40,8 @@ def load_weights(model: "torch.nn.Module", path: Union[str, Path]) -> None:
         for k in sorted(set(state) & set(expected))
         if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_describe(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_describe(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_describe(mismatched)}")
+    found = {"missing key(s)": missing, "unexpected key(s)": unexpected, "shape mismatch(es)": mismatched}
+    problems = [f"{len(names)} {what}: {_describe(names)}" for what, names in found.items() if names]
     if problems:
         raise WeightsError(f"{path} does not fit this model: " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

@@ -157,8 +157,7 @@ class TorchRunner(Runner):
 
     def _compiled(self, torch: Any) -> Callable[..., Dict[str, Any]]:
         opts = self.options
-        dynamo = getattr(torch, "_dynamo", None)
-        config = getattr(dynamo, "config", None)
+        config = getattr(getattr(torch, "_dynamo", None), "config", None)
         # one program per shape (dynamic=False); room for the shapes a run meets before torch
         # falls back to eager with a warning
         for limit in ("recompile_limit", "cache_size_limit"):
@@ -177,9 +176,8 @@ class TorchRunner(Runner):
         return self._io
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        inputs = self._io.inputs
         with self._lock, self._on_stream():
-            tensors = [self._upload(spec.name, feeds[spec.name]) for spec in inputs]
+            tensors = [self._upload(spec.name, feeds[spec.name]) for spec in self._io.inputs]
             out = self._run_locked(tensors[0], tensors[1] if len(tensors) > 1 else None)
             result = {}
             for spec in self._io.outputs:
