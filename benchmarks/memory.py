@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
-from benchmarks.prologue import ROOT  # noqa: E402
+from benchmarks.prologue import ROOT, model_or_tiny  # noqa: E402
 
 
 def make_png(path: Path, width: int, height: int) -> None:
@@ -120,12 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", help="also write the JSON report to this file")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else None
-        if model is None:
-            from david_infer.export import export_onnx
-
-            model = Path(tmp, "tiny-multitask.onnx")
-            export_onnx("tiny", "multitask", model, seed=0)
+        model = model_or_tiny(args.model, Path(tmp))
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
         report = measure(model, Path(tmp), sizes, args.timeout)  # type: ignore[arg-type]
     print_table(report)

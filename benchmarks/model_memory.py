@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
 from benchmarks.memory import peak_rss  # noqa: E402
-from benchmarks.prologue import ROOT  # noqa: E402
+from benchmarks.prologue import ROOT, model_or_tiny  # noqa: E402
 
 _CHILD = (
     "import sys, numpy as np; from david_infer import DavidRuntime; "
@@ -87,12 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else None
-        if model is None:
-            from david_infer.export import export_onnx
-
-            model = Path(tmp, "tiny-multitask.onnx")
-            export_onnx("tiny", "multitask", model, seed=0)
+        model = model_or_tiny(args.model, Path(tmp))
         report = measure(model, args.resolutions, args.batches, args.timeout)
     print_table(report)
     if args.json:

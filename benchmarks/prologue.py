@@ -8,6 +8,7 @@ checkout, installed or not: `python benchmarks/NAME.py`.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -31,3 +32,15 @@ def replace_doc_section(name: str, body: str, page: Path = BENCHMARK_DOCS, headi
     else:
         text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     atomic_write_bytes(page, text.encode("utf-8"))
+
+
+def model_or_tiny(model: Optional[str], folder: Path) -> Path:
+    """`model` (a --model argument), or the tiny multi-task model (random weights, seed 0) exported
+    into `folder` when none was given: the default model of the benchmarks."""
+    if model:
+        return Path(model)
+    from david_infer.export import export_onnx
+
+    path = folder / "tiny-multitask.onnx"
+    export_onnx("tiny", "multitask", path, seed=0)
+    return path

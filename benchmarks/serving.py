@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
-from benchmarks.prologue import ROOT  # noqa: E402
+from benchmarks.prologue import ROOT, model_or_tiny  # noqa: E402
 from david_infer import DavidRuntime  # noqa: E402
 from david_infer.benchmark import machine, synthetic_photo  # noqa: E402
 
@@ -136,12 +136,7 @@ def main() -> int:
     images = [synthetic_photo(360 + 16 * i, 240 + 8 * i, seed=i) for i in range(8)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from david_infer.export import export_onnx
-
-            model = str(Path(tmp) / "tiny-multitask.onnx")
-            export_onnx("tiny", "multitask", model, seed=0)
+        model = str(model_or_tiny(args.model, Path(tmp)))
         from tests.support.server_process import ServerProcess
 
         results: Dict[str, Any] = {

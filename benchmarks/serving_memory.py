@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
-from benchmarks.prologue import RESULTS
+from benchmarks.prologue import RESULTS, model_or_tiny
 from david_infer.benchmark import machine  # noqa: E402
 
 
@@ -122,12 +122,7 @@ def main() -> int:
 
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from david_infer.export import export_onnx
-
-            model = str(Path(tmp) / "tiny-multitask.onnx")
-            export_onnx("tiny", "multitask", model, seed=0)
+        model = str(model_or_tiny(args.model, Path(tmp)))
         rng = np.random.default_rng(0)
         for transport in args.transports.split(","):
             server_args = ["--max-request-bytes", str(1 << 30), "--max-pixels", str(1 << 26)]

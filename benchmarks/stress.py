@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first, for `benchmarks.*`
+from benchmarks.prologue import model_or_tiny  # noqa: E402
 from david_infer import DavidRuntime, Prediction  # noqa: E402
 
 MAPS = ("depth", "normal", "foreground")
@@ -363,12 +364,7 @@ def print_table(r: Dict[str, Any]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else None
-        if model is None:
-            from david_infer.export import export_onnx
-
-            model = Path(tmp, "tiny-multitask.onnx")
-            export_onnx("tiny", "multitask", model, seed=0)
+        model = model_or_tiny(args.model, Path(tmp))
         if args.kill_resume:
             report = kill_resume(model, Path(tmp), args)
             print_kill_table(report)

@@ -51,6 +51,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first
+from benchmarks.prologue import model_or_tiny  # noqa: E402
 from david_infer.video import stabilize  # noqa: E402
 
 METHODS = ("raw", "online", "offline")
@@ -489,11 +490,7 @@ def end_to_end(path: Path, model: Optional[str], folder: Path) -> Dict[str, Any]
     """`predict_video` on the H.264 clip with each mode: frames/s, frames out."""
     from david_infer import DavidRuntime
 
-    if model is None:
-        from david_infer.export import export_onnx
-
-        model = str(folder / "tiny-multitask.onnx")
-        export_onnx("tiny", "multitask", model, seed=0)
+    model = str(model_or_tiny(model, folder))
     out: Dict[str, Any] = {}
     with DavidRuntime(model, resolution=256) as rt:
         for mode in ("none", "online", "offline"):

@@ -17,6 +17,7 @@ from PIL import Image
 from david_infer.cli import main
 from david_infer.outputs.images import IMAGE_KINDS
 from david_infer.outputs.sets import RECORD_SUFFIX, TEMP_SUFFIX
+from tests.support import wait_for
 
 RES = "64"
 KINDS = ["depth", "foreground", "vis"]
@@ -75,15 +76,6 @@ def test_rerun_skips_complete_and_redoes_unfinished(
     assert _contents(out) == reference
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_onnx: Path, tmp_path: Path) -> None:
     paths = _images(tmp_path / "in", 24, size=160)
@@ -106,7 +98,7 @@ def test_interrupted_run_leaves_whole_sets_and_resumes(sig: int, tiny_multitask_
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        started = _wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 2, timeout=60)
+        started = wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 2, timeout=60)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -21,6 +21,7 @@ from david_infer.jobs import OUTPUT_LOCK
 from david_infer.outputs.images import IMAGE_KINDS
 from david_infer.outputs.lock import InUse, OwnerLock
 from david_infer.outputs.sets import RECORD_SUFFIX, TEMP_SUFFIX
+from tests.support import wait_for
 
 KINDS = ["depth", "foreground"]
 
@@ -47,15 +48,6 @@ def _written(stdout: str) -> int:
     match = re.search(r"^(\d+) of \d+ input\(s\) written", stdout, re.M)
     assert match, stdout
     return int(match.group(1))
-
-
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _settle(procs: List[subprocess.Popen]) -> List[tuple]:
@@ -97,7 +89,7 @@ def test_a_second_run_is_refused_naming_the_owner(tiny_multitask_onnx: Path, tmp
     cmd = _command(tmp_path / "in", tiny_multitask_onnx, out)
     owner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 1, timeout=60), (
+        assert wait_for(lambda: len(list(out.glob(f"*{RECORD_SUFFIX}"))) >= 1, timeout=60), (
             "the first run wrote nothing"
         )
         late = subprocess.run(cmd, capture_output=True, timeout=60)
