@@ -3,6 +3,7 @@ positive-integer check, here at the bottom so that every layer can use it."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal, Optional, overload
 
 
@@ -91,6 +92,17 @@ class NonFiniteOutput(ModelError):
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or SIGTERM; the message says what is complete and how to resume."""
+
+
+#: Set by the command line's Ctrl-C/SIGTERM handler, which also raises KeyboardInterrupt: Python drops
+#: one raised while a finaliser runs, so the writers also check this before each frame and set.
+STOP_REQUESTED = threading.Event()
+
+
+def stop_if_requested() -> None:
+    """KeyboardInterrupt if a stop was requested (`STOP_REQUESTED`)."""
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt("stop requested")
 
 
 @overload

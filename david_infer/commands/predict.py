@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-from ..errors import DavidError, InputError, Interrupted
+from ..errors import STOP_REQUESTED, DavidError, InputError, Interrupted, stop_if_requested
 from ..files import NoSpace
 from ..jobs import (
     VIDEO_ONLY_KINDS,
@@ -142,6 +142,7 @@ def run_pipeline(
     set_size = 0  # bytes of the last set written: what each input needs
     try:
         for (path, name), outcome in outcomes:
+            stop_if_requested()
             error: Optional[BaseException] = outcome if isinstance(outcome, Exception) else None
             source = sources.pop(path, None)
             if error is None:
@@ -164,21 +165,27 @@ def run_pipeline(
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block (in the main thread), SIGTERM raises KeyboardInterrupt like Ctrl-C, so that
-    the input being written is cleaned up."""
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block (in the main thread), SIGTERM stops the run like Ctrl-C (KeyboardInterrupt), so
+    that the input being written is cleaned up; both also set `STOP_REQUESTED`, which the writers
+    check (Ctrl-C only where the parent did not ignore it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    signals = [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    STOP_REQUESTED.clear()
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        STOP_REQUESTED.clear()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             if outdir.is_dir():
                 lock.acquire()  # another run's folder: refused before the model loads
-            with sigterm_as_interrupt(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
+            with interrupt_on_signals(), open_runtime(with_torch_options(RUNTIME.options(args), args)) as runtime:
                 kinds = parse_save(job.save, runtime.tasks)
                 opts = job.write_options(runtime)
                 make_output_folder(outdir)
@@ -241,7 +248,7 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
         )
     options = DatasetOptions(job=job, workers=args.workers, cpus_per_worker=args.threads or 1, address=address)
     options = dataclasses.replace(options, progress=not args.no_progress, warn=warn)
-    with sigterm_as_interrupt():
+    with interrupt_on_signals():
         summary = predict_dataset(args.inputs, with_torch_options(RUNTIME.options(args), args), args.output, options)
     tally = Tally(len(summary.written), len(summary.skipped), summary.failed, summary.dangling, summary.duplicates)
     tally.redone = summary.redone

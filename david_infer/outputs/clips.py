@@ -20,7 +20,7 @@ import numpy as np
 
 from .._optional import require
 from ..apps import cutout
-from ..errors import InputError
+from ..errors import InputError, stop_if_requested
 from ..tasks import TASKS
 from ..video.decode import Frame, FrameReader
 from ..video.encode import ALPHA_ENCODING, Encoding, NpyStackWriter, VideoWriter
@@ -357,6 +357,7 @@ def write_clip(
             timing = ((_timing(frame), pred) for frame, pred in predicted)  # offline holds these: no pixels
             predicted = stabilize_pairs(timing, opts.stabilize)
         for frame, pred in predicted:
+            stop_if_requested()
             background.put(frame, pred)
         background.close()
         if not outputs.meta and reader.error is None:  # a clip whose stated frame count was unknown or wrong

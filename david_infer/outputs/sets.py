@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Seque
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, stop_if_requested
 from ..files import atomic_write, make_temp_path, no_space_reason, sha256_file
 
 RECORD_SUFFIX = ".done.json"
@@ -299,6 +299,7 @@ class OutputSet:
         input file, recorded: a `Source` taken before the input was read, or a path (stamped now,
         so a change while it was predicted goes unseen). `results`: JSON values the record shows
         (what the prediction found), never compared."""
+        stop_if_requested()  # never put in place after a stop (its KeyboardInterrupt may have been lost)
         opts = options or WriteOptions()
         placed: List[Path] = []
         try:

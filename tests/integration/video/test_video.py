@@ -314,6 +314,36 @@ def test_interrupted_run_leaves_no_partial_outputs_and_rerun_completes(
     assert sorted(p.name for p in out.iterdir()) == ["long.depth.mp4", "long.done.json", "long.vis.mp4"]
 
 
+def test_a_stop_whose_keyboardinterrupt_was_lost_still_stops_the_clip(
+    tmp_path: Path, tiny_multitask_onnx: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # the signal handler ran, but its KeyboardInterrupt was dropped (Python drops one raised while a
+    # finaliser runs): the flag it set must still stop the run before anything is put in place
+    from david_infer.errors import STOP_REQUESTED
+    from david_infer.outputs import clips as clip_outputs
+
+    clip = make_clip(tmp_path / "c.mp4", frames=12)
+    out = tmp_path / "out"
+    add = clip_outputs.ClipOutputs.add
+    seen: List[int] = []
+
+    def add_then_lose_a_stop(self, frame, pred) -> None:  # type: ignore[no-untyped-def]
+        add(self, frame, pred)
+        seen.append(frame.index)
+        if len(seen) == 3:
+            STOP_REQUESTED.set()
+
+    monkeypatch.setattr(clip_outputs.ClipOutputs, "add", add_then_lose_a_stop)
+    rc = predict(str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", RES, "--save", "depth")
+    assert rc == 130, capsys.readouterr().err
+    assert len(seen) < 12  # stopped at the next frame, not at the end
+    assert list(out.iterdir()) == []  # no file in place, no temporaries, no record
+    assert not STOP_REQUESTED.is_set()  # cleared when the run ends: the next run in this process goes on
+    monkeypatch.undo()
+    assert predict(str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", RES, "--save", "depth") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["c.depth.mp4", "c.done.json"]
+
+
 def test_missing_pyav_gives_the_install_hint() -> None:
     from david_infer._optional import install_hint
 
