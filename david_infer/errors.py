@@ -1,5 +1,6 @@
-"""Typed errors raised by david-infer (every message names the input or file at fault), and the one
-positive-integer check, here at the bottom so that every layer can use it."""
+"""Typed errors raised by david-infer (every message names the input or file at fault), the stop flag
+of an interrupted run, and the one positive-integer check, here at the bottom so that every layer can
+use them."""
 
 from __future__ import annotations
 
