@@ -254,6 +254,26 @@ def file_change(path: PathLike, entry: Any, verify: bool = False) -> Optional[st
     return None if digest == recorded else "has other contents (SHA-256 differs from the record)"
 
 
+def _changes(recorded: Any, options: WriteOptions) -> str:
+    """Which options differ from the record's, as "name: recorded then, current now" (the record's
+    nested "extra" entries by their own names); the whole record where it is not a mapping."""
+
+    def flat(d: Any) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for k, v in d.items():
+            out.update({f"{k}.{n}" if n in d else n: w for n, w in v.items()} if isinstance(v, dict) else {k: v})
+        return out
+
+    if not isinstance(recorded, dict):
+        return repr(recorded)
+    then, now = flat(recorded), flat(options.as_record())
+    return "; ".join(
+        f"{k}: {then.get(k)!r} then, {now.get(k)!r} now"
+        for k in sorted(then.keys() | now.keys())
+        if then.get(k) != now.get(k)
+    )
+
+
 class OutputSet:
     """The files of kinds `kinds` (from `table`) that input `name` gets in `outdir`, and their record."""
 
@@ -361,7 +381,7 @@ class OutputSet:
             why = f"written with --save {','.join(recorded_kinds)}, not {','.join(self.kinds)}"
             return SetStatus(SetState.CHANGED, why)
         if options is not None and recorded_options != options.as_record():
-            return SetStatus(SetState.CHANGED, f"written with other options ({recorded_options})")
+            return SetStatus(SetState.CHANGED, f"written with other options ({_changes(recorded_options, options)})")
         recorded_source = doc.get("source")
         if source is not None and isinstance(recorded_source, dict):
             here = os.path.abspath(os.fspath(source))

@@ -70,7 +70,9 @@ def test_write_then_status_done_and_files_readable(tmp_path: Path) -> None:
     assert sub_x.record == tmp_path / "sub" / "x.done.json" and sub_x.record.exists()
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]
     # other options or kinds: not this set
-    assert sub_x.status(WriteOptions(fov=60.0, extra={"model": "tiny"})).state is SetState.CHANGED
+    changed = sub_x.status(WriteOptions(fov=60.0, extra={"model": "tiny2"}))
+    assert changed.state is SetState.CHANGED  # says what differs, not the whole record
+    assert changed.reason == "written with other options (fov: 50.0 then, 60.0 now; model: 'tiny' then, 'tiny2' now)"
     assert IMAGE_KINDS.set(tmp_path, "sub/x", ["depth"]).status(opts).state is SetState.CHANGED
     # a file changed after writing (same size): its stamp moved, its SHA-256 tells (the old code
     # compared sizes only and called it complete)

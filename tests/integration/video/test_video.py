@@ -221,6 +221,7 @@ def test_cli_frames_max_side_and_rerun_skips_complete_clips(
     assert depth.stat().st_mtime_ns == before
     # other options make another set: not silently replaced
     assert predict(*args[:-2], "--max-side", "20") == 1
+    assert "written with other options (max_side: 32 then, 20 now)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("clip", ["odd", "vfr"])  # a frame count in the container (mp4), and none (mkv)
