@@ -341,7 +341,9 @@ def test_a_stop_whose_keyboardinterrupt_was_lost_still_stops_the_clip(
     assert list(out.iterdir()) == []  # no file in place, no temporaries, no record
     assert not STOP_REQUESTED.is_set()  # cleared when the run ends: the next run in this process goes on
     monkeypatch.undo()
-    assert predict(str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", RES, "--save", "depth") == 0
+    assert (
+        predict(str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", RES, "--save", "depth") == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["c.depth.mp4", "c.done.json"]
 
 
