@@ -324,8 +324,14 @@ def model_record(runtime: Any) -> Dict[str, Any]:
         "resolution": runtime.resolution,
         "pipeline": runtime.pipeline,
     }
-    if getattr(runtime, "refine", None) is not None:  # only when on: other runs' records stay as they were
+    # each only when it is not the default: other runs' records stay as they were
+    if getattr(runtime, "refine", None) is not None:
         record["refine"] = runtime.refine.as_record()
+    if getattr(runtime, "channel_order", "rgb") != "rgb":  # arrays' channels read another way
+        record["channel_order"] = runtime.channel_order
+    precision = dict(getattr(getattr(runtime, "options", None), "backend_options", None) or {}).get("precision")
+    if precision not in (None, "fp32"):  # torch's half precisions: maps about 1e-3 of their range apart
+        record["precision"] = precision
     return record
 
 

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -324,10 +324,13 @@ class OutputSet:
         placed: List[Path] = []
         try:
             digests = {final.name: sha256_file(tmp) for tmp, final in staged}
+            replaced = self._recorded_files()
             self.record.unlink(missing_ok=True)  # from here until the new record, the set counts as unfinished
             for tmp, final in staged:
                 os.replace(tmp, final)
                 placed.append(final)
+            for old in replaced - {final.name for final in placed}:  # the replaced set's other kinds
+                (self.record.parent / old).unlink(missing_ok=True)
             if not record:
                 return
             files: Dict[str, Any] = {}
@@ -355,6 +358,15 @@ class OutputSet:
             for path in placed:  # all of the set or none of it
                 path.unlink(missing_ok=True)
             raise
+
+    def _recorded_files(self) -> Set[str]:
+        """The names of this set's files its record lists (none where it has no readable record)."""
+        try:
+            names = json.loads(self.record.read_text(encoding="utf-8"))["files"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return set()
+        stem = Path(self.name).name + "."
+        return {n for n in names if isinstance(n, str) and os.path.basename(n) == n and n.startswith(stem)}
 
     def status(
         self, options: Optional[WriteOptions] = None, verify: bool = False, source: Optional[PathLike] = None

@@ -281,3 +281,54 @@ def test_a_fifo_and_a_link_loop_in_a_folder_are_named(
         assert "2 dangling link(s) skipped" in captured.out
     assert predict(str(folder / "x.jpg"), "-m", str(tiny_multitask_onnx), "-o", str(out)) == 1  # given alone
     assert "not a regular file but a named pipe (FIFO)" in capsys.readouterr().err
+
+
+def test_options_that_change_the_maps_are_compared_on_a_rerun(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # both were left out of the record: a rerun with the other value skipped the input as complete,
+    # keeping maps that differ (channel order: the array's red and blue swapped; bf16: ~6% of the range)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    array = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    array[..., 0] = 255
+    np.save(folder / "x.npy", array)
+    Image.fromarray(array).save(folder / "y.png")
+    model = ["-m", str(tiny_multitask_onnx)]
+    cases = (
+        ([str(folder / "x.npy")], [], ["--channel-order", "bgr"], "channel_order: None then, 'bgr' now"),
+        (
+            [str(folder / "y.png")],
+            ["--backend", "torch", "--precision", "bf16"],
+            ["--backend", "torch"],
+            "precision: 'bf16' then, None now",
+        ),
+    )
+    for number, (inputs, first, second, said) in enumerate(cases):
+        out = str(tmp_path / f"out{number}")
+        assert predict(*inputs, *model, "-o", out, "--save", "depth", *first) == 0
+        capsys.readouterr()
+        assert predict(*inputs, *model, "-o", out, "--save", "depth", *second) == 1
+        assert f"written with other options ({said})" in capsys.readouterr().err
+        assert predict(*inputs, *model, "-o", out, "--save", "depth", *first) == 0  # the same again: skipped
+        assert "1 skipped (already complete)" in capsys.readouterr().out
+
+
+def test_overwrite_with_fewer_kinds_removes_the_replaced_sets_other_files(
+    tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
+    (path,) = _images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = [str(path), "-m", str(tiny_multitask_onnx), "-o", str(out)]
+    assert predict(*args, "--save", "depth,foreground,vis") == 0
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(path)  # another photo under the same name
+    (out / "notes.txt").write_text("mine")  # not the set's: kept
+    assert predict(*args, "--save", "depth", "--overwrite") == 0
+    # the old photo's foreground and vis stayed beside the new record, looking like its outputs
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img00.depth.npy",
+        "img00.depth.png",
+        "img00.done.json",
+        "notes.txt",
+    ]
+    assert IMAGE_KINDS.set(out, "img00", ["depth"]).is_complete(verify=True)
