@@ -359,7 +359,7 @@ def run_videos(
         start = time.perf_counter()
         try:
             count, stopped = write_clip(runtime, probed[path], outdir, name, opts, record_options)
-        except DavidError as exc:
+        except Exception as exc:  # as for images: one clip that fails (cleaned up) must not stop the others
             tally.fail(path, exc)
             continue
         if not args.no_progress:

@@ -97,11 +97,19 @@ class FrameReader(Iterable[Frame]):
             stream.thread_type = "AUTO"  # frame + slice threads in the decoder
             stream.codec_context.thread_count = 0  # FFmpeg's choice
             index, end = 0, None
+            offset, last = 0, None  # added to the pts; the previous frame's (pts, duration)
             for frame in self._decoded(container, stream):
                 if self.selection.past(index):
                     return
-                if frame.time is not None:
-                    end = float(frame.time) + float((frame.duration or 0) * info.time_base)
+                pts = frame.pts
+                if pts is not None:
+                    if last is not None and pts + offset <= last[0]:  # timestamps restart (joined clips): go on
+                        offset = last[0] + max(1, last[1]) - pts
+                    pts += offset
+                    last = (pts, int(frame.duration or 0))
+                seconds = None if frame.time is None else float(frame.time) + float(offset * info.time_base)
+                if seconds is not None:
+                    end = seconds + float((frame.duration or 0) * info.time_base)
                 if self.selection.wants(index):
                     rgb = frame.reformat(
                         width=out_w,
@@ -112,8 +120,7 @@ class FrameReader(Iterable[Frame]):
                     ).to_ndarray()
                     if info.quarter_turns:
                         rgb = np.ascontiguousarray(np.rot90(rgb, info.quarter_turns))
-                    seconds = None if frame.time is None else float(frame.time)
-                    yield Frame(index, frame.pts, seconds, int(frame.duration or 0), rgb)
+                    yield Frame(index, pts, seconds, int(frame.duration or 0), rgb)
                 index += 1
                 self.decoded = index
             if self.error is None:

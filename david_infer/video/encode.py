@@ -126,9 +126,18 @@ class VideoWriter:
                 self._first = frame.time
             self._audio.copy_until(frame.time, self._first)
             self._end = frame.time + float(frame.duration * info.time_base)
-        for packet in self.stream.encode(vf):
-            self.container.mux(packet)
+        self._encode(vf, frame.index)
         self.frames += 1
+
+    def _encode(self, frame: Any, index: Optional[int]) -> None:
+        """Encode and mux `frame` (None: flush); FFmpeg's refusal as an InputError naming the file."""
+        av = require("av", "video files")
+        try:
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        except av.error.FFmpegError as exc:
+            at = "at the end" if index is None else f"at the source's frame {index}"
+            raise InputError(f"cannot write {self.path} {at}: FFmpeg: {exc}") from None
 
     def close(self) -> None:
         """Flush the encoder and finish the file (still under its temporary name)."""
@@ -136,8 +145,7 @@ class VideoWriter:
             return
         self._closed = True
         try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
+            self._encode(None, None)
             if self._audio is not None:  # the audio of the frames written, not beyond
                 self._audio.copy_until(self._end, self._first)
         finally:

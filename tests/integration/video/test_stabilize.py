@@ -102,7 +102,7 @@ def test_cli_stabilize_reaches_every_output_and_the_record(
     args = [str(steady), "-m", str(tiny_multitask_onnx), "-o", str(tmp_path / "offline"), "--frames", "2:12:2"]
     args += ["--save", "depth,vis,depth-npz,cutout"]
     assert predict(*args) == 1
-    assert "'stabilize': 'offline'" in capsys.readouterr().err
+    assert "stabilize: 'offline' then, 'online' now" in capsys.readouterr().err
     assert predict(*args, "--overwrite") == 0
     record = json.loads((tmp_path / "offline" / "steady.done.json").read_text())
     assert '"stabilize": "online"' in json.dumps(record)

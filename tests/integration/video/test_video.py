@@ -13,6 +13,7 @@ from typing import List
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("av")
 
@@ -345,6 +346,42 @@ def test_a_stop_whose_keyboardinterrupt_was_lost_still_stops_the_clip(
         predict(str(clip), "-m", str(tiny_multitask_onnx), "-o", str(out), "--resolution", RES, "--save", "depth") == 0
     )
     assert sorted(p.name for p in out.iterdir()) == ["c.depth.mp4", "c.done.json"]
+
+
+def test_joined_clips_whose_timestamps_restart_are_written_whole(
+    tmp_path: Path, tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # two MPEG-TS files joined with `cat`: the second half's timestamps start again at 0; the muxer
+    # refused them with a raw PyAV traceback that ended the whole run (the next inputs never ran)
+    part = make_clip(tmp_path / "part.ts", frames=10)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.ts").write_bytes(part.read_bytes() * 2)
+    Image.fromarray(pattern(0, 48, 64)).save(folder / "b.png")
+    out = tmp_path / "out"
+    assert predict(str(folder), "-m", str(tiny_multitask_onnx), "-o", str(out), "--save", "depth,depth-npz") == 0
+    assert "2 of 2 input(s) written" in capsys.readouterr().out
+    assert video.probe(out / "a.depth.mp4").frames == 20
+    times = _times(out / "a.depth.mp4")
+    assert len(times) == 20 and all(b > a for a, b in zip(times, times[1:]))  # on from where the first half ended
+    assert np.all(np.diff(np.load(out / "a.depth.npz")["time"]) > 0)
+    assert (out / "b.depth.png").exists()
+
+
+def test_a_frame_ffmpeg_refuses_is_a_typed_error_naming_the_file(tmp_path: Path) -> None:
+    from david_infer.video.decode import Frame
+    from david_infer.video.encode import VideoWriter
+
+    info = video.probe(make_clip(tmp_path / "c.mp4", frames=2))
+    writer = VideoWriter(tmp_path / "o.mp4", tmp_path / ".o.tmp", info, (48, 64))
+    image = np.zeros((48, 64, 3), np.uint8)
+    writer.write(image, Frame(0, 512, 0.04, 512, image))
+    with pytest.raises(InputError, match=r"cannot write .*o\.mp4 .*FFmpeg"):
+        for _ in range(3):  # the same timestamp again: the muxer refuses it (when the encoder lets it out)
+            writer.write(image, Frame(1, 512, 0.04, 512, image))
+        writer.close()
+    writer.abort()
+    assert not (tmp_path / ".o.tmp").exists()
 
 
 def test_missing_pyav_gives_the_install_hint() -> None:
