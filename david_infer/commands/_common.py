@@ -83,6 +83,8 @@ def check_app_output(args: argparse.Namespace) -> Path:
         raise InputError(f"{out} is a folder; -o names the file to write (e.g. {out / ('out' + args.output_suffix)})")
     if args.output_suffix != ".ply":
         image_format(out)
+    elif out.suffix.lower() != ".ply":  # a PLY under another type's name would open as that type, or not at all
+        raise InputError(f"{out}: a point cloud is written as PLY; name the file .ply (e.g. {out.with_suffix('.ply')})")
     folder = out.parent
     if not folder.is_dir():
         raise InputError(f"cannot write {out}: its folder {folder} does not exist (create it first)")

@@ -395,6 +395,8 @@ class OutputSet:
         if options is not None and recorded_options != options.as_record():
             return SetStatus(SetState.CHANGED, f"written with other options ({_changes(recorded_options, options)})")
         recorded_source = doc.get("source")
+        if source is not None and not isinstance(recorded_source, dict):  # nothing to tell a changed input by
+            return SetStatus(SetState.STALE, f"{self.record.name} does not say which input it was written for")
         if source is not None and isinstance(recorded_source, dict):
             here = os.path.abspath(os.fspath(source))
             same_input = recorded_source.get("path") == here

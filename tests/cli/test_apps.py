@@ -144,6 +144,11 @@ def test_pointcloud_writes_a_readable_ply(
     )
     err = capsys.readouterr().err
     assert str(out) in err and "--overwrite" in err
+    # a PLY named .png (it said "wrote pc.png" and left a PLY no image viewer opens)
+    misnamed = tmp_path / "pc.png"
+    assert main(["pointcloud", str(photo_file), "-m", str(tiny_multitask_onnx), "-o", str(misnamed)]) == 1
+    assert "a point cloud is written as PLY; name the file .ply" in capsys.readouterr().err
+    assert not misnamed.exists()
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,13 @@ def test_a_change_is_told_by_stamp_then_hash_whatever_the_modification_time(tmp_
     assert x.status(source=photo) == SetStatus(
         SetState.STALE, "the input changed since its outputs were written: it " + CONTENTS_DIFFER
     )
+    # a record that names no input (written by the API without one): nothing tells a change, so it is
+    # redone rather than taken as complete
+    write_outputs(_prediction(), tmp_path, "x", ["depth"])
+    assert x.status() == SetStatus(SetState.DONE)
+    assert x.status(source=photo) == SetStatus(
+        SetState.STALE, "x.done.json does not say which input it was written for"
+    )
 
 
 def test_stamps_on_a_coarse_clock_are_not_trusted(tmp_path: Path) -> None:
