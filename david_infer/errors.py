@@ -4,6 +4,7 @@ use them."""
 
 from __future__ import annotations
 
+import numbers
 import threading
 from typing import Any, Literal, Optional, overload
 
@@ -115,6 +116,6 @@ def positive_int(name: str, value: Any, *, allow_none: bool = False, owner: str 
     `name` (prefixed by `owner`, e.g. "serve: ") and the value."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InputError(f"{owner}{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return value
+    return int(value)

@@ -92,6 +92,8 @@ def decode(
     """`image` validated as a `Decoded`, else InputError naming it; more than `max_pixels` (None: no
     limit) is refused, for files from the header before decoding."""
     if isinstance(image, (str, os.PathLike)):
+        if not os.fspath(image):  # Path("") is the current folder
+            raise InputError(f"{name or 'image'}: the file path is empty; expected an image file's path")
         return _from_pil(_open_file(Path(image), max_pixels), name or str(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
         label = name or "image bytes"
@@ -102,6 +104,7 @@ def decode(
         _check_pixels(image.width, image.height, max_pixels, name or "PIL image")
         return _from_pil(_apply_exif(image, name or "PIL image"), name or "PIL image")
     if isinstance(image, np.ndarray):
+        image = image.view(np.ndarray)  # a subclass (np.matrix) indexes otherwise
         if image.ndim >= 2:
             _check_pixels(image.shape[1], image.shape[0], max_pixels, name or "numpy array")
         return _from_array(image, check_channel_order(channel_order), name or "numpy array")

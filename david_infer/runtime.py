@@ -29,6 +29,8 @@ from typing import (
     Union,
 )
 
+import numpy as np
+
 from .backends import get_backend, model_suffixes, url_scheme, url_schemes
 from .backends.base import Backend, BackendOptions, Runner, Workload, parse_device, unknown_option_message
 from .contract import ModelContract
@@ -600,6 +602,8 @@ class _BatchStream(Iterator[Tuple[Any, Outcome]]):
                     break
                 try:
                     image = load(item) if load else item
+                    if image is item and isinstance(item, np.ndarray):  # read ahead: the caller may reuse it
+                        image = item.copy()
                     path = next((p for p in (image, item) if isinstance(p, (str, os.PathLike))), None)
                     name = f"images[{index}]" if path is None else str(path)
                     staged: Any = self._rt.preprocess(image, name=name)  # close() waits for it, or it fails typed

@@ -3,10 +3,16 @@ ahead, memory bounded whatever the clip's length), optionally stabilised (`video
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
 
 from ..errors import InputError
+from ..inputs import Decoded, decode
 from ..refine import AS_OPENED, RefineOptions, RegionTracker, refine_prediction
 from .decode import Frame, FrameReader, FrameSelection, read_frames
 from .stability import STABILIZE_MODES, StabilizeOptions, stabilize_pairs
@@ -21,19 +27,31 @@ def predict_frames(
     batch_size: Optional[int] = None,
     prefetch: Optional[int] = None,
     refine: Any = AS_OPENED,
+    channel_order: Optional[str] = "rgb",
 ) -> Iterator[Tuple[Frame, Any]]:
     """(Frame, Prediction) in order through `runtime.imap`; the first frame that fails raises.
     `refine` (RefineOptions, None for none, default: the runtime's): each frame's second pass per
-    person, in frame order, its regions steadied over frames by one `RegionTracker`."""
+    person, in frame order, its regions steadied over frames by one `RegionTracker`. `channel_order`:
+    the frames' (decoded from a file: RGB whatever the runtime's); None: the runtime's."""
     options: Optional[RefineOptions] = runtime.refine if refine is AS_OPENED else refine
     tracker = RegionTracker() if options is not None else None
-    outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=lambda f: f.image, refine=None)
+    order = channel_order or runtime.channel_order
+    held: Dict[int, Decoded] = {}  # with refine: each frame as decoded in the reader thread, for its second pass
+
+    def load(frame: Frame) -> Decoded:
+        decoded = decode(frame.image, order, f"frame {frame.index}", runtime.max_image_pixels)
+        if options is not None:
+            held[frame.index] = decoded
+        return decoded
+
+    outcomes = runtime.imap(frames, batch_size=batch_size, prefetch=prefetch, load=load, refine=None)
     try:
         for frame, outcome in outcomes:
+            pixels = held.pop(frame.index, None)
             if isinstance(outcome, Exception):
                 raise outcome
             if options is not None:  # the frame's own pixels, cropped as pass 1 read them
-                outcome = refine_prediction(runtime, frame.image, outcome, options, tracker=tracker)
+                outcome = refine_prediction(runtime, pixels, outcome, options, tracker=tracker)
             frame.image = outcome.image  # decoded once: the Prediction's own copy
             yield frame, outcome
     finally:
@@ -71,8 +89,26 @@ def predict_video(
             "frames= and max_side= apply to video files; select and resize the frames of an iterable yourself"
         )
     else:
-        source = (Frame(i, None, i / fps if fps else None, 0, image) for i, image in enumerate(src))
+        source = _caller_frames(src, fps)
     return _predict_video(runtime, reader, source, batch_size, prefetch, mode, opts, refine)
+
+
+def _caller_frames(src: Any, fps: Optional[float]) -> Iterator[Frame]:
+    """An iterable's images as Frames (each array copied: decoding runs ahead, and a camera may reuse
+    its buffer), timed at `fps`; InputError for what is not an iterable of frames or a bad `fps`."""
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0
+    ):
+        raise InputError(f"fps must be a positive number of frames per second or None, got {fps!r}")
+    one_image = isinstance(src, np.ndarray) and (src.ndim < 3 or src.ndim == 3 and src.shape[-1] in (1, 3, 4))
+    if one_image or isinstance(src, Image.Image) or not isinstance(src, Iterable):
+        what = f"an array of shape {src.shape}" if isinstance(src, np.ndarray) else type(src).__name__
+        raise InputError(
+            f"predict_video takes a video file, an array of frames (N, H, W[, C]) or an iterable of frames, got "
+            f"{what}; for one image use predict()"
+        )
+    copied = (np.array(image) if isinstance(image, np.ndarray) else image for image in src)
+    return (Frame(i, None, i / fps if fps else None, 0, image) for i, image in enumerate(copied))
 
 
 def _predict_video(
@@ -87,7 +123,9 @@ def _predict_video(
 ) -> Iterator[Tuple[int, Optional[float], Any]]:
     pairs: Iterator[Tuple[Any, Any]] = (
         ((frame.index, frame.time), pred)
-        for frame, pred in predict_frames(runtime, source, batch_size, prefetch, refine)
+        for frame, pred in predict_frames(
+            runtime, source, batch_size, prefetch, refine, None if reader is None else "rgb"
+        )
     )
     if mode is not None:  # a clip that stops decoding early: what was decoded, stabilised, then the error
         pairs = stabilize_pairs(pairs, mode, options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import numbers
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -85,13 +86,22 @@ class StabilizeOptions:
     follow_camera: bool = True  # move the estimate with the camera's zoom and shift
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # "0.2" or "no" from a config file: refused, not misread
+            value, flag = getattr(self, f.name), f.type == "bool"
+            is_bool = isinstance(value, (bool, np.bool_))
+            if not (is_bool if flag else isinstance(value, numbers.Real) and not is_bool):
+                raise InputError(f"{f.name} must be {'True or False' if flag else 'a number'}, got {value!r}")
         for name in ("frame_weight", "offline_weight"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         for name in ("motion_threshold", "gate", "cut_threshold"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
-        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or not 0 <= self.lookahead <= 100:
+        if (
+            isinstance(self.lookahead, bool)
+            or not isinstance(self.lookahead, numbers.Integral)
+            or not 0 <= self.lookahead <= 100
+        ):
             raise InputError(f"lookahead must be a whole number of frames in 0..100, got {self.lookahead!r}")
 
     @classmethod

@@ -225,3 +225,12 @@ def test_bad_image_in_a_batch_is_named(rt: DavidRuntime, photo: np.ndarray) -> N
 def test_bad_channel_order(tiny_multitask_onnx: Path) -> None:
     with pytest.raises(InputError, match=r"channel_order must be 'rgb' or 'bgr', got 'rbg'"):
         DavidRuntime(tiny_multitask_onnx, channel_order="rbg")
+
+
+def test_an_empty_path_and_a_matrix_are_told_apart() -> None:
+    from david_infer.inputs import decode
+
+    with pytest.raises(InputError, match="the file path is empty"):
+        decode("")  # it said ". is a directory"
+    gray = decode(np.asmatrix(np.zeros((20, 30), np.uint8)), name="m")  # np.matrix: a raw numpy error
+    assert gray.size == (20, 30) and gray.display().shape == (20, 30, 3)

@@ -101,6 +101,8 @@ def test_predict_batch_edge_cases(rt: DavidRuntime, photo: np.ndarray) -> None:
     assert [p.depth.shape for p in from_generator] == [photo.shape[:2], (100, photo.shape[1])]
     with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
         rt.predict_batch([photo], batch_size=0)
+    # numpy's integers are integers ("must be a positive integer, got np.int64(2)")
+    assert len(rt.predict_batch([photo, photo], batch_size=np.int64(2))) == 2
 
 
 def test_predict_batch_at_image_resolution(tiny_multitask_onnx: Path, photo: np.ndarray) -> None:

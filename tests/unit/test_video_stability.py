@@ -185,6 +185,13 @@ def test_bad_input_names_the_frame() -> None:
         StabilizeOptions(frame_weight=0.0)
     with pytest.raises(InputError, match=r"lookahead must be a whole number of frames in 0..100, got -1"):
         StabilizeOptions(lookahead=-1)
+    # from a config file: "0.2" crashed in a comparison, "no" was read as True
+    with pytest.raises(InputError, match=r"frame_weight must be a number, got '0.2'"):
+        list(stabilize(raw, frame_weight="0.2"))
+    for name in ("align_depth", "follow_camera"):
+        with pytest.raises(InputError, match=rf"{name} must be True or False, got 'no'"):
+            StabilizeOptions(**{name: "no"})
+    assert StabilizeOptions(lookahead=np.int64(3), frame_weight=np.float32(0.5), align_depth=np.bool_(False))
 
 
 def test_frame_weight_one_only_aligns_depth() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,56 @@ def test_predict_video_on_an_iterable_of_arrays(tiny_runtime) -> None:
     assert [(i, t) for i, t, _ in results] == [(i, pytest.approx(i / 10)) for i in range(5)]
     assert results[2][2].depth.shape == (40, 30)
     np.testing.assert_allclose(results[2][2].depth, tiny_runtime.predict(pattern(2, 40, 30)).depth, atol=1e-5)
+
+
+def test_a_bgr_runtime_reads_a_clips_frames_as_rgb(clips: dict, tiny_multitask_onnx: Path, tiny_runtime) -> None:
+    # channel_order is the caller's arrays' order; frames decoded from a file are RGB (they were read
+    # as BGR: the image came back with red and blue swapped and the maps of the swapped frame)
+    from david_infer import DavidRuntime
+
+    with DavidRuntime(tiny_multitask_onnx, resolution=64, channel_order="bgr") as bgr:
+        got = [(i, p) for i, _, p in bgr.predict_video(clips["vfr"])]
+    want = list(tiny_runtime.predict_video(clips["vfr"]))
+    for (i, p), (j, _, w) in zip(got, want):
+        assert i == j
+        np.testing.assert_array_equal(p.image, w.image)
+        np.testing.assert_array_equal(p.depth, w.depth)
+
+
+def test_frames_from_a_reused_buffer_keep_their_own_pixels(tiny_runtime) -> None:
+    # decoding runs ahead: a camera that refills one buffer overwrote the images (and so the
+    # stabiliser's motion test) of frames not yet yielded
+    frames = [pattern(i, 40, 30) for i in range(6)]
+    buffer = np.empty_like(frames[0])
+
+    def camera():  # type: ignore[no-untyped-def]
+        for frame in frames:
+            np.copyto(buffer, frame)
+            yield buffer
+
+    for mode in ("none", "online", "offline"):
+        fresh = list(tiny_runtime.predict_video(iter(frames), stabilize=mode))
+        reused = list(tiny_runtime.predict_video(camera(), stabilize=mode))
+        for (i, _, a), (_, _, b) in zip(fresh, reused):
+            np.testing.assert_array_equal(b.image, frames[i])
+            np.testing.assert_array_equal(a.depth, b.depth)
+    direct = [p for _, p in tiny_runtime.imap(camera())]  # imap itself reads ahead the same way
+    assert all(np.array_equal(p.image, f) for p, f in zip(direct, frames))
+
+
+def test_predict_video_refuses_what_is_not_a_clip_or_a_good_fps(tiny_runtime) -> None:
+    for src, said in (
+        (pattern(0, 40, 50), "an array of shape (40, 50, 3); for one image use predict()"),
+        (Image.new("RGB", (30, 20)), "got Image"),
+        (5, "got int"),
+    ):
+        with pytest.raises(InputError, match=re.escape(said)):
+            tiny_runtime.predict_video(src)  # at the call, not once iterated
+    for fps in (0, -5, float("nan"), "30", True):
+        with pytest.raises(InputError, match="fps must be a positive number"):
+            tiny_runtime.predict_video([pattern(0, 20, 30)], fps=fps)
+    gray_stack = np.zeros((3, 20, 30), np.uint8)  # (N, H, W): three gray frames
+    assert [p.depth.shape for _, _, p in tiny_runtime.predict_video(gray_stack)] == [(20, 30)] * 3
 
 
 # ------------------------------------------------------------------------------ CLI
