@@ -356,6 +356,10 @@ class DavidModel(MLModel):
         return True
 
 
+#: what FP32 image inputs may hold: [0, 1] and the overshoot of a resampled copy (a bicubic 384x384)
+FLOAT_RANGE = (-0.5, 1.5)
+
+
 def decode_input(item: Any, uint8: bool = False) -> np.ndarray:
     """A request input's data as a float32 (or, for a pre/post graph's image, uint8) array of its
     shape (a gRPC raw buffer's view, its size checked when read), refused unless it fills the shape
@@ -386,6 +390,11 @@ def decode_input(item: Any, uint8: bool = False) -> np.ndarray:
         value = value.reshape(shape)
     if not uint8 and not np.isfinite(value.sum(dtype=np.float64)):
         raise MLServerError(f"input {item.name!r} holds NaN or infinity; images are finite values in [0, 1]")
+    if not uint8 and value.size and not (FLOAT_RANGE[0] <= value.min() and value.max() <= FLOAT_RANGE[1]):
+        raise MLServerError(  # 0..255 pixels sent as FP32 answered 200 with maps of another image
+            f"input {item.name!r}: values {float(value.min()):g}..{float(value.max()):g}; images are values in "
+            f"[0, 1] (divide 0..255 data by 255)"
+        )
     return value
 
 

@@ -87,6 +87,10 @@ def raw_views(inputs: List[Any], buffers: List[bytes]) -> None:
     """Give each input without data its raw buffer as a numpy view, each buffer checked against its
     input's shape and data type first (MLServerError 400 naming the input)."""
     empty = [item for item in inputs if not item.data]
+    if len(empty) != len(inputs):  # the protocol's rule; mixed, the reply came back in another format
+        raise MLServerError(
+            "the request sends some inputs as contents and others as raw_input_contents; send every input one way"
+        )
     if len(buffers) != len(empty):
         raise MLServerError(
             f"the request carries {len(buffers)} raw input buffers for {len(empty)} inputs "

@@ -58,11 +58,16 @@ class RawGrpc:
         )
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
-    def infer(self, tensors: List[Tuple[str, List[int]]], raw: List[bytes], model: str = "david") -> Any:
-        """(status code name, details) of a refused request, or the reply."""
+    def infer(
+        self, tensors: List[Tuple[str, List[int]]], raw: List[bytes], model: str = "david", contents: Any = None
+    ) -> Any:
+        """(status code name, details) of a refused request, or the reply; `contents`: {name: values}
+        of inputs sent as contents, not raw."""
         request = self.pb.ModelInferRequest(model_name=model)
         for name, shape in tensors:
-            request.inputs.add(name=name, datatype="FP32", shape=shape)
+            added = request.inputs.add(name=name, datatype="FP32", shape=shape)
+            if contents and name in contents:
+                added.contents.fp32_contents.extend(contents[name])
         request.raw_input_contents.extend(raw)
         try:
             return self.stub.ModelInfer(request, timeout=60)
@@ -104,6 +109,7 @@ def _hostile_requests() -> List[Tuple[str, Callable[[RawGrpc], Any]]]:
     tensors, raw = _feeds(2, 1)
     nan = np.full((1, 3, SIDE, SIDE), np.nan, dtype=np.float32).tobytes()
     small = np.zeros((1, 3, 384, 384), dtype=np.float32).tobytes()
+    pixels = np.full((1, 3, SIDE, SIDE), 200.0, dtype=np.float32).tobytes()
     return [
         ("batch sizes differ", lambda c: c.infer(tensors, raw)),
         (
@@ -112,6 +118,11 @@ def _hostile_requests() -> List[Tuple[str, Callable[[RawGrpc], Any]]]:
         ),
         ("one buffer for two inputs", lambda c: c.infer(_feeds(1, 1)[0], _feeds(1, 1)[1][:1])),
         ("NaN in the image", lambda c: c.infer(_feeds(1, 1)[0], [nan, small])),
+        ("0..255 pixels as FP32", lambda c: c.infer(_feeds(1, 1)[0], [pixels, small])),
+        (  # the protocol forbids mixing; the reply came back as float64 bytes labelled FP32, shapes flat
+            "contents and raw buffers mixed",
+            lambda c: c.infer(_feeds(1, 1)[0], [small], contents={"image": [0.5] * (3 * SIDE * SIDE)}),
+        ),
         (
             "an unknown input",
             lambda c: c.infer([("image", [1, 3, SIDE, SIDE]), ("extra", [1, 3, 384, 384])], _feeds(1, 1)[1]),
@@ -227,6 +238,8 @@ def test_victims_get_their_own_answers_while_a_hostile_client_sends_malformed_re
     assert "NaN" in details["NaN in the image"]
     assert "takes the inputs" in details["an unknown input"]
     assert "multiples of" in details["a size not a multiple of the stride"]
+    assert "divide 0..255 data by 255" in details["0..255 pixels as FP32"]
+    assert "send every input one way" in details["contents and raw buffers mixed"]
 
 
 # ------------------------------------------------------------------------------------ 2. binding, model control
