@@ -102,6 +102,8 @@ def onnx_io(path: Path) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    if not model.graph.output:  # protobuf reads an empty or truncated file as an empty model
+        raise ModelError(f"{path}: not an ONNX model (no graph outputs; {path.stat().st_size} bytes); re-export it")
 
     def entry(value: Any) -> Dict[str, Any]:
         t = value.type.tensor_type

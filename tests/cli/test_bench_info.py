@@ -149,6 +149,10 @@ def test_info_on_corrupt_onnx_names_the_file(tmp_path: Path, capsys: pytest.Capt
     assert main(["info", str(bad)]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "Traceback" not in err
+    for data in (b"", b"\x08\x07"):  # protobuf reads these as an empty model: described as one, rc 0
+        bad.write_bytes(data)
+        assert main(["info", str(bad)]) == 1
+        assert f"{bad}: not an ONNX model (no graph outputs; {len(data)} bytes)" in capsys.readouterr().err
 
 
 def test_info_on_engine_reads_the_engine_manifest(
