@@ -202,6 +202,8 @@ class ModelContract:
             if len(shape) not in (0, 4) or (len(shape) == 4 and isinstance(shape[1], int) and shape[1] != 3):
                 problems.append(f"input {name!r} has shape {shape}, expected (batch, 3, height, width)")
         for task, name in self.output_names.items():
+            if name in TASKS and name != task:  # an output named after another task: the manifest was edited
+                problems.append(f"output {name!r} is given the task {task!r}")
             shape = tuple(outputs.get(name) or ())
             channels = TASKS[task].channels
             rank3_ok = len(shape) == 3 and channels == 1

@@ -277,6 +277,17 @@ def test_graph_not_matching_its_manifest(tiny_multitask_onnx: Path, tmp_path: Pa
         DavidRuntime(path, resolution=64)
 
 
+def test_a_manifest_giving_an_output_another_tasks_name_is_refused(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
+    # depth and foreground (one channel each) swapped in the manifest: it loaded, and predict returned
+    # the mask as the depth and the depth as the mask
+    manifest = _manifest(tiny_multitask_onnx)
+    for output in manifest["outputs"]:
+        output["task"] = {"depth": "foreground", "foreground": "depth"}.get(output["task"], output["task"])
+    path = _place(tmp_path, "m.onnx", tiny_multitask_onnx.read_bytes(), manifest)
+    with pytest.raises(ModelError, match=r"output 'depth' is given the task 'foreground'"):
+        DavidRuntime(path, resolution=64)
+
+
 def test_matching_dynamic_graph_control(tiny_multitask_onnx: Path, tmp_path: Path) -> None:
     """The same helper graph with the right contract passes the load-time check and runs."""
     data = _dynamic_graph()
