@@ -363,7 +363,7 @@ FLOAT_RANGE = (-0.5, 1.5)
 def decode_input(item: Any, uint8: bool = False) -> np.ndarray:
     """A request input's data as a float32 (or, for a pre/post graph's image, uint8) array of its
     shape (a gRPC raw buffer's view, its size checked when read), refused unless it fills the shape
-    with finite numbers (uint8: integers 0-255)."""
+    with finite numbers in FLOAT_RANGE (uint8: integers 0-255)."""
     data = getattr(item.data, "root", item.data)
     shape = tuple(item.shape)
     if isinstance(data, np.ndarray):
