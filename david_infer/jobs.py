@@ -327,9 +327,9 @@ def model_record(runtime: Any) -> Dict[str, Any]:
     # each only when it is not the default: other runs' records stay as they were
     if getattr(runtime, "refine", None) is not None:
         record["refine"] = runtime.refine.as_record()
-    if getattr(runtime, "channel_order", "rgb") != "rgb":  # arrays' channels read another way
+    if runtime.channel_order != "rgb":  # arrays' channels read another way
         record["channel_order"] = runtime.channel_order
-    precision = dict(getattr(getattr(runtime, "options", None), "backend_options", None) or {}).get("precision")
+    precision = runtime.options.backend_options.get("precision")
     if precision not in (None, "fp32"):  # torch's half precisions: maps about 1e-3 of their range apart
         record["precision"] = precision
     return record

@@ -388,12 +388,14 @@ def decode_input(item: Any, uint8: bool = False) -> np.ndarray:
                 f"({int(np.prod(shape))} values)"
             )
         value = value.reshape(shape)
-    if not uint8 and not np.isfinite(value.sum(dtype=np.float64)):
+    if uint8 or not value.size:
+        return value
+    low, high = float(value.min()), float(value.max())  # NaN in either if any; infinity as itself
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise MLServerError(f"input {item.name!r} holds NaN or infinity; images are finite values in [0, 1]")
-    if not uint8 and value.size and not (FLOAT_RANGE[0] <= value.min() and value.max() <= FLOAT_RANGE[1]):
-        raise MLServerError(  # 0..255 pixels sent as FP32 answered 200 with maps of another image
-            f"input {item.name!r}: values {float(value.min()):g}..{float(value.max()):g}; images are values in "
-            f"[0, 1] (divide 0..255 data by 255)"
+    if not FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1]:  # 0..255 pixels as FP32: answered 200, wrong maps
+        raise MLServerError(
+            f"input {item.name!r}: values {low:g}..{high:g}; images are values in [0, 1] (divide 0..255 data by 255)"
         )
     return value
 

@@ -97,11 +97,7 @@ class StabilizeOptions:
         for name in ("motion_threshold", "gate", "cut_threshold"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
-        if (
-            isinstance(self.lookahead, bool)
-            or not isinstance(self.lookahead, numbers.Integral)
-            or not 0 <= self.lookahead <= 100
-        ):
+        if not isinstance(self.lookahead, numbers.Integral) or not 0 <= self.lookahead <= 100:  # bools refused above
             raise InputError(f"lookahead must be a whole number of frames in 0..100, got {self.lookahead!r}")
 
     @classmethod
