@@ -24,7 +24,8 @@ PLOT = ["matplotlib>=3.6"]
 SERVE = ["mlserver>=1.7.1,<1.8", "uvicorn>=0.29", "uvloop<0.22", "tritonclient[grpc,http]>=2.50"]
 TRITON = ["tritonclient[grpc,http]>=2.50"]
 RAY = ["ray[data]>=2.40"]
-VIDEO = ["av>=14"]  # PyAV: FFmpeg's libraries in the wheel (decoders, libx264, PNG-in-MOV)
+# PyAV: FFmpeg's libraries in the wheel (decoders, libx264, PNG-in-MOV); numba: the stabiliser's per-pixel blend
+VIDEO = ["av>=14", "numba>=0.60"]
 REFINE = ["scipy>=1.9"]  # refine="people": the mask's connected parts (scipy.ndimage.label)
 # One coherent set per CUDA major (README, "GPU install"; checked by benchmarks/gpu_deps.py):
 # onnxruntime-gpu's CUDA/cuDNN libraries come from the nvidia-* wheels its [cuda,cudnn] extras

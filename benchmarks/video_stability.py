@@ -24,8 +24,11 @@ Reported for raw, online and offline:
   accuracy  after one least-squares scale and shift per clip inside the figure: depth AbsRel and
             RMSE / spread, normals mean angle (inside the figure), mask MAE (all pixels).
   cost      stabilisation per frame at 1280x720 (frames made beforehand, a clip of the same
-            scene, `--cost-frames` long): wall-clock and CPU milliseconds (one thread), the best
-            of `--runs`; online's wall-clock apart for still and moving camera. Then that clip
+            scene, `--cost-frames` long): wall-clock milliseconds (the stabiliser's two threads)
+            over the whole clip and steady (after the first 10 frames: offline's first output
+            holds its lookahead's updates and its window's first allocation), CPU milliseconds
+            (both threads), the best of `--runs`; online's wall-clock apart for still and moving
+            camera. Then that clip
             (H.264) through `DavidRuntime.predict_video(..., stabilize=MODE)` with the tiny
             multi-task model (exported here, random weights, resolution 256) for speed and for
             nothing crashing.
@@ -52,7 +55,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the checkout first
 from benchmarks.prologue import model_or_tiny  # noqa: E402
-from david_infer.video import stabilize  # noqa: E402
+from david_infer.video import StabilizeOptions, stabilize  # noqa: E402
 
 METHODS = ("raw", "online", "offline")
 #: a reference scored beside them: the ground truth's own mask blurred by a Gaussian of this sigma
@@ -454,9 +457,13 @@ def _gaussian_blur(m: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k * rows[:, i : i + m.shape[1]] for i, k in enumerate(kernel)).astype(np.float32)
 
 
+#: the frames before the cost's steady part, and offline's lookahead (the default)
+STEADY_AFTER, LOOKAHEAD = 10, StabilizeOptions().lookahead
+
+
 def cost(frames: int, size: Tuple[int, int], folder: Path, runs: int) -> Tuple[Dict[str, Any], Path]:
     """Stabilisation per frame (frames made beforehand; the best of `runs` runs): milliseconds of
-    wall-clock and of CPU (this process, one thread: what one core spends), and online's apart for
+    wall-clock (whole clip and steady) and of CPU (this process, both threads), and online's apart for
     the frames where the camera holds and where it moves (online is causal: each frame's time is
     the time to its output). Also the clip (H.264) they were made with."""
     truths, path, spread = make_clip(frames, size, folder)
@@ -477,7 +484,14 @@ def cost(frames: int, size: Tuple[int, int], folder: Path, runs: int) -> Tuple[D
             run = (time.perf_counter() - start, time.process_time() - cpu, times)
             best = run if best is None or run[0] < best[0] else best
         wall, cpu_time, per_frame = best  # type: ignore[misc]
-        out[mode] = {"wall_ms_per_frame": 1000 * wall / frames, "cpu_ms_per_frame": 1000 * cpu_time / frames}
+        # steady: the outputs after the first STEADY_AFTER frames' (offline's first holds its
+        # lookahead's updates, and the first window's new memory), and before offline's tail (no update)
+        steady = per_frame[STEADY_AFTER : frames - (LOOKAHEAD if mode == "offline" else 0)]
+        out[mode] = {
+            "wall_ms_per_frame": 1000 * wall / frames,
+            "cpu_ms_per_frame": 1000 * cpu_time / frames,
+            "wall_ms_per_frame_steady": 1000 * float(np.mean(steady)) if steady else float("nan"),
+        }
         if mode == "online":
             for name, flag in (("camera_still", False), ("camera_moving", True)):
                 chosen = [t for t, m in zip(per_frame, moving) if m == flag]

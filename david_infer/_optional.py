@@ -26,6 +26,7 @@ _EXTRA_FOR = {
     "mlserver": "serve",
     "ray": "ray",
     "av": "video",
+    "numba": "video",
     "scipy": "refine",
 }
 

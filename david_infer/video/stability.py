@@ -7,13 +7,16 @@ a fixed-lag smoother. docs/video.md says each step, its constants and what it ca
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import numbers
+import os
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
+from .._optional import require
 from ..errors import InputError
 from ..prediction import Prediction
 from ..refine import match_spread
@@ -55,8 +58,6 @@ UNITS_WEIGHT = 0.05
 MOVED_GAIN = 0.5
 #: offline: how far (frames) the centre of the estimate a frame takes may lie after that frame
 LEAD = 1.0
-#: pixels of one band of per-pixel work (bounds the temporaries and keeps them in cache)
-BAND_PIXELS = 1 << 15
 _MAPS = ("depth", "normal", "foreground")
 _Look = Tuple[np.ndarray, np.ndarray]  # what the tests read of a frame: its grid cells' grey, its colours
 
@@ -225,12 +226,8 @@ def _cell_grey(image: np.ndarray) -> np.ndarray:
     if not h or not w:
         grey = image[::GRID, ::GRID].mean(axis=2, dtype=np.float32)
     else:
-        rows = image[1:h:GRID, :w].astype(np.uint16)
-        for r in range(3, GRID, 2):
-            rows += image[r:h:GRID, :w]
-        sums = rows.reshape(h // GRID, w // GRID, GRID * 3).sum(axis=2, dtype=np.uint32)
-        grey = sums.astype(np.float32)
-        grey *= np.float32(1.0 / (3 * GRID * len(range(1, GRID, 2))))
+        grey = np.empty((h // GRID, w // GRID), np.float32)
+        _kernels().cell_grey(image, GRID, grey)
     gh, gw = _grid_shape(image.shape[:2])
     if grey.shape != (gh, gw):
         grey = np.pad(grey, ((0, gh - grey.shape[0]), (0, gw - grey.shape[1])), mode="edge")
@@ -271,20 +268,6 @@ def _image_motion(
     return change, False
 
 
-def _bands(height: int, width: int) -> Iterator[slice]:
-    """Row bands of about BAND_PIXELS pixels, each a whole number of grid rows."""
-    step = max(1, BAND_PIXELS // max(1, width) // GRID) * GRID
-    for top in range(0, height, step):
-        yield slice(top, min(height, top + step))
-
-
-def _spread(grid: np.ndarray, rows: slice, width: int, channels: int = 1) -> np.ndarray:
-    """Rows `rows` of per-cell values spread over the pixels (each cell's value on its GRID x GRID
-    pixels), as rows of `channels` interleaved values (a band of (H, W, 3) normals is (rows, 3 W))."""
-    cells = np.repeat(grid[rows.start // GRID : -(-rows.stop // GRID)], GRID * channels, axis=1)
-    return np.repeat(cells[:, : width * channels], GRID, axis=0)[: rows.stop - rows.start]
-
-
 def _squared_norms(n: np.ndarray) -> np.ndarray:
     """x^2 + y^2 + z^2 of rows of xyz (rows, 3 w): (rows, w). (No matrix product: numpy's BLAS
     may start threads for one, which spin on the second core after it.)"""
@@ -292,17 +275,6 @@ def _squared_norms(n: np.ndarray) -> np.ndarray:
     out = q[:, 0::3] + q[:, 1::3]
     out += q[:, 2::3]
     return out
-
-
-def _normalise_rows(n: np.ndarray, out: np.ndarray) -> bool:
-    """Rows of xyz (rows, 3 w) to unit length into `out` (which may be `n`); whether all were finite."""
-    sq = _squared_norms(n)
-    finite = bool(np.isfinite(sq.sum()))
-    np.sqrt(sq, out=sq)
-    np.maximum(sq, np.float32(TASKS["normal"].unit_eps or 0.0), out=sq)  # the table's floor
-    np.divide(np.float32(1.0), sq, out=sq)
-    np.multiply(n, np.repeat(sq, 3, axis=1), out=out)
-    return finite
 
 
 # ------------------------------------------------------------------------------ depth alignment
@@ -364,6 +336,7 @@ class _Shot:
     def __init__(self, frame: _Frame, opts: StabilizeOptions, look: _Look, weight: float) -> None:
         self.opts, self.size, self.tasks = opts, frame.size, frame.tasks
         self.maps = frame.maps
+        self.spare: List[Maps] = []  # offline: the estimates of frames already out (this shot's)
         self.samples = _at_grid(frame.maps)  # the estimate's maps at the grid's pixels
         gh, gw = _grid_shape(frame.size)
         self.gain = np.ones((2, gh, gw), np.float32)  # a new shot takes its first frame as it is
@@ -411,7 +384,8 @@ class _Shot:
         out = self._blend(frame, warp, gain, depth_shown)
         self.maps, self.gain = out, gain
         self.age = (1.0 - gain) * (age + 1.0)
-        return _Step(out, gain, self.age, False, motion is not STILL or everything, self.output_units, depth_shown)
+        followed = motion is not STILL or everything
+        return _Step(out, gain, self.age, False, followed, self.output_units, depth_shown)
 
     def _follow(self, motion: Motion) -> Tuple[Warp, np.ndarray, np.ndarray]:
         """The warp that moves the estimate with the camera, and its gains and ages moved (new to the
@@ -491,62 +465,57 @@ class _Shot:
         return self.alignment  # nothing fits: the previous frame's alignment
 
     def _blend(self, frame: _Frame, warp: Optional[Warp], gain: np.ndarray, shown: Optional[np.ndarray]) -> Maps:
-        """estimate + gain * (frame - estimate) (new arrays), band by band; also `shown` (the depth in
-        the output's units) and `samples` (it at the grid's pixels, taken while in cache). InputError
-        for a map not finite."""
-
-        def estimate(index: int, rows: slice) -> np.ndarray:  # moved with the camera band by band, never whole
-            m, fill = self.maps[index], frame.maps[index]  # what came into view: the frame's
-            return m[rows] if warp is None else warp.band(m, fill, rows)  # type: ignore[index, arg-type]
-
-        out = self.maps.each(np.empty_like)
-        h, w = frame.size
-        depth, normal, foreground = frame.maps
-        s, b = (np.float32(v) for v in self.alignment)
-        limit = MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6)
-        broken: List[str] = []
-        for rows in _bands(h, w):
-            cells = slice(rows.start // GRID, -(-rows.stop // GRID))
-            if depth is not None:
-                before = estimate(0, rows)
-                r = out.depth[rows]  # type: ignore[index]
-                np.multiply(depth[rows], s, out=r)
-                r += b
-                r -= before
-                if not np.isfinite(r.sum()):
-                    broken.append("depth")
-                r *= _spread(gain[0], rows, w)
-                r += before
-                self.samples.depth[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-                if shown is not None:
-                    np.multiply(r, np.float32(self.output_units[0]), out=shown[rows])
-                    shown[rows] += np.float32(self.output_units[1])
-            if foreground is not None:
-                before = estimate(2, rows)
-                r = out.foreground[rows]  # type: ignore[index]
-                np.subtract(foreground[rows], before, out=r)
-                if not np.isfinite(r.sum()):
-                    broken.append("foreground")
-                r *= _spread(gain[1], rows, w)
-                bound = _spread(limit, rows, w)
-                np.minimum(r, bound, out=r)
-                np.negative(bound, out=bound)
-                np.maximum(r, bound, out=r)
-                r += before
-                self.samples.foreground[cells] = r[::GRID, ::GRID]  # type: ignore[index]
-            if normal is not None:
-                gains = _spread(gain[0], rows, w, 3)
-                p = estimate(1, rows).reshape(gains.shape)
-                target = out.normal[rows].reshape(gains.shape)  # type: ignore[index]
-                np.subtract(normal[rows].reshape(gains.shape), p, out=target)
-                target *= gains
-                target += p
-                if not _normalise_rows(target, target):
-                    broken.append("normal")
-                self.samples.normal[cells] = out.normal[rows][::GRID, ::GRID]  # type: ignore[index]
+        """estimate + gain * (frame - estimate) (new arrays), the estimate moved by `warp`; also `shown`
+        (the depth in the output's units) and `samples` (it at the grid's pixels). InputError for a
+        map not finite."""
+        kernels, (h, w), f32 = _kernels(), frame.size, np.float32
+        identity = warp is None
+        if warp is None:  # the kernels' types: the warp's arrays, unread
+            warp = Warp(np.zeros(h, np.intp), np.zeros(w, np.intp), np.ones(h, bool), np.ones(w, bool), (0, 0))
+        moved = (warp.rows, warp.cols, warp.rows_inside, warp.cols_inside, identity)
+        out = self.spare.pop() if self.spare else self.maps.each(np.empty_like)
+        (depth, normal, foreground), estimate = frame.maps, self.maps
+        calls: List[Tuple[str, Callable[..., bool], Tuple[Any, ...]]] = []
+        if depth is not None:
+            units = tuple(map(f32, self.alignment)) + (out.depth, self.samples.depth)
+            show = (np.empty((0, 0), f32) if shown is None else shown,) + tuple(map(f32, self.output_units))
+            calls.append(("depth", kernels.blend_depth, (estimate.depth, depth, *moved, gain[0], GRID) + units + show))
+        if foreground is not None:
+            limit = MASK_STEP * gain[1] / np.maximum(1.0 - gain[1], 1e-6)
+            mask = (gain[1], limit, GRID, out.foreground, self.samples.foreground)
+            calls.append(("foreground", kernels.blend_foreground, (estimate.foreground, foreground, *moved) + mask))
+        if normal is not None:
+            unit = (gain[0], GRID, f32(TASKS["normal"].unit_eps or 0.0), out.normal, self.samples.normal)
+            calls.append(("normal", kernels.blend_normal, (estimate.normal, normal, *moved) + unit))
+        # the lower rows on a second core (the kernels release the GIL): with the model on a GPU the
+        # CPU's cores are the stabiliser's; online 1280x720 per frame: X ms on one, Y on two
+        finite = _halves([(kernel, args) for _, kernel, args in calls], h)
+        broken = [name for (name, _, _), ok in zip(calls, finite) if not ok]
         if broken:
             frame.check_finite(broken)
         return out
+
+
+def _kernels() -> Any:
+    require("numba", "stabilize")  # the install hint, before the kernels' import needs it
+    from . import kernels
+
+    return kernels
+
+
+def _halves(calls: List[Tuple[Callable[..., bool], Tuple[Any, ...]]], height: int) -> List[bool]:
+    """Each kernel run on rows (top, bottom, *args): the upper half here, the lower on the helper
+    thread (the kernels release the GIL); whether each found its map finite."""
+    middle = min(height, (height // 2 + GRID - 1) // GRID * GRID)  # whole grid rows: the samples' rows apart
+    lower = [_helper(os.getpid()).submit(kernel, middle, height, *args) for kernel, args in calls]
+    upper = [kernel(0, middle, *args) for kernel, args in calls]
+    return [a and b.result() for a, b in zip(upper, lower)]
+
+
+@functools.lru_cache(maxsize=None)
+def _helper(process: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that runs the lower halves, one per process (a forked child has its own)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="david-infer-stabilize")
 
 
 def _stabilized(pairs: Iterable[Tuple[Any, Any]], mode: str, opts: StabilizeOptions) -> Iterator[Tuple[Any, Any]]:
@@ -577,10 +546,12 @@ def _stabilized(pairs: Iterable[Tuple[Any, Any]], mode: str, opts: StabilizeOpti
         if online:
             yield tag, _rebuild(item, step.maps._replace(depth=step.shown), frame.image)
             continue
-        held.append(_Held(tag, _light(item), frame.image, step))
+        held.append(_Held(tag, _light(item), frame.image, step, shot))
         if len(held) > opts.lookahead:
             yield _smoothed(held, opts.lookahead)
-            held.popleft()
+            done = held.popleft()
+            if done.shot is shot and not done.step.began and done.step.maps is not shot.maps:
+                shot.spare.append(done.step.maps)  # its arrays for a later estimate: no new pages per frame
     while held:
         yield _smoothed(held, opts.lookahead)
         held.popleft()
@@ -597,6 +568,7 @@ class _Held:
     item: Any  # the input without its maps and image
     image: np.ndarray
     step: _Step
+    shot: _Shot
 
 
 def _light(item: Any) -> Any:
@@ -608,56 +580,41 @@ def _light(item: Any) -> Any:
 
 def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
     """The first held frame's output: per cell, the estimate of a held frame (`_choices`), the depth
-    in the output's units; each map taken whole from the most cells' source, the others' cells over it."""
+    in the output's units."""
     ahead = min(lookahead, len(held) - 1)  # last: the latest frame in the shot with the camera still since the first
     last = next((j - 1 for j in range(1, ahead + 1) if held[j].step.began or held[j].step.camera_moved), ahead)
-    estimates = [held[j].step.maps for j in range(last + 1)]
-    choices = [_choices(held, last, layer) if last else None for layer in (0, 1)]
-    bases = [last if c is None else int(np.argmax(np.bincount(c.ravel()))) for c in choices]
-    u0, u1 = (np.float32(v) for v in held[last].step.units)
+    gh, gw = held[0].step.gain.shape[1:]
+    choices = [_choices(held, last, layer) if last else np.full((gh, gw), last, np.uint8) for layer in (0, 1)]
+    units = tuple(np.float32(v) for v in held[last].step.units)
     out: List[Optional[np.ndarray]] = []
-    for index in range(3):
-        layer = index // 2  # depth and normals: the gains' layer 0, the foreground: 1
-        choice, base, source = choices[layer], bases[layer], estimates[bases[layer]][index]
-        if source is None:
-            out.append(None)
-            continue
-        if index == 0:  # whole arrays: a copy and a scale run at memory speed, no banding needed
-            target = np.multiply(source, u0)
-            target += u1
-        else:
-            target = source.copy()
-        if choice is not None:
-            for j in np.flatnonzero(np.bincount(choice.ravel(), minlength=last + 1)).tolist():
-                if j != base:
-                    _patch(target, estimates[j][index], choice == j, (u0, u1) if index == 0 else None)
+    calls: List[Tuple[Callable[..., bool], Tuple[Any, ...]]] = []
+    for index, channels in enumerate((1, 3, 1)):
+        sources = [held[j].step.maps[index] for j in range(last + 1)]
+        target = None if sources[0] is None else np.empty_like(sources[0])
         out.append(target)
+        if target is None:
+            continue
+        h = target.shape[0]
+        rows, starts, ends, picks = _runs(choices[index // 2], GRID * channels, target.size // h)
+        scale = units if index == 0 else (np.float32(1.0), np.float32(0.0))
+        for j in np.unique(picks).tolist():
+            mine = picks == j
+            flat = (target.reshape(h, -1), sources[j].reshape(h, -1))  # type: ignore[union-attr]
+            calls.append((_kernels().copy_runs, flat + (rows[mine], starts[mine], ends[mine], GRID) + scale))
+    _halves(calls, held[0].image.shape[0])
     first = held[0]
     return first.tag, _rebuild(first.item, Maps(*out), first.image)
 
 
-def _cells(a: np.ndarray) -> np.ndarray:
-    """A view of the whole grid cells of `a` (H, W[, C]): (H // GRID, GRID, W // GRID, GRID[, C])."""
-    rows, cols = a.shape[0] // GRID, a.shape[1] // GRID
-    s = a.strides
-    shape = (rows, GRID, cols, GRID) + a.shape[2:]
-    return as_strided(a, shape, (s[0] * GRID, s[0], s[1] * GRID, s[1]) + s[2:])
-
-
-def _patch(out: np.ndarray, source: np.ndarray, cells: np.ndarray, units: Optional[Tuple[Any, Any]]) -> None:
-    """`out` takes `source`'s values on the pixels of the grid `cells` (bool), in `units` (depth)."""
-
-    def convert(values: np.ndarray) -> np.ndarray:
-        return values if units is None else values * units[0] + units[1]
-
-    rows, cols = np.nonzero(cells)
-    whole = (rows < out.shape[0] // GRID) & (cols < out.shape[1] // GRID)
-    if whole.any():
-        r, c = rows[whole], cols[whole]
-        _cells(out)[r, :, c] = convert(_cells(source)[r, :, c])
-    for r, c in zip(rows[~whole], cols[~whole]):  # the partial cells of a last row or column
-        box = (slice(r * GRID, (r + 1) * GRID), slice(c * GRID, (c + 1) * GRID))
-        out[box] = convert(source[box])
+def _runs(choice: np.ndarray, run: int, width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of cells along each grid row that take one source: (grid row, first value, end value,
+    source), values of a row of `width` with `run` per cell."""
+    starts = np.ones(choice.shape, bool)
+    starts[:, 1:] = choice[:, 1:] != choice[:, :-1]
+    rows, cells = np.nonzero(starts)
+    ends = np.append(cells[1:], choice.shape[1])
+    ends[np.append(rows[1:] != rows[:-1], True)] = choice.shape[1]  # a row's last run ends with it
+    return rows, cells * run, np.minimum(ends * run, width), choice[rows, cells]
 
 
 def _choices(held: Deque[_Held], last: int, layer: int) -> np.ndarray:

@@ -106,6 +106,16 @@ def test_a_model_without_normals_and_the_first_frame_as_it_is() -> None:
             np.testing.assert_array_equal(out[0]["depth"], raw[0]["depth"])
 
 
+@pytest.mark.parametrize("only", ["depth", "normal", "foreground"])
+def test_a_single_task_model_stabilises_its_one_map(only: str) -> None:
+    raw = [{k: v for k, v in f.items() if k in (only, "image")} for f in _clip(12)]
+    for mode in ("online", "offline"):
+        out = list(stabilize(iter(raw), mode=mode, lookahead=3))
+        assert len(out) == 12 and all(set(o) == {only, "image"} for o in out)
+        if only != "depth":  # depth's flicker is judged after alignment (test above)
+            assert _flicker(out, only) < _flicker(raw, only) / 2
+
+
 def test_one_frame_and_no_frame() -> None:
     raw = _clip(1)
     for mode in ("online", "offline"):
@@ -126,6 +136,17 @@ def test_a_cut_and_a_new_size_start_again() -> None:
     np.testing.assert_array_equal(out[6]["depth"], second[0]["depth"])
     assert out[-1]["depth"].shape == (H // 2, W // 2)
     np.testing.assert_array_equal(out[-1]["depth"], small["depth"])
+
+
+def test_offline_shots_of_two_sizes_are_each_what_they_are_alone() -> None:
+    big = _clip(6)
+    small = [{k: v[::2, ::2] if isinstance(v, np.ndarray) else v for k, v in f.items()} for f in _clip(6, seed=4)]
+    both = list(stabilize(iter(big + small), mode="offline", lookahead=2))
+    alone = list(stabilize(iter(small), mode="offline", lookahead=2))
+    assert [o["depth"].shape for o in both] == [(H, W)] * 6 + [(H // 2, W // 2)] * 6
+    for a, b in zip(both[6:], alone):
+        for key in ("depth", "normal", "foreground"):
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_an_empty_mask_falls_back_to_the_whole_frame() -> None:
@@ -331,3 +352,81 @@ def test_tiny_and_odd_sized_frames_with_a_moving_camera(size: Tuple[int, int]) -
         out = list(stabilize(iter(raw), mode=mode, lookahead=3))
         assert len(out) == 6 and all(o["depth"].shape == size and np.isfinite(o["depth"]).all() for o in out)
         np.testing.assert_allclose(np.linalg.norm(np.stack([o["normal"] for o in out]), axis=-1), 1.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------- the kernels
+
+
+@pytest.mark.parametrize("motion", [STILL, Motion(1.0, (2.6, -3.2)), Motion(1.07, (1.0, 0.5))])
+def test_the_blend_kernels_do_the_blend_on_both_halves(motion: Motion) -> None:
+    """Each pixel: the estimate moved by the warp (outside: the frame's own) plus its cell's gain times
+    the difference; the mask's step bounded; normals unit; the grid samples; halves split on grid rows."""
+    from david_infer.video import kernels
+    from david_infer.video.stability import GRID, _halves
+
+    rng, (h, w) = np.random.default_rng(3), (37, 30)  # partial cells in both directions
+    warp, _ = plan_warp(motion, (h, w), ((h - 1) / 2, (w - 1) / 2))
+    gh, gw = -(-h // GRID), -(-w // GRID)
+    gain, limit = rng.uniform(0, 1, (gh, gw)).astype(np.float32), rng.uniform(0, 0.1, (gh, gw)).astype(np.float32)
+    spread = np.repeat(np.repeat(gain, GRID, 0), GRID, 1)[:h, :w]
+    inside = warp.rows_inside[:, None] & warp.cols_inside[None, :]
+    moved = (warp.rows, warp.cols, warp.rows_inside, warp.cols_inside, motion == STILL)
+
+    def before(estimate: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        if motion == STILL:
+            return estimate
+        where = inside if estimate.ndim == 2 else inside[..., None]
+        return np.where(where, estimate[np.ix_(warp.rows, warp.cols)], frame)
+
+    est, frame = (rng.normal(size=(2, h, w)).astype(np.float32) for _ in range(2))
+    out, shown = np.empty((2, h, w), np.float32), np.empty((h, w), np.float32)
+    samples = np.empty((2, gh, gw), np.float32)
+    f = np.float32
+    depth = (est[0], frame[0], *moved, gain, GRID, f(1.5), f(0.25), out[0], samples[0], shown, f(2.0), f(-1.0))
+    mask = (est[1], frame[1], *moved, gain, limit, GRID, out[1], samples[1])
+    normals = [rng.normal(size=(h, w, 3)).astype(np.float32) for _ in range(2)]
+    normal_out, normal_samples = np.empty((h, w, 3), np.float32), np.empty((gh, gw, 3), np.float32)
+    unit = (*normals, *moved, gain, GRID, f(1e-6), normal_out, normal_samples)
+    calls = [(kernels.blend_depth, depth), (kernels.blend_foreground, mask), (kernels.blend_normal, unit)]
+    assert _halves(calls, h) == [True, True, True]
+
+    b = before(est[0], frame[0])
+    np.testing.assert_allclose(out[0], b + spread * (frame[0] * 1.5 + 0.25 - b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(shown, out[0] * 2.0 - 1.0, rtol=1e-5, atol=1e-5)
+    b, bound = before(est[1], frame[1]), np.repeat(np.repeat(limit, GRID, 0), GRID, 1)[:h, :w]
+    np.testing.assert_allclose(out[1], b + np.clip(spread * (frame[1] - b), -bound, bound), rtol=1e-5, atol=1e-6)
+    blended = (b := before(normals[0], normals[1])) + spread[..., None] * (normals[1] - b)
+    want = blended / np.linalg.norm(blended, axis=-1, keepdims=True)
+    np.testing.assert_allclose(normal_out, want, rtol=1e-4, atol=1e-5)
+    for got, full in ((samples[0], out[0]), (samples[1], out[1]), (normal_samples, normal_out)):
+        np.testing.assert_array_equal(got, full[::GRID, ::GRID])
+    frame[0][h - 2, 3] = np.nan  # a NaN in the lower half: that kernel says so
+    assert _halves([(kernels.blend_depth, depth)], h) == [False]
+
+
+def test_without_numba_the_stabiliser_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from david_infer.errors import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # an import of it now fails
+    with pytest.raises(BackendUnavailable, match=r'numba is not installed.*pip install "david-infer\[video\]"'):
+        list(stabilize(iter(_clip(3)), mode="online"))
+
+
+def test_a_forked_child_stabilises_with_its_own_helper_thread() -> None:
+    """The parent's helper thread does not exist in a forked child: the child starts its own."""
+    import multiprocessing
+
+    list(stabilize(iter(_clip(3)), mode="online"))  # the parent's helper thread exists now
+    child = multiprocessing.get_context("fork").Process(target=_stabilise_a_clip)
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung stabilising a clip")
+    assert child.exitcode == 0
+
+
+def _stabilise_a_clip() -> None:
+    assert len(list(stabilize(iter(_clip(4)), mode="offline", lookahead=2))) == 4
