@@ -258,7 +258,7 @@ def _run_on_ray(args: argparse.Namespace, job: JobOptions) -> int:
 #: --stabilize's default: online meets the flicker goals with depth, normals and mask more accurate
 #: than the frames' own, holds no frames and costs the least; offline is steadier and more accurate
 #: still, but holds its lookahead (9 frames' maps and images: about 190 MB at 1280x720, 1.7 GB at
-#: 4K) and costs about 1.5x as much per frame (docs/video.md, benchmarks/video_stability.py)
+#: 4K) and costs about 1.3x as much per frame (docs/video.md, benchmarks/video_stability.py)
 STABILIZE_DEFAULT = "online"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 

@@ -2,8 +2,7 @@
 50 passes over a 1280x720 frame's maps and 20 ms of the stabiliser's 24 (benchmarks/video_stability.py).
 Each kernel reads the estimate through the camera's nearest-pixel warp (per row: the source row and
 whether it falls inside; per column: the same; outside, the frame's own value), takes each pixel's
-gain from its grid cell, and returns whether the frame's map was finite (NaN and infinity make the
-running sum so)."""
+gain from its grid cell, and returns whether the frame's map was finite."""
 
 from __future__ import annotations
 
@@ -12,11 +11,11 @@ import math
 import numpy as np
 from numba import njit
 
-# reordered sums and fused multiply-adds only: NaN and infinity must still reach the finiteness sums
-_FAST = {"reassoc", "contract"}
+# no fast-math: reordered or fused arithmetic differs between a loop's vector body and its scalar
+# rest, so results would depend on where numpy placed the arrays (measured: runs differed)
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _before(estimate, frame, i, rows, cols, rows_in, cols_in, identity, buffer):
     """Row i of the estimate moved by the warp (a view where it did not move)."""
     if identity:
@@ -30,19 +29,19 @@ def _before(estimate, frame, i, rows, cols, rows_in, cols_in, identity, buffer):
     return buffer
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _spread_row(gain, gi, grid, out):
     """Row gi of the per-cell gains on the pixels of a row (each cell's value on its `grid` columns)."""
     for j in range(out.shape[0]):
         out[j] = gain[gi, j // grid]
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def blend_depth(
     top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, grid, s, b, out, samples, shown, u0, u1
 ):
     h, w = frame.shape
-    total = np.float32(0.0)
+    finite = True
     buffer, gains = np.empty(w, np.float32), np.empty(w, np.float32)
     for i in range(top, bottom):
         if i % grid == 0 or i == top:
@@ -51,21 +50,21 @@ def blend_depth(
         own, o = frame[i], out[i]
         for j in range(w):
             r = own[j] * s + b - before[j]
-            total += r
+            finite &= r - r == 0  # False for NaN and infinity
             o[j] = before[j] + r * gains[j]
         if shown.shape[0]:
             shown[i] = o * u0 + u1
         if i % grid == 0:
             samples[i // grid] = o[::grid]
-    return math.isfinite(total)
+    return finite
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def blend_foreground(
     top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, limit, grid, out, samples
 ):
     h, w = frame.shape
-    total = np.float32(0.0)
+    finite = True
     buffer, gains, bounds = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
     for i in range(top, bottom):
         if i % grid == 0 or i == top:
@@ -75,17 +74,17 @@ def blend_foreground(
         own, o = frame[i], out[i]
         for j in range(w):
             r = own[j] - before[j]
-            total += r
+            finite &= r - r == 0  # False for NaN and infinity
             o[j] = before[j] + min(max(r * gains[j], -bounds[j]), bounds[j])
         if i % grid == 0:
             samples[i // grid] = o[::grid]
-    return math.isfinite(total)
+    return finite
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def blend_normal(top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, grid, floor, out, samples):
     h, w = frame.shape[:2]
-    total = np.float32(0.0)
+    finite = True
     flat = frame.reshape(h, 3 * w)
     buffer, gains, lengths = np.empty(3 * w, np.float32), np.empty(3 * w, np.float32), np.empty(w, np.float32)
     columns, columns_in = np.empty(3 * w, cols.dtype), np.empty(3 * w, np.bool_)
@@ -101,7 +100,7 @@ def blend_normal(top, bottom, estimate, frame, rows, cols, rows_in, cols_in, ide
         for j in range(w):
             lengths[j] = norms[j, 0] * norms[j, 0] + norms[j, 1] * norms[j, 1] + norms[j, 2] * norms[j, 2]
         for j in range(w):
-            total += lengths[j]
+            finite &= lengths[j] - lengths[j] == 0
             lengths[j] = np.float32(1.0) / max(math.sqrt(lengths[j]), floor)
         for j in range(w):
             norms[j, 0] *= lengths[j]
@@ -109,10 +108,10 @@ def blend_normal(top, bottom, estimate, frame, rows, cols, rows_in, cols_in, ide
             norms[j, 2] *= lengths[j]
         if i % grid == 0:
             samples[i // grid] = norms[::grid]
-    return math.isfinite(total)
+    return finite
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def copy_runs(top, bottom, out, source, rows, starts, ends, grid, u0, u1):
     """out[i, starts[k]:ends[k]] = source[i, starts[k]:ends[k]] * u0 + u1 on the pixel rows i of grid
     row rows[k] (those in top..bottom), for each run k; `out` and `source` (H, W * channels)."""
@@ -124,7 +123,7 @@ def copy_runs(top, bottom, out, source, rows, starts, ends, grid, u0, u1):
     return True
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def cell_grey(image, grid, out):
     """Each whole grid cell's grey mean over its odd rows (a box filter; half the rows halve the cost)
     into `out` (image rows // grid, columns // grid)."""

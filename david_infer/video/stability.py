@@ -507,9 +507,9 @@ def _halves(calls: List[Tuple[Callable[..., bool], Tuple[Any, ...]]], height: in
     """Each kernel run on rows (top, bottom, *args): the upper half here, the lower on the helper
     thread (the kernels release the GIL); whether each found its map finite."""
     middle = min(height, (height // 2 + GRID - 1) // GRID * GRID)  # whole grid rows: the samples' rows apart
-    lower = [_helper(os.getpid()).submit(kernel, middle, height, *args) for kernel, args in calls]
+    lower = _helper(os.getpid()).submit(lambda: [kernel(middle, height, *args) for kernel, args in calls])
     upper = [kernel(0, middle, *args) for kernel, args in calls]
-    return [a and b.result() for a, b in zip(upper, lower)]
+    return [a and b for a, b in zip(upper, lower.result())]
 
 
 @functools.lru_cache(maxsize=None)
@@ -599,7 +599,7 @@ def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
         scale = units if index == 0 else (np.float32(1.0), np.float32(0.0))
         for j in np.unique(picks).tolist():
             mine = picks == j
-            flat = (target.reshape(h, -1), sources[j].reshape(h, -1))  # type: ignore[union-attr]
+            flat = (target.reshape(h, -1), sources[j].reshape(h, -1))
             calls.append((_kernels().copy_runs, flat + (rows[mine], starts[mine], ends[mine], GRID) + scale))
     _halves(calls, held[0].image.shape[0])
     first = held[0]
