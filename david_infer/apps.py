@@ -38,19 +38,43 @@ Background = Union[str, Sequence[float], np.ndarray, "PIL.Image.Image"]
 LOWER_THRESHOLD_KEEPS = "a mask threshold at or below it keeps pixels"
 
 
+def light_direction(light_dir: Sequence[float]) -> np.ndarray:
+    """`light_dir` as a unit 3-vector (float64); InputError unless it is finite and non-zero."""
+    light = np.asarray(light_dir, dtype=np.float64).reshape(-1)
+    if light.shape != (3,) or not np.all(np.isfinite(light)) or not np.any(light):
+        raise InputError(
+            f"light_dir must be a finite, non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}"
+        )
+    light = light / np.abs(light).max()  # first: the norm of (1e200, ...) overflows, of (1e-200, ...) underflows
+    return light / np.linalg.norm(light)
+
+
+def check_blur_radius(blur_radius: float) -> None:
+    """InputError unless `blur_radius` is a finite number >= 0 (Pillow fails on nan and inf)."""
+    if not (math.isfinite(blur_radius) and blur_radius >= 0):
+        raise InputError(f"blur radius must be a finite number >= 0 (pixels), got {blur_radius!r}")
+
+
+def check_cloud_options(fov_deg: float, depth_range: Tuple[float, float], mask_threshold: float) -> None:
+    """InputError unless 0 < fov_deg < 180, 0 < near <= far (finite) and 0 <= mask_threshold <= 1."""
+    near, far = (float(v) for v in depth_range)
+    if not (0.0 < near <= far and math.isfinite(far)):
+        raise InputError(f"depth_range must be (near, far) with 0 < near <= far, got {depth_range!r}")
+    if not 0.0 < fov_deg < 180.0:
+        raise InputError(f"fov_deg must be in (0, 180), got {fov_deg}")
+    if not 0.0 <= mask_threshold <= 1.0:  # also refuses nan: the mask's values are in [0, 1]
+        raise InputError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
+
+
 def shading(normal: np.ndarray, light_dir: Sequence[float], ambient: float = 0.2) -> np.ndarray:
     """Lambertian shading (H, W) float32: `ambient + (1 - ambient) * max(0, n . l)`, `normal`
     renormalised per pixel (zero vectors: ambient only), `light_dir` (toward the light, camera
     frame) normalised."""
     if not 0.0 <= ambient <= 1.0:
         raise InputError(f"ambient must be in [0, 1], got {ambient}")
-    light = np.asarray(light_dir, dtype=np.float64).reshape(-1)
-    if light.shape != (3,) or not np.all(np.isfinite(light)) or np.linalg.norm(light) == 0:
-        raise InputError(
-            f"light_dir must be a non-zero 3-vector (x right, y up, z toward the camera), got {light_dir!r}"
-        )
+    light = light_direction(light_dir)
     n = unit_vectors(np.nan_to_num(as_normals(normal)))
-    lx, ly, lz = (light / np.linalg.norm(light)).astype(np.float32)
+    lx, ly, lz = light.astype(np.float32)
     # n . l as elementwise products, not a BLAS product, whose rounding varies with its threads
     cos = np.maximum(0.0, n[..., 0] * lx + n[..., 1] * ly + n[..., 2] * lz)
     return (ambient + (1.0 - ambient) * cos).astype(np.float32)
@@ -113,8 +137,7 @@ def _background(background: Background, img: np.ndarray, blur_radius: float) -> 
     if isinstance(background, str):
         if background != "blur":
             raise InputError(f"background: expected an (r, g, b) colour, an image or 'blur', got {background!r}")
-        if blur_radius < 0:
-            raise InputError(f"blur_radius must be >= 0, got {blur_radius}")
+        check_blur_radius(blur_radius)
         return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(blur_radius)), dtype=np.float32)
     if isinstance(background, Image.Image):
         background = np.asarray(background.convert("RGB"))
@@ -165,7 +188,11 @@ def stream_point_cloud(path: Union[str, Path], *args: Any, **kwargs: Any) -> int
     bound = inspect.signature(point_cloud).bind(*args, **kwargs)
     bound.apply_defaults()
     cloud = _Cloud(*bound.args)
-    with open(path, "wb") as f:
+    try:
+        f = open(path, "wb")
+    except OSError as exc:  # a missing or read-only folder, as write_ply says it (a full disk: the caller's)
+        raise InputError(f"cannot write {path}: {exc}") from None
+    with f:
         f.write(_ply_header(cloud.count, colors=True))
         for points, colors in cloud.bands():
             f.write(_vertices(points, colors).tobytes())
@@ -192,11 +219,8 @@ class _Cloud:
         self.img = as_image(image)
         self.h, self.w = self.img.shape[:2]
         self.depth = as_map(depth, "depth", (self.h, self.w))
+        check_cloud_options(fov_deg, depth_range, mask_threshold)
         near, far = (float(v) for v in depth_range)
-        if not (0.0 < near <= far and math.isfinite(far)):
-            raise InputError(f"depth_range must be (near, far) with 0 < near <= far, got {depth_range!r}")
-        if not 0.0 < fov_deg < 180.0:
-            raise InputError(f"fov_deg must be in (0, 180), got {fov_deg}")
         self.near, self.far, self.invert, self.threshold = near, far, invert, mask_threshold
         self.mask = None if foreground is None else np.asarray(foreground)
         if self.mask is not None:

@@ -266,10 +266,21 @@ def predict_dataset(
 
         _connect(ray, options.address)
         workers, task_size = options.workers, options.task_size
+        resources = ray.cluster_resources()
+        # a Dataset's own read tasks take a CPU each (Ray's default num_cpus=1): a pool holding every
+        # CPU would leave them none and the run would wait forever, so one CPU stays free for them
+        cpus = resources.get("CPU", 1) - (1 if is_dataset else 0)
+        if is_dataset and cpus < options.cpus_per_worker:
+            raise InputError(
+                f"the Ray cluster has {resources.get('CPU', 0):g} CPU(s): a Dataset input needs one for its read "
+                f"tasks besides the {options.cpus_per_worker:g} of a worker; give the cluster more CPUs, "
+                f"or lower cpus_per_worker"
+            )
         if workers is None:
-            resources = ray.cluster_resources()
-            free = resources.get("GPU", 0) // gpus if gpus else resources.get("CPU", 1) // options.cpus_per_worker
+            free = resources.get("GPU", 0) // gpus if gpus else cpus // options.cpus_per_worker
             workers = max(1, int(free))
+        if is_dataset:
+            workers = max(1, min(workers, int(cpus // options.cpus_per_worker)))
         if names is None:
             dataset = inputs
         else:

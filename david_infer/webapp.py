@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import shutil
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Mapping, Optional, Tuple, Union
 
 from .contract import ModelContract
-from .errors import BackendUnavailable, ModelError
+from .errors import BackendUnavailable, InputError, ModelError
 from .files import sha256_file
 from .manifest import manifest_path
 from .tasks import task_table
@@ -61,6 +62,7 @@ class PageModel:
     channel_order: str  # "rgb" or "bgr": the order of the last axis of `image`
     tasks: Tuple[str, ...]
     precision: str
+    stamp: Tuple[int, int, int] = (0, 0, 0)  # the file's size, mtime and inode when described
 
     def to_json(self) -> Dict[str, Any]:
         """What /model.json says."""
@@ -96,11 +98,22 @@ def describe_model(path: Union[str, Path]) -> PageModel:
             f"{list(image.shape)}; the page needs the pixels-to-maps graph (layout 'prepost': uint8 (N, H, W, 3) "
             f"photo in, maps at its size out). {how}"
         )
-    size = path.stat().st_size
+    stat = path.stat()
     # The recorded hash is checked by the browser's cache key only; hashing a 1.3 GB file at every
     # start would delay the page by seconds, so an unrecorded one is computed once here.
     digest = contract.sha256 or sha256_file(path)
-    return PageModel(path, size, digest, contract.graph.channel_order, contract.tasks, contract.precision)
+    graph = contract.graph
+    return PageModel(path, stat.st_size, digest, graph.channel_order, contract.tasks, contract.precision, _stamp(stat))
+
+
+def _stamp(stat: os.stat_result) -> Tuple[int, int, int]:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def check_port(port: int) -> None:
+    """InputError unless `port` is a TCP port number (0: any free one)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"--port must be 0 to 65535 (0: any free port), got {port!r}")
 
 
 def static_files(root: Path = STATIC_DIR) -> Dict[str, Path]:
@@ -126,29 +139,60 @@ class _Handler(BaseHTTPRequestHandler):
         route = self.path.split("?", 1)[0].split("#", 1)[0]
         route = "/index.html" if route == "/" else route
         model = self.server.model
-        if route == "/model.json":
-            return self._send(HTTPStatus.OK, ".json", json.dumps(model.to_json()).encode(), body)
-        path = model.path if route == "/model.onnx" else self.server.files.get(route)
+        if route in ("/model.json", "/model.onnx"):
+            return self._send_model(model, route, body)
+        path = self.server.files.get(route)
         if path is None:
             return self._send(HTTPStatus.NOT_FOUND, ".txt", f"not found: {route}\n".encode(), body)
-        self._send(HTTPStatus.OK, path.suffix, path, body, {"ETag": f'"{model.sha256}"'} if path == model.path else {})
+        self._send(HTTPStatus.OK, path.suffix, path, body)
+
+    def _send_model(self, model: PageModel, route: str, body: bool) -> None:
+        """/model.json, or the bytes /model.json describes: a file replaced since the start (a
+        re-export) is refused, never served under the old description and ETag."""
+        try:
+            opened = open(model.path, "rb")
+        except OSError:
+            return self._send_changed(model, "was removed", body)
+        with opened:
+            if _stamp(os.fstat(opened.fileno())) != model.stamp:  # what is sent, not the name: no race
+                return self._send_changed(model, "changed", body)
+            if route == "/model.json":
+                return self._send(HTTPStatus.OK, ".json", json.dumps(model.to_json()).encode(), body)
+            self._send(HTTPStatus.OK, ".onnx", opened, body, {"ETag": f'"{model.sha256}"'})
+
+    def _send_changed(self, model: PageModel, what: str, body: bool) -> None:
+        text = f"{model.path} {what} since david-infer web started; restart it to serve the model now there\n"
+        self._send(HTTPStatus.CONFLICT, ".txt", text.encode(), body)
 
     def _send(
-        self, status: HTTPStatus, suffix: str, content: Union[bytes, Path], body: bool, extra: Mapping[str, str] = {}
+        self,
+        status: HTTPStatus,
+        suffix: str,
+        content: Union[bytes, Path, BinaryIO],
+        body: bool,
+        extra: Mapping[str, str] = {},
     ) -> None:
         self.send_response(status)
         content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type("x" + suffix)[0] or "text/plain"
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content) if isinstance(content, bytes) else content.stat().st_size))
+        if isinstance(content, bytes):
+            length = len(content)
+        else:
+            length = content.stat().st_size if isinstance(content, Path) else os.fstat(content.fileno()).st_size
+        self.send_header("Content-Length", str(length))
         cache = {"Cache-Control": "no-cache"} if status == HTTPStatus.OK else {}
         for name, value in {**ISOLATION_HEADERS, **extra, **cache}.items():
             self.send_header(name, value)
         self.end_headers()
-        if body and isinstance(content, bytes):
+        if not body:
+            return
+        if isinstance(content, bytes):
             self.wfile.write(content)
-        elif body:
+        elif isinstance(content, Path):
             with open(content, "rb") as f:
                 shutil.copyfileobj(f, self.wfile, 1 << 20)
+        else:
+            shutil.copyfileobj(content, self.wfile, 1 << 20)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -161,6 +205,7 @@ class PageServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model: PageModel, port: int = 0, verbose: bool = False, static_root: Path = STATIC_DIR) -> None:
+        check_port(port)
         self.model, self.verbose = model, verbose
         self.files = static_files(static_root)
         try:
@@ -184,4 +229,5 @@ def open_page_server(
     model: Union[str, Path], port: int = 0, verbose: bool = False, static_root: Optional[Path] = None
 ) -> PageServer:
     """A PageServer for `model` (checked first), not yet serving."""
+    check_port(port)  # before describing the model (which may hash it)
     return PageServer(describe_model(model), port=port, verbose=verbose, static_root=static_root or STATIC_DIR)

@@ -65,13 +65,30 @@ def add_app_arguments(p: argparse.ArgumentParser, suffix: str) -> None:
     p.set_defaults(output_suffix=suffix)
 
 
-def image_format(out: Path) -> str:
-    """Pillow's format name for writing `out`, by its suffix; InputError for a suffix it cannot write."""
-    from PIL import Image
+# The formats that store an app's full-size RGB picture as it is (JPEG and WebP: lossy). Pillow
+# writes others resized (.ico, .icns), as a palette (.gif), or only after the model ran (.blp, .xbm,
+# .h5, ...: no writer, or none for RGB).
+APP_IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".ppm": "PPM",
+    ".tga": "TGA",
+}
 
-    fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise InputError(f"{out}: unknown image type {out.suffix or '(no suffix)'!r}; use .png or .jpg")
+
+def image_format(out: Path) -> str:
+    """Pillow's format name for writing `out`, by its suffix; InputError for a suffix not in
+    APP_IMAGE_FORMATS."""
+    fmt = APP_IMAGE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"{out}: unsupported image type {out.suffix or '(no suffix)'!r}; use one of {', '.join(APP_IMAGE_FORMATS)}"
+        )
     return fmt
 
 
@@ -85,6 +102,16 @@ def check_app_output(args: argparse.Namespace) -> Path:
         image_format(out)
     elif out.suffix.lower() != ".ply":  # a PLY under another type's name would open as that type, or not at all
         raise InputError(f"{out}: a point cloud is written as PLY; name the file .ply (e.g. {out.with_suffix('.ply')})")
+    check_output_file(out, "-o", "out" + args.output_suffix)
+    check_free([out], args.overwrite)
+    return out
+
+
+def check_output_file(out: Path, flag: str, example: str) -> None:
+    """InputError unless `out` (given as `flag`) names a file in an existing folder we can write in
+    (a probe file is made and removed): checked before a long run, not after it."""
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; {flag} names the file to write (e.g. {out / example})")
     folder = out.parent
     if not folder.is_dir():
         raise InputError(f"cannot write {out}: its folder {folder} does not exist (create it first)")
@@ -92,8 +119,6 @@ def check_app_output(args: argparse.Namespace) -> Path:
         make_temp_path(out).unlink()
     except OSError as exc:
         raise InputError(f"cannot write {out}: {exc.strerror or exc} (in the folder {folder})") from None
-    check_free([out], args.overwrite)
-    return out
 
 
 def predict_for_app(args: argparse.Namespace, needed: Iterable[str], what: str) -> Any:

@@ -10,6 +10,7 @@ pixel (no person found) gives the background alone, with a warning.
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..apps import Background, replace_background
 from ..errors import InputError
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.background_image is not None:
         background = decode(args.background_image).display()
     else:
-        if args.blur < 0:
-            raise InputError(f"--blur must be >= 0, got {args.blur}")
+        if not (math.isfinite(args.blur) and args.blur >= 0):  # before the model runs (Pillow fails on nan, inf)
+            raise InputError(f"--blur must be a finite radius >= 0 (pixels), got {args.blur}")
         background, blur = "blur", args.blur
     pred = predict_for_app(args, ["foreground"], "background replacement")
     return save_app_image(args, replace_background(pred.image, pred.foreground, background, blur))

@@ -17,6 +17,7 @@ import json
 import sys
 from contextlib import ExitStack
 from itertools import groupby
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ..backends import get_backend
@@ -25,7 +26,7 @@ from ..errors import InputError
 from ..files import commit
 from ..inputs import decode
 from ..options import RuntimeArguments, resolved_model, split_list
-from ._common import add_torch_arguments, open_runtime, with_torch_options
+from ._common import add_torch_arguments, check_output_file, open_runtime, with_torch_options
 
 RUNTIME = RuntimeArguments(channel_order=False, batch_size=False, threads=False, many=True)
 
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--runs and --batch must be >= 1 and --warmup >= 0 (got {args.runs}, {batches}, {args.warmup})"
         )
+    if args.json:  # before the benchmark, not after it
+        check_output_file(Path(args.json), "--json", "bench.json")
     model = resolved_model(args.model)
     variants = [with_torch_options(options, args) for options in RUNTIME.variants(args, batch_size=max(batches))]
     if not any(options.backend == "torch" for options in variants):

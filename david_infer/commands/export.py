@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weights", help="a david-infer safetensors checkpoint (default: random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 to 25 (default 18)")
     pp = p.add_argument_group("pre/post graph (docs/prepost.md)")
     pp.add_argument(
         "--prepost",
@@ -52,13 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pp.add_argument(
         "--channel-order",
         choices=("rgb", "bgr"),
-        default="rgb",
         help="channel order of the graph's image input (default rgb; bgr is what OpenCV decodes)",
     )
     pp.add_argument(
         "--prepost-resolution",
         type=int,
-        default=512,
         metavar="N",
         help="resolution the network runs at inside the graph (default 512; fixed-size files: theirs)",
     )
@@ -82,7 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--triton-instance", choices=("cpu", "gpu"), help="instance group kind (default cpu for ONNX, gpu for a plan)"
     )
     triton.add_argument("--triton-instances", type=int, default=1, metavar="N", help="model instances (default 1)")
-    triton.add_argument("--overwrite", action="store_true", help="replace DIR/NAME if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace -o's file and its manifest, and DIR/NAME, if they exist"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,8 +95,17 @@ def run(args: argparse.Namespace) -> int:
     missing = [f for f, v in (("--variant", args.variant), ("--task", args.task), ("-o", args.output)) if not v]
     if missing and not args.source:
         raise InputError(f"export needs {', '.join(missing)} (or --from MODEL with --triton-repo DIR or --prepost)")
+    graph_flags = (("--channel-order", args.channel_order), ("--prepost-resolution", args.prepost_resolution))
+    ignored = [flag for flag, value in graph_flags if value is not None]  # None: not given (defaults below)
+    if ignored and not args.prepost:
+        raise InputError(f"{' and '.join(ignored)} shape the pre/post graph: they need --prepost")
     if args.prepost and not args.output:
         raise InputError("--prepost needs -o OUT.onnx, the pre/post graph to write")
+    if args.output:  # before the export: a re-export must not replace a model (and its manifest) unasked
+        from ..files import check_free
+        from ..manifest import manifest_path
+
+        check_free([Path(args.output), manifest_path(args.output)], args.overwrite)
     model = args.output
     if args.prepost:
         section = _prepost(args)
@@ -143,13 +152,16 @@ def _prepost(args: argparse.Namespace) -> Dict[str, Any]:
     with its tasks."""
     from ..export.prepost import wrap_prepost
 
+    order = args.channel_order or "rgb"
+    resolution = 512 if args.prepost_resolution is None else args.prepost_resolution
+
     if args.source:
         from ..zoo import resolve_model  # a released model's name (downloaded, cached) or a file
 
-        manifest = wrap_prepost(resolve_model(args.source), args.output, args.channel_order, args.prepost_resolution)
+        manifest = wrap_prepost(resolve_model(args.source), args.output, order, resolution)
     else:
         with tempfile.TemporaryDirectory(prefix=".david-prepost-", dir=Path(args.output).parent or ".") as tmp:
             network = Path(tmp) / "network.onnx"
             _export_network(args, network)
-            manifest = wrap_prepost(network, args.output, args.channel_order, args.prepost_resolution)
+            manifest = wrap_prepost(network, args.output, order, resolution)
     return {**manifest["prepost"], "tasks": manifest["tasks"]}

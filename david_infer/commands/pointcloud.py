@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..apps import point_cloud, write_ply
+from ..apps import check_cloud_options, point_cloud, write_ply
+from ..errors import InputError
 from ..files import commit
 from ._common import add_app_arguments, predict_for_app
 
@@ -28,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # before the model runs
+        check_cloud_options(args.fov, (args.near, args.far), args.mask_threshold)
+    except InputError as exc:
+        raise InputError(f"{exc} (--fov, --near and --far, --mask-threshold)") from None
     pred = predict_for_app(args, ["depth"], "a point cloud")
     points, colors = point_cloud(
         pred.image,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..apps import relight
+from ..apps import light_direction, relight
 from ..errors import InputError
 from ._common import add_app_arguments, parse_floats, predict_for_app, save_app_image
 
@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     light = parse_floats(args.light, 3, "--light")
+    try:
+        light_direction(light)  # before the model runs
+    except InputError:
+        raise InputError(f"--light must be a finite, non-zero direction X,Y,Z, got {args.light!r}") from None
     if not 0.0 <= args.ambient <= 1.0:
         raise InputError(f"--ambient must be in [0, 1], got {args.ambient}")
     pred = predict_for_app(args, ["normal"], "relighting")

@@ -5,6 +5,7 @@ FP32 graph by `SAME_ARITHMETIC`, an FP16 graph by the default thresholds (docs/e
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,6 +223,8 @@ def verify_onnx(
     seed: int = 0,
 ) -> VerifyReport:
     """Compare `path` (an exported .onnx with its manifest) with the PyTorch model it came from."""
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):  # nan passed every row
+        raise InputError(f"tolerance (--tolerance) must be a finite number > 0, got {tolerance}")
     require("torch", "verifying against the PyTorch model")
     from ..model import build_model
 

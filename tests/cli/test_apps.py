@@ -183,3 +183,16 @@ def test_pointcloud_on_a_depth_only_model_keeps_every_pixel(
     assert app("pointcloud", photo_file, depth_only_onnx, out) == 0
     h, w = Image.open(photo_file).size[::-1]
     assert PlyData.read(str(out))["vertex"].count == h * w
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".tga"])
+def test_every_accepted_image_type_stores_the_full_size_rgb_picture(
+    tiny_multitask_onnx: Path, photo_file: Path, tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"lit{suffix}"
+    assert app("relight", photo_file, tiny_multitask_onnx, out, "--ambient", "1") == 0
+    with Image.open(out) as written:
+        photo = np.asarray(Image.open(photo_file))
+        assert written.mode == "RGB" and written.size == Image.open(photo_file).size
+        if suffix not in (".jpg", ".jpeg", ".webp"):  # lossless: the photo itself (ambient 1)
+            np.testing.assert_array_equal(np.asarray(written), photo)

@@ -106,6 +106,21 @@ def test_bench_refuses_an_unknown_backend_before_the_table(
     assert out == "" and "unknown backend 'onnxrt'; expected one of auto, onnxruntime" in err
 
 
+def test_bench_refuses_a_json_path_it_cannot_write_before_the_benchmark(
+    tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["bench", "-m", str(tiny_multitask_onnx), "--runs", "1", "--warmup", "0", "--json"]
+    assert main([*base, str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert (
+        out == "" and f"{tmp_path} is a folder; --json names the file to write (e.g. {tmp_path / 'bench.json'})" in err
+    )
+    assert main([*base, str(tmp_path / "missing" / "b.json")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"its folder {tmp_path / 'missing'} does not exist (create it first)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_info_prints_names_shapes_and_checksum(tiny_multitask_onnx: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", str(tiny_multitask_onnx)]) == 0
     out = capsys.readouterr().out

@@ -52,7 +52,7 @@ def test_app_output_is_checked_before_the_model_and_named_as_given(
     assert code == 1 and f"{taken} already exists; pass --overwrite" in err and taken.read_bytes() == b"keep"
     if command != "pointcloud":
         code, _, err = _run(capsys, [*base, tmp_path / "out.xyz", "--overwrite"])
-        assert code == 1 and "out.xyz: unknown image type '.xyz'; use .png or .jpg" in err
+        assert code == 1 and "out.xyz: unsupported image type '.xyz'; use one of .png, .jpg, .jpeg, .webp" in err
     assert list(tmp_path.iterdir()) == [taken]  # no temporaries left
 
 
@@ -249,3 +249,37 @@ def test_a_misspelt_command_and_a_negative_light_are_understood(
     assert args.light == "-1,-0.5,2e-1"
     code, _, err = _run(capsys, ["relight", photo, "-m", "m", "-o", "lit.png", "--light", "-1,1"])
     assert code == 1 and "--light: expected 3 comma-separated numbers, got '-1,1'" in err
+
+
+@pytest.mark.parametrize(
+    "command, options, said",
+    [
+        ("background", ["--blur", "nan"], "--blur must be a finite radius >= 0 (pixels), got nan"),
+        ("background", ["--blur", "inf"], "--blur must be a finite radius >= 0 (pixels), got inf"),
+        ("relight", ["--light", "0,0,0"], "--light must be a finite, non-zero direction X,Y,Z, got '0,0,0'"),
+        ("pointcloud", ["--mask-threshold", "nan"], "mask_threshold must be in [0, 1], got nan"),
+        ("pointcloud", ["--mask-threshold", "2"], "mask_threshold must be in [0, 1], got 2.0"),
+        ("pointcloud", ["--mask-threshold", "-1"], "mask_threshold must be in [0, 1], got -1.0"),
+        ("pointcloud", ["--fov", "180"], "fov_deg must be in (0, 180), got 180.0 (--fov, --near and --far"),
+        ("pointcloud", ["--near", "3", "--far", "2"], "depth_range must be (near, far) with 0 < near <= far"),
+    ],
+)
+def test_app_options_out_of_range_are_refused_before_the_model(
+    command: str, options: list, said: str, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    name = APPS[command][0]  # the options below replace the background's --color
+    missing_model = tmp_path / "no-such-model.onnx"  # a check after the model would say it is missing
+    code, _, err = _run(capsys, [command, photo, "-m", missing_model, *options, "-o", tmp_path / name])
+    assert code == 1 and said in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".ico", ".icns", ".blp", ".h5", ".grib", ".bufr", ".wmf", ".xbm", ".msp", ".palm"])
+def test_image_types_that_would_not_store_the_picture_are_refused_before_the_model(
+    suffix: str, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """.ico wrote 256x256 and .icns an upscaled RGBA as success; the rest failed after the model."""
+    out = tmp_path / f"lit{suffix}"
+    code, _, err = _run(capsys, ["relight", photo, "-m", tmp_path / "no-such-model.onnx", "-o", out])
+    assert code == 1 and f"{out}: unsupported image type '{suffix}'; use one of .png, .jpg, .jpeg" in err, err
+    assert list(tmp_path.iterdir()) == []

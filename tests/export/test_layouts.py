@@ -65,4 +65,6 @@ def test_bad_arguments_leave_no_file(tmp_path: Path) -> None:
         export_onnx("tiny", "depth", tmp_path / "missing" / "x.onnx")
     with pytest.raises(ExportError, match="opset 13 is too old"):
         export_onnx("tiny", "depth", tmp_path / "x.onnx", opset=13)
+    with pytest.raises(ExportError, match="opset 26 is not supported: the exporter writes opsets 17 to 25"):
+        export_onnx("tiny", "depth", tmp_path / "x.onnx", opset=26)
     assert list(tmp_path.iterdir()) == []

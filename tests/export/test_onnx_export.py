@@ -277,6 +277,45 @@ def test_cli_export_bad_arguments_leave_nothing(tmp_path: Path, capsys: pytest.C
     assert not unwritable.exists()
 
 
+def test_cli_export_refuses_an_existing_model_or_manifest_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--variant", "tiny", "--task", "depth", "-o", str(out)]
+    assert main(argv) == 0
+    model, manifest = out.read_bytes(), (tmp_path / "m.json").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 1
+    assert f"{out} already exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == model and (tmp_path / "m.json").read_bytes() == manifest
+    out.unlink()  # a manifest left alone is someone's too
+    assert main([*argv, "--seed", "1"]) == 1
+    assert f"{tmp_path / 'm.json'} already exists" in capsys.readouterr().err
+    assert not out.exists() and (tmp_path / "m.json").read_bytes() == manifest
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0
+    assert out.exists() and (tmp_path / "m.json").read_bytes() != manifest  # the new seed's weights
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "0", "inf"])
+def test_cli_verify_refuses_a_tolerance_that_bounds_nothing(
+    tiny_multitask_onnx: Path, tolerance: str, capsys: pytest.CaptureFixture
+) -> None:
+    """nan compared false with every error: a run with it passed whatever the graph gave."""
+    assert main(["verify", str(tiny_multitask_onnx), "--resolutions", "32x32", "--tolerance", tolerance]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"tolerance (--tolerance) must be a finite number > 0, got {float(tolerance)}" in err
+
+
+@pytest.mark.parametrize("flags", [["--channel-order", "bgr"], ["--prepost-resolution", "17"]])
+def test_cli_export_refuses_graph_flags_without_prepost(
+    flags: list, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--variant", "tiny", "--task", "depth", "-o", str(out), *flags]) == 1
+    assert f"{flags[0]} shape the pre/post graph: they need --prepost" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_error_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "david_infer", "verify", str(tmp_path / "none.onnx")],

@@ -270,3 +270,32 @@ def test_streamed_point_cloud_equals_point_cloud_written(tmp_path) -> None:
     )
     assert count == len(pts) > 0
     assert (tmp_path / "streamed.ply").read_bytes() == (tmp_path / "whole.ply").read_bytes()
+
+
+@pytest.mark.parametrize("radius", [float("nan"), float("inf"), -1.0])
+def test_background_blur_radius_must_be_finite(radius: float) -> None:
+    with pytest.raises(InputError, match=r"blur radius must be a finite number >= 0 \(pixels\)"):
+        apps.replace_background(_white(), np.zeros((H, W)), "blur", radius)
+
+
+def test_light_direction_of_any_finite_scale() -> None:
+    """(0, 0, 1e200) overflowed to a zero vector (ambient only); (1e-200,)*3 underflowed and was refused."""
+    np.testing.assert_allclose(apps.light_direction((0, 0, 1e200)), (0, 0, 1))
+    np.testing.assert_allclose(apps.light_direction((1e-200,) * 3), np.full(3, 3**-0.5))
+    shade = apps.shading(_plane((0, 0, 1)), (0, 0, 1e200), ambient=0.2)
+    np.testing.assert_allclose(shade, 1.0, atol=1e-6)
+    for bad in ((0, 0, 0), (0, 0, float("inf")), (0, float("nan"), 1)):
+        with pytest.raises(InputError, match="light_dir must be a finite, non-zero 3-vector"):
+            apps.light_direction(bad)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 2.0, -1.0])
+def test_point_cloud_mask_threshold_in_0_1(threshold: float) -> None:
+    depth = np.ones((H, W), np.float32)
+    with pytest.raises(InputError, match=r"mask_threshold must be in \[0, 1\]"):
+        apps.point_cloud(_white(), depth, np.ones((H, W), np.float32), mask_threshold=threshold)
+
+
+def test_streamed_point_cloud_into_a_missing_folder_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=f"cannot write {tmp_path / 'nodir' / 's.ply'}"):
+        apps.stream_point_cloud(tmp_path / "nodir" / "s.ply", _white(), np.ones((H, W), np.float32))

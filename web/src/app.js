@@ -38,8 +38,8 @@ function clearError() {
 }
 
 async function start() {
-  const info = await fetch('model.json').then((r) => {
-    if (!r.ok) throw new PageError(`The server did not describe the model (HTTP ${r.status} for model.json).`);
+  const info = await fetch('model.json').then(async (r) => {
+    if (!r.ok) throw new PageError(`The server did not describe the model (HTTP ${r.status}): ${(await r.text()).trim()}`);
     return r.json();
   });
   david.model = info;

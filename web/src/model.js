@@ -72,7 +72,8 @@ export async function fetchModel(model, onProgress) {
     await cache.delete(url);
   }
   const response = await fetch(url);
-  if (!response.ok) throw new PageError(`The model could not be downloaded: HTTP ${response.status} from ${url}.`);
+  // the server's own words (e.g. the file changed since it started: restart it)
+  if (!response.ok) throw new PageError(`The model could not be downloaded: HTTP ${response.status}: ${(await response.text()).trim()}`);
   const bytes = new Uint8Array(model.bytes);
   const reader = response.body.getReader();
   let received = 0;

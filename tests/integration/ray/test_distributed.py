@@ -268,6 +268,31 @@ def test_dataset_input_and_cli(
     }
 
 
+# a driver on the test cluster predicting a Dataset with the default workers (one per CPU)
+_DATASET_DRIVER = """
+import sys
+import ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+from david_infer.distributed import predict_dataset
+dataset = ray.data.read_binary_files(sys.argv[4:], include_paths=True)
+summary = predict_dataset(dataset, sys.argv[2], sys.argv[3], resolution=64, save=["depth"])
+print(len(summary.written), len(summary.failed))
+"""
+
+
+def test_dataset_input_with_default_workers_finishes(
+    cluster: Path, inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path
+) -> None:
+    """A pool of one actor per CPU left the Dataset's read tasks (1 CPU each) no CPU: it never ended."""
+    images = [str(p) for p in sorted(inputs.iterdir()) if p.name != "broken.png"]
+    argv = [sys.executable, "-c", _DATASET_DRIVER, ray.get_runtime_context().gcs_address]
+    done = subprocess.run(
+        [*argv, str(tiny_multitask_onnx), str(tmp_path / "out"), *images], capture_output=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == [str(len(images)), "0"]
+
+
 def test_bad_ray_address_and_options(
     cluster: Path, inputs: Path, tiny_multitask_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

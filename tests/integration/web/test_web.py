@@ -138,6 +138,20 @@ def test_the_command_refuses_a_missing_model_in_one_line(web_dir: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_the_command_refuses_a_port_out_of_range_in_one_line(graph: Path, port: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "david_infer", "web", "-m", str(graph), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"david-infer web: error: --port must be 0 to 65535 (0: any free port), got {port}"
+    ]
+
+
 def test_an_unbuilt_page_says_how_to_build_it(graph: Path, web_dir: Path) -> None:
     with pytest.raises(BackendUnavailable, match=r"not built .*npm ci && npm run build"):
         open_page_server(graph, static_root=web_dir / "no-page")
@@ -415,6 +429,30 @@ def test_the_model_is_cached_for_the_next_visit_and_the_page_works_offline(
     page.reload()  # offline: the page from its service worker, the model from the cache
     open_page(page, page.url)
     assert state(page)["phase"] == "ready" and state(page)["cached"] is True
+
+
+def test_a_model_replaced_after_the_start_is_refused_and_the_page_says_so(
+    context: Any, graph: Path, person_graph: Path, tmp_path: Path
+) -> None:
+    """/model.json is read once; serving a re-exported file's bytes under it would be another model
+    under the old tasks, size and ETag."""
+    served = tmp_path / "model.onnx"
+    for source, target in ((graph, served), (graph.with_suffix(".json"), served.with_suffix(".json"))):
+        target.write_bytes(source.read_bytes())
+    with PageServerProcess(served) as server:
+        with fetch(server.url + "model.onnx") as before:
+            assert before.read() == graph.read_bytes()
+        replacement = tmp_path / "new.onnx"
+        replacement.write_bytes(person_graph.read_bytes())
+        os.replace(replacement, served)  # what a re-export does
+        for route in ("model.onnx", "model.json"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                fetch(server.url + route)
+            assert refused.value.code == 409
+            assert f"{served} changed since david-infer web started; restart it" in refused.value.read().decode()
+        page = open_page(context.new_page(), server.url + "?backend=wasm&threads=2")
+        assert page.locator("#error").inner_text().startswith("The server did not describe the model (HTTP 409): ")
+        assert "changed since david-infer web started; restart it" in page.locator("#error").inner_text()
 
 
 def test_an_fp16_graph_runs_in_the_page(context: Any, tiny_fp16_onnx: Path, web_dir: Path, photo: Path) -> None:
