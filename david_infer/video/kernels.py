@@ -40,7 +40,9 @@ def _spread_row(gain, gi, grid, out):
 def blend_depth(
     top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, grid, s, b, out, samples, shown, u0, u1
 ):
-    h, w = frame.shape
+    """Rows top..bottom of the depth: the frame's aligned by scale `s` and shift `b`; `shown` (unless
+    empty): the result in the output's units (times u0 plus u1)."""
+    w = frame.shape[1]
     finite = True
     buffer, gains = np.empty(w, np.float32), np.empty(w, np.float32)
     for i in range(top, bottom):
@@ -63,7 +65,8 @@ def blend_depth(
 def blend_foreground(
     top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, limit, grid, out, samples
 ):
-    h, w = frame.shape
+    """Rows top..bottom of the mask, each pixel's step bounded by its cell's `limit`."""
+    w = frame.shape[1]
     finite = True
     buffer, gains, bounds = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
     for i in range(top, bottom):
@@ -83,6 +86,8 @@ def blend_foreground(
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def blend_normal(top, bottom, estimate, frame, rows, cols, rows_in, cols_in, identity, gain, grid, floor, out, samples):
+    """Rows top..bottom of the normals (H, W, 3), blended then unit length (at least `floor` long
+    before it)."""
     h, w = frame.shape[:2]
     finite = True
     flat = frame.reshape(h, 3 * w)
