@@ -15,6 +15,12 @@ from .errors import EmptyMaskWarning, InputError
 EMPTY_MASK_LEVEL = 0.5 / 255.0
 
 
+#: a fully opaque mask pixel's value per integer type (other types: 1)
+OPAQUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+#: the values a soft mask may hold (beyond [0, 1]: a resampled mask's overshoot, clipped)
+ALPHA_RANGE = (-0.5, 1.5)
+
+
 def as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 RGB. Float input is taken as [0, 1] and scaled; RGBA drops alpha."""
     a = np.asarray(image)
@@ -24,7 +30,13 @@ def as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if np.issubdtype(a.dtype, np.floating):
-        return np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
+        a = np.nan_to_num(a)
+        low, high = float(a.min()), float(a.max())
+        if not ALPHA_RANGE[0] <= low <= high <= ALPHA_RANGE[1]:  # 0..255 floats: clipped to white otherwise
+            raise InputError(
+                f"{name}: float pixels must be in [0, 1], got {low:g}..{high:g}; divide 0..255 values by 255"
+            )
+        return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     raise InputError(f"{name}: expected uint8 (or float in [0, 1]) pixels, got {a.dtype}")
 
 
@@ -59,14 +71,20 @@ def as_alpha(mask: None, shape: Tuple[int, int], name: str = ...) -> None: ...
 @overload
 def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = ...) -> Optional[np.ndarray]: ...
 def as_alpha(mask: Optional[np.ndarray], shape: Tuple[int, int], name: str = "foreground") -> Optional[np.ndarray]:
-    """A soft mask as (H, W) float32 in [0, 1] (uint8 masks are divided by 255), or None."""
+    """A soft mask as (H, W) float32 in [0, 1] (uint8 masks are divided by 255, uint16 by 65535; NaN
+    is 0), or None. InputError for values outside ALPHA_RANGE: a mask in other units (0..255 as
+    float) would otherwise be clipped to a full foreground."""
     if mask is None:
         return None
     raw = np.asarray(mask)
-    a = as_map(raw, name, shape)
-    if raw.dtype == np.uint8:
-        a = a / 255.0
-    return np.clip(np.nan_to_num(a), 0.0, 1.0).astype(np.float32)
+    a = np.nan_to_num(as_map(raw, name, shape) / OPAQUE.get(raw.dtype, 1.0))
+    low, high = float(a.min()), float(a.max())
+    if not ALPHA_RANGE[0] <= low <= high <= ALPHA_RANGE[1]:
+        raise InputError(
+            f"{name}: values {low:g}..{high:g} ({raw.dtype}) are not a soft mask in [0, 1]; pass floats in [0, 1] "
+            f"(divide 0..255 values by 255), uint8 (0..255) or uint16 (0..65535)"
+        )
+    return np.clip(a, 0.0, 1.0).astype(np.float32)
 
 
 def _check_size(got: Tuple[int, ...], want: Optional[Tuple[int, int]], name: str) -> None:
@@ -75,11 +93,11 @@ def _check_size(got: Tuple[int, ...], want: Optional[Tuple[int, int]], name: str
 
 
 def mask_peak(mask: np.ndarray) -> float:
-    """The largest value of a soft mask (float in [0, 1], or uint8 / 255; NaN counts as 0), by bands."""
+    """The largest value of a soft mask (float in [0, 1], uint8 / 255, uint16 / 65535; NaN counts as 0), by bands."""
     raw = np.asarray(mask)
     flat = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
     peak = max(float(np.nanmax(flat[rows], initial=0.0)) for rows in row_bands(flat.shape[0], flat.shape[1]))
-    return peak / 255.0 if raw.dtype == np.uint8 else peak
+    return peak / OPAQUE.get(raw.dtype, 1.0)
 
 
 def mask_is_empty(mask: np.ndarray) -> bool:

@@ -92,6 +92,38 @@ def test_uint8_mask_means_alpha_over_255() -> None:
     assert np.all(apps.replace_background(img, mask, (0, 0, 0)) == 51)
 
 
+def test_uint16_and_zero_one_integer_masks_mean_their_scale() -> None:
+    img = np.full((H, W, 3), 255, np.uint8)
+    half = np.full((H, W), 32768, np.uint16)  # 0.5: clipped to 1 (the photo alone) before
+    assert np.all(np.abs(apps.replace_background(img, half, (0, 0, 0)).astype(int) - 128) <= 1)
+    assert np.all(apps.cutout(img, half)[..., 3] == 128)
+    ones = np.ones((H, W), np.int64)  # a 0/1 mask from a comparison's astype(int)
+    assert np.all(apps.replace_background(img, ones, (0, 0, 0)) == 255)
+    depth = np.linspace(1, 2, H * W, dtype=np.float32).reshape(H, W)
+    points, _ = apps.point_cloud(img, depth, foreground=half, mask_threshold=0.6)
+    assert len(points) == 0  # 0.5 < 0.6: kept every pixel before
+
+
+@pytest.mark.parametrize("mask", [np.full((H, W), 200.0), np.full((H, W), 200, np.int32), np.full((H, W), np.inf)])
+def test_a_mask_in_other_units_is_refused_not_clipped_to_the_photo(mask: np.ndarray) -> None:
+    img = np.full((H, W, 3), 255, np.uint8)
+    for run in (
+        lambda: apps.replace_background(img, mask, (0, 0, 0)),
+        lambda: apps.cutout(img, mask),
+        lambda: apps.relight(img, _plane((0, 0, 1)), (0, 0, 1), foreground=mask),
+    ):
+        with pytest.raises(InputError, match=r"not a soft mask in \[0, 1\].*divide 0..255 values by 255"):
+            run()
+
+
+def test_a_float_background_in_other_units_is_refused_not_white() -> None:
+    img = np.full((H, W, 3), 10, np.uint8)
+    with pytest.raises(InputError, match=r"background: float pixels must be in \[0, 1\], got 200..200; divide"):
+        apps.replace_background(img, np.zeros((H, W), np.float32), np.full((H, W, 3), 200.0))
+    out = apps.replace_background(img, np.zeros((H, W), np.float32), np.full((H, W, 3), 0.5))
+    assert np.all(out == 128)
+
+
 def test_background_image_covers_the_frame() -> None:
     img = np.full((H, W, 3), 9, np.uint8)
     # a 4x16 background (wider than the 6x8 frame): scaled by 1.5 to 6x24, centre 8 columns kept
