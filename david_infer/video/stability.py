@@ -588,6 +588,7 @@ def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
     units = tuple(np.float32(v) for v in held[last].step.units)
     out: List[Optional[np.ndarray]] = []
     calls: List[Tuple[Callable[..., bool], Tuple[Any, ...]]] = []
+    copy_runs = _kernels().copy_runs
     for index, channels in enumerate((1, 3, 1)):
         sources = [held[j].step.maps[index] for j in range(last + 1)]
         target = None if sources[0] is None else np.empty_like(sources[0])
@@ -600,7 +601,7 @@ def _smoothed(held: Deque[_Held], lookahead: int) -> Tuple[Any, Any]:
         for j in np.unique(picks).tolist():
             mine = picks == j
             flat = (target.reshape(h, -1), sources[j].reshape(h, -1))
-            calls.append((_kernels().copy_runs, flat + (rows[mine], starts[mine], ends[mine], GRID) + scale))
+            calls.append((copy_runs, flat + (rows[mine], starts[mine], ends[mine], GRID) + scale))
     _halves(calls, held[0].image.shape[0])
     first = held[0]
     return first.tag, _rebuild(first.item, Maps(*out), first.image)

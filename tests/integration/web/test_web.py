@@ -125,29 +125,23 @@ def test_a_graph_without_prepost_is_refused_with_the_export_command(web_dir: Pat
         describe_model(plain)
 
 
-def test_the_command_refuses_a_missing_model_in_one_line(web_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "david_infer", "web", "-m", str(web_dir / "absent.onnx"), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _refused(model: Path, port: str) -> list:
+    """`david-infer web -m MODEL --port PORT`'s stderr lines; it must exit with 1."""
+    cmd = [sys.executable, "-m", "david_infer", "web", "-m", str(model), "--port", port]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    return result.stderr.strip().splitlines()
+
+
+def test_the_command_refuses_a_missing_model_in_one_line(web_dir: Path) -> None:
+    assert _refused(web_dir / "absent.onnx", "0") == [
         f"david-infer web: error: model file not found: {web_dir / 'absent.onnx'}"
     ]
 
 
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_the_command_refuses_a_port_out_of_range_in_one_line(graph: Path, port: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "david_infer", "web", "-m", str(graph), "--port", port],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert _refused(graph, port) == [
         f"david-infer web: error: --port must be 0 to 65535 (0: any free port), got {port}"
     ]
 
